@@ -1,0 +1,849 @@
+/* http.c - HTTPS server on libmicrohttpd: routing, JSON bodies, uniform
+ * errors, mTLS principals, /healthz, /metrics and the access log.
+ * Requests flow through on_request() (once per header block, once per body
+ * chunk, once at the end), dispatch() picks the route, and on_completed()
+ * records metrics and the access-log line. */
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
+#include <microhttpd.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+
+#define MAX_SEGMENTS 16
+#define MAX_PATH 2048
+#define DISCARD_LIMIT (8u << 20) /* bytes read past max_body before hanging up */
+#define TLS_PRIORITIES "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
+
+/* Status codes that get their own metric series; others count as "other". */
+static const int metric_codes[] = {200, 201, 202, 204, 400, 401, 403, 404, 405, 409,
+				   413, 414, 415, 422, 423, 428, 429, 500, 503, 0};
+#define NCODES (sizeof(metric_codes) / sizeof(metric_codes[0]))
+static const double bucket_le[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+				   0.05,   0.1,   0.25,   0.5,   1,    2.5};
+#define NBUCKETS (sizeof(bucket_le) / sizeof(bucket_le[0]))
+
+/* Route slots after the user's routes, for requests no route answered. */
+enum { SLOT_HEALTHZ, SLOT_METRICS, SLOT_UNMATCHED, NBUILTIN };
+
+struct compiled_route {
+	int nseg;
+	const char *seg[MAX_SEGMENTS]; /* points into |pattern_copy|; NULL = param */
+	const char *param[MAX_SEGMENTS];
+	char *pattern_copy;
+};
+
+struct mica_http_server {
+	struct MHD_Daemon *daemon;
+	mica_http_options opt;
+	const mica_http_route *routes;
+	size_t nroutes;
+	struct compiled_route *compiled;
+	void *ctx;
+	char *cert_pem, *key_pem, *ca_pem;
+	int port;
+	_Atomic unsigned long *counts; /* [(nroutes + NBUILTIN) * NCODES] */
+	_Atomic unsigned long hist[NBUCKETS + 1];
+	_Atomic unsigned long dur_sum_us, dur_count, inflight;
+};
+
+/* Per TLS connection: the client certificate is verified once. */
+struct conn_state {
+	int checked;
+	int cert; /* 0 none presented, 1 verified, -1 presented but invalid */
+	char peer[128];
+};
+
+/* Per request. */
+struct req_state {
+	struct timespec start;
+	char *body;
+	size_t len, cap;
+	int too_large;
+	int queued;
+	int status;
+	size_t slot;
+	char rid[33];
+	char ip[INET6_ADDRSTRLEN];
+};
+
+/* ---- small helpers ---------------------------------------------------- */
+
+static char *read_file(const char *path)
+{
+	FILE *f = fopen(path, "rb");
+	char *buf = NULL;
+	long n;
+	if (!f)
+		return NULL;
+	if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && n < (1 << 20) &&
+	    fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1))) {
+		if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
+			free(buf);
+			buf = NULL;
+		} else {
+			buf[n] = '\0';
+		}
+	}
+	fclose(f);
+	return buf;
+}
+
+static void new_request_id(char out[33])
+{
+	static __thread unsigned char prefix[8];
+	static __thread uint64_t counter;
+	static const char hex[] = "0123456789abcdef";
+	unsigned char raw[16];
+
+	if (counter == 0 && getrandom(prefix, sizeof(prefix), 0) != sizeof(prefix))
+		memset(prefix, 0x5a, sizeof(prefix));
+	counter++;
+	memcpy(raw, prefix, 8);
+	for (int i = 0; i < 8; i++)
+		raw[8 + i] = (unsigned char)(counter >> (56 - 8 * i));
+	for (int i = 0; i < 16; i++) {
+		out[2 * i] = hex[raw[i] >> 4];
+		out[2 * i + 1] = hex[raw[i] & 15];
+	}
+	out[32] = '\0';
+}
+
+static size_t code_index(int status)
+{
+	for (size_t i = 0; i + 1 < NCODES; i++)
+		if (metric_codes[i] == status)
+			return i;
+	return NCODES - 1;
+}
+
+/* ---- replies ------------------------------------------------------------ */
+
+static void resp_reset(mica_http_resp *resp)
+{
+	free(resp->body);
+	resp->body = NULL;
+	resp->body_len = 0;
+}
+
+void mica_http_reply_json(mica_http_resp *resp, int status, json_t *body)
+{
+	resp_reset(resp);
+	resp->status = status;
+	resp->content_type = "application/json";
+	resp->body = body ? json_dumps(body, JSON_COMPACT) : strdup("{}");
+	if (!resp->body) {
+		resp->status = 500;
+		resp->body = strdup("{\"error\":{\"code\":\"internal_error\",\"message\":\"out of memory\"}}");
+	}
+	resp->body_len = resp->body ? strlen(resp->body) : 0;
+	json_decref(body);
+}
+
+void mica_http_reply_error(mica_http_resp *resp, int status, const char *code, const char *fmt,
+			   ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	mica_http_reply_json(resp, status,
+			     json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg));
+}
+
+void mica_http_add_header(mica_http_resp *resp, const char *name, const char *value)
+{
+	if (resp->nheaders >= MICA_HTTP_MAX_HEADERS)
+		return;
+	char *copy = strdup(value);
+	if (!copy)
+		return;
+	resp->header_name[resp->nheaders] = name;
+	resp->header_value[resp->nheaders++] = copy;
+}
+
+const char *mica_http_param(const mica_http_req *req, const char *name)
+{
+	for (int i = 0; i < req->nparams; i++)
+		if (strcmp(req->param_name[i], name) == 0)
+			return req->param_value[i];
+	return NULL;
+}
+
+static void resp_cleanup(mica_http_resp *resp)
+{
+	resp_reset(resp);
+	for (int i = 0; i < resp->nheaders; i++)
+		free(resp->header_value[i]);
+	resp->nheaders = 0;
+}
+
+/* Hands |resp| to MHD (body ownership moves to MHD) and cleans it up. */
+static enum MHD_Result send_resp(struct MHD_Connection *conn, struct req_state *rs,
+				 mica_http_resp *resp)
+{
+	struct MHD_Response *r;
+	enum MHD_Result ret;
+
+	if (resp->status == 0)
+		mica_http_reply_error(resp, 500, "internal_error", "handler produced no response");
+	r = MHD_create_response_from_buffer(resp->body_len, resp->body, MHD_RESPMEM_MUST_FREE);
+	if (!r) {
+		resp_cleanup(resp);
+		return MHD_NO;
+	}
+	resp->body = NULL;
+	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, resp->content_type);
+	MHD_add_response_header(r, "X-Request-Id", rs->rid);
+	for (int i = 0; i < resp->nheaders; i++)
+		MHD_add_response_header(r, resp->header_name[i], resp->header_value[i]);
+	rs->status = resp->status;
+	rs->queued = 1;
+	ret = MHD_queue_response(conn, (unsigned)resp->status, r);
+	MHD_destroy_response(r);
+	resp_cleanup(resp);
+	return ret;
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *conn, struct req_state *rs, int status,
+				  const char *code, const char *fmt, ...)
+	__attribute__((format(printf, 5, 6)));
+
+static enum MHD_Result send_error(struct MHD_Connection *conn, struct req_state *rs, int status,
+				  const char *code, const char *fmt, ...)
+{
+	mica_http_resp resp = {0};
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	mica_http_reply_error(&resp, status, code, "%s", msg);
+	return send_resp(conn, rs, &resp);
+}
+
+/* ---- mutual TLS ------------------------------------------------------------ */
+
+/* Verifies the client's certificate chain against the configured CA (for the
+ * TLS client-auth purpose) and extracts its common name. */
+static void check_peer(struct MHD_Connection *conn, struct conn_state *cs)
+{
+	const union MHD_ConnectionInfo *ci;
+	gnutls_session_t session;
+	const gnutls_datum_t *chain;
+	unsigned int n = 0, status = 0;
+	gnutls_x509_crt_t crt = NULL;
+	gnutls_typed_vdata_st purpose = {.type = GNUTLS_DT_KEY_PURPOSE_OID,
+					 .data = (void *)GNUTLS_KP_TLS_WWW_CLIENT};
+	size_t sz = sizeof(cs->peer) - 1;
+
+	cs->checked = 1;
+	cs->cert = 0;
+	ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+	if (!ci || !ci->tls_session)
+		return;
+	session = (gnutls_session_t)ci->tls_session;
+	chain = gnutls_certificate_get_peers(session, &n);
+	if (!chain || n == 0)
+		return;
+	cs->cert = -1;
+	if (gnutls_certificate_verify_peers(session, &purpose, 1, &status) < 0 || status != 0)
+		return;
+	if (gnutls_x509_crt_init(&crt) < 0)
+		return;
+	if (gnutls_x509_crt_import(crt, &chain[0], GNUTLS_X509_FMT_DER) >= 0 &&
+	    gnutls_x509_crt_get_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0, 0, cs->peer, &sz) >= 0 &&
+	    sz > 0) {
+		cs->peer[sz] = '\0';
+		cs->cert = 1;
+	}
+	gnutls_x509_crt_deinit(crt);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+			  enum MHD_ConnectionNotificationCode toe)
+{
+	(void)cls;
+	(void)conn;
+	if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+		*socket_context = calloc(1, sizeof(struct conn_state));
+	} else {
+		free(*socket_context);
+		*socket_context = NULL;
+	}
+}
+
+/* ---- built-in routes --------------------------------------------------------- */
+
+static enum MHD_Result serve_healthz(mica_http_server *srv, struct MHD_Connection *conn,
+				     struct req_state *rs)
+{
+	mica_http_resp resp = {0};
+	int err = srv->opt.health ? srv->opt.health(srv->ctx) : 0;
+	if (err)
+		mica_http_reply_error(&resp, 503, "unavailable", "not ready: %s", mica_strerror(err));
+	else
+		mica_http_reply_json(&resp, 200, json_pack("{s:s}", "status", "ok"));
+	return send_resp(conn, rs, &resp);
+}
+
+static const char *slot_name(const mica_http_server *srv, size_t slot)
+{
+	if (slot < srv->nroutes)
+		return srv->routes[slot].pattern;
+	switch (slot - srv->nroutes) {
+	case SLOT_HEALTHZ:
+		return "/healthz";
+	case SLOT_METRICS:
+		return "/metrics";
+	default:
+		return "unmatched";
+	}
+}
+
+static enum MHD_Result serve_metrics(mica_http_server *srv, struct MHD_Connection *conn,
+				     struct req_state *rs)
+{
+	mica_http_resp resp = {0};
+	size_t cap = 4096, len = 0;
+	char *out = malloc(cap);
+	const char *svc = srv->opt.service ? srv->opt.service : "mica";
+
+#define EMIT(...)                                                                        \
+	do {                                                                             \
+		int n_ = snprintf(out ? out + len : NULL, out ? cap - len : 0, __VA_ARGS__); \
+		if (out && n_ >= 0 && len + (size_t)n_ >= cap) {                         \
+			cap = (len + (size_t)n_ + 1) * 2;                                \
+			char *grown_ = realloc(out, cap);                                \
+			if (!grown_) {                                                   \
+				free(out);                                               \
+				out = NULL;                                              \
+			} else {                                                         \
+				out = grown_;                                            \
+				n_ = snprintf(out + len, cap - len, __VA_ARGS__);        \
+			}                                                                \
+		}                                                                        \
+		if (out && n_ > 0)                                                       \
+			len += (size_t)n_;                                               \
+	} while (0)
+
+	EMIT("# HELP mica_http_requests_total HTTP requests answered, by route and status.\n"
+	     "# TYPE mica_http_requests_total counter\n");
+	for (size_t s = 0; s < srv->nroutes + NBUILTIN; s++) {
+		const char *method = s < srv->nroutes ? srv->routes[s].method : "any";
+		for (size_t c = 0; c < NCODES; c++) {
+			unsigned long v = atomic_load(&srv->counts[s * NCODES + c]);
+			if (!v)
+				continue;
+			char code[8];
+			if (metric_codes[c])
+				snprintf(code, sizeof(code), "%d", metric_codes[c]);
+			else
+				snprintf(code, sizeof(code), "other");
+			EMIT("mica_http_requests_total{service=\"%s\",route=\"%s\",method=\"%s\","
+			     "code=\"%s\"} %lu\n",
+			     svc, slot_name(srv, s), method, code, v);
+		}
+	}
+	EMIT("# HELP mica_http_request_duration_seconds Time from first byte to response.\n"
+	     "# TYPE mica_http_request_duration_seconds histogram\n");
+	unsigned long cum = 0;
+	for (size_t b = 0; b < NBUCKETS; b++) {
+		cum += atomic_load(&srv->hist[b]);
+		EMIT("mica_http_request_duration_seconds_bucket{service=\"%s\",le=\"%g\"} %lu\n", svc,
+		     bucket_le[b], cum);
+	}
+	cum += atomic_load(&srv->hist[NBUCKETS]);
+	EMIT("mica_http_request_duration_seconds_bucket{service=\"%s\",le=\"+Inf\"} %lu\n", svc, cum);
+	EMIT("mica_http_request_duration_seconds_sum{service=\"%s\"} %.6f\n", svc,
+	     (double)atomic_load(&srv->dur_sum_us) / 1e6);
+	EMIT("mica_http_request_duration_seconds_count{service=\"%s\"} %lu\n", svc,
+	     atomic_load(&srv->dur_count));
+	EMIT("# HELP mica_http_requests_in_flight Requests being handled now.\n"
+	     "# TYPE mica_http_requests_in_flight gauge\n"
+	     "mica_http_requests_in_flight{service=\"%s\"} %lu\n",
+	     svc, atomic_load(&srv->inflight));
+#undef EMIT
+	if (!out)
+		return send_error(conn, rs, 500, "internal_error", "out of memory");
+	resp.status = 200;
+	resp.body = out;
+	resp.body_len = len;
+	resp.content_type = "text/plain; version=0.0.4";
+	return send_resp(conn, rs, &resp);
+}
+
+/* ---- routing ----------------------------------------------------------------- */
+
+static int split_path(char *copy, const char *seg[MAX_SEGMENTS])
+{
+	int n = 0;
+	char *save = NULL;
+	for (char *t = strtok_r(copy, "/", &save); t; t = strtok_r(NULL, "/", &save)) {
+		if (n == MAX_SEGMENTS)
+			return -1;
+		seg[n++] = t;
+	}
+	return n;
+}
+
+static int compile_routes(mica_http_server *srv)
+{
+	srv->compiled = calloc(srv->nroutes ? srv->nroutes : 1, sizeof(*srv->compiled));
+	if (!srv->compiled)
+		return MICA_ENOMEM;
+	for (size_t i = 0; i < srv->nroutes; i++) {
+		struct compiled_route *cr = &srv->compiled[i];
+		const mica_http_route *r = &srv->routes[i];
+		int nparams = 0;
+		if (!r->method || !r->pattern || r->pattern[0] != '/' || !r->fn)
+			return MICA_EINVAL;
+		if (!(cr->pattern_copy = strdup(r->pattern)))
+			return MICA_ENOMEM;
+		cr->nseg = split_path(cr->pattern_copy, cr->seg);
+		if (cr->nseg < 0)
+			return MICA_EINVAL;
+		for (int s = 0; s < cr->nseg; s++) {
+			size_t l = strlen(cr->seg[s]);
+			if (cr->seg[s][0] == '{' && cr->seg[s][l - 1] == '}' && l > 2) {
+				cr->pattern_copy[cr->seg[s] - cr->pattern_copy + l - 1] = '\0';
+				cr->param[s] = cr->seg[s] + 1;
+				cr->seg[s] = NULL;
+				if (++nparams > MICA_HTTP_MAX_PARAMS)
+					return MICA_EINVAL;
+			}
+		}
+	}
+	return 0;
+}
+
+static int route_matches(const struct compiled_route *cr, const char *seg[], int nseg)
+{
+	if (cr->nseg != nseg)
+		return 0;
+	for (int s = 0; s < nseg; s++)
+		if (cr->seg[s] && strcmp(cr->seg[s], seg[s]) != 0)
+			return 0;
+	return 1;
+}
+
+static enum MHD_Result reply_not_allowed(struct MHD_Connection *conn, struct req_state *rs,
+					 const char *allow, const char *method)
+{
+	mica_http_resp resp = {0};
+	mica_http_reply_error(&resp, 405, "method_not_allowed",
+			      "method %s is not allowed here; allowed: %s", method, allow);
+	mica_http_add_header(&resp, "Allow", allow);
+	return send_resp(conn, rs, &resp);
+}
+
+/* Enforces the route's body and peer requirements, then runs the handler. */
+static enum MHD_Result run_route(mica_http_server *srv, struct MHD_Connection *conn,
+				 struct req_state *rs, size_t i, mica_http_req *req)
+{
+	const mica_http_route *r = &srv->routes[i];
+	mica_http_resp resp = {0};
+	enum MHD_Result ret;
+
+	if (r->flags & MICA_ROUTE_JSON) {
+		const char *ct =
+			MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+		json_error_t jerr;
+		if (ct && strncasecmp(ct, "application/json", 16) != 0)
+			return send_error(conn, rs, 415, "unsupported_media_type",
+					  "Content-Type must be application/json");
+		if (rs->len == 0)
+			return send_error(conn, rs, 400, "missing_body",
+					  "a JSON object body is required");
+		req->json = json_loadb(rs->body, rs->len, JSON_REJECT_DUPLICATES, &jerr);
+		if (!req->json)
+			return send_error(conn, rs, 400, "malformed_json",
+					  "invalid JSON at line %d column %d: %s", jerr.line,
+					  jerr.column, jerr.text);
+		if (!json_is_object(req->json)) {
+			json_decref(req->json);
+			return send_error(conn, rs, 400, "body_not_object",
+					  "the JSON body must be an object");
+		}
+	}
+	r->fn(req, &resp, srv->ctx);
+	json_decref(req->json);
+	ret = send_resp(conn, rs, &resp);
+	return ret;
+}
+
+static enum MHD_Result dispatch(mica_http_server *srv, struct MHD_Connection *conn,
+				struct req_state *rs, const char *url, const char *method)
+{
+	char copy[MAX_PATH];
+	const char *seg[MAX_SEGMENTS];
+	char allow[128] = "";
+	int nseg;
+	const union MHD_ConnectionInfo *ci;
+	struct conn_state *cs;
+	mica_http_req req = {0};
+
+	rs->slot = srv->nroutes + SLOT_UNMATCHED;
+	if (strlen(url) >= sizeof(copy))
+		return send_error(conn, rs, 414, "uri_too_long", "the path is longer than %d bytes",
+				  MAX_PATH - 1);
+	if (strcmp(url, "/healthz") == 0 && strcmp(method, "GET") == 0) {
+		rs->slot = srv->nroutes + SLOT_HEALTHZ;
+		return serve_healthz(srv, conn, rs);
+	}
+
+	ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	cs = ci ? ci->socket_context : NULL;
+	if (cs && !cs->checked && srv->ca_pem)
+		check_peer(conn, cs);
+	if (srv->opt.require_client_cert && (!cs || cs->cert != 1))
+		goto peer_refused;
+
+	if (strcmp(url, "/metrics") == 0 && strcmp(method, "GET") == 0) {
+		rs->slot = srv->nroutes + SLOT_METRICS;
+		return serve_metrics(srv, conn, rs);
+	}
+
+	strcpy(copy, url);
+	nseg = split_path(copy, seg);
+	for (size_t i = 0; nseg >= 0 && i < srv->nroutes; i++) {
+		const struct compiled_route *cr = &srv->compiled[i];
+		if (!route_matches(cr, seg, nseg))
+			continue;
+		if (strcmp(srv->routes[i].method, method) != 0) {
+			if (!strstr(allow, srv->routes[i].method) &&
+			    strlen(allow) + strlen(srv->routes[i].method) + 3 < sizeof(allow)) {
+				if (allow[0])
+					strcat(allow, ", ");
+				strcat(allow, srv->routes[i].method);
+			}
+			continue;
+		}
+		rs->slot = i;
+		if ((srv->routes[i].flags & MICA_ROUTE_PEER) && (!cs || cs->cert != 1))
+			goto peer_refused;
+		req.method = method;
+		req.path = url;
+		req.route = srv->routes[i].pattern;
+		for (int s = 0; s < nseg; s++) {
+			if (cr->seg[s])
+				continue;
+			req.param_name[req.nparams] = cr->param[s];
+			req.param_value[req.nparams++] = seg[s];
+		}
+		req.body = rs->body;
+		req.body_len = rs->len;
+		req.peer = cs && cs->cert == 1 ? cs->peer : NULL;
+		req.client_ip = rs->ip;
+		req.request_id = rs->rid;
+		req.conn = conn;
+		return run_route(srv, conn, rs, i, &req);
+	}
+	if (allow[0])
+		return reply_not_allowed(conn, rs, allow, method);
+	return send_error(conn, rs, 404, "not_found", "no route for %s", url);
+
+peer_refused:
+	if (cs && cs->cert == -1)
+		return send_error(conn, rs, 403, "client_certificate_invalid",
+				  "the client certificate is not trusted");
+	return send_error(conn, rs, 401, "client_certificate_required",
+			  "this endpoint needs a client certificate");
+}
+
+/* ---- libmicrohttpd callbacks ------------------------------------------------- */
+
+static void client_ip(struct MHD_Connection *conn, char *out, size_t cap)
+{
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	out[0] = '\0';
+	if (!ci || !ci->client_addr)
+		return;
+	if (ci->client_addr->sa_family == AF_INET)
+		inet_ntop(AF_INET, &((struct sockaddr_in *)ci->client_addr)->sin_addr, out,
+			  (socklen_t)cap);
+	else if (ci->client_addr->sa_family == AF_INET6)
+		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)ci->client_addr)->sin6_addr, out,
+			  (socklen_t)cap);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+				  const char *method, const char *version, const char *upload_data,
+				  size_t *upload_data_size, void **con_cls)
+{
+	mica_http_server *srv = cls;
+	struct req_state *rs = *con_cls;
+	(void)version;
+
+	if (!rs) {
+		const char *cl;
+		if (!(rs = calloc(1, sizeof(*rs))))
+			return MHD_NO;
+		*con_cls = rs;
+		clock_gettime(CLOCK_MONOTONIC, &rs->start);
+		new_request_id(rs->rid);
+		client_ip(conn, rs->ip, sizeof(rs->ip));
+		rs->slot = srv->nroutes + SLOT_UNMATCHED;
+		atomic_fetch_add(&srv->inflight, 1);
+		cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+						 MHD_HTTP_HEADER_CONTENT_LENGTH);
+		if (cl && strtoull(cl, NULL, 10) > srv->opt.max_body) {
+			rs->too_large = 1;
+			return send_error(conn, rs, 413, "body_too_large",
+					  "the body exceeds the limit of %zu bytes",
+					  srv->opt.max_body);
+		}
+		return MHD_YES;
+	}
+	if (*upload_data_size) {
+		size_t n = *upload_data_size;
+		*upload_data_size = 0;
+		if (!rs->too_large && rs->len + n > srv->opt.max_body) {
+			/* libmicrohttpd cannot answer mid-upload, so the rest is read
+			 * and dropped and the 413 goes out at the end; a client that
+			 * keeps sending far past the limit is disconnected. */
+			rs->too_large = 1;
+			free(rs->body);
+			rs->body = NULL;
+			rs->cap = 0;
+		}
+		if (rs->too_large) {
+			rs->len += n;
+			return rs->len > srv->opt.max_body + DISCARD_LIMIT ? MHD_NO : MHD_YES;
+		}
+		if (rs->len + n + 1 > rs->cap) {
+			size_t cap = (rs->len + n + 1) * 2;
+			if (cap > srv->opt.max_body + 1)
+				cap = srv->opt.max_body + 1;
+			char *grown = realloc(rs->body, cap);
+			if (!grown)
+				return MHD_NO;
+			rs->body = grown;
+			rs->cap = cap;
+		}
+		memcpy(rs->body + rs->len, upload_data, n);
+		rs->len += n;
+		rs->body[rs->len] = '\0';
+		return MHD_YES;
+	}
+	if (rs->queued)
+		return MHD_YES;
+	if (rs->too_large)
+		return send_error(conn, rs, 413, "body_too_large",
+				  "the body exceeds the limit of %zu bytes", srv->opt.max_body);
+	return dispatch(srv, conn, rs, url, method);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+			 enum MHD_RequestTerminationCode toe)
+{
+	mica_http_server *srv = cls;
+	struct req_state *rs = *con_cls;
+	struct timespec end;
+	double secs;
+	size_t b;
+	(void)conn;
+
+	if (!rs)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &end);
+	secs = (double)(end.tv_sec - rs->start.tv_sec) + (double)(end.tv_nsec - rs->start.tv_nsec) / 1e9;
+	for (b = 0; b < NBUCKETS && secs > bucket_le[b]; b++)
+		;
+	atomic_fetch_add(&srv->hist[b], 1);
+	atomic_fetch_add(&srv->dur_sum_us, (unsigned long)(secs * 1e6));
+	atomic_fetch_add(&srv->dur_count, 1);
+	atomic_fetch_sub(&srv->inflight, 1);
+	if (rs->queued)
+		atomic_fetch_add(&srv->counts[rs->slot * NCODES + code_index(rs->status)], 1);
+	if (srv->opt.access_log && mica_log_min_level <= MICA_LOG_INFO) {
+		char ip[64];
+		mica_log_set_request_id(rs->rid);
+		MICA_LOG(MICA_LOG_INFO, "access route=%s status=%d dur_ms=%.3f client=%s%s",
+			 slot_name(srv, rs->slot), rs->queued ? rs->status : 0, secs * 1e3,
+			 mica_mask_ip(ip, sizeof(ip), rs->ip),
+			 toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted=1");
+		mica_log_set_request_id(NULL);
+	}
+	free(rs->body);
+	free(rs);
+	*con_cls = NULL;
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	char msg[512];
+	size_t n;
+	(void)cls;
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	n = strlen(msg);
+	while (n && msg[n - 1] == '\n')
+		msg[--n] = '\0';
+	MICA_LOG(MICA_LOG_INFO, "libmicrohttpd: %s", msg);
+}
+
+/* ---- lifecycle -------------------------------------------------------------- */
+
+void mica_http_options_default(mica_http_options *opt)
+{
+	memset(opt, 0, sizeof(*opt));
+	opt->service = "mica";
+	opt->bind = "127.0.0.1";
+	opt->max_body = 1 << 20;
+	opt->timeout_s = 30;
+	opt->threads = 0;
+	opt->max_conns = 1024;
+	opt->per_ip_conns = 64;
+	opt->access_log = 1;
+}
+
+static void server_free(mica_http_server *srv)
+{
+	if (!srv)
+		return;
+	if (srv->compiled)
+		for (size_t i = 0; i < srv->nroutes; i++)
+			free(srv->compiled[i].pattern_copy);
+	free(srv->compiled);
+	free(srv->counts);
+	free(srv->cert_pem);
+	if (srv->key_pem) {
+		explicit_bzero(srv->key_pem, strlen(srv->key_pem));
+		free(srv->key_pem);
+	}
+	free(srv->ca_pem);
+	free(srv);
+}
+
+static int parse_bind(const char *bind, int port, struct sockaddr_storage *ss, int *v6)
+{
+	struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+	struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+	memset(ss, 0, sizeof(*ss));
+	if (port < 0 || port > 65535)
+		return MICA_EINVAL;
+	if (inet_pton(AF_INET, bind, &a4->sin_addr) == 1) {
+		a4->sin_family = AF_INET;
+		a4->sin_port = htons((uint16_t)port);
+		*v6 = 0;
+		return 0;
+	}
+	if (inet_pton(AF_INET6, bind, &a6->sin6_addr) == 1) {
+		a6->sin6_family = AF_INET6;
+		a6->sin6_port = htons((uint16_t)port);
+		*v6 = 1;
+		return 0;
+	}
+	return MICA_EINVAL;
+}
+
+int mica_http_start(mica_http_server **out, const mica_http_options *opt,
+		    const mica_http_route *routes, size_t nroutes, void *ctx)
+{
+	mica_http_server *srv = NULL;
+	struct sockaddr_storage ss;
+	int v6 = 0, err;
+	unsigned int flags;
+	const union MHD_DaemonInfo *di;
+
+	*out = NULL;
+	if (!opt || !opt->cert_file || !opt->key_file || !opt->bind || opt->max_body == 0)
+		return MICA_EINVAL;
+	if (parse_bind(opt->bind, opt->port, &ss, &v6) != 0)
+		return MICA_EINVAL;
+	if (!(srv = calloc(1, sizeof(*srv))))
+		return MICA_ENOMEM;
+	srv->opt = *opt;
+	srv->routes = routes;
+	srv->nroutes = nroutes;
+	srv->ctx = ctx;
+	if ((err = compile_routes(srv)) != 0)
+		goto fail;
+	err = MICA_ENOMEM;
+	if (!(srv->counts = calloc((nroutes + NBUILTIN) * NCODES, sizeof(*srv->counts))))
+		goto fail;
+	err = MICA_ETLS;
+	srv->cert_pem = read_file(opt->cert_file);
+	srv->key_pem = read_file(opt->key_file);
+	if (!srv->cert_pem || !srv->key_pem) {
+		MICA_LOG(MICA_LOG_ERROR, "http: cannot read certificate %s or its key",
+			 opt->cert_file);
+		goto fail;
+	}
+	if (opt->client_ca_file && *opt->client_ca_file && !(srv->ca_pem = read_file(opt->client_ca_file))) {
+		MICA_LOG(MICA_LOG_ERROR, "http: cannot read client CA %s", opt->client_ca_file);
+		goto fail;
+	}
+	if (opt->require_client_cert && !srv->ca_pem) {
+		err = MICA_EINVAL;
+		goto fail;
+	}
+
+	flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_TLS | MHD_USE_ERROR_LOG |
+		(v6 ? MHD_USE_IPv6 : 0);
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	unsigned int threads = opt->threads > 0 ? (unsigned)opt->threads : ncpu > 0 ? (unsigned)ncpu : 1;
+	/* Settings given only when used, as an END-terminated option array. */
+	struct MHD_OptionItem optional[3];
+	int nopt = 0;
+	if (srv->ca_pem)
+		optional[nopt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_TRUST, 0, srv->ca_pem};
+	if (threads > 1)
+		optional[nopt++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, threads, NULL};
+	optional[nopt] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+	srv->daemon = MHD_start_daemon(
+		flags, 0, NULL, NULL, on_request, srv,
+		MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, srv,
+		MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+		MHD_OPTION_HTTPS_MEM_CERT, srv->cert_pem,
+		MHD_OPTION_HTTPS_MEM_KEY, srv->key_pem,
+		MHD_OPTION_HTTPS_PRIORITIES, TLS_PRIORITIES,
+		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)opt->timeout_s,
+		MHD_OPTION_CONNECTION_LIMIT, (unsigned int)opt->max_conns,
+		MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)opt->per_ip_conns,
+		MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+		MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv,
+		MHD_OPTION_ARRAY, optional,
+		MHD_OPTION_END);
+	if (!srv->daemon) {
+		MICA_LOG(MICA_LOG_ERROR, "http: cannot listen on %s port %d", opt->bind, opt->port);
+		err = MICA_EIO;
+		goto fail;
+	}
+	di = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_BIND_PORT);
+	srv->port = di ? di->port : opt->port;
+	MICA_LOG(MICA_LOG_INFO, "http: %s listening on https://%s:%d (mTLS %s)",
+		 opt->service ? opt->service : "mica", opt->bind, srv->port,
+		 opt->require_client_cert ? "required" : srv->ca_pem ? "optional" : "off");
+	*out = srv;
+	return 0;
+fail:
+	server_free(srv);
+	return err;
+}
+
+int mica_http_port(const mica_http_server *srv)
+{
+	return srv->port;
+}
+
+void mica_http_stop(mica_http_server *srv)
+{
+	if (!srv)
+		return;
+	if (srv->daemon)
+		MHD_stop_daemon(srv->daemon);
+	server_free(srv);
+}

@@ -1,0 +1,123 @@
+/* http.h - the HTTPS server every mica daemon uses.
+ *
+ * Wraps libmicrohttpd (GnuTLS backend) with a routing table (method + path
+ * pattern with {params}), JSON request bodies under a size limit, uniform JSON
+ * errors {"error":{"code":"snake_case","message":"..."}}, TLS only (there is no
+ * plaintext mode), optional mutual TLS whose verified client-certificate
+ * common name is the request's principal, idle/slow-client timeouts, per-IP
+ * connection limits, built-in GET /healthz and GET /metrics (Prometheus text),
+ * and a JSON access log. Handlers run on the server's worker threads.
+ *
+ * Built-in error codes (stable, documented in docs/api/errors.md):
+ *   400 malformed_json, missing_body, body_not_object
+ *   401 client_certificate_required     403 client_certificate_invalid
+ *   404 not_found   405 method_not_allowed (with Allow)   413 body_too_large
+ *   415 unsupported_media_type   500 internal_error   503 unavailable
+ */
+#ifndef MICA_HTTP_H
+#define MICA_HTTP_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+#include "err.h"
+
+#define MICA_HTTP_MAX_PARAMS 4
+#define MICA_HTTP_MAX_HEADERS 4
+
+struct MHD_Connection;
+
+/* One request as a handler sees it. Everything is borrowed and valid only
+ * during the handler call. */
+typedef struct mica_http_req {
+	const char *method;
+	const char *path;          /* decoded path without query string */
+	const char *route;         /* the matched pattern, e.g. "/v1/keys/{name}" */
+	int nparams;
+	const char *param_name[MICA_HTTP_MAX_PARAMS];
+	const char *param_value[MICA_HTTP_MAX_PARAMS];
+	const char *body;          /* raw body (NUL-terminated), may be NULL */
+	size_t body_len;
+	json_t *json;              /* parsed object when the route has MICA_ROUTE_JSON */
+	const char *peer;          /* verified client certificate CN, or NULL */
+	const char *client_ip;     /* textual address of the TCP peer */
+	const char *request_id;    /* 32 hex characters, echoed as X-Request-Id */
+	struct MHD_Connection *conn;
+} mica_http_req;
+
+/* What a handler fills in with the mica_http_reply_* helpers. */
+typedef struct mica_http_resp {
+	int status;
+	char *body;                /* malloc'd, owned by the server after return */
+	size_t body_len;
+	const char *content_type;  /* static string */
+	int nheaders;
+	const char *header_name[MICA_HTTP_MAX_HEADERS];  /* static strings */
+	char *header_value[MICA_HTTP_MAX_HEADERS];       /* malloc'd copies */
+} mica_http_resp;
+
+typedef void (*mica_http_handler)(const mica_http_req *req, mica_http_resp *resp, void *ctx);
+
+enum {
+	MICA_ROUTE_JSON = 1 << 0,  /* body must be a JSON object: 400/415 otherwise */
+	MICA_ROUTE_PEER = 1 << 1,  /* a verified client certificate is required */
+};
+
+typedef struct mica_http_route {
+	const char *method;        /* "GET", "POST", ... */
+	const char *pattern;       /* "/v1/keys/{name}"; {x} matches one non-empty segment */
+	mica_http_handler fn;
+	unsigned flags;            /* MICA_ROUTE_* */
+} mica_http_route;
+
+typedef struct mica_http_options {
+	const char *service;       /* name used in logs and metrics */
+	const char *bind;          /* address to listen on, e.g. "127.0.0.1" or "::1" */
+	int port;                  /* 0 picks a free port; see mica_http_port() */
+	const char *cert_file;     /* PEM server certificate chain (required) */
+	const char *key_file;      /* PEM private key (required) */
+	const char *client_ca_file;/* PEM CA that signs client certificates, or NULL */
+	int require_client_cert;   /* 1: every route (but /healthz) needs a peer */
+	size_t max_body;           /* bytes; larger bodies get 413 */
+	int timeout_s;             /* idle connection timeout */
+	int threads;               /* worker threads (0 = number of CPUs) */
+	int max_conns;             /* total connection limit */
+	int per_ip_conns;          /* connection limit per client address (0 = none) */
+	int access_log;            /* 1: one JSON log line per request */
+	/* Optional readiness probe for /healthz: return 0 when ready, or a
+	 * MICA_E* code (reported as 503 with that code). */
+	int (*health)(void *ctx);
+} mica_http_options;
+
+typedef struct mica_http_server mica_http_server;
+
+/* Fills |opt| with defaults: bind 127.0.0.1, port 0, 1 MiB body limit, 30 s
+ * timeout, CPU-count threads, 1024 connections, 64 per IP, access log on. */
+void mica_http_options_default(mica_http_options *opt);
+
+/* Starts listening. |routes| (and the strings in it) and |ctx| are borrowed
+ * and must outlive the server. Returns 0 and sets *out, MICA_EINVAL for a bad
+ * route table or missing certificate, MICA_ETLS if the certificate, key or CA
+ * cannot be loaded, MICA_EIO if the socket cannot be bound. */
+int mica_http_start(mica_http_server **out, const mica_http_options *opt,
+		    const mica_http_route *routes, size_t nroutes, void *ctx) MICA_WUR;
+
+/* The port actually bound (useful with port 0). */
+int mica_http_port(const mica_http_server *srv);
+
+/* Stops accepting, waits for in-flight handlers, frees. NULL is fine. */
+void mica_http_stop(mica_http_server *srv);
+
+/* Reply helpers. Each replaces any earlier reply in |resp|. */
+/* Serializes |body| (reference stolen, may be NULL for an empty object). */
+void mica_http_reply_json(mica_http_resp *resp, int status, json_t *body);
+/* {"error":{"code":code,"message":...}}. |code| is a stable snake_case code. */
+void mica_http_reply_error(mica_http_resp *resp, int status, const char *code, const char *fmt,
+			   ...) __attribute__((format(printf, 4, 5)));
+/* Adds a response header; |name| must be a static string, |value| is copied. */
+void mica_http_add_header(mica_http_resp *resp, const char *name, const char *value);
+
+/* The value of parameter |name| in the matched route, or NULL. */
+const char *mica_http_param(const mica_http_req *req, const char *name);
+
+#endif

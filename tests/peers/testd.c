@@ -1,0 +1,121 @@
+/* testd.c - a small HTTPS daemon on libmica's http module, used by the
+ * integration tests (tests/integration/test_http.sh) and as the framework
+ * side of bench/http. Routes exercise params, JSON bodies and mTLS peers.
+ * Usage: testd CONFIG  (sections [log] and [testd.http], see testd_table). */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "http.h"
+#include "log.h"
+
+struct testd_config {
+	int log_level;
+	mica_http_options http;
+	char *port_file;
+};
+
+static const mica_config_entry testd_table[] = {
+	{"log", "level", MICA_CFG_LOGLEVEL, 0, 4, "info", offsetof(struct testd_config, log_level),
+	 "least severe level written (debug, info, warn, error, off)"},
+	MICA_CONFIG_HTTP_ENTRIES("testd.http", struct testd_config, http),
+	{"testd", "port_file", MICA_CFG_STRING, 0, 4096, "", offsetof(struct testd_config, port_file),
+	 "file the bound port is written to once listening"},
+};
+
+static void hello(const mica_http_req *req, mica_http_resp *resp, void *ctx)
+{
+	(void)req;
+	(void)ctx;
+	mica_http_reply_json(resp, 200, json_pack("{s:s}", "hello", "world"));
+}
+
+static void echo(const mica_http_req *req, mica_http_resp *resp, void *ctx)
+{
+	(void)ctx;
+	mica_http_reply_json(resp, 200, json_incref(req->json));
+}
+
+static void whoami(const mica_http_req *req, mica_http_resp *resp, void *ctx)
+{
+	(void)ctx;
+	mica_http_reply_json(resp, 200, json_pack("{s:s}", "principal", req->peer));
+}
+
+static void item_get(const mica_http_req *req, mica_http_resp *resp, void *ctx)
+{
+	(void)ctx;
+	mica_http_reply_json(resp, 200, json_pack("{s:s}", "id", mica_http_param(req, "id")));
+}
+
+static void item_delete(const mica_http_req *req, mica_http_resp *resp, void *ctx)
+{
+	(void)ctx;
+	mica_http_reply_json(resp, 200,
+			     json_pack("{s:s,s:b}", "id", mica_http_param(req, "id"), "deleted", 1));
+}
+
+static const mica_http_route routes[] = {
+	{"GET", "/v1/hello", hello, 0},
+	{"POST", "/v1/echo", echo, MICA_ROUTE_JSON},
+	{"GET", "/v1/whoami", whoami, MICA_ROUTE_PEER},
+	{"GET", "/v1/items/{id}", item_get, 0},
+	{"DELETE", "/v1/items/{id}", item_delete, 0},
+};
+
+static volatile sig_atomic_t stopping;
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	stopping = 1;
+}
+
+int main(int argc, char **argv)
+{
+	struct testd_config cfg = {0};
+	size_t n = sizeof(testd_table) / sizeof(testd_table[0]);
+	mica_http_server *srv = NULL;
+	char err[512];
+	int rc = 1;
+
+	if (argc == 2 && strcmp(argv[1], "--print-config") == 0) {
+		mica_config_write_example(stdout, testd_table, n);
+		return 0;
+	}
+	if (argc != 2) {
+		fprintf(stderr, "usage: testd CONFIG | --print-config\n");
+		return 2;
+	}
+	if (mica_config_load(testd_table, n, &cfg, argv[1], err, sizeof(err)) != 0) {
+		fprintf(stderr, "testd: %s\n", err);
+		rc = 2;
+		goto out;
+	}
+	mica_log_min_level = cfg.log_level;
+	cfg.http.service = "testd";
+	if (mica_http_start(&srv, &cfg.http, routes, sizeof(routes) / sizeof(routes[0]), NULL) != 0)
+		goto out;
+	if (cfg.port_file[0]) {
+		char tmp[4200];
+		snprintf(tmp, sizeof(tmp), "%s.tmp", cfg.port_file);
+		FILE *f = fopen(tmp, "w");
+		if (!f || fprintf(f, "%d\n", mica_http_port(srv)) < 0 || fclose(f) != 0 ||
+		    rename(tmp, cfg.port_file) != 0) {
+			fprintf(stderr, "testd: cannot write %s\n", cfg.port_file);
+			goto out;
+		}
+	}
+	signal(SIGINT, on_signal);
+	signal(SIGTERM, on_signal);
+	while (!stopping)
+		pause();
+	rc = 0;
+out:
+	mica_http_stop(srv);
+	mica_config_free(testd_table, n, &cfg);
+	return rc;
+}
