@@ -218,6 +218,10 @@ static int on_ini(void *user, const char *section, const char *key, const char *
 	struct load_ctx *lc = user;
 	const mica_config_entry *e = find(lc, section, key);
 	if (!e) {
+		if (!*section) {
+			set_err(lc, "%s: key outside any section", key);
+			return 0;
+		}
 		if (section_known(lc, section)) {
 			set_err(lc, "%s.%s: unknown key", section, key);
 			return 0;
@@ -340,6 +344,6 @@ void mica_config_write_example(FILE *out, const mica_config_entry *table, size_t
 		if (e->type == MICA_CFG_INT || e->type == MICA_CFG_SIZE)
 			fprintf(out, " (%lld..%lld)", e->min, e->max);
 		fprintf(out, "%s\n", e->def ? "" : " [required]");
-		fprintf(out, "%s%s = %s\n", e->def ? ";" : "", e->key, e->def ? e->def : "");
+		fprintf(out, ";%s = %s\n", e->key, e->def ? e->def : "");
 	}
 }

@@ -50,8 +50,8 @@ int mica_config_load(const mica_config_entry *table, size_t n, void *base, const
 /* Frees strings and wipes secrets held in |base|; safe to call twice. */
 void mica_config_free(const mica_config_entry *table, size_t n, void *base);
 
-/* Writes |table| as a commented INI example (what `PROGRAM --print-config`
- * shows). */
+/* Writes |table| as an INI example with every key commented out, showing
+ * its default or "[required]" (what `PROGRAM --print-config` shows). */
 void mica_config_write_example(FILE *out, const mica_config_entry *table, size_t n);
 
 /* Common fragments every daemon's table repeats for its [http] section,

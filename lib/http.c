@@ -308,7 +308,7 @@ static const char *slot_name(const mica_http_server *srv, size_t slot)
 	case SLOT_METRICS:
 		return "/metrics";
 	default:
-		return "unmatched";
+		return "none"; /* answered before or without routing */
 	}
 }
 

@@ -1,0 +1,59 @@
+/* httpc.h - HTTPS client for service-to-service calls (libcurl).
+ *
+ * A mica_httpc is one thread's client: it keeps its connections alive between
+ * calls (a small per-handle pool), presents a client certificate for mutual
+ * TLS, verifies the server against a CA file, enforces connect and total
+ * timeouts, and retries idempotent calls with jittered exponential backoff on
+ * transport errors and 502/503/504. Non-idempotent calls are never retried.
+ * A handle must not be shared between threads; make one per thread.
+ */
+#ifndef MICA_HTTPC_H
+#define MICA_HTTPC_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+#include "err.h"
+
+typedef struct mica_httpc_options {
+	const char *ca_file;     /* PEM CA the server must chain to (required) */
+	const char *cert_file;   /* PEM client certificate, or NULL */
+	const char *key_file;    /* PEM client key, or NULL */
+	long connect_timeout_ms; /* default 2000 */
+	long timeout_ms;         /* whole request, default 10000 */
+	int retries;             /* extra attempts for idempotent calls, default 2 */
+	long backoff_ms;         /* first backoff, doubled each retry, +-50% jitter; default 50 */
+} mica_httpc_options;
+
+typedef struct mica_httpc mica_httpc;
+
+typedef struct mica_httpc_resp {
+	long status;       /* HTTP status, 0 if no response */
+	char *body;        /* NUL-terminated, malloc'd; freed by mica_httpc_resp_cleanup */
+	size_t body_len;
+	int attempts;      /* how many tries were made */
+} mica_httpc_resp;
+
+/* Creates a client; copies every string in |opt|. MICA_EINVAL without a CA,
+ * MICA_ENOMEM, MICA_EHTTP if libcurl cannot be set up. */
+int mica_httpc_new(mica_httpc **out, const mica_httpc_options *opt) MICA_WUR;
+void mica_httpc_free(mica_httpc *c);
+
+/* Performs one request. |body| may be NULL; it is sent as application/json.
+ * |idempotent| allows retries (GET, PUT, DELETE, or a POST the server treats
+ * as idempotent). Returns 0 when an HTTP response arrived (any status; see
+ * out->status), MICA_ETIMEOUT, MICA_ETLS (handshake or verification failed),
+ * MICA_EHTTP (other transport failure), MICA_ETOOBIG (response over 16 MiB).
+ * Call mica_httpc_resp_cleanup(out) in every case. */
+int mica_httpc_request(mica_httpc *c, const char *method, const char *url, const char *body,
+		       size_t body_len, int idempotent, mica_httpc_resp *out) MICA_WUR;
+
+/* JSON convenience: sends |req| (borrowed, may be NULL), parses the reply.
+ * *out_json is set (caller decrefs) when the body is JSON; MICA_EBADHEADER if
+ * a non-empty body is not JSON. Same other codes as mica_httpc_request. */
+int mica_httpc_json(mica_httpc *c, const char *method, const char *url, json_t *req,
+		    int idempotent, long *status, json_t **out_json) MICA_WUR;
+
+void mica_httpc_resp_cleanup(mica_httpc_resp *r);
+
+#endif

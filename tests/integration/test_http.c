@@ -1,0 +1,399 @@
+/* test_http.c - libmica http server and httpc client against each other
+ * over real TLS on loopback, with the test CA from tests/run: routing,
+ * JSON errors, body limits, mTLS principals, timeouts, retries, metrics. */
+#include <arpa/inet.h>
+#include <check.h>
+#include <poll.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "http.h"
+#include "httpc.h"
+
+static const char *env(const char *name)
+{
+	const char *v = getenv(name);
+	ck_assert_msg(v && *v, "environment variable %s is not set (run through tests/run)", name);
+	return v;
+}
+
+static atomic_int flaky_calls;
+static int health_err;
+
+static void hello(const mica_http_req *req, mica_http_resp *resp, void *ctx)
+{
+	(void)req, (void)ctx;
+	mica_http_reply_json(resp, 200, json_pack("{s:s}", "hello", "world"));
+}
+
+static void echo(const mica_http_req *req, mica_http_resp *resp, void *ctx)
+{
+	(void)ctx;
+	mica_http_reply_json(resp, 200, json_incref(req->json));
+}
+
+static void whoami(const mica_http_req *req, mica_http_resp *resp, void *ctx)
+{
+	(void)ctx;
+	mica_http_reply_json(resp, 200, json_pack("{s:s}", "principal", req->peer));
+}
+
+static void item(const mica_http_req *req, mica_http_resp *resp, void *ctx)
+{
+	(void)ctx;
+	mica_http_reply_json(resp, 200,
+			     json_pack("{s:s,s:s}", "a", mica_http_param(req, "a"), "b",
+				       mica_http_param(req, "b")));
+}
+
+static void flaky(const mica_http_req *req, mica_http_resp *resp, void *ctx)
+{
+	(void)req, (void)ctx;
+	if (atomic_fetch_add(&flaky_calls, 1) < 2)
+		mica_http_reply_error(resp, 503, "unavailable", "try again");
+	else
+		mica_http_reply_json(resp, 200, json_pack("{s:i}", "calls", atomic_load(&flaky_calls)));
+}
+
+static void slow(const mica_http_req *req, mica_http_resp *resp, void *ctx)
+{
+	(void)req, (void)ctx;
+	struct timespec ts = {1, 500000000};
+	nanosleep(&ts, NULL);
+	mica_http_reply_json(resp, 200, NULL);
+}
+
+static void silent(const mica_http_req *req, mica_http_resp *resp, void *ctx)
+{
+	(void)req, (void)resp, (void)ctx;
+}
+
+static int health(void *ctx)
+{
+	(void)ctx;
+	return health_err;
+}
+
+static const mica_http_route routes[] = {
+	{"GET", "/v1/hello", hello, 0},
+	{"POST", "/v1/echo", echo, MICA_ROUTE_JSON},
+	{"GET", "/v1/whoami", whoami, MICA_ROUTE_PEER},
+	{"GET", "/v1/items/{a}/sub/{b}", item, 0},
+	{"DELETE", "/v1/items/{a}/sub/{b}", item, 0},
+	{"GET", "/v1/flaky", flaky, 0},
+	{"POST", "/v1/flaky", flaky, 0},
+	{"GET", "/v1/slow", slow, 0},
+	{"GET", "/v1/silent", silent, 0},
+};
+#define NROUTES (sizeof(routes) / sizeof(routes[0]))
+
+static mica_http_server *srv;
+static char base[64];
+
+static mica_http_server *start(int require_peer, int timeout_s)
+{
+	mica_http_options o;
+	mica_http_server *s = NULL;
+	mica_http_options_default(&o);
+	o.service = "test";
+	o.cert_file = env("MICA_CERT_SERVER");
+	o.key_file = env("MICA_KEY_SERVER");
+	o.client_ca_file = env("MICA_CA");
+	o.require_client_cert = require_peer;
+	o.max_body = 1024;
+	o.timeout_s = timeout_s;
+	o.access_log = 0;
+	o.health = health;
+	ck_assert_int_eq(mica_http_start(&s, &o, routes, NROUTES, NULL), 0);
+	snprintf(base, sizeof(base), "https://localhost:%d", mica_http_port(s));
+	return s;
+}
+
+static void setup(void)
+{
+	srv = start(0, 2);
+}
+
+static void teardown(void)
+{
+	mica_http_stop(srv);
+	srv = NULL;
+}
+
+static mica_httpc *client(const char *principal)
+{
+	mica_httpc_options o = {.ca_file = env("MICA_CA"), .retries = 2, .backoff_ms = 5};
+	mica_httpc *c = NULL;
+	char cert[64], key[64];
+	if (principal) {
+		snprintf(cert, sizeof(cert), "MICA_CERT_%s", principal);
+		snprintf(key, sizeof(key), "MICA_KEY_%s", principal);
+		o.cert_file = env(cert);
+		o.key_file = env(key);
+	}
+	ck_assert_int_eq(mica_httpc_new(&c, &o), 0);
+	return c;
+}
+
+/* Performs a request and returns the JSON reply; asserts the status. */
+static json_t *call(mica_httpc *c, const char *method, const char *path, const char *body,
+		    long want_status)
+{
+	char url[256];
+	mica_httpc_resp r;
+	snprintf(url, sizeof(url), "%s%s", base, path);
+	ck_assert_int_eq(mica_httpc_request(c, method, url, body, body ? strlen(body) : 0, 0, &r), 0);
+	ck_assert_msg(r.status == want_status, "%s %s: status %ld, want %ld (%s)", method, path,
+		      r.status, want_status, r.body);
+	json_t *j = json_loads(r.body, 0, NULL);
+	ck_assert_msg(j != NULL, "reply is not JSON: %s", r.body);
+	mica_httpc_resp_cleanup(&r);
+	return j;
+}
+
+static void assert_error(json_t *j, const char *code)
+{
+	const char *got = json_string_value(json_object_get(json_object_get(j, "error"), "code"));
+	ck_assert_msg(got && strcmp(got, code) == 0, "error code %s, want %s", got ? got : "(none)",
+		      code);
+	ck_assert(json_is_string(json_object_get(json_object_get(j, "error"), "message")));
+	json_decref(j);
+}
+
+START_TEST(routes_params_and_errors)
+{
+	mica_httpc *c = client(NULL);
+	json_t *j = call(c, "GET", "/v1/hello", NULL, 200);
+	ck_assert_str_eq(json_string_value(json_object_get(j, "hello")), "world");
+	json_decref(j);
+	j = call(c, "GET", "/v1/items/x1/sub/y2", NULL, 200);
+	ck_assert_str_eq(json_string_value(json_object_get(j, "a")), "x1");
+	ck_assert_str_eq(json_string_value(json_object_get(j, "b")), "y2");
+	json_decref(j);
+	assert_error(call(c, "GET", "/v1/nothing", NULL, 404), "not_found");
+	assert_error(call(c, "GET", "/v1/items/x1/sub", NULL, 404), "not_found");
+	j = call(c, "PUT", "/v1/items/x1/sub/y2", NULL, 405);
+	ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(json_object_get(j, "error"),
+									 "message")),
+				     "GET, DELETE"));
+	assert_error(j, "method_not_allowed");
+	assert_error(call(c, "GET", "/v1/silent", NULL, 500), "internal_error");
+	mica_httpc_free(c);
+}
+END_TEST
+
+START_TEST(json_bodies)
+{
+	mica_httpc *c = client(NULL);
+	json_t *j = call(c, "POST", "/v1/echo", "{\"k\":[1,2]}", 200);
+	ck_assert_int_eq(json_integer_value(json_array_get(json_object_get(j, "k"), 1)), 2);
+	json_decref(j);
+	j = call(c, "POST", "/v1/echo", "{\"k\":", 400);
+	ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(json_object_get(j, "error"),
+									 "message")),
+				     "line 1 column"));
+	assert_error(j, "malformed_json");
+	assert_error(call(c, "POST", "/v1/echo", "{\"k\":1,\"k\":2}", 400), "malformed_json");
+	assert_error(call(c, "POST", "/v1/echo", "[1]", 400), "body_not_object");
+	assert_error(call(c, "POST", "/v1/echo", NULL, 400), "missing_body");
+	char big[2000];
+	memset(big, ' ', sizeof(big) - 1);
+	big[0] = '{';
+	big[sizeof(big) - 2] = '}';
+	big[sizeof(big) - 1] = '\0';
+	assert_error(call(c, "POST", "/v1/echo", big, 413), "body_too_large");
+	/* The connection stays usable for the next request. */
+	json_decref(call(c, "GET", "/v1/hello", NULL, 200));
+	mica_httpc_free(c);
+}
+END_TEST
+
+START_TEST(mtls_principal)
+{
+	mica_httpc *c = client("TEST");
+	json_t *j = call(c, "GET", "/v1/whoami", NULL, 200);
+	ck_assert_str_eq(json_string_value(json_object_get(j, "principal")), "test");
+	json_decref(j);
+	mica_httpc_free(c);
+
+	c = client(NULL);
+	assert_error(call(c, "GET", "/v1/whoami", NULL, 401), "client_certificate_required");
+	mica_httpc_free(c);
+
+	c = client("ROGUE");
+	assert_error(call(c, "GET", "/v1/whoami", NULL, 403), "client_certificate_invalid");
+	mica_httpc_free(c);
+}
+END_TEST
+
+START_TEST(mtls_required_mode)
+{
+	mica_http_server *strict = start(1, 5);
+	mica_httpc *anon = client(NULL), *svc = client("ADMIN");
+	json_decref(call(anon, "GET", "/healthz", NULL, 200));
+	assert_error(call(anon, "GET", "/v1/hello", NULL, 401), "client_certificate_required");
+	assert_error(call(anon, "GET", "/metrics", NULL, 401), "client_certificate_required");
+	assert_error(call(anon, "GET", "/v1/nothing", NULL, 401), "client_certificate_required");
+	json_decref(call(svc, "GET", "/v1/hello", NULL, 200));
+	mica_httpc_free(anon);
+	mica_httpc_free(svc);
+	mica_http_stop(strict);
+}
+END_TEST
+
+START_TEST(untrusted_server_fails)
+{
+	mica_httpc_options o = {.ca_file = env("MICA_CA_ROGUE")};
+	mica_httpc *c = NULL;
+	mica_httpc_resp r;
+	char url[128];
+	ck_assert_int_eq(mica_httpc_new(&c, &o), 0);
+	snprintf(url, sizeof(url), "%s/v1/hello", base);
+	ck_assert_int_eq(mica_httpc_request(c, "GET", url, NULL, 0, 1, &r), MICA_ETLS);
+	ck_assert_int_eq(r.attempts, 1);
+	mica_httpc_resp_cleanup(&r);
+	mica_httpc_free(c);
+	ck_assert_int_eq(mica_httpc_new(&c, &(mica_httpc_options){0}), MICA_EINVAL);
+}
+END_TEST
+
+START_TEST(retries_only_idempotent)
+{
+	mica_httpc *c = client(NULL);
+	mica_httpc_resp r;
+	char url[128];
+	snprintf(url, sizeof(url), "%s/v1/flaky", base);
+	atomic_store(&flaky_calls, 0);
+	ck_assert_int_eq(mica_httpc_request(c, "POST", url, "{}", 2, 0, &r), 0);
+	ck_assert_int_eq(r.status, 503);
+	ck_assert_int_eq(r.attempts, 1);
+	mica_httpc_resp_cleanup(&r);
+	ck_assert_int_eq(mica_httpc_request(c, "GET", url, NULL, 0, 1, &r), 0);
+	ck_assert_int_eq(r.status, 200);
+	ck_assert_int_eq(r.attempts, 2);
+	mica_httpc_resp_cleanup(&r);
+	mica_httpc_free(c);
+}
+END_TEST
+
+START_TEST(client_timeout)
+{
+	mica_httpc_options o = {.ca_file = env("MICA_CA"), .timeout_ms = 300};
+	mica_httpc *c = NULL;
+	mica_httpc_resp r;
+	char url[128];
+	ck_assert_int_eq(mica_httpc_new(&c, &o), 0);
+	snprintf(url, sizeof(url), "%s/v1/slow", base);
+	ck_assert_int_eq(mica_httpc_request(c, "GET", url, NULL, 0, 0, &r), MICA_ETIMEOUT);
+	mica_httpc_resp_cleanup(&r);
+	mica_httpc_free(c);
+}
+END_TEST
+
+/* A client that connects and then sends nothing (or stalls mid-header) is
+ * disconnected once the 2-second idle timeout passes. */
+START_TEST(idle_and_slow_clients_time_out)
+{
+	for (int partial = 0; partial < 2; partial++) {
+		struct sockaddr_in sa = {.sin_family = AF_INET,
+					 .sin_port = htons((uint16_t)mica_http_port(srv))};
+		inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+		int fd = socket(AF_INET, SOCK_STREAM, 0);
+		ck_assert_int_ge(fd, 0);
+		ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+		if (partial) /* the start of a TLS ClientHello record, then nothing */
+			ck_assert_int_eq(write(fd, "\x16\x03\x01\x02", 4), 4);
+		time_t t0 = time(NULL);
+		char buf[256];
+		ssize_t n = 1;
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		/* Drain until EOF; give up after 8 s (the timeout is 2 s). */
+		while (n > 0 && poll(&p, 1, 8000) == 1)
+			n = read(fd, buf, sizeof(buf));
+		ck_assert_msg(n <= 0, "server kept the idle connection open");
+		ck_assert_int_le(time(NULL) - t0, 6);
+		close(fd);
+	}
+}
+END_TEST
+
+START_TEST(healthz_and_metrics)
+{
+	mica_httpc *c = client(NULL);
+	mica_httpc_resp r;
+	char url[128];
+	json_t *j = call(c, "GET", "/healthz", NULL, 200);
+	ck_assert_str_eq(json_string_value(json_object_get(j, "status")), "ok");
+	json_decref(j);
+	health_err = MICA_EDBCONN;
+	j = call(c, "GET", "/healthz", NULL, 503);
+	ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(json_object_get(j, "error"),
+									 "message")),
+				     "database_unavailable"));
+	assert_error(j, "unavailable");
+	health_err = 0;
+	json_decref(call(c, "GET", "/v1/hello", NULL, 200));
+	snprintf(url, sizeof(url), "%s/metrics", base);
+	ck_assert_int_eq(mica_httpc_request(c, "GET", url, NULL, 0, 1, &r), 0);
+	ck_assert_int_eq(r.status, 200);
+	ck_assert_ptr_nonnull(strstr(r.body, "mica_http_requests_total{service=\"test\",route=\"/v1/"
+					     "hello\",method=\"GET\",code=\"200\"} 1\n"));
+	ck_assert_ptr_nonnull(strstr(r.body, "route=\"/healthz\",method=\"any\",code=\"503\"} 1\n"));
+	ck_assert_ptr_nonnull(strstr(r.body, "mica_http_request_duration_seconds_count"));
+	mica_httpc_resp_cleanup(&r);
+	mica_httpc_free(c);
+}
+END_TEST
+
+START_TEST(start_rejects_bad_setup)
+{
+	mica_http_options o;
+	mica_http_server *s = NULL;
+	mica_http_route bad[] = {{"GET", "no-slash", hello, 0}};
+	mica_http_options_default(&o);
+	o.cert_file = env("MICA_CERT_SERVER");
+	o.key_file = env("MICA_KEY_SERVER");
+	ck_assert_int_eq(mica_http_start(&s, &o, bad, 1, NULL), MICA_EINVAL);
+	o.cert_file = "/nonexistent.pem";
+	ck_assert_int_eq(mica_http_start(&s, &o, routes, NROUTES, NULL), MICA_ETLS);
+	o.cert_file = env("MICA_CERT_SERVER");
+	o.bind = "not-an-address";
+	ck_assert_int_eq(mica_http_start(&s, &o, routes, NROUTES, NULL), MICA_EINVAL);
+	o.bind = "127.0.0.1";
+	o.port = mica_http_port(srv); /* already taken */
+	ck_assert_int_eq(mica_http_start(&s, &o, routes, NROUTES, NULL), MICA_EIO);
+	ck_assert_ptr_null(s);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("http");
+	TCase *tc = tcase_create("server+client");
+	SRunner *sr;
+	int failed;
+
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 30);
+	tcase_add_test(tc, routes_params_and_errors);
+	tcase_add_test(tc, json_bodies);
+	tcase_add_test(tc, mtls_principal);
+	tcase_add_test(tc, mtls_required_mode);
+	tcase_add_test(tc, untrusted_server_fails);
+	tcase_add_test(tc, retries_only_idempotent);
+	tcase_add_test(tc, client_timeout);
+	tcase_add_test(tc, idle_and_slow_clients_time_out);
+	tcase_add_test(tc, healthz_and_metrics);
+	tcase_add_test(tc, start_rejects_bad_setup);
+	suite_add_tcase(s, tc);
+	sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}

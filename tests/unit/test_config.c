@@ -1,0 +1,202 @@
+/* test_config.c - table-driven configuration: defaults, INI, environment
+ * overrides, bounds, unknown keys and sections, secrets from files, and the
+ * shipped deploy/mica.conf.example. */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "http.h"
+
+struct cfg {
+	int level;
+	mica_http_options http;
+	char *name;
+	int count;
+	size_t size;
+	int flag;
+	char *secret;
+};
+
+static const mica_config_entry table[] = {
+	{"log", "level", MICA_CFG_LOGLEVEL, 0, 4, "info", offsetof(struct cfg, level), "log level"},
+	MICA_CONFIG_HTTP_ENTRIES("demo.http", struct cfg, http),
+	{"demo", "name", MICA_CFG_STRING, 1, 8, "x", offsetof(struct cfg, name), "a name"},
+	{"demo", "count", MICA_CFG_INT, 1, 10, "3", offsetof(struct cfg, count), "a count"},
+	{"demo", "size", MICA_CFG_SIZE, 1, 1 << 20, "4K", offsetof(struct cfg, size), "a size"},
+	{"demo", "flag", MICA_CFG_BOOL, 0, 1, "no", offsetof(struct cfg, flag), "a flag"},
+	{"demo", "secret_file", MICA_CFG_SECRET, 0, 4096, NULL, offsetof(struct cfg, secret),
+	 "a secret"},
+};
+#define N (sizeof(table) / sizeof(table[0]))
+
+static char dir[] = "/tmp/mica-config-XXXXXX";
+static char secret_path[128];
+
+static void setup(void)
+{
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	snprintf(secret_path, sizeof(secret_path), "%s/secret", dir);
+	FILE *f = fopen(secret_path, "w");
+	fputs("s3cr3t\n", f);
+	fclose(f);
+}
+
+static void teardown(void)
+{
+	char cmd[256];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	ck_assert_int_eq(system(cmd), 0);
+}
+
+/* Writes |text| (with %s replaced by the secret's path) to a file, loads it. */
+static int load(const char *text, struct cfg *c, char *err, size_t errlen)
+{
+	char path[160];
+	snprintf(path, sizeof(path), "%s/c.ini", dir);
+	FILE *f = fopen(path, "w");
+	fprintf(f, text, secret_path);
+	fclose(f);
+	memset(c, 0, sizeof(*c));
+	return mica_config_load(table, N, c, path, err, errlen);
+}
+
+static const char *good = "[log]\nlevel = warn\n"
+			  "[demo.http]\nport = 8443\ncert_file = /c.pem\nkey_file = /k.pem\n"
+			  "[demo]\nname = abc\nsize = 2K\nflag = on\nsecret_file = %s\n"
+			  "[other.http]\nport = 99999\n";
+
+START_TEST(loads_defaults_file_and_secret)
+{
+	struct cfg c;
+	char err[256];
+	ck_assert_int_eq(load(good, &c, err, sizeof(err)), 0);
+	ck_assert_int_eq(c.level, 2);
+	ck_assert_int_eq(c.http.port, 8443);
+	ck_assert_str_eq(c.http.bind, "127.0.0.1");
+	ck_assert_int_eq(c.http.timeout_s, 30);
+	ck_assert_uint_eq(c.http.max_body, 1 << 20);
+	ck_assert_str_eq(c.name, "abc");
+	ck_assert_int_eq(c.count, 3);
+	ck_assert_uint_eq(c.size, 2048);
+	ck_assert_int_eq(c.flag, 1);
+	ck_assert_str_eq(c.secret, "s3cr3t");
+	mica_config_free(table, N, &c);
+	mica_config_free(table, N, &c); /* safe twice */
+	ck_assert_ptr_null(c.secret);
+}
+END_TEST
+
+START_TEST(environment_overrides_file)
+{
+	struct cfg c;
+	char err[256];
+	setenv("MICA_DEMO_HTTP_PORT", "9443", 1);
+	setenv("MICA_DEMO_COUNT", "7", 1);
+	ck_assert_int_eq(load(good, &c, err, sizeof(err)), 0);
+	ck_assert_int_eq(c.http.port, 9443);
+	ck_assert_int_eq(c.count, 7);
+	mica_config_free(table, N, &c);
+	setenv("MICA_DEMO_COUNT", "11", 1);
+	ck_assert_int_eq(load(good, &c, err, sizeof(err)), MICA_ECONFIG);
+	ck_assert_str_eq(err, "demo.count: 11 is out of range 1..10");
+	mica_config_free(table, N, &c);
+	unsetenv("MICA_DEMO_HTTP_PORT");
+	unsetenv("MICA_DEMO_COUNT");
+}
+END_TEST
+
+static void expect_error(const char *text, const char *want)
+{
+	struct cfg c;
+	char err[256];
+	ck_assert_int_eq(load(text, &c, err, sizeof(err)), MICA_ECONFIG);
+	ck_assert_msg(strstr(err, want) != NULL, "error \"%s\" does not contain \"%s\"", err, want);
+	mica_config_free(table, N, &c);
+}
+
+START_TEST(errors_name_the_key)
+{
+	const char *base = "[demo.http]\nport = 1\ncert_file = /c\nkey_file = /k\n"
+			   "[demo]\nsecret_file = %s\n";
+	char text[512];
+	expect_error("[demo.http]\nport = 1\ncert_file = /c\nkey_file = /k\nbogus = 1\n",
+		     "demo.http.bogus: unknown key");
+	expect_error("[demo]\nsecret_file = %s\nnmae = x\n", "demo.nmae: unknown key");
+	expect_error("[nosuch]\na = 1\n", "[nosuch]: unknown section");
+	snprintf(text, sizeof(text), "%s%s", base, "count = 0\n");
+	expect_error(text, "demo.count: 0 is out of range 1..10");
+	snprintf(text, sizeof(text), "%s%s", base, "count = 3x\n");
+	expect_error(text, "demo.count: \"3x\" is not an integer");
+	snprintf(text, sizeof(text), "%s%s", base, "size = 2Q\n");
+	expect_error(text, "demo.size: \"2Q\" is not a size");
+	snprintf(text, sizeof(text), "%s%s", base, "size = 2M\n");
+	expect_error(text, "demo.size: 2097152 is out of range 1..1048576");
+	snprintf(text, sizeof(text), "%s%s", base, "flag = maybe\n");
+	expect_error(text, "demo.flag: \"maybe\" is not a boolean");
+	snprintf(text, sizeof(text), "%s%s", base, "name = waytoolongname\n");
+	expect_error(text, "demo.name: length 14 is out of range 1..8");
+	expect_error("[log]\nlevel = loud\n", "log.level: \"loud\" is not one of");
+	expect_error("[demo]\nsecret_file = %s\n", "demo.http.port: required key is missing");
+	expect_error("[demo.http]\nport = 1\ncert_file = /c\nkey_file = /k\n",
+		     "demo.secret_file: required secret file is not set");
+	expect_error("[demo.http]\nport = 1\ncert_file = /c\nkey_file = /k\n[demo]\n"
+		     "secret_file = /nonexistent/secret\n",
+		     "demo.secret_file: cannot read secret file /nonexistent/secret: No such file");
+	expect_error("[demo.http]\nport\n", "c.ini:2: syntax error");
+	expect_error("x = 1\n", "x: key outside any section");
+}
+END_TEST
+
+START_TEST(missing_file_is_an_error)
+{
+	struct cfg c = {0};
+	char err[256];
+	ck_assert_int_eq(mica_config_load(table, N, &c, "/nonexistent/mica.conf", err, sizeof(err)),
+			 MICA_ECONFIG);
+	ck_assert_str_eq(err, "cannot open config file /nonexistent/mica.conf");
+	mica_config_free(table, N, &c);
+}
+END_TEST
+
+/* The example written from a table loads back with that table. */
+START_TEST(written_example_round_trips)
+{
+	char path[160];
+	struct cfg c = {0};
+	char err[256];
+	snprintf(path, sizeof(path), "%s/example.ini", dir);
+	FILE *f = fopen(path, "w");
+	mica_config_write_example(f, table, N);
+	fclose(f);
+	setenv("MICA_DEMO_HTTP_PORT", "1", 1);
+	setenv("MICA_DEMO_HTTP_CERT_FILE", "/c", 1);
+	setenv("MICA_DEMO_HTTP_KEY_FILE", "/k", 1);
+	setenv("MICA_DEMO_SECRET_FILE", secret_path, 1);
+	ck_assert_msg(mica_config_load(table, N, &c, path, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_str_eq(c.secret, "s3cr3t");
+	mica_config_free(table, N, &c);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("config");
+	TCase *tc = tcase_create("load");
+	SRunner *sr;
+	int failed;
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, loads_defaults_file_and_secret);
+	tcase_add_test(tc, environment_overrides_file);
+	tcase_add_test(tc, errors_name_the_key);
+	tcase_add_test(tc, missing_file_is_an_error);
+	tcase_add_test(tc, written_example_round_trips);
+	suite_add_tcase(s, tc);
+	sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}

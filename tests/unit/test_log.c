@@ -1,0 +1,108 @@
+/* test_log.c - error strings, the JSON-lines logger (escaping, request ids,
+ * level checked before arguments are evaluated) and the masking helpers. */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "err.h"
+#include "log.h"
+
+START_TEST(error_strings_are_distinct)
+{
+	ck_assert_str_eq(mica_strerror(0), "ok");
+	ck_assert_str_eq(mica_strerror(MICA_EAUTH), "authentication_failed");
+	ck_assert_str_eq(mica_errmsg(MICA_ENOMEM), "out of memory");
+	ck_assert_str_eq(mica_strerror(1), "unknown_error");
+	ck_assert_str_eq(mica_strerror(MICA__ERR_END), "unknown_error");
+	for (int a = MICA__ERR_BASE + 1; a < MICA__ERR_END; a++) {
+		ck_assert_str_ne(mica_strerror(a), "unknown_error");
+		for (int b = a + 1; b < MICA__ERR_END; b++)
+			ck_assert_str_ne(mica_strerror(a), mica_strerror(b));
+	}
+}
+END_TEST
+
+static int evaluated;
+static const char *count_eval(void)
+{
+	evaluated++;
+	return "x";
+}
+
+/* Runs MICA_LOG with stderr redirected to a file and returns what was written. */
+static char *capture(int level, const char *msg)
+{
+	static char buf[8192];
+	char path[] = "/tmp/mica-log-XXXXXX";
+	int fd = mkstemp(path), saved = dup(2);
+	dup2(fd, 2);
+	MICA_LOG(level, "%s %s", msg, count_eval());
+	dup2(saved, 2);
+	close(saved);
+	lseek(fd, 0, SEEK_SET);
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	buf[n > 0 ? n : 0] = '\0';
+	close(fd);
+	unlink(path);
+	return buf;
+}
+
+START_TEST(log_lines_are_json_and_level_first)
+{
+	mica_log_min_level = MICA_LOG_WARN;
+	evaluated = 0;
+	ck_assert_str_eq(capture(MICA_LOG_INFO, "hidden"), "");
+	ck_assert_int_eq(evaluated, 0);
+	mica_log_set_request_id("req-1");
+	char *line = capture(MICA_LOG_ERROR, "quote\" nl\n ctl\x01");
+	ck_assert_int_eq(evaluated, 1);
+	ck_assert_ptr_nonnull(strstr(line, "\"level\":\"error\""));
+	ck_assert_ptr_nonnull(strstr(line, "\"req\":\"req-1\""));
+	ck_assert_ptr_nonnull(strstr(line, "\"msg\":\"quote\\\" nl\\n ctl\\u0001 x\"}\n"));
+	ck_assert_int_eq((int)(strchr(line, '\n') - line), (int)strlen(line) - 1);
+	mica_log_set_request_id(NULL);
+	ck_assert_ptr_null(strstr(capture(MICA_LOG_ERROR, "y"), "\"req\""));
+	ck_assert_int_eq(mica_log_level_parse("debug"), MICA_LOG_DEBUG);
+	ck_assert_int_eq(mica_log_level_parse("loud"), -1);
+}
+END_TEST
+
+START_TEST(masks)
+{
+	char b[64];
+	ck_assert_str_eq(mica_mask_ip(b, sizeof(b), "192.168.10.77"), "192.168.*.*");
+	ck_assert_str_eq(mica_mask_ip(b, sizeof(b), "2001:db8:1:2::5"), "2001:db8:*");
+	ck_assert_str_eq(mica_mask_ip(b, sizeof(b), "256.1.1.1"), "***");
+	ck_assert_str_eq(mica_mask_ip(b, sizeof(b), "1.2.3"), "***");
+	ck_assert_str_eq(mica_mask_ip(b, sizeof(b), NULL), "***");
+	ck_assert_str_eq(mica_mask_phone(b, sizeof(b), "13812345678"), "138****5678");
+	ck_assert_str_eq(mica_mask_phone(b, sizeof(b), "123"), "***");
+	ck_assert_str_eq(mica_mask_email(b, sizeof(b), "alice@example.com"), "a***@example.com");
+	ck_assert_str_eq(mica_mask_email(b, sizeof(b), "@example.com"), "***");
+	ck_assert_str_eq(mica_mask_email(b, sizeof(b), "alice"), "***");
+	ck_assert_str_eq(mica_mask_id(b, sizeof(b), "a1b2c3d4e5f6"), "a1b2******");
+	ck_assert_str_eq(mica_mask_id(b, sizeof(b), "short"), "***");
+	ck_assert_str_eq(mica_mask_card(b, sizeof(b), "4111111111111111"), "************1111");
+	ck_assert_str_eq(mica_mask_card(b, sizeof(b), "4111"), "***");
+	ck_assert_str_eq(mica_mask_phone(b, 5, "13812345678"), "138*");
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("log");
+	TCase *tc = tcase_create("log");
+	SRunner *sr;
+	int failed;
+	tcase_add_test(tc, error_strings_are_distinct);
+	tcase_add_test(tc, log_lines_are_json_and_level_first);
+	tcase_add_test(tc, masks);
+	suite_add_tcase(s, tc);
+	sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
