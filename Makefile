@@ -17,12 +17,17 @@ PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 WARN := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wno-format-nonliteral
 HARDEN := -fstack-protector-strong -D_FORTIFY_SOURCE=2 -fPIE
 OPT ?= -O2 -g
-CFLAGS := -std=gnu11 $(OPT) $(WARN) $(HARDEN) $(EXTRA_CFLAGS) -Ilib $(PKG_CFLAGS) -MMD -MP
+CFLAGS := -std=gnu11 $(OPT) $(WARN) $(HARDEN) $(EXTRA_CFLAGS) -Ilib -I. $(PKG_CFLAGS) -MMD -MP
 LDFLAGS := -pie -Wl,-z,relro,-z,now $(EXTRA_LDFLAGS)
-LIBS := $(PKG_LIBS) -lpthread
+LIBS := $(PKG_LIBS) -lpthread -ldl
 
 LIB_SRC := $(wildcard lib/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+# Service directories: each becomes $(BUILD)/lib<dir>.a, linked into every
+# program and test (static archives only pull in what a program uses).
+SVC_DIRS := $(foreach d,keycenter account,$(if $(wildcard $(d)/*.c),$(d)))
+SVC_LIBS := $(foreach d,$(SVC_DIRS),$(BUILD)/lib$(d).a)
+ALL_LIBS := $(SVC_LIBS) $(BUILD)/libmica.a
 CMD_SRC := $(wildcard cmd/*.c)
 BINS := $(CMD_SRC:cmd/%.c=$(BUILD)/bin/%)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
@@ -36,7 +41,7 @@ BENCHES := $(foreach s,$(BENCH_SRC),$(BUILD)/bench/$(basename $(notdir $(s))))
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 
 .PHONY: all test asan run stop bench fuzz clean deps check-config
-all: $(BUILD)/libmica.a $(BINS) $(UNIT) $(INTEG) $(PEERS) $(BENCHES)
+all: $(ALL_LIBS) $(BINS) $(UNIT) $(INTEG) $(PEERS) $(BENCHES)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(@D)
@@ -46,24 +51,31 @@ $(BUILD)/libmica.a: $(LIB_OBJ)
 	@mkdir -p $(@D)
 	rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/bin/%: $(BUILD)/obj/cmd/%.o $(BUILD)/libmica.a
+define svc_rule
+$(BUILD)/lib$(1).a: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard $(1)/*.c))
+	@mkdir -p $$(@D)
+	rm -f $$@ && ar rcs $$@ $$^
+endef
+$(foreach d,$(SVC_DIRS),$(eval $(call svc_rule,$(d))))
+
+$(BUILD)/bin/%: $(BUILD)/obj/cmd/%.o $(ALL_LIBS)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) $^ $(LIBS) -o $@
 
-$(BUILD)/tests/unit/%: $(BUILD)/obj/tests/unit/%.o $(BUILD)/libmica.a
+$(BUILD)/tests/unit/%: $(BUILD)/obj/tests/unit/%.o $(ALL_LIBS)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) $^ $(LIBS) $(shell pkg-config --libs check) -o $@
 
-$(BUILD)/tests/integration/%: $(BUILD)/obj/tests/integration/%.o $(BUILD)/libmica.a
+$(BUILD)/tests/integration/%: $(BUILD)/obj/tests/integration/%.o $(ALL_LIBS)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) $^ $(LIBS) $(shell pkg-config --libs check) -o $@
 
-$(BUILD)/tests/peers/%: $(BUILD)/obj/tests/peers/%.o $(BUILD)/libmica.a
+$(BUILD)/tests/peers/%: $(BUILD)/obj/tests/peers/%.o $(ALL_LIBS)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) $^ $(LIBS) -o $@
 
 define bench_rule
-$(BUILD)/bench/$(basename $(notdir $(1))): $(BUILD)/obj/$(basename $(1)).o $(BUILD)/libmica.a
+$(BUILD)/bench/$(basename $(notdir $(1))): $(BUILD)/obj/$(basename $(1)).o $(ALL_LIBS)
 	@mkdir -p $$(@D)
 	$$(CC) $$(LDFLAGS) $$^ $$(LIBS) -o $$@
 endef

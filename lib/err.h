@@ -33,7 +33,11 @@
 	X(HTTP, "http_error", "HTTP transport error")                          \
 	X(TLS, "tls_error", "TLS error")                                       \
 	X(CHECKSUM, "checksum_mismatch", "checksum mismatch")                  \
-	X(STATE, "bad_state", "operation not valid in this state")             \
+	X(STATE, "bad_state", "operation not valid in this state")              \
+	X(HSM, "hsm_unavailable", "HSM unavailable or failed")                 \
+	X(PIN, "hsm_login_failed", "HSM login failed")                         \
+	X(DENIED, "access_denied", "access denied")                            \
+	X(AUDIT, "audit_unavailable", "audit record could not be written")             \
 	X(PERM, "permission_denied", "permission denied")
 
 typedef enum mica_err {
