@@ -76,6 +76,9 @@ void mica_config_write_example(FILE *out, const mica_config_entry *table, size_t
 	 "seconds an idle or stalled connection is kept"},                                        \
 	{sec, "threads", MICA_CFG_INT, 0, 256, "0", offsetof(type, m.threads),                     \
 	 "worker threads (0 = one per CPU)"},                                                     \
+	{sec, "thread_per_connection", MICA_CFG_BOOL, 0, 1, "false",                            \
+	 offsetof(type, m.thread_per_connection),                                                 \
+	 "one thread per connection (for services whose handlers block)"},                        \
 	{sec, "max_connections", MICA_CFG_INT, 1, 100000, "1024", offsetof(type, m.max_conns),     \
 	 "total open connections"},                                                               \
 	{sec, "max_connections_per_ip", MICA_CFG_INT, 0, 100000, "64",                            \

@@ -791,8 +791,10 @@ int mica_http_start(mica_http_server **out, const mica_http_options *opt,
 		goto fail;
 	}
 
-	flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_TLS | MHD_USE_ERROR_LOG |
-		(v6 ? MHD_USE_IPv6 : 0);
+	flags = MHD_USE_TLS | MHD_USE_ERROR_LOG | (v6 ? MHD_USE_IPv6 : 0) |
+		(opt->thread_per_connection
+			 ? MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL
+			 : MHD_USE_EPOLL_INTERNAL_THREAD);
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	unsigned int threads = opt->threads > 0 ? (unsigned)opt->threads : ncpu > 0 ? (unsigned)ncpu : 1;
 	/* Settings given only when used, as an END-terminated option array. */
@@ -800,7 +802,7 @@ int mica_http_start(mica_http_server **out, const mica_http_options *opt,
 	int nopt = 0;
 	if (srv->ca_pem)
 		optional[nopt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_TRUST, 0, srv->ca_pem};
-	if (threads > 1)
+	if (threads > 1 && !opt->thread_per_connection)
 		optional[nopt++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, threads, NULL};
 	optional[nopt] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
 	srv->daemon = MHD_start_daemon(

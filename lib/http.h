@@ -81,6 +81,8 @@ typedef struct mica_http_options {
 	size_t max_body;           /* bytes; larger bodies get 413 */
 	int timeout_s;             /* idle connection timeout */
 	int threads;               /* worker threads (0 = number of CPUs) */
+	int thread_per_connection; /* 1: one thread per connection, for handlers that
+				      block (e.g. on a group commit); ignores |threads| */
 	int max_conns;             /* total connection limit */
 	int per_ip_conns;          /* connection limit per client address (0 = none) */
 	int access_log;            /* 1: one JSON log line per request */
