@@ -605,7 +605,33 @@ mica_env_lines() {
 	mica__e MICA_HSM_TOKEN_LABEL "$MICA_HSM_TOKEN_LABEL"
 	mica__e MICA_HSM_PIN_FILE "$dir/secrets/hsm-user.pin"
 	mica__e MICA_HSM_SO_PIN_FILE "$dir/secrets/hsm-so.pin"
+	mica__e MICA_KEYCENTER_DB_CONNINFO "$(mica_keycenter_conninfo "$dir")"
 	unset -f mica__e
+}
+
+# mica_pg_service_roles DIR [DB]: give every service role the migrations created (mica_<s> for
+# each s in MICA_SERVICES) a random password kept in DIR/secrets/pg-<s>.password and a passfile
+# DIR/secrets/pgpass-<s>, so daemons log in as their own least-privilege role. Idempotent.
+mica_pg_service_roles() {
+	local dir="$1" s role have
+	for s in $MICA_SERVICES; do
+		role="mica_$s"
+		have="$(MICA__PG_DB="${2:-mica}" mica_pg_psql "$dir" -Atqc "SELECT 1 FROM pg_roles WHERE rolname = '$role'")" ||
+			mica_die "cannot query PostgreSQL roles"
+		[[ "$have" == 1 ]] || continue
+		mica_secret_file "$dir/secrets/pg-$s.password"
+		MICA__PG_DB="${2:-mica}" mica_pg_psql "$dir" -q -v ON_ERROR_STOP=1 \
+			-v pw="$(<"$dir/secrets/pg-$s.password")" >/dev/null <<SQL || mica_die "cannot set the password of $role"
+ALTER ROLE $role PASSWORD :'pw';
+SQL
+		(umask 077 && printf '*:*:*:%s:%s\n' "$role" "$(<"$dir/secrets/pg-$s.password")" >"$dir/secrets/pgpass-$s")
+	done
+}
+
+# mica_keycenter_conninfo DIR [DB]: libpq conninfo of the Key Center's role (passfile, TLS).
+mica_keycenter_conninfo() {
+	printf 'host=127.0.0.1 port=%s dbname=%s user=mica_keycenter passfile=%s sslmode=verify-full sslrootcert=%s' \
+		"$(mica_pg_port "$1")" "${2:-mica}" "$1/secrets/pgpass-keycenter" "$1/ca/ca.pem"
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -56,8 +56,9 @@ void mica_config_write_example(FILE *out, const mica_config_entry *table, size_t
 
 /* Common fragments every daemon's table repeats for its [http] section,
  * expressed as a macro so the offsets refer to the program's own struct. The
- * member |m| must be a mica_http_options. */
-#define MICA_CONFIG_HTTP_ENTRIES(sec, type, m)                                                    \
+ * member |m| must be a mica_http_options; |per_conn_default| ("true" or
+ * "false") is the service's default for thread_per_connection. */
+#define MICA_CONFIG_HTTP_ENTRIES(sec, type, m, per_conn_default)                                                 \
 	{sec, "bind", MICA_CFG_STRING, 1, 255, "127.0.0.1", offsetof(type, m.bind),               \
 	 "address to listen on (IPv4 or IPv6 literal)"},                                          \
 	{sec, "port", MICA_CFG_INT, 0, 65535, NULL, offsetof(type, m.port),                        \
@@ -76,7 +77,7 @@ void mica_config_write_example(FILE *out, const mica_config_entry *table, size_t
 	 "seconds an idle or stalled connection is kept"},                                        \
 	{sec, "threads", MICA_CFG_INT, 0, 256, "0", offsetof(type, m.threads),                     \
 	 "worker threads (0 = one per CPU)"},                                                     \
-	{sec, "thread_per_connection", MICA_CFG_BOOL, 0, 1, "false",                            \
+	{sec, "thread_per_connection", MICA_CFG_BOOL, 0, 1, per_conn_default,                   \
 	 offsetof(type, m.thread_per_connection),                                                 \
 	 "one thread per connection (for services whose handlers block)"},                        \
 	{sec, "max_connections", MICA_CFG_INT, 1, 100000, "1024", offsetof(type, m.max_conns),     \

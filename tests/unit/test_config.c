@@ -9,6 +9,7 @@
 
 #include "config.h"
 #include "http.h"
+#include "keycenter/keycenter.h"
 
 struct cfg {
 	int level;
@@ -22,7 +23,7 @@ struct cfg {
 
 static const mica_config_entry table[] = {
 	{"log", "level", MICA_CFG_LOGLEVEL, 0, 4, "info", offsetof(struct cfg, level), "log level"},
-	MICA_CONFIG_HTTP_ENTRIES("demo.http", struct cfg, http),
+	MICA_CONFIG_HTTP_ENTRIES("demo.http", struct cfg, http, "false"),
 	{"demo", "name", MICA_CFG_STRING, 1, 8, "x", offsetof(struct cfg, name), "a name"},
 	{"demo", "count", MICA_CFG_INT, 1, 10, "3", offsetof(struct cfg, count), "a count"},
 	{"demo", "size", MICA_CFG_SIZE, 1, 1 << 20, "4K", offsetof(struct cfg, size), "a size"},
@@ -181,6 +182,51 @@ START_TEST(written_example_round_trips)
 }
 END_TEST
 
+/* Every program's table, for the example-file test. */
+static const struct {
+	const char *program;
+	const mica_config_entry *table;
+	size_t n;
+	size_t size;
+} programs[] = {
+	{"mica-keycenter", kc_config_table, 0, sizeof(struct kc_config)},
+};
+
+/* deploy/mica.conf.example loads with every program's table, and every key
+ * of every table appears in it (documented), in its section. */
+START_TEST(shipped_example_documents_every_key)
+{
+	const char *path = "deploy/mica.conf.example";
+	char err[256], line[1024], section[128] = "";
+	FILE *f;
+	for (size_t p = 0; p < sizeof(programs) / sizeof(programs[0]); p++) {
+		size_t n = programs[p].table == kc_config_table ? kc_config_table_len : programs[p].n;
+		void *cfg = calloc(1, programs[p].size);
+		ck_assert_msg(mica_config_load(programs[p].table, n, cfg, path, err, sizeof(err)) == 0,
+			      "%s: %s", programs[p].program, err);
+		mica_config_free(programs[p].table, n, cfg);
+		free(cfg);
+		for (size_t i = 0; i < n; i++) {
+			const mica_config_entry *e = &programs[p].table[i];
+			int found = 0;
+			ck_assert_ptr_nonnull(f = fopen(path, "r"));
+			while (!found && fgets(line, sizeof(line), f)) {
+				size_t kl = strlen(e->key);
+				if (line[0] == '[')
+					sscanf(line, "[%127[^]]]", section);
+				else if (strcmp(section, e->section) == 0 &&
+					 strncmp(line, e->key, kl) == 0 &&
+					 (line[kl] == ' ' || line[kl] == '='))
+					found = 1;
+			}
+			fclose(f);
+			ck_assert_msg(found, "%s: %s.%s is not documented in %s", programs[p].program,
+				      e->section, e->key, path);
+		}
+	}
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("config");
@@ -193,6 +239,7 @@ int main(void)
 	tcase_add_test(tc, errors_name_the_key);
 	tcase_add_test(tc, missing_file_is_an_error);
 	tcase_add_test(tc, written_example_round_trips);
+	tcase_add_test(tc, shipped_example_documents_every_key);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

@@ -1,0 +1,131 @@
+/* keycenter.h - internal interfaces of mica-keycenter shared between its
+ * files: the service state (kc_service), the in-memory key cache and store
+ * (keys.c), the crypto operations on named keys (ops.c), dual control
+ * (changes.c), alerts (alerts.c) and the HTTP routes (routes.c). */
+#ifndef KC_KEYCENTER_H
+#define KC_KEYCENTER_H
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "http.h"
+#include "keycenter/anomaly.h"
+#include "keycenter/audit.h"
+#include "keycenter/hsm.h"
+#include "keycenter/policy.h"
+
+#define KC_NAME_MAX 64
+#define KC_SERVICE_MAX 32
+
+/* Configuration of mica-keycenter (see kc_config_table in service.c). */
+struct kc_config {
+	int log_level;
+	mica_http_options http;
+	char *db_conninfo;
+	char *db_password;
+	char *hsm_module;
+	char *hsm_token_label;
+	char *hsm_pin_file;
+	int audit_checkpoint_every;
+	int audit_checkpoint_interval_ms;
+	int audit_max_batch;
+	int max_batch_items;
+	int alert_rate_max;
+	int alert_denial_max;
+	int alert_window_s;
+	char *alert_webhook_url;
+	char *alert_webhook_ca_file;
+};
+
+extern const mica_config_entry kc_config_table[];
+extern const size_t kc_config_table_len;
+
+struct kc_key;   /* keys.c */
+struct kc_alerts; /* alerts.c */
+
+typedef struct kc_service {
+	struct kc_config *cfg;
+	kc_hsm *hsm;
+	kc_audit *audit;
+	kc_anomaly *anomaly;
+	struct kc_alerts *alerts;
+	pthread_mutex_t policy_lock;
+	kc_policy *policy;          /* active policy; swap under policy_lock */
+	pthread_rwlock_t keys_lock;
+	struct kc_key **buckets;    /* key cache, KC_BUCKETS chains */
+	pthread_mutex_t kek_lock;
+	struct kc_kek *keks;        /* loaded KEKs by service */
+} kc_service;
+
+/* ---- keys.c: cache and store ------------------------------------------- */
+
+/* A snapshot of one key's metadata (no material). */
+struct kc_key_info {
+	char name[KC_NAME_MAX + 1];
+	char type[16];
+	char owner[KC_SERVICE_MAX + 1];
+	int bits;
+	uint32_t latest, min_decryption, min_encryption;
+	int deletion_allowed;
+};
+
+int kc_keys_init(kc_service *s) MICA_WUR;
+void kc_keys_cleanup(kc_service *s);
+int kc_key_create(kc_service *s, const char *name, const char *type, const char *owner,
+		  struct kc_key_info *info) MICA_WUR;
+int kc_key_info(kc_service *s, const char *name, struct kc_key_info *info) MICA_WUR;
+int kc_key_rotate(kc_service *s, const char *name, struct kc_key_info *info) MICA_WUR;
+int kc_key_configure(kc_service *s, const char *name, long min_dec, long min_enc,
+		     int deletion_allowed, struct kc_key_info *info, char *why, size_t whylen) MICA_WUR;
+/* Deletes |name| inside the caller's transaction on |db| (dual control has
+ * already approved it) and drops it from the cache after commit. */
+int kc_key_delete_tx(kc_service *s, mica_db *db, const char *name) MICA_WUR;
+void kc_key_forget(kc_service *s, const char *name);
+/* Copies version |version| (0 = latest) of |name| into |material| (32
+ * bytes, wiped by the caller) and sets *bits and *used_version. Returns
+ * MICA_ENOTFOUND for an unknown key or version. */
+int kc_key_material(kc_service *s, const char *name, uint32_t version, uint8_t material[32],
+		    int *bits, uint32_t *used_version, struct kc_key_info *info) MICA_WUR;
+/* Loads a KEK (creating it for a new owner) and seals/opens with it. */
+int kc_kek_handle(kc_service *s, const char *service, const kc_hsm_key **out) MICA_WUR;
+
+/* ---- dual control, changes.c ------------------------------------------- */
+#define KC_APPROVALS_REQUIRED 2
+int kc_change_request(kc_service *s, const char *kind, const char *target, json_t *payload,
+		      const char *principal, json_t **out) MICA_WUR;
+int kc_change_approve(kc_service *s, int64_t id, const char *officer, json_t **out) MICA_WUR;
+int kc_change_get(kc_service *s, int64_t id, json_t **out) MICA_WUR;
+int kc_change_list(kc_service *s, const char *status, json_t **out) MICA_WUR;
+int kc_policy_load_active(kc_service *s) MICA_WUR;
+/* {"version": N, "document": {...}} of the active policy. */
+int kc_policy_active_document(kc_service *s, json_t **out) MICA_WUR;
+/* A borrowed reference to the active policy; kc_policy_unref() it. */
+kc_policy *kc_policy_current(kc_service *s);
+
+/* ---- alerts.c ------------------------------------------------------------ */
+int kc_alerts_start(kc_service *s) MICA_WUR;
+void kc_alerts_stop(kc_service *s);
+/* Queues an alert: written to keycenter.alert, logged at warn, and POSTed
+ * to the webhook if configured. |detail| is stolen. Never blocks on I/O. */
+void kc_alert(kc_service *s, const char *kind, const char *principal, const char *key,
+	      json_t *detail);
+int kc_alerts_list(kc_service *s, int64_t after_id, int limit, json_t **out) MICA_WUR;
+
+/* ---- routes.c ------------------------------------------------------------ */
+extern const mica_http_route kc_routes[];
+extern const size_t kc_routes_len;
+
+/* The audit MAC key is sealed by the "keycenter" KEK with this associated data. */
+#define KC_AUDIT_MAC_AAD "mica-kc-audit-mac-v1"
+int kc_audit_mac_key(kc_service *s, uint8_t key[32]) MICA_WUR;
+
+/* ---- service.c ----------------------------------------------------------- */
+/* Runs the daemon until SIGINT/SIGTERM. Returns a process exit code. */
+int kc_run(struct kc_config *cfg);
+/* `mica keycenter init`: see init.c. */
+int kc_init_command(int argc, char **argv);
+
+#endif

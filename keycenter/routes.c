@@ -1,0 +1,770 @@
+/* routes.c - the Key Center's HTTP API (docs/api/keycenter.md). Every
+ * handler follows one shape: begin() names the operation and key, allow()
+ * checks the policy, the work runs, and reply()/reply_error() write the
+ * audit record BEFORE anything is answered: if the record cannot be written
+ * the caller gets 503 audit_unavailable and nothing else (fail closed). */
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+
+#include "crypto.h"
+#include "keycenter/keycenter.h"
+#include "keycenter/ops.h"
+#include "log.h"
+
+struct call {
+	kc_service *s;
+	const mica_http_req *req;
+	mica_http_resp *resp;
+	enum kc_op op;
+	const char *key;
+	int version;           /* key version the call used, -1 if none */
+	char ctx_hash[65];     /* SHA-256 hex of the canonical context(s), "" if none */
+	EVP_MD_CTX *ctx_sha;   /* created by the first add_context() */
+	kc_policy *policy;
+};
+
+static int64_t now_us(void)
+{
+	struct timeval tv;
+	gettimeofday(&tv, NULL);
+	return (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
+}
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static struct call begin(void *svc, const mica_http_req *req, mica_http_resp *resp, enum kc_op op)
+{
+	struct call c = {.s = svc, .req = req, .resp = resp, .op = op, .version = -1};
+	c.key = mica_http_param(req, "name");
+	c.policy = kc_policy_current(c.s);
+	return c;
+}
+
+static void add_context(struct call *c, const char *canon, size_t len)
+{
+	uint32_t l = (uint32_t)len;
+	unsigned char be[4] = {(unsigned char)(l >> 24), (unsigned char)(l >> 16),
+			       (unsigned char)(l >> 8), (unsigned char)l};
+	if (!c->ctx_sha && (c->ctx_sha = EVP_MD_CTX_new()) &&
+	    EVP_DigestInit_ex(c->ctx_sha, EVP_sha256(), NULL) != 1) {
+		EVP_MD_CTX_free(c->ctx_sha);
+		c->ctx_sha = NULL;
+	}
+	if (c->ctx_sha) {
+		EVP_DigestUpdate(c->ctx_sha, be, 4);
+		EVP_DigestUpdate(c->ctx_sha, canon, len);
+	}
+}
+
+/* Writes the audit record and feeds the anomaly detector. Returns 0, or
+ * MICA_EAUDIT after replacing the reply with 503. */
+static int record(struct call *c, const char *result, int denied)
+{
+	kc_audit_record rec = {0};
+	kc_anomaly_event ev[KC_ANOMALY_MAX_EVENTS];
+	uint64_t seq;
+	unsigned char md[32];
+	const char *principal = c->req->peer ? c->req->peer : "-";
+	int err;
+
+	if (c->ctx_sha && (EVP_DigestFinal_ex(c->ctx_sha, md, NULL) != 1 ||
+			   mica_hex_encode(md, sizeof(md), c->ctx_hash, sizeof(c->ctx_hash)) != 0))
+		snprintf(c->ctx_hash, sizeof(c->ctx_hash), "unavailable");
+	rec.ts_us = now_us();
+	rec.principal = principal;
+	rec.client = c->req->client_ip;
+	rec.op = kc_op_name(c->op);
+	rec.key_name = c->key;
+	rec.key_version = c->version;
+	rec.context_hash = c->ctx_sha ? c->ctx_hash : NULL;
+	rec.result = result;
+	err = kc_audit_append(c->s->audit, &rec, &seq);
+	int nev = kc_anomaly_record(c->s->anomaly, principal, c->key, denied, mono_ms(), ev);
+	for (int i = 0; i < nev; i++)
+		kc_alert(c->s, ev[i].kind == KC_ALERT_RATE ? "rate_anomaly" : "denial_burst",
+			 principal, c->key,
+			 json_pack("{s:I,s:i,s:I}", "count", (json_int_t)ev[i].count, "threshold",
+				   (int)ev[i].threshold, "window_ms", (json_int_t)ev[i].window_ms));
+	if (err) {
+		kc_alert(c->s, "audit_write_failure", principal, c->key,
+			 json_pack("{s:s,s:s}", "operation", rec.op, "error", mica_strerror(err)));
+		mica_http_reply_error(c->resp, 503, "audit_unavailable",
+				      "the request could not be audited, so it was not answered");
+		return MICA_EAUDIT;
+	}
+	return 0;
+}
+
+static void done(struct call *c)
+{
+	kc_policy_unref(c->policy);
+	c->policy = NULL;
+	EVP_MD_CTX_free(c->ctx_sha);
+	c->ctx_sha = NULL;
+}
+
+static void reply(struct call *c, int status, json_t *body)
+{
+	if (record(c, "ok", 0) == 0)
+		mica_http_reply_json(c->resp, status, body);
+	else
+		json_decref(body);
+	done(c);
+}
+
+static void reply_error(struct call *c, int status, const char *code, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static void reply_error(struct call *c, int status, const char *code, const char *fmt, ...)
+{
+	char msg[256];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (record(c, code, status == 403) == 0)
+		mica_http_reply_error(c->resp, status, code, "%s", msg);
+	done(c);
+}
+
+static void reply_why(struct call *c, int err, struct kc_why *why)
+{
+	int status = kc_http_status(err, why);
+	reply_error(c, status, why->code, "%s", why->msg);
+}
+
+/* The policy decision. Returns 1 when allowed; otherwise the call has been
+ * answered (and audited) with 403. */
+static int allow(struct call *c)
+{
+	const char *p = c->req->peer;
+	if (!c->policy) {
+		reply_error(c, 503, "no_policy", "the key center has no active policy");
+		return 0;
+	}
+	if (kc_policy_role(c->policy, p) == KC_ROLE_NONE) {
+		kc_alert(c->s, "unknown_principal", p, c->key,
+			 json_pack("{s:s,s:s}", "operation", kc_op_name(c->op), "client",
+				   c->req->client_ip));
+		reply_error(c, 403, "unknown_principal", "principal %s is not in the policy", p);
+		return 0;
+	}
+	if (kc_policy_allows(c->policy, p, c->op, c->key) != 0) {
+		reply_error(c, 403, "access_denied", "principal %s (%s) may not %s%s%s", p,
+			    kc_role_name(kc_policy_role(c->policy, p)), kc_op_name(c->op),
+			    c->key ? " key " : "", c->key ? c->key : "");
+		return 0;
+	}
+	return 1;
+}
+
+static int valid_name(const char *n)
+{
+	size_t l = n ? strlen(n) : 0;
+	if (l < 1 || l > KC_NAME_MAX || !((n[0] >= 'a' && n[0] <= 'z') || (n[0] >= '0' && n[0] <= '9')))
+		return 0;
+	for (size_t i = 0; i < l; i++) {
+		char ch = n[i];
+		if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' ||
+		      ch == '-'))
+			return 0;
+	}
+	return 1;
+}
+
+static json_t *info_json(const struct kc_key_info *i)
+{
+	json_t *versions = json_array();
+	for (uint32_t v = 1; v <= i->latest; v++)
+		json_array_append_new(versions, json_pack("{s:i,s:b}", "version", (int)v, "decryptable",
+							  v >= i->min_decryption));
+	return json_pack("{s:s,s:s,s:s,s:i,s:i,s:i,s:b,s:o}", "name", i->name, "type", i->type,
+			 "owner", i->owner, "latest_version", (int)i->latest,
+			 "min_decryption_version", (int)i->min_decryption, "min_encryption_version",
+			 (int)i->min_encryption, "deletion_allowed", i->deletion_allowed, "versions",
+			 versions);
+}
+
+/* ---- key management ---------------------------------------------------------- */
+
+static void h_key_create(const mica_http_req *req, mica_http_resp *resp, void *svc)
+{
+	struct call c = begin(svc, req, resp, KC_OP_KEY_CREATE);
+	const char *type = json_string_value(json_object_get(req->json, "type"));
+	const char *owner = json_string_value(json_object_get(req->json, "owner"));
+	struct kc_key_info info;
+	struct kc_why why = {0};
+	int err;
+
+	if (!allow(&c))
+		return;
+	if (!valid_name(c.key))
+		return reply_error(&c, 400, "bad_key_name",
+				   "key names are 1-64 of a-z 0-9 . _ - starting with a letter or digit");
+	if (!type)
+		type = "aes256-gcm";
+	if (strcmp(type, "aes256-gcm") != 0 && strcmp(type, "aes128-gcm") != 0)
+		return reply_error(&c, 400, "bad_key_type", "type must be aes256-gcm or aes128-gcm");
+	if (!owner || !valid_name(owner) || strlen(owner) > KC_SERVICE_MAX || strchr(owner, '.'))
+		return reply_error(&c, 400, "bad_owner", "owner must name the service that owns the key");
+	err = kc_key_create(c.s, c.key, type, owner, &info);
+	if (err == MICA_EEXISTS)
+		return reply_error(&c, 409, "key_exists", "a key named %s already exists", c.key);
+	if (err)
+		return reply_why(&c, err, &why);
+	c.version = 1;
+	reply(&c, 201, info_json(&info));
+}
+
+static void h_key_get(const mica_http_req *req, mica_http_resp *resp, void *svc)
+{
+	struct call c = begin(svc, req, resp, KC_OP_KEY_READ);
+	struct kc_key_info info;
+	struct kc_why why = {0};
+	int err;
+	if (!allow(&c))
+		return;
+	if ((err = kc_key_info(c.s, c.key, &info)) == MICA_ENOTFOUND)
+		return reply_error(&c, 404, "unknown_key", "no key named %s", c.key);
+	if (err)
+		return reply_why(&c, err, &why);
+	reply(&c, 200, info_json(&info));
+}
+
+static void h_key_rotate(const mica_http_req *req, mica_http_resp *resp, void *svc)
+{
+	struct call c = begin(svc, req, resp, KC_OP_KEY_ROTATE);
+	struct kc_key_info info;
+	struct kc_why why = {0};
+	int err;
+	if (!allow(&c))
+		return;
+	if ((err = kc_key_rotate(c.s, c.key, &info)) == MICA_ENOTFOUND)
+		return reply_error(&c, 404, "unknown_key", "no key named %s", c.key);
+	if (err)
+		return reply_why(&c, err, &why);
+	c.version = (int)info.latest;
+	reply(&c, 200, info_json(&info));
+}
+
+/* Reads an optional non-negative integer member; -1 when absent. */
+static int opt_int(json_t *body, const char *name, long *out)
+{
+	json_t *v = json_object_get(body, name);
+	*out = -1;
+	if (!v)
+		return 0;
+	if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 0x7fffffff)
+		return -1;
+	*out = (long)json_integer_value(v);
+	return 0;
+}
+
+static void h_key_config(const mica_http_req *req, mica_http_resp *resp, void *svc)
+{
+	struct call c = begin(svc, req, resp, KC_OP_KEY_CONFIG);
+	struct kc_key_info info;
+	struct kc_why why = {0};
+	long mindec, minenc;
+	json_t *del = json_object_get(req->json, "deletion_allowed");
+	int err;
+	if (!allow(&c))
+		return;
+	if (opt_int(req->json, "min_decryption_version", &mindec) ||
+	    opt_int(req->json, "min_encryption_version", &minenc))
+		return reply_error(&c, 400, "bad_version",
+				   "min_*_version must be non-negative integers");
+	if (del && !json_is_boolean(del))
+		return reply_error(&c, 400, "bad_field", "deletion_allowed must be a boolean");
+	err = kc_key_configure(c.s, c.key, mindec, minenc, del ? json_is_true(del) : -1, &info,
+			       why.msg, sizeof(why.msg));
+	if (err == MICA_EINVAL)
+		return reply_error(&c, 400, "bad_version", "%s", why.msg);
+	if (err == MICA_ENOTFOUND)
+		return reply_error(&c, 404, "unknown_key", "no key named %s", c.key);
+	if (err)
+		return reply_why(&c, err, &why);
+	reply(&c, 200, info_json(&info));
+}
+
+static void h_key_delete(const mica_http_req *req, mica_http_resp *resp, void *svc)
+{
+	struct call c = begin(svc, req, resp, KC_OP_KEY_DELETE_REQUEST);
+	struct kc_key_info info;
+	struct kc_why why = {0};
+	json_t *out = NULL;
+	int err;
+	if (!allow(&c))
+		return;
+	if ((err = kc_key_info(c.s, c.key, &info)) == MICA_ENOTFOUND)
+		return reply_error(&c, 404, "unknown_key", "no key named %s", c.key);
+	if (err)
+		return reply_why(&c, err, &why);
+	if (!info.deletion_allowed)
+		return reply_error(&c, 409, "deletion_not_allowed",
+				   "set deletion_allowed on key %s first", c.key);
+	if ((err = kc_change_request(c.s, "delete_key", c.key, NULL, req->peer, &out)) != 0)
+		return reply_why(&c, err, &why);
+	reply(&c, 202, out);
+}
+
+/* ---- crypto --------------------------------------------------------------------- */
+
+/* Items of a request: the body itself, or each element of batch_input.
+ * Returns the number of items, or -1 after answering with an error. */
+static int items_of(struct call *c, json_t **items, int *batch)
+{
+	json_t *bi = json_object_get(c->req->json, "batch_input");
+	*batch = bi != NULL;
+	if (!bi) {
+		*items = json_pack("[O]", c->req->json);
+		return 1;
+	}
+	if (!json_is_array(bi) || json_array_size(bi) == 0) {
+		reply_error(c, 400, "bad_batch", "batch_input must be a non-empty array of objects");
+		return -1;
+	}
+	if (json_array_size(bi) > (size_t)c->s->cfg->max_batch_items) {
+		reply_error(c, 413, "batch_too_large", "batch_input holds %zu items; the limit is %d",
+			    json_array_size(bi), c->s->cfg->max_batch_items);
+		return -1;
+	}
+	*items = json_incref(bi);
+	return (int)json_array_size(bi);
+}
+
+static json_t *item_error(const char *code, const char *msg)
+{
+	return json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg);
+}
+
+/* Canonical context of |item|, hashed into the audit record. */
+static int item_context(struct call *c, json_t *item, char **canon, size_t *len, struct kc_why *why)
+{
+	int err = kc_context_canonical(json_object_get(item, "context"), canon, len, why);
+	if (err == 0)
+		add_context(c, *canon, *len);
+	return err;
+}
+
+static int decode_b64_field(json_t *item, const char *field, uint8_t **out, size_t *len,
+			    struct kc_why *why)
+{
+	const char *v = json_string_value(json_object_get(item, field));
+	if (!v) {
+		why->code = "missing_field";
+		snprintf(why->msg, sizeof(why->msg), "%s (base64 string) is required", field);
+		return MICA_EINVAL;
+	}
+	if (mica_base64_decode_alloc(v, strlen(v), out, len) != 0) {
+		why->code = "bad_base64";
+		snprintf(why->msg, sizeof(why->msg), "%s is not valid base64", field);
+		return MICA_EBADENCODING;
+	}
+	return 0;
+}
+
+/* Runs |one| over every item; single requests answer with the item's result
+ * or error, batches with batch_results. */
+typedef int (*item_fn)(struct call *c, json_t *item, json_t **result, struct kc_why *why);
+
+static void run_items(struct call *c, item_fn one)
+{
+	json_t *items = NULL, *results;
+	int batch, n = items_of(c, &items, &batch);
+	if (n < 0)
+		return;
+	results = json_array();
+	for (int i = 0; i < n; i++) {
+		struct kc_why why = {0};
+		json_t *r = NULL;
+		int err = one(c, json_array_get(items, (size_t)i), &r, &why);
+		if (err && !batch) {
+			json_decref(items);
+			json_decref(results);
+			return reply_why(c, err, &why);
+		}
+		if (err) {
+			kc_http_status(err, &why);
+			r = item_error(why.code, why.msg);
+		}
+		json_array_append_new(results, r);
+	}
+	json_decref(items);
+	if (batch)
+		reply(c, 200, json_pack("{s:o}", "batch_results", results));
+	else {
+		json_t *only = json_incref(json_array_get(results, 0));
+		json_decref(results);
+		reply(c, 200, only);
+	}
+}
+
+static int one_encrypt(struct call *c, json_t *item, json_t **result, struct kc_why *why)
+{
+	uint8_t *pt = NULL;
+	size_t pl = 0, cl = 0;
+	char *canon = NULL, *ct = NULL;
+	uint32_t used = 0;
+	long kv;
+	int err = decode_b64_field(item, "plaintext", &pt, &pl, why);
+	if (!err)
+		err = item_context(c, item, &canon, &cl, why);
+	if (!err && opt_int(item, "key_version", &kv) != 0) {
+		why->code = "bad_version";
+		snprintf(why->msg, sizeof(why->msg), "key_version must be a positive integer");
+		err = MICA_EINVAL;
+	}
+	if (!err)
+		err = kc_op_encrypt(c->s, c->key, kv > 0 ? (uint32_t)kv : 0, pt, pl, canon, cl, &ct,
+				    &used, why);
+	if (!err) {
+		c->version = (int)used;
+		*result = json_pack("{s:s,s:i}", "ciphertext", ct, "key_version", (int)used);
+	}
+	if (pt) {
+		mica_wipe(pt, pl);
+		free(pt);
+	}
+	free(canon);
+	free(ct);
+	return err;
+}
+
+static void note_below_minimum(struct call *c, int err, struct kc_why *why, uint32_t version)
+{
+	if (err == MICA_EDENIED && why->code && strcmp(why->code, "version_below_minimum") == 0)
+		kc_alert(c->s, "decrypt_below_min_version", c->req->peer, c->key,
+			 json_pack("{s:i}", "version", (int)version));
+}
+
+static int one_decrypt(struct call *c, json_t *item, json_t **result, struct kc_why *why)
+{
+	const char *ct = json_string_value(json_object_get(item, "ciphertext"));
+	uint8_t *pt = NULL;
+	size_t pl = 0, cl = 0;
+	char *canon = NULL, *b64 = NULL;
+	uint32_t version = 0;
+	int err;
+	if (!ct) {
+		why->code = "missing_field";
+		snprintf(why->msg, sizeof(why->msg), "ciphertext (kc:v<version>:...) is required");
+		return MICA_EINVAL;
+	}
+	if ((err = item_context(c, item, &canon, &cl, why)) != 0)
+		return err;
+	err = kc_op_decrypt(c->s, c->key, ct, canon, cl, &pt, &pl, &version, why);
+	note_below_minimum(c, err, why, version);
+	if (!err)
+		err = mica_base64_encode_alloc(pt, pl, &b64, &pl);
+	if (!err) {
+		c->version = (int)version;
+		*result = json_pack("{s:s,s:i}", "plaintext", b64, "key_version", (int)version);
+	}
+	if (pt) {
+		mica_wipe(pt, pl);
+		free(pt);
+	}
+	if (b64) {
+		mica_wipe(b64, strlen(b64));
+		free(b64);
+	}
+	free(canon);
+	return err;
+}
+
+static int one_rewrap(struct call *c, json_t *item, json_t **result, struct kc_why *why)
+{
+	const char *ct = json_string_value(json_object_get(item, "ciphertext"));
+	uint8_t *pt = NULL;
+	size_t pl = 0, cl = 0;
+	char *canon = NULL, *out = NULL;
+	uint32_t version = 0, used = 0;
+	int err;
+	if (!ct) {
+		why->code = "missing_field";
+		snprintf(why->msg, sizeof(why->msg), "ciphertext (kc:v<version>:...) is required");
+		return MICA_EINVAL;
+	}
+	if ((err = item_context(c, item, &canon, &cl, why)) != 0)
+		return err;
+	err = kc_op_decrypt(c->s, c->key, ct, canon, cl, &pt, &pl, &version, why);
+	note_below_minimum(c, err, why, version);
+	if (!err)
+		err = kc_op_encrypt(c->s, c->key, 0, pt, pl, canon, cl, &out, &used, why);
+	if (!err) {
+		c->version = (int)used;
+		*result = json_pack("{s:s,s:i}", "ciphertext", out, "key_version", (int)used);
+	}
+	if (pt) {
+		mica_wipe(pt, pl);
+		free(pt);
+	}
+	free(canon);
+	free(out);
+	return err;
+}
+
+static int one_datakey(struct call *c, json_t *item, json_t **result, struct kc_why *why,
+		       int with_plaintext)
+{
+	json_t *bits_j = json_object_get(item, "bits");
+	int bits = bits_j ? (int)json_integer_value(bits_j) : 256;
+	uint8_t dk[32];
+	char *canon = NULL, *ct = NULL, *b64 = NULL;
+	size_t cl = 0, bl = 0;
+	uint32_t used = 0;
+	int err;
+	if ((bits_j && !json_is_integer(bits_j)) || (bits != 128 && bits != 256)) {
+		why->code = "bad_bits";
+		snprintf(why->msg, sizeof(why->msg), "bits must be 128 or 256");
+		return MICA_EINVAL;
+	}
+	if ((err = item_context(c, item, &canon, &cl, why)) != 0)
+		return err;
+	if ((err = mica_random(dk, (size_t)bits / 8)) != 0)
+		goto out;
+	if ((err = kc_op_encrypt(c->s, c->key, 0, dk, (size_t)bits / 8, canon, cl, &ct, &used, why)))
+		goto out;
+	c->version = (int)used;
+	if (with_plaintext) {
+		if ((err = mica_base64_encode_alloc(dk, (size_t)bits / 8, &b64, &bl)) != 0)
+			goto out;
+		*result = json_pack("{s:s,s:s,s:i}", "plaintext", b64, "ciphertext", ct, "key_version",
+				    (int)used);
+	} else {
+		*result = json_pack("{s:s,s:i}", "ciphertext", ct, "key_version", (int)used);
+	}
+out:
+	mica_wipe(dk, sizeof(dk));
+	if (b64) {
+		mica_wipe(b64, bl);
+		free(b64);
+	}
+	free(canon);
+	free(ct);
+	return err;
+}
+
+static int one_datakey_plain(struct call *c, json_t *item, json_t **result, struct kc_why *why)
+{
+	return one_datakey(c, item, result, why, 1);
+}
+
+static int one_datakey_wrapped(struct call *c, json_t *item, json_t **result, struct kc_why *why)
+{
+	return one_datakey(c, item, result, why, 0);
+}
+
+static int one_hmac(struct call *c, json_t *item, json_t **result, struct kc_why *why)
+{
+	uint8_t *in = NULL;
+	size_t il = 0;
+	char *mac = NULL;
+	uint32_t used = 0;
+	long kv;
+	int err = decode_b64_field(item, "input", &in, &il, why);
+	if (!err && opt_int(item, "key_version", &kv) != 0) {
+		why->code = "bad_version";
+		snprintf(why->msg, sizeof(why->msg), "key_version must be a positive integer");
+		err = MICA_EINVAL;
+	}
+	if (!err)
+		err = kc_op_hmac(c->s, c->key, kv > 0 ? (uint32_t)kv : 0, in, il, &mac, &used, why);
+	if (!err) {
+		c->version = (int)used;
+		*result = json_pack("{s:s,s:i}", "hmac", mac, "key_version", (int)used);
+	}
+	if (in) {
+		mica_wipe(in, il);
+		free(in);
+	}
+	free(mac);
+	return err;
+}
+
+#define CRYPTO_HANDLER(fn, op, one)                                                               \
+	static void fn(const mica_http_req *req, mica_http_resp *resp, void *svc)                 \
+	{                                                                                         \
+		struct call c = begin(svc, req, resp, op);                                         \
+		if (allow(&c))                                                                    \
+			run_items(&c, one);                                                       \
+	}
+CRYPTO_HANDLER(h_encrypt, KC_OP_ENCRYPT, one_encrypt)
+CRYPTO_HANDLER(h_decrypt, KC_OP_DECRYPT, one_decrypt)
+CRYPTO_HANDLER(h_rewrap, KC_OP_REWRAP, one_rewrap)
+CRYPTO_HANDLER(h_datakey_plain, KC_OP_DATAKEY, one_datakey_plain)
+CRYPTO_HANDLER(h_datakey_wrapped, KC_OP_DATAKEY, one_datakey_wrapped)
+CRYPTO_HANDLER(h_hmac, KC_OP_HMAC, one_hmac)
+
+/* ---- policy, dual control, alerts, audit ------------------------------------------------- */
+
+static void h_policy_get(const mica_http_req *req, mica_http_resp *resp, void *svc)
+{
+	struct call c = begin(svc, req, resp, KC_OP_POLICY_READ);
+	if (!allow(&c))
+		return;
+	struct kc_why why = {0};
+	json_t *doc = NULL;
+	int err = kc_policy_active_document(c.s, &doc);
+	if (err)
+		return reply_why(&c, err, &why);
+	reply(&c, 200, doc);
+}
+
+static void h_policy_request(const mica_http_req *req, mica_http_resp *resp, void *svc)
+{
+	struct call c = begin(svc, req, resp, KC_OP_POLICY_REQUEST);
+	json_t *doc = json_object_get(req->json, "document"), *out = NULL;
+	struct kc_why why = {0};
+	kc_policy *candidate = NULL;
+	char err_msg[200], *text;
+	int err;
+	if (!allow(&c))
+		return;
+	if (!json_is_object(doc))
+		return reply_error(&c, 400, "missing_field", "document (the new policy) is required");
+	if (!(text = json_dumps(doc, JSON_COMPACT)))
+		return reply_error(&c, 500, "internal_error", "out of memory");
+	err = kc_policy_parse(text, strlen(text), &candidate, err_msg, sizeof(err_msg));
+	free(text);
+	kc_policy_unref(candidate);
+	if (err)
+		return reply_error(&c, 400, "invalid_policy", "%s", err_msg);
+	if (json_integer_value(json_object_get(doc, "version")) <= kc_policy_version(c.policy))
+		return reply_error(&c, 409, "stale_policy_version",
+				   "the new policy's version must be above %d",
+				   kc_policy_version(c.policy));
+	kc_alert(c.s, "officer_action", req->peer, NULL,
+		 json_pack("{s:s}", "action", "policy change requested"));
+	if ((err = kc_change_request(c.s, "set_policy", "policy", doc, req->peer, &out)) != 0)
+		return reply_why(&c, err, &why);
+	reply(&c, 202, out);
+}
+
+static int request_id(const mica_http_req *req, int64_t *id)
+{
+	const char *v = mica_http_param(req, "id");
+	char *end;
+	long long x = v ? strtoll(v, &end, 10) : 0;
+	if (!v || *end || x < 1)
+		return -1;
+	*id = x;
+	return 0;
+}
+
+static void h_request_approve(const mica_http_req *req, mica_http_resp *resp, void *svc)
+{
+	struct call c = begin(svc, req, resp, KC_OP_APPROVE);
+	struct kc_why why = {0};
+	json_t *out = NULL;
+	int64_t id;
+	int err;
+	if (!allow(&c))
+		return;
+	if (request_id(req, &id) != 0)
+		return reply_error(&c, 400, "bad_request_id", "request ids are positive integers");
+	kc_alert(c.s, "officer_action", req->peer, NULL,
+		 json_pack("{s:s,s:I}", "action", "approve", "request_id", (json_int_t)id));
+	err = kc_change_approve(c.s, id, req->peer, &out);
+	if (err == MICA_ENOTFOUND)
+		return reply_error(&c, 404, "unknown_request", "no change request %lld", (long long)id);
+	if (err == MICA_EEXISTS)
+		return reply_error(&c, 409, "already_approved",
+				   "officer %s already approved request %lld; a second officer must",
+				   req->peer, (long long)id);
+	if (err == MICA_ESTATE)
+		return reply_error(&c, 409, "request_closed", "request %lld is no longer pending",
+				   (long long)id);
+	if (err)
+		return reply_why(&c, err, &why);
+	reply(&c, 200, out);
+}
+
+static int may_see_requests(struct call *c)
+{
+	/* Officers approve; key admins follow their deletion requests. */
+	if (kc_policy_allows(c->policy, c->req->peer, KC_OP_APPROVE, NULL) == 0)
+		return 1;
+	c->op = KC_OP_KEY_DELETE_REQUEST;
+	return allow(c);
+}
+
+static void h_request_get(const mica_http_req *req, mica_http_resp *resp, void *svc)
+{
+	struct call c = begin(svc, req, resp, KC_OP_APPROVE);
+	struct kc_why why = {0};
+	json_t *out = NULL;
+	int64_t id;
+	int err;
+	if (!c.policy)
+		return (void)allow(&c);
+	if (!may_see_requests(&c))
+		return;
+	if (request_id(req, &id) != 0)
+		return reply_error(&c, 400, "bad_request_id", "request ids are positive integers");
+	if ((err = kc_change_get(c.s, id, &out)) == MICA_ENOTFOUND)
+		return reply_error(&c, 404, "unknown_request", "no change request %lld", (long long)id);
+	if (err)
+		return reply_why(&c, err, &why);
+	reply(&c, 200, out);
+}
+
+static void h_requests(const mica_http_req *req, mica_http_resp *resp, void *svc)
+{
+	struct call c = begin(svc, req, resp, KC_OP_APPROVE);
+	struct kc_why why = {0};
+	json_t *out = NULL;
+	int err;
+	if (!c.policy)
+		return (void)allow(&c);
+	if (!may_see_requests(&c))
+		return;
+	if ((err = kc_change_list(c.s, "pending", &out)) != 0)
+		return reply_why(&c, err, &why);
+	reply(&c, 200, out);
+}
+
+static void h_alerts(const mica_http_req *req, mica_http_resp *resp, void *svc)
+{
+	struct call c = begin(svc, req, resp, KC_OP_ALERT_READ);
+	struct kc_why why = {0};
+	const char *after = mica_http_query(req, "after");
+	json_t *out = NULL;
+	int err;
+	if (!allow(&c))
+		return;
+	if ((err = kc_alerts_list(c.s, after ? strtoll(after, NULL, 10) : 0, 500, &out)) != 0)
+		return reply_why(&c, err, &why);
+	reply(&c, 200, out);
+}
+
+const mica_http_route kc_routes[] = {
+	{"POST", "/v1/keys/{name}", h_key_create, MICA_ROUTE_JSON | MICA_ROUTE_PEER},
+	{"GET", "/v1/keys/{name}", h_key_get, MICA_ROUTE_PEER},
+	{"DELETE", "/v1/keys/{name}", h_key_delete, MICA_ROUTE_PEER},
+	{"POST", "/v1/keys/{name}/rotate", h_key_rotate, MICA_ROUTE_PEER},
+	{"POST", "/v1/keys/{name}/config", h_key_config, MICA_ROUTE_JSON | MICA_ROUTE_PEER},
+	{"POST", "/v1/encrypt/{name}", h_encrypt, MICA_ROUTE_JSON | MICA_ROUTE_PEER},
+	{"POST", "/v1/decrypt/{name}", h_decrypt, MICA_ROUTE_JSON | MICA_ROUTE_PEER},
+	{"POST", "/v1/rewrap/{name}", h_rewrap, MICA_ROUTE_JSON | MICA_ROUTE_PEER},
+	{"POST", "/v1/datakey/plaintext/{name}", h_datakey_plain, MICA_ROUTE_JSON | MICA_ROUTE_PEER},
+	{"POST", "/v1/datakey/wrapped/{name}", h_datakey_wrapped, MICA_ROUTE_JSON | MICA_ROUTE_PEER},
+	{"POST", "/v1/hmac/{name}", h_hmac, MICA_ROUTE_JSON | MICA_ROUTE_PEER},
+	{"GET", "/v1/policy", h_policy_get, MICA_ROUTE_PEER},
+	{"POST", "/v1/policy", h_policy_request, MICA_ROUTE_JSON | MICA_ROUTE_PEER},
+	{"GET", "/v1/requests", h_requests, MICA_ROUTE_PEER},
+	{"GET", "/v1/requests/{id}", h_request_get, MICA_ROUTE_PEER},
+	{"POST", "/v1/requests/{id}/approve", h_request_approve, MICA_ROUTE_PEER},
+	{"GET", "/v1/alerts", h_alerts, MICA_ROUTE_PEER},
+};
+const size_t kc_routes_len = sizeof(kc_routes) / sizeof(kc_routes[0]);

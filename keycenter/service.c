@@ -1,0 +1,207 @@
+/* service.c - mica-keycenter's configuration table and its run loop: open
+ * the HSM, unseal the audit MAC key, start the audit writer, the alert
+ * thread and the HTTPS listener (mutual TLS required), then wait for a
+ * signal and shut down in reverse order. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "crypto.h"
+#include "db.h"
+#include "keycenter/keycenter.h"
+#include "log.h"
+
+#define F(m) offsetof(struct kc_config, m)
+const mica_config_entry kc_config_table[] = {
+	{"log", "level", MICA_CFG_LOGLEVEL, 0, 4, "info", F(log_level),
+	 "least severe level written (debug, info, warn, error, off)"},
+	MICA_CONFIG_HTTP_ENTRIES("keycenter.http", struct kc_config, http, "true"),
+	{"keycenter.db", "conninfo", MICA_CFG_STRING, 1, 4096, NULL, F(db_conninfo),
+	 "libpq conninfo of the mica_keycenter role (without the password)"},
+	{"keycenter.db", "password_file", MICA_CFG_SECRET, 0, 4096, "", F(db_password),
+	 "file holding the role's password (empty: none, e.g. peer or certificate auth)"},
+	{"keycenter.hsm", "module", MICA_CFG_STRING, 1, 4096, "/usr/lib/softhsm/libsofthsm2.so",
+	 F(hsm_module), "PKCS#11 module loaded with dlopen"},
+	{"keycenter.hsm", "token_label", MICA_CFG_STRING, 1, 32, "mica-keycenter",
+	 F(hsm_token_label), "label of the token holding the root key (never a slot number)"},
+	{"keycenter.hsm", "pin_file", MICA_CFG_STRING, 1, 4096, NULL, F(hsm_pin_file),
+	 "file holding the token's user PIN"},
+	{"keycenter.audit", "checkpoint_every", MICA_CFG_INT, 1, 1000000, "1000",
+	 F(audit_checkpoint_every), "records between two HSM-signed checkpoints"},
+	{"keycenter.audit", "checkpoint_interval_ms", MICA_CFG_INT, 100, 3600000, "10000",
+	 F(audit_checkpoint_interval_ms), "longest time between checkpoints while records arrive"},
+	{"keycenter.audit", "max_batch", MICA_CFG_INT, 1, 10000, "512", F(audit_max_batch),
+	 "most records committed together (group commit)"},
+	{"keycenter.limits", "max_batch_items", MICA_CFG_INT, 1, 100000, "1000", F(max_batch_items),
+	 "largest batch_input accepted"},
+	{"keycenter.alerts", "rate_max", MICA_CFG_INT, 1, 100000000, "200000", F(alert_rate_max),
+	 "requests per principal and key within the window before a rate alert"},
+	{"keycenter.alerts", "denial_max", MICA_CFG_INT, 1, 1000000, "20", F(alert_denial_max),
+	 "denials per principal within the window before a denial-burst alert"},
+	{"keycenter.alerts", "window_s", MICA_CFG_INT, 1, 86400, "60", F(alert_window_s),
+	 "length of the alert window in seconds"},
+	{"keycenter.alerts", "webhook_url", MICA_CFG_STRING, 0, 4096, "", F(alert_webhook_url),
+	 "HTTPS URL alerts are POSTed to as JSON (empty: none)"},
+	{"keycenter.alerts", "webhook_ca_file", MICA_CFG_STRING, 0, 4096, "",
+	 F(alert_webhook_ca_file), "CA the webhook's certificate must chain to"},
+};
+#undef F
+const size_t kc_config_table_len = sizeof(kc_config_table) / sizeof(kc_config_table[0]);
+
+static volatile sig_atomic_t stopping;
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	stopping = 1;
+}
+
+static int sign_checkpoint(const uint8_t digest[32], uint8_t **sig, size_t *sig_len, void *arg)
+{
+	return kc_hsm_sign(arg, digest, sig, sig_len);
+}
+
+/* conninfo plus password='...' (libpq quoting), or a copy of conninfo. */
+static char *conninfo_with_password(const char *conninfo, const char *password)
+{
+	size_t n = strlen(conninfo), pl = password ? strlen(password) : 0;
+	char *out = malloc(n + 2 * pl + 16), *w;
+	if (!out)
+		return NULL;
+	w = out + sprintf(out, "%s", conninfo);
+	if (pl) {
+		w += sprintf(w, " password='");
+		for (size_t i = 0; i < pl; i++) {
+			if (password[i] == '\'' || password[i] == '\\')
+				*w++ = '\\';
+			*w++ = password[i];
+		}
+		*w++ = '\'';
+		*w = '\0';
+	}
+	return out;
+}
+
+/* Unseals the audit MAC key that `mica keycenter init` stored. */
+int kc_audit_mac_key(kc_service *s, uint8_t key[32])
+{
+	mica_db *db = mica_db_thread();
+	PGresult *res = NULL;
+	uint8_t *sealed = NULL, *pt = NULL;
+	size_t sl = 0, pl = 0;
+	const kc_hsm_key *kek;
+	int err;
+
+	if (!db)
+		return MICA_EDBCONN;
+	err = mica_db_exec(db, "SELECT decode(value, 'hex') FROM keycenter.meta"
+			       " WHERE name = 'audit_mac_key'",
+			   0, NULL, &res);
+	if (err)
+		goto out;
+	if (PQntuples(res) != 1) {
+		err = MICA_ENOTFOUND;
+		goto out;
+	}
+	if ((err = mica_db_get_bytea(res, 0, 0, &sealed, &sl)) != 0 ||
+	    (err = kc_kek_handle(s, "keycenter", &kek)) != 0 ||
+	    (err = kc_hsm_open_sealed(s->hsm, kek, KC_AUDIT_MAC_AAD, sizeof(KC_AUDIT_MAC_AAD) - 1,
+				      sealed, sl, &pt, &pl)) != 0)
+		goto out;
+	if (pl != 32) {
+		err = MICA_EAUTH;
+		goto out;
+	}
+	memcpy(key, pt, 32);
+out:
+	if (pt) {
+		mica_wipe(pt, pl);
+		free(pt);
+	}
+	free(sealed);
+	PQclear(res);
+	return err;
+}
+
+static int health(void *arg)
+{
+	kc_service *s = arg;
+	return s->policy ? 0 : MICA_ESTATE;
+}
+
+int kc_run(struct kc_config *cfg)
+{
+	kc_service s = {.cfg = cfg};
+	mica_http_server *srv = NULL;
+	uint8_t mac_key[32];
+	char *conninfo = NULL;
+	int err, rc = 1;
+
+	mica_log_min_level = cfg->log_level;
+	pthread_mutex_init(&s.policy_lock, NULL);
+	if (!(conninfo = conninfo_with_password(cfg->db_conninfo, cfg->db_password)) ||
+	    mica_db_global_init(conninfo) != 0)
+		goto out;
+	if ((err = kc_keys_init(&s)) != 0)
+		goto out;
+	if ((err = kc_hsm_open(&s.hsm, cfg->hsm_module, cfg->hsm_token_label, cfg->hsm_pin_file))) {
+		MICA_LOG(MICA_LOG_ERROR, "keycenter: cannot use the HSM token %s: %s",
+			 cfg->hsm_token_label, mica_strerror(err));
+		goto out;
+	}
+	if ((err = kc_audit_mac_key(&s, mac_key)) != 0) {
+		MICA_LOG(MICA_LOG_ERROR, "keycenter: cannot unseal the audit key (%s); has `mica "
+					 "keycenter init` run?",
+			 mica_strerror(err));
+		goto out;
+	}
+	kc_audit_options ao = {.checkpoint_every_n = cfg->audit_checkpoint_every,
+			       .checkpoint_every_ms = cfg->audit_checkpoint_interval_ms,
+			       .max_batch = cfg->audit_max_batch};
+	err = kc_audit_start(&s.audit, conninfo, mac_key, sign_checkpoint, s.hsm, &ao);
+	mica_wipe(mac_key, sizeof(mac_key));
+	if (err) {
+		MICA_LOG(MICA_LOG_ERROR, "keycenter: the audit trail cannot be resumed: %s",
+			 mica_strerror(err));
+		goto out;
+	}
+	kc_anomaly_options an = {.window_ms = (int64_t)cfg->alert_window_s * 1000,
+				 .max_requests_per_window = (uint32_t)cfg->alert_rate_max,
+				 .max_denials_per_window = (uint32_t)cfg->alert_denial_max};
+	if (kc_anomaly_new(&an, &s.anomaly) != 0 || kc_alerts_start(&s) != 0)
+		goto out;
+	if (kc_policy_load_active(&s) != 0)
+		MICA_LOG(MICA_LOG_WARN, "keycenter: no active policy: every request is refused");
+	cfg->http.service = "keycenter";
+	cfg->http.require_client_cert = 1;
+	cfg->http.health = health;
+	if (!cfg->http.client_ca_file || !*cfg->http.client_ca_file) {
+		MICA_LOG(MICA_LOG_ERROR, "keycenter.http.client_ca_file: required (mTLS only)");
+		goto out;
+	}
+	if ((err = mica_http_start(&srv, &cfg->http, kc_routes, kc_routes_len, &s)) != 0)
+		goto out;
+	signal(SIGINT, on_signal);
+	signal(SIGTERM, on_signal);
+	signal(SIGPIPE, SIG_IGN);
+	while (!stopping)
+		pause();
+	MICA_LOG(MICA_LOG_INFO, "keycenter: stopping");
+	rc = 0;
+out:
+	mica_http_stop(srv);
+	kc_alerts_stop(&s);
+	kc_audit_stop(s.audit);
+	kc_anomaly_free(s.anomaly);
+	kc_keys_cleanup(&s);
+	kc_policy_unref(s.policy);
+	kc_hsm_close(s.hsm);
+	mica_db_global_cleanup();
+	if (conninfo) {
+		mica_wipe(conninfo, strlen(conninfo));
+		free(conninfo);
+	}
+	return rc;
+}

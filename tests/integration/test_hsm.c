@@ -1,0 +1,890 @@
+/* test_hsm.c - keycenter/hsm against the real SoftHSM2 token of tests/run:
+ * login failures told apart, key generation with its least-privilege
+ * attributes read back from the token, public keys as PEM, KEK wrapping and
+ * AES-GCM checked against OpenSSL in software, tampering, durability across
+ * a module reload, ECDSA checkpoint signatures verified with EVP and the
+ * openssl command, and concurrent use of one handle.
+ */
+#include <check.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rsa.h>
+#include <openssl/sha.h>
+
+#include "crypto.h"
+#include "err.h"
+#include "keycenter/hsm.h"
+#include "log.h"
+
+static const char *env(const char *name)
+{
+	const char *v = getenv(name);
+	if (!v || !*v)
+		ck_abort_msg("environment variable %s is not set (run through tests/run)", name);
+	return v;
+}
+
+#define ck_assert_err(expr, want)                                                                  \
+	do {                                                                                       \
+		int rc_ = (expr);                                                                  \
+		ck_assert_msg(rc_ == (want), "%s: got %s, want %s", #expr, mica_strerror(rc_),     \
+			      mica_strerror(want));                                                \
+	} while (0)
+
+/* A file under MICA_TEST_DIR, named for this process so runs never collide;
+ * returns its path (static storage, a few live at once). */
+static const char *test_file(const char *name, const void *data, size_t len)
+{
+	static char paths[4][512];
+	static int next;
+	char *path = paths[next++ % 4];
+	FILE *f;
+
+	snprintf(path, sizeof(paths[0]), "%s/hsm-%d-%s", env("MICA_TEST_DIR"), (int)getpid(), name);
+	f = fopen(path, "wb");
+	ck_assert_msg(f != NULL, "cannot create %s: %s", path, strerror(errno));
+	ck_assert_uint_eq(fwrite(data, 1, len, f), len);
+	ck_assert_int_eq(fclose(f), 0);
+	return path;
+}
+
+static kc_hsm *open_hsm(void)
+{
+	kc_hsm *h = NULL;
+	int rc = kc_hsm_open(&h, env("MICA_HSM_MODULE"), env("MICA_HSM_TOKEN_LABEL"),
+			     env("MICA_HSM_PIN_FILE"));
+	ck_assert_msg(rc == 0, "kc_hsm_open: %s", mica_strerror(rc));
+	ck_assert_ptr_nonnull(h);
+	return h;
+}
+
+/* Generate the keys unless an earlier test of this run did. */
+static void ensure_keys(kc_hsm *h)
+{
+	char *pem = NULL;
+	int rc = kc_hsm_public_pem(h, KC_HSM_ROOT_LABEL, &pem);
+
+	if (rc == MICA_ENOTFOUND)
+		ck_assert_err(kc_hsm_init_keys(h, 0), 0);
+	else
+		ck_assert_err(rc, 0);
+	free(pem);
+}
+
+static kc_hsm_key *new_kek(kc_hsm *h, uint8_t **blob, size_t *blob_len)
+{
+	kc_hsm_key *kek = NULL;
+	uint8_t *b = NULL;
+	size_t n = 0;
+
+	ck_assert_err(kc_hsm_kek_create(h, &b, &n), 0);
+	ck_assert_uint_eq(n, KC_HSM_KEK_BLOB_LEN);
+	ck_assert_err(kc_hsm_kek_load(h, b, n, &kek), 0);
+	ck_assert_ptr_nonnull(kek);
+	if (blob) {
+		*blob = b;
+		*blob_len = n;
+	} else {
+		free(b);
+	}
+	return kek;
+}
+
+static EVP_PKEY *public_key(kc_hsm *h, const char *label)
+{
+	char *pem = NULL;
+	BIO *bio;
+	EVP_PKEY *pkey;
+
+	ck_assert_err(kc_hsm_public_pem(h, label, &pem), 0);
+	ck_assert_ptr_nonnull(strstr(pem, "-----BEGIN PUBLIC KEY-----"));
+	bio = BIO_new_mem_buf(pem, -1);
+	ck_assert_ptr_nonnull(bio);
+	pkey = PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL);
+	ck_assert_msg(pkey != NULL, "OpenSSL cannot parse the PEM of %s", label);
+	BIO_free(bio);
+	free(pem);
+	return pkey;
+}
+
+/* ---- Opening ------------------------------------------------------------- */
+
+START_TEST(open_wrong_pin)
+{
+	kc_hsm *h = (kc_hsm *)1;
+	const char *wrong = test_file("wrong.pin", "0123456789abcdef-wrong\n", 23);
+	const char *short_pin = test_file("short.pin", "ab", 2);
+
+	ck_assert_err(kc_hsm_open(&h, env("MICA_HSM_MODULE"), env("MICA_HSM_TOKEN_LABEL"), wrong),
+		      MICA_EPIN);
+	ck_assert_ptr_null(h);
+	/* Shorter than SoftHSM's minimum PIN length (4). */
+	ck_assert_err(
+	    kc_hsm_open(&h, env("MICA_HSM_MODULE"), env("MICA_HSM_TOKEN_LABEL"), short_pin),
+	    MICA_EPIN);
+	/* Failed logins leave the module finalised: the right PIN still works. */
+	kc_hsm_close(open_hsm());
+}
+END_TEST
+
+START_TEST(open_unknown_token)
+{
+	kc_hsm *h = (kc_hsm *)1;
+
+	ck_assert_err(
+	    kc_hsm_open(&h, env("MICA_HSM_MODULE"), "no-such-token", env("MICA_HSM_PIN_FILE")),
+	    MICA_EHSM);
+	ck_assert_ptr_null(h);
+	/* A prefix of the real label is not the label. */
+	char prefix[64];
+	snprintf(prefix, sizeof(prefix), "%.*s", (int)strlen(env("MICA_HSM_TOKEN_LABEL")) - 1,
+		 env("MICA_HSM_TOKEN_LABEL"));
+	ck_assert_err(kc_hsm_open(&h, env("MICA_HSM_MODULE"), prefix, env("MICA_HSM_PIN_FILE")),
+		      MICA_EHSM);
+	ck_assert_err(kc_hsm_open(&h, env("MICA_HSM_MODULE"), "", env("MICA_HSM_PIN_FILE")),
+		      MICA_ECONFIG);
+	ck_assert_err(kc_hsm_open(&h, env("MICA_HSM_MODULE"), "0123456789abcdef0123456789abcdefX",
+				  env("MICA_HSM_PIN_FILE")),
+		      MICA_ECONFIG);
+}
+END_TEST
+
+START_TEST(open_bad_module)
+{
+	kc_hsm *h = (kc_hsm *)1;
+
+	ck_assert_err(kc_hsm_open(&h, "/nonexistent/libsofthsm2.so", env("MICA_HSM_TOKEN_LABEL"),
+				  env("MICA_HSM_PIN_FILE")),
+		      MICA_EHSM);
+	ck_assert_ptr_null(h);
+	/* A real shared library that is not a PKCS#11 module. */
+	ck_assert_err(
+	    kc_hsm_open(&h, "libz.so.1", env("MICA_HSM_TOKEN_LABEL"), env("MICA_HSM_PIN_FILE")),
+	    MICA_EHSM);
+}
+END_TEST
+
+START_TEST(open_bad_pin_file)
+{
+	kc_hsm *h = (kc_hsm *)1;
+	char missing[512];
+	char big[400];
+
+	snprintf(missing, sizeof(missing), "%s/hsm-%d-missing.pin", env("MICA_TEST_DIR"),
+		 (int)getpid());
+	ck_assert_err(kc_hsm_open(&h, env("MICA_HSM_MODULE"), env("MICA_HSM_TOKEN_LABEL"), missing),
+		      MICA_ECONFIG);
+	ck_assert_ptr_null(h);
+	ck_assert_err(kc_hsm_open(&h, env("MICA_HSM_MODULE"), env("MICA_HSM_TOKEN_LABEL"),
+				  test_file("empty.pin", "", 0)),
+		      MICA_ECONFIG);
+	ck_assert_err(kc_hsm_open(&h, env("MICA_HSM_MODULE"), env("MICA_HSM_TOKEN_LABEL"),
+				  test_file("newline.pin", "\r\n", 2)),
+		      MICA_ECONFIG);
+	memset(big, 'x', sizeof(big));
+	ck_assert_err(kc_hsm_open(&h, env("MICA_HSM_MODULE"), env("MICA_HSM_TOKEN_LABEL"),
+				  test_file("big.pin", big, sizeof(big))),
+		      MICA_ECONFIG);
+	ck_assert_err(kc_hsm_open(&h, env("MICA_HSM_MODULE"), env("MICA_HSM_TOKEN_LABEL"),
+				  env("MICA_TEST_DIR")),
+		      MICA_ECONFIG);
+	ck_assert_err(kc_hsm_open(NULL, env("MICA_HSM_MODULE"), env("MICA_HSM_TOKEN_LABEL"),
+				  env("MICA_HSM_PIN_FILE")),
+		      MICA_EINVAL);
+}
+END_TEST
+
+/* The PIN file may end with a newline, as an editor would leave it. */
+START_TEST(open_pin_with_newline)
+{
+	FILE *f = fopen(env("MICA_HSM_PIN_FILE"), "rb");
+	char pin[300];
+	size_t n;
+	kc_hsm *h = NULL;
+
+	ck_assert_ptr_nonnull(f);
+	n = fread(pin, 1, sizeof(pin) - 2, f);
+	fclose(f);
+	ck_assert_uint_gt(n, 0);
+	pin[n++] = '\n';
+	ck_assert_err(kc_hsm_open(&h, env("MICA_HSM_MODULE"), env("MICA_HSM_TOKEN_LABEL"),
+				  test_file("nl.pin", pin, n)),
+		      0);
+	kc_hsm_close(h);
+	mica_wipe(pin, sizeof(pin));
+}
+END_TEST
+
+START_TEST(open_twice_in_process)
+{
+	kc_hsm *h = open_hsm(), *h2 = (kc_hsm *)1;
+
+	ck_assert_err(kc_hsm_open(&h2, env("MICA_HSM_MODULE"), env("MICA_HSM_TOKEN_LABEL"),
+				  env("MICA_HSM_PIN_FILE")),
+		      MICA_ESTATE);
+	ck_assert_ptr_null(h2);
+	/* The failed second open must not have finalised the first. */
+	ensure_keys(h);
+	kc_hsm_key *kek = new_kek(h, NULL, NULL);
+	kc_hsm_key_free(h, kek);
+	kc_hsm_close(h);
+	kc_hsm_close(NULL);
+}
+END_TEST
+
+/* ---- A token of the test's own ------------------------------------------ */
+
+/* Point SOFTHSM2_CONF (of this forked test only) at a new token directory
+ * with |n| tokens labelled |label| and user PIN |pin|; returns the PIN file. */
+static const char *private_tokens(const char *name, const char *label, int n, const char *pin)
+{
+	char dir[512], conf[600], cmd[2048];
+	FILE *f;
+
+	snprintf(dir, sizeof(dir), "%s/hsm-%d-%s", env("MICA_TEST_DIR"), (int)getpid(), name);
+	ck_assert_int_eq(mkdir(dir, 0700), 0);
+	snprintf(conf, sizeof(conf), "%s/softhsm2.conf", dir);
+	f = fopen(conf, "w");
+	ck_assert_ptr_nonnull(f);
+	fprintf(f, "directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n",
+		dir);
+	fclose(f);
+	ck_assert_int_eq(setenv("SOFTHSM2_CONF", conf, 1), 0);
+	for (int i = 0; i < n; i++) {
+		snprintf(cmd, sizeof(cmd),
+			 "softhsm2-util --init-token --free --label '%s' --so-pin so-%s --pin '%s' "
+			 ">/dev/null",
+			 label, pin, pin);
+		ck_assert_msg(system(cmd) == 0, "softhsm2-util failed: %s", cmd);
+	}
+	char pin_name[64];
+	snprintf(pin_name, sizeof(pin_name), "%s.pin", name);
+	return test_file(pin_name, pin, strlen(pin));
+}
+
+START_TEST(uninitialised_token)
+{
+	const char *pin_file = private_tokens("fresh", "mica-fresh", 1, "fresh-pin-1234");
+	kc_hsm *h = NULL;
+	struct kc_hsm_key_info info;
+	uint8_t digest[KC_HSM_DIGEST_LEN] = {0};
+	uint8_t *out = (uint8_t *)1;
+	size_t out_len = 1;
+	char *pem = (char *)1;
+
+	ck_assert_err(kc_hsm_open(&h, env("MICA_HSM_MODULE"), "mica-fresh", pin_file), 0);
+	ck_assert_err(kc_hsm_public_pem(h, KC_HSM_ROOT_LABEL, &pem), MICA_ENOTFOUND);
+	ck_assert_ptr_null(pem);
+	ck_assert_err(kc_hsm_key_info(h, KC_HSM_AUDIT_LABEL, &info), MICA_ENOTFOUND);
+	ck_assert_err(kc_hsm_kek_create(h, &out, &out_len), MICA_ENOTFOUND);
+	ck_assert_ptr_null(out);
+	ck_assert_uint_eq(out_len, 0);
+	ck_assert_err(kc_hsm_sign(h, digest, &out, &out_len), MICA_ENOTFOUND);
+	kc_hsm_close(h);
+}
+END_TEST
+
+START_TEST(duplicate_token_labels)
+{
+	const char *pin_file = private_tokens("twins", "mica-twin", 2, "twin-pin-1234");
+	kc_hsm *h = (kc_hsm *)1;
+
+	ck_assert_err(kc_hsm_open(&h, env("MICA_HSM_MODULE"), "mica-twin", pin_file), MICA_EHSM);
+	ck_assert_ptr_null(h);
+}
+END_TEST
+
+/* ---- Keys ---------------------------------------------------------------- */
+
+START_TEST(init_keys_refuses_then_forces)
+{
+	kc_hsm *h = open_hsm();
+	char *pem_before = NULL, *pem_after = NULL, *pem_forced = NULL;
+	uint8_t *blob = NULL;
+	size_t blob_len = 0;
+	kc_hsm_key *kek = NULL;
+
+	ensure_keys(h);
+	ck_assert_err(kc_hsm_public_pem(h, KC_HSM_ROOT_LABEL, &pem_before), 0);
+	kc_hsm_key_free(h, new_kek(h, &blob, &blob_len));
+
+	ck_assert_err(kc_hsm_init_keys(h, 0), MICA_EEXISTS);
+	ck_assert_err(kc_hsm_public_pem(h, KC_HSM_ROOT_LABEL, &pem_after), 0);
+	ck_assert_str_eq(pem_before, pem_after);
+
+	ck_assert_err(kc_hsm_init_keys(h, 1), 0);
+	ck_assert_err(kc_hsm_public_pem(h, KC_HSM_ROOT_LABEL, &pem_forced), 0);
+	ck_assert_str_ne(pem_before, pem_forced);
+	/* Exactly one pair per label after forcing. */
+	struct kc_hsm_key_info info;
+	ck_assert_err(kc_hsm_key_info(h, KC_HSM_ROOT_LABEL, &info), 0);
+	ck_assert_err(kc_hsm_key_info(h, KC_HSM_AUDIT_LABEL, &info), 0);
+	/* A KEK wrapped by the old root no longer loads. */
+	ck_assert_err(kc_hsm_kek_load(h, blob, blob_len, &kek), MICA_EAUTH);
+	ck_assert_ptr_null(kek);
+
+	free(blob);
+	free(pem_forced);
+	free(pem_after);
+	free(pem_before);
+	kc_hsm_close(h);
+}
+END_TEST
+
+START_TEST(root_key_attributes)
+{
+	kc_hsm *h = open_hsm();
+	struct kc_hsm_key_info k;
+
+	ensure_keys(h);
+	ck_assert_err(kc_hsm_key_info(h, KC_HSM_ROOT_LABEL, &k), 0);
+	ck_assert(k.is_rsa);
+	ck_assert_uint_eq(k.bits, 4096);
+	ck_assert(k.priv.token);
+	ck_assert(k.priv.is_private);
+	ck_assert(!k.priv.modifiable);
+	ck_assert(k.priv.sensitive);
+	ck_assert(k.priv.always_sensitive);
+	ck_assert(!k.priv.extractable);
+	ck_assert(k.priv.never_extractable);
+	ck_assert(k.priv.local);
+	ck_assert(k.priv.unwrap);
+	ck_assert(!k.priv.decrypt);
+	ck_assert(!k.priv.sign);
+	ck_assert(!k.priv.sign_recover);
+	ck_assert(!k.priv.derive);
+	ck_assert(k.pub.token);
+	ck_assert(!k.pub.modifiable);
+	ck_assert(k.pub.wrap);
+	ck_assert(!k.pub.encrypt);
+	ck_assert(!k.pub.verify);
+	ck_assert(!k.pub.verify_recover);
+	ck_assert(!k.pub.derive);
+	kc_hsm_close(h);
+}
+END_TEST
+
+START_TEST(audit_key_attributes)
+{
+	kc_hsm *h = open_hsm();
+	struct kc_hsm_key_info k;
+
+	ensure_keys(h);
+	ck_assert_err(kc_hsm_key_info(h, KC_HSM_AUDIT_LABEL, &k), 0);
+	ck_assert(!k.is_rsa);
+	ck_assert_uint_eq(k.bits, 256);
+	ck_assert(k.priv.token);
+	ck_assert(k.priv.is_private);
+	ck_assert(k.priv.sensitive);
+	ck_assert(!k.priv.extractable);
+	ck_assert(k.priv.never_extractable);
+	ck_assert(k.priv.sign);
+	ck_assert(!k.priv.decrypt);
+	ck_assert(!k.priv.unwrap);
+	ck_assert(!k.priv.sign_recover);
+	ck_assert(!k.priv.derive);
+	ck_assert(k.pub.verify);
+	ck_assert(!k.pub.encrypt);
+	ck_assert(!k.pub.wrap);
+	ck_assert(!k.pub.verify_recover);
+	ck_assert(!k.pub.derive);
+	ck_assert_err(kc_hsm_key_info(h, "no-such-key", &k), MICA_ENOTFOUND);
+	kc_hsm_close(h);
+}
+END_TEST
+
+START_TEST(public_pems_parse)
+{
+	kc_hsm *h = open_hsm();
+	EVP_PKEY *root, *audit;
+	char group[64];
+	size_t group_len = 0;
+	char *pem = (char *)1;
+
+	ensure_keys(h);
+	root = public_key(h, KC_HSM_ROOT_LABEL);
+	ck_assert(EVP_PKEY_is_a(root, "RSA"));
+	ck_assert_int_eq(EVP_PKEY_get_bits(root), 4096);
+	audit = public_key(h, KC_HSM_AUDIT_LABEL);
+	ck_assert(EVP_PKEY_is_a(audit, "EC"));
+	ck_assert_int_eq(EVP_PKEY_get_utf8_string_param(audit, OSSL_PKEY_PARAM_GROUP_NAME, group,
+							sizeof(group), &group_len),
+			 1);
+	ck_assert_str_eq(group, "prime256v1");
+	ck_assert_err(kc_hsm_public_pem(h, "no-such-key", &pem), MICA_ENOTFOUND);
+	ck_assert_ptr_null(pem);
+	EVP_PKEY_free(audit);
+	EVP_PKEY_free(root);
+	kc_hsm_close(h);
+}
+END_TEST
+
+/* ---- KEKs and sealing ---------------------------------------------------- */
+
+START_TEST(seal_open_round_trip)
+{
+	kc_hsm *h = open_hsm();
+	static const char aad[] = "keycenter/key_version/name=users.email/version=3";
+	static const char msg[] = "thirty-two bytes of key material";
+	uint8_t *sealed = NULL, *sealed2 = NULL, *pt = NULL;
+	size_t sealed_len = 0, sealed2_len = 0, pt_len = 0;
+
+	ensure_keys(h);
+	kc_hsm_key *kek = new_kek(h, NULL, NULL);
+
+	ck_assert_err(kc_hsm_seal(h, kek, aad, strlen(aad), msg, strlen(msg), &sealed, &sealed_len),
+		      0);
+	ck_assert_uint_eq(sealed_len, strlen(msg) + KC_HSM_SEAL_OVERHEAD);
+	/* The ciphertext is not the plaintext. */
+	ck_assert(memcmp(sealed + KC_HSM_NONCE_LEN, msg, strlen(msg)) != 0);
+	ck_assert_err(
+	    kc_hsm_open_sealed(h, kek, aad, strlen(aad), sealed, sealed_len, &pt, &pt_len), 0);
+	ck_assert_uint_eq(pt_len, strlen(msg));
+	ck_assert_mem_eq(pt, msg, pt_len);
+	free(pt);
+
+	/* Fresh nonce each time. */
+	ck_assert_err(
+	    kc_hsm_seal(h, kek, aad, strlen(aad), msg, strlen(msg), &sealed2, &sealed2_len), 0);
+	ck_assert(memcmp(sealed, sealed2, KC_HSM_NONCE_LEN) != 0);
+	free(sealed2);
+	free(sealed);
+
+	/* Empty plaintext and empty associated data. */
+	ck_assert_err(kc_hsm_seal(h, kek, NULL, 0, NULL, 0, &sealed, &sealed_len), 0);
+	ck_assert_uint_eq(sealed_len, KC_HSM_SEAL_OVERHEAD);
+	ck_assert_err(kc_hsm_open_sealed(h, kek, NULL, 0, sealed, sealed_len, &pt, &pt_len), 0);
+	ck_assert_ptr_nonnull(pt);
+	ck_assert_uint_eq(pt_len, 0);
+	free(pt);
+	ck_assert_err(kc_hsm_open_sealed(h, kek, "x", 1, sealed, sealed_len, &pt, &pt_len),
+		      MICA_EAUTH);
+	free(sealed);
+
+	/* A plaintext that is not a multiple of the AES block. */
+	uint8_t big[1000];
+	for (size_t i = 0; i < sizeof(big); i++)
+		big[i] = (uint8_t)(i * 7);
+	ck_assert_err(kc_hsm_seal(h, kek, NULL, 0, big, 999, &sealed, &sealed_len), 0);
+	ck_assert_err(kc_hsm_open_sealed(h, kek, NULL, 0, sealed, sealed_len, &pt, &pt_len), 0);
+	ck_assert_uint_eq(pt_len, 999);
+	ck_assert_mem_eq(pt, big, 999);
+	free(pt);
+	free(sealed);
+
+	ck_assert_err(kc_hsm_seal(h, NULL, NULL, 0, msg, 1, &sealed, &sealed_len), MICA_EINVAL);
+	ck_assert_err(kc_hsm_seal(h, kek, NULL, 3, msg, 1, &sealed, &sealed_len), MICA_EINVAL);
+	kc_hsm_key_free(h, kek);
+	kc_hsm_close(h);
+}
+END_TEST
+
+START_TEST(tampering_detected)
+{
+	kc_hsm *h = open_hsm();
+	static const char aad[] = "account/users/email/42";
+	static const char msg[] = "secret";
+	uint8_t *sealed = NULL, *pt = (uint8_t *)1;
+	size_t sealed_len = 0, pt_len = 1;
+
+	ensure_keys(h);
+	kc_hsm_key *kek = new_kek(h, NULL, NULL);
+	ck_assert_err(kc_hsm_seal(h, kek, aad, strlen(aad), msg, strlen(msg), &sealed, &sealed_len),
+		      0);
+
+	ck_assert_err(kc_hsm_open_sealed(h, kek, "account/users/email/43", strlen(aad), sealed,
+					 sealed_len, &pt, &pt_len),
+		      MICA_EAUTH);
+	ck_assert_ptr_null(pt);
+	ck_assert_uint_eq(pt_len, 0);
+	ck_assert_err(kc_hsm_open_sealed(h, kek, NULL, 0, sealed, sealed_len, &pt, &pt_len),
+		      MICA_EAUTH);
+	/* Every byte: nonce, ciphertext and tag. */
+	for (size_t i = 0; i < sealed_len; i++) {
+		sealed[i] ^= 0x01;
+		ck_assert_err(
+		    kc_hsm_open_sealed(h, kek, aad, strlen(aad), sealed, sealed_len, &pt, &pt_len),
+		    MICA_EAUTH);
+		sealed[i] ^= 0x01;
+	}
+	/* Cut short: below the overhead it is truncated, above it the tag fails. */
+	for (size_t n = 0; n < KC_HSM_SEAL_OVERHEAD; n++)
+		ck_assert_err(kc_hsm_open_sealed(h, kek, aad, strlen(aad), sealed, n, &pt, &pt_len),
+			      MICA_ETRUNCATED);
+	for (size_t n = KC_HSM_SEAL_OVERHEAD; n < sealed_len; n++)
+		ck_assert_err(kc_hsm_open_sealed(h, kek, aad, strlen(aad), sealed, n, &pt, &pt_len),
+			      MICA_EAUTH);
+	uint8_t longer[64];
+	memcpy(longer, sealed, sealed_len);
+	longer[sealed_len] = 0;
+	ck_assert_err(
+	    kc_hsm_open_sealed(h, kek, aad, strlen(aad), longer, sealed_len + 1, &pt, &pt_len),
+	    MICA_EAUTH);
+	/* Another KEK. */
+	kc_hsm_key *other = new_kek(h, NULL, NULL);
+	ck_assert_err(
+	    kc_hsm_open_sealed(h, other, aad, strlen(aad), sealed, sealed_len, &pt, &pt_len),
+	    MICA_EAUTH);
+	/* After all those failures the untouched input still opens. */
+	ck_assert_err(
+	    kc_hsm_open_sealed(h, kek, aad, strlen(aad), sealed, sealed_len, &pt, &pt_len), 0);
+	ck_assert_mem_eq(pt, msg, strlen(msg));
+	free(pt);
+	free(sealed);
+	kc_hsm_key_free(h, other);
+	kc_hsm_key_free(h, kek);
+	kc_hsm_close(h);
+}
+END_TEST
+
+START_TEST(bad_kek_blobs)
+{
+	kc_hsm *h = open_hsm();
+	uint8_t *blob = NULL;
+	size_t blob_len = 0;
+	kc_hsm_key *kek = (kc_hsm_key *)1;
+
+	ensure_keys(h);
+	ck_assert_err(kc_hsm_kek_create(h, &blob, &blob_len), 0);
+	blob[100] ^= 0x80;
+	ck_assert_err(kc_hsm_kek_load(h, blob, blob_len, &kek), MICA_EAUTH);
+	ck_assert_ptr_null(kek);
+	blob[100] ^= 0x80;
+	blob[blob_len - 1] ^= 0x01;
+	ck_assert_err(kc_hsm_kek_load(h, blob, blob_len, &kek), MICA_EAUTH);
+	blob[blob_len - 1] ^= 0x01;
+	ck_assert_err(kc_hsm_kek_load(h, blob, blob_len - 1, &kek), MICA_ETRUNCATED);
+	ck_assert_err(kc_hsm_kek_load(h, blob, 0, &kek), MICA_ETRUNCATED);
+	uint8_t longer[KC_HSM_KEK_BLOB_LEN + 1] = {0};
+	memcpy(longer, blob, blob_len);
+	ck_assert_err(kc_hsm_kek_load(h, longer, sizeof(longer), &kek), MICA_ETOOBIG);
+	uint8_t zeros[KC_HSM_KEK_BLOB_LEN] = {0};
+	ck_assert_err(kc_hsm_kek_load(h, zeros, sizeof(zeros), &kek), MICA_EAUTH);
+	/* All 0xff is larger than the modulus: not even an RSA ciphertext. */
+	memset(zeros, 0xff, sizeof(zeros));
+	ck_assert_err(kc_hsm_kek_load(h, zeros, sizeof(zeros), &kek), MICA_EAUTH);
+	/* The intact blob still loads. */
+	ck_assert_err(kc_hsm_kek_load(h, blob, blob_len, &kek), 0);
+	kc_hsm_key_free(h, kek);
+	free(blob);
+	kc_hsm_close(h);
+}
+END_TEST
+
+/* RSA-OAEP encryption of |key| (|key_len| bytes) with the root public key,
+ * in software, with |md| as OAEP and MGF1 hash. */
+static uint8_t *software_wrap(EVP_PKEY *root, const EVP_MD *md, const uint8_t *key, size_t key_len,
+			      size_t *out_len)
+{
+	EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, root, NULL);
+	uint8_t *out;
+
+	ck_assert_ptr_nonnull(ctx);
+	ck_assert_int_eq(EVP_PKEY_encrypt_init(ctx), 1);
+	ck_assert_int_eq(EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING), 1);
+	ck_assert_int_eq(EVP_PKEY_CTX_set_rsa_oaep_md(ctx, md), 1);
+	ck_assert_int_eq(EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, md), 1);
+	ck_assert_int_eq(EVP_PKEY_encrypt(ctx, NULL, out_len, key, key_len), 1);
+	out = malloc(*out_len);
+	ck_assert_ptr_nonnull(out);
+	ck_assert_int_eq(EVP_PKEY_encrypt(ctx, out, out_len, key, key_len), 1);
+	EVP_PKEY_CTX_free(ctx);
+	return out;
+}
+
+/* AES-256-GCM in software, in the sealed format; |decrypt| selects the
+ * direction. Returns the output length, or -1 if the tag does not verify. */
+static int software_gcm(int decrypt, const uint8_t key[32], const uint8_t *aad, size_t aad_len,
+			const uint8_t *in, size_t in_len, uint8_t *out)
+{
+	EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+	int n = 0, fin = 0, total;
+
+	ck_assert_ptr_nonnull(ctx);
+	if (!decrypt) {
+		memset(out, 0x5a, KC_HSM_NONCE_LEN); /* any nonce will do here */
+		ck_assert_int_eq(EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, out), 1);
+		ck_assert_int_eq(EVP_EncryptUpdate(ctx, NULL, &n, aad, (int)aad_len), 1);
+		ck_assert_int_eq(
+		    EVP_EncryptUpdate(ctx, out + KC_HSM_NONCE_LEN, &n, in, (int)in_len), 1);
+		ck_assert_int_eq(EVP_EncryptFinal_ex(ctx, out + KC_HSM_NONCE_LEN + n, &fin), 1);
+		total = KC_HSM_NONCE_LEN + n + fin;
+		ck_assert_int_eq(
+		    EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, KC_HSM_TAG_LEN, out + total), 1);
+		total += KC_HSM_TAG_LEN;
+	} else {
+		size_t ct_len = in_len - KC_HSM_SEAL_OVERHEAD;
+
+		ck_assert_int_eq(EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, in), 1);
+		ck_assert_int_eq(EVP_DecryptUpdate(ctx, NULL, &n, aad, (int)aad_len), 1);
+		ck_assert_int_eq(
+		    EVP_DecryptUpdate(ctx, out, &n, in + KC_HSM_NONCE_LEN, (int)ct_len), 1);
+		ck_assert_int_eq(EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, KC_HSM_TAG_LEN,
+						     (void *)(in + in_len - KC_HSM_TAG_LEN)),
+				 1);
+		total = EVP_DecryptFinal_ex(ctx, out + n, &fin) == 1 ? n + fin : -1;
+	}
+	EVP_CIPHER_CTX_free(ctx);
+	return total;
+}
+
+/* A KEK wrapped in software with the exported root PEM loads into the token,
+ * and what the token seals is standard AES-256-GCM in the documented layout:
+ * this checks the PEM, the OAEP parameters and the GCM parameters at once. */
+START_TEST(interoperates_with_openssl)
+{
+	kc_hsm *h = open_hsm();
+	static const char aad[] = "keycenter/kek/account";
+	static const char msg[] = "data key material, 32 bytes long";
+	uint8_t key[32], soft[128], *sealed = NULL, *pt = NULL, *blob;
+	size_t sealed_len = 0, pt_len = 0, blob_len;
+	kc_hsm_key *kek = NULL;
+	EVP_PKEY *root;
+
+	ensure_keys(h);
+	root = public_key(h, KC_HSM_ROOT_LABEL);
+	ck_assert_err(mica_random(key, sizeof(key)), 0);
+	blob = software_wrap(root, EVP_sha1(), key, sizeof(key), &blob_len);
+	ck_assert_uint_eq(blob_len, KC_HSM_KEK_BLOB_LEN);
+	ck_assert_err(kc_hsm_kek_load(h, blob, blob_len, &kek), 0);
+	free(blob);
+
+	ck_assert_err(kc_hsm_seal(h, kek, aad, strlen(aad), msg, strlen(msg), &sealed, &sealed_len),
+		      0);
+	ck_assert_int_eq(
+	    software_gcm(1, key, (const uint8_t *)aad, strlen(aad), sealed, sealed_len, soft),
+	    (int)strlen(msg));
+	ck_assert_mem_eq(soft, msg, strlen(msg));
+	free(sealed);
+
+	int n = software_gcm(0, key, (const uint8_t *)aad, strlen(aad), (const uint8_t *)msg,
+			     strlen(msg), soft);
+	ck_assert_err(kc_hsm_open_sealed(h, kek, aad, strlen(aad), soft, (size_t)n, &pt, &pt_len),
+		      0);
+	ck_assert_uint_eq(pt_len, strlen(msg));
+	ck_assert_mem_eq(pt, msg, pt_len);
+	free(pt);
+	kc_hsm_key_free(h, kek);
+
+	/* SoftHSM 2.6.1 implements OAEP with SHA-1 only: a blob made with
+	 * OAEP-SHA-256 is refused. */
+	blob = software_wrap(root, EVP_sha256(), key, sizeof(key), &blob_len);
+	ck_assert_err(kc_hsm_kek_load(h, blob, blob_len, &kek), MICA_EAUTH);
+	ck_assert_ptr_null(kek);
+	free(blob);
+
+	mica_wipe(key, sizeof(key));
+	EVP_PKEY_free(root);
+	kc_hsm_close(h);
+}
+END_TEST
+
+/* The wrapped KEK is all that persists: after the module is finalised and
+ * loaded again (a daemon restart), it opens what was sealed before. */
+START_TEST(kek_survives_reopen)
+{
+	static const char aad[] = "durable";
+	static const char msg[] = "sealed before the restart";
+	kc_hsm *h = open_hsm();
+	uint8_t *blob = NULL, *sealed = NULL, *pt = NULL;
+	size_t blob_len = 0, sealed_len = 0, pt_len = 0;
+	kc_hsm_key *kek;
+
+	ensure_keys(h);
+	kek = new_kek(h, &blob, &blob_len);
+	ck_assert_err(kc_hsm_seal(h, kek, aad, strlen(aad), msg, strlen(msg), &sealed, &sealed_len),
+		      0);
+	kc_hsm_key_free(h, kek);
+	kc_hsm_close(h);
+
+	h = open_hsm();
+	ck_assert_err(kc_hsm_kek_load(h, blob, blob_len, &kek), 0);
+	ck_assert_err(
+	    kc_hsm_open_sealed(h, kek, aad, strlen(aad), sealed, sealed_len, &pt, &pt_len), 0);
+	ck_assert_uint_eq(pt_len, strlen(msg));
+	ck_assert_mem_eq(pt, msg, pt_len);
+	free(pt);
+	kc_hsm_key_free(h, kek);
+	kc_hsm_close(h);
+	free(sealed);
+	free(blob);
+}
+END_TEST
+
+/* ---- Signatures ---------------------------------------------------------- */
+
+static int openssl_verify(const char *pub, const char *sig, const char *msg)
+{
+	char cmd[2048];
+
+	snprintf(cmd, sizeof(cmd),
+		 "openssl dgst -sha256 -verify '%s' -signature '%s' '%s' >/dev/null 2>&1", pub, sig,
+		 msg);
+	return system(cmd);
+}
+
+START_TEST(sign_verifies_offline)
+{
+	kc_hsm *h = open_hsm();
+	static const char msg[] = "checkpoint seq=1000 head=4f2a...";
+	uint8_t digest[SHA256_DIGEST_LENGTH], *sig = NULL;
+	size_t sig_len = 0;
+	EVP_PKEY *pub;
+	EVP_MD_CTX *md;
+	char *pem = NULL;
+
+	ensure_keys(h);
+	SHA256((const unsigned char *)msg, strlen(msg), digest);
+	ck_assert_err(kc_hsm_sign(h, digest, &sig, &sig_len), 0);
+	ck_assert_uint_le(sig_len, 72);
+	ck_assert_uint_eq(sig[0], 0x30); /* DER SEQUENCE */
+
+	pub = public_key(h, KC_HSM_AUDIT_LABEL);
+	md = EVP_MD_CTX_new();
+	ck_assert_int_eq(EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, pub), 1);
+	ck_assert_int_eq(EVP_DigestVerify(md, sig, sig_len, (const uint8_t *)msg, strlen(msg)), 1);
+	ck_assert_int_eq(EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, pub), 1);
+	ck_assert_int_ne(EVP_DigestVerify(md, sig, sig_len, (const uint8_t *)msg, strlen(msg) - 1),
+			 1);
+	EVP_MD_CTX_free(md);
+
+	/* What an auditor runs. */
+	ck_assert_err(kc_hsm_public_pem(h, KC_HSM_AUDIT_LABEL, &pem), 0);
+	const char *pub_path = test_file("audit.pem", pem, strlen(pem));
+	const char *sig_path = test_file("sig.der", sig, sig_len);
+	const char *msg_path = test_file("msg", msg, strlen(msg));
+	ck_assert_int_eq(openssl_verify(pub_path, sig_path, msg_path), 0);
+	msg_path = test_file("msg2", msg, strlen(msg) - 1);
+	ck_assert_int_ne(openssl_verify(pub_path, sig_path, msg_path), 0);
+
+	free(pem);
+	EVP_PKEY_free(pub);
+	free(sig);
+	kc_hsm_close(h);
+}
+END_TEST
+
+/* ---- Concurrency --------------------------------------------------------- */
+
+struct worker {
+	kc_hsm *h;
+	const kc_hsm_key *kek;
+	int id;
+	int failures;
+	int last_rc;
+};
+
+static void *seal_open_loop(void *arg)
+{
+	struct worker *w = arg;
+
+	for (int i = 0; i < 200; i++) {
+		char aad[64], msg[64];
+		uint8_t *sealed = NULL, *pt = NULL;
+		size_t sealed_len = 0, pt_len = 0;
+		int rc;
+
+		snprintf(aad, sizeof(aad), "thread=%d/i=%d", w->id, i);
+		snprintf(msg, sizeof(msg), "message %d from thread %d", i, w->id);
+		rc = kc_hsm_seal(w->h, w->kek, aad, strlen(aad), msg, strlen(msg), &sealed,
+				 &sealed_len);
+		if (rc == 0)
+			rc = kc_hsm_open_sealed(w->h, w->kek, aad, strlen(aad), sealed, sealed_len,
+						&pt, &pt_len);
+		if (rc == 0 && (pt_len != strlen(msg) || memcmp(pt, msg, pt_len) != 0))
+			rc = MICA_EAUTH;
+		if (rc) {
+			w->failures++;
+			w->last_rc = rc;
+		}
+		free(pt);
+		free(sealed);
+	}
+	return NULL;
+}
+
+START_TEST(concurrent_seal_open)
+{
+	kc_hsm *h = open_hsm();
+	pthread_t threads[4];
+	struct worker workers[4];
+
+	ensure_keys(h);
+	kc_hsm_key *kek = new_kek(h, NULL, NULL);
+	for (int i = 0; i < 4; i++) {
+		workers[i] = (struct worker){.h = h, .kek = kek, .id = i};
+		ck_assert_int_eq(pthread_create(&threads[i], NULL, seal_open_loop, &workers[i]), 0);
+	}
+	for (int i = 0; i < 4; i++)
+		ck_assert_int_eq(pthread_join(threads[i], NULL), 0);
+	for (int i = 0; i < 4; i++)
+		ck_assert_msg(workers[i].failures == 0, "thread %d: %d failures, last %s", i,
+			      workers[i].failures, mica_strerror(workers[i].last_rc));
+	kc_hsm_key_free(h, kek);
+	kc_hsm_close(h);
+}
+END_TEST
+
+static Suite *hsm_suite(void)
+{
+	Suite *s = suite_create("hsm");
+	TCase *open = tcase_create("open");
+	TCase *keys = tcase_create("keys");
+
+	tcase_set_timeout(open, 60);
+	tcase_add_test(open, open_wrong_pin);
+	tcase_add_test(open, open_unknown_token);
+	tcase_add_test(open, open_bad_module);
+	tcase_add_test(open, open_bad_pin_file);
+	tcase_add_test(open, open_pin_with_newline);
+	tcase_add_test(open, open_twice_in_process);
+	tcase_add_test(open, uninitialised_token);
+	tcase_add_test(open, duplicate_token_labels);
+	suite_add_tcase(s, open);
+
+	/* RSA-4096 generation in SoftHSM takes seconds, more under ASan. */
+	tcase_set_timeout(keys, 180);
+	tcase_add_test(keys, init_keys_refuses_then_forces);
+	tcase_add_test(keys, root_key_attributes);
+	tcase_add_test(keys, audit_key_attributes);
+	tcase_add_test(keys, public_pems_parse);
+	tcase_add_test(keys, seal_open_round_trip);
+	tcase_add_test(keys, tampering_detected);
+	tcase_add_test(keys, bad_kek_blobs);
+	tcase_add_test(keys, interoperates_with_openssl);
+	tcase_add_test(keys, kek_survives_reopen);
+	tcase_add_test(keys, sign_verifies_offline);
+	tcase_add_test(keys, concurrent_seal_open);
+	suite_add_tcase(s, keys);
+	return s;
+}
+
+int main(void)
+{
+	static const char *const needed[] = {"SOFTHSM2_CONF", "MICA_HSM_MODULE",
+					     "MICA_HSM_TOKEN_LABEL", "MICA_HSM_PIN_FILE",
+					     "MICA_TEST_DIR"};
+	for (size_t i = 0; i < sizeof(needed) / sizeof(needed[0]); i++) {
+		if (!getenv(needed[i]) || !*getenv(needed[i])) {
+			fprintf(stderr, "test_hsm: %s is not set; run through tests/run\n",
+				needed[i]);
+			return 1;
+		}
+	}
+	mica_log_min_level = MICA_LOG_ERROR;
+	SRunner *sr = srunner_create(hsm_suite());
+	srunner_set_fork_status(sr, CK_FORK);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
