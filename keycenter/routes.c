@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "crypto.h"
+#include "db.h"
 #include "keycenter/keycenter.h"
 #include "keycenter/ops.h"
 #include "log.h"
@@ -748,6 +749,53 @@ static void h_alerts(const mica_http_req *req, mica_http_resp *resp, void *svc)
 	reply(&c, 200, out);
 }
 
+/* Audit records after |after| (seq), for auditors reading online; offline
+ * verification uses `mica audit export` and `mica audit verify`. */
+static void h_audit(const mica_http_req *req, mica_http_resp *resp, void *svc)
+{
+	struct call c = begin(svc, req, resp, KC_OP_AUDIT_READ);
+	const char *after = mica_http_query(req, "after");
+	const char *limit = mica_http_query(req, "limit");
+	mica_db *db = mica_db_thread();
+	PGresult *res = NULL;
+	char a[24], l[16];
+	json_t *list;
+	int err;
+	if (!allow(&c))
+		return;
+	snprintf(a, sizeof(a), "%lld", after ? strtoll(after, NULL, 10) : 0LL);
+	snprintf(l, sizeof(l), "%d", limit && atoi(limit) > 0 && atoi(limit) <= 1000 ? atoi(limit) : 1000);
+	const char *p[2] = {a, l};
+	err = db ? mica_db_exec(db,
+				"SELECT seq, ts_us, principal, client, op, key_name, key_version,"
+				" context_hash, result, encode(hash, 'hex') FROM keycenter.audit"
+				" WHERE seq > $1 ORDER BY seq LIMIT $2",
+				2, p, &res)
+		 : MICA_EDBCONN;
+	if (err) {
+		struct kc_why why = {0};
+		return reply_why(&c, err, &why);
+	}
+	list = json_array();
+	for (int r = 0; r < PQntuples(res); r++) {
+		json_t *o = json_object();
+		static const char *const cols[] = {"seq",	   "ts_us",  "principal",
+						   "client",	   "op",     "key",
+						   "key_version", "context_hash", "result",
+						   "hash"};
+		for (int k = 0; k < 10; k++) {
+			const char *v = mica_db_get(res, r, k);
+			json_object_set_new(o, cols[k],
+					    !v ? json_null()
+					    : (k == 0 || k == 1 || k == 6) ? json_integer(strtoll(v, NULL, 10))
+									   : json_string(v));
+		}
+		json_array_append_new(list, o);
+	}
+	PQclear(res);
+	reply(&c, 200, json_pack("{s:o}", "records", list));
+}
+
 const mica_http_route kc_routes[] = {
 	{"POST", "/v1/keys/{name}", h_key_create, MICA_ROUTE_JSON | MICA_ROUTE_PEER},
 	{"GET", "/v1/keys/{name}", h_key_get, MICA_ROUTE_PEER},
@@ -766,5 +814,6 @@ const mica_http_route kc_routes[] = {
 	{"GET", "/v1/requests/{id}", h_request_get, MICA_ROUTE_PEER},
 	{"POST", "/v1/requests/{id}/approve", h_request_approve, MICA_ROUTE_PEER},
 	{"GET", "/v1/alerts", h_alerts, MICA_ROUTE_PEER},
+	{"GET", "/v1/audit", h_audit, MICA_ROUTE_PEER},
 };
 const size_t kc_routes_len = sizeof(kc_routes) / sizeof(kc_routes[0]);
