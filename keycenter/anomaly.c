@@ -15,12 +15,12 @@
 #define NO_ALERT INT64_MIN
 
 struct entry {
-	struct entry *chain;      /* next in the hash bucket */
+	struct entry *chain;	     /* next in the hash bucket */
 	struct entry *newer, *older; /* LRU list */
 	uint64_t hash;
-	int64_t head;       /* absolute index (now_ms / bucket_ms) of the newest bucket */
+	int64_t head;	    /* absolute index (now_ms / bucket_ms) of the newest bucket */
 	int64_t last_alert; /* now_ms of the last report, NO_ALERT if none */
-	uint64_t total;     /* sum of counts[] */
+	uint64_t total;	    /* sum of counts[] */
 	uint32_t counts[KC_ANOMALY_BUCKETS];
 	size_t id_len;
 	char id[]; /* principal '\0' key '\0' (key "" in the principal table) */
@@ -28,7 +28,7 @@ struct entry {
 
 struct table {
 	struct entry **slots;
-	size_t mask;               /* slots - 1, a power of two minus one */
+	size_t mask; /* slots - 1, a power of two minus one */
 	size_t n;
 	struct entry *newest, *oldest;
 };
@@ -91,11 +91,11 @@ static uint64_t siphash(const uint8_t key[16], const void *data, size_t len)
 	uint64_t k0 = load_le64(key), k1 = load_le64(key + 8);
 	uint64_t v0 = 0x736f6d6570736575ULL ^ k0, v1 = 0x646f72616e646f6dULL ^ k1;
 	uint64_t v2 = 0x6c7967656e657261ULL ^ k0, v3 = 0x7465646279746573ULL ^ k1;
-	uint64_t b = (uint64_t)len << 56, m;
+	uint64_t b = (uint64_t)len << 56;
 	size_t i, full = len - len % 8;
 
 	for (i = 0; i < full; i += 8) {
-		m = load_le64(in + i);
+		uint64_t m = load_le64(in + i);
 		v3 ^= m;
 		SIPROUND;
 		SIPROUND;

@@ -70,14 +70,14 @@ typedef struct kc_anomaly_event {
 	enum kc_alert_kind kind;
 	char principal[KC_ANOMALY_NAME_MAX + 1];
 	char key[KC_ANOMALY_NAME_MAX + 1]; /* "" for KC_ALERT_DENIAL_BURST */
-	uint64_t count;                    /* in the window, this request included */
-	uint32_t threshold;                /* the limit that was exceeded */
+	uint64_t count;			   /* in the window, this request included */
+	uint32_t threshold;		   /* the limit that was exceeded */
 	int64_t window_ms;
 	int64_t at_ms; /* the now_ms of the request that crossed */
 } kc_anomaly_event;
 
 struct kc_anomaly_stats {
-	size_t pairs;       /* (principal, key) pairs tracked now */
+	size_t pairs;	    /* (principal, key) pairs tracked now */
 	size_t principals;  /* principals with denials tracked now */
 	uint64_t evictions; /* entries evicted from either table so far */
 };

@@ -19,21 +19,21 @@
 
 /* What each fixed role may do; a service's rights come from its grants. */
 #define KEY_ADMIN_OPS                                                                              \
-	(OP_BIT(KC_OP_KEY_CREATE) | OP_BIT(KC_OP_KEY_READ) | OP_BIT(KC_OP_KEY_ROTATE) |          \
+	(OP_BIT(KC_OP_KEY_CREATE) | OP_BIT(KC_OP_KEY_READ) | OP_BIT(KC_OP_KEY_ROTATE) |            \
 	 OP_BIT(KC_OP_KEY_CONFIG) | OP_BIT(KC_OP_KEY_DELETE_REQUEST))
 #define AUDITOR_OPS (OP_BIT(KC_OP_AUDIT_READ) | OP_BIT(KC_OP_ALERT_READ))
 #define OFFICER_OPS                                                                                \
-	(OP_BIT(KC_OP_APPROVE) | OP_BIT(KC_OP_POLICY_REQUEST) | OP_BIT(KC_OP_POLICY_READ) |      \
+	(OP_BIT(KC_OP_APPROVE) | OP_BIT(KC_OP_POLICY_REQUEST) | OP_BIT(KC_OP_POLICY_READ) |        \
 	 OP_BIT(KC_OP_ALERT_READ))
 /* The only operations a grant can list. */
 #define SERVICE_OPS                                                                                \
-	(OP_BIT(KC_OP_ENCRYPT) | OP_BIT(KC_OP_DECRYPT) | OP_BIT(KC_OP_REWRAP) |                   \
+	(OP_BIT(KC_OP_ENCRYPT) | OP_BIT(KC_OP_DECRYPT) | OP_BIT(KC_OP_REWRAP) |                    \
 	 OP_BIT(KC_OP_DATAKEY) | OP_BIT(KC_OP_HMAC) | OP_BIT(KC_OP_KEY_READ))
 
 struct grant {
 	char pattern[KC_POLICY_KEY_NAME_MAX + 1]; /* without the trailing '*' */
 	size_t len;
-	bool prefix; /* pattern ended in '*': match every name starting with it */
+	bool prefix;  /* pattern ended in '*': match every name starting with it */
 	unsigned ops; /* OP_BIT set */
 };
 
@@ -53,6 +53,7 @@ struct kc_policy {
 
 /* ---- names ------------------------------------------------------------ */
 
+/* clang-format off */
 static const char *const op_names[] = {
 #define OP_NAME(name, str) str,
 	KC_OP_MAP(OP_NAME)
@@ -83,6 +84,7 @@ static const struct {
 	{"encrypt", KC_OP_ENCRYPT}, {"decrypt", KC_OP_DECRYPT}, {"rewrap", KC_OP_REWRAP},
 	{"datakey", KC_OP_DATAKEY}, {"hmac", KC_OP_HMAC},       {"read", KC_OP_KEY_READ},
 };
+/* clang-format on */
 
 const char *kc_op_name(enum kc_op op)
 {
@@ -126,8 +128,8 @@ static bool name_ok(const char *s, size_t n, size_t max, const char *extra)
 
 bool kc_policy_principal_name_valid(const char *name)
 {
-	return name && name_ok(name, strnlen(name, KC_POLICY_NAME_MAX + 1), KC_POLICY_NAME_MAX,
-			       "_-");
+	return name &&
+	       name_ok(name, strnlen(name, KC_POLICY_NAME_MAX + 1), KC_POLICY_NAME_MAX, "_-");
 }
 
 bool kc_policy_key_name_valid(const char *name)
@@ -163,7 +165,7 @@ static int fault_code(enum kc_policy_fault fault)
 }
 
 static int fail(struct parse *ps, enum kc_policy_fault fault, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 /* Records the first failure and its sentence; returns its error code. */
 static int fail(struct parse *ps, enum kc_policy_fault fault, const char *fmt, ...)
@@ -333,7 +335,6 @@ static int parse_grants(struct parse *ps, struct principal *pr, json_t *keys)
 	const char *pat;
 	json_t *ops;
 	size_t i = 0;
-	int rc;
 
 	if (!json_is_object(keys))
 		return fail(ps, KC_POLICY_BAD_PRINCIPAL,
@@ -345,15 +346,15 @@ static int parse_grants(struct parse *ps, struct principal *pr, json_t *keys)
 			    "principal %s: a service needs at least one key grant in \"keys\"",
 			    pr->name);
 	if (json_object_size(keys) > KC_POLICY_MAX_GRANTS)
-		return fail(ps, KC_POLICY_TOO_LARGE,
-			    "principal %s: more than %d key patterns", pr->name,
-			    KC_POLICY_MAX_GRANTS);
+		return fail(ps, KC_POLICY_TOO_LARGE, "principal %s: more than %d key patterns",
+			    pr->name, KC_POLICY_MAX_GRANTS);
 	pr->grants = calloc(json_object_size(keys), sizeof(*pr->grants));
 	if (!pr->grants)
 		return fail(ps, KC_POLICY_NO_MEMORY, "out of memory");
 	json_object_foreach(keys, pat, ops)
 	{
 		struct grant *g = &pr->grants[i];
+		int rc;
 		if ((rc = parse_pattern(ps, pr->name, pat, g)) != 0)
 			return rc;
 		if ((rc = parse_ops(ps, pr->name, pat, ops, &g->ops)) != 0)
@@ -386,8 +387,7 @@ static int parse_role(struct parse *ps, const char *who, json_t *entry, enum kc_
 		    who, quote(q, json_string_value(r), json_string_length(r)));
 }
 
-static int parse_principal(struct parse *ps, const char *name, json_t *entry,
-			   struct principal *pr)
+static int parse_principal(struct parse *ps, const char *name, json_t *entry, struct principal *pr)
 {
 	char q[QUOTED_MAX + 6];
 	const char *field;
@@ -483,7 +483,8 @@ static int parse_document(struct parse *ps, json_t *root, kc_policy *p)
 		return rc;
 	v = json_object_get(root, "description");
 	if (v && !json_is_string(v))
-		return fail(ps, KC_POLICY_BAD_DESCRIPTION, "field \"description\" must be a string");
+		return fail(ps, KC_POLICY_BAD_DESCRIPTION,
+			    "field \"description\" must be a string");
 	principals = json_object_get(root, "principals");
 	if (!json_is_object(principals))
 		return fail(ps, KC_POLICY_BAD_PRINCIPALS,
@@ -541,8 +542,8 @@ int kc_policy_parse_fault(const char *json, size_t len, kc_policy **out, char *e
 	root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
 	if (!root) {
 		/* jansson's text can quote the input; keep it printable. */
-		const char *t = printable(jtext, jerr.text, strlen(jerr.text), sizeof(jerr.text),
-					  false);
+		const char *t =
+		    printable(jtext, jerr.text, strlen(jerr.text), sizeof(jerr.text), false);
 		if (json_error_code(&jerr) == json_error_duplicate_key)
 			rc = report_duplicate(&ps, json, len, (size_t)jerr.position, t);
 		else if (json_error_code(&jerr) == json_error_out_of_memory)
@@ -642,8 +643,7 @@ static bool grant_matches(const struct grant *g, const char *key_name)
 	return strcmp(key_name, g->pattern) == 0;
 }
 
-int kc_policy_allows(const kc_policy *p, const char *principal, enum kc_op op,
-		     const char *key_name)
+int kc_policy_allows(const kc_policy *p, const char *principal, enum kc_op op, const char *key_name)
 {
 	const struct principal *pr;
 
@@ -662,7 +662,8 @@ int kc_policy_allows(const kc_policy *p, const char *principal, enum kc_op op,
 		if (!(SERVICE_OPS & OP_BIT(op)) || !kc_policy_key_name_valid(key_name))
 			return MICA_EDENIED;
 		for (size_t i = 0; i < pr->ngrants; i++)
-			if ((pr->grants[i].ops & OP_BIT(op)) && grant_matches(&pr->grants[i], key_name))
+			if ((pr->grants[i].ops & OP_BIT(op)) &&
+			    grant_matches(&pr->grants[i], key_name))
 				return 0;
 		return MICA_EDENIED;
 	default:

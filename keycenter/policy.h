@@ -20,10 +20,10 @@
  * or KC_POLICY_BAD_PRINCIPAL_NAME / KC_POLICY_BAD_KEY_PATTERN for names). */
 #define KC_POLICY_MAX_BYTES (1024 * 1024)
 #define KC_POLICY_MAX_PRINCIPALS 4096
-#define KC_POLICY_MAX_GRANTS 256   /* key patterns per service principal */
-#define KC_POLICY_NAME_MAX 64      /* principal names, ^[a-z0-9][a-z0-9_-]{0,63}$ */
-#define KC_POLICY_KEY_NAME_MAX 64  /* key names, ^[a-z0-9][a-z0-9_.-]{0,63}$ */
-#define KC_POLICY_MIN_OFFICERS 2   /* dual control needs two distinct officers */
+#define KC_POLICY_MAX_GRANTS 256  /* key patterns per service principal */
+#define KC_POLICY_NAME_MAX 64	  /* principal names, ^[a-z0-9][a-z0-9_-]{0,63}$ */
+#define KC_POLICY_KEY_NAME_MAX 64 /* key names, ^[a-z0-9][a-z0-9_.-]{0,63}$ */
+#define KC_POLICY_MIN_OFFICERS 2  /* dual control needs two distinct officers */
 
 enum kc_role {
 	KC_ROLE_NONE = 0, /* not in the policy: every operation is denied */
@@ -35,6 +35,7 @@ enum kc_role {
 
 /* Every operation the Key Center authorises. The first ten act on one named
  * key; the rest are not about a key and ignore |key_name|. */
+/* clang-format off */
 #define KC_OP_MAP(X)                                                                               \
 	X(KEY_CREATE, "key_create")                                                                \
 	X(KEY_READ, "key_read")                                                                    \
@@ -58,10 +59,12 @@ enum kc_op {
 #undef KC__OP_ENUM
 	KC_OP__COUNT
 };
+/* clang-format on */
 
 /* Why a document was rejected, finer than the returned error code so that
  * tests and API errors can tell every rule apart. kc_policy_fault_name()
  * gives the stable snake_case name. */
+/* clang-format off */
 #define KC_POLICY_FAULT_MAP(X)                                                                     \
 	X(OK, "ok")                                                                                \
 	X(BAD_ARGUMENT, "bad_argument")                 /* MICA_EINVAL */                          \
@@ -91,6 +94,7 @@ enum kc_policy_fault {
 #undef KC__FAULT_ENUM
 	KC_POLICY__FAULT_COUNT
 };
+/* clang-format on */
 
 typedef struct kc_policy kc_policy;
 

@@ -21,8 +21,7 @@
 		}                                                                                  \
 	} while (0)
 
-static void check_rejection(int rc, enum kc_policy_fault fault, const kc_policy *p,
-			    const char *err)
+static void check_rejection(int rc, enum kc_policy_fault fault, const kc_policy *p, const char *err)
 {
 	CHECK(p == NULL);
 	CHECK(fault != KC_POLICY_OK && fault != KC_POLICY_BAD_ARGUMENT);
@@ -82,10 +81,15 @@ static int expected(json_t *entry, enum kc_op op, const char *key)
 	json_object_foreach(json_object_get(entry, "keys"), pat, ops)
 	{
 		size_t n = strlen(pat);
-		int match = pat[n - 1] == '*' ? strncmp(key, pat, n - 1) == 0 : strcmp(key, pat) == 0;
+		int match =
+		    pat[n - 1] == '*' ? strncmp(key, pat, n - 1) == 0 : strcmp(key, pat) == 0;
 		if (!match)
 			continue;
-		json_array_foreach(ops, i, v) if (strcmp(json_string_value(v), want) == 0) return 1;
+		json_array_foreach(ops, i, v)
+		{
+			if (strcmp(json_string_value(v), want) == 0)
+				return 1;
+		}
 	}
 	return 0;
 }
@@ -143,8 +147,8 @@ static void check_accepted(const uint8_t *data, size_t size, kc_policy *p)
 		for (int op = 0; op < KC_OP__COUNT; op++) {
 			int rc = kc_policy_allows(p, name, op, NULL);
 			CHECK(rc == 0 || rc == MICA_EDENIED);
-			CHECK((rc == 0) == (strcmp(declared, "service") != 0 &&
-					    expected(entry, op, "")));
+			CHECK((rc == 0) ==
+			      (strcmp(declared, "service") != 0 && expected(entry, op, "")));
 			for (size_t k = 0; k < nk; k++) {
 				rc = kc_policy_allows(p, name, op, keys[k]);
 				CHECK(rc == 0 || rc == MICA_EDENIED);

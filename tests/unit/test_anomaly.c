@@ -15,10 +15,10 @@ static kc_anomaly *make(uint32_t max_requests, uint32_t max_denials, int64_t win
 			size_t max_tracked)
 {
 	kc_anomaly_options o = {
-		.max_requests_per_window = max_requests,
-		.max_denials_per_window = max_denials,
-		.window_ms = window_ms,
-		.max_tracked = max_tracked,
+	    .max_requests_per_window = max_requests,
+	    .max_denials_per_window = max_denials,
+	    .window_ms = window_ms,
+	    .max_tracked = max_tracked,
 	};
 	kc_anomaly *a = NULL;
 
@@ -140,8 +140,8 @@ START_TEST(window_slides_by_whole_buckets)
 
 	ck_assert_int_eq(record_n(b, "p", "k", 0, 999, 3), 0);
 	ck_assert_int_eq(kc_anomaly_record(b, "p", "k", 0, 60000, ev), 0); /* the 3 are gone */
-	ck_assert_int_eq(record_n(b, "p", "k", 0, 60500, 2), 0);            /* 3 in window */
-	ck_assert_int_eq(kc_anomaly_record(b, "p", "k", 0, 61000, ev), 1);  /* 4 */
+	ck_assert_int_eq(record_n(b, "p", "k", 0, 60500, 2), 0);	   /* 3 in window */
+	ck_assert_int_eq(kc_anomaly_record(b, "p", "k", 0, 61000, ev), 1); /* 4 */
 	/* Long idle: everything expires at once. */
 	ck_assert_int_eq(record_n(b, "p", "k", 0, 10000000, 3), 0);
 	kc_anomaly_free(a);

@@ -15,6 +15,7 @@
 #define OFFICERS "\"o1\":{\"role\":\"security-officer\"},\"o2\":{\"role\":\"security-officer\"}"
 #define DOC(principals) "{\"version\":1,\"principals\":{" OFFICERS "," principals "}}"
 
+/* clang-format off */
 static const char example[] =
 	"{\"version\": 3,\n"
 	" \"principals\": {\n"
@@ -25,6 +26,7 @@ static const char example[] =
 	"   \"account\":  {\"role\": \"service\", \"keys\": {\"account-*\": "
 	"[\"encrypt\",\"decrypt\",\"datakey\",\"hmac\",\"rewrap\"]}}\n"
 	" }}";
+/* clang-format on */
 
 static kc_policy *parse_ok(const char *json)
 {
@@ -46,6 +48,7 @@ struct bad_case {
 	const char *msg; /* must occur in the error message */
 };
 
+/* clang-format off */
 static const struct bad_case bad_cases[] = {
 	/* Document shape. */
 	{"{\"version\":1,", MICA_ECONFIG, KC_POLICY_BAD_JSON, "not valid JSON at line 1"},
@@ -91,7 +94,8 @@ static const struct bad_case bad_cases[] = {
 	{DOC("\"a1234567890123456789012345678901234567890123456789012345678901234\":"
 	     "{\"role\":\"auditor\"}"),
 	 MICA_ECONFIG, KC_POLICY_BAD_PRINCIPAL_NAME,
-	 "principal \"a123456789012345678901234567890123456789012345678901234567890123...\": invalid name"},
+	 "principal \"a123456789012345678901234567890123456789012345678901234567890123"
+	 "...\": invalid name"},
 	/* Principal entries and roles. */
 	{DOC("\"bob\":\"service\""), MICA_ECONFIG, KC_POLICY_BAD_PRINCIPAL,
 	 "principal bob: must be an object"},
@@ -176,6 +180,7 @@ static const struct bad_case bad_cases[] = {
 	{"{\"version\":1,\"principals\":{}}", MICA_ECONFIG, KC_POLICY_TOO_FEW_OFFICERS,
 	 "found 0"},
 };
+/* clang-format on */
 
 START_TEST(each_validation_error_is_exact)
 {
@@ -227,8 +232,8 @@ END_TEST
 START_TEST(optional_fields_and_lengths)
 {
 	static const char doc[] =
-		"{\"description\":\"prod\",\"version\":2147483647,\"principals\":{" OFFICERS
-		",\"a\":{\"role\":\"auditor\",\"description\":\"Eve from compliance\"}}}XXXX";
+	    "{\"description\":\"prod\",\"version\":2147483647,\"principals\":{" OFFICERS
+	    ",\"a\":{\"role\":\"auditor\",\"description\":\"Eve from compliance\"}}}XXXX";
 	kc_policy *p = NULL;
 	char err[128];
 
@@ -270,9 +275,9 @@ START_TEST(limits_are_enforced)
 	ck_assert_ptr_nonnull(buf);
 	/* Too many bytes: refused before parsing. */
 	memset(buf, ' ', cap);
-	ck_assert_int_eq(kc_policy_parse_fault(buf, KC_POLICY_MAX_BYTES + 1, &p, err, sizeof(err),
-					       &fault),
-			 MICA_ETOOBIG);
+	ck_assert_int_eq(
+	    kc_policy_parse_fault(buf, KC_POLICY_MAX_BYTES + 1, &p, err, sizeof(err), &fault),
+	    MICA_ETOOBIG);
 	ck_assert_int_eq(fault, KC_POLICY_TOO_LARGE);
 	ck_assert_ptr_nonnull(strstr(err, "larger than 1048576 bytes"));
 
@@ -309,6 +314,7 @@ END_TEST
 
 /* Expected decisions for each role on key "account-1", in kc_op order. The
  * service holds every grantable operation on "account-*". */
+/* clang-format off */
 static const struct {
 	const char *principal;
 	int allowed[KC_OP__COUNT];
@@ -330,6 +336,7 @@ static const char matrix_doc[] =
 	"\"auditor\":{\"role\":\"auditor\"},"
 	"\"account\":{\"role\":\"service\",\"keys\":{\"account-*\":"
 	"[\"encrypt\",\"decrypt\",\"rewrap\",\"datakey\",\"hmac\",\"read\"]}}}}";
+/* clang-format on */
 
 START_TEST(role_by_operation_matrix)
 {
@@ -352,18 +359,17 @@ START_TEST(role_by_operation_matrix)
 	ck_assert_int_eq(kc_policy_allows(p, "admin", KC_OP_DECRYPT, "billing-1"), MICA_EDENIED);
 	/* Out-of-range operations and missing arguments are denied. */
 	ck_assert_int_eq(kc_policy_allows(p, "admin", KC_OP__COUNT, "k"), MICA_EDENIED);
-	ck_assert_int_eq(kc_policy_allows(p, "admin", (enum kc_op)-1, "k"), MICA_EDENIED);
+	ck_assert_int_eq(kc_policy_allows(p, "admin", (enum kc_op) - 1, "k"), MICA_EDENIED);
 	ck_assert_int_eq(kc_policy_allows(p, NULL, KC_OP_KEY_READ, "k"), MICA_EDENIED);
 	ck_assert_int_eq(kc_policy_allows(NULL, "admin", KC_OP_KEY_READ, "k"), MICA_EDENIED);
 	kc_policy_unref(p);
 }
 END_TEST
 
-static const char grants_doc[] = DOC(
-	"\"billing\":{\"role\":\"service\",\"keys\":{"
-	"\"billing-key\":[\"encrypt\"],"
-	"\"billing-*\":[\"decrypt\"],"
-	"\"shared-hmac\":[\"hmac\",\"read\",\"hmac\"]}}");
+static const char grants_doc[] = DOC("\"billing\":{\"role\":\"service\",\"keys\":{"
+				     "\"billing-key\":[\"encrypt\"],"
+				     "\"billing-*\":[\"decrypt\"],"
+				     "\"shared-hmac\":[\"hmac\",\"read\",\"hmac\"]}}");
 
 START_TEST(key_patterns_match_exactly_or_by_prefix)
 {
@@ -373,31 +379,31 @@ START_TEST(key_patterns_match_exactly_or_by_prefix)
 		const char *key;
 		int allowed;
 	} cases[] = {
-		{KC_OP_ENCRYPT, "billing-key", 1},   /* exact */
-		{KC_OP_ENCRYPT, "billing-key2", 0},  /* exact is not a prefix */
-		{KC_OP_ENCRYPT, "billing-ke", 0},    /* nor a suffix */
-		{KC_OP_ENCRYPT, "billing-x", 0},     /* prefix grant lacks encrypt */
-		{KC_OP_DECRYPT, "billing-key", 1},   /* prefix covers the exact name too */
-		{KC_OP_DECRYPT, "billing-x.v2", 1},  /* prefix */
-		{KC_OP_DECRYPT, "billing-", 1},      /* '*' matches the empty rest */
-		{KC_OP_DECRYPT, "billing", 0},       /* shorter than the prefix */
-		{KC_OP_DECRYPT, "xbilling-1", 0},    /* prefix anchors at the start */
-		{KC_OP_DECRYPT, "billing-X", 0},     /* not a valid key name */
-		{KC_OP_DECRYPT, "billing-../x", 0},  /* not a valid key name */
-		{KC_OP_DECRYPT, "billing-\n", 0},    /* not a valid key name */
-		{KC_OP_DECRYPT, "", 0},              /* not a valid key name */
-		{KC_OP_DECRYPT, NULL, 0},            /* a key operation needs a key */
-		{KC_OP_HMAC, "shared-hmac", 1},      /* repeated operation is harmless */
-		{KC_OP_KEY_READ, "shared-hmac", 1},  /* "read" grants metadata */
-		{KC_OP_KEY_READ, "billing-key", 0},  /* ...only where listed */
-		{KC_OP_HMAC, "shared-hmac2", 0},
-		{KC_OP_REWRAP, "billing-key", 0},
-		{KC_OP_DATAKEY, "billing-key", 0},
-		{KC_OP_KEY_ROTATE, "billing-key", 0}, /* services never administer */
-		{KC_OP_KEY_CREATE, "billing-new", 0},
-		{KC_OP_KEY_DELETE_REQUEST, "billing-key", 0},
-		{KC_OP_DECRYPT, /* 65 characters: too long for a key name */
-		 "billing-123456789012345678901234567890123456789012345678901234567", 0},
+	    {KC_OP_ENCRYPT, "billing-key", 1},	/* exact */
+	    {KC_OP_ENCRYPT, "billing-key2", 0}, /* exact is not a prefix */
+	    {KC_OP_ENCRYPT, "billing-ke", 0},	/* nor a suffix */
+	    {KC_OP_ENCRYPT, "billing-x", 0},	/* prefix grant lacks encrypt */
+	    {KC_OP_DECRYPT, "billing-key", 1},	/* prefix covers the exact name too */
+	    {KC_OP_DECRYPT, "billing-x.v2", 1}, /* prefix */
+	    {KC_OP_DECRYPT, "billing-", 1},	/* '*' matches the empty rest */
+	    {KC_OP_DECRYPT, "billing", 0},	/* shorter than the prefix */
+	    {KC_OP_DECRYPT, "xbilling-1", 0},	/* prefix anchors at the start */
+	    {KC_OP_DECRYPT, "billing-X", 0},	/* not a valid key name */
+	    {KC_OP_DECRYPT, "billing-../x", 0}, /* not a valid key name */
+	    {KC_OP_DECRYPT, "billing-\n", 0},	/* not a valid key name */
+	    {KC_OP_DECRYPT, "", 0},		/* not a valid key name */
+	    {KC_OP_DECRYPT, NULL, 0},		/* a key operation needs a key */
+	    {KC_OP_HMAC, "shared-hmac", 1},	/* repeated operation is harmless */
+	    {KC_OP_KEY_READ, "shared-hmac", 1}, /* "read" grants metadata */
+	    {KC_OP_KEY_READ, "billing-key", 0}, /* ...only where listed */
+	    {KC_OP_HMAC, "shared-hmac2", 0},
+	    {KC_OP_REWRAP, "billing-key", 0},
+	    {KC_OP_DATAKEY, "billing-key", 0},
+	    {KC_OP_KEY_ROTATE, "billing-key", 0}, /* services never administer */
+	    {KC_OP_KEY_CREATE, "billing-new", 0},
+	    {KC_OP_KEY_DELETE_REQUEST, "billing-key", 0},
+	    {KC_OP_DECRYPT, /* 65 characters: too long for a key name */
+	     "billing-123456789012345678901234567890123456789012345678901234567", 0},
 	};
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -424,9 +430,9 @@ START_TEST(many_principals_are_all_found)
 
 	/* Reverse order, so the table must really be sorted. */
 	for (int i = 199; i >= 0; i--)
-		n += (size_t)snprintf(buf + n, sizeof(buf) - n,
-				      ",\"s%03d\":{\"role\":\"service\",\"keys\":{\"k%03d\":[\"hmac\"]}}",
-				      i, i);
+		n += (size_t)snprintf(
+		    buf + n, sizeof(buf) - n,
+		    ",\"s%03d\":{\"role\":\"service\",\"keys\":{\"k%03d\":[\"hmac\"]}}", i, i);
 	snprintf(buf + n, sizeof(buf) - n, "}}");
 	p = parse_ok(buf);
 	for (int i = 0; i < 200; i++) {
@@ -449,7 +455,7 @@ START_TEST(names_are_stable_and_distinct)
 	ck_assert_str_eq(kc_op_name(KC_OP_DATAKEY), "datakey");
 	ck_assert_str_eq(kc_op_name(KC_OP_POLICY_REQUEST), "policy_request");
 	ck_assert_str_eq(kc_op_name(KC_OP__COUNT), "unknown");
-	ck_assert_str_eq(kc_op_name((enum kc_op)-1), "unknown");
+	ck_assert_str_eq(kc_op_name((enum kc_op) - 1), "unknown");
 	for (int a = 0; a < KC_OP__COUNT; a++)
 		for (int b = a + 1; b < KC_OP__COUNT; b++)
 			ck_assert_str_ne(kc_op_name(a), kc_op_name(b));
@@ -518,8 +524,7 @@ START_TEST(documented_example_loads)
 	ck_assert_int_eq(kc_policy_allows(p, "sync", KC_OP_KEY_READ, "blind-index-user"), 0);
 	ck_assert_int_eq(kc_policy_allows(p, "sync", KC_OP_ENCRYPT, "sync-1"), MICA_EDENIED);
 	ck_assert_int_eq(kc_policy_allows(p, "pay", KC_OP_DECRYPT, "pay-card"), 0);
-	ck_assert_int_eq(kc_policy_allows(p, "pay", KC_OP_DECRYPT, "pay-card-token"),
-			 MICA_EDENIED);
+	ck_assert_int_eq(kc_policy_allows(p, "pay", KC_OP_DECRYPT, "pay-card-token"), MICA_EDENIED);
 	ck_assert_int_eq(kc_policy_allows(p, "officer-zhao", KC_OP_APPROVE, NULL), 0);
 	ck_assert_int_eq(kc_policy_allows(p, "auditor", KC_OP_AUDIT_READ, NULL), 0);
 	kc_policy_unref(p);
