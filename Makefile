@@ -10,7 +10,7 @@
 include config.mk
 
 BUILD ?= build
-PKGS := libmicrohttpd gnutls openssl libpq jansson hiredis libcurl inih
+PKGS := libmicrohttpd gnutls openssl libpq jansson hiredis libcurl inih libargon2
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -99,16 +99,18 @@ asan: deps
 	BUILD=build-asan ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ./tests/run
 
-# libFuzzer targets: libmica rebuilt with clang and coverage in its own tree.
+# libFuzzer targets: libmica and the service archives rebuilt with clang and
+# coverage in their own tree.
+FUZZ_LIBS := $(foreach d,$(SVC_DIRS),build/fuzz-obj/lib$(d).a) build/fuzz-obj/libmica.a
 fuzz:
 	$(MAKE) BUILD=build/fuzz-obj CC=clang OPT="-O1 -g" \
-		EXTRA_CFLAGS="-fsanitize=fuzzer-no-link,address,undefined" build/fuzz-obj/libmica.a
+		EXTRA_CFLAGS="-fsanitize=fuzzer-no-link,address,undefined" $(FUZZ_LIBS)
 	@mkdir -p build/fuzz
 	@for s in $(FUZZ_SRC); do \
 		n=$$(basename $$s .c); \
 		echo "clang $$s -> build/fuzz/$$n"; \
-		clang -std=gnu11 -O1 -g -Wall -Wextra -Werror -Ilib $(PKG_CFLAGS) \
-			-fsanitize=fuzzer,address,undefined $$s build/fuzz-obj/libmica.a \
+		clang -std=gnu11 -O1 -g -Wall -Wextra -Werror -Ilib -I. $(PKG_CFLAGS) \
+			-fsanitize=fuzzer,address,undefined $$s $(FUZZ_LIBS) \
 			$(LIBS) -o build/fuzz/$$n || exit 1; \
 	done
 

@@ -16,7 +16,6 @@
 #include <time.h>
 
 #include <jansson.h>
-#include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -28,7 +27,6 @@
 #define DOMAIN_CHECKPOINT "mica-audit-checkpoint-v1"
 #define NULL_LEN 0xFFFFFFFFu
 #define PAGE_ROWS "1000"
-#define PUBKEY_PEM_MAX 65536
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -157,9 +155,9 @@ static int entry_hash(const struct entry *e, uint8_t out[KC_AUDIT_HASH_LEN])
 	be64(ts, (uint64_t)e->ts_us);
 	be32(ver, (uint32_t)e->key_version);
 	ok = EVP_DigestInit_ex(md, EVP_sha256(), NULL) &&
-	     put_field(md, DOMAIN_RECORD, strlen(DOMAIN_RECORD), 0) &&
-	     put_field(md, seq, 8, 0) && put_field(md, ts, 8, 0) && put_text(md, e->principal) &&
-	     put_text(md, e->client) && put_text(md, e->op) && put_text(md, e->key_name) &&
+	     put_field(md, DOMAIN_RECORD, strlen(DOMAIN_RECORD), 0) && put_field(md, seq, 8, 0) &&
+	     put_field(md, ts, 8, 0) && put_text(md, e->principal) && put_text(md, e->client) &&
+	     put_text(md, e->op) && put_text(md, e->key_name) &&
 	     put_field(md, ver, 4, !e->has_version) && put_text(md, e->context_hash) &&
 	     put_text(md, e->result) && put_field(md, e->prev_hash, KC_AUDIT_HASH_LEN, 0) &&
 	     EVP_DigestFinal_ex(md, out, &n) && n == KC_AUDIT_HASH_LEN;
@@ -174,16 +172,16 @@ int kc_audit_record_hash(uint64_t seq, int64_t ts_us, const kc_audit_record *rec
 	    !rec->result)
 		return MICA_EINVAL;
 	struct entry e = {
-		.seq = seq,
-		.ts_us = ts_us,
-		.principal = cstr(rec->principal),
-		.client = cstr(rec->client),
-		.op = cstr(rec->op),
-		.key_name = cstr(rec->key_name),
-		.context_hash = cstr(rec->context_hash),
-		.result = cstr(rec->result),
-		.has_version = rec->key_version > 0,
-		.key_version = rec->key_version > 0 ? rec->key_version : 0,
+	    .seq = seq,
+	    .ts_us = ts_us,
+	    .principal = cstr(rec->principal),
+	    .client = cstr(rec->client),
+	    .op = cstr(rec->op),
+	    .key_name = cstr(rec->key_name),
+	    .context_hash = cstr(rec->context_hash),
+	    .result = cstr(rec->result),
+	    .has_version = rec->key_version > 0,
+	    .key_version = rec->key_version > 0 ? rec->key_version : 0,
 	};
 	memcpy(e.prev_hash, prev_hash, KC_AUDIT_HASH_LEN);
 	return entry_hash(&e, hash);
@@ -217,7 +215,7 @@ static int entry_mac(const uint8_t key[KC_AUDIT_MAC_KEY_LEN], const uint8_t hash
 /* Column list shared by every query that reads whole records; the binary
  * columns come back as hex. */
 #define RECORD_COLS                                                                                \
-	"seq, ts_us, principal, client, op, key_name, key_version, context_hash, result,"         \
+	"seq, ts_us, principal, client, op, key_name, key_version, context_hash, result,"          \
 	" encode(prev_hash, 'hex'), encode(hash, 'hex'), encode(mac, 'hex')"
 
 static int hex32(const char *s, uint8_t out[32])
@@ -368,8 +366,21 @@ struct slot {
 	uint8_t mac[KC_AUDIT_HASH_LEN];
 };
 
-enum { ARR_SEQ, ARR_TS, ARR_PRINCIPAL, ARR_CLIENT, ARR_OP, ARR_KEY, ARR_VERSION, ARR_CTX,
-       ARR_RESULT, ARR_PREV, ARR_HASH, ARR_MAC, NARR };
+enum {
+	ARR_SEQ,
+	ARR_TS,
+	ARR_PRINCIPAL,
+	ARR_CLIENT,
+	ARR_OP,
+	ARR_KEY,
+	ARR_VERSION,
+	ARR_CTX,
+	ARR_RESULT,
+	ARR_PREV,
+	ARR_HASH,
+	ARR_MAC,
+	NARR
+};
 
 struct kc_audit {
 	pthread_mutex_t mu;
@@ -390,9 +401,9 @@ struct kc_audit {
 	kc_audit_options opt;
 	uint64_t head_seq; /* last committed record, 0 if none */
 	uint8_t head_hash[KC_AUDIT_HASH_LEN];
-	uint64_t cp_seq;   /* last committed checkpoint, 0 if none */
-	int64_t cp_at_ms;  /* monotonic time of the last checkpoint (or attempt) */
-	int need_resync;   /* a batch failed: re-read the head before the next */
+	uint64_t cp_seq;  /* last committed checkpoint, 0 if none */
+	int64_t cp_at_ms; /* monotonic time of the last checkpoint (or attempt) */
+	int need_resync;  /* a batch failed: re-read the head before the next */
 	struct waiter **batch;
 	struct slot *slots;
 	struct sbuf arr[NARR];
@@ -400,8 +411,8 @@ struct kc_audit {
 
 /* What load_head_tx reads. */
 struct head_rows {
-	PGresult *last;	 /* RECORD_COLS of the record with the largest seq */
-	PGresult *cp;	 /* seq, head_hash hex, hash hex of its record (or NULL) */
+	PGresult *last; /* RECORD_COLS of the record with the largest seq */
+	PGresult *cp;	/* seq, head_hash hex, hash hex of its record (or NULL) */
 };
 
 static void head_rows_clear(struct head_rows *h)
@@ -415,9 +426,9 @@ static int load_head_tx(mica_db *db, void *arg)
 {
 	struct head_rows *h = arg;
 	head_rows_clear(h); /* a retried transaction starts over */
-	int rc = mica_db_exec(db,
-			      "SELECT " RECORD_COLS " FROM keycenter.audit ORDER BY seq DESC LIMIT 1",
-			      0, NULL, &h->last);
+	int rc = mica_db_exec(
+	    db, "SELECT " RECORD_COLS " FROM keycenter.audit ORDER BY seq DESC LIMIT 1", 0, NULL,
+	    &h->last);
 	if (rc)
 		return rc;
 	return mica_db_exec(db,
@@ -490,7 +501,8 @@ static int load_head(kc_audit *a)
 	int rc = mica_db_tx(a->db, MICA_DB_REPEATABLE_READ, load_head_tx, &h);
 	if (rc) {
 		MICA_LOG(MICA_LOG_ERROR, "audit: cannot read the chain head: %s sqlstate=%s",
-			 mica_strerror(rc), mica_db_sqlstate(a->db)[0] ? mica_db_sqlstate(a->db) : "-");
+			 mica_strerror(rc),
+			 mica_db_sqlstate(a->db)[0] ? mica_db_sqlstate(a->db) : "-");
 	} else {
 		rc = adopt_head(a, &h);
 	}
@@ -529,8 +541,9 @@ static int cp_make(kc_audit *a, uint64_t seq, const uint8_t head[32], struct cp 
 		rc = mica_hex_encode(head, 32, cp->head_hex, sizeof(cp->head_hex));
 	free(sig);
 	if (rc) {
-		MICA_LOG(MICA_LOG_ERROR, "audit: signing the checkpoint at seq %" PRIu64 " failed: %s",
-			 seq, mica_strerror(rc));
+		MICA_LOG(MICA_LOG_ERROR,
+			 "audit: signing the checkpoint at seq %" PRIu64 " failed: %s", seq,
+			 mica_strerror(rc));
 		free(cp->sig_hex);
 		cp->sig_hex = NULL;
 		return rc;
@@ -541,16 +554,16 @@ static int cp_make(kc_audit *a, uint64_t seq, const uint8_t head[32], struct cp 
 }
 
 static const char insert_records_sql[] =
-	"INSERT INTO keycenter.audit (seq, ts_us, principal, client, op, key_name, key_version,"
-	" context_hash, result, prev_hash, hash, mac)"
-	" SELECT s, t, p, c, o, k, v, x, r, decode(ph, 'hex'), decode(h, 'hex'), decode(m, 'hex')"
-	" FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],"
-	" $7::integer[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])"
-	" AS u(s, t, p, c, o, k, v, x, r, ph, h, m)";
+    "INSERT INTO keycenter.audit (seq, ts_us, principal, client, op, key_name, key_version,"
+    " context_hash, result, prev_hash, hash, mac)"
+    " SELECT s, t, p, c, o, k, v, x, r, decode(ph, 'hex'), decode(h, 'hex'), decode(m, 'hex')"
+    " FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],"
+    " $7::integer[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])"
+    " AS u(s, t, p, c, o, k, v, x, r, ph, h, m)";
 
 static const char insert_checkpoint_sql[] =
-	"INSERT INTO keycenter.audit_checkpoint (seq, ts_us, head_hash, signature)"
-	" VALUES ($1::bigint, $2::bigint, decode($3, 'hex'), decode($4, 'hex'))";
+    "INSERT INTO keycenter.audit_checkpoint (seq, ts_us, head_hash, signature)"
+    " VALUES ($1::bigint, $2::bigint, decode($3, 'hex'), decode($4, 'hex'))";
 
 struct batch_tx {
 	const char *arrays[NARR]; /* NULL: no records (checkpoint only) */
@@ -781,8 +794,9 @@ static void *writer_main(void *arg)
 	pthread_mutex_unlock(&a->mu);
 	if (a->head_seq > a->cp_seq || a->need_resync) {
 		if (write_checkpoint(a) != 0)
-			MICA_LOG(MICA_LOG_ERROR, "audit: no final checkpoint; records after seq"
-						 " %" PRIu64 " are not signed",
+			MICA_LOG(MICA_LOG_ERROR,
+				 "audit: no final checkpoint; records after seq"
+				 " %" PRIu64 " are not signed",
 				 a->cp_seq);
 	}
 	return NULL;
@@ -882,7 +896,8 @@ int kc_audit_start(kc_audit **out, const char *conninfo, const uint8_t mac_key[3
 		rc = MICA_ENOMEM;
 		goto out;
 	}
-	MICA_LOG(MICA_LOG_INFO, "audit: writer started at seq %" PRIu64 " (last checkpoint %" PRIu64 ")",
+	MICA_LOG(MICA_LOG_INFO,
+		 "audit: writer started at seq %" PRIu64 " (last checkpoint %" PRIu64 ")",
 		 a->head_seq, a->cp_seq);
 	*out = a;
 	return 0;
@@ -902,8 +917,7 @@ static int field_ok(const char *s, int required)
 static int record_ok(const kc_audit_record *r)
 {
 	return field_ok(r->principal, 1) && field_ok(r->client, 1) && field_ok(r->op, 1) &&
-	       field_ok(r->key_name, 0) && field_ok(r->context_hash, 0) &&
-	       field_ok(r->result, 1);
+	       field_ok(r->key_name, 0) && field_ok(r->context_hash, 0) && field_ok(r->result, 1);
 }
 
 int kc_audit_append(kc_audit *a, const kc_audit_record *rec, uint64_t *seq)
@@ -922,11 +936,13 @@ int kc_audit_append(kc_audit *a, const kc_audit_record *rec, uint64_t *seq)
 		return MICA_ESTATE;
 	}
 	a->inflight++;
+	/* |w| stays on our stack while queued: the writer unlinks it before
+	 * setting done, and we return only after done. */
 	if (a->qtail)
 		a->qtail->next = &w;
 	else
-		a->qhead = &w;
-	a->qtail = &w;
+		a->qhead = &w; /* cppcheck-suppress autoVariables */
+	a->qtail = &w;	       /* cppcheck-suppress autoVariables */
 	pthread_cond_signal(&a->work);
 	while (!w.done)
 		pthread_cond_wait(&w.cv, &a->mu);
@@ -975,14 +991,14 @@ void kc_audit_stop(kc_audit *a)
 /* Records and checkpoints interleaved in (seq, kind) order, one page after
  * the key ($1, $2); kind 0 = record, 1 = checkpoint. */
 static const char export_page_sql[] =
-	"SELECT kind, " RECORD_COLS " FROM ("
-	" SELECT 0 AS kind, seq, ts_us, principal, client, op, key_name, key_version,"
-	" context_hash, result, prev_hash, hash, mac"
-	" FROM keycenter.audit WHERE seq >= $1::bigint"
-	" UNION ALL"
-	" SELECT 1, seq, ts_us, NULL, NULL, NULL, NULL, NULL, NULL, NULL, head_hash,"
-	" signature, NULL FROM keycenter.audit_checkpoint WHERE seq >= $1::bigint) u"
-	" WHERE (seq, kind) > ($1::bigint, $2::int) ORDER BY seq, kind LIMIT " PAGE_ROWS;
+    "SELECT kind, " RECORD_COLS " FROM ("
+    " SELECT 0 AS kind, seq, ts_us, principal, client, op, key_name, key_version,"
+    " context_hash, result, prev_hash, hash, mac"
+    " FROM keycenter.audit WHERE seq >= $1::bigint"
+    " UNION ALL"
+    " SELECT 1, seq, ts_us, NULL, NULL, NULL, NULL, NULL, NULL, NULL, head_hash,"
+    " signature, NULL FROM keycenter.audit_checkpoint WHERE seq >= $1::bigint) u"
+    " WHERE (seq, kind) > ($1::bigint, $2::int) ORDER BY seq, kind LIMIT " PAGE_ROWS;
 
 static json_t *jtext(const PGresult *res, int row, int col)
 {
@@ -1014,8 +1030,8 @@ static json_t *export_object(const PGresult *res, int row, int64_t kind, int64_t
 	} else if (ok) {
 		int64_t kv = 0;
 		json_t *ver = mica_db_get(res, row, 7) && !mica_db_get_int64(res, row, 7, &kv)
-				      ? json_integer(kv)
-				      : json_null();
+				  ? json_integer(kv)
+				  : json_null();
 		ok = set(o, "principal", jtext(res, row, 3)) &&
 		     set(o, "client", jtext(res, row, 4)) && set(o, "op", jtext(res, row, 5)) &&
 		     set(o, "key_name", jtext(res, row, 6)) && set(o, "key_version", ver) &&
@@ -1050,8 +1066,9 @@ static int export_page(mica_db *db, FILE *out, int64_t *last_seq, int64_t *last_
 		}
 		json_t *o = export_object(res, i, kind, seq);
 		if (!o) {
-			MICA_LOG(MICA_LOG_ERROR, "audit export: %s at seq %" PRId64 " holds text that is"
-						 " not valid UTF-8",
+			MICA_LOG(MICA_LOG_ERROR,
+				 "audit export: %s at seq %" PRId64 " holds text that is"
+				 " not valid UTF-8",
 				 kind ? "checkpoint" : "record", seq);
 			rc = MICA_EBADENCODING;
 			break;
@@ -1156,15 +1173,15 @@ int kc_audit_verify_macs(mica_db *db, const uint8_t mac_key[32], uint64_t *bad_s
 /* ---- offline verification ------------------------------------------------------ */
 
 static const char *const verdict_names[] = {
-	[KC_AUDIT_OK] = "ok",
-	[KC_AUDIT_BAD_HASH] = "bad_hash",
-	[KC_AUDIT_BROKEN_LINK] = "broken_link",
-	[KC_AUDIT_SEQ_GAP] = "seq_gap",
-	[KC_AUDIT_OUT_OF_ORDER] = "out_of_order",
-	[KC_AUDIT_BAD_CHECKPOINT_SIGNATURE] = "bad_checkpoint_signature",
-	[KC_AUDIT_CHECKPOINT_MISMATCH] = "checkpoint_mismatch",
-	[KC_AUDIT_TRUNCATED] = "truncated",
-	[KC_AUDIT_MALFORMED] = "malformed",
+    [KC_AUDIT_OK] = "ok",
+    [KC_AUDIT_BAD_HASH] = "bad_hash",
+    [KC_AUDIT_BROKEN_LINK] = "broken_link",
+    [KC_AUDIT_SEQ_GAP] = "seq_gap",
+    [KC_AUDIT_OUT_OF_ORDER] = "out_of_order",
+    [KC_AUDIT_BAD_CHECKPOINT_SIGNATURE] = "bad_checkpoint_signature",
+    [KC_AUDIT_CHECKPOINT_MISMATCH] = "checkpoint_mismatch",
+    [KC_AUDIT_TRUNCATED] = "truncated",
+    [KC_AUDIT_MALFORMED] = "malformed",
 };
 
 const char *kc_audit_verdict_name(kc_audit_verdict v)
@@ -1178,7 +1195,7 @@ const char *kc_audit_verdict_name(kc_audit_verdict v)
 struct line {
 	json_t *obj;
 	int is_checkpoint;
-	struct entry e; /* record; for a checkpoint only seq and ts_us */
+	struct entry e;	  /* record; for a checkpoint only seq and ts_us */
 	uint8_t hash[32]; /* record: hash; checkpoint: head_hash */
 	uint8_t sig[KC_AUDIT_SIG_MAX];
 	size_t sig_len;
@@ -1189,21 +1206,21 @@ struct line {
 struct vstate {
 	EVP_PKEY *pub;
 	kc_audit_report *rep;
-	int failed;	    /* rep holds the first problem */
+	int failed; /* rep holds the first problem */
 	uint64_t line_no;
-	uint64_t next_seq;  /* record expected next */
+	uint64_t next_seq; /* record expected next */
 	uint8_t last_hash[32];
-	int any;	    /* a line was ordered */
-	uint64_t max_seq;   /* largest (seq, kind) key so far */
+	int any;	  /* a line was ordered */
+	uint64_t max_seq; /* largest (seq, kind) key so far */
 	int max_kind;
-	int backward;	    /* a line came after a larger key */
+	int backward; /* a line came after a larger key */
 	uint64_t min_backward, backward_line;
-	int ahead;	    /* a checkpoint came before its record */
+	int ahead; /* a checkpoint came before its record */
 	uint64_t ahead_seq, ahead_line;
 };
 
 static void vfail(struct vstate *st, kc_audit_verdict kind, uint64_t seq, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
+    __attribute__((format(printf, 4, 5)));
 
 static void vfail(struct vstate *st, kc_audit_verdict kind, uint64_t seq, const char *fmt, ...)
 {
@@ -1307,14 +1324,16 @@ static int parse_line(const char *buf, size_t len, struct line *l)
 	}
 	l->is_checkpoint = type[0] == 'c';
 	if (!get_int(l->obj, "seq", &seq) || seq < 1 || !get_int(l->obj, "ts_us", &l->e.ts_us)) {
-		snprintf(l->why, sizeof(l->why), "\"seq\" (>= 1) or \"ts_us\" is missing or not an"
-						 " integer");
+		snprintf(l->why, sizeof(l->why),
+			 "\"seq\" (>= 1) or \"ts_us\" is missing or not an"
+			 " integer");
 		return 0;
 	}
 	l->e.seq = (uint64_t)seq;
 	if (!(l->is_checkpoint ? parse_checkpoint(l) : parse_record(l))) {
-		snprintf(l->why, sizeof(l->why), "%s at seq %" PRIu64 " has missing, extra or"
-						 " ill-typed members",
+		snprintf(l->why, sizeof(l->why),
+			 "%s at seq %" PRIu64 " has missing, extra or"
+			 " ill-typed members",
 			 type, l->e.seq);
 		return 0;
 	}
@@ -1337,7 +1356,8 @@ static int sig_ok(EVP_PKEY *pub, const uint8_t digest[32], const uint8_t *sig, s
 static int in_order(struct vstate *st, const struct line *l)
 {
 	int kind = l->is_checkpoint;
-	if (st->any && (l->e.seq < st->max_seq || (l->e.seq == st->max_seq && kind <= st->max_kind))) {
+	if (st->any &&
+	    (l->e.seq < st->max_seq || (l->e.seq == st->max_seq && kind <= st->max_kind))) {
 		if (!st->backward || l->e.seq < st->min_backward) {
 			st->min_backward = l->e.seq;
 			st->backward_line = st->line_no;
@@ -1356,20 +1376,23 @@ static void check_record(struct vstate *st, const struct line *l)
 	uint8_t hash[32];
 	const struct entry *e = &l->e;
 	if (e->seq != st->next_seq) {
-		vfail(st, KC_AUDIT_SEQ_GAP, st->next_seq, "record %" PRIu64 " is missing (found"
-							  " seq %" PRIu64 ")",
+		vfail(st, KC_AUDIT_SEQ_GAP, st->next_seq,
+		      "record %" PRIu64 " is missing (found"
+		      " seq %" PRIu64 ")",
 		      st->next_seq, e->seq);
 		return;
 	}
 	if (entry_hash(e, hash) != 0 || !mica_ct_equal(hash, l->hash, 32)) {
-		vfail(st, KC_AUDIT_BAD_HASH, e->seq, "the content of record %" PRIu64 " does not"
-						     " give its hash",
+		vfail(st, KC_AUDIT_BAD_HASH, e->seq,
+		      "the content of record %" PRIu64 " does not"
+		      " give its hash",
 		      e->seq);
 		return;
 	}
 	if (!mica_ct_equal(e->prev_hash, st->last_hash, 32)) {
-		vfail(st, KC_AUDIT_BROKEN_LINK, e->seq, "prev_hash of record %" PRIu64 " is not the"
-							" hash of record %" PRIu64,
+		vfail(st, KC_AUDIT_BROKEN_LINK, e->seq,
+		      "prev_hash of record %" PRIu64 " is not the"
+		      " hash of record %" PRIu64,
 		      e->seq, e->seq - 1);
 		return;
 	}
@@ -1393,15 +1416,16 @@ static void check_checkpoint(struct vstate *st, const struct line *l)
 		return;
 	}
 	if (!mica_ct_equal(l->hash, st->last_hash, 32)) {
-		vfail(st, KC_AUDIT_CHECKPOINT_MISMATCH, seq, "the checkpoint at seq %" PRIu64
-							     " names another head than record %" PRIu64,
+		vfail(st, KC_AUDIT_CHECKPOINT_MISMATCH, seq,
+		      "the checkpoint at seq %" PRIu64 " names another head than record %" PRIu64,
 		      seq, seq);
 		return;
 	}
 	if (kc_audit_checkpoint_digest(seq, l->e.ts_us, l->hash, digest) != 0 ||
 	    !sig_ok(st->pub, digest, l->sig, l->sig_len)) {
-		vfail(st, KC_AUDIT_BAD_CHECKPOINT_SIGNATURE, seq, "the signature of the checkpoint"
-								  " at seq %" PRIu64 " does not verify",
+		vfail(st, KC_AUDIT_BAD_CHECKPOINT_SIGNATURE, seq,
+		      "the signature of the checkpoint"
+		      " at seq %" PRIu64 " does not verify",
 		      seq);
 		return;
 	}
@@ -1418,8 +1442,9 @@ static void verify_line(struct vstate *st, const char *buf, size_t len, int too_
 		vfail(st, KC_AUDIT_MALFORMED, st->next_seq, "line %" PRIu64 ": %s", st->line_no,
 		      too_long ? "longer than KC_AUDIT_LINE_MAX" : l.why);
 	} else if (!in_order(st, &l)) {
-		vfail(st, KC_AUDIT_OUT_OF_ORDER, l.e.seq, "line %" PRIu64 ": %s %" PRIu64 " comes"
-							  " after seq %" PRIu64,
+		vfail(st, KC_AUDIT_OUT_OF_ORDER, l.e.seq,
+		      "line %" PRIu64 ": %s %" PRIu64 " comes"
+		      " after seq %" PRIu64,
 		      st->line_no, l.is_checkpoint ? "checkpoint" : "record", l.e.seq, st->max_seq);
 	} else if (!st->failed) {
 		if (l.is_checkpoint) {
@@ -1478,41 +1503,18 @@ static void verify_finish(struct vstate *st)
 		r->unsigned_tail = r->records - r->last_checkpoint_seq;
 }
 
-static int load_pubkey(const char *pem, size_t pem_len, EVP_PKEY **out)
-{
-	*out = NULL;
-	if (pem_len > INT_MAX)
-		return MICA_EINVAL;
-	BIO *bio = BIO_new_mem_buf(pem, (int)pem_len);
-	if (!bio)
-		return MICA_ENOMEM;
-	EVP_PKEY *k = PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL);
-	BIO_free(bio);
-	ERR_clear_error();
-	if (!k || !EVP_PKEY_is_a(k, "EC")) {
-		EVP_PKEY_free(k);
-		return MICA_EINVAL;
-	}
-	*out = k;
-	return 0;
-}
-
-int kc_audit_verify_pem(FILE *in, const char *pem, size_t pem_len, kc_audit_report *rep)
+int kc_audit_verify_pkey(FILE *in, EVP_PKEY *pub, kc_audit_report *rep)
 {
 	if (!rep)
 		return MICA_EINVAL;
 	memset(rep, 0, sizeof(*rep));
-	if (!in || !pem)
+	if (!in || !pub || !EVP_PKEY_is_a(pub, "EC"))
 		return MICA_EINVAL;
-	struct vstate st = {.rep = rep, .next_seq = 1};
-	int rc = load_pubkey(pem, pem_len, &st.pub);
-	if (rc)
-		return rc;
+	struct vstate st = {.pub = pub, .rep = rep, .next_seq = 1};
 	char *buf = malloc(KC_AUDIT_LINE_MAX);
-	if (!buf) {
-		EVP_PKEY_free(st.pub);
+	if (!buf)
 		return MICA_ENOMEM;
-	}
+	int rc;
 	for (;;) {
 		size_t len = 0;
 		int too_long = 0;
@@ -1527,7 +1529,6 @@ int kc_audit_verify_pem(FILE *in, const char *pem, size_t pem_len, kc_audit_repo
 			break;
 	}
 	free(buf);
-	EVP_PKEY_free(st.pub);
 	if (rc < 0) {
 		memset(rep, 0, sizeof(*rep));
 		return rc;
@@ -1546,11 +1547,12 @@ int kc_audit_verify(FILE *in, const char *pubkey_pem_path, kc_audit_report *rep)
 	FILE *f = fopen(pubkey_pem_path, "rb");
 	if (!f)
 		return MICA_EINVAL;
-	char *pem = malloc(PUBKEY_PEM_MAX);
-	size_t n = pem ? fread(pem, 1, PUBKEY_PEM_MAX, f) : 0;
-	int bad = !pem || ferror(f) || n == PUBKEY_PEM_MAX;
+	EVP_PKEY *pub = PEM_read_PUBKEY(f, NULL, NULL, NULL);
 	fclose(f);
-	int rc = bad ? (pem ? MICA_EINVAL : MICA_ENOMEM) : kc_audit_verify_pem(in, pem, n, rep);
-	free(pem);
+	ERR_clear_error();
+	if (!pub)
+		return MICA_EINVAL;
+	int rc = kc_audit_verify_pkey(in, pub, rep);
+	EVP_PKEY_free(pub);
 	return rc;
 }

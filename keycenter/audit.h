@@ -62,6 +62,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include <openssl/types.h>
+
 #include "db.h"
 #include "err.h"
 
@@ -97,6 +99,12 @@ typedef struct kc_audit_record {
 typedef int (*kc_audit_sign_fn)(const uint8_t digest[32], uint8_t **sig, size_t *sig_len,
 				void *arg);
 
+/* A checkpoint goes into the transaction of the batch after which
+ * checkpoint_every_n records are unsigned or checkpoint_every_ms passed since
+ * the last one; an idle writer signs the head on its own once that time has
+ * passed, and kc_audit_stop() signs whatever is left. If signing fails, the
+ * batch fails (fail closed): an unsigned tail is one that could be cut off
+ * without a trace. */
 typedef struct kc_audit_options {
 	int checkpoint_every_n;	 /* checkpoint once this many records are unsigned; 0: 1000 */
 	int checkpoint_every_ms; /* ... or this long after the last one; 0: 5000 */
@@ -120,7 +128,9 @@ typedef struct kc_audit kc_audit;
  * with the same hash: otherwise the log was tampered with or the key is
  * wrong, and the writer refuses to extend it (the log names the seq).
  * |sign| (with |sign_arg|) signs checkpoints; |opt| may be NULL (defaults).
- * On success *out is the writer, released by kc_audit_stop().
+ * On success *out is the writer, released by kc_audit_stop(). Appends wait
+ * for the database, so |conninfo| should bound how long a dead peer can
+ * stall it (keepalives, tcp_user_timeout, connect_timeout).
  * Returns 0, MICA_EINVAL (NULL argument or option out of range),
  * MICA_EDBCONN (cannot connect), MICA_EAUDIT (the stored chain head does not
  * verify), MICA_EDB or another mica_db error, or MICA_ENOMEM. */
@@ -164,9 +174,9 @@ int kc_audit_checkpoint_digest(uint64_t seq, int64_t ts_us, const uint8_t head_h
 
 /* Writes every record and checkpoint of |db|'s audit tables to |out| in the
  * export format, from one consistent snapshot (a read-only REPEATABLE READ
- * transaction, read in pages). Returns 0, MICA_EIO (write failed), MICA_EBADENCODING (a stored text is not
- * valid UTF-8; that row was tampered with), MICA_ENOMEM or a mica_db error.
- * On failure |out| may hold a prefix of the export. */
+ * transaction, read in pages). Returns 0, MICA_EIO (write failed), MICA_EBADENCODING (a stored text
+ * is not valid UTF-8; that row was tampered with), MICA_ENOMEM or a mica_db error. On failure |out|
+ * may hold a prefix of the export. */
 int kc_audit_export(mica_db *db, FILE *out) MICA_WUR;
 
 typedef enum kc_audit_verdict {
@@ -218,8 +228,9 @@ typedef struct kc_audit_report {
  * (read error) or MICA_ENOMEM. */
 int kc_audit_verify(FILE *in, const char *pubkey_pem_path, kc_audit_report *rep) MICA_WUR;
 
-/* As kc_audit_verify(), with the PEM public key in memory (|pem_len| bytes). */
-int kc_audit_verify_pem(FILE *in, const char *pem, size_t pem_len, kc_audit_report *rep) MICA_WUR;
+/* As kc_audit_verify(), with the public key already loaded (borrowed; EC
+ * only, else MICA_EINVAL), for callers that verify many inputs. */
+int kc_audit_verify_pkey(FILE *in, EVP_PKEY *pub, kc_audit_report *rep) MICA_WUR;
 
 /* Online check that needs the MAC key: reads every record of |db| in seq
  * order and checks that its content gives its stored hash and that its MAC

@@ -35,6 +35,8 @@ static int64_t now_us(void)
 	return (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
 }
 
+static int valid_name(const char *n);
+
 static int64_t mono_ms(void)
 {
 	struct timespec ts;
@@ -84,7 +86,9 @@ static int record(struct call *c, const char *result, int denied)
 	rec.principal = principal;
 	rec.client = c->req->client_ip;
 	rec.op = kc_op_name(c->op);
-	rec.key_name = c->key;
+	/* A key name from the path is recorded only when well formed; a bad one
+	 * is refused with 400 anyway and must not make the audit append fail. */
+	rec.key_name = c->key && valid_name(c->key) ? c->key : NULL;
 	rec.key_version = c->version;
 	rec.context_hash = c->ctx_sha ? c->ctx_hash : NULL;
 	rec.result = result;
@@ -452,7 +456,7 @@ static int one_decrypt(struct call *c, json_t *item, json_t **result, struct kc_
 {
 	const char *ct = json_string_value(json_object_get(item, "ciphertext"));
 	uint8_t *pt = NULL;
-	size_t pl = 0, cl = 0;
+	size_t pl = 0, cl = 0, bl = 0;
 	char *canon = NULL, *b64 = NULL;
 	uint32_t version = 0;
 	int err;
@@ -466,7 +470,7 @@ static int one_decrypt(struct call *c, json_t *item, json_t **result, struct kc_
 	err = kc_op_decrypt(c->s, c->key, ct, canon, cl, &pt, &pl, &version, why);
 	note_below_minimum(c, err, why, version);
 	if (!err)
-		err = mica_base64_encode_alloc(pt, pl, &b64, &pl);
+		err = mica_base64_encode_alloc(pt, pl, &b64, &bl);
 	if (!err) {
 		c->version = (int)version;
 		*result = json_pack("{s:s,s:i}", "plaintext", b64, "key_version", (int)version);

@@ -1,5 +1,5 @@
 /* fuzz_audit_verify.c - libFuzzer target for the audit export verifier.
- * Arbitrary bytes are verified as an export file (kc_audit_verify_pem) with a
+ * Arbitrary bytes are verified as an export file (kc_audit_verify_pkey) with a
  * fixed test public key; the target aborts if the result and the report
  * disagree. Seeds in tests/fuzz/corpus/fuzz_audit_verify/ are exports signed
  * by the test-only private key quoted below, plus tampered copies of them.
@@ -7,6 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <openssl/bio.h>
+#include <openssl/pem.h>
 
 #include "err.h"
 #include "keycenter/audit.h"
@@ -19,10 +22,11 @@
  *   L+XtPecBXHj6OfBVtFxKPL6kao5WbNkR4PaPE5+ZdZlVLdc4oB1+MNxh
  *   -----END PRIVATE KEY-----
  */
-static const char pubkey_pem[] = "-----BEGIN PUBLIC KEY-----\n"
-				 "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAExv+bimjOi2CECYLQcyWngOZnw7eB\n"
-				 "7C/l7T3nAVx4+jnwVbRcSjy+pGqOVmzZEeD2jxOfmXWZVS3XOKAdfjDcYQ==\n"
-				 "-----END PUBLIC KEY-----\n";
+static const char pubkey_pem[] =
+    "-----BEGIN PUBLIC KEY-----\n"
+    "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAExv+bimjOi2CECYLQcyWngOZnw7eB\n"
+    "7C/l7T3nAVx4+jnwVbRcSjy+pGqOVmzZEeD2jxOfmXWZVS3XOKAdfjDcYQ==\n"
+    "-----END PUBLIC KEY-----\n";
 
 #define CHECK(cond)                                                                                \
 	do {                                                                                       \
@@ -32,6 +36,20 @@ static const char pubkey_pem[] = "-----BEGIN PUBLIC KEY-----\n"
 		}                                                                                  \
 	} while (0)
 
+/* Parsed once: OpenSSL 3's PEM decoder costs more than most inputs. */
+static EVP_PKEY *pubkey(void)
+{
+	static EVP_PKEY *pub;
+	if (!pub) {
+		BIO *bio = BIO_new_mem_buf(pubkey_pem, (int)sizeof(pubkey_pem) - 1);
+		CHECK(bio != NULL);
+		pub = PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL);
+		BIO_free(bio);
+		CHECK(pub != NULL);
+	}
+	return pub;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static char empty[1];
@@ -39,7 +57,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	/* glibc (>= 2.22) reads a zero-length buffer as an empty stream. */
 	FILE *in = fmemopen(size ? (void *)data : empty, size, "r");
 	CHECK(in != NULL);
-	int rc = kc_audit_verify_pem(in, pubkey_pem, sizeof(pubkey_pem) - 1, &rep);
+	int rc = kc_audit_verify_pkey(in, pubkey(), &rep);
 	fclose(in);
 
 	CHECK(rc == 0 || rc == MICA_EAUTH || rc == MICA_ENOMEM);
