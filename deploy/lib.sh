@@ -425,8 +425,10 @@ mica__redis_ping() { [[ "$(mica_redis_cli "$1" admin PING 2>/dev/null)" == PONG 
 # mica__redis_acl DIR USER...: write users.acl: default user off, admin with everything, and one
 # user per name restricted to keys and channels "<name>:*" and to non-dangerous commands (no
 # KEYS, FLUSHDB, CONFIG, INFO, SORT, ...). Only SHA-256 hashes of the passwords are written.
+# The session cache "session:*" (lib/auth.h) is written only by account; every other user may
+# only read it (%R~, Redis 7), except test, which may also write it so tests can seed sessions.
 mica__redis_acl() {
-	local dir="$1" u pw hash
+	local dir="$1" u pw hash session
 	shift
 	{
 		echo "user default off resetkeys resetchannels nopass -@all"
@@ -438,7 +440,9 @@ mica__redis_acl() {
 			if [[ "$u" == admin ]]; then
 				echo "user admin on resetpass #$hash ~* &* +@all"
 			else
-				echo "user $u on resetpass #$hash resetkeys ~$u:* resetchannels &$u:* +@all -@dangerous"
+				session="%R~session:*"
+				[[ "$u" == account || "$u" == test ]] && session="~session:*"
+				echo "user $u on resetpass #$hash resetkeys ~$u:* $session resetchannels &$u:* +@all -@dangerous"
 			fi
 		done
 	} >"$dir/redis/users.acl.tmp"
@@ -606,6 +610,10 @@ mica_env_lines() {
 	mica__e MICA_HSM_PIN_FILE "$dir/secrets/hsm-user.pin"
 	mica__e MICA_HSM_SO_PIN_FILE "$dir/secrets/hsm-so.pin"
 	mica__e MICA_KEYCENTER_DB_CONNINFO "$(mica_keycenter_conninfo "$dir")"
+	mica__e MICA_ACCOUNT_DB_CONNINFO "$(mica_service_conninfo "$dir" account)"
+	mica__e MICA_ACCOUNT_REDIS_SOCKET "$dir/redis/redis.sock"
+	mica__e MICA_ACCOUNT_REDIS_PASSWORD_FILE "$dir/secrets/redis-account.password"
+	mica__e MICA_ACCOUNT_RISK_ALTCHA_KEY_FILE "$dir/secrets/altcha.key"
 	unset -f mica__e
 }
 
@@ -628,11 +636,14 @@ SQL
 	done
 }
 
-# mica_keycenter_conninfo DIR [DB]: libpq conninfo of the Key Center's role (passfile, TLS).
-mica_keycenter_conninfo() {
-	printf 'host=127.0.0.1 port=%s dbname=%s user=mica_keycenter passfile=%s sslmode=verify-full sslrootcert=%s' \
-		"$(mica_pg_port "$1")" "${2:-mica}" "$1/secrets/pgpass-keycenter" "$1/ca/ca.pem"
+# mica_service_conninfo DIR SERVICE [DB]: libpq conninfo of a service's role (passfile, TLS).
+mica_service_conninfo() {
+	printf 'host=127.0.0.1 port=%s dbname=%s user=mica_%s passfile=%s sslmode=verify-full sslrootcert=%s' \
+		"$(mica_pg_port "$1")" "${3:-mica}" "$2" "$1/secrets/pgpass-$2" "$1/ca/ca.pem"
 }
+
+# mica_keycenter_conninfo DIR [DB]: the Key Center's role (see mica_service_conninfo).
+mica_keycenter_conninfo() { mica_service_conninfo "$1" keycenter "${2:-mica}"; }
 
 # ---------------------------------------------------------------------------------------------
 # Executed as a script: the restart commands handed to tests (MICA_PG_RESTART, MICA_REDIS_RESTART).

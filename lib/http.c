@@ -181,6 +181,16 @@ const char *mica_http_param(const mica_http_req *req, const char *name)
 	return NULL;
 }
 
+const char *mica_http_header(const mica_http_req *req, const char *name)
+{
+	return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+}
+
+const char *mica_http_query(const mica_http_req *req, const char *name)
+{
+	return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
 static void resp_cleanup(mica_http_resp *resp)
 {
 	resp_reset(resp);

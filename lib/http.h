@@ -122,4 +122,12 @@ void mica_http_add_header(mica_http_resp *resp, const char *name, const char *va
 /* The value of parameter |name| in the matched route, or NULL. */
 const char *mica_http_param(const mica_http_req *req, const char *name);
 
+/* The value of request header |name| (case-insensitive), or NULL. Borrowed,
+ * valid during the handler call. */
+const char *mica_http_header(const mica_http_req *req, const char *name);
+
+/* The decoded value of query-string argument |name|, or NULL. Borrowed,
+ * valid during the handler call. */
+const char *mica_http_query(const mica_http_req *req, const char *name);
+
 #endif

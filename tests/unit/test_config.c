@@ -2,6 +2,7 @@
  * overrides, bounds, unknown keys and sections, secrets from files, and the
  * shipped deploy/mica.conf.example. */
 #include <check.h>
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +10,7 @@
 
 #include "config.h"
 #include "http.h"
+#include "account/account.h"
 #include "keycenter/keycenter.h"
 
 struct cfg {
@@ -190,6 +192,7 @@ static const struct {
 	size_t size;
 } programs[] = {
 	{"mica-keycenter", kc_config_table, 0, sizeof(struct kc_config)},
+	{"mica-account", acct_config_table, 0, sizeof(struct acct_config)},
 };
 
 /* deploy/mica.conf.example loads with every program's table, and every key
@@ -200,8 +203,24 @@ START_TEST(shipped_example_documents_every_key)
 	char err[256], line[1024], section[128] = "";
 	FILE *f;
 	for (size_t p = 0; p < sizeof(programs) / sizeof(programs[0]); p++) {
-		size_t n = programs[p].table == kc_config_table ? kc_config_table_len : programs[p].n;
+		size_t n = programs[p].table == kc_config_table ? kc_config_table_len
+								 : acct_config_table_len;
 		void *cfg = calloc(1, programs[p].size);
+		/* Secret files of the example live in var/ of a running stack: point
+		 * every *_file secret at a test file instead. */
+		for (size_t i = 0; i < n; i++) {
+			const mica_config_entry *e = &programs[p].table[i];
+			char name[128];
+			size_t j = (size_t)snprintf(name, sizeof(name), "MICA_");
+			for (const char *c = e->section; *c; c++)
+				name[j++] = *c == '.' ? '_' : (char)toupper((unsigned char)*c);
+			name[j++] = '_';
+			for (const char *c = e->key; *c; c++)
+				name[j++] = (char)toupper((unsigned char)*c);
+			name[j] = '\0';
+			if (e->type == MICA_CFG_SECRET)
+				setenv(name, secret_path, 1);
+		}
 		ck_assert_msg(mica_config_load(programs[p].table, n, cfg, path, err, sizeof(err)) == 0,
 			      "%s: %s", programs[p].program, err);
 		mica_config_free(programs[p].table, n, cfg);

@@ -1,0 +1,167 @@
+/* account.h - internal interfaces of mica-account shared between its files:
+ * configuration and service state (service.c), personal data through the
+ * Key Center (pii.c), sessions (session.c), one-time codes and registration
+ * (register.c), login with the risk engine and step-up (login.c), security
+ * settings and deletion (settings.c) and the HTTP routes (routes.c). */
+#ifndef ACCT_ACCOUNT_H
+#define ACCT_ACCOUNT_H
+
+#include <jansson.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "account/altcha.h"
+#include "account/notify.h"
+#include "account/password.h"
+#include "config.h"
+#include "db.h"
+#include "http.h"
+#include "kc.h"
+
+struct acct_config {
+	int log_level;
+	mica_http_options http;
+	char *db_conninfo, *db_password;
+	char *redis_socket, *redis_user, *redis_password;
+	char *kc_url, *kc_ca_file, *kc_cert_file, *kc_key_file;
+	char *pii_key, *index_key, *pepper_key;
+	char *password_policy, *blocklist_dir;
+	int argon2_m_kib, argon2_t, argon2_p;
+	int captcha_account_failures, captcha_network_failures, failure_window_s;
+	int captcha_base_cost, captcha_max_cost, captcha_ttl_s;
+	char *altcha_key;
+	int stepup_new_device, stepup_new_network, login_rate_max, login_rate_window_s;
+	int freeze_after_stepup_failures, stepup_ttl_s;
+	int app_session_days, web_idle_s, recent_auth_s;
+	int code_ttl_s, code_max_attempts;
+	char *email_mode, *sms_mode, *smtp_url, *smtp_from, *sms_webhook_url;
+	char *introspect_principals;
+};
+
+extern const mica_config_entry acct_config_table[];
+extern const size_t acct_config_table_len;
+
+typedef struct acct_service {
+	struct acct_config *cfg;
+	mica_kc *kc;
+	acct_notify *notify;
+	acct_blocklist *blocklist;
+	acct_argon2_params argon2;
+} acct_service;
+
+/* Why a flow failed: HTTP status, stable code, message; extra JSON members
+ * (e.g. a captcha challenge) go into |extra| (owned). */
+struct acct_fail {
+	int status;
+	const char *code;
+	char msg[200];
+	json_t *extra;
+};
+int acct_failf(struct acct_fail *f, int status, const char *code, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+/* Maps an unexpected error of a dependency to 503/500. */
+int acct_fail_internal(struct acct_fail *f, int err, const char *what);
+
+/* ---- pii.c ----------------------------------------------------------------- */
+enum acct_ident { ACCT_ID_PHONE, ACCT_ID_EMAIL, ACCT_ID_ACCOUNT_NO, ACCT_ID_INVALID };
+/* Classifies and normalises a login identifier: "+" and 7-15 digits is a
+ * phone (E.164), something with one "@" an email (lower-cased), 10 digits an
+ * account number. |out| gets the normal form. */
+enum acct_ident acct_ident_parse(const char *in, char *out, size_t cap);
+/* Blind index of a normalised identifier (Key Center HMAC; *idx malloc'd). */
+int acct_blind_index(acct_service *s, const char *kind, const char *value, char **idx) MICA_WUR;
+/* Encrypts / decrypts a value bound to {service, table, column, row}. */
+int acct_pii_seal(acct_service *s, const char *table, const char *column, const char *row,
+		  const char *value, char **out) MICA_WUR;
+int acct_pii_open(acct_service *s, const char *table, const char *column, const char *row,
+		  const char *sealed, char **out) MICA_WUR;
+/* SHA-256 hex of a device id or network prefix (never stored raw). */
+void acct_hash_hex(const char *domain, const char *value, char out[65]);
+/* The /24 (IPv4) or /48 (IPv6) network of |ip| as text. */
+void acct_network_of(const char *ip, char *out, size_t cap);
+
+/* ---- session.c ------------------------------------------------------------- */
+struct acct_session {
+	int64_t id, user_id;
+	char device_hash[65];
+	char kind[8];
+	time_t auth_at, expires_at;
+};
+/* Creates a session; *token (malloc'd, 43 chars) is shown to the client once. */
+int acct_session_create(acct_service *s, mica_db *db, int64_t user_id, const char *device_hash,
+			const char *kind, char **token, struct acct_session *out) MICA_WUR;
+/* Validates "Bearer <token>" against PostgreSQL (the truth), refreshing the
+ * Redis cache and a web session's idle time. MICA_EDENIED if not active. */
+int acct_session_check(acct_service *s, const char *authorization, struct acct_session *out) MICA_WUR;
+int acct_session_touch_auth(acct_service *s, int64_t session_id) MICA_WUR;
+int acct_session_revoke(acct_service *s, int64_t user_id, int64_t session_id) MICA_WUR;
+/* Revokes every session of |user_id| but |keep| (0: none), in PG and Redis. */
+int acct_session_revoke_all(acct_service *s, mica_db *db, int64_t user_id, int64_t keep) MICA_WUR;
+int acct_session_list(acct_service *s, int64_t user_id, int64_t current, json_t **out) MICA_WUR;
+/* RFC 7662-shaped answer for |token|. */
+int acct_session_introspect(acct_service *s, const char *token, json_t **out) MICA_WUR;
+
+/* ---- register.c ------------------------------------------------------------- */
+/* Creates a one-time code for |purpose| sent to |target| over |channel|;
+ * *id (malloc'd) names it. */
+int acct_code_send(acct_service *s, const char *purpose, const char *channel, const char *target,
+		   const char *target_idx, int64_t user_id, char **id, struct acct_fail *f) MICA_WUR;
+/* Checks and consumes code |code| of verification |id| for |purpose|; sets
+ * *user_id (0 if none), target index and the verified target (malloc'd). */
+int acct_code_verify(acct_service *s, mica_db *db, const char *id, const char *purpose,
+		     const char *code, int64_t *user_id, char **target_idx, char **target,
+		     char **channel, struct acct_fail *f) MICA_WUR;
+int acct_register_start(acct_service *s, json_t *body, json_t **out, struct acct_fail *f) MICA_WUR;
+int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t **out,
+			   struct acct_fail *f) MICA_WUR;
+int acct_reset_start(acct_service *s, json_t *body, json_t **out, struct acct_fail *f) MICA_WUR;
+int acct_reset_complete(acct_service *s, json_t *body, json_t **out, struct acct_fail *f) MICA_WUR;
+/* Sends |subject|/|body| to every verified channel of |user_id|. */
+void acct_notify_user(acct_service *s, int64_t user_id, const char *subject, const char *body);
+/* Encrypts a PHC string under the pepper key for |user_id|. */
+int acct_password_seal(acct_service *s, int64_t user_id, const char *phc, char **out) MICA_WUR;
+/* Decrypts a stored PHC string (*phc malloc'd; wipe and free). */
+int acct_password_unseal(acct_service *s, int64_t user_id, const char *sealed, char **phc) MICA_WUR;
+/* *burned = 1 when |password| matches a password burned by a freeze. */
+int acct_password_burned(acct_service *s, int64_t user_id, const char *password, int *burned) MICA_WUR;
+
+/* ---- login.c ------------------------------------------------------------------ */
+/* Prepares the login path (the hash checked for unknown accounts). */
+int acct_login_init(acct_service *s) MICA_WUR;
+int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, struct acct_fail *f) MICA_WUR;
+int acct_stepup_send(acct_service *s, const char *id, json_t *body, json_t **out,
+		     struct acct_fail *f) MICA_WUR;
+int acct_stepup_verify(acct_service *s, const char *id, json_t *body, json_t **out,
+		       struct acct_fail *f) MICA_WUR;
+int acct_stepup_approve(acct_service *s, const struct acct_session *approver, const char *id,
+			json_t **out, struct acct_fail *f) MICA_WUR;
+/* For sensitive operations: 0 when |sess| authenticated recently enough,
+ * else a step-up is created and |f| is 403 step_up_required. */
+int acct_require_recent(acct_service *s, const struct acct_session *sess, struct acct_fail *f) MICA_WUR;
+/* Freezes the account: status, every session revoked, password burned,
+ * user notified. */
+int acct_freeze(acct_service *s, int64_t user_id, const char *reason) MICA_WUR;
+
+/* ---- settings.c ------------------------------------------------------------------ */
+int acct_me(acct_service *s, const struct acct_session *sess, json_t **out, struct acct_fail *f) MICA_WUR;
+int acct_password_change(acct_service *s, const struct acct_session *sess, json_t *body,
+			 json_t **out, struct acct_fail *f) MICA_WUR;
+int acct_bind_start(acct_service *s, const struct acct_session *sess, const char *what,
+		    json_t *body, json_t **out, struct acct_fail *f) MICA_WUR;
+int acct_bind_complete(acct_service *s, const struct acct_session *sess, const char *what,
+		       json_t *body, json_t **out, struct acct_fail *f) MICA_WUR;
+int acct_unbind(acct_service *s, const struct acct_session *sess, const char *what, json_t **out,
+		struct acct_fail *f) MICA_WUR;
+int acct_questions_set(acct_service *s, const struct acct_session *sess, json_t *body,
+		       json_t **out, struct acct_fail *f) MICA_WUR;
+int acct_cross_device_set(acct_service *s, const struct acct_session *sess, json_t *body,
+			  json_t **out, struct acct_fail *f) MICA_WUR;
+int acct_delete(acct_service *s, const struct acct_session *sess, json_t **out,
+		struct acct_fail *f) MICA_WUR;
+
+/* ---- routes.c / service.c ----------------------------------------------------------- */
+extern const mica_http_route acct_routes[];
+extern const size_t acct_routes_len;
+int acct_run(struct acct_config *cfg);
+
+#endif

@@ -1,0 +1,717 @@
+/* login.c - login with the risk engine, step-up verification and freezing.
+ * Answers, by risk level (docs/api/account.md has the policy):
+ *   200 session; 401 invalid_credentials (wrong password and unknown account
+ *   alike); 428 captcha_required (repeated failures per identifier or per
+ *   network: an ALTCHA proof of work whose cost doubles with each further
+ *   failure); 403 step_up_required (new device, new network, unusual login
+ *   rate); 423 account_frozen (severe: the right password followed by failed
+ *   step-up; every session is revoked, the password burned, the user told).
+ * Wrong passwords alone never freeze an account: that would let anyone lock
+ * anyone out. Failure counters live in Redis with the configured window. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "account/account.h"
+#include "crypto.h"
+#include "kv.h"
+#include "log.h"
+
+/* A PHC string verified when the account does not exist, so both cases
+ * take the same time. Made once at start-up (acct_login_init). */
+static char *dummy_phc;
+
+int acct_login_init(acct_service *s)
+{
+	return dummy_phc ? 0 : acct_password_hash_with("mica-no-such-account", &s->argon2, &dummy_phc);
+}
+
+/* ---- counters ------------------------------------------------------------------- */
+
+static long counter_get(const char *key)
+{
+	mica_kv *kv = mica_kv_thread();
+	char *v = NULL;
+	size_t len = 0;
+	long n = 0;
+	if (kv && mica_kv_get(kv, key, &v, &len) == 0 && v)
+		n = strtol(v, NULL, 10);
+	free(v);
+	return n;
+}
+
+static void counter_bump(const char *key, int window_s)
+{
+	mica_kv *kv = mica_kv_thread();
+	char ttl[16];
+	redisReply *r = NULL;
+	if (!kv)
+		return;
+	snprintf(ttl, sizeof(ttl), "%d", window_s);
+	const char *incr[2] = {"INCR", key};
+	const char *exp[4] = {"EXPIRE", key, ttl, "NX"};
+	if (mica_kv_command(kv, &r, 2, incr, NULL) == 0)
+		freeReplyObject(r);
+	r = NULL;
+	if (mica_kv_command(kv, &r, 4, exp, NULL) == 0)
+		freeReplyObject(r);
+}
+
+static void counter_clear(const char *key)
+{
+	mica_kv *kv = mica_kv_thread();
+	if (kv && mica_kv_del(kv, key, NULL) != 0)
+		MICA_LOG(MICA_LOG_WARN, "account: a failure counter could not be cleared");
+}
+
+/* ---- captcha ---------------------------------------------------------------------- */
+
+/* 0 when no captcha is due or |payload| solves a fresh one; else |f| is 428
+ * with a new challenge whose cost grows with |excess|. */
+static int captcha_gate(acct_service *s, long excess, const char *payload, struct acct_fail *f)
+{
+	const struct acct_config *c = s->cfg;
+	const uint8_t *key = (const uint8_t *)c->altcha_key;
+	char challenge[ACCT_ALTCHA_HEX_LEN + 1] = "";
+	struct acct_altcha_verdict v = {0};
+	const char *reason = "missing";
+	json_t *ch = NULL;
+
+	if (excess < 0)
+		return 0;
+	if (payload) {
+		int err = acct_altcha_verify(key, strlen(c->altcha_key), payload, time(NULL), challenge,
+					     &v);
+		reason = v.code ? v.code : "malformed";
+		if (err == 0) {
+			char k[200];
+			mica_kv *kv = mica_kv_thread();
+			snprintf(k, sizeof(k), "account:altcha:%s", challenge);
+			/* Single use: a solved challenge cannot be replayed. */
+			if (kv && mica_kv_nonce(kv, k, c->captcha_ttl_s + 60) == 0)
+				return 0;
+			reason = "already_used";
+		}
+	}
+	if (acct_altcha_create(key, strlen(c->altcha_key),
+			       acct_altcha_maxnumber_for(c->captcha_base_cost, (unsigned)excess,
+							 c->captcha_max_cost),
+			       c->captcha_ttl_s, time(NULL), &ch) != 0)
+		return acct_fail_internal(f, MICA_ECRYPTO, "the captcha");
+	if (payload)
+		acct_failf(f, 428, "captcha_required",
+			   "the captcha solution was rejected (%s); solve the new challenge", reason);
+	else
+		acct_failf(f, 428, "captcha_required",
+			   "too many failed logins: solve the challenge and send the solution as altcha");
+	f->extra = json_pack("{s:o}", "challenge", ch);
+	return MICA_EDENIED;
+}
+
+/* ---- step-up -------------------------------------------------------------------------- */
+
+/* The step-up methods |user_id| can use. */
+static json_t *stepup_methods(mica_db *db, int64_t user_id)
+{
+	PGresult *res = NULL;
+	char uid[24];
+	json_t *m = json_array();
+	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
+	const char *p[1] = {uid};
+	if (mica_db_exec(db,
+			 "SELECT phone_enc IS NOT NULL OR security_phone_enc IS NOT NULL,"
+			 " email_enc IS NOT NULL OR security_email_enc IS NOT NULL,"
+			 " cross_device AND EXISTS (SELECT 1 FROM account.session s JOIN account.device d"
+			 " ON d.user_id = s.user_id AND d.device_hash = s.device_hash AND d.trusted"
+			 " WHERE s.user_id = u.id AND s.revoked_at IS NULL AND s.expires_at > now())"
+			 " FROM account.user u WHERE id = $1",
+			 1, p, &res) == 0 &&
+	    PQntuples(res) == 1) {
+		if (strcmp(mica_db_get(res, 0, 0), "t") == 0)
+			json_array_append_new(m, json_string("sms"));
+		if (strcmp(mica_db_get(res, 0, 1), "t") == 0)
+			json_array_append_new(m, json_string("email"));
+		if (strcmp(mica_db_get(res, 0, 2), "t") == 0)
+			json_array_append_new(m, json_string("trusted_device"));
+	}
+	PQclear(res);
+	return m;
+}
+
+struct stepup_new {
+	int64_t user_id, session_id;
+	const char *kind, *device_hash, *device_name, *net_hash, *session_kind;
+};
+
+static int stepup_create(acct_service *s, const struct stepup_new *n, json_t *reasons,
+			 struct acct_fail *f)
+{
+	mica_db *db = mica_db_thread();
+	uint8_t r[16];
+	char id[33], uid[24], sid[24], ttl[16];
+	int err;
+	if (!db)
+		return acct_fail_internal(f, MICA_EDBCONN, "the database");
+	if ((err = mica_random(r, sizeof(r))) != 0 || (err = mica_hex_encode(r, 16, id, sizeof(id))))
+		return acct_fail_internal(f, err, "the random generator");
+	snprintf(uid, sizeof(uid), "%lld", (long long)n->user_id);
+	snprintf(sid, sizeof(sid), "%lld", (long long)n->session_id);
+	snprintf(ttl, sizeof(ttl), "%d", s->cfg->stepup_ttl_s);
+	const char *p[8] = {id, uid, n->kind, n->session_id ? sid : NULL, n->device_hash,
+			    n->device_name, n->net_hash, ttl};
+	const char *q[9] = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], n->session_kind, p[7]};
+	err = mica_db_exec(db,
+			   "INSERT INTO account.stepup (id, user_id, kind, session_id, device_hash,"
+			   " device_name, network_hash, session_kind, expires_at) VALUES ($1, $2, $3,"
+			   " $4, $5, $6, $7, $8, now() + make_interval(secs => $9::int))",
+			   9, q, NULL);
+	if (err)
+		return acct_fail_internal(f, err, "the database");
+	acct_failf(f, 403, "step_up_required",
+		   "%s: verify with one of the methods, then POST /v1/stepup/%s/verify",
+		   strcmp(n->kind, "login") == 0 ? "unusual login" : "recent authentication needed",
+		   id);
+	f->extra = json_pack("{s:s,s:o,s:o}", "stepup_id", id, "methods",
+			     stepup_methods(db, n->user_id), "reasons", reasons);
+	return MICA_EDENIED;
+}
+
+/* ---- freeze --------------------------------------------------------------------------- */
+
+struct freeze_ctx {
+	acct_service *s;
+	int64_t user_id;
+};
+
+static int freeze_tx(mica_db *db, void *arg)
+{
+	struct freeze_ctx *z = arg;
+	char uid[24];
+	int err;
+	snprintf(uid, sizeof(uid), "%lld", (long long)z->user_id);
+	const char *p[1] = {uid};
+	/* The current password is burned: kept only to refuse it forever. */
+	if ((err = mica_db_exec(db,
+				"INSERT INTO account.burned_password (user_id, password_enc)"
+				" SELECT id, password_enc FROM account.user WHERE id = $1",
+				1, p, NULL)) != 0 ||
+	    (err = mica_db_exec(db,
+				"UPDATE account.user SET status = 'frozen', frozen_at = now()"
+				" WHERE id = $1",
+				1, p, NULL)) != 0 ||
+	    (err = mica_db_exec(db,
+				"UPDATE account.stepup SET status = 'failed' WHERE user_id = $1"
+				" AND status = 'pending'",
+				1, p, NULL)) != 0)
+		return err;
+	return acct_session_revoke_all(z->s, db, z->user_id, 0);
+}
+
+int acct_freeze(acct_service *s, int64_t user_id, const char *reason)
+{
+	struct freeze_ctx z = {s, user_id};
+	mica_db *db = mica_db_thread();
+	int err = db ? mica_db_tx(db, MICA_DB_READ_COMMITTED, freeze_tx, &z) : MICA_EDBCONN;
+	if (err)
+		return err;
+	MICA_LOG(MICA_LOG_WARN, "account: an account was frozen (%s)", reason);
+	acct_notify_user(s, user_id, "Your mica account was frozen",
+			 "We froze your account after a suspicious login: every session was signed"
+			 " out and the current password can no longer be used. Reset your password"
+			 " to recover the account.");
+	return 0;
+}
+
+/* ---- login ------------------------------------------------------------------------------ */
+
+struct user_row {
+	int64_t id;
+	char status[8];
+	char *password_enc;
+};
+
+static int find_user(acct_service *s, enum acct_ident kind, const char *norm, char **idx,
+		     struct user_row *u)
+{
+	mica_db *db = mica_db_thread();
+	PGresult *res = NULL;
+	static const char *const kinds[] = {"phone", "email", "account_no"};
+	static const char *const sql[] = {
+		"SELECT id, status, password_enc FROM account.user WHERE phone_idx = $1",
+		"SELECT id, status, password_enc FROM account.user WHERE email_idx = $1",
+		"SELECT id, status, password_enc FROM account.user WHERE account_no_idx = $1"};
+	int err;
+	memset(u, 0, sizeof(*u));
+	if ((err = acct_blind_index(s, kinds[kind], norm, idx)) != 0)
+		return err;
+	if (!db)
+		return MICA_EDBCONN;
+	const char *p[1] = {*idx};
+	if ((err = mica_db_exec(db, sql[kind], 1, p, &res)) != 0)
+		return err;
+	if (PQntuples(res) == 1) {
+		if (mica_db_get_int64(res, 0, 0, &u->id) != 0)
+			u->id = 0;
+		snprintf(u->status, sizeof(u->status), "%s", mica_db_get(res, 0, 1));
+		u->password_enc = strdup(mica_db_get(res, 0, 2));
+	}
+	PQclear(res);
+	return u->id && !u->password_enc ? MICA_ENOMEM : 0;
+}
+
+/* Verifies |password| for |u| (or the dummy hash when there is no account);
+ * sets *ok and, when the stored hash is weaker than today's parameters,
+ * *rehash. */
+static int check_password(acct_service *s, const struct user_row *u, const char *password, int *ok,
+			  int *rehash)
+{
+	char *phc = NULL;
+	int err;
+	*ok = *rehash = 0;
+	if (!u->id) {
+		/* Same work as a real check; the answer is always "wrong". */
+		if (acct_password_verify(dummy_phc, password) == 0)
+			MICA_LOG(MICA_LOG_DEBUG, "account: the dummy hash matched");
+		return 0;
+	}
+	if ((err = acct_password_unseal(s, u->id, u->password_enc, &phc)) != 0)
+		return err;
+	*ok = acct_password_verify(phc, password) == 0;
+	*rehash = *ok && acct_password_needs_rehash(phc, &s->argon2) == 1;
+	mica_wipe(phc, strlen(phc));
+	free(phc);
+	return 0;
+}
+
+static void rehash(acct_service *s, int64_t user_id, const char *password)
+{
+	mica_db *db = mica_db_thread();
+	char *phc = NULL, *enc = NULL, uid[24];
+	if (acct_password_hash_with(password, &s->argon2, &phc) == 0 &&
+	    acct_password_seal(s, user_id, phc, &enc) == 0 && db) {
+		snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
+		const char *p[2] = {uid, enc};
+		if (mica_db_exec(db, "UPDATE account.user SET password_enc = $2 WHERE id = $1", 2, p,
+				 NULL) == 0)
+			MICA_LOG(MICA_LOG_INFO, "account: a password hash was upgraded to today's cost");
+	}
+	if (phc) {
+		mica_wipe(phc, strlen(phc));
+		free(phc);
+	}
+	free(enc);
+}
+
+/* Which risk signals |user_id| raises from this device and network. */
+static int risk_reasons(acct_service *s, int64_t user_id, const char *dev, const char *net,
+			json_t *reasons)
+{
+	mica_db *db = mica_db_thread();
+	PGresult *res = NULL;
+	char uid[24], key[64];
+	int err;
+	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
+	const char *p[3] = {uid, dev, net};
+	err = mica_db_exec(db,
+			   "SELECT EXISTS (SELECT 1 FROM account.device WHERE user_id = $1"
+			   " AND device_hash = $2 AND trusted),"
+			   " EXISTS (SELECT 1 FROM account.network WHERE user_id = $1"
+			   " AND network_hash = $3)",
+			   3, p, &res);
+	if (err)
+		return err;
+	if (s->cfg->stepup_new_device && strcmp(mica_db_get(res, 0, 0), "t") != 0)
+		json_array_append_new(reasons, json_string("new_device"));
+	if (s->cfg->stepup_new_network && strcmp(mica_db_get(res, 0, 1), "t") != 0)
+		json_array_append_new(reasons, json_string("new_network"));
+	PQclear(res);
+	snprintf(key, sizeof(key), "account:logins:%s", uid);
+	counter_bump(key, s->cfg->login_rate_window_s);
+	if (counter_get(key) > s->cfg->login_rate_max)
+		json_array_append_new(reasons, json_string("unusual_rate"));
+	return 0;
+}
+
+/* Records a successful login from |dev| on |net| and opens a session. */
+struct finish_ctx {
+	acct_service *s;
+	int64_t user_id;
+	const char *dev, *dev_name, *net, *kind;
+	char *token;
+	struct acct_session session;
+	int new_device;
+};
+
+static int finish_tx(mica_db *db, void *arg)
+{
+	struct finish_ctx *c = arg;
+	PGresult *res = NULL;
+	char uid[24];
+	int err;
+	free(c->token);
+	c->token = NULL;
+	snprintf(uid, sizeof(uid), "%lld", (long long)c->user_id);
+	const char *p[3] = {uid, c->dev, c->dev_name};
+	err = mica_db_exec(db,
+			   "INSERT INTO account.device (user_id, device_hash, name, trusted)"
+			   " VALUES ($1, $2, $3, true) ON CONFLICT (user_id, device_hash) DO UPDATE"
+			   " SET last_seen = now(), trusted = true RETURNING (xmax = 0)",
+			   3, p, &res);
+	if (err)
+		return err;
+	c->new_device = PQntuples(res) == 1 && strcmp(mica_db_get(res, 0, 0), "t") == 0;
+	PQclear(res);
+	const char *q[2] = {uid, c->net};
+	if ((err = mica_db_exec(db,
+				"INSERT INTO account.network (user_id, network_hash) VALUES ($1, $2)"
+				" ON CONFLICT DO NOTHING",
+				2, q, NULL)) != 0)
+		return err;
+	return acct_session_create(c->s, db, c->user_id, c->dev, c->kind, &c->token, &c->session);
+}
+
+static int finish_login(acct_service *s, int64_t user_id, const char *dev, const char *dev_name,
+			const char *net, const char *kind, int notify_new, json_t **out,
+			struct acct_fail *f)
+{
+	struct finish_ctx c = {s, user_id, dev, dev_name, net, kind, NULL, {0}, 0};
+	mica_db *db = mica_db_thread();
+	int err = db ? mica_db_tx(db, MICA_DB_READ_COMMITTED, finish_tx, &c) : MICA_EDBCONN;
+	if (err)
+		return acct_fail_internal(f, err, "the session store");
+	if (notify_new && c.new_device) {
+		char body[300];
+		snprintf(body, sizeof(body),
+			 "Your mica account was signed in on a new device (%.60s). If this was not"
+			 " you, reset your password and sign out all sessions.",
+			 dev_name && *dev_name ? dev_name : "unnamed");
+		acct_notify_user(s, user_id, "New sign-in to your mica account", body);
+	}
+	*out = json_pack("{s:s,s:I,s:I,s:s}", "token", c.token, "session_id",
+			 (json_int_t)c.session.id, "expires_at", (json_int_t)c.session.expires_at,
+			 "kind", kind);
+	mica_wipe(c.token, strlen(c.token));
+	free(c.token);
+	return 0;
+}
+
+int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, struct acct_fail *f)
+{
+	const char *login = json_string_value(json_object_get(body, "login"));
+	const char *password = json_string_value(json_object_get(body, "password"));
+	const char *altcha = json_string_value(json_object_get(body, "altcha"));
+	const char *kind = json_string_value(json_object_get(body, "session_kind"));
+	json_t *d = json_object_get(body, "device");
+	const char *dev_id = json_string_value(json_object_get(d, "id"));
+	const char *dev_name = json_string_value(json_object_get(d, "name"));
+	char norm[256], dev[65], net[64], net_hash[65], kacct[200], knet[120], *idx = NULL;
+	struct user_row u = {0};
+	enum acct_ident ident;
+	long excess;
+	int ok = 0, need_rehash = 0, err;
+	json_t *reasons = NULL;
+
+	if (!login || !password || !dev_id || !*dev_id || strlen(dev_id) > 200)
+		return acct_failf(f, 400, "missing_field",
+				  "login, password and device.id are required");
+	if (!kind)
+		kind = "app";
+	if (strcmp(kind, "app") != 0 && strcmp(kind, "web") != 0)
+		return acct_failf(f, 400, "bad_session_kind", "session_kind is app or web");
+	if (!dev_name)
+		dev_name = "";
+	if (strlen(password) > 1024)
+		return acct_failf(f, 400, "bad_password", "the password is too long");
+	if ((ident = acct_ident_parse(login, norm, sizeof(norm))) == ACCT_ID_INVALID)
+		return acct_failf(f, 400, "bad_login",
+				  "login is a phone number (+ and digits), an email or an account id");
+	acct_hash_hex("mica-device", dev_id, dev);
+	acct_network_of(ip, net, sizeof(net));
+	acct_hash_hex("mica-network", net, net_hash);
+
+	if ((err = find_user(s, ident, norm, &idx, &u)) != 0) {
+		acct_fail_internal(f, err, "the account store");
+		goto out;
+	}
+	/* Failures are counted per identifier (existing or not, so the answers
+	 * tell nothing) and per client network, separately. */
+	snprintf(kacct, sizeof(kacct), "account:fail:id:%.150s", idx);
+	snprintf(knet, sizeof(knet), "account:fail:net:%s", net_hash);
+	excess = counter_get(kacct) - s->cfg->captcha_account_failures;
+	long net_excess = counter_get(knet) - s->cfg->captcha_network_failures;
+	if (net_excess > excess)
+		excess = net_excess;
+	if ((err = captcha_gate(s, excess, altcha, f)) != 0)
+		goto out;
+	if ((err = check_password(s, &u, password, &ok, &need_rehash)) != 0) {
+		acct_fail_internal(f, err, "the Key Center");
+		goto out;
+	}
+	if (!ok) {
+		counter_bump(kacct, s->cfg->failure_window_s);
+		counter_bump(knet, s->cfg->failure_window_s);
+		err = acct_failf(f, 401, "invalid_credentials", "the login or the password is wrong");
+		goto out;
+	}
+	counter_clear(kacct);
+	if (strcmp(u.status, "frozen") == 0) {
+		err = acct_failf(f, 423, "account_frozen",
+				 "this account is frozen; recover it with a password reset");
+		goto out;
+	}
+	if (need_rehash)
+		rehash(s, u.id, password);
+	reasons = json_array();
+	if ((err = risk_reasons(s, u.id, dev, net_hash, reasons)) != 0) {
+		acct_fail_internal(f, err, "the account store");
+		goto out;
+	}
+	if (json_array_size(reasons) > 0) {
+		struct stepup_new n = {u.id, 0, "login", dev, dev_name, net_hash, kind};
+		err = stepup_create(s, &n, reasons, f);
+		reasons = NULL;
+		goto out;
+	}
+	err = finish_login(s, u.id, dev, dev_name, net_hash, kind, 0, out, f);
+out:
+	json_decref(reasons);
+	free(idx);
+	free(u.password_enc);
+	return err;
+}
+
+/* ---- step-up endpoints ------------------------------------------------------------------- */
+
+struct stepup_row {
+	int64_t user_id, session_id, approved_by;
+	int failures;
+	char kind[12], status[10], device_hash[65], device_name[101], network_hash[65], session_kind[8];
+	char verification_id[33];
+	int expired;
+};
+
+static int stepup_load(const char *id, struct stepup_row *r, struct acct_fail *f)
+{
+	mica_db *db = mica_db_thread();
+	PGresult *res = NULL;
+	int err;
+	memset(r, 0, sizeof(*r));
+	if (!id || strlen(id) != 32)
+		return acct_failf(f, 404, "unknown_stepup", "no such step-up");
+	const char *p[1] = {id};
+	err = db ? mica_db_exec(db,
+				"SELECT user_id, coalesce(session_id, 0), coalesce(approved_by, 0),"
+				" failures, kind, status, device_hash, device_name, network_hash,"
+				" session_kind, coalesce(verification_id, ''), expires_at <= now()"
+				" FROM account.stepup WHERE id = $1",
+				1, p, &res)
+		 : MICA_EDBCONN;
+	if (err)
+		return acct_fail_internal(f, err, "the database");
+	if (PQntuples(res) != 1) {
+		PQclear(res);
+		return acct_failf(f, 404, "unknown_stepup", "no such step-up");
+	}
+	if (mica_db_get_int64(res, 0, 0, &r->user_id) != 0 ||
+	    mica_db_get_int64(res, 0, 1, &r->session_id) != 0 ||
+	    mica_db_get_int64(res, 0, 2, &r->approved_by) != 0) {
+		PQclear(res);
+		return acct_fail_internal(f, MICA_EDB, "the database");
+	}
+	r->failures = atoi(mica_db_get(res, 0, 3));
+	snprintf(r->kind, sizeof(r->kind), "%s", mica_db_get(res, 0, 4));
+	snprintf(r->status, sizeof(r->status), "%s", mica_db_get(res, 0, 5));
+	snprintf(r->device_hash, sizeof(r->device_hash), "%s", mica_db_get(res, 0, 6));
+	snprintf(r->device_name, sizeof(r->device_name), "%s", mica_db_get(res, 0, 7));
+	snprintf(r->network_hash, sizeof(r->network_hash), "%s", mica_db_get(res, 0, 8));
+	snprintf(r->session_kind, sizeof(r->session_kind), "%s", mica_db_get(res, 0, 9));
+	snprintf(r->verification_id, sizeof(r->verification_id), "%s", mica_db_get(res, 0, 10));
+	r->expired = strcmp(mica_db_get(res, 0, 11), "t") == 0;
+	PQclear(res);
+	if (strcmp(r->status, "pending") != 0)
+		return acct_failf(f, 409, "stepup_closed", "this step-up is already %s", r->status);
+	if (r->expired)
+		return acct_failf(f, 410, "stepup_expired", "this step-up expired; start again");
+	return 0;
+}
+
+int acct_stepup_send(acct_service *s, const char *id, json_t *body, json_t **out,
+		     struct acct_fail *f)
+{
+	const char *method = json_string_value(json_object_get(body, "method"));
+	struct stepup_row r;
+	mica_db *db = mica_db_thread();
+	PGresult *res = NULL;
+	char uid[24], *target = NULL, *idx = NULL, *vid = NULL;
+	const char *col;
+	int err;
+
+	if ((err = stepup_load(id, &r, f)) != 0)
+		return err;
+	if (!method || (strcmp(method, "sms") != 0 && strcmp(method, "email") != 0))
+		return acct_failf(f, 400, "bad_method",
+				  "method is sms or email (trusted_device needs no code)");
+	snprintf(uid, sizeof(uid), "%lld", (long long)r.user_id);
+	const char *p[1] = {uid};
+	err = mica_db_exec(db,
+			   strcmp(method, "sms") == 0
+				   ? "SELECT coalesce(phone_enc, security_phone_enc), CASE WHEN phone_enc"
+				     " IS NOT NULL THEN 'phone' ELSE 'security_phone' END FROM account.user"
+				     " WHERE id = $1"
+				   : "SELECT coalesce(email_enc, security_email_enc), CASE WHEN email_enc"
+				     " IS NOT NULL THEN 'email' ELSE 'security_email' END FROM account.user"
+				     " WHERE id = $1",
+			   1, p, &res);
+	if (err || PQntuples(res) != 1 || !mica_db_get(res, 0, 0)) {
+		PQclear(res);
+		return err ? acct_fail_internal(f, err, "the database")
+			   : acct_failf(f, 400, "method_unavailable",
+					"the account has no verified %s", method);
+	}
+	col = mica_db_get(res, 0, 1);
+	err = acct_pii_open(s, "user", col, uid, mica_db_get(res, 0, 0), &target);
+	PQclear(res);
+	if (err)
+		return acct_fail_internal(f, err, "the Key Center");
+	if ((err = acct_blind_index(s, strcmp(method, "sms") == 0 ? "phone" : "email", target, &idx)) ||
+	    (err = acct_code_send(s, "stepup", method, target, idx, r.user_id, &vid, f)) != 0) {
+		if (!f->code)
+			acct_fail_internal(f, err, "the Key Center");
+		goto out;
+	}
+	const char *q[2] = {id, vid};
+	if ((err = mica_db_exec(db, "UPDATE account.stepup SET verification_id = $2 WHERE id = $1", 2,
+				q, NULL)) != 0) {
+		acct_fail_internal(f, err, "the database");
+		goto out;
+	}
+	*out = json_pack("{s:b,s:s}", "sent", 1, "method", method);
+out:
+	if (target) {
+		mica_wipe(target, strlen(target));
+		free(target);
+	}
+	free(idx);
+	free(vid);
+	return err;
+}
+
+static int stepup_close(const char *id, const char *status)
+{
+	mica_db *db = mica_db_thread();
+	const char *p[2] = {id, status};
+	return db ? mica_db_exec(db, "UPDATE account.stepup SET status = $2 WHERE id = $1", 2, p, NULL)
+		  : MICA_EDBCONN;
+}
+
+int acct_stepup_verify(acct_service *s, const char *id, json_t *body, json_t **out,
+		       struct acct_fail *f)
+{
+	const char *code = json_string_value(json_object_get(body, "code"));
+	struct stepup_row r;
+	mica_db *db = mica_db_thread();
+	char *idx = NULL, *target = NULL, *channel = NULL;
+	int64_t uid = 0;
+	int err;
+
+	if ((err = stepup_load(id, &r, f)) != 0)
+		return err;
+	if (!code) {
+		if (!r.approved_by)
+			return acct_failf(f, 409, "approval_pending",
+					  "no code given and no trusted device has approved yet");
+	} else {
+		if (!r.verification_id[0])
+			return acct_failf(f, 409, "no_code_sent",
+					  "ask for a code first: POST /v1/stepup/%s/send", id);
+		err = acct_code_verify(s, db, r.verification_id, "stepup", code, &uid, &idx, &target,
+				       &channel, f);
+		free(idx);
+		free(target);
+		free(channel);
+		if (err == MICA_EAUTH || (!err && uid != r.user_id)) {
+			/* The right password followed by failed step-ups: severe. */
+			const char *p[1] = {id};
+			PGresult *res = NULL;
+			int failures = r.failures + 1;
+			if (mica_db_exec(db,
+					 "UPDATE account.stepup SET failures = failures + 1 WHERE id = $1"
+					 " RETURNING failures",
+					 1, p, &res) == 0 &&
+			    PQntuples(res) == 1)
+				failures = atoi(mica_db_get(res, 0, 0));
+			PQclear(res);
+			if (failures >= s->cfg->freeze_after_stepup_failures) {
+				json_decref(f->extra);
+				f->extra = NULL;
+				if ((err = acct_freeze(s, r.user_id, "failed step-up")) != 0)
+					return acct_fail_internal(f, err, "freezing the account");
+				return acct_failf(f, 423, "account_frozen",
+						  "too many failed verifications: the account is frozen;"
+						  " recover it with a password reset");
+			}
+			return MICA_EAUTH;
+		}
+		if (err)
+			return err;
+	}
+	if ((err = stepup_close(id, "done")) != 0)
+		return acct_fail_internal(f, err, "the database");
+	if (strcmp(r.kind, "sensitive") == 0) {
+		if ((err = acct_session_touch_auth(s, r.session_id)) != 0)
+			return acct_fail_internal(f, err, "the session store");
+		*out = json_pack("{s:b}", "verified", 1);
+		return 0;
+	}
+	return finish_login(s, r.user_id, r.device_hash, r.device_name, r.network_hash,
+			    r.session_kind, 1, out, f);
+}
+
+int acct_stepup_approve(acct_service *s, const struct acct_session *approver, const char *id,
+			json_t **out, struct acct_fail *f)
+{
+	struct stepup_row r;
+	mica_db *db = mica_db_thread();
+	PGresult *res = NULL;
+	char uid[24], sid[24];
+	int err;
+
+	(void)s;
+	if ((err = stepup_load(id, &r, f)) != 0)
+		return err;
+	if (r.user_id != approver->user_id)
+		return acct_failf(f, 404, "unknown_stepup", "no such step-up");
+	snprintf(uid, sizeof(uid), "%lld", (long long)r.user_id);
+	const char *p[2] = {uid, approver->device_hash};
+	err = mica_db_exec(db,
+			   "SELECT u.cross_device AND d.trusted FROM account.user u JOIN account.device d"
+			   " ON d.user_id = u.id WHERE u.id = $1 AND d.device_hash = $2",
+			   2, p, &res);
+	if (err || PQntuples(res) != 1 || strcmp(mica_db_get(res, 0, 0), "t") != 0) {
+		PQclear(res);
+		return err ? acct_fail_internal(f, err, "the database")
+			   : acct_failf(f, 403, "not_trusted_device",
+					"approve from a trusted device with cross-device verification on");
+	}
+	PQclear(res);
+	if (strcmp(approver->device_hash, r.device_hash) == 0)
+		return acct_failf(f, 403, "not_trusted_device",
+				  "a device cannot approve its own login");
+	snprintf(sid, sizeof(sid), "%lld", (long long)approver->id);
+	const char *q[2] = {id, sid};
+	if ((err = mica_db_exec(db, "UPDATE account.stepup SET approved_by = $2 WHERE id = $1", 2, q,
+				NULL)) != 0)
+		return acct_fail_internal(f, err, "the database");
+	*out = json_pack("{s:b}", "approved", 1);
+	return 0;
+}
+
+int acct_require_recent(acct_service *s, const struct acct_session *sess, struct acct_fail *f)
+{
+	if (time(NULL) - sess->auth_at <= s->cfg->recent_auth_s)
+		return 0;
+	struct stepup_new n = {sess->user_id, sess->id, "sensitive", sess->device_hash, "", "-",
+			       sess->kind};
+	return stepup_create(s, &n, json_pack("[s]", "stale_authentication"), f);
+}

@@ -1,0 +1,215 @@
+/* routes.c - the account service's HTTP API (docs/api/account.md). Handlers
+ * only read the request, authenticate it where needed, call one flow and
+ * turn its result or struct acct_fail into JSON. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "account/account.h"
+#include "log.h"
+
+static void reply_fail(mica_http_resp *resp, struct acct_fail *f)
+{
+	json_t *body;
+	if (!f->code)
+		acct_failf(f, 500, "internal_error", "internal error");
+	body = json_pack("{s:{s:s,s:s}}", "error", "code", f->code, "message", f->msg);
+	if (f->extra) {
+		json_object_update(body, f->extra);
+		json_decref(f->extra);
+		f->extra = NULL;
+	}
+	mica_http_reply_json(resp, f->status, body);
+}
+
+static void finish(mica_http_resp *resp, int err, int ok_status, json_t *out, struct acct_fail *f)
+{
+	if (err || !out) {
+		json_decref(out);
+		reply_fail(resp, f);
+		return;
+	}
+	mica_http_reply_json(resp, ok_status, out);
+}
+
+/* Authenticates the bearer token; on failure the reply is set and 0 returned. */
+static int signed_in(acct_service *s, const mica_http_req *req, mica_http_resp *resp,
+		     struct acct_session *sess)
+{
+	int err = acct_session_check(s, mica_http_header(req, "Authorization"), sess);
+	if (err == 0)
+		return 1;
+	if (err == MICA_EINVAL || err == MICA_EDENIED) {
+		mica_http_reply_error(resp, 401, "invalid_token",
+				      err == MICA_EINVAL
+					      ? "send Authorization: Bearer <session token>"
+					      : "the session is not active (revoked, expired or idle)");
+		mica_http_add_header(resp, "WWW-Authenticate", "Bearer realm=\"mica\"");
+	} else {
+		mica_http_reply_error(resp, 503, "unavailable", "the session store is unavailable");
+	}
+	return 0;
+}
+
+#define PUBLIC_FLOW(fn, call)                                                                    \
+	static void fn(const mica_http_req *req, mica_http_resp *resp, void *svc)                \
+	{                                                                                        \
+		acct_service *s = svc;                                                           \
+		struct acct_fail f = {0};                                                        \
+		json_t *out = NULL;                                                              \
+		(void)s;                                                                         \
+		int err = call;                                                                  \
+		finish(resp, err, 200, out, &f);                                                 \
+	}
+
+PUBLIC_FLOW(h_register_start, acct_register_start(s, req->json, &out, &f))
+PUBLIC_FLOW(h_login, acct_login(s, req->json, req->client_ip, &out, &f))
+PUBLIC_FLOW(h_reset_start, acct_reset_start(s, req->json, &out, &f))
+PUBLIC_FLOW(h_reset_complete, acct_reset_complete(s, req->json, &out, &f))
+PUBLIC_FLOW(h_stepup_send, acct_stepup_send(s, mica_http_param(req, "id"), req->json, &out, &f))
+PUBLIC_FLOW(h_stepup_verify,
+	    acct_stepup_verify(s, mica_http_param(req, "id"), req->json, &out, &f))
+
+static void h_register_complete(const mica_http_req *req, mica_http_resp *resp, void *svc)
+{
+	struct acct_fail f = {0};
+	json_t *out = NULL;
+	int err = acct_register_complete(svc, req->json, req->client_ip, &out, &f);
+	finish(resp, err, 201, out, &f);
+}
+
+#define SIGNED_IN(fn, call)                                                                      \
+	static void fn(const mica_http_req *req, mica_http_resp *resp, void *svc)                \
+	{                                                                                        \
+		acct_service *s = svc;                                                           \
+		struct acct_session sess;                                                        \
+		struct acct_fail f = {0};                                                        \
+		json_t *out = NULL;                                                              \
+		if (!signed_in(s, req, resp, &sess))                                             \
+			return;                                                                  \
+		int err = call;                                                                  \
+		finish(resp, err, 200, out, &f);                                                 \
+	}
+
+SIGNED_IN(h_me, acct_me(s, &sess, &out, &f))
+SIGNED_IN(h_password_change, acct_password_change(s, &sess, req->json, &out, &f))
+SIGNED_IN(h_phone_start, acct_bind_start(s, &sess, "phone", req->json, &out, &f))
+SIGNED_IN(h_phone_verify, acct_bind_complete(s, &sess, "phone", req->json, &out, &f))
+SIGNED_IN(h_phone_delete, acct_unbind(s, &sess, "phone", &out, &f))
+SIGNED_IN(h_email_start, acct_bind_start(s, &sess, "email", req->json, &out, &f))
+SIGNED_IN(h_email_verify, acct_bind_complete(s, &sess, "email", req->json, &out, &f))
+SIGNED_IN(h_email_delete, acct_unbind(s, &sess, "email", &out, &f))
+SIGNED_IN(h_questions, acct_questions_set(s, &sess, req->json, &out, &f))
+SIGNED_IN(h_cross_device, acct_cross_device_set(s, &sess, req->json, &out, &f))
+SIGNED_IN(h_stepup_approve, acct_stepup_approve(s, &sess, mica_http_param(req, "id"), &out, &f))
+SIGNED_IN(h_delete, acct_delete(s, &sess, &out, &f))
+SIGNED_IN(h_sessions, acct_session_list(s, sess.user_id, sess.id, &out) ? acct_fail_internal(&f, MICA_EDB, "the session store") : 0)
+
+static void h_session_delete(const mica_http_req *req, mica_http_resp *resp, void *svc)
+{
+	acct_service *s = svc;
+	struct acct_session sess;
+	char *end;
+	const char *idp = mica_http_param(req, "id");
+	long long id = strtoll(idp, &end, 10);
+	int err;
+	if (!signed_in(s, req, resp, &sess))
+		return;
+	if (*end || id < 1) {
+		mica_http_reply_error(resp, 400, "bad_session_id", "session ids are positive integers");
+		return;
+	}
+	err = acct_session_revoke(s, sess.user_id, id);
+	if (err == MICA_ENOTFOUND)
+		mica_http_reply_error(resp, 404, "unknown_session", "no active session %lld", id);
+	else if (err)
+		mica_http_reply_error(resp, 503, "unavailable", "the session store is unavailable");
+	else
+		mica_http_reply_json(resp, 200, json_pack("{s:b}", "revoked", 1));
+}
+
+static void h_logout(const mica_http_req *req, mica_http_resp *resp, void *svc)
+{
+	acct_service *s = svc;
+	struct acct_session sess;
+	if (!signed_in(s, req, resp, &sess))
+		return;
+	if (acct_session_revoke(s, sess.user_id, sess.id) != 0)
+		mica_http_reply_error(resp, 503, "unavailable", "the session store is unavailable");
+	else
+		mica_http_reply_json(resp, 200, json_pack("{s:b}", "revoked", 1));
+}
+
+static void h_revoke_all(const mica_http_req *req, mica_http_resp *resp, void *svc)
+{
+	acct_service *s = svc;
+	struct acct_session sess;
+	mica_db *db = mica_db_thread();
+	json_t *keep = req->json ? json_object_get(req->json, "keep_current") : NULL;
+	if (!signed_in(s, req, resp, &sess))
+		return;
+	if (!db || acct_session_revoke_all(s, db, sess.user_id, json_is_true(keep) ? sess.id : 0))
+		mica_http_reply_error(resp, 503, "unavailable", "the session store is unavailable");
+	else
+		mica_http_reply_json(resp, 200, json_pack("{s:b}", "revoked", 1));
+}
+
+/* RFC 7662-shaped token introspection, for service principals only. */
+static void h_introspect(const mica_http_req *req, mica_http_resp *resp, void *svc)
+{
+	acct_service *s = svc;
+	const char *list = s->cfg->introspect_principals;
+	size_t pl = strlen(req->peer);
+	const char *token = json_string_value(json_object_get(req->json, "token"));
+	json_t *out = NULL;
+	int allowed = 0;
+	for (const char *p = list; p && *p;) {
+		const char *comma = strchr(p, ',');
+		size_t l = comma ? (size_t)(comma - p) : strlen(p);
+		if (l == pl && strncmp(p, req->peer, l) == 0)
+			allowed = 1;
+		p = comma ? comma + 1 : p + l;
+	}
+	if (!allowed) {
+		mica_http_reply_error(resp, 403, "access_denied",
+				      "principal %s may not introspect tokens", req->peer);
+		return;
+	}
+	if (!token) {
+		mica_http_reply_error(resp, 400, "missing_field", "token is required");
+		return;
+	}
+	if (acct_session_introspect(s, token, &out) != 0)
+		mica_http_reply_error(resp, 503, "unavailable", "the session store is unavailable");
+	else
+		mica_http_reply_json(resp, 200, out);
+}
+
+#define J MICA_ROUTE_JSON
+const mica_http_route acct_routes[] = {
+	{"POST", "/v1/register/start", h_register_start, J},
+	{"POST", "/v1/register/complete", h_register_complete, J},
+	{"POST", "/v1/login", h_login, J},
+	{"POST", "/v1/stepup/{id}/send", h_stepup_send, J},
+	{"POST", "/v1/stepup/{id}/verify", h_stepup_verify, J},
+	{"POST", "/v1/stepup/{id}/approve", h_stepup_approve, 0},
+	{"POST", "/v1/password/reset/start", h_reset_start, J},
+	{"POST", "/v1/password/reset/complete", h_reset_complete, J},
+	{"POST", "/v1/password/change", h_password_change, J},
+	{"GET", "/v1/me", h_me, 0},
+	{"GET", "/v1/sessions", h_sessions, 0},
+	{"DELETE", "/v1/sessions/{id}", h_session_delete, 0},
+	{"POST", "/v1/sessions/revoke-all", h_revoke_all, 0},
+	{"POST", "/v1/logout", h_logout, 0},
+	{"POST", "/v1/security/phone", h_phone_start, J},
+	{"POST", "/v1/security/phone/verify", h_phone_verify, J},
+	{"DELETE", "/v1/security/phone", h_phone_delete, 0},
+	{"POST", "/v1/security/email", h_email_start, J},
+	{"POST", "/v1/security/email/verify", h_email_verify, J},
+	{"DELETE", "/v1/security/email", h_email_delete, 0},
+	{"PUT", "/v1/security/questions", h_questions, J},
+	{"PUT", "/v1/security/cross-device", h_cross_device, J},
+	{"DELETE", "/v1/account", h_delete, 0},
+	{"POST", "/v1/introspect", h_introspect, J | MICA_ROUTE_PEER},
+};
+#undef J
+const size_t acct_routes_len = sizeof(acct_routes) / sizeof(acct_routes[0]);

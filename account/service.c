@@ -1,0 +1,235 @@
+/* service.c - mica-account's configuration table and run loop: connect to
+ * PostgreSQL, Redis and the Key Center (checking that its three keys are
+ * usable), load the password blocklist, then serve HTTPS until a signal. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "account/account.h"
+#include "crypto.h"
+#include "kv.h"
+#include "log.h"
+
+#define F(m) offsetof(struct acct_config, m)
+const mica_config_entry acct_config_table[] = {
+	{"log", "level", MICA_CFG_LOGLEVEL, 0, 4, "info", F(log_level),
+	 "least severe level written (debug, info, warn, error, off)"},
+	MICA_CONFIG_HTTP_ENTRIES("account.http", struct acct_config, http, "true"),
+	{"account.db", "conninfo", MICA_CFG_STRING, 1, 4096, NULL, F(db_conninfo),
+	 "libpq conninfo of the mica_account role (without the password)"},
+	{"account.db", "password_file", MICA_CFG_SECRET, 0, 4096, "", F(db_password),
+	 "file holding the role's password (empty: none, e.g. a passfile in conninfo)"},
+	{"account.redis", "socket", MICA_CFG_STRING, 1, 4096, NULL, F(redis_socket),
+	 "Redis Unix socket"},
+	{"account.redis", "user", MICA_CFG_STRING, 1, 64, "account", F(redis_user),
+	 "Redis ACL user (keys account:* and session:*)"},
+	{"account.redis", "password_file", MICA_CFG_SECRET, 0, 4096, NULL, F(redis_password),
+	 "file holding the Redis user's password"},
+	{"account.keycenter", "url", MICA_CFG_STRING, 1, 4096, NULL, F(kc_url),
+	 "base URL of the Key Center (https://host:port)"},
+	{"account.keycenter", "ca_file", MICA_CFG_STRING, 1, 4096, NULL, F(kc_ca_file),
+	 "CA the Key Center's certificate chains to"},
+	{"account.keycenter", "cert_file", MICA_CFG_STRING, 1, 4096, NULL, F(kc_cert_file),
+	 "client certificate of the account principal"},
+	{"account.keycenter", "key_file", MICA_CFG_STRING, 1, 4096, NULL, F(kc_key_file),
+	 "its private key"},
+	{"account.keycenter", "pii_key", MICA_CFG_STRING, 1, 64, "account-pii", F(pii_key),
+	 "Key Center key encrypting phone, email and account id"},
+	{"account.keycenter", "index_key", MICA_CFG_STRING, 1, 64, "account-index", F(index_key),
+	 "Key Center key of the HMAC blind indexes (never rotate without re-indexing)"},
+	{"account.keycenter", "pepper_key", MICA_CFG_STRING, 1, 64, "account-pepper", F(pepper_key),
+	 "Key Center key encrypting password hashes (the pepper)"},
+	{"account.password", "policy", MICA_CFG_STRING, 4, 4, "miui", F(password_policy),
+	 "default password policy for new accounts: miui or nist"},
+	{"account.password", "blocklist_dir", MICA_CFG_STRING, 0, 4096, "", F(blocklist_dir),
+	 "breached-password range files (SHA-1 prefix files of SUFFIX:COUNT lines); needed by nist"},
+	{"account.password", "argon2_memory_kib", MICA_CFG_INT, 8192, 4194304, "19456",
+	 F(argon2_m_kib), "Argon2id memory in KiB (stored hashes below it are rehashed at login)"},
+	{"account.password", "argon2_iterations", MICA_CFG_INT, 1, 100, "2", F(argon2_t),
+	 "Argon2id iterations"},
+	{"account.password", "argon2_parallelism", MICA_CFG_INT, 1, 16, "1", F(argon2_p),
+	 "Argon2id lanes"},
+	{"account.risk", "captcha_account_failures", MICA_CFG_INT, 1, 1000, "3",
+	 F(captcha_account_failures), "failed logins per identifier before a captcha"},
+	{"account.risk", "captcha_network_failures", MICA_CFG_INT, 1, 100000, "20",
+	 F(captcha_network_failures), "failed logins per client network before a captcha"},
+	{"account.risk", "failure_window_s", MICA_CFG_INT, 60, 86400, "900", F(failure_window_s),
+	 "how long failures are counted"},
+	{"account.risk", "captcha_base_cost", MICA_CFG_INT, 1000, 100000000, "50000",
+	 F(captcha_base_cost), "ALTCHA maxnumber of the first challenge; doubles per further failure"},
+	{"account.risk", "captcha_max_cost", MICA_CFG_INT, 1000, 1000000000, "5000000",
+	 F(captcha_max_cost), "largest ALTCHA maxnumber"},
+	{"account.risk", "captcha_ttl_s", MICA_CFG_INT, 30, 3600, "300", F(captcha_ttl_s),
+	 "how long a challenge can be solved"},
+	{"account.risk", "altcha_key_file", MICA_CFG_SECRET, 0, 4096, NULL, F(altcha_key),
+	 "file holding the HMAC key that signs challenges (at least 16 bytes)"},
+	{"account.risk", "stepup_new_device", MICA_CFG_BOOL, 0, 1, "true", F(stepup_new_device),
+	 "ask for step-up on a login from a device not seen before"},
+	{"account.risk", "stepup_new_network", MICA_CFG_BOOL, 0, 1, "true", F(stepup_new_network),
+	 "ask for step-up on a login from a network (/24, /48) not seen before"},
+	{"account.risk", "login_rate_max", MICA_CFG_INT, 1, 100000, "30", F(login_rate_max),
+	 "successful logins per account in the window before step-up (unusual rate)"},
+	{"account.risk", "login_rate_window_s", MICA_CFG_INT, 60, 86400, "3600",
+	 F(login_rate_window_s), "window of login_rate_max"},
+	{"account.risk", "freeze_after_stepup_failures", MICA_CFG_INT, 1, 100, "3",
+	 F(freeze_after_stepup_failures), "failed step-up codes after a right password that freeze"},
+	{"account.risk", "stepup_ttl_s", MICA_CFG_INT, 60, 3600, "600", F(stepup_ttl_s),
+	 "how long a step-up can be completed"},
+	{"account.session", "app_days", MICA_CFG_INT, 1, 365, "30", F(app_session_days),
+	 "lifetime of app sessions in days"},
+	{"account.session", "web_idle_s", MICA_CFG_INT, 60, 86400, "900", F(web_idle_s),
+	 "idle timeout of web sessions (15 minutes)"},
+	{"account.session", "recent_auth_s", MICA_CFG_INT, 30, 86400, "300", F(recent_auth_s),
+	 "how recent an authentication sensitive operations need"},
+	{"account.codes", "ttl_s", MICA_CFG_INT, 60, 3600, "600", F(code_ttl_s),
+	 "lifetime of a verification code"},
+	{"account.codes", "max_attempts", MICA_CFG_INT, 1, 20, "5", F(code_max_attempts),
+	 "wrong tries before a code is dead"},
+	{"account.notify", "email", MICA_CFG_STRING, 4, 6, "outbox", F(email_mode),
+	 "email sender: outbox (development table, `mica outbox list`) or smtp"},
+	{"account.notify", "sms", MICA_CFG_STRING, 6, 7, "outbox", F(sms_mode),
+	 "SMS sender: outbox or webhook"},
+	{"account.notify", "smtp_url", MICA_CFG_STRING, 0, 4096, "", F(smtp_url),
+	 "smtps://host:port or smtp://host:port (STARTTLS required)"},
+	{"account.notify", "smtp_from", MICA_CFG_STRING, 0, 254, "", F(smtp_from),
+	 "sender address of emails"},
+	{"account.notify", "sms_webhook_url", MICA_CFG_STRING, 0, 4096, "", F(sms_webhook_url),
+	 "https URL SMS are POSTed to as {to, text}"},
+	{"account.introspect", "principals", MICA_CFG_STRING, 0, 4096, "keycenter,cloudsync,push,pay",
+	 F(introspect_principals), "mTLS principals allowed to call POST /v1/introspect (comma list)"},
+};
+#undef F
+const size_t acct_config_table_len = sizeof(acct_config_table) / sizeof(acct_config_table[0]);
+
+static volatile sig_atomic_t stopping;
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	stopping = 1;
+}
+
+static int health(void *arg)
+{
+	(void)arg;
+	mica_db *db = mica_db_thread();
+	return db && mica_db_exec(db, "SELECT 1", 0, NULL, NULL) == 0 ? 0 : MICA_EDBCONN;
+}
+
+/* The three Key Center keys must be usable before we accept anyone. */
+static int check_keys(acct_service *s)
+{
+	const char *keys[] = {s->cfg->pii_key, s->cfg->index_key, s->cfg->pepper_key};
+	for (int i = 0; i < 3; i++) {
+		char *mac = NULL;
+		int err = mica_kc_hmac(s->kc, keys[i] == s->cfg->index_key ? keys[i] : s->cfg->index_key,
+				       "probe", 5, &mac);
+		free(mac);
+		if (err == 0 && keys[i] != s->cfg->index_key) {
+			json_t *ctx = json_pack("{s:s}", "probe", "startup");
+			char *ct = NULL;
+			err = mica_kc_encrypt(s->kc, keys[i], "x", 1, ctx, &ct);
+			json_decref(ctx);
+			free(ct);
+		}
+		if (err) {
+			MICA_LOG(MICA_LOG_ERROR, "account: Key Center key %s is not usable: %s", keys[i],
+				 mica_strerror(err));
+			return err;
+		}
+	}
+	return 0;
+}
+
+int acct_run(struct acct_config *cfg)
+{
+	acct_service s = {.cfg = cfg};
+	mica_http_server *srv = NULL;
+	char *conninfo = NULL;
+	int rc = 1, err;
+
+	mica_log_min_level = cfg->log_level;
+	if (strcmp(cfg->password_policy, "miui") != 0 && strcmp(cfg->password_policy, "nist") != 0) {
+		MICA_LOG(MICA_LOG_ERROR, "account.password.policy: must be miui or nist");
+		return 2;
+	}
+	if (strlen(cfg->altcha_key) < 16) {
+		MICA_LOG(MICA_LOG_ERROR, "account.risk.altcha_key_file: the key needs 16+ bytes");
+		return 2;
+	}
+	s.argon2 = (acct_argon2_params){(uint32_t)cfg->argon2_m_kib, (uint32_t)cfg->argon2_t,
+					(uint32_t)cfg->argon2_p};
+	size_t cl = strlen(cfg->db_conninfo) + 2 * strlen(cfg->db_password) + 16;
+	if (!(conninfo = malloc(cl)))
+		goto out;
+	{
+		char *w = conninfo + sprintf(conninfo, "%s", cfg->db_conninfo);
+		if (*cfg->db_password) {
+			w += sprintf(w, " password='");
+			for (const char *c = cfg->db_password; *c; c++) {
+				if (*c == '\'' || *c == '\\')
+					*w++ = '\\';
+				*w++ = *c;
+			}
+			*w++ = '\'';
+			*w = '\0';
+		}
+	}
+	struct mica_kv_config kvc = {.socket_path = cfg->redis_socket,
+				     .username = cfg->redis_user,
+				     .password = cfg->redis_password};
+	if (mica_db_global_init(conninfo) != 0 || mica_kv_global_init(&kvc) != 0)
+		goto out;
+	mica_kc_options ko = {.base_url = cfg->kc_url,
+			      .ca_file = cfg->kc_ca_file,
+			      .cert_file = cfg->kc_cert_file,
+			      .key_file = cfg->kc_key_file};
+	if ((err = mica_kc_new(&s.kc, &ko)) != 0 || (err = check_keys(&s)) != 0) {
+		MICA_LOG(MICA_LOG_ERROR, "account: the Key Center at %s is not usable: %s", cfg->kc_url,
+			 mica_strerror(err));
+		goto out;
+	}
+	acct_notify_config nc = {.email_mode = cfg->email_mode,
+				 .sms_mode = cfg->sms_mode,
+				 .smtp_url = cfg->smtp_url,
+				 .smtp_from = cfg->smtp_from,
+				 .sms_webhook_url = cfg->sms_webhook_url,
+				 .ca_file = cfg->kc_ca_file,
+				 .cert_file = cfg->http.cert_file,
+				 .key_file = cfg->http.key_file};
+	if ((err = acct_notify_new(&s.notify, &nc)) != 0) {
+		MICA_LOG(MICA_LOG_ERROR, "account.notify: %s", mica_strerror(err));
+		goto out;
+	}
+	if (*cfg->blocklist_dir && (err = acct_blocklist_open(cfg->blocklist_dir, &s.blocklist))) {
+		MICA_LOG(MICA_LOG_ERROR, "account.password.blocklist_dir: %s", mica_strerror(err));
+		goto out;
+	}
+	if ((err = acct_login_init(&s)) != 0)
+		goto out;
+	cfg->http.service = "account";
+	cfg->http.health = health;
+	if ((err = mica_http_start(&srv, &cfg->http, acct_routes, acct_routes_len, &s)) != 0)
+		goto out;
+	signal(SIGINT, on_signal);
+	signal(SIGTERM, on_signal);
+	signal(SIGPIPE, SIG_IGN);
+	while (!stopping)
+		pause();
+	MICA_LOG(MICA_LOG_INFO, "account: stopping");
+	rc = 0;
+out:
+	mica_http_stop(srv);
+	acct_blocklist_close(s.blocklist);
+	acct_notify_free(s.notify);
+	mica_kc_free(s.kc);
+	mica_kv_global_cleanup();
+	mica_db_global_cleanup();
+	if (conninfo) {
+		mica_wipe(conninfo, strlen(conninfo));
+		free(conninfo);
+	}
+	return rc;
+}

@@ -1,0 +1,350 @@
+/* session.c - sessions: opaque 256-bit bearer tokens of which only the
+ * SHA-256 is kept. PostgreSQL is the truth; Redis (session:<hash>) is the
+ * cache that lib/auth reads in every service. Revocation marks the row,
+ * then replaces the cache entry by a short-lived tombstone, and the cache is
+ * only ever filled with SET NX, so a check racing a revocation cannot put a
+ * revoked session back: the very next request fails. */
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "account/account.h"
+#include "crypto.h"
+#include "kv.h"
+#include "log.h"
+
+#define TOKEN_BYTES 32
+#define TOMBSTONE_TTL 120
+
+static int token_hash(const char *token, char out[65])
+{
+	unsigned char md[32];
+	unsigned int n = 0;
+	if (EVP_Digest(token, strlen(token), md, &n, EVP_sha256(), NULL) != 1)
+		return MICA_ECRYPTO;
+	return mica_hex_encode(md, sizeof(md), out, 65);
+}
+
+/* Extracts the token of "Bearer <43 base64url chars>"; NULL if malformed. */
+static const char *bearer(const char *authorization)
+{
+	const char *t;
+	if (!authorization || strncasecmp(authorization, "Bearer ", 7) != 0)
+		return NULL;
+	t = authorization + 7;
+	if (strlen(t) != 43)
+		return NULL;
+	for (const char *c = t; *c; c++)
+		if (!((*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') ||
+		      *c == '-' || *c == '_'))
+			return NULL;
+	return t;
+}
+
+static void cache_key(const char *hash, char *key, size_t cap)
+{
+	snprintf(key, cap, "session:%s", hash);
+}
+
+/* Fills the cache for an active session unless an entry (or tombstone) is there. */
+static void cache_put(const char *hash, const struct acct_session *ss, int ttl)
+{
+	mica_kv *kv = mica_kv_thread();
+	char key[80], ttl_s[16], *val;
+	json_t *j;
+	if (!kv || ttl <= 0)
+		return;
+	j = json_pack("{s:I,s:I,s:s,s:s,s:I,s:I}", "user_id", (json_int_t)ss->user_id, "session_id",
+		      (json_int_t)ss->id, "device_id", ss->device_hash, "kind", ss->kind, "auth_at",
+		      (json_int_t)ss->auth_at, "expires_at", (json_int_t)ss->expires_at);
+	val = j ? json_dumps(j, JSON_COMPACT) : NULL;
+	json_decref(j);
+	if (!val)
+		return;
+	cache_key(hash, key, sizeof(key));
+	snprintf(ttl_s, sizeof(ttl_s), "%d", ttl);
+	const char *argv[6] = {"SET", key, val, "EX", ttl_s, "NX"};
+	redisReply *r = NULL;
+	if (mica_kv_command(kv, &r, 6, argv, NULL) != 0)
+		MICA_LOG(MICA_LOG_WARN, "account: session cache unavailable: %s", mica_kv_errmsg(kv));
+	freeReplyObject(r);
+	free(val);
+}
+
+static void cache_refresh_ttl(const char *hash, int ttl)
+{
+	mica_kv *kv = mica_kv_thread();
+	char key[80], ttl_s[16];
+	redisReply *r = NULL;
+	if (!kv)
+		return;
+	cache_key(hash, key, sizeof(key));
+	snprintf(ttl_s, sizeof(ttl_s), "%d", ttl);
+	const char *argv[3] = {"EXPIRE", key, ttl_s};
+	if (mica_kv_command(kv, &r, 3, argv, NULL) == 0)
+		freeReplyObject(r);
+}
+
+static void cache_tombstone(const char *hash)
+{
+	mica_kv *kv = mica_kv_thread();
+	char key[80];
+	static const char tomb[] = "{\"revoked\":true}";
+	cache_key(hash, key, sizeof(key));
+	if (!kv || mica_kv_set(kv, key, tomb, sizeof(tomb) - 1, TOMBSTONE_TTL) != 0)
+		MICA_LOG(MICA_LOG_ERROR, "account: could not invalidate a cached session; it expires "
+					 "with its cache TTL");
+}
+
+static int cache_ttl(const acct_service *s, const struct acct_session *ss, time_t now)
+{
+	long left = (long)(ss->expires_at - now);
+	if (strcmp(ss->kind, "web") == 0 && left > s->cfg->web_idle_s)
+		left = s->cfg->web_idle_s;
+	return left > 0 ? (int)left : 0;
+}
+
+#define SESSION_COLS                                                                          \
+	"id, user_id, device_hash, kind, extract(epoch from auth_at)::bigint,"               \
+	" extract(epoch from expires_at)::bigint"
+
+static int parse_row(PGresult *res, int row, struct acct_session *ss)
+{
+	int64_t a, e;
+	memset(ss, 0, sizeof(*ss));
+	if (mica_db_get_int64(res, row, 0, &ss->id) || mica_db_get_int64(res, row, 1, &ss->user_id) ||
+	    mica_db_get_int64(res, row, 4, &a) || mica_db_get_int64(res, row, 5, &e))
+		return MICA_EDB;
+	snprintf(ss->device_hash, sizeof(ss->device_hash), "%s", mica_db_get(res, row, 2));
+	snprintf(ss->kind, sizeof(ss->kind), "%s", mica_db_get(res, row, 3));
+	ss->auth_at = (time_t)a;
+	ss->expires_at = (time_t)e;
+	return 0;
+}
+
+int acct_session_create(acct_service *s, mica_db *db, int64_t user_id, const char *device_hash,
+			const char *kind, char **token, struct acct_session *out)
+{
+	uint8_t raw[TOKEN_BYTES];
+	char hash[65], uid[24], life[24], *t = NULL;
+	size_t tl = 0;
+	PGresult *res = NULL;
+	int err;
+
+	*token = NULL;
+	if ((err = mica_random(raw, sizeof(raw))) != 0 ||
+	    (err = mica_base64url_encode_alloc(raw, sizeof(raw), &t, &tl)) != 0 ||
+	    (err = token_hash(t, hash)) != 0)
+		goto out;
+	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
+	snprintf(life, sizeof(life), "%ld",
+		 strcmp(kind, "web") == 0 ? (long)s->cfg->web_idle_s
+					  : (long)s->cfg->app_session_days * 86400L);
+	const char *p[5] = {hash, uid, device_hash, kind, life};
+	err = mica_db_exec(db,
+			   "INSERT INTO account.session (token_hash, user_id, device_hash, kind, expires_at)"
+			   " VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5::int))"
+			   " RETURNING " SESSION_COLS,
+			   5, p, &res);
+	if (err || (err = parse_row(res, 0, out)) != 0)
+		goto out;
+	/* Not cached here: the caller may still roll back; the first check fills it. */
+	*token = t;
+	t = NULL;
+out:
+	mica_wipe(raw, sizeof(raw));
+	if (t) {
+		mica_wipe(t, tl);
+		free(t);
+	}
+	PQclear(res);
+	return err;
+}
+
+/* Looks the token up in PostgreSQL, extends a web session's idle window
+ * and fills the cache. */
+static int lookup(acct_service *s, const char *token, struct acct_session *out)
+{
+	mica_db *db = mica_db_thread();
+	PGresult *res = NULL;
+	char hash[65], idle[16];
+	int err;
+
+	if (!db)
+		return MICA_EDBCONN;
+	if ((err = token_hash(token, hash)) != 0)
+		return err;
+	snprintf(idle, sizeof(idle), "%d", s->cfg->web_idle_s);
+	const char *p[2] = {hash, idle};
+	err = mica_db_exec(db,
+			   "UPDATE account.session SET last_seen_at = now(),"
+			   " expires_at = CASE WHEN kind = 'web'"
+			   " THEN now() + make_interval(secs => $2::int) ELSE expires_at END"
+			   " WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now()"
+			   " RETURNING " SESSION_COLS,
+			   2, p, &res);
+	if (err == 0 && PQntuples(res) != 1)
+		err = MICA_EDENIED;
+	if (err == 0)
+		err = parse_row(res, 0, out);
+	PQclear(res);
+	if (err == 0) {
+		int ttl = cache_ttl(s, out, time(NULL));
+		cache_put(hash, out, ttl);
+		if (strcmp(out->kind, "web") == 0)
+			cache_refresh_ttl(hash, ttl);
+	}
+	return err;
+}
+
+int acct_session_check(acct_service *s, const char *authorization, struct acct_session *out)
+{
+	const char *t = bearer(authorization);
+	if (!t)
+		return MICA_EINVAL;
+	return lookup(s, t, out);
+}
+
+int acct_session_touch_auth(acct_service *s, int64_t session_id)
+{
+	mica_db *db = mica_db_thread();
+	PGresult *res = NULL;
+	char id[24];
+	int err;
+	if (!db)
+		return MICA_EDBCONN;
+	snprintf(id, sizeof(id), "%lld", (long long)session_id);
+	const char *p[1] = {id};
+	err = mica_db_exec(db,
+			   "UPDATE account.session SET auth_at = now() WHERE id = $1 RETURNING token_hash",
+			   1, p, &res);
+	/* The cached copy carries auth_at: drop it so the next check refills it. */
+	if (err == 0 && PQntuples(res) == 1) {
+		mica_kv *kv = mica_kv_thread();
+		char key[80];
+		cache_key(mica_db_get(res, 0, 0), key, sizeof(key));
+		if (kv && mica_kv_del(kv, key, NULL) != 0)
+			MICA_LOG(MICA_LOG_WARN, "account: a cached session could not be dropped");
+	}
+	PQclear(res);
+	(void)s;
+	return err;
+}
+
+/* Revokes the rows |sql| selects and tombstones their cache entries. */
+static int revoke_where(mica_db *db, const char *sql, int n, const char *const *p, int *count)
+{
+	PGresult *res = NULL;
+	int err = mica_db_exec(db, sql, n, p, &res);
+	if (err == 0) {
+		for (int r = 0; r < PQntuples(res); r++)
+			cache_tombstone(mica_db_get(res, r, 0));
+		if (count)
+			*count = PQntuples(res);
+	}
+	PQclear(res);
+	return err;
+}
+
+int acct_session_revoke(acct_service *s, int64_t user_id, int64_t session_id)
+{
+	mica_db *db = mica_db_thread();
+	char u[24], id[24];
+	int count = 0, err;
+	(void)s;
+	if (!db)
+		return MICA_EDBCONN;
+	snprintf(u, sizeof(u), "%lld", (long long)user_id);
+	snprintf(id, sizeof(id), "%lld", (long long)session_id);
+	const char *p[2] = {u, id};
+	err = revoke_where(db,
+			   "UPDATE account.session SET revoked_at = now() WHERE user_id = $1 AND id = $2"
+			   " AND revoked_at IS NULL RETURNING token_hash",
+			   2, p, &count);
+	return err ? err : count ? 0 : MICA_ENOTFOUND;
+}
+
+int acct_session_revoke_all(acct_service *s, mica_db *db, int64_t user_id, int64_t keep)
+{
+	char u[24], k[24];
+	(void)s;
+	snprintf(u, sizeof(u), "%lld", (long long)user_id);
+	snprintf(k, sizeof(k), "%lld", (long long)keep);
+	const char *p[2] = {u, k};
+	/* Inside a caller's transaction the tombstones go out before COMMIT;
+	 * they still win, since the cache is only ever filled with SET NX. */
+	return revoke_where(db,
+			    "UPDATE account.session SET revoked_at = now() WHERE user_id = $1"
+			    " AND id <> $2 AND revoked_at IS NULL RETURNING token_hash",
+			    2, p, NULL);
+}
+
+int acct_session_list(acct_service *s, int64_t user_id, int64_t current, json_t **out)
+{
+	mica_db *db = mica_db_thread();
+	PGresult *res = NULL;
+	char u[24];
+	json_t *list;
+	int err;
+	(void)s;
+	*out = NULL;
+	if (!db)
+		return MICA_EDBCONN;
+	snprintf(u, sizeof(u), "%lld", (long long)user_id);
+	const char *p[1] = {u};
+	err = mica_db_exec(db,
+			   "SELECT s.id, s.kind, s.created_at::text, s.last_seen_at::text,"
+			   " coalesce(d.name, ''), s.expires_at::text FROM account.session s"
+			   " LEFT JOIN account.device d ON d.user_id = s.user_id"
+			   " AND d.device_hash = s.device_hash"
+			   " WHERE s.user_id = $1 AND s.revoked_at IS NULL AND s.expires_at > now()"
+			   " ORDER BY s.id",
+			   1, p, &res);
+	if (err)
+		return err;
+	list = json_array();
+	for (int r = 0; r < PQntuples(res); r++) {
+		int64_t id = 0;
+		if (mica_db_get_int64(res, r, 0, &id) != 0)
+			continue;
+		json_array_append_new(list,
+				      json_pack("{s:I,s:s,s:s,s:s,s:s,s:s,s:b}", "id", (json_int_t)id,
+						"kind", mica_db_get(res, r, 1), "created_at",
+						mica_db_get(res, r, 2), "last_seen_at",
+						mica_db_get(res, r, 3), "device_name",
+						mica_db_get(res, r, 4), "expires_at",
+						mica_db_get(res, r, 5), "current", id == current));
+	}
+	PQclear(res);
+	*out = json_pack("{s:o}", "sessions", list);
+	return 0;
+}
+
+int acct_session_introspect(acct_service *s, const char *token, json_t **out)
+{
+	struct acct_session ss;
+	char sid[24];
+	int err;
+	*out = NULL;
+	if (!token || strlen(token) != 43) {
+		*out = json_pack("{s:b}", "active", 0);
+		return 0;
+	}
+	err = lookup(s, token, &ss);
+	if (err == MICA_EDENIED) {
+		*out = json_pack("{s:b}", "active", 0);
+		return 0;
+	}
+	if (err)
+		return err;
+	snprintf(sid, sizeof(sid), "%lld", (long long)ss.id);
+	char sub[24];
+	snprintf(sub, sizeof(sub), "%lld", (long long)ss.user_id);
+	*out = json_pack("{s:b,s:s,s:s,s:s,s:s,s:I,s:I,s:s}", "active", 1, "sub", sub, "sid", sid,
+			 "device_id", ss.device_hash, "kind", ss.kind, "auth_time",
+			 (json_int_t)ss.auth_at, "exp", (json_int_t)ss.expires_at, "token_type",
+			 "Bearer");
+	return 0;
+}

@@ -1,0 +1,407 @@
+/* settings.c - what a signed-in user does to their own account: view their
+ * private data, change the password, bind and unbind a security phone and
+ * email (each verified by a code), set security questions, switch
+ * cross-device verification, and delete the account. Everything here is a
+ * sensitive operation: it needs a recent authentication (step-up otherwise). */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "account/account.h"
+#include "crypto.h"
+#include "kv.h"
+#include "log.h"
+#include "outbox.h"
+
+static void uid_text(int64_t id, char out[24])
+{
+	snprintf(out, 24, "%lld", (long long)id);
+}
+
+int acct_me(acct_service *s, const struct acct_session *sess, json_t **out, struct acct_fail *f)
+{
+	static const char *const cols[] = {"account_no", "phone", "email", "security_phone",
+					   "security_email"};
+	mica_db *db = mica_db_thread();
+	PGresult *res = NULL;
+	char uid[24];
+	int err;
+
+	if ((err = acct_require_recent(s, sess, f)) != 0)
+		return err;
+	uid_text(sess->user_id, uid);
+	const char *p[1] = {uid};
+	err = mica_db_exec(db,
+			   "SELECT account_no_enc, phone_enc, email_enc, security_phone_enc,"
+			   " security_email_enc, status, cross_device, password_policy,"
+			   " password_changed_at::text, created_at::text,"
+			   " (SELECT count(*) FROM account.security_question q WHERE q.user_id = u.id)"
+			   " FROM account.user u WHERE id = $1",
+			   1, p, &res);
+	if (err || PQntuples(res) != 1) {
+		PQclear(res);
+		return acct_fail_internal(f, err ? err : MICA_ENOTFOUND, "the account store");
+	}
+	*out = json_object();
+	for (int c = 0; c < 5; c++) {
+		const char *sealed = mica_db_get(res, 0, c);
+		char *v = NULL;
+		if (sealed && *sealed && (err = acct_pii_open(s, "user", cols[c], uid, sealed, &v)) != 0)
+			break;
+		json_object_set_new(*out, c == 0 ? "account_id" : cols[c], v ? json_string(v) : json_null());
+		if (v) {
+			mica_wipe(v, strlen(v));
+			free(v);
+		}
+	}
+	if (err) {
+		json_decref(*out);
+		*out = NULL;
+		PQclear(res);
+		return acct_fail_internal(f, err, "the Key Center");
+	}
+	json_object_set_new(*out, "status", json_string(mica_db_get(res, 0, 5)));
+	json_object_set_new(*out, "cross_device_verification",
+			    json_boolean(strcmp(mica_db_get(res, 0, 6), "t") == 0));
+	json_object_set_new(*out, "password_policy", json_string(mica_db_get(res, 0, 7)));
+	json_object_set_new(*out, "password_changed_at", json_string(mica_db_get(res, 0, 8)));
+	json_object_set_new(*out, "created_at", json_string(mica_db_get(res, 0, 9)));
+	json_object_set_new(*out, "security_questions", json_integer(atoi(mica_db_get(res, 0, 10))));
+	PQclear(res);
+	return 0;
+}
+
+struct change_ctx {
+	acct_service *s;
+	int64_t user_id, keep_session;
+	const char *password;
+};
+
+static int change_tx(mica_db *db, void *arg)
+{
+	struct change_ctx *c = arg;
+	char uid[24], *phc = NULL, *enc = NULL;
+	int err;
+	uid_text(c->user_id, uid);
+	if ((err = acct_password_hash_with(c->password, &c->s->argon2, &phc)) != 0 ||
+	    (err = acct_password_seal(c->s, c->user_id, phc, &enc)) != 0)
+		goto out;
+	const char *p[2] = {uid, enc};
+	if ((err = mica_db_exec(db,
+				"UPDATE account.user SET password_enc = $2, password_changed_at = now()"
+				" WHERE id = $1",
+				2, p, NULL)) != 0)
+		goto out;
+	/* No session outlives a password change but the one that made it. */
+	err = acct_session_revoke_all(c->s, db, c->user_id, c->keep_session);
+out:
+	if (phc) {
+		mica_wipe(phc, strlen(phc));
+		free(phc);
+	}
+	free(enc);
+	return err;
+}
+
+int acct_password_change(acct_service *s, const struct acct_session *sess, json_t *body,
+			 json_t **out, struct acct_fail *f)
+{
+	const char *cur = json_string_value(json_object_get(body, "current_password"));
+	const char *next = json_string_value(json_object_get(body, "new_password"));
+	struct acct_password_verdict v;
+	mica_db *db = mica_db_thread();
+	PGresult *res = NULL;
+	char uid[24], *phc = NULL;
+	int ok = 0, burned = 0, err;
+
+	if (!cur || !next)
+		return acct_failf(f, 400, "missing_field", "current_password and new_password are required");
+	if ((err = acct_require_recent(s, sess, f)) != 0)
+		return err;
+	uid_text(sess->user_id, uid);
+	const char *p[1] = {uid};
+	if ((err = mica_db_exec(db, "SELECT password_enc, password_policy FROM account.user WHERE id = $1",
+				1, p, &res)) != 0 ||
+	    PQntuples(res) != 1) {
+		PQclear(res);
+		return acct_fail_internal(f, err ? err : MICA_ENOTFOUND, "the account store");
+	}
+	if ((err = acct_password_unseal(s, sess->user_id, mica_db_get(res, 0, 0), &phc)) == 0) {
+		ok = acct_password_verify(phc, cur) == 0;
+		mica_wipe(phc, strlen(phc));
+		free(phc);
+	}
+	if (!err && acct_password_check(mica_db_get(res, 0, 1), next, s->blocklist, &v) != 0) {
+		PQclear(res);
+		return acct_failf(f, 400, "weak_password", "%s: %s", v.code, v.message);
+	}
+	PQclear(res);
+	if (err)
+		return acct_fail_internal(f, err, "the Key Center");
+	if (!ok)
+		return acct_failf(f, 401, "invalid_credentials", "the current password is wrong");
+	if ((err = acct_password_burned(s, sess->user_id, next, &burned)) != 0)
+		return acct_fail_internal(f, err, "the Key Center");
+	if (burned)
+		return acct_failf(f, 400, "password_burned", "this password can never be used again");
+	struct change_ctx c = {s, sess->user_id, sess->id, next};
+	if ((err = mica_db_tx(db, MICA_DB_READ_COMMITTED, change_tx, &c)) != 0)
+		return acct_fail_internal(f, err, "the password change");
+	acct_notify_user(s, sess->user_id, "Your mica password was changed",
+			 "Your password was changed and your other sessions were signed out. If this"
+			 " was not you, reset your password at once.");
+	*out = json_pack("{s:b}", "changed", 1);
+	return 0;
+}
+
+/* "phone" binds the security phone (sms), "email" the security email. */
+int acct_bind_start(acct_service *s, const struct acct_session *sess, const char *what,
+		    json_t *body, json_t **out, struct acct_fail *f)
+{
+	int phone = strcmp(what, "phone") == 0;
+	const char *value = json_string_value(json_object_get(body, what));
+	char norm[256], *idx = NULL, *id = NULL;
+	int err;
+
+	if (!value)
+		return acct_failf(f, 400, "missing_field", "%s is required", what);
+	if (acct_ident_parse(value, norm, sizeof(norm)) != (phone ? ACCT_ID_PHONE : ACCT_ID_EMAIL))
+		return acct_failf(f, 400, phone ? "bad_phone" : "bad_email", "the %s is malformed", what);
+	if ((err = acct_require_recent(s, sess, f)) != 0)
+		return err;
+	if ((err = acct_blind_index(s, what, norm, &idx)) != 0)
+		return acct_fail_internal(f, err, "the Key Center");
+	err = acct_code_send(s, phone ? "bind_phone" : "bind_email", phone ? "sms" : "email", norm,
+			     idx, sess->user_id, &id, f);
+	free(idx);
+	if (err)
+		return err;
+	*out = json_pack("{s:s,s:i}", "verification_id", id, "expires_in", s->cfg->code_ttl_s);
+	free(id);
+	return 0;
+}
+
+int acct_bind_complete(acct_service *s, const struct acct_session *sess, const char *what,
+		       json_t *body, json_t **out, struct acct_fail *f)
+{
+	int phone = strcmp(what, "phone") == 0;
+	const char *vid = json_string_value(json_object_get(body, "verification_id"));
+	const char *code = json_string_value(json_object_get(body, "code"));
+	char *idx = NULL, *target = NULL, *channel = NULL, *enc = NULL, uid[24];
+	mica_db *db = mica_db_thread();
+	int64_t owner = 0;
+	int err;
+
+	if (!vid || !code)
+		return acct_failf(f, 400, "missing_field", "verification_id and code are required");
+	if ((err = acct_require_recent(s, sess, f)) != 0)
+		return err;
+	if ((err = acct_code_verify(s, db, vid, phone ? "bind_phone" : "bind_email", code, &owner,
+				    &idx, &target, &channel, f)) != 0)
+		return err;
+	if (owner != sess->user_id) {
+		err = acct_failf(f, 400, "invalid_code", "the code is wrong");
+		goto out;
+	}
+	uid_text(sess->user_id, uid);
+	if ((err = acct_pii_seal(s, "user", phone ? "security_phone" : "security_email", uid, target,
+				 &enc)) != 0) {
+		acct_fail_internal(f, err, "the Key Center");
+		goto out;
+	}
+	const char *p[3] = {uid, enc, idx};
+	err = mica_db_exec(db,
+			   phone ? "UPDATE account.user SET security_phone_enc = $2,"
+				   " security_phone_idx = $3 WHERE id = $1"
+				 : "UPDATE account.user SET security_email_enc = $2,"
+				   " security_email_idx = $3 WHERE id = $1",
+			   3, p, NULL);
+	if (err) {
+		acct_fail_internal(f, err, "the account store");
+		goto out;
+	}
+	acct_notify_user(s, sess->user_id, "Security contact added",
+			 phone ? "A security phone number was bound to your mica account."
+			       : "A security email address was bound to your mica account.");
+	*out = json_pack("{s:b}", "bound", 1);
+out:
+	free(idx);
+	if (target) {
+		mica_wipe(target, strlen(target));
+		free(target);
+	}
+	free(channel);
+	free(enc);
+	return err;
+}
+
+int acct_unbind(acct_service *s, const struct acct_session *sess, const char *what, json_t **out,
+		struct acct_fail *f)
+{
+	mica_db *db = mica_db_thread();
+	char uid[24];
+	int err;
+	if ((err = acct_require_recent(s, sess, f)) != 0)
+		return err;
+	uid_text(sess->user_id, uid);
+	/* Told first, while the contact is still bound. */
+	acct_notify_user(s, sess->user_id, "Security contact removed",
+			 strcmp(what, "phone") == 0
+				 ? "The security phone number was removed from your mica account."
+				 : "The security email address was removed from your mica account.");
+	const char *p[1] = {uid};
+	err = mica_db_exec(db,
+			   strcmp(what, "phone") == 0
+				   ? "UPDATE account.user SET security_phone_enc = NULL,"
+				     " security_phone_idx = NULL WHERE id = $1"
+				   : "UPDATE account.user SET security_email_enc = NULL,"
+				     " security_email_idx = NULL WHERE id = $1",
+			   1, p, NULL);
+	if (err)
+		return acct_fail_internal(f, err, "the account store");
+	*out = json_pack("{s:b}", "unbound", 1);
+	return 0;
+}
+
+/* Answers are compared case- and space-insensitively. */
+static void normalise_answer(const char *in, char *out, size_t cap)
+{
+	size_t j = 0;
+	int space = 0;
+	for (; *in && j + 1 < cap; in++) {
+		unsigned char c = (unsigned char)*in;
+		if (isspace(c)) {
+			space = j > 0;
+			continue;
+		}
+		if (space && j + 2 < cap)
+			out[j++] = ' ';
+		space = 0;
+		out[j++] = (char)tolower(c);
+	}
+	out[j] = '\0';
+}
+
+struct questions_ctx {
+	acct_service *s;
+	int64_t user_id;
+	json_t *list;
+};
+
+static int questions_tx(mica_db *db, void *arg)
+{
+	struct questions_ctx *q = arg;
+	char uid[24], pos[24], answer[256];
+	int err;
+	uid_text(q->user_id, uid);
+	const char *p[1] = {uid};
+	if ((err = mica_db_exec(db, "DELETE FROM account.security_question WHERE user_id = $1", 1, p,
+				NULL)) != 0)
+		return err;
+	for (size_t i = 0; i < json_array_size(q->list); i++) {
+		json_t *item = json_array_get(q->list, i);
+		char *phc = NULL;
+		normalise_answer(json_string_value(json_object_get(item, "answer")), answer,
+				 sizeof(answer));
+		if ((err = acct_password_hash_with(answer, &q->s->argon2, &phc)) != 0)
+			break;
+		snprintf(pos, sizeof(pos), "%zu", i + 1);
+		const char *r[4] = {uid, pos, json_string_value(json_object_get(item, "question")), phc};
+		err = mica_db_exec(db,
+				   "INSERT INTO account.security_question (user_id, position, question,"
+				   " answer_hash) VALUES ($1, $2, $3, $4)",
+				   4, r, NULL);
+		mica_wipe(phc, strlen(phc));
+		free(phc);
+		if (err)
+			break;
+	}
+	mica_wipe(answer, sizeof(answer));
+	return err;
+}
+
+int acct_questions_set(acct_service *s, const struct acct_session *sess, json_t *body,
+		       json_t **out, struct acct_fail *f)
+{
+	json_t *list = json_object_get(body, "questions");
+	mica_db *db = mica_db_thread();
+	int err;
+	if (!json_is_array(list) || json_array_size(list) < 1 || json_array_size(list) > 3)
+		return acct_failf(f, 400, "bad_questions", "questions is an array of 1 to 3 items");
+	for (size_t i = 0; i < json_array_size(list); i++) {
+		const char *q = json_string_value(json_object_get(json_array_get(list, i), "question"));
+		const char *a = json_string_value(json_object_get(json_array_get(list, i), "answer"));
+		if (!q || !a || !*q || strlen(q) > 200 || strlen(a) < 2 || strlen(a) > 200)
+			return acct_failf(f, 400, "bad_questions",
+					  "each item needs a question (1-200 chars) and an answer"
+					  " (2-200 chars)");
+	}
+	if ((err = acct_require_recent(s, sess, f)) != 0)
+		return err;
+	struct questions_ctx q = {s, sess->user_id, list};
+	if ((err = mica_db_tx(db, MICA_DB_READ_COMMITTED, questions_tx, &q)) != 0)
+		return acct_fail_internal(f, err, "the account store");
+	*out = json_pack("{s:i}", "questions", (int)json_array_size(list));
+	return 0;
+}
+
+int acct_cross_device_set(acct_service *s, const struct acct_session *sess, json_t *body,
+			  json_t **out, struct acct_fail *f)
+{
+	json_t *en = json_object_get(body, "enabled");
+	mica_db *db = mica_db_thread();
+	char uid[24];
+	int err;
+	if (!json_is_boolean(en))
+		return acct_failf(f, 400, "missing_field", "enabled (boolean) is required");
+	if ((err = acct_require_recent(s, sess, f)) != 0)
+		return err;
+	uid_text(sess->user_id, uid);
+	const char *p[2] = {uid, json_is_true(en) ? "true" : "false"};
+	if ((err = mica_db_exec(db, "UPDATE account.user SET cross_device = $2 WHERE id = $1", 2, p,
+				NULL)) != 0)
+		return acct_fail_internal(f, err, "the account store");
+	*out = json_pack("{s:b}", "cross_device_verification", json_is_true(en));
+	return 0;
+}
+
+struct delete_ctx {
+	acct_service *s;
+	int64_t user_id;
+};
+
+static int delete_tx(mica_db *db, void *arg)
+{
+	struct delete_ctx *d = arg;
+	char uid[24], payload[64];
+	int err;
+	uid_text(d->user_id, uid);
+	snprintf(payload, sizeof(payload), "{\"user_id\":%lld}", (long long)d->user_id);
+	const char *p[1] = {uid};
+	/* Sessions first, so their cache entries are tombstoned; then the rows
+	 * (dependent tables cascade) and the event, all in one transaction. */
+	if ((err = acct_session_revoke_all(d->s, db, d->user_id, 0)) != 0 ||
+	    (err = mica_db_exec(db, "DELETE FROM account.verification WHERE user_id = $1", 1, p,
+				NULL)) != 0 ||
+	    (err = mica_db_exec(db, "DELETE FROM account.user WHERE id = $1", 1, p, NULL)) != 0)
+		return err;
+	return mica_outbox_emit(db, "account.deleted", payload, NULL);
+}
+
+int acct_delete(acct_service *s, const struct acct_session *sess, json_t **out,
+		struct acct_fail *f)
+{
+	struct delete_ctx d = {s, sess->user_id};
+	mica_db *db = mica_db_thread();
+	int err;
+	if ((err = acct_require_recent(s, sess, f)) != 0)
+		return err;
+	acct_notify_user(s, sess->user_id, "Your mica account was deleted",
+			 "Your mica account and its data were deleted.");
+	if ((err = mica_db_tx(db, MICA_DB_READ_COMMITTED, delete_tx, &d)) != 0)
+		return acct_fail_internal(f, err, "the account deletion");
+	MICA_LOG(MICA_LOG_INFO, "account: an account was deleted");
+	*out = json_pack("{s:b}", "deleted", 1);
+	return 0;
+}
