@@ -131,7 +131,10 @@ int kc_change_request(kc_service *s, const char *kind, const char *target, json_
 	*out = NULL;
 	if (!db)
 		return MICA_EDBCONN;
-	if (!(pl = json_dumps(payload ? payload : json_object(), JSON_COMPACT)))
+	json_t *empty = payload ? NULL : json_object();
+	pl = json_dumps(payload ? payload : empty, JSON_COMPACT);
+	json_decref(empty);
+	if (!pl)
 		return MICA_ENOMEM;
 	const char *p[4] = {kind, target, pl, principal};
 	err = mica_db_exec(db,

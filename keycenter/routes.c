@@ -117,6 +117,18 @@ static void done(struct call *c)
 	c->ctx_sha = NULL;
 }
 
+/* For operations that change state: records the attempt BEFORE the change,
+ * so no change can happen unaudited. Returns 1 to go on; otherwise the
+ * caller was answered 503 and must return. */
+static int attempt(struct call *c)
+{
+	if (record(c, "attempt", 0) != 0) {
+		done(c);
+		return 0;
+	}
+	return 1;
+}
+
 static void reply(struct call *c, int status, json_t *body)
 {
 	if (record(c, "ok", 0) == 0)
@@ -221,6 +233,8 @@ static void h_key_create(const mica_http_req *req, mica_http_resp *resp, void *s
 		return reply_error(&c, 400, "bad_key_type", "type must be aes256-gcm or aes128-gcm");
 	if (!owner || !valid_name(owner) || strlen(owner) > KC_SERVICE_MAX || strchr(owner, '.'))
 		return reply_error(&c, 400, "bad_owner", "owner must name the service that owns the key");
+	if (!attempt(&c))
+		return;
 	err = kc_key_create(c.s, c.key, type, owner, &info);
 	if (err == MICA_EEXISTS)
 		return reply_error(&c, 409, "key_exists", "a key named %s already exists", c.key);
@@ -252,6 +266,8 @@ static void h_key_rotate(const mica_http_req *req, mica_http_resp *resp, void *s
 	struct kc_why why = {0};
 	int err;
 	if (!allow(&c))
+		return;
+	if (!attempt(&c))
 		return;
 	if ((err = kc_key_rotate(c.s, c.key, &info)) == MICA_ENOTFOUND)
 		return reply_error(&c, 404, "unknown_key", "no key named %s", c.key);
@@ -290,6 +306,8 @@ static void h_key_config(const mica_http_req *req, mica_http_resp *resp, void *s
 				   "min_*_version must be non-negative integers");
 	if (del && !json_is_boolean(del))
 		return reply_error(&c, 400, "bad_field", "deletion_allowed must be a boolean");
+	if (!attempt(&c))
+		return;
 	err = kc_key_configure(c.s, c.key, mindec, minenc, del ? json_is_true(del) : -1, &info,
 			       why.msg, sizeof(why.msg));
 	if (err == MICA_EINVAL)
@@ -317,6 +335,8 @@ static void h_key_delete(const mica_http_req *req, mica_http_resp *resp, void *s
 	if (!info.deletion_allowed)
 		return reply_error(&c, 409, "deletion_not_allowed",
 				   "set deletion_allowed on key %s first", c.key);
+	if (!attempt(&c))
+		return;
 	if ((err = kc_change_request(c.s, "delete_key", c.key, NULL, req->peer, &out)) != 0)
 		return reply_why(&c, err, &why);
 	reply(&c, 202, out);
@@ -651,6 +671,8 @@ static void h_policy_request(const mica_http_req *req, mica_http_resp *resp, voi
 				   kc_policy_version(c.policy));
 	kc_alert(c.s, "officer_action", req->peer, NULL,
 		 json_pack("{s:s}", "action", "policy change requested"));
+	if (!attempt(&c))
+		return;
 	if ((err = kc_change_request(c.s, "set_policy", "policy", doc, req->peer, &out)) != 0)
 		return reply_why(&c, err, &why);
 	reply(&c, 202, out);
@@ -680,6 +702,8 @@ static void h_request_approve(const mica_http_req *req, mica_http_resp *resp, vo
 		return reply_error(&c, 400, "bad_request_id", "request ids are positive integers");
 	kc_alert(c.s, "officer_action", req->peer, NULL,
 		 json_pack("{s:s,s:I}", "action", "approve", "request_id", (json_int_t)id));
+	if (!attempt(&c))
+		return;
 	err = kc_change_approve(c.s, id, req->peer, &out);
 	if (err == MICA_ENOTFOUND)
 		return reply_error(&c, 404, "unknown_request", "no change request %lld", (long long)id);
@@ -798,6 +822,32 @@ static void h_audit(const mica_http_req *req, mica_http_resp *resp, void *svc)
 	}
 	PQclear(res);
 	reply(&c, 200, json_pack("{s:o}", "records", list));
+}
+
+/* Requests the HTTP layer refuses before any handler runs (certificates,
+ * unknown routes, malformed or oversized bodies) are audited too. */
+int kc_audit_refusal(void *svc, const char *method, const char *path, const char *peer,
+		     const char *client_ip, int status, const char *code)
+{
+	kc_service *s = svc;
+	kc_audit_record rec = {0};
+	uint64_t seq;
+	char op[48];
+	int err;
+	(void)path;
+	snprintf(op, sizeof(op), "http_%s", method ? method : "?");
+	for (char *o = op; *o; o++)
+		*o = (char)(*o >= 'A' && *o <= 'Z' ? *o - 'A' + 'a' : *o);
+	rec.ts_us = now_us();
+	rec.principal = peer ? peer : "-";
+	rec.client = client_ip && *client_ip ? client_ip : "-";
+	rec.op = op;
+	rec.result = code;
+	err = kc_audit_append(s->audit, &rec, &seq);
+	if (err)
+		kc_alert(s, "audit_write_failure", rec.principal, NULL,
+			 json_pack("{s:s,s:i}", "operation", op, "status", status));
+	return err;
 }
 
 const mica_http_route kc_routes[] = {

@@ -152,9 +152,9 @@ int kc_run(struct kc_config *cfg)
 		goto out;
 	}
 	if ((err = kc_audit_mac_key(&s, mac_key)) != 0) {
-		MICA_LOG(MICA_LOG_ERROR, "keycenter: cannot unseal the audit key (%s); has `mica "
-					 "keycenter init` run?",
-			 mica_strerror(err));
+		MICA_LOG(MICA_LOG_ERROR, "keycenter: cannot unseal the audit key (%s)%s",
+			 mica_strerror(err),
+			 err == MICA_ENOTFOUND ? "; has `mica keycenter init` run?" : "");
 		goto out;
 	}
 	kc_audit_options ao = {.checkpoint_every_n = cfg->audit_checkpoint_every,
@@ -177,6 +177,7 @@ int kc_run(struct kc_config *cfg)
 	cfg->http.service = "keycenter";
 	cfg->http.require_client_cert = 1;
 	cfg->http.health = health;
+	cfg->http.on_refusal = kc_audit_refusal;
 	if (!cfg->http.client_ca_file || !*cfg->http.client_ca_file) {
 		MICA_LOG(MICA_LOG_ERROR, "keycenter.http.client_ca_file: required (mTLS only)");
 		goto out;

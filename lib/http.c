@@ -66,6 +66,8 @@ struct conn_state {
 
 /* Per request. */
 struct req_state {
+	mica_http_server *srv;
+	const char *method, *url; /* borrowed from libmicrohttpd for the request's life */
 	struct timespec start;
 	char *body;
 	size_t len, cap;
@@ -230,6 +232,22 @@ static enum MHD_Result send_error(struct MHD_Connection *conn, struct req_state 
 				  const char *code, const char *fmt, ...)
 	__attribute__((format(printf, 5, 6)));
 
+/* Gives the service's on_refusal hook a say before the server refuses a
+ * request itself; 1 when the refusal must become 503 audit_unavailable. */
+static int refusal_vetoed(struct MHD_Connection *conn, struct req_state *rs, int status,
+			  const char *code)
+{
+	const union MHD_ConnectionInfo *ci;
+	struct conn_state *cs;
+	if (status >= 500 || !rs->srv->opt.on_refusal)
+		return 0;
+	ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	cs = ci ? ci->socket_context : NULL;
+	return rs->srv->opt.on_refusal(rs->srv->ctx, rs->method, rs->url,
+				       cs && cs->cert == 1 ? cs->peer : NULL, rs->ip, status,
+				       code) != 0;
+}
+
 static enum MHD_Result send_error(struct MHD_Connection *conn, struct req_state *rs, int status,
 				  const char *code, const char *fmt, ...)
 {
@@ -239,7 +257,11 @@ static enum MHD_Result send_error(struct MHD_Connection *conn, struct req_state 
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	mica_http_reply_error(&resp, status, code, "%s", msg);
+	if (refusal_vetoed(conn, rs, status, code))
+		mica_http_reply_error(&resp, 503, "audit_unavailable",
+				      "the request could not be audited, so it was not answered");
+	else
+		mica_http_reply_error(&resp, status, code, "%s", msg);
 	return send_resp(conn, rs, &resp);
 }
 
@@ -452,6 +474,9 @@ static enum MHD_Result reply_not_allowed(struct MHD_Connection *conn, struct req
 					 const char *allow, const char *method)
 {
 	mica_http_resp resp = {0};
+	if (refusal_vetoed(conn, rs, 405, "method_not_allowed"))
+		return send_error(conn, rs, 503, "audit_unavailable",
+				  "the request could not be audited, so it was not answered");
 	mica_http_reply_error(&resp, 405, "method_not_allowed",
 			      "method %s is not allowed here; allowed: %s", method, allow);
 	mica_http_add_header(&resp, "Allow", allow);
@@ -602,6 +627,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		if (!(rs = calloc(1, sizeof(*rs))))
 			return MHD_NO;
 		*con_cls = rs;
+		rs->srv = srv;
+		rs->method = method;
+		rs->url = url;
 		clock_gettime(CLOCK_MONOTONIC, &rs->start);
 		new_request_id(rs->rid);
 		client_ip(conn, rs->ip, sizeof(rs->ip));

@@ -89,6 +89,13 @@ typedef struct mica_http_options {
 	/* Optional readiness probe for /healthz: return 0 when ready, or a
 	 * MICA_E* code (reported as 503 with that code). */
 	int (*health)(void *ctx);
+	/* Optional hook called before the server itself refuses a request
+	 * (4xx built-in errors: certificates, routing, bodies) with what is
+	 * known of it; |peer| and |client_ip| may be NULL. If it returns
+	 * non-zero the refusal becomes 503 audit_unavailable: services whose
+	 * every request must be recorded (the Key Center) record here. */
+	int (*on_refusal)(void *ctx, const char *method, const char *path, const char *peer,
+			  const char *client_ip, int status, const char *code);
 } mica_http_options;
 
 typedef struct mica_http_server mica_http_server;
