@@ -111,6 +111,27 @@ int acct_code_send(acct_service *s, const char *purpose, const char *channel, co
 int acct_code_verify(acct_service *s, mica_db *db, const char *id, const char *purpose,
 		     const char *code, int64_t *user_id, char **target_idx, char **target,
 		     char **channel, struct acct_fail *f) MICA_WUR;
+/* POST /v1/register/start and /complete bodies after their pure checks
+ * (no I/O; for the flows and the fuzz target). Strings borrow from the body.
+ * start: exactly one of phone and email, of that form; |norm| normalised.
+ * complete: verification_id, code and password present; device.id of 1 to
+ * 200 characters, device.name (default "") at most 100; |policy| is NULL
+ * when the body names none (the configured default applies). The password
+ * policy itself is checked by the flow (it may read the blocklist).
+ * 0, or |f| is the 400 answer and MICA_EINVAL returned. */
+struct acct_register_start_req {
+	const char *phone, *email;
+	enum acct_ident kind;
+	char norm[256];
+};
+struct acct_register_complete_req {
+	const char *verification_id, *code, *password, *policy, *device_name;
+	char device_hash[65];
+};
+int acct_register_start_parse(json_t *body, struct acct_register_start_req *out,
+			      struct acct_fail *f) MICA_WUR;
+int acct_register_complete_parse(json_t *body, struct acct_register_complete_req *out,
+				 struct acct_fail *f) MICA_WUR;
 int acct_register_start(acct_service *s, json_t *body, json_t **out, struct acct_fail *f) MICA_WUR;
 int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t **out,
 			   struct acct_fail *f) MICA_WUR;
@@ -128,6 +149,20 @@ int acct_password_burned(acct_service *s, int64_t user_id, const char *password,
 /* ---- login.c ------------------------------------------------------------------ */
 /* Prepares the login path (the hash checked for unknown accounts). */
 int acct_login_init(acct_service *s) MICA_WUR;
+/* A POST /v1/login body after acct_login_parse(): strings borrow from the
+ * JSON body (valid while it lives); |norm| is the normalised login, |ident|
+ * its kind, |dev_hash| the SHA-256 hex of the device id (acct_hash_hex). */
+struct acct_login_req {
+	const char *login, *password, *altcha, *kind, *dev_id, *dev_name;
+	enum acct_ident ident;
+	char norm[256];
+	char dev_hash[65];
+};
+/* Everything acct_login() checks before any I/O: required fields, session
+ * kind (default "app"), password length, the login's form, the device id.
+ * Pure (no database, Redis or Key Center), for acct_login and the fuzz
+ * target. 0, or |f| is the 400 answer and MICA_EINVAL returned. */
+int acct_login_parse(json_t *body, struct acct_login_req *out, struct acct_fail *f) MICA_WUR;
 int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, struct acct_fail *f) MICA_WUR;
 int acct_stepup_send(acct_service *s, const char *id, json_t *body, json_t **out,
 		     struct acct_fail *f) MICA_WUR;

@@ -396,41 +396,51 @@ static int finish_login(acct_service *s, int64_t user_id, const char *dev, const
 	return 0;
 }
 
+int acct_login_parse(json_t *body, struct acct_login_req *r, struct acct_fail *f)
+{
+	json_t *d = json_object_get(body, "device");
+	memset(r, 0, sizeof(*r));
+	r->login = json_string_value(json_object_get(body, "login"));
+	r->password = json_string_value(json_object_get(body, "password"));
+	r->altcha = json_string_value(json_object_get(body, "altcha"));
+	r->kind = json_string_value(json_object_get(body, "session_kind"));
+	r->dev_id = json_string_value(json_object_get(d, "id"));
+	r->dev_name = json_string_value(json_object_get(d, "name"));
+	r->ident = ACCT_ID_INVALID;
+
+	if (!r->login || !r->password || !r->dev_id || !*r->dev_id || strlen(r->dev_id) > 200)
+		return acct_failf(f, 400, "missing_field",
+				  "login, password and device.id are required");
+	if (!r->kind)
+		r->kind = "app";
+	if (strcmp(r->kind, "app") != 0 && strcmp(r->kind, "web") != 0)
+		return acct_failf(f, 400, "bad_session_kind", "session_kind is app or web");
+	if (!r->dev_name)
+		r->dev_name = "";
+	if (strlen(r->password) > 1024)
+		return acct_failf(f, 400, "bad_password", "the password is too long");
+	if ((r->ident = acct_ident_parse(r->login, r->norm, sizeof(r->norm))) == ACCT_ID_INVALID)
+		return acct_failf(f, 400, "bad_login",
+				  "login is a phone number (+ and digits), an email or an account id");
+	acct_hash_hex("mica-device", r->dev_id, r->dev_hash);
+	return 0;
+}
+
 int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, struct acct_fail *f)
 {
-	const char *login = json_string_value(json_object_get(body, "login"));
-	const char *password = json_string_value(json_object_get(body, "password"));
-	const char *altcha = json_string_value(json_object_get(body, "altcha"));
-	const char *kind = json_string_value(json_object_get(body, "session_kind"));
-	json_t *d = json_object_get(body, "device");
-	const char *dev_id = json_string_value(json_object_get(d, "id"));
-	const char *dev_name = json_string_value(json_object_get(d, "name"));
-	char norm[256], dev[65], net[64], net_hash[65], kacct[200], knet[120], *idx = NULL;
+	struct acct_login_req r;
+	char net[64], net_hash[65], kacct[200], knet[120], *idx = NULL;
 	struct user_row u = {0};
-	enum acct_ident ident;
 	long excess;
 	int ok = 0, need_rehash = 0, err;
 	json_t *reasons = NULL;
 
-	if (!login || !password || !dev_id || !*dev_id || strlen(dev_id) > 200)
-		return acct_failf(f, 400, "missing_field",
-				  "login, password and device.id are required");
-	if (!kind)
-		kind = "app";
-	if (strcmp(kind, "app") != 0 && strcmp(kind, "web") != 0)
-		return acct_failf(f, 400, "bad_session_kind", "session_kind is app or web");
-	if (!dev_name)
-		dev_name = "";
-	if (strlen(password) > 1024)
-		return acct_failf(f, 400, "bad_password", "the password is too long");
-	if ((ident = acct_ident_parse(login, norm, sizeof(norm))) == ACCT_ID_INVALID)
-		return acct_failf(f, 400, "bad_login",
-				  "login is a phone number (+ and digits), an email or an account id");
-	acct_hash_hex("mica-device", dev_id, dev);
+	if ((err = acct_login_parse(body, &r, f)) != 0)
+		return err;
 	acct_network_of(ip, net, sizeof(net));
 	acct_hash_hex("mica-network", net, net_hash);
 
-	if ((err = find_user(s, ident, norm, &idx, &u)) != 0) {
+	if ((err = find_user(s, r.ident, r.norm, &idx, &u)) != 0) {
 		acct_fail_internal(f, err, "the account store");
 		goto out;
 	}
@@ -442,9 +452,9 @@ int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, stru
 	long net_excess = counter_get(knet) - s->cfg->captcha_network_failures;
 	if (net_excess > excess)
 		excess = net_excess;
-	if ((err = captcha_gate(s, excess, altcha, f)) != 0)
+	if ((err = captcha_gate(s, excess, r.altcha, f)) != 0)
 		goto out;
-	if ((err = check_password(s, &u, password, &ok, &need_rehash)) != 0) {
+	if ((err = check_password(s, &u, r.password, &ok, &need_rehash)) != 0) {
 		acct_fail_internal(f, err, "the Key Center");
 		goto out;
 	}
@@ -461,19 +471,19 @@ int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, stru
 		goto out;
 	}
 	if (need_rehash)
-		rehash(s, u.id, password);
+		rehash(s, u.id, r.password);
 	reasons = json_array();
-	if ((err = risk_reasons(s, u.id, dev, net_hash, reasons)) != 0) {
+	if ((err = risk_reasons(s, u.id, r.dev_hash, net_hash, reasons)) != 0) {
 		acct_fail_internal(f, err, "the account store");
 		goto out;
 	}
 	if (json_array_size(reasons) > 0) {
-		struct stepup_new n = {u.id, 0, "login", dev, dev_name, net_hash, kind};
+		struct stepup_new n = {u.id, 0, "login", r.dev_hash, r.dev_name, net_hash, r.kind};
 		err = stepup_create(s, &n, reasons, f);
 		reasons = NULL;
 		goto out;
 	}
-	err = finish_login(s, u.id, dev, dev_name, net_hash, kind, 0, out, f);
+	err = finish_login(s, u.id, r.dev_hash, r.dev_name, net_hash, r.kind, 0, out, f);
 out:
 	json_decref(reasons);
 	free(idx);

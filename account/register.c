@@ -194,24 +194,36 @@ out:
 
 /* ---- registration ---------------------------------------------------------------- */
 
+int acct_register_start_parse(json_t *body, struct acct_register_start_req *r,
+			      struct acct_fail *f)
+{
+	memset(r, 0, sizeof(*r));
+	r->phone = json_string_value(json_object_get(body, "phone"));
+	r->email = json_string_value(json_object_get(body, "email"));
+	r->kind = ACCT_ID_INVALID;
+	if (!!r->phone == !!r->email)
+		return acct_failf(f, 400, "missing_field", "give exactly one of phone and email");
+	r->kind = acct_ident_parse(r->phone ? r->phone : r->email, r->norm, sizeof(r->norm));
+	if (r->kind != (r->phone ? ACCT_ID_PHONE : ACCT_ID_EMAIL))
+		return acct_failf(f, 400, r->phone ? "bad_phone" : "bad_email",
+				  r->phone ? "phone numbers are E.164: + and 7 to 15 digits"
+					   : "the email address is malformed");
+	return 0;
+}
+
 int acct_register_start(acct_service *s, json_t *body, json_t **out, struct acct_fail *f)
 {
-	const char *phone = json_string_value(json_object_get(body, "phone"));
-	const char *email = json_string_value(json_object_get(body, "email"));
-	char norm[256], *idx = NULL, *id = NULL;
-	enum acct_ident kind;
+	struct acct_register_start_req r;
+	const char *phone;
+	char *idx = NULL, *id = NULL;
 	int err;
 
-	if (!!phone == !!email)
-		return acct_failf(f, 400, "missing_field", "give exactly one of phone and email");
-	kind = acct_ident_parse(phone ? phone : email, norm, sizeof(norm));
-	if (kind != (phone ? ACCT_ID_PHONE : ACCT_ID_EMAIL))
-		return acct_failf(f, 400, phone ? "bad_phone" : "bad_email",
-				  phone ? "phone numbers are E.164: + and 7 to 15 digits"
-					: "the email address is malformed");
-	if ((err = acct_blind_index(s, phone ? "phone" : "email", norm, &idx)) != 0)
+	if ((err = acct_register_start_parse(body, &r, f)) != 0)
+		return err;
+	phone = r.phone;
+	if ((err = acct_blind_index(s, phone ? "phone" : "email", r.norm, &idx)) != 0)
 		return acct_fail_internal(f, err, "the Key Center");
-	err = acct_code_send(s, "register", phone ? "sms" : "email", norm, idx, 0, &id, f);
+	err = acct_code_send(s, "register", phone ? "sms" : "email", r.norm, idx, 0, &id, f);
 	free(idx);
 	if (err)
 		return err;
@@ -441,33 +453,43 @@ static int device_of(json_t *body, char hash[65], const char **name, struct acct
 	return 0;
 }
 
+int acct_register_complete_parse(json_t *body, struct acct_register_complete_req *r,
+				 struct acct_fail *f)
+{
+	memset(r, 0, sizeof(*r));
+	r->verification_id = json_string_value(json_object_get(body, "verification_id"));
+	r->code = json_string_value(json_object_get(body, "code"));
+	r->password = json_string_value(json_object_get(body, "password"));
+	r->policy = json_string_value(json_object_get(body, "password_policy"));
+	if (!r->verification_id || !r->code || !r->password)
+		return acct_failf(f, 400, "missing_field",
+				  "verification_id, code and password are required");
+	return device_of(body, r->device_hash, &r->device_name, f);
+}
+
 int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t **out,
 			   struct acct_fail *f)
 {
-	const char *vid = json_string_value(json_object_get(body, "verification_id"));
-	const char *code = json_string_value(json_object_get(body, "code"));
-	const char *password = json_string_value(json_object_get(body, "password"));
-	const char *policy = json_string_value(json_object_get(body, "password_policy"));
-	struct new_account a = {.s = s, .password = password};
+	struct acct_register_complete_req r;
+	struct new_account a = {.s = s};
 	struct acct_password_verdict v;
-	char dev[65], net[64], net_hash[65], *target_idx = NULL, *target = NULL, *channel = NULL;
+	const char *policy;
+	char net[64], net_hash[65], *target_idx = NULL, *target = NULL, *channel = NULL;
 	mica_db *db = mica_db_thread();
 	int64_t none;
 	int err;
 
 	if (!db)
 		return acct_fail_internal(f, MICA_EDBCONN, "the database");
-	if (!vid || !code || !password)
-		return acct_failf(f, 400, "missing_field",
-				  "verification_id, code and password are required");
-	if ((err = device_of(body, dev, &a.device_name, f)) != 0)
+	if ((err = acct_register_complete_parse(body, &r, f)) != 0)
 		return err;
-	if (!policy)
-		policy = s->cfg->password_policy;
-	if (acct_password_check(policy, password, s->blocklist, &v) != 0)
+	a.password = r.password;
+	a.device_name = r.device_name;
+	policy = r.policy ? r.policy : s->cfg->password_policy;
+	if (acct_password_check(policy, r.password, s->blocklist, &v) != 0)
 		return acct_failf(f, 400, "weak_password", "%s: %s", v.code, v.message);
-	if ((err = acct_code_verify(s, db, vid, "register", code, &none, &target_idx, &target,
-				    &channel, f)) != 0)
+	if ((err = acct_code_verify(s, db, r.verification_id, "register", r.code, &none, &target_idx,
+				    &target, &channel, f)) != 0)
 		return err;
 	acct_network_of(ip, net, sizeof(net));
 	acct_hash_hex("mica-network", net, net_hash);
@@ -475,7 +497,7 @@ int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t
 	a.target = target;
 	a.target_idx = target_idx;
 	a.policy = policy;
-	a.device_hash = dev;
+	a.device_hash = r.device_hash;
 	a.net_hash = net_hash;
 	err = mica_db_tx(db, MICA_DB_READ_COMMITTED, create_account_tx, &a);
 	if (err == MICA_EEXISTS)

@@ -16,10 +16,11 @@
 
 #include <openssl/evp.h>
 
+#include "account/notify.h"
 #include "db.h"
+#include "err.h"
 #include "keycenter/audit.h"
 #include "keycenter/keycenter.h"
-#include "err.h"
 #include "log.h"
 
 /* Exit codes, stable for scripts. */
@@ -39,11 +40,13 @@ struct command {
 static int cmd_migrate(int argc, char **argv);
 static int cmd_help(int argc, char **argv);
 static int cmd_audit(int argc, char **argv);
+static int cmd_outbox(int argc, char **argv);
 
 static const struct command commands[] = {
     {"migrate", cmd_migrate, "apply schema migrations; --status lists applied and pending"},
     {"keycenter", kc_init_command, "keycenter init: generate the HSM root and audit keys"},
     {"audit", cmd_audit, "audit export | audit verify: the Key Center audit trail"},
+    {"outbox", cmd_outbox, "outbox list: the development e-mail/SMS outbox (account.notification)"},
     {"help", cmd_help, "show this help"},
 };
 
@@ -554,10 +557,10 @@ static void audit_usage(FILE *f)
 static int audit_export(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"db", required_argument, NULL, 'd'},
-		{"out", required_argument, NULL, 'o'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"db", required_argument, NULL, 'd'},
+	    {"out", required_argument, NULL, 'o'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	const char *conninfo = getenv("MICA_DB_CONNINFO");
 	const char *path = NULL;
@@ -579,11 +582,14 @@ static int audit_export(int argc, char **argv)
 			return EXIT_USAGE;
 		}
 	}
-	if (optind < argc || !conninfo || !*conninfo) {
-		fprintf(stderr, optind < argc ? "mica audit export: unexpected argument '%s'\n"
-					      : "mica audit export: no database: pass --db or set"
-						" MICA_DB_CONNINFO%s\n",
-			optind < argc ? argv[optind] : "");
+	if (optind < argc) {
+		fprintf(stderr, "mica audit export: unexpected argument '%s'\n", argv[optind]);
+		audit_usage(stderr);
+		return EXIT_USAGE;
+	}
+	if (!conninfo || !*conninfo) {
+		fprintf(stderr,
+			"mica audit export: no database: pass --db or set MICA_DB_CONNINFO\n");
 		audit_usage(stderr);
 		return EXIT_USAGE;
 	}
@@ -621,9 +627,9 @@ static int audit_export(int argc, char **argv)
 static int audit_verify(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"pubkey", required_argument, NULL, 'k'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"pubkey", required_argument, NULL, 'k'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	const char *pubkey = NULL;
 	int c;
@@ -657,8 +663,8 @@ static int audit_verify(int argc, char **argv)
 	if (in != stdin)
 		fclose(in);
 	if (err == 0) {
-		printf("OK: %" PRIu64 " records, %" PRIu64 " checkpoints, last checkpoint at seq %" PRIu64
-		       "\n",
+		printf("OK: %" PRIu64 " records, %" PRIu64
+		       " checkpoints, last checkpoint at seq %" PRIu64 "\n",
 		       rep.records, rep.checkpoints, rep.last_checkpoint_seq);
 		if (rep.unsigned_tail)
 			printf("note: the last %" PRIu64 " records are not covered by a checkpoint"
@@ -690,6 +696,103 @@ static int cmd_audit(int argc, char **argv)
 	}
 	fprintf(stderr, "mica audit: expected export or verify\n");
 	audit_usage(stderr);
+	return EXIT_USAGE;
+}
+
+/* ---- outbox ----------------------------------------------------------- */
+
+static void outbox_usage(FILE *f)
+{
+	fprintf(f,
+		"usage: mica outbox list [--db CONNINFO] [--to ADDR] [--limit N]\n"
+		"\n"
+		"Prints the development notification outbox (account.notification): the\n"
+		"e-mails and SMS the account service stores instead of sending when its\n"
+		"email_mode or sms_mode is \"outbox\". One block per message (time, channel,\n"
+		"recipient, subject, indented body), the newest N, newest last.\n"
+		"This is not the transactional event outbox (outbox.event).\n"
+		"\n"
+		"  --db CONNINFO   libpq connection string (default: $MICA_DB_CONNINFO)\n"
+		"  --to ADDR       only messages to ADDR (e-mail or phone; case-insensitive)\n"
+		"  --limit N       at most N messages, 1..10000 (default 50)\n"
+		"  -h, --help      show this help\n");
+}
+
+static int outbox_list(int argc, char **argv)
+{
+	static const struct option opts[] = {
+	    {"db", required_argument, NULL, 'd'},
+	    {"to", required_argument, NULL, 't'},
+	    {"limit", required_argument, NULL, 'l'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
+	};
+	const char *conninfo = getenv("MICA_DB_CONNINFO");
+	const char *to = NULL;
+	long limit = 50;
+	char *end;
+	int c;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'd':
+			conninfo = optarg;
+			break;
+		case 't':
+			to = optarg;
+			break;
+		case 'l':
+			errno = 0;
+			limit = strtol(optarg, &end, 10);
+			if (errno || end == optarg || *end || limit < 1 || limit > 10000) {
+				fprintf(stderr, "mica outbox list: --limit must be 1..10000\n");
+				return EXIT_USAGE;
+			}
+			break;
+		case 'h':
+			outbox_usage(stdout);
+			return EXIT_OK;
+		default:
+			outbox_usage(stderr);
+			return EXIT_USAGE;
+		}
+	}
+	if (optind < argc || !conninfo || !*conninfo) {
+		if (optind < argc)
+			fprintf(stderr, "mica outbox list: unexpected argument '%s'\n", argv[optind]);
+		else
+			fprintf(stderr, "mica outbox list: no database: pass --db or set"
+					" MICA_DB_CONNINFO\n");
+		outbox_usage(stderr);
+		return EXIT_USAGE;
+	}
+	mica_db *db = NULL;
+	if (mica_db_open(&db, conninfo) != 0) {
+		fprintf(stderr, "mica outbox list: cannot connect: %s\n", mica_db_errmsg(NULL));
+		return EXIT_FAIL;
+	}
+	int n = 0;
+	int err = acct_notify_outbox_list(db, to, (int)limit, stdout, &n);
+	if (err)
+		fprintf(stderr, "mica outbox list: %s%s%s\n", mica_errmsg(err),
+			mica_db_errmsg(db)[0] ? ": " : "", mica_db_errmsg(db));
+	else if (n == 0)
+		fprintf(stderr, "mica outbox list: no messages%s%s\n", to ? " to " : "",
+			to ? to : "");
+	mica_db_close(&db);
+	return err ? EXIT_FAIL : EXIT_OK;
+}
+
+static int cmd_outbox(int argc, char **argv)
+{
+	if (argc >= 2 && strcmp(argv[1], "list") == 0)
+		return outbox_list(argc - 1, argv + 1);
+	if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+		outbox_usage(stdout);
+		return EXIT_OK;
+	}
+	fprintf(stderr, "mica outbox: expected list\n");
+	outbox_usage(stderr);
 	return EXIT_USAGE;
 }
 

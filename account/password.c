@@ -1,0 +1,598 @@
+/* password.c - password policies (miui, nist), the breached-password
+ * blocklist read one HIBP range file at a time, and Argon2id hashing in PHC
+ * form with a strict PHC parser. The rules and their order are documented in
+ * password.h; this file only implements them.
+ */
+#include "account/password.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <argon2.h>
+#include <openssl/evp.h>
+
+#include "crypto.h"
+
+const acct_argon2_params acct_argon2_defaults = {
+    .m_kib = ACCT_ARGON2_DEFAULT_M_KIB,
+    .t = ACCT_ARGON2_DEFAULT_T,
+    .p = ACCT_ARGON2_DEFAULT_P,
+};
+
+/* ---- Policy check ------------------------------------------------------- */
+
+static const char *const reason_codes[] = {
+    [ACCT_PASSWORD_OK] = "ok",
+    [ACCT_PASSWORD_TOO_SHORT] = "too_short",
+    [ACCT_PASSWORD_TOO_LONG] = "too_long",
+    [ACCT_PASSWORD_TOO_FEW_CLASSES] = "too_few_classes",
+    [ACCT_PASSWORD_INVALID_CHARACTERS] = "invalid_characters",
+    [ACCT_PASSWORD_BREACHED] = "breached",
+    [ACCT_PASSWORD_UNKNOWN_POLICY] = "unknown_policy",
+    [ACCT_PASSWORD_BAD_ARGUMENT] = "invalid_argument",
+    [ACCT_PASSWORD_CHECK_FAILED] = "check_failed", /* replaced by the error's code */
+};
+
+__attribute__((format(printf, 3, 4))) static int
+reject(struct acct_password_verdict *v, enum acct_password_reason reason, const char *fmt, ...)
+{
+	va_list ap;
+
+	v->reason = reason;
+	v->code = reason_codes[reason];
+	va_start(ap, fmt);
+	vsnprintf(v->message, sizeof(v->message), fmt, ap);
+	va_end(ap);
+	return MICA_EINVAL;
+}
+
+static int check_failed(struct acct_password_verdict *v, int err)
+{
+	v->reason = ACCT_PASSWORD_CHECK_FAILED;
+	v->code = mica_strerror(err);
+	snprintf(v->message, sizeof(v->message), "the password could not be checked: %s",
+		 mica_errmsg(err));
+	return err;
+}
+
+enum { CLASS_DIGIT = 1, CLASS_LETTER = 2, CLASS_SYMBOL = 4 };
+
+static int check_miui(const char *password, struct acct_password_verdict *v)
+{
+	unsigned classes = 0, nclasses = 0;
+	size_t n = 0;
+
+	for (const unsigned char *p = (const unsigned char *)password; *p; p++, n++) {
+		unsigned char c = *p;
+
+		if (c < 0x21 || c > 0x7e)
+			return reject(v, ACCT_PASSWORD_INVALID_CHARACTERS,
+				      "password may contain only visible ASCII letters, digits and "
+				      "symbols (no spaces)");
+		if (c >= '0' && c <= '9')
+			classes |= CLASS_DIGIT;
+		else if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
+			classes |= CLASS_LETTER;
+		else
+			classes |= CLASS_SYMBOL;
+	}
+	if (n < ACCT_PASSWORD_MIUI_MIN)
+		return reject(v, ACCT_PASSWORD_TOO_SHORT, "password must be at least %d characters",
+			      ACCT_PASSWORD_MIUI_MIN);
+	if (n > ACCT_PASSWORD_MIUI_MAX)
+		return reject(v, ACCT_PASSWORD_TOO_LONG, "password must be at most %d characters",
+			      ACCT_PASSWORD_MIUI_MAX);
+	for (unsigned c = classes; c; c &= c - 1)
+		nclasses++;
+	if (nclasses < ACCT_PASSWORD_MIUI_MIN_CLASSES)
+		return reject(v, ACCT_PASSWORD_TOO_FEW_CLASSES,
+			      "password must mix at least two of: digits, letters, symbols");
+	return 0;
+}
+
+/* Decode one code point of strict UTF-8 at |s| (NUL-terminated) into *cp.
+ * Returns its length in bytes, or 0 for an invalid sequence (overlong form,
+ * surrogate, above U+10FFFF, stray or missing continuation byte). A NUL is
+ * never a continuation byte, so this never reads past the terminator. */
+static size_t utf8_next(const unsigned char *s, uint32_t *cp)
+{
+	unsigned char c = s[0];
+	uint32_t v;
+
+	if (c < 0x80) {
+		*cp = c;
+		return 1;
+	}
+	if (c >= 0xc2 && c <= 0xdf) {
+		if ((s[1] & 0xc0) != 0x80)
+			return 0;
+		*cp = ((uint32_t)(c & 0x1f) << 6) | (s[1] & 0x3f);
+		return 2;
+	}
+	if (c >= 0xe0 && c <= 0xef) {
+		if ((s[1] & 0xc0) != 0x80 || (s[2] & 0xc0) != 0x80)
+			return 0;
+		v = ((uint32_t)(c & 0x0f) << 12) | ((uint32_t)(s[1] & 0x3f) << 6) | (s[2] & 0x3f);
+		if (v < 0x800 || (v >= 0xd800 && v <= 0xdfff))
+			return 0;
+		*cp = v;
+		return 3;
+	}
+	if (c >= 0xf0 && c <= 0xf4) {
+		if ((s[1] & 0xc0) != 0x80 || (s[2] & 0xc0) != 0x80 || (s[3] & 0xc0) != 0x80)
+			return 0;
+		v = ((uint32_t)(c & 0x07) << 18) | ((uint32_t)(s[1] & 0x3f) << 12) |
+		    ((uint32_t)(s[2] & 0x3f) << 6) | (s[3] & 0x3f);
+		if (v < 0x10000 || v > 0x10ffff)
+			return 0;
+		*cp = v;
+		return 4;
+	}
+	return 0;
+}
+
+static int check_nist(const char *password, acct_blocklist *bl, struct acct_password_verdict *v)
+{
+	const unsigned char *p = (const unsigned char *)password;
+	size_t n = 0;
+	uint64_t count = 0;
+	int rc;
+
+	while (*p) {
+		uint32_t cp = 0;
+		size_t len = utf8_next(p, &cp);
+
+		if (len == 0)
+			return reject(v, ACCT_PASSWORD_INVALID_CHARACTERS,
+				      "password is not valid UTF-8 text");
+		if (cp < 0x20 || (cp >= 0x7f && cp <= 0x9f))
+			return reject(v, ACCT_PASSWORD_INVALID_CHARACTERS,
+				      "password may not contain control characters");
+		p += len;
+		n++;
+	}
+	if (n < ACCT_PASSWORD_NIST_MIN)
+		return reject(v, ACCT_PASSWORD_TOO_SHORT, "password must be at least %d characters",
+			      ACCT_PASSWORD_NIST_MIN);
+	if (n > ACCT_PASSWORD_NIST_MAX)
+		return reject(v, ACCT_PASSWORD_TOO_LONG, "password must be at most %d characters",
+			      ACCT_PASSWORD_NIST_MAX);
+	if (!bl)
+		return check_failed(v, MICA_ECONFIG);
+	rc = acct_blocklist_contains(bl, password, &count);
+	if (rc)
+		return check_failed(v, rc);
+	if (count > 0) {
+		v->breach_count = count;
+		return reject(v, ACCT_PASSWORD_BREACHED,
+			      "this password has appeared in a data breach; choose another");
+	}
+	return 0;
+}
+
+bool acct_password_policy_known(const char *name)
+{
+	return name && (strcmp(name, "miui") == 0 || strcmp(name, "nist") == 0);
+}
+
+int acct_password_check(const char *policy_name, const char *password, acct_blocklist *bl,
+			struct acct_password_verdict *v)
+{
+	if (!v)
+		return MICA_EINVAL;
+	memset(v, 0, sizeof(*v));
+	v->code = reason_codes[ACCT_PASSWORD_OK];
+	if (!policy_name)
+		policy_name = ACCT_PASSWORD_POLICY_DEFAULT;
+	if (!password)
+		return reject(v, ACCT_PASSWORD_BAD_ARGUMENT, "no password given");
+	if (strcmp(policy_name, "miui") == 0)
+		return check_miui(password, v);
+	if (strcmp(policy_name, "nist") == 0)
+		return check_nist(password, bl, v);
+	return reject(v, ACCT_PASSWORD_UNKNOWN_POLICY, "unknown password policy");
+}
+
+/* ---- Breached-password blocklist ---------------------------------------- */
+
+struct acct_blocklist {
+	int dirfd;
+	_Atomic uint64_t malformed;
+};
+
+int acct_blocklist_open(const char *dir, acct_blocklist **out)
+{
+	acct_blocklist *bl;
+	int fd;
+
+	if (!out)
+		return MICA_EINVAL;
+	*out = NULL;
+	if (!dir)
+		return MICA_EINVAL;
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0) {
+		if (errno == ENOENT)
+			return MICA_ENOTFOUND;
+		return errno == ENOTDIR ? MICA_EINVAL : MICA_EIO;
+	}
+	bl = calloc(1, sizeof(*bl));
+	if (!bl) {
+		close(fd);
+		return MICA_ENOMEM;
+	}
+	bl->dirfd = fd;
+	atomic_init(&bl->malformed, 0);
+	*out = bl;
+	return 0;
+}
+
+void acct_blocklist_close(acct_blocklist *bl)
+{
+	if (!bl)
+		return;
+	close(bl->dirfd);
+	free(bl);
+}
+
+uint64_t acct_blocklist_malformed_lines(acct_blocklist *bl)
+{
+	return bl ? atomic_load(&bl->malformed) : 0;
+}
+
+static int hex_value(unsigned char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+/* Parse one line (without its line ending) as SUFFIX:COUNT. Returns false
+ * when it is malformed. */
+static bool parse_range_line(const char *line, size_t n, uint64_t *count)
+{
+	uint64_t v = 0;
+
+	if (n < ACCT_BLOCKLIST_SUFFIX_LEN + 2 || line[ACCT_BLOCKLIST_SUFFIX_LEN] != ':')
+		return false;
+	for (size_t i = 0; i < ACCT_BLOCKLIST_SUFFIX_LEN; i++)
+		if (hex_value((unsigned char)line[i]) < 0)
+			return false;
+	for (size_t i = ACCT_BLOCKLIST_SUFFIX_LEN + 1; i < n; i++) {
+		unsigned d = (unsigned char)line[i] - '0';
+
+		if (d > 9 || v > (UINT64_MAX - d) / 10)
+			return false;
+		v = v * 10 + d;
+	}
+	*count = v;
+	return true;
+}
+
+static bool suffix_equal(const char *line, const char *suffix)
+{
+	for (size_t i = 0; i < ACCT_BLOCKLIST_SUFFIX_LEN; i++)
+		if (hex_value((unsigned char)line[i]) != hex_value((unsigned char)suffix[i]))
+			return false;
+	return true;
+}
+
+void acct__blocklist_scan(const char *buf, size_t len, const char *suffix, uint64_t *count,
+			  uint64_t *malformed)
+{
+	const char *p = buf, *end = buf + len;
+
+	*count = 0;
+	*malformed = 0;
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		const char *stop = nl ? nl : end;
+		uint64_t n = 0;
+
+		if (stop > p && stop[-1] == '\r')
+			stop--;
+		if (!parse_range_line(p, (size_t)(stop - p), &n))
+			(*malformed)++;
+		else if (n > *count && suffix_equal(p, suffix))
+			*count = n;
+		p = nl ? nl + 1 : end;
+	}
+}
+
+/* Read the whole regular file |fd| (at most ACCT_BLOCKLIST_FILE_MAX bytes). */
+static int read_range_file(int fd, char **out, size_t *out_len)
+{
+	struct stat st;
+	size_t cap, len = 0;
+	char *buf;
+
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+		return MICA_EIO;
+	if ((uint64_t)st.st_size > ACCT_BLOCKLIST_FILE_MAX)
+		return MICA_ETOOBIG;
+	/* One byte more than the limit, so a file that grew is noticed. */
+	cap = (size_t)st.st_size + 1;
+	buf = malloc(cap);
+	if (!buf)
+		return MICA_ENOMEM;
+	for (;;) {
+		ssize_t r = read(fd, buf + len, cap - len);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			free(buf);
+			return MICA_EIO;
+		}
+		if (r == 0)
+			break;
+		len += (size_t)r;
+		if (len == cap) {
+			char *bigger;
+
+			if (cap > ACCT_BLOCKLIST_FILE_MAX) {
+				free(buf);
+				return MICA_ETOOBIG;
+			}
+			cap = cap * 2 > ACCT_BLOCKLIST_FILE_MAX + 1 ? ACCT_BLOCKLIST_FILE_MAX + 1
+								     : cap * 2;
+			bigger = realloc(buf, cap);
+			if (!bigger) {
+				free(buf);
+				return MICA_ENOMEM;
+			}
+			buf = bigger;
+		}
+	}
+	*out = buf;
+	*out_len = len;
+	return 0;
+}
+
+int acct_blocklist_contains(acct_blocklist *bl, const char *password, uint64_t *count)
+{
+	static const char upper_hex[] = "0123456789ABCDEF";
+	uint8_t md[EVP_MAX_MD_SIZE];
+	unsigned md_len = 0;
+	char hex[ACCT_SHA1_HEX_LEN + 1], name[ACCT_BLOCKLIST_PREFIX_LEN + 1];
+	char *buf = NULL;
+	size_t len = 0;
+	uint64_t malformed = 0;
+	int fd = -1, rc;
+
+	if (!count)
+		return MICA_EINVAL;
+	*count = 0;
+	if (!bl || !password)
+		return MICA_EINVAL;
+	if (EVP_Digest(password, strlen(password), md, &md_len, EVP_sha1(), NULL) != 1 ||
+	    md_len * 2 != ACCT_SHA1_HEX_LEN) {
+		rc = MICA_ECRYPTO;
+		goto out;
+	}
+	for (unsigned i = 0; i < md_len; i++) {
+		hex[2 * i] = upper_hex[md[i] >> 4];
+		hex[2 * i + 1] = upper_hex[md[i] & 0x0f];
+	}
+	hex[ACCT_SHA1_HEX_LEN] = '\0';
+	memcpy(name, hex, ACCT_BLOCKLIST_PREFIX_LEN);
+	name[ACCT_BLOCKLIST_PREFIX_LEN] = '\0';
+
+	fd = openat(bl->dirfd, name, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		/* No file for this prefix: no breached password has it. */
+		rc = errno == ENOENT ? 0 : MICA_EIO;
+		goto out;
+	}
+	rc = read_range_file(fd, &buf, &len);
+	if (rc)
+		goto out;
+	acct__blocklist_scan(buf, len, hex + ACCT_BLOCKLIST_PREFIX_LEN, count, &malformed);
+	if (malformed)
+		atomic_fetch_add(&bl->malformed, malformed);
+out:
+	if (fd >= 0)
+		close(fd);
+	free(buf);
+	mica_wipe(md, sizeof(md));
+	mica_wipe(hex, sizeof(hex));
+	mica_wipe(name, sizeof(name));
+	if (rc)
+		*count = 0;
+	return rc;
+}
+
+/* ---- Argon2id hashing ---------------------------------------------------- */
+
+bool acct_argon2_params_valid(const acct_argon2_params *p)
+{
+	return p && p->t >= 1 && p->t <= ACCT_ARGON2_MAX_T && p->p >= 1 &&
+	       p->p <= ACCT_ARGON2_MAX_P && p->m_kib >= 8 * p->p &&
+	       p->m_kib <= ACCT_ARGON2_MAX_M_KIB;
+}
+
+static int argon2_to_mica(int rc)
+{
+	if (rc == ARGON2_OK)
+		return 0;
+	return rc == ARGON2_MEMORY_ALLOCATION_ERROR ? MICA_ENOMEM : MICA_ECRYPTO;
+}
+
+/* Consume the literal |lit| at *s. */
+static bool take_literal(const char **s, const char *lit)
+{
+	size_t n = strlen(lit);
+
+	if (strncmp(*s, lit, n) != 0)
+		return false;
+	*s += n;
+	return true;
+}
+
+/* Consume a decimal without sign or leading zeros, at most |max|. */
+static bool take_u32(const char **s, uint32_t max, uint32_t *out)
+{
+	const char *p = *s;
+	uint64_t v = 0;
+
+	if (*p < '0' || *p > '9' || (p[0] == '0' && p[1] >= '0' && p[1] <= '9'))
+		return false;
+	for (; *p >= '0' && *p <= '9'; p++) {
+		v = v * 10 + (uint64_t)(*p - '0');
+		if (v > max)
+			return false;
+	}
+	*out = (uint32_t)v;
+	*s = p;
+	return true;
+}
+
+/* Consume PHC "B64" (standard alphabet, no padding) and decode it into
+ * |out| (|min|..|max| bytes). The text is mapped onto the base64url
+ * alphabet so libmica's strict, canonical decoder does the work. */
+static bool take_b64(const char **s, uint8_t *out, size_t min, size_t max, size_t *out_len)
+{
+	char tmp[ACCT_PHC_MAX_LEN];
+	size_t n = 0;
+
+	for (const char *p = *s; *p && *p != '$'; p++, n++) {
+		char c = *p;
+
+		if (n >= sizeof(tmp) || c == '-' || c == '_')
+			return false;
+		tmp[n] = c == '+' ? '-' : c == '/' ? '_' : c;
+	}
+	if (mica_base64url_decode(tmp, n, out, max, out_len) != 0 || *out_len < min)
+		return false;
+	*s += n;
+	return true;
+}
+
+int acct_phc_parse(const char *phc, struct acct_phc *out)
+{
+	const char *s = phc;
+	struct acct_phc r;
+
+	if (!out)
+		return MICA_EINVAL;
+	memset(out, 0, sizeof(*out));
+	memset(&r, 0, sizeof(r));
+	if (!phc || strnlen(phc, ACCT_PHC_MAX_LEN + 1) > ACCT_PHC_MAX_LEN)
+		return MICA_EINVAL;
+	if (!take_literal(&s, "$argon2id$v=19$m=") ||
+	    !take_u32(&s, ACCT_ARGON2_MAX_M_KIB, &r.params.m_kib) || !take_literal(&s, ",t=") ||
+	    !take_u32(&s, ACCT_ARGON2_MAX_T, &r.params.t) || !take_literal(&s, ",p=") ||
+	    !take_u32(&s, ACCT_ARGON2_MAX_P, &r.params.p) || !take_literal(&s, "$") ||
+	    !take_b64(&s, r.salt, ACCT_ARGON2_MIN_SALT_LEN, ACCT_ARGON2_MAX_SALT_LEN,
+		      &r.salt_len) ||
+	    !take_literal(&s, "$") ||
+	    !take_b64(&s, r.hash, ACCT_ARGON2_MIN_HASH_LEN, ACCT_ARGON2_MAX_HASH_LEN,
+		      &r.hash_len) ||
+	    *s != '\0' || !acct_argon2_params_valid(&r.params)) {
+		mica_wipe(&r, sizeof(r));
+		return MICA_EINVAL;
+	}
+	*out = r;
+	mica_wipe(&r, sizeof(r));
+	return 0;
+}
+
+int acct_password_hash_with(const char *password, const acct_argon2_params *params, char **phc)
+{
+	uint8_t salt[ACCT_ARGON2_SALT_LEN];
+	size_t pw_len, enc_len;
+	char *enc = NULL;
+	int rc;
+
+	if (!phc)
+		return MICA_EINVAL;
+	*phc = NULL;
+	if (!password || !acct_argon2_params_valid(params))
+		return MICA_EINVAL;
+	pw_len = strnlen(password, ACCT_PASSWORD_MAX_BYTES + 1);
+	if (pw_len > ACCT_PASSWORD_MAX_BYTES)
+		return MICA_ETOOBIG;
+	rc = mica_random(salt, sizeof(salt));
+	if (rc)
+		return rc;
+	enc_len = argon2_encodedlen(params->t, params->m_kib, params->p, ACCT_ARGON2_SALT_LEN,
+				    ACCT_ARGON2_HASH_LEN, Argon2_id);
+	enc = malloc(enc_len);
+	if (!enc) {
+		rc = MICA_ENOMEM;
+		goto out;
+	}
+	rc = argon2_to_mica(argon2id_hash_encoded(params->t, params->m_kib, params->p, password,
+						  pw_len, salt, sizeof(salt), ACCT_ARGON2_HASH_LEN,
+						  enc, enc_len));
+	if (rc) {
+		free(enc);
+		goto out;
+	}
+	*phc = enc;
+out:
+	mica_wipe(salt, sizeof(salt));
+	return rc;
+}
+
+int acct_password_hash(const char *password, char **phc)
+{
+	return acct_password_hash_with(password, &acct_argon2_defaults, phc);
+}
+
+int acct_password_verify(const char *phc, const char *password)
+{
+	struct acct_phc parsed;
+	uint8_t computed[ACCT_ARGON2_MAX_HASH_LEN];
+	size_t pw_len;
+	int rc;
+
+	if (!phc || !password)
+		return MICA_EINVAL;
+	rc = acct_phc_parse(phc, &parsed);
+	if (rc)
+		return rc;
+	pw_len = strnlen(password, ACCT_PASSWORD_MAX_BYTES + 1);
+	if (pw_len > ACCT_PASSWORD_MAX_BYTES) {
+		rc = MICA_EAUTH;
+		goto out;
+	}
+	rc = argon2_to_mica(argon2id_hash_raw(parsed.params.t, parsed.params.m_kib,
+					      parsed.params.p, password, pw_len, parsed.salt,
+					      parsed.salt_len, computed, parsed.hash_len));
+	if (rc)
+		goto out;
+	rc = mica_ct_equal(computed, parsed.hash, parsed.hash_len) ? 0 : MICA_EAUTH;
+out:
+	mica_wipe(computed, sizeof(computed));
+	mica_wipe(&parsed, sizeof(parsed));
+	return rc;
+}
+
+int acct_password_needs_rehash(const char *phc, const acct_argon2_params *current)
+{
+	struct acct_phc parsed;
+	int rc;
+
+	if (!phc || !current)
+		return MICA_EINVAL;
+	rc = acct_phc_parse(phc, &parsed);
+	if (rc)
+		return rc;
+	rc = parsed.params.m_kib < current->m_kib || parsed.params.t < current->t ||
+	     parsed.params.p < current->p || parsed.salt_len < ACCT_ARGON2_SALT_LEN ||
+	     parsed.hash_len < ACCT_ARGON2_HASH_LEN;
+	mica_wipe(&parsed, sizeof(parsed));
+	return rc;
+}

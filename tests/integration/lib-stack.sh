@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# lib-stack.sh - shared setup of the shell integration tests that run mica daemons against a
+# private database on the tests/run services (docs/testing.md). Sourced, never run: tests/run
+# skips lib-*.sh.
+#
+#   stack_begin NAME VAR...       check the environment (VAR... must be set, besides the basics),
+#                                 source deploy/lib.sh, make the work directory $W (kept on
+#                                 failure), the database name $DB and its superuser conninfo
+#                                 $ADMIN_CI, install the EXIT trap and start jget
+#   stack_db_create               CREATE DATABASE $DB, mica migrate, service role passwords
+#   stack_policy_doc VERSION [EXTRA_PRINCIPALS_JSON]
+#                                 the test policy: admin key-admin, officer1/2 security-officer,
+#                                 auditor, account a service with account-* keys
+#   stack_kc_init POLICY_FILE     mica keycenter init (the harness token, --force) on $DB;
+#                                 the audit public key goes to $W/audit.pem
+#   stack_kc_env PORT             prints the MICA_KEYCENTER_* assignments of a Key Center on
+#                                 PORT using $DB (one per line, for an array)
+#   stack_start NAME URL CMD...   start CMD (env assignments allowed first) in the background,
+#                                 output appended to $W/NAME.log, pid in STACK_PID[NAME]; wait
+#                                 (30 s at most) until URL/healthz answers 200
+#   stack_stop NAME               SIGTERM, wait (30 s at most), require exit status 0
+#   jget PATH [FILE]              a JSON value of FILE (default $W/body), see below
+#   fail MESSAGE / ok [NOTE]      report with the current $step
+#   sql CONNINFO QUERY            psql -qAt with ON_ERROR_STOP
+#
+# A test may define stack_on_exit, called first on exit (before daemons are stopped and the
+# database is dropped). On failure the last lines of every daemon log are printed.
+
+stack__fail_early() {
+	echo "$1: $2" >&2
+	exit 1
+}
+
+stack_begin() {
+	local name="$1" v
+	shift
+	STACK_NAME="$name"
+	for v in MICA_TEST_DIR MICA_BUILD MICA_CA MICA_CERT_SERVER MICA_KEY_SERVER MICA_PG_CONNINFO \
+		MICA_PG_HOST MICA_PG_PORT SOFTHSM2_CONF MICA_HSM_MODULE MICA_HSM_TOKEN_LABEL \
+		MICA_HSM_PIN_FILE MICA_CERT_ADMIN MICA_KEY_ADMIN "$@"; do
+		[[ -n "${!v:-}" ]] || stack__fail_early "$name" "$v is not set; run through tests/run"
+	done
+	ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+	cd "$ROOT"
+	BUILD="$MICA_BUILD"
+	MICA="$BUILD/bin/mica"
+	[[ -x "$MICA" ]] || stack__fail_early "$name" "$MICA is missing (make all)"
+	# tests/run starts its stack in MICA_TEST_DIR; deploy/lib.sh manages the service roles there.
+	[[ -s "$MICA_TEST_DIR/secrets/pgpass" ]] ||
+		stack__fail_early "$name" "$MICA_TEST_DIR is not a tests/run stack directory"
+	MICA_LOG_PREFIX="$name"
+	# shellcheck source=deploy/lib.sh
+	. "$ROOT/deploy/lib.sh"
+	W="$(mktemp -d "$MICA_TEST_DIR/$name.XXXXXX")"
+	DB="mica_${name//[^a-z0-9]/_}_$$"
+	ADMIN_CI="$MICA_PG_CONNINFO dbname=$DB"
+	declare -gA STACK_PID=()
+	step="setup"
+	trap stack__cleanup EXIT
+	stack__jget_start
+}
+
+stack__cleanup() {
+	local rc=$? n p deadline
+	trap - EXIT
+	if declare -F stack_on_exit >/dev/null; then stack_on_exit || true; fi
+	if [[ -n "${JGET_PID:-}" ]]; then kill "$JGET_PID" 2>/dev/null || true; fi
+	for n in "${!STACK_PID[@]}"; do
+		p="${STACK_PID[$n]}"
+		[[ -n "$p" ]] || continue
+		kill -TERM "$p" 2>/dev/null || true
+		deadline=$((SECONDS + 10))
+		while mica_pid_alive "$p" && ((SECONDS < deadline)); do sleep 0.1; done
+		kill -KILL "$p" 2>/dev/null || true
+	done
+	wait 2>/dev/null || true
+	psql "$MICA_PG_CONNINFO" -qAtc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+	if ((rc != 0)); then
+		for n in "$W"/*.log; do
+			[[ -f "$n" ]] || continue
+			echo "--- last lines of $n" >&2
+			tail -n 30 "$n" >&2 || true
+		done
+	else
+		rm -rf "$W"
+	fi
+	exit "$rc"
+}
+
+fail() {
+	echo "FAIL (${step:-?}): $*" >&2
+	exit 1
+}
+ok() { echo "ok - ${step:-?}${1:+: $1}"; }
+sql() { psql "$1" -X -v ON_ERROR_STOP=1 -qAtc "$2"; }
+
+# jget PATH [FILE]: the JSON value at PATH (dot-separated; integers index arrays; "#" as the last
+# element gives a length) in FILE (default: $W/body). Strings are printed raw, anything else as
+# JSON (sorted keys); a missing member prints __absent__, a file that is not JSON __not_json__.
+# One python3 process answers every query (on fds 7 and 8): starting one per query is slow.
+stack__jget_start() {
+	cat >"$W/jget.py" <<'PY'
+import json, sys
+def get(path, f):
+    try:
+        v = json.load(open(f))
+    except Exception:
+        return "__not_json__"
+    for p in [x for x in path.split(".") if x]:
+        if p == "#":
+            v = len(v)
+            break
+        try:
+            v = v[int(p)] if isinstance(v, list) else v[p]
+        except (KeyError, IndexError, ValueError, TypeError):
+            return "__absent__"
+    return v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+for line in sys.stdin:
+    path, f = line.rstrip("\n").split("\t", 1)
+    print(get(path, f).replace("\n", "\\n"), flush=True)
+PY
+	coproc JGET { exec python3 "$W/jget.py"; }
+	exec 7>&"${JGET[1]}" 8<&"${JGET[0]}"
+}
+jget() {
+	local line
+	printf '%s\t%s\n' "$1" "${2:-$W/body}" >&7
+	IFS= read -r line <&8 || fail "jget: the JSON helper is gone"
+	printf '%s\n' "$line"
+}
+
+stack_db_create() {
+	sql "$MICA_PG_CONNINFO" "CREATE DATABASE $DB" >/dev/null
+	"$MICA" migrate --db "$ADMIN_CI" >"$W/migrate.out" 2>&1 || fail "migrate: $(cat "$W/migrate.out")"
+	mica_pg_service_roles "$MICA_TEST_DIR" "$DB"
+}
+
+stack_policy_doc() {
+	cat <<EOF
+{"version": $1, "description": "$STACK_NAME",
+ "principals": {
+  "admin": {"role": "key-admin"},
+  "officer1": {"role": "security-officer"},
+  "officer2": {"role": "security-officer"},
+  "auditor": {"role": "auditor"},
+  "account": {"role": "service",
+              "keys": {"account-*": ["encrypt", "decrypt", "rewrap", "datakey", "hmac", "read"]}}${2:+,
+  $2}
+ }}
+EOF
+}
+
+stack_kc_init() {
+	"$MICA" keycenter init --db "$ADMIN_CI" --force --policy "$1" \
+		--audit-pubkey-out "$W/audit.pem" >"$W/init.out" 2>"$W/init.err" ||
+		fail "keycenter init: $(cat "$W/init.err")"
+	grep -q 'Policy version [0-9]* is active' "$W/init.out" || fail "init output: $(cat "$W/init.out")"
+}
+
+stack_kc_env() {
+	printf '%s\n' \
+		MICA_LOG_LEVEL=info \
+		"MICA_KEYCENTER_HTTP_PORT=$1" \
+		"MICA_KEYCENTER_HTTP_CERT_FILE=$MICA_CERT_SERVER" \
+		"MICA_KEYCENTER_HTTP_KEY_FILE=$MICA_KEY_SERVER" \
+		"MICA_KEYCENTER_HTTP_CLIENT_CA_FILE=$MICA_CA" \
+		"MICA_KEYCENTER_DB_CONNINFO=$(mica_keycenter_conninfo "$MICA_TEST_DIR" "$DB")" \
+		MICA_KEYCENTER_DB_PASSWORD_FILE= \
+		"MICA_KEYCENTER_HSM_MODULE=$MICA_HSM_MODULE" \
+		"MICA_KEYCENTER_HSM_TOKEN_LABEL=$MICA_HSM_TOKEN_LABEL" \
+		"MICA_KEYCENTER_HSM_PIN_FILE=$MICA_HSM_PIN_FILE" \
+		MICA_KEYCENTER_ALERTS_WEBHOOK_URL=
+}
+
+stack_start() {
+	local name="$1" url="$2" pid deadline st
+	shift 2
+	printf '\n=== start %s\n' "$(date -u +%FT%TZ)" >>"$W/$name.log"
+	env "$@" </dev/null >>"$W/$name.log" 2>&1 7>&- 8<&- &
+	pid=$!
+	STACK_PID[$name]="$pid"
+	deadline=$((SECONDS + 30))
+	while :; do
+		st="$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 --cacert "$MICA_CA" "$url/healthz")" || true
+		[[ "$st" == 200 ]] && return 0
+		mica_pid_alive "$pid" || fail "$name exited during start: $(tail -n 20 "$W/$name.log")"
+		((SECONDS < deadline)) || fail "$name not healthy after 30 s: $(tail -n 20 "$W/$name.log")"
+		sleep 0.1
+	done
+}
+
+stack_stop() {
+	local name="$1" pid="${STACK_PID[$1]:-}" deadline=$((SECONDS + 30)) rc=0
+	[[ -n "$pid" ]] || return 0
+	kill -TERM "$pid"
+	while mica_pid_alive "$pid"; do
+		((SECONDS < deadline)) || fail "$name ignored SIGTERM for 30 s"
+		sleep 0.1
+	done
+	wait "$pid" || rc=$?
+	STACK_PID[$name]=""
+	((rc == 0)) || fail "$name exited with status $rc after SIGTERM"
+}
