@@ -64,6 +64,7 @@ cleanup() {
 	trap - EXIT
 	for p in ${loop_pids[@]+"${loop_pids[@]}"}; do kill "$p" 2>/dev/null || true; done
 	if [[ -n "${JGET_PID:-}" ]]; then kill "$JGET_PID" 2>/dev/null || true; fi
+	if [[ -n "${HOOK_PID:-}" ]]; then kill "$HOOK_PID" 2>/dev/null || true; fi
 	if [[ -n "$pid" ]]; then
 		kill -TERM "$pid" 2>/dev/null || true
 		local deadline=$((SECONDS + 10))
@@ -155,6 +156,8 @@ ok "database $DB migrated, role password set, token initialised"
 
 PORT=""
 mica_free_port PORT
+HOOK_PORT=""
+mica_free_port HOOK_PORT
 URL="https://localhost:$PORT"
 KC_ENV=(
 	MICA_LOG_LEVEL=info
@@ -172,8 +175,14 @@ KC_ENV=(
 	MICA_KEYCENTER_ALERTS_DENIAL_MAX=3
 	MICA_KEYCENTER_ALERTS_RATE_MAX=40
 	MICA_KEYCENTER_ALERTS_WINDOW_S=60
-	MICA_KEYCENTER_ALERTS_WEBHOOK_URL=
+	MICA_KEYCENTER_ALERTS_WEBHOOK_URL="https://localhost:$HOOK_PORT/alerts"
+	MICA_KEYCENTER_ALERTS_WEBHOOK_CA_FILE="$MICA_CA"
 )
+
+# The alert webhook's receiver: every alert the Key Center POSTs becomes a line of $W/hook.log.
+python3 tests/peers/webhook_sink.py "$MICA_CERT_SERVER" "$MICA_KEY_SERVER" "$HOOK_PORT" \
+	"$W/hook.log" </dev/null >/dev/null 2>&1 &
+HOOK_PID=$!
 
 # start_kc [VAR=VALUE...]: start the daemon (KC_ENV plus the overrides) and wait until /healthz
 # answers 200; fails if it exits or does not come up within 30 s.
@@ -603,6 +612,15 @@ curl -sS --cacert "$MICA_CA" --cert "$MICA_CERT_ACCOUNT" --key "$MICA_KEY_ACCOUN
 wait_alert rate_anomaly account account-rate
 expect 200 - officer1 GET /v1/alerts
 [[ "$(jget alerts.#)" -ge 6 ]] || fail "officers read alerts: $(cat "$W/body")"
+# Each alert was also POSTed to the webhook.
+for kind in unknown_principal officer_action denial_burst rate_anomaly decrypt_below_min_version; do
+	deadline=$((SECONDS + 15))
+	until grep -q "\"kind\": *\"$kind\"" "$W/hook.log" 2>/dev/null; do
+		((SECONDS < deadline)) || fail "webhook never got a $kind alert: $(cat "$W/hook.log" 2>/dev/null)"
+		sleep 0.1
+	done
+done
+ok "alerts reached the webhook"
 expect 403 access_denied admin GET /v1/alerts
 
 # ---------------------------------------------------------------------------------------------
