@@ -60,10 +60,10 @@ static int solution_digest(const char *salt, size_t salt_len, long long number,
 static int random_upto(long long max, long long *out)
 {
 	uint64_t range = (uint64_t)max + 1, limit = UINT64_MAX - UINT64_MAX % range, r;
-	int rc;
 
 	do {
-		rc = mica_random(&r, sizeof(r));
+		int rc = mica_random(&r, sizeof(r));
+
 		if (rc)
 			return rc;
 	} while (r >= limit);

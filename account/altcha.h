@@ -51,12 +51,12 @@
 #include "err.h"
 
 #define ACCT_ALTCHA_ALGORITHM "SHA-256"
-#define ACCT_ALTCHA_HEX_LEN 64	     /* challenge and signature, hex digits */
-#define ACCT_ALTCHA_SALT_BYTES 16    /* random bytes in the salt (32 hex digits) */
-#define ACCT_ALTCHA_MIN_KEY_LEN 16   /* bytes of HMAC key; use 32 */
+#define ACCT_ALTCHA_HEX_LEN 64		      /* challenge and signature, hex digits */
+#define ACCT_ALTCHA_SALT_BYTES 16	      /* random bytes in the salt (32 hex digits) */
+#define ACCT_ALTCHA_MIN_KEY_LEN 16	      /* bytes of HMAC key; use 32 */
 #define ACCT_ALTCHA_MAXNUMBER_MAX 100000000LL /* 1e8: about a minute in a browser */
-#define ACCT_ALTCHA_PAYLOAD_MAX 4096 /* base64 characters of a payload */
-#define ACCT_ALTCHA_SALT_MAX 256     /* bytes of a salt accepted in a payload */
+#define ACCT_ALTCHA_PAYLOAD_MAX 4096	      /* base64 characters of a payload */
+#define ACCT_ALTCHA_SALT_MAX 256	      /* bytes of a salt accepted in a payload */
 
 enum acct_altcha_fault {
 	ACCT_ALTCHA_OK = 0,

@@ -215,20 +215,21 @@ int acct_notify_outbox_list(mica_db *db, const char *recipient, int limit, FILE 
 		return MICA_EINVAL;
 	snprintf(lim, sizeof(lim), "%d", limit);
 	const char *p[2] = {recipient, lim};
-	int rc = mica_db_exec(db,
-			      "SELECT to_char(created_at AT TIME ZONE 'UTC',"
-			      " 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), channel, recipient, subject, body"
-			      " FROM (SELECT * FROM account.notification"
-			      "  WHERE $1::text IS NULL OR lower(recipient) = lower($1::text)"
-			      "  ORDER BY id DESC LIMIT $2::int) AS newest"
-			      " ORDER BY id",
-			      2, p, &res);
+	int rc =
+	    mica_db_exec(db,
+			 "SELECT to_char(created_at AT TIME ZONE 'UTC',"
+			 " 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), channel, recipient, subject, body"
+			 " FROM (SELECT * FROM account.notification"
+			 "  WHERE $1::text IS NULL OR lower(recipient) = lower($1::text)"
+			 "  ORDER BY id DESC LIMIT $2::int) AS newest"
+			 " ORDER BY id",
+			 2, p, &res);
 	if (rc)
 		return rc;
 	int rows = PQntuples(res);
 	for (int i = 0; i < rows; i++) {
-		static const char *const label[4] = {"time:    ", "channel: ", "to:      ",
-						     "subject: "};
+		static const char *const label[4] = {
+		    "time:    ", "channel: ", "to:      ", "subject: "};
 		for (int col = 0; col < 4; col++) {
 			fputs(label[col], out);
 			print_clean(out, mica_db_get(res, i, col), NULL);
@@ -507,7 +508,8 @@ static int smtp_send(acct_notify *n, const char *to, const char *subject, const 
 	curl_easy_setopt(h, CURLOPT_READDATA, &up);
 	curl_easy_setopt(h, CURLOPT_INFILESIZE_LARGE, (curl_off_t)msg.len);
 	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, n->timeout_ms < 5000 ? n->timeout_ms : 5000L);
+	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
+			 n->timeout_ms < 5000 ? n->timeout_ms : 5000L);
 	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, n->timeout_ms);
 	CURLcode cc = curl_easy_perform(h);
 	if (cc != CURLE_OK) {
@@ -664,7 +666,8 @@ static int check_config(const acct_notify_config *c, enum mode *email, enum mode
 					  strncmp(c->smtp_url, "smtps://", 8) != 0))
 			return config_error("smtp_url must start with smtp:// or smtps://");
 		if (!email_ok(c->smtp_from))
-			return config_error("smtp_from must be an address like no-reply@example.com");
+			return config_error(
+			    "smtp_from must be an address like no-reply@example.com");
 		if (set(c->smtp_user) && !set(c->smtp_password))
 			return config_error("smtp_user needs smtp_password");
 	}

@@ -46,7 +46,7 @@ enum acct_channel {
 };
 
 /* Limits checked by acct_notify_send(). */
-#define ACCT_NOTIFY_SUBJECT_MAX 200	  /* bytes of UTF-8 */
+#define ACCT_NOTIFY_SUBJECT_MAX 200	 /* bytes of UTF-8 */
 #define ACCT_NOTIFY_BODY_MAX (32 * 1024) /* bytes of UTF-8 */
 
 typedef struct acct_notify_config {

@@ -346,7 +346,7 @@ static int read_range_file(int fd, char **out, size_t *out_len)
 				return MICA_ETOOBIG;
 			}
 			cap = cap * 2 > ACCT_BLOCKLIST_FILE_MAX + 1 ? ACCT_BLOCKLIST_FILE_MAX + 1
-								     : cap * 2;
+								    : cap * 2;
 			bigger = realloc(buf, cap);
 			if (!bigger) {
 				free(buf);
@@ -568,9 +568,9 @@ int acct_password_verify(const char *phc, const char *password)
 		rc = MICA_EAUTH;
 		goto out;
 	}
-	rc = argon2_to_mica(argon2id_hash_raw(parsed.params.t, parsed.params.m_kib,
-					      parsed.params.p, password, pw_len, parsed.salt,
-					      parsed.salt_len, computed, parsed.hash_len));
+	rc = argon2_to_mica(argon2id_hash_raw(parsed.params.t, parsed.params.m_kib, parsed.params.p,
+					      password, pw_len, parsed.salt, parsed.salt_len,
+					      computed, parsed.hash_len));
 	if (rc)
 		goto out;
 	rc = mica_ct_equal(computed, parsed.hash, parsed.hash_len) ? 0 : MICA_EAUTH;

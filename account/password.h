@@ -39,7 +39,7 @@
 #include "err.h"
 
 #define ACCT_PASSWORD_POLICY_DEFAULT "miui"
-#define ACCT_PASSWORD_MIUI_MIN 8   /* characters (bytes: ASCII only) */
+#define ACCT_PASSWORD_MIUI_MIN 8 /* characters (bytes: ASCII only) */
 #define ACCT_PASSWORD_MIUI_MAX 16
 #define ACCT_PASSWORD_MIUI_MIN_CLASSES 2
 #define ACCT_PASSWORD_NIST_MIN 8   /* Unicode code points */

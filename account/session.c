@@ -4,69 +4,54 @@
  * then replaces the cache entry by a short-lived tombstone, and the cache is
  * only ever filled with SET NX, so a check racing a revocation cannot put a
  * revoked session back: the very next request fails. */
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "account/account.h"
+#include "auth.h"
 #include "crypto.h"
 #include "kv.h"
 #include "log.h"
 
-#define TOKEN_BYTES 32
 #define TOMBSTONE_TTL 120
 
-static int token_hash(const char *token, char out[65])
-{
-	unsigned char md[32];
-	unsigned int n = 0;
-	if (EVP_Digest(token, strlen(token), md, &n, EVP_sha256(), NULL) != 1)
-		return MICA_ECRYPTO;
-	return mica_hex_encode(md, sizeof(md), out, 65);
-}
-
-/* Extracts the token of "Bearer <43 base64url chars>"; NULL if malformed. */
+/* The token of "Bearer <token>" (scheme case-insensitive); NULL if absent.
+ * The token's own form is checked by mica_auth_token_hash(). */
 static const char *bearer(const char *authorization)
 {
-	const char *t;
 	if (!authorization || strncasecmp(authorization, "Bearer ", 7) != 0)
 		return NULL;
-	t = authorization + 7;
-	if (strlen(t) != 43)
-		return NULL;
-	for (const char *c = t; *c; c++)
-		if (!((*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') ||
-		      *c == '-' || *c == '_'))
-			return NULL;
-	return t;
+	return authorization + 7;
 }
 
 static void cache_key(const char *hash, char *key, size_t cap)
 {
-	snprintf(key, cap, "session:%s", hash);
+	snprintf(key, cap, MICA_AUTH_CACHE_PREFIX "%s", hash);
 }
 
-/* Fills the cache for an active session unless an entry (or tombstone) is there. */
+/* Fills the cache for an active session unless an entry (or tombstone) is
+ * there; the value is lib/auth's contract (mica_auth_cache_value). */
 static void cache_put(const char *hash, const struct acct_session *ss, int ttl)
 {
 	mica_kv *kv = mica_kv_thread();
-	char key[80], ttl_s[16], *val;
-	json_t *j;
+	mica_auth_session as = {.user_id = ss->user_id,
+				.kind = strcmp(ss->kind, "web") == 0 ? MICA_AUTH_KIND_WEB
+								      : MICA_AUTH_KIND_APP,
+				.auth_at = ss->auth_at,
+				.expires_at = ss->expires_at};
+	char key[MICA_AUTH_CACHE_KEY_LEN + 1], ttl_s[16], *val = NULL;
+	redisReply *r = NULL;
 	if (!kv || ttl <= 0)
 		return;
-	j = json_pack("{s:I,s:I,s:s,s:s,s:I,s:I}", "user_id", (json_int_t)ss->user_id, "session_id",
-		      (json_int_t)ss->id, "device_id", ss->device_hash, "kind", ss->kind, "auth_at",
-		      (json_int_t)ss->auth_at, "expires_at", (json_int_t)ss->expires_at);
-	val = j ? json_dumps(j, JSON_COMPACT) : NULL;
-	json_decref(j);
-	if (!val)
+	snprintf(as.session_id, sizeof(as.session_id), "%lld", (long long)ss->id);
+	snprintf(as.device_id, sizeof(as.device_id), "%s", ss->device_hash);
+	if (mica_auth_cache_value(&as, &val) != 0)
 		return;
 	cache_key(hash, key, sizeof(key));
 	snprintf(ttl_s, sizeof(ttl_s), "%d", ttl);
 	const char *argv[6] = {"SET", key, val, "EX", ttl_s, "NX"};
-	redisReply *r = NULL;
 	if (mica_kv_command(kv, &r, 6, argv, NULL) != 0)
 		MICA_LOG(MICA_LOG_WARN, "account: session cache unavailable: %s", mica_kv_errmsg(kv));
 	freeReplyObject(r);
@@ -127,16 +112,12 @@ static int parse_row(PGresult *res, int row, struct acct_session *ss)
 int acct_session_create(acct_service *s, mica_db *db, int64_t user_id, const char *device_hash,
 			const char *kind, char **token, struct acct_session *out)
 {
-	uint8_t raw[TOKEN_BYTES];
-	char hash[65], uid[24], life[24], *t = NULL;
-	size_t tl = 0;
+	char t[MICA_AUTH_TOKEN_LEN + 1], hash[MICA_AUTH_HASH_HEX_LEN + 1], uid[24], life[24];
 	PGresult *res = NULL;
 	int err;
 
 	*token = NULL;
-	if ((err = mica_random(raw, sizeof(raw))) != 0 ||
-	    (err = mica_base64url_encode_alloc(raw, sizeof(raw), &t, &tl)) != 0 ||
-	    (err = token_hash(t, hash)) != 0)
+	if ((err = mica_auth_token_new(t, hash)) != 0)
 		goto out;
 	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
 	snprintf(life, sizeof(life), "%ld",
@@ -151,14 +132,10 @@ int acct_session_create(acct_service *s, mica_db *db, int64_t user_id, const cha
 	if (err || (err = parse_row(res, 0, out)) != 0)
 		goto out;
 	/* Not cached here: the caller may still roll back; the first check fills it. */
-	*token = t;
-	t = NULL;
+	if (!(*token = strdup(t)))
+		err = MICA_ENOMEM;
 out:
-	mica_wipe(raw, sizeof(raw));
-	if (t) {
-		mica_wipe(t, tl);
-		free(t);
-	}
+	mica_wipe(t, sizeof(t));
 	PQclear(res);
 	return err;
 }
@@ -174,7 +151,7 @@ static int lookup(acct_service *s, const char *token, struct acct_session *out)
 
 	if (!db)
 		return MICA_EDBCONN;
-	if ((err = token_hash(token, hash)) != 0)
+	if ((err = mica_auth_token_hash(token, hash)) != 0)
 		return err;
 	snprintf(idle, sizeof(idle), "%d", s->cfg->web_idle_s);
 	const char *p[2] = {hash, idle};
@@ -328,12 +305,8 @@ int acct_session_introspect(acct_service *s, const char *token, json_t **out)
 	char sid[24];
 	int err;
 	*out = NULL;
-	if (!token || strlen(token) != 43) {
-		*out = json_pack("{s:b}", "active", 0);
-		return 0;
-	}
 	err = lookup(s, token, &ss);
-	if (err == MICA_EDENIED) {
+	if (err == MICA_EDENIED || err == MICA_EINVAL) {
 		*out = json_pack("{s:b}", "active", 0);
 		return 0;
 	}

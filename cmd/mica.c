@@ -703,19 +703,18 @@ static int cmd_audit(int argc, char **argv)
 
 static void outbox_usage(FILE *f)
 {
-	fprintf(f,
-		"usage: mica outbox list [--db CONNINFO] [--to ADDR] [--limit N]\n"
-		"\n"
-		"Prints the development notification outbox (account.notification): the\n"
-		"e-mails and SMS the account service stores instead of sending when its\n"
-		"email_mode or sms_mode is \"outbox\". One block per message (time, channel,\n"
-		"recipient, subject, indented body), the newest N, newest last.\n"
-		"This is not the transactional event outbox (outbox.event).\n"
-		"\n"
-		"  --db CONNINFO   libpq connection string (default: $MICA_DB_CONNINFO)\n"
-		"  --to ADDR       only messages to ADDR (e-mail or phone; case-insensitive)\n"
-		"  --limit N       at most N messages, 1..10000 (default 50)\n"
-		"  -h, --help      show this help\n");
+	fprintf(f, "usage: mica outbox list [--db CONNINFO] [--to ADDR] [--limit N]\n"
+		   "\n"
+		   "Prints the development notification outbox (account.notification): the\n"
+		   "e-mails and SMS the account service stores instead of sending when its\n"
+		   "email_mode or sms_mode is \"outbox\". One block per message (time, channel,\n"
+		   "recipient, subject, indented body), the newest N, newest last.\n"
+		   "This is not the transactional event outbox (outbox.event).\n"
+		   "\n"
+		   "  --db CONNINFO   libpq connection string (default: $MICA_DB_CONNINFO)\n"
+		   "  --to ADDR       only messages to ADDR (e-mail or phone; case-insensitive)\n"
+		   "  --limit N       at most N messages, 1..10000 (default 50)\n"
+		   "  -h, --help      show this help\n");
 }
 
 static int outbox_list(int argc, char **argv)
@@ -759,7 +758,8 @@ static int outbox_list(int argc, char **argv)
 	}
 	if (optind < argc || !conninfo || !*conninfo) {
 		if (optind < argc)
-			fprintf(stderr, "mica outbox list: unexpected argument '%s'\n", argv[optind]);
+			fprintf(stderr, "mica outbox list: unexpected argument '%s'\n",
+				argv[optind]);
 		else
 			fprintf(stderr, "mica outbox list: no database: pass --db or set"
 					" MICA_DB_CONNINFO\n");

@@ -221,19 +221,33 @@ static bool parse_user_id(const char *s, int64_t *out)
 	return true;
 }
 
-/* The cache value (auth.h). Unknown members are ignored so the account
- * service can add fields without breaking older readers. */
+/* The session id: a string, or a positive integer written in decimal. */
+static bool get_session_id(json_t *obj, char *dst, size_t cap)
+{
+	json_t *v = json_object_get(obj, "session_id");
+	if (json_is_integer(v) && json_integer_value(v) > 0) {
+		snprintf(dst, cap, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+		return true;
+	}
+	return copy_str(obj, "session_id", dst, cap);
+}
+
+/* The cache value (auth.h): a session, or a revocation tombstone. Returns 0,
+ * MICA_EDENIED (tombstone) or MICA_EBADHEADER. Unknown members are ignored
+ * so the account service can add fields without breaking older readers. */
 static int parse_cache_value(const char *text, size_t len, mica_auth_session *s)
 {
 	json_t *o = json_loadb(text, len, JSON_REJECT_DUPLICATES, NULL);
 	char kind[8];
 	int rc = MICA_EBADHEADER;
-	if (json_is_object(o) && get_int(o, "user_id", &s->user_id) &&
-	    copy_str(o, "session_id", s->session_id, sizeof(s->session_id)) &&
-	    copy_str(o, "device_id", s->device_id, sizeof(s->device_id)) &&
-	    copy_str(o, "kind", kind, sizeof(kind)) && kind_parse(kind, &s->kind) == 0 &&
-	    get_int(o, "auth_at", &s->auth_at) && get_int(o, "expires_at", &s->expires_at) &&
-	    session_check(s) == 0)
+	if (json_is_object(o) && json_is_true(json_object_get(o, "revoked")))
+		rc = MICA_EDENIED;
+	else if (json_is_object(o) && get_int(o, "user_id", &s->user_id) &&
+		 get_session_id(o, s->session_id, sizeof(s->session_id)) &&
+		 copy_str(o, "device_id", s->device_id, sizeof(s->device_id)) &&
+		 copy_str(o, "kind", kind, sizeof(kind)) && kind_parse(kind, &s->kind) == 0 &&
+		 get_int(o, "auth_at", &s->auth_at) && get_int(o, "expires_at", &s->expires_at) &&
+		 session_check(s) == 0)
 		rc = 0;
 	json_decref(o);
 	return rc;
@@ -273,8 +287,8 @@ static void warn_cache(mica_auth *a, int rc, time_t now)
 		 mica_strerror(rc));
 }
 
-/* Returns 0 (hit, active), MICA_EDENIED (hit, expired), MICA_ENOTFOUND
- * (miss) or another error (the cache could not answer). */
+/* Returns 0 (hit, active), MICA_EDENIED (hit, expired or revoked),
+ * MICA_ENOTFOUND (miss) or another error (the cache could not answer). */
 static int cache_lookup(mica_auth *a, const char *hash_hex, time_t now, mica_auth_session *s)
 {
 	char key[MICA_AUTH_CACHE_KEY_LEN + 1];
@@ -297,6 +311,10 @@ static int cache_lookup(mica_auth *a, const char *hash_hex, time_t now, mica_aut
 	}
 	rc = parse_cache_value(val, len, s);
 	free(val);
+	if (rc == MICA_EDENIED) {
+		memset(s, 0, sizeof(*s));
+		return rc;
+	}
 	if (rc) {
 		MICA_LOG(MICA_LOG_WARN, "auth: unreadable session cache entry; asking the account "
 					"service");

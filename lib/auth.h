@@ -15,10 +15,15 @@
  *     {"user_id": 42, "session_id": "<1-64 hex>", "device_id": "<1-128
  *      printable ASCII>", "kind": "app"|"web", "auth_at": <unix seconds of
  *      the last authentication>, "expires_at": <unix seconds>}
+ *   (readers also accept "session_id" as a positive JSON integer, taken as
+ *   its decimal digits), or a revocation tombstone {"revoked": true}, which
+ *   the account service may write in place of deleting the key so that a
+ *   cache fill racing the revocation (SET NX) cannot bring the session back.
  *   Only the account service's Redis user may write session:*; every other
  *   service's user may only read it (deploy/lib.sh).
- * - Revocation deletes the Redis key and marks the PostgreSQL row, so the
- *   next validation anywhere misses the cache and asks the account service.
+ * - Revocation marks the PostgreSQL row and deletes the Redis key (or
+ *   replaces it by a tombstone), so the next validation anywhere is refused:
+ *   a tombstone denies at once, a miss asks the account service.
  *
  * Validation (mica_auth_validate) reads the cache through mica_kv_thread()
  * (the service configures lib/kv) and, on a miss, an unreadable entry or any
@@ -77,9 +82,9 @@ typedef enum mica_auth_source {
 
 /* A validated session. Plain data; no cleanup needed. */
 typedef struct mica_auth_session {
-	int64_t user_id;				  /* > 0 */
+	int64_t user_id;			       /* > 0 */
 	char session_id[MICA_AUTH_SESSION_ID_MAX + 1]; /* lower-case hex, NUL-terminated */
-	char device_id[MICA_AUTH_DEVICE_ID_MAX + 1];	  /* printable ASCII, NUL-terminated */
+	char device_id[MICA_AUTH_DEVICE_ID_MAX + 1];   /* printable ASCII, NUL-terminated */
 	mica_auth_kind kind;
 	int64_t auth_at;    /* unix seconds of the last (step-up) authentication */
 	int64_t expires_at; /* unix seconds; the session is invalid from then on */
@@ -116,8 +121,8 @@ void mica_auth_free(mica_auth *a);
  *   MICA_EINVAL    no header, not "Bearer <token>", or a token of the wrong
  *                  length or alphabet (no lookup was made)
  *   MICA_EDENIED   the session is unknown, revoked or expired (cache entry
- *                  past expires_at, or the account service said inactive or
- *                  expired)
+ *                  past expires_at or a tombstone, or the account service
+ *                  said inactive or expired)
  *   MICA_EPERM     the account service refused us (401/403): this service
  *                  is not allowed to introspect
  *   MICA_EBADHEADER the account service answered 200 with a reply that is

@@ -6,10 +6,17 @@
  * handshakes are not measured), recording every latency in a log-linear
  * histogram (values within 1/64 of the truth). Prints one line:
  *   requests=N errors=E seconds=S rps=R p50_ms=A p99_ms=B max_ms=C
- * Usage: kcload --url URL --ca CA --cert CERT --key KEY
+ * Usage: kcload --url URL --ca CA [--cert CERT --key KEY]
  *               [--body JSON (POST; GET without)] [--connections 64] [--duration 10]
+ *               [--header "Name: value"]... [--body-file FILE] [--header-file FILE]
+ * Without --cert/--key no client certificate is presented. --header adds a
+ * header to every request (up to 16). --body-file and --header-file hold
+ * one body or one header per line; worker i uses line i modulo their count
+ * (e.g. one login body or one bearer token per connection, bench/account);
+ * a body file makes every request a POST, as --body does.
  */
 #include <curl/curl.h>
+#include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -22,14 +29,21 @@
 #define SUB (1 << SUB_BITS)
 #define NBUCKETS ((64 - SUB_BITS) * SUB)
 
+#define MAX_HEADERS 16
+
 struct options {
 	const char *url, *ca, *cert, *key, *body;
 	int connections;
 	double duration;
+	const char *headers[MAX_HEADERS];
+	int nheaders;
+	char **body_lines, **header_lines; /* from --body-file / --header-file */
+	size_t nbody_lines, nheader_lines;
 };
 
 struct worker {
 	pthread_t thread;
+	int index;
 	const struct options *opt;
 	CURL *curl;
 	struct curl_slist *headers;
@@ -83,14 +97,26 @@ static size_t discard(char *p, size_t size, size_t n, void *arg)
 static int setup(struct worker *w)
 {
 	const struct options *o = w->opt;
+	const char *body = o->body;
 	if (!(w->curl = curl_easy_init()))
 		return -1;
 	w->headers = curl_slist_append(NULL, "Content-Type: application/json");
 	w->headers = curl_slist_append(w->headers, "Expect:");
+	for (int i = 0; i < o->nheaders; i++)
+		w->headers = curl_slist_append(w->headers, o->headers[i]);
+	if (o->nheader_lines)
+		w->headers = curl_slist_append(
+			w->headers, o->header_lines[(size_t)w->index % o->nheader_lines]);
+	if (o->nbody_lines)
+		body = o->body_lines[(size_t)w->index % o->nbody_lines];
+	if (!w->headers)
+		return -1;
 	curl_easy_setopt(w->curl, CURLOPT_URL, o->url);
 	curl_easy_setopt(w->curl, CURLOPT_CAINFO, o->ca);
-	curl_easy_setopt(w->curl, CURLOPT_SSLCERT, o->cert);
-	curl_easy_setopt(w->curl, CURLOPT_SSLKEY, o->key);
+	if (o->cert) {
+		curl_easy_setopt(w->curl, CURLOPT_SSLCERT, o->cert);
+		curl_easy_setopt(w->curl, CURLOPT_SSLKEY, o->key);
+	}
 	curl_easy_setopt(w->curl, CURLOPT_SSL_VERIFYPEER, 1L);
 	curl_easy_setopt(w->curl, CURLOPT_SSL_VERIFYHOST, 2L);
 	curl_easy_setopt(w->curl, CURLOPT_NOSIGNAL, 1L);
@@ -99,9 +125,9 @@ static int setup(struct worker *w)
 	curl_easy_setopt(w->curl, CURLOPT_WRITEFUNCTION, discard);
 	curl_easy_setopt(w->curl, CURLOPT_ERRORBUFFER, w->errbuf);
 	curl_easy_setopt(w->curl, CURLOPT_HTTPHEADER, w->headers);
-	if (o->body) {
-		curl_easy_setopt(w->curl, CURLOPT_POSTFIELDS, o->body);
-		curl_easy_setopt(w->curl, CURLOPT_POSTFIELDSIZE, (long)strlen(o->body));
+	if (body) {
+		curl_easy_setopt(w->curl, CURLOPT_POSTFIELDS, body);
+		curl_easy_setopt(w->curl, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
 	} else {
 		curl_easy_setopt(w->curl, CURLOPT_HTTPGET, 1L);
 	}
@@ -156,13 +182,48 @@ static double percentile(const uint64_t *hist, uint64_t total, double q)
 	return 0;
 }
 
+/* Reads the non-empty lines of |path| (LF or CRLF) into *lines. */
+static int read_lines(const char *path, char ***lines, size_t *n)
+{
+	FILE *fp = fopen(path, "r");
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t len;
+	*lines = NULL;
+	*n = 0;
+	if (!fp) {
+		fprintf(stderr, "kcload: %s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	while ((len = getline(&line, &cap, fp)) >= 0) {
+		while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+			line[--len] = '\0';
+		if (len == 0)
+			continue;
+		char **grown = realloc(*lines, (*n + 1) * sizeof(**lines));
+		if (!grown || !(grown[*n] = strdup(line))) {
+			*lines = grown ? grown : *lines;
+			break;
+		}
+		*lines = grown;
+		(*n)++;
+	}
+	free(line);
+	fclose(fp);
+	if (*n == 0)
+		fprintf(stderr, "kcload: %s: no lines\n", path);
+	return *n ? 0 : -1;
+}
+
 static int parse(int argc, char **argv, struct options *o)
 {
 	static const struct option longopts[] = {
 		{"url", required_argument, NULL, 'u'},	  {"ca", required_argument, NULL, 'a'},
 		{"cert", required_argument, NULL, 'c'},	  {"key", required_argument, NULL, 'k'},
 		{"body", required_argument, NULL, 'b'},	  {"connections", required_argument, NULL, 'n'},
-		{"duration", required_argument, NULL, 'd'}, {NULL, 0, NULL, 0}};
+		{"duration", required_argument, NULL, 'd'}, {"header", required_argument, NULL, 'H'},
+		{"body-file", required_argument, NULL, 'B'}, {"header-file", required_argument, NULL, 'F'},
+		{NULL, 0, NULL, 0}};
 	int ch;
 	o->connections = 64;
 	o->duration = 10;
@@ -175,10 +236,24 @@ static int parse(int argc, char **argv, struct options *o)
 		case 'b': o->body = optarg; break;
 		case 'n': o->connections = atoi(optarg); break;
 		case 'd': o->duration = atof(optarg); break;
+		case 'H':
+			if (o->nheaders == MAX_HEADERS)
+				return -1;
+			o->headers[o->nheaders++] = optarg;
+			break;
+		case 'B':
+			if (o->body_lines || read_lines(optarg, &o->body_lines, &o->nbody_lines) != 0)
+				return -1;
+			break;
+		case 'F':
+			if (o->header_lines ||
+			    read_lines(optarg, &o->header_lines, &o->nheader_lines) != 0)
+				return -1;
+			break;
 		default: return -1;
 		}
 	}
-	if (optind != argc || !o->url || !o->ca || !o->cert || !o->key || o->connections < 1 ||
+	if (optind != argc || !o->url || !o->ca || !o->cert != !o->key || o->connections < 1 ||
 	    o->connections > 4096 || o->duration <= 0)
 		return -1;
 	return 0;
@@ -193,8 +268,9 @@ int main(int argc, char **argv)
 	int n, reported = 0;
 
 	if (parse(argc, argv, &opt) != 0) {
-		fprintf(stderr, "usage: kcload --url URL --ca CA --cert CERT --key KEY [--body JSON]"
-				" [--connections N] [--duration SECONDS]\n");
+		fprintf(stderr, "usage: kcload --url URL --ca CA [--cert CERT --key KEY] [--body JSON]"
+				" [--connections N] [--duration SECONDS] [--header H]... [--body-file FILE]"
+				" [--header-file FILE]\n");
 		return 2;
 	}
 	n = opt.connections;
@@ -207,6 +283,7 @@ int main(int argc, char **argv)
 	pthread_barrier_init(&go, NULL, (unsigned)n + 1);
 	for (int i = 0; i < n; i++) {
 		w[i].opt = &opt;
+		w[i].index = i;
 		if (setup(&w[i]) != 0 || pthread_create(&w[i].thread, NULL, run, &w[i]) != 0) {
 			fprintf(stderr, "kcload: cannot start worker %d\n", i);
 			return 1;
@@ -246,6 +323,12 @@ int main(int argc, char **argv)
 	}
 	free(w);
 	free(hist);
+	for (size_t i = 0; i < opt.nbody_lines; i++)
+		free(opt.body_lines[i]);
+	for (size_t i = 0; i < opt.nheader_lines; i++)
+		free(opt.header_lines[i]);
+	free(opt.body_lines);
+	free(opt.header_lines);
 	curl_global_cleanup();
 	return 0;
 }

@@ -182,12 +182,12 @@ static void introspect(const mica_http_req *req, mica_http_resp *resp, void *ctx
 	case R_ACTIVE:
 	case R_EXPIRED:
 	case R_BADSUB:
-		mica_http_reply_json(
-		    resp, 200,
-		    json_pack("{s:b,s:s,s:s,s:s,s:s,s:I,s:I}", "active", 1, "sub",
-			      r.reply == R_BADSUB ? "12abc" : sub, "sid", r.s.session_id,
-			      "device_id", r.s.device_id, "kind", mica_auth_kind_name(r.s.kind),
-			      "auth_time", (json_int_t)r.s.auth_at, "exp", exp));
+		mica_http_reply_json(resp, 200,
+				     json_pack("{s:b,s:s,s:s,s:s,s:s,s:I,s:I}", "active", 1, "sub",
+					       r.reply == R_BADSUB ? "12abc" : sub, "sid",
+					       r.s.session_id, "device_id", r.s.device_id, "kind",
+					       mica_auth_kind_name(r.s.kind), "auth_time",
+					       (json_int_t)r.s.auth_at, "exp", exp));
 		break;
 	case R_INACTIVE:
 		mica_http_reply_json(resp, 200, json_pack("{s:b}", "active", 0));
@@ -379,8 +379,14 @@ START_TEST(revocation_fails_the_next_request)
 	bearer(hdr, sizeof(hdr), token);
 	ck_assert_int_eq(mica_auth_validate(a, hdr, &got), 0);
 	ck_assert_int_eq(got.source, MICA_AUTH_FROM_CACHE);
-	/* What the account service does on revocation: delete the cache entry
-	 * and mark its own row; the very next validation is refused. */
+	/* Revocation by tombstone: refused at once, without asking (the
+	 * account service would still say active here). */
+	seed_raw(token, "{\"revoked\":true}", 60);
+	ck_assert_int_eq(mica_auth_validate(a, hdr, &got), MICA_EDENIED);
+	ck_assert_int_eq(got.user_id, 0);
+	ck_assert_int_eq(atomic_load(&table.calls), 0);
+	/* Revocation by deleting the cache entry and marking the account
+	 * service's row: the very next validation is refused. */
 	unseed(token);
 	answer(token, R_INACTIVE, NULL);
 	ck_assert_int_eq(mica_auth_validate(a, hdr, &got), MICA_EDENIED);
@@ -405,13 +411,13 @@ START_TEST(malformed_headers_are_invalid)
 		ck_assert_msg(mica_auth_validate(a, fixed[i], &got) == MICA_EINVAL, "'%s'",
 			      fixed[i]);
 	const char *shapes[] = {
-	    "%s",	   /* no scheme */
-	    "Bearer  %s",  /* two spaces */
-	    "Bearer\t%s",  /* a tab */
-	    "Bearer %s ",  /* trailing space */
-	    "Bearer %s=",  /* padding */
-	    "Bearer %sA",  /* 44 characters */
-	    "Bearer %.42s", /* 42 characters */
+	    "%s",		   /* no scheme */
+	    "Bearer  %s",	   /* two spaces */
+	    "Bearer\t%s",	   /* a tab */
+	    "Bearer %s ",	   /* trailing space */
+	    "Bearer %s=",	   /* padding */
+	    "Bearer %sA",	   /* 44 characters */
+	    "Bearer %.42s",	   /* 42 characters */
 	    "Bearer %s, Bearer x", /* two credentials */
 	    "Bearer: %s",
 	};
@@ -500,6 +506,9 @@ START_TEST(unreadable_cache_entry_falls_back)
 	    "\"auth_at\":1,\"expires_at\":9999999999}",
 	    "{\"user_id\":1008,\"session_id\":\"ab\",\"device_id\":\"d\",\"kind\":\"tv\","
 	    "\"auth_at\":1,\"expires_at\":9999999999}",
+	    "{\"user_id\":1008,\"session_id\":-3,\"device_id\":\"d\",\"kind\":\"app\","
+	    "\"auth_at\":1,\"expires_at\":9999999999}",
+	    "{\"revoked\":false}",
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		seed_raw(token, bad[i], 60);
@@ -516,6 +525,15 @@ START_TEST(unreadable_cache_entry_falls_back)
 	ck_assert_int_eq(mica_auth_validate(a, hdr, &got), 0);
 	ck_assert_int_eq(got.source, MICA_AUTH_FROM_CACHE);
 	ck_assert_str_eq(got.session_id, "ab");
+	/* A session id given as a positive integer reads as its digits. */
+	seed_raw(token,
+		 "{\"user_id\":1008,\"session_id\":4711,\"device_id\":\"d\",\"kind\":\"web\","
+		 "\"auth_at\":1,\"expires_at\":9999999999}",
+		 60);
+	ck_assert_int_eq(mica_auth_validate(a, hdr, &got), 0);
+	ck_assert_int_eq(got.source, MICA_AUTH_FROM_CACHE);
+	ck_assert_str_eq(got.session_id, "4711");
+	ck_assert_int_eq(got.kind, MICA_AUTH_KIND_WEB);
 	unseed(token);
 	mica_auth_free(a);
 }
@@ -716,8 +734,12 @@ START_TEST(contract_helpers)
 	ck_assert_int_eq(mica_auth_token_new(other, NULL), 0);
 	ck_assert_str_ne(token, other);
 
-	mica_auth_session s = {.user_id = 5, .session_id = "0a1b", .device_id = "phone-1",
-			       .kind = MICA_AUTH_KIND_WEB, .auth_at = 10, .expires_at = 20};
+	mica_auth_session s = {.user_id = 5,
+			       .session_id = "0a1b",
+			       .device_id = "phone-1",
+			       .kind = MICA_AUTH_KIND_WEB,
+			       .auth_at = 10,
+			       .expires_at = 20};
 	char *json = NULL;
 	ck_assert_int_eq(mica_auth_cache_value(&s, &json), 0);
 	ck_assert_str_eq(json, "{\"user_id\":5,\"session_id\":\"0a1b\",\"device_id\":\"phone-1\","
@@ -783,10 +805,16 @@ static Suite *auth_suite(void)
 
 int main(void)
 {
-	static const char *const needed[] = {
-	    "MICA_REDIS_SOCKET", "MICA_REDIS_PASSWORD_FILE", "MICA_REDIS_PASSWORD_FILE_ACCOUNT",
-	    "MICA_REDIS_PASSWORD_FILE_KEYCENTER", "MICA_CA", "MICA_CERT_SERVER",
-	    "MICA_CERT_KEYCENTER", "MICA_CERT_ADMIN", "MICA_CERT_ROGUE", "MICA_TEST_DIR"};
+	static const char *const needed[] = {"MICA_REDIS_SOCKET",
+					     "MICA_REDIS_PASSWORD_FILE",
+					     "MICA_REDIS_PASSWORD_FILE_ACCOUNT",
+					     "MICA_REDIS_PASSWORD_FILE_KEYCENTER",
+					     "MICA_CA",
+					     "MICA_CERT_SERVER",
+					     "MICA_CERT_KEYCENTER",
+					     "MICA_CERT_ADMIN",
+					     "MICA_CERT_ROGUE",
+					     "MICA_TEST_DIR"};
 	for (size_t i = 0; i < sizeof(needed) / sizeof(needed[0]); i++) {
 		if (!getenv(needed[i]) || !*getenv(needed[i])) {
 			fprintf(stderr, "test_auth: %s is not set; run through tests/run\n",

@@ -74,8 +74,9 @@ static int count_rows(mica_db *db, const char *recipient)
 {
 	PGresult *res = NULL;
 	const char *p[1] = {recipient};
-	ck_assert_int_eq(mica_db_exec(db, "SELECT count(*) FROM account.notification"
-					  " WHERE recipient = $1",
+	ck_assert_int_eq(mica_db_exec(db,
+				      "SELECT count(*) FROM account.notification"
+				      " WHERE recipient = $1",
 				      1, p, &res),
 			 0);
 	int64_t n = -1;
@@ -90,7 +91,8 @@ static int run(char *const argv[], const char *out_path)
 {
 	pid_t pid = fork();
 	if (pid == 0) {
-		int fd = open(out_path ? out_path : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0600);
+		int fd =
+		    open(out_path ? out_path : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0600);
 		int null = open("/dev/null", O_WRONLY);
 		if (fd < 0 || null < 0)
 			_exit(126);
@@ -134,16 +136,17 @@ START_TEST(outbox_inserts_rows)
 	ck_assert_int_eq(acct_notify_send(n, db, ACCT_CHANNEL_EMAIL, to, "Your code",
 					  "Your code is 123456.\nIt expires in 10 minutes."),
 			 0);
-	ck_assert_int_eq(acct_notify_send(n, db, ACCT_CHANNEL_SMS, "+8613800138000", NULL,
-					  "mica code 654321"),
-			 0);
+	ck_assert_int_eq(
+	    acct_notify_send(n, db, ACCT_CHANNEL_SMS, "+8613800138000", NULL, "mica code 654321"),
+	    0);
 	PGresult *res = NULL;
 	const char *p[1] = {to};
-	ck_assert_int_eq(mica_db_exec(db,
-				      "SELECT channel, recipient, subject, body, created_at <= now()"
-				      " FROM account.notification WHERE recipient = $1",
-				      1, p, &res),
-			 0);
+	ck_assert_int_eq(
+	    mica_db_exec(db,
+			 "SELECT channel, recipient, subject, body, created_at <= now()"
+			 " FROM account.notification WHERE recipient = $1",
+			 1, p, &res),
+	    0);
 	ck_assert_int_eq(PQntuples(res), 1);
 	ck_assert_str_eq(mica_db_get(res, 0, 0), "email");
 	ck_assert_str_eq(mica_db_get(res, 0, 1), to);
@@ -152,11 +155,12 @@ START_TEST(outbox_inserts_rows)
 	ck_assert_str_eq(mica_db_get(res, 0, 4), "t");
 	PQclear(res);
 	p[0] = "+8613800138000";
-	ck_assert_int_eq(mica_db_exec(db,
-				      "SELECT channel, subject IS NULL, body FROM account.notification"
-				      " WHERE recipient = $1 ORDER BY id DESC LIMIT 1",
-				      1, p, &res),
-			 0);
+	ck_assert_int_eq(
+	    mica_db_exec(db,
+			 "SELECT channel, subject IS NULL, body FROM account.notification"
+			 " WHERE recipient = $1 ORDER BY id DESC LIMIT 1",
+			 1, p, &res),
+	    0);
 	ck_assert_str_eq(mica_db_get(res, 0, 0), "sms");
 	ck_assert_str_eq(mica_db_get(res, 0, 1), "t");
 	ck_assert_str_eq(mica_db_get(res, 0, 2), "mica code 654321");
@@ -165,9 +169,9 @@ START_TEST(outbox_inserts_rows)
 	/* The service role may insert and read, nothing more. */
 	ck_assert_int_eq(mica_db_exec(db, "DELETE FROM account.notification", 0, NULL, NULL),
 			 MICA_EPERM);
-	ck_assert_int_eq(mica_db_exec(db, "UPDATE account.notification SET body = 'x'", 0, NULL,
-				      NULL),
-			 MICA_EPERM);
+	ck_assert_int_eq(
+	    mica_db_exec(db, "UPDATE account.notification SET body = 'x'", 0, NULL, NULL),
+	    MICA_EPERM);
 	mica_db_close(&db);
 	acct_notify_free(n);
 }
@@ -266,12 +270,16 @@ START_TEST(config_is_checked)
 	    {{.email_mode = "smtp", .smtp_url = "http://x", .smtp_from = "a@example.com"}},
 	    {{.email_mode = "smtp", .smtp_url = "smtps://x"}},
 	    {{.email_mode = "smtp", .smtp_url = "smtps://x", .smtp_from = "A <a@example.com>"}},
-	    {{.email_mode = "smtp", .smtp_url = "smtps://x", .smtp_from = "a@example.com",
+	    {{.email_mode = "smtp",
+	      .smtp_url = "smtps://x",
+	      .smtp_from = "a@example.com",
 	      .smtp_user = "u"}},
 	    {{.sms_mode = "webhook", .ca_file = "ca"}},
 	    {{.sms_mode = "webhook", .sms_webhook_url = "http://x", .ca_file = "ca"}},
 	    {{.sms_mode = "webhook", .sms_webhook_url = "https://x"}},
-	    {{.sms_mode = "webhook", .sms_webhook_url = "https://x", .ca_file = "ca",
+	    {{.sms_mode = "webhook",
+	      .sms_webhook_url = "https://x",
+	      .ca_file = "ca",
 	      .cert_file = "c"}},
 	    {{.timeout_ms = -1}},
 	};
@@ -303,13 +311,12 @@ START_TEST(cli_lists_the_outbox)
 	acct_notify *n = outbox_notifier();
 	mica_db *db = open_ci(account_ci);
 	const char *alice = addr("alice"), *bob = addr("bob");
-	ck_assert_int_eq(acct_notify_send(n, db, ACCT_CHANNEL_EMAIL, alice, "First",
-					  "Code 111111\n\nBye"),
-			 0);
+	ck_assert_int_eq(
+	    acct_notify_send(n, db, ACCT_CHANNEL_EMAIL, alice, "First", "Code 111111\n\nBye"), 0);
 	ck_assert_int_eq(acct_notify_send(n, db, ACCT_CHANNEL_EMAIL, bob, "For Bob", "Code 222222"),
 			 0);
-	ck_assert_int_eq(acct_notify_send(n, db, ACCT_CHANNEL_EMAIL, alice, "Second", "Code 333333"),
-			 0);
+	ck_assert_int_eq(
+	    acct_notify_send(n, db, ACCT_CHANNEL_EMAIL, alice, "Second", "Code 333333"), 0);
 	mica_db_close(&db);
 	acct_notify_free(n);
 
@@ -336,8 +343,8 @@ START_TEST(cli_lists_the_outbox)
 	ck_assert(first < second);
 	ck_assert_int_eq(strncmp(text, "time:    20", 11), 0);
 
-	char *limited[] = {mica_bin, "outbox", "list", "--db", db_ci, "--to", (char *)alice,
-			   "--limit", "1", NULL};
+	char *limited[] = {mica_bin, "outbox",	    "list",    "--db", db_ci,
+			   "--to",   (char *)alice, "--limit", "1",    NULL};
 	ck_assert_int_eq(run(limited, out), 0);
 	text = slurp(out);
 	ck_assert_int_eq(occurrences(text, "time:    "), 1);
@@ -347,8 +354,8 @@ START_TEST(cli_lists_the_outbox)
 	ck_assert_int_eq(run(everyone, out), 0);
 	ck_assert_ptr_nonnull(strstr(slurp(out), "Code 222222"));
 
-	char *nobody[] = {mica_bin, "outbox", "list", "--db", db_ci, "--to", "none@example.com",
-			  NULL};
+	char *nobody[] = {mica_bin, "outbox",		"list", "--db", db_ci,
+			  "--to",   "none@example.com", NULL};
 	ck_assert_int_eq(run(nobody, out), 0);
 	ck_assert_str_eq(slurp(out), "");
 
@@ -521,7 +528,7 @@ static const char smtpd_py[] =
     "        return '250 OK'\n"
     "def authenticator(server, session, envelope, mechanism, data):\n"
     "    ok = data.login == user.encode() and data.password == password.encode()\n"
-    "    return AuthResult(success=ok, auth_data=data if ok else None)\n"
+    "    return AuthResult(success=ok, handled=False, auth_data=data if ok else None)\n"
     "def factory():\n"
     "    return SMTP(Handler(), hostname='localhost',\n"
     "                tls_context=ctx if mode == 'starttls' else None,\n"
@@ -580,9 +587,8 @@ static void smtpd_start(struct smtpd *s, const char *mode, const char *user, con
 	}
 	close(fds[0]);
 	s->port = atoi(line);
-	ck_assert_msg(s->port > 0,
-		      "the SMTP server did not start: is python3-aiosmtpd installed"
-		      " (deploy/install-deps)?");
+	ck_assert_msg(s->port > 0, "the SMTP server did not start: is python3-aiosmtpd installed"
+				   " (deploy/install-deps)?");
 }
 
 static void smtpd_stop(struct smtpd *s)
@@ -624,8 +630,7 @@ static const char *jstr(json_t *j, const char *name)
 	return v;
 }
 
-static acct_notify *smtp_notifier(const char *url, const char *user, const char *pw,
-				  const char *ca)
+static acct_notify *smtp_notifier(const char *url, const char *user, const char *pw, const char *ca)
 {
 	acct_notify_config c = {.email_mode = "smtp",
 				.smtp_url = url,
@@ -651,11 +656,12 @@ START_TEST(smtps_delivers_with_headers)
 	/* Lines that are or start with "." must survive SMTP's end-of-data
 	 * marker (dot-stuffing), and non-ASCII goes as base64. */
 	const char *body = "Your code is 987654.\n.\n..two dots\n.leading\nlast line";
-	ck_assert_int_eq(acct_notify_send(n, NULL, ACCT_CHANNEL_EMAIL, to,
-					  "Your mica verification code", body),
-			 0);
-	const char *utf8_subject = "mica 验证码: 一个很长的主题，用来检查编码字分段是否正确处理多字节"
-				   "字符 ✓";
+	ck_assert_int_eq(
+	    acct_notify_send(n, NULL, ACCT_CHANNEL_EMAIL, to, "Your mica verification code", body),
+	    0);
+	const char *utf8_subject =
+	    "mica 验证码: 一个很长的主题，用来检查编码字分段是否正确处理多字节"
+	    "字符 ✓";
 	const char *utf8_body = "您的验证码是 246810。\r\n请勿告诉他人。";
 	ck_assert_int_eq(acct_notify_send(n, NULL, ACCT_CHANNEL_EMAIL, to, utf8_subject, utf8_body),
 			 0);
@@ -691,9 +697,13 @@ START_TEST(smtps_delivers_with_headers)
 	snprintf(path, sizeof(path), "%s/1.eml", s.dir);
 	const char *raw = slurp(path);
 	ck_assert_ptr_nonnull(strstr(raw, "\r\n.\r\n..two dots\r\n.leading\r\n"));
-	static const char *const headers[] = {
-	    "\r\nTo: ",	   "\r\nSubject: ",	  "\r\nDate: ",	 "\r\nMessage-ID: ",
-	    "\r\nMIME-Version: ", "\r\nContent-Type: ", "\r\nContent-Transfer-Encoding: "};
+	static const char *const headers[] = {"\r\nTo: ",
+					      "\r\nSubject: ",
+					      "\r\nDate: ",
+					      "\r\nMessage-ID: ",
+					      "\r\nMIME-Version: ",
+					      "\r\nContent-Type: ",
+					      "\r\nContent-Transfer-Encoding: "};
 	ck_assert_int_eq(strncmp(raw, "From: ", 6), 0);
 	for (size_t i = 0; i < sizeof(headers) / sizeof(headers[0]); i++)
 		ck_assert_msg(occurrences(raw, headers[i]) == 1, "header %s", headers[i] + 2);
@@ -739,7 +749,8 @@ START_TEST(starttls_is_required)
 	snprintf(url, sizeof(url), "smtp://localhost:%d", s.port);
 	acct_notify *n = smtp_notifier(url, "mica", "pw2", env("MICA_CA"));
 	const char *to = addr("starttls");
-	ck_assert_int_eq(acct_notify_send(n, NULL, ACCT_CHANNEL_EMAIL, to, "Hello", "Code 1357"), 0);
+	ck_assert_int_eq(acct_notify_send(n, NULL, ACCT_CHANNEL_EMAIL, to, "Hello", "Code 1357"),
+			 0);
 	json_t *m = smtpd_message(&s, 1);
 	ck_assert(json_is_true(json_object_get(m, "tls")));
 	ck_assert_str_eq(jstr(m, "auth_user"), "mica");
@@ -812,8 +823,9 @@ static int setup_database(void)
 	char *argv[] = {mica_bin, "migrate", "--db", db_ci, "--schema", "schema", NULL};
 	int st = run(argv, NULL);
 	if (st != 0) {
-		fprintf(stderr, "test_notify: %s migrate failed (status %d); run from the"
-				" repository root\n",
+		fprintf(stderr,
+			"test_notify: %s migrate failed (status %d); run from the"
+			" repository root\n",
 			mica_bin, st);
 		return -1;
 	}

@@ -161,9 +161,8 @@ START_TEST(create_shape)
 	ck_assert_uint_eq(strlen(ch), 64);
 	ck_assert_uint_eq(strspn(ch, "0123456789abcdef"), 64);
 	/* <32 hex>?expires=<now + ttl>& */
-	ck_assert_int_eq(sscanf(str(c, "salt"), "%32[0-9a-f]?expires=%lld%63s", salt_hex, &expires,
-				tail),
-			 3);
+	ck_assert_int_eq(
+	    sscanf(str(c, "salt"), "%32[0-9a-f]?expires=%lld%63s", salt_hex, &expires, tail), 3);
 	ck_assert_uint_eq(strlen(salt_hex), 32);
 	ck_assert_int_eq(expires, NOW + 300);
 	ck_assert_str_eq(tail, "&");
@@ -228,14 +227,13 @@ START_TEST(golden_altcha_lib_payload)
 	char challenge[ACCT_ALTCHA_HEX_LEN + 1];
 	const uint8_t *gk = (const uint8_t *)GOLDEN_KEY;
 
-	ck_assert_int_eq(acct_altcha_verify(gk, strlen(GOLDEN_KEY), GOLDEN_PAYLOAD, NOW, challenge,
-					    &v),
-			 0);
+	ck_assert_int_eq(
+	    acct_altcha_verify(gk, strlen(GOLDEN_KEY), GOLDEN_PAYLOAD, NOW, challenge, &v), 0);
 	ck_assert_str_eq(challenge, GOLDEN_CHALLENGE);
 	ck_assert_int_eq(v.expires, 1900000000LL);
-	ck_assert_int_eq(acct_altcha_verify(gk, strlen(GOLDEN_KEY), GOLDEN_PAYLOAD, 1900000001LL,
-					    challenge, &v),
-			 MICA_EAUTH);
+	ck_assert_int_eq(
+	    acct_altcha_verify(gk, strlen(GOLDEN_KEY), GOLDEN_PAYLOAD, 1900000001LL, challenge, &v),
+	    MICA_EAUTH);
 	ck_assert_str_eq(v.code, "expired");
 	/* Our key did not sign it. */
 	expect_b64(GOLDEN_PAYLOAD, NOW, MICA_EAUTH, "bad_signature");
@@ -321,8 +319,8 @@ START_TEST(algorithms)
 {
 	json_t *c = create(100, 300);
 	long long n = solve(c);
-	static const char *const others[] = {"SHA-1", "SHA-512", "SHA-384", "sha-256", "SHA256",
-					     ""};
+	static const char *const others[] = {"SHA-1",	"SHA-512", "SHA-384",
+					     "sha-256", "SHA256",  ""};
 
 	for (size_t i = 0; i < sizeof(others) / sizeof(others[0]); i++) {
 		json_t *p = payload_obj(c, n);
@@ -347,13 +345,15 @@ START_TEST(bad_base64)
 	expect_b64("!!!!", NOW, MICA_EAUTH, "malformed");
 	expect_b64("eyJ", NOW, MICA_EAUTH, "malformed"); /* bad length */
 	copy = malloc(len + 2);
+	ck_assert_ptr_nonnull(copy);
 	/* Without its padding, with a line break, in the URL alphabet. */
 	memcpy(copy, b64, len + 1);
 	while (len > 0 && copy[len - 1] == '=')
 		copy[--len] = '\0';
 	if (len != strlen(b64))
 		expect_b64(copy, NOW, MICA_EAUTH, "malformed");
-	snprintf(copy, strlen(b64) + 2, "%s\n", b64);
+	memcpy(copy, b64, strlen(b64));
+	memcpy(copy + strlen(b64), "\n", 2);
 	expect_b64(copy, NOW, MICA_EAUTH, "malformed");
 	memcpy(copy, b64, strlen(b64) + 1);
 	for (char *q = copy; *q; q++)
@@ -431,8 +431,7 @@ START_TEST(missing_and_mistyped_members)
 	expect_text("{", MICA_EAUTH, "malformed");
 	expect_text("{}", MICA_EAUTH, "malformed");
 	expect_text("{\"algorithm\":\"SHA-256\"} x", MICA_EAUTH, "malformed");
-	expect_text("{\"algorithm\":\"SHA-1\",\"algorithm\":\"SHA-256\"}", MICA_EAUTH,
-		    "malformed");
+	expect_text("{\"algorithm\":\"SHA-1\",\"algorithm\":\"SHA-256\"}", MICA_EAUTH, "malformed");
 	/* Malformed is decided before the algorithm. */
 	expect_text("{\"algorithm\":\"SHA-1\"}", MICA_EAUTH, "malformed");
 }
@@ -448,9 +447,9 @@ START_TEST(argument_errors)
 	ck_assert_ptr_null(c);
 	ck_assert_int_eq(acct_altcha_create(NULL, KEY_LEN, 100, 60, NOW, &c), MICA_EINVAL);
 	ck_assert_int_eq(acct_altcha_create(key, KEY_LEN, 0, 60, NOW, &c), MICA_EINVAL);
-	ck_assert_int_eq(acct_altcha_create(key, KEY_LEN, ACCT_ALTCHA_MAXNUMBER_MAX + 1, 60, NOW,
-					    &c),
-			 MICA_EINVAL);
+	ck_assert_int_eq(
+	    acct_altcha_create(key, KEY_LEN, ACCT_ALTCHA_MAXNUMBER_MAX + 1, 60, NOW, &c),
+	    MICA_EINVAL);
 	ck_assert_int_eq(acct_altcha_create(key, KEY_LEN, 100, 0, NOW, &c), MICA_EINVAL);
 	ck_assert_int_eq(acct_altcha_create(key, KEY_LEN, 100, 60, -1, &c), MICA_EINVAL);
 	ck_assert_int_eq(acct_altcha_create(key, KEY_LEN, 100, 60, INT64_MAX, &c), MICA_EINVAL);
