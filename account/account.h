@@ -34,7 +34,8 @@ struct acct_config {
 	int freeze_after_stepup_failures, stepup_ttl_s;
 	int app_session_days, web_idle_s, recent_auth_s;
 	int code_ttl_s, code_max_attempts;
-	char *email_mode, *sms_mode, *smtp_url, *smtp_from, *sms_webhook_url;
+	char *email_mode, *sms_mode, *smtp_url, *smtp_from, *smtp_user, *smtp_password;
+	char *sms_webhook_url;
 	char *introspect_principals;
 };
 

@@ -95,6 +95,10 @@ const mica_config_entry acct_config_table[] = {
 	 "smtps://host:port or smtp://host:port (STARTTLS required)"},
 	{"account.notify", "smtp_from", MICA_CFG_STRING, 0, 254, "", F(smtp_from),
 	 "sender address of emails"},
+	{"account.notify", "smtp_user", MICA_CFG_STRING, 0, 254, "", F(smtp_user),
+	 "SMTP AUTH user name (empty: no login)"},
+	{"account.notify", "smtp_password_file", MICA_CFG_SECRET, 0, 4096, "", F(smtp_password),
+	 "file holding the SMTP password"},
 	{"account.notify", "sms_webhook_url", MICA_CFG_STRING, 0, 4096, "", F(sms_webhook_url),
 	 "https URL SMS are POSTed to as {to, text}"},
 	{"account.introspect", "principals", MICA_CFG_STRING, 0, 4096, "keycenter,cloudsync,push,pay",
@@ -195,10 +199,13 @@ int acct_run(struct acct_config *cfg)
 				 .sms_mode = cfg->sms_mode,
 				 .smtp_url = cfg->smtp_url,
 				 .smtp_from = cfg->smtp_from,
+				 .smtp_user = *cfg->smtp_user ? cfg->smtp_user : NULL,
+				 .smtp_password = *cfg->smtp_password ? cfg->smtp_password : NULL,
 				 .sms_webhook_url = cfg->sms_webhook_url,
 				 .ca_file = cfg->kc_ca_file,
-				 .cert_file = cfg->http.cert_file,
-				 .key_file = cfg->http.key_file};
+				 /* The webhook sees the account service's client identity. */
+				 .cert_file = cfg->kc_cert_file,
+				 .key_file = cfg->kc_key_file};
 	if ((err = acct_notify_new(&s.notify, &nc)) != 0) {
 		MICA_LOG(MICA_LOG_ERROR, "account.notify: %s", mica_strerror(err));
 		goto out;
