@@ -103,7 +103,6 @@ static int map_curl_error(CURLcode cc, const mica_httpc_resp *r)
 	switch (cc) {
 	case CURLE_OPERATION_TIMEDOUT:
 		return MICA_ETIMEOUT;
-	case CURLE_SSL_CONNECT_ERROR:
 	case CURLE_PEER_FAILED_VERIFICATION:
 	case CURLE_SSL_CERTPROBLEM:
 	case CURLE_SSL_CIPHER:
@@ -114,6 +113,9 @@ static int map_curl_error(CURLcode cc, const mica_httpc_resp *r)
 	case CURLE_WRITE_ERROR:
 		return r->body_len >= MAX_RESPONSE ? MICA_ETOOBIG : MICA_ENOMEM;
 	default:
+		/* Includes CURLE_SSL_CONNECT_ERROR: a handshake cut short (a peer
+		 * restarting, a reset) is a transport failure worth retrying;
+		 * a certificate the client cannot trust is MICA_ETLS above. */
 		return MICA_EHTTP;
 	}
 }

@@ -42,7 +42,8 @@ void mica_httpc_free(mica_httpc *c);
 /* Performs one request. |body| may be NULL; it is sent as application/json.
  * |idempotent| allows retries (GET, PUT, DELETE, or a POST the server treats
  * as idempotent). Returns 0 when an HTTP response arrived (any status; see
- * out->status), MICA_ETIMEOUT, MICA_ETLS (handshake or verification failed),
+ * out->status), MICA_ETIMEOUT, MICA_ETLS (the server's certificate is not
+ * trusted or a local certificate/CA file is unusable; never retried),
  * MICA_EHTTP (other transport failure), MICA_ETOOBIG (response over 16 MiB).
  * Call mica_httpc_resp_cleanup(out) in every case. */
 int mica_httpc_request(mica_httpc *c, const char *method, const char *url, const char *body,
