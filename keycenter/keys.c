@@ -3,7 +3,10 @@
  * the CSPRNG, sealed inside the HSM by the owner service's KEK (associated
  * data binds it to the key name and version), and kept unsealed only in this
  * process's memory, which is wiped when a key is dropped. Another instance's
- * rotations are picked up when a cached entry is older than CACHE_TTL_MS. */
+ * rotations are picked up when a cached entry is older than CACHE_TTL_MS: one
+ * thread reloads it while the others keep using it for at most
+ * REFRESH_GRACE_MS more, so a busy key is not reloaded by every request
+ * thread at once (each on its own database connection). */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -15,11 +18,13 @@
 
 #define KC_BUCKETS 256
 #define CACHE_TTL_MS 5000
+#define REFRESH_GRACE_MS 1000
 
 struct kc_key {
 	struct kc_key *next;
 	struct kc_key_info info;
 	int64_t loaded_ms;
+	atomic_int refreshing; /* a thread is reloading this entry */
 	uint32_t nversions;
 	uint8_t (*material)[32]; /* material[v - 1] */
 };
@@ -318,26 +323,42 @@ void kc_key_forget(kc_service *s, const char *name)
 }
 
 /* Makes sure |name| is cached and fresh (loaded within CACHE_TTL_MS, and
- * holding |version| when non-zero). */
+ * holding |version| when non-zero). An entry past its TTL is reloaded by the
+ * first caller that sees it; until that finishes, and for at most
+ * REFRESH_GRACE_MS, the others use it as it is (a reload that started a few
+ * milliseconds later would have served them the same). */
 static int ensure_cached(kc_service *s, const char *name, uint32_t version)
 {
 	struct kc_key *k, *fresh = NULL;
-	int stale, err;
+	int load, err;
 	mica_db *db;
 
 	pthread_rwlock_rdlock(&s->keys_lock);
 	k = cache_find(s, name);
-	stale = !k || now_ms() - k->loaded_ms > CACHE_TTL_MS || (version && version > k->nversions);
+	int64_t age = k ? now_ms() - k->loaded_ms : 0;
+	if (!k || (version && version > k->nversions) || age > CACHE_TTL_MS + REFRESH_GRACE_MS)
+		load = 1;
+	else if (age > CACHE_TTL_MS)
+		load = atomic_exchange(&k->refreshing, 1) == 0;
+	else
+		load = 0;
 	pthread_rwlock_unlock(&s->keys_lock);
-	if (!stale)
+	if (!load)
 		return 0;
 	if (!(db = mica_db_thread()))
-		return MICA_EDBCONN;
-	err = load_key(s, db, name, &fresh);
+		err = MICA_EDBCONN;
+	else
+		err = load_key(s, db, name, &fresh);
 	if (err == MICA_ENOTFOUND)
 		kc_key_forget(s, name);
-	if (err)
+	if (err) {
+		/* Let the next caller try again. */
+		pthread_rwlock_rdlock(&s->keys_lock);
+		if ((k = cache_find(s, name)) != NULL)
+			atomic_store(&k->refreshing, 0);
+		pthread_rwlock_unlock(&s->keys_lock);
 		return err;
+	}
 	cache_put(s, fresh);
 	return 0;
 }

@@ -116,14 +116,14 @@ static size_t bucket_of(const mica_kc *kc, const uint8_t id[MICA_SHA256_LEN])
 
 static void lru_unlink(mica_kc *kc, struct entry *e)
 {
-	if (e->lru_prev)
-		e->lru_prev->lru_next = e->lru_next;
-	else
+	if (kc->lru_head == e)
 		kc->lru_head = e->lru_next;
-	if (e->lru_next)
-		e->lru_next->lru_prev = e->lru_prev;
 	else
+		e->lru_prev->lru_next = e->lru_next;
+	if (kc->lru_tail == e)
 		kc->lru_tail = e->lru_prev;
+	else
+		e->lru_next->lru_prev = e->lru_prev;
 	e->lru_prev = e->lru_next = NULL;
 }
 
@@ -147,14 +147,14 @@ static void entry_drop(mica_kc *kc, struct entry *e)
 	if (*pp)
 		*pp = e->chain;
 	lru_unlink(kc, e);
-	if (e->age_prev)
-		e->age_prev->age_next = e->age_next;
-	else
+	if (kc->age_head == e)
 		kc->age_head = e->age_next;
-	if (e->age_next)
-		e->age_next->age_prev = e->age_prev;
 	else
+		e->age_prev->age_next = e->age_next;
+	if (kc->age_tail == e)
 		kc->age_tail = e->age_prev;
+	else
+		e->age_next->age_prev = e->age_prev;
 	kc->st.entries--;
 	mica_wipe(e, sizeof(*e));
 	free(e);

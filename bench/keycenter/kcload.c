@@ -277,8 +277,11 @@ int main(int argc, char **argv)
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 	w = calloc((size_t)n, sizeof(*w));
 	hist = calloc(NBUCKETS, sizeof(*hist));
-	if (!w || !hist)
+	if (!w || !hist) {
+		free(w);
+		free(hist);
 		return 1;
+	}
 	pthread_barrier_init(&ready, NULL, (unsigned)n + 1);
 	pthread_barrier_init(&go, NULL, (unsigned)n + 1);
 	for (int i = 0; i < n; i++) {
