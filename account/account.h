@@ -33,7 +33,7 @@ struct acct_config {
 	int stepup_new_device, stepup_new_network, login_rate_max, login_rate_window_s;
 	int freeze_after_stepup_failures, stepup_ttl_s;
 	int app_session_days, web_idle_s, recent_auth_s;
-	int code_ttl_s, code_max_attempts;
+	int code_ttl_s, code_max_attempts, codes_per_hour;
 	char *email_mode, *sms_mode, *smtp_url, *smtp_from, *smtp_user, *smtp_password;
 	char *sms_webhook_url;
 	char *introspect_principals;

@@ -16,8 +16,6 @@
 #include "log.h"
 #include "outbox.h"
 
-#define CODES_PER_HOUR 5
-
 int acct_failf(struct acct_fail *f, int status, const char *code, const char *fmt, ...)
 {
 	va_list ap;
@@ -82,7 +80,7 @@ int acct_code_send(acct_service *s, const char *purpose, const char *channel, co
 	if (!db)
 		return acct_fail_internal(f, MICA_EDBCONN, "the database");
 	snprintf(rl, sizeof(rl), "account:codes:%.100s", target_idx);
-	if (kv && mica_kv_rate_limit(kv, rl, CODES_PER_HOUR, 3600, &allowed, &remaining) == 0 &&
+	if (kv && mica_kv_rate_limit(kv, rl, s->cfg->codes_per_hour, 3600, &allowed, &remaining) == 0 &&
 	    !allowed)
 		return acct_failf(f, 429, "too_many_codes",
 				  "too many codes were sent to this address; try again later");
@@ -666,12 +664,20 @@ int acct_reset_complete(acct_service *s, json_t *body, json_t **out, struct acct
 		snprintf(policy, sizeof(policy), "%s", mica_db_get(res, 0, 0));
 	PQclear(res);
 	if (acct_password_check(policy, password, s->blocklist, &v) != 0)
-		return acct_failf(f, 400, "weak_password", "%s: %s", v.code, v.message);
-	if ((err = acct_password_burned(s, uid, password, &burned)) != 0)
-		return acct_fail_internal(f, err, "the Key Center");
-	if (burned)
-		return acct_failf(f, 400, "password_burned",
-				  "this password was burned when the account was frozen; choose another");
+		err = acct_failf(f, 400, "weak_password", "%s: %s", v.code, v.message);
+	else if ((err = acct_password_burned(s, uid, password, &burned)) != 0)
+		acct_fail_internal(f, err, "the Key Center");
+	else if (burned)
+		err = acct_failf(f, 400, "password_burned",
+				 "this password was burned when the account was frozen; choose another");
+	if (err) {
+		/* The code proved the channel; a refused password must not use it up. */
+		const char *q[1] = {vid};
+		if (mica_db_exec(db, "UPDATE account.verification SET consumed_at = NULL WHERE id = $1",
+				 1, q, NULL) != 0)
+			MICA_LOG(MICA_LOG_WARN, "account: a reset code could not be released");
+		return err;
+	}
 	struct reset_ctx r = {s, uid, password};
 	if ((err = mica_db_tx(db, MICA_DB_READ_COMMITTED, reset_tx, &r)) != 0)
 		return acct_fail_internal(f, err, "the password reset");

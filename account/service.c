@@ -87,6 +87,8 @@ const mica_config_entry acct_config_table[] = {
 	 "lifetime of a verification code"},
 	{"account.codes", "max_attempts", MICA_CFG_INT, 1, 20, "5", F(code_max_attempts),
 	 "wrong tries before a code is dead"},
+	{"account.codes", "per_hour", MICA_CFG_INT, 1, 1000, "5", F(codes_per_hour),
+	 "codes sent to one phone or email address per hour"},
 	{"account.notify", "email", MICA_CFG_STRING, 4, 6, "outbox", F(email_mode),
 	 "email sender: outbox (development table, `mica outbox list`) or smtp"},
 	{"account.notify", "sms", MICA_CFG_STRING, 6, 7, "outbox", F(sms_mode),

@@ -19,51 +19,23 @@
 # The database and the daemon are removed on exit, whatever happens.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$ROOT"
-
-for v in MICA_TEST_DIR MICA_BUILD MICA_CA MICA_CERT_SERVER MICA_KEY_SERVER MICA_PG_CONNINFO \
-	MICA_PG_HOST MICA_PG_PORT SOFTHSM2_CONF MICA_HSM_MODULE MICA_HSM_TOKEN_LABEL MICA_HSM_PIN_FILE \
-	MICA_CERT_ROGUE MICA_KEY_ROGUE MICA_CA_ROGUE \
-	MICA_CERT_ADMIN MICA_KEY_ADMIN MICA_CERT_OFFICER1 MICA_KEY_OFFICER1 MICA_CERT_OFFICER2 \
-	MICA_KEY_OFFICER2 MICA_CERT_AUDITOR MICA_KEY_AUDITOR MICA_CERT_ACCOUNT MICA_KEY_ACCOUNT \
-	MICA_CERT_TEST MICA_KEY_TEST; do
-	if [[ -z "${!v:-}" ]]; then
-		echo "test_keycenter: $v is not set; run through tests/run" >&2
-		exit 1
-	fi
-done
-BUILD="$MICA_BUILD"
-MICA="$BUILD/bin/mica"
+# The environment check, work directory, database, EXIT trap, fail/ok/sql and jget come from
+# lib-stack.sh (shared with test_account.sh).
+# shellcheck source=tests/integration/lib-stack.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib-stack.sh"
+stack_begin test_keycenter MICA_CERT_ROGUE MICA_KEY_ROGUE MICA_CA_ROGUE MICA_CERT_OFFICER1 \
+	MICA_KEY_OFFICER1 MICA_CERT_OFFICER2 MICA_KEY_OFFICER2 MICA_CERT_AUDITOR MICA_KEY_AUDITOR \
+	MICA_CERT_ACCOUNT MICA_KEY_ACCOUNT MICA_CERT_TEST MICA_KEY_TEST
 KC="$BUILD/bin/mica-keycenter"
-for b in "$MICA" "$KC"; do
-	[[ -x "$b" ]] || {
-		echo "test_keycenter: $b is missing (make all)" >&2
-		exit 1
-	}
-done
-# tests/run starts its stack in MICA_TEST_DIR; deploy/lib.sh manages the service roles there.
-[[ -s "$MICA_TEST_DIR/secrets/pgpass" ]] || {
-	echo "test_keycenter: $MICA_TEST_DIR is not a tests/run stack directory" >&2
-	exit 1
-}
-MICA_LOG_PREFIX="test_keycenter"
-# shellcheck source=deploy/lib.sh
-. "$ROOT/deploy/lib.sh"
-
-W="$(mktemp -d "$MICA_TEST_DIR/keycenter.XXXXXX")"
-DB="mica_kc_test_$$"
-ADMIN_CI="$MICA_PG_CONNINFO dbname=$DB"
+[[ -x "$KC" ]] || fail "$KC is missing (make all)"
 LOG="$W/keycenter.log"
 pid=""
 loop_pids=()
-step=""
 
-cleanup() {
-	local rc=$? p
-	trap - EXIT
+# Called by lib-stack.sh's EXIT trap before it drops the database.
+stack_on_exit() {
+	local p
 	for p in ${loop_pids[@]+"${loop_pids[@]}"}; do kill "$p" 2>/dev/null || true; done
-	if [[ -n "${JGET_PID:-}" ]]; then kill "$JGET_PID" 2>/dev/null || true; fi
 	if [[ -n "${HOOK_PID:-}" ]]; then kill "$HOOK_PID" 2>/dev/null || true; fi
 	if [[ -n "$pid" ]]; then
 		kill -TERM "$pid" 2>/dev/null || true
@@ -71,85 +43,18 @@ cleanup() {
 		while mica_pid_alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
 		kill -KILL "$pid" 2>/dev/null || true
 	fi
-	wait 2>/dev/null || true
-	psql "$MICA_PG_CONNINFO" -qAtc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
-	if ((rc != 0)); then
-		echo "--- last lines of $LOG" >&2
-		tail -n 40 "$LOG" >&2 2>/dev/null || true
-	else
-		rm -rf "$W"
-	fi
-	exit "$rc"
-}
-trap cleanup EXIT
-
-fail() {
-	echo "FAIL ($step): $*" >&2
-	exit 1
-}
-ok() { echo "ok - $step${1:+: $1}"; }
-sql() { psql "$1" -X -v ON_ERROR_STOP=1 -qAtc "$2"; }
-
-# jget PATH [FILE]: the JSON value at PATH (dot-separated; integers index arrays; "#" as the last
-# element gives a length) in FILE (default: the last response body). Strings are printed raw,
-# anything else as JSON; a missing member prints __absent__. One python3 process answers every
-# query (on fds 7 and 8), because starting one per query is slow.
-cat >"$W/jget.py" <<'PY'
-import json, sys
-def get(path, f):
-    try:
-        v = json.load(open(f))
-    except Exception:
-        return "__not_json__"
-    for p in [x for x in path.split(".") if x]:
-        if p == "#":
-            v = len(v)
-            break
-        try:
-            v = v[int(p)] if isinstance(v, list) else v[p]
-        except (KeyError, IndexError, ValueError, TypeError):
-            return "__absent__"
-    return v if isinstance(v, str) else json.dumps(v, sort_keys=True)
-for line in sys.stdin:
-    path, f = line.rstrip("\n").split("\t", 1)
-    print(get(path, f).replace("\n", "\\n"), flush=True)
-PY
-coproc JGET { exec python3 "$W/jget.py"; }
-exec 7>&"${JGET[1]}" 8<&"${JGET[0]}"
-jget() {
-	local line
-	printf '%s\t%s\n' "$1" "${2:-$W/body}" >&7
-	IFS= read -r line <&8 || fail "jget: the JSON helper is gone"
-	printf '%s\n' "$line"
 }
 
 # ---------------------------------------------------------------------------------------------
 # The Key Center under test: a fresh database, the role's password, the init ceremony.
 
 step="setup"
-sql "$MICA_PG_CONNINFO" "CREATE DATABASE $DB" >/dev/null
-"$MICA" migrate --db "$ADMIN_CI" >"$W/migrate.out" 2>&1 || fail "migrate: $(cat "$W/migrate.out")"
-mica_pg_service_roles "$MICA_TEST_DIR" "$DB"
+stack_db_create
 KC_CI="$(mica_keycenter_conninfo "$MICA_TEST_DIR" "$DB")"
 
-policy_doc() { # VERSION [EXTRA_PRINCIPALS_JSON]
-	cat <<EOF
-{"version": $1, "description": "test_keycenter",
- "principals": {
-  "admin": {"role": "key-admin"},
-  "officer1": {"role": "security-officer"},
-  "officer2": {"role": "security-officer"},
-  "auditor": {"role": "auditor"},
-  "account": {"role": "service",
-              "keys": {"account-*": ["encrypt", "decrypt", "rewrap", "datakey", "hmac", "read"]}}${2:+,
-  $2}
- }}
-EOF
-}
+policy_doc() { stack_policy_doc "$@"; } # VERSION [EXTRA_PRINCIPALS_JSON]
 policy_doc 1 >"$W/policy-v1.json"
-"$MICA" keycenter init --db "$ADMIN_CI" --force --policy "$W/policy-v1.json" \
-	--audit-pubkey-out "$W/audit.pem" >"$W/init.out" 2>"$W/init.err" ||
-	fail "keycenter init: $(cat "$W/init.err")"
+stack_kc_init "$W/policy-v1.json"
 grep -q 'Policy version 1 is active' "$W/init.out" || fail "init output: $(cat "$W/init.out")"
 grep -q 'BEGIN PUBLIC KEY' "$W/audit.pem" || fail "no audit public key"
 ok "database $DB migrated, role password set, token initialised"
