@@ -167,22 +167,8 @@ int acct_run(struct acct_config *cfg)
 	}
 	s.argon2 = (acct_argon2_params){(uint32_t)cfg->argon2_m_kib, (uint32_t)cfg->argon2_t,
 					(uint32_t)cfg->argon2_p};
-	size_t cl = strlen(cfg->db_conninfo) + 2 * strlen(cfg->db_password) + 16;
-	if (!(conninfo = malloc(cl)))
+	if (!(conninfo = mica_db_conninfo_with_password(cfg->db_conninfo, cfg->db_password)))
 		goto out;
-	{
-		char *w = conninfo + sprintf(conninfo, "%s", cfg->db_conninfo);
-		if (*cfg->db_password) {
-			w += sprintf(w, " password='");
-			for (const char *c = cfg->db_password; *c; c++) {
-				if (*c == '\'' || *c == '\\')
-					*w++ = '\\';
-				*w++ = *c;
-			}
-			*w++ = '\'';
-			*w = '\0';
-		}
-	}
 	struct mica_kv_config kvc = {.socket_path = cfg->redis_socket,
 				     .username = cfg->redis_user,
 				     .password = cfg->redis_password};

@@ -63,27 +63,6 @@ static int sign_checkpoint(const uint8_t digest[32], uint8_t **sig, size_t *sig_
 	return kc_hsm_sign(arg, digest, sig, sig_len);
 }
 
-/* conninfo plus password='...' (libpq quoting), or a copy of conninfo. */
-static char *conninfo_with_password(const char *conninfo, const char *password)
-{
-	size_t n = strlen(conninfo), pl = password ? strlen(password) : 0;
-	char *out = malloc(n + 2 * pl + 16), *w;
-	if (!out)
-		return NULL;
-	w = out + sprintf(out, "%s", conninfo);
-	if (pl) {
-		w += sprintf(w, " password='");
-		for (size_t i = 0; i < pl; i++) {
-			if (password[i] == '\'' || password[i] == '\\')
-				*w++ = '\\';
-			*w++ = password[i];
-		}
-		*w++ = '\'';
-		*w = '\0';
-	}
-	return out;
-}
-
 /* Unseals the audit MAC key that `mica keycenter init` stored. */
 int kc_audit_mac_key(kc_service *s, uint8_t key[32])
 {
@@ -141,7 +120,7 @@ int kc_run(struct kc_config *cfg)
 
 	mica_log_min_level = cfg->log_level;
 	pthread_mutex_init(&s.policy_lock, NULL);
-	if (!(conninfo = conninfo_with_password(cfg->db_conninfo, cfg->db_password)) ||
+	if (!(conninfo = mica_db_conninfo_with_password(cfg->db_conninfo, cfg->db_password)) ||
 	    mica_db_global_init(conninfo) != 0)
 		goto out;
 	if ((err = kc_keys_init(&s)) != 0)

@@ -900,3 +900,27 @@ int mica_db_get_bytea(const PGresult *res, int row, int col, uint8_t **out, size
 	*len = (n - 2) / 2;
 	return 0;
 }
+
+/* ---- conninfo ------------------------------------------------------------- */
+
+char *mica_db_conninfo_with_password(const char *conninfo, const char *password)
+{
+	size_t n = strlen(conninfo), pl = password ? strlen(password) : 0;
+	char *out = malloc(n + 2 * pl + 16), *w;
+	if (!out)
+		return NULL;
+	memcpy(out, conninfo, n);
+	w = out + n;
+	if (pl) {
+		memcpy(w, " password='", 11);
+		w += 11;
+		for (size_t i = 0; i < pl; i++) {
+			if (password[i] == '\'' || password[i] == '\\')
+				*w++ = '\\';
+			*w++ = password[i];
+		}
+		*w++ = '\'';
+	}
+	*w = '\0';
+	return out;
+}

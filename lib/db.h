@@ -142,6 +142,12 @@ const char *mica_db_get(const PGresult *res, int row, int col);
  * MICA_ENOTFOUND (NULL or out of range) or MICA_EINVAL (not an integer). */
 MICA_WUR int mica_db_get_int64(const PGresult *res, int row, int col, int64_t *out);
 
+/* |conninfo| with password='|password|' appended in libpq's quoting (a copy
+ * of |conninfo| when |password| is NULL or empty), for services that keep the
+ * password in a secret file. malloc'd; the caller wipes and frees it. NULL
+ * when out of memory. */
+char *mica_db_conninfo_with_password(const char *conninfo, const char *password);
+
 /* bytea travels as text in the hex format ("\\x0a1b..."). Encodes |len|
  * bytes of |data| as such a parameter value; malloc'd (caller frees), NULL
  * when out of memory. */

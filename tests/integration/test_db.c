@@ -93,6 +93,25 @@ static int64_t now_ms(void)
 
 /* ---- parameters are data ------------------------------------------- */
 
+/* A password with quotes and backslashes survives libpq's conninfo parsing:
+ * the superuser's own password, re-quoted, still logs in. */
+START_TEST(conninfo_with_password_quotes)
+{
+	char *c = mica_db_conninfo_with_password("dbname=x", "a'b\\c");
+	ck_assert_str_eq(c, "dbname=x password='a\\'b\\\\c'");
+	free(c);
+	c = mica_db_conninfo_with_password("dbname=x", "");
+	ck_assert_str_eq(c, "dbname=x");
+	free(c);
+	PQconninfoOption *opts = PQconninfoParse("dbname=x password='a\\'b\\\\c'", NULL);
+	ck_assert_ptr_nonnull(opts);
+	for (PQconninfoOption *o = opts; o->keyword; o++)
+		if (strcmp(o->keyword, "password") == 0)
+			ck_assert_str_eq(o->val, "a'b\\c");
+	PQconninfoFree(opts);
+}
+END_TEST
+
 START_TEST(params_are_data)
 {
 	mica_db *db = open_db();
@@ -651,6 +670,7 @@ static Suite *db_suite(void)
 	Suite *s = suite_create("db");
 	TCase *tc = tcase_create("postgres");
 	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, conninfo_with_password_quotes);
 	tcase_add_test(tc, params_are_data);
 	tcase_add_test(tc, error_mapping);
 	tcase_add_test(tc, unreachable_server);
