@@ -9,6 +9,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -142,36 +143,43 @@ static int put_text(EVP_MD_CTX *md, struct field f)
 	return put_field(md, f.p, f.len, f.p == NULL);
 }
 
-/* hash = SHA-256(canonical encoding of |e|); see audit.h. */
-static int entry_hash(const struct entry *e, uint8_t out[KC_AUDIT_HASH_LEN])
+/* hash = SHA-256(canonical encoding of |e|); see audit.h. |md| is a
+ * context the caller owns and may reuse. */
+static int entry_hash_with(EVP_MD_CTX *md, const struct entry *e, uint8_t out[KC_AUDIT_HASH_LEN])
 {
 	uint8_t seq[8], ts[8], ver[4];
 	unsigned int n = 0;
-	int ok;
-	EVP_MD_CTX *md = EVP_MD_CTX_new();
-	if (!md)
-		return MICA_ENOMEM;
 	be64(seq, e->seq);
 	be64(ts, (uint64_t)e->ts_us);
 	be32(ver, (uint32_t)e->key_version);
-	ok = EVP_DigestInit_ex(md, EVP_sha256(), NULL) &&
-	     put_field(md, DOMAIN_RECORD, strlen(DOMAIN_RECORD), 0) && put_field(md, seq, 8, 0) &&
-	     put_field(md, ts, 8, 0) && put_text(md, e->principal) && put_text(md, e->client) &&
-	     put_text(md, e->op) && put_text(md, e->key_name) &&
-	     put_field(md, ver, 4, !e->has_version) && put_text(md, e->context_hash) &&
-	     put_text(md, e->result) && put_field(md, e->prev_hash, KC_AUDIT_HASH_LEN, 0) &&
-	     EVP_DigestFinal_ex(md, out, &n) && n == KC_AUDIT_HASH_LEN;
-	EVP_MD_CTX_free(md);
+	int ok = EVP_DigestInit_ex(md, mica_md_sha256(), NULL) &&
+		 put_field(md, DOMAIN_RECORD, strlen(DOMAIN_RECORD), 0) && put_field(md, seq, 8, 0) &&
+		 put_field(md, ts, 8, 0) && put_text(md, e->principal) && put_text(md, e->client) &&
+		 put_text(md, e->op) && put_text(md, e->key_name) &&
+		 put_field(md, ver, 4, !e->has_version) && put_text(md, e->context_hash) &&
+		 put_text(md, e->result) && put_field(md, e->prev_hash, KC_AUDIT_HASH_LEN, 0) &&
+		 EVP_DigestFinal_ex(md, out, &n) && n == KC_AUDIT_HASH_LEN;
 	return ok ? 0 : MICA_ECRYPTO;
 }
 
-int kc_audit_record_hash(uint64_t seq, int64_t ts_us, const kc_audit_record *rec,
-			 const uint8_t prev_hash[32], uint8_t hash[32])
+static int entry_hash(const struct entry *e, uint8_t out[KC_AUDIT_HASH_LEN])
 {
-	if (!rec || !prev_hash || !hash || !rec->principal || !rec->client || !rec->op ||
-	    !rec->result)
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	if (!md)
+		return MICA_ENOMEM;
+	int rc = entry_hash_with(md, e, out);
+	EVP_MD_CTX_free(md);
+	return rc;
+}
+
+/* The entry of |rec| at |seq|; strings borrowed from |rec|. MICA_EINVAL if
+ * a required field is missing. */
+static int record_entry(uint64_t seq, int64_t ts_us, const kc_audit_record *rec,
+			const uint8_t prev_hash[32], struct entry *e)
+{
+	if (!rec || !prev_hash || !rec->principal || !rec->client || !rec->op || !rec->result)
 		return MICA_EINVAL;
-	struct entry e = {
+	*e = (struct entry){
 	    .seq = seq,
 	    .ts_us = ts_us,
 	    .principal = cstr(rec->principal),
@@ -183,8 +191,18 @@ int kc_audit_record_hash(uint64_t seq, int64_t ts_us, const kc_audit_record *rec
 	    .has_version = rec->key_version > 0,
 	    .key_version = rec->key_version > 0 ? rec->key_version : 0,
 	};
-	memcpy(e.prev_hash, prev_hash, KC_AUDIT_HASH_LEN);
-	return entry_hash(&e, hash);
+	memcpy(e->prev_hash, prev_hash, KC_AUDIT_HASH_LEN);
+	return 0;
+}
+
+int kc_audit_record_hash(uint64_t seq, int64_t ts_us, const kc_audit_record *rec,
+			 const uint8_t prev_hash[32], uint8_t hash[32])
+{
+	struct entry e;
+	if (!hash)
+		return MICA_EINVAL;
+	int rc = record_entry(seq, ts_us, rec, prev_hash, &e);
+	return rc ? rc : entry_hash(&e, hash);
 }
 
 int kc_audit_checkpoint_digest(uint64_t seq, int64_t ts_us, const uint8_t head_hash[32],
@@ -199,7 +217,7 @@ int kc_audit_checkpoint_digest(uint64_t seq, int64_t ts_us, const uint8_t head_h
 	be64(pre + d, seq);
 	be64(pre + d + 8, (uint64_t)ts_us);
 	memcpy(pre + d + 16, head_hash, KC_AUDIT_HASH_LEN);
-	if (!EVP_Digest(pre, sizeof(pre), digest, &n, EVP_sha256(), NULL) || n != 32)
+	if (!EVP_Digest(pre, sizeof(pre), digest, &n, mica_md_sha256(), NULL) || n != 32)
 		return MICA_ECRYPTO;
 	return 0;
 }
@@ -306,22 +324,33 @@ static void sb_putc(struct sbuf *b, char c)
 	sb_put(b, &c, 1);
 }
 
-/* Appends one element of a PostgreSQL array literal: NULL, or the string in
- * double quotes with '"' and '\' backslash-escaped (array_in's rules). The
- * array travels as one parameter; no SQL text is built from it. */
-static void sb_elem_text(struct sbuf *b, const char *s)
+/* Starts the next element of an array literal (after "{"). */
+static void sb_elem_sep(struct sbuf *b)
 {
 	if (b->len > 1)
 		sb_putc(b, ',');
+}
+
+/* Appends one element of a PostgreSQL array literal: NULL, or the string in
+ * double quotes with '"' and '\' backslash-escaped (array_in's rules). The
+ * array travels as one parameter; no SQL text is built from it. Runs
+ * without special characters are copied whole. */
+static void sb_elem_text(struct sbuf *b, const char *s)
+{
+	sb_elem_sep(b);
 	if (!s) {
 		sb_put(b, "NULL", 4);
 		return;
 	}
 	sb_putc(b, '"');
-	for (const char *q = s; *q; q++) {
-		if (*q == '"' || *q == '\\')
-			sb_putc(b, '\\');
-		sb_putc(b, *q);
+	for (;;) {
+		size_t run = strcspn(s, "\"\\");
+		sb_put(b, s, run);
+		s += run;
+		if (!*s)
+			break;
+		sb_putc(b, '\\');
+		sb_putc(b, *s++);
 	}
 	sb_putc(b, '"');
 }
@@ -330,32 +359,38 @@ static void sb_elem_int(struct sbuf *b, int64_t v)
 {
 	char num[24];
 	int n = snprintf(num, sizeof(num), "%" PRId64, v);
-	if (b->len > 1)
-		sb_putc(b, ',');
+	sb_elem_sep(b);
 	sb_put(b, num, (size_t)n);
 }
 
-static void sb_elem_hex(struct sbuf *b, const uint8_t *p, size_t n)
+/* A hash as lower-case hex; hex needs neither quotes nor escapes. */
+static void sb_elem_hex(struct sbuf *b, const uint8_t p[KC_AUDIT_HASH_LEN])
 {
 	char hex[2 * KC_AUDIT_HASH_LEN + 1];
-	if (n > KC_AUDIT_HASH_LEN || mica_hex_encode(p, n, hex, sizeof(hex)) != 0) {
-		b->oom = 1; /* cannot happen: callers pass 32 bytes */
+	sb_elem_sep(b);
+	if (mica_hex_encode(p, KC_AUDIT_HASH_LEN, hex, sizeof(hex)) != 0) {
+		b->oom = 1; /* cannot happen: the buffer fits */
 		return;
 	}
-	sb_elem_text(b, hex);
+	sb_put(b, hex, 2 * KC_AUDIT_HASH_LEN);
 }
 
 /* ---- the writer ------------------------------------------------------------ */
 
 /* One pending append, on its caller's stack; |rec| is borrowed while the
- * caller waits. Guarded by kc_audit.mu. */
+ * caller waits. |next| is guarded by kc_audit.mu; once the writer took the
+ * waiter off the queue it owns seq and rc until it posts |done|, and the
+ * post is its last touch (sem_post makes the results visible to the
+ * waiter). A semaphore rather than a condition variable: the writer wakes
+ * each waiter without holding the mutex, and the waiter does not take the
+ * mutex again, so a committed batch costs one wake-up per waiter instead
+ * of a stampede on kc_audit.mu. */
 struct waiter {
 	const kc_audit_record *rec;
 	int64_t ts_us;
 	uint64_t seq;
 	int rc;
-	int done;
-	pthread_cond_t cv;
+	sem_t done;
 	struct waiter *next;
 };
 
@@ -385,10 +420,8 @@ enum {
 struct kc_audit {
 	pthread_mutex_t mu;
 	pthread_cond_t work; /* the writer waits for appends (CLOCK_MONOTONIC) */
-	pthread_cond_t idle; /* kc_audit_stop() waits for in-flight appends */
 	struct waiter *qhead, *qtail;
 	int stopping;
-	int inflight;
 	kc_audit_stats stats;
 	pthread_t thread;
 
@@ -396,6 +429,8 @@ struct kc_audit {
 	 * before the thread exists). */
 	mica_db *db;
 	uint8_t mac_key[KC_AUDIT_MAC_KEY_LEN];
+	EVP_MAC_CTX *mac_ctx; /* keyed with mac_key once, reused per record */
+	EVP_MD_CTX *md_ctx;   /* reused for every record hash */
 	kc_audit_sign_fn sign;
 	void *sign_arg;
 	kc_audit_options opt;
@@ -553,56 +588,74 @@ static int cp_make(kc_audit *a, uint64_t seq, const uint8_t head[32], struct cp 
 	return 0;
 }
 
-static const char insert_records_sql[] =
-    "INSERT INTO keycenter.audit (seq, ts_us, principal, client, op, key_name, key_version,"
-    " context_hash, result, prev_hash, hash, mac)"
-    " SELECT s, t, p, c, o, k, v, x, r, decode(ph, 'hex'), decode(h, 'hex'), decode(m, 'hex')"
-    " FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],"
-    " $7::integer[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])"
-    " AS u(s, t, p, c, o, k, v, x, r, ph, h, m)";
+/* A batch is one autocommit statement, so it costs one round trip and
+ * commits atomically: the records, and the checkpoint when one is due as a
+ * data-modifying CTE of the same statement. Without a checkpoint the
+ * statement does not name keycenter.audit_checkpoint at all. */
+#define INSERT_RECORDS                                                                             \
+	"INSERT INTO keycenter.audit (seq, ts_us, principal, client, op, key_name, key_version,"   \
+	" context_hash, result, prev_hash, hash, mac)"                                             \
+	" SELECT s, t, p, c, o, k, v, x, r, decode(ph, 'hex'), decode(h, 'hex'), decode(m, 'hex')" \
+	" FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],"  \
+	" $7::integer[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])"           \
+	" AS u(s, t, p, c, o, k, v, x, r, ph, h, m)"
+
+static const char insert_records_sql[] = INSERT_RECORDS;
+
+static const char insert_records_checkpoint_sql[] =
+    "WITH cp AS (INSERT INTO keycenter.audit_checkpoint (seq, ts_us, head_hash, signature)"
+    " VALUES ($13::bigint, $14::bigint, decode($15, 'hex'), decode($16, 'hex'))) " INSERT_RECORDS;
 
 static const char insert_checkpoint_sql[] =
     "INSERT INTO keycenter.audit_checkpoint (seq, ts_us, head_hash, signature)"
     " VALUES ($1::bigint, $2::bigint, decode($3, 'hex'), decode($4, 'hex'))";
 
-struct batch_tx {
-	const char *arrays[NARR]; /* NULL: no records (checkpoint only) */
-	const struct cp *cp;	  /* NULL: no checkpoint */
-};
-
-/* Pure: safe for mica_db_tx() to run again. */
-static int batch_tx_fn(mica_db *db, void *arg)
+/* Commits the records of |arrays| (NULL: none) and |cp| (NULL: none) in
+ * one autocommit statement. A statement whose connection broke in flight
+ * has an unknown outcome, like a COMMIT: the caller fails the batch and
+ * resynchronises. */
+static int write_statement(kc_audit *a, const char *const arrays[NARR], const struct cp *cp)
 {
-	const struct batch_tx *t = arg;
-	int rc = 0;
-	if (t->arrays[0])
-		rc = mica_db_exec(db, insert_records_sql, NARR, t->arrays, NULL);
-	if (!rc && t->cp) {
-		const char *p[4] = {t->cp->seq_s, t->cp->ts_s, t->cp->head_hex, t->cp->sig_hex};
-		rc = mica_db_exec(db, insert_checkpoint_sql, 4, p, NULL);
+	const char *p[NARR + 4];
+	int n = 0;
+	if (arrays) {
+		memcpy(p, arrays, sizeof(*p) * NARR);
+		n = NARR;
 	}
-	return rc;
+	if (cp) {
+		p[n++] = cp->seq_s;
+		p[n++] = cp->ts_s;
+		p[n++] = cp->head_hex;
+		p[n++] = cp->sig_hex;
+	}
+	const char *sql = !arrays ? insert_checkpoint_sql
+				  : cp ? insert_records_checkpoint_sql : insert_records_sql;
+	return mica_db_exec(a->db, sql, n, p, NULL);
 }
 
 /* Computes seq, prev_hash, hash and MAC of every record of the batch. */
 static int batch_chain(kc_audit *a, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
-		const kc_audit_record *r = a->batch[i]->rec;
 		struct slot *s = &a->slots[i];
+		struct entry e;
 		memcpy(s->prev, i ? a->slots[i - 1].hash : a->head_hash, KC_AUDIT_HASH_LEN);
-		int rc = kc_audit_record_hash(a->head_seq + i + 1, a->batch[i]->ts_us, r, s->prev,
-					      s->hash);
+		int rc = record_entry(a->head_seq + i + 1, a->batch[i]->ts_us, a->batch[i]->rec,
+				      s->prev, &e);
 		if (!rc)
-			rc = entry_mac(a->mac_key, s->hash, s->mac);
+			rc = entry_hash_with(a->md_ctx, &e, s->hash);
+		if (!rc)
+			rc = mica_hmac_sha256_keyed(a->mac_ctx, NULL, 0, s->hash, KC_AUDIT_HASH_LEN,
+						    s->mac);
 		if (rc)
 			return rc;
 	}
 	return 0;
 }
 
-/* Fills the twelve array parameters for insert_records_sql. */
-static int batch_arrays(kc_audit *a, size_t n, struct batch_tx *t)
+/* Fills the twelve array parameters of INSERT_RECORDS; |arrays| borrow
+ * a->arr. */
+static int batch_arrays(kc_audit *a, size_t n, const char *arrays[NARR])
 {
 	for (int k = 0; k < NARR; k++) {
 		a->arr[k].len = 0;
@@ -624,15 +677,15 @@ static int batch_arrays(kc_audit *a, size_t n, struct batch_tx *t)
 			sb_elem_text(&a->arr[ARR_VERSION], NULL);
 		sb_elem_text(&a->arr[ARR_CTX], r->context_hash);
 		sb_elem_text(&a->arr[ARR_RESULT], r->result);
-		sb_elem_hex(&a->arr[ARR_PREV], s->prev, KC_AUDIT_HASH_LEN);
-		sb_elem_hex(&a->arr[ARR_HASH], s->hash, KC_AUDIT_HASH_LEN);
-		sb_elem_hex(&a->arr[ARR_MAC], s->mac, KC_AUDIT_HASH_LEN);
+		sb_elem_hex(&a->arr[ARR_PREV], s->prev);
+		sb_elem_hex(&a->arr[ARR_HASH], s->hash);
+		sb_elem_hex(&a->arr[ARR_MAC], s->mac);
 	}
 	for (int k = 0; k < NARR; k++) {
 		sb_putc(&a->arr[k], '}');
 		if (a->arr[k].oom)
 			return MICA_ENOMEM;
-		t->arrays[k] = a->arr[k].p;
+		arrays[k] = a->arr[k].p;
 	}
 	return 0;
 }
@@ -655,11 +708,12 @@ static void log_failure(kc_audit *a, const char *what, uint64_t from, uint64_t t
 }
 
 /* Writes the batch a->batch[0..n) (n >= 1) and, if due, a checkpoint, in one
- * transaction. Returns 0 once committed; the head advances only then. */
+ * statement. Returns 0 once committed; the head advances only then. */
 static int write_batch(kc_audit *a, size_t n)
 {
-	struct batch_tx t = {.cp = NULL};
+	const char *arrays[NARR];
 	struct cp cp = {0};
+	const struct cp *due = NULL;
 	int64_t now = mono_ms();
 	int rc = a->need_resync ? load_head(a) : 0;
 	if (!rc)
@@ -667,19 +721,19 @@ static int write_batch(kc_audit *a, size_t n)
 	uint64_t last = a->head_seq + n;
 	if (!rc && checkpoint_due(a, last, now)) {
 		rc = cp_make(a, last, a->slots[n - 1].hash, &cp);
-		t.cp = rc ? NULL : &cp;
+		due = rc ? NULL : &cp;
 	}
 	if (!rc)
-		rc = batch_arrays(a, n, &t);
+		rc = batch_arrays(a, n, arrays);
 	if (!rc)
-		rc = mica_db_tx(a->db, MICA_DB_READ_COMMITTED, batch_tx_fn, &t);
+		rc = write_statement(a, arrays, due);
 	if (rc) {
 		log_failure(a, "audit batch", a->head_seq + 1, last, rc);
 		a->need_resync = 1;
 	} else {
 		a->head_seq = last;
 		memcpy(a->head_hash, a->slots[n - 1].hash, KC_AUDIT_HASH_LEN);
-		if (t.cp) {
+		if (due) {
 			a->cp_seq = last;
 			a->cp_at_ms = now;
 		}
@@ -691,7 +745,7 @@ static int write_batch(kc_audit *a, size_t n)
 	} else {
 		a->stats.records += n;
 		a->stats.batches++;
-		a->stats.checkpoints += t.cp != NULL;
+		a->stats.checkpoints += due != NULL;
 		if (n > a->stats.max_batch)
 			a->stats.max_batch = n;
 	}
@@ -703,16 +757,14 @@ static int write_batch(kc_audit *a, size_t n)
  * timer, or stop). */
 static int write_checkpoint(kc_audit *a)
 {
-	struct batch_tx t = {.cp = NULL};
 	struct cp cp = {0};
 	int rc = a->need_resync ? load_head(a) : 0;
 	if (!rc && a->head_seq <= a->cp_seq)
 		return 0;
 	if (!rc)
 		rc = cp_make(a, a->head_seq, a->head_hash, &cp);
-	t.cp = &cp;
 	if (!rc)
-		rc = mica_db_tx(a->db, MICA_DB_READ_COMMITTED, batch_tx_fn, &t);
+		rc = write_statement(a, NULL, &cp);
 	a->cp_at_ms = mono_ms(); /* after a failure, retry one interval later */
 	if (rc) {
 		log_failure(a, "audit checkpoint", a->head_seq, a->head_seq, rc);
@@ -740,17 +792,16 @@ static size_t take_batch(kc_audit *a)
 	return n;
 }
 
+/* Hands each waiter of the batch its result and wakes it; the waiters
+ * are no longer queued, so no lock is needed. */
 static void complete_batch(kc_audit *a, size_t n, uint64_t first_seq, int rc)
 {
-	pthread_mutex_lock(&a->mu);
 	for (size_t i = 0; i < n; i++) {
 		struct waiter *w = a->batch[i];
 		w->rc = rc ? MICA_EAUDIT : 0;
 		w->seq = rc ? 0 : first_seq + i;
-		w->done = 1;
-		pthread_cond_signal(&w->cv);
+		sem_post(&w->done); /* last touch: |w| may be gone after it */
 	}
-	pthread_mutex_unlock(&a->mu);
 }
 
 static void deadline_from_ms(struct timespec *ts, int64_t ms)
@@ -824,6 +875,8 @@ static void audit_free(kc_audit *a)
 {
 	mica_db_close(&a->db);
 	mica_wipe(a->mac_key, sizeof(a->mac_key));
+	EVP_MAC_CTX_free(a->mac_ctx);
+	EVP_MD_CTX_free(a->md_ctx);
 	for (int k = 0; k < NARR; k++)
 		free(a->arr[k].p);
 	free(a->batch);
@@ -841,12 +894,7 @@ static int sync_init(kc_audit *a)
 	pthread_condattr_destroy(&ca);
 	if (!ok)
 		return MICA_ENOMEM;
-	if (pthread_cond_init(&a->idle, NULL)) {
-		pthread_cond_destroy(&a->work);
-		return MICA_ENOMEM;
-	}
 	if (pthread_mutex_init(&a->mu, NULL)) {
-		pthread_cond_destroy(&a->idle);
 		pthread_cond_destroy(&a->work);
 		return MICA_ENOMEM;
 	}
@@ -856,7 +904,6 @@ static int sync_init(kc_audit *a)
 static void sync_destroy(kc_audit *a)
 {
 	pthread_mutex_destroy(&a->mu);
-	pthread_cond_destroy(&a->idle);
 	pthread_cond_destroy(&a->work);
 }
 
@@ -878,7 +925,16 @@ int kc_audit_start(kc_audit **out, const char *conninfo, const uint8_t mac_key[3
 	a->opt = o;
 	a->batch = calloc((size_t)o.max_batch, sizeof(*a->batch));
 	a->slots = calloc((size_t)o.max_batch, sizeof(*a->slots));
-	int rc = a->batch && a->slots ? 0 : MICA_ENOMEM;
+	a->md_ctx = EVP_MD_CTX_new();
+	a->mac_ctx = mica_hmac_sha256_new();
+	int rc = a->batch && a->slots && a->md_ctx && a->mac_ctx ? 0 : MICA_ENOMEM;
+	if (!rc) {
+		/* Keys the context; later records reuse the key (NULL key). */
+		uint8_t probe[32];
+		rc = mica_hmac_sha256_keyed(a->mac_ctx, a->mac_key, sizeof(a->mac_key), "", 0,
+					    probe);
+		mica_wipe(probe, sizeof(probe));
+	}
 	if (!rc) {
 		rc = mica_db_open(&a->db, conninfo);
 		if (rc)
@@ -927,29 +983,27 @@ int kc_audit_append(kc_audit *a, const kc_audit_record *rec, uint64_t *seq)
 	if (!a || !rec || !record_ok(rec))
 		return MICA_EINVAL;
 	struct waiter w = {.rec = rec, .ts_us = rec->ts_us ? rec->ts_us : now_us()};
-	if (pthread_cond_init(&w.cv, NULL))
+	if (sem_init(&w.done, 0, 0))
 		return MICA_ENOMEM;
 	pthread_mutex_lock(&a->mu);
 	if (a->stopping) {
 		pthread_mutex_unlock(&a->mu);
-		pthread_cond_destroy(&w.cv);
+		sem_destroy(&w.done);
 		return MICA_ESTATE;
 	}
-	a->inflight++;
 	/* |w| stays on our stack while queued: the writer unlinks it before
-	 * setting done, and we return only after done. */
+	 * posting done, and we return only after done. Queued before stopping
+	 * was set, it is completed before the writer exits. */
 	if (a->qtail)
 		a->qtail->next = &w;
 	else
 		a->qhead = &w; /* cppcheck-suppress autoVariables */
 	a->qtail = &w;	       /* cppcheck-suppress autoVariables */
 	pthread_cond_signal(&a->work);
-	while (!w.done)
-		pthread_cond_wait(&w.cv, &a->mu);
-	if (--a->inflight == 0 && a->stopping)
-		pthread_cond_broadcast(&a->idle);
 	pthread_mutex_unlock(&a->mu);
-	pthread_cond_destroy(&w.cv);
+	while (sem_wait(&w.done) != 0)
+		; /* EINTR: a signal handler ran */
+	sem_destroy(&w.done);
 	if (seq)
 		*seq = w.seq;
 	return w.rc;
@@ -975,12 +1029,9 @@ void kc_audit_stop(kc_audit *a)
 	a->stopping = 1;
 	pthread_cond_signal(&a->work);
 	pthread_mutex_unlock(&a->mu);
+	/* The writer completes every queued waiter before it exits, and a
+	 * completed waiter no longer touches |a|. */
 	pthread_join(a->thread, NULL);
-	/* Waiters were all completed by the writer; let them leave the mutex. */
-	pthread_mutex_lock(&a->mu);
-	while (a->inflight > 0)
-		pthread_cond_wait(&a->idle, &a->mu);
-	pthread_mutex_unlock(&a->mu);
 	MICA_LOG(MICA_LOG_INFO, "audit: writer stopped at seq %" PRIu64, a->head_seq);
 	sync_destroy(a);
 	audit_free(a);
@@ -1344,7 +1395,7 @@ static int sig_ok(EVP_PKEY *pub, const uint8_t digest[32], const uint8_t *sig, s
 {
 	EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(pub, NULL);
 	int ok = ctx && EVP_PKEY_verify_init(ctx) == 1 &&
-		 EVP_PKEY_CTX_set_signature_md(ctx, EVP_sha256()) == 1 &&
+		 EVP_PKEY_CTX_set_signature_md(ctx, mica_md_sha256()) == 1 &&
 		 EVP_PKEY_verify(ctx, sig, sig_len, digest, 32) == 1;
 	EVP_PKEY_CTX_free(ctx);
 	ERR_clear_error();

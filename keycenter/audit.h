@@ -4,8 +4,9 @@
  *
  * Writing (kc_audit_start/append/stop) is fail closed and group-committed:
  * many request threads append, one writer thread inserts whatever queued up
- * as one multi-row INSERT in one transaction, and each append returns only
- * after the transaction holding its record committed. Reading is offline:
+ * as one multi-row INSERT (one autocommit statement, one round trip), and
+ * each append returns only after the statement holding its record
+ * committed. Reading is offline:
  * kc_audit_export() writes JSON lines, kc_audit_verify() checks them with the
  * checkpoint public key alone (`mica audit export`, `mica audit verify`).
  *
@@ -99,7 +100,7 @@ typedef struct kc_audit_record {
 typedef int (*kc_audit_sign_fn)(const uint8_t digest[32], uint8_t **sig, size_t *sig_len,
 				void *arg);
 
-/* A checkpoint goes into the transaction of the batch after which
+/* A checkpoint goes into the statement of the batch after which
  * checkpoint_every_n records are unsigned or checkpoint_every_ms passed since
  * the last one; an idle writer signs the head on its own once that time has
  * passed, and kc_audit_stop() signs whatever is left. If signing fails, the
@@ -143,9 +144,10 @@ int kc_audit_start(kc_audit **out, const char *conninfo, const uint8_t mac_key[3
  * failed (database down, permission, signing failure...): nothing of it is
  * in the chain, the writer's head stays at the last committed record and the
  * next batch reconnects and resynchronises, so sequence numbers stay
- * gap-free; the caller must not answer the request. (A COMMIT whose
- * connection broke has an unknown outcome: it also gives MICA_EAUDIT, and
- * the resynchronisation keeps the chain whole whichever way it went.)
+ * gap-free; the caller must not answer the request. (A batch whose
+ * connection broke in flight has an unknown outcome: it also gives
+ * MICA_EAUDIT, and the resynchronisation keeps the chain whole whichever way
+ * it went.)
  * MICA_EINVAL: |rec| breaks the rules of kc_audit_record (nothing queued).
  * MICA_ESTATE: kc_audit_stop() has begun. */
 int kc_audit_append(kc_audit *a, const kc_audit_record *rec, uint64_t *seq) MICA_WUR;

@@ -58,7 +58,7 @@ static void add_context(struct call *c, const char *canon, size_t len)
 	unsigned char be[4] = {(unsigned char)(l >> 24), (unsigned char)(l >> 16),
 			       (unsigned char)(l >> 8), (unsigned char)l};
 	if (!c->ctx_sha && (c->ctx_sha = EVP_MD_CTX_new()) &&
-	    EVP_DigestInit_ex(c->ctx_sha, EVP_sha256(), NULL) != 1) {
+	    EVP_DigestInit_ex(c->ctx_sha, mica_md_sha256(), NULL) != 1) {
 		EVP_MD_CTX_free(c->ctx_sha);
 		c->ctx_sha = NULL;
 	}

@@ -6,6 +6,7 @@
 #include "crypto.h"
 
 #include <limits.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,6 +19,58 @@
 
 /* OpenSSL length arguments are int; larger buffers go through in chunks. */
 #define OSSL_CHUNK ((size_t)1 << 30)
+
+/* ---- Fetched algorithms --------------------------------------------------- */
+
+/* OpenSSL 3 resolves an algorithm in the provider store (locks, a hash
+ * lookup, a reference count) on every implicit fetch: EVP_sha256() or
+ * EVP_aes_256_gcm() handed to an init function, EVP_MAC_fetch(), the digest
+ * name of an HMAC. The hot paths here fetch each algorithm once per process
+ * instead. The objects are never freed: they live as long as the default
+ * library context, and freeing them at exit would race threads still
+ * running. A failed fetch stays NULL and the functions using it return
+ * MICA_ECRYPTO. */
+static struct {
+	EVP_MD *sha256;
+	EVP_CIPHER *aes128_gcm, *aes256_gcm;
+	EVP_KDF *hkdf;
+	EVP_MAC *hmac;
+	/* HMAC with its digest set and no key: mica_hmac_sha256() duplicates
+	 * it, so the digest is not looked up by name per call. */
+	EVP_MAC_CTX *hmac_sha256;
+} algs;
+static pthread_once_t algs_once = PTHREAD_ONCE_INIT;
+
+static void algs_fetch(void)
+{
+	static char digest[] = "SHA256";
+	OSSL_PARAM params[2];
+
+	algs.sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+	algs.aes128_gcm = EVP_CIPHER_fetch(NULL, "AES-128-GCM", NULL);
+	algs.aes256_gcm = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
+	algs.hkdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
+	algs.hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+	if (algs.hmac)
+		algs.hmac_sha256 = EVP_MAC_CTX_new(algs.hmac);
+	params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0);
+	params[1] = OSSL_PARAM_construct_end();
+	if (algs.hmac_sha256 && EVP_MAC_CTX_set_params(algs.hmac_sha256, params) != 1) {
+		EVP_MAC_CTX_free(algs.hmac_sha256);
+		algs.hmac_sha256 = NULL;
+	}
+}
+
+static void algs_init(void)
+{
+	(void)pthread_once(&algs_once, algs_fetch);
+}
+
+const EVP_MD *mica_md_sha256(void)
+{
+	algs_init();
+	return algs.sha256;
+}
 
 /* ---- Random, comparison, zeroization ------------------------------------ */
 
@@ -99,12 +152,14 @@ static bool key_name_valid(const uint8_t *name, size_t len)
 	return true;
 }
 
+/* NULL for a bad key length (or if OpenSSL lacks AES-GCM). */
 static const EVP_CIPHER *gcm_cipher(size_t key_len)
 {
+	algs_init();
 	if (key_len == 16)
-		return EVP_aes_128_gcm();
+		return algs.aes128_gcm;
 	if (key_len == 32)
-		return EVP_aes_256_gcm();
+		return algs.aes256_gcm;
 	return NULL;
 }
 
@@ -352,7 +407,6 @@ int mica_hkdf_sha256(const void *salt, size_t salt_len, const void *ikm, size_t 
 		     const void *info, size_t info_len, void *out, size_t out_len)
 {
 	static char digest[] = "SHA256";
-	EVP_KDF *kdf = NULL;
 	EVP_KDF_CTX *kctx = NULL;
 	OSSL_PARAM params[5], *p = params;
 	int rc = MICA_ECRYPTO;
@@ -374,10 +428,10 @@ int mica_hkdf_sha256(const void *salt, size_t salt_len, const void *ikm, size_t 
 		    OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, (void *)info, info_len);
 	*p = OSSL_PARAM_construct_end();
 
-	kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
-	if (!kdf)
+	algs_init();
+	if (!algs.hkdf)
 		goto out;
-	kctx = EVP_KDF_CTX_new(kdf);
+	kctx = EVP_KDF_CTX_new(algs.hkdf);
 	if (!kctx)
 		goto out;
 	if (EVP_KDF_derive(kctx, out, out_len, params) != 1)
@@ -386,7 +440,6 @@ int mica_hkdf_sha256(const void *salt, size_t salt_len, const void *ikm, size_t 
 out:
 	/* Freeing the context clears the IKM copy OpenSSL keeps. */
 	EVP_KDF_CTX_free(kctx);
-	EVP_KDF_free(kdf);
 	if (rc)
 		mica_wipe(out, out_len);
 	return rc;
@@ -395,38 +448,51 @@ out:
 int mica_hmac_sha256(const void *key, size_t key_len, const void *msg, size_t msg_len,
 		     uint8_t out[MICA_SHA256_LEN])
 {
-	static char digest[] = "SHA256";
-	EVP_MAC *mac = NULL;
 	EVP_MAC_CTX *ctx = NULL;
-	OSSL_PARAM params[2];
-	size_t outl = 0;
 	int rc = MICA_ECRYPTO;
 
 	if (!out || (!key && key_len) || (!msg && msg_len))
 		return MICA_EINVAL;
-	params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0);
-	params[1] = OSSL_PARAM_construct_end();
-
-	mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-	if (!mac)
+	algs_init();
+	if (!algs.hmac_sha256)
 		goto out;
-	ctx = EVP_MAC_CTX_new(mac);
+	ctx = EVP_MAC_CTX_dup(algs.hmac_sha256);
 	if (!ctx)
 		goto out;
-	if (EVP_MAC_init(ctx, key_len ? key : empty_input, key_len, params) != 1)
-		goto out;
-	if (msg_len && EVP_MAC_update(ctx, msg, msg_len) != 1)
-		goto out;
-	if (EVP_MAC_final(ctx, out, &outl, MICA_SHA256_LEN) != 1 || outl != MICA_SHA256_LEN)
-		goto out;
-	rc = 0;
+	rc = mica_hmac_sha256_keyed(ctx, key_len ? key : empty_input, key_len, msg, msg_len, out);
 out:
 	/* Freeing the context cleanses the padded key it holds. */
 	EVP_MAC_CTX_free(ctx);
-	EVP_MAC_free(mac);
 	if (rc)
 		mica_wipe(out, MICA_SHA256_LEN);
 	return rc;
+}
+
+EVP_MAC_CTX *mica_hmac_sha256_new(void)
+{
+	algs_init();
+	return algs.hmac_sha256 ? EVP_MAC_CTX_dup(algs.hmac_sha256) : NULL;
+}
+
+int mica_hmac_sha256_keyed(EVP_MAC_CTX *ctx, const void *key, size_t key_len, const void *msg,
+			   size_t msg_len, uint8_t out[MICA_SHA256_LEN])
+{
+	size_t outl = 0;
+	int ok;
+
+	if (!ctx || !out || (!key && key_len) || (!msg && msg_len))
+		return MICA_EINVAL;
+	if (key && !key_len)
+		key = empty_input;
+	/* OpenSSL reads a NULL key as "keep the key set before". */
+	ok = EVP_MAC_init(ctx, key, key_len, NULL) == 1 &&
+	     (msg_len == 0 || EVP_MAC_update(ctx, msg, msg_len) == 1) &&
+	     EVP_MAC_final(ctx, out, &outl, MICA_SHA256_LEN) == 1 && outl == MICA_SHA256_LEN;
+	if (!ok) {
+		mica_wipe(out, MICA_SHA256_LEN);
+		return MICA_ECRYPTO;
+	}
+	return 0;
 }
 
 /* ---- Encodings ----------------------------------------------------------- */

@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <openssl/types.h>
+
 #include "err.h"
 
 /* ---- Random, comparison, zeroization ------------------------------------ */
@@ -149,6 +151,30 @@ int mica_hkdf_sha256(const void *salt, size_t salt_len, const void *ikm, size_t 
  * is wiped. Compare MACs with mica_ct_equal(). */
 int mica_hmac_sha256(const void *key, size_t key_len, const void *msg, size_t msg_len,
 		     uint8_t out[MICA_SHA256_LEN]) MICA_WUR;
+
+/* A reusable HMAC-SHA256 context without a key, for callers that MAC many
+ * messages (under one key or many) and want to skip the per-call context
+ * set-up of mica_hmac_sha256(). Returns NULL when out of memory or OpenSSL
+ * lacks HMAC-SHA256. The caller frees it with EVP_MAC_CTX_free(), which
+ * cleanses the key it holds. Not for concurrent use by several threads. */
+EVP_MAC_CTX *mica_hmac_sha256_new(void);
+
+/* HMAC-SHA256 of |msg| with |ctx| from mica_hmac_sha256_new(). |key| (may be
+ * empty) replaces the context's key; key NULL with key_len 0 reuses the key
+ * of the previous call, which must have set one. Returns 0, MICA_EINVAL
+ * (NULL argument) or MICA_ECRYPTO (also: no key set yet); on failure |out|
+ * is wiped. */
+int mica_hmac_sha256_keyed(EVP_MAC_CTX *ctx, const void *key, size_t key_len, const void *msg,
+			   size_t msg_len, uint8_t out[MICA_SHA256_LEN]) MICA_WUR;
+
+/* ---- Fetched algorithms --------------------------------------------------- */
+
+/* SHA-256, fetched from the default provider once per process (thread-safe).
+ * Hand it to EVP_DigestInit_ex() or EVP_Digest() instead of EVP_sha256(),
+ * which OpenSSL 3 looks up again in the provider store on every init.
+ * Borrowed: never free it. NULL only if OpenSSL cannot provide SHA-256 (the
+ * EVP call it is given to then fails). */
+const EVP_MD *mica_md_sha256(void);
 
 /* ---- Encodings ----------------------------------------------------------- */
 
