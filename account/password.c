@@ -7,6 +7,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <semaphore.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -508,6 +510,38 @@ int acct_phc_parse(const char *phc, struct acct_phc *out)
 	return 0;
 }
 
+/* At most one Argon2 computation per online CPU runs at a time; the others
+ * wait their turn. Each one holds m_kib of memory it sweeps at random, so
+ * letting every waiting request (up to max_connections) compute at once
+ * only multiplies the memory held (19 MiB each) and the cache misses that
+ * slow every one of them down, for no more throughput: the CPUs are the
+ * limit either way. */
+static sem_t argon2_slots;
+static pthread_once_t argon2_slots_once = PTHREAD_ONCE_INIT;
+
+static void argon2_slots_init(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	if (n < 1)
+		n = 1;
+	if (n > 1024)
+		n = 1024;
+	if (sem_init(&argon2_slots, 0, (unsigned)n) != 0)
+		abort(); /* only EINVAL (n over SEM_VALUE_MAX) is possible, and n is bounded */
+}
+
+static void argon2_enter(void)
+{
+	pthread_once(&argon2_slots_once, argon2_slots_init);
+	while (sem_wait(&argon2_slots) != 0 && errno == EINTR)
+		;
+}
+
+static void argon2_leave(void)
+{
+	sem_post(&argon2_slots);
+}
+
 int acct_password_hash_with(const char *password, const acct_argon2_params *params, char **phc)
 {
 	uint8_t salt[ACCT_ARGON2_SALT_LEN];
@@ -533,9 +567,11 @@ int acct_password_hash_with(const char *password, const acct_argon2_params *para
 		rc = MICA_ENOMEM;
 		goto out;
 	}
+	argon2_enter();
 	rc = argon2_to_mica(argon2id_hash_encoded(params->t, params->m_kib, params->p, password,
 						  pw_len, salt, sizeof(salt), ACCT_ARGON2_HASH_LEN,
 						  enc, enc_len));
+	argon2_leave();
 	if (rc) {
 		free(enc);
 		goto out;
@@ -568,9 +604,11 @@ int acct_password_verify(const char *phc, const char *password)
 		rc = MICA_EAUTH;
 		goto out;
 	}
+	argon2_enter();
 	rc = argon2_to_mica(argon2id_hash_raw(parsed.params.t, parsed.params.m_kib, parsed.params.p,
 					      password, pw_len, parsed.salt, parsed.salt_len,
 					      computed, parsed.hash_len));
+	argon2_leave();
 	if (rc)
 		goto out;
 	rc = mica_ct_equal(computed, parsed.hash, parsed.hash_len) ? 0 : MICA_EAUTH;

@@ -3,6 +3,7 @@
  * turn its result or struct acct_fail into JSON. */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "account/account.h"
 #include "log.h"
@@ -104,6 +105,23 @@ SIGNED_IN(h_stepup_approve, acct_stepup_approve(s, &sess, mica_http_param(req, "
 SIGNED_IN(h_delete, acct_delete(s, &sess, &out, &f))
 SIGNED_IN(h_sessions, acct_session_list(s, sess.user_id, sess.id, &out) ? acct_fail_internal(&f, MICA_EDB, "the session store") : 0)
 
+/* The session the bearer token names, as its holder may see it: nothing
+ * but the token check (cache first, session.c), so it is also the cheapest
+ * authenticated request (bench/account). recent_auth says whether a
+ * sensitive operation would go through now without a step-up. */
+static void h_session_current(const mica_http_req *req, mica_http_resp *resp, void *svc)
+{
+	acct_service *s = svc;
+	struct acct_session sess;
+	if (!signed_in(s, req, resp, &sess))
+		return;
+	mica_http_reply_json(resp, 200,
+			     json_pack("{s:I,s:s,s:I,s:I,s:b}", "session_id", (json_int_t)sess.id,
+				       "kind", sess.kind, "auth_at", (json_int_t)sess.auth_at,
+				       "expires_at", (json_int_t)sess.expires_at, "recent_auth",
+				       time(NULL) - sess.auth_at <= s->cfg->recent_auth_s));
+}
+
 static void h_session_delete(const mica_http_req *req, mica_http_resp *resp, void *svc)
 {
 	acct_service *s = svc;
@@ -144,10 +162,25 @@ static void h_revoke_all(const mica_http_req *req, mica_http_resp *resp, void *s
 	acct_service *s = svc;
 	struct acct_session sess;
 	mica_db *db = mica_db_thread();
-	json_t *keep = req->json ? json_object_get(req->json, "keep_current") : NULL;
+	/* The body is optional ({"keep_current": true}), so the route is not
+	 * MICA_ROUTE_JSON and the body is parsed here. */
+	json_t *body = NULL;
+	int keep;
 	if (!signed_in(s, req, resp, &sess))
 		return;
-	if (!db || acct_session_revoke_all(s, db, sess.user_id, json_is_true(keep) ? sess.id : 0))
+	if (req->body_len > 0) {
+		json_error_t jerr;
+		body = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &jerr);
+		if (!json_is_object(body)) {
+			json_decref(body);
+			mica_http_reply_error(resp, 400, "malformed_json",
+					      "the optional body is a JSON object");
+			return;
+		}
+	}
+	keep = json_is_true(json_object_get(body, "keep_current"));
+	json_decref(body);
+	if (!db || acct_session_revoke_all(s, db, sess.user_id, keep ? sess.id : 0))
 		mica_http_reply_error(resp, 503, "unavailable", "the session store is unavailable");
 	else
 		mica_http_reply_json(resp, 200, json_pack("{s:b}", "revoked", 1));
@@ -196,6 +229,7 @@ const mica_http_route acct_routes[] = {
 	{"POST", "/v1/password/reset/complete", h_reset_complete, J},
 	{"POST", "/v1/password/change", h_password_change, J},
 	{"GET", "/v1/me", h_me, 0},
+	{"GET", "/v1/session", h_session_current, 0},
 	{"GET", "/v1/sessions", h_sessions, 0},
 	{"DELETE", "/v1/sessions/{id}", h_session_delete, 0},
 	{"POST", "/v1/sessions/revoke-all", h_revoke_all, 0},

@@ -3,7 +3,18 @@
  * cache that lib/auth reads in every service. Revocation marks the row,
  * then replaces the cache entry by a short-lived tombstone, and the cache is
  * only ever filled with SET NX, so a check racing a revocation cannot put a
- * revoked session back: the very next request fails. */
+ * revoked session back: the very next request fails.
+ *
+ * Checks of app sessions read the cache first, as lib/auth does, and go to
+ * PostgreSQL only on a miss, an unreadable entry, a tombstone, a Redis
+ * failure, or when this process has not written the session's last_seen_at
+ * for TOUCH_INTERVAL_S: so a busy device costs one UPDATE a minute, not one
+ * per request, and last_seen_at is at most that stale. Revocation stays
+ * immediate: the tombstone is never read as a live session (it sends the
+ * check to PostgreSQL, which says revoked). Web sessions still go to
+ * PostgreSQL on every check, since each request extends their idle window. */
+#include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +27,10 @@
 #include "log.h"
 
 #define TOMBSTONE_TTL 120
+/* Longest time a checked app session goes without a PostgreSQL round trip
+ * (last_seen_at update and a fresh look at the truth). */
+#define TOUCH_INTERVAL_S 60
+#define TOUCH_SLOTS 4096
 
 /* The token of "Bearer <token>" (scheme case-insensitive); NULL if absent.
  * The token's own form is checked by mica_auth_token_hash(). */
@@ -142,17 +157,15 @@ out:
 
 /* Looks the token up in PostgreSQL, extends a web session's idle window
  * and fills the cache. */
-static int lookup(acct_service *s, const char *token, struct acct_session *out)
+static int lookup_hash(acct_service *s, const char *hash, struct acct_session *out)
 {
 	mica_db *db = mica_db_thread();
 	PGresult *res = NULL;
-	char hash[65], idle[16];
+	char idle[16];
 	int err;
 
 	if (!db)
 		return MICA_EDBCONN;
-	if ((err = mica_auth_token_hash(token, hash)) != 0)
-		return err;
 	snprintf(idle, sizeof(idle), "%d", s->cfg->web_idle_s);
 	const char *p[2] = {hash, idle};
 	err = mica_db_exec(db,
@@ -176,12 +189,114 @@ static int lookup(acct_service *s, const char *token, struct acct_session *out)
 	return err;
 }
 
+static int lookup(acct_service *s, const char *token, struct acct_session *out)
+{
+	char hash[MICA_AUTH_HASH_HEX_LEN + 1];
+	int err = mica_auth_token_hash(token, hash);
+	return err ? err : lookup_hash(s, hash, out);
+}
+
+/* When this process last sent each app session to PostgreSQL: a small
+ * table indexed by session id; a collision only costs an extra UPDATE. */
+static struct {
+	int64_t session_id;
+	time_t at;
+} touched[TOUCH_SLOTS];
+static pthread_mutex_t touched_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static int touched_recently(int64_t session_id, time_t now)
+{
+	size_t i = (size_t)((uint64_t)session_id % TOUCH_SLOTS);
+	int recent;
+	pthread_mutex_lock(&touched_mu);
+	recent = touched[i].session_id == session_id && now - touched[i].at < TOUCH_INTERVAL_S &&
+		 now >= touched[i].at;
+	pthread_mutex_unlock(&touched_mu);
+	return recent;
+}
+
+static void note_touch(int64_t session_id, time_t now)
+{
+	size_t i = (size_t)((uint64_t)session_id % TOUCH_SLOTS);
+	pthread_mutex_lock(&touched_mu);
+	touched[i].session_id = session_id;
+	touched[i].at = now;
+	pthread_mutex_unlock(&touched_mu);
+}
+
+/* Reads a live app session from the cache. 0 (found, unexpired, *out set)
+ * or MICA_ENOTFOUND for anything else (miss, tombstone, web session,
+ * unreadable entry, Redis failure): the caller then asks PostgreSQL. */
+static int cache_get(const char *hash, time_t now, struct acct_session *out)
+{
+	mica_kv *kv = mica_kv_thread();
+	char key[MICA_AUTH_CACHE_KEY_LEN + 1], *val = NULL, *end;
+	size_t len = 0;
+	json_t *o, *uid, *auth, *exp;
+	const char *sid, *dev, *kind;
+	long long id;
+	int rc = MICA_ENOTFOUND;
+
+	if (!kv)
+		return rc;
+	cache_key(hash, key, sizeof(key));
+	if (mica_kv_get(kv, key, &val, &len) != 0)
+		return rc;
+	o = json_loadb(val, len, JSON_REJECT_DUPLICATES, NULL);
+	free(val);
+	uid = json_object_get(o, "user_id");
+	auth = json_object_get(o, "auth_at");
+	exp = json_object_get(o, "expires_at");
+	sid = json_string_value(json_object_get(o, "session_id"));
+	dev = json_string_value(json_object_get(o, "device_id"));
+	kind = json_string_value(json_object_get(o, "kind"));
+	if (json_is_integer(uid) && json_integer_value(uid) > 0 && json_is_integer(auth) &&
+	    json_is_integer(exp) && json_integer_value(exp) > (json_int_t)now && sid && dev &&
+	    strlen(dev) < sizeof(out->device_hash) && kind && strcmp(kind, "app") == 0) {
+		errno = 0;
+		id = strtoll(sid, &end, 10);
+		if (errno == 0 && end != sid && *end == '\0' && id > 0) {
+			memset(out, 0, sizeof(*out));
+			out->id = id;
+			out->user_id = (int64_t)json_integer_value(uid);
+			snprintf(out->device_hash, sizeof(out->device_hash), "%s", dev);
+			snprintf(out->kind, sizeof(out->kind), "app");
+			out->auth_at = (time_t)json_integer_value(auth);
+			out->expires_at = (time_t)json_integer_value(exp);
+			rc = 0;
+		}
+	}
+	json_decref(o);
+	return rc;
+}
+
 int acct_session_check(acct_service *s, const char *authorization, struct acct_session *out)
 {
 	const char *t = bearer(authorization);
+	char hash[MICA_AUTH_HASH_HEX_LEN + 1];
+	time_t now = time(NULL);
+	int err;
 	if (!t)
 		return MICA_EINVAL;
-	return lookup(s, t, out);
+	if ((err = mica_auth_token_hash(t, hash)) != 0)
+		return err;
+	if (cache_get(hash, now, out) == 0) {
+		if (touched_recently(out->id, now))
+			return 0;
+		/* Due for its PostgreSQL round trip: last_seen_at, and the truth.
+		 * A session PostgreSQL no longer knows as active (its tombstone
+		 * was lost) must not keep validating from the cache. */
+		err = lookup_hash(s, hash, out);
+		if (err == MICA_EDENIED)
+			cache_tombstone(hash);
+		if (err == 0)
+			note_touch(out->id, now);
+		return err;
+	}
+	err = lookup_hash(s, hash, out);
+	if (err == 0 && strcmp(out->kind, "app") == 0)
+		note_touch(out->id, now);
+	return err;
 }
 
 int acct_session_touch_auth(acct_service *s, int64_t session_id)
