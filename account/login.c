@@ -417,6 +417,8 @@ int acct_login_parse(json_t *body, struct acct_login_req *r, struct acct_fail *f
 		return acct_failf(f, 400, "bad_session_kind", "session_kind is app or web");
 	if (!r->dev_name)
 		r->dev_name = "";
+	if (strlen(r->dev_name) > 100)
+		return acct_failf(f, 400, "bad_device", "device.name is at most 100 characters");
 	if (strlen(r->password) > 1024)
 		return acct_failf(f, 400, "bad_password", "the password is too long");
 	if ((r->ident = acct_ident_parse(r->login, r->norm, sizeof(r->norm))) == ACCT_ID_INVALID)

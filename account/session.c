@@ -73,20 +73,6 @@ static void cache_put(const char *hash, const struct acct_session *ss, int ttl)
 	free(val);
 }
 
-static void cache_refresh_ttl(const char *hash, int ttl)
-{
-	mica_kv *kv = mica_kv_thread();
-	char key[80], ttl_s[16];
-	redisReply *r = NULL;
-	if (!kv)
-		return;
-	cache_key(hash, key, sizeof(key));
-	snprintf(ttl_s, sizeof(ttl_s), "%d", ttl);
-	const char *argv[3] = {"EXPIRE", key, ttl_s};
-	if (mica_kv_command(kv, &r, 3, argv, NULL) == 0)
-		freeReplyObject(r);
-}
-
 static void cache_tombstone(const char *hash)
 {
 	mica_kv *kv = mica_kv_thread();
@@ -98,11 +84,9 @@ static void cache_tombstone(const char *hash)
 					 "with its cache TTL");
 }
 
-static int cache_ttl(const acct_service *s, const struct acct_session *ss, time_t now)
+static int cache_ttl(const struct acct_session *ss, time_t now)
 {
 	long left = (long)(ss->expires_at - now);
-	if (strcmp(ss->kind, "web") == 0 && left > s->cfg->web_idle_s)
-		left = s->cfg->web_idle_s;
 	return left > 0 ? (int)left : 0;
 }
 
@@ -180,12 +164,10 @@ static int lookup_hash(acct_service *s, const char *hash, struct acct_session *o
 	if (err == 0)
 		err = parse_row(res, 0, out);
 	PQclear(res);
-	if (err == 0) {
-		int ttl = cache_ttl(s, out, time(NULL));
-		cache_put(hash, out, ttl);
-		if (strcmp(out->kind, "web") == 0)
-			cache_refresh_ttl(hash, ttl);
-	}
+	/* Web sessions are not cached: every use must extend their idle window,
+	 * so other services ask the introspection endpoint, which does. */
+	if (err == 0 && strcmp(out->kind, "web") != 0)
+		cache_put(hash, out, cache_ttl(out, time(NULL)));
 	return err;
 }
 
