@@ -1,7 +1,6 @@
 /* service.c - mica-account's configuration table and run loop: connect to
  * PostgreSQL, Redis and the Key Center (checking that its three keys are
  * usable), load the password blocklist, then serve HTTPS until a signal. */
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +8,7 @@
 
 #include "account/account.h"
 #include "crypto.h"
+#include "daemon.h"
 #include "kv.h"
 #include "log.h"
 
@@ -109,14 +109,6 @@ const mica_config_entry acct_config_table[] = {
 #undef F
 const size_t acct_config_table_len = sizeof(acct_config_table) / sizeof(acct_config_table[0]);
 
-static volatile sig_atomic_t stopping;
-
-static void on_signal(int sig)
-{
-	(void)sig;
-	stopping = 1;
-}
-
 static int health(void *arg)
 {
 	(void)arg;
@@ -208,11 +200,7 @@ int acct_run(struct acct_config *cfg)
 	cfg->http.health = health;
 	if ((err = mica_http_start(&srv, &cfg->http, acct_routes, acct_routes_len, &s)) != 0)
 		goto out;
-	signal(SIGINT, on_signal);
-	signal(SIGTERM, on_signal);
-	signal(SIGPIPE, SIG_IGN);
-	while (!stopping)
-		pause();
+	mica_daemon_wait_signal();
 	MICA_LOG(MICA_LOG_INFO, "account: stopping");
 	rc = 0;
 out:

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "daemon.h"
+
 #include "keycenter/keycenter.h"
 
 int main(int argc, char **argv)
@@ -13,6 +15,7 @@ int main(int argc, char **argv)
 	char err[512];
 	int rc;
 
+	mica_daemon_block_signals();
 	if (argc == 2 && strcmp(argv[1], "--print-config") == 0) {
 		mica_config_write_example(stdout, kc_config_table, kc_config_table_len);
 		return 0;

@@ -2,13 +2,13 @@
  * the HSM, unseal the audit MAC key, start the audit writer, the alert
  * thread and the HTTPS listener (mutual TLS required), then wait for a
  * signal and shut down in reverse order. */
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "crypto.h"
+#include "daemon.h"
 #include "db.h"
 #include "keycenter/keycenter.h"
 #include "log.h"
@@ -49,14 +49,6 @@ const mica_config_entry kc_config_table[] = {
 };
 #undef F
 const size_t kc_config_table_len = sizeof(kc_config_table) / sizeof(kc_config_table[0]);
-
-static volatile sig_atomic_t stopping;
-
-static void on_signal(int sig)
-{
-	(void)sig;
-	stopping = 1;
-}
 
 static int sign_checkpoint(const uint8_t digest[32], uint8_t **sig, size_t *sig_len, void *arg)
 {
@@ -163,11 +155,7 @@ int kc_run(struct kc_config *cfg)
 	}
 	if ((err = mica_http_start(&srv, &cfg->http, kc_routes, kc_routes_len, &s)) != 0)
 		goto out;
-	signal(SIGINT, on_signal);
-	signal(SIGTERM, on_signal);
-	signal(SIGPIPE, SIG_IGN);
-	while (!stopping)
-		pause();
+	mica_daemon_wait_signal();
 	MICA_LOG(MICA_LOG_INFO, "keycenter: stopping");
 	rc = 0;
 out:

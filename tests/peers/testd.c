@@ -2,13 +2,13 @@
  * integration tests (tests/integration/test_http.sh) and as the framework
  * side of bench/http. Routes exercise params, JSON bodies and mTLS peers.
  * Usage: testd CONFIG  (sections [log] and [testd.http], see testd_table). */
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "config.h"
+#include "daemon.h"
 #include "http.h"
 #include "log.h"
 
@@ -66,14 +66,6 @@ static const mica_http_route routes[] = {
 	{"DELETE", "/v1/items/{id}", item_delete, 0},
 };
 
-static volatile sig_atomic_t stopping;
-
-static void on_signal(int sig)
-{
-	(void)sig;
-	stopping = 1;
-}
-
 int main(int argc, char **argv)
 {
 	struct testd_config cfg = {0};
@@ -82,6 +74,7 @@ int main(int argc, char **argv)
 	char err[512];
 	int rc = 1;
 
+	mica_daemon_block_signals();
 	if (argc == 2 && strcmp(argv[1], "--print-config") == 0) {
 		mica_config_write_example(stdout, testd_table, n);
 		return 0;
@@ -109,10 +102,7 @@ int main(int argc, char **argv)
 			goto out;
 		}
 	}
-	signal(SIGINT, on_signal);
-	signal(SIGTERM, on_signal);
-	while (!stopping)
-		pause();
+	mica_daemon_wait_signal();
 	rc = 0;
 out:
 	mica_http_stop(srv);
