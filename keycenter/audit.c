@@ -3,6 +3,7 @@
  * export, the offline verifier that names the first bad sequence number, and
  * the online MAC check.
  */
+#include "clock.h"
 #include "keycenter/audit.h"
 
 #include <errno.h>
@@ -36,13 +37,6 @@ static int64_t now_us(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void be32(uint8_t out[4], uint32_t v)
@@ -714,7 +708,7 @@ static int write_batch(kc_audit *a, size_t n)
 	const char *arrays[NARR];
 	struct cp cp = {0};
 	const struct cp *due = NULL;
-	int64_t now = mono_ms();
+	int64_t now = mica_clock_ms();
 	int rc = a->need_resync ? load_head(a) : 0;
 	if (!rc)
 		rc = batch_chain(a, n);
@@ -765,7 +759,7 @@ static int write_checkpoint(kc_audit *a)
 		rc = cp_make(a, a->head_seq, a->head_hash, &cp);
 	if (!rc)
 		rc = write_statement(a, NULL, &cp);
-	a->cp_at_ms = mono_ms(); /* after a failure, retry one interval later */
+	a->cp_at_ms = mica_clock_ms(); /* after a failure, retry one interval later */
 	if (rc) {
 		log_failure(a, "audit checkpoint", a->head_seq, a->head_seq, rc);
 		a->need_resync = 1;
@@ -829,7 +823,7 @@ static void *writer_main(void *arg)
 			break;
 		if (a->head_seq > a->cp_seq) {
 			int64_t due = a->cp_at_ms + a->opt.checkpoint_every_ms;
-			if (mono_ms() >= due) {
+			if (mica_clock_ms() >= due) {
 				pthread_mutex_unlock(&a->mu);
 				(void)write_checkpoint(a);
 				pthread_mutex_lock(&a->mu);
@@ -946,7 +940,7 @@ int kc_audit_start(kc_audit **out, const char *conninfo, const uint8_t mac_key[3
 		rc = sync_init(a);
 	if (rc)
 		goto out;
-	a->cp_at_ms = mono_ms();
+	a->cp_at_ms = mica_clock_ms();
 	if (pthread_create(&a->thread, NULL, writer_main, a) != 0) {
 		sync_destroy(a);
 		rc = MICA_ENOMEM;

@@ -7,18 +7,12 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "db.h"
 #include "keycenter/keycenter.h"
 #include "log.h"
 
 #define POLICY_TTL_MS 5000
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static _Atomic int64_t policy_loaded_ms;
 
@@ -52,7 +46,7 @@ int kc_policy_load_active(kc_service *s)
 	if (!old || kc_policy_version(old) != kc_policy_version(p))
 		MICA_LOG(MICA_LOG_INFO, "keycenter: policy version %d active", kc_policy_version(p));
 	kc_policy_unref(old);
-	atomic_store(&policy_loaded_ms, mono_ms());
+	atomic_store(&policy_loaded_ms, mica_clock_ms());
 out:
 	PQclear(res);
 	return err;
@@ -63,8 +57,8 @@ kc_policy *kc_policy_current(kc_service *s)
 	kc_policy *p;
 	int64_t last = atomic_load(&policy_loaded_ms);
 	/* One thread refreshes; the others keep using the cached policy. */
-	if (mono_ms() - last > POLICY_TTL_MS &&
-	    atomic_compare_exchange_strong(&policy_loaded_ms, &last, mono_ms()) &&
+	if (mica_clock_ms() - last > POLICY_TTL_MS &&
+	    atomic_compare_exchange_strong(&policy_loaded_ms, &last, mica_clock_ms()) &&
 	    kc_policy_load_active(s) != 0)
 		MICA_LOG(MICA_LOG_WARN, "keycenter: could not refresh the policy; keeping version %d",
 			 s->policy ? kc_policy_version(s->policy) : 0);

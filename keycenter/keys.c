@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "crypto.h"
 #include "db.h"
 #include "keycenter/keycenter.h"
@@ -34,13 +35,6 @@ struct kc_kek {
 	char service[KC_SERVICE_MAX + 1];
 	kc_hsm_key *handle;
 };
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static unsigned bucket_of(const char *name)
 {
@@ -271,7 +265,7 @@ static int load_key(kc_service *s, mica_db *db, const char *name, struct kc_key 
 		mica_wipe(pt, pl);
 		free(pt);
 	}
-	k->loaded_ms = now_ms();
+	k->loaded_ms = mica_clock_ms();
 	*out = k;
 	k = NULL;
 	err = 0;
@@ -335,7 +329,7 @@ static int ensure_cached(kc_service *s, const char *name, uint32_t version)
 
 	pthread_rwlock_rdlock(&s->keys_lock);
 	k = cache_find(s, name);
-	int64_t age = k ? now_ms() - k->loaded_ms : 0;
+	int64_t age = k ? mica_clock_ms() - k->loaded_ms : 0;
 	if (!k || (version && version > k->nversions) || age > CACHE_TTL_MS + REFRESH_GRACE_MS)
 		load = 1;
 	else if (age > CACHE_TTL_MS)

@@ -10,6 +10,7 @@
 #include <sys/time.h>
 #include <time.h>
 
+#include "clock.h"
 #include "crypto.h"
 #include "db.h"
 #include "keycenter/keycenter.h"
@@ -36,13 +37,6 @@ static int64_t now_us(void)
 }
 
 static int valid_name(const char *n);
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static struct call begin(void *svc, const mica_http_req *req, mica_http_resp *resp, enum kc_op op)
 {
@@ -93,7 +87,7 @@ static int record(struct call *c, const char *result, int denied)
 	rec.context_hash = c->ctx_sha ? c->ctx_hash : NULL;
 	rec.result = result;
 	err = kc_audit_append(c->s->audit, &rec, &seq);
-	int nev = kc_anomaly_record(c->s->anomaly, principal, c->key, denied, mono_ms(), ev);
+	int nev = kc_anomaly_record(c->s->anomaly, principal, c->key, denied, mica_clock_ms(), ev);
 	for (int i = 0; i < nev; i++)
 		kc_alert(c->s, ev[i].kind == KC_ALERT_RATE ? "rate_anomaly" : "denial_burst",
 			 principal, c->key,

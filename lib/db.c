@@ -3,6 +3,7 @@
  * prepared-statement cache keyed by SQL text, SQLSTATE-to-error mapping,
  * transactions with bounded jittered retry, and LISTEN/NOTIFY plumbing.
  */
+#include "clock.h"
 #include "db.h"
 
 #include <errno.h>
@@ -804,13 +805,6 @@ int mica_db_drain_notifications(mica_db *db, mica_db_notify_fn fn, void *arg, in
 	return 0;
 }
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 int mica_db_wait_notify(mica_db *db, int timeout_ms, mica_db_notify_fn fn, void *arg)
 {
 	if (!db || timeout_ms < 0)
@@ -826,7 +820,7 @@ int mica_db_wait_notify(mica_db *db, int timeout_ms, mica_db_notify_fn fn, void 
 		db->woke = 0;
 		return 0;
 	}
-	int64_t deadline = now_ms() + timeout_ms;
+	int64_t deadline = mica_clock_ms() + timeout_ms;
 	for (;;) {
 		int got = 0;
 		int rc = mica_db_drain_notifications(db, fn, arg, &got);
@@ -834,7 +828,7 @@ int mica_db_wait_notify(mica_db *db, int timeout_ms, mica_db_notify_fn fn, void 
 			return rc;
 		if (got > 0)
 			return 0;
-		int64_t left = deadline - now_ms();
+		int64_t left = deadline - mica_clock_ms();
 		if (left <= 0)
 			return MICA_ETIMEOUT;
 		struct pollfd p = {.fd = PQsocket(db->conn), .events = POLLIN};

@@ -4,6 +4,7 @@
  * hash table of entries on two lists: recency for LRU eviction, insertion
  * order for TTL expiry), whose keys are wiped whenever they leave it.
  */
+#include "clock.h"
 #include "kc.h"
 
 #include <pthread.h>
@@ -61,13 +62,6 @@ struct mica_kc {
 	mica_kc_stats st;
 	_Atomic uint64_t requests;
 };
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void be32(uint8_t out[4], size_t v)
 {
@@ -186,7 +180,7 @@ static int cache_get(mica_kc *kc, const uint8_t id[MICA_SHA256_LEN], uint8_t *ou
 	struct entry *e;
 	int hit = 0;
 	pthread_mutex_lock(&kc->mu);
-	cache_expire(kc, mono_ms());
+	cache_expire(kc, mica_clock_ms());
 	if ((e = cache_find(kc, id)) != NULL && e->key_len <= cap) {
 		memcpy(out, e->key, e->key_len);
 		*len = e->key_len;
@@ -208,7 +202,7 @@ static void cache_put(mica_kc *kc, const uint8_t id[MICA_SHA256_LEN], const uint
 		      size_t key_len)
 {
 	struct entry *e;
-	int64_t now = mono_ms();
+	int64_t now = mica_clock_ms();
 	pthread_mutex_lock(&kc->mu);
 	cache_expire(kc, now);
 	if (cache_find(kc, id)) {

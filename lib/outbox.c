@@ -3,6 +3,7 @@
  * handler effects and pending-row deletion commit together, and wait for
  * NOTIFY wake-ups.
  */
+#include "clock.h"
 #include "outbox.h"
 
 #include <stdio.h>
@@ -172,13 +173,6 @@ static void on_notify(const char *channel, const char *payload, void *arg)
 		w->matched = 1;
 }
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 int mica_outbox_wait(mica_db *db, const char *consumer, int timeout_ms)
 {
 	if (!db || timeout_ms < 0 || (consumer && !name_ok(consumer)))
@@ -188,9 +182,9 @@ int mica_outbox_wait(mica_db *db, const char *consumer, int timeout_ms)
 	int rc = mica_db_listen(db, MICA_OUTBOX_CHANNEL);
 	if (rc)
 		return rc;
-	int64_t deadline = now_ms() + timeout_ms;
+	int64_t deadline = mica_clock_ms() + timeout_ms;
 	for (;;) {
-		int64_t left = deadline - now_ms();
+		int64_t left = deadline - mica_clock_ms();
 		struct wait_ctx w = {consumer, 0, 0};
 		rc = mica_db_wait_notify(db, left > 0 ? (int)left : 0, on_notify, &w);
 		if (rc)
