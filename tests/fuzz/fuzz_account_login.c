@@ -22,7 +22,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		fuzz_check_fail(err, &f);
 	} else {
 		if (f.code || !r.login || !r.password || !r.dev_name || !r.kind ||
-		    strlen(r.password) > 1024 ||
+		    strlen(r.password) > 1024 || strlen(r.dev_name) > 100 ||
 		    (strcmp(r.kind, "app") != 0 && strcmp(r.kind, "web") != 0) ||
 		    r.ident == ACCT_ID_INVALID)
 			abort();

@@ -355,6 +355,7 @@ expect 200 - POST /v1/login "$(login_body ALICE@example.COM "$PW_A" dev-alice)"
 expect 400 missing_field POST /v1/login '{"login": "alice@example.com", "password": "x"}'
 expect 400 bad_login POST /v1/login "$(login_body nobody "$PW_A" dev-alice)"
 expect 400 bad_session_kind POST /v1/login "$(login_body alice@example.com "$PW_A" dev-alice '{session_kind: "tv"}')"
+expect 400 bad_device POST /v1/login "{\"login\": \"alice@example.com\", \"password\": \"x\", \"device\": {\"id\": \"d\", \"name\": \"$(printf 'n%.0s' $(seq 101))\"}}"
 
 # No enumeration: a wrong password and an unknown account answer exactly alike.
 expect 401 invalid_credentials POST /v1/login "$(login_body alice@example.com 'Wrong-pass1' dev-alice)"
