@@ -217,33 +217,38 @@ static void h_introspect(const mica_http_req *req, mica_http_resp *resp, void *s
 		mica_http_reply_json(resp, 200, out);
 }
 
+/* B: the handler blocks (PostgreSQL, Argon2id, the Key Center, mail) and runs on the blocking
+ * pool. GET /v1/session is only the token check, answered from the in-process session cache
+ * on the event thread. */
 #define J MICA_ROUTE_JSON
+#define B MICA_ROUTE_BLOCKING
 const mica_http_route acct_routes[] = {
-	{"POST", "/v1/register/start", h_register_start, J},
-	{"POST", "/v1/register/complete", h_register_complete, J},
-	{"POST", "/v1/login", h_login, J},
-	{"POST", "/v1/stepup/{id}/send", h_stepup_send, J},
-	{"POST", "/v1/stepup/{id}/verify", h_stepup_verify, J},
-	{"POST", "/v1/stepup/{id}/approve", h_stepup_approve, 0},
-	{"POST", "/v1/password/reset/start", h_reset_start, J},
-	{"POST", "/v1/password/reset/complete", h_reset_complete, J},
-	{"POST", "/v1/password/change", h_password_change, J},
-	{"GET", "/v1/me", h_me, 0},
+	{"POST", "/v1/register/start", h_register_start, J | B},
+	{"POST", "/v1/register/complete", h_register_complete, J | B},
+	{"POST", "/v1/login", h_login, J | B},
+	{"POST", "/v1/stepup/{id}/send", h_stepup_send, J | B},
+	{"POST", "/v1/stepup/{id}/verify", h_stepup_verify, J | B},
+	{"POST", "/v1/stepup/{id}/approve", h_stepup_approve, B},
+	{"POST", "/v1/password/reset/start", h_reset_start, J | B},
+	{"POST", "/v1/password/reset/complete", h_reset_complete, J | B},
+	{"POST", "/v1/password/change", h_password_change, J | B},
+	{"GET", "/v1/me", h_me, B},
 	{"GET", "/v1/session", h_session_current, 0},
-	{"GET", "/v1/sessions", h_sessions, 0},
-	{"DELETE", "/v1/sessions/{id}", h_session_delete, 0},
-	{"POST", "/v1/sessions/revoke-all", h_revoke_all, 0},
-	{"POST", "/v1/logout", h_logout, 0},
-	{"POST", "/v1/security/phone", h_phone_start, J},
-	{"POST", "/v1/security/phone/verify", h_phone_verify, J},
-	{"DELETE", "/v1/security/phone", h_phone_delete, 0},
-	{"POST", "/v1/security/email", h_email_start, J},
-	{"POST", "/v1/security/email/verify", h_email_verify, J},
-	{"DELETE", "/v1/security/email", h_email_delete, 0},
-	{"PUT", "/v1/security/questions", h_questions, J},
-	{"PUT", "/v1/security/cross-device", h_cross_device, J},
-	{"DELETE", "/v1/account", h_delete, 0},
-	{"POST", "/v1/introspect", h_introspect, J | MICA_ROUTE_PEER},
+	{"GET", "/v1/sessions", h_sessions, B},
+	{"DELETE", "/v1/sessions/{id}", h_session_delete, B},
+	{"POST", "/v1/sessions/revoke-all", h_revoke_all, B},
+	{"POST", "/v1/logout", h_logout, B},
+	{"POST", "/v1/security/phone", h_phone_start, J | B},
+	{"POST", "/v1/security/phone/verify", h_phone_verify, J | B},
+	{"DELETE", "/v1/security/phone", h_phone_delete, B},
+	{"POST", "/v1/security/email", h_email_start, J | B},
+	{"POST", "/v1/security/email/verify", h_email_verify, J | B},
+	{"DELETE", "/v1/security/email", h_email_delete, B},
+	{"PUT", "/v1/security/questions", h_questions, J | B},
+	{"PUT", "/v1/security/cross-device", h_cross_device, J | B},
+	{"DELETE", "/v1/account", h_delete, B},
+	{"POST", "/v1/introspect", h_introspect, J | B | MICA_ROUTE_PEER},
 };
 #undef J
+#undef B
 const size_t acct_routes_len = sizeof(acct_routes) / sizeof(acct_routes[0]);

@@ -371,20 +371,26 @@ static void sb_elem_hex(struct sbuf *b, const uint8_t p[KC_AUDIT_HASH_LEN])
 
 /* ---- the writer ------------------------------------------------------------ */
 
-/* One pending append, on its caller's stack; |rec| is borrowed while the
- * caller waits. |next| is guarded by kc_audit.mu; once the writer took the
- * waiter off the queue it owns seq and rc until it posts |done|, and the
- * post is its last touch (sem_post makes the results visible to the
- * waiter). A semaphore rather than a condition variable: the writer wakes
- * each waiter without holding the mutex, and the waiter does not take the
- * mutex again, so a committed batch costs one wake-up per waiter instead
- * of a stampede on kc_audit.mu. */
+/* One pending append. kc_audit_append()'s is on its caller's stack and
+ * |rec| is borrowed while the caller waits: |next| is guarded by
+ * kc_audit.mu; once the writer took the waiter off the queue it owns seq
+ * and rc until it posts |done|, and the post is its last touch (sem_post
+ * makes the results visible to the waiter). A semaphore rather than a
+ * condition variable: the writer wakes each waiter without holding the
+ * mutex, and the waiter does not take the mutex again, so a committed batch
+ * costs one wake-up per waiter instead of a stampede on kc_audit.mu.
+ * kc_audit_submit()'s is on the heap with its own copy of the record
+ * (|own| and the strings after the struct) and |cb| instead of |done|; the
+ * writer calls |cb| and frees it. */
 struct waiter {
 	const kc_audit_record *rec;
 	int64_t ts_us;
 	uint64_t seq;
 	int rc;
 	sem_t done;
+	kc_audit_done_fn cb;
+	void *cb_arg;
+	kc_audit_record own;
 	struct waiter *next;
 };
 
@@ -792,6 +798,11 @@ static void complete_batch(kc_audit *a, size_t n, uint64_t first_seq, int rc)
 {
 	for (size_t i = 0; i < n; i++) {
 		struct waiter *w = a->batch[i];
+		if (w->cb) {
+			w->cb(w->cb_arg, rc ? MICA_EAUDIT : 0, rc ? 0 : first_seq + i);
+			free(w);
+			continue;
+		}
 		w->rc = rc ? MICA_EAUDIT : 0;
 		w->seq = rc ? 0 : first_seq + i;
 		sem_post(&w->done); /* last touch: |w| may be gone after it */
@@ -970,6 +981,68 @@ static int record_ok(const kc_audit_record *r)
 	       field_ok(r->key_name, 0) && field_ok(r->context_hash, 0) && field_ok(r->result, 1);
 }
 
+/* Queues |w| unless stopping (MICA_ESTATE). */
+static int enqueue(kc_audit *a, struct waiter *w)
+{
+	pthread_mutex_lock(&a->mu);
+	if (a->stopping) {
+		pthread_mutex_unlock(&a->mu);
+		return MICA_ESTATE;
+	}
+	/* Queued before stopping was set, it is completed before the writer
+	 * exits. */
+	if (a->qtail)
+		a->qtail->next = w;
+	else
+		a->qhead = w;
+	a->qtail = w;
+	pthread_cond_signal(&a->work);
+	pthread_mutex_unlock(&a->mu);
+	return 0;
+}
+
+/* Copies string |s| (may be NULL) to *at, advancing it. */
+static const char *copy_field(const char *s, char **at)
+{
+	if (!s)
+		return NULL;
+	size_t n = strlen(s) + 1;
+	char *d = memcpy(*at, s, n);
+	*at += n;
+	return d;
+}
+
+int kc_audit_submit(kc_audit *a, const kc_audit_record *rec, kc_audit_done_fn cb, void *arg)
+{
+	const char *f[6];
+	size_t room = 0;
+	if (!a || !rec || !cb || !record_ok(rec))
+		return MICA_EINVAL;
+	f[0] = rec->principal, f[1] = rec->client, f[2] = rec->op, f[3] = rec->key_name;
+	f[4] = rec->context_hash, f[5] = rec->result;
+	for (int i = 0; i < 6; i++)
+		room += f[i] ? strlen(f[i]) + 1 : 0;
+	struct waiter *w = calloc(1, sizeof(*w) + room);
+	if (!w)
+		return MICA_ENOMEM;
+	char *at = (char *)(w + 1);
+	w->own = *rec;
+	w->own.principal = copy_field(rec->principal, &at);
+	w->own.client = copy_field(rec->client, &at);
+	w->own.op = copy_field(rec->op, &at);
+	w->own.key_name = copy_field(rec->key_name, &at);
+	w->own.context_hash = copy_field(rec->context_hash, &at);
+	w->own.result = copy_field(rec->result, &at);
+	w->rec = &w->own;
+	w->ts_us = rec->ts_us ? rec->ts_us : now_us();
+	w->cb = cb;
+	w->cb_arg = arg;
+	int rc = enqueue(a, w);
+	if (rc)
+		free(w);
+	return rc;
+}
+
 int kc_audit_append(kc_audit *a, const kc_audit_record *rec, uint64_t *seq)
 {
 	if (seq)
@@ -979,22 +1052,13 @@ int kc_audit_append(kc_audit *a, const kc_audit_record *rec, uint64_t *seq)
 	struct waiter w = {.rec = rec, .ts_us = rec->ts_us ? rec->ts_us : now_us()};
 	if (sem_init(&w.done, 0, 0))
 		return MICA_ENOMEM;
-	pthread_mutex_lock(&a->mu);
-	if (a->stopping) {
-		pthread_mutex_unlock(&a->mu);
-		sem_destroy(&w.done);
-		return MICA_ESTATE;
-	}
 	/* |w| stays on our stack while queued: the writer unlinks it before
-	 * posting done, and we return only after done. Queued before stopping
-	 * was set, it is completed before the writer exits. */
-	if (a->qtail)
-		a->qtail->next = &w;
-	else
-		a->qhead = &w; /* cppcheck-suppress autoVariables */
-	a->qtail = &w;	       /* cppcheck-suppress autoVariables */
-	pthread_cond_signal(&a->work);
-	pthread_mutex_unlock(&a->mu);
+	 * posting done, and we return only after done. */
+	int rc = enqueue(a, &w);
+	if (rc) {
+		sem_destroy(&w.done);
+		return rc;
+	}
 	while (sem_wait(&w.done) != 0)
 		; /* EINTR: a signal handler ran */
 	sem_destroy(&w.done);

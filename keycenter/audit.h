@@ -152,6 +152,19 @@ int kc_audit_start(kc_audit **out, const char *conninfo, const uint8_t mac_key[3
  * MICA_ESTATE: kc_audit_stop() has begun. */
 int kc_audit_append(kc_audit *a, const kc_audit_record *rec, uint64_t *seq) MICA_WUR;
 
+/* Outcome of a kc_audit_submit(): |rc| 0 with the record's |seq| once the
+ * statement holding it committed, or MICA_EAUDIT as for kc_audit_append().
+ * Called on the writer thread: it must not block. */
+typedef void (*kc_audit_done_fn)(void *arg, int rc, uint64_t seq);
+
+/* kc_audit_append() without the wait: queues a copy of |rec| and returns;
+ * |cb| is called exactly once, on the writer thread, with the outcome.
+ * Returns 0 (queued), or MICA_EINVAL, MICA_ESTATE or MICA_ENOMEM, in which
+ * case nothing was queued and |cb| is not called. For handlers that answer
+ * once their record committed without holding a thread meanwhile. */
+int kc_audit_submit(kc_audit *a, const kc_audit_record *rec, kc_audit_done_fn cb,
+		    void *arg) MICA_WUR;
+
 /* Copies the writer's counters into *st. */
 void kc_audit_stats_get(kc_audit *a, kc_audit_stats *st);
 

@@ -2,7 +2,13 @@
  * handler follows one shape: begin() names the operation and key, allow()
  * checks the policy, the work runs, and reply()/reply_error() write the
  * audit record BEFORE anything is answered: if the record cannot be written
- * the caller gets 503 audit_unavailable and nothing else (fail closed). */
+ * the caller gets 503 audit_unavailable and nothing else (fail closed).
+ * The answer waits for its record without holding a thread: reply() sets
+ * the reply, defers it (lib/http) and queues the record; the audit writer's
+ * callback sends it once the record committed, or 503 in its place. So the
+ * crypto routes run on the event threads, and only handlers that touch
+ * PostgreSQL or the HSM, or record an attempt before a change
+ * (synchronously), run on the blocking pool. */
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,45 +68,102 @@ static void add_context(struct call *c, const char *canon, size_t len)
 	}
 }
 
-/* Writes the audit record and feeds the anomaly detector. Returns 0, or
- * MICA_EAUDIT after replacing the reply with 503. */
-static int record(struct call *c, const char *result, int denied)
+/* Fills |rec| (borrowing from |c|) and feeds the anomaly detector. */
+static void make_record(struct call *c, const char *result, int denied, kc_audit_record *rec)
 {
-	kc_audit_record rec = {0};
 	kc_anomaly_event ev[KC_ANOMALY_MAX_EVENTS];
-	uint64_t seq;
 	unsigned char md[32];
 	const char *principal = c->req->peer ? c->req->peer : "-";
-	int err;
 
 	if (c->ctx_sha && (EVP_DigestFinal_ex(c->ctx_sha, md, NULL) != 1 ||
 			   mica_hex_encode(md, sizeof(md), c->ctx_hash, sizeof(c->ctx_hash)) != 0))
 		snprintf(c->ctx_hash, sizeof(c->ctx_hash), "unavailable");
-	rec.ts_us = now_us();
-	rec.principal = principal;
-	rec.client = c->req->client_ip;
-	rec.op = kc_op_name(c->op);
+	memset(rec, 0, sizeof(*rec));
+	rec->ts_us = now_us();
+	rec->principal = principal;
+	rec->client = c->req->client_ip;
+	rec->op = kc_op_name(c->op);
 	/* A key name from the path is recorded only when well formed; a bad one
 	 * is refused with 400 anyway and must not make the audit append fail. */
-	rec.key_name = c->key && valid_name(c->key) ? c->key : NULL;
-	rec.key_version = c->version;
-	rec.context_hash = c->ctx_sha ? c->ctx_hash : NULL;
-	rec.result = result;
-	err = kc_audit_append(c->s->audit, &rec, &seq);
+	rec->key_name = c->key && valid_name(c->key) ? c->key : NULL;
+	rec->key_version = c->version;
+	rec->context_hash = c->ctx_sha ? c->ctx_hash : NULL;
+	rec->result = result;
 	int nev = kc_anomaly_record(c->s->anomaly, principal, c->key, denied, mica_clock_ms(), ev);
 	for (int i = 0; i < nev; i++)
 		kc_alert(c->s, ev[i].kind == KC_ALERT_RATE ? "rate_anomaly" : "denial_burst",
 			 principal, c->key,
 			 json_pack("{s:I,s:i,s:I}", "count", (json_int_t)ev[i].count, "threshold",
 				   (int)ev[i].threshold, "window_ms", (json_int_t)ev[i].window_ms));
+}
+
+/* The failure of a record: an alert, and 503 in place of the reply. */
+static void audit_failed(kc_service *s, mica_http_resp *resp, const kc_audit_record *rec, int err)
+{
+	kc_alert(s, "audit_write_failure", rec->principal, rec->key_name,
+		 json_pack("{s:s,s:s}", "operation", rec->op, "error", mica_strerror(err)));
+	mica_http_reply_error(resp, 503, "audit_unavailable",
+			      "the request could not be audited, so it was not answered");
+}
+
+/* Writes the audit record and waits for its commit. Returns 0, or
+ * MICA_EAUDIT after replacing the reply with 503. */
+static int record(struct call *c, const char *result, int denied)
+{
+	kc_audit_record rec;
+	make_record(c, result, denied, &rec);
+	int err = kc_audit_append(c->s->audit, &rec, NULL);
 	if (err) {
-		kc_alert(c->s, "audit_write_failure", principal, c->key,
-			 json_pack("{s:s,s:s}", "operation", rec.op, "error", mica_strerror(err)));
-		mica_http_reply_error(c->resp, 503, "audit_unavailable",
-				      "the request could not be audited, so it was not answered");
+		audit_failed(c->s, c->resp, &rec, err);
 		return MICA_EAUDIT;
 	}
 	return 0;
+}
+
+/* A deferred answer waiting for its record. */
+struct pending {
+	kc_service *s;
+	mica_http_resp *resp;
+	mica_http_deferred *deferred;
+	char principal[128];
+	char op[32];
+	char key[KC_NAME_MAX + 1];
+};
+
+static void on_recorded(void *arg, int rc, uint64_t seq)
+{
+	struct pending *p = arg;
+	(void)seq;
+	if (rc) {
+		kc_audit_record rec = {.principal = p->principal,
+				       .op = p->op,
+				       .key_name = p->key[0] ? p->key : NULL};
+		audit_failed(p->s, p->resp, &rec, rc);
+	}
+	mica_http_finish(p->deferred);
+	free(p);
+}
+
+/* Answers with what c->resp holds once the record committed: the reply is
+ * deferred and the record queued; on_recorded() sends it, or 503. */
+static void answer(struct call *c, const char *result, int denied)
+{
+	kc_audit_record rec;
+	struct pending *p;
+	int err;
+	make_record(c, result, denied, &rec);
+	if (!(p = calloc(1, sizeof(*p)))) {
+		audit_failed(c->s, c->resp, &rec, MICA_ENOMEM);
+		return;
+	}
+	p->s = c->s;
+	p->resp = c->resp;
+	snprintf(p->principal, sizeof(p->principal), "%s", rec.principal);
+	snprintf(p->op, sizeof(p->op), "%s", rec.op);
+	snprintf(p->key, sizeof(p->key), "%s", rec.key_name ? rec.key_name : "");
+	p->deferred = mica_http_defer(c->req);
+	if ((err = kc_audit_submit(c->s->audit, &rec, on_recorded, p)) != 0)
+		on_recorded(p, err, 0);
 }
 
 static void done(struct call *c)
@@ -125,10 +188,8 @@ static int attempt(struct call *c)
 
 static void reply(struct call *c, int status, json_t *body)
 {
-	if (record(c, "ok", 0) == 0)
-		mica_http_reply_json(c->resp, status, body);
-	else
-		json_decref(body);
+	mica_http_reply_json(c->resp, status, body);
+	answer(c, "ok", 0);
 	done(c);
 }
 
@@ -142,8 +203,8 @@ static void reply_error(struct call *c, int status, const char *code, const char
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	if (record(c, code, status == 403) == 0)
-		mica_http_reply_error(c->resp, status, code, "%s", msg);
+	mica_http_reply_error(c->resp, status, code, "%s", msg);
+	answer(c, code, status == 403);
 	done(c);
 }
 
@@ -844,24 +905,34 @@ int kc_audit_refusal(void *svc, const char *method, const char *path, const char
 	return err;
 }
 
+/* J: JSON body, P: client certificate required, B: the handler blocks (PostgreSQL, the HSM, an
+ * attempt record waiting for its commit) and runs on the blocking pool. The crypto routes run on
+ * the event threads: keys come from the in-memory cache (a miss, once per key version and
+ * process, reads PostgreSQL there) and the answer waits for its record without a thread. */
+#define J MICA_ROUTE_JSON
+#define P MICA_ROUTE_PEER
+#define B MICA_ROUTE_BLOCKING
 const mica_http_route kc_routes[] = {
-	{"POST", "/v1/keys/{name}", h_key_create, MICA_ROUTE_JSON | MICA_ROUTE_PEER},
-	{"GET", "/v1/keys/{name}", h_key_get, MICA_ROUTE_PEER},
-	{"DELETE", "/v1/keys/{name}", h_key_delete, MICA_ROUTE_PEER},
-	{"POST", "/v1/keys/{name}/rotate", h_key_rotate, MICA_ROUTE_PEER},
-	{"POST", "/v1/keys/{name}/config", h_key_config, MICA_ROUTE_JSON | MICA_ROUTE_PEER},
-	{"POST", "/v1/encrypt/{name}", h_encrypt, MICA_ROUTE_JSON | MICA_ROUTE_PEER},
-	{"POST", "/v1/decrypt/{name}", h_decrypt, MICA_ROUTE_JSON | MICA_ROUTE_PEER},
-	{"POST", "/v1/rewrap/{name}", h_rewrap, MICA_ROUTE_JSON | MICA_ROUTE_PEER},
-	{"POST", "/v1/datakey/plaintext/{name}", h_datakey_plain, MICA_ROUTE_JSON | MICA_ROUTE_PEER},
-	{"POST", "/v1/datakey/wrapped/{name}", h_datakey_wrapped, MICA_ROUTE_JSON | MICA_ROUTE_PEER},
-	{"POST", "/v1/hmac/{name}", h_hmac, MICA_ROUTE_JSON | MICA_ROUTE_PEER},
-	{"GET", "/v1/policy", h_policy_get, MICA_ROUTE_PEER},
-	{"POST", "/v1/policy", h_policy_request, MICA_ROUTE_JSON | MICA_ROUTE_PEER},
-	{"GET", "/v1/requests", h_requests, MICA_ROUTE_PEER},
-	{"GET", "/v1/requests/{id}", h_request_get, MICA_ROUTE_PEER},
-	{"POST", "/v1/requests/{id}/approve", h_request_approve, MICA_ROUTE_PEER},
-	{"GET", "/v1/alerts", h_alerts, MICA_ROUTE_PEER},
-	{"GET", "/v1/audit", h_audit, MICA_ROUTE_PEER},
+	{"POST", "/v1/keys/{name}", h_key_create, J | P | B},
+	{"GET", "/v1/keys/{name}", h_key_get, P | B},
+	{"DELETE", "/v1/keys/{name}", h_key_delete, P | B},
+	{"POST", "/v1/keys/{name}/rotate", h_key_rotate, P | B},
+	{"POST", "/v1/keys/{name}/config", h_key_config, J | P | B},
+	{"POST", "/v1/encrypt/{name}", h_encrypt, J | P},
+	{"POST", "/v1/decrypt/{name}", h_decrypt, J | P},
+	{"POST", "/v1/rewrap/{name}", h_rewrap, J | P},
+	{"POST", "/v1/datakey/plaintext/{name}", h_datakey_plain, J | P},
+	{"POST", "/v1/datakey/wrapped/{name}", h_datakey_wrapped, J | P},
+	{"POST", "/v1/hmac/{name}", h_hmac, J | P},
+	{"GET", "/v1/policy", h_policy_get, P | B},
+	{"POST", "/v1/policy", h_policy_request, J | P | B},
+	{"GET", "/v1/requests", h_requests, P | B},
+	{"GET", "/v1/requests/{id}", h_request_get, P | B},
+	{"POST", "/v1/requests/{id}/approve", h_request_approve, P | B},
+	{"GET", "/v1/alerts", h_alerts, P | B},
+	{"GET", "/v1/audit", h_audit, P | B},
 };
+#undef J
+#undef P
+#undef B
 const size_t kc_routes_len = sizeof(kc_routes) / sizeof(kc_routes[0]);

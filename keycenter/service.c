@@ -17,7 +17,7 @@
 const mica_config_entry kc_config_table[] = {
 	{"log", "level", MICA_CFG_LOGLEVEL, 0, 4, "info", F(log_level),
 	 "least severe level written (debug, info, warn, error, off)"},
-	MICA_CONFIG_HTTP_ENTRIES("keycenter.http", struct kc_config, http, "true"),
+	MICA_CONFIG_HTTP_ENTRIES("keycenter.http", struct kc_config, http, "16"),
 	{"keycenter.db", "conninfo", MICA_CFG_STRING, 1, 4096, NULL, F(db_conninfo),
 	 "libpq conninfo of the mica_keycenter role (without the password)"},
 	{"keycenter.db", "password_file", MICA_CFG_SECRET, 0, 4096, "", F(db_password),

@@ -56,9 +56,9 @@ void mica_config_write_example(FILE *out, const mica_config_entry *table, size_t
 
 /* Common fragments every daemon's table repeats for its [http] section,
  * expressed as a macro so the offsets refer to the program's own struct. The
- * member |m| must be a mica_http_options; |per_conn_default| ("true" or
- * "false") is the service's default for thread_per_connection. */
-#define MICA_CONFIG_HTTP_ENTRIES(sec, type, m, per_conn_default)                                                 \
+ * member |m| must be a mica_http_options; |blocking_default| (a decimal
+ * string) is the service's default for blocking_threads. */
+#define MICA_CONFIG_HTTP_ENTRIES(sec, type, m, blocking_default)                                                 \
 	{sec, "bind", MICA_CFG_STRING, 1, 255, "127.0.0.1", offsetof(type, m.bind),               \
 	 "address to listen on (IPv4 or IPv6 literal)"},                                          \
 	{sec, "port", MICA_CFG_INT, 0, 65535, NULL, offsetof(type, m.port),                        \
@@ -76,10 +76,10 @@ void mica_config_write_example(FILE *out, const mica_config_entry *table, size_t
 	{sec, "timeout", MICA_CFG_INT, 1, 3600, "30", offsetof(type, m.timeout_s),                 \
 	 "seconds an idle or stalled connection is kept"},                                        \
 	{sec, "threads", MICA_CFG_INT, 0, 256, "0", offsetof(type, m.threads),                     \
-	 "worker threads (0 = one per CPU)"},                                                     \
-	{sec, "thread_per_connection", MICA_CFG_BOOL, 0, 1, per_conn_default,                   \
-	 offsetof(type, m.thread_per_connection),                                                 \
-	 "one thread per connection (for services whose handlers block)"},                        \
+	 "event threads serving connections (0 = one per CPU)"},                                  \
+	{sec, "blocking_threads", MICA_CFG_INT, 0, 4096, blocking_default,                        \
+	 offsetof(type, m.blocking_threads),                                                      \
+	 "threads for handlers that block (database, Key Center, Argon2id)"},                     \
 	{sec, "max_connections", MICA_CFG_INT, 1, 100000, "1024", offsetof(type, m.max_conns),     \
 	 "total open connections"},                                                               \
 	{sec, "max_connections_per_ip", MICA_CFG_INT, 0, 100000, "64",                            \

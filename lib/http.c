@@ -2,13 +2,18 @@
  * errors, mTLS principals, /healthz, /metrics and the access log.
  * Requests flow through on_request() (once per header block, once per body
  * chunk, once at the end), dispatch() picks the route, and on_completed()
- * records metrics and the access-log line. */
+ * records metrics and the access-log line. A handler runs inline on the event
+ * thread, or, for MICA_ROUTE_BLOCKING routes, on the blocking pool while the
+ * connection is suspended; a deferred reply also keeps it suspended. Once
+ * the handler returned and (if deferred) mica_http_finish() was called, the
+ * connection is resumed and on_request() runs once more to queue the reply. */
 #include "http.h"
 
 #include <arpa/inet.h>
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
 #include <microhttpd.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -55,6 +60,24 @@ struct mica_http_server {
 	_Atomic unsigned long *counts; /* [(nroutes + NBUILTIN) * NCODES] */
 	_Atomic unsigned long hist[NBUCKETS + 1];
 	_Atomic unsigned long dur_sum_us, dur_count, inflight;
+
+	/* The blocking pool: a FIFO of suspended requests whose handler is due. */
+	pthread_mutex_t pool_mu;
+	pthread_cond_t pool_cv;
+	struct req_state *qhead, *qtail;
+	int pool_stopping;
+	int npool;
+	pthread_t *pool;
+
+	/* Guards the hand-off fields of every req_state (running, deferred,
+	 * finished, ready), counts requests given to a handler and not yet
+	 * completed (reply sent or connection lost), and refuses new ones once
+	 * stopping. */
+	pthread_mutex_t defer_mu;
+	pthread_cond_t defer_cv;
+	unsigned long nactive;
+	int stopping;
+	int sync_ready; /* the mutexes and condition variables above exist */
 };
 
 /* Per TLS connection: the client certificate is verified once. */
@@ -77,6 +100,18 @@ struct req_state {
 	size_t slot;
 	char rid[33];
 	char ip[INET6_ADDRSTRLEN];
+
+	/* From dispatch to the reply: the handler's view and its reply. */
+	char *path;  /* the URL split into segments, which req's params point into */
+	mica_http_req req;
+	mica_http_resp resp;
+	mica_http_handler fn;
+	int dispatched;
+	int running;  /* the handler has not returned yet */
+	int deferred; /* mica_http_defer() was called */
+	int finished; /* mica_http_finish() was called */
+	int ready;    /* resp is the reply: on_request queues it after the resume */
+	struct req_state *next; /* in the blocking pool's queue */
 };
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -483,13 +518,105 @@ static enum MHD_Result reply_not_allowed(struct MHD_Connection *conn, struct req
 	return send_resp(conn, rs, &resp);
 }
 
+/* After a handler returned: the reply goes out now (inline, not deferred or
+ * already finished), after a resume (pool), or when mica_http_finish() comes
+ * (the connection stays or becomes suspended). */
+static enum MHD_Result handler_returned(mica_http_server *srv, struct req_state *rs, int inline_)
+{
+	int send_now = 0, resume = 0;
+	json_decref(rs->req.json);
+	rs->req.json = NULL;
+	pthread_mutex_lock(&srv->defer_mu);
+	rs->running = 0;
+	if (!rs->deferred || rs->finished) {
+		if (inline_) {
+			send_now = 1;
+		} else {
+			rs->ready = 1;
+			resume = 1;
+		}
+	} else if (inline_) {
+		MHD_suspend_connection(rs->req.conn);
+	}
+	pthread_mutex_unlock(&srv->defer_mu);
+	if (send_now)
+		return send_resp(rs->req.conn, rs, &rs->resp);
+	if (resume)
+		MHD_resume_connection(rs->req.conn);
+	return MHD_YES;
+}
+
+mica_http_deferred *mica_http_defer(const mica_http_req *req)
+{
+	struct req_state *rs = req->impl;
+	pthread_mutex_lock(&rs->srv->defer_mu);
+	rs->deferred = 1;
+	pthread_mutex_unlock(&rs->srv->defer_mu);
+	return (mica_http_deferred *)rs;
+}
+
+void mica_http_finish(mica_http_deferred *d)
+{
+	struct req_state *rs = (struct req_state *)d;
+	mica_http_server *srv = rs->srv;
+	struct MHD_Connection *conn = NULL;
+	pthread_mutex_lock(&srv->defer_mu);
+	rs->finished = 1;
+	if (!rs->running) {
+		/* Suspended by handler_returned(); after the resume |rs| may be
+		 * gone, so nothing of it is touched past the unlock. */
+		rs->ready = 1;
+		conn = rs->req.conn;
+	}
+	pthread_mutex_unlock(&srv->defer_mu);
+	if (conn)
+		MHD_resume_connection(conn);
+}
+
+static void *pool_main(void *arg)
+{
+	mica_http_server *srv = arg;
+	pthread_mutex_lock(&srv->pool_mu);
+	for (;;) {
+		struct req_state *rs = srv->qhead;
+		if (!rs) {
+			if (srv->pool_stopping)
+				break;
+			pthread_cond_wait(&srv->pool_cv, &srv->pool_mu);
+			continue;
+		}
+		if (!(srv->qhead = rs->next))
+			srv->qtail = NULL;
+		pthread_mutex_unlock(&srv->pool_mu);
+		rs->fn(&rs->req, &rs->resp, srv->ctx);
+		(void)handler_returned(srv, rs, 0);
+		pthread_mutex_lock(&srv->pool_mu);
+	}
+	pthread_mutex_unlock(&srv->pool_mu);
+	return NULL;
+}
+
+/* Suspends the connection and queues the handler for the blocking pool. */
+static enum MHD_Result run_on_pool(mica_http_server *srv, struct req_state *rs)
+{
+	MHD_suspend_connection(rs->req.conn);
+	pthread_mutex_lock(&srv->pool_mu);
+	rs->next = NULL;
+	if (srv->qtail)
+		srv->qtail->next = rs;
+	else
+		srv->qhead = rs;
+	srv->qtail = rs;
+	pthread_cond_signal(&srv->pool_cv);
+	pthread_mutex_unlock(&srv->pool_mu);
+	return MHD_YES;
+}
+
 /* Enforces the route's body and peer requirements, then runs the handler. */
 static enum MHD_Result run_route(mica_http_server *srv, struct MHD_Connection *conn,
 				 struct req_state *rs, size_t i, mica_http_req *req)
 {
 	const mica_http_route *r = &srv->routes[i];
-	mica_http_resp resp = {0};
-	enum MHD_Result ret;
 
 	if (r->flags & MICA_ROUTE_JSON) {
 		const char *ct =
@@ -512,16 +639,33 @@ static enum MHD_Result run_route(mica_http_server *srv, struct MHD_Connection *c
 					  "the JSON body must be an object");
 		}
 	}
-	r->fn(req, &resp, srv->ctx);
-	json_decref(req->json);
-	ret = send_resp(conn, rs, &resp);
-	return ret;
+	if ((r->flags & MICA_ROUTE_BLOCKING) && srv->npool == 0) {
+		json_decref(req->json);
+		return send_error(conn, rs, 500, "internal_error",
+				  "this route needs blocking threads and the server has none");
+	}
+	pthread_mutex_lock(&srv->defer_mu);
+	if (srv->stopping) {
+		pthread_mutex_unlock(&srv->defer_mu);
+		json_decref(req->json);
+		return send_error(conn, rs, 503, "unavailable", "the server is shutting down");
+	}
+	srv->nactive++;
+	pthread_mutex_unlock(&srv->defer_mu);
+	rs->req = *req;
+	rs->fn = r->fn;
+	rs->dispatched = 1;
+	rs->running = 1;
+	if (r->flags & MICA_ROUTE_BLOCKING)
+		return run_on_pool(srv, rs);
+	r->fn(&rs->req, &rs->resp, srv->ctx);
+	return handler_returned(srv, rs, 1);
 }
 
 static enum MHD_Result dispatch(mica_http_server *srv, struct MHD_Connection *conn,
 				struct req_state *rs, const char *url, const char *method)
 {
-	char copy[MAX_PATH];
+	char *copy;
 	const char *seg[MAX_SEGMENTS];
 	char allow[128] = "";
 	int nseg;
@@ -530,7 +674,7 @@ static enum MHD_Result dispatch(mica_http_server *srv, struct MHD_Connection *co
 	mica_http_req req = {0};
 
 	rs->slot = srv->nroutes + SLOT_UNMATCHED;
-	if (strlen(url) >= sizeof(copy))
+	if (strlen(url) >= MAX_PATH)
 		return send_error(conn, rs, 414, "uri_too_long", "the path is longer than %d bytes",
 				  MAX_PATH - 1);
 	if (strcmp(url, "/healthz") == 0 && strcmp(method, "GET") == 0) {
@@ -550,7 +694,8 @@ static enum MHD_Result dispatch(mica_http_server *srv, struct MHD_Connection *co
 		return serve_metrics(srv, conn, rs);
 	}
 
-	strcpy(copy, url);
+	if (!(copy = rs->path = strdup(url)))
+		return send_error(conn, rs, 500, "internal_error", "out of memory");
 	nseg = split_path(copy, seg);
 	for (size_t i = 0; nseg >= 0 && i < srv->nroutes; i++) {
 		const struct compiled_route *cr = &srv->compiled[i];
@@ -583,6 +728,7 @@ static enum MHD_Result dispatch(mica_http_server *srv, struct MHD_Connection *co
 		req.client_ip = rs->ip;
 		req.request_id = rs->rid;
 		req.conn = conn;
+		req.impl = rs;
 		return run_route(srv, conn, rs, i, &req);
 	}
 	if (allow[0])
@@ -678,6 +824,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	}
 	if (rs->queued)
 		return MHD_YES;
+	if (rs->dispatched) /* called again after a resume */
+		return rs->ready ? send_resp(conn, rs, &rs->resp) : MHD_YES;
 	if (rs->too_large)
 		return send_error(conn, rs, 413, "body_too_large",
 				  "the body exceeds the limit of %zu bytes", srv->opt.max_body);
@@ -715,6 +863,14 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 			 toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted=1");
 		mica_log_set_request_id(NULL);
 	}
+	if (rs->dispatched) {
+		pthread_mutex_lock(&srv->defer_mu);
+		if (--srv->nactive == 0 && srv->stopping)
+			pthread_cond_broadcast(&srv->defer_cv);
+		pthread_mutex_unlock(&srv->defer_mu);
+	}
+	resp_cleanup(&rs->resp);
+	free(rs->path);
 	free(rs->body);
 	free(rs);
 	*con_cls = NULL;
@@ -747,10 +903,51 @@ void mica_http_options_default(mica_http_options *opt)
 	opt->access_log = 1;
 }
 
+/* Stops the blocking pool after it ran everything queued. */
+static void pool_stop(mica_http_server *srv)
+{
+	pthread_mutex_lock(&srv->pool_mu);
+	srv->pool_stopping = 1;
+	pthread_cond_broadcast(&srv->pool_cv);
+	pthread_mutex_unlock(&srv->pool_mu);
+	for (int i = 0; i < srv->npool; i++)
+		pthread_join(srv->pool[i], NULL);
+	srv->npool = 0;
+}
+
+static int sync_init(mica_http_server *srv)
+{
+	if (pthread_mutex_init(&srv->pool_mu, NULL))
+		return MICA_ENOMEM;
+	if (pthread_mutex_init(&srv->defer_mu, NULL))
+		goto no_defer_mu;
+	if (pthread_cond_init(&srv->pool_cv, NULL))
+		goto no_pool_cv;
+	if (pthread_cond_init(&srv->defer_cv, NULL))
+		goto no_defer_cv;
+	srv->sync_ready = 1;
+	return 0;
+no_defer_cv:
+	pthread_cond_destroy(&srv->pool_cv);
+no_pool_cv:
+	pthread_mutex_destroy(&srv->defer_mu);
+no_defer_mu:
+	pthread_mutex_destroy(&srv->pool_mu);
+	return MICA_ENOMEM;
+}
+
 static void server_free(mica_http_server *srv)
 {
 	if (!srv)
 		return;
+	if (srv->sync_ready) {
+		pool_stop(srv);
+		pthread_cond_destroy(&srv->defer_cv);
+		pthread_cond_destroy(&srv->pool_cv);
+		pthread_mutex_destroy(&srv->defer_mu);
+		pthread_mutex_destroy(&srv->pool_mu);
+	}
+	free(srv->pool);
 	if (srv->compiled)
 		for (size_t i = 0; i < srv->nroutes; i++)
 			free(srv->compiled[i].pattern_copy);
@@ -807,8 +1004,12 @@ int mica_http_start(mica_http_server **out, const mica_http_options *opt,
 	srv->routes = routes;
 	srv->nroutes = nroutes;
 	srv->ctx = ctx;
-	if ((err = compile_routes(srv)) != 0)
+	if ((err = compile_routes(srv)) != 0 || (err = sync_init(srv)) != 0)
 		goto fail;
+	if (opt->blocking_threads < 0 || opt->blocking_threads > 4096) {
+		err = MICA_EINVAL;
+		goto fail;
+	}
 	err = MICA_ENOMEM;
 	if (!(srv->counts = calloc((nroutes + NBUILTIN) * NCODES, sizeof(*srv->counts))))
 		goto fail;
@@ -829,10 +1030,17 @@ int mica_http_start(mica_http_server **out, const mica_http_options *opt,
 		goto fail;
 	}
 
+	if (opt->blocking_threads > 0) {
+		err = MICA_ENOMEM;
+		if (!(srv->pool = calloc((size_t)opt->blocking_threads, sizeof(*srv->pool))))
+			goto fail;
+		for (; srv->npool < opt->blocking_threads; srv->npool++)
+			if (pthread_create(&srv->pool[srv->npool], NULL, pool_main, srv))
+				goto fail;
+	}
+
 	flags = MHD_USE_TLS | MHD_USE_ERROR_LOG | (v6 ? MHD_USE_IPv6 : 0) |
-		(opt->thread_per_connection
-			 ? MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL
-			 : MHD_USE_EPOLL_INTERNAL_THREAD);
+		MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME;
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	unsigned int threads = opt->threads > 0 ? (unsigned)opt->threads : ncpu > 0 ? (unsigned)ncpu : 1;
 	/* Settings given only when used, as an END-terminated option array. */
@@ -840,7 +1048,7 @@ int mica_http_start(mica_http_server **out, const mica_http_options *opt,
 	int nopt = 0;
 	if (srv->ca_pem)
 		optional[nopt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_TRUST, 0, srv->ca_pem};
-	if (threads > 1 && !opt->thread_per_connection)
+	if (threads > 1)
 		optional[nopt++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, threads, NULL};
 	optional[nopt] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
 	srv->daemon = MHD_start_daemon(
@@ -883,6 +1091,14 @@ void mica_http_stop(mica_http_server *srv)
 {
 	if (!srv)
 		return;
+	/* New requests are refused from here on; the ones given to a handler
+	 * get their reply (libmicrohttpd must not be stopped with a connection
+	 * still suspended). */
+	pthread_mutex_lock(&srv->defer_mu);
+	srv->stopping = 1;
+	while (srv->nactive > 0)
+		pthread_cond_wait(&srv->defer_cv, &srv->defer_mu);
+	pthread_mutex_unlock(&srv->defer_mu);
 	if (srv->daemon)
 		MHD_stop_daemon(srv->daemon);
 	server_free(srv);

@@ -6,7 +6,17 @@
  * plaintext mode), optional mutual TLS whose verified client-certificate
  * common name is the request's principal, idle/slow-client timeouts, per-IP
  * connection limits, built-in GET /healthz and GET /metrics (Prometheus text),
- * and a JSON access log. Handlers run on the server's worker threads.
+ * and a JSON access log.
+ *
+ * Threads: connections are served by an epoll thread pool (one event thread
+ * per CPU). A handler runs on the event thread that read its request unless
+ * its route has MICA_ROUTE_BLOCKING, in which case the connection is
+ * suspended and the handler runs on a separate pool of blocking threads
+ * (database, Key Center, Argon2id), so a slow handler never stalls the other
+ * connections of an event thread. A handler that must wait for something
+ * that completes on another thread (the Key Center's audit group commit)
+ * defers its reply instead of blocking: mica_http_defer(), then
+ * mica_http_finish() from whichever thread learns the outcome.
  *
  * Built-in error codes (stable, documented in docs/api/errors.md):
  *   400 malformed_json, missing_body, body_not_object
@@ -43,6 +53,7 @@ typedef struct mica_http_req {
 	const char *client_ip;     /* textual address of the TCP peer */
 	const char *request_id;    /* 32 hex characters, echoed as X-Request-Id */
 	struct MHD_Connection *conn;
+	void *impl;                /* the server's request state */
 } mica_http_req;
 
 /* What a handler fills in with the mica_http_reply_* helpers. */
@@ -61,6 +72,8 @@ typedef void (*mica_http_handler)(const mica_http_req *req, mica_http_resp *resp
 enum {
 	MICA_ROUTE_JSON = 1 << 0,  /* body must be a JSON object: 400/415 otherwise */
 	MICA_ROUTE_PEER = 1 << 1,  /* a verified client certificate is required */
+	MICA_ROUTE_BLOCKING = 1 << 2, /* the handler may block (database, Key Center,
+				       * Argon2id ...): it runs on the blocking pool */
 };
 
 typedef struct mica_http_route {
@@ -80,9 +93,9 @@ typedef struct mica_http_options {
 	int require_client_cert;   /* 1: every route (but /healthz) needs a peer */
 	size_t max_body;           /* bytes; larger bodies get 413 */
 	int timeout_s;             /* idle connection timeout */
-	int threads;               /* worker threads (0 = number of CPUs) */
-	int thread_per_connection; /* 1: one thread per connection, for handlers that
-				      block (e.g. on a group commit); ignores |threads| */
+	int threads;               /* event threads (0 = number of CPUs) */
+	int blocking_threads;      /* threads that run MICA_ROUTE_BLOCKING handlers;
+				      0 starts none (such routes then answer 500) */
 	int max_conns;             /* total connection limit */
 	int per_ip_conns;          /* connection limit per client address (0 = none) */
 	int access_log;            /* 1: one JSON log line per request */
@@ -114,7 +127,8 @@ int mica_http_start(mica_http_server **out, const mica_http_options *opt,
 /* The port actually bound (useful with port 0). */
 int mica_http_port(const mica_http_server *srv);
 
-/* Stops accepting, waits for in-flight handlers, frees. NULL is fine. */
+/* Stops accepting, runs the blocking handlers already queued, waits until
+ * every deferred request is finished, then frees. NULL is fine. */
 void mica_http_stop(mica_http_server *srv);
 
 /* Reply helpers. Each replaces any earlier reply in |resp|. */
@@ -125,6 +139,19 @@ void mica_http_reply_error(mica_http_resp *resp, int status, const char *code, c
 			   ...) __attribute__((format(printf, 4, 5)));
 /* Adds a response header; |name| must be a static string, |value| is copied. */
 void mica_http_add_header(mica_http_resp *resp, const char *name, const char *value);
+
+/* Deferred replies. Called by a handler, mica_http_defer() tells the server
+ * that the reply comes later: when the handler returns, the connection is
+ * suspended (no thread waits) until mica_http_finish(), which may be called
+ * from any thread, even before the handler returned. The reply sent is what
+ * the handler's |resp| holds when both the handler returned and finish was
+ * called; |resp| stays valid (and the server's) until then, so the finisher
+ * may replace it (e.g. by an error). |req| is valid only during the handler
+ * call. Every deferred request must be finished exactly once; stop waits for
+ * it. */
+typedef struct mica_http_deferred mica_http_deferred;
+mica_http_deferred *mica_http_defer(const mica_http_req *req);
+void mica_http_finish(mica_http_deferred *d);
 
 /* The value of parameter |name| in the matched route, or NULL. */
 const char *mica_http_param(const mica_http_req *req, const char *name);

@@ -1,9 +1,11 @@
 /* test_http.c - libmica http server and httpc client against each other
  * over real TLS on loopback, with the test CA from tests/run: routing,
- * JSON errors, body limits, mTLS principals, timeouts, retries, metrics. */
+ * JSON errors, body limits, mTLS principals, timeouts, retries, metrics,
+ * blocking handlers on their pool and deferred replies. */
 #include <arpa/inet.h>
 #include <check.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,6 +75,85 @@ static void silent(const mica_http_req *req, mica_http_resp *resp, void *ctx)
 	(void)req, (void)resp, (void)ctx;
 }
 
+/* A gate the blocking and deferring handlers below stop at until the test
+ * opens it, so a test can act while a handler is provably in progress. */
+static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
+static int gate_open, gate_arrived;
+static mica_http_deferred *parked;
+static mica_http_resp *parked_resp;
+
+static void gate_reset(void)
+{
+	pthread_mutex_lock(&gate_mu);
+	gate_open = gate_arrived = 0;
+	parked = NULL;
+	parked_resp = NULL;
+	pthread_mutex_unlock(&gate_mu);
+}
+
+/* Waits until a handler arrived at the gate. */
+static void gate_await_arrival(void)
+{
+	pthread_mutex_lock(&gate_mu);
+	while (!gate_arrived)
+		pthread_cond_wait(&gate_cv, &gate_mu);
+	pthread_mutex_unlock(&gate_mu);
+}
+
+static void gate_release(void)
+{
+	pthread_mutex_lock(&gate_mu);
+	gate_open = 1;
+	pthread_cond_broadcast(&gate_cv);
+	pthread_mutex_unlock(&gate_mu);
+}
+
+/* A blocking handler: holds its thread until the gate opens. */
+static void blocked(const mica_http_req *req, mica_http_resp *resp, void *ctx)
+{
+	(void)req, (void)ctx;
+	pthread_mutex_lock(&gate_mu);
+	gate_arrived = 1;
+	pthread_cond_broadcast(&gate_cv);
+	while (!gate_open)
+		pthread_cond_wait(&gate_cv, &gate_mu);
+	pthread_mutex_unlock(&gate_mu);
+	mica_http_reply_json(resp, 200, json_pack("{s:b}", "blocked", 1));
+}
+
+/* Defers its reply and parks it for the test to finish. */
+static void deferring(const mica_http_req *req, mica_http_resp *resp, void *ctx)
+{
+	(void)ctx;
+	mica_http_reply_error(resp, 500, "internal_error", "the finisher replaces this");
+	pthread_mutex_lock(&gate_mu);
+	parked = mica_http_defer(req);
+	parked_resp = resp;
+	gate_arrived = 1;
+	pthread_cond_broadcast(&gate_cv);
+	pthread_mutex_unlock(&gate_mu);
+}
+
+/* What a finisher on another thread does with a parked reply. */
+static void finish_parked(void)
+{
+	pthread_mutex_lock(&gate_mu);
+	mica_http_reply_json(parked_resp, 202, json_pack("{s:b}", "finished", 1));
+	mica_http_finish(parked);
+	parked = NULL;
+	pthread_mutex_unlock(&gate_mu);
+}
+
+/* Defers and finishes before returning. */
+static void defer_now(const mica_http_req *req, mica_http_resp *resp, void *ctx)
+{
+	(void)ctx;
+	mica_http_deferred *d = mica_http_defer(req);
+	mica_http_reply_json(resp, 200, json_pack("{s:b}", "now", 1));
+	mica_http_finish(d);
+}
+
 static int health(void *ctx)
 {
 	(void)ctx;
@@ -89,13 +170,19 @@ static const mica_http_route routes[] = {
 	{"POST", "/v1/flaky", flaky, 0},
 	{"GET", "/v1/slow", slow, 0},
 	{"GET", "/v1/silent", silent, 0},
+	{"GET", "/v1/blocked", blocked, MICA_ROUTE_BLOCKING},
+	{"GET", "/v1/deferred", deferring, 0},
+	{"GET", "/v1/deferred-blocking", deferring, MICA_ROUTE_BLOCKING},
+	{"GET", "/v1/defer-now", defer_now, 0},
+	{"GET", "/v1/defer-now-blocking", defer_now, MICA_ROUTE_BLOCKING},
 };
 #define NROUTES (sizeof(routes) / sizeof(routes[0]))
 
 static mica_http_server *srv;
 static char base[64];
 
-static mica_http_server *start(int require_peer, int timeout_s)
+static mica_http_server *start_with(int require_peer, int timeout_s, int threads,
+				    int blocking_threads)
 {
 	mica_http_options o;
 	mica_http_server *s = NULL;
@@ -109,9 +196,16 @@ static mica_http_server *start(int require_peer, int timeout_s)
 	o.timeout_s = timeout_s;
 	o.access_log = 0;
 	o.health = health;
+	o.threads = threads;
+	o.blocking_threads = blocking_threads;
 	ck_assert_int_eq(mica_http_start(&s, &o, routes, NROUTES, NULL), 0);
 	snprintf(base, sizeof(base), "https://localhost:%d", mica_http_port(s));
 	return s;
+}
+
+static mica_http_server *start(int require_peer, int timeout_s)
+{
+	return start_with(require_peer, timeout_s, 0, 2);
 }
 
 static void setup(void)
@@ -371,6 +465,140 @@ START_TEST(start_rejects_bad_setup)
 }
 END_TEST
 
+/* A request made on its own thread, for handlers that hold it up. */
+struct bg_call {
+	pthread_t thread;
+	const char *path;
+	long status;
+	char body[256];
+	int rc;
+};
+
+static void *bg_main(void *arg)
+{
+	struct bg_call *b = arg;
+	mica_httpc_options o = {.ca_file = getenv("MICA_CA"), .timeout_ms = 20000};
+	mica_httpc *c = NULL;
+	mica_httpc_resp r = {0};
+	char url[256];
+	snprintf(url, sizeof(url), "%s%s", base, b->path);
+	if ((b->rc = mica_httpc_new(&c, &o)) == 0 &&
+	    (b->rc = mica_httpc_request(c, "GET", url, NULL, 0, 0, &r)) == 0) {
+		b->status = r.status;
+		snprintf(b->body, sizeof(b->body), "%s", r.body ? r.body : "");
+	}
+	mica_httpc_resp_cleanup(&r);
+	mica_httpc_free(c);
+	return NULL;
+}
+
+static void bg_start(struct bg_call *b, const char *path)
+{
+	memset(b, 0, sizeof(*b));
+	b->path = path;
+	ck_assert_int_eq(pthread_create(&b->thread, NULL, bg_main, b), 0);
+}
+
+static void bg_join(struct bg_call *b, long want_status, const char *want_in_body)
+{
+	pthread_join(b->thread, NULL);
+	ck_assert_msg(b->rc == 0, "%s: %s", b->path, mica_strerror(b->rc));
+	ck_assert_msg(b->status == want_status, "%s: status %ld, want %ld (%s)", b->path, b->status,
+		      want_status, b->body);
+	ck_assert_msg(strstr(b->body, want_in_body), "%s: body %s lacks %s", b->path, b->body,
+		      want_in_body);
+}
+
+/* One event thread: while a blocking handler holds its pool thread, the
+ * event thread still answers other requests. */
+START_TEST(blocking_handler_runs_on_its_pool)
+{
+	mica_http_stop(srv);
+	srv = start_with(0, 5, 1, 1);
+	gate_reset();
+	struct bg_call b;
+	bg_start(&b, "/v1/blocked");
+	gate_await_arrival();
+	mica_httpc *c = client(NULL);
+	json_decref(call(c, "GET", "/v1/hello", NULL, 200));
+	gate_release();
+	bg_join(&b, 200, "\"blocked\":true");
+	mica_httpc_free(c);
+}
+END_TEST
+
+/* A deferred reply holds no thread (one event thread, one blocking thread
+ * are free for other requests meanwhile) and is what the finisher left in
+ * the reply; deferring from either kind of handler works, and so does
+ * finishing before the handler returned. */
+START_TEST(deferred_replies)
+{
+	static const char *const paths[] = {"/v1/deferred", "/v1/deferred-blocking"};
+	mica_http_stop(srv);
+	srv = start_with(0, 5, 1, 1);
+	mica_httpc *c = client(NULL);
+	for (size_t i = 0; i < 2; i++) {
+		struct bg_call b;
+		gate_reset();
+		bg_start(&b, paths[i]);
+		gate_await_arrival();
+		json_decref(call(c, "GET", "/v1/hello", NULL, 200));
+		json_decref(call(c, "GET", "/v1/defer-now-blocking", NULL, 200));
+		finish_parked();
+		bg_join(&b, 202, "\"finished\":true");
+	}
+	json_t *j = call(c, "GET", "/v1/defer-now", NULL, 200);
+	ck_assert(json_is_true(json_object_get(j, "now")));
+	json_decref(j);
+	mica_httpc_free(c);
+}
+END_TEST
+
+struct stopper {
+	mica_http_server *srv;
+	atomic_int done;
+};
+
+static void *stop_main(void *arg)
+{
+	struct stopper *st = arg;
+	mica_http_stop(st->srv);
+	atomic_store(&st->done, 1);
+	return NULL;
+}
+
+/* Stop waits for a deferred request and the client still gets its reply. */
+START_TEST(stop_waits_for_deferred)
+{
+	struct bg_call b;
+	struct stopper st = {.srv = srv};
+	pthread_t t;
+	gate_reset();
+	bg_start(&b, "/v1/deferred");
+	gate_await_arrival();
+	srv = NULL; /* stopped here, not by the fixture */
+	ck_assert_int_eq(pthread_create(&t, NULL, stop_main, &st), 0);
+	usleep(200 * 1000);
+	ck_assert_msg(!atomic_load(&st.done), "stop returned while a reply was deferred");
+	finish_parked();
+	bg_join(&b, 202, "\"finished\":true");
+	pthread_join(t, NULL);
+	ck_assert(atomic_load(&st.done));
+}
+END_TEST
+
+/* A blocking route on a server started without blocking threads. */
+START_TEST(blocking_route_without_pool)
+{
+	mica_http_stop(srv);
+	srv = start_with(0, 5, 1, 0);
+	mica_httpc *c = client(NULL);
+	assert_error(call(c, "GET", "/v1/blocked", NULL, 500), "internal_error");
+	json_decref(call(c, "GET", "/v1/hello", NULL, 200));
+	mica_httpc_free(c);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("http");
@@ -390,6 +618,10 @@ int main(void)
 	tcase_add_test(tc, idle_and_slow_clients_time_out);
 	tcase_add_test(tc, healthz_and_metrics);
 	tcase_add_test(tc, start_rejects_bad_setup);
+	tcase_add_test(tc, blocking_handler_runs_on_its_pool);
+	tcase_add_test(tc, deferred_replies);
+	tcase_add_test(tc, stop_waits_for_deferred);
+	tcase_add_test(tc, blocking_route_without_pool);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

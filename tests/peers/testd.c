@@ -21,7 +21,7 @@ struct testd_config {
 static const mica_config_entry testd_table[] = {
 	{"log", "level", MICA_CFG_LOGLEVEL, 0, 4, "info", offsetof(struct testd_config, log_level),
 	 "least severe level written (debug, info, warn, error, off)"},
-	MICA_CONFIG_HTTP_ENTRIES("testd.http", struct testd_config, http, "false"),
+	MICA_CONFIG_HTTP_ENTRIES("testd.http", struct testd_config, http, "0"),
 	{"testd", "port_file", MICA_CFG_STRING, 0, 4096, "", offsetof(struct testd_config, port_file),
 	 "file the bound port is written to once listening"},
 };

@@ -25,7 +25,7 @@ struct cfg {
 
 static const mica_config_entry table[] = {
 	{"log", "level", MICA_CFG_LOGLEVEL, 0, 4, "info", offsetof(struct cfg, level), "log level"},
-	MICA_CONFIG_HTTP_ENTRIES("demo.http", struct cfg, http, "false"),
+	MICA_CONFIG_HTTP_ENTRIES("demo.http", struct cfg, http, "0"),
 	{"demo", "name", MICA_CFG_STRING, 1, 8, "x", offsetof(struct cfg, name), "a name"},
 	{"demo", "count", MICA_CFG_INT, 1, 10, "3", offsetof(struct cfg, count), "a count"},
 	{"demo", "size", MICA_CFG_SIZE, 1, 1 << 20, "4K", offsetof(struct cfg, size), "a size"},
