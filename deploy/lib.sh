@@ -427,6 +427,8 @@ mica__redis_ping() { [[ "$(mica_redis_cli "$1" admin PING 2>/dev/null)" == PONG 
 # KEYS, FLUSHDB, CONFIG, INFO, SORT, ...). Only SHA-256 hashes of the passwords are written.
 # The session cache "session:*" (lib/auth.h) is written only by account; every other user may
 # only read it (%R~, Redis 7), except test, which may also write it so tests can seed sessions.
+# Every user may also subscribe to "__redis__:invalidate", where Redis client tracking delivers
+# the invalidations lib/kvcache applies (CLIENT TRACKING itself is not in @dangerous).
 mica__redis_acl() {
 	local dir="$1" u pw hash session
 	shift
@@ -442,7 +444,7 @@ mica__redis_acl() {
 			else
 				session="%R~session:*"
 				[[ "$u" == account || "$u" == test ]] && session="~session:*"
-				echo "user $u on resetpass #$hash resetkeys ~$u:* $session resetchannels &$u:* +@all -@dangerous"
+				echo "user $u on resetpass #$hash resetkeys ~$u:* $session resetchannels &$u:* &__redis__:invalidate +@all -@dangerous"
 			fi
 		done
 	} >"$dir/redis/users.acl.tmp"

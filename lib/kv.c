@@ -24,6 +24,7 @@ struct mica_kv {
 	char *password; /* wiped on free, never logged */
 	int timeout_ms;
 	int thread_owned;
+	int quiet; /* connection failures are logged by the caller (lib/kvcache) */
 	char errmsg[256];
 };
 
@@ -122,7 +123,8 @@ static int kv_connect(mica_kv *kv)
 	}
 	if (c->err) {
 		set_errs(kv, c->errstr);
-		MICA_LOG(MICA_LOG_WARN, "kv: connect failed: %s", kv->errmsg);
+		if (!kv->quiet)
+			MICA_LOG(MICA_LOG_WARN, "kv: connect failed: %s", kv->errmsg);
 		redisFree(c);
 		return MICA_EKVCONN;
 	}
@@ -138,7 +140,8 @@ static int kv_connect(mica_kv *kv)
 		redisReply *r = redisCommandArgv(c, n, a, NULL);
 		if (!r) {
 			set_errs(kv, c->errstr);
-			MICA_LOG(MICA_LOG_WARN, "kv: AUTH failed: %s", kv->errmsg);
+			if (!kv->quiet)
+				MICA_LOG(MICA_LOG_WARN, "kv: AUTH failed: %s", kv->errmsg);
 			redisFree(c);
 			return MICA_EKVCONN;
 		}
@@ -508,7 +511,7 @@ mica_kv *mica_kv_thread(void)
 	return kv;
 }
 
-int mica_kv_open(mica_kv **out, const struct mica_kv_config *cfg)
+static int kv_open(mica_kv **out, const struct mica_kv_config *cfg, int quiet)
 {
 	if (!out)
 		return MICA_EINVAL;
@@ -517,6 +520,7 @@ int mica_kv_open(mica_kv **out, const struct mica_kv_config *cfg)
 	mica_kv *kv = kv_new(cfg, &rc);
 	if (!kv)
 		return rc;
+	kv->quiet = quiet;
 	struct sigpipe_guard guard;
 	sigpipe_block(&guard);
 	rc = kv_connect(kv);
@@ -536,4 +540,19 @@ void mica_kv_close(mica_kv **kvp)
 	if (!(*kvp)->thread_owned)
 		kv_free(*kvp);
 	*kvp = NULL;
+}
+
+int mica_kv_open(mica_kv **out, const struct mica_kv_config *cfg)
+{
+	return kv_open(out, cfg, 0);
+}
+
+int mica__kv_open_quiet(mica_kv **out, const struct mica_kv_config *cfg)
+{
+	return kv_open(out, cfg, 1);
+}
+
+redisContext *mica__kv_context(mica_kv *kv)
+{
+	return kv ? kv->ctx : NULL;
 }

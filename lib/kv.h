@@ -100,4 +100,18 @@ MICA_WUR int mica_kv_rate_limit(mica_kv *kv, const char *key, long limit, int wi
  * MICA_EINVAL (ttl < 1), or as mica_kv_command(). */
 MICA_WUR int mica_kv_nonce(mica_kv *kv, const char *key, int ttl_seconds);
 
+/* ---- internal, for lib/kvcache's dedicated connection ---------------------- */
+
+/* As mica_kv_open(), but a Redis that cannot be reached (or drops the
+ * connection during AUTH) is not logged: the caller retries with backoff
+ * and logs once per outage. A refused username/password is still logged. */
+MICA_WUR int mica__kv_open_quiet(mica_kv **out, const struct mica_kv_config *cfg);
+
+/* The hiredis context of |kv| (borrowed; NULL when not connected). Valid
+ * until the next mica_kv_command() or mica_kv_close() on |kv|; its |fd| and
+ * |reader| may be used directly for a connection that only receives (pub/sub
+ * after SUBSCRIBE), since mica_kv_command() would take a readable socket for
+ * a closed one. */
+redisContext *mica__kv_context(mica_kv *kv);
+
 #endif
