@@ -33,6 +33,7 @@ struct acct_config {
 	int stepup_new_device, stepup_new_network, login_rate_max, login_rate_window_s;
 	int freeze_after_stepup_failures, stepup_ttl_s;
 	int app_session_days, web_idle_s, recent_auth_s;
+	int session_cache_entries;
 	int code_ttl_s, code_max_attempts, codes_per_hour;
 	char *email_mode, *sms_mode, *smtp_url, *smtp_from, *smtp_user, *smtp_password;
 	char *sms_webhook_url;
@@ -48,6 +49,8 @@ typedef struct acct_service {
 	acct_notify *notify;
 	acct_blocklist *blocklist;
 	acct_argon2_params argon2;
+	/* In-process copy of live app sessions (session.c); NULL: off. */
+	struct mica_kvcache *session_cache;
 } acct_service;
 
 /* Why a flow failed: HTTP status, stable code, message; extra JSON members

@@ -1,16 +1,23 @@
 /* service.c - mica-account's configuration table and run loop: connect to
  * PostgreSQL, Redis and the Key Center (checking that its three keys are
- * usable), load the password blocklist, then serve HTTPS until a signal. */
+ * usable), start the in-process session cache, load the password
+ * blocklist, then serve HTTPS until a signal. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "account/account.h"
+#include "auth.h"
 #include "crypto.h"
 #include "daemon.h"
 #include "kv.h"
+#include "kvcache.h"
 #include "log.h"
+
+/* Longest an in-process session copy is used without reading Redis again:
+ * a bound for the unforeseen, since invalidations keep it exact. */
+#define SESSION_CACHE_MAX_AGE_MS (5 * 60 * 1000)
 
 #define F(m) offsetof(struct acct_config, m)
 const mica_config_entry acct_config_table[] = {
@@ -83,6 +90,9 @@ const mica_config_entry acct_config_table[] = {
 	 "idle timeout of web sessions (15 minutes)"},
 	{"account.session", "recent_auth_s", MICA_CFG_INT, 30, 86400, "300", F(recent_auth_s),
 	 "how recent an authentication sensitive operations need"},
+	{"account.session", "cache_entries", MICA_CFG_INT, 0, 10000000, "100000",
+	 F(session_cache_entries),
+	 "app sessions kept in process, invalidated by Redis client tracking (0: off)"},
 	{"account.codes", "ttl_s", MICA_CFG_INT, 60, 3600, "600", F(code_ttl_s),
 	 "lifetime of a verification code"},
 	{"account.codes", "max_attempts", MICA_CFG_INT, 1, 20, "5", F(code_max_attempts),
@@ -141,6 +151,25 @@ static int check_keys(acct_service *s)
 	return 0;
 }
 
+/* The copy of live app sessions in front of Redis (session.c). Redis being
+ * down is no reason not to start (the cache stays off until it is back); an
+ * ACL without CLIENT TRACKING or the invalidation channel is. */
+static int start_session_cache(acct_service *s, const struct mica_kv_config *kvc)
+{
+	mica_kvcache_options o = {.prefix = MICA_AUTH_CACHE_PREFIX,
+				  .max_entries = (size_t)s->cfg->session_cache_entries,
+				  .max_age_ms = SESSION_CACHE_MAX_AGE_MS};
+	if (s->cfg->session_cache_entries == 0)
+		return 0;
+	int err = mica_kvcache_start(&s->session_cache, kvc, &o);
+	if (err)
+		MICA_LOG(MICA_LOG_ERROR, "account.session.cache_entries: the session cache cannot "
+					 "start (%s); the Redis user needs the channel "
+					 "__redis__:invalidate and CLIENT TRACKING, or set 0",
+			 mica_strerror(err));
+	return err;
+}
+
 int acct_run(struct acct_config *cfg)
 {
 	acct_service s = {.cfg = cfg};
@@ -165,6 +194,8 @@ int acct_run(struct acct_config *cfg)
 				     .username = cfg->redis_user,
 				     .password = cfg->redis_password};
 	if (mica_db_global_init(conninfo) != 0 || mica_kv_global_init(&kvc) != 0)
+		goto out;
+	if ((err = start_session_cache(&s, &kvc)) != 0)
 		goto out;
 	mica_kc_options ko = {.base_url = cfg->kc_url,
 			      .ca_file = cfg->kc_ca_file,
@@ -208,6 +239,7 @@ out:
 	acct_blocklist_close(s.blocklist);
 	acct_notify_free(s.notify);
 	mica_kc_free(s.kc);
+	mica_kvcache_stop(&s.session_cache);
 	mica_kv_global_cleanup();
 	mica_db_global_cleanup();
 	if (conninfo) {

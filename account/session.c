@@ -12,7 +12,12 @@
  * per request, and last_seen_at is at most that stale. Revocation stays
  * immediate: the tombstone is never read as a live session (it sends the
  * check to PostgreSQL, which says revoked). Web sessions still go to
- * PostgreSQL on every check, since each request extends their idle window. */
+ * PostgreSQL on every check, since each request extends their idle window.
+ *
+ * In front of Redis sits this process's copy of live app sessions
+ * (lib/kvcache, s->session_cache): Redis client tracking removes an entry
+ * before the revoking request's tombstone write is even acknowledged, so a
+ * revocation through any instance fails on the very next check here too. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -24,6 +29,7 @@
 #include "auth.h"
 #include "crypto.h"
 #include "kv.h"
+#include "kvcache.h"
 #include "log.h"
 
 #define TOMBSTONE_TTL 120
@@ -73,7 +79,7 @@ static void cache_put(const char *hash, const struct acct_session *ss, int ttl)
 	free(val);
 }
 
-static void cache_tombstone(const char *hash)
+static void cache_tombstone(acct_service *s, const char *hash)
 {
 	mica_kv *kv = mica_kv_thread();
 	char key[80];
@@ -82,6 +88,9 @@ static void cache_tombstone(const char *hash)
 	if (!kv || mica_kv_set(kv, key, tomb, sizeof(tomb) - 1, TOMBSTONE_TTL) != 0)
 		MICA_LOG(MICA_LOG_ERROR, "account: could not invalidate a cached session; it expires "
 					 "with its cache TTL");
+	/* Redis's invalidation would do it too; this one needs no round trip
+	 * and holds even when the SET failed. */
+	mica_kvcache_drop(s->session_cache, key);
 }
 
 static int cache_ttl(const struct acct_session *ss, time_t now)
@@ -206,26 +215,41 @@ static void note_touch(int64_t session_id, time_t now)
 	pthread_mutex_unlock(&touched_mu);
 }
 
+/* The session's cache value, from this process's copy or else from Redis.
+ * *from_redis tells which; *ticket is the kvcache ticket taken before the
+ * Redis read. *val is malloc'd. 0 or MICA_ENOTFOUND (miss, Redis failure). */
+static int cache_read(acct_service *s, const char *key, char **val, size_t *len,
+		      int *from_redis, uint64_t *ticket)
+{
+	mica_kv *kv;
+	*from_redis = 0;
+	if (mica_kvcache_get(s->session_cache, key, val, len) == 0)
+		return 0;
+	*ticket = mica_kvcache_ticket(s->session_cache);
+	if (!(kv = mica_kv_thread()) || mica_kv_get(kv, key, val, len) != 0)
+		return MICA_ENOTFOUND;
+	*from_redis = 1;
+	return 0;
+}
+
 /* Reads a live app session from the cache. 0 (found, unexpired, *out set)
  * or MICA_ENOTFOUND for anything else (miss, tombstone, web session,
- * unreadable entry, Redis failure): the caller then asks PostgreSQL. */
-static int cache_get(const char *hash, time_t now, struct acct_session *out)
+ * unreadable entry, Redis failure): the caller then asks PostgreSQL. Only
+ * live app sessions read from Redis are copied into s->session_cache. */
+static int cache_get(acct_service *s, const char *hash, time_t now, struct acct_session *out)
 {
-	mica_kv *kv = mica_kv_thread();
 	char key[MICA_AUTH_CACHE_KEY_LEN + 1], *val = NULL, *end;
 	size_t len = 0;
 	json_t *o, *uid, *auth, *exp;
 	const char *sid, *dev, *kind;
 	long long id;
-	int rc = MICA_ENOTFOUND;
+	uint64_t ticket = 0;
+	int rc = MICA_ENOTFOUND, from_redis = 0;
 
-	if (!kv)
-		return rc;
 	cache_key(hash, key, sizeof(key));
-	if (mica_kv_get(kv, key, &val, &len) != 0)
+	if (cache_read(s, key, &val, &len, &from_redis, &ticket) != 0)
 		return rc;
 	o = json_loadb(val, len, JSON_REJECT_DUPLICATES, NULL);
-	free(val);
 	uid = json_object_get(o, "user_id");
 	auth = json_object_get(o, "auth_at");
 	exp = json_object_get(o, "expires_at");
@@ -248,7 +272,13 @@ static int cache_get(const char *hash, time_t now, struct acct_session *out)
 			rc = 0;
 		}
 	}
+	/* A refused put (an invalidation came in since the ticket) is fine:
+	 * the next check reads Redis again. */
+	if (rc == 0 && from_redis &&
+	    mica_kvcache_put(s->session_cache, key, val, len, ticket) == MICA_ENOMEM)
+		MICA_LOG(MICA_LOG_WARN, "account: out of memory caching a session");
 	json_decref(o);
+	free(val);
 	return rc;
 }
 
@@ -262,7 +292,7 @@ int acct_session_check(acct_service *s, const char *authorization, struct acct_s
 		return MICA_EINVAL;
 	if ((err = mica_auth_token_hash(t, hash)) != 0)
 		return err;
-	if (cache_get(hash, now, out) == 0) {
+	if (cache_get(s, hash, now, out) == 0) {
 		if (touched_recently(out->id, now))
 			return 0;
 		/* Due for its PostgreSQL round trip: last_seen_at, and the truth.
@@ -270,7 +300,7 @@ int acct_session_check(acct_service *s, const char *authorization, struct acct_s
 		 * was lost) must not keep validating from the cache. */
 		err = lookup_hash(s, hash, out);
 		if (err == MICA_EDENIED)
-			cache_tombstone(hash);
+			cache_tombstone(s, hash);
 		if (err == 0)
 			note_touch(out->id, now);
 		return err;
@@ -301,20 +331,21 @@ int acct_session_touch_auth(acct_service *s, int64_t session_id)
 		cache_key(mica_db_get(res, 0, 0), key, sizeof(key));
 		if (kv && mica_kv_del(kv, key, NULL) != 0)
 			MICA_LOG(MICA_LOG_WARN, "account: a cached session could not be dropped");
+		mica_kvcache_drop(s->session_cache, key);
 	}
 	PQclear(res);
-	(void)s;
 	return err;
 }
 
 /* Revokes the rows |sql| selects and tombstones their cache entries. */
-static int revoke_where(mica_db *db, const char *sql, int n, const char *const *p, int *count)
+static int revoke_where(acct_service *s, mica_db *db, const char *sql, int n,
+			const char *const *p, int *count)
 {
 	PGresult *res = NULL;
 	int err = mica_db_exec(db, sql, n, p, &res);
 	if (err == 0) {
 		for (int r = 0; r < PQntuples(res); r++)
-			cache_tombstone(mica_db_get(res, r, 0));
+			cache_tombstone(s, mica_db_get(res, r, 0));
 		if (count)
 			*count = PQntuples(res);
 	}
@@ -327,13 +358,12 @@ int acct_session_revoke(acct_service *s, int64_t user_id, int64_t session_id)
 	mica_db *db = mica_db_thread();
 	char u[24], id[24];
 	int count = 0, err;
-	(void)s;
 	if (!db)
 		return MICA_EDBCONN;
 	snprintf(u, sizeof(u), "%lld", (long long)user_id);
 	snprintf(id, sizeof(id), "%lld", (long long)session_id);
 	const char *p[2] = {u, id};
-	err = revoke_where(db,
+	err = revoke_where(s, db,
 			   "UPDATE account.session SET revoked_at = now() WHERE user_id = $1 AND id = $2"
 			   " AND revoked_at IS NULL RETURNING token_hash",
 			   2, p, &count);
@@ -343,13 +373,12 @@ int acct_session_revoke(acct_service *s, int64_t user_id, int64_t session_id)
 int acct_session_revoke_all(acct_service *s, mica_db *db, int64_t user_id, int64_t keep)
 {
 	char u[24], k[24];
-	(void)s;
 	snprintf(u, sizeof(u), "%lld", (long long)user_id);
 	snprintf(k, sizeof(k), "%lld", (long long)keep);
 	const char *p[2] = {u, k};
 	/* Inside a caller's transaction the tombstones go out before COMMIT;
 	 * they still win, since the cache is only ever filled with SET NX. */
-	return revoke_where(db,
+	return revoke_where(s, db,
 			    "UPDATE account.session SET revoked_at = now() WHERE user_id = $1"
 			    " AND id <> $2 AND revoked_at IS NULL RETURNING token_hash",
 			    2, p, NULL);

@@ -10,7 +10,8 @@
 #      ALTCHA challenges solved by the real altcha-lib, rising cost, replay refused
 #   3. step-up: new device and new network; email code; trusted-device approval; failed step-up
 #      freezes (sessions revoked, password burned, user told); reset unfreezes
-#   4. sessions: list, revoke one (fails at once, Redis tombstone), revoke-all, logout, web idle
+#   4. sessions: list, revoke one (fails at once, Redis tombstone, also on a second instance with
+#      its in-process copy), revoke-all, logout, web idle
 #      timeout, introspection for mTLS service principals only
 #   5. sensitive operations after the recent-authentication window; password change; security
 #      phone bind/unbind, questions, cross-device verification
@@ -538,6 +539,26 @@ expect 400 bad_session_id -t "$T1" DELETE /v1/sessions/abc
 expect 401 invalid_token GET /v1/sessions
 expect 401 invalid_token -t short GET /v1/sessions
 ok "a revoked session fails on the very next request (PostgreSQL and a Redis tombstone)"
+
+# A second instance on the same database and Redis. Its third check of T7 is answered from its
+# in-process session copy (the second put it there, and PostgreSQL was touched by the first), so
+# only the Redis client-tracking invalidation, pushed before the revoking instance even had its
+# tombstone acknowledged, can make the very next check there fail.
+mica_free_port APORT2
+AURL_A="$AURL" AURL_B="https://localhost:$APORT2"
+stack_start account2 "$AURL_B" "${ACCT_ENV[@]}" "MICA_ACCOUNT_HTTP_PORT=$APORT2" "$ACCT_BIN" \
+	--config deploy/mica.conf.example
+expect 200 - POST /v1/login "$(login_body alice@example.com "$PW_A2" dev-alice)"
+T7="$(jget token)" S7="$(jget session_id)"
+AURL="$AURL_B"
+for _ in 1 2 3; do expect 200 - -t "$T7" GET /v1/session; done
+AURL="$AURL_A"
+expect 200 - -t "$T1" DELETE "/v1/sessions/$S7"
+AURL="$AURL_B"
+expect 401 invalid_token -t "$T7" GET /v1/session
+AURL="$AURL_A"
+stack_stop account2
+ok "a session revoked through one instance fails on the very next request to another"
 
 # Introspection: mTLS service principals only.
 expect 200 - -c keycenter POST /v1/introspect "{\"token\": \"$T1\"}"
