@@ -1,6 +1,7 @@
 /* auth.c - bearer-token validation (see auth.h): strict parsing of the
- * Authorization header, the token hash and cache key, the Redis lookup of
- * session:<hash>, the mTLS introspection call to the account service with
+ * Authorization header, the token hash and cache key, the lookup of
+ * session:<hash> (in the optional in-process lib/kvcache copy, else Redis),
+ * the mTLS introspection call to the account service with
  * strict reply checking, and a checkout pool of mica_httpc handles so one
  * validator serves every thread of a service.
  */
@@ -18,6 +19,7 @@
 #include "crypto.h"
 #include "httpc.h"
 #include "kv.h"
+#include "kvcache.h"
 #include "log.h"
 
 #define DEFAULT_TIMEOUT_MS 2000
@@ -33,6 +35,7 @@ struct pooled {
 struct mica_auth {
 	char *url, *ca, *cert, *key;
 	mica_httpc_options hopt; /* points at the copies above */
+	mica_kvcache *cache; /* borrowed; NULL: off */
 	pthread_mutex_t pool_mu;
 	struct pooled *idle; /* handles not in use, most recently returned first */
 	_Atomic int64_t last_warn;
@@ -297,19 +300,32 @@ static int cache_lookup(mica_auth *a, const char *hash_hex, time_t now, mica_aut
 	int rc = mica_auth_cache_key(hash_hex, key);
 	if (rc)
 		return rc;
-	mica_kv *kv = mica_kv_thread();
-	if (!kv) {
-		warn_cache(a, MICA_ESTATE, now);
-		return MICA_ESTATE;
-	}
-	rc = mica_kv_get(kv, key, &val, &len);
-	if (rc == MICA_ENOTFOUND)
-		return rc;
-	if (rc) {
-		warn_cache(a, rc, now);
-		return rc;
+	int from_redis = 0;
+	uint64_t ticket = 0;
+	if (mica_kvcache_get(a->cache, key, &val, &len) != 0) {
+		mica_kv *kv = mica_kv_thread();
+		if (!kv) {
+			warn_cache(a, MICA_ESTATE, now);
+			return MICA_ESTATE;
+		}
+		/* The ticket before the read: a change applied in between
+		 * makes the put below a no-op (kvcache.h). */
+		ticket = mica_kvcache_ticket(a->cache);
+		rc = mica_kv_get(kv, key, &val, &len);
+		if (rc == MICA_ENOTFOUND)
+			return rc;
+		if (rc) {
+			warn_cache(a, rc, now);
+			return rc;
+		}
+		from_redis = 1;
 	}
 	rc = parse_cache_value(val, len, s);
+	/* Only live sessions are copied; tombstones and expired entries are
+	 * read from Redis each time (they are rare and short-lived). */
+	if (rc == 0 && from_redis && s->expires_at > (int64_t)now &&
+	    mica_kvcache_put(a->cache, key, val, len, ticket) == MICA_ENOMEM)
+		MICA_LOG(MICA_LOG_WARN, "auth: out of memory caching a session");
 	free(val);
 	if (rc == MICA_EDENIED) {
 		memset(s, 0, sizeof(*s));
@@ -452,6 +468,7 @@ int mica_auth_new(mica_auth **out, const mica_auth_options *opt)
 		mica_auth_free(a);
 		return MICA_ENOMEM;
 	}
+	a->cache = opt->cache;
 	long timeout = opt->timeout_ms ? opt->timeout_ms : DEFAULT_TIMEOUT_MS;
 	a->hopt = (mica_httpc_options){
 	    .ca_file = a->ca,

@@ -26,7 +26,8 @@
  *   a tombstone denies at once, a miss asks the account service.
  *
  * Validation (mica_auth_validate) reads the cache through mica_kv_thread()
- * (the service configures lib/kv) and, on a miss, an unreadable entry or any
+ * (the service configures lib/kv), or first its in-process copy when
+ * mica_auth_options.cache is set, and, on a miss, an unreadable entry or any
  * Redis failure, asks the account service's introspection endpoint, shaped
  * after RFC 7662 but speaking JSON both ways:
  *   POST <introspect_url>  Content-Type: application/json
@@ -97,6 +98,13 @@ typedef struct mica_auth_options {
 	const char *cert_file;	    /* PEM client certificate of the calling service (required) */
 	const char *key_file;	    /* PEM key of cert_file (required) */
 	long timeout_ms;	    /* whole introspection call; 0: 2000 */
+	/* Optional in-process copy of session:* in front of Redis: a
+	 * lib/kvcache started with prefix MICA_AUTH_CACHE_PREFIX by the service
+	 * (borrowed; it must outlive the validator). Live sessions read from
+	 * Redis are copied into it; Redis client tracking removes them when the
+	 * account service revokes them, before its revocation is acknowledged.
+	 * NULL: every validation reads Redis, as before. */
+	struct mica_kvcache *cache;
 } mica_auth_options;
 
 typedef struct mica_auth mica_auth;

@@ -21,6 +21,7 @@
 #include "err.h"
 #include "http.h"
 #include "kv.h"
+#include "kvcache.h"
 #include "log.h"
 
 static const char *env(const char *name)
@@ -392,6 +393,60 @@ START_TEST(revocation_fails_the_next_request)
 	ck_assert_int_eq(mica_auth_validate(a, hdr, &got), MICA_EDENIED);
 	ck_assert_int_eq(atomic_load(&table.calls), 1);
 	mica_auth_free(a);
+}
+END_TEST
+
+/* With an in-process copy (lib/kvcache, as a non-account service would run
+ * it): a live session is served from the copy on its second validation, and
+ * a tombstone or a deleted entry written by the account service's user is
+ * seen by the very next validation. */
+START_TEST(in_process_copy_follows_revocation)
+{
+	char token[MICA_AUTH_TOKEN_LEN + 1], hdr[64], pw[256];
+	mica_auth_session s, got;
+	struct mica_kvcache_stats st;
+	kv_global_as("keycenter", NULL);
+	redis_password("keycenter", pw, sizeof(pw));
+	struct mica_kv_config kc_cfg = {env("MICA_REDIS_SOCKET"), "keycenter", pw, 2000};
+	mica_kvcache_options co = {.prefix = MICA_AUTH_CACHE_PREFIX, .max_entries = 100};
+	mica_kvcache *cache = NULL;
+	ck_assert_int_eq(mica_kvcache_start(&cache, &kc_cfg, &co), 0);
+	mica_auth_options o = {.introspect_url = introspect_url,
+			       .ca_file = env("MICA_CA"),
+			       .cert_file = env("MICA_CERT_KEYCENTER"),
+			       .key_file = env("MICA_KEY_KEYCENTER"),
+			       .timeout_ms = 3000,
+			       .cache = cache};
+	mica_auth *a = NULL;
+	ck_assert_int_eq(mica_auth_new(&a, &o), 0);
+	new_session(token, &s, 1005, MICA_AUTH_KIND_APP);
+	seed(token, &s);
+	answer(token, R_ACTIVE, &s);
+	bearer(hdr, sizeof(hdr), token);
+	for (int i = 0; i < 2; i++) {
+		ck_assert_int_eq(mica_auth_validate(a, hdr, &got), 0);
+		assert_same(&got, &s);
+		ck_assert_int_eq(got.source, MICA_AUTH_FROM_CACHE);
+	}
+	mica_kvcache_stats(cache, &st);
+	ck_assert_uint_eq(st.hits, 1);
+	ck_assert_uint_eq(st.entries, 1);
+
+	seed_raw(token, "{\"revoked\":true}", 60);
+	ck_assert_int_eq(mica_auth_validate(a, hdr, &got), MICA_EDENIED);
+	ck_assert_int_eq(atomic_load(&table.calls), 0);
+
+	seed(token, &s);
+	ck_assert_int_eq(mica_auth_validate(a, hdr, &got), 0);
+	ck_assert_int_eq(mica_auth_validate(a, hdr, &got), 0);
+	mica_kvcache_stats(cache, &st);
+	ck_assert_uint_eq(st.hits, 2);
+	unseed(token);
+	answer(token, R_INACTIVE, NULL);
+	ck_assert_int_eq(mica_auth_validate(a, hdr, &got), MICA_EDENIED);
+	ck_assert_int_eq(atomic_load(&table.calls), 1);
+	mica_auth_free(a);
+	mica_kvcache_stop(&cache);
 }
 END_TEST
 
@@ -790,6 +845,7 @@ static Suite *auth_suite(void)
 	tcase_add_test(tc, expired_cache_entry_is_denied);
 	tcase_add_test(tc, cache_miss_asks_introspection);
 	tcase_add_test(tc, revocation_fails_the_next_request);
+	tcase_add_test(tc, in_process_copy_follows_revocation);
 	tcase_add_test(tc, malformed_headers_are_invalid);
 	tcase_add_test(tc, redis_down_falls_back_to_introspection);
 	tcase_add_test(tc, no_kv_configured_falls_back);
