@@ -23,7 +23,7 @@
 const mica_config_entry acct_config_table[] = {
 	{"log", "level", MICA_CFG_LOGLEVEL, 0, 4, "info", F(log_level),
 	 "least severe level written (debug, info, warn, error, off)"},
-	MICA_CONFIG_HTTP_ENTRIES("account.http", struct acct_config, http, "true"),
+	MICA_CONFIG_HTTP_ENTRIES("account.http", struct acct_config, http, "32"),
 	{"account.db", "conninfo", MICA_CFG_STRING, 1, 4096, NULL, F(db_conninfo),
 	 "libpq conninfo of the mica_account role (without the password)"},
 	{"account.db", "password_file", MICA_CFG_SECRET, 0, 4096, "", F(db_password),
