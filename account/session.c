@@ -218,44 +218,19 @@ static void note_touch(int64_t session_id, time_t now)
 /* The session's cache value, from this process's copy or else from Redis.
  * *from_redis tells which; *ticket is the kvcache ticket taken before the
  * Redis read. *val is malloc'd. 0 or MICA_ENOTFOUND (miss, Redis failure). */
-static int cache_read(acct_service *s, const char *key, char **val, size_t *len,
-		      int *from_redis, uint64_t *ticket)
+/* Parses a Redis cache entry (lib/auth's JSON). 0 and *out for a live,
+ * unexpired app session; MICA_ENOTFOUND for anything else. */
+static int parse_entry(const char *val, size_t len, time_t now, struct acct_session *out)
 {
-	mica_kv *kv;
-	*from_redis = 0;
-	if (mica_kvcache_get(s->session_cache, key, val, len) == 0)
-		return 0;
-	*ticket = mica_kvcache_ticket(s->session_cache);
-	if (!(kv = mica_kv_thread()) || mica_kv_get(kv, key, val, len) != 0)
-		return MICA_ENOTFOUND;
-	*from_redis = 1;
-	return 0;
-}
-
-/* Reads a live app session from the cache. 0 (found, unexpired, *out set)
- * or MICA_ENOTFOUND for anything else (miss, tombstone, web session,
- * unreadable entry, Redis failure): the caller then asks PostgreSQL. Only
- * live app sessions read from Redis are copied into s->session_cache. */
-static int cache_get(acct_service *s, const char *hash, time_t now, struct acct_session *out)
-{
-	char key[MICA_AUTH_CACHE_KEY_LEN + 1], *val = NULL, *end;
-	size_t len = 0;
-	json_t *o, *uid, *auth, *exp;
-	const char *sid, *dev, *kind;
+	json_t *o = json_loadb(val, len, JSON_REJECT_DUPLICATES, NULL);
+	json_t *uid = json_object_get(o, "user_id"), *auth = json_object_get(o, "auth_at"),
+	       *exp = json_object_get(o, "expires_at");
+	const char *sid = json_string_value(json_object_get(o, "session_id"));
+	const char *dev = json_string_value(json_object_get(o, "device_id"));
+	const char *kind = json_string_value(json_object_get(o, "kind"));
+	char *end;
 	long long id;
-	uint64_t ticket = 0;
-	int rc = MICA_ENOTFOUND, from_redis = 0;
-
-	cache_key(hash, key, sizeof(key));
-	if (cache_read(s, key, &val, &len, &from_redis, &ticket) != 0)
-		return rc;
-	o = json_loadb(val, len, JSON_REJECT_DUPLICATES, NULL);
-	uid = json_object_get(o, "user_id");
-	auth = json_object_get(o, "auth_at");
-	exp = json_object_get(o, "expires_at");
-	sid = json_string_value(json_object_get(o, "session_id"));
-	dev = json_string_value(json_object_get(o, "device_id"));
-	kind = json_string_value(json_object_get(o, "kind"));
+	int rc = MICA_ENOTFOUND;
 	if (json_is_integer(uid) && json_integer_value(uid) > 0 && json_is_integer(auth) &&
 	    json_is_integer(exp) && json_integer_value(exp) > (json_int_t)now && sid && dev &&
 	    strlen(dev) < sizeof(out->device_hash) && kind && strcmp(kind, "app") == 0) {
@@ -272,13 +247,43 @@ static int cache_get(acct_service *s, const char *hash, time_t now, struct acct_
 			rc = 0;
 		}
 	}
+	json_decref(o);
+	return rc;
+}
+
+/* Reads a live app session: from the in-process copy (s->session_cache),
+ * which holds the parsed struct acct_session, else from Redis (lib/auth's
+ * JSON), copying a live app session into the in-process cache. 0 (found,
+ * unexpired, *out set) or MICA_ENOTFOUND for anything else (miss,
+ * tombstone, web session, unreadable entry, Redis failure): the caller then
+ * asks PostgreSQL. */
+static int cache_get(acct_service *s, const char *hash, time_t now, struct acct_session *out)
+{
+	char key[MICA_AUTH_CACHE_KEY_LEN + 1], *val = NULL;
+	size_t len = 0;
+	uint64_t ticket;
+	mica_kv *kv;
+	int rc = MICA_ENOTFOUND;
+
+	cache_key(hash, key, sizeof(key));
+	if (mica_kvcache_get(s->session_cache, key, &val, &len) == 0) {
+		if (len == sizeof(*out)) {
+			memcpy(out, val, sizeof(*out));
+			rc = out->expires_at > now ? 0 : MICA_ENOTFOUND;
+		}
+		free(val);
+		return rc;
+	}
+	ticket = mica_kvcache_ticket(s->session_cache);
+	if (!(kv = mica_kv_thread()) || mica_kv_get(kv, key, &val, &len) != 0)
+		return rc;
+	rc = parse_entry(val, len, now, out);
+	free(val);
 	/* A refused put (an invalidation came in since the ticket) is fine:
 	 * the next check reads Redis again. */
-	if (rc == 0 && from_redis &&
-	    mica_kvcache_put(s->session_cache, key, val, len, ticket) == MICA_ENOMEM)
+	if (rc == 0 && mica_kvcache_put(s->session_cache, key, (const char *)out, sizeof(*out),
+					ticket) == MICA_ENOMEM)
 		MICA_LOG(MICA_LOG_WARN, "account: out of memory caching a session");
-	json_decref(o);
-	free(val);
 	return rc;
 }
 

@@ -187,6 +187,21 @@ void mica_http_reply_json(mica_http_resp *resp, int status, json_t *body)
 	json_decref(body);
 }
 
+void mica_http_reply_raw(mica_http_resp *resp, int status, const char *content_type, char *body,
+			 size_t len)
+{
+	if (!body) {
+		mica_http_reply_json(resp, 500, json_pack("{s:{s:s,s:s}}", "error", "code",
+							  "internal_error", "message", "out of memory"));
+		return;
+	}
+	resp_reset(resp);
+	resp->status = status;
+	resp->content_type = content_type;
+	resp->body = body;
+	resp->body_len = len;
+}
+
 void mica_http_reply_error(mica_http_resp *resp, int status, const char *code, const char *fmt,
 			   ...)
 {

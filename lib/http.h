@@ -134,6 +134,11 @@ void mica_http_stop(mica_http_server *srv);
 /* Reply helpers. Each replaces any earlier reply in |resp|. */
 /* Serializes |body| (reference stolen, may be NULL for an empty object). */
 void mica_http_reply_json(mica_http_resp *resp, int status, json_t *body);
+/* Sends |body| (malloc'd, |len| bytes, ownership taken; NULL is out of
+ * memory and becomes 500) as it is: for hot routes that format their JSON
+ * themselves rather than through jansson. |content_type| is static. */
+void mica_http_reply_raw(mica_http_resp *resp, int status, const char *content_type, char *body,
+			 size_t len);
 /* {"error":{"code":code,"message":...}}. |code| is a stable snake_case code. */
 void mica_http_reply_error(mica_http_resp *resp, int status, const char *code, const char *fmt,
 			   ...) __attribute__((format(printf, 4, 5)));
