@@ -327,60 +327,29 @@ static int risk_reasons(acct_service *s, int64_t user_id, const char *dev, const
 		json_array_append_new(reasons, json_string("new_network"));
 	PQclear(res);
 	snprintf(key, sizeof(key), "account:logins:%s", uid);
-	counter_bump(key, s->cfg->login_rate_window_s);
-	if (counter_get(key) > s->cfg->login_rate_max)
+	mica_kv *kv = mica_kv_thread();
+	int allowed = 1;
+	if (kv && mica_kv_rate_limit(kv, key, s->cfg->login_rate_max, s->cfg->login_rate_window_s,
+				     &allowed, NULL) == 0 && !allowed)
 		json_array_append_new(reasons, json_string("unusual_rate"));
 	return 0;
 }
 
 /* Records a successful login from |dev| on |net| and opens a session. */
-struct finish_ctx {
-	acct_service *s;
-	int64_t user_id;
-	const char *dev, *dev_name, *net, *kind;
-	char *token;
-	struct acct_session session;
-	int new_device;
-};
-
-static int finish_tx(mica_db *db, void *arg)
-{
-	struct finish_ctx *c = arg;
-	PGresult *res = NULL;
-	char uid[24];
-	int err;
-	free(c->token);
-	c->token = NULL;
-	snprintf(uid, sizeof(uid), "%lld", (long long)c->user_id);
-	const char *p[3] = {uid, c->dev, c->dev_name};
-	err = mica_db_exec(db,
-			   "INSERT INTO account.device (user_id, device_hash, name, trusted)"
-			   " VALUES ($1, $2, $3, true) ON CONFLICT (user_id, device_hash) DO UPDATE"
-			   " SET last_seen = now(), trusted = true RETURNING (xmax = 0)",
-			   3, p, &res);
-	if (err)
-		return err;
-	c->new_device = PQntuples(res) == 1 && strcmp(mica_db_get(res, 0, 0), "t") == 0;
-	PQclear(res);
-	const char *q[2] = {uid, c->net};
-	if ((err = mica_db_exec(db,
-				"INSERT INTO account.network (user_id, network_hash) VALUES ($1, $2)"
-				" ON CONFLICT DO NOTHING",
-				2, q, NULL)) != 0)
-		return err;
-	return acct_session_create(c->s, db, c->user_id, c->dev, c->kind, &c->token, &c->session);
-}
-
 static int finish_login(acct_service *s, int64_t user_id, const char *dev, const char *dev_name,
 			const char *net, const char *kind, int notify_new, json_t **out,
 			struct acct_fail *f)
 {
-	struct finish_ctx c = {s, user_id, dev, dev_name, net, kind, NULL, {0}, 0};
+	struct acct_session session;
 	mica_db *db = mica_db_thread();
-	int err = db ? mica_db_tx(db, MICA_DB_READ_COMMITTED, finish_tx, &c) : MICA_EDBCONN;
+	char *token = NULL;
+	int new_device = 0;
+	int err = db ? acct_session_open(s, db, user_id, dev, dev_name ? dev_name : "", net, kind,
+					 &token, &session, &new_device)
+		     : MICA_EDBCONN;
 	if (err)
 		return acct_fail_internal(f, err, "the session store");
-	if (notify_new && c.new_device) {
+	if (notify_new && new_device) {
 		char body[300];
 		snprintf(body, sizeof(body),
 			 "Your mica account was signed in on a new device (%.60s). If this was not"
@@ -388,11 +357,10 @@ static int finish_login(acct_service *s, int64_t user_id, const char *dev, const
 			 dev_name && *dev_name ? dev_name : "unnamed");
 		acct_notify_user(s, user_id, "New sign-in to your mica account", body);
 	}
-	*out = json_pack("{s:s,s:I,s:I,s:s}", "token", c.token, "session_id",
-			 (json_int_t)c.session.id, "expires_at", (json_int_t)c.session.expires_at,
-			 "kind", kind);
-	mica_wipe(c.token, strlen(c.token));
-	free(c.token);
+	*out = json_pack("{s:s,s:I,s:I,s:s}", "token", token, "session_id", (json_int_t)session.id,
+			 "expires_at", (json_int_t)session.expires_at, "kind", kind);
+	mica_wipe(token, strlen(token));
+	free(token);
 	return 0;
 }
 

@@ -148,6 +148,46 @@ out:
 	return err;
 }
 
+int acct_session_open(acct_service *s, mica_db *db, int64_t user_id, const char *device_hash,
+		      const char *device_name, const char *network_hash, const char *kind,
+		      char **token, struct acct_session *out, int *new_device)
+{
+	char t[MICA_AUTH_TOKEN_LEN + 1], hash[MICA_AUTH_HASH_HEX_LEN + 1], uid[24], life[24];
+	PGresult *res = NULL;
+	int err;
+
+	*token = NULL;
+	*new_device = 0;
+	if ((err = mica_auth_token_new(t, hash)) != 0)
+		goto out;
+	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
+	snprintf(life, sizeof(life), "%ld",
+		 strcmp(kind, "web") == 0 ? (long)s->cfg->web_idle_s
+					  : (long)s->cfg->app_session_days * 86400L);
+	const char *p[7] = {uid, device_hash, device_name, network_hash, hash, kind, life};
+	/* One statement, so one round trip and atomic without BEGIN/COMMIT. */
+	err = mica_db_exec(db,
+			   "WITH d AS (INSERT INTO account.device (user_id, device_hash, name, trusted)"
+			   " VALUES ($1, $2, $3, true) ON CONFLICT (user_id, device_hash) DO UPDATE"
+			   " SET last_seen = now(), trusted = true RETURNING (xmax = 0) AS created),"
+			   " n AS (INSERT INTO account.network (user_id, network_hash) VALUES ($1, $4)"
+			   " ON CONFLICT DO NOTHING),"
+			   " s AS (INSERT INTO account.session (token_hash, user_id, device_hash, kind,"
+			   " expires_at) VALUES ($5, $1, $2, $6, now() + make_interval(secs => $7::int))"
+			   " RETURNING " SESSION_COLS ")"
+			   " SELECT s.*, d.created FROM s, d",
+			   7, p, &res);
+	if (err || (err = parse_row(res, 0, out)) != 0)
+		goto out;
+	*new_device = strcmp(mica_db_get(res, 0, 6), "t") == 0;
+	if (!(*token = strdup(t)))
+		err = MICA_ENOMEM;
+out:
+	mica_wipe(t, sizeof(t));
+	PQclear(res);
+	return err;
+}
+
 /* Looks the token up in PostgreSQL, extends a web session's idle window
  * and fills the cache. */
 static int lookup_hash(acct_service *s, const char *hash, struct acct_session *out)

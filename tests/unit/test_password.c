@@ -420,6 +420,25 @@ START_TEST(hash_custom_parameters_and_salt)
 }
 END_TEST
 
+/* A computation above what a slot keeps (256 MiB) maps its own memory; the
+ * slot's kept memory still serves the next, smaller one. */
+START_TEST(hash_memory_above_slot_keep)
+{
+	const acct_argon2_params big = {.m_kib = 257 * 1024, .t = 1, .p = 1};
+	const acct_argon2_params cheap = {.m_kib = 64, .t = 1, .p = 1};
+	char *a = NULL, *b = NULL;
+
+	ck_assert_int_eq(acct_password_hash_with("big", &big, &a), 0);
+	ck_assert_int_eq(argon2id_verify(a, "big", 3), ARGON2_OK);
+	ck_assert_int_eq(acct_password_verify(a, "big"), 0);
+	ck_assert_int_eq(acct_password_hash_with("small", &cheap, &b), 0);
+	ck_assert_int_eq(argon2id_verify(b, "small", 5), ARGON2_OK);
+	ck_assert_int_eq(acct_password_verify(a, "bIg"), MICA_EAUTH);
+	free(a);
+	free(b);
+}
+END_TEST
+
 START_TEST(hash_errors)
 {
 	const acct_argon2_params bad[] = {
@@ -626,6 +645,7 @@ static Suite *password_suite(void)
 	tcase_set_timeout(hashing, 60);
 	tcase_add_test(hashing, hash_default_parameters);
 	tcase_add_test(hashing, hash_custom_parameters_and_salt);
+	tcase_add_test(hashing, hash_memory_above_slot_keep);
 	tcase_add_test(hashing, hash_errors);
 	tcase_add_test(hashing, verify_reference_vectors);
 	tcase_add_test(hashing, needs_rehash_rules);
