@@ -521,7 +521,7 @@ int acct_phc_parse(const char *phc, struct acct_phc *out)
  * Each slot owns its memory for the life of the process instead of taking it
  * from malloc per hash: a mapping aligned to 2 MiB and advised for transparent
  * huge pages, so the random sweep misses the TLB far less (Argon2id with the
- * default parameters runs about 15% faster on 2 MiB pages than on 4 KiB ones;
+ * default parameters runs about 8% faster on 2 MiB pages than on 4 KiB ones;
  * docs/decisions.md). libargon2 wipes the memory before handing it back
  * (clear_internal_memory), so no password-derived block outlives a hash.
  * A computation larger than ARGON2_SLOT_KEEP (a stored hash with parameters
