@@ -42,7 +42,7 @@ static int solution_digest(const char *salt, size_t salt_len, long long number,
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
 	unsigned out_len = 0;
 	int n = snprintf(digits, sizeof(digits), "%lld", number);
-	int ok = ctx && n > 0 && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
+	int ok = ctx && n > 0 && EVP_DigestInit_ex(ctx, mica_md_sha256(), NULL) == 1 &&
 		 EVP_DigestUpdate(ctx, salt, salt_len) == 1 &&
 		 EVP_DigestUpdate(ctx, digits, (size_t)n) == 1 &&
 		 EVP_DigestFinal_ex(ctx, out, &out_len) == 1 && out_len == MICA_SHA256_LEN;

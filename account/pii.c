@@ -108,7 +108,7 @@ void acct_hash_hex(const char *domain, const char *value, char out[65])
 	unsigned char md[32];
 	EVP_MD_CTX *c = EVP_MD_CTX_new();
 	out[0] = '\0';
-	if (c && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1 &&
+	if (c && EVP_DigestInit_ex(c, mica_md_sha256(), NULL) == 1 &&
 	    EVP_DigestUpdate(c, domain, strlen(domain) + 1) == 1 &&
 	    EVP_DigestUpdate(c, value, strlen(value)) == 1 && EVP_DigestFinal_ex(c, md, NULL) == 1 &&
 	    mica_hex_encode(md, sizeof(md), out, 65) == 0)

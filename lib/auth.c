@@ -103,7 +103,7 @@ int mica_auth_token_hash(const char *token, char hash_hex[MICA_AUTH_HASH_HEX_LEN
 	mica_wipe(raw, sizeof(raw));
 	if (rc || n != MICA_AUTH_TOKEN_BYTES)
 		return MICA_EINVAL;
-	if (!EVP_Digest(token, MICA_AUTH_TOKEN_LEN, md, &mdlen, EVP_sha256(), NULL) ||
+	if (!EVP_Digest(token, MICA_AUTH_TOKEN_LEN, md, &mdlen, mica_md_sha256(), NULL) ||
 	    mdlen != MICA_SHA256_LEN)
 		return MICA_ECRYPTO;
 	rc = mica_hex_encode(md, mdlen, hash_hex, MICA_AUTH_HASH_HEX_LEN + 1);
