@@ -255,9 +255,6 @@ static void note_touch(int64_t session_id, time_t now)
 	pthread_mutex_unlock(&touched_mu);
 }
 
-/* The session's cache value, from this process's copy or else from Redis.
- * *from_redis tells which; *ticket is the kvcache ticket taken before the
- * Redis read. *val is malloc'd. 0 or MICA_ENOTFOUND (miss, Redis failure). */
 /* Parses a Redis cache entry (lib/auth's JSON). 0 and *out for a live,
  * unexpired app session; MICA_ENOTFOUND for anything else. */
 static int parse_entry(const char *val, size_t len, time_t now, struct acct_session *out)

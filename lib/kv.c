@@ -24,7 +24,10 @@ struct mica_kv {
 	char *password; /* wiped on free, never logged */
 	int timeout_ms;
 	int thread_owned;
-	int quiet; /* connection failures are logged by the caller (lib/kvcache) */
+	/* lib/kvcache's dedicated connection: failures are logged by the caller,
+	 * and the handle stays bound to the connection it opened with (its
+	 * state, tracking and subscription, would not carry over). */
+	int quiet;
 	char errmsg[256];
 };
 
@@ -265,6 +268,13 @@ int mica_kv_command(mica_kv *kv, redisReply **out, int argc, const char *const *
 	sigpipe_block(&guard);
 	for (int attempt = 0; attempt < 2; attempt++) {
 		if (!conn_usable(kv)) {
+			if (kv->quiet) {
+				if (kv->ctx)
+					drop_conn(kv);
+				set_errs(kv, "connection lost");
+				rc = MICA_EKVCONN;
+				break;
+			}
 			if (kv->ctx)
 				MICA_LOG(MICA_LOG_INFO,
 					 "kv: connection closed by Redis; reconnecting");
@@ -274,7 +284,7 @@ int mica_kv_command(mica_kv *kv, redisReply **out, int argc, const char *const *
 		}
 		int unsent = 0;
 		rc = send_once(kv, argc, args, argvlen, &r, &unsent);
-		if (rc == 0 || !unsent)
+		if (rc == 0 || !unsent || kv->quiet)
 			break;
 		MICA_LOG(MICA_LOG_INFO, "kv: write failed (%s); retrying once", kv->errmsg);
 	}

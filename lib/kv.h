@@ -104,7 +104,11 @@ MICA_WUR int mica_kv_nonce(mica_kv *kv, const char *key, int ttl_seconds);
 
 /* As mica_kv_open(), but a Redis that cannot be reached (or drops the
  * connection during AUTH) is not logged: the caller retries with backoff
- * and logs once per outage. A refused username/password is still logged. */
+ * and logs once per outage. A refused username/password is still logged.
+ * The handle is bound to the connection it opened: mica_kv_command() never
+ * reconnects or retries on it, and fails with MICA_EKVCONN once that
+ * connection is lost, so state set up on it (CLIENT TRACKING, SUBSCRIBE)
+ * cannot silently go missing on a new one. */
 MICA_WUR int mica__kv_open_quiet(mica_kv **out, const struct mica_kv_config *cfg);
 
 /* The hiredis context of |kv| (borrowed; NULL when not connected). Valid

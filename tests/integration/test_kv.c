@@ -307,6 +307,32 @@ START_TEST(connect_failures)
 }
 END_TEST
 
+/* lib/kvcache's handle is bound to its connection: after a restart it fails
+ * with MICA_EKVCONN every time instead of reconnecting, since tracking and
+ * subscription set up on the old connection would be missing on a new one. */
+START_TEST(quiet_handle_never_reconnects)
+{
+	struct mica_kv_config c = config();
+	mica_kv *q = NULL;
+	redisReply *r = NULL;
+	const char *argv[2] = {"CLIENT", "ID"};
+	ck_assert_int_eq(mica__kv_open_quiet(&q, &c), 0);
+	ck_assert_int_eq(mica_kv_command(q, &r, 2, argv, NULL), 0);
+	freeReplyObject(r);
+	r = NULL;
+
+	int st = system(env("MICA_REDIS_RESTART"));
+	ck_assert_msg(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "restart failed: %d", st);
+
+	ck_assert_int_eq(mica_kv_command(q, &r, 2, argv, NULL), MICA_EKVCONN);
+	ck_assert_ptr_null(r);
+	ck_assert_ptr_null(mica__kv_context(q));
+	ck_assert_int_eq(mica_kv_command(q, &r, 2, argv, NULL), MICA_EKVCONN);
+	ck_assert_ptr_null(r);
+	mica_kv_close(&q);
+}
+END_TEST
+
 static pthread_barrier_t both_connected;
 
 struct thread_result {
@@ -367,6 +393,7 @@ static Suite *kv_suite(void)
 	tcase_add_test(tc, get_set_del_ttl);
 	tcase_add_test(tc, argv_is_binary_safe);
 	tcase_add_test(tc, reconnect_after_restart);
+	tcase_add_test(tc, quiet_handle_never_reconnects);
 	tcase_add_test(tc, rate_limit_fixed_window);
 	tcase_add_test(tc, nonce_single_use);
 	tcase_add_test(tc, acl_refusals);
