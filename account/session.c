@@ -117,6 +117,29 @@ static int parse_row(PGresult *res, int row, struct acct_session *ss)
 	return 0;
 }
 
+/* A fresh token |t| with its hash |hash|, and the lifetime in seconds of a
+ * |kind| session as text in |life|. */
+static int session_token(acct_service *s, const char *kind, char t[MICA_AUTH_TOKEN_LEN + 1],
+			 char hash[MICA_AUTH_HASH_HEX_LEN + 1], char life[24])
+{
+	snprintf(life, 24, "%ld",
+		 strcmp(kind, "web") == 0 ? (long)s->cfg->web_idle_s
+					  : (long)s->cfg->app_session_days * 86400L);
+	return mica_auth_token_new(t, hash);
+}
+
+/* Runs |sql|, whose row starts with SESSION_COLS, into *out and hands the
+ * token |t| out in *token; *res (the caller clears it) keeps the row. */
+static int session_insert(mica_db *db, const char *sql, int n, const char *const *p,
+			  const char *t, char **token, struct acct_session *out, PGresult **res)
+{
+	int err = mica_db_exec(db, sql, n, p, res);
+	if (err || (err = parse_row(*res, 0, out)) != 0)
+		return err;
+	/* Not cached here: the caller may still roll back; the first check fills it. */
+	return (*token = strdup(t)) ? 0 : MICA_ENOMEM;
+}
+
 int acct_session_create(acct_service *s, mica_db *db, int64_t user_id, const char *device_hash,
 			const char *kind, char **token, struct acct_session *out)
 {
@@ -125,24 +148,14 @@ int acct_session_create(acct_service *s, mica_db *db, int64_t user_id, const cha
 	int err;
 
 	*token = NULL;
-	if ((err = mica_auth_token_new(t, hash)) != 0)
-		goto out;
 	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
-	snprintf(life, sizeof(life), "%ld",
-		 strcmp(kind, "web") == 0 ? (long)s->cfg->web_idle_s
-					  : (long)s->cfg->app_session_days * 86400L);
 	const char *p[5] = {hash, uid, device_hash, kind, life};
-	err = mica_db_exec(db,
-			   "INSERT INTO account.session (token_hash, user_id, device_hash, kind, expires_at)"
-			   " VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5::int))"
-			   " RETURNING " SESSION_COLS,
-			   5, p, &res);
-	if (err || (err = parse_row(res, 0, out)) != 0)
-		goto out;
-	/* Not cached here: the caller may still roll back; the first check fills it. */
-	if (!(*token = strdup(t)))
-		err = MICA_ENOMEM;
-out:
+	if ((err = session_token(s, kind, t, hash, life)) == 0)
+		err = session_insert(db,
+				     "INSERT INTO account.session (token_hash, user_id, device_hash,"
+				     " kind, expires_at) VALUES ($1, $2, $3, $4,"
+				     " now() + make_interval(secs => $5::int)) RETURNING " SESSION_COLS,
+				     5, p, t, token, out, &res);
 	mica_wipe(t, sizeof(t));
 	PQclear(res);
 	return err;
@@ -158,31 +171,24 @@ int acct_session_open(acct_service *s, mica_db *db, int64_t user_id, const char 
 
 	*token = NULL;
 	*new_device = 0;
-	if ((err = mica_auth_token_new(t, hash)) != 0)
-		goto out;
 	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
-	snprintf(life, sizeof(life), "%ld",
-		 strcmp(kind, "web") == 0 ? (long)s->cfg->web_idle_s
-					  : (long)s->cfg->app_session_days * 86400L);
 	const char *p[7] = {uid, device_hash, device_name, network_hash, hash, kind, life};
 	/* One statement, so one round trip and atomic without BEGIN/COMMIT. */
-	err = mica_db_exec(db,
-			   "WITH d AS (INSERT INTO account.device (user_id, device_hash, name, trusted)"
-			   " VALUES ($1, $2, $3, true) ON CONFLICT (user_id, device_hash) DO UPDATE"
-			   " SET last_seen = now(), trusted = true RETURNING (xmax = 0) AS created),"
-			   " n AS (INSERT INTO account.network (user_id, network_hash) VALUES ($1, $4)"
-			   " ON CONFLICT DO NOTHING),"
-			   " s AS (INSERT INTO account.session (token_hash, user_id, device_hash, kind,"
-			   " expires_at) VALUES ($5, $1, $2, $6, now() + make_interval(secs => $7::int))"
-			   " RETURNING " SESSION_COLS ")"
-			   " SELECT s.*, d.created FROM s, d",
-			   7, p, &res);
-	if (err || (err = parse_row(res, 0, out)) != 0)
-		goto out;
-	*new_device = strcmp(mica_db_get(res, 0, 6), "t") == 0;
-	if (!(*token = strdup(t)))
-		err = MICA_ENOMEM;
-out:
+	if ((err = session_token(s, kind, t, hash, life)) == 0)
+		err = session_insert(
+		    db,
+		    "WITH d AS (INSERT INTO account.device (user_id, device_hash, name, trusted)"
+		    " VALUES ($1, $2, $3, true) ON CONFLICT (user_id, device_hash) DO UPDATE"
+		    " SET last_seen = now(), trusted = true RETURNING (xmax = 0) AS created),"
+		    " n AS (INSERT INTO account.network (user_id, network_hash) VALUES ($1, $4)"
+		    " ON CONFLICT DO NOTHING),"
+		    " s AS (INSERT INTO account.session (token_hash, user_id, device_hash, kind,"
+		    " expires_at) VALUES ($5, $1, $2, $6, now() + make_interval(secs => $7::int))"
+		    " RETURNING " SESSION_COLS ")"
+		    " SELECT s.*, d.created FROM s, d",
+		    7, p, t, token, out, &res);
+	if (err == 0)
+		*new_device = strcmp(mica_db_get(res, 0, 6), "t") == 0;
 	mica_wipe(t, sizeof(t));
 	PQclear(res);
 	return err;
