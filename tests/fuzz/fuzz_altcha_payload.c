@@ -11,14 +11,7 @@
 
 #include "account/altcha.h"
 #include "crypto.h"
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
-			abort();                                                                   \
-		}                                                                                  \
-	} while (0)
+#include "fuzz_check.h"
 
 /* 32 bytes; the seed corpus was signed with it. */
 static const uint8_t key[] = "mica fuzz altcha hmac key 32byte";

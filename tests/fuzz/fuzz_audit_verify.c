@@ -13,6 +13,7 @@
 
 #include "err.h"
 #include "keycenter/audit.h"
+#include "fuzz_check.h"
 
 /* Test-only P-256 key pair. The private half signed the seed checkpoints
  * and is kept here only so that the seeds can be regenerated:
@@ -27,14 +28,6 @@ static const char pubkey_pem[] =
     "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAExv+bimjOi2CECYLQcyWngOZnw7eB\n"
     "7C/l7T3nAVx4+jnwVbRcSjy+pGqOVmzZEeD2jxOfmXWZVS3XOKAdfjDcYQ==\n"
     "-----END PUBLIC KEY-----\n";
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
-			abort();                                                                   \
-		}                                                                                  \
-	} while (0)
 
 /* Parsed once: OpenSSL 3's PEM decoder costs more than most inputs. */
 static EVP_PKEY *pubkey(void)

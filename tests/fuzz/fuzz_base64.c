@@ -10,14 +10,7 @@
 #include <string.h>
 
 #include "crypto.h"
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
-			abort();                                                                   \
-		}                                                                                  \
-	} while (0)
+#include "fuzz_check.h"
 
 typedef int (*encode_fn)(const void *, size_t, char **, size_t *);
 typedef int (*decode_fn)(const char *, size_t, uint8_t *, size_t, size_t *);

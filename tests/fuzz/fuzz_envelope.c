@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "crypto.h"
+#include "fuzz_check.h"
 
 /* The seed envelopes in the corpus were sealed with these, so the fuzzer
  * starts from inputs that authenticate. */
@@ -17,14 +18,6 @@ static const uint8_t fuzz_key[32] = {
     0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1a, 0x1b, 0x1c, 0x1d, 0x1e, 0x1f,
 };
 static const char fuzz_aad[] = "fuzz/envelope/context";
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
-			abort();                                                                   \
-		}                                                                                  \
-	} while (0)
 
 static void check_parsed(const uint8_t *data, size_t size, const struct mica_envelope *env)
 {

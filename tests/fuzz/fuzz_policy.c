@@ -12,14 +12,7 @@
 #include <string.h>
 
 #include "keycenter/policy.h"
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
-			abort();                                                                   \
-		}                                                                                  \
-	} while (0)
+#include "fuzz_check.h"
 
 static void check_rejection(int rc, enum kc_policy_fault fault, const kc_policy *p, const char *err)
 {
