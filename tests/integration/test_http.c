@@ -567,12 +567,14 @@ static void *stop_main(void *arg)
 	return NULL;
 }
 
-/* Stop waits for a deferred request and the client still gets its reply. */
+/* Stop waits for a deferred request and the client still gets its reply;
+ * a request that arrives meanwhile is refused with 503 unavailable. */
 START_TEST(stop_waits_for_deferred)
 {
 	struct bg_call b;
 	struct stopper st = {.srv = srv};
 	pthread_t t;
+	mica_httpc *c = client(NULL);
 	gate_reset();
 	bg_start(&b, "/v1/deferred");
 	gate_await_arrival();
@@ -580,10 +582,12 @@ START_TEST(stop_waits_for_deferred)
 	ck_assert_int_eq(pthread_create(&t, NULL, stop_main, &st), 0);
 	usleep(200 * 1000);
 	ck_assert_msg(!atomic_load(&st.done), "stop returned while a reply was deferred");
+	assert_error(call(c, "GET", "/v1/hello", NULL, 503), "unavailable");
 	finish_parked();
 	bg_join(&b, 202, "\"finished\":true");
 	pthread_join(t, NULL);
 	ck_assert(atomic_load(&st.done));
+	mica_httpc_free(c);
 }
 END_TEST
 
