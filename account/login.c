@@ -8,6 +8,7 @@
  *   step-up; every session is revoked, the password burned, the user told).
  * Wrong passwords alone never freeze an account: that would let anyone lock
  * anyone out. Failure counters live in Redis with the configured window. */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,16 +30,23 @@ int acct_login_init(acct_service *s)
 
 /* ---- counters ------------------------------------------------------------------- */
 
-static long counter_get(const char *key)
+/* The two failure counters of a login (per identifier, per network) in one
+ * round trip; a counter that is missing, or Redis being down, reads as 0. */
+static void counters_get(const char *kacct, const char *knet, long *acct, long *net)
 {
 	mica_kv *kv = mica_kv_thread();
-	char *v = NULL;
-	size_t len = 0;
-	long n = 0;
-	if (kv && mica_kv_get(kv, key, &v, &len) == 0 && v)
-		n = strtol(v, NULL, 10);
-	free(v);
-	return n;
+	redisReply *r = NULL;
+	const char *argv[3] = {"MGET", kacct, knet};
+	*acct = *net = 0;
+	if (!kv || mica_kv_command(kv, &r, 3, argv, NULL) != 0)
+		return;
+	if (r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
+		if (r->element[0]->type == REDIS_REPLY_STRING)
+			*acct = strtol(r->element[0]->str, NULL, 10);
+		if (r->element[1]->type == REDIS_REPLY_STRING)
+			*net = strtol(r->element[1]->str, NULL, 10);
+	}
+	freeReplyObject(r);
 }
 
 static void counter_bump(const char *key, int window_s)
@@ -229,32 +237,43 @@ struct user_row {
 	int64_t id;
 	char status[8];
 	char *password_enc;
+	bool device_trusted, network_known; /* the login's device and network */
 };
 
-static int find_user(acct_service *s, enum acct_ident kind, const char *norm, char **idx,
-		     struct user_row *u)
+/* Finds the account of a login identifier and, in the same statement, whether
+ * the login's device (|dev|, trusted) and network (|net|) are known to it. */
+static int find_user(acct_service *s, enum acct_ident kind, const char *norm, const char *dev,
+		     const char *net, char **idx, struct user_row *u)
 {
 	mica_db *db = mica_db_thread();
 	PGresult *res = NULL;
 	static const char *const kinds[] = {"phone", "email", "account_no"};
-	static const char *const sql[] = {
-		"SELECT id, status, password_enc FROM account.user WHERE phone_idx = $1",
-		"SELECT id, status, password_enc FROM account.user WHERE email_idx = $1",
-		"SELECT id, status, password_enc FROM account.user WHERE account_no_idx = $1"};
+#define FIND_USER(column)                                                                          \
+	"SELECT u.id, u.status, u.password_enc,"                                                   \
+	" EXISTS (SELECT 1 FROM account.device d WHERE d.user_id = u.id"                           \
+	" AND d.device_hash = $2 AND d.trusted),"                                                  \
+	" EXISTS (SELECT 1 FROM account.network n WHERE n.user_id = u.id"                          \
+	" AND n.network_hash = $3)"                                                                \
+	" FROM account.user u WHERE u." column " = $1"
+	static const char *const sql[] = {FIND_USER("phone_idx"), FIND_USER("email_idx"),
+					  FIND_USER("account_no_idx")};
+#undef FIND_USER
 	int err;
 	memset(u, 0, sizeof(*u));
 	if ((err = acct_blind_index(s, kinds[kind], norm, idx)) != 0)
 		return err;
 	if (!db)
 		return MICA_EDBCONN;
-	const char *p[1] = {*idx};
-	if ((err = mica_db_exec(db, sql[kind], 1, p, &res)) != 0)
+	const char *p[3] = {*idx, dev, net};
+	if ((err = mica_db_exec(db, sql[kind], 3, p, &res)) != 0)
 		return err;
 	if (PQntuples(res) == 1) {
 		if (mica_db_get_int64(res, 0, 0, &u->id) != 0)
 			u->id = 0;
 		snprintf(u->status, sizeof(u->status), "%s", mica_db_get(res, 0, 1));
 		u->password_enc = strdup(mica_db_get(res, 0, 2));
+		u->device_trusted = strcmp(mica_db_get(res, 0, 3), "t") == 0;
+		u->network_known = strcmp(mica_db_get(res, 0, 4), "t") == 0;
 	}
 	PQclear(res);
 	return u->id && !u->password_enc ? MICA_ENOMEM : 0;
@@ -303,36 +322,21 @@ static void rehash(acct_service *s, int64_t user_id, const char *password)
 	free(enc);
 }
 
-/* Which risk signals |user_id| raises from this device and network. */
-static int risk_reasons(acct_service *s, int64_t user_id, const char *dev, const char *net,
-			json_t *reasons)
+/* Which risk signals |u| raises from the login's device and network (looked
+ * up by find_user()) and by its login rate. */
+static void risk_reasons(acct_service *s, const struct user_row *u, json_t *reasons)
 {
-	mica_db *db = mica_db_thread();
-	PGresult *res = NULL;
-	char uid[24], key[64];
-	int err;
-	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
-	const char *p[3] = {uid, dev, net};
-	err = mica_db_exec(db,
-			   "SELECT EXISTS (SELECT 1 FROM account.device WHERE user_id = $1"
-			   " AND device_hash = $2 AND trusted),"
-			   " EXISTS (SELECT 1 FROM account.network WHERE user_id = $1"
-			   " AND network_hash = $3)",
-			   3, p, &res);
-	if (err)
-		return err;
-	if (s->cfg->stepup_new_device && strcmp(mica_db_get(res, 0, 0), "t") != 0)
+	char key[64];
+	if (s->cfg->stepup_new_device && !u->device_trusted)
 		json_array_append_new(reasons, json_string("new_device"));
-	if (s->cfg->stepup_new_network && strcmp(mica_db_get(res, 0, 1), "t") != 0)
+	if (s->cfg->stepup_new_network && !u->network_known)
 		json_array_append_new(reasons, json_string("new_network"));
-	PQclear(res);
-	snprintf(key, sizeof(key), "account:logins:%s", uid);
+	snprintf(key, sizeof(key), "account:logins:%lld", (long long)u->id);
 	mica_kv *kv = mica_kv_thread();
 	int allowed = 1;
 	if (kv && mica_kv_rate_limit(kv, key, s->cfg->login_rate_max, s->cfg->login_rate_window_s,
 				     &allowed, NULL) == 0 && !allowed)
 		json_array_append_new(reasons, json_string("unusual_rate"));
-	return 0;
 }
 
 /* Records a successful login from |dev| on |net| and opens a session. */
@@ -401,7 +405,7 @@ int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, stru
 	struct acct_login_req r;
 	char net[64], net_hash[65], kacct[200], knet[120], *idx = NULL;
 	struct user_row u = {0};
-	long excess;
+	long excess, acct_failures, net_failures;
 	int ok = 0, need_rehash = 0, err;
 	json_t *reasons = NULL;
 
@@ -410,7 +414,7 @@ int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, stru
 	acct_network_of(ip, net, sizeof(net));
 	acct_hash_hex("mica-network", net, net_hash);
 
-	if ((err = find_user(s, r.ident, r.norm, &idx, &u)) != 0) {
+	if ((err = find_user(s, r.ident, r.norm, r.dev_hash, net_hash, &idx, &u)) != 0) {
 		acct_fail_internal(f, err, "the account store");
 		goto out;
 	}
@@ -418,8 +422,9 @@ int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, stru
 	 * tell nothing) and per client network, separately. */
 	snprintf(kacct, sizeof(kacct), "account:fail:id:%.150s", idx);
 	snprintf(knet, sizeof(knet), "account:fail:net:%s", net_hash);
-	excess = counter_get(kacct) - s->cfg->captcha_account_failures;
-	long net_excess = counter_get(knet) - s->cfg->captcha_network_failures;
+	counters_get(kacct, knet, &acct_failures, &net_failures);
+	excess = acct_failures - s->cfg->captcha_account_failures;
+	long net_excess = net_failures - s->cfg->captcha_network_failures;
 	if (net_excess > excess)
 		excess = net_excess;
 	if ((err = captcha_gate(s, excess, r.altcha, f)) != 0)
@@ -434,7 +439,8 @@ int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, stru
 		err = acct_failf(f, 401, "invalid_credentials", "the login or the password is wrong");
 		goto out;
 	}
-	counter_clear(kacct);
+	if (acct_failures > 0)
+		counter_clear(kacct);
 	if (strcmp(u.status, "frozen") == 0) {
 		err = acct_failf(f, 423, "account_frozen",
 				 "this account is frozen; recover it with a password reset");
@@ -443,10 +449,7 @@ int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, stru
 	if (need_rehash)
 		rehash(s, u.id, r.password);
 	reasons = json_array();
-	if ((err = risk_reasons(s, u.id, r.dev_hash, net_hash, reasons)) != 0) {
-		acct_fail_internal(f, err, "the account store");
-		goto out;
-	}
+	risk_reasons(s, &u, reasons);
 	if (json_array_size(reasons) > 0) {
 		struct stepup_new n = {u.id, 0, "login", r.dev_hash, r.dev_name, net_hash, r.kind};
 		err = stepup_create(s, &n, reasons, f);
