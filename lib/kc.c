@@ -1,8 +1,9 @@
 /* kc.c - the Key Center client (see kc.h): request building and strict
  * reply parsing for datakey, decrypt, encrypt and hmac, the status-to-error
- * mapping, a checkout pool of mica_httpc handles, and the data-key cache (a
- * hash table of entries on two lists: recency for LRU eviction, insertion
- * order for TTL expiry), whose keys are wiped whenever they leave it.
+ * mapping, a checkout pool of mica_httpc handles, and the cache of unwrapped
+ * data keys and HMAC results (a hash table of entries on two lists: recency
+ * for LRU eviction, insertion order for TTL expiry), whose values are wiped
+ * whenever they leave it.
  */
 #include "clock.h"
 #include "kc.h"
@@ -19,18 +20,22 @@
 #include "log.h"
 
 #define NAME_MAX_LEN 64
-#define CACHE_DOMAIN "mica-kc-cache-v1"
+#define CACHE_DOMAIN "mica-kc-cache-v2"
+/* Largest cached value: a data key, or an HMAC's "kc:v<N>:<base64>" text. */
+#define VALUE_MAX 64
 
 /* ---- cache ------------------------------------------------------------------ */
 
-/* One unwrapped data key. |id| is an HMAC, under the client's random cache
- * key, of the length-prefixed (key name, ciphertext, canonical context), so
- * neither the ciphertext nor the context needs to be kept, and crafted
- * ciphertexts cannot steer entries into one bucket. */
+/* One unwrapped data key or HMAC result. |id| is an HMAC, under the
+ * client's random cache key, of the length-prefixed fields of the call
+ * ("datakey", key name, ciphertext, canonical context; or "hmac", key name,
+ * input), so neither the ciphertexts, the contexts nor the inputs (often
+ * personal data) need to be kept, and crafted ones cannot steer entries into
+ * one bucket. */
 struct entry {
 	uint8_t id[MICA_SHA256_LEN];
-	uint8_t key[MICA_KC_DATAKEY_MAX];
-	size_t key_len;
+	uint8_t val[VALUE_MAX];
+	size_t val_len;
 	int64_t born_ms;
 	struct entry *chain;		  /* next in the bucket */
 	struct entry *lru_prev, *lru_next; /* most recently used first */
@@ -71,17 +76,15 @@ static void be32(uint8_t out[4], size_t v)
 	out[3] = (uint8_t)v;
 }
 
-/* The cache id of (name, ciphertext, canonical context). */
-static int cache_id(const mica_kc *kc, const char *name, const char *ct, const char *canon,
+/* The cache id of the |n| fields |f| (|l| bytes each). */
+static int cache_id(const mica_kc *kc, int n, const void *const *f, const size_t *l,
 		    uint8_t id[MICA_SHA256_LEN])
 {
-	const char *f[3] = {name, ct, canon};
-	size_t l[3] = {strlen(name), strlen(ct), strlen(canon)};
 	size_t total = sizeof(CACHE_DOMAIN) - 1, off;
 	uint8_t *buf;
 	int err;
 
-	for (int i = 0; i < 3; i++) {
+	for (int i = 0; i < n; i++) {
 		if (l[i] > 0xffffffffu || total + 4 + l[i] < total)
 			return MICA_ETOOBIG;
 		total += 4 + l[i];
@@ -90,12 +93,14 @@ static int cache_id(const mica_kc *kc, const char *name, const char *ct, const c
 		return MICA_ENOMEM;
 	memcpy(buf, CACHE_DOMAIN, sizeof(CACHE_DOMAIN) - 1);
 	off = sizeof(CACHE_DOMAIN) - 1;
-	for (int i = 0; i < 3; i++) {
+	for (int i = 0; i < n; i++) {
 		be32(buf + off, l[i]);
-		memcpy(buf + off + 4, f[i], l[i]);
+		if (l[i])
+			memcpy(buf + off + 4, f[i], l[i]);
 		off += 4 + l[i];
 	}
 	err = mica_hmac_sha256(kc->cache_key, sizeof(kc->cache_key), buf, total, id);
+	mica_wipe(buf, total);
 	free(buf);
 	return err;
 }
@@ -172,8 +177,8 @@ static struct entry *cache_find(mica_kc *kc, const uint8_t id[MICA_SHA256_LEN])
 	return NULL;
 }
 
-/* Copies the cached key for |id| into |out| and returns 1, or returns 0 on
- * a miss. Counts the hit or miss. */
+/* Copies the cached value for |id| into |out| and returns 1, or returns 0
+ * on a miss. Counts the hit or miss. */
 static int cache_get(mica_kc *kc, const uint8_t id[MICA_SHA256_LEN], uint8_t *out, size_t cap,
 		     size_t *len)
 {
@@ -181,9 +186,9 @@ static int cache_get(mica_kc *kc, const uint8_t id[MICA_SHA256_LEN], uint8_t *ou
 	int hit = 0;
 	pthread_mutex_lock(&kc->mu);
 	cache_expire(kc, mica_clock_ms());
-	if ((e = cache_find(kc, id)) != NULL && e->key_len <= cap) {
-		memcpy(out, e->key, e->key_len);
-		*len = e->key_len;
+	if ((e = cache_find(kc, id)) != NULL && e->val_len <= cap) {
+		memcpy(out, e->val, e->val_len);
+		*len = e->val_len;
 		lru_unlink(kc, e);
 		lru_push_front(kc, e);
 		hit = 1;
@@ -196,17 +201,20 @@ static int cache_get(mica_kc *kc, const uint8_t id[MICA_SHA256_LEN], uint8_t *ou
 	return hit;
 }
 
-/* Caches |key| under |id|, evicting the least recently used entry when
- * full. Failure to allocate only means the key is not cached. */
-static void cache_put(mica_kc *kc, const uint8_t id[MICA_SHA256_LEN], const uint8_t *key,
-		      size_t key_len)
+/* Caches |val| under |id|, evicting the least recently used entry when
+ * full. Failure to allocate (or a value over VALUE_MAX) only means it is not
+ * cached. */
+static void cache_put(mica_kc *kc, const uint8_t id[MICA_SHA256_LEN], const void *val,
+		      size_t val_len)
 {
 	struct entry *e;
 	int64_t now = mica_clock_ms();
+	if (val_len > VALUE_MAX)
+		return;
 	pthread_mutex_lock(&kc->mu);
 	cache_expire(kc, now);
 	if (cache_find(kc, id)) {
-		/* Another thread unwrapped the same key meanwhile; keep its entry. */
+		/* Another thread fetched the same value meanwhile; keep its entry. */
 		pthread_mutex_unlock(&kc->mu);
 		return;
 	}
@@ -217,8 +225,8 @@ static void cache_put(mica_kc *kc, const uint8_t id[MICA_SHA256_LEN], const uint
 	if ((e = calloc(1, sizeof(*e))) != NULL) {
 		size_t b = bucket_of(kc, id);
 		memcpy(e->id, id, MICA_SHA256_LEN);
-		memcpy(e->key, key, key_len);
-		e->key_len = key_len;
+		memcpy(e->val, val, val_len);
+		e->val_len = val_len;
 		e->born_ms = now;
 		e->chain = kc->buckets[b];
 		kc->buckets[b] = e;
@@ -591,7 +599,9 @@ int mica_kc_decrypt_datakey(mica_kc *kc, const char *key_name, const char *ciphe
 		 * one context into two cache entries. */
 		if (!(canon = json_dumps(context, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII)))
 			return MICA_ENOMEM;
-		err = cache_id(kc, key_name, ciphertext, canon, id);
+		const void *f[4] = {"datakey", key_name, ciphertext, canon};
+		size_t l[4] = {7, strlen(key_name), strlen(ciphertext), strlen(canon)};
+		err = cache_id(kc, 4, f, l, id);
 		free(canon);
 		if (err)
 			return err;
@@ -678,14 +688,30 @@ int mica_kc_hmac(mica_kc *kc, const char *key_name, const void *input, size_t in
 		 char **hmac_out)
 {
 	json_t *req = NULL, *reply = NULL;
+	uint8_t id[MICA_SHA256_LEN];
+	char cached[VALUE_MAX + 1];
 	char *b64 = NULL;
-	size_t bl = 0;
+	size_t bl = 0, cl = 0;
 	int err;
 
 	if (hmac_out)
 		*hmac_out = NULL;
 	if (!kc || !valid_name(key_name) || (!input && input_len) || !hmac_out)
 		return MICA_EINVAL;
+	if (kc->cache_on) {
+		const void *f[3] = {"hmac", key_name, input};
+		size_t l[3] = {4, strlen(key_name), input_len};
+		if ((err = cache_id(kc, 3, f, l, id)) != 0)
+			return err;
+		if (cache_get(kc, id, (uint8_t *)cached, VALUE_MAX, &cl)) {
+			cached[cl] = '\0';
+			return (*hmac_out = strdup(cached)) ? 0 : MICA_ENOMEM;
+		}
+	} else {
+		pthread_mutex_lock(&kc->mu);
+		kc->st.misses++;
+		pthread_mutex_unlock(&kc->mu);
+	}
 	if ((err = mica_base64_encode_alloc(input_len ? input : "", input_len, &b64, &bl)) != 0)
 		return err;
 	if (!(req = json_pack("{s:s}", "input", b64))) {
@@ -695,6 +721,8 @@ int mica_kc_hmac(mica_kc *kc, const char *key_name, const void *input, size_t in
 	err = post(kc, "/v1/hmac/", key_name, req, 1, &reply);
 	if (!err)
 		err = versioned_member(reply, "hmac", hmac_out);
+	if (!err && kc->cache_on)
+		cache_put(kc, id, *hmac_out, strlen(*hmac_out));
 out:
 	if (req) {
 		/* The input is often personal data (a phone number, an email). */

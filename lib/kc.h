@@ -2,11 +2,13 @@
  *
  * Speaks the Key Center's HTTPS API (docs/api/keycenter.md) over mutual TLS
  * through mica_httpc: data keys for envelope encryption, encryption of small
- * secrets, HMACs for blind indexes. Unwrapped data keys are kept in an
- * in-memory cache bounded in entries (least recently used evicted first) and
- * in age (a TTL counted from insertion), so a service does not call the Key
- * Center for every record it reads; every key that leaves the cache, by
- * eviction, expiry, flush or mica_kc_free(), is wiped first.
+ * secrets, HMACs for blind indexes. Unwrapped data keys and HMAC results are
+ * kept in an in-memory cache bounded in entries (least recently used evicted
+ * first) and in age (a TTL counted from insertion), so a service does not call
+ * the Key Center for every record it reads or every login it looks up; every
+ * value that leaves the cache, by eviction, expiry, flush or mica_kc_free(),
+ * is wiped first. Entries are found by an HMAC of the call under a random
+ * per-client key: ciphertexts, contexts and HMAC inputs are not kept.
  *
  * Fails closed: a transport error, a non-2xx status or a reply that is not
  * the documented shape is an error, never a fallback. Only idempotent calls
@@ -68,14 +70,14 @@ typedef struct mica_kc_options {
 	const char *key_file;  /* PEM key of cert_file (required) */
 	long timeout_ms;       /* whole request; 0: 10000 */
 	int retries;           /* extra attempts for idempotent calls; 0: 2, negative: none */
-	int cache_max_entries; /* cached data keys; 0: MICA_KC_DEFAULT_CACHE_ENTRIES,
+	int cache_max_entries; /* cached data keys and HMACs; 0: MICA_KC_DEFAULT_CACHE_ENTRIES,
 				  negative: no cache */
 	long cache_ttl_ms;     /* age limit of a cached key; 0: MICA_KC_DEFAULT_CACHE_TTL_MS */
 } mica_kc_options;
 
 typedef struct mica_kc_stats {
-	uint64_t hits;        /* decrypt_datakey calls answered from the cache */
-	uint64_t misses;      /* decrypt_datakey calls that asked the Key Center */
+	uint64_t hits;        /* decrypt_datakey and hmac calls answered from the cache */
+	uint64_t misses;      /* decrypt_datakey and hmac calls that asked the Key Center */
 	uint64_t evictions;   /* entries dropped to make room (LRU) */
 	uint64_t expirations; /* entries dropped because they outlived the TTL */
 	uint64_t entries;     /* entries now cached */
@@ -131,7 +133,10 @@ int mica_kc_decrypt(mica_kc *kc, const char *key_name, const char *ciphertext,
 /* POST /v1/hmac/{key_name}: the blind index of |input| (|input_len| bytes)
  * under the key's latest version. *hmac_out is the malloc'd "kc:v<N>:..."
  * string (the version makes indexes from different versions distinct) the
- * caller frees. Retried (idempotent). */
+ * caller frees. Retried (idempotent). Successful results are cached, keyed by
+ * (key name, input): after the key is rotated a client keeps answering with
+ * the previous version for at most the cache TTL (mica_kc_cache_flush() ends
+ * that at once). */
 int mica_kc_hmac(mica_kc *kc, const char *key_name, const void *input, size_t input_len,
 		 char **hmac_out) MICA_WUR;
 

@@ -444,13 +444,30 @@ START_TEST(encrypt_decrypt_hmac)
 			 MICA_EBADHEADER);
 	ck_assert_uint_eq(len, 0);
 
-	/* Blind index: deterministic, versioned, input-dependent. */
+	/* Blind index: deterministic (the Key Center answers a client without a
+	 * cache the same), versioned, input-dependent; a repeated input is
+	 * answered from the cache. */
+	mica_kc *uncached = client_ex(cert_account, key_account, -1, 0, 0, 0);
 	ck_assert_int_eq(mica_kc_hmac(kc, KEY, "+8613800138000", 14, &m1), 0);
+	mica_kc_stats st = stats(kc);
 	ck_assert_int_eq(mica_kc_hmac(kc, KEY, "+8613800138000", 14, &m2), 0);
+	ck_assert_str_eq(m1, m2);
+	ck_assert_uint_eq(stats(kc).requests, st.requests);
+	ck_assert_uint_eq(stats(kc).hits, st.hits + 1);
+	free(m2);
+	ck_assert_int_eq(mica_kc_hmac(uncached, KEY, "+8613800138000", 14, &m2), 0);
+	ck_assert_uint_eq(stats(uncached).requests, 1);
 	ck_assert_int_eq(mica_kc_hmac(kc, KEY, "+8613800138001", 14, &m3), 0);
+	ck_assert_uint_eq(stats(kc).requests, st.requests + 1);
 	ck_assert_msg(strncmp(m1, "kc:v1:", 6) == 0, "%s", m1);
 	ck_assert_str_eq(m1, m2);
 	ck_assert_str_ne(m1, m3);
+	/* The same bytes under another key name are another entry. */
+	free(m3);
+	ck_assert_int_eq(mica_kc_hmac(kc, "account-nosuchkey", "+8613800138000", 14, &m3),
+			 MICA_ENOTFOUND);
+	ck_assert_ptr_null(m3);
+	mica_kc_free(uncached);
 
 	free(ct);
 	free(ct_empty);
