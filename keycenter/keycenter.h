@@ -116,9 +116,11 @@ int kc_alerts_list(kc_service *s, int64_t after_id, int limit, json_t **out) MIC
 
 /* ---- routes.c ------------------------------------------------------------ */
 extern const mica_http_route kc_routes[];
-/* on_refusal hook of the Key Center's listener: audits built-in refusals. */
-int kc_audit_refusal(void *svc, const char *method, const char *path, const char *peer,
-		     const char *client_ip, int status, const char *code);
+/* on_refusal hook of the Key Center's listener: audits built-in refusals
+ * without holding the event thread; the refusal goes out once recorded. */
+void kc_audit_refusal(void *svc, const char *method, const char *path, const char *peer,
+		      const char *client_ip, int status, const char *code,
+		      mica_http_deferred *done);
 extern const size_t kc_routes_len;
 
 /* The audit MAC key is sealed by the "keycenter" KEK with this associated data. */

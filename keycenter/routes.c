@@ -879,30 +879,56 @@ static void h_audit(const mica_http_req *req, mica_http_resp *resp, void *svc)
 	reply(&c, 200, json_pack("{s:o}", "records", list));
 }
 
+/* A refusal of the HTTP layer waiting for its record. */
+struct refusal {
+	kc_service *s;
+	mica_http_deferred *done;
+	int status;
+	char principal[128];
+	char op[48];
+};
+
+static void on_refusal_recorded(void *arg, int rc, uint64_t seq)
+{
+	struct refusal *r = arg;
+	(void)seq;
+	if (rc)
+		kc_alert(r->s, "audit_write_failure", r->principal, NULL,
+			 json_pack("{s:s,s:i}", "operation", r->op, "status", r->status));
+	mica_http_refusal_done(r->done, rc == 0);
+	free(r);
+}
+
 /* Requests the HTTP layer refuses before any handler runs (certificates,
- * unknown routes, malformed or oversized bodies) are audited too. */
-int kc_audit_refusal(void *svc, const char *method, const char *path, const char *peer,
-		     const char *client_ip, int status, const char *code)
+ * unknown routes, malformed or oversized bodies) are audited too, and
+ * answered once their record committed, like every other request. */
+void kc_audit_refusal(void *svc, const char *method, const char *path, const char *peer,
+		      const char *client_ip, int status, const char *code,
+		      mica_http_deferred *done)
 {
 	kc_service *s = svc;
 	kc_audit_record rec = {0};
-	uint64_t seq;
-	char op[48];
+	struct refusal *r = calloc(1, sizeof(*r));
 	int err;
 	(void)path;
-	snprintf(op, sizeof(op), "http_%s", method ? method : "?");
-	for (char *o = op; *o; o++)
+	if (!r) {
+		mica_http_refusal_done(done, 0);
+		return;
+	}
+	r->s = s;
+	r->done = done;
+	r->status = status;
+	snprintf(r->principal, sizeof(r->principal), "%s", peer ? peer : "-");
+	snprintf(r->op, sizeof(r->op), "http_%s", method ? method : "?");
+	for (char *o = r->op; *o; o++)
 		*o = (char)(*o >= 'A' && *o <= 'Z' ? *o - 'A' + 'a' : *o);
 	rec.ts_us = now_us();
-	rec.principal = peer ? peer : "-";
+	rec.principal = r->principal;
 	rec.client = client_ip && *client_ip ? client_ip : "-";
-	rec.op = op;
+	rec.op = r->op;
 	rec.result = code;
-	err = kc_audit_append(s->audit, &rec, &seq);
-	if (err)
-		kc_alert(s, "audit_write_failure", rec.principal, NULL,
-			 json_pack("{s:s,s:i}", "operation", op, "status", status));
-	return err;
+	if ((err = kc_audit_submit(s->audit, &rec, on_refusal_recorded, r)) != 0)
+		on_refusal_recorded(r, err, 0);
 }
 
 /* J: JSON body, P: client certificate required, B: the handler blocks (PostgreSQL, the HSM, an

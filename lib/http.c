@@ -108,6 +108,7 @@ struct req_state {
 	mica_http_handler fn;
 	int dispatched;
 	int running;  /* the handler has not returned yet */
+	const char *code; /* static error code of the server's own refusal */
 	int deferred; /* mica_http_defer() was called */
 	int finished; /* mica_http_finish() was called */
 	int ready;    /* resp is the reply: on_request queues it after the resume */
@@ -282,20 +283,45 @@ static enum MHD_Result send_error(struct MHD_Connection *conn, struct req_state 
 				  const char *code, const char *fmt, ...)
 	__attribute__((format(printf, 5, 6)));
 
-/* Gives the service's on_refusal hook a say before the server refuses a
- * request itself; 1 when the refusal must become 503 audit_unavailable. */
-static int refusal_vetoed(struct MHD_Connection *conn, struct req_state *rs, int status,
-			  const char *code)
+static enum MHD_Result handler_returned(mica_http_server *srv, struct req_state *rs, int inline_);
+
+/* Sends the server's own refusal |resp| (4xx), or first hands it to the
+ * service's on_refusal hook, which records it and ends it with
+ * mica_http_refusal_done(); the connection waits suspended meanwhile, like a
+ * deferred reply, and no thread waits with it. */
+static enum MHD_Result refuse(struct MHD_Connection *conn, struct req_state *rs,
+			      mica_http_resp *resp)
 {
+	mica_http_server *srv = rs->srv;
 	const union MHD_ConnectionInfo *ci;
 	struct conn_state *cs;
-	if (status >= 500 || !rs->srv->opt.on_refusal)
-		return 0;
+	if (resp->status >= 500 || !srv->opt.on_refusal || rs->dispatched)
+		return send_resp(conn, rs, resp);
+	pthread_mutex_lock(&srv->defer_mu);
+	srv->nactive++; /* stop waits for the record as for a deferred reply */
+	pthread_mutex_unlock(&srv->defer_mu);
 	ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
 	cs = ci ? ci->socket_context : NULL;
-	return rs->srv->opt.on_refusal(rs->srv->ctx, rs->method, rs->url,
-				       cs && cs->cert == 1 ? cs->peer : NULL, rs->ip, status,
-				       code) != 0;
+	rs->resp = *resp;
+	memset(resp, 0, sizeof(*resp));
+	rs->req.conn = conn;
+	rs->dispatched = 1;
+	rs->running = 1;
+	rs->deferred = 1;
+	srv->opt.on_refusal(srv->ctx, rs->method, rs->url, cs && cs->cert == 1 ? cs->peer : NULL,
+			    rs->ip, rs->resp.status, rs->code, (mica_http_deferred *)rs);
+	return handler_returned(srv, rs, 1);
+}
+
+void mica_http_refusal_done(mica_http_deferred *d, int recorded)
+{
+	struct req_state *rs = (struct req_state *)d;
+	if (!recorded) {
+		resp_cleanup(&rs->resp);
+		mica_http_reply_error(&rs->resp, 503, "audit_unavailable",
+				      "the request could not be audited, so it was not answered");
+	}
+	mica_http_finish(d);
 }
 
 static enum MHD_Result send_error(struct MHD_Connection *conn, struct req_state *rs, int status,
@@ -307,12 +333,9 @@ static enum MHD_Result send_error(struct MHD_Connection *conn, struct req_state 
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	if (refusal_vetoed(conn, rs, status, code))
-		mica_http_reply_error(&resp, 503, "audit_unavailable",
-				      "the request could not be audited, so it was not answered");
-	else
-		mica_http_reply_error(&resp, status, code, "%s", msg);
-	return send_resp(conn, rs, &resp);
+	rs->code = code;
+	mica_http_reply_error(&resp, status, code, "%s", msg);
+	return refuse(conn, rs, &resp);
 }
 
 /* ---- mutual TLS ------------------------------------------------------------ */
@@ -524,13 +547,11 @@ static enum MHD_Result reply_not_allowed(struct MHD_Connection *conn, struct req
 					 const char *allow, const char *method)
 {
 	mica_http_resp resp = {0};
-	if (refusal_vetoed(conn, rs, 405, "method_not_allowed"))
-		return send_error(conn, rs, 503, "audit_unavailable",
-				  "the request could not be audited, so it was not answered");
+	rs->code = "method_not_allowed";
 	mica_http_reply_error(&resp, 405, "method_not_allowed",
 			      "method %s is not allowed here; allowed: %s", method, allow);
 	mica_http_add_header(&resp, "Allow", allow);
-	return send_resp(conn, rs, &resp);
+	return refuse(conn, rs, &resp);
 }
 
 /* After a handler returned: the reply goes out now (inline, not deferred or

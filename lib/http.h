@@ -67,6 +67,9 @@ typedef struct mica_http_resp {
 	char *header_value[MICA_HTTP_MAX_HEADERS];       /* malloc'd copies */
 } mica_http_resp;
 
+/* A reply that comes later (mica_http_defer(), on_refusal). */
+typedef struct mica_http_deferred mica_http_deferred;
+
 typedef void (*mica_http_handler)(const mica_http_req *req, mica_http_resp *resp, void *ctx);
 
 enum {
@@ -104,11 +107,15 @@ typedef struct mica_http_options {
 	int (*health)(void *ctx);
 	/* Optional hook called before the server itself refuses a request
 	 * (4xx built-in errors: certificates, routing, bodies) with what is
-	 * known of it; |peer| and |client_ip| may be NULL. If it returns
-	 * non-zero the refusal becomes 503 audit_unavailable: services whose
-	 * every request must be recorded (the Key Center) record here. */
-	int (*on_refusal)(void *ctx, const char *method, const char *path, const char *peer,
-			  const char *client_ip, int status, const char *code);
+	 * known of it; |peer| and |client_ip| may be NULL, the strings are
+	 * valid during the call only. The refusal waits, its connection
+	 * suspended and no thread held, until the hook (or whatever it hands
+	 * |done| to, on any thread) calls mica_http_refusal_done(done, ok)
+	 * exactly once: ok 0 turns it into 503 audit_unavailable. Services
+	 * whose every request must be recorded (the Key Center) record here. */
+	void (*on_refusal)(void *ctx, const char *method, const char *path, const char *peer,
+			   const char *client_ip, int status, const char *code,
+			   mica_http_deferred *done);
 } mica_http_options;
 
 typedef struct mica_http_server mica_http_server;
@@ -154,9 +161,11 @@ void mica_http_add_header(mica_http_resp *resp, const char *name, const char *va
  * may replace it (e.g. by an error). |req| is valid only during the handler
  * call. Every deferred request must be finished exactly once; stop waits for
  * it. */
-typedef struct mica_http_deferred mica_http_deferred;
 mica_http_deferred *mica_http_defer(const mica_http_req *req);
 void mica_http_finish(mica_http_deferred *d);
+/* Ends a refusal handed to on_refusal (see mica_http_options): |recorded|
+ * 0 replaces it by 503 audit_unavailable. */
+void mica_http_refusal_done(mica_http_deferred *d, int recorded);
 
 /* The value of parameter |name| in the matched route, or NULL. */
 const char *mica_http_param(const mica_http_req *req, const char *name);

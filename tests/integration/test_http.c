@@ -154,6 +154,32 @@ static void defer_now(const mica_http_req *req, mica_http_resp *resp, void *ctx)
 	mica_http_finish(d);
 }
 
+/* An on_refusal hook: refusals of paths under /v1/park are parked for the
+ * test to end, /v1/unrecorded ones fail to be recorded, others are recorded
+ * at once. |refusals| counts the calls. */
+static atomic_int refusals;
+static int refusal_status;
+
+static void on_refusal(void *ctx, const char *method, const char *path, const char *peer,
+		       const char *client_ip, int status, const char *code,
+		       mica_http_deferred *done)
+{
+	(void)ctx, (void)method, (void)peer, (void)client_ip, (void)code;
+	atomic_fetch_add(&refusals, 1);
+	if (strncmp(path, "/v1/park", 8) == 0) {
+		pthread_mutex_lock(&gate_mu);
+		parked = done;
+		refusal_status = status;
+		gate_arrived = 1;
+		pthread_cond_broadcast(&gate_cv);
+		pthread_mutex_unlock(&gate_mu);
+		return;
+	}
+	mica_http_refusal_done(done, strcmp(path, "/v1/unrecorded") != 0);
+}
+
+static int use_refusal_hook;
+
 static int health(void *ctx)
 {
 	(void)ctx;
@@ -198,6 +224,7 @@ static mica_http_server *start_with(int require_peer, int timeout_s, int threads
 	o.health = health;
 	o.threads = threads;
 	o.blocking_threads = blocking_threads;
+	o.on_refusal = use_refusal_hook ? on_refusal : NULL;
 	ck_assert_int_eq(mica_http_start(&s, &o, routes, NROUTES, NULL), 0);
 	snprintf(base, sizeof(base), "https://localhost:%d", mica_http_port(s));
 	return s;
@@ -591,6 +618,37 @@ START_TEST(stop_waits_for_deferred)
 }
 END_TEST
 
+/* One event thread: a refusal waits for its record (parked here) without
+ * holding the thread; recorded, it goes out as it was; not recorded, as 503
+ * audit_unavailable, also when a 405 had headers of its own. */
+START_TEST(refusals_wait_for_their_record)
+{
+	mica_http_stop(srv);
+	use_refusal_hook = 1;
+	srv = start_with(0, 5, 1, 1);
+	use_refusal_hook = 0;
+	mica_httpc *c = client(NULL);
+	for (int recorded = 1; recorded >= 0; recorded--) {
+		struct bg_call b;
+		gate_reset();
+		bg_start(&b, "/v1/park/here");
+		gate_await_arrival();
+		ck_assert_int_eq(refusal_status, 404);
+		json_decref(call(c, "GET", "/v1/hello", NULL, 200));
+		assert_error(call(c, "GET", "/v1/recorded-at-once", NULL, 404), "not_found");
+		assert_error(call(c, "GET", "/v1/unrecorded", NULL, 503), "audit_unavailable");
+		mica_http_refusal_done(parked, recorded);
+		bg_join(&b, recorded ? 404 : 503, recorded ? "not_found" : "audit_unavailable");
+	}
+	/* Handled requests and 5xx errors never reach the hook. */
+	int before = atomic_load(&refusals);
+	json_decref(call(c, "GET", "/v1/hello", NULL, 200));
+	assert_error(call(c, "GET", "/v1/blocked-nowhere", NULL, 404), "not_found");
+	ck_assert_int_eq(atomic_load(&refusals), before + 1);
+	mica_httpc_free(c);
+}
+END_TEST
+
 /* A blocking route on a server started without blocking threads. */
 START_TEST(blocking_route_without_pool)
 {
@@ -626,6 +684,7 @@ int main(void)
 	tcase_add_test(tc, deferred_replies);
 	tcase_add_test(tc, stop_waits_for_deferred);
 	tcase_add_test(tc, blocking_route_without_pool);
+	tcase_add_test(tc, refusals_wait_for_their_record);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

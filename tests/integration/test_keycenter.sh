@@ -123,7 +123,7 @@ stop_kc() {
 status=""
 call() {
 	local who="$1" method="$2" path="$3" v
-	local args=(-sS --max-time 20 --cacert "$MICA_CA" -o "$W/body" -w '%{http_code}' -X "$method")
+	local args=(-sS --max-time 20 --cacert "$MICA_CA" -o "$W/body" -D "$W/headers" -w '%{http_code}' -X "$method")
 	case "$who" in
 	none) ;;
 	*)
@@ -548,7 +548,15 @@ expect 503 audit_unavailable account POST /v1/decrypt/account-pii "{\"ciphertext
 expect 503 audit_unavailable admin POST /v1/encrypt/account-pii "{\"plaintext\": \"$PT\", \"context\": $CTX}"
 expect 503 audit_unavailable admin POST /v1/encrypt/account-never "{\"plaintext\": \"$PT\", \"context\": $CTX}"
 expect 503 audit_unavailable auditor GET /v1/alerts
+# So do the HTTP layer's own refusals (their records are written without holding a thread).
+expect 503 audit_unavailable none GET /v1/keys/account-pii
+expect 503 audit_unavailable account POST /v1/encrypt/account-pii '{"plaintext": '
+expect 503 audit_unavailable account GET /v1/no-such-route
+expect 503 audit_unavailable account PUT /v1/encrypt/account-pii '{}'
+! grep -qi "^allow:" "$W/headers" || fail "a 503 kept the 405's Allow header"
 sql "$ADMIN_CI" "GRANT INSERT ON keycenter.audit TO mica_keycenter"
+expect 405 method_not_allowed account PUT /v1/encrypt/account-pii '{}'
+expect 401 client_certificate_required none GET /v1/keys/account-pii
 expect 200 - account POST /v1/encrypt/account-pii "{\"plaintext\": \"$PT\", \"context\": $CTX}"
 [[ "$(jget ciphertext)" == kc:v2:* ]] || fail "after GRANT: $(cat "$W/body")"
 wait_alert audit_write_failure account account-pii
