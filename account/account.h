@@ -43,9 +43,12 @@ struct acct_config {
 extern const mica_config_entry acct_config_table[];
 extern const size_t acct_config_table_len;
 
+typedef struct acct_pepper acct_pepper;
+
 typedef struct acct_service {
 	struct acct_config *cfg;
 	mica_kc *kc;
+	acct_pepper *pepper; /* the data key sealing password hashes (pepper.c) */
 	acct_notify *notify;
 	acct_blocklist *blocklist;
 	acct_argon2_params argon2;
@@ -149,10 +152,21 @@ int acct_reset_start(acct_service *s, json_t *body, json_t **out, struct acct_fa
 int acct_reset_complete(acct_service *s, json_t *body, json_t **out, struct acct_fail *f) MICA_WUR;
 /* Sends |subject|/|body| to every verified channel of |user_id|. */
 void acct_notify_user(acct_service *s, int64_t user_id, const char *subject, const char *body);
-/* Encrypts a PHC string under the pepper key for |user_id|. */
+
+/* ---- pepper.c ----------------------------------------------------------------- */
+int acct_pepper_new(acct_pepper **out) MICA_WUR;
+/* Mints the first sealing key now (Key Center "datakey" on the pepper key),
+ * so a service that may not do so fails at start, not at the first sign-up. */
+int acct_pepper_ready(acct_service *s) MICA_WUR;
+/* Wipes the sealing key and frees |p|; NULL is a no-op. */
+void acct_pepper_free(acct_pepper *p);
+/* Encrypts a PHC string for |user_id| under the current pepper data key
+ * (asking the Key Center for a new one when due); *out malloc'd. */
 int acct_password_seal(acct_service *s, int64_t user_id, const char *phc, char **out) MICA_WUR;
-/* Decrypts a stored PHC string (*phc malloc'd; wipe and free). */
-int acct_password_unseal(acct_service *s, int64_t user_id, const char *sealed, char **phc) MICA_WUR;
+/* Decrypts a stored PHC string (*phc malloc'd; wipe and free). *legacy (NULL
+ * allowed) is set when the row predates data keys and should be sealed again. */
+int acct_password_unseal(acct_service *s, int64_t user_id, const char *sealed, char **phc,
+			 int *legacy) MICA_WUR;
 /* *burned = 1 when |password| matches a password burned by a freeze. */
 int acct_password_burned(acct_service *s, int64_t user_id, const char *password, int *burned) MICA_WUR;
 

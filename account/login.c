@@ -279,14 +279,32 @@ static int find_user(acct_service *s, enum acct_ident kind, const char *norm, co
 	return u->id && !u->password_enc ? MICA_ENOMEM : 0;
 }
 
+/* Writes |phc| for |user_id| again, sealed the current way, unless the
+ * stored value changed meanwhile (a password change wins). */
+static void reseal(acct_service *s, int64_t user_id, const char *old, const char *phc)
+{
+	mica_db *db = mica_db_thread();
+	char *enc = NULL, uid[24];
+	if (!db || acct_password_seal(s, user_id, phc, &enc) != 0)
+		return;
+	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
+	const char *p[3] = {uid, enc, old};
+	if (mica_db_exec(db,
+			 "UPDATE account.user SET password_enc = $2 WHERE id = $1 AND password_enc = $3",
+			 3, p, NULL) == 0)
+		MICA_LOG(MICA_LOG_INFO, "account: a password hash was sealed under a data key");
+	free(enc);
+}
+
 /* Verifies |password| for |u| (or the dummy hash when there is no account);
  * sets *ok and, when the stored hash is weaker than today's parameters,
- * *rehash. */
+ * *rehash. A correct password stored in the Key Center's older sealed form
+ * is sealed again under a data key. */
 static int check_password(acct_service *s, const struct user_row *u, const char *password, int *ok,
 			  int *rehash)
 {
 	char *phc = NULL;
-	int err;
+	int err, legacy = 0;
 	*ok = *rehash = 0;
 	if (!u->id) {
 		/* Same work as a real check; the answer is always "wrong". */
@@ -294,10 +312,12 @@ static int check_password(acct_service *s, const struct user_row *u, const char 
 			MICA_LOG(MICA_LOG_DEBUG, "account: the dummy hash matched");
 		return 0;
 	}
-	if ((err = acct_password_unseal(s, u->id, u->password_enc, &phc)) != 0)
+	if ((err = acct_password_unseal(s, u->id, u->password_enc, &phc, &legacy)) != 0)
 		return err;
 	*ok = acct_password_verify(phc, password) == 0;
 	*rehash = *ok && acct_password_needs_rehash(phc, &s->argon2) == 1;
+	if (*ok && legacy && !*rehash)
+		reseal(s, u->id, u->password_enc, phc);
 	mica_wipe(phc, strlen(phc));
 	free(phc);
 	return 0;
@@ -430,7 +450,7 @@ int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, stru
 	if ((err = captcha_gate(s, excess, r.altcha, f)) != 0)
 		goto out;
 	if ((err = check_password(s, &u, r.password, &ok, &need_rehash)) != 0) {
-		acct_fail_internal(f, err, "the Key Center");
+		acct_fail_internal(f, err, "the password check");
 		goto out;
 	}
 	if (!ok) {

@@ -246,44 +246,6 @@ static int number_recycled(mica_db *db, const char *phone_idx, const char *since
 	return err;
 }
 
-int acct_password_seal(acct_service *s, int64_t user_id, const char *phc, char **out)
-{
-	char row[24];
-	json_t *ctx;
-	int err;
-	snprintf(row, sizeof(row), "%lld", (long long)user_id);
-	ctx = json_pack("{s:s,s:s,s:s,s:s}", "service", "account", "table", "user", "column",
-			"password", "row", row);
-	err = ctx ? mica_kc_encrypt(s->kc, s->cfg->pepper_key, phc, strlen(phc), ctx, out)
-		  : MICA_ENOMEM;
-	json_decref(ctx);
-	return err;
-}
-
-int acct_password_unseal(acct_service *s, int64_t user_id, const char *sealed, char **phc)
-{
-	char row[24];
-	json_t *ctx;
-	uint8_t *pt = NULL;
-	size_t len = 0;
-	int err;
-	*phc = NULL;
-	snprintf(row, sizeof(row), "%lld", (long long)user_id);
-	ctx = json_pack("{s:s,s:s,s:s,s:s}", "service", "account", "table", "user", "column",
-			"password", "row", row);
-	err = ctx ? mica_kc_decrypt(s->kc, s->cfg->pepper_key, sealed, ctx, &pt, &len) : MICA_ENOMEM;
-	json_decref(ctx);
-	if (err)
-		return err;
-	if ((*phc = malloc(len + 1)) != NULL) {
-		memcpy(*phc, pt, len);
-		(*phc)[len] = '\0';
-	}
-	mica_wipe(pt, len);
-	free(pt);
-	return *phc ? 0 : MICA_ENOMEM;
-}
-
 int acct_password_burned(acct_service *s, int64_t user_id, const char *password, int *burned)
 {
 	mica_db *db = mica_db_thread();
@@ -298,7 +260,7 @@ int acct_password_burned(acct_service *s, int64_t user_id, const char *password,
 		 : MICA_EDBCONN;
 	for (int r = 0; err == 0 && r < PQntuples(res) && !*burned; r++) {
 		char *phc = NULL;
-		if ((err = acct_password_unseal(s, user_id, mica_db_get(res, r, 0), &phc)) != 0)
+		if ((err = acct_password_unseal(s, user_id, mica_db_get(res, r, 0), &phc, NULL)) != 0)
 			break;
 		*burned = acct_password_verify(phc, password) == 0;
 		mica_wipe(phc, strlen(phc));

@@ -127,28 +127,28 @@ static int health(void *arg)
 }
 
 /* The three Key Center keys must be usable before we accept anyone. */
+/* Probes each Key Center key with an operation the service needs from it. */
 static int check_keys(acct_service *s)
 {
-	const char *keys[] = {s->cfg->pii_key, s->cfg->index_key, s->cfg->pepper_key};
-	for (int i = 0; i < 3; i++) {
-		char *mac = NULL;
-		int err = mica_kc_hmac(s->kc, keys[i] == s->cfg->index_key ? keys[i] : s->cfg->index_key,
-				       "probe", 5, &mac);
-		free(mac);
-		if (err == 0 && keys[i] != s->cfg->index_key) {
-			json_t *ctx = json_pack("{s:s}", "probe", "startup");
-			char *ct = NULL;
-			err = mica_kc_encrypt(s->kc, keys[i], "x", 1, ctx, &ct);
-			json_decref(ctx);
-			free(ct);
-		}
-		if (err) {
-			MICA_LOG(MICA_LOG_ERROR, "account: Key Center key %s is not usable: %s", keys[i],
-				 mica_strerror(err));
-			return err;
-		}
+	const char *key = s->cfg->index_key;
+	char *mac = NULL, *ct = NULL;
+	json_t *ctx = json_pack("{s:s}", "probe", "startup");
+	int err = mica_kc_hmac(s->kc, key, "probe", 5, &mac);
+	if (err == 0) {
+		key = s->cfg->pii_key;
+		err = ctx ? mica_kc_encrypt(s->kc, key, "x", 1, ctx, &ct) : MICA_ENOMEM;
 	}
-	return 0;
+	if (err == 0) {
+		key = s->cfg->pepper_key;
+		err = acct_pepper_ready(s);
+	}
+	if (err)
+		MICA_LOG(MICA_LOG_ERROR, "account: Key Center key %s is not usable: %s", key,
+			 mica_strerror(err));
+	json_decref(ctx);
+	free(mac);
+	free(ct);
+	return err;
 }
 
 /* The copy of live app sessions in front of Redis (session.c). Redis being
@@ -195,7 +195,7 @@ int acct_run(struct acct_config *cfg)
 				     .password = cfg->redis_password};
 	if (mica_db_global_init(conninfo) != 0 || mica_kv_global_init(&kvc) != 0)
 		goto out;
-	if ((err = start_session_cache(&s, &kvc)) != 0)
+	if ((err = start_session_cache(&s, &kvc)) != 0 || (err = acct_pepper_new(&s.pepper)) != 0)
 		goto out;
 	mica_kc_options ko = {.base_url = cfg->kc_url,
 			      .ca_file = cfg->kc_ca_file,
@@ -239,6 +239,7 @@ out:
 	acct_blocklist_close(s.blocklist);
 	acct_notify_free(s.notify);
 	mica_kc_free(s.kc);
+	acct_pepper_free(s.pepper);
 	mica_kvcache_stop(&s.session_cache);
 	mica_kv_global_cleanup();
 	mica_db_global_cleanup();

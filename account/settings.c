@@ -127,7 +127,7 @@ int acct_password_change(acct_service *s, const struct acct_session *sess, json_
 		PQclear(res);
 		return acct_fail_internal(f, err ? err : MICA_ENOTFOUND, "the account store");
 	}
-	if ((err = acct_password_unseal(s, sess->user_id, mica_db_get(res, 0, 0), &phc)) == 0) {
+	if ((err = acct_password_unseal(s, sess->user_id, mica_db_get(res, 0, 0), &phc, NULL)) == 0) {
 		ok = acct_password_verify(phc, cur) == 0;
 		mica_wipe(phc, strlen(phc));
 		free(phc);

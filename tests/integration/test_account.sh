@@ -28,6 +28,7 @@ stack_begin test_account MICA_REDIS_SOCKET MICA_REDIS_PASSWORD_FILE_ACCOUNT MICA
 	MICA_KEY_ACCOUNT MICA_CERT_KEYCENTER MICA_KEY_KEYCENTER MICA_CERT_ROGUE MICA_KEY_ROGUE
 ACCT_BIN="$BUILD/bin/mica-account"
 KC_BIN="$BUILD/bin/mica-keycenter"
+ENVELOPE_OPEN="$BUILD/tests/peers/envelope_open"
 SOLVER="tests/interop/altcha-solve.mjs"
 BREACHED="tests/fixtures/breached"
 for f in "$ACCT_BIN" "$KC_BIN"; do [[ -x "$f" ]] || fail "$f is missing (make all)"; done
@@ -230,16 +231,25 @@ fresh() {
 	mica_redis_cli "$MICA_TEST_DIR" account DEL "session:$h" >/dev/null
 }
 
-# kc_phc USER_ID: the user's Argon2id PHC string, decrypted by the Key Center as the account
-# principal (the pepper key, context bound to the row).
+# kc_phc USER_ID: the user's Argon2id PHC string. The row holds "dk1.<wrapped data key>.<envelope>":
+# the Key Center unwraps the data key for the account principal (with the key's own context only),
+# then the envelope opens bound to the row (tests/peers/envelope_open).
+PEPPER_KEY_CTX='{"service": "account", "table": "user", "column": "password", "purpose": "pepper"}'
+pepper_aad() { echo "service=account;table=user;column=password;row=$1"; }
+kc_pepper_key() { # WRAPPED [CONTEXT_JSON] -> base64 data key (HTTP status in $W/kc.code)
+	curl -sS --cacert "$MICA_CA" --cert "$MICA_CERT_ACCOUNT" --key "$MICA_KEY_ACCOUNT" \
+		-H 'Content-Type: application/json' -o "$W/kc.json" -w '%{http_code}' \
+		-d "$(js --arg c "$1" --argjson x "${2:-$PEPPER_KEY_CTX}" '{ciphertext: $c, context: $x}')" \
+		"$KURL/v1/decrypt/account-pepper" >"$W/kc.code"
+	[[ "$(<"$W/kc.code")" != 200 ]] || jget plaintext "$W/kc.json"
+}
 kc_phc() {
 	local enc
 	enc="$(sql "$ADMIN_CI" "SELECT password_enc FROM account.user WHERE id = $1")"
-	curl -sS --cacert "$MICA_CA" --cert "$MICA_CERT_ACCOUNT" --key "$MICA_KEY_ACCOUNT" \
-		-H 'Content-Type: application/json' -o "$W/kc.json" \
-		-d "$(js --arg c "$enc" --arg r "$1" '{ciphertext: $c, context: {service: "account",
-			table: "user", column: "password", row: $r}}')" "$KURL/v1/decrypt/account-pepper"
-	jget plaintext "$W/kc.json" | base64 -d
+	[[ "$enc" =~ ^dk1\.(kc:v[0-9]+:[A-Za-z0-9+/=]+)\.([A-Za-z0-9+/=]+)$ ]] ||
+		fail "password_enc of user $1: $enc"
+	printf '%s %s' "$(kc_pepper_key "${BASH_REMATCH[1]}")" "${BASH_REMATCH[2]}" |
+		"$ENVELOPE_OPEN" "$(pepper_aad "$1")"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -284,9 +294,20 @@ expect 400 code_used POST /v1/register/complete "$(complete "$VID" "$CODE" "$PW_
 # Stored encrypted and indexed, never in clear.
 row="$(sql "$ADMIN_CI" "SELECT email_enc || ' ' || email_idx || ' ' || account_no_enc || ' ' ||
 	password_enc || ' ' || password_policy FROM account.user WHERE id = $ALICE_UID")"
-[[ "$row" == kc:v1:*' 'kc:v1:*' 'kc:v1:*' 'kc:v1:*' miui' && "$row" != *alice* ]] ||
+[[ "$row" == kc:v1:*' 'kc:v1:*' 'kc:v1:*' 'dk1.kc:v1:*' miui' && "$row" != *alice* ]] ||
 	fail "stored row: $row"
-ok "email, account number and password hash are Key Center ciphertexts; email found by HMAC index"
+phc="$(kc_phc "$ALICE_UID")"
+[[ "$phc" == '$argon2id$v=19$m=8192,t=2,p=1$'* ]] || fail "Alice's PHC: $phc"
+# The pepper data key unwraps only with its own context, and the hash opens only for its row.
+[[ "$row" =~ dk1\.(kc:v1:[^.]+)\.([^ ]+) ]] || fail "sealed hash: $row"
+wrapped=${BASH_REMATCH[1]} env=${BASH_REMATCH[2]}
+kc_pepper_key "$wrapped" '{"service": "account", "table": "user", "column": "password", "purpose": "other"}' >/dev/null
+[[ "$(<"$W/kc.code")" == 400 ]] || fail "data key under another context: HTTP $(<"$W/kc.code")"
+if printf '%s %s' "$(kc_pepper_key "$wrapped")" "$env" |
+	"$ENVELOPE_OPEN" "$(pepper_aad $((ALICE_UID + 1)))" >/dev/null 2>&1; then
+	fail "the sealed hash opened for another row"
+fi
+ok "email and account number are Key Center ciphertexts, the password hash sealed under a wrapped pepper data key bound to its row; email found by HMAC index"
 
 # The same address again: a code is sent, but the account cannot be created twice.
 expect 200 - POST /v1/register/start '{"email": "alice@example.com"}'
@@ -353,6 +374,29 @@ expect 200 - POST /v1/login "$(login_body alice@example.com "$PW_A" dev-alice)"
 	fail "login: $(cat "$W/body")"
 expect 200 - POST /v1/login "$(login_body "$ALICE_NO" "$PW_A" dev-alice)"
 expect 200 - POST /v1/login "$(login_body ALICE@example.COM "$PW_A" dev-alice)"
+# A hash sealed the older way (encrypted by the Key Center itself, bound to the row) still logs in
+# and is sealed again under a data key.
+legacy="$(curl -sS --cacert "$MICA_CA" --cert "$MICA_CERT_ACCOUNT" --key "$MICA_KEY_ACCOUNT" \
+	-H 'Content-Type: application/json' -d "$(js --arg p "$(kc_phc "$ALICE_UID" | base64 -w0)" \
+	--arg r "$ALICE_UID" '{plaintext: $p, context: {service: "account", table: "user",
+	column: "password", row: $r}}')" "$KURL/v1/encrypt/account-pepper" | jq -r .ciphertext)"
+[[ "$legacy" == kc:v1:* ]] || fail "legacy seal: $legacy"
+sql "$ADMIN_CI" "UPDATE account.user SET password_enc = '$legacy' WHERE id = $ALICE_UID" >/dev/null
+expect 200 - POST /v1/login "$(login_body alice@example.com "$PW_A" dev-alice)"
+[[ "$(sql "$ADMIN_CI" "SELECT password_enc FROM account.user WHERE id = $ALICE_UID")" == dk1.kc:v1:* &&
+	"$(kc_phc "$ALICE_UID")" == '$argon2id$'* ]] || fail "the legacy hash was not sealed again"
+ok "a hash sealed by the Key Center's encrypt logs in and is sealed again under a data key"
+# A damaged sealed hash is a clear server error, never a crash or a wrong answer.
+sealed="$(sql "$ADMIN_CI" "SELECT password_enc FROM account.user WHERE id = $ALICE_UID")"
+c=${sealed: -10:1}
+[[ "$c" == A ]] && c=B || c=A
+for bad in "${sealed:0:${#sealed}-10}$c${sealed: -9}" 'dk1.kc:v1:AAAA' 'dk1..' 'dk1.kc:v1:AAAA.%%%' 'x'; do
+	sql "$ADMIN_CI" "UPDATE account.user SET password_enc = '$bad' WHERE id = $ALICE_UID" >/dev/null
+	expect 500 internal_error POST /v1/login "$(login_body alice@example.com "$PW_A" dev-alice)"
+done
+sql "$ADMIN_CI" "UPDATE account.user SET password_enc = '$sealed' WHERE id = $ALICE_UID" >/dev/null
+expect 200 - POST /v1/login "$(login_body alice@example.com "$PW_A" dev-alice)"
+ok "a tampered, truncated or malformed sealed hash answers 500 internal_error"
 expect 400 missing_field POST /v1/login '{"login": "alice@example.com", "password": "x"}'
 expect 400 bad_login POST /v1/login "$(login_body nobody "$PW_A" dev-alice)"
 expect 400 bad_session_kind POST /v1/login "$(login_body alice@example.com "$PW_A" dev-alice '{session_kind: "tv"}')"
