@@ -82,6 +82,13 @@ int acct_pii_seal(acct_service *s, const char *table, const char *column, const 
 		  const char *value, char **out) MICA_WUR;
 int acct_pii_open(acct_service *s, const char *table, const char *column, const char *row,
 		  const char *sealed, char **out) MICA_WUR;
+/* Decrypts |sealed| with the Key Center key |key| and the context {service:
+ * account, table, column, row}; *out malloc'd, NUL-terminated. */
+int acct_kc_open(acct_service *s, const char *key, const char *table, const char *column,
+		 const char *row, const char *sealed, char **out) MICA_WUR;
+/* Moves |len| bytes at |pt| (malloc'd, then wiped and freed) into the
+ * NUL-terminated *out; MICA_ENOMEM leaves *out NULL. */
+int acct_take_string(uint8_t *pt, size_t len, char **out) MICA_WUR;
 /* SHA-256 hex of a device id or network prefix (never stored raw). */
 void acct_hash_hex(const char *domain, const char *value, char out[65]);
 /* The /24 (IPv4) or /48 (IPv6) network of |ip| as text. */

@@ -178,21 +178,6 @@ int acct_password_seal(acct_service *s, int64_t user_id, const char *phc, char *
 	return err;
 }
 
-/* A row written by the Key Center's encrypt (before data keys). */
-static int unseal_by_key_center(acct_service *s, int64_t user_id, const char *sealed,
-				uint8_t **pt, size_t *len)
-{
-	char row[24];
-	json_t *ctx;
-	int err;
-	snprintf(row, sizeof(row), "%lld", (long long)user_id);
-	ctx = json_pack("{s:s,s:s,s:s,s:s}", "service", "account", "table", "user", "column",
-			"password", "row", row);
-	err = ctx ? mica_kc_decrypt(s->kc, s->cfg->pepper_key, sealed, ctx, pt, len) : MICA_ENOMEM;
-	json_decref(ctx);
-	return err;
-}
-
 static int unseal_envelope(acct_service *s, int64_t user_id, const char *sealed, uint8_t **pt,
 			   size_t *len)
 {
@@ -228,21 +213,17 @@ int acct_password_unseal(acct_service *s, int64_t user_id, const char *sealed, c
 {
 	uint8_t *pt = NULL;
 	size_t len = 0;
-	int err;
+	int by_key_center = strncmp(sealed, PEPPER_PREFIX, PEPPER_PREFIX_LEN) != 0, err;
 	*phc = NULL;
 	if (legacy)
-		*legacy = strncmp(sealed, PEPPER_PREFIX, PEPPER_PREFIX_LEN) != 0;
-	if (strncmp(sealed, PEPPER_PREFIX, PEPPER_PREFIX_LEN) == 0)
-		err = unseal_envelope(s, user_id, sealed, &pt, &len);
-	else
-		err = unseal_by_key_center(s, user_id, sealed, &pt, &len);
-	if (err)
-		return err;
-	if ((*phc = malloc(len + 1)) != NULL) {
-		memcpy(*phc, pt, len);
-		(*phc)[len] = '\0';
+		*legacy = by_key_center;
+	if (by_key_center) {
+		/* Encrypted by the Key Center itself, before data keys. */
+		char row[24];
+		snprintf(row, sizeof(row), "%lld", (long long)user_id);
+		return acct_kc_open(s, s->cfg->pepper_key, "user", "password", row, sealed, phc);
 	}
-	mica_wipe(pt, len);
-	free(pt);
-	return *phc ? 0 : MICA_ENOMEM;
+	if ((err = unseal_envelope(s, user_id, sealed, &pt, &len)) != 0)
+		return err;
+	return acct_take_string(pt, len, phc);
 }

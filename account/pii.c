@@ -82,18 +82,27 @@ int acct_pii_seal(acct_service *s, const char *table, const char *column, const 
 	return err;
 }
 
-int acct_pii_open(acct_service *s, const char *table, const char *column, const char *row,
-		  const char *sealed, char **out)
+int acct_kc_open(acct_service *s, const char *key, const char *table, const char *column,
+		 const char *row, const char *sealed, char **out)
 {
 	json_t *ctx = context(table, column, row);
 	uint8_t *pt = NULL;
 	size_t len = 0;
 	int err;
 	*out = NULL;
-	err = ctx ? mica_kc_decrypt(s->kc, s->cfg->pii_key, sealed, ctx, &pt, &len) : MICA_ENOMEM;
+	err = ctx ? mica_kc_decrypt(s->kc, key, sealed, ctx, &pt, &len) : MICA_ENOMEM;
 	json_decref(ctx);
-	if (err)
-		return err;
+	return err ? err : acct_take_string(pt, len, out);
+}
+
+int acct_pii_open(acct_service *s, const char *table, const char *column, const char *row,
+		  const char *sealed, char **out)
+{
+	return acct_kc_open(s, s->cfg->pii_key, table, column, row, sealed, out);
+}
+
+int acct_take_string(uint8_t *pt, size_t len, char **out)
+{
 	if ((*out = malloc(len + 1)) != NULL) {
 		memcpy(*out, pt, len);
 		(*out)[len] = '\0';
