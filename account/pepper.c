@@ -2,9 +2,10 @@
  * key from the Key Center (key cfg->pepper_key), wrapped there and stored
  * wrapped next to every hash it seals, so a database dump alone opens
  * nothing. The service keeps one current data key for sealing, replaced
- * after PEPPER_KEY_MAX_AGE_S or PEPPER_KEY_MAX_SEALS; opening unwraps the
- * stored key through lib/kc's bounded, TTL-limited cache, so a login costs
- * the Key Center a call only when the cache does not hold that key.
+ * after cfg->pepper_key_max_age_s seconds or PEPPER_KEY_MAX_SEALS seals;
+ * opening unwraps the stored key through lib/kc's bounded, TTL-limited
+ * cache, so a login costs the Key Center a call only when the cache does not
+ * hold that key.
  *
  * Stored form: "dk1." <wrapped data key "kc:v<N>:..."> "." <base64 envelope>
  * (lib/crypto's envelope: key name and version in the header, the row's
@@ -23,7 +24,6 @@
 #define PEPPER_PREFIX "dk1."
 #define PEPPER_PREFIX_LEN 4
 #define PEPPER_KEY_LEN 32
-#define PEPPER_KEY_MAX_AGE_S (24 * 3600)
 /* Far below the 2^32 random-nonce bound of AES-GCM. */
 #define PEPPER_KEY_MAX_SEALS (UINT64_C(1) << 30)
 /* Longest wrapped data key accepted from a row ("kc:v<N>:" and base64). */
@@ -134,7 +134,7 @@ static int sealing_key(acct_service *s, uint8_t key[PEPPER_KEY_LEN], char **wrap
 	int err = 0;
 	*wrapped = NULL;
 	pthread_mutex_lock(&p->mu);
-	if (!p->wrapped || now - p->made_at >= PEPPER_KEY_MAX_AGE_S || now < p->made_at ||
+	if (!p->wrapped || now - p->made_at >= s->cfg->pepper_key_max_age_s || now < p->made_at ||
 	    p->seals >= PEPPER_KEY_MAX_SEALS)
 		err = mint_locked(s, p, now);
 	if (err == 0 && !(*wrapped = strdup(p->wrapped)))

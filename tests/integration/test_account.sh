@@ -99,6 +99,7 @@ ACCT_ENV=(
 	MICA_ACCOUNT_PASSWORD_ARGON2_MEMORY_KIB=8192
 	MICA_ACCOUNT_PASSWORD_ARGON2_ITERATIONS=2
 	MICA_ACCOUNT_PASSWORD_ARGON2_PARALLELISM=1
+	MICA_ACCOUNT_PASSWORD_PEPPER_KEY_MAX_AGE_S=1
 	MICA_ACCOUNT_RISK_CAPTCHA_ACCOUNT_FAILURES=3
 	MICA_ACCOUNT_RISK_CAPTCHA_NETWORK_FAILURES=15
 	MICA_ACCOUNT_RISK_FAILURE_WINDOW_S=900
@@ -316,9 +317,15 @@ expect 409 identifier_in_use POST /v1/register/complete \
 
 # By phone (SMS), then log in by phone and by account number.
 PW_P='Phone-pass2'
+sleep 1.1 # past pepper_key_max_age_s=1: this hash is sealed under a fresh data key
 register +8613900000001 "$PW_P" dev-phone
 P_UID="$REG_UID"
 P_NO="$REG_ACCOUNT"
+wrapped_of() { sql "$ADMIN_CI" "SELECT split_part(password_enc, '.', 2) FROM account.user WHERE id = $1"; }
+[[ "$(wrapped_of "$P_UID")" == kc:v1:* && "$(wrapped_of "$P_UID")" != "$(wrapped_of "$ALICE_UID")" ]] ||
+	fail "the pepper data key was not replaced after pepper_key_max_age_s"
+[[ "$(kc_phc "$P_UID")" == '$argon2id$'* ]] || fail "the phone user's hash does not open"
+ok "after pepper_key_max_age_s a new hash is sealed under a fresh data key"
 [[ "$(sql "$ADMIN_CI" "SELECT channel FROM account.notification WHERE recipient = '+8613900000001'")" == sms ]] ||
 	fail "the phone's code did not go out by SMS"
 expect 200 - POST /v1/login "$(login_body +8613900000001 "$PW_P" dev-phone)"
