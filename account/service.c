@@ -129,8 +129,8 @@ static int health(void *arg)
 	return db && mica_db_exec(db, "SELECT 1", 0, NULL, NULL) == 0 ? 0 : MICA_EDBCONN;
 }
 
-/* The three Key Center keys must be usable before we accept anyone. */
-/* Probes each Key Center key with an operation the service needs from it. */
+/* The three Key Center keys must be usable before we accept anyone: each is
+ * probed with an operation the service needs from it. */
 static int check_keys(acct_service *s)
 {
 	const char *key = s->cfg->index_key;
