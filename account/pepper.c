@@ -33,7 +33,6 @@ struct acct_pepper {
 	pthread_mutex_t mu;
 	uint8_t key[PEPPER_KEY_LEN];
 	char *wrapped; /* NULL until the first seal */
-	uint32_t version;
 	time_t made_at;
 	uint64_t seals;
 };
@@ -102,11 +101,10 @@ static int mint_locked(acct_service *s, acct_pepper *p, time_t now)
 		memcpy(p->key, fresh, sizeof(p->key));
 		free(p->wrapped);
 		p->wrapped = w;
-		p->version = wrapped_version(w);
 		p->made_at = now;
 		p->seals = 0;
-		MICA_LOG(MICA_LOG_INFO, "account: a new pepper data key (%s v%u)", s->cfg->pepper_key,
-			 p->version);
+		MICA_LOG(MICA_LOG_INFO, "account: a new pepper data key (%s v%u)",
+			 s->cfg->pepper_key, wrapped_version(w));
 	}
 	mica_wipe(fresh, sizeof(fresh));
 	return err;
@@ -126,8 +124,7 @@ int acct_pepper_ready(acct_service *s)
 /* Copies the current sealing key (a new one when there is none yet, it is
  * too old or has sealed too much) to |key| and its wrapped form to *wrapped
  * (malloc'd). */
-static int sealing_key(acct_service *s, uint8_t key[PEPPER_KEY_LEN], char **wrapped,
-		       uint32_t *version)
+static int sealing_key(acct_service *s, uint8_t key[PEPPER_KEY_LEN], char **wrapped)
 {
 	acct_pepper *p = s->pepper;
 	time_t now = time(NULL);
@@ -141,7 +138,6 @@ static int sealing_key(acct_service *s, uint8_t key[PEPPER_KEY_LEN], char **wrap
 		err = MICA_ENOMEM;
 	if (err == 0) {
 		memcpy(key, p->key, PEPPER_KEY_LEN);
-		*version = p->version;
 		p->seals++;
 	}
 	pthread_mutex_unlock(&p->mu);
@@ -153,15 +149,15 @@ int acct_password_seal(acct_service *s, int64_t user_id, const char *phc, char *
 	uint8_t key[PEPPER_KEY_LEN], *env = NULL;
 	char aad[128], *wrapped = NULL, *b64 = NULL;
 	size_t env_len = 0, b64_len = 0;
-	uint32_t version = 0;
 	int aad_len = row_aad(user_id, aad, sizeof(aad)), err;
 
 	*out = NULL;
 	if (aad_len < 0)
 		return MICA_EINVAL;
-	if ((err = sealing_key(s, key, &wrapped, &version)) == 0)
-		err = mica_envelope_seal(key, sizeof(key), s->cfg->pepper_key, version, aad,
-					 (size_t)aad_len, phc, strlen(phc), &env, &env_len);
+	if ((err = sealing_key(s, key, &wrapped)) == 0)
+		err = mica_envelope_seal(key, sizeof(key), s->cfg->pepper_key,
+					 wrapped_version(wrapped), aad, (size_t)aad_len, phc,
+					 strlen(phc), &env, &env_len);
 	mica_wipe(key, sizeof(key));
 	if (err == 0)
 		err = mica_base64_encode_alloc(env, env_len, &b64, &b64_len);
