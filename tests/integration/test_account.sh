@@ -119,6 +119,14 @@ ACCT_ENV=(
 	MICA_ACCOUNT_NOTIFY_SMS=outbox
 	MICA_ACCOUNT_INTROSPECT_PRINCIPALS=keycenter,cloudsync
 )
+# A pepper key the service cannot take data keys from stops the start, naming the key.
+if env "${ACCT_ENV[@]}" MICA_ACCOUNT_KEYCENTER_PEPPER_KEY=account-nope timeout 60 "$ACCT_BIN" \
+	--config deploy/mica.conf.example >"$W/nope.log" 2>&1; then
+	fail "mica-account started without a usable pepper key"
+fi
+grep -q 'Key Center key account-nope is not usable: ' "$W/nope.log" ||
+	fail "start-up error: $(tail -n 3 "$W/nope.log")"
+ok "mica-account refuses to start when the pepper key gives no data key"
 stack_start account "$AURL" "${ACCT_ENV[@]}" "$ACCT_BIN" --config deploy/mica.conf.example
 ok "Key Center on $KURL with keys account-pii/-index/-pepper; mica-account on $AURL"
 
