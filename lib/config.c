@@ -237,18 +237,57 @@ static int on_ini(void *user, const char *section, const char *key, const char *
 	return !lc->failed;
 }
 
+/* Appends |part| to the environment name in |out| (|*j| bytes so far), upper
+ * case, every other character but letters and digits as '_'. */
+static void env_put(char *out, size_t cap, size_t *j, const char *part)
+{
+	for (const char *c = part; *c && *j + 2 < cap; c++)
+		out[(*j)++] = isalnum((unsigned char)*c) ? (char)toupper((unsigned char)*c) : '_';
+	out[*j] = '\0';
+}
+
+/* "MICA_<SECTION>_": the start of every environment name of |section|. */
+static size_t env_prefix(char *out, size_t cap, const char *section)
+{
+	size_t j = (size_t)snprintf(out, cap, "MICA_");
+	env_put(out, cap, &j, section);
+	env_put(out, cap, &j, "_");
+	return j;
+}
+
 static void env_name(char *out, size_t cap, const mica_config_entry *e)
 {
-	size_t j = 0;
-	const char *parts[2] = {e->section, e->key};
-	j = (size_t)snprintf(out, cap, "MICA_");
-	for (int p = 0; p < 2; p++) {
-		for (const char *c = parts[p]; *c && j + 2 < cap; c++)
-			out[j++] = isalnum((unsigned char)*c) ? (char)toupper((unsigned char)*c) : '_';
-		if (p == 0 && j + 2 < cap)
-			out[j++] = '_';
+	size_t j = env_prefix(out, cap, e->section);
+	env_put(out, cap, &j, e->key);
+}
+
+/* A MICA_ variable under one of this program's sections that names none of
+ * its keys is a misspelt override: refused like an unknown key in the file,
+ * instead of leaving the setting at a value the operator did not choose. */
+static void check_env(struct load_ctx *lc)
+{
+	extern char **environ;
+	char name[128];
+	for (char **ev = environ; ev && *ev && !lc->failed; ev++) {
+		size_t len = strcspn(*ev, "=");
+		const char *owner = NULL;
+		size_t owner_len = 0;
+		int known = 0;
+		if (strncmp(*ev, "MICA_", 5) != 0)
+			continue;
+		for (size_t i = 0; i < lc->n && !known; i++) {
+			env_name(name, sizeof(name), &lc->table[i]);
+			known = strlen(name) == len && strncmp(name, *ev, len) == 0;
+			size_t plen = env_prefix(name, sizeof(name), lc->table[i].section);
+			if (plen < len && plen > owner_len && strncmp(name, *ev, plen) == 0) {
+				owner = lc->table[i].section;
+				owner_len = plen;
+			}
+		}
+		if (!known && owner)
+			set_err(lc, "%.*s: [%s] has no key of this environment name", (int)len, *ev,
+				owner);
 	}
-	out[j] = '\0';
 }
 
 int mica_config_load(const mica_config_entry *table, size_t n, void *base, const char *path,
@@ -288,6 +327,8 @@ int mica_config_load(const mica_config_entry *table, size_t n, void *base, const
 			lc.seen[i] = 1;
 		}
 	}
+	if (!lc.failed)
+		check_env(&lc);
 	/* Validation pass: required keys, then secrets read from their files. */
 	for (size_t i = 0; i < n && !lc.failed; i++) {
 		const mica_config_entry *e = &table[i];

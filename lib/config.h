@@ -10,6 +10,8 @@
  * sections it has no entries for (they belong to other programs) and rejects
  * unknown keys in its own sections and unknown undotted sections. The
  * environment name drops the dot: [keycenter.http] port -> MICA_KEYCENTER_HTTP_PORT.
+ * A MICA_ variable that starts like one of the program's sections (MICA_KEYCENTER_HTTP_)
+ * but names none of its keys is refused like an unknown key in the file.
  * deploy/mica.conf.example documents every key of every table; a test loads it.
  */
 #ifndef MICA_CONFIG_H

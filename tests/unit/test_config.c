@@ -111,6 +111,34 @@ START_TEST(environment_overrides_file)
 }
 END_TEST
 
+/* A misspelt override under one of the program's sections is refused and
+ * named; MICA_ names outside its sections (other programs, scripts) are not
+ * its business. */
+START_TEST(environment_typo_is_refused)
+{
+	struct cfg c;
+	char err[256];
+	setenv("MICA_DEMO_HTTP_PROT", "9443", 1);
+	ck_assert_int_eq(load(good, &c, err, sizeof(err)), MICA_ECONFIG);
+	ck_assert_str_eq(err, "MICA_DEMO_HTTP_PROT: [demo.http] has no key of this environment name");
+	mica_config_free(table, N, &c);
+	unsetenv("MICA_DEMO_HTTP_PROT");
+	setenv("MICA_DEMO_COUNTS", "7", 1);
+	ck_assert_int_eq(load(good, &c, err, sizeof(err)), MICA_ECONFIG);
+	ck_assert_str_eq(err, "MICA_DEMO_COUNTS: [demo] has no key of this environment name");
+	mica_config_free(table, N, &c);
+	unsetenv("MICA_DEMO_COUNTS");
+	setenv("MICA_OTHER_HTTP_PORT", "1", 1);
+	setenv("MICA_DEMOS_COUNT", "1", 1);
+	setenv("MICA_DEMO", "1", 1);
+	ck_assert_msg(load(good, &c, err, sizeof(err)) == 0, "%s", err);
+	mica_config_free(table, N, &c);
+	unsetenv("MICA_OTHER_HTTP_PORT");
+	unsetenv("MICA_DEMOS_COUNT");
+	unsetenv("MICA_DEMO");
+}
+END_TEST
+
 static void expect_error(const char *text, const char *want)
 {
 	struct cfg c;
@@ -255,6 +283,7 @@ int main(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, loads_defaults_file_and_secret);
 	tcase_add_test(tc, environment_overrides_file);
+	tcase_add_test(tc, environment_typo_is_refused);
 	tcase_add_test(tc, errors_name_the_key);
 	tcase_add_test(tc, missing_file_is_an_error);
 	tcase_add_test(tc, written_example_round_trips);
