@@ -26,7 +26,7 @@ struct acct_config {
 	char *kc_url, *kc_ca_file, *kc_cert_file, *kc_key_file;
 	char *pii_key, *index_key, *pepper_key;
 	char *password_policy, *blocklist_dir;
-	int argon2_m_kib, argon2_t, argon2_p, pepper_key_max_age_s;
+	int argon2_m_kib, argon2_t, argon2_p, pepper_key_max_age_s, pepper_key_max_seals;
 	int captcha_account_failures, captcha_network_failures, failure_window_s;
 	int captcha_base_cost, captcha_max_cost, captcha_ttl_s;
 	char *altcha_key;

@@ -2,7 +2,8 @@
  * key from the Key Center (key cfg->pepper_key), wrapped there and stored
  * wrapped next to every hash it seals, so a database dump alone opens
  * nothing. The service keeps one current data key for sealing, replaced
- * after cfg->pepper_key_max_age_s seconds or PEPPER_KEY_MAX_SEALS seals;
+ * after cfg->pepper_key_max_age_s seconds or cfg->pepper_key_max_seals seals
+ * (at most 2^30, far below the 2^32 random-nonce bound of AES-GCM);
  * opening unwraps the stored key through lib/kc's bounded, TTL-limited
  * cache, so a login costs the Key Center a call only when the cache does not
  * hold that key.
@@ -24,8 +25,6 @@
 #define PEPPER_PREFIX "dk1."
 #define PEPPER_PREFIX_LEN 4
 #define PEPPER_KEY_LEN 32
-/* Far below the 2^32 random-nonce bound of AES-GCM. */
-#define PEPPER_KEY_MAX_SEALS (UINT64_C(1) << 30)
 /* Longest wrapped data key accepted from a row ("kc:v<N>:" and base64). */
 #define PEPPER_WRAPPED_MAX 512
 
@@ -132,7 +131,7 @@ static int sealing_key(acct_service *s, uint8_t key[PEPPER_KEY_LEN], char **wrap
 	*wrapped = NULL;
 	pthread_mutex_lock(&p->mu);
 	if (!p->wrapped || now - p->made_at >= s->cfg->pepper_key_max_age_s || now < p->made_at ||
-	    p->seals >= PEPPER_KEY_MAX_SEALS)
+	    p->seals >= (uint64_t)s->cfg->pepper_key_max_seals)
 		err = mint_locked(s, p, now);
 	if (err == 0 && !(*wrapped = strdup(p->wrapped)))
 		err = MICA_ENOMEM;

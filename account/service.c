@@ -61,6 +61,10 @@ const mica_config_entry acct_config_table[] = {
 	{"account.password", "pepper_key_max_age_s", MICA_CFG_INT, 1, 31536000, "86400",
 	 F(pepper_key_max_age_s),
 	 "seconds one pepper data key seals new hashes before a fresh one is taken"},
+	{"account.password", "pepper_key_max_seals", MICA_CFG_INT, 1, 1073741824, "1073741824",
+	 F(pepper_key_max_seals),
+	 "hashes one pepper data key seals before a fresh one is taken (at most 2^30, far below"
+	 " AES-GCM's 2^32 random-nonce bound)"},
 	{"account.risk", "captcha_account_failures", MICA_CFG_INT, 1, 1000, "3",
 	 F(captcha_account_failures), "failed logins per identifier before a captcha"},
 	{"account.risk", "captcha_network_failures", MICA_CFG_INT, 1, 100000, "20",

@@ -605,8 +605,10 @@ ok "a revoked session fails on the very next request (PostgreSQL and a Redis tom
 # tombstone acknowledged, can make the very next check there fail.
 mica_free_port APORT2
 AURL_A="$AURL" AURL_B="https://localhost:$APORT2"
-stack_start account2 "$AURL_B" "${ACCT_ENV[@]}" "MICA_ACCOUNT_HTTP_PORT=$APORT2" "$ACCT_BIN" \
-	--config deploy/mica.conf.example
+# It also seals at most two hashes per pepper data key (and not by age), checked below.
+stack_start account2 "$AURL_B" "${ACCT_ENV[@]}" "MICA_ACCOUNT_HTTP_PORT=$APORT2" \
+	MICA_ACCOUNT_PASSWORD_PEPPER_KEY_MAX_SEALS=2 MICA_ACCOUNT_PASSWORD_PEPPER_KEY_MAX_AGE_S=3600 \
+	"$ACCT_BIN" --config deploy/mica.conf.example
 expect 200 - POST /v1/login "$(login_body alice@example.com "$PW_A2" dev-alice)"
 T7="$(jget token)" S7="$(jget session_id)"
 AURL="$AURL_B"
@@ -615,9 +617,24 @@ AURL="$AURL_A"
 expect 200 - -t "$T1" DELETE "/v1/sessions/$S7"
 AURL="$AURL_B"
 expect 401 invalid_token -t "$T7" GET /v1/session
+ok "a session revoked through one instance fails on the very next request to another"
+# pepper_key_max_seals=2: the first two hashes the instance seals share a data key, the third
+# takes a fresh one, and every one of them opens.
+seal_uids=()
+for n in 1 2 3; do
+	register "seals$n@example.com" "Seals-pass$n" "dev-seals$n"
+	seal_uids+=("$REG_UID")
+done
+k1="$(wrapped_of "${seal_uids[0]}")" k2="$(wrapped_of "${seal_uids[1]}")"
+k3="$(wrapped_of "${seal_uids[2]}")"
+[[ "$k1" == kc:v1:* && "$k1" == "$k2" && "$k3" == kc:v1:* && "$k3" != "$k1" ]] ||
+	fail "pepper data keys of three seals with pepper_key_max_seals=2: $k1 / $k2 / $k3"
+for u in "${seal_uids[@]}"; do
+	[[ "$(kc_phc "$u")" == '$argon2id$'* ]] || fail "hash of user $u does not open"
+done
 AURL="$AURL_A"
 stack_stop account2
-ok "a session revoked through one instance fails on the very next request to another"
+ok "after pepper_key_max_seals hashes a fresh pepper data key is taken"
 
 # Introspection: mTLS service principals only.
 expect 200 - -c keycenter POST /v1/introspect "{\"token\": \"$T1\"}"
