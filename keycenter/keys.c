@@ -14,6 +14,7 @@
 #include "clock.h"
 #include "crypto.h"
 #include "db.h"
+#include "http.h"
 #include "keycenter/keycenter.h"
 #include "log.h"
 
@@ -320,11 +321,15 @@ void kc_key_forget(kc_service *s, const char *name)
  * holding |version| when non-zero). An entry past its TTL is reloaded by the
  * first caller that sees it; until that finishes, and for at most
  * REFRESH_GRACE_MS, the others use it as it is (a reload that started a few
- * milliseconds later would have served them the same). */
+ * milliseconds later would have served them the same). Loading reads
+ * PostgreSQL and unseals in the HSM, which an event thread must not wait
+ * for: there the caller gets MICA_EWOULDBLOCK and moves its request to the
+ * blocking pool (mica_http_run_blocking()), where the load happens, the
+ * refresh of a stale entry included (whether or not it was claimed). */
 static int ensure_cached(kc_service *s, const char *name, uint32_t version)
 {
 	struct kc_key *k, *fresh = NULL;
-	int load, err;
+	int load, err, may_block = mica_http_may_block();
 	mica_db *db;
 
 	pthread_rwlock_rdlock(&s->keys_lock);
@@ -333,12 +338,14 @@ static int ensure_cached(kc_service *s, const char *name, uint32_t version)
 	if (!k || (version && version > k->nversions) || age > CACHE_TTL_MS + REFRESH_GRACE_MS)
 		load = 1;
 	else if (age > CACHE_TTL_MS)
-		load = atomic_exchange(&k->refreshing, 1) == 0;
+		load = may_block || atomic_exchange(&k->refreshing, 1) == 0;
 	else
 		load = 0;
 	pthread_rwlock_unlock(&s->keys_lock);
 	if (!load)
 		return 0;
+	if (!may_block)
+		return MICA_EWOULDBLOCK;
 	if (!(db = mica_db_thread()))
 		err = MICA_EDBCONN;
 	else

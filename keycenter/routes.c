@@ -468,6 +468,20 @@ static void run_items(struct call *c, item_fn one)
 		struct kc_why why = {0};
 		json_t *r = NULL;
 		int err = one(c, json_array_get(items, (size_t)i), &r, &why);
+		if (err == MICA_EWOULDBLOCK) {
+			/* The key must be loaded, which an event thread does not
+			 * wait for: the whole request starts again on the
+			 * blocking pool. Nothing was answered, recorded or
+			 * counted yet. */
+			json_decref(items);
+			json_decref(results);
+			if (mica_http_run_blocking(c->req) == 0)
+				done(c);
+			else
+				reply_error(c, 500, "internal_error",
+					    "key %s is not loaded and no thread may load it", c->key);
+			return;
+		}
 		if (err && !batch) {
 			json_decref(items);
 			json_decref(results);
@@ -933,8 +947,9 @@ void kc_audit_refusal(void *svc, const char *method, const char *path, const cha
 
 /* J: JSON body, P: client certificate required, B: the handler blocks (PostgreSQL, the HSM, an
  * attempt record waiting for its commit) and runs on the blocking pool. The crypto routes run on
- * the event threads: keys come from the in-memory cache (a miss, once per key version and
- * process, reads PostgreSQL there) and the answer waits for its record without a thread. */
+ * the event threads: keys come from the in-memory cache (a miss, or the refresh of a stale entry,
+ * moves the request to the blocking pool, see run_items()) and the answer waits for its record
+ * without a thread. */
 #define J MICA_ROUTE_JSON
 #define P MICA_ROUTE_PEER
 #define B MICA_ROUTE_BLOCKING

@@ -38,7 +38,8 @@
 	X(PIN, "hsm_login_failed", "HSM login failed")                         \
 	X(DENIED, "access_denied", "access denied")                            \
 	X(AUDIT, "audit_unavailable", "audit record could not be written")             \
-	X(PERM, "permission_denied", "permission denied")
+	X(PERM, "permission_denied", "permission denied")                      \
+	X(WOULDBLOCK, "would_block", "the operation would block this thread")
 
 typedef enum mica_err {
 	MICA_OK = 0,

@@ -112,6 +112,7 @@ struct req_state {
 	int deferred; /* mica_http_defer() was called */
 	int finished; /* mica_http_finish() was called */
 	int ready;    /* resp is the reply: on_request queues it after the resume */
+	int rerun;    /* mica_http_run_blocking(): run the handler again on the pool */
 	struct req_state *next; /* in the blocking pool's queue */
 };
 
@@ -582,6 +583,23 @@ static enum MHD_Result handler_returned(mica_http_server *srv, struct req_state 
 	return MHD_YES;
 }
 
+/* Set while this thread (an event thread) runs a handler inline. */
+static __thread int in_event_handler;
+
+int mica_http_may_block(void)
+{
+	return !in_event_handler;
+}
+
+int mica_http_run_blocking(const mica_http_req *req)
+{
+	struct req_state *rs = req->impl;
+	if (!in_event_handler || rs->srv->npool == 0 || rs->deferred)
+		return MICA_ESTATE;
+	rs->rerun = 1;
+	return 0;
+}
+
 mica_http_deferred *mica_http_defer(const mica_http_req *req)
 {
 	struct req_state *rs = req->impl;
@@ -694,7 +712,13 @@ static enum MHD_Result run_route(mica_http_server *srv, struct MHD_Connection *c
 	rs->running = 1;
 	if (r->flags & MICA_ROUTE_BLOCKING)
 		return run_on_pool(srv, rs);
+	in_event_handler = 1;
 	r->fn(&rs->req, &rs->resp, srv->ctx);
+	in_event_handler = 0;
+	if (rs->rerun) {
+		rs->rerun = 0;
+		return run_on_pool(srv, rs);
+	}
 	return handler_returned(srv, rs, 1);
 }
 

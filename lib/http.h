@@ -163,6 +163,19 @@ void mica_http_add_header(mica_http_resp *resp, const char *name, const char *va
  * it. */
 mica_http_deferred *mica_http_defer(const mica_http_req *req);
 void mica_http_finish(mica_http_deferred *d);
+
+/* Whether the calling thread may block: 0 while an event thread runs a
+ * handler, 1 on the blocking pool and every other thread. */
+int mica_http_may_block(void);
+
+/* For a handler running on an event thread that finds it must block after
+ * all (a cache miss): once the handler returns, the connection is suspended
+ * and the same handler runs again, from the start and with the same
+ * request, on the blocking pool. The handler must return at once, without
+ * replying or deferring. Returns 0, or MICA_ESTATE (not on an event
+ * thread, the server has no blocking threads, or the reply was deferred):
+ * the handler then answers on its own. */
+int mica_http_run_blocking(const mica_http_req *req) MICA_WUR;
 /* Ends a refusal handed to on_refusal (see mica_http_options): |recorded|
  * 0 replaces it by 503 audit_unavailable. */
 void mica_http_refusal_done(mica_http_deferred *d, int recorded);

@@ -154,6 +154,24 @@ static void defer_now(const mica_http_req *req, mica_http_resp *resp, void *ctx)
 	mica_http_finish(d);
 }
 
+/* On an event thread it moves itself to the blocking pool, and answers
+ * there with what a second move returns (refused: it may block already).
+ * Without a pool it answers 503. |moves_calls| counts the runs. */
+static atomic_int moves_calls;
+
+static void moves(const mica_http_req *req, mica_http_resp *resp, void *ctx)
+{
+	(void)ctx;
+	atomic_fetch_add(&moves_calls, 1);
+	if (!mica_http_may_block()) {
+		if (mica_http_run_blocking(req) != 0)
+			mica_http_reply_error(resp, 503, "unavailable", "no blocking pool to move to");
+		return;
+	}
+	mica_http_reply_json(resp, 200, json_pack("{s:b,s:i}", "on_pool", 1, "again",
+						  mica_http_run_blocking(req)));
+}
+
 /* An on_refusal hook: refusals of paths under /v1/park are parked for the
  * test to end, /v1/unrecorded ones fail to be recorded, others are recorded
  * at once. |refusals| counts the calls. */
@@ -201,6 +219,7 @@ static const mica_http_route routes[] = {
 	{"GET", "/v1/deferred-blocking", deferring, MICA_ROUTE_BLOCKING},
 	{"GET", "/v1/defer-now", defer_now, 0},
 	{"GET", "/v1/defer-now-blocking", defer_now, MICA_ROUTE_BLOCKING},
+	{"GET", "/v1/moves", moves, 0},
 };
 #define NROUTES (sizeof(routes) / sizeof(routes[0]))
 
@@ -650,6 +669,30 @@ START_TEST(refusals_wait_for_their_record)
 END_TEST
 
 /* A blocking route on a server started without blocking threads. */
+/* A handler on an event thread can hand its request to the blocking pool,
+ * where it runs again from the start; without a pool it answers itself. */
+START_TEST(handler_moves_to_the_pool)
+{
+	mica_http_stop(srv);
+	srv = start_with(0, 5, 1, 1);
+	mica_httpc *c = client(NULL);
+	atomic_store(&moves_calls, 0);
+	json_t *j = call(c, "GET", "/v1/moves", NULL, 200);
+	ck_assert(json_is_true(json_object_get(j, "on_pool")));
+	ck_assert_int_eq(json_integer_value(json_object_get(j, "again")), MICA_ESTATE);
+	ck_assert_int_eq(atomic_load(&moves_calls), 2);
+	json_decref(j);
+	mica_httpc_free(c);
+	mica_http_stop(srv);
+	srv = start_with(0, 5, 1, 0);
+	c = client(NULL);
+	atomic_store(&moves_calls, 0);
+	assert_error(call(c, "GET", "/v1/moves", NULL, 503), "unavailable");
+	ck_assert_int_eq(atomic_load(&moves_calls), 1);
+	mica_httpc_free(c);
+}
+END_TEST
+
 START_TEST(blocking_route_without_pool)
 {
 	mica_http_stop(srv);
@@ -684,6 +727,7 @@ int main(void)
 	tcase_add_test(tc, deferred_replies);
 	tcase_add_test(tc, stop_waits_for_deferred);
 	tcase_add_test(tc, blocking_route_without_pool);
+	tcase_add_test(tc, handler_moves_to_the_pool);
 	tcase_add_test(tc, refusals_wait_for_their_record);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);

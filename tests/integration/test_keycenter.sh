@@ -656,6 +656,39 @@ if ! { ((rc == 1)) && grep -q "cannot unseal the audit key (database_unavailable
 fi
 ok "database unreachable at start: refuses to start (exit 1, database_unavailable)"
 
+# A key a fresh process has not cached is loaded on the blocking pool, never on the event thread:
+# with the key's versions locked in PostgreSQL the datakey request waits, while the only event
+# thread still answers /healthz at once; once the lock is gone the request succeeds.
+start_kc MICA_KEYCENTER_HTTP_THREADS=1
+expect 201 - admin POST /v1/keys/account-cold '{"owner": "account"}'
+stop_kc
+start_kc MICA_KEYCENTER_HTTP_THREADS=1
+psql "$ADMIN_CI" -X -qAt -v ON_ERROR_STOP=1 -c "BEGIN" \
+	-c "LOCK TABLE keycenter.key_version IN ACCESS EXCLUSIVE MODE" -c "SELECT pg_sleep(3)" \
+	-c "COMMIT" >/dev/null &
+locker=$!
+for _ in $(seq 100); do
+	[[ "$(sql "$ADMIN_CI" "SELECT count(*) FROM pg_locks WHERE granted AND
+		relation = 'keycenter.key_version'::regclass AND mode = 'AccessExclusiveLock'")" == 1 ]] &&
+		break
+	sleep 0.05
+done
+curl -sS --max-time 20 --cacert "$MICA_CA" --cert "$MICA_CERT_ACCOUNT" --key "$MICA_KEY_ACCOUNT" \
+	-o "$W/cold.json" -w '%{http_code}' -H 'Content-Type: application/json' \
+	--data-binary "{\"context\": $CTX}" "$URL/v1/datakey/plaintext/account-cold" >"$W/cold.status" &
+cold=$!
+sleep 0.5
+st="$(curl -sS -o /dev/null -w '%{http_code}' --max-time 2 --cacert "$MICA_CA" "$URL/healthz")" ||
+	fail "/healthz did not answer while a key load waited for PostgreSQL"
+[[ "$st" == 200 ]] || fail "/healthz while a key load waited: HTTP $st"
+mica_pid_alive "$cold" || fail "the datakey request did not wait for the locked key: $(cat "$W/cold.status")"
+wait "$locker" || fail "the locking transaction failed"
+wait "$cold" || fail "the datakey request failed"
+[[ "$(cat "$W/cold.status")" == 200 && "$(jq -r .key_version "$W/cold.json")" == 1 ]] ||
+	fail "datakey of a key loaded on the pool: $(cat "$W/cold.status") $(cat "$W/cold.json")"
+stop_kc
+ok "a key not yet cached is loaded on the blocking pool: the event thread kept serving"
+
 # ---------------------------------------------------------------------------------------------
 step="9 kill -9 under datakey load"
 start_kc
