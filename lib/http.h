@@ -16,7 +16,9 @@
  * connections of an event thread. A handler that must wait for something
  * that completes on another thread (the Key Center's audit group commit)
  * defers its reply instead of blocking: mica_http_defer(), then
- * mica_http_finish() from whichever thread learns the outcome.
+ * mica_http_finish() from whichever thread learns the outcome. One that
+ * finds it must block after all (a cache miss) hands its request to the
+ * blocking pool, where it runs again: mica_http_run_blocking().
  *
  * Built-in error codes (stable, documented in docs/api/errors.md):
  *   400 malformed_json, missing_body, body_not_object
@@ -164,6 +166,10 @@ void mica_http_add_header(mica_http_resp *resp, const char *name, const char *va
 mica_http_deferred *mica_http_defer(const mica_http_req *req);
 void mica_http_finish(mica_http_deferred *d);
 
+/* Ends a refusal handed to on_refusal (see mica_http_options): |recorded|
+ * 0 replaces it by 503 audit_unavailable. */
+void mica_http_refusal_done(mica_http_deferred *d, int recorded);
+
 /* Whether the calling thread may block: 0 while an event thread runs a
  * handler, 1 on the blocking pool and every other thread. */
 int mica_http_may_block(void);
@@ -176,9 +182,6 @@ int mica_http_may_block(void);
  * thread, the server has no blocking threads, or the reply was deferred):
  * the handler then answers on its own. */
 int mica_http_run_blocking(const mica_http_req *req) MICA_WUR;
-/* Ends a refusal handed to on_refusal (see mica_http_options): |recorded|
- * 0 replaces it by 503 audit_unavailable. */
-void mica_http_refusal_done(mica_http_deferred *d, int recorded);
 
 /* The value of parameter |name| in the matched route, or NULL. */
 const char *mica_http_param(const mica_http_req *req, const char *name);
