@@ -60,6 +60,7 @@ struct mica_http_server {
 	_Atomic unsigned long *counts; /* [(nroutes + NBUILTIN) * NCODES] */
 	_Atomic unsigned long hist[NBUCKETS + 1];
 	_Atomic unsigned long dur_sum_us, dur_count, inflight;
+	_Atomic unsigned long moved; /* handlers moved to the pool (mica_http_run_blocking) */
 
 	/* The blocking pool: a FIFO of suspended requests whose handler is due. */
 	pthread_mutex_t pool_mu;
@@ -480,6 +481,11 @@ static enum MHD_Result serve_metrics(mica_http_server *srv, struct MHD_Connectio
 	     "# TYPE mica_http_requests_in_flight gauge\n"
 	     "mica_http_requests_in_flight{service=\"%s\"} %lu\n",
 	     svc, atomic_load(&srv->inflight));
+	EMIT("# HELP mica_http_moved_to_pool_total Requests an event thread handed to the blocking"
+	     " pool (a cache miss).\n"
+	     "# TYPE mica_http_moved_to_pool_total counter\n"
+	     "mica_http_moved_to_pool_total{service=\"%s\"} %lu\n",
+	     svc, atomic_load(&srv->moved));
 #undef EMIT
 	if (!out)
 		return send_error(conn, rs, 500, "internal_error", "out of memory");
@@ -717,6 +723,7 @@ static enum MHD_Result run_route(mica_http_server *srv, struct MHD_Connection *c
 	in_event_handler = 0;
 	if (rs->rerun) {
 		rs->rerun = 0;
+		atomic_fetch_add(&srv->moved, 1);
 		return run_on_pool(srv, rs);
 	}
 	return handler_returned(srv, rs, 1);

@@ -670,7 +670,8 @@ END_TEST
 
 /* A blocking route on a server started without blocking threads. */
 /* A handler on an event thread can hand its request to the blocking pool,
- * where it runs again from the start; without a pool it answers itself. */
+ * where it runs again from the start (and /metrics counts the move);
+ * without a pool it answers itself. */
 START_TEST(handler_moves_to_the_pool)
 {
 	mica_http_stop(srv);
@@ -682,6 +683,12 @@ START_TEST(handler_moves_to_the_pool)
 	ck_assert_int_eq(json_integer_value(json_object_get(j, "again")), MICA_ESTATE);
 	ck_assert_int_eq(atomic_load(&moves_calls), 2);
 	json_decref(j);
+	char url[128];
+	mica_httpc_resp r;
+	snprintf(url, sizeof(url), "%s/metrics", base);
+	ck_assert_int_eq(mica_httpc_request(c, "GET", url, NULL, 0, 1, &r), 0);
+	ck_assert_ptr_nonnull(strstr(r.body, "mica_http_moved_to_pool_total{service=\"test\"} 1\n"));
+	mica_httpc_resp_cleanup(&r);
 	mica_httpc_free(c);
 	mica_http_stop(srv);
 	srv = start_with(0, 5, 1, 0);
