@@ -13,7 +13,8 @@
 #   7. audit fail closed (INSERT revoked -> 503 and nothing else), the role's append-only rights,
 #      export and offline verification
 #   8. robustness: wrong PIN, missing PKCS#11 module, unknown token, database unreachable at
-#      start, database connections killed while running
+#      start, a key load waiting on PostgreSQL off the event thread, database connections killed
+#      while running
 #   9. kill -9 under datakey load: every ciphertext a client received decrypts after restart,
 #      every answered request is in the audit trail, and the chain verifies.
 # The database and the daemon are removed on exit, whatever happens.
@@ -667,12 +668,16 @@ psql "$ADMIN_CI" -X -qAt -v ON_ERROR_STOP=1 -c "BEGIN" \
 	-c "LOCK TABLE keycenter.key_version IN ACCESS EXCLUSIVE MODE" -c "SELECT pg_sleep(3)" \
 	-c "COMMIT" >/dev/null &
 locker=$!
+locked=0
 for _ in $(seq 100); do
-	[[ "$(sql "$ADMIN_CI" "SELECT count(*) FROM pg_locks WHERE granted AND
-		relation = 'keycenter.key_version'::regclass AND mode = 'AccessExclusiveLock'")" == 1 ]] &&
+	if [[ "$(sql "$ADMIN_CI" "SELECT count(*) FROM pg_locks WHERE granted AND
+		relation = 'keycenter.key_version'::regclass AND mode = 'AccessExclusiveLock'")" == 1 ]]; then
+		locked=1
 		break
+	fi
 	sleep 0.05
 done
+((locked)) || fail "the lock on keycenter.key_version was not taken within 5 s"
 curl -sS --max-time 20 --cacert "$MICA_CA" --cert "$MICA_CERT_ACCOUNT" --key "$MICA_KEY_ACCOUNT" \
 	-o "$W/cold.json" -w '%{http_code}' -H 'Content-Type: application/json' \
 	--data-binary "{\"context\": $CTX}" "$URL/v1/datakey/plaintext/account-cold" >"$W/cold.status" &
