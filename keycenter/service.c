@@ -153,6 +153,11 @@ int kc_run(struct kc_config *cfg)
 		MICA_LOG(MICA_LOG_ERROR, "keycenter.http.client_ca_file: required (mTLS only)");
 		goto out;
 	}
+	if (cfg->http.blocking_threads < 1) {
+		MICA_LOG(MICA_LOG_ERROR, "keycenter.http.blocking_threads: at least 1 (key management"
+					 " and key loads run there)");
+		goto out;
+	}
 	if ((err = mica_http_start(&srv, &cfg->http, kc_routes, kc_routes_len, &s)) != 0)
 		goto out;
 	mica_daemon_wait_signal();

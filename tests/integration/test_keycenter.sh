@@ -656,6 +656,11 @@ if ! { ((rc == 1)) && grep -q "cannot unseal the audit key (database_unavailable
 	fail "database unreachable: exit $rc: $(cat "$W/bad.log")"
 fi
 ok "database unreachable at start: refuses to start (exit 1, database_unavailable)"
+run_bad_start "no blocking threads" MICA_KEYCENTER_HTTP_BLOCKING_THREADS=0
+if ! { ((rc == 1)) && grep -q "keycenter.http.blocking_threads: at least 1" "$W/bad.log"; }; then
+	fail "no blocking threads: exit $rc: $(cat "$W/bad.log")"
+fi
+ok "blocking_threads = 0: refuses to start (key loads need the pool)"
 
 # A key a fresh process has not cached is loaded on the blocking pool, never on the event thread:
 # with the key's versions locked in PostgreSQL the datakey request waits, while the only event
