@@ -264,23 +264,76 @@ int acct_unbind(acct_service *s, const struct acct_session *sess, const char *wh
 	return 0;
 }
 
-/* Answers are compared case- and space-insensitively. */
-static void normalise_answer(const char *in, char *out, size_t cap)
+void acct_answer_normalise(const char *in, char *out, size_t cap)
 {
 	size_t j = 0;
 	int space = 0;
+	if (cap == 0)
+		return;
 	for (; *in && j + 1 < cap; in++) {
 		unsigned char c = (unsigned char)*in;
 		if (isspace(c)) {
 			space = j > 0;
 			continue;
 		}
-		if (space && j + 2 < cap)
+		if (space) {
+			if (j + 2 >= cap)
+				break; /* no room for the space and a character */
 			out[j++] = ' ';
+		}
 		space = 0;
 		out[j++] = (char)tolower(c);
 	}
 	out[j] = '\0';
+}
+
+_Static_assert(ACCT_ANSWER_NORM_CAP - 1 <= ACCT_PASSWORD_MAX_BYTES,
+	       "a normalised answer must fit the Argon2id input limit");
+
+/* Characters of |s|, which is valid UTF-8 (jansson admits nothing else). */
+static size_t utf8_chars(const char *s)
+{
+	size_t n = 0;
+	for (; *s; s++)
+		n += ((unsigned char)*s & 0xC0) != 0x80;
+	return n;
+}
+
+static int blank(const char *s)
+{
+	for (; *s; s++)
+		if (!isspace((unsigned char)*s))
+			return 0;
+	return 1;
+}
+
+int acct_questions_parse(json_t *body, struct acct_fail *f)
+{
+	json_t *list = json_object_get(body, "questions");
+	char norm[ACCT_ANSWER_NORM_CAP];
+	if (!json_is_array(list) || json_array_size(list) < 1 ||
+	    json_array_size(list) > ACCT_QUESTIONS_MAX)
+		return acct_failf(f, 400, "bad_questions", "questions is an array of 1 to %d items",
+				  ACCT_QUESTIONS_MAX);
+	for (size_t i = 0; i < json_array_size(list); i++) {
+		json_t *item = json_array_get(list, i);
+		const char *q = json_string_value(json_object_get(item, "question"));
+		const char *a = json_string_value(json_object_get(item, "answer"));
+		size_t n = 0;
+		if (a && strlen(a) < sizeof(norm)) {
+			acct_answer_normalise(a, norm, sizeof(norm));
+			n = utf8_chars(norm);
+			mica_wipe(norm, sizeof(norm));
+		}
+		if (!q || blank(q) || utf8_chars(q) > ACCT_QUESTION_MAX_CHARS ||
+		    n < ACCT_ANSWER_MIN_CHARS || n > ACCT_ANSWER_MAX_CHARS)
+			return acct_failf(f, 400, "bad_questions",
+					  "item %zu needs a question (1-%d characters, not all spaces)"
+					  " and an answer (%d-%d characters once spaces are collapsed)",
+					  i + 1, ACCT_QUESTION_MAX_CHARS, ACCT_ANSWER_MIN_CHARS,
+					  ACCT_ANSWER_MAX_CHARS);
+	}
+	return 0;
 }
 
 struct questions_ctx {
@@ -292,7 +345,7 @@ struct questions_ctx {
 static int questions_tx(mica_db *db, void *arg)
 {
 	struct questions_ctx *q = arg;
-	char uid[24], pos[24], answer[256];
+	char uid[24], pos[24], answer[ACCT_ANSWER_NORM_CAP];
 	int err;
 	uid_text(q->user_id, uid);
 	const char *p[1] = {uid};
@@ -302,8 +355,8 @@ static int questions_tx(mica_db *db, void *arg)
 	for (size_t i = 0; i < json_array_size(q->list); i++) {
 		json_t *item = json_array_get(q->list, i);
 		char *phc = NULL;
-		normalise_answer(json_string_value(json_object_get(item, "answer")), answer,
-				 sizeof(answer));
+		acct_answer_normalise(json_string_value(json_object_get(item, "answer")), answer,
+				      sizeof(answer));
 		if ((err = acct_password_hash_with(answer, &q->s->argon2, &phc)) != 0)
 			break;
 		snprintf(pos, sizeof(pos), "%zu", i + 1);
@@ -327,16 +380,8 @@ int acct_questions_set(acct_service *s, const struct acct_session *sess, json_t 
 	json_t *list = json_object_get(body, "questions");
 	mica_db *db = mica_db_thread();
 	int err;
-	if (!json_is_array(list) || json_array_size(list) < 1 || json_array_size(list) > 3)
-		return acct_failf(f, 400, "bad_questions", "questions is an array of 1 to 3 items");
-	for (size_t i = 0; i < json_array_size(list); i++) {
-		const char *q = json_string_value(json_object_get(json_array_get(list, i), "question"));
-		const char *a = json_string_value(json_object_get(json_array_get(list, i), "answer"));
-		if (!q || !a || !*q || strlen(q) > 200 || strlen(a) < 2 || strlen(a) > 200)
-			return acct_failf(f, 400, "bad_questions",
-					  "each item needs a question (1-200 chars) and an answer"
-					  " (2-200 chars)");
-	}
+	if ((err = acct_questions_parse(body, f)) != 0)
+		return err;
 	if ((err = acct_require_recent(s, sess, f)) != 0)
 		return err;
 	struct questions_ctx q = {s, sess->user_id, list};

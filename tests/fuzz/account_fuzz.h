@@ -15,7 +15,7 @@
 
 /* The body as lib/http's run_route() reads it: strict JSON, duplicate keys
  * rejected, and only an object reaches the handler. NULL otherwise. */
-static json_t *fuzz_body(const uint8_t *data, size_t size)
+static inline json_t *fuzz_body(const uint8_t *data, size_t size)
 {
 	json_error_t jerr;
 	json_t *body = json_loadb((const char *)data, size, JSON_REJECT_DUPLICATES, &jerr);
@@ -26,7 +26,7 @@ static json_t *fuzz_body(const uint8_t *data, size_t size)
 	return body;
 }
 
-static int all_digits(const char *s, size_t n)
+static inline int all_digits(const char *s, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
 		if (!isdigit((unsigned char)s[i]))
@@ -35,7 +35,8 @@ static int all_digits(const char *s, size_t n)
 }
 
 /* |kind| and |out| as acct_ident_parse(in, out, cap) gave them. */
-static void fuzz_check_ident(const char *in, size_t cap, enum acct_ident kind, const char *out)
+static inline void fuzz_check_ident(const char *in, size_t cap, enum acct_ident kind,
+				    const char *out)
 {
 	size_t n = strlen(in);
 	const char *at;
@@ -70,7 +71,7 @@ static void fuzz_check_ident(const char *in, size_t cap, enum acct_ident kind, c
 /* Runs acct_ident_parse on |in| into buffers of exactly |cap| bytes (so
  * AddressSanitizer sees any write past the end), checks the answer, and
  * that the normal form is a fixed point. Returns the kind. */
-static enum acct_ident fuzz_ident(const char *in, size_t cap)
+static inline enum acct_ident fuzz_ident(const char *in, size_t cap)
 {
 	char *out = malloc(cap), *again = malloc(cap);
 	enum acct_ident kind, kind2;
@@ -89,7 +90,7 @@ static enum acct_ident fuzz_ident(const char *in, size_t cap)
 }
 
 /* Every raw input as an identifier too, with a roomy and a tight buffer. */
-static void fuzz_ident_raw(const uint8_t *data, size_t size)
+static inline void fuzz_ident_raw(const uint8_t *data, size_t size)
 {
 	char *s = malloc(size + 1);
 	size_t n;
@@ -106,14 +107,14 @@ static void fuzz_ident_raw(const uint8_t *data, size_t size)
 }
 
 /* A refusal must be a documented 400 with a code and a message. */
-static void fuzz_check_fail(int err, const struct acct_fail *f)
+static inline void fuzz_check_fail(int err, const struct acct_fail *f)
 {
 	if (err != MICA_EINVAL || f->status != 400 || !f->code || !*f->code || !f->msg[0] ||
 	    f->extra)
 		abort();
 }
 
-static int is_hex64(const char *h)
+static inline int is_hex64(const char *h)
 {
 	if (strlen(h) != 64)
 		return 0;
@@ -124,7 +125,7 @@ static int is_hex64(const char *h)
 }
 
 /* |hash| must be the device hash the service stores for |id|. */
-static void fuzz_check_device(const char *id, const char *hash)
+static inline void fuzz_check_device(const char *id, const char *hash)
 {
 	char want[65];
 	if (!id || !*id || strlen(id) > 200 || !is_hex64(hash))

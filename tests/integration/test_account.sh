@@ -761,6 +761,15 @@ ok "security phone bound by SMS code, used for step-up, unbound"
 fresh "$S5"
 expect 400 bad_questions -t "$T5" PUT /v1/security/questions '{"questions": []}'
 expect 400 bad_questions -t "$T5" PUT /v1/security/questions '{"questions": [{"question": "Pet?"}]}'
+# Limits count the normalised answer and characters, not bytes.
+expect 400 bad_questions -t "$T5" PUT /v1/security/questions '{"questions": [{"question": "Pet?", "answer": "   "}]}'
+expect 400 bad_questions -t "$T5" PUT /v1/security/questions '{"questions": [{"question": "Pet?", "answer": " x  "}]}'
+expect 400 bad_questions -t "$T5" PUT /v1/security/questions '{"questions": [{"question": "  ", "answer": "Rex"}]}'
+[[ "$(jget error.message)" == "item 1 needs"* ]] || fail "bad_questions message: $(cat "$W/body")"
+expect 400 bad_questions -t "$T5" PUT /v1/security/questions \
+	"{\"questions\": [{\"question\": \"Pet?\", \"answer\": \"$(printf '答%.0s' {1..129})\"}]}"
+expect 200 - -t "$T5" PUT /v1/security/questions \
+	"{\"questions\": [{\"question\": \"$(printf '问%.0s' {1..200})\", \"answer\": \"$(printf '答%.0s' {1..128})\"}]}"
 expect 200 - -t "$T5" PUT /v1/security/questions \
 	'{"questions": [{"question": "First pet?", "answer": "Rex  the Dog"}, {"question": "City?", "answer": "Lyon"}]}'
 [[ "$(jget questions)" == 2 ]] || fail "questions: $(cat "$W/body")"
