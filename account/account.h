@@ -221,8 +221,9 @@ int acct_unbind(acct_service *s, const struct acct_session *sess, const char *wh
 int acct_questions_set(acct_service *s, const struct acct_session *sess, json_t *body,
 		       json_t **out, struct acct_fail *f) MICA_WUR;
 
-/* Security questions. An answer is compared in its normalised form: ASCII
- * letters lower-cased, white space trimmed, each run of it one space. */
+/* Security questions. An answer is stored as the Argon2id hash of its
+ * normalised form: ASCII letters lower-cased, white space trimmed, each run
+ * of it one space. */
 #define ACCT_QUESTIONS_MAX 3
 #define ACCT_QUESTION_MAX_CHARS 200
 #define ACCT_ANSWER_MIN_CHARS 2

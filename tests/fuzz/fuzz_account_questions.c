@@ -4,8 +4,8 @@
  * bad_questions; an acceptance must meet the documented limits, counted on
  * the normalised answers. The raw bytes are also normalised into buffers of
  * every small size and of the service's size, and each result is checked
- * against a plain reference: lower-cased words joined by one space, or the
- * longest prefix of that which fits. */
+ * against a plain reference: lower-cased words joined by one space, or,
+ * when that does not fit, a prefix of it that does not end in a space. */
 #include "account_fuzz.h"
 #include "fuzz_check.h"
 
