@@ -228,21 +228,22 @@ int acct_questions_set(acct_service *s, const struct acct_session *sess, json_t 
 #define ACCT_QUESTION_MAX_CHARS 200
 #define ACCT_ANSWER_MIN_CHARS 2
 #define ACCT_ANSWER_MAX_CHARS 128
-/* Buffer for a normalised answer; a raw answer must be shorter than this.
- * Its content is hashed like a password, so it fits ACCT_PASSWORD_MAX_BYTES. */
+/* Buffer for a normalised answer, which is hashed like a password, so its
+ * content fits ACCT_PASSWORD_MAX_BYTES. */
 #define ACCT_ANSWER_NORM_CAP (4 * ACCT_ANSWER_MAX_CHARS + 1)
 /* Checks a PUT /v1/security/questions body: "questions" is an array of 1 to
  * ACCT_QUESTIONS_MAX items, each with a "question" string of at most
  * ACCT_QUESTION_MAX_CHARS characters, not all white space, and an "answer"
- * string shorter than ACCT_ANSWER_NORM_CAP bytes whose normalised form has
- * ACCT_ANSWER_MIN_CHARS to ACCT_ANSWER_MAX_CHARS characters. Pure, for
+ * string whose normalised form has ACCT_ANSWER_MIN_CHARS to
+ * ACCT_ANSWER_MAX_CHARS characters and fits ACCT_ANSWER_NORM_CAP. Pure, for
  * acct_questions_set and the fuzz target. Returns 0, or MICA_EINVAL with |f|
  * the 400 bad_questions answer naming the item. */
 int acct_questions_parse(json_t *body, struct acct_fail *f) MICA_WUR;
 /* Writes the normalised form of |in| to |out| (|cap| bytes, NUL-terminated;
  * when it does not fit, its longest prefix that does, never ending in a
- * space; nothing written when |cap| is 0). */
-void acct_answer_normalise(const char *in, char *out, size_t cap);
+ * space; nothing written when |cap| is 0). Returns the whole form's length
+ * in bytes, as snprintf does: it did not fit when that is |cap| or more. */
+size_t acct_answer_normalise(const char *in, char *out, size_t cap);
 int acct_cross_device_set(acct_service *s, const struct acct_session *sess, json_t *body,
 			  json_t **out, struct acct_fail *f) MICA_WUR;
 int acct_delete(acct_service *s, const struct acct_session *sess, json_t **out,

@@ -264,27 +264,30 @@ int acct_unbind(acct_service *s, const struct acct_session *sess, const char *wh
 	return 0;
 }
 
-void acct_answer_normalise(const char *in, char *out, size_t cap)
+size_t acct_answer_normalise(const char *in, char *out, size_t cap)
 {
-	size_t j = 0;
-	int space = 0;
-	if (cap == 0)
-		return;
-	for (; *in && j + 1 < cap; in++) {
+	size_t len = 0, j = 0; /* the whole form's length; bytes written */
+	int space = 0, full = cap == 0;
+	for (; *in; in++) {
 		unsigned char c = (unsigned char)*in;
 		if (isspace(c)) {
-			space = j > 0;
+			space = len > 0;
 			continue;
 		}
-		if (space) {
-			if (j + 2 >= cap)
-				break; /* no room for the space and a character */
-			out[j++] = ' ';
+		size_t need = space ? 2 : 1;
+		if (!full && j + need < cap) {
+			if (space)
+				out[j++] = ' ';
+			out[j++] = (char)tolower(c);
+		} else {
+			full = 1; /* stop writing, so what was written stays a prefix */
 		}
+		len += need;
 		space = 0;
-		out[j++] = (char)tolower(c);
 	}
-	out[j] = '\0';
+	if (cap)
+		out[j] = '\0';
+	return len;
 }
 
 _Static_assert(ACCT_ANSWER_NORM_CAP - 1 <= ACCT_PASSWORD_MAX_BYTES,
@@ -320,11 +323,9 @@ int acct_questions_parse(json_t *body, struct acct_fail *f)
 		const char *q = json_string_value(json_object_get(item, "question"));
 		const char *a = json_string_value(json_object_get(item, "answer"));
 		size_t n = 0;
-		if (a && strlen(a) < sizeof(norm)) {
-			acct_answer_normalise(a, norm, sizeof(norm));
+		if (a && acct_answer_normalise(a, norm, sizeof(norm)) < sizeof(norm))
 			n = utf8_chars(norm);
-			mica_wipe(norm, sizeof(norm));
-		}
+		mica_wipe(norm, sizeof(norm));
 		if (!q || blank(q) || utf8_chars(q) > ACCT_QUESTION_MAX_CHARS ||
 		    n < ACCT_ANSWER_MIN_CHARS || n > ACCT_ANSWER_MAX_CHARS)
 			return acct_failf(f, 400, "bad_questions",

@@ -165,7 +165,6 @@ void mica_http_add_header(mica_http_resp *resp, const char *name, const char *va
  * it. */
 mica_http_deferred *mica_http_defer(const mica_http_req *req);
 void mica_http_finish(mica_http_deferred *d);
-
 /* Ends a refusal handed to on_refusal (see mica_http_options): |recorded|
  * 0 replaces it by 503 audit_unavailable. */
 void mica_http_refusal_done(mica_http_deferred *d, int recorded);

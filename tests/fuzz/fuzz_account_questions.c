@@ -3,8 +3,8 @@
  * strict JSON, then acct_questions_parse(). A refusal must be a 400
  * bad_questions; an acceptance must meet the documented limits, counted on
  * the normalised answers. The raw bytes are also normalised into buffers of
- * every small size and of the service's size, and each result is checked
- * against a plain reference: lower-cased words joined by one space, or,
+ * every small size and of the service's size, and each result (and the
+ * length returned) is checked against a plain reference: lower-cased words joined by one space, or,
  * when that does not fit, a prefix of it that does not end in a space. */
 #include "account_fuzz.h"
 #include "fuzz_check.h"
@@ -43,7 +43,7 @@ static void check_normalise(const char *in, const char *ref, size_t cap)
 	char *out = malloc(cap + 1);
 	CHECK(out);
 	out[cap] = 'X'; /* a canary one past the buffer */
-	acct_answer_normalise(in, out, cap);
+	CHECK(acct_answer_normalise(in, out, cap) == strlen(ref));
 	CHECK(out[cap] == 'X');
 	if (cap > 0) {
 		size_t n = strnlen(out, cap);
@@ -72,8 +72,7 @@ static void accepted(json_t *body)
 		CHECK(rq[0] != '\0');
 		free(rq);
 		CHECK(chars(q) <= ACCT_QUESTION_MAX_CHARS);
-		CHECK(strlen(a) < sizeof(norm));
-		acct_answer_normalise(a, norm, sizeof(norm));
+		CHECK(acct_answer_normalise(a, norm, sizeof(norm)) < sizeof(norm));
 		char *ra = reference(a);
 		CHECK(strcmp(norm, ra) == 0);
 		free(ra);

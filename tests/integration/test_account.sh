@@ -770,6 +770,9 @@ expect 400 bad_questions -t "$T5" PUT /v1/security/questions \
 	"{\"questions\": [{\"question\": \"Pet?\", \"answer\": \"$(printf '答%.0s' {1..129})\"}]}"
 expect 200 - -t "$T5" PUT /v1/security/questions \
 	"{\"questions\": [{\"question\": \"$(printf '问%.0s' {1..200})\", \"answer\": \"$(printf '答%.0s' {1..128})\"}]}"
+# Spaces do not count against the limit: 600 of them collapse into one.
+expect 200 - -t "$T5" PUT /v1/security/questions \
+	"{\"questions\": [{\"question\": \"Pet?\", \"answer\": \"a$(printf ' %.0s' {1..600})b\"}]}"
 expect 200 - -t "$T5" PUT /v1/security/questions \
 	'{"questions": [{"question": "First pet?", "answer": "Rex  the Dog"}, {"question": "City?", "answer": "Lyon"}]}'
 [[ "$(jget questions)" == 2 ]] || fail "questions: $(cat "$W/body")"

@@ -668,7 +668,6 @@ START_TEST(refusals_wait_for_their_record)
 }
 END_TEST
 
-/* A blocking route on a server started without blocking threads. */
 /* A handler on an event thread can hand its request to the blocking pool,
  * where it runs again from the start (and /metrics counts the move);
  * without a pool it answers itself. */
@@ -700,6 +699,7 @@ START_TEST(handler_moves_to_the_pool)
 }
 END_TEST
 
+/* A blocking route on a server started without blocking threads. */
 START_TEST(blocking_route_without_pool)
 {
 	mica_http_stop(srv);
