@@ -14,8 +14,10 @@
 
 #include "crypto.h"
 
-/* "<32 hex>?expires=<int64>&" and a decimal number fit easily. */
-#define SALT_BUF 80
+/* "<32 hex>?expires=<int64>&maxnumber=<int64>&scope=<64>&" fits, and a salt
+ * of ours must pass the payload's salt limit. */
+#define SALT_BUF 200
+_Static_assert(SALT_BUF - 1 <= ACCT_ALTCHA_SALT_MAX, "our own salts must verify");
 #define NUMBER_DIGITS 20
 
 static const char *const fault_codes[] = {
@@ -25,6 +27,8 @@ static const char *const fault_codes[] = {
     [ACCT_ALTCHA_BAD_SIGNATURE] = "bad_signature",
     [ACCT_ALTCHA_WRONG_SOLUTION] = "wrong_solution",
     [ACCT_ALTCHA_EXPIRED] = "expired",
+    [ACCT_ALTCHA_WRONG_SCOPE] = "wrong_scope",
+    [ACCT_ALTCHA_TOO_CHEAP] = "too_cheap",
 };
 
 const char *acct_altcha_fault_code(enum acct_altcha_fault fault)
@@ -72,8 +76,22 @@ static int random_upto(long long max, long long *out)
 	return 0;
 }
 
+/* 1 to ACCT_ALTCHA_SCOPE_MAX characters of [0-9a-z]: nothing that could
+ * end a salt parameter or start another. */
+static bool scope_valid(const char *scope)
+{
+	size_t n = strnlen(scope, ACCT_ALTCHA_SCOPE_MAX + 1);
+
+	if (n == 0 || n > ACCT_ALTCHA_SCOPE_MAX)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!((scope[i] >= '0' && scope[i] <= '9') || (scope[i] >= 'a' && scope[i] <= 'z')))
+			return false;
+	return true;
+}
+
 int acct_altcha_create(const uint8_t *hmac_key, size_t key_len, long long maxnumber, int ttl_s,
-		       int64_t now, json_t **challenge)
+		       int64_t now, const char *scope, json_t **challenge)
 {
 	uint8_t rnd[ACCT_ALTCHA_SALT_BYTES], digest[MICA_SHA256_LEN], mac[MICA_SHA256_LEN];
 	char rnd_hex[2 * ACCT_ALTCHA_SALT_BYTES + 1], salt[SALT_BUF];
@@ -87,7 +105,7 @@ int acct_altcha_create(const uint8_t *hmac_key, size_t key_len, long long maxnum
 	*challenge = NULL;
 	if (!hmac_key || key_len < ACCT_ALTCHA_MIN_KEY_LEN || maxnumber < 1 ||
 	    maxnumber > ACCT_ALTCHA_MAXNUMBER_MAX || ttl_s < 1 || now < 0 ||
-	    now > INT64_MAX - ttl_s)
+	    now > INT64_MAX - ttl_s || (scope && !scope_valid(scope)))
 		return MICA_EINVAL;
 
 	rc = mica_random(rnd, sizeof(rnd));
@@ -96,7 +114,9 @@ int acct_altcha_create(const uint8_t *hmac_key, size_t key_len, long long maxnum
 	rc = mica_hex_encode(rnd, sizeof(rnd), rnd_hex, sizeof(rnd_hex));
 	if (rc)
 		goto out;
-	n = snprintf(salt, sizeof(salt), "%s?expires=%lld&", rnd_hex, (long long)(now + ttl_s));
+	n = snprintf(salt, sizeof(salt), "%s?expires=%lld&maxnumber=%lld&%s%s%s", rnd_hex,
+		     (long long)(now + ttl_s), maxnumber, scope ? "scope=" : "", scope ? scope : "",
+		     scope ? "&" : "");
 	if (n < 0 || (size_t)n >= sizeof(salt)) {
 		rc = MICA_EINVAL;
 		goto out;
@@ -199,12 +219,14 @@ static bool parse_payload(json_t *obj, struct payload *p)
 	return p->number >= 0 && p->number <= ACCT_ALTCHA_MAXNUMBER_MAX;
 }
 
-/* The "expires" parameter of the salt's query part ("<hex>?a=b&expires=N&"),
- * which must occur exactly once and be a decimal; false otherwise. */
-static bool salt_expiry(const char *salt, size_t salt_len, int64_t *expires)
+/* The value of parameter |key| (with its '=') in the salt's query part
+ * ("<hex>?a=1&b=2&"): false when there is no query part or |key| does not
+ * occur exactly once. */
+static bool salt_param(const char *salt, size_t salt_len, const char *key, const char **val,
+		       size_t *val_len)
 {
 	const char *q = memchr(salt, '?', salt_len), *end = salt + salt_len;
-	static const char key[] = "expires=";
+	size_t key_len = strlen(key);
 	bool found = false;
 
 	if (!q)
@@ -213,23 +235,51 @@ static bool salt_expiry(const char *salt, size_t salt_len, int64_t *expires)
 		const char *amp = memchr(p, '&', (size_t)(end - p));
 		const char *stop = amp ? amp : end;
 
-		if ((size_t)(stop - p) >= sizeof(key) - 1 && memcmp(p, key, sizeof(key) - 1) == 0) {
-			const char *d = p + sizeof(key) - 1;
-			int64_t v = 0;
-
-			if (found || d == stop)
+		if ((size_t)(stop - p) >= key_len && memcmp(p, key, key_len) == 0) {
+			if (found)
 				return false;
-			for (; d < stop; d++) {
-				if (*d < '0' || *d > '9' || v > (INT64_MAX - (*d - '0')) / 10)
-					return false;
-				v = v * 10 + (*d - '0');
-			}
-			*expires = v;
+			*val = p + key_len;
+			*val_len = (size_t)(stop - *val);
 			found = true;
 		}
 		p = amp ? amp + 1 : end;
 	}
 	return found;
+}
+
+/* Salt parameter |key| as a non-empty decimal without overflow. */
+static bool salt_decimal(const char *salt, size_t salt_len, const char *key, int64_t *out)
+{
+	const char *d = NULL;
+	size_t n = 0;
+	int64_t v = 0;
+
+	if (!salt_param(salt, salt_len, key, &d, &n) || n == 0)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		if (d[i] < '0' || d[i] > '9' || v > (INT64_MAX - (d[i] - '0')) / 10)
+			return false;
+		v = v * 10 + (d[i] - '0');
+	}
+	*out = v;
+	return true;
+}
+
+/* Whether the salt carries what |want| asks for; the fault otherwise. */
+static enum acct_altcha_fault salt_wanted(const struct payload *p,
+					  const struct acct_altcha_want *want)
+{
+	const char *scope = NULL;
+	size_t scope_len = 0;
+	int64_t cost = 0;
+
+	if (want->scope &&
+	    (!salt_param(p->salt, p->salt_len, "scope=", &scope, &scope_len) ||
+	     scope_len != strlen(want->scope) || memcmp(scope, want->scope, scope_len) != 0))
+		return ACCT_ALTCHA_WRONG_SCOPE;
+	if (!salt_decimal(p->salt, p->salt_len, "maxnumber=", &cost) || cost < want->min_cost)
+		return ACCT_ALTCHA_TOO_CHEAP;
+	return ACCT_ALTCHA_OK;
 }
 
 static int verdict(struct acct_altcha_verdict *v, enum acct_altcha_fault fault)
@@ -241,7 +291,8 @@ static int verdict(struct acct_altcha_verdict *v, enum acct_altcha_fault fault)
 
 /* The checks after decoding, in the documented order. */
 static int check_payload(const uint8_t *hmac_key, size_t key_len, const struct payload *p,
-			 int64_t now, struct acct_altcha_verdict *v)
+			 int64_t now, const struct acct_altcha_want *want,
+			 struct acct_altcha_verdict *v)
 {
 	uint8_t mac[MICA_SHA256_LEN], digest[MICA_SHA256_LEN];
 	int64_t expires = 0;
@@ -263,12 +314,13 @@ static int check_payload(const uint8_t *hmac_key, size_t key_len, const struct p
 		rc = verdict(v, ACCT_ALTCHA_WRONG_SOLUTION);
 		goto out;
 	}
-	if (!salt_expiry(p->salt, p->salt_len, &expires) || now > expires) {
+	if (!salt_decimal(p->salt, p->salt_len, "expires=", &expires) || now > expires) {
 		rc = verdict(v, ACCT_ALTCHA_EXPIRED);
 		goto out;
 	}
-	v->expires = expires;
-	rc = verdict(v, ACCT_ALTCHA_OK);
+	rc = verdict(v, want ? salt_wanted(p, want) : ACCT_ALTCHA_OK);
+	if (rc == 0)
+		v->expires = expires;
 out:
 	mica_wipe(mac, sizeof(mac));
 	mica_wipe(digest, sizeof(digest));
@@ -276,8 +328,8 @@ out:
 }
 
 int acct_altcha_verify(const uint8_t *hmac_key, size_t key_len, const char *payload_b64,
-		       int64_t now, char challenge_out[ACCT_ALTCHA_HEX_LEN + 1],
-		       struct acct_altcha_verdict *v)
+		       int64_t now, const struct acct_altcha_want *want,
+		       char challenge_out[ACCT_ALTCHA_HEX_LEN + 1], struct acct_altcha_verdict *v)
 {
 	struct payload p;
 	uint8_t *json_text = NULL;
@@ -308,7 +360,7 @@ int acct_altcha_verify(const uint8_t *hmac_key, size_t key_len, const char *payl
 		rc = verdict(v, ACCT_ALTCHA_MALFORMED);
 		goto out;
 	}
-	rc = check_payload(hmac_key, key_len, &p, now, v);
+	rc = check_payload(hmac_key, key_len, &p, now, want, v);
 	if (rc == 0)
 		memcpy(challenge_out, p.challenge, ACCT_ALTCHA_HEX_LEN + 1);
 	else if (rc != MICA_EAUTH)

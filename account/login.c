@@ -1,11 +1,12 @@
 /* login.c - login with the risk engine, step-up verification and freezing.
  * Answers, by risk level (docs/api/account.md has the policy):
  *   200 session; 401 invalid_credentials (wrong password and unknown account
- *   alike); 428 captcha_required (repeated failures per identifier or per
- *   network: an ALTCHA proof of work whose cost doubles with each further
- *   failure); 403 step_up_required (new device, new network, unusual login
- *   rate); 423 account_frozen (severe: the right password followed by failed
- *   step-up; every session is revoked, the password burned, the user told).
+ *   alike); 428 captcha_required (repeated failures per account, or per
+ *   identifier without an account, or per network: an ALTCHA proof of work
+ *   whose cost doubles with each further failure); 403 step_up_required (new
+ *   device, new network, unusual login rate); 423 account_frozen (severe: the
+ *   right password followed by failed step-up; every session is revoked, the
+ *   password burned, the user told).
  * Wrong passwords alone never freeze an account: that would let anyone lock
  * anyone out. Failure counters live in Redis with the configured window. */
 #include <stdbool.h>
@@ -75,22 +76,47 @@ static void counter_clear(const char *key)
 
 /* ---- captcha ---------------------------------------------------------------------- */
 
-/* 0 when no captcha is due or |payload| solves a fresh one; else |f| is 428
- * with a new challenge whose cost grows with |excess|. */
-static int captcha_gate(acct_service *s, long excess, const char *payload, struct acct_fail *f)
+/* The scope of a login's challenges: a MAC of the names of the two failure
+ * counters it is judged by (|kacct|, |knet|), so a challenge fetched for
+ * another identifier or network, where the cost may be lower, is refused. */
+static int captcha_scope(const struct acct_config *c, const char *kacct, const char *knet,
+			 char out[33])
+{
+	uint8_t mac[MICA_SHA256_LEN];
+	char in[400];
+	int n = snprintf(in, sizeof(in), "mica-altcha-scope\n%s\n%s", kacct, knet);
+	int err = n > 0 && (size_t)n < sizeof(in)
+		      ? mica_hmac_sha256(c->altcha_key, strlen(c->altcha_key), in, (size_t)n, mac)
+		      : MICA_EINVAL;
+	if (!err)
+		err = mica_hex_encode(mac, 16, out, 33);
+	mica_wipe(mac, sizeof(mac));
+	return err;
+}
+
+/* 0 when no captcha is due or |payload| solves a fresh one issued for this
+ * identifier and network at the cost now due; else |f| is 428 with a new
+ * challenge whose cost grows with |excess|. */
+static int captcha_gate(acct_service *s, long excess, const char *kacct, const char *knet,
+			const char *payload, struct acct_fail *f)
 {
 	const struct acct_config *c = s->cfg;
 	const uint8_t *key = (const uint8_t *)c->altcha_key;
-	char challenge[ACCT_ALTCHA_HEX_LEN + 1] = "";
+	char challenge[ACCT_ALTCHA_HEX_LEN + 1] = "", scope[33];
 	struct acct_altcha_verdict v = {0};
 	const char *reason = "missing";
 	json_t *ch = NULL;
 
 	if (excess < 0)
 		return 0;
+	long long cost =
+	    acct_altcha_maxnumber_for(c->captcha_base_cost, (unsigned)excess, c->captcha_max_cost);
+	if (captcha_scope(c, kacct, knet, scope) != 0)
+		return acct_fail_internal(f, MICA_ECRYPTO, "the captcha");
 	if (payload) {
-		int err = acct_altcha_verify(key, strlen(c->altcha_key), payload, time(NULL), challenge,
-					     &v);
+		struct acct_altcha_want want = {scope, cost};
+		int err = acct_altcha_verify(key, strlen(c->altcha_key), payload, time(NULL), &want,
+					     challenge, &v);
 		reason = v.code ? v.code : "malformed";
 		if (err == 0) {
 			char k[200];
@@ -102,10 +128,8 @@ static int captcha_gate(acct_service *s, long excess, const char *payload, struc
 			reason = "already_used";
 		}
 	}
-	if (acct_altcha_create(key, strlen(c->altcha_key),
-			       acct_altcha_maxnumber_for(c->captcha_base_cost, (unsigned)excess,
-							 c->captcha_max_cost),
-			       c->captcha_ttl_s, time(NULL), &ch) != 0)
+	if (acct_altcha_create(key, strlen(c->altcha_key), cost, c->captcha_ttl_s, time(NULL),
+			       scope, &ch) != 0)
 		return acct_fail_internal(f, MICA_ECRYPTO, "the captcha");
 	if (payload)
 		acct_failf(f, 428, "captcha_required",
@@ -438,16 +462,20 @@ int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, stru
 		acct_fail_internal(f, err, "the account store");
 		goto out;
 	}
-	/* Failures are counted per identifier (existing or not, so the answers
-	 * tell nothing) and per client network, separately. */
-	snprintf(kacct, sizeof(kacct), "account:fail:id:%.150s", idx);
+	/* Failures are counted per account (all its identifiers together), or
+	 * per identifier when no account has it, and per client network,
+	 * separately. */
+	if (u.id)
+		snprintf(kacct, sizeof(kacct), "account:fail:user:%lld", (long long)u.id);
+	else
+		snprintf(kacct, sizeof(kacct), "account:fail:id:%.150s", idx);
 	snprintf(knet, sizeof(knet), "account:fail:net:%s", net_hash);
 	counters_get(kacct, knet, &acct_failures, &net_failures);
 	excess = acct_failures - s->cfg->captcha_account_failures;
 	long net_excess = net_failures - s->cfg->captcha_network_failures;
 	if (net_excess > excess)
 		excess = net_excess;
-	if ((err = captcha_gate(s, excess, r.altcha, f)) != 0)
+	if ((err = captcha_gate(s, excess, kacct, knet, r.altcha, f)) != 0)
 		goto out;
 	if ((err = check_password(s, &u, r.password, &ok, &need_rehash)) != 0) {
 		acct_fail_internal(f, err, "the password check");

@@ -6,8 +6,9 @@
 #   1. registration by email and phone with codes from `mica outbox list`; miui and nist
 #      password policies (breached-password blocklist); code errors (wrong, used, expired, too
 #      many attempts, too many codes); identifier in use; malformed identifiers
-#   2. login: success, no enumeration (identical 401s), captcha per account and per network with
-#      ALTCHA challenges solved by the real altcha-lib, rising cost, replay refused
+#   2. login: success, no enumeration (identical 401s), captcha per account (all its identifiers
+#      together) and per network with ALTCHA challenges solved by the real altcha-lib, rising
+#      cost, replay refused, a challenge spent on another login or below the cost due refused
 #   3. step-up: new device and new network; email code; trusted-device approval; failed step-up
 #      freezes (sessions revoked, password burned, user told); reset unfreezes
 #   4. sessions: list, revoke one (fails at once, Redis tombstone, also on a second instance with
@@ -425,13 +426,16 @@ cmp -s "$W/body" "$W/wrong-password.json" ||
 	fail "bodies differ: $(cat "$W/wrong-password.json") vs $(cat "$W/body")"
 ok "identical 401 bodies: $(cat "$W/body")"
 
-# Three failures for the identifier: the fourth attempt needs a proof of work, even with the
-# right password.
-for _ in 2 3; do
-	expect 401 invalid_credentials POST /v1/login "$(login_body alice@example.com 'Wrong-pass1' dev-alice)"
-done
+# Three failures for the account, through two of its identifiers: the fourth attempt, through
+# either, needs a proof of work, even with the right password.
+expect 401 invalid_credentials POST /v1/login "$(login_body "$ALICE_NO" 'Wrong-pass1' dev-alice)"
+expect 401 invalid_credentials POST /v1/login "$(login_body alice@example.com 'Wrong-pass1' dev-alice)"
+expect 428 captcha_required POST /v1/login "$(login_body "$ALICE_NO" "$PW_A" dev-alice)"
 expect 428 captcha_required POST /v1/login "$(login_body alice@example.com "$PW_A" dev-alice)"
 jget challenge >"$W/c1.json"
+# Asking again is no failure: a second challenge at the same cost, kept for later.
+expect 428 captcha_required POST /v1/login "$(login_body alice@example.com "$PW_A" dev-alice)"
+jget challenge >"$W/c1b.json"
 [[ "$(jq -c 'keys' "$W/c1.json")" == '["algorithm","challenge","maxnumber","salt","signature"]' &&
 	"$(jq -r .algorithm "$W/c1.json")" == SHA-256 && "$(jq .maxnumber "$W/c1.json")" == 1000 &&
 	"$(jq -r .challenge "$W/c1.json")" =~ ^[0-9a-f]{64}$ &&
@@ -439,22 +443,33 @@ jget challenge >"$W/c1.json"
 # Other identifiers are not affected.
 expect 200 - POST /v1/login "$(login_body +8613900000001 "$PW_P" dev-phone)"
 P1="$(solve "$W/c1.json")"
+P1B="$(solve "$W/c1b.json")"
+# A challenge fetched for another login (here an identifier with no account, at its own
+# threshold) cannot be spent on this one.
+for _ in 1 2 3; do
+	expect 401 invalid_credentials POST /v1/login "$(login_body thrower@example.com 'Wrong-pass1' dev-t)"
+done
+expect 428 captcha_required POST /v1/login "$(login_body thrower@example.com 'Wrong-pass1' dev-t)"
+jget challenge >"$W/ct.json"
+PT="$(solve "$W/ct.json")"
+expect 428 captcha_required POST /v1/login "$(login_body alice@example.com "$PW_A" dev-alice "{altcha: \"$PT\"}")"
+[[ "$(jget error.message)" == *wrong_scope* ]] || fail "foreign challenge: $(jget error.message)"
 expect 428 captcha_required POST /v1/login "$(login_body alice@example.com "$PW_A" dev-alice \
 	'{altcha: "eyJhbGdvcml0aG0iOiJTSEEtMjU2In0="}')"
 [[ "$(jget error.message)" == *malformed* ]] || fail "message: $(jget error.message)"
 # The solution passes the gate; the password is still checked (and this is one more failure).
 expect 401 invalid_credentials POST /v1/login "$(login_body alice@example.com 'Wrong-pass1' dev-alice \
 	"{altcha: \"$P1\"}")"
-# Replayed: refused, and the new challenge costs twice as much.
-expect 428 captcha_required POST /v1/login "$(login_body alice@example.com "$PW_A" dev-alice "{altcha: \"$P1\"}")"
-[[ "$(jget error.message)" == *already_used* ]] || fail "replay message: $(jget error.message)"
+# The challenge fetched before that failure is now too cheap, and the new one costs twice as much.
+expect 428 captcha_required POST /v1/login "$(login_body alice@example.com "$PW_A" dev-alice "{altcha: \"$P1B\"}")"
+[[ "$(jget error.message)" == *too_cheap* ]] || fail "cheap challenge: $(jget error.message)"
 jget challenge >"$W/c2.json"
 [[ "$(jq .maxnumber "$W/c2.json")" == 2000 ]] || fail "cost did not rise: $(cat "$W/c2.json")"
 P2="$(solve "$W/c2.json")"
 expect 200 - POST /v1/login "$(login_body alice@example.com "$PW_A" dev-alice "{altcha: \"$P2\"}")"
-# A success clears the identifier's counter.
-expect 200 - POST /v1/login "$(login_body alice@example.com "$PW_A" dev-alice)"
-ok "ALTCHA challenges (maxnumber 1000, then 2000) solved by altcha-lib; replay refused"
+# A success clears the account's counter, for all its identifiers.
+expect 200 - POST /v1/login "$(login_body "$ALICE_NO" "$PW_A" dev-alice)"
+ok "ALTCHA challenges (maxnumber 1000, then 2000) solved by altcha-lib; another login's challenge and a too cheap one refused"
 
 # Per network: unknown identifiers, each failing once, from 127.3.0.1 (network 127.3.0.0/24).
 for i in $(seq 1 15); do
@@ -462,8 +477,17 @@ for i in $(seq 1 15); do
 done
 expect 428 captcha_required -i 127.3.0.1 POST /v1/login "$(login_body ghost16@example.com 'Wrong-pass1' dev-g)"
 [[ "$(jget challenge.maxnumber)" == 1000 ]] || fail "network challenge: $(cat "$W/body")"
+# The network's captcha holds for a right password too. A solution passes once (here into a
+# step-up for the new network, which neither counts nor clears a network failure); replayed at
+# the same cost it is refused.
+expect 428 captcha_required -i 127.3.0.1 POST /v1/login "$(login_body +8613900000001 "$PW_P" dev-phone)"
+jget challenge >"$W/cn.json"
+PN="$(solve "$W/cn.json")"
+expect 403 step_up_required -i 127.3.0.1 POST /v1/login "$(login_body +8613900000001 "$PW_P" dev-phone "{altcha: \"$PN\"}")"
+expect 428 captcha_required -i 127.3.0.1 POST /v1/login "$(login_body +8613900000001 "$PW_P" dev-phone "{altcha: \"$PN\"}")"
+[[ "$(jget error.message)" == *already_used* ]] || fail "replay message: $(jget error.message)"
 expect 401 invalid_credentials -i 127.4.0.1 POST /v1/login "$(login_body ghost16@example.com 'Wrong-pass1' dev-g)"
-ok "15 failures from one /24 network ask that network for a captcha, not others"
+ok "15 failures from one /24 network ask that network for a captcha, not others; replay refused"
 
 # ---------------------------------------------------------------------------------------------
 step="3 step-up"

@@ -64,7 +64,8 @@ static int do_create(const uint8_t *key, size_t key_len, int argc, char **argv)
 	if (argc < 4 || argc > 5 || parse_ll(argv[3], &maxnumber) != 0 ||
 	    (argc == 5 && (parse_ll(argv[4], &ttl) != 0 || ttl < 1 || ttl > 86400)))
 		return usage();
-	rc = acct_altcha_create(key, key_len, maxnumber, (int)ttl, (int64_t)time(NULL), &challenge);
+	rc = acct_altcha_create(key, key_len, maxnumber, (int)ttl, (int64_t)time(NULL), NULL,
+				&challenge);
 	if (rc) {
 		fprintf(stderr, "altcha_tool: create: %s\n", mica_strerror(rc));
 		return 2;
@@ -103,7 +104,7 @@ static int do_verify(const uint8_t *key, size_t key_len, int argc, char **argv)
 		printf("malformed\n"); /* an embedded NUL */
 		return 1;
 	}
-	rc = acct_altcha_verify(key, key_len, payload, (int64_t)now, challenge, &v);
+	rc = acct_altcha_verify(key, key_len, payload, (int64_t)now, NULL, challenge, &v);
 	printf("%s\n", v.code);
 	if (rc == 0) {
 		fprintf(stderr, "altcha_tool: challenge %s expires %lld\n", challenge,

@@ -33,14 +33,19 @@ static const uint8_t key[] = "0123456789abcdef0123456789abcdef"; /* 32 bytes + N
 	"ZTdjZjk5Yjc2MDlhZWZmMjQzMGRiMTIwZjJlZWU5ZDYyNzhmMzI4MGMyNGExMTRiNjkzNzUxZjc3IiwidG9vayI6" \
 	"MTJ9"
 
-static json_t *create(long long maxnumber, int ttl)
+static json_t *create_for(long long maxnumber, int ttl, const char *scope)
 {
 	json_t *c = NULL;
-	int rc = acct_altcha_create(key, KEY_LEN, maxnumber, ttl, NOW, &c);
+	int rc = acct_altcha_create(key, KEY_LEN, maxnumber, ttl, NOW, scope, &c);
 
 	ck_assert_msg(rc == 0, "create: %s", mica_strerror(rc));
 	ck_assert_ptr_nonnull(c);
 	return c;
+}
+
+static json_t *create(long long maxnumber, int ttl)
+{
+	return create_for(maxnumber, ttl, NULL);
 }
 
 static const char *str(json_t *obj, const char *name)
@@ -97,11 +102,12 @@ static json_t *payload_obj(json_t *c, long long number)
 	return p;
 }
 
-static void expect_b64(const char *b64, long long now, int want_rc, const char *want_code)
+static void expect_b64_want(const char *b64, long long now, const struct acct_altcha_want *want,
+			    int want_rc, const char *want_code)
 {
 	struct acct_altcha_verdict v;
 	char challenge[ACCT_ALTCHA_HEX_LEN + 1] = "junk";
-	int rc = acct_altcha_verify(key, KEY_LEN, b64, now, challenge, &v);
+	int rc = acct_altcha_verify(key, KEY_LEN, b64, now, want, challenge, &v);
 
 	ck_assert_msg(rc == want_rc && strcmp(v.code, want_code) == 0,
 		      "verify: rc %s code %s, want %s %s", mica_strerror(rc), v.code,
@@ -109,6 +115,22 @@ static void expect_b64(const char *b64, long long now, int want_rc, const char *
 	ck_assert_str_eq(v.code, acct_altcha_fault_code(v.fault));
 	if (rc != 0)
 		ck_assert_str_eq(challenge, "");
+}
+
+static void expect_b64(const char *b64, long long now, int want_rc, const char *want_code)
+{
+	expect_b64_want(b64, now, NULL, want_rc, want_code);
+}
+
+/* Verify the payload object |p| (consumed) against |want|. */
+static void expect_obj_want(json_t *p, const struct acct_altcha_want *want, int want_rc,
+			    const char *want_code)
+{
+	char *b64 = payload_json(p);
+
+	expect_b64_want(b64, NOW, want, want_rc, want_code);
+	free(b64);
+	json_decref(p);
 }
 
 /* Verify the payload object |p| (consumed). */
@@ -151,7 +173,7 @@ START_TEST(create_shape)
 {
 	json_t *c = create(50000, 300), *c2 = create(50000, 300);
 	char salt_hex[33], tail[64], mac_hex[65];
-	long long expires = 0;
+	long long expires = 0, cost = 0;
 	uint8_t mac[32];
 	const char *ch = str(c, "challenge");
 
@@ -160,11 +182,13 @@ START_TEST(create_shape)
 	ck_assert_int_eq(json_integer_value(json_object_get(c, "maxnumber")), 50000);
 	ck_assert_uint_eq(strlen(ch), 64);
 	ck_assert_uint_eq(strspn(ch, "0123456789abcdef"), 64);
-	/* <32 hex>?expires=<now + ttl>& */
-	ck_assert_int_eq(
-	    sscanf(str(c, "salt"), "%32[0-9a-f]?expires=%lld%63s", salt_hex, &expires, tail), 3);
+	/* <32 hex>?expires=<now + ttl>&maxnumber=<cost>& */
+	ck_assert_int_eq(sscanf(str(c, "salt"), "%32[0-9a-f]?expires=%lld&maxnumber=%lld%63s",
+				salt_hex, &expires, &cost, tail),
+			 4);
 	ck_assert_uint_eq(strlen(salt_hex), 32);
 	ck_assert_int_eq(expires, NOW + 300);
+	ck_assert_int_eq(cost, 50000);
 	ck_assert_str_eq(tail, "&");
 	/* signature = HMAC-SHA256(key, challenge text) */
 	ck_assert_int_eq(mica_hmac_sha256(key, KEY_LEN, ch, 64, mac), 0);
@@ -187,7 +211,7 @@ START_TEST(solve_then_verify)
 
 	ck_assert_int_ge(n, 0);
 	ck_assert_int_le(n, 2000);
-	ck_assert_int_eq(acct_altcha_verify(key, KEY_LEN, b64, NOW, challenge, &v), 0);
+	ck_assert_int_eq(acct_altcha_verify(key, KEY_LEN, b64, NOW, NULL, challenge, &v), 0);
 	ck_assert_int_eq(v.fault, ACCT_ALTCHA_OK);
 	ck_assert_str_eq(v.code, "ok");
 	ck_assert_str_eq(challenge, str(c, "challenge"));
@@ -228,12 +252,13 @@ START_TEST(golden_altcha_lib_payload)
 	const uint8_t *gk = (const uint8_t *)GOLDEN_KEY;
 
 	ck_assert_int_eq(
-	    acct_altcha_verify(gk, strlen(GOLDEN_KEY), GOLDEN_PAYLOAD, NOW, challenge, &v), 0);
+	    acct_altcha_verify(gk, strlen(GOLDEN_KEY), GOLDEN_PAYLOAD, NOW, NULL, challenge, &v),
+	    0);
 	ck_assert_str_eq(challenge, GOLDEN_CHALLENGE);
 	ck_assert_int_eq(v.expires, 1900000000LL);
-	ck_assert_int_eq(
-	    acct_altcha_verify(gk, strlen(GOLDEN_KEY), GOLDEN_PAYLOAD, 1900000001LL, challenge, &v),
-	    MICA_EAUTH);
+	ck_assert_int_eq(acct_altcha_verify(gk, strlen(GOLDEN_KEY), GOLDEN_PAYLOAD, 1900000001LL,
+					    NULL, challenge, &v),
+			 MICA_EAUTH);
 	ck_assert_str_eq(v.code, "expired");
 	/* Our key did not sign it. */
 	expect_b64(GOLDEN_PAYLOAD, NOW, MICA_EAUTH, "bad_signature");
@@ -278,7 +303,7 @@ START_TEST(tampering)
 	p = payload_obj(c, n);
 	snprintf(buf, sizeof(buf), "%s", str(c, "salt"));
 	ck_assert_ptr_nonnull(strstr(buf, "?expires="));
-	buf[strlen(buf) - 2]++; /* last digit of the expiry */
+	strchr(strstr(buf, "?expires="), '&')[-1]++; /* last digit of the expiry */
 	json_object_set_new(p, "salt", json_string(buf));
 	expect_obj(p, NOW, MICA_EAUTH, "wrong_solution");
 	p = payload_obj(c, n);
@@ -443,32 +468,102 @@ START_TEST(argument_errors)
 	struct acct_altcha_verdict v;
 	char challenge[ACCT_ALTCHA_HEX_LEN + 1] = "x";
 
-	ck_assert_int_eq(acct_altcha_create(key, 15, 100, 60, NOW, &c), MICA_EINVAL);
+	ck_assert_int_eq(acct_altcha_create(key, 15, 100, 60, NOW, NULL, &c), MICA_EINVAL);
 	ck_assert_ptr_null(c);
-	ck_assert_int_eq(acct_altcha_create(NULL, KEY_LEN, 100, 60, NOW, &c), MICA_EINVAL);
-	ck_assert_int_eq(acct_altcha_create(key, KEY_LEN, 0, 60, NOW, &c), MICA_EINVAL);
+	ck_assert_int_eq(acct_altcha_create(NULL, KEY_LEN, 100, 60, NOW, NULL, &c), MICA_EINVAL);
+	ck_assert_int_eq(acct_altcha_create(key, KEY_LEN, 0, 60, NOW, NULL, &c), MICA_EINVAL);
 	ck_assert_int_eq(
-	    acct_altcha_create(key, KEY_LEN, ACCT_ALTCHA_MAXNUMBER_MAX + 1, 60, NOW, &c),
+	    acct_altcha_create(key, KEY_LEN, ACCT_ALTCHA_MAXNUMBER_MAX + 1, 60, NOW, NULL, &c),
 	    MICA_EINVAL);
-	ck_assert_int_eq(acct_altcha_create(key, KEY_LEN, 100, 0, NOW, &c), MICA_EINVAL);
-	ck_assert_int_eq(acct_altcha_create(key, KEY_LEN, 100, 60, -1, &c), MICA_EINVAL);
-	ck_assert_int_eq(acct_altcha_create(key, KEY_LEN, 100, 60, INT64_MAX, &c), MICA_EINVAL);
-	ck_assert_int_eq(acct_altcha_create(key, KEY_LEN, 100, 60, NOW, NULL), MICA_EINVAL);
-	ck_assert_int_eq(acct_altcha_create(key, KEY_LEN, ACCT_ALTCHA_MAXNUMBER_MAX, 60, NOW, &c),
-			 0);
+	ck_assert_int_eq(acct_altcha_create(key, KEY_LEN, 100, 0, NOW, NULL, &c), MICA_EINVAL);
+	ck_assert_int_eq(acct_altcha_create(key, KEY_LEN, 100, 60, -1, NULL, &c), MICA_EINVAL);
+	ck_assert_int_eq(acct_altcha_create(key, KEY_LEN, 100, 60, INT64_MAX, NULL, &c),
+			 MICA_EINVAL);
+	ck_assert_int_eq(acct_altcha_create(key, KEY_LEN, 100, 60, NOW, NULL, NULL), MICA_EINVAL);
+	ck_assert_int_eq(
+	    acct_altcha_create(key, KEY_LEN, ACCT_ALTCHA_MAXNUMBER_MAX, 60, NOW, NULL, &c), 0);
 	json_decref(c);
 
-	ck_assert_int_eq(acct_altcha_verify(key, 15, GOLDEN_PAYLOAD, NOW, challenge, &v),
+	ck_assert_int_eq(acct_altcha_verify(key, 15, GOLDEN_PAYLOAD, NOW, NULL, challenge, &v),
 			 MICA_EINVAL);
 	ck_assert_str_eq(v.code, "malformed");
 	ck_assert_str_eq(challenge, "");
-	ck_assert_int_eq(acct_altcha_verify(key, KEY_LEN, NULL, NOW, challenge, &v), MICA_EINVAL);
-	ck_assert_int_eq(acct_altcha_verify(key, KEY_LEN, GOLDEN_PAYLOAD, NOW, NULL, &v),
+	ck_assert_int_eq(acct_altcha_verify(key, KEY_LEN, NULL, NOW, NULL, challenge, &v),
 			 MICA_EINVAL);
-	ck_assert_int_eq(acct_altcha_verify(key, KEY_LEN, GOLDEN_PAYLOAD, NOW, challenge, NULL),
+	ck_assert_int_eq(acct_altcha_verify(key, KEY_LEN, GOLDEN_PAYLOAD, NOW, NULL, NULL, &v),
 			 MICA_EINVAL);
+	ck_assert_int_eq(
+	    acct_altcha_verify(key, KEY_LEN, GOLDEN_PAYLOAD, NOW, NULL, challenge, NULL),
+	    MICA_EINVAL);
 	ck_assert_str_eq(acct_altcha_fault_code(ACCT_ALTCHA_EXPIRED), "expired");
+	ck_assert_str_eq(acct_altcha_fault_code(ACCT_ALTCHA_TOO_CHEAP), "too_cheap");
 	ck_assert_str_eq(acct_altcha_fault_code((enum acct_altcha_fault)99), "unknown");
+}
+END_TEST
+
+/* A challenge counts only for the scope it was issued for and at the cost
+ * now due; the salt carries both, authenticated through the challenge. */
+START_TEST(scope_and_cost)
+{
+	json_t *c = create_for(2000, 300, "abc123"), *plain = create(2000, 300);
+	long long n = solve(c), pn = solve(plain);
+	char scope64[ACCT_ALTCHA_SCOPE_MAX + 2];
+	struct acct_altcha_want ok = {"abc123", 2000}, cheaper = {"abc123", 1000};
+	struct acct_altcha_want other = {"abc124", 2000}, prefix = {"abc12", 2000};
+	struct acct_altcha_want dearer = {"abc123", 2001}, any = {NULL, 2000};
+
+	ck_assert_ptr_nonnull(strstr(str(c, "salt"), "&maxnumber=2000&scope=abc123&"));
+	expect_obj_want(payload_obj(c, n), &ok, 0, "ok");
+	expect_obj_want(payload_obj(c, n), &cheaper, 0, "ok");
+	expect_obj_want(payload_obj(c, n), &any, 0, "ok");
+	expect_obj_want(payload_obj(c, n), &other, MICA_EAUTH, "wrong_scope");
+	expect_obj_want(payload_obj(c, n), &prefix, MICA_EAUTH, "wrong_scope");
+	expect_obj_want(payload_obj(c, n), &dearer, MICA_EAUTH, "too_cheap");
+	/* Without a scope it cannot be spent where one is wanted. */
+	expect_obj_want(payload_obj(plain, pn), &ok, MICA_EAUTH, "wrong_scope");
+	expect_obj_want(payload_obj(plain, pn), &any, 0, "ok");
+	/* A wrong solution is reported as such before the scope is read. */
+	expect_obj_want(payload_obj(c, n + 1), &other, MICA_EAUTH, "wrong_solution");
+
+	/* Salts only a key holder could sign: repeated, missing or bad values. */
+	expect_obj_want(
+	    signed_payload("ab?expires=1800000000&maxnumber=9&scope=abc123&scope=abc123&", 1), &ok,
+	    MICA_EAUTH, "wrong_scope");
+	expect_obj_want(signed_payload("ab?expires=1800000000&maxnumber=9&xscope=abc123&", 1), &ok,
+			MICA_EAUTH, "wrong_scope");
+	expect_obj_want(signed_payload("ab?expires=1800000000&scope=abc123&", 1), &cheaper,
+			MICA_EAUTH, "too_cheap");
+	expect_obj_want(signed_payload("ab?expires=1800000000&maxnumber=&scope=abc123&", 1),
+			&cheaper, MICA_EAUTH, "too_cheap");
+	expect_obj_want(signed_payload("ab?expires=1800000000&maxnumber=2e3&scope=abc123&", 1),
+			&cheaper, MICA_EAUTH, "too_cheap");
+	expect_obj_want(
+	    signed_payload("ab?expires=1800000000&maxnumber=5000&maxnumber=5000&scope=abc123&", 1),
+	    &cheaper, MICA_EAUTH, "too_cheap");
+	expect_obj_want(signed_payload("ab?expires=1800000000&maxnumber=5000&scope=abc123&", 1),
+			&cheaper, 0, "ok");
+	/* Expiry is checked first. */
+	expect_obj_want(signed_payload("ab?expires=1600000000&maxnumber=5000&scope=abc124&", 1),
+			&ok, MICA_EAUTH, "expired");
+
+	/* Scopes are 1 to 64 characters of [0-9a-z]. The longest, with the
+	 * largest cost, still fits: its payload gets past the salt-length check
+	 * (else "malformed") to the hash check. */
+	json_t *bad = (json_t *)1;
+	const char *bad_scopes[] = {"", "Abc", "a&b", "a=b", "a b", "\xc3\xa9"};
+	for (size_t i = 0; i < sizeof(bad_scopes) / sizeof(bad_scopes[0]); i++)
+		ck_assert_int_eq(acct_altcha_create(key, KEY_LEN, 10, 60, NOW, bad_scopes[i], &bad),
+				 MICA_EINVAL);
+	memset(scope64, 'z', sizeof(scope64));
+	scope64[ACCT_ALTCHA_SCOPE_MAX + 1] = '\0';
+	ck_assert_int_eq(acct_altcha_create(key, KEY_LEN, 10, 60, NOW, scope64, &bad), MICA_EINVAL);
+	scope64[ACCT_ALTCHA_SCOPE_MAX] = '\0';
+	json_decref(c);
+	c = create_for(ACCT_ALTCHA_MAXNUMBER_MAX, 300, scope64);
+	struct acct_altcha_want longest = {scope64, ACCT_ALTCHA_MAXNUMBER_MAX};
+	expect_obj_want(payload_obj(c, 0), &longest, MICA_EAUTH, "wrong_solution");
+	json_decref(c);
+	json_decref(plain);
 }
 END_TEST
 
@@ -504,6 +599,7 @@ static Suite *altcha_suite(void)
 	tcase_add_test(tc, bad_base64);
 	tcase_add_test(tc, missing_and_mistyped_members);
 	tcase_add_test(tc, argument_errors);
+	tcase_add_test(tc, scope_and_cost);
 	tcase_add_test(tc, cost_escalation);
 	suite_add_tcase(s, tc);
 	return s;
