@@ -525,8 +525,19 @@ expect 410 stepup_expired POST "/v1/stepup/$SU/send" '{"method": "email"}'
 # The right password, then failed step-up codes: the severe signal.
 N_FROZEN="$(notes alice@example.com 'Your mica account was frozen')"
 expect 200 - -t "$T_LAPTOP" GET /v1/sessions
+expect 200 - POST /v1/login "$(login_body alice@example.com "$PW_A" dev-alice '{session_kind: "web"}')"
+T_WEB="$(jget token)"
 expect 403 step_up_required POST /v1/login "$(login_body alice@example.com "$PW_A" dev-thief)"
 SU="$(jget stepup_id)"
+expect 200 - POST "/v1/stepup/$SU/send" '{"method": "email"}'
+CODE="$(code_for alice@example.com)"
+# An expired code, however often tried, is no sign of a thief: it does not count.
+sql "$ADMIN_CI" "UPDATE account.verification SET expires_at = now() - interval '1 second'
+	WHERE id = (SELECT verification_id FROM account.stepup WHERE id = '$SU')" >/dev/null
+for _ in 1 2 3; do
+	expect 400 code_expired POST "/v1/stepup/$SU/verify" "{\"code\": \"$CODE\"}"
+done
+code_limits_clear
 expect 200 - POST "/v1/stepup/$SU/send" '{"method": "email"}'
 CODE="$(code_for alice@example.com)"
 BAD="$(wrong_code "$CODE")"
@@ -539,13 +550,14 @@ expect 409 stepup_closed POST "/v1/stepup/$SU/verify" "{\"code\": \"$CODE\"}"
 	fail "sessions survived the freeze"
 expect 401 invalid_token -t "$T_LAPTOP" GET /v1/sessions
 expect 401 invalid_token -t "$T_REG" GET /v1/sessions
+expect 401 invalid_token -t "$T_WEB" GET /v1/sessions
 [[ "$(notes alice@example.com 'Your mica account was frozen')" == $((N_FROZEN + 1)) ]] ||
 	fail "no freeze notification"
 # Frozen: even the right password from a trusted device gets 423, and wrong passwords stay 401
 # (they never freeze, and never reveal the freeze).
 expect 423 account_frozen POST /v1/login "$(login_body alice@example.com "$PW_A" dev-alice)"
 expect 401 invalid_credentials POST /v1/login "$(login_body alice@example.com 'Wrong-pass1' dev-alice)"
-ok "two failed step-up codes froze the account: sessions revoked, user told"
+ok "expired codes did not count; two wrong step-up codes froze the account: app and web sessions revoked, user told"
 
 # Recovery only by a verified reset; the burned password can never be set again.
 code_limits_clear
@@ -577,7 +589,18 @@ expect 200 - POST /v1/password/reset/start '{"login": "nobody@example.com"}'
 expect 400 invalid_code POST /v1/password/reset/complete "$(js --arg v "$(jget verification_id)" \
 	'{verification_id: $v, code: "123456", new_password: "Whatever-1"}')"
 expect 400 bad_login POST /v1/password/reset/start '{"login": "1234567890"}'
-ok "reset by code unfroze the account; old password refused, new one works"
+# A reset revokes every session of the account (here one that was never frozen).
+expect 200 - POST /v1/login "$(login_body +8613900000001 "$PW_P" dev-phone)"
+T_P="$(jget token)"
+expect 200 - -t "$T_P" GET /v1/sessions
+code_limits_clear
+expect 200 - POST /v1/password/reset/start '{"login": "+8613900000001"}'
+VID="$(jget verification_id)"
+PW_P='Phone-new-2'
+expect 200 - POST /v1/password/reset/complete "$(js --arg v "$VID" --arg c "$(code_for +8613900000001)" \
+	--arg p "$PW_P" '{verification_id: $v, code: $c, new_password: $p}')"
+expect 401 invalid_token -t "$T_P" GET /v1/sessions
+ok "reset by code unfroze the account and revoked every session; old password refused, new one works"
 
 # ---------------------------------------------------------------------------------------------
 step="4 sessions"
