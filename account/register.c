@@ -246,6 +246,22 @@ static int number_recycled(mica_db *db, const char *phone_idx, const char *since
 	return err;
 }
 
+int acct_password_admit(acct_service *s, const char *policy, const char *password,
+			struct acct_fail *f)
+{
+	struct acct_password_verdict v;
+	int err = acct_password_check(policy, password, s->blocklist, &v);
+	if (err == 0)
+		return 0;
+	if (v.reason == ACCT_PASSWORD_CHECK_FAILED) {
+		MICA_LOG(MICA_LOG_ERROR, "account: the %s password policy cannot run: %s", policy,
+			 v.message);
+		return acct_failf(f, 503, "policy_unavailable",
+				  "the %s password policy is not available on this server", policy);
+	}
+	return acct_failf(f, 400, "weak_password", "%s: %s", v.code, v.message);
+}
+
 int acct_password_burned(acct_service *s, int64_t user_id, const char *password, int *burned)
 {
 	mica_db *db = mica_db_thread();
@@ -432,7 +448,6 @@ int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t
 {
 	struct acct_register_complete_req r;
 	struct new_account a = {.s = s};
-	struct acct_password_verdict v;
 	const char *policy;
 	char net[64], net_hash[65], *target_idx = NULL, *target = NULL, *channel = NULL;
 	mica_db *db = mica_db_thread();
@@ -446,8 +461,8 @@ int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t
 	a.password = r.password;
 	a.device_name = r.device_name;
 	policy = r.policy ? r.policy : s->cfg->password_policy;
-	if (acct_password_check(policy, r.password, s->blocklist, &v) != 0)
-		return acct_failf(f, 400, "weak_password", "%s: %s", v.code, v.message);
+	if ((err = acct_password_admit(s, policy, r.password, f)) != 0)
+		return err;
 	if ((err = acct_code_verify(s, db, r.verification_id, "register", r.code, &none, &target_idx,
 				    &target, &channel, f)) != 0)
 		return err;
@@ -600,7 +615,6 @@ int acct_reset_complete(acct_service *s, json_t *body, json_t **out, struct acct
 	const char *vid = json_string_value(json_object_get(body, "verification_id"));
 	const char *code = json_string_value(json_object_get(body, "code"));
 	const char *password = json_string_value(json_object_get(body, "new_password"));
-	struct acct_password_verdict v;
 	mica_db *db = mica_db_thread();
 	char *idx = NULL, *target = NULL, *channel = NULL, policy[16] = "miui";
 	int64_t uid = 0;
@@ -625,13 +639,14 @@ int acct_reset_complete(acct_service *s, json_t *body, json_t **out, struct acct
 	    PQntuples(res) == 1)
 		snprintf(policy, sizeof(policy), "%s", mica_db_get(res, 0, 0));
 	PQclear(res);
-	if (acct_password_check(policy, password, s->blocklist, &v) != 0)
-		err = acct_failf(f, 400, "weak_password", "%s: %s", v.code, v.message);
-	else if ((err = acct_password_burned(s, uid, password, &burned)) != 0)
-		acct_fail_internal(f, err, "the Key Center");
-	else if (burned)
-		err = acct_failf(f, 400, "password_burned",
-				 "this password was burned when the account was frozen; choose another");
+	if ((err = acct_password_admit(s, policy, password, f)) == 0) {
+		if ((err = acct_password_burned(s, uid, password, &burned)) != 0)
+			acct_fail_internal(f, err, "the Key Center");
+		else if (burned)
+			err = acct_failf(f, 400, "password_burned",
+					 "this password was burned when the account was frozen;"
+					 " choose another");
+	}
 	if (err) {
 		/* The code proved the channel; a refused password must not use it up. */
 		const char *q[1] = {vid};

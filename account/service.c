@@ -189,6 +189,11 @@ int acct_run(struct acct_config *cfg)
 		MICA_LOG(MICA_LOG_ERROR, "account.password.policy: must be miui or nist");
 		return 2;
 	}
+	if (strcmp(cfg->password_policy, "nist") == 0 && !*cfg->blocklist_dir) {
+		MICA_LOG(MICA_LOG_ERROR, "account.password.policy: nist needs"
+					 " account.password.blocklist_dir (breached-password range files)");
+		return 2;
+	}
 	if (strlen(cfg->altcha_key) < 16) {
 		MICA_LOG(MICA_LOG_ERROR, "account.risk.altcha_key_file: the key needs 16+ bytes");
 		return 2;

@@ -109,7 +109,6 @@ int acct_password_change(acct_service *s, const struct acct_session *sess, json_
 {
 	const char *cur = json_string_value(json_object_get(body, "current_password"));
 	const char *next = json_string_value(json_object_get(body, "new_password"));
-	struct acct_password_verdict v;
 	mica_db *db = mica_db_thread();
 	PGresult *res = NULL;
 	char uid[24], *phc = NULL;
@@ -132,9 +131,9 @@ int acct_password_change(acct_service *s, const struct acct_session *sess, json_
 		mica_wipe(phc, strlen(phc));
 		free(phc);
 	}
-	if (!err && acct_password_check(mica_db_get(res, 0, 1), next, s->blocklist, &v) != 0) {
+	if (!err && (err = acct_password_admit(s, mica_db_get(res, 0, 1), next, f)) != 0) {
 		PQclear(res);
-		return acct_failf(f, 400, "weak_password", "%s: %s", v.code, v.message);
+		return err;
 	}
 	PQclear(res);
 	if (err)

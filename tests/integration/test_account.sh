@@ -128,6 +128,14 @@ fi
 grep -q 'Key Center key account-nope is not usable: ' "$W/nope.log" ||
 	fail "start-up error: $(tail -n 3 "$W/nope.log")"
 ok "mica-account refuses to start when the pepper key gives no data key"
+# nist as the default policy without a breached-password list stops the start, naming the key.
+if env "${ACCT_ENV[@]}" MICA_ACCOUNT_PASSWORD_POLICY=nist MICA_ACCOUNT_PASSWORD_BLOCKLIST_DIR= \
+	timeout 60 "$ACCT_BIN" --config deploy/mica.conf.example >"$W/nist.log" 2>&1; then
+	fail "mica-account started with the nist policy and no blocklist"
+fi
+grep -q 'nist needs account.password.blocklist_dir' "$W/nist.log" ||
+	fail "start-up error: $(tail -n 3 "$W/nist.log")"
+ok "mica-account refuses nist as its default policy without a breached-password list"
 stack_start account "$AURL" "${ACCT_ENV[@]}" "$ACCT_BIN" --config deploy/mica.conf.example
 ok "Key Center on $KURL with keys account-pii/-index/-pepper; mica-account on $AURL"
 
@@ -652,10 +660,11 @@ ok "a revoked session fails on the very next request (PostgreSQL and a Redis tom
 # tombstone acknowledged, can make the very next check there fail.
 mica_free_port APORT2
 AURL_A="$AURL" AURL_B="https://localhost:$APORT2"
-# It also seals at most two hashes per pepper data key (and not by age), checked below.
+# It also seals at most two hashes per pepper data key (and not by age), and has no
+# breached-password list; both are checked below.
 stack_start account2 "$AURL_B" "${ACCT_ENV[@]}" "MICA_ACCOUNT_HTTP_PORT=$APORT2" \
 	MICA_ACCOUNT_PASSWORD_PEPPER_KEY_MAX_SEALS=2 MICA_ACCOUNT_PASSWORD_PEPPER_KEY_MAX_AGE_S=3600 \
-	"$ACCT_BIN" --config deploy/mica.conf.example
+	MICA_ACCOUNT_PASSWORD_BLOCKLIST_DIR= "$ACCT_BIN" --config deploy/mica.conf.example
 expect 200 - POST /v1/login "$(login_body alice@example.com "$PW_A2" dev-alice)"
 T7="$(jget token)" S7="$(jget session_id)"
 AURL="$AURL_B"
@@ -679,9 +688,17 @@ k3="$(wrapped_of "${seal_uids[2]}")"
 for u in "${seal_uids[@]}"; do
 	[[ "$(kc_phc "$u")" == '$argon2id$'* ]] || fail "hash of user $u does not open"
 done
+# Without the list, nist cannot run: a 503 naming the policy, not a 400 blaming the password;
+# the code is not used up, and miui still works.
+expect 200 - POST /v1/register/start '{"email": "nolist@example.com"}'
+VID="$(jget verification_id)" CODE="$(code_for nolist@example.com)"
+expect 503 policy_unavailable POST /v1/register/complete "$(js --arg v "$VID" --arg c "$CODE" \
+	'{verification_id: $v, code: $c, password: "correct horse battery staple, 2026",
+	password_policy: "nist", device: {id: "dev-nolist", name: "test"}}')"
+expect 201 - POST /v1/register/complete "$(complete "$VID" "$CODE" 'Nolist-pass1' dev-nolist)"
 AURL="$AURL_A"
 stack_stop account2
-ok "after pepper_key_max_seals hashes a fresh pepper data key is taken"
+ok "after pepper_key_max_seals hashes a fresh pepper data key is taken; nist without a list is 503"
 
 # Introspection: mTLS service principals only.
 expect 200 - -c keycenter POST /v1/introspect "{\"token\": \"$T1\"}"
