@@ -159,6 +159,16 @@ int acct_reset_start(acct_service *s, json_t *body, json_t **out, struct acct_fa
 int acct_reset_complete(acct_service *s, json_t *body, json_t **out, struct acct_fail *f) MICA_WUR;
 /* Sends |subject|/|body| to every verified channel of |user_id|. */
 void acct_notify_user(acct_service *s, int64_t user_id, const char *subject, const char *body);
+/* An account's contacts, opened (phone, email, security phone, security
+ * email; NULL where unset or unreadable), for a notice sent after the rows
+ * are gone (acct_notify_user() in three steps). */
+struct acct_contacts {
+	char *to[4];
+};
+void acct_contacts_load(acct_service *s, int64_t user_id, struct acct_contacts *c);
+void acct_contacts_send(acct_service *s, const struct acct_contacts *c, const char *subject,
+			const char *body);
+void acct_contacts_free(struct acct_contacts *c); /* wipes them */
 
 /* ---- pepper.c ----------------------------------------------------------------- */
 int acct_pepper_new(acct_pepper **out) MICA_WUR;

@@ -667,12 +667,13 @@ int acct_reset_complete(acct_service *s, json_t *body, json_t **out, struct acct
 
 /* ---- notifications to an account ----------------------------------------------------------- */
 
-void acct_notify_user(acct_service *s, int64_t user_id, const char *subject, const char *body)
+void acct_contacts_load(acct_service *s, int64_t user_id, struct acct_contacts *c)
 {
 	mica_db *db = mica_db_thread();
 	PGresult *res = NULL;
 	char uid[24];
 	static const char *const cols[4] = {"phone", "email", "security_phone", "security_email"};
+	memset(c, 0, sizeof(*c));
 	if (!db)
 		return;
 	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
@@ -685,16 +686,40 @@ void acct_notify_user(acct_service *s, int64_t user_id, const char *subject, con
 		PQclear(res);
 		return;
 	}
-	for (int c = 0; c < 4; c++) {
-		const char *sealed = mica_db_get(res, 0, c);
-		char *to = NULL;
-		if (!sealed || !*sealed || acct_pii_open(s, "user", cols[c], uid, sealed, &to) != 0)
-			continue;
-		if (acct_notify_send(s->notify, db, c % 2 == 0 ? ACCT_CHANNEL_SMS : ACCT_CHANNEL_EMAIL,
-				     to, subject, body) != 0)
-			MICA_LOG(MICA_LOG_ERROR, "account: a notification could not be sent");
-		mica_wipe(to, strlen(to));
-		free(to);
+	for (int i = 0; i < 4; i++) {
+		const char *sealed = mica_db_get(res, 0, i);
+		if (sealed && *sealed && acct_pii_open(s, "user", cols[i], uid, sealed, &c->to[i]) != 0)
+			c->to[i] = NULL;
 	}
 	PQclear(res);
+}
+
+void acct_contacts_send(acct_service *s, const struct acct_contacts *c, const char *subject,
+			const char *body)
+{
+	mica_db *db = mica_db_thread();
+	for (int i = 0; i < 4; i++)
+		if (db && c->to[i] &&
+		    acct_notify_send(s->notify, db, i % 2 == 0 ? ACCT_CHANNEL_SMS : ACCT_CHANNEL_EMAIL,
+				     c->to[i], subject, body) != 0)
+			MICA_LOG(MICA_LOG_ERROR, "account: a notification could not be sent");
+}
+
+void acct_contacts_free(struct acct_contacts *c)
+{
+	for (int i = 0; i < 4; i++) {
+		if (c->to[i]) {
+			mica_wipe(c->to[i], strlen(c->to[i]));
+			free(c->to[i]);
+		}
+		c->to[i] = NULL;
+	}
+}
+
+void acct_notify_user(acct_service *s, int64_t user_id, const char *subject, const char *body)
+{
+	struct acct_contacts c;
+	acct_contacts_load(s, user_id, &c);
+	acct_contacts_send(s, &c, subject, body);
+	acct_contacts_free(&c);
 }

@@ -438,14 +438,21 @@ int acct_delete(acct_service *s, const struct acct_session *sess, json_t **out,
 		struct acct_fail *f)
 {
 	struct delete_ctx d = {s, sess->user_id};
+	struct acct_contacts c;
 	mica_db *db = mica_db_thread();
 	int err;
 	if ((err = acct_require_recent(s, sess, f)) != 0)
 		return err;
-	acct_notify_user(s, sess->user_id, "Your mica account was deleted",
-			 "Your mica account and its data were deleted.");
-	if ((err = mica_db_tx(db, MICA_DB_READ_COMMITTED, delete_tx, &d)) != 0)
+	/* The notice goes out only once the rows are gone, so the contacts are
+	 * read first. */
+	acct_contacts_load(s, sess->user_id, &c);
+	if ((err = mica_db_tx(db, MICA_DB_READ_COMMITTED, delete_tx, &d)) != 0) {
+		acct_contacts_free(&c);
 		return acct_fail_internal(f, err, "the account deletion");
+	}
+	acct_contacts_send(s, &c, "Your mica account was deleted",
+			   "Your mica account and its data were deleted.");
+	acct_contacts_free(&c);
 	MICA_LOG(MICA_LOG_INFO, "account: an account was deleted");
 	*out = json_pack("{s:b}", "deleted", 1);
 	return 0;
