@@ -261,6 +261,14 @@ kc_pepper_key() { # WRAPPED [CONTEXT_JSON] -> base64 data key (HTTP status in $W
 		"$KURL/v1/decrypt/account-pepper" >"$W/kc.code"
 	[[ "$(<"$W/kc.code")" != 200 ]] || jget plaintext "$W/kc.json"
 }
+kc_pii() { # SEALED COLUMN ROW -> the plaintext (HTTP status in $W/kc.code)
+	curl -sS --cacert "$MICA_CA" --cert "$MICA_CERT_ACCOUNT" --key "$MICA_KEY_ACCOUNT" \
+		-H 'Content-Type: application/json' -o "$W/kc.json" -w '%{http_code}' \
+		-d "$(js --arg c "$1" --arg col "$2" --arg r "$3" '{ciphertext: $c, context: {service:
+			"account", table: "user", column: $col, row: $r}}')" \
+		"$KURL/v1/decrypt/account-pii" >"$W/kc.code"
+	[[ "$(<"$W/kc.code")" != 200 ]] || jget plaintext "$W/kc.json" | base64 -d
+}
 kc_phc() {
 	local enc
 	enc="$(sql "$ADMIN_CI" "SELECT password_enc FROM account.user WHERE id = $1")"
@@ -325,7 +333,15 @@ if printf '%s %s' "$(kc_pepper_key "$wrapped")" "$env" |
 	"$ENVELOPE_OPEN" "$(pepper_aad $((ALICE_UID + 1)))" >/dev/null 2>&1; then
 	fail "the sealed hash opened for another row"
 fi
-ok "email and account number are Key Center ciphertexts, the password hash sealed under a wrapped pepper data key bound to its row; email found by HMAC index"
+# The email opens only with its own context: its row and its column.
+email_enc="$(sql "$ADMIN_CI" "SELECT email_enc FROM account.user WHERE id = $ALICE_UID")"
+[[ "$(kc_pii "$email_enc" email "$ALICE_UID")" == alice@example.com ]] ||
+	fail "email_enc does not open with its context: HTTP $(<"$W/kc.code")"
+for ctx in "email $((ALICE_UID + 1))" "security_email $ALICE_UID" "account_no $ALICE_UID"; do
+	kc_pii "$email_enc" ${ctx% *} "${ctx#* }" >/dev/null
+	[[ "$(<"$W/kc.code")" == 400 ]] || fail "email_enc under context $ctx: HTTP $(<"$W/kc.code")"
+done
+ok "email and account number are Key Center ciphertexts bound to their row and column, the password hash sealed under a wrapped pepper data key bound to its row; email found by HMAC index"
 
 # The same address again: a code is sent, but the account cannot be created twice.
 expect 200 - POST /v1/register/start '{"email": "alice@example.com"}'
