@@ -781,6 +781,22 @@ SU="$(jget stepup_id)"
 [[ "$(sql "$ADMIN_CI" "SELECT kind || ' ' || session_id FROM account.stepup WHERE id = '$SU'")" == "sensitive $S5" ]] ||
 	fail "step-up row"
 ! grep -q alice "$W/body" || fail "private data in the 403"
+# Every other sensitive route, given a valid body, asks the same and changes nothing.
+for route in "POST /v1/security/phone {\"phone\":\"+8613900000009\"}" \
+	"POST /v1/security/phone/verify {\"verification_id\":\"x\",\"code\":\"1\"}" \
+	"DELETE /v1/security/phone" "POST /v1/security/email {\"email\":\"a2@example.com\"}" \
+	"POST /v1/security/email/verify {\"verification_id\":\"x\",\"code\":\"1\"}" \
+	"DELETE /v1/security/email" \
+	"PUT /v1/security/questions {\"questions\":[{\"question\":\"Pet?\",\"answer\":\"Rex\"}]}" \
+	"PUT /v1/security/cross-device {\"enabled\":true}" \
+	"POST /v1/password/change {\"current_password\":\"$PW_A2\",\"new_password\":\"Alice-new-9\"}" \
+	"DELETE /v1/account"; do
+	read -r method path json <<<"$route"
+	expect 403 step_up_required -t "$T5" "$method" "$path" ${json:+"$json"}
+done
+[[ "$(sql "$ADMIN_CI" "SELECT count(*) FROM account.security_question WHERE user_id = $ALICE_UID")" == 0 &&
+	"$(sql "$ADMIN_CI" "SELECT cross_device FROM account.user WHERE id = $ALICE_UID")" == f ]] ||
+	fail "a sensitive route changed something without a step-up"
 expect 200 - POST "/v1/stepup/$SU/send" '{"method": "email"}'
 expect 200 - POST "/v1/stepup/$SU/verify" "{\"code\": \"$(code_for alice@example.com)\"}"
 [[ "$(cat "$W/body")" == '{"verified":true}' ]] || fail "sensitive verify: $(cat "$W/body")"
