@@ -286,11 +286,17 @@ int acct_password_burned(acct_service *s, int64_t user_id, const char *password,
 	return err;
 }
 
+#define RECYCLED_MAX 8
+
 struct new_account {
 	acct_service *s;
 	const char *kind; /* "phone" or "email" */
 	const char *target, *target_idx, *password, *policy, *device_hash, *device_name, *net_hash;
 	int64_t user_id, transferred_from;
+	/* Accounts whose security phone was this recycled number (up to the
+	 * first RECYCLED_MAX; the rest lose it all the same, untold). */
+	int64_t lost_security[RECYCLED_MAX];
+	int nlost_security;
 	char account_no[11];
 	char *token;
 	struct acct_session session;
@@ -305,6 +311,7 @@ static int create_account_tx(mica_db *db, void *arg)
 	int err;
 
 	a->transferred_from = 0;
+	a->nlost_security = 0;
 	free(a->token);
 	a->token = NULL;
 	/* An identifier another account holds: a phone number may move when the
@@ -338,6 +345,36 @@ static int create_account_tx(mica_db *db, void *arg)
 	}
 	PQclear(res);
 	res = NULL;
+	/* Other accounts' security phone: recycled since they bound it, it no
+	 * longer reaches them (else it is shared, which a security phone may be). */
+	if (strcmp(a->kind, "phone") == 0) {
+		if ((err = mica_db_exec(db,
+					"SELECT id, security_phone_bound_at::text FROM account.user"
+					" WHERE security_phone_idx = $1 FOR UPDATE",
+					1, p1, &res)) != 0)
+			goto out;
+		for (int i = 0; i < PQntuples(res); i++) {
+			int recycled = 0;
+			int64_t id = 0;
+			if ((err = number_recycled(db, a->target_idx, mica_db_get(res, i, 1),
+						   &recycled)) != 0 ||
+			    (err = mica_db_get_int64(res, i, 0, &id)) != 0)
+				goto out;
+			if (!recycled)
+				continue;
+			const char *p3[1] = {mica_db_get(res, i, 0)};
+			if ((err = mica_db_exec(db,
+						"UPDATE account.user SET security_phone_enc = NULL,"
+						" security_phone_idx = NULL, security_phone_bound_at = NULL"
+						" WHERE id = $1",
+						1, p3, NULL)) != 0)
+				goto out;
+			if (a->nlost_security < RECYCLED_MAX)
+				a->lost_security[a->nlost_security++] = id;
+		}
+		PQclear(res);
+		res = NULL;
+	}
 
 	/* A random ten-digit account number; retried on the rare collision. */
 	for (int attempt = 0; attempt < 5; attempt++) {
@@ -489,6 +526,11 @@ int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t
 					 " the carrier and verified by a new owner. It can no longer be"
 					 " used to log in or recover your account.");
 		}
+		for (int i = 0; i < a.nlost_security; i++)
+			acct_notify_user(s, a.lost_security[i], "Your security phone number was removed",
+					 "The security phone number of your mica account was recycled by"
+					 " the carrier and verified by a new owner. It was removed; bind"
+					 " a new one in your security settings.");
 		*out = json_pack("{s:s,s:s,s:I,s:I}", "account_id", a.account_no, "token", a.token,
 				 "session_id", (json_int_t)a.session.id, "expires_at",
 				 (json_int_t)a.session.expires_at);
@@ -552,10 +594,22 @@ int acct_reset_start(acct_service *s, json_t *body, json_t **out, struct acct_fa
 	}
 	if (uid && strcmp(channel, "sms") == 0 &&
 	    number_recycled(mica_db_thread(), idx, bound, &recycled) == 0 && recycled) {
-		/* The number changed hands: its new holder must not take over the account. */
-		acct_notify_user(s, uid, "Password reset refused",
-				 "Someone asked to reset your mica password with a phone number the"
-				 " carrier has recycled. Use your email or security contacts instead.");
+		/* The number changed hands: its new holder must not take over the
+		 * account, nor hear of it. The account loses the number, then is
+		 * told on its other contacts. */
+		char u[24];
+		snprintf(u, sizeof(u), "%lld", (long long)uid);
+		const char *p[2] = {u, idx};
+		if (mica_db_exec(mica_db_thread(),
+				 "UPDATE account.user SET phone_idx = NULL, phone_enc = NULL,"
+				 " phone_bound_at = NULL WHERE id = $1 AND phone_idx = $2",
+				 2, p, NULL) != 0)
+			MICA_LOG(MICA_LOG_WARN, "account: a recycled phone number could not be unbound");
+		else
+			acct_notify_user(s, uid, "Password reset refused",
+					 "Someone asked to reset your mica password with a phone number"
+					 " the carrier has recycled. The number was removed from your"
+					 " account; use your email or security contacts instead.");
 		uid = 0;
 	}
 	/* Same answer whether or not an account exists (no enumeration); a code

@@ -212,7 +212,7 @@ int acct_bind_complete(acct_service *s, const struct acct_session *sess, const c
 	const char *p[3] = {uid, enc, idx};
 	err = mica_db_exec(db,
 			   phone ? "UPDATE account.user SET security_phone_enc = $2,"
-				   " security_phone_idx = $3 WHERE id = $1"
+				   " security_phone_idx = $3, security_phone_bound_at = now() WHERE id = $1"
 				 : "UPDATE account.user SET security_email_enc = $2,"
 				   " security_email_idx = $3 WHERE id = $1",
 			   3, p, NULL);
@@ -253,7 +253,7 @@ int acct_unbind(acct_service *s, const struct acct_session *sess, const char *wh
 	err = mica_db_exec(db,
 			   strcmp(what, "phone") == 0
 				   ? "UPDATE account.user SET security_phone_enc = NULL,"
-				     " security_phone_idx = NULL WHERE id = $1"
+				     " security_phone_idx = NULL, security_phone_bound_at = NULL WHERE id = $1"
 				   : "UPDATE account.user SET security_email_enc = NULL,"
 				     " security_email_idx = NULL WHERE id = $1",
 			   1, p, NULL);

@@ -931,6 +931,63 @@ expect 200 - POST /v1/password/reset/start '{"login": "+8613800000001"}'
 	fail "reset by the recycled number"
 ok "recycled number moved to B; A cannot use it and was told by email"
 
+# A security phone the carrier recycled: when its new owner registers it, the old account
+# loses it (step-up codes and notices must not reach the new owner) and is told by email.
+code_limits_clear
+register c-recycle@example.com 'Crecycle-1' dev-c
+C_TOKEN="$REG_TOKEN" C_UID="$REG_UID"
+fresh "$REG_SID"
+expect 200 - -t "$C_TOKEN" POST /v1/security/phone '{"phone": "+8613800000002"}'
+VID="$(jget verification_id)"
+expect 200 - -t "$C_TOKEN" POST /v1/security/phone/verify \
+	"{\"verification_id\": \"$VID\", \"code\": \"$(code_for +8613800000002)\"}"
+[[ "$(sql "$ADMIN_CI" "SELECT security_phone_bound_at IS NOT NULL FROM account.user WHERE id = $C_UID")" == t ]] ||
+	fail "no security_phone_bound_at"
+sql "$ADMIN_CI" "INSERT INTO account.recycled_number (phone_idx, recycled_on)
+	SELECT security_phone_idx, current_date FROM account.user WHERE id = $C_UID" >/dev/null
+register +8613800000002 'Drecycle-2' dev-d
+[[ "$(sql "$ADMIN_CI" "SELECT (security_phone_idx IS NULL) || ' ' || (security_phone_enc IS NULL)
+	FROM account.user WHERE id = $C_UID")" == "true true" ]] || fail "C kept the recycled security phone"
+[[ "$(notes c-recycle@example.com 'Your security phone number was removed')" == 1 &&
+	"$(notes +8613800000002 'Your security phone number was removed')" == 0 ]] ||
+	fail "C was not told by email only"
+# A security phone that was not recycled may be shared: it stays.
+register e-recycle@example.com 'Erecycle-1' dev-e
+E_TOKEN="$REG_TOKEN" E_UID="$REG_UID"
+fresh "$REG_SID"
+expect 200 - -t "$E_TOKEN" POST /v1/security/phone '{"phone": "+8613800000004"}'
+VID="$(jget verification_id)"
+expect 200 - -t "$E_TOKEN" POST /v1/security/phone/verify \
+	"{\"verification_id\": \"$VID\", \"code\": \"$(code_for +8613800000004)\"}"
+register +8613800000004 'Frecycle-2' dev-f
+[[ "$(sql "$ADMIN_CI" "SELECT security_phone_idx IS NOT NULL FROM account.user WHERE id = $E_UID")" == t ]] ||
+	fail "a shared, not recycled security phone was removed"
+ok "a recycled security phone leaves the old account (told by email); a shared one stays"
+
+# A reset asked through a login phone the carrier recycled (before anyone registered it): the
+# same answer as always, no code, the account loses the number and is told by email only, so
+# the number's new holder learns nothing.
+code_limits_clear
+register +8613800000003 'Grecycle-1' dev-g
+G_TOKEN="$REG_TOKEN" G_UID="$REG_UID"
+fresh "$REG_SID"
+expect 200 - -t "$G_TOKEN" POST /v1/security/email '{"email": "g-sec@example.com"}'
+VID="$(jget verification_id)"
+expect 200 - -t "$G_TOKEN" POST /v1/security/email/verify \
+	"{\"verification_id\": \"$VID\", \"code\": \"$(code_for g-sec@example.com)\"}"
+sql "$ADMIN_CI" "INSERT INTO account.recycled_number (phone_idx, recycled_on)
+	SELECT phone_idx, current_date FROM account.user WHERE id = $G_UID" >/dev/null
+n_codes="$(sql "$ADMIN_CI" "SELECT count(*) FROM account.notification WHERE recipient = '+8613800000003'")"
+expect 200 - POST /v1/password/reset/start '{"login": "+8613800000003"}'
+[[ "$(jget channel)" == sms && "$(jget verification_id)" =~ ^[0-9a-f]{32}$ ]] ||
+	fail "reset/start through a recycled number: $(cat "$W/body")"
+[[ "$(sql "$ADMIN_CI" "SELECT count(*) FROM account.notification WHERE recipient = '+8613800000003'")" == "$n_codes" ]] ||
+	fail "the recycled number's new holder got a message"
+[[ "$(sql "$ADMIN_CI" "SELECT phone_idx IS NULL FROM account.user WHERE id = $G_UID")" == t &&
+	"$(notes g-sec@example.com 'Password reset refused')" == 1 ]] ||
+	fail "G kept the number or was not told on its security email"
+ok "a reset through a recycled number is refused silently; the account loses it and is told by email"
+
 # ---------------------------------------------------------------------------------------------
 step="7 deletion"
 register dave@example.com 'Dave-pass-1' dev-dave
