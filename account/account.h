@@ -37,6 +37,7 @@ struct acct_config {
 	int code_ttl_s, code_max_attempts, codes_per_hour;
 	char *email_mode, *sms_mode, *smtp_url, *smtp_from, *smtp_user, *smtp_password;
 	char *sms_webhook_url;
+	char *recycling_mode, *recycling_url;
 	char *introspect_principals;
 };
 
@@ -44,6 +45,7 @@ extern const mica_config_entry acct_config_table[];
 extern const size_t acct_config_table_len;
 
 typedef struct acct_pepper acct_pepper;
+typedef struct acct_recycling acct_recycling;
 
 typedef struct acct_service {
 	struct acct_config *cfg;
@@ -51,6 +53,7 @@ typedef struct acct_service {
 	acct_pepper *pepper; /* the data key sealing password hashes (pepper.c) */
 	acct_notify *notify;
 	acct_blocklist *blocklist;
+	acct_recycling *recycling; /* the carrier's check; NULL: the local table */
 	acct_argon2_params argon2;
 	/* In-process copy of live app sessions (session.c); NULL: off. */
 	struct mica_kvcache *session_cache;
@@ -169,6 +172,16 @@ void acct_contacts_load(acct_service *s, int64_t user_id, struct acct_contacts *
 void acct_contacts_send(acct_service *s, const struct acct_contacts *c, const char *subject,
 			const char *body);
 void acct_contacts_free(struct acct_contacts *c); /* wipes them */
+
+/* ---- recycling.c -------------------------------------------------------------- */
+/* The number-recycling check as account.recycling configures it (*out stays
+ * NULL for the local table). MICA_ECONFIG (logged) for a bad mode or URL. */
+int acct_recycling_new(const struct acct_config *cfg, acct_recycling **out) MICA_WUR;
+void acct_recycling_free(acct_recycling *r);
+/* *recycled = 1 when |phone| (E.164; |phone_idx| its blind index, for the
+ * local table) was recycled on or after |since| (YYYY-MM-DD). */
+int acct_number_recycled(acct_service *s, mica_db *db, const char *phone, const char *phone_idx,
+			 const char *since, int *recycled) MICA_WUR;
 
 /* ---- pepper.c ----------------------------------------------------------------- */
 int acct_pepper_new(acct_pepper **out) MICA_WUR;

@@ -231,21 +231,6 @@ int acct_register_start(acct_service *s, json_t *body, json_t **out, struct acct
 	return 0;
 }
 
-/* The carriers' number-recycling check, answered locally from
- * account.recycled_number: was |phone_idx| recycled on or after |since|? */
-static int number_recycled(mica_db *db, const char *phone_idx, const char *since, int *recycled)
-{
-	PGresult *res = NULL;
-	const char *p[2] = {phone_idx, since};
-	int err = mica_db_exec(db,
-			       "SELECT 1 FROM account.recycled_number WHERE phone_idx = $1"
-			       " AND recycled_on >= $2::timestamptz::date LIMIT 1",
-			       2, p, &res);
-	*recycled = err == 0 && PQntuples(res) > 0;
-	PQclear(res);
-	return err;
-}
-
 int acct_password_admit(acct_service *s, const char *policy, const char *password,
 			struct acct_fail *f)
 {
@@ -319,17 +304,17 @@ static int create_account_tx(mica_db *db, void *arg)
 	const char *p1[1] = {a->target_idx};
 	err = mica_db_exec(db,
 			   strcmp(a->kind, "phone") == 0
-				   ? "SELECT id, phone_bound_at::text FROM account.user"
-				     " WHERE phone_idx = $1 FOR UPDATE"
-				   : "SELECT id, created_at::text FROM account.user WHERE email_idx = $1"
-				     " FOR UPDATE",
+				   ? "SELECT id, to_char(coalesce(phone_bound_at, created_at), 'YYYY-MM-DD')"
+				     " FROM account.user WHERE phone_idx = $1 FOR UPDATE"
+				   : "SELECT id, '' FROM account.user WHERE email_idx = $1 FOR UPDATE",
 			   1, p1, &res);
 	if (err)
 		goto out;
 	if (PQntuples(res) == 1) {
 		int recycled = 0;
 		if (strcmp(a->kind, "phone") != 0 ||
-		    (err = number_recycled(db, a->target_idx, mica_db_get(res, 0, 1), &recycled)) != 0 ||
+		    (err = acct_number_recycled(s, db, a->target, a->target_idx, mica_db_get(res, 0, 1),
+						&recycled)) != 0 ||
 		    !recycled) {
 			err = err ? err : MICA_EEXISTS;
 			goto out;
@@ -349,15 +334,16 @@ static int create_account_tx(mica_db *db, void *arg)
 	 * longer reaches them (else it is shared, which a security phone may be). */
 	if (strcmp(a->kind, "phone") == 0) {
 		if ((err = mica_db_exec(db,
-					"SELECT id, security_phone_bound_at::text FROM account.user"
+					"SELECT id, to_char(coalesce(security_phone_bound_at,"
+					" created_at), 'YYYY-MM-DD') FROM account.user"
 					" WHERE security_phone_idx = $1 FOR UPDATE",
 					1, p1, &res)) != 0)
 			goto out;
 		for (int i = 0; i < PQntuples(res); i++) {
 			int recycled = 0;
 			int64_t id = 0;
-			if ((err = number_recycled(db, a->target_idx, mica_db_get(res, i, 1),
-						   &recycled)) != 0 ||
+			if ((err = acct_number_recycled(s, db, a->target, a->target_idx,
+							mica_db_get(res, i, 1), &recycled)) != 0 ||
 			    (err = mica_db_get_int64(res, i, 0, &id)) != 0)
 				goto out;
 			if (!recycled)
@@ -565,8 +551,9 @@ static int reset_target(acct_service *s, const char *login, int64_t *user_id, ch
 	const char *p[1] = {*idx};
 	err = db ? mica_db_exec(db,
 				kind == ACCT_ID_PHONE
-					? "SELECT id, phone_bound_at::text FROM account.user WHERE phone_idx = $1"
-					: "SELECT id, created_at::text FROM account.user WHERE email_idx = $1",
+					? "SELECT id, to_char(coalesce(phone_bound_at, created_at),"
+					  " 'YYYY-MM-DD') FROM account.user WHERE phone_idx = $1"
+					: "SELECT id, '' FROM account.user WHERE email_idx = $1",
 				1, p, &res)
 		 : MICA_EDBCONN;
 	if (err == 0 && PQntuples(res) == 1 && mica_db_get_int64(res, 0, 0, user_id) == 0)
@@ -593,7 +580,13 @@ int acct_reset_start(acct_service *s, json_t *body, json_t **out, struct acct_fa
 		return acct_fail_internal(f, err, "the Key Center");
 	}
 	if (uid && strcmp(channel, "sms") == 0 &&
-	    number_recycled(mica_db_thread(), idx, bound, &recycled) == 0 && recycled) {
+	    (err = acct_number_recycled(s, mica_db_thread(), norm, idx, bound, &recycled)) != 0) {
+		/* Unknown whether the number still reaches the account: no code,
+		 * and the same answer as ever (a 5xx would tell an account exists). */
+		MICA_LOG(MICA_LOG_WARN, "account: no reset code: the number-recycling check failed: %s",
+			 mica_strerror(err));
+		uid = 0;
+	} else if (uid && strcmp(channel, "sms") == 0 && recycled) {
 		/* The number changed hands: its new holder must not take over the
 		 * account, nor hear of it. The account loses the number, then is
 		 * told on its other contacts. */

@@ -66,7 +66,8 @@ const mica_config_entry acct_config_table[] = {
 	 "hashes one pepper data key seals before a fresh one is taken (at most 2^30, far below"
 	 " AES-GCM's 2^32 random-nonce bound)"},
 	{"account.risk", "captcha_account_failures", MICA_CFG_INT, 1, 1000, "3",
-	 F(captcha_account_failures), "failed logins per identifier before a captcha"},
+	 F(captcha_account_failures),
+	 "failed logins per account (or identifier without one) before a captcha"},
 	{"account.risk", "captcha_network_failures", MICA_CFG_INT, 1, 100000, "20",
 	 F(captcha_network_failures), "failed logins per client network before a captcha"},
 	{"account.risk", "failure_window_s", MICA_CFG_INT, 60, 86400, "900", F(failure_window_s),
@@ -120,6 +121,10 @@ const mica_config_entry acct_config_table[] = {
 	 "file holding the SMTP password"},
 	{"account.notify", "sms_webhook_url", MICA_CFG_STRING, 0, 4096, "", F(sms_webhook_url),
 	 "https URL SMS are POSTed to as {to, text}"},
+	{"account.recycling", "mode", MICA_CFG_STRING, 4, 5, "local", F(recycling_mode),
+	 "number-recycling check: local (the account.recycled_number table) or http (a carrier)"},
+	{"account.recycling", "url", MICA_CFG_STRING, 0, 4096, "", F(recycling_url),
+	 "https URL of the carrier's check (mode http): POST {phone, since}, answer {recycled}"},
 	{"account.introspect", "principals", MICA_CFG_STRING, 0, 4096, "keycenter,cloudsync,push,pay",
 	 F(introspect_principals), "mTLS principals allowed to call POST /v1/introspect (comma list)"},
 };
@@ -237,7 +242,7 @@ int acct_run(struct acct_config *cfg)
 		MICA_LOG(MICA_LOG_ERROR, "account.password.blocklist_dir: %s", mica_strerror(err));
 		goto out;
 	}
-	if ((err = acct_login_init(&s)) != 0)
+	if ((err = acct_recycling_new(cfg, &s.recycling)) != 0 || (err = acct_login_init(&s)) != 0)
 		goto out;
 	cfg->http.service = "account";
 	cfg->http.health = health;
@@ -249,6 +254,7 @@ int acct_run(struct acct_config *cfg)
 out:
 	mica_http_stop(srv);
 	acct_blocklist_close(s.blocklist);
+	acct_recycling_free(s.recycling);
 	acct_notify_free(s.notify);
 	mica_kc_free(s.kc);
 	acct_pepper_free(s.pepper);

@@ -988,6 +988,59 @@ expect 200 - POST /v1/password/reset/start '{"login": "+8613800000003"}'
 	fail "G kept the number or was not told on its security email"
 ok "a reset through a recycled number is refused silently; the account loses it and is told by email"
 
+# The check as a carrier's HTTPS endpoint (account.recycling.mode = http), on a third instance.
+mica_free_port CPORT
+: >"$W/recycled.txt"
+python3 tests/peers/carrier_stub.py "$MICA_CERT_SERVER" "$MICA_KEY_SERVER" "$MICA_CA" "$CPORT" \
+	"$W/recycled.txt" "$W/carrier.log" </dev/null >/dev/null 2>&1 &
+STACK_PID[carrier]=$!
+if env "${ACCT_ENV[@]}" MICA_ACCOUNT_RECYCLING_MODE=http MICA_ACCOUNT_RECYCLING_URL="http://localhost:$CPORT/" \
+	timeout 60 "$ACCT_BIN" --config deploy/mica.conf.example >"$W/recycling.log" 2>&1; then
+	fail "mica-account started with a plain-http recycling URL"
+fi
+grep -q 'account.recycling.url: mode http needs an https:// URL' "$W/recycling.log" ||
+	fail "start-up error: $(tail -n 3 "$W/recycling.log")"
+mica_free_port APORT3
+AURL_C="https://localhost:$APORT3"
+stack_start account3 "$AURL_C" "${ACCT_ENV[@]}" "MICA_ACCOUNT_HTTP_PORT=$APORT3" \
+	MICA_ACCOUNT_RECYCLING_MODE=http "MICA_ACCOUNT_RECYCLING_URL=https://localhost:$CPORT/v1/recycled" \
+	"$ACCT_BIN" --config deploy/mica.conf.example
+AURL="$AURL_C"
+TODAY="$(sql "$ADMIN_CI" "SELECT to_char(now(), 'YYYY-MM-DD')")"
+code_limits_clear
+register +8613800000005 'Hrecycle-1' dev-h
+H_UID="$REG_UID"
+# The carrier says no: the number stays with H. It was asked with the number and H's date.
+expect 200 - POST /v1/register/start '{"phone": "+8613800000005"}'
+expect 409 identifier_in_use POST /v1/register/complete \
+	"$(complete "$(jget verification_id)" "$(code_for +8613800000005)" 'Irecycle-2' dev-i)"
+[[ "$(tail -n 1 "$W/carrier.log" | jq -c .)" == "{\"phone\":\"+8613800000005\",\"since\":\"$TODAY\"}" ]] ||
+	fail "carrier request: $(tail -n 1 "$W/carrier.log")"
+# The carrier says yes: it moves.
+echo "+8613800000005 $TODAY" >>"$W/recycled.txt"
+register +8613800000005 'Irecycle-2' dev-i
+[[ "$(sql "$ADMIN_CI" "SELECT phone_idx IS NULL FROM account.user WHERE id = $H_UID")" == t ]] ||
+	fail "H kept the number the carrier recycled"
+# The carrier fails: the registration answers 503 and the number stays (fail closed), and a
+# reset through the number sends no code but answers as always.
+register +8613800000006 'Jrecycle-1' dev-j
+J_UID="$REG_UID"
+echo "+8613800000006 fail" >>"$W/recycled.txt"
+expect 200 - POST /v1/register/start '{"phone": "+8613800000006"}'
+VID="$(jget verification_id)" CODE="$(code_for +8613800000006)"
+expect 503 unavailable POST /v1/register/complete "$(complete "$VID" "$CODE" 'Krecycle-2' dev-k)"
+[[ "$(sql "$ADMIN_CI" "SELECT phone_idx IS NOT NULL FROM account.user WHERE id = $J_UID")" == t ]] ||
+	fail "J lost the number while the carrier was down"
+n_codes="$(sql "$ADMIN_CI" "SELECT count(*) FROM account.notification WHERE recipient = '+8613800000006'")"
+expect 200 - POST /v1/password/reset/start '{"login": "+8613800000006"}'
+[[ "$(sql "$ADMIN_CI" "SELECT count(*) FROM account.notification WHERE recipient = '+8613800000006'")" == "$n_codes" ]] ||
+	fail "a reset code went out while the carrier was down"
+AURL="$AURL_A"
+stack_stop account3
+kill "${STACK_PID[carrier]}" 2>/dev/null || true
+STACK_PID[carrier]=""
+ok "the carrier's HTTPS check (mTLS) decides; a failing carrier keeps numbers where they are"
+
 # ---------------------------------------------------------------------------------------------
 step="7 deletion"
 register dave@example.com 'Dave-pass-1' dev-dave
