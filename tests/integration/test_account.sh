@@ -737,11 +737,16 @@ sql "$ADMIN_CI" "UPDATE account.session SET expires_at = now() + interval '5 sec
 expect 200 - -t "$T3" GET /v1/sessions
 [[ "$(sql "$ADMIN_CI" "SELECT expires_at > now() + interval '55 seconds' AND expires_at <= now() + interval '61 seconds'
 	FROM account.session WHERE id = $S3")" == t ]] || fail "web session not extended"
+# A use seen by another service (through introspection) extends it the same way.
+sql "$ADMIN_CI" "UPDATE account.session SET expires_at = now() + interval '5 seconds' WHERE id = $S3"
+expect 200 - -c keycenter POST /v1/introspect "{\"token\": \"$T3\"}"
+[[ "$(jget active)" == true && "$(sql "$ADMIN_CI" "SELECT expires_at > now() + interval '55 seconds'
+	FROM account.session WHERE id = $S3")" == t ]] || fail "web session not extended by introspection"
 sql "$ADMIN_CI" "UPDATE account.session SET expires_at = now() - interval '1 second' WHERE id = $S3"
 expect 401 invalid_token -t "$T3" GET /v1/sessions
 expect 200 - -c keycenter POST /v1/introspect "{\"token\": \"$T3\"}"
 [[ "$(jget active)" == false ]] || fail "idle web session still active: $(cat "$W/body")"
-ok "web session extended on use, ended when idle"
+ok "web session extended on use (its own or through introspection), ended when idle"
 
 # Revoke all but the current one; then log out.
 expect 200 - POST /v1/login "$(login_body alice@example.com "$PW_A2" dev-alice)"
