@@ -7,6 +7,7 @@
 #define ACCT_ACCOUNT_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -71,6 +72,31 @@ int acct_failf(struct acct_fail *f, int status, const char *code, const char *fm
 	__attribute__((format(printf, 4, 5)));
 /* Maps an unexpected error of a dependency to 503/500. */
 int acct_fail_internal(struct acct_fail *f, int err, const char *what);
+
+/* ---- body.c ---------------------------------------------------------------- */
+enum acct_field_type { ACCT_FIELD_STRING, ACCT_FIELD_BOOL };
+/* One member of a request body. A string is at most |max_len| bytes, without
+ * NUL characters, and, when |required|, not empty. */
+struct acct_field {
+	const char *name;
+	enum acct_field_type type;
+	bool required;
+	size_t max_len;
+};
+union acct_field_value {
+	const char *s; /* borrowed from the body; NULL when absent (or null) */
+	int b;	       /* 0 when absent */
+};
+/* Fills out[i] from |body| for spec[i], i < n: 0, or 400 missing_field (a
+ * required member absent, null or empty) or bad_field (mistyped, too long, a
+ * NUL), naming the first member at fault. */
+int acct_body_fields(json_t *body, const struct acct_field *spec, size_t n,
+		     union acct_field_value *out, struct acct_fail *f) MICA_WUR;
+#define ACCT_FIELDS(spec) (spec), (sizeof(spec) / sizeof((spec)[0]))
+extern const struct acct_field acct_body_reset_start[1], acct_body_reset_complete[3],
+    acct_body_password_change[2], acct_body_bind_phone[1], acct_body_bind_email[1],
+    acct_body_code[2], acct_body_stepup_send[1], acct_body_stepup_verify[1],
+    acct_body_cross_device[1], acct_body_revoke_all[1], acct_body_introspect[1];
 
 /* ---- pii.c ----------------------------------------------------------------- */
 enum acct_ident { ACCT_ID_PHONE, ACCT_ID_EMAIL, ACCT_ID_ACCOUNT_NO, ACCT_ID_INVALID };

@@ -570,7 +570,7 @@ static int stepup_load(const char *id, struct stepup_row *r, struct acct_fail *f
 int acct_stepup_send(acct_service *s, const char *id, json_t *body, json_t **out,
 		     struct acct_fail *f)
 {
-	const char *method = json_string_value(json_object_get(body, "method"));
+	union acct_field_value v[1];
 	struct stepup_row r;
 	mica_db *db = mica_db_thread();
 	PGresult *res = NULL;
@@ -578,9 +578,11 @@ int acct_stepup_send(acct_service *s, const char *id, json_t *body, json_t **out
 	const char *col;
 	int err;
 
-	if ((err = stepup_load(id, &r, f)) != 0)
+	if ((err = acct_body_fields(body, ACCT_FIELDS(acct_body_stepup_send), v, f)) != 0 ||
+	    (err = stepup_load(id, &r, f)) != 0)
 		return err;
-	if (!method || (strcmp(method, "sms") != 0 && strcmp(method, "email") != 0))
+	const char *method = v[0].s;
+	if (strcmp(method, "sms") != 0 && strcmp(method, "email") != 0)
 		return acct_failf(f, 400, "bad_method",
 				  "method is sms or email (trusted_device needs no code)");
 	snprintf(uid, sizeof(uid), "%lld", (long long)r.user_id);
@@ -639,15 +641,17 @@ static int stepup_close(const char *id, const char *status)
 int acct_stepup_verify(acct_service *s, const char *id, json_t *body, json_t **out,
 		       struct acct_fail *f)
 {
-	const char *code = json_string_value(json_object_get(body, "code"));
+	union acct_field_value v[1];
 	struct stepup_row r;
 	mica_db *db = mica_db_thread();
 	char *idx = NULL, *target = NULL, *channel = NULL;
 	int64_t uid = 0;
 	int err;
 
-	if ((err = stepup_load(id, &r, f)) != 0)
+	if ((err = acct_body_fields(body, ACCT_FIELDS(acct_body_stepup_verify), v, f)) != 0 ||
+	    (err = stepup_load(id, &r, f)) != 0)
 		return err;
+	const char *code = v[0].s;
 	if (!code) {
 		if (!r.approved_by)
 			return acct_failf(f, 409, "approval_pending",

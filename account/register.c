@@ -564,15 +564,15 @@ static int reset_target(acct_service *s, const char *login, int64_t *user_id, ch
 
 int acct_reset_start(acct_service *s, json_t *body, json_t **out, struct acct_fail *f)
 {
-	const char *login = json_string_value(json_object_get(body, "login"));
+	union acct_field_value v[1];
 	const char *channel = NULL;
 	char norm[256], *idx = NULL, *bound = NULL, *id = NULL;
 	int64_t uid = 0;
 	int recycled = 0, err;
 
-	if (!login)
-		return acct_failf(f, 400, "missing_field", "login (phone or email) is required");
-	err = reset_target(s, login, &uid, norm, &channel, &idx, &bound);
+	if ((err = acct_body_fields(body, ACCT_FIELDS(acct_body_reset_start), v, f)) != 0)
+		return err;
+	err = reset_target(s, v[0].s, &uid, norm, &channel, &idx, &bound);
 	if (err == MICA_EINVAL)
 		return acct_failf(f, 400, "bad_login", "reset needs a phone number or an email address");
 	if (err) {
@@ -659,19 +659,17 @@ out:
 
 int acct_reset_complete(acct_service *s, json_t *body, json_t **out, struct acct_fail *f)
 {
-	const char *vid = json_string_value(json_object_get(body, "verification_id"));
-	const char *code = json_string_value(json_object_get(body, "code"));
-	const char *password = json_string_value(json_object_get(body, "new_password"));
+	union acct_field_value v[3];
 	mica_db *db = mica_db_thread();
 	char *idx = NULL, *target = NULL, *channel = NULL, policy[16] = "miui";
 	int64_t uid = 0;
 	int burned = 0, err;
 
+	if ((err = acct_body_fields(body, ACCT_FIELDS(acct_body_reset_complete), v, f)) != 0)
+		return err;
 	if (!db)
 		return acct_fail_internal(f, MICA_EDBCONN, "the database");
-	if (!vid || !code || !password)
-		return acct_failf(f, 400, "missing_field",
-				  "verification_id, code and new_password are required");
+	const char *vid = v[0].s, *code = v[1].s, *password = v[2].s;
 	if ((err = acct_code_verify(s, db, vid, "reset", code, &uid, &idx, &target, &channel, f)))
 		return err;
 	free(idx);

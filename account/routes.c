@@ -170,7 +170,8 @@ static void h_revoke_all(const mica_http_req *req, mica_http_resp *resp, void *s
 	/* The body is optional ({"keep_current": true}), so the route is not
 	 * MICA_ROUTE_JSON and the body is parsed here. */
 	json_t *body = NULL;
-	int keep;
+	union acct_field_value v[1];
+	struct acct_fail f = {0};
 	if (!signed_in(s, req, resp, &sess))
 		return;
 	if (req->body_len > 0) {
@@ -183,9 +184,13 @@ static void h_revoke_all(const mica_http_req *req, mica_http_resp *resp, void *s
 			return;
 		}
 	}
-	keep = json_is_true(json_object_get(body, "keep_current"));
+	int err = acct_body_fields(body, ACCT_FIELDS(acct_body_revoke_all), v, &f);
 	json_decref(body);
-	if (!db || acct_session_revoke_all(s, db, sess.user_id, keep ? sess.id : 0))
+	if (err) {
+		mica_http_reply_error(resp, f.status, f.code, "%s", f.msg);
+		return;
+	}
+	if (!db || acct_session_revoke_all(s, db, sess.user_id, v[0].b ? sess.id : 0))
 		mica_http_reply_error(resp, 503, "unavailable", "the session store is unavailable");
 	else
 		mica_http_reply_json(resp, 200, json_pack("{s:b}", "revoked", 1));
@@ -197,7 +202,8 @@ static void h_introspect(const mica_http_req *req, mica_http_resp *resp, void *s
 	acct_service *s = svc;
 	const char *list = s->cfg->introspect_principals;
 	size_t pl = strlen(req->peer);
-	const char *token = json_string_value(json_object_get(req->json, "token"));
+	union acct_field_value v[1];
+	struct acct_fail f = {0};
 	json_t *out = NULL;
 	int allowed = 0;
 	for (const char *p = list; p && *p;) {
@@ -212,11 +218,11 @@ static void h_introspect(const mica_http_req *req, mica_http_resp *resp, void *s
 				      "principal %s may not introspect tokens", req->peer);
 		return;
 	}
-	if (!token) {
-		mica_http_reply_error(resp, 400, "missing_field", "token is required");
+	if (acct_body_fields(req->json, ACCT_FIELDS(acct_body_introspect), v, &f) != 0) {
+		mica_http_reply_error(resp, f.status, f.code, "%s", f.msg);
 		return;
 	}
-	if (acct_session_introspect(s, token, &out) != 0)
+	if (acct_session_introspect(s, v[0].s, &out) != 0)
 		mica_http_reply_error(resp, 503, "unavailable", "the session store is unavailable");
 	else
 		mica_http_reply_json(resp, 200, out);

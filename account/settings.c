@@ -107,15 +107,15 @@ out:
 int acct_password_change(acct_service *s, const struct acct_session *sess, json_t *body,
 			 json_t **out, struct acct_fail *f)
 {
-	const char *cur = json_string_value(json_object_get(body, "current_password"));
-	const char *next = json_string_value(json_object_get(body, "new_password"));
+	union acct_field_value v[2];
 	mica_db *db = mica_db_thread();
 	PGresult *res = NULL;
 	char uid[24], *phc = NULL;
 	int ok = 0, burned = 0, err;
 
-	if (!cur || !next)
-		return acct_failf(f, 400, "missing_field", "current_password and new_password are required");
+	if ((err = acct_body_fields(body, ACCT_FIELDS(acct_body_password_change), v, f)) != 0)
+		return err;
+	const char *cur = v[0].s, *next = v[1].s;
 	if ((err = acct_require_recent(s, sess, f)) != 0)
 		return err;
 	uid_text(sess->user_id, uid);
@@ -159,12 +159,14 @@ int acct_bind_start(acct_service *s, const struct acct_session *sess, const char
 		    json_t *body, json_t **out, struct acct_fail *f)
 {
 	int phone = strcmp(what, "phone") == 0;
-	const char *value = json_string_value(json_object_get(body, what));
+	union acct_field_value v[1];
 	char norm[256], *idx = NULL, *id = NULL;
 	int err;
 
-	if (!value)
-		return acct_failf(f, 400, "missing_field", "%s is required", what);
+	if ((err = acct_body_fields(body, phone ? acct_body_bind_phone : acct_body_bind_email, 1, v,
+				    f)) != 0)
+		return err;
+	const char *value = v[0].s;
 	if (acct_ident_parse(value, norm, sizeof(norm)) != (phone ? ACCT_ID_PHONE : ACCT_ID_EMAIL))
 		return acct_failf(f, 400, phone ? "bad_phone" : "bad_email", "the %s is malformed", what);
 	if ((err = acct_require_recent(s, sess, f)) != 0)
@@ -185,15 +187,15 @@ int acct_bind_complete(acct_service *s, const struct acct_session *sess, const c
 		       json_t *body, json_t **out, struct acct_fail *f)
 {
 	int phone = strcmp(what, "phone") == 0;
-	const char *vid = json_string_value(json_object_get(body, "verification_id"));
-	const char *code = json_string_value(json_object_get(body, "code"));
+	union acct_field_value v[2];
 	char *idx = NULL, *target = NULL, *channel = NULL, *enc = NULL, uid[24];
 	mica_db *db = mica_db_thread();
 	int64_t owner = 0;
 	int err;
 
-	if (!vid || !code)
-		return acct_failf(f, 400, "missing_field", "verification_id and code are required");
+	if ((err = acct_body_fields(body, ACCT_FIELDS(acct_body_code), v, f)) != 0)
+		return err;
+	const char *vid = v[0].s, *code = v[1].s;
 	if ((err = acct_require_recent(s, sess, f)) != 0)
 		return err;
 	if ((err = acct_code_verify(s, db, vid, phone ? "bind_phone" : "bind_email", code, &owner,
@@ -394,20 +396,20 @@ int acct_questions_set(acct_service *s, const struct acct_session *sess, json_t 
 int acct_cross_device_set(acct_service *s, const struct acct_session *sess, json_t *body,
 			  json_t **out, struct acct_fail *f)
 {
-	json_t *en = json_object_get(body, "enabled");
+	union acct_field_value v[1];
 	mica_db *db = mica_db_thread();
 	char uid[24];
 	int err;
-	if (!json_is_boolean(en))
-		return acct_failf(f, 400, "missing_field", "enabled (boolean) is required");
+	if ((err = acct_body_fields(body, ACCT_FIELDS(acct_body_cross_device), v, f)) != 0)
+		return err;
 	if ((err = acct_require_recent(s, sess, f)) != 0)
 		return err;
 	uid_text(sess->user_id, uid);
-	const char *p[2] = {uid, json_is_true(en) ? "true" : "false"};
+	const char *p[2] = {uid, v[0].b ? "true" : "false"};
 	if ((err = mica_db_exec(db, "UPDATE account.user SET cross_device = $2 WHERE id = $1", 2, p,
 				NULL)) != 0)
 		return acct_fail_internal(f, err, "the account store");
-	*out = json_pack("{s:b}", "cross_device_verification", json_is_true(en));
+	*out = json_pack("{s:b}", "cross_device_verification", v[0].b);
 	return 0;
 }
 

@@ -732,6 +732,13 @@ expect 403 access_denied -c admin POST /v1/introspect "{\"token\": \"$T1\"}"
 expect 403 client_certificate_invalid -c rogue POST /v1/introspect "{\"token\": \"$T1\"}"
 expect 403 access_denied -c account POST /v1/introspect "{\"token\": \"$T1\"}"
 
+# Body members of the wrong type or too long are refused, naming the member.
+expect 400 bad_field -c keycenter POST /v1/introspect '{"token": 5}'
+expect 400 bad_field -c keycenter POST /v1/introspect "{\"token\": \"$(printf 'a%.0s' $(seq 129))\"}"
+expect 400 missing_field -c keycenter POST /v1/introspect '{"token": ""}'
+# A NUL inside a string never reaches a handler: the JSON is refused whole.
+expect 400 malformed_json POST /v1/password/reset/complete '{"verification_id": "x", "code": "12\u00003456", "new_password": "Whatever-1"}'
+
 # Web sessions idle out: each use pushes expires_at to now + web_idle_s; unused, they end.
 sql "$ADMIN_CI" "UPDATE account.session SET expires_at = now() + interval '5 seconds' WHERE id = $S3"
 expect 200 - -t "$T3" GET /v1/sessions
@@ -751,6 +758,9 @@ ok "web session extended on use (its own or through introspection), ended when i
 # Revoke all but the current one; then log out.
 expect 200 - POST /v1/login "$(login_body alice@example.com "$PW_A2" dev-alice)"
 T4="$(jget token)"
+# A mistyped keep_current is refused, not read as false (which would end this session too).
+expect 400 bad_field -t "$T1" POST /v1/sessions/revoke-all '{"keep_current": "true"}'
+expect 200 - -t "$T4" GET /v1/sessions
 expect 200 - -t "$T1" POST /v1/sessions/revoke-all '{"keep_current": true}'
 expect 401 invalid_token -t "$T4" GET /v1/sessions
 expect 401 invalid_token -t "$T_LAPTOP" GET /v1/sessions
@@ -879,7 +889,7 @@ expect 200 - -t "$T5" PUT /v1/security/questions \
 [[ "$(jget questions)" == 2 ]] || fail "questions: $(cat "$W/body")"
 [[ "$(sql "$ADMIN_CI" "SELECT count(*) FROM account.security_question WHERE user_id = $ALICE_UID
 	AND answer_hash LIKE '\$argon2id\$%' AND answer_hash NOT LIKE '%Rex%'")" == 2 ]] || fail "answers not hashed"
-expect 400 missing_field -t "$T5" PUT /v1/security/cross-device '{"enabled": "yes"}'
+expect 400 bad_field -t "$T5" PUT /v1/security/cross-device '{"enabled": "yes"}'
 expect 200 - -t "$T5" PUT /v1/security/cross-device '{"enabled": true}'
 expect 403 step_up_required POST /v1/login "$(login_body alice@example.com "$PW_A3" dev-watch)"
 [[ "$(jget methods)" == '["email", "trusted_device"]' ]] || fail "methods: $(cat "$W/body")"

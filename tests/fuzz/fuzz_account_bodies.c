@@ -1,0 +1,93 @@
+/* fuzz_account_bodies.c - the small account request bodies (reset,
+ * password change, binding, step-up, cross-device, revoke-all,
+ * introspection) through acct_body_fields() with each route's member list.
+ * The input is read twice: as lib/http reads a body (strict JSON), and with
+ * NUL characters allowed, which lib/http refuses but the parser must refuse
+ * too. Each verdict is compared with a plain reference of the documented
+ * rules, and an accepted body's values with the JSON they came from. */
+#include "account_fuzz.h"
+
+static const struct {
+	const struct acct_field *spec;
+	size_t n;
+} specs[] = {
+    {ACCT_FIELDS(acct_body_reset_start)},    {ACCT_FIELDS(acct_body_reset_complete)},
+    {ACCT_FIELDS(acct_body_password_change)}, {ACCT_FIELDS(acct_body_bind_phone)},
+    {ACCT_FIELDS(acct_body_bind_email)},     {ACCT_FIELDS(acct_body_code)},
+    {ACCT_FIELDS(acct_body_stepup_send)},    {ACCT_FIELDS(acct_body_stepup_verify)},
+    {ACCT_FIELDS(acct_body_cross_device)},   {ACCT_FIELDS(acct_body_revoke_all)},
+    {ACCT_FIELDS(acct_body_introspect)},
+};
+
+/* The rules, member by member: 1 when |v| is acceptable for |d|. */
+static int member_ok(const struct acct_field *d, json_t *v)
+{
+	if (!v || json_is_null(v))
+		return !d->required;
+	if (d->type == ACCT_FIELD_BOOL)
+		return json_is_boolean(v);
+	if (!json_is_string(v))
+		return 0;
+	size_t len = json_string_length(v);
+	return memchr(json_string_value(v), '\0', len) == NULL && len <= d->max_len &&
+	       (len > 0 || !d->required);
+}
+
+static void check(json_t *body, const struct acct_field *spec, size_t n)
+{
+	union acct_field_value out[4];
+	struct acct_fail f = {0};
+	int want = 1, err;
+	if (n > sizeof(out) / sizeof(out[0]))
+		abort();
+	for (size_t i = 0; i < n; i++)
+		want = want && member_ok(&spec[i], json_object_get(body, spec[i].name));
+	err = acct_body_fields(body, spec, n, out, &f);
+	if ((err == 0) != want)
+		abort();
+	if (err) {
+		fuzz_check_fail(err, &f);
+		if (strcmp(f.code, "missing_field") != 0 && strcmp(f.code, "bad_field") != 0)
+			abort();
+		int named = 0; /* the message starts with a member's name */
+		for (size_t i = 0; i < n; i++)
+			named |= strncmp(f.msg, spec[i].name, strlen(spec[i].name)) == 0;
+		if (!named)
+			abort();
+		return;
+	}
+	for (size_t i = 0; i < n; i++) {
+		json_t *v = json_object_get(body, spec[i].name);
+		int absent = !v || json_is_null(v);
+		if (spec[i].type == ACCT_FIELD_BOOL) {
+			if (out[i].b != (absent ? 0 : json_is_true(v)))
+				abort();
+		} else if (absent ? out[i].s != NULL
+				  : (out[i].s != json_string_value(v) ||
+				     strlen(out[i].s) > spec[i].max_len)) {
+			abort();
+		}
+	}
+}
+
+static void run(json_t *body)
+{
+	if (!body)
+		return;
+	for (size_t i = 0; i < sizeof(specs) / sizeof(specs[0]); i++)
+		check(body, specs[i].spec, specs[i].n);
+	json_decref(body);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	json_error_t jerr;
+	run(fuzz_body(data, size));
+	json_t *loose = json_loadb((const char *)data, size, JSON_ALLOW_NUL, &jerr);
+	if (loose && !json_is_object(loose)) {
+		json_decref(loose);
+		loose = NULL;
+	}
+	run(loose);
+	return 0;
+}
