@@ -172,6 +172,58 @@ stack_kc_env() {
 		MICA_KEYCENTER_ALERTS_WEBHOOK_URL=
 }
 
+# stack_account_setup: what a test of mica-account stands on. A database, the Key Center
+# started on a free port with the account service's three keys (created by admin), an ALTCHA key
+# in $W/altcha.key, and ACCT_ENV: the environment of a mica-account on a free port against them,
+# with small Argon2id parameters, the development outbox and the breached-password fixtures.
+# Sets KPORT KURL KC_ENV APORT AURL ACCT_ENV; needs KC_BIN. A test appends its own settings to
+# ACCT_ENV (for env, a later assignment of a name wins).
+stack_account_setup() {
+	local k st
+	stack_db_create
+	stack_policy_doc 1 >"$W/policy.json"
+	stack_kc_init "$W/policy.json"
+	mica_free_port KPORT
+	mica_free_port APORT
+	KURL="https://localhost:$KPORT"
+	# shellcheck disable=SC2034 # AURL and ACCT_ENV are for the sourcing test
+	AURL="https://localhost:$APORT"
+	mapfile -t KC_ENV < <(stack_kc_env "$KPORT")
+	stack_start keycenter "$KURL" "${KC_ENV[@]}" "$KC_BIN" --config deploy/mica.conf.example
+	for k in account-pii account-index account-pepper; do
+		st="$(curl -sS -o "$W/body" -w '%{http_code}' --cacert "$MICA_CA" --cert "$MICA_CERT_ADMIN" \
+			--key "$MICA_KEY_ADMIN" -H 'Content-Type: application/json' -d '{"owner":"account"}' \
+			"$KURL/v1/keys/$k")"
+		[[ "$st" == 201 ]] || fail "creating $k as admin: $st $(cat "$W/body")"
+	done
+	(umask 077 && openssl rand -hex 32 | tr -d '\n' >"$W/altcha.key")
+	# shellcheck disable=SC2034
+	ACCT_ENV=(
+		MICA_LOG_LEVEL=info
+		"MICA_ACCOUNT_HTTP_PORT=$APORT"
+		"MICA_ACCOUNT_HTTP_CERT_FILE=$MICA_CERT_SERVER"
+		"MICA_ACCOUNT_HTTP_KEY_FILE=$MICA_KEY_SERVER"
+		"MICA_ACCOUNT_HTTP_CLIENT_CA_FILE=$MICA_CA"
+		"MICA_ACCOUNT_DB_CONNINFO=$(mica_service_conninfo "$MICA_TEST_DIR" account "$DB")"
+		MICA_ACCOUNT_DB_PASSWORD_FILE=
+		"MICA_ACCOUNT_REDIS_SOCKET=$MICA_REDIS_SOCKET"
+		MICA_ACCOUNT_REDIS_USER=account
+		"MICA_ACCOUNT_REDIS_PASSWORD_FILE=$MICA_REDIS_PASSWORD_FILE_ACCOUNT"
+		"MICA_ACCOUNT_KEYCENTER_URL=$KURL"
+		"MICA_ACCOUNT_KEYCENTER_CA_FILE=$MICA_CA"
+		"MICA_ACCOUNT_KEYCENTER_CERT_FILE=$MICA_CERT_ACCOUNT"
+		"MICA_ACCOUNT_KEYCENTER_KEY_FILE=$MICA_KEY_ACCOUNT"
+		MICA_ACCOUNT_PASSWORD_POLICY=miui
+		MICA_ACCOUNT_PASSWORD_BLOCKLIST_DIR=tests/fixtures/breached
+		MICA_ACCOUNT_PASSWORD_ARGON2_MEMORY_KIB=8192
+		MICA_ACCOUNT_PASSWORD_ARGON2_ITERATIONS=2
+		MICA_ACCOUNT_PASSWORD_ARGON2_PARALLELISM=1
+		"MICA_ACCOUNT_RISK_ALTCHA_KEY_FILE=$W/altcha.key"
+		MICA_ACCOUNT_NOTIFY_EMAIL=outbox
+		MICA_ACCOUNT_NOTIFY_SMS=outbox
+	)
+}
+
 stack_start() {
 	local name="$1" url="$2" pid deadline st
 	shift 2

@@ -23,7 +23,6 @@ stack_begin test_auth_account MICA_REDIS_SOCKET MICA_REDIS_PASSWORD_FILE_ACCOUNT
 ACCT_BIN="$BUILD/bin/mica-account"
 KC_BIN="$BUILD/bin/mica-keycenter"
 CHECK="$BUILD/tests/peers/auth_check"
-BREACHED="tests/fixtures/breached"
 for f in "$ACCT_BIN" "$KC_BIN" "$CHECK"; do [[ -x "$f" ]] || fail "$f is missing (make all)"; done
 command -v jq >/dev/null || fail "jq is not installed"
 
@@ -46,49 +45,12 @@ stack_on_exit() {
 
 # ---------------------------------------------------------------------------------------------
 step="setup"
-stack_db_create
-stack_policy_doc 1 >"$W/policy.json"
-stack_kc_init "$W/policy.json"
 redis_clear
-mica_free_port KPORT
-mica_free_port APORT
-KURL="https://localhost:$KPORT"
-AURL="https://localhost:$APORT"
-mapfile -t KC_ENV < <(stack_kc_env "$KPORT")
-stack_start keycenter "$KURL" "${KC_ENV[@]}" "$KC_BIN" --config deploy/mica.conf.example
-for k in account-pii account-index account-pepper; do
-	st="$(curl -sS -o "$W/body" -w '%{http_code}' --cacert "$MICA_CA" --cert "$MICA_CERT_ADMIN" \
-		--key "$MICA_KEY_ADMIN" -H 'Content-Type: application/json' -d '{"owner":"account"}' \
-		"$KURL/v1/keys/$k")"
-	[[ "$st" == 201 ]] || fail "creating $k as admin: $st $(cat "$W/body")"
-done
-(umask 077 && openssl rand -hex 32 | tr -d '\n' >"$W/altcha.key")
-# Small Argon2id parameters, no step-up (one device, one network): only sessions matter here.
-ACCT_ENV=(
-	MICA_LOG_LEVEL=info
-	"MICA_ACCOUNT_HTTP_PORT=$APORT"
-	"MICA_ACCOUNT_HTTP_CERT_FILE=$MICA_CERT_SERVER"
-	"MICA_ACCOUNT_HTTP_KEY_FILE=$MICA_KEY_SERVER"
-	"MICA_ACCOUNT_HTTP_CLIENT_CA_FILE=$MICA_CA"
-	"MICA_ACCOUNT_DB_CONNINFO=$(mica_service_conninfo "$MICA_TEST_DIR" account "$DB")"
-	MICA_ACCOUNT_DB_PASSWORD_FILE=
-	"MICA_ACCOUNT_REDIS_SOCKET=$MICA_REDIS_SOCKET"
-	MICA_ACCOUNT_REDIS_USER=account
-	"MICA_ACCOUNT_REDIS_PASSWORD_FILE=$MICA_REDIS_PASSWORD_FILE_ACCOUNT"
-	"MICA_ACCOUNT_KEYCENTER_URL=$KURL"
-	"MICA_ACCOUNT_KEYCENTER_CA_FILE=$MICA_CA"
-	"MICA_ACCOUNT_KEYCENTER_CERT_FILE=$MICA_CERT_ACCOUNT"
-	"MICA_ACCOUNT_KEYCENTER_KEY_FILE=$MICA_KEY_ACCOUNT"
-	MICA_ACCOUNT_PASSWORD_POLICY=miui
-	"MICA_ACCOUNT_PASSWORD_BLOCKLIST_DIR=$BREACHED"
-	MICA_ACCOUNT_PASSWORD_ARGON2_MEMORY_KIB=8192
-	MICA_ACCOUNT_PASSWORD_ARGON2_ITERATIONS=2
-	MICA_ACCOUNT_PASSWORD_ARGON2_PARALLELISM=1
-	"MICA_ACCOUNT_RISK_ALTCHA_KEY_FILE=$W/altcha.key"
+stack_account_setup
+# No step-up (one device, one network): only sessions matter here.
+ACCT_ENV+=(
 	MICA_ACCOUNT_RISK_STEPUP_NEW_DEVICE=false
 	MICA_ACCOUNT_RISK_STEPUP_NEW_NETWORK=false
-	MICA_ACCOUNT_NOTIFY_EMAIL=outbox
-	MICA_ACCOUNT_NOTIFY_SMS=outbox
 	MICA_ACCOUNT_INTROSPECT_PRINCIPALS=keycenter
 )
 stack_start account "$AURL" "${ACCT_ENV[@]}" "$ACCT_BIN" --config deploy/mica.conf.example
