@@ -158,6 +158,15 @@ code_for() {
 	[[ "$c" =~ ^[0-9]{6}$ ]] || fail "no verification code for $1 in the outbox"
 	printf '%s' "$c"
 }
+# bind_contact TOKEN phone|email VALUE: binds a security contact with the code sent to it (the
+# session must have authenticated recently).
+bind_contact() {
+	local vid
+	expect 200 - -t "$1" POST "/v1/security/$2" "$(js --arg k "$2" --arg v "$3" '{($k): $v}')"
+	vid="$(jget verification_id)"
+	expect 200 - -t "$1" POST "/v1/security/$2/verify" \
+		"$(js --arg v "$vid" --arg c "$(code_for "$3")" '{verification_id: $v, code: $c}')"
+}
 # wrong_code CODE: a six-digit code that differs from CODE.
 wrong_code() { printf '%s%s' "${1:0:5}" "$(((${1:5:1} + 1) % 10))"; }
 # notes ADDR SUBJECT: how many messages with SUBJECT went to ADDR.
@@ -876,10 +885,7 @@ step="6 recycled number"
 register +8613800000001 'Arecycle-1' dev-a
 A_TOKEN="$REG_TOKEN" A_UID="$REG_UID" A_NO="$REG_ACCOUNT"
 fresh "$REG_SID"
-expect 200 - -t "$A_TOKEN" POST /v1/security/email '{"email": "a-sec@example.com"}'
-VID="$(jget verification_id)"
-expect 200 - -t "$A_TOKEN" POST /v1/security/email/verify \
-	"{\"verification_id\": \"$VID\", \"code\": \"$(code_for a-sec@example.com)\"}"
+bind_contact "$A_TOKEN" email a-sec@example.com
 # Not recycled: the number stays with A.
 expect 200 - POST /v1/register/start '{"phone": "+8613800000001"}'
 expect 409 identifier_in_use POST /v1/register/complete \
@@ -914,10 +920,7 @@ code_limits_clear
 register c-recycle@example.com 'Crecycle-1' dev-c
 C_TOKEN="$REG_TOKEN" C_UID="$REG_UID"
 fresh "$REG_SID"
-expect 200 - -t "$C_TOKEN" POST /v1/security/phone '{"phone": "+8613800000002"}'
-VID="$(jget verification_id)"
-expect 200 - -t "$C_TOKEN" POST /v1/security/phone/verify \
-	"{\"verification_id\": \"$VID\", \"code\": \"$(code_for +8613800000002)\"}"
+bind_contact "$C_TOKEN" phone +8613800000002
 [[ "$(sql "$ADMIN_CI" "SELECT security_phone_bound_at IS NOT NULL FROM account.user WHERE id = $C_UID")" == t ]] ||
 	fail "no security_phone_bound_at"
 sql "$ADMIN_CI" "INSERT INTO account.recycled_number (phone_idx, recycled_on)
@@ -932,10 +935,7 @@ register +8613800000002 'Drecycle-2' dev-d
 register e-recycle@example.com 'Erecycle-1' dev-e
 E_TOKEN="$REG_TOKEN" E_UID="$REG_UID"
 fresh "$REG_SID"
-expect 200 - -t "$E_TOKEN" POST /v1/security/phone '{"phone": "+8613800000004"}'
-VID="$(jget verification_id)"
-expect 200 - -t "$E_TOKEN" POST /v1/security/phone/verify \
-	"{\"verification_id\": \"$VID\", \"code\": \"$(code_for +8613800000004)\"}"
+bind_contact "$E_TOKEN" phone +8613800000004
 register +8613800000004 'Frecycle-2' dev-f
 [[ "$(sql "$ADMIN_CI" "SELECT security_phone_idx IS NOT NULL FROM account.user WHERE id = $E_UID")" == t ]] ||
 	fail "a shared, not recycled security phone was removed"
@@ -948,10 +948,7 @@ code_limits_clear
 register +8613800000003 'Grecycle-1' dev-g
 G_TOKEN="$REG_TOKEN" G_UID="$REG_UID"
 fresh "$REG_SID"
-expect 200 - -t "$G_TOKEN" POST /v1/security/email '{"email": "g-sec@example.com"}'
-VID="$(jget verification_id)"
-expect 200 - -t "$G_TOKEN" POST /v1/security/email/verify \
-	"{\"verification_id\": \"$VID\", \"code\": \"$(code_for g-sec@example.com)\"}"
+bind_contact "$G_TOKEN" email g-sec@example.com
 sql "$ADMIN_CI" "INSERT INTO account.recycled_number (phone_idx, recycled_on)
 	SELECT phone_idx, current_date FROM account.user WHERE id = $G_UID" >/dev/null
 n_codes="$(sql "$ADMIN_CI" "SELECT count(*) FROM account.notification WHERE recipient = '+8613800000003'")"
