@@ -131,15 +131,16 @@ int acct_password_change(acct_service *s, const struct acct_session *sess, json_
 		mica_wipe(phc, strlen(phc));
 		free(phc);
 	}
-	if (!err && (err = acct_password_admit(s, mica_db_get(res, 0, 1), next, f)) != 0) {
-		PQclear(res);
-		return err;
-	}
+	/* The current password first: the new one is judged only for its owner. */
+	if (err)
+		err = acct_fail_internal(f, err, "the Key Center");
+	else if (!ok)
+		err = acct_failf(f, 401, "invalid_credentials", "the current password is wrong");
+	else
+		err = acct_password_admit(s, mica_db_get(res, 0, 1), next, f);
 	PQclear(res);
 	if (err)
-		return acct_fail_internal(f, err, "the Key Center");
-	if (!ok)
-		return acct_failf(f, 401, "invalid_credentials", "the current password is wrong");
+		return err;
 	if ((err = acct_password_burned(s, sess->user_id, next, &burned)) != 0)
 		return acct_fail_internal(f, err, "the Key Center");
 	if (burned)

@@ -799,6 +799,8 @@ fresh "$S5"
 N_CHANGED="$(notes alice@example.com 'Your mica password was changed')"
 pwchange() { js --arg c "$1" --arg n "$2" '{current_password: $c, new_password: $n}'; }
 expect 401 invalid_credentials -t "$T5" POST /v1/password/change "$(pwchange 'Wrong-pass1' 'Alice-new-3')"
+# A wrong current password is reported first, whatever the new one is.
+expect 401 invalid_credentials -t "$T5" POST /v1/password/change "$(pwchange 'Wrong-pass1' 'alllowercase')"
 expect 400 weak_password -t "$T5" POST /v1/password/change "$(pwchange "$PW_A2" 'alllowercase')"
 expect 400 password_burned -t "$T5" POST /v1/password/change "$(pwchange "$PW_A2" "$PW_A")"
 expect 400 missing_field -t "$T5" POST /v1/password/change '{"current_password": "x"}'
