@@ -106,6 +106,9 @@ enum acct_ident { ACCT_ID_PHONE, ACCT_ID_EMAIL, ACCT_ID_ACCOUNT_NO, ACCT_ID_INVA
 enum acct_ident acct_ident_parse(const char *in, char *out, size_t cap);
 /* Blind index of a normalised identifier (Key Center HMAC; *idx malloc'd). */
 int acct_blind_index(acct_service *s, const char *kind, const char *value, char **idx) MICA_WUR;
+/* The same through any Key Center client and index key (`mica recycled add`). */
+int acct_blind_index_with(mica_kc *kc, const char *index_key, const char *kind, const char *value,
+			  char **idx) MICA_WUR;
 /* Encrypts / decrypts a value bound to {service, table, column, row}. */
 int acct_pii_seal(acct_service *s, const char *table, const char *column, const char *row,
 		  const char *value, char **out) MICA_WUR;

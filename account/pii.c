@@ -50,6 +50,12 @@ enum acct_ident acct_ident_parse(const char *in, char *out, size_t cap)
 
 int acct_blind_index(acct_service *s, const char *kind, const char *value, char **idx)
 {
+	return acct_blind_index_with(s->kc, s->cfg->index_key, kind, value, idx);
+}
+
+int acct_blind_index_with(mica_kc *kc, const char *index_key, const char *kind, const char *value,
+			  char **idx)
+{
 	/* The kind is part of the input so equal strings of different kinds
 	 * never share an index. */
 	size_t kl = strlen(kind), vl = strlen(value);
@@ -60,7 +66,7 @@ int acct_blind_index(acct_service *s, const char *kind, const char *value, char 
 	memcpy(in, kind, kl);
 	in[kl] = ':';
 	memcpy(in + kl + 1, value, vl);
-	err = mica_kc_hmac(s->kc, s->cfg->index_key, in, kl + 1 + vl, idx);
+	err = mica_kc_hmac(kc, index_key, in, kl + 1 + vl, idx);
 	mica_wipe(in, kl + 1 + vl);
 	free(in);
 	return err;

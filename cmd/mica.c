@@ -16,6 +16,7 @@
 
 #include <openssl/evp.h>
 
+#include "account/account.h"
 #include "account/notify.h"
 #include "db.h"
 #include "err.h"
@@ -41,12 +42,14 @@ static int cmd_migrate(int argc, char **argv);
 static int cmd_help(int argc, char **argv);
 static int cmd_audit(int argc, char **argv);
 static int cmd_outbox(int argc, char **argv);
+static int cmd_recycled(int argc, char **argv);
 
 static const struct command commands[] = {
     {"migrate", cmd_migrate, "apply schema migrations; --status lists applied and pending"},
     {"keycenter", kc_init_command, "keycenter init: generate the HSM root and audit keys"},
     {"audit", cmd_audit, "audit export | audit verify: the Key Center audit trail"},
     {"outbox", cmd_outbox, "outbox list: the development e-mail/SMS outbox (account.notification)"},
+    {"recycled", cmd_recycled, "recycled add: record a recycled phone number (local check)"},
     {"help", cmd_help, "show this help"},
 };
 
@@ -793,6 +796,127 @@ static int cmd_outbox(int argc, char **argv)
 	}
 	fprintf(stderr, "mica outbox: expected list\n");
 	outbox_usage(stderr);
+	return EXIT_USAGE;
+}
+
+/* ---- recycled --------------------------------------------------------- */
+
+static void recycled_usage(FILE *f)
+{
+	fprintf(f,
+		"usage: mica recycled add --phone +E164 --on YYYY-MM-DD [--db CONNINFO]\n"
+		"                         --kc-url URL --ca FILE --cert FILE --key FILE\n"
+		"                         [--index-key NAME]\n"
+		"\n"
+		"Records in account.recycled_number, the local stand-in of the carriers'\n"
+		"number-recycling check (account.recycling.mode = local), that the carrier\n"
+		"gave PHONE to a new subscriber on the given day. The table holds the number's\n"
+		"blind index, not the number: it is computed by the Key Center with the\n"
+		"account service's index key, so the client certificate must be one the\n"
+		"policy lets compute it (the account principal's). Adding a row twice is not\n"
+		"an error.\n"
+		"\n"
+		"  --phone +E164     the number, + and 7 to 15 digits\n"
+		"  --on YYYY-MM-DD   the day it was recycled\n"
+		"  --db CONNINFO     libpq connection string of a role that may write the\n"
+		"                    table (default: $MICA_DB_CONNINFO)\n"
+		"  --kc-url URL      the Key Center (https://host:port)\n"
+		"  --ca, --cert, --key  CA, client certificate and key for the Key Center\n"
+		"  --index-key NAME  the account service's index key (default account-index)\n"
+		"  -h, --help        show this help\n");
+}
+
+/* YYYY-MM-DD by its shape; PostgreSQL judges the calendar. */
+static int is_iso_date(const char *s)
+{
+	for (int i = 0; i < 10; i++)
+		if (i == 4 || i == 7 ? s[i] != '-' : s[i] < '0' || s[i] > '9')
+			return 0;
+	return s[10] == '\0';
+}
+
+static int recycled_add(int argc, char **argv)
+{
+	static const struct option opts[] = {
+	    {"phone", required_argument, NULL, 'p'},  {"on", required_argument, NULL, 'o'},
+	    {"db", required_argument, NULL, 'd'},     {"kc-url", required_argument, NULL, 'u'},
+	    {"ca", required_argument, NULL, 'a'},     {"cert", required_argument, NULL, 'c'},
+	    {"key", required_argument, NULL, 'k'},    {"index-key", required_argument, NULL, 'i'},
+	    {"help", no_argument, NULL, 'h'},	      {NULL, 0, NULL, 0},
+	};
+	const char *phone = NULL, *on = NULL, *conninfo = getenv("MICA_DB_CONNINFO");
+	const char *index_key = "account-index";
+	mica_kc_options ko = {0};
+	char norm[32], *idx = NULL;
+	int c;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'p': phone = optarg; break;
+		case 'o': on = optarg; break;
+		case 'd': conninfo = optarg; break;
+		case 'u': ko.base_url = optarg; break;
+		case 'a': ko.ca_file = optarg; break;
+		case 'c': ko.cert_file = optarg; break;
+		case 'k': ko.key_file = optarg; break;
+		case 'i': index_key = optarg; break;
+		case 'h': recycled_usage(stdout); return EXIT_OK;
+		default: recycled_usage(stderr); return EXIT_USAGE;
+		}
+	}
+	const char *bad = optind < argc			       ? "unexpected argument"
+			  : !phone || !on || !conninfo || !*conninfo ? "--phone, --on and --db are needed"
+			  : !ko.base_url || !ko.ca_file || !ko.cert_file || !ko.key_file
+			      ? "--kc-url, --ca, --cert and --key are needed"
+			  : acct_ident_parse(phone, norm, sizeof(norm)) != ACCT_ID_PHONE
+			      ? "--phone is + and 7 to 15 digits"
+			  : !is_iso_date(on) ? "--on is YYYY-MM-DD"
+			      : NULL;
+	if (bad) {
+		fprintf(stderr, "mica recycled add: %s\n", bad);
+		recycled_usage(stderr);
+		return EXIT_USAGE;
+	}
+	mica_kc *kc = NULL;
+	mica_db *db = NULL;
+	int err = mica_kc_new(&kc, &ko);
+	if (!err)
+		err = acct_blind_index_with(kc, index_key, "phone", norm, &idx);
+	if (err) {
+		fprintf(stderr, "mica recycled add: the Key Center: %s\n", mica_errmsg(err));
+		mica_kc_free(kc);
+		return EXIT_FAIL;
+	}
+	if (mica_db_open(&db, conninfo) != 0) {
+		fprintf(stderr, "mica recycled add: cannot connect: %s\n", mica_db_errmsg(NULL));
+		err = MICA_EDBCONN;
+	} else {
+		const char *p[2] = {idx, on};
+		if ((err = mica_db_exec(db,
+					"INSERT INTO account.recycled_number (phone_idx, recycled_on)"
+					" VALUES ($1, $2::date) ON CONFLICT DO NOTHING",
+					2, p, NULL)) != 0)
+			fprintf(stderr, "mica recycled add: %s%s%s\n", mica_errmsg(err),
+				mica_db_errmsg(db)[0] ? ": " : "", mica_db_errmsg(db));
+		else
+			printf("recorded: a number recycled on %s\n", on);
+	}
+	mica_db_close(&db);
+	mica_kc_free(kc);
+	free(idx);
+	return err ? EXIT_FAIL : EXIT_OK;
+}
+
+static int cmd_recycled(int argc, char **argv)
+{
+	if (argc >= 2 && strcmp(argv[1], "add") == 0)
+		return recycled_add(argc - 1, argv + 1);
+	if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+		recycled_usage(stdout);
+		return EXIT_OK;
+	}
+	fprintf(stderr, "mica recycled: expected add\n");
+	recycled_usage(stderr);
 	return EXIT_USAGE;
 }
 

@@ -893,9 +893,20 @@ expect 200 - POST /v1/register/start '{"phone": "+8613800000001"}'
 expect 409 identifier_in_use POST /v1/register/complete \
 	"$(complete "$(jget verification_id)" "$(code_for +8613800000001)" 'Brecycle-2' dev-b)"
 expect 200 - POST /v1/login "$(login_body +8613800000001 'Arecycle-1' dev-a)"
-# The carrier recycled it today (the local stand-in of the number-recycling check).
-sql "$ADMIN_CI" "INSERT INTO account.recycled_number (phone_idx, recycled_on)
-	SELECT phone_idx, current_date FROM account.user WHERE id = $A_UID"
+# The carrier recycled it today: recorded with `mica recycled add` in the local stand-in of the
+# number-recycling check, under the number's blind index (the Key Center computes it).
+recycled_add() { # PHONE DATE
+	"$MICA" recycled add --db "$ADMIN_CI" --phone "$1" --on "$2" --kc-url "$KURL" --ca "$MICA_CA" \
+		--cert "$MICA_CERT_ACCOUNT" --key "$MICA_KEY_ACCOUNT" >"$W/recycled.out" 2>&1
+}
+day="$(sql "$ADMIN_CI" "SELECT current_date")"
+rc=0
+recycled_add 8613800000001 "$day" || rc=$?
+[[ "$rc" == 64 ]] || fail "mica recycled add with a number without +: exit $rc, want 64"
+recycled_add +8613800000001 "$day" ||
+	fail "mica recycled add: $(cat "$W/recycled.out")"
+[[ "$(sql "$ADMIN_CI" "SELECT count(*) FROM account.recycled_number r JOIN account.user u
+	ON u.phone_idx = r.phone_idx WHERE u.id = $A_UID")" == 1 ]] || fail "the recorded index is not A's number's"
 register +8613800000001 'Brecycle-2' dev-b
 B_UID="$REG_UID"
 [[ "$(sql "$ADMIN_CI" "SELECT (phone_idx IS NULL) || ' ' || (phone_enc IS NULL) FROM account.user WHERE id = $A_UID")" == "true true" ]] ||
