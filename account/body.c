@@ -18,12 +18,14 @@ int acct_body_fields(json_t *body, const struct acct_field *spec, size_t n,
 		memset(&out[i], 0, sizeof(out[i]));
 		if (!v || json_is_null(v)) {
 			if (d->required)
-				return acct_failf(f, 400, "missing_field", "%s is required", d->name);
+				return acct_failf(f, 400, "missing_field", "%s is required",
+						  d->name);
 			continue;
 		}
 		if (d->type == ACCT_FIELD_BOOL) {
 			if (!json_is_boolean(v))
-				return acct_failf(f, 400, "bad_field", "%s must be true or false", d->name);
+				return acct_failf(f, 400, "bad_field", "%s must be true or false",
+						  d->name);
 			out[i].b = json_is_true(v);
 			continue;
 		}

@@ -803,27 +803,26 @@ static int cmd_outbox(int argc, char **argv)
 
 static void recycled_usage(FILE *f)
 {
-	fprintf(f,
-		"usage: mica recycled add --phone +E164 --on YYYY-MM-DD [--db CONNINFO]\n"
-		"                         --kc-url URL --ca FILE --cert FILE --key FILE\n"
-		"                         [--index-key NAME]\n"
-		"\n"
-		"Records in account.recycled_number, the local stand-in of the carriers'\n"
-		"number-recycling check (account.recycling.mode = local), that the carrier\n"
-		"gave PHONE to a new subscriber on the given day. The table holds the number's\n"
-		"blind index, not the number: it is computed by the Key Center with the\n"
-		"account service's index key, so the client certificate must be one the\n"
-		"policy lets compute it (the account principal's). Adding a row twice is not\n"
-		"an error.\n"
-		"\n"
-		"  --phone +E164     the number, + and 7 to 15 digits\n"
-		"  --on YYYY-MM-DD   the day it was recycled\n"
-		"  --db CONNINFO     libpq connection string of a role that may write the\n"
-		"                    table (default: $MICA_DB_CONNINFO)\n"
-		"  --kc-url URL      the Key Center (https://host:port)\n"
-		"  --ca, --cert, --key  CA, client certificate and key for the Key Center\n"
-		"  --index-key NAME  the account service's index key (default account-index)\n"
-		"  -h, --help        show this help\n");
+	fprintf(f, "usage: mica recycled add --phone +E164 --on YYYY-MM-DD [--db CONNINFO]\n"
+		   "                         --kc-url URL --ca FILE --cert FILE --key FILE\n"
+		   "                         [--index-key NAME]\n"
+		   "\n"
+		   "Records in account.recycled_number, the local stand-in of the carriers'\n"
+		   "number-recycling check (account.recycling.mode = local), that the carrier\n"
+		   "gave PHONE to a new subscriber on the given day. The table holds the number's\n"
+		   "blind index, not the number: it is computed by the Key Center with the\n"
+		   "account service's index key, so the client certificate must be one the\n"
+		   "policy lets compute it (the account principal's). Adding a row twice is not\n"
+		   "an error.\n"
+		   "\n"
+		   "  --phone +E164     the number, + and 7 to 15 digits\n"
+		   "  --on YYYY-MM-DD   the day it was recycled\n"
+		   "  --db CONNINFO     libpq connection string of a role that may write the\n"
+		   "                    table (default: $MICA_DB_CONNINFO)\n"
+		   "  --kc-url URL      the Key Center (https://host:port)\n"
+		   "  --ca, --cert, --key  CA, client certificate and key for the Key Center\n"
+		   "  --index-key NAME  the account service's index key (default account-index)\n"
+		   "  -h, --help        show this help\n");
 }
 
 /* YYYY-MM-DD by its shape; PostgreSQL judges the calendar. */
@@ -838,11 +837,11 @@ static int is_iso_date(const char *s)
 static int recycled_add(int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    {"phone", required_argument, NULL, 'p'},  {"on", required_argument, NULL, 'o'},
-	    {"db", required_argument, NULL, 'd'},     {"kc-url", required_argument, NULL, 'u'},
-	    {"ca", required_argument, NULL, 'a'},     {"cert", required_argument, NULL, 'c'},
-	    {"key", required_argument, NULL, 'k'},    {"index-key", required_argument, NULL, 'i'},
-	    {"help", no_argument, NULL, 'h'},	      {NULL, 0, NULL, 0},
+	    {"phone", required_argument, NULL, 'p'}, {"on", required_argument, NULL, 'o'},
+	    {"db", required_argument, NULL, 'd'},    {"kc-url", required_argument, NULL, 'u'},
+	    {"ca", required_argument, NULL, 'a'},    {"cert", required_argument, NULL, 'c'},
+	    {"key", required_argument, NULL, 'k'},   {"index-key", required_argument, NULL, 'i'},
+	    {"help", no_argument, NULL, 'h'},	     {NULL, 0, NULL, 0},
 	};
 	const char *phone = NULL, *on = NULL, *conninfo = getenv("MICA_DB_CONNINFO");
 	const char *index_key = "account-index";
@@ -852,26 +851,47 @@ static int recycled_add(int argc, char **argv)
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
-		case 'p': phone = optarg; break;
-		case 'o': on = optarg; break;
-		case 'd': conninfo = optarg; break;
-		case 'u': ko.base_url = optarg; break;
-		case 'a': ko.ca_file = optarg; break;
-		case 'c': ko.cert_file = optarg; break;
-		case 'k': ko.key_file = optarg; break;
-		case 'i': index_key = optarg; break;
-		case 'h': recycled_usage(stdout); return EXIT_OK;
-		default: recycled_usage(stderr); return EXIT_USAGE;
+		case 'p':
+			phone = optarg;
+			break;
+		case 'o':
+			on = optarg;
+			break;
+		case 'd':
+			conninfo = optarg;
+			break;
+		case 'u':
+			ko.base_url = optarg;
+			break;
+		case 'a':
+			ko.ca_file = optarg;
+			break;
+		case 'c':
+			ko.cert_file = optarg;
+			break;
+		case 'k':
+			ko.key_file = optarg;
+			break;
+		case 'i':
+			index_key = optarg;
+			break;
+		case 'h':
+			recycled_usage(stdout);
+			return EXIT_OK;
+		default:
+			recycled_usage(stderr);
+			return EXIT_USAGE;
 		}
 	}
-	const char *bad = optind < argc			       ? "unexpected argument"
-			  : !phone || !on || !conninfo || !*conninfo ? "--phone, --on and --db are needed"
+	const char *bad = optind < argc ? "unexpected argument"
+			  : !phone || !on || !conninfo || !*conninfo
+			      ? "--phone, --on and --db are needed"
 			  : !ko.base_url || !ko.ca_file || !ko.cert_file || !ko.key_file
 			      ? "--kc-url, --ca, --cert and --key are needed"
 			  : acct_ident_parse(phone, norm, sizeof(norm)) != ACCT_ID_PHONE
 			      ? "--phone is + and 7 to 15 digits"
 			  : !is_iso_date(on) ? "--on is YYYY-MM-DD"
-			      : NULL;
+					     : NULL;
 	if (bad) {
 		fprintf(stderr, "mica recycled add: %s\n", bad);
 		recycled_usage(stderr);
@@ -892,10 +912,11 @@ static int recycled_add(int argc, char **argv)
 		err = MICA_EDBCONN;
 	} else {
 		const char *p[2] = {idx, on};
-		if ((err = mica_db_exec(db,
-					"INSERT INTO account.recycled_number (phone_idx, recycled_on)"
-					" VALUES ($1, $2::date) ON CONFLICT DO NOTHING",
-					2, p, NULL)) != 0)
+		if ((err =
+			 mica_db_exec(db,
+				      "INSERT INTO account.recycled_number (phone_idx, recycled_on)"
+				      " VALUES ($1, $2::date) ON CONFLICT DO NOTHING",
+				      2, p, NULL)) != 0)
 			fprintf(stderr, "mica recycled add: %s%s%s\n", mica_errmsg(err),
 				mica_db_errmsg(db)[0] ? ": " : "", mica_db_errmsg(db));
 		else

@@ -11,11 +11,11 @@ static const struct {
 	const struct acct_field *spec;
 	size_t n;
 } specs[] = {
-    {ACCT_FIELDS(acct_body_reset_start)},    {ACCT_FIELDS(acct_body_reset_complete)},
+    {ACCT_FIELDS(acct_body_reset_start)},     {ACCT_FIELDS(acct_body_reset_complete)},
     {ACCT_FIELDS(acct_body_password_change)}, {ACCT_FIELDS(acct_body_bind_phone)},
-    {ACCT_FIELDS(acct_body_bind_email)},     {ACCT_FIELDS(acct_body_code)},
-    {ACCT_FIELDS(acct_body_stepup_send)},    {ACCT_FIELDS(acct_body_stepup_verify)},
-    {ACCT_FIELDS(acct_body_cross_device)},   {ACCT_FIELDS(acct_body_revoke_all)},
+    {ACCT_FIELDS(acct_body_bind_email)},      {ACCT_FIELDS(acct_body_code)},
+    {ACCT_FIELDS(acct_body_stepup_send)},     {ACCT_FIELDS(acct_body_stepup_verify)},
+    {ACCT_FIELDS(acct_body_cross_device)},    {ACCT_FIELDS(acct_body_revoke_all)},
     {ACCT_FIELDS(acct_body_introspect)},
 };
 
