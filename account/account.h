@@ -159,7 +159,10 @@ int acct_session_introspect(acct_service *s, const char *token, json_t **out) MI
 int acct_code_send(acct_service *s, const char *purpose, const char *channel, const char *target,
 		   const char *target_idx, int64_t user_id, char **id, struct acct_fail *f) MICA_WUR;
 /* Checks and consumes code |code| of verification |id| for |purpose|; sets
- * *user_id (0 if none), target index and the verified target (malloc'd). */
+ * *user_id (0 if none), target index and the verified target (malloc'd).
+ * Refused: |f| says why, and the result is MICA_EAUTH for a wrong code (or
+ * too many), MICA_ESTATE for one already used or expired, MICA_EINVAL for
+ * one that is not six digits. */
 int acct_code_verify(acct_service *s, mica_db *db, const char *id, const char *purpose,
 		     const char *code, int64_t *user_id, char **target_idx, char **target,
 		     char **channel, struct acct_fail *f) MICA_WUR;

@@ -665,11 +665,9 @@ int acct_stepup_verify(acct_service *s, const char *id, json_t *body, json_t **o
 		free(idx);
 		free(target);
 		free(channel);
-		/* A code that expired or was already used says nothing about who
-		 * types it; wrong codes (and a code of another account) do. */
-		bool stale = err == MICA_EAUTH && f->code &&
-			     (strcmp(f->code, "code_expired") == 0 || strcmp(f->code, "code_used") == 0);
-		if (!stale && (err == MICA_EAUTH || (!err && uid != r.user_id))) {
+		/* Wrong codes (and a code of another account) count; a used or
+		 * expired one (MICA_ESTATE) does not. */
+		if (err == MICA_EAUTH || (!err && uid != r.user_id)) {
 			/* The right password followed by failed step-ups: severe. */
 			const char *p[1] = {id};
 			PGresult *res = NULL;

@@ -165,19 +165,24 @@ int acct_code_verify(acct_service *s, mica_db *db, const char *id, const char *p
 			   2, q, &res);
 	if (err)
 		goto out;
-	if (PQntuples(res) != 1)
-		acct_failf(f, 400, "invalid_code", "the code is wrong");
-	else if (strcmp(mica_db_get(res, 0, 2), "t") != 0)
-		acct_failf(f, 400, "code_used", "this code was already used");
-	else if (strcmp(mica_db_get(res, 0, 1), "t") != 0)
-		acct_failf(f, 400, "code_expired", "the code expired; ask for a new one");
-	else if (atoi(mica_db_get(res, 0, 0)) > s->cfg->code_max_attempts)
-		acct_failf(f, 429, "too_many_attempts", "too many wrong codes; ask for a new one");
-	else
-		acct_failf(f, 400, "invalid_code", "the code is wrong");
+	/* A wrong code is MICA_EAUTH; a used or expired one MICA_ESTATE, as it
+	 * says nothing about who typed it (step-up does not count it). */
 	err = MICA_EAUTH;
+	if (PQntuples(res) != 1) {
+		acct_failf(f, 400, "invalid_code", "the code is wrong");
+	} else if (strcmp(mica_db_get(res, 0, 2), "t") != 0) {
+		acct_failf(f, 400, "code_used", "this code was already used");
+		err = MICA_ESTATE;
+	} else if (strcmp(mica_db_get(res, 0, 1), "t") != 0) {
+		acct_failf(f, 400, "code_expired", "the code expired; ask for a new one");
+		err = MICA_ESTATE;
+	} else if (atoi(mica_db_get(res, 0, 0)) > s->cfg->code_max_attempts) {
+		acct_failf(f, 429, "too_many_attempts", "too many wrong codes; ask for a new one");
+	} else {
+		acct_failf(f, 400, "invalid_code", "the code is wrong");
+	}
 out:
-	if (err && err != MICA_EAUTH && !f->code)
+	if (err && !f->code)
 		acct_fail_internal(f, err, "the database");
 	if (err) {
 		free(*target_idx);

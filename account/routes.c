@@ -187,7 +187,7 @@ static void h_revoke_all(const mica_http_req *req, mica_http_resp *resp, void *s
 	int err = acct_body_fields(body, ACCT_FIELDS(acct_body_revoke_all), v, &f);
 	json_decref(body);
 	if (err) {
-		mica_http_reply_error(resp, f.status, f.code, "%s", f.msg);
+		reply_fail(resp, &f);
 		return;
 	}
 	if (!db || acct_session_revoke_all(s, db, sess.user_id, v[0].b ? sess.id : 0))
@@ -219,7 +219,7 @@ static void h_introspect(const mica_http_req *req, mica_http_resp *resp, void *s
 		return;
 	}
 	if (acct_body_fields(req->json, ACCT_FIELDS(acct_body_introspect), v, &f) != 0) {
-		mica_http_reply_error(resp, f.status, f.code, "%s", f.msg);
+		reply_fail(resp, &f);
 		return;
 	}
 	if (acct_session_introspect(s, v[0].s, &out) != 0)

@@ -64,6 +64,26 @@ static void usage(FILE *f)
 		   "Exit codes: 0 ok, 1 failure, 2 checksum mismatch, 64 usage error.\n");
 }
 
+/* mica NOUN VERB ARGS...: runs the verb argv[1] names (with argv + 1), or
+ * prints |usage| (for --help to stdout, else to stderr with EXIT_USAGE). */
+static int run_verb(const char *noun, const struct command *verbs, size_t n,
+		    void (*usage_of)(FILE *), int argc, char **argv)
+{
+	for (size_t i = 0; argc >= 2 && i < n; i++)
+		if (strcmp(argv[1], verbs[i].name) == 0)
+			return verbs[i].run(argc - 1, argv + 1);
+	if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+		usage_of(stdout);
+		return EXIT_OK;
+	}
+	fprintf(stderr, "mica %s: expected", noun);
+	for (size_t i = 0; i < n; i++)
+		fprintf(stderr, "%s %s", i == 0 ? "" : i + 1 == n ? " or" : ",", verbs[i].name);
+	fputc('\n', stderr);
+	usage_of(stderr);
+	return EXIT_USAGE;
+}
+
 static int cmd_help(int argc, char **argv)
 {
 	(void)argc;
@@ -689,17 +709,9 @@ static int audit_verify(int argc, char **argv)
 
 static int cmd_audit(int argc, char **argv)
 {
-	if (argc >= 2 && strcmp(argv[1], "export") == 0)
-		return audit_export(argc - 1, argv + 1);
-	if (argc >= 2 && strcmp(argv[1], "verify") == 0)
-		return audit_verify(argc - 1, argv + 1);
-	if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-		audit_usage(stdout);
-		return EXIT_OK;
-	}
-	fprintf(stderr, "mica audit: expected export or verify\n");
-	audit_usage(stderr);
-	return EXIT_USAGE;
+	static const struct command verbs[] = {{"export", audit_export, NULL},
+					       {"verify", audit_verify, NULL}};
+	return run_verb("audit", verbs, 2, audit_usage, argc, argv);
 }
 
 /* ---- outbox ----------------------------------------------------------- */
@@ -788,15 +800,8 @@ static int outbox_list(int argc, char **argv)
 
 static int cmd_outbox(int argc, char **argv)
 {
-	if (argc >= 2 && strcmp(argv[1], "list") == 0)
-		return outbox_list(argc - 1, argv + 1);
-	if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-		outbox_usage(stdout);
-		return EXIT_OK;
-	}
-	fprintf(stderr, "mica outbox: expected list\n");
-	outbox_usage(stderr);
-	return EXIT_USAGE;
+	static const struct command verbs[] = {{"list", outbox_list, NULL}};
+	return run_verb("outbox", verbs, 1, outbox_usage, argc, argv);
 }
 
 /* ---- recycled --------------------------------------------------------- */
@@ -930,15 +935,8 @@ static int recycled_add(int argc, char **argv)
 
 static int cmd_recycled(int argc, char **argv)
 {
-	if (argc >= 2 && strcmp(argv[1], "add") == 0)
-		return recycled_add(argc - 1, argv + 1);
-	if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-		recycled_usage(stdout);
-		return EXIT_OK;
-	}
-	fprintf(stderr, "mica recycled: expected add\n");
-	recycled_usage(stderr);
-	return EXIT_USAGE;
+	static const struct command verbs[] = {{"add", recycled_add, NULL}};
+	return run_verb("recycled", verbs, 1, recycled_usage, argc, argv);
 }
 
 int main(int argc, char **argv)

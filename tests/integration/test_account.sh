@@ -902,7 +902,13 @@ recycled_add() { # PHONE DATE
 day="$(sql "$ADMIN_CI" "SELECT current_date")"
 rc=0
 recycled_add 8613800000001 "$day" || rc=$?
-[[ "$rc" == 64 ]] || fail "mica recycled add with a number without +: exit $rc, want 64"
+if [[ "$rc" != 64 ]] || ! grep -qx 'mica recycled add: --phone is + and 7 to 15 digits' "$W/recycled.out"; then
+	fail "mica recycled add with a number without +: exit $rc: $(head -n 1 "$W/recycled.out")"
+fi
+rc=0
+"$MICA" recycled remove >/dev/null 2>"$W/recycled.err" || rc=$?
+[[ "$rc" == 64 && "$(head -n 1 "$W/recycled.err")" == "mica recycled: expected add" ]] ||
+	fail "mica recycled remove: exit $rc: $(head -n 1 "$W/recycled.err")"
 recycled_add +8613800000001 "$day" ||
 	fail "mica recycled add: $(cat "$W/recycled.out")"
 [[ "$(sql "$ADMIN_CI" "SELECT count(*) FROM account.recycled_number r JOIN account.user u
@@ -986,6 +992,12 @@ if env "${ACCT_ENV[@]}" MICA_ACCOUNT_RECYCLING_MODE=http MICA_ACCOUNT_RECYCLING_
 	fail "mica-account started with a plain-http recycling URL"
 fi
 grep -q 'account.recycling.url: mode http needs an https:// URL' "$W/recycling.log" ||
+	fail "start-up error: $(tail -n 3 "$W/recycling.log")"
+if env "${ACCT_ENV[@]}" MICA_ACCOUNT_RECYCLING_MODE=https timeout 60 "$ACCT_BIN" \
+	--config deploy/mica.conf.example >"$W/recycling.log" 2>&1; then
+	fail "mica-account started with recycling mode https"
+fi
+grep -q 'account.recycling.mode: must be local or http' "$W/recycling.log" ||
 	fail "start-up error: $(tail -n 3 "$W/recycling.log")"
 mica_free_port APORT3
 AURL_C="https://localhost:$APORT3"
