@@ -924,7 +924,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	if (srv->opt.access_log && mica_log_min_level <= MICA_LOG_INFO) {
 		char ip[64];
 		mica_log_set_request_id(rs->rid);
-		MICA_LOG(MICA_LOG_INFO, "access route=%s status=%d dur_ms=%.3f client=%s%s",
+		MICA_LOG_BUFFERED(MICA_LOG_INFO, "access route=%s status=%d dur_ms=%.3f client=%s%s",
 			 slot_name(srv, rs->slot), rs->queued ? rs->status : 0, secs * 1e3,
 			 mica_mask_ip(ip, sizeof(ip), rs->ip),
 			 toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted=1");

@@ -30,7 +30,20 @@ extern int mica_log_min_level;
 			mica__log((level), __FILE__, __LINE__, __VA_ARGS__);   \
 	} while (0)
 
+/* MICA_LOG_BUFFERED: the same line, handed to a flusher thread that writes
+ * what has gathered at most 100 ms later (or at once when 32 KiB have), so a
+ * line per request (the access log) is not a write(2) per request. Any
+ * unbuffered line, and exit(), write out what is buffered first. */
+#define MICA_LOG_BUFFERED(level, ...)                                          \
+	do {                                                                   \
+		if ((level) >= mica_log_min_level)                             \
+			mica__log_buffered((level), __FILE__, __LINE__,        \
+					   __VA_ARGS__);                       \
+	} while (0)
+
 void mica__log(int level, const char *file, int line, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+void mica__log_buffered(int level, const char *file, int line, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 
 /* Parse "debug", "info", "warn", "error", "off"; returns -1 if unknown. */

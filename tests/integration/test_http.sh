@@ -99,9 +99,20 @@ url="https://localhost:$(cat "$dir/port")"
 curl -sS --cacert "$MICA_CA" -D "$dir/headers" -o /dev/null "$url/v1/hello"
 rid=$(awk 'tolower($1) == "x-request-id:" {print $2}' "$dir/headers" | tr -d '\r')
 [[ "$rid" =~ ^[0-9a-f]{32}$ ]] || fail "X-Request-Id: '$rid'"
+# Access lines are buffered: written at most 100 ms later (poll for 5 s).
+for _ in $(seq 100); do grep -q "\"req\":\"$rid\"" "$dir/testd.log" && break; sleep 0.05; done
 grep -q "\"req\":\"$rid\".*route=/v1/hello status=200.*client=127.0.\*.\*" "$dir/testd.log" ||
 	fail "access log: $(cat "$dir/testd.log")"
 ok "access log line carries the request id and a masked address"
+# A line still in the buffer when the daemon is stopped is written as it exits.
+curl -sS --cacert "$MICA_CA" -D "$dir/headers" -o /dev/null "$url/v1/hello"
+rid=$(awk 'tolower($1) == "x-request-id:" {print $2}' "$dir/headers" | tr -d '\r')
+kill "$pid"
+wait "$pid" || fail "testd exit status $?"
+pid=""
+grep -q "\"req\":\"$rid\".*route=/v1/hello status=200" "$dir/testd.log" ||
+	fail "access line lost at exit: $(tail -n 3 "$dir/testd.log")"
+ok "a buffered access line is written when the daemon stops"
 
 # A config error names the key and stops the daemon with exit 2.
 printf '[testd.http]\nport = 70000\n' >"$dir/bad.conf"
