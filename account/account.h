@@ -214,6 +214,14 @@ void acct_recycling_free(acct_recycling *r);
  * local table) was recycled on or after |since| (YYYY-MM-DD). */
 int acct_number_recycled(acct_service *s, mica_db *db, const char *phone, const char *phone_idx,
 			 const char *since, int *recycled) MICA_WUR;
+/* 1 when |s| has the shape YYYY-MM-DD (PostgreSQL judges the calendar). */
+int acct_is_iso_day(const char *s);
+/* One line of a recycled-number list (`mica recycled import`): "+E164,
+ * YYYY-MM-DD", blanks around either field and a final CR allowed. Returns 1
+ * with the normalised number in phone[phone_cap] and the day in day[11], 0 for
+ * a blank line or a "#" comment, or -1 with *why naming the fault. */
+int acct_recycled_line(const char *line, size_t len, char *phone, size_t phone_cap, char *day,
+		       const char **why);
 
 /* ---- pepper.c ----------------------------------------------------------------- */
 int acct_pepper_new(acct_pepper **out) MICA_WUR;

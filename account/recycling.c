@@ -114,3 +114,62 @@ int acct_number_recycled(acct_service *s, mica_db *db, const char *phone, const 
 	PQclear(res);
 	return err;
 }
+
+int acct_is_iso_day(const char *s)
+{
+	for (int i = 0; i < 10; i++)
+		if (i == 4 || i == 7 ? s[i] != '-' : s[i] < '0' || s[i] > '9')
+			return 0;
+	return s[10] == '\0';
+}
+
+static int is_blank(char c)
+{
+	return c == ' ' || c == '\t';
+}
+
+int acct_recycled_line(const char *line, size_t len, char *phone, size_t phone_cap, char *day,
+		       const char **why)
+{
+	char field[2][24];
+	size_t i = 0;
+
+	*why = NULL;
+	if (len > 0 && line[len - 1] == '\r')
+		len--;
+	if (memchr(line, '\0', len))
+		return *why = "a NUL byte", -1;
+	while (i < len && is_blank(line[i]))
+		i++;
+	if (i == len || line[i] == '#')
+		return 0;
+	for (int f = 0; f < 2; f++) {
+		size_t start = i, end;
+		while (i < len && line[i] != ',')
+			i++;
+		end = i;
+		while (end > start && is_blank(line[end - 1]))
+			end--;
+		if (end - start >= sizeof(field[f]))
+			return *why = f ? "the day is not YYYY-MM-DD"
+					: "the number is not + and 7 to 15 digits",
+			       -1;
+		memcpy(field[f], line + start, end - start);
+		field[f][end - start] = '\0';
+		if (f == 0) {
+			if (i == len)
+				return *why = "expected +E164,YYYY-MM-DD", -1;
+			i++; /* the comma */
+			while (i < len && is_blank(line[i]))
+				i++;
+		}
+	}
+	if (i != len)
+		return *why = "more than two fields", -1;
+	if (acct_ident_parse(field[0], phone, phone_cap) != ACCT_ID_PHONE)
+		return *why = "the number is not + and 7 to 15 digits", -1;
+	if (!acct_is_iso_day(field[1]))
+		return *why = "the day is not YYYY-MM-DD", -1;
+	memcpy(day, field[1], 11);
+	return 1;
+}

@@ -30,6 +30,7 @@ enum {
 	EXIT_FAIL = 1,	   /* database, file or other runtime failure */
 	EXIT_CHECKSUM = 2, /* an applied migration file was modified */
 	EXIT_USAGE = 64,   /* bad command line (sysexits EX_USAGE) */
+	EXIT_DATA = 65,	   /* bad input data (sysexits EX_DATAERR) */
 };
 
 struct command {
@@ -49,7 +50,7 @@ static const struct command commands[] = {
     {"keycenter", kc_init_command, "keycenter init: generate the HSM root and audit keys"},
     {"audit", cmd_audit, "audit export | audit verify: the Key Center audit trail"},
     {"outbox", cmd_outbox, "outbox list: the development e-mail/SMS outbox (account.notification)"},
-    {"recycled", cmd_recycled, "recycled add: record a recycled phone number (local check)"},
+    {"recycled", cmd_recycled, "recycled add|import: record recycled phone numbers (local check)"},
     {"help", cmd_help, "show this help"},
 };
 
@@ -61,7 +62,8 @@ static void usage(FILE *f)
 	for (size_t i = 0; i < NCOMMANDS; i++)
 		fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
 	fprintf(f, "\nRun `mica COMMAND --help` for a command's options.\n"
-		   "Exit codes: 0 ok, 1 failure, 2 checksum mismatch, 64 usage error.\n");
+		   "Exit codes: 0 ok, 1 failure, 2 checksum mismatch, 64 usage error, 65 bad input "
+		   "data.\n");
 }
 
 /* mica NOUN VERB ARGS...: runs the verb argv[1] names (with argv + 1), or
@@ -808,20 +810,26 @@ static int cmd_outbox(int argc, char **argv)
 
 static void recycled_usage(FILE *f)
 {
-	fprintf(f, "usage: mica recycled add --phone +E164 --on YYYY-MM-DD [--db CONNINFO]\n"
-		   "                         --kc-url URL --ca FILE --cert FILE --key FILE\n"
-		   "                         [--index-key NAME]\n"
+	fprintf(f, "usage: mica recycled add --phone +E164 --on YYYY-MM-DD OPTIONS\n"
+		   "       mica recycled import --file FILE|- OPTIONS\n"
+		   "OPTIONS: [--db CONNINFO] --kc-url URL --ca FILE --cert FILE --key FILE\n"
+		   "         [--index-key NAME]\n"
 		   "\n"
 		   "Records in account.recycled_number, the local stand-in of the carriers'\n"
 		   "number-recycling check (account.recycling.mode = local), that the carrier\n"
-		   "gave PHONE to a new subscriber on the given day. The table holds the number's\n"
-		   "blind index, not the number: it is computed by the Key Center with the\n"
-		   "account service's index key, so the client certificate must be one the\n"
-		   "policy lets compute it (the account principal's). Adding a row twice is not\n"
-		   "an error.\n"
+		   "gave a number to a new subscriber on the given day: one number with add, a\n"
+		   "list with import. The table holds the number's blind index, not the number:\n"
+		   "it is computed by the Key Center with the account service's index key, so\n"
+		   "the client certificate must be one the policy lets compute it (the account\n"
+		   "principal's). Recording a number and day twice is not an error.\n"
+		   "\n"
+		   "An import list has one \"+E164,YYYY-MM-DD\" per line; blank lines and lines\n"
+		   "starting with # are skipped. The whole list is checked before anything is\n"
+		   "written (a bad line: exit 65, naming it) and written in one transaction.\n"
 		   "\n"
 		   "  --phone +E164     the number, + and 7 to 15 digits\n"
 		   "  --on YYYY-MM-DD   the day it was recycled\n"
+		   "  --file FILE       the list (- for standard input)\n"
 		   "  --db CONNINFO     libpq connection string of a role that may write the\n"
 		   "                    table (default: $MICA_DB_CONNINFO)\n"
 		   "  --kc-url URL      the Key Center (https://host:port)\n"
@@ -830,29 +838,117 @@ static void recycled_usage(FILE *f)
 		   "  -h, --help        show this help\n");
 }
 
-/* YYYY-MM-DD by its shape; PostgreSQL judges the calendar. */
-static int is_iso_date(const char *s)
+struct recycled_entry {
+	char phone[32];
+	char day[11];
+	char *idx; /* blind index, from the Key Center */
+};
+
+struct recycled_list {
+	struct recycled_entry *v;
+	size_t n, cap;
+	size_t added; /* rows the transaction inserted */
+};
+
+static int recycled_push(struct recycled_list *l, const char *phone, const char *day)
 {
-	for (int i = 0; i < 10; i++)
-		if (i == 4 || i == 7 ? s[i] != '-' : s[i] < '0' || s[i] > '9')
-			return 0;
-	return s[10] == '\0';
+	if (l->n == l->cap) {
+		size_t cap = l->cap ? l->cap * 2 : 16;
+		struct recycled_entry *v = realloc(l->v, cap * sizeof(*v));
+		if (!v)
+			return MICA_ENOMEM;
+		l->v = v;
+		l->cap = cap;
+	}
+	struct recycled_entry *e = &l->v[l->n++];
+	snprintf(e->phone, sizeof(e->phone), "%s", phone);
+	memcpy(e->day, day, sizeof(e->day));
+	e->idx = NULL;
+	return 0;
 }
 
-static int recycled_add(int argc, char **argv)
+/* Reads and checks the whole list; on a bad line prints it and returns
+ * EXIT_DATA. */
+static int recycled_read(const char *path, struct recycled_list *l)
+{
+	FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
+	char *line = NULL, phone[32], day[11];
+	size_t cap = 0, lineno = 0;
+	ssize_t len;
+	int rc = EXIT_OK;
+	if (!f) {
+		fprintf(stderr, "mica recycled import: %s: %s\n", path, strerror(errno));
+		return EXIT_FAIL;
+	}
+	while (rc == EXIT_OK && (len = getline(&line, &cap, f)) >= 0) {
+		const char *why;
+		lineno++;
+		if (len > 0 && line[len - 1] == '\n')
+			len--;
+		int got = acct_recycled_line(line, (size_t)len, phone, sizeof(phone), day, &why);
+		if (got < 0) {
+			fprintf(stderr, "mica recycled import: %s:%zu: %s\n", path, lineno, why);
+			rc = EXIT_DATA;
+		} else if (got && recycled_push(l, phone, day) != 0) {
+			fprintf(stderr, "mica recycled import: out of memory\n");
+			rc = EXIT_FAIL;
+		}
+	}
+	if (rc == EXIT_OK && ferror(f)) {
+		fprintf(stderr, "mica recycled import: %s: read error\n", path);
+		rc = EXIT_FAIL;
+	}
+	free(line);
+	if (f != stdin)
+		fclose(f);
+	return rc;
+}
+
+static int recycled_insert_tx(mica_db *db, void *arg)
+{
+	struct recycled_list *l = arg;
+	l->added = 0;
+	for (size_t i = 0; i < l->n; i++) {
+		const char *p[2] = {l->v[i].idx, l->v[i].day};
+		PGresult *res = NULL;
+		int err =
+		    mica_db_exec(db,
+				 "INSERT INTO account.recycled_number (phone_idx, recycled_on)"
+				 " VALUES ($1, $2::date) ON CONFLICT DO NOTHING RETURNING 1",
+				 2, p, &res);
+		if (!err)
+			l->added += (size_t)PQntuples(res);
+		PQclear(res);
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+/* mica recycled add and mica recycled import: the same options but for
+ * where the numbers come from. */
+static int recycled_run(const char *verb, int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    {"phone", required_argument, NULL, 'p'}, {"on", required_argument, NULL, 'o'},
-	    {"db", required_argument, NULL, 'd'},    {"kc-url", required_argument, NULL, 'u'},
-	    {"ca", required_argument, NULL, 'a'},    {"cert", required_argument, NULL, 'c'},
-	    {"key", required_argument, NULL, 'k'},   {"index-key", required_argument, NULL, 'i'},
-	    {"help", no_argument, NULL, 'h'},	     {NULL, 0, NULL, 0},
+	    {"phone", required_argument, NULL, 'p'},
+	    {"on", required_argument, NULL, 'o'},
+	    {"file", required_argument, NULL, 'f'},
+	    {"db", required_argument, NULL, 'd'},
+	    {"kc-url", required_argument, NULL, 'u'},
+	    {"ca", required_argument, NULL, 'a'},
+	    {"cert", required_argument, NULL, 'c'},
+	    {"key", required_argument, NULL, 'k'},
+	    {"index-key", required_argument, NULL, 'i'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
-	const char *phone = NULL, *on = NULL, *conninfo = getenv("MICA_DB_CONNINFO");
+	const int import = strcmp(verb, "import") == 0;
+	const char *phone = NULL, *on = NULL, *file = NULL, *conninfo = getenv("MICA_DB_CONNINFO");
 	const char *index_key = "account-index";
+	struct recycled_list list = {0};
 	mica_kc_options ko = {0};
-	char norm[32], *idx = NULL;
-	int c;
+	char norm[32];
+	int c, rc = EXIT_OK, err = 0;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
@@ -861,6 +957,9 @@ static int recycled_add(int argc, char **argv)
 			break;
 		case 'o':
 			on = optarg;
+			break;
+		case 'f':
+			file = optarg;
 			break;
 		case 'd':
 			conninfo = optarg;
@@ -889,54 +988,78 @@ static int recycled_add(int argc, char **argv)
 		}
 	}
 	const char *bad = optind < argc ? "unexpected argument"
-			  : !phone || !on || !conninfo || !*conninfo
-			      ? "--phone, --on and --db are needed"
+			  : import && (phone || on)
+			      ? "--phone and --on belong to add; the list has them"
+			  : !import && file	       ? "--file belongs to import"
+			  : import && !file	       ? "--file is needed"
+			  : !import && (!phone || !on) ? "--phone and --on are needed"
+			  : !conninfo || !*conninfo    ? "--db is needed (or MICA_DB_CONNINFO)"
 			  : !ko.base_url || !ko.ca_file || !ko.cert_file || !ko.key_file
 			      ? "--kc-url, --ca, --cert and --key are needed"
-			  : acct_ident_parse(phone, norm, sizeof(norm)) != ACCT_ID_PHONE
+			  : !import && acct_ident_parse(phone, norm, sizeof(norm)) != ACCT_ID_PHONE
 			      ? "--phone is + and 7 to 15 digits"
-			  : !is_iso_date(on) ? "--on is YYYY-MM-DD"
-					     : NULL;
+			  : !import && !acct_is_iso_day(on) ? "--on is YYYY-MM-DD"
+							    : NULL;
 	if (bad) {
-		fprintf(stderr, "mica recycled add: %s\n", bad);
+		fprintf(stderr, "mica recycled %s: %s\n", verb, bad);
 		recycled_usage(stderr);
 		return EXIT_USAGE;
 	}
+	if (import)
+		rc = recycled_read(file, &list);
+	else if (recycled_push(&list, norm, on) != 0)
+		rc = EXIT_FAIL;
 	mica_kc *kc = NULL;
 	mica_db *db = NULL;
-	int err = mica_kc_new(&kc, &ko);
-	if (!err)
-		err = acct_blind_index_with(kc, index_key, "phone", norm, &idx);
-	if (err) {
-		fprintf(stderr, "mica recycled add: the Key Center: %s\n", mica_errmsg(err));
-		mica_kc_free(kc);
-		return EXIT_FAIL;
+	if (rc == EXIT_OK) {
+		err = mica_kc_new(&kc, &ko);
+		for (size_t i = 0; !err && i < list.n; i++)
+			err = acct_blind_index_with(kc, index_key, "phone", list.v[i].phone,
+						    &list.v[i].idx);
+		if (err) {
+			fprintf(stderr, "mica recycled %s: the Key Center: %s\n", verb,
+				mica_errmsg(err));
+			rc = EXIT_FAIL;
+		}
 	}
-	if (mica_db_open(&db, conninfo) != 0) {
-		fprintf(stderr, "mica recycled add: cannot connect: %s\n", mica_db_errmsg(NULL));
-		err = MICA_EDBCONN;
-	} else {
-		const char *p[2] = {idx, on};
-		if ((err =
-			 mica_db_exec(db,
-				      "INSERT INTO account.recycled_number (phone_idx, recycled_on)"
-				      " VALUES ($1, $2::date) ON CONFLICT DO NOTHING",
-				      2, p, NULL)) != 0)
-			fprintf(stderr, "mica recycled add: %s%s%s\n", mica_errmsg(err),
-				mica_db_errmsg(db)[0] ? ": " : "", mica_db_errmsg(db));
-		else
-			printf("recorded: a number recycled on %s\n", on);
+	if (rc == EXIT_OK && mica_db_open(&db, conninfo) != 0) {
+		fprintf(stderr, "mica recycled %s: cannot connect: %s\n", verb,
+			mica_db_errmsg(NULL));
+		rc = EXIT_FAIL;
+	} else if (rc == EXIT_OK &&
+		   (err = mica_db_tx(db, MICA_DB_READ_COMMITTED, recycled_insert_tx, &list)) != 0) {
+		fprintf(stderr, "mica recycled %s: %s%s%s\n", verb, mica_errmsg(err),
+			mica_db_errmsg(db)[0] ? ": " : "", mica_db_errmsg(db));
+		rc = EXIT_FAIL;
+	} else if (rc == EXIT_OK && !import) {
+		printf("recorded: a number recycled on %s\n", on);
+	} else if (rc == EXIT_OK) {
+		printf("numbers: %zu read, %zu recorded, %zu already recorded\n", list.n, list.added,
+		       list.n - list.added);
 	}
 	mica_db_close(&db);
 	mica_kc_free(kc);
-	free(idx);
-	return err ? EXIT_FAIL : EXIT_OK;
+	for (size_t i = 0; i < list.n; i++)
+		free(list.v[i].idx);
+	free(list.v);
+	return rc;
+}
+
+static int recycled_add(int argc, char **argv)
+{
+	return recycled_run("add", argc, argv);
+}
+
+static int recycled_import(int argc, char **argv)
+{
+	return recycled_run("import", argc, argv);
 }
 
 static int cmd_recycled(int argc, char **argv)
 {
-	static const struct command verbs[] = {{"add", recycled_add, NULL}};
-	return run_verb("recycled", verbs, 1, recycled_usage, argc, argv);
+	static const struct command verbs[] = {{"add", recycled_add, NULL},
+					       {"import", recycled_import, NULL}};
+	return run_verb("recycled", verbs, 2, recycled_usage, argc, argv);
 }
 
 int main(int argc, char **argv)

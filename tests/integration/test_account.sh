@@ -907,12 +907,36 @@ if [[ "$rc" != 64 ]] || ! grep -qx 'mica recycled add: --phone is + and 7 to 15 
 fi
 rc=0
 "$MICA" recycled remove >/dev/null 2>"$W/recycled.err" || rc=$?
-[[ "$rc" == 64 && "$(head -n 1 "$W/recycled.err")" == "mica recycled: expected add" ]] ||
+[[ "$rc" == 64 && "$(head -n 1 "$W/recycled.err")" == "mica recycled: expected add or import" ]] ||
 	fail "mica recycled remove: exit $rc: $(head -n 1 "$W/recycled.err")"
 recycled_add +8613800000001 "$day" ||
 	fail "mica recycled add: $(cat "$W/recycled.out")"
 [[ "$(sql "$ADMIN_CI" "SELECT count(*) FROM account.recycled_number r JOIN account.user u
 	ON u.phone_idx = r.phone_idx WHERE u.id = $A_UID")" == 1 ]] || fail "the recorded index is not A's number's"
+# A carrier's list: checked whole before anything is written, then written in one transaction.
+recycled_import() { # FILE
+	"$MICA" recycled import --db "$ADMIN_CI" --file "$1" --kc-url "$KURL" --ca "$MICA_CA" \
+		--cert "$MICA_CERT_ACCOUNT" --key "$MICA_KEY_ACCOUNT" >"$W/recycled.out" 2>&1
+}
+recycled_rows() { sql "$ADMIN_CI" "SELECT count(*) FROM account.recycled_number"; }
+rows=$(recycled_rows)
+printf '+8613800000991,%s\n# from the carrier\n+8613800000992 ,2026-2-3\n' "$day" >"$W/recycled.bad"
+rc=0
+recycled_import "$W/recycled.bad" || rc=$?
+[[ "$rc" == 65 && "$(head -n 1 "$W/recycled.out")" == "mica recycled import: $W/recycled.bad:3: the day is not YYYY-MM-DD" ]] ||
+	fail "import of a bad list: exit $rc: $(head -n 1 "$W/recycled.out")"
+[[ "$(recycled_rows)" == "$rows" ]] || fail "a failed import wrote rows"
+printf '+8613800000991,%s\n+8613800000992,2026-13-01\n' "$day" >"$W/recycled.bad"
+rc=0
+recycled_import "$W/recycled.bad" || rc=$?
+[[ "$rc" == 1 && "$(recycled_rows)" == "$rows" ]] ||
+	fail "import with a day PostgreSQL refuses: exit $rc, rows $(recycled_rows) (was $rows): $(cat "$W/recycled.out")"
+printf '# carrier list\r\n\r\n  +8613800000991 , %s\r\n+8613800000001,%s\n' "$day" "$day" >"$W/recycled.list"
+recycled_import - <"$W/recycled.list" || fail "import from stdin: $(cat "$W/recycled.out")"
+[[ "$(cat "$W/recycled.out")" == "numbers: 2 read, 1 recorded, 1 already recorded" ]] ||
+	fail "import: $(cat "$W/recycled.out")"
+[[ "$(recycled_rows)" == "$((rows + 1))" ]] || fail "import wrote $(recycled_rows) rows (was $rows)"
+ok "mica recycled import: a bad line (exit 65) or a day PostgreSQL refuses writes nothing; CRLF, comments, stdin"
 register +8613800000001 'Brecycle-2' dev-b
 B_UID="$REG_UID"
 [[ "$(sql "$ADMIN_CI" "SELECT (phone_idx IS NULL) || ' ' || (phone_enc IS NULL) FROM account.user WHERE id = $A_UID")" == "true true" ]] ||
