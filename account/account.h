@@ -138,10 +138,14 @@ int acct_session_create(acct_service *s, mica_db *db, int64_t user_id, const cha
 			const char *kind, char **token, struct acct_session *out) MICA_WUR;
 /* The session of a successful login, in one statement: marks |device_hash|
  * trusted (named |device_name|; *new_device 1 if it was not known), records
- * |network_hash| and creates the session as acct_session_create() does. */
+ * |network_hash| and creates the session as acct_session_create() does.
+ * With |known| (the login found the device trusted and the network known)
+ * it only creates the session and refreshes the device's last_seen when that
+ * is over a minute old. */
 int acct_session_open(acct_service *s, mica_db *db, int64_t user_id, const char *device_hash,
-		      const char *device_name, const char *network_hash, const char *kind,
-		      char **token, struct acct_session *out, int *new_device) MICA_WUR;
+		      const char *device_name, const char *network_hash, int known,
+		      const char *kind, char **token, struct acct_session *out,
+		      int *new_device) MICA_WUR;
 /* Validates "Bearer <token>" against PostgreSQL (the truth), refreshing the
  * Redis cache and a web session's idle time. MICA_EDENIED if not active. */
 int acct_session_check(acct_service *s, const char *authorization, struct acct_session *out) MICA_WUR;

@@ -383,17 +383,18 @@ static void risk_reasons(acct_service *s, const struct user_row *u, json_t *reas
 		json_array_append_new(reasons, json_string("unusual_rate"));
 }
 
-/* Records a successful login from |dev| on |net| and opens a session. */
+/* Records a successful login from |dev| on |net| (|known|: already trusted
+ * and known) and opens a session. */
 static int finish_login(acct_service *s, int64_t user_id, const char *dev, const char *dev_name,
-			const char *net, const char *kind, int notify_new, json_t **out,
+			const char *net, int known, const char *kind, int notify_new, json_t **out,
 			struct acct_fail *f)
 {
 	struct acct_session session;
 	mica_db *db = mica_db_thread();
 	char *token = NULL;
 	int new_device = 0;
-	int err = db ? acct_session_open(s, db, user_id, dev, dev_name ? dev_name : "", net, kind,
-					 &token, &session, &new_device)
+	int err = db ? acct_session_open(s, db, user_id, dev, dev_name ? dev_name : "", net, known,
+					 kind, &token, &session, &new_device)
 		     : MICA_EDBCONN;
 	if (err)
 		return acct_fail_internal(f, err, "the session store");
@@ -504,7 +505,8 @@ int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, stru
 		reasons = NULL;
 		goto out;
 	}
-	err = finish_login(s, u.id, r.dev_hash, r.dev_name, net_hash, r.kind, 0, out, f);
+	err = finish_login(s, u.id, r.dev_hash, r.dev_name, net_hash,
+			   u.device_trusted && u.network_known, r.kind, 0, out, f);
 out:
 	json_decref(reasons);
 	free(idx);
@@ -701,7 +703,7 @@ int acct_stepup_verify(acct_service *s, const char *id, json_t *body, json_t **o
 		*out = json_pack("{s:b}", "verified", 1);
 		return 0;
 	}
-	return finish_login(s, r.user_id, r.device_hash, r.device_name, r.network_hash,
+	return finish_login(s, r.user_id, r.device_hash, r.device_name, r.network_hash, 0,
 			    r.session_kind, 1, out, f);
 }
 

@@ -162,19 +162,37 @@ int acct_session_create(acct_service *s, mica_db *db, int64_t user_id, const cha
 }
 
 int acct_session_open(acct_service *s, mica_db *db, int64_t user_id, const char *device_hash,
-		      const char *device_name, const char *network_hash, const char *kind,
+		      const char *device_name, const char *network_hash, int known, const char *kind,
 		      char **token, struct acct_session *out, int *new_device)
 {
 	char t[MICA_AUTH_TOKEN_LEN + 1], hash[MICA_AUTH_HASH_HEX_LEN + 1], uid[24], life[24];
+	char touch[16];
 	PGresult *res = NULL;
 	int err;
 
 	*token = NULL;
 	*new_device = 0;
 	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
+	snprintf(touch, sizeof(touch), "%d", TOUCH_INTERVAL_S);
 	const char *p[7] = {uid, device_hash, device_name, network_hash, hash, kind, life};
+	const char *pk[6] = {uid, device_hash, hash, kind, life, touch};
+	if ((err = session_token(s, kind, t, hash, life)) != 0)
+		goto out;
 	/* One statement, so one round trip and atomic without BEGIN/COMMIT. */
-	if ((err = session_token(s, kind, t, hash, life)) == 0)
+	if (known)
+		/* A trusted device on a known network: nothing to record but the
+		 * session, and last_seen at most once a minute. So logins of one
+		 * device do not queue on its row lock, each behind the last one's
+		 * commit. */
+		err = session_insert(db,
+				     "WITH d AS (UPDATE account.device SET last_seen = now()"
+				     " WHERE user_id = $1 AND device_hash = $2"
+				     " AND last_seen < now() - make_interval(secs => $6::int))"
+				     " INSERT INTO account.session (token_hash, user_id, device_hash,"
+				     " kind, expires_at) VALUES ($3, $1, $2, $4,"
+				     " now() + make_interval(secs => $5::int)) RETURNING " SESSION_COLS,
+				     6, pk, t, token, out, &res);
+	else
 		err = session_insert(
 		    db,
 		    "WITH d AS (INSERT INTO account.device (user_id, device_hash, name, trusted)"
@@ -187,8 +205,9 @@ int acct_session_open(acct_service *s, mica_db *db, int64_t user_id, const char 
 		    " RETURNING " SESSION_COLS ")"
 		    " SELECT s.*, d.created FROM s, d",
 		    7, p, t, token, out, &res);
-	if (err == 0)
+	if (err == 0 && !known)
 		*new_device = strcmp(mica_db_get(res, 0, 6), "t") == 0;
+out:
 	mica_wipe(t, sizeof(t));
 	PQclear(res);
 	return err;

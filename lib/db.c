@@ -1,5 +1,6 @@
-/* db.c - PostgreSQL access for libmica (see db.h): lazy per-thread libpq
- * connections that reset themselves after a server restart, a per-connection
+/* db.c - PostgreSQL access for libmica (see db.h): per-thread handles that
+ * borrow lazy libpq connections from a LIFO stack of idle ones, connections
+ * that reset themselves after a server restart, a per-connection
  * prepared-statement cache keyed by SQL text, SQLSTATE-to-error mapping,
  * transactions with bounded jittered retry, and LISTEN/NOTIFY plumbing.
  */
@@ -32,21 +33,30 @@ struct prep {
 	char sql[];
 };
 
-struct mica_db {
+/* A connection and what lives on it server-side: the statements prepared
+ * there. A mica_db_thread() handle holds one only while it runs a statement
+ * or a transaction, then pushes it onto the process-wide idle stack. */
+struct db_link {
+	struct db_link *next; /* on the idle stack */
 	PGconn *conn;
-	char *conninfo; /* may hold a password: wiped on free, never logged */
 	struct prep *prep[PREP_BUCKETS];
 	unsigned nprep;
 	unsigned prep_seq;
 	int prep_full_logged;
+	int fatal_seen;	      /* server sent FATAL while idle: it is closing us */
+	int connected_before; /* a connect of this link is a reconnect */
+};
+
+struct mica_db {
+	struct db_link link;
+	struct db_link *spare; /* a node for the next push onto the idle stack */
+	char *conninfo;	       /* may hold a password: wiped on free, never logged */
 	char *channels[MAX_CHANNELS];
 	int nchannels;
 	int in_tx; /* a mica_db_tx() transaction is open */
 	enum mica_db_isolation tx_iso;
 	int tx_err;			       /* first statement error inside that transaction */
 	PGTransactionStatusType last_txstatus; /* as of the end of the last call */
-	int fatal_seen;			       /* server sent FATAL while idle: it is closing us */
-	int connected_before;
 	int woke; /* reconnected since the last mica_db_wait_notify() */
 	int thread_owned;
 	char sqlstate[6];
@@ -113,11 +123,11 @@ static int is_shutdown_state(const char *s)
  * the server is closing this connection. */
 static void notice_receiver(void *arg, const PGresult *res)
 {
-	mica_db *db = arg;
+	mica_db *db = arg; /* NULL while the connection is idle on the stack */
 	const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
 	const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-	if (sev && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0))
-		db->fatal_seen = 1;
+	if (db && sev && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0))
+		db->link.fatal_seen = 1;
 	MICA_LOG(MICA_LOG_DEBUG, "db: server %s sqlstate=%s", sev ? sev : "notice", st ? st : "-");
 }
 
@@ -142,23 +152,23 @@ static uint64_t fnv1a(const char *s)
 	return h;
 }
 
-static void prep_clear(mica_db *db)
+static void prep_clear(struct db_link *l)
 {
 	for (int i = 0; i < PREP_BUCKETS; i++) {
-		struct prep *p = db->prep[i];
+		struct prep *p = l->prep[i];
 		while (p) {
 			struct prep *next = p->next;
 			free(p);
 			p = next;
 		}
-		db->prep[i] = NULL;
+		l->prep[i] = NULL;
 	}
-	db->nprep = 0;
+	l->nprep = 0;
 }
 
 static struct prep *prep_find(mica_db *db, const char *sql, uint64_t h)
 {
-	for (struct prep *p = db->prep[h % PREP_BUCKETS]; p; p = p->next)
+	for (struct prep *p = db->link.prep[h % PREP_BUCKETS]; p; p = p->next)
 		if (p->hash == h && strcmp(p->sql, sql) == 0)
 			return p;
 	return NULL;
@@ -166,12 +176,12 @@ static struct prep *prep_find(mica_db *db, const char *sql, uint64_t h)
 
 static void prep_remove(mica_db *db, struct prep *victim)
 {
-	struct prep **pp = &db->prep[victim->hash % PREP_BUCKETS];
+	struct prep **pp = &db->link.prep[victim->hash % PREP_BUCKETS];
 	for (; *pp; pp = &(*pp)->next) {
 		if (*pp == victim) {
 			*pp = victim->next;
 			free(victim);
-			db->nprep--;
+			db->link.nprep--;
 			return;
 		}
 	}
@@ -200,23 +210,23 @@ static int listen_raw(mica_db *db, const char *channel)
 {
 	char sql[CHANNEL_MAX_LEN + 16];
 	snprintf(sql, sizeof(sql), "LISTEN \"%s\"", channel);
-	PGresult *r = PQexec(db->conn, sql);
+	PGresult *r = PQexec(db->link.conn, sql);
 	int ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
 	if (!ok)
 		set_err(db, r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : "",
 			r ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY)
-			  : PQerrorMessage(db->conn));
+			  : PQerrorMessage(db->link.conn));
 	PQclear(r);
 	return ok;
 }
 
 static void drop_conn(mica_db *db)
 {
-	if (db->conn)
-		PQfinish(db->conn);
-	db->conn = NULL;
-	prep_clear(db);
-	db->fatal_seen = 0;
+	if (db->link.conn)
+		PQfinish(db->link.conn);
+	db->link.conn = NULL;
+	prep_clear(&db->link);
+	db->link.fatal_seen = 0;
 	db->last_txstatus = PQTRANS_IDLE;
 }
 
@@ -243,7 +253,7 @@ static int db_connect(mica_db *db)
 		return MICA_EDBCONN;
 	}
 	PQsetNoticeReceiver(c, notice_receiver, db);
-	db->conn = c;
+	db->link.conn = c;
 	for (int i = 0; i < db->nchannels; i++) {
 		if (!listen_raw(db, db->channels[i])) {
 			MICA_LOG(MICA_LOG_WARN, "db: re-LISTEN after connect failed: %s",
@@ -252,11 +262,11 @@ static int db_connect(mica_db *db)
 			return MICA_EDBCONN;
 		}
 	}
-	if (db->connected_before) {
+	if (db->link.connected_before) {
 		MICA_LOG(MICA_LOG_INFO, "db: reconnected");
 		db->woke = 1;
 	}
-	db->connected_before = 1;
+	db->link.connected_before = 1;
 	return 0;
 }
 
@@ -266,17 +276,17 @@ static int db_connect(mica_db *db)
  * that we could have known was dead. */
 static int conn_usable(mica_db *db)
 {
-	if (!db->conn || PQstatus(db->conn) != CONNECTION_OK || db->fatal_seen)
+	if (!db->link.conn || PQstatus(db->link.conn) != CONNECTION_OK || db->link.fatal_seen)
 		return 0;
 	for (int i = 0; i < 8; i++) {
-		struct pollfd p = {.fd = PQsocket(db->conn), .events = POLLIN};
+		struct pollfd p = {.fd = PQsocket(db->link.conn), .events = POLLIN};
 		if (p.fd < 0)
 			return 0;
 		int r = poll(&p, 1, 0);
 		if (r <= 0)
 			break; /* nothing pending (or EINTR): assume alive */
-		if (!PQconsumeInput(db->conn) || PQstatus(db->conn) != CONNECTION_OK ||
-		    db->fatal_seen)
+		if (!PQconsumeInput(db->link.conn) || PQstatus(db->link.conn) != CONNECTION_OK ||
+		    db->link.fatal_seen)
 			return 0;
 	}
 	return 1;
@@ -301,6 +311,7 @@ static void db_free(mica_db *db)
 	if (!db)
 		return;
 	drop_conn(db);
+	free(db->spare);
 	for (int i = 0; i < db->nchannels; i++)
 		free(db->channels[i]);
 	explicit_bzero(db->conninfo, strlen(db->conninfo));
@@ -316,6 +327,75 @@ static __thread char open_errmsg[256]; /* why this thread's last open failed */
 static pthread_key_t g_key;
 static pthread_once_t g_key_once = PTHREAD_ONCE_INIT;
 static int g_key_ok;
+
+/* The idle connections of thread handles, most recently used on top. */
+static pthread_mutex_t g_idle_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct db_link *g_idle;
+
+/* Whether |db| borrows its connection from the idle stack: thread handles,
+ * unless they LISTEN (a listener keeps its session). */
+static int pooled(const mica_db *db)
+{
+	return db->thread_owned && db->nchannels == 0;
+}
+
+/* Gives |db| the connection used last, if one is idle; otherwise the
+ * statement connects a new one. */
+static void link_take(mica_db *db)
+{
+	if (!pooled(db) || db->link.conn)
+		return;
+	pthread_mutex_lock(&g_idle_mu);
+	struct db_link *l = g_idle;
+	if (l)
+		g_idle = l->next;
+	pthread_mutex_unlock(&g_idle_mu);
+	if (!l)
+		return;
+	db->link = *l;
+	db->link.next = NULL;
+	if (db->spare)
+		free(l);
+	else
+		db->spare = l;
+	PQsetNoticeReceiver(db->link.conn, notice_receiver, db);
+}
+
+/* Pushes |db|'s connection onto the idle stack when nothing is open on it
+ * (no transaction); a broken one stays, for the next statement to reset. */
+static void link_give(mica_db *db)
+{
+	if (!pooled(db) || db->in_tx || !db->link.conn ||
+	    PQstatus(db->link.conn) != CONNECTION_OK ||
+	    PQtransactionStatus(db->link.conn) != PQTRANS_IDLE)
+		return;
+	struct db_link *l = db->spare ? db->spare : malloc(sizeof(*l));
+	if (!l)
+		return; /* it stays this thread's until a later push finds memory */
+	db->spare = NULL;
+	PQsetNoticeReceiver(db->link.conn, notice_receiver, NULL);
+	*l = db->link;
+	memset(&db->link, 0, sizeof(db->link));
+	pthread_mutex_lock(&g_idle_mu);
+	l->next = g_idle;
+	g_idle = l;
+	pthread_mutex_unlock(&g_idle_mu);
+}
+
+static void idle_close_all(void)
+{
+	pthread_mutex_lock(&g_idle_mu);
+	struct db_link *l = g_idle;
+	g_idle = NULL;
+	pthread_mutex_unlock(&g_idle_mu);
+	while (l) {
+		struct db_link *next = l->next;
+		PQfinish(l->conn);
+		prep_clear(l);
+		free(l);
+		l = next;
+	}
+}
 
 static void thread_handle_destroy(void *p)
 {
@@ -363,6 +443,7 @@ void mica_db_global_cleanup(void)
 			db_free(db);
 		}
 	}
+	idle_close_all();
 }
 
 mica_db *mica_db_thread(void)
@@ -438,8 +519,8 @@ static int classify(mica_db *db, const PGresult *res, int *lost)
 	}
 	const char *ss = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 	const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
-	set_err(db, ss, msg ? msg : PQerrorMessage(db->conn));
-	if (PQstatus(db->conn) != CONNECTION_OK || is_shutdown_state(ss)) {
+	set_err(db, ss, msg ? msg : PQerrorMessage(db->link.conn));
+	if (PQstatus(db->link.conn) != CONNECTION_OK || is_shutdown_state(ss)) {
 		*lost = 1;
 		return MICA_EDBCONN;
 	}
@@ -457,7 +538,7 @@ static int exec_once(mica_db *db, const char *sql, int n, const char *const *par
 	*retry = 0;
 	*res = NULL;
 	if (script) {
-		*res = PQexec(db->conn, sql);
+		*res = PQexec(db->link.conn, sql);
 		int rc = classify(db, *res, &lost);
 		*retry = lost && is_shutdown_state(db->sqlstate);
 		return rc;
@@ -465,7 +546,7 @@ static int exec_once(mica_db *db, const char *sql, int n, const char *const *par
 
 	uint64_t h = fnv1a(sql);
 	struct prep *p = prep_find(db, sql, h);
-	if (!p && db->nprep < PREP_MAX) {
+	if (!p && db->link.nprep < PREP_MAX) {
 		size_t len = strlen(sql);
 		p = malloc(sizeof(*p) + len + 1);
 		if (!p) {
@@ -473,9 +554,9 @@ static int exec_once(mica_db *db, const char *sql, int n, const char *const *par
 			return MICA_ENOMEM;
 		}
 		p->hash = h;
-		snprintf(p->name, sizeof(p->name), "mica_%u", ++db->prep_seq);
+		snprintf(p->name, sizeof(p->name), "mica_%u", ++db->link.prep_seq);
 		memcpy(p->sql, sql, len + 1);
-		PGresult *pr = PQprepare(db->conn, p->name, sql, n, NULL);
+		PGresult *pr = PQprepare(db->link.conn, p->name, sql, n, NULL);
 		int rc = classify(db, pr, &lost);
 		PQclear(pr);
 		if (rc) {
@@ -483,19 +564,19 @@ static int exec_once(mica_db *db, const char *sql, int n, const char *const *par
 			*retry = lost; /* preparing has no effects to repeat */
 			return rc;
 		}
-		p->next = db->prep[h % PREP_BUCKETS];
-		db->prep[h % PREP_BUCKETS] = p;
-		db->nprep++;
-	} else if (!p && !db->prep_full_logged) {
-		db->prep_full_logged = 1;
+		p->next = db->link.prep[h % PREP_BUCKETS];
+		db->link.prep[h % PREP_BUCKETS] = p;
+		db->link.nprep++;
+	} else if (!p && !db->link.prep_full_logged) {
+		db->link.prep_full_logged = 1;
 		MICA_LOG(MICA_LOG_WARN, "db: statement cache full (%d); is SQL built at run time?",
 			 PREP_MAX);
 	}
 
 	if (p)
-		*res = PQexecPrepared(db->conn, p->name, n, params, NULL, NULL, 0);
+		*res = PQexecPrepared(db->link.conn, p->name, n, params, NULL, NULL, 0);
 	else
-		*res = PQexecParams(db->conn, sql, n, NULL, params, NULL, NULL, 0);
+		*res = PQexecParams(db->link.conn, sql, n, NULL, params, NULL, NULL, 0);
 	int rc = classify(db, *res, &lost);
 	if (rc && p && strcmp(db->sqlstate, "26000") == 0) {
 		/* Someone ran DEALLOCATE/DISCARD: forget it and prepare again. */
@@ -508,10 +589,10 @@ static int exec_once(mica_db *db, const char *sql, int n, const char *const *par
 		char stale[sizeof(p->name)];
 		memcpy(stale, p->name, sizeof(stale));
 		prep_remove(db, p);
-		if (PQtransactionStatus(db->conn) == PQTRANS_IDLE) {
+		if (PQtransactionStatus(db->link.conn) == PQTRANS_IDLE) {
 			char sql_dealloc[sizeof(stale) + 16];
 			snprintf(sql_dealloc, sizeof(sql_dealloc), "DEALLOCATE %s", stale);
-			PQclear(PQexec(db->conn, sql_dealloc));
+			PQclear(PQexec(db->link.conn, sql_dealloc));
 			*retry = 1;
 		} else {
 			rc = MICA_ESERIALIZATION;
@@ -529,8 +610,8 @@ static int log_level_for(int rc)
 	return MICA_LOG_WARN;
 }
 
-static int db_run(mica_db *db, const char *sql, int n, const char *const *params, int script,
-		  PGresult **out)
+static int run_linked(mica_db *db, const char *sql, int n, const char *const *params, int script,
+		      PGresult **out)
 {
 	if (out)
 		*out = NULL;
@@ -542,7 +623,7 @@ static int db_run(mica_db *db, const char *sql, int n, const char *const *params
 		if (!conn_usable(db)) {
 			int was_in_tx = db->in_tx || db->last_txstatus == PQTRANS_INTRANS ||
 					db->last_txstatus == PQTRANS_INERROR;
-			if (was_in_tx && db->conn) {
+			if (was_in_tx && db->link.conn) {
 				/* Reconnecting here would silently drop the open
 				 * transaction and run the rest in autocommit. */
 				set_err(db, "", "connection lost inside a transaction");
@@ -560,11 +641,11 @@ static int db_run(mica_db *db, const char *sql, int n, const char *const *params
 			if (rc)
 				return rc;
 		}
-		int idle = !db->in_tx && PQtransactionStatus(db->conn) == PQTRANS_IDLE;
+		int idle = !db->in_tx && PQtransactionStatus(db->link.conn) == PQTRANS_IDLE;
 		PGresult *res = NULL;
 		int retry = 0;
 		int rc = exec_once(db, sql, n, params, script, &res, &retry);
-		db->last_txstatus = db->conn ? PQtransactionStatus(db->conn) : PQTRANS_IDLE;
+		db->last_txstatus = db->link.conn ? PQtransactionStatus(db->link.conn) : PQTRANS_IDLE;
 		if (rc == 0) {
 			if (out)
 				*out = res;
@@ -583,6 +664,19 @@ static int db_run(mica_db *db, const char *sql, int n, const char *const *params
 			 mica_strerror(rc), db->sqlstate[0] ? db->sqlstate : "-", sql);
 		return rc;
 	}
+}
+
+/* One statement on a connection taken from the idle stack (thread handles),
+ * which goes back there after it unless a transaction is open on it. */
+static int db_run(mica_db *db, const char *sql, int n, const char *const *params, int script,
+		  PGresult **out)
+{
+	if (db)
+		link_take(db);
+	int rc = run_linked(db, sql, n, params, script, out);
+	if (db)
+		link_give(db);
+	return rc;
 }
 
 int mica_db_exec(mica_db *db, const char *sql, int nparams, const char *const *params,
@@ -614,10 +708,10 @@ static void backoff(int attempt)
 
 static void rollback(mica_db *db)
 {
-	if (db->conn && PQstatus(db->conn) == CONNECTION_OK) {
-		PGresult *r = PQexec(db->conn, "ROLLBACK");
+	if (db->link.conn && PQstatus(db->link.conn) == CONNECTION_OK) {
+		PGresult *r = PQexec(db->link.conn, "ROLLBACK");
 		PQclear(r);
-		db->last_txstatus = PQtransactionStatus(db->conn);
+		db->last_txstatus = PQtransactionStatus(db->link.conn);
 	}
 	db->in_tx = 0;
 }
@@ -635,15 +729,15 @@ static int commit(mica_db *db)
 	return rc;
 }
 
-int mica_db_tx(mica_db *db, enum mica_db_isolation isolation, mica_db_tx_fn fn, void *arg)
+static int tx_run(mica_db *db, enum mica_db_isolation isolation, mica_db_tx_fn fn, void *arg)
 {
 	if (!db || !fn || (int)isolation < MICA_DB_READ_COMMITTED ||
 	    isolation > MICA_DB_SERIALIZABLE)
 		return MICA_EINVAL;
 	if (db->in_tx)
 		return isolation > db->tx_iso ? MICA_ESTATE : fn(db, arg);
-	if (db->conn && PQstatus(db->conn) == CONNECTION_OK &&
-	    PQtransactionStatus(db->conn) != PQTRANS_IDLE)
+	if (db->link.conn && PQstatus(db->link.conn) == CONNECTION_OK &&
+	    PQtransactionStatus(db->link.conn) != PQTRANS_IDLE)
 		return MICA_ESTATE; /* an explicit BEGIN is open */
 
 	int rc = MICA_ESERIALIZATION;
@@ -658,7 +752,7 @@ int mica_db_tx(mica_db *db, enum mica_db_isolation isolation, mica_db_tx_fn fn, 
 		db->tx_err = 0;
 
 		int frc = fn(db, arg);
-		if (frc == 0 && db->conn && PQtransactionStatus(db->conn) == PQTRANS_INERROR)
+		if (frc == 0 && db->link.conn && PQtransactionStatus(db->link.conn) == PQTRANS_INERROR)
 			frc = db->tx_err ? db->tx_err : MICA_EDB;
 		if (frc == 0 && !conn_usable(db))
 			frc = MICA_EDBCONN; /* lost before COMMIT was sent: safe to retry */
@@ -689,15 +783,23 @@ int mica_db_tx(mica_db *db, enum mica_db_isolation isolation, mica_db_tx_fn fn, 
 	return rc;
 }
 
+int mica_db_tx(mica_db *db, enum mica_db_isolation isolation, mica_db_tx_fn fn, void *arg)
+{
+	int rc = tx_run(db, isolation, fn, arg);
+	if (db)
+		link_give(db); /* held from BEGIN through COMMIT or ROLLBACK */
+	return rc;
+}
+
 int mica_db_in_transaction(mica_db *db)
 {
 	if (!db)
 		return 0;
 	if (db->in_tx)
 		return 1;
-	if (!db->conn || PQstatus(db->conn) != CONNECTION_OK)
+	if (!db->link.conn || PQstatus(db->link.conn) != CONNECTION_OK)
 		return 0;
-	PGTransactionStatusType s = PQtransactionStatus(db->conn);
+	PGTransactionStatusType s = PQtransactionStatus(db->link.conn);
 	return s == PQTRANS_INTRANS || s == PQTRANS_INERROR;
 }
 
@@ -771,9 +873,9 @@ int mica_db_listen(mica_db *db, const char *channel)
 
 int mica_db_socket(mica_db *db)
 {
-	if (!db || !db->conn || PQstatus(db->conn) != CONNECTION_OK)
+	if (!db || !db->link.conn || PQstatus(db->link.conn) != CONNECTION_OK)
 		return -1;
-	return PQsocket(db->conn);
+	return PQsocket(db->link.conn);
 }
 
 int mica_db_drain_notifications(mica_db *db, mica_db_notify_fn fn, void *arg, int *count)
@@ -782,19 +884,19 @@ int mica_db_drain_notifications(mica_db *db, mica_db_notify_fn fn, void *arg, in
 		*count = 0;
 	if (!db)
 		return MICA_EINVAL;
-	if (!db->conn || PQstatus(db->conn) != CONNECTION_OK) {
+	if (!db->link.conn || PQstatus(db->link.conn) != CONNECTION_OK) {
 		set_err(db, "", "not connected");
 		return MICA_EDBCONN;
 	}
-	if (!PQconsumeInput(db->conn) || db->fatal_seen) {
-		set_err(db, "", PQerrorMessage(db->conn));
+	if (!PQconsumeInput(db->link.conn) || db->link.fatal_seen) {
+		set_err(db, "", PQerrorMessage(db->link.conn));
 		MICA_LOG(MICA_LOG_WARN, "db: connection lost while listening");
 		drop_conn(db);
 		return MICA_EDBCONN;
 	}
 	PGnotify *n;
 	int drained = 0;
-	while ((n = PQnotifies(db->conn)) != NULL) {
+	while ((n = PQnotifies(db->link.conn)) != NULL) {
 		if (fn)
 			fn(n->relname, n->extra ? n->extra : "", arg);
 		drained++;
@@ -831,7 +933,7 @@ int mica_db_wait_notify(mica_db *db, int timeout_ms, mica_db_notify_fn fn, void 
 		int64_t left = deadline - mica_clock_ms();
 		if (left <= 0)
 			return MICA_ETIMEOUT;
-		struct pollfd p = {.fd = PQsocket(db->conn), .events = POLLIN};
+		struct pollfd p = {.fd = PQsocket(db->link.conn), .events = POLLIN};
 		if (poll(&p, 1, left > INT_MAX ? INT_MAX : (int)left) < 0 && errno != EINTR) {
 			set_err(db, "", "poll failed");
 			return MICA_EDBCONN;

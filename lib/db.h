@@ -1,4 +1,5 @@
-/* db.h - PostgreSQL access for libmica: per-thread libpq connections,
+/* db.h - PostgreSQL access for libmica: per-thread handles over a shared
+ * stack of idle libpq connections,
  * parameterised statements with a per-connection prepared-statement cache,
  * transactions that retry on serialization failure, deadlock and lost
  * connections, SQLSTATE mapping, and LISTEN/NOTIFY.
@@ -8,6 +9,15 @@
  *   ($1, $2, ... in text format); nothing here formats input into SQL.
  * - A handle is used by one thread at a time. mica_db_thread() gives each
  *   thread its own handle; mica_db_open() gives an explicit one.
+ * - A thread handle holds a connection only while a statement or a
+ *   transaction runs; then the connection goes back to a process-wide stack
+ *   of idle ones, and the next statement of any thread takes the one that
+ *   went idle last. So a process opens as many connections as it runs
+ *   statements at once, and a light load keeps reusing the same warm few
+ *   backends instead of waking every thread's own in turn. Session state
+ *   therefore does not follow a thread handle from one statement to the
+ *   next: use a transaction (or set_config(name, $1, true) inside one).
+ *   A thread handle that LISTENs keeps its connection for good.
  * - Connections are lazy and self-healing: when the server restarted, the
  *   next call outside a transaction reconnects and runs normally. Session
  *   state (SET, temporary tables, session advisory locks) does not survive
@@ -44,12 +54,13 @@ enum mica_db_isolation {
  * call mica_db_global_cleanup() first) or MICA_ENOMEM. */
 MICA_WUR int mica_db_global_init(const char *conninfo);
 
-/* Forgets the process-wide conninfo and closes the calling thread's handle.
- * Other threads' handles close when those threads exit. Safe to call twice. */
+/* Forgets the process-wide conninfo, closes the calling thread's handle and
+ * every idle connection. Other threads' handles close when those threads
+ * exit. Safe to call twice. */
 void mica_db_global_cleanup(void);
 
-/* This thread's handle, created on first use (the connection itself opens on
- * the first statement). Owned by the library: it is closed when the thread
+/* This thread's handle, created on first use (a connection is taken or
+ * opened by each statement outside a transaction, see above). Owned by the library: it is closed when the thread
  * exits; do not pass it to mica_db_close(). Returns NULL if
  * mica_db_global_init() was not called or memory ran out (logged). */
 mica_db *mica_db_thread(void);

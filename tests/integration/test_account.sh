@@ -385,6 +385,22 @@ expect 200 - POST /v1/login "$(login_body alice@example.com "$PW_A" dev-alice)"
 	fail "login: $(cat "$W/body")"
 expect 200 - POST /v1/login "$(login_body "$ALICE_NO" "$PW_A" dev-alice)"
 expect 200 - POST /v1/login "$(login_body ALICE@example.COM "$PW_A" dev-alice)"
+# From a trusted device on a known network a login writes only its session: the device's
+# last_seen moves when it is over a minute old, and not on every login.
+ALICE_DEV="$(sql "$ADMIN_CI" "SELECT device_hash FROM account.session WHERE id = $(jget session_id)")"
+last_seen() { # [SQL_EXPR]: the device's last_seen (epoch), after setting it to SQL_EXPR
+	[[ -n "${1:-}" ]] && sql "$ADMIN_CI" "UPDATE account.device SET last_seen = $1
+		WHERE user_id = $ALICE_UID AND device_hash = '$ALICE_DEV'" >/dev/null
+	sql "$ADMIN_CI" "SELECT extract(epoch from last_seen)::bigint FROM account.device
+		WHERE user_id = $ALICE_UID AND device_hash = '$ALICE_DEV'"
+}
+t=$(last_seen "now() - interval '30 seconds'")
+expect 200 - POST /v1/login "$(login_body alice@example.com "$PW_A" dev-alice)"
+[[ "$t" =~ ^[0-9]+$ && "$(last_seen)" == "$t" ]] || fail "a login moved a last_seen only 30 seconds old"
+t=$(last_seen "now() - interval '2 minutes'")
+expect 200 - POST /v1/login "$(login_body alice@example.com "$PW_A" dev-alice)"
+(($(last_seen) >= t + 100)) || fail "a login left a 2-minute-old last_seen"
+ok "a login from a trusted device refreshes its last_seen at most once a minute"
 # A hash sealed the older way (encrypted by the Key Center itself, bound to the row) still logs in
 # and is sealed again under a data key.
 legacy="$(curl -sS --cacert "$MICA_CA" --cert "$MICA_CERT_ACCOUNT" --key "$MICA_KEY_ACCOUNT" \

@@ -587,49 +587,98 @@ END_TEST
 
 /* ---- per-thread handles ---------------------------------------------- */
 
+/* Thread handles borrow connections from one idle stack: a statement
+ * outside a transaction gives its connection back, the next statement of
+ * any thread takes the one used last, and a transaction keeps its own from
+ * BEGIN to COMMIT. */
 struct thread_result {
-	mica_db *handle;
+	int in_tx;  /* hold a transaction open across the barrier */
 	int64_t backend;
 	int rc;
 };
 
-static pthread_barrier_t both_connected;
+static pthread_barrier_t both_in_tx;
+
+static int backend_of(mica_db *db, int64_t *pid)
+{
+	PGresult *res = NULL;
+	int rc = mica_db_exec(db, "SELECT pg_backend_pid()", 0, NULL, &res);
+	if (rc == 0)
+		rc = mica_db_get_int64(res, 0, 0, pid);
+	PQclear(res);
+	return rc;
+}
+
+static int hold_tx(mica_db *db, void *arg)
+{
+	struct thread_result *r = arg;
+	int rc = backend_of(db, &r->backend);
+	/* Both transactions are open at once, so their backends must differ. */
+	pthread_barrier_wait(&both_in_tx);
+	return rc;
+}
 
 static void *thread_main(void *arg)
 {
 	struct thread_result *r = arg;
-	r->handle = mica_db_thread();
-	PGresult *res = NULL;
-	r->rc = r->handle ? mica_db_exec(r->handle, "SELECT pg_backend_pid()", 0, NULL, &res)
-			  : MICA_ENOMEM;
-	if (r->rc == 0)
-		r->rc = mica_db_get_int64(res, 0, 0, &r->backend);
-	PQclear(res);
-	/* Both connections are open at once, so the backends must differ. */
-	pthread_barrier_wait(&both_connected);
+	mica_db *db = mica_db_thread();
+	if (!db)
+		r->rc = MICA_ENOMEM;
+	else if (r->in_tx)
+		r->rc = mica_db_tx(db, MICA_DB_READ_COMMITTED, hold_tx, r);
+	else
+		r->rc = backend_of(db, &r->backend);
 	return NULL;
+}
+
+static void run_threads(struct thread_result *r, int n)
+{
+	pthread_t th[2];
+	for (int i = 0; i < n; i++)
+		ck_assert_int_eq(pthread_create(&th[i], NULL, thread_main, &r[i]), 0);
+	for (int i = 0; i < n; i++) {
+		ck_assert_int_eq(pthread_join(th[i], NULL), 0);
+		ck_assert_msg(r[i].rc == 0, "thread %d: %s", i, mica_strerror(r[i].rc));
+	}
 }
 
 START_TEST(thread_handles)
 {
 	ck_assert_int_eq(mica_db_global_init(env("MICA_PG_CONNINFO")), 0);
-	ck_assert_int_eq(pthread_barrier_init(&both_connected, NULL, 2), 0);
-	struct thread_result r[2] = {{0}};
-	pthread_t th[2];
-	for (int i = 0; i < 2; i++)
-		ck_assert_int_eq(pthread_create(&th[i], NULL, thread_main, &r[i]), 0);
-	for (int i = 0; i < 2; i++) {
-		ck_assert_int_eq(pthread_join(th[i], NULL), 0);
-		ck_assert_int_eq(r[i].rc, 0);
-	}
-	ck_assert_int_ne(r[0].backend, r[1].backend);
+	ck_assert_int_eq(pthread_barrier_init(&both_in_tx, NULL, 2), 0);
 
-	/* Each thread's connection closed when the thread exited. */
+	/* Two transactions at once: two connections. */
+	struct thread_result tx[2] = {{.in_tx = 1}, {.in_tx = 1}};
+	run_threads(tx, 2);
+	ck_assert_int_ne(tx[0].backend, tx[1].backend);
+
+	/* One statement after the other, on other threads: the connection that
+	 * went idle last, so a quiet pool keeps using one warm backend. */
+	struct thread_result seq[2] = {{0}};
+	run_threads(&seq[0], 1);
+	ck_assert(seq[0].backend == tx[0].backend || seq[0].backend == tx[1].backend);
+	run_threads(&seq[1], 1);
+	ck_assert_int_eq(seq[1].backend, seq[0].backend);
+
+	/* A handle that LISTENs keeps its connection; the others never get it. */
+	mica_db *listener = mica_db_thread();
+	ck_assert_ptr_nonnull(listener);
+	ck_assert_int_eq(mica_db_listen(listener, "t_db_pool"), 0);
+	int64_t mine = 0, again = 0;
+	ck_assert_int_eq(backend_of(listener, &mine), 0);
+	struct thread_result other = {0};
+	run_threads(&other, 1);
+	ck_assert_int_ne(other.backend, mine);
+	ck_assert_int_eq(backend_of(listener, &again), 0);
+	ck_assert_int_eq(again, mine);
+
+	/* Cleanup closes the idle connections and this thread's own. */
 	mica_db *db = open_db();
-	char pids[64];
-	snprintf(pids, sizeof(pids), "{%lld,%lld}", (long long)r[0].backend,
-		 (long long)r[1].backend);
+	char pids[96];
+	snprintf(pids, sizeof(pids), "{%lld,%lld,%lld}", (long long)tx[0].backend,
+		 (long long)tx[1].backend, (long long)mine);
 	const char *p[1] = {pids};
+	mica_db_global_cleanup();
 	int64_t left = -1;
 	for (int64_t deadline = now_ms() + 10000; now_ms() < deadline;) {
 		left = query_int(
@@ -640,8 +689,7 @@ START_TEST(thread_handles)
 	}
 	ck_assert_int_eq(left, 0);
 	mica_db_close(&db);
-	mica_db_global_cleanup();
-	pthread_barrier_destroy(&both_connected);
+	pthread_barrier_destroy(&both_in_tx);
 }
 END_TEST
 
