@@ -162,8 +162,8 @@ int acct_session_create(acct_service *s, mica_db *db, int64_t user_id, const cha
 }
 
 int acct_session_open(acct_service *s, mica_db *db, int64_t user_id, const char *device_hash,
-		      const char *device_name, const char *network_hash, int known, const char *kind,
-		      char **token, struct acct_session *out, int *new_device)
+		      const char *device_name, const char *network_hash, int known,
+		      const char *kind, char **token, struct acct_session *out, int *new_device)
 {
 	char t[MICA_AUTH_TOKEN_LEN + 1], hash[MICA_AUTH_HASH_HEX_LEN + 1], uid[24], life[24];
 	char touch[16];

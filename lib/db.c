@@ -645,7 +645,8 @@ static int run_linked(mica_db *db, const char *sql, int n, const char *const *pa
 		PGresult *res = NULL;
 		int retry = 0;
 		int rc = exec_once(db, sql, n, params, script, &res, &retry);
-		db->last_txstatus = db->link.conn ? PQtransactionStatus(db->link.conn) : PQTRANS_IDLE;
+		db->last_txstatus =
+		    db->link.conn ? PQtransactionStatus(db->link.conn) : PQTRANS_IDLE;
 		if (rc == 0) {
 			if (out)
 				*out = res;
@@ -752,7 +753,8 @@ static int tx_run(mica_db *db, enum mica_db_isolation isolation, mica_db_tx_fn f
 		db->tx_err = 0;
 
 		int frc = fn(db, arg);
-		if (frc == 0 && db->link.conn && PQtransactionStatus(db->link.conn) == PQTRANS_INERROR)
+		if (frc == 0 && db->link.conn &&
+		    PQtransactionStatus(db->link.conn) == PQTRANS_INERROR)
 			frc = db->tx_err ? db->tx_err : MICA_EDB;
 		if (frc == 0 && !conn_usable(db))
 			frc = MICA_EDBCONN; /* lost before COMMIT was sent: safe to retry */

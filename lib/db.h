@@ -59,10 +59,11 @@ MICA_WUR int mica_db_global_init(const char *conninfo);
  * exit. Safe to call twice. */
 void mica_db_global_cleanup(void);
 
-/* This thread's handle, created on first use (a connection is taken or
- * opened by each statement outside a transaction, see above). Owned by the library: it is closed when the thread
- * exits; do not pass it to mica_db_close(). Returns NULL if
- * mica_db_global_init() was not called or memory ran out (logged). */
+/* This thread's handle, created on first use (each statement outside a
+ * transaction takes a connection from the idle stack or opens one, see
+ * above). Owned by the library: it is closed when the thread exits; do not
+ * pass it to mica_db_close(). Returns NULL if mica_db_global_init() was not
+ * called or memory ran out (logged). */
 mica_db *mica_db_thread(void);
 
 /* Opens an explicit handle on |conninfo| (copied) and connects now, so tools

@@ -592,7 +592,7 @@ END_TEST
  * any thread takes the one used last, and a transaction keeps its own from
  * BEGIN to COMMIT. */
 struct thread_result {
-	int in_tx;  /* hold a transaction open across the barrier */
+	int in_tx; /* hold a transaction open across the barrier */
 	int64_t backend;
 	int rc;
 };
