@@ -11,6 +11,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +63,10 @@ struct mica_db {
 	char sqlstate[6];
 	char errmsg[256];
 };
+
+/* Connections of thread handles: open ones, and those idle on the stack. */
+static atomic_uint g_thread_conns;
+static atomic_uint g_idle_conns;
 
 static const char *const begin_sql[] = {
     [MICA_DB_READ_COMMITTED] = "BEGIN ISOLATION LEVEL READ COMMITTED",
@@ -222,8 +227,11 @@ static int listen_raw(mica_db *db, const char *channel)
 
 static void drop_conn(mica_db *db)
 {
-	if (db->link.conn)
+	if (db->link.conn) {
 		PQfinish(db->link.conn);
+		if (db->thread_owned)
+			atomic_fetch_sub(&g_thread_conns, 1);
+	}
 	db->link.conn = NULL;
 	prep_clear(&db->link);
 	db->link.fatal_seen = 0;
@@ -254,6 +262,8 @@ static int db_connect(mica_db *db)
 	}
 	PQsetNoticeReceiver(c, notice_receiver, db);
 	db->link.conn = c;
+	if (db->thread_owned)
+		atomic_fetch_add(&g_thread_conns, 1);
 	for (int i = 0; i < db->nchannels; i++) {
 		if (!listen_raw(db, db->channels[i])) {
 			MICA_LOG(MICA_LOG_WARN, "db: re-LISTEN after connect failed: %s",
@@ -347,8 +357,10 @@ static void link_take(mica_db *db)
 		return;
 	pthread_mutex_lock(&g_idle_mu);
 	struct db_link *l = g_idle;
-	if (l)
+	if (l) {
 		g_idle = l->next;
+		atomic_fetch_sub(&g_idle_conns, 1);
+	}
 	pthread_mutex_unlock(&g_idle_mu);
 	if (!l)
 		return;
@@ -379,6 +391,7 @@ static void link_give(mica_db *db)
 	pthread_mutex_lock(&g_idle_mu);
 	l->next = g_idle;
 	g_idle = l;
+	atomic_fetch_add(&g_idle_conns, 1);
 	pthread_mutex_unlock(&g_idle_mu);
 }
 
@@ -387,10 +400,12 @@ static void idle_close_all(void)
 	pthread_mutex_lock(&g_idle_mu);
 	struct db_link *l = g_idle;
 	g_idle = NULL;
+	atomic_store(&g_idle_conns, 0);
 	pthread_mutex_unlock(&g_idle_mu);
 	while (l) {
 		struct db_link *next = l->next;
 		PQfinish(l->conn);
+		atomic_fetch_sub(&g_thread_conns, 1);
 		prep_clear(l);
 		free(l);
 		l = next;
@@ -470,6 +485,14 @@ mica_db *mica_db_thread(void)
 	}
 	db->thread_owned = 1;
 	return db;
+}
+
+void mica_db_thread_connections(unsigned *open, unsigned *idle)
+{
+	*idle = atomic_load(&g_idle_conns);
+	*open = atomic_load(&g_thread_conns);
+	if (*open < *idle)
+		*open = *idle; /* read between a push and its count */
 }
 
 int mica_db_open(mica_db **out, const char *conninfo)

@@ -66,6 +66,12 @@ void mica_db_global_cleanup(void);
  * called or memory ran out (logged). */
 mica_db *mica_db_thread(void);
 
+/* How many connections the process's thread handles hold open, and how many
+ * of those wait idle on the stack (the others run a statement, hold a
+ * transaction or LISTEN). For /metrics; the two are read apart, so under
+ * load they are a moment's picture, not an exact pair. */
+void mica_db_thread_connections(unsigned *open, unsigned *idle);
+
 /* Opens an explicit handle on |conninfo| (copied) and connects now, so tools
  * fail early. On success *out is the new handle, freed by mica_db_close().
  * Returns 0, MICA_EINVAL, MICA_ENOMEM, or MICA_EDBCONN if the server is

@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "db.h"
 #include "log.h"
 
 #define MAX_SEGMENTS 16
@@ -486,6 +487,14 @@ static enum MHD_Result serve_metrics(mica_http_server *srv, struct MHD_Connectio
 	     "# TYPE mica_http_moved_to_pool_total counter\n"
 	     "mica_http_moved_to_pool_total{service=\"%s\"} %lu\n",
 	     svc, atomic_load(&srv->moved));
+	unsigned db_open, db_idle;
+	mica_db_thread_connections(&db_open, &db_idle);
+	EMIT("# HELP mica_db_connections PostgreSQL connections of the request threads: idle on"
+	     " the shared stack, or busy (a statement, a transaction or a LISTEN).\n"
+	     "# TYPE mica_db_connections gauge\n"
+	     "mica_db_connections{service=\"%s\",state=\"idle\"} %u\n"
+	     "mica_db_connections{service=\"%s\",state=\"busy\"} %u\n",
+	     svc, db_idle, svc, db_open - db_idle);
 #undef EMIT
 	if (!out)
 		return send_error(conn, rs, 500, "internal_error", "out of memory");

@@ -401,6 +401,12 @@ t=$(last_seen "now() - interval '2 minutes'")
 expect 200 - POST /v1/login "$(login_body alice@example.com "$PW_A" dev-alice)"
 (($(last_seen) >= t + 100)) || fail "a login left a 2-minute-old last_seen"
 ok "a login from a trusted device refreshes its last_seen at most once a minute"
+# Between requests the request threads' PostgreSQL connections wait idle on the shared stack.
+metrics="$(curl -sS --cacert "$MICA_CA" "$AURL/metrics")" || fail "GET /metrics failed"
+grep -Eq '^mica_db_connections\{service="account",state="idle"\} [1-9][0-9]*$' <<<"$metrics" &&
+	grep -q '^mica_db_connections{service="account",state="busy"} ' <<<"$metrics" ||
+	fail "no idle database connections in /metrics: $(grep mica_db_ <<<"$metrics")"
+ok "/metrics counts the idle and busy database connections"
 # A hash sealed the older way (encrypted by the Key Center itself, bound to the row) still logs in
 # and is sealed again under a data key.
 legacy="$(curl -sS --cacert "$MICA_CA" --cert "$MICA_CERT_ACCOUNT" --key "$MICA_KEY_ACCOUNT" \

@@ -659,6 +659,10 @@ START_TEST(thread_handles)
 	ck_assert(seq[0].backend == tx[0].backend || seq[0].backend == tx[1].backend);
 	run_threads(&seq[1], 1);
 	ck_assert_int_eq(seq[1].backend, seq[0].backend);
+	unsigned open = 0, idle = 0;
+	mica_db_thread_connections(&open, &idle);
+	ck_assert_uint_eq(open, 2);
+	ck_assert_uint_eq(idle, 2);
 
 	/* A handle that LISTENs keeps its connection; the others never get it. */
 	mica_db *listener = mica_db_thread();
@@ -671,6 +675,9 @@ START_TEST(thread_handles)
 	ck_assert_int_ne(other.backend, mine);
 	ck_assert_int_eq(backend_of(listener, &again), 0);
 	ck_assert_int_eq(again, mine);
+	mica_db_thread_connections(&open, &idle);
+	ck_assert_uint_eq(open, 3);
+	ck_assert_uint_eq(idle, 2);
 
 	/* Cleanup closes the idle connections and this thread's own. */
 	mica_db *db = open_db();
@@ -679,6 +686,9 @@ START_TEST(thread_handles)
 		 (long long)tx[1].backend, (long long)mine);
 	const char *p[1] = {pids};
 	mica_db_global_cleanup();
+	mica_db_thread_connections(&open, &idle);
+	ck_assert_uint_eq(open, 0);
+	ck_assert_uint_eq(idle, 0);
 	int64_t left = -1;
 	for (int64_t deadline = now_ms() + 10000; now_ms() < deadline;) {
 		left = query_int(

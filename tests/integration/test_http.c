@@ -485,6 +485,11 @@ START_TEST(healthz_and_metrics)
 					     "hello\",method=\"GET\",code=\"200\"} 1\n"));
 	ck_assert_ptr_nonnull(strstr(r.body, "route=\"/healthz\",method=\"any\",code=\"503\"} 1\n"));
 	ck_assert_ptr_nonnull(strstr(r.body, "mica_http_request_duration_seconds_count"));
+	/* This server's handlers use no database: no connection, idle or busy. */
+	ck_assert_ptr_nonnull(
+	    strstr(r.body, "mica_db_connections{service=\"test\",state=\"idle\"} 0\n"));
+	ck_assert_ptr_nonnull(
+	    strstr(r.body, "mica_db_connections{service=\"test\",state=\"busy\"} 0\n"));
 	mica_httpc_resp_cleanup(&r);
 	mica_httpc_free(c);
 }
