@@ -1,13 +1,16 @@
 /* password.c - password policies (miui, nist), the breached-password
  * blocklist read one HIBP range file at a time, and Argon2id hashing in PHC
- * form with a strict PHC parser. The rules and their order are documented in
- * password.h; this file only implements them.
+ * form with a strict PHC parser, computed on per-CPU hasher threads. The
+ * rules and their order are documented in password.h; this file only
+ * implements them.
  */
+#define _GNU_SOURCE /* pthread_setname_np */
 #include "account/password.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -510,58 +513,140 @@ int acct_phc_parse(const char *phc, struct acct_phc *out)
 	return 0;
 }
 
-/* ---- Argon2 slots ---------------------------------------------------------
+/* ---- Argon2 hashers -------------------------------------------------------
  *
- * At most one Argon2 computation per online CPU runs at a time; the others
- * wait their turn. Each one sweeps m_kib of memory at random, so letting every
- * waiting request (up to max_connections) compute at once would only multiply
- * the memory held (19 MiB each) and the cache misses that slow every one of
- * them down, for no more throughput: the CPUs are the limit either way.
+ * Argon2id runs on one hasher thread per online CPU, fed by a FIFO queue; the
+ * thread that asks for a hash waits for its result.
  *
- * Each slot owns its memory for the life of the process instead of taking it
- * from malloc per hash: a mapping aligned to 2 MiB and advised for transparent
- * huge pages, so the random sweep misses the TLB far less (Argon2id with the
- * default parameters runs about 8% faster on 2 MiB pages than on 4 KiB ones;
- * docs/decisions.md). libargon2 wipes the memory before handing it back
+ * At most one computation per CPU runs at a time. Each sweeps m_kib of memory
+ * at random, so letting every waiting request (up to max_connections) compute
+ * at once would only multiply the memory held (19 MiB each) and the cache
+ * misses that slow every one of them down, for no more throughput: the CPUs
+ * are the limit either way.
+ *
+ * A hasher that finishes takes the next queued job without sleeping, so its
+ * CPU goes from one hash straight to the next. When request threads took
+ * turns at a free slot instead, every hand-over woke a sleeping thread that
+ * the scheduler could place on the CPU still busy with the other hash, leaving
+ * the freed CPU idle until the next load balance (docs/decisions.md).
+ *
+ * Each hasher owns its memory for the life of the process instead of taking
+ * it from malloc per hash: a mapping aligned to 2 MiB and advised for
+ * transparent huge pages, so the random sweep misses the TLB less and no hash
+ * pays page faults. libargon2 wipes the memory before handing it back
  * (clear_internal_memory), so no password-derived block outlives a hash.
- * A computation larger than ARGON2_SLOT_KEEP (a stored hash with parameters
- * far above the configured ones) maps its own memory and unmaps it after. */
+ * A computation larger than ARGON2_MEM_KEEP (a stored hash with parameters
+ * far above the configured ones) maps its own memory and unmaps it after.
+ *
+ * The hashers start at the first hash. A child process of fork() has none of
+ * them; the fork handler resets the queue so the child starts its own. If no
+ * hasher can be started, the caller computes on its own thread. */
 #define ARGON2_PAGE ((size_t)2 << 20)
-#define ARGON2_SLOT_KEEP ((size_t)256 << 20)
+#define ARGON2_MEM_KEEP ((size_t)256 << 20)
+#define ARGON2_MAX_HASHERS 256
 
-struct argon2_slot {
-	struct argon2_slot *next;
-	uint8_t *map;	  /* the kept mapping, or NULL */
-	size_t map_len;	  /* its length, including alignment slack */
-	uint8_t *mem;	  /* 2 MiB-aligned start inside map */
-	size_t mem_len;	  /* usable bytes from mem */
-	uint8_t *oneoff;  /* mapping of a computation above ARGON2_SLOT_KEEP */
+struct argon2_mem {
+	uint8_t *map;	 /* the kept mapping, or NULL */
+	size_t map_len;	 /* its length, including alignment slack */
+	uint8_t *mem;	 /* 2 MiB-aligned start inside map */
+	size_t mem_len;	 /* usable bytes from mem */
+	uint8_t *oneoff; /* mapping of a computation above ARGON2_MEM_KEEP */
 	size_t oneoff_len;
 };
 
-static pthread_mutex_t argon2_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t argon2_free_cond = PTHREAD_COND_INITIALIZER;
-static struct argon2_slot *argon2_free;
-static struct argon2_slot *argon2_slots;
-static pthread_once_t argon2_slots_once = PTHREAD_ONCE_INIT;
-/* The slot of the computation running on this thread, for the callbacks
- * (libargon2 passes them no context). */
-static __thread struct argon2_slot *argon2_current;
+struct argon2_job {
+	struct argon2_job *next;
+	argon2_context *ctx;
+	int rc;
+	int done;
+	pthread_cond_t done_cond; /* signalled with argon2_lock held */
+};
 
-static void argon2_slots_init(void)
+static pthread_mutex_t argon2_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t argon2_queued = PTHREAD_COND_INITIALIZER;
+static struct argon2_job *argon2_head, **argon2_tail = &argon2_head;
+static struct argon2_mem *argon2_mems; /* one per hasher */
+static int argon2_hashers;	       /* running in this process */
+static bool argon2_started;	       /* start attempted in this process */
+static pthread_once_t argon2_atfork_once = PTHREAD_ONCE_INIT;
+/* The memory of the computation running on this thread, for the callbacks
+ * (libargon2 passes them no context). */
+static __thread struct argon2_mem *argon2_current;
+
+static void argon2_mem_release(struct argon2_mem *s)
+{
+	if (s->map)
+		munmap(s->map, s->map_len);
+	if (s->oneoff)
+		munmap(s->oneoff, s->oneoff_len);
+	memset(s, 0, sizeof(*s));
+}
+
+/* In the child of fork(): the hashers did not come along and the lock may
+ * have been held by one of them. Their memory is unmapped; the next hash
+ * starts new ones. */
+static void argon2_atfork_child(void)
+{
+	pthread_mutex_init(&argon2_lock, NULL);
+	pthread_cond_init(&argon2_queued, NULL);
+	argon2_head = NULL;
+	argon2_tail = &argon2_head;
+	for (int i = 0; i < argon2_hashers; i++)
+		argon2_mem_release(&argon2_mems[i]);
+	argon2_hashers = 0;
+	argon2_started = false;
+}
+
+static void argon2_atfork_register(void)
+{
+	(void)pthread_atfork(NULL, NULL, argon2_atfork_child);
+}
+
+static void *argon2_hasher_main(void *arg)
+{
+	argon2_current = arg;
+	pthread_mutex_lock(&argon2_lock);
+	for (;;) {
+		struct argon2_job *j;
+		while (!(j = argon2_head))
+			pthread_cond_wait(&argon2_queued, &argon2_lock);
+		if (!(argon2_head = j->next))
+			argon2_tail = &argon2_head;
+		pthread_mutex_unlock(&argon2_lock);
+		int rc = argon2_ctx(j->ctx, Argon2_id);
+		pthread_mutex_lock(&argon2_lock);
+		j->rc = rc;
+		j->done = 1;
+		pthread_cond_signal(&j->done_cond);
+	}
+	return NULL;
+}
+
+/* Starts one hasher per online CPU; with argon2_lock held. The hashers block
+ * every signal: they belong to no caller. */
+static void argon2_hashers_start(void)
 {
 	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	sigset_t all, old;
+
+	argon2_started = true;
 	if (n < 1)
 		n = 1;
-	if (n > 1024)
-		n = 1024;
-	argon2_slots = calloc((size_t)n, sizeof(*argon2_slots));
-	if (!argon2_slots)
-		n = 0; /* argon2_take() falls back to a slot on its caller's stack */
+	if (n > ARGON2_MAX_HASHERS)
+		n = ARGON2_MAX_HASHERS;
+	if (!argon2_mems && !(argon2_mems = calloc((size_t)n, sizeof(*argon2_mems))))
+		return;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
 	for (long i = 0; i < n; i++) {
-		argon2_slots[i].next = argon2_free;
-		argon2_free = &argon2_slots[i];
+		pthread_t t;
+		if (pthread_create(&t, NULL, argon2_hasher_main, &argon2_mems[i]) != 0)
+			break;
+		pthread_setname_np(t, "argon2-hasher"); /* as top -H and ps -L show it */
+		pthread_detach(t);
+		argon2_hashers++;
 	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
 /* Maps |len| bytes (plus slack to align them to 2 MiB) and advises huge
@@ -585,12 +670,12 @@ static uint8_t *argon2_map(size_t len, size_t *map_len, uint8_t **start)
 
 static int argon2_alloc_cb(uint8_t **memory, size_t bytes)
 {
-	struct argon2_slot *s = argon2_current;
+	struct argon2_mem *s = argon2_current;
 	size_t map_len;
 	uint8_t *start, *map;
 
 	*memory = NULL;
-	if (bytes > ARGON2_SLOT_KEEP) {
+	if (bytes > ARGON2_MEM_KEEP) {
 		if (!(map = argon2_map(bytes, &map_len, &start)))
 			return ARGON2_MEMORY_ALLOCATION_ERROR;
 		s->oneoff = map;
@@ -615,7 +700,7 @@ static int argon2_alloc_cb(uint8_t **memory, size_t bytes)
 /* Called after libargon2 has wiped the memory. */
 static void argon2_free_cb(uint8_t *memory, size_t bytes)
 {
-	struct argon2_slot *s = argon2_current;
+	struct argon2_mem *s = argon2_current;
 	(void)bytes;
 	if (s->oneoff && memory >= s->oneoff && memory < s->oneoff + s->oneoff_len) {
 		munmap(s->oneoff, s->oneoff_len);
@@ -624,35 +709,41 @@ static void argon2_free_cb(uint8_t *memory, size_t bytes)
 	}
 }
 
-static struct argon2_slot *argon2_take(void)
+/* Runs argon2_ctx(ctx, Argon2_id) on a hasher and waits for its result;
+ * on this thread, in memory of its own, when no hasher runs. */
+static int argon2_run(argon2_context *ctx)
 {
-	struct argon2_slot *s;
-	pthread_once(&argon2_slots_once, argon2_slots_init);
+	struct argon2_job j = {.ctx = ctx};
+
+	pthread_once(&argon2_atfork_once, argon2_atfork_register);
 	pthread_mutex_lock(&argon2_lock);
-	while (!(s = argon2_free) && argon2_slots)
-		pthread_cond_wait(&argon2_free_cond, &argon2_lock);
-	if (s)
-		argon2_free = s->next;
+	if (!argon2_started)
+		argon2_hashers_start();
+	if (argon2_hashers == 0) {
+		pthread_mutex_unlock(&argon2_lock);
+		struct argon2_mem local = {0};
+		argon2_current = &local;
+		int rc = argon2_ctx(ctx, Argon2_id);
+		argon2_current = NULL;
+		argon2_mem_release(&local);
+		return rc;
+	}
+	pthread_cond_init(&j.done_cond, NULL);
+	*argon2_tail = &j;
+	argon2_tail = &j.next;
+	pthread_cond_signal(&argon2_queued);
+	while (!j.done)
+		pthread_cond_wait(&j.done_cond, &argon2_lock);
 	pthread_mutex_unlock(&argon2_lock);
-	return s;
+	pthread_cond_destroy(&j.done_cond);
+	return j.rc;
 }
 
-static void argon2_give(struct argon2_slot *s)
-{
-	pthread_mutex_lock(&argon2_lock);
-	s->next = argon2_free;
-	argon2_free = s;
-	pthread_cond_signal(&argon2_free_cond);
-	pthread_mutex_unlock(&argon2_lock);
-}
-
-/* Argon2id of |pw| under |params| and |salt| into |out| (|out_len| bytes),
- * in a slot's memory. Returns 0, MICA_ENOMEM or MICA_ECRYPTO. */
+/* Argon2id of |pw| under |params| and |salt| into |out| (|out_len| bytes).
+ * Returns 0, MICA_ENOMEM or MICA_ECRYPTO. */
 static int argon2id_compute(const acct_argon2_params *params, const char *pw, size_t pw_len,
 			    const uint8_t *salt, size_t salt_len, uint8_t *out, size_t out_len)
 {
-	struct argon2_slot local = {0};
-	struct argon2_slot *s = argon2_take();
 	argon2_context ctx = {
 	    .out = out,
 	    .outlen = (uint32_t)out_len,
@@ -669,16 +760,7 @@ static int argon2id_compute(const acct_argon2_params *params, const char *pw, si
 	    .free_cbk = argon2_free_cb,
 	    .flags = ARGON2_DEFAULT_FLAGS,
 	};
-	/* Without the slot table (calloc failed at first use) every
-	 * computation maps and unmaps its own memory. */
-	argon2_current = s ? s : &local;
-	int rc = argon2_to_mica(argon2_ctx(&ctx, Argon2_id));
-	argon2_current = NULL;
-	if (s)
-		argon2_give(s);
-	else if (local.map)
-		munmap(local.map, local.map_len);
-	return rc;
+	return argon2_to_mica(argon2_run(&ctx));
 }
 
 /* Padded base64 of n bytes, with its NUL. */

@@ -6,7 +6,7 @@
  * figure is the ceiling a login path built on one verification can reach.
  * With --hugepages each thread instead gives libargon2 (argon2_ctx's
  * allocation callback) one mapping kept for the whole run, 2 MiB-aligned and
- * advised for transparent huge pages, as the service's Argon2 slots do
+ * advised for transparent huge pages, as the service's Argon2 hashers do
  * (account/password.c); bench/account takes the faster of the two modes as the
  * raw rate, so the service's memory strategy cannot flatter its ratio.
  * Each thread warms up with one hash before the clock starts. Prints one line:

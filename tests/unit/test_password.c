@@ -2,16 +2,20 @@
  * the miui and nist policies with its exact code and boundaries, the
  * breached-password blocklist against tests/fixtures/breached (hits, misses,
  * padding, CRLF, malformed lines, I/O errors), Argon2id hashing against the
- * reference implementation's test vectors, strict PHC parsing and the rehash
- * decision. Runs with the repository root as its working directory.
+ * reference implementation's test vectors, the hasher threads (concurrent
+ * callers, fork), strict PHC parsing and the rehash decision. Runs with the
+ * repository root as its working directory.
  */
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <argon2.h>
@@ -420,9 +424,9 @@ START_TEST(hash_custom_parameters_and_salt)
 }
 END_TEST
 
-/* A computation above what a slot keeps (256 MiB) maps its own memory; the
- * slot's kept memory still serves the next, smaller one. */
-START_TEST(hash_memory_above_slot_keep)
+/* A computation above what a hasher keeps (256 MiB) maps its own memory; the
+ * hasher's kept memory still serves the next, smaller one. */
+START_TEST(hash_memory_above_kept)
 {
 	const acct_argon2_params big = {.m_kib = 257 * 1024, .t = 1, .p = 1};
 	const acct_argon2_params cheap = {.m_kib = 64, .t = 1, .p = 1};
@@ -436,6 +440,82 @@ START_TEST(hash_memory_above_slot_keep)
 	ck_assert_int_eq(acct_password_verify(a, "bIg"), MICA_EAUTH);
 	free(a);
 	free(b);
+}
+END_TEST
+
+/* Many threads hashing at once through the hashers (one per CPU, fed by a
+ * queue) each get the hash of their own password, never a neighbour's. */
+#define CONCURRENT_THREADS 12
+#define CONCURRENT_ROUNDS 4
+
+struct concurrent_arg {
+	int index;
+	int failures;
+};
+
+static void *concurrent_hasher(void *p)
+{
+	struct concurrent_arg *a = p;
+	const acct_argon2_params cheap = {.m_kib = 64, .t = 1, .p = 1};
+	char pw[32], other[32];
+
+	snprintf(pw, sizeof(pw), "pw-%d", a->index);
+	snprintf(other, sizeof(other), "pw-%d", a->index + 1);
+	for (int r = 0; r < CONCURRENT_ROUNDS; r++) {
+		char *phc = NULL;
+		if (acct_password_hash_with(pw, &cheap, &phc) != 0 ||
+		    argon2id_verify(phc, pw, strlen(pw)) != ARGON2_OK ||
+		    acct_password_verify(phc, pw) != 0 ||
+		    acct_password_verify(phc, other) != MICA_EAUTH)
+			a->failures++;
+		free(phc);
+	}
+	return NULL;
+}
+
+START_TEST(hash_concurrent_callers)
+{
+	pthread_t t[CONCURRENT_THREADS];
+	struct concurrent_arg a[CONCURRENT_THREADS];
+
+	for (int i = 0; i < CONCURRENT_THREADS; i++) {
+		a[i] = (struct concurrent_arg){.index = i};
+		ck_assert_int_eq(pthread_create(&t[i], NULL, concurrent_hasher, &a[i]), 0);
+	}
+	for (int i = 0; i < CONCURRENT_THREADS; i++) {
+		ck_assert_int_eq(pthread_join(t[i], NULL), 0);
+		ck_assert_msg(a[i].failures == 0, "thread %d: %d wrong hashes", i, a[i].failures);
+	}
+}
+END_TEST
+
+/* The hashers stay behind in fork(): a child that hashes after its parent
+ * did starts its own instead of queueing for threads it does not have. */
+START_TEST(hash_after_fork)
+{
+	const acct_argon2_params cheap = {.m_kib = 64, .t = 1, .p = 1};
+	char *phc = NULL;
+	int status;
+
+	ck_assert_int_eq(acct_password_hash_with("parent", &cheap, &phc), 0);
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		char *mine = NULL;
+		/* A child waiting for its parent's hashers dies of SIGALRM (check's
+		 * own handler for it would kill the whole test instead). */
+		signal(SIGALRM, SIG_DFL);
+		alarm(20);
+		int ok = acct_password_verify(phc, "parent") == 0 &&
+			 acct_password_hash_with("child", &cheap, &mine) == 0 &&
+			 acct_password_verify(mine, "child") == 0;
+		_exit(ok ? 0 : 1);
+	}
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child after fork: status %d",
+		      status);
+	ck_assert_int_eq(acct_password_verify(phc, "parent"), 0);
+	free(phc);
 }
 END_TEST
 
@@ -645,7 +725,9 @@ static Suite *password_suite(void)
 	tcase_set_timeout(hashing, 60);
 	tcase_add_test(hashing, hash_default_parameters);
 	tcase_add_test(hashing, hash_custom_parameters_and_salt);
-	tcase_add_test(hashing, hash_memory_above_slot_keep);
+	tcase_add_test(hashing, hash_memory_above_kept);
+	tcase_add_test(hashing, hash_concurrent_callers);
+	tcase_add_test(hashing, hash_after_fork);
 	tcase_add_test(hashing, hash_errors);
 	tcase_add_test(hashing, verify_reference_vectors);
 	tcase_add_test(hashing, needs_rehash_rules);
