@@ -7,6 +7,7 @@
  * repository root as its working directory.
  */
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -473,6 +474,32 @@ static void *concurrent_hasher(void *p)
 	return NULL;
 }
 
+/* Threads of this process named |name|, from /proc/self/task. */
+static int threads_named(const char *name)
+{
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *e;
+	int n = 0;
+
+	ck_assert_ptr_nonnull(d);
+	while ((e = readdir(d))) {
+		char path[300], comm[32] = "";
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/task/%s/comm", e->d_name);
+		FILE *f = fopen(path, "r");
+		if (!f)
+			continue;
+		if (fgets(comm, sizeof(comm), f)) {
+			comm[strcspn(comm, "\n")] = '\0';
+			n += strcmp(comm, name) == 0;
+		}
+		fclose(f);
+	}
+	closedir(d);
+	return n;
+}
+
 START_TEST(hash_concurrent_callers)
 {
 	pthread_t t[CONCURRENT_THREADS];
@@ -486,6 +513,8 @@ START_TEST(hash_concurrent_callers)
 		ck_assert_int_eq(pthread_join(t[i], NULL), 0);
 		ck_assert_msg(a[i].failures == 0, "thread %d: %d wrong hashes", i, a[i].failures);
 	}
+	/* However many callers, one hasher per online CPU computed for them. */
+	ck_assert_int_eq(threads_named("argon2-hasher"), (int)sysconf(_SC_NPROCESSORS_ONLN));
 }
 END_TEST
 
