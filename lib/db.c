@@ -1,8 +1,8 @@
 /* db.c - PostgreSQL access for libmica (see db.h): per-thread handles that
  * borrow lazy libpq connections from a LIFO stack of idle ones, connections
- * that reset themselves after a server restart, a per-connection
- * prepared-statement cache keyed by SQL text, SQLSTATE-to-error mapping,
- * transactions with bounded jittered retry, and LISTEN/NOTIFY plumbing.
+ * that reset themselves after a server restart, a per-connection prepared-
+ * statement cache keyed by SQL text, SQLSTATE-to-error mapping, transactions
+ * with bounded jittered retry, and LISTEN/NOTIFY plumbing.
  */
 #include "clock.h"
 #include "db.h"

@@ -1,8 +1,8 @@
 /* db.h - PostgreSQL access for libmica: per-thread handles over a shared
- * stack of idle libpq connections,
- * parameterised statements with a per-connection prepared-statement cache,
- * transactions that retry on serialization failure, deadlock and lost
- * connections, SQLSTATE mapping, and LISTEN/NOTIFY.
+ * stack of idle libpq connections, parameterised statements with a
+ * per-connection prepared-statement cache, transactions that retry on
+ * serialization failure, deadlock and lost connections, SQLSTATE mapping,
+ * and LISTEN/NOTIFY.
  *
  * Rules callers rely on:
  * - SQL text is constant program text. Every value travels as a parameter
