@@ -538,9 +538,15 @@ int acct_phc_parse(const char *phc, struct acct_phc *out)
  * A computation larger than ARGON2_MEM_KEEP (a stored hash with parameters
  * far above the configured ones) maps its own memory and unmaps it after.
  *
- * The hashers start at the first hash. A child process of fork() has none of
- * them; the fork handler resets the queue so the child starts its own. If no
- * hasher can be started, the caller computes on its own thread. */
+ * The hashers start at the first hash. fork() waits until every hasher is
+ * parked on the queue's condition variable with nothing queued (the prepare
+ * handler): a thread that is starting up or hashing may hold a lock inside
+ * the C library or a sanitizer's allocator (libargon2 allocates for p > 1,
+ * and AddressSanitizer's thread start-up callocs), and a child that inherits
+ * such a lock held by a thread it does not have blocks on its next
+ * allocation. A parked hasher holds none, so the child, which has no hashers,
+ * can start its own. If no hasher can be started, the caller computes on its
+ * own thread. */
 #define ARGON2_PAGE ((size_t)2 << 20)
 #define ARGON2_MEM_KEEP ((size_t)256 << 20)
 #define ARGON2_MAX_HASHERS 256
@@ -567,7 +573,10 @@ static pthread_cond_t argon2_queued = PTHREAD_COND_INITIALIZER;
 static struct argon2_job *argon2_head, **argon2_tail = &argon2_head;
 static struct argon2_mem *argon2_mems; /* one per hasher */
 static int argon2_hashers;	       /* running in this process */
-static bool argon2_started;	       /* start attempted in this process */
+static int argon2_parked;	       /* hashers waiting on argon2_queued */
+/* Broadcast when every hasher is parked and nothing is queued. */
+static pthread_cond_t argon2_quiet = PTHREAD_COND_INITIALIZER;
+static bool argon2_started; /* start attempted in this process */
 static pthread_once_t argon2_atfork_once = PTHREAD_ONCE_INIT;
 /* The memory of the computation running on this thread, for the callbacks
  * (libargon2 passes them no context). */
@@ -582,24 +591,46 @@ static void argon2_mem_release(struct argon2_mem *s)
 	memset(s, 0, sizeof(*s));
 }
 
-/* In the child of fork(): the hashers did not come along and the lock may
- * have been held by one of them. Their memory is unmapped; the next hash
- * starts new ones. */
+static bool argon2_all_parked(void)
+{
+	return argon2_parked == argon2_hashers && !argon2_head;
+}
+
+/* Before fork(): returns with argon2_lock held once every hasher is parked
+ * and the queue is empty, so no hasher is inside libargon2 or still starting
+ * up. Jobs queued meanwhile are finished first; new ones wait for the lock. */
+static void argon2_atfork_prepare(void)
+{
+	pthread_mutex_lock(&argon2_lock);
+	while (!argon2_all_parked())
+		pthread_cond_wait(&argon2_quiet, &argon2_lock);
+}
+
+static void argon2_atfork_parent(void)
+{
+	pthread_mutex_unlock(&argon2_lock);
+}
+
+/* In the child of fork(): the hashers did not come along. The lock was held
+ * by the forking thread (argon2_atfork_prepare); the hashers' memory is
+ * unmapped and the next hash starts new ones. */
 static void argon2_atfork_child(void)
 {
 	pthread_mutex_init(&argon2_lock, NULL);
 	pthread_cond_init(&argon2_queued, NULL);
+	pthread_cond_init(&argon2_quiet, NULL);
 	argon2_head = NULL;
 	argon2_tail = &argon2_head;
 	for (int i = 0; i < argon2_hashers; i++)
 		argon2_mem_release(&argon2_mems[i]);
 	argon2_hashers = 0;
+	argon2_parked = 0;
 	argon2_started = false;
 }
 
 static void argon2_atfork_register(void)
 {
-	(void)pthread_atfork(NULL, NULL, argon2_atfork_child);
+	(void)pthread_atfork(argon2_atfork_prepare, argon2_atfork_parent, argon2_atfork_child);
 }
 
 static void *argon2_hasher_main(void *arg)
@@ -608,8 +639,13 @@ static void *argon2_hasher_main(void *arg)
 	pthread_mutex_lock(&argon2_lock);
 	for (;;) {
 		struct argon2_job *j;
-		while (!(j = argon2_head))
+		argon2_parked++;
+		while (!(j = argon2_head)) {
+			if (argon2_all_parked())
+				pthread_cond_broadcast(&argon2_quiet);
 			pthread_cond_wait(&argon2_queued, &argon2_lock);
+		}
+		argon2_parked--;
 		if (!(argon2_head = j->next))
 			argon2_tail = &argon2_head;
 		pthread_mutex_unlock(&argon2_lock);

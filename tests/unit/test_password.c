@@ -520,30 +520,72 @@ END_TEST
 
 /* The hashers stay behind in fork(): a child that hashes after its parent
  * did starts its own instead of queueing for threads it does not have. */
+/* Hashes in a child of fork() and exits 0 when the child's hashes are right.
+ * A child waiting for a lock its parent's threads held dies of SIGALRM
+ * (check's own handler for it would kill the whole test instead). */
+static pid_t fork_and_hash(const char *phc, const acct_argon2_params *params)
+{
+	pid_t pid = fork();
+	if (pid != 0)
+		return pid;
+	char *mine = NULL;
+	signal(SIGALRM, SIG_DFL);
+	alarm(20);
+	int ok = acct_password_verify(phc, "parent") == 0 &&
+		 acct_password_hash_with("child", params, &mine) == 0 &&
+		 acct_password_verify(mine, "child") == 0;
+	_exit(ok ? 0 : 1);
+}
+
+static void assert_exited_ok(pid_t pid, const char *who)
+{
+	int status;
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s: status %d", who, status);
+}
+
 START_TEST(hash_after_fork)
 {
 	const acct_argon2_params cheap = {.m_kib = 64, .t = 1, .p = 1};
 	char *phc = NULL;
-	int status;
 
 	ck_assert_int_eq(acct_password_hash_with("parent", &cheap, &phc), 0);
-	pid_t pid = fork();
+	pid_t pid = fork_and_hash(phc, &cheap);
 	ck_assert_int_ge(pid, 0);
-	if (pid == 0) {
-		char *mine = NULL;
-		/* A child waiting for its parent's hashers dies of SIGALRM (check's
-		 * own handler for it would kill the whole test instead). */
-		signal(SIGALRM, SIG_DFL);
-		alarm(20);
-		int ok = acct_password_verify(phc, "parent") == 0 &&
-			 acct_password_hash_with("child", &cheap, &mine) == 0 &&
-			 acct_password_verify(mine, "child") == 0;
-		_exit(ok ? 0 : 1);
-	}
-	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
-	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child after fork: status %d",
-		      status);
+	assert_exited_ok(pid, "child after fork");
 	ck_assert_int_eq(acct_password_verify(phc, "parent"), 0);
+	free(phc);
+}
+END_TEST
+
+/* The fork comes right after a process's first hash, while its hashers may
+ * still be starting up, in many fresh processes: each is a chance for the
+ * child to inherit a lock held by a thread it does not have. */
+START_TEST(fork_while_hashers_start)
+{
+	const acct_argon2_params cheap = {.m_kib = 64, .t = 1, .p = 1};
+	char *phc = NULL;
+
+	ck_assert_int_eq(acct_password_hash_with("parent", &cheap, &phc), 0);
+	for (int i = 0; i < 12; i++) {
+		pid_t pid = fork();
+		ck_assert_int_ge(pid, 0);
+		if (pid == 0) {
+			/* A fresh process with no hashers: its first hash starts them,
+			 * and its child forks at once. */
+			char *again = NULL;
+			signal(SIGALRM, SIG_DFL);
+			alarm(60);
+			if (acct_password_hash_with("parent", &cheap, &again) != 0)
+				_exit(2);
+			pid_t grandchild = fork_and_hash(again, &cheap);
+			int status;
+			if (grandchild < 0 || waitpid(grandchild, &status, 0) != grandchild)
+				_exit(3);
+			_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 4);
+		}
+		assert_exited_ok(pid, "fresh process and its child");
+	}
 	free(phc);
 }
 END_TEST
@@ -757,6 +799,7 @@ static Suite *password_suite(void)
 	tcase_add_test(hashing, hash_memory_above_kept);
 	tcase_add_test(hashing, hash_concurrent_callers);
 	tcase_add_test(hashing, hash_after_fork);
+	tcase_add_test(hashing, fork_while_hashers_start);
 	tcase_add_test(hashing, hash_errors);
 	tcase_add_test(hashing, verify_reference_vectors);
 	tcase_add_test(hashing, needs_rehash_rules);
