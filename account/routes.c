@@ -131,19 +131,24 @@ static void h_session_delete(const mica_http_req *req, mica_http_resp *resp, voi
 {
 	acct_service *s = svc;
 	struct acct_session sess;
-	char *end;
-	const char *idp = mica_http_param(req, "id");
-	long long id = strtoll(idp, &end, 10);
+	int64_t id;
 	int err;
 	if (!signed_in(s, req, resp, &sess))
 		return;
-	if (*end || id < 1) {
+	err = mica_http_param_int64(req, "id", 1, INT64_MAX, &id);
+	if (err == MICA_ERANGE) {
+		mica_http_reply_error(resp, 400, "session_id_out_of_range",
+				      "session ids are 1..9223372036854775807");
+		return;
+	}
+	if (err) {
 		mica_http_reply_error(resp, 400, "bad_session_id", "session ids are positive integers");
 		return;
 	}
 	err = acct_session_revoke(s, sess.user_id, id);
 	if (err == MICA_ENOTFOUND)
-		mica_http_reply_error(resp, 404, "unknown_session", "no active session %lld", id);
+		mica_http_reply_error(resp, 404, "unknown_session", "no active session %lld",
+				      (long long)id);
 	else if (err)
 		mica_http_reply_error(resp, 503, "unavailable", "the session store is unavailable");
 	else

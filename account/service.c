@@ -131,11 +131,62 @@ const mica_config_entry acct_config_table[] = {
 #undef F
 const size_t acct_config_table_len = sizeof(acct_config_table) / sizeof(acct_config_table[0]);
 
-static int health(void *arg)
+/* ---- readiness (GET /readyz) ----------------------------------------------
+ * One function per dependency, each returning 0 or the MICA_E* code of its
+ * failure; acct_ready_checks lists them with the name /readyz reports. They
+ * run on the blocking pool, at most once per MICA_HTTP_READY_CACHE_MS. */
+
+static int ready_database(acct_service *s)
 {
-	(void)arg;
+	(void)s;
 	mica_db *db = mica_db_thread();
 	return db && mica_db_exec(db, "SELECT 1", 0, NULL, NULL) == 0 ? 0 : MICA_EDBCONN;
+}
+
+static int ready_redis(acct_service *s)
+{
+	static const char *const ping[] = {"PING"};
+	mica_kv *kv = mica_kv_thread();
+	(void)s;
+	return kv && mica_kv_command(kv, NULL, 1, ping, NULL) == 0 ? 0 : MICA_EKVCONN;
+}
+
+/* The Key Center answers this principal: an encryption under the PII key,
+ * which is never cached (each one is a fresh ciphertext), so it proves the
+ * Key Center reachable, its audit trail writable and the policy in force. */
+static int ready_keycenter(acct_service *s)
+{
+	json_t *ctx = json_pack("{s:s}", "probe", "readiness");
+	char *ct = NULL;
+	int err = ctx ? mica_kc_encrypt(s->kc, s->cfg->pii_key, "x", 1, ctx, &ct) : MICA_ENOMEM;
+	json_decref(ctx);
+	free(ct);
+	return err;
+}
+
+/* A data key to seal password hashes with is at hand (pepper.c). */
+static int ready_pepper(acct_service *s)
+{
+	return acct_pepper_ready(s);
+}
+
+static const struct {
+	const char *dependency;
+	int (*check)(acct_service *s);
+} acct_ready_checks[] = {
+	{"database", ready_database},
+	{"redis", ready_redis},
+	{"keycenter", ready_keycenter},
+	{"pepper", ready_pepper},
+};
+
+static void ready(void *arg, mica_http_readiness *r)
+{
+	for (size_t i = 0; i < sizeof(acct_ready_checks) / sizeof(acct_ready_checks[0]); i++) {
+		int err = acct_ready_checks[i].check(arg);
+		if (err)
+			mica_http_not_ready(r, acct_ready_checks[i].dependency, err);
+	}
 }
 
 /* The three Key Center keys must be usable before we accept anyone: each is
@@ -245,7 +296,7 @@ int acct_run(struct acct_config *cfg)
 	if ((err = acct_recycling_new(cfg, &s.recycling)) != 0 || (err = acct_login_init(&s)) != 0)
 		goto out;
 	cfg->http.service = "account";
-	cfg->http.health = health;
+	cfg->http.ready = ready;
 	if ((err = mica_http_start(&srv, &cfg->http, acct_routes, acct_routes_len, &s)) != 0)
 		goto out;
 	mica_daemon_wait_signal();

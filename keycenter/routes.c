@@ -747,15 +747,30 @@ static void h_policy_request(const mica_http_req *req, mica_http_resp *resp, voi
 	reply(&c, 202, out);
 }
 
-static int request_id(const mica_http_req *req, int64_t *id)
+/* The {id} of /v1/requests/{id}: a positive int64, never clamped. Returns 0,
+ * or answers 400 (bad_request_id, request_id_out_of_range) and returns -1. */
+static int request_id(struct call *c, int64_t *id)
 {
-	const char *v = mica_http_param(req, "id");
-	char *end;
-	long long x = v ? strtoll(v, &end, 10) : 0;
-	if (!v || *end || x < 1)
-		return -1;
-	*id = x;
-	return 0;
+	int err = mica_http_param_int64(c->req, "id", 1, INT64_MAX, id);
+	if (err == MICA_ERANGE)
+		reply_error(c, 400, "request_id_out_of_range",
+			    "request ids are 1..9223372036854775807");
+	else if (err)
+		reply_error(c, 400, "bad_request_id", "request ids are positive integers");
+	return err ? -1 : 0;
+}
+
+/* Query argument |name| as an integer in [min, max] (absent: |def|).
+ * Returns 0, or answers 400 bad_query_argument naming it and returns -1. */
+static int query_int(struct call *c, const char *name, int64_t min, int64_t max, int64_t def,
+		     int64_t *out)
+{
+	int err = mica_http_query_int64(c->req, name, min, max, def, out);
+	if (err)
+		reply_error(c, 400, "bad_query_argument", "%s must be an integer in %lld..%lld%s",
+			    name, (long long)min, (long long)max,
+			    err == MICA_ERANGE ? " (this one is out of range)" : "");
+	return err ? -1 : 0;
 }
 
 static void h_request_approve(const mica_http_req *req, mica_http_resp *resp, void *svc)
@@ -767,8 +782,8 @@ static void h_request_approve(const mica_http_req *req, mica_http_resp *resp, vo
 	int err;
 	if (!allow(&c))
 		return;
-	if (request_id(req, &id) != 0)
-		return reply_error(&c, 400, "bad_request_id", "request ids are positive integers");
+	if (request_id(&c, &id) != 0)
+		return;
 	kc_alert(c.s, "officer_action", req->peer, NULL,
 		 json_pack("{s:s,s:I}", "action", "approve", "request_id", (json_int_t)id));
 	if (!attempt(&c))
@@ -808,8 +823,8 @@ static void h_request_get(const mica_http_req *req, mica_http_resp *resp, void *
 		return (void)allow(&c);
 	if (!may_see_requests(&c))
 		return;
-	if (request_id(req, &id) != 0)
-		return reply_error(&c, 400, "bad_request_id", "request ids are positive integers");
+	if (request_id(&c, &id) != 0)
+		return;
 	if ((err = kc_change_get(c.s, id, &out)) == MICA_ENOTFOUND)
 		return reply_error(&c, 404, "unknown_request", "no change request %lld", (long long)id);
 	if (err)
@@ -836,12 +851,14 @@ static void h_alerts(const mica_http_req *req, mica_http_resp *resp, void *svc)
 {
 	struct call c = begin(svc, req, resp, KC_OP_ALERT_READ);
 	struct kc_why why = {0};
-	const char *after = mica_http_query(req, "after");
 	json_t *out = NULL;
+	int64_t after;
 	int err;
 	if (!allow(&c))
 		return;
-	if ((err = kc_alerts_list(c.s, after ? strtoll(after, NULL, 10) : 0, 500, &out)) != 0)
+	if (query_int(&c, "after", 0, INT64_MAX, 0, &after) != 0)
+		return;
+	if ((err = kc_alerts_list(c.s, after, 500, &out)) != 0)
 		return reply_why(&c, err, &why);
 	reply(&c, 200, out);
 }
@@ -851,17 +868,19 @@ static void h_alerts(const mica_http_req *req, mica_http_resp *resp, void *svc)
 static void h_audit(const mica_http_req *req, mica_http_resp *resp, void *svc)
 {
 	struct call c = begin(svc, req, resp, KC_OP_AUDIT_READ);
-	const char *after = mica_http_query(req, "after");
-	const char *limit = mica_http_query(req, "limit");
 	mica_db *db = mica_db_thread();
 	PGresult *res = NULL;
 	char a[24], l[16];
+	int64_t after, limit;
 	json_t *list;
 	int err;
 	if (!allow(&c))
 		return;
-	snprintf(a, sizeof(a), "%lld", after ? strtoll(after, NULL, 10) : 0LL);
-	snprintf(l, sizeof(l), "%d", limit && atoi(limit) > 0 && atoi(limit) <= 1000 ? atoi(limit) : 1000);
+	if (query_int(&c, "after", 0, INT64_MAX, 0, &after) != 0 ||
+	    query_int(&c, "limit", 1, 1000, 1000, &limit) != 0)
+		return;
+	snprintf(a, sizeof(a), "%lld", (long long)after);
+	snprintf(l, sizeof(l), "%lld", (long long)limit);
 	const char *p[2] = {a, l};
 	err = db ? mica_db_exec(db,
 				"SELECT seq, ts_us, principal, client, op, key_name, key_version,"

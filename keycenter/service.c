@@ -96,10 +96,56 @@ out:
 	return err;
 }
 
-static int health(void *arg)
+/* ---- readiness (GET /readyz) ----------------------------------------------
+ * One function per dependency, each returning 0 or the MICA_E* code of its
+ * failure; kc_ready_checks lists them with the name /readyz reports. A new
+ * dependency is one more function and one more row. */
+
+/* The audit trail takes a record: a real append through the group-commit
+ * writer (op "readiness_probe", principal "", result "ok"), since every
+ * answer waits for exactly that. The probe runs at most once per
+ * MICA_HTTP_READY_CACHE_MS however often /readyz is asked. */
+static int ready_audit(kc_service *s)
 {
-	kc_service *s = arg;
-	return s->policy ? 0 : MICA_ESTATE;
+	kc_audit_record rec = {.principal = "", .client = "readyz", .op = "readiness_probe",
+			       .result = "ok"};
+	return kc_audit_append(s->audit, &rec, NULL) == 0 ? 0 : MICA_EAUDIT;
+}
+
+/* The token answers on a session: the audit signing key's attributes are
+ * read (no key is used). */
+static int ready_hsm(kc_service *s)
+{
+	struct kc_hsm_key_info info;
+	int err = kc_hsm_key_info(s->hsm, KC_HSM_AUDIT_LABEL, &info);
+	return err == 0 ? 0 : MICA_EHSM;
+}
+
+/* Without an active policy every request is refused. */
+static int ready_policy(kc_service *s)
+{
+	kc_policy *p = kc_policy_current(s);
+	int active = p != NULL;
+	kc_policy_unref(p);
+	return active ? 0 : MICA_ESTATE;
+}
+
+static const struct {
+	const char *dependency;
+	int (*check)(kc_service *s);
+} kc_ready_checks[] = {
+	{"audit", ready_audit},
+	{"hsm", ready_hsm},
+	{"policy", ready_policy},
+};
+
+static void ready(void *arg, mica_http_readiness *r)
+{
+	for (size_t i = 0; i < sizeof(kc_ready_checks) / sizeof(kc_ready_checks[0]); i++) {
+		int err = kc_ready_checks[i].check(arg);
+		if (err)
+			mica_http_not_ready(r, kc_ready_checks[i].dependency, err);
+	}
 }
 
 int kc_run(struct kc_config *cfg)
@@ -147,7 +193,7 @@ int kc_run(struct kc_config *cfg)
 		MICA_LOG(MICA_LOG_WARN, "keycenter: no active policy: every request is refused");
 	cfg->http.service = "keycenter";
 	cfg->http.require_client_cert = 1;
-	cfg->http.health = health;
+	cfg->http.ready = ready;
 	cfg->http.on_refusal = kc_audit_refusal;
 	if (!cfg->http.client_ca_file || !*cfg->http.client_ca_file) {
 		MICA_LOG(MICA_LOG_ERROR, "keycenter.http.client_ca_file: required (mTLS only)");

@@ -87,6 +87,15 @@ void mica_config_write_example(FILE *out, const mica_config_entry *table, size_t
 	{sec, "max_connections_per_ip", MICA_CFG_INT, 0, 100000, "64",                            \
 	 offsetof(type, m.per_ip_conns), "open connections per client address (0 = unlimited)"},  \
 	{sec, "access_log", MICA_CFG_BOOL, 0, 1, "true", offsetof(type, m.access_log),             \
-	 "one JSON log line per request"}
+	 "one JSON log line per request"},                                                        \
+	{sec, "metrics_bind", MICA_CFG_STRING, 0, 255, "127.0.0.1", offsetof(type, m.metrics_bind), \
+	 "address of the listener serving /metrics, /healthz and /readyz (empty: none; beyond"     \
+	 " loopback it needs metrics_client_ca_file)"},                                           \
+	{sec, "metrics_port", MICA_CFG_INT, 0, 65535, "0", offsetof(type, m.metrics_port),         \
+	 "TCP port of the metrics listener (0 picks a free one, logged at start)"},               \
+	{sec, "metrics_client_ca_file", MICA_CFG_STRING, 0, 4096, "",                             \
+	 offsetof(type, m.metrics_client_ca_file),                                                \
+	 "PEM CA whose client certificates may scrape the metrics listener (set: mutual TLS"      \
+	 " required there)"}
 
 #endif

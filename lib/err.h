@@ -39,7 +39,8 @@
 	X(DENIED, "access_denied", "access denied")                            \
 	X(AUDIT, "audit_unavailable", "audit record could not be written")             \
 	X(PERM, "permission_denied", "permission denied")                      \
-	X(WOULDBLOCK, "would_block", "the operation would block this thread")
+	X(WOULDBLOCK, "would_block", "the operation would block this thread")  \
+	X(RANGE, "out_of_range", "value out of range")
 
 typedef enum mica_err {
 	MICA_OK = 0,

@@ -1,5 +1,6 @@
 /* http.c - HTTPS server on libmicrohttpd: routing, JSON bodies, uniform
- * errors, mTLS principals, /healthz, /metrics and the access log.
+ * errors, mTLS principals, /healthz, /readyz, /metrics on its own listener
+ * and the access log.
  * Requests flow through on_request() (once per header block, once per body
  * chunk, once at the end), dispatch() picks the route, and on_completed()
  * records metrics and the access-log line. A handler runs inline on the event
@@ -23,13 +24,24 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "db.h"
 #include "log.h"
+#include "parse.h"
 
 #define MAX_SEGMENTS 16
 #define MAX_PATH 2048
 #define DISCARD_LIMIT (8u << 20) /* bytes read past max_body before hanging up */
-#define TLS_PRIORITIES "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
+/* TLS 1.3 (whose suites are all AEAD), and TLS 1.2 only with ephemeral
+ * ECDH and an AEAD cipher: no CBC, no SHA-1 MAC, no static-RSA or
+ * finite-field DH key exchange. GnuTLS keeps its NORMAL set of groups and
+ * signature algorithms. */
+#define TLS_PRIORITIES                                                                             \
+	"NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-256-GCM:+AES-128-GCM:"        \
+	"+CHACHA20-POLY1305:-MAC-ALL:+AEAD:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA"
+/* The metrics listener: a scraper or two, and an orchestrator's probes. */
+#define METRICS_THREADS 1
+#define METRICS_MAX_CONNS 16
 
 /* Status codes that get their own metric series; others count as "other". */
 static const int metric_codes[] = {200, 201, 202, 204, 400, 401, 403, 404, 405, 409,
@@ -40,7 +52,7 @@ static const double bucket_le[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
 #define NBUCKETS (sizeof(bucket_le) / sizeof(bucket_le[0]))
 
 /* Route slots after the user's routes, for requests no route answered. */
-enum { SLOT_HEALTHZ, SLOT_METRICS, SLOT_UNMATCHED, NBUILTIN };
+enum { SLOT_HEALTHZ, SLOT_READYZ, SLOT_METRICS, SLOT_UNMATCHED, NBUILTIN };
 
 struct compiled_route {
 	int nseg;
@@ -49,15 +61,28 @@ struct compiled_route {
 	char *pattern_copy;
 };
 
-struct mica_http_server {
+/* One libmicrohttpd daemon: the public listener or the metrics one. */
+struct listener {
+	mica_http_server *srv;
 	struct MHD_Daemon *daemon;
+	char *ca_pem;	  /* client CA (PEM), or NULL: no client certificates */
+	int require_peer; /* every request needs a verified client certificate */
+	int metrics;	  /* the metrics listener: /metrics, /healthz, /readyz only */
+	int port;
+};
+
+struct mica_http_readiness {
+	json_t *failing; /* [{"dependency":..., "code":...}] */
+};
+
+struct mica_http_server {
+	struct listener pub, adm; /* adm.daemon is NULL without a metrics listener */
 	mica_http_options opt;
 	const mica_http_route *routes;
 	size_t nroutes;
 	struct compiled_route *compiled;
 	void *ctx;
-	char *cert_pem, *key_pem, *ca_pem;
-	int port;
+	char *cert_pem, *key_pem;
 	_Atomic unsigned long *counts; /* [(nroutes + NBUILTIN) * NCODES] */
 	_Atomic unsigned long hist[NBUCKETS + 1];
 	_Atomic unsigned long dur_sum_us, dur_count, inflight;
@@ -80,6 +105,14 @@ struct mica_http_server {
 	unsigned long nactive;
 	int stopping;
 	int sync_ready; /* the mutexes and condition variables above exist */
+
+	/* Readiness: one probe at a time (probe_mu, held across the probe); its
+	 * result is reused for MICA_HTTP_READY_CACHE_MS (ready_mu, never held
+	 * across anything slow, so event threads may take it). */
+	pthread_mutex_t probe_mu, ready_mu;
+	int64_t ready_at_ms; /* monotonic time of the cached result; 0: none */
+	int ready_status;    /* 200 or 503 */
+	char *ready_body;    /* the cached JSON reply */
 };
 
 /* Per TLS connection: the client certificate is verified once. */
@@ -92,11 +125,13 @@ struct conn_state {
 /* Per request. */
 struct req_state {
 	mica_http_server *srv;
+	struct listener *lst;	  /* the listener the request came in on */
 	const char *method, *url; /* borrowed from libmicrohttpd for the request's life */
 	struct timespec start;
 	char *body;
 	size_t len, cap;
 	int too_large;
+	int answered_early; /* the 413 went out on the TLS session mid-upload */
 	int queued;
 	int status;
 	size_t slot;
@@ -298,7 +333,9 @@ static enum MHD_Result refuse(struct MHD_Connection *conn, struct req_state *rs,
 	mica_http_server *srv = rs->srv;
 	const union MHD_ConnectionInfo *ci;
 	struct conn_state *cs;
-	if (resp->status >= 500 || !srv->opt.on_refusal || rs->dispatched)
+	/* The metrics listener is the operator's, not the service's API: its
+	 * refusals are not the service's to record. */
+	if (resp->status >= 500 || !srv->opt.on_refusal || rs->dispatched || rs->lst->metrics)
 		return send_resp(conn, rs, resp);
 	pthread_mutex_lock(&srv->defer_mu);
 	srv->nactive++; /* stop waits for the record as for a deferred reply */
@@ -394,16 +431,107 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
 
 /* ---- built-in routes --------------------------------------------------------- */
 
-static enum MHD_Result serve_healthz(mica_http_server *srv, struct MHD_Connection *conn,
-				     struct req_state *rs)
+/* Liveness: the process serves requests. It never asks a dependency, so an
+ * orchestrator restarts a daemon only when the daemon itself is stuck. */
+static enum MHD_Result serve_healthz(struct MHD_Connection *conn, struct req_state *rs)
 {
 	mica_http_resp resp = {0};
-	int err = srv->opt.health ? srv->opt.health(srv->ctx) : 0;
-	if (err)
-		mica_http_reply_error(&resp, 503, "unavailable", "not ready: %s", mica_strerror(err));
-	else
-		mica_http_reply_json(&resp, 200, json_pack("{s:s}", "status", "ok"));
+	mica_http_reply_json(&resp, 200, json_pack("{s:s}", "status", "ok"));
 	return send_resp(conn, rs, &resp);
+}
+
+void mica_http_not_ready(mica_http_readiness *r, const char *dependency, int err)
+{
+	if (!r || !r->failing || !dependency)
+		return;
+	json_array_append_new(r->failing, json_pack("{s:s,s:s}", "dependency", dependency, "code",
+						    mica_strerror(err)));
+}
+
+/* Copies the cached readiness reply into |resp| if it is fresh. Returns 1
+ * when it did. */
+static int ready_cached(mica_http_server *srv, mica_http_resp *resp)
+{
+	int hit = 0;
+	pthread_mutex_lock(&srv->ready_mu);
+	if (srv->ready_body && mica_clock_ms() - srv->ready_at_ms < MICA_HTTP_READY_CACHE_MS) {
+		char *body = strdup(srv->ready_body);
+		mica_http_reply_raw(resp, srv->ready_status, "application/json", body,
+				    body ? strlen(body) : 0);
+		hit = 1;
+	}
+	pthread_mutex_unlock(&srv->ready_mu);
+	return hit;
+}
+
+/* Runs the service's probe and builds the /readyz reply:
+ *   200 {"status":"ready"}
+ *   503 {"status":"unavailable","failing":[{"dependency":D,"code":C},...],
+ *        "error":{"code":"unavailable","message":"not ready: D (C), ..."}} */
+static json_t *probe_readiness(mica_http_server *srv, int *status)
+{
+	mica_http_readiness r = {.failing = json_array()};
+	char msg[512] = "not ready:";
+	size_t i;
+	json_t *f;
+
+	if (!r.failing)
+		return NULL;
+	srv->opt.ready(srv->ctx, &r);
+	if (json_array_size(r.failing) == 0) {
+		json_decref(r.failing);
+		*status = 200;
+		return json_pack("{s:s}", "status", "ready");
+	}
+	json_array_foreach(r.failing, i, f)
+	{
+		size_t n = strlen(msg);
+		snprintf(msg + n, sizeof(msg) - n, "%s %s (%s)", i ? "," : "",
+			 json_string_value(json_object_get(f, "dependency")),
+			 json_string_value(json_object_get(f, "code")));
+	}
+	*status = 503;
+	return json_pack("{s:s,s:o,s:{s:s,s:s}}", "status", "unavailable", "failing", r.failing,
+			 "error", "code", "unavailable", "message", msg);
+}
+
+/* The /readyz handler (on the blocking pool when there is one): a fresh
+ * cached result, or the probe's, which it caches. A change of state is
+ * logged, so the log says when and why a daemon stopped being ready. */
+static void readyz_handler(const mica_http_req *req, mica_http_resp *resp, void *ctx)
+{
+	mica_http_server *srv = ((struct req_state *)req->impl)->srv;
+	int status = 503, was;
+	json_t *body;
+	char *text;
+	(void)ctx;
+
+	pthread_mutex_lock(&srv->probe_mu);
+	if (ready_cached(srv, resp)) { /* another request probed meanwhile */
+		pthread_mutex_unlock(&srv->probe_mu);
+		return;
+	}
+	body = probe_readiness(srv, &status);
+	text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+	json_decref(body);
+	if (!text) {
+		pthread_mutex_unlock(&srv->probe_mu);
+		mica_http_reply_error(resp, 500, "internal_error", "out of memory");
+		return;
+	}
+	pthread_mutex_lock(&srv->ready_mu);
+	was = srv->ready_body ? srv->ready_status : 200;
+	free(srv->ready_body);
+	srv->ready_body = strdup(text);
+	srv->ready_status = status;
+	srv->ready_at_ms = mica_clock_ms();
+	pthread_mutex_unlock(&srv->ready_mu);
+	pthread_mutex_unlock(&srv->probe_mu);
+	if (status != was)
+		MICA_LOG(status == 200 ? MICA_LOG_INFO : MICA_LOG_WARN, "http: %s is %s: %s",
+			 srv->opt.service ? srv->opt.service : "mica",
+			 status == 200 ? "ready again" : "not ready", text);
+	mica_http_reply_raw(resp, status, "application/json", text, strlen(text));
 }
 
 static const char *slot_name(const mica_http_server *srv, size_t slot)
@@ -413,12 +541,17 @@ static const char *slot_name(const mica_http_server *srv, size_t slot)
 	switch (slot - srv->nroutes) {
 	case SLOT_HEALTHZ:
 		return "/healthz";
+	case SLOT_READYZ:
+		return "/readyz";
 	case SLOT_METRICS:
 		return "/metrics";
 	default:
 		return "none"; /* answered before or without routing */
 	}
 }
+
+static enum MHD_Result reply_not_allowed(struct MHD_Connection *conn, struct req_state *rs,
+					 const char *allow, const char *method);
 
 static enum MHD_Result serve_metrics(mica_http_server *srv, struct MHD_Connection *conn,
 				     struct req_state *rs)
@@ -681,6 +814,51 @@ static enum MHD_Result run_on_pool(mica_http_server *srv, struct req_state *rs)
 	return MHD_YES;
 }
 
+/* Whether |ct| (a Content-Type value, may be NULL) is application/json,
+ * case-insensitively, alone or followed by parameters (";charset=utf-8").
+ * "application/json-seq" and "application/jsonx" are other types. */
+static int is_json_media_type(const char *ct)
+{
+	static const char type[] = "application/json";
+	if (!ct || strncasecmp(ct, type, sizeof(type) - 1) != 0)
+		return 0;
+	ct += sizeof(type) - 1;
+	while (*ct == ' ' || *ct == '\t')
+		ct++;
+	return *ct == '\0' || *ct == ';';
+}
+
+/* Hands |req| to |fn|: on the blocking pool when |blocking|, else inline
+ * on this event thread. */
+static enum MHD_Result start_handler(mica_http_server *srv, struct MHD_Connection *conn,
+				     struct req_state *rs, mica_http_req *req, mica_http_handler fn,
+				     int blocking)
+{
+	pthread_mutex_lock(&srv->defer_mu);
+	if (srv->stopping) {
+		pthread_mutex_unlock(&srv->defer_mu);
+		json_decref(req->json);
+		return send_error(conn, rs, 503, "unavailable", "the server is shutting down");
+	}
+	srv->nactive++;
+	pthread_mutex_unlock(&srv->defer_mu);
+	rs->req = *req;
+	rs->fn = fn;
+	rs->dispatched = 1;
+	rs->running = 1;
+	if (blocking)
+		return run_on_pool(srv, rs);
+	in_event_handler = 1;
+	fn(&rs->req, &rs->resp, srv->ctx);
+	in_event_handler = 0;
+	if (rs->rerun) {
+		rs->rerun = 0;
+		atomic_fetch_add(&srv->moved, 1);
+		return run_on_pool(srv, rs);
+	}
+	return handler_returned(srv, rs, 1);
+}
+
 /* Enforces the route's body and peer requirements, then runs the handler. */
 static enum MHD_Result run_route(mica_http_server *srv, struct MHD_Connection *conn,
 				 struct req_state *rs, size_t i, mica_http_req *req)
@@ -691,7 +869,9 @@ static enum MHD_Result run_route(mica_http_server *srv, struct MHD_Connection *c
 		const char *ct =
 			MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
 		json_error_t jerr;
-		if (ct && strncasecmp(ct, "application/json", 16) != 0)
+		/* A body without a Content-Type is not JSON by declaration: a
+		 * form post a browser sends cross-site must not be read as JSON. */
+		if ((ct || rs->len > 0) && !is_json_media_type(ct))
 			return send_error(conn, rs, 415, "unsupported_media_type",
 					  "Content-Type must be application/json");
 		if (rs->len == 0)
@@ -713,29 +893,62 @@ static enum MHD_Result run_route(mica_http_server *srv, struct MHD_Connection *c
 		return send_error(conn, rs, 500, "internal_error",
 				  "this route needs blocking threads and the server has none");
 	}
-	pthread_mutex_lock(&srv->defer_mu);
-	if (srv->stopping) {
-		pthread_mutex_unlock(&srv->defer_mu);
-		json_decref(req->json);
-		return send_error(conn, rs, 503, "unavailable", "the server is shutting down");
+	return start_handler(srv, conn, rs, req, r->fn, (r->flags & MICA_ROUTE_BLOCKING) != 0);
+}
+
+/* GET /readyz: 200 without a probe, a fresh cached result at once, else the
+ * probe on the blocking pool (inline on a server without one). */
+static enum MHD_Result serve_readyz(mica_http_server *srv, struct MHD_Connection *conn,
+				    struct req_state *rs, const char *url, const char *method)
+{
+	mica_http_resp resp = {0};
+	mica_http_req req = {0};
+
+	rs->slot = srv->nroutes + SLOT_READYZ;
+	if (!srv->opt.ready) {
+		mica_http_reply_json(&resp, 200, json_pack("{s:s}", "status", "ready"));
+		return send_resp(conn, rs, &resp);
 	}
-	srv->nactive++;
-	pthread_mutex_unlock(&srv->defer_mu);
-	rs->req = *req;
-	rs->fn = r->fn;
-	rs->dispatched = 1;
-	rs->running = 1;
-	if (r->flags & MICA_ROUTE_BLOCKING)
-		return run_on_pool(srv, rs);
-	in_event_handler = 1;
-	r->fn(&rs->req, &rs->resp, srv->ctx);
-	in_event_handler = 0;
-	if (rs->rerun) {
-		rs->rerun = 0;
-		atomic_fetch_add(&srv->moved, 1);
-		return run_on_pool(srv, rs);
+	if (ready_cached(srv, &resp))
+		return send_resp(conn, rs, &resp);
+	req.method = method;
+	req.path = url;
+	req.route = "/readyz";
+	req.client_ip = rs->ip;
+	req.request_id = rs->rid;
+	req.conn = conn;
+	req.impl = rs;
+	return start_handler(srv, conn, rs, &req, readyz_handler, srv->npool > 0);
+}
+
+/* The metrics listener: GET /metrics, /healthz and /readyz, nothing else. */
+static enum MHD_Result dispatch_metrics(mica_http_server *srv, struct MHD_Connection *conn,
+					struct req_state *rs, const char *url, const char *method,
+					struct conn_state *cs)
+{
+	int known = strcmp(url, "/metrics") == 0 || strcmp(url, "/healthz") == 0 ||
+		    strcmp(url, "/readyz") == 0;
+	if (rs->lst->require_peer && (!cs || cs->cert != 1)) {
+		if (cs && cs->cert == -1)
+			return send_error(conn, rs, 403, "client_certificate_invalid",
+					  "the client certificate is not trusted");
+		return send_error(conn, rs, 401, "client_certificate_required",
+				  "the metrics listener needs a client certificate");
 	}
-	return handler_returned(srv, rs, 1);
+	if (!known)
+		return send_error(
+		    conn, rs, 404, "not_found",
+		    "the metrics listener serves only /metrics, /healthz and /readyz");
+	if (strcmp(method, "GET") != 0)
+		return reply_not_allowed(conn, rs, "GET", method);
+	if (strcmp(url, "/healthz") == 0) {
+		rs->slot = srv->nroutes + SLOT_HEALTHZ;
+		return serve_healthz(conn, rs);
+	}
+	if (strcmp(url, "/readyz") == 0)
+		return serve_readyz(srv, conn, rs, url, method);
+	rs->slot = srv->nroutes + SLOT_METRICS;
+	return serve_metrics(srv, conn, rs);
 }
 
 static enum MHD_Result dispatch(mica_http_server *srv, struct MHD_Connection *conn,
@@ -753,22 +966,22 @@ static enum MHD_Result dispatch(mica_http_server *srv, struct MHD_Connection *co
 	if (strlen(url) >= MAX_PATH)
 		return send_error(conn, rs, 414, "uri_too_long", "the path is longer than %d bytes",
 				  MAX_PATH - 1);
-	if (strcmp(url, "/healthz") == 0 && strcmp(method, "GET") == 0) {
-		rs->slot = srv->nroutes + SLOT_HEALTHZ;
-		return serve_healthz(srv, conn, rs);
-	}
-
 	ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
 	cs = ci ? ci->socket_context : NULL;
-	if (cs && !cs->checked && srv->ca_pem)
+	if (cs && !cs->checked && rs->lst->ca_pem)
 		check_peer(conn, cs);
-	if (srv->opt.require_client_cert && (!cs || cs->cert != 1))
-		goto peer_refused;
+	if (rs->lst->metrics)
+		return dispatch_metrics(srv, conn, rs, url, method, cs);
 
-	if (strcmp(url, "/metrics") == 0 && strcmp(method, "GET") == 0) {
-		rs->slot = srv->nroutes + SLOT_METRICS;
-		return serve_metrics(srv, conn, rs);
+	/* Probes need no client certificate, so load balancers can ask. */
+	if (strcmp(url, "/healthz") == 0 && strcmp(method, "GET") == 0) {
+		rs->slot = srv->nroutes + SLOT_HEALTHZ;
+		return serve_healthz(conn, rs);
 	}
+	if (strcmp(url, "/readyz") == 0 && strcmp(method, "GET") == 0)
+		return serve_readyz(srv, conn, rs, url, method);
+	if (rs->lst->require_peer && (!cs || cs->cert != 1))
+		goto peer_refused;
 
 	if (!(copy = rs->path = strdup(url)))
 		return send_error(conn, rs, 500, "internal_error", "out of memory");
@@ -836,11 +1049,55 @@ static void client_ip(struct MHD_Connection *conn, char *out, size_t cap)
 			  (socklen_t)cap);
 }
 
+/* Writes a complete "413 body_too_large" response, with Connection: close,
+ * straight onto the connection's TLS session while the client is still
+ * uploading: libmicrohttpd 0.9.75 queues a response only before the body or
+ * after all of it, and a body far over the limit must not be read to its end.
+ * Safe because this runs on the connection's own thread between two of
+ * libmicrohttpd's reads and nothing else is ever sent on the connection after
+ * it. Returns 1 when the whole response was written, 0 when nothing was (no
+ * TLS session), -1 when only part of it was: the connection must close. */
+static int answer_too_large_now(struct MHD_Connection *conn, struct req_state *rs)
+{
+	const union MHD_ConnectionInfo *ci =
+	    MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+	char body[160], msg[512];
+	size_t off = 0;
+	int n, bl;
+
+	if (!ci || !ci->tls_session)
+		return 0;
+	bl = snprintf(body, sizeof(body),
+		      "{\"error\":{\"code\":\"body_too_large\",\"message\":\"the body exceeds the"
+		      " limit of %zu bytes\"}}",
+		      rs->srv->opt.max_body);
+	n = snprintf(msg, sizeof(msg),
+		     "HTTP/1.1 413 Content Too Large\r\nContent-Type: application/json\r\n"
+		     "X-Request-Id: %s\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s",
+		     rs->rid, bl, body);
+	if (bl < 0 || (size_t)bl >= sizeof(body) || n < 0 || (size_t)n >= sizeof(msg))
+		return 0;
+	/* The socket is non-blocking and this is an event thread, which must
+	 * not wait: a send buffer too full for a few hundred bytes (nothing
+	 * was sent on this connection yet, so only a client that stopped
+	 * reading long ago) ends the attempt and the connection. */
+	for (int tries = 0; off < (size_t)n && tries < 8; tries++) {
+		ssize_t w = gnutls_record_send((gnutls_session_t)ci->tls_session, msg + off,
+					       (size_t)n - off);
+		if (w > 0)
+			off += (size_t)w;
+		else if (w != GNUTLS_E_AGAIN && w != GNUTLS_E_INTERRUPTED)
+			break;
+	}
+	return off == (size_t)n ? 1 : -1;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
 				  const char *method, const char *version, const char *upload_data,
 				  size_t *upload_data_size, void **con_cls)
 {
-	mica_http_server *srv = cls;
+	struct listener *lst = cls;
+	mica_http_server *srv = lst->srv;
 	struct req_state *rs = *con_cls;
 	(void)version;
 
@@ -850,6 +1107,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 			return MHD_NO;
 		*con_cls = rs;
 		rs->srv = srv;
+		rs->lst = lst;
 		rs->method = method;
 		rs->url = url;
 		clock_gettime(CLOCK_MONOTONIC, &rs->start);
@@ -871,13 +1129,23 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		size_t n = *upload_data_size;
 		*upload_data_size = 0;
 		if (!rs->too_large && rs->len + n > srv->opt.max_body) {
-			/* libmicrohttpd cannot answer mid-upload, so the rest is read
-			 * and dropped and the 413 goes out at the end; a client that
-			 * keeps sending far past the limit is disconnected. */
+			/* A body without Content-Length (chunked) crossed the limit.
+			 * The 413 goes out now, on the TLS session itself, and the
+			 * rest is read and dropped for up to DISCARD_LIMIT bytes so
+			 * the client reads the answer rather than a reset; past that
+			 * the connection is closed. */
 			rs->too_large = 1;
 			free(rs->body);
 			rs->body = NULL;
 			rs->cap = 0;
+			int sent = answer_too_large_now(conn, rs);
+			if (sent < 0)
+				return MHD_NO;
+			if (sent) {
+				rs->answered_early = 1;
+				rs->status = 413;
+				rs->queued = 1; /* counted and logged as answered */
+			}
 		}
 		if (rs->too_large) {
 			rs->len += n;
@@ -898,6 +1166,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		rs->body[rs->len] = '\0';
 		return MHD_YES;
 	}
+	if (rs->answered_early) /* the 413 is out: nothing more on this connection */
+		return MHD_NO;
 	if (rs->queued)
 		return MHD_YES;
 	if (rs->dispatched) /* called again after a resume */
@@ -911,7 +1181,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 			 enum MHD_RequestTerminationCode toe)
 {
-	mica_http_server *srv = cls;
+	mica_http_server *srv = ((struct listener *)cls)->srv;
 	struct req_state *rs = *con_cls;
 	struct timespec end;
 	double secs;
@@ -933,10 +1203,13 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	if (srv->opt.access_log && mica_log_min_level <= MICA_LOG_INFO) {
 		char ip[64];
 		mica_log_set_request_id(rs->rid);
-		MICA_LOG_BUFFERED(MICA_LOG_INFO, "access route=%s status=%d dur_ms=%.3f client=%s%s",
-			 slot_name(srv, rs->slot), rs->queued ? rs->status : 0, secs * 1e3,
-			 mica_mask_ip(ip, sizeof(ip), rs->ip),
-			 toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted=1");
+		MICA_LOG_BUFFERED(MICA_LOG_INFO,
+				  "access route=%s status=%d dur_ms=%.3f client=%s%s",
+				  slot_name(srv, rs->slot), rs->queued ? rs->status : 0, secs * 1e3,
+				  mica_mask_ip(ip, sizeof(ip), rs->ip),
+				  toe == MHD_REQUEST_TERMINATED_COMPLETED_OK || rs->answered_early
+				      ? ""
+				      : " aborted=1");
 		mica_log_set_request_id(NULL);
 	}
 	if (rs->dispatched) {
@@ -977,6 +1250,7 @@ void mica_http_options_default(mica_http_options *opt)
 	opt->max_conns = 1024;
 	opt->per_ip_conns = 64;
 	opt->access_log = 1;
+	opt->metrics_bind = "127.0.0.1";
 }
 
 /* Stops the blocking pool after it ran everything queued. */
@@ -1001,8 +1275,16 @@ static int sync_init(mica_http_server *srv)
 		goto no_pool_cv;
 	if (pthread_cond_init(&srv->defer_cv, NULL))
 		goto no_defer_cv;
+	if (pthread_mutex_init(&srv->probe_mu, NULL))
+		goto no_probe_mu;
+	if (pthread_mutex_init(&srv->ready_mu, NULL))
+		goto no_ready_mu;
 	srv->sync_ready = 1;
 	return 0;
+no_ready_mu:
+	pthread_mutex_destroy(&srv->probe_mu);
+no_probe_mu:
+	pthread_cond_destroy(&srv->defer_cv);
 no_defer_cv:
 	pthread_cond_destroy(&srv->pool_cv);
 no_pool_cv:
@@ -1012,12 +1294,24 @@ no_defer_mu:
 	return MICA_ENOMEM;
 }
 
+/* Stops both listeners; their threads are gone when this returns. */
+static void stop_daemons(mica_http_server *srv)
+{
+	if (srv->adm.daemon)
+		MHD_stop_daemon(srv->adm.daemon);
+	if (srv->pub.daemon)
+		MHD_stop_daemon(srv->pub.daemon);
+	srv->adm.daemon = srv->pub.daemon = NULL;
+}
+
 static void server_free(mica_http_server *srv)
 {
 	if (!srv)
 		return;
 	if (srv->sync_ready) {
 		pool_stop(srv);
+		pthread_mutex_destroy(&srv->ready_mu);
+		pthread_mutex_destroy(&srv->probe_mu);
 		pthread_cond_destroy(&srv->defer_cv);
 		pthread_cond_destroy(&srv->pool_cv);
 		pthread_mutex_destroy(&srv->defer_mu);
@@ -1034,7 +1328,9 @@ static void server_free(mica_http_server *srv)
 		explicit_bzero(srv->key_pem, strlen(srv->key_pem));
 		free(srv->key_pem);
 	}
-	free(srv->ca_pem);
+	free(srv->pub.ca_pem);
+	free(srv->adm.ca_pem);
+	free(srv->ready_body);
 	free(srv);
 }
 
@@ -1060,14 +1356,105 @@ static int parse_bind(const char *bind, int port, struct sockaddr_storage *ss, i
 	return MICA_EINVAL;
 }
 
+static int is_loopback(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET)
+		return (ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr) >> 24) == 127;
+	return ss->ss_family == AF_INET6 &&
+	       IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)ss)->sin6_addr);
+}
+
+/* Starts one listener's libmicrohttpd daemon on |ss| (already parsed). */
+static int listener_start(mica_http_server *srv, struct listener *l,
+			  const struct sockaddr_storage *ss, int v6, unsigned int threads,
+			  unsigned int max_conns, unsigned int per_ip, const char *bind)
+{
+	const mica_http_options *opt = &srv->opt;
+	const union MHD_DaemonInfo *di;
+	unsigned int flags = MHD_USE_TLS | MHD_USE_ERROR_LOG | (v6 ? MHD_USE_IPv6 : 0) |
+			     MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME;
+	/* Settings given only when used, as an END-terminated option array. */
+	struct MHD_OptionItem optional[3];
+	int nopt = 0;
+
+	l->srv = srv;
+	if (l->ca_pem)
+		optional[nopt++] =
+		    (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_TRUST, 0, l->ca_pem};
+	if (threads > 1)
+		optional[nopt++] =
+		    (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, threads, NULL};
+	optional[nopt] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+	/* One option and its arguments per line. */
+	/* clang-format off */
+	l->daemon = MHD_start_daemon(
+		flags, 0, NULL, NULL, on_request, l,
+		MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, srv,
+		MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)ss,
+		MHD_OPTION_HTTPS_MEM_CERT, srv->cert_pem,
+		MHD_OPTION_HTTPS_MEM_KEY, srv->key_pem,
+		MHD_OPTION_HTTPS_PRIORITIES, TLS_PRIORITIES,
+		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)opt->timeout_s,
+		MHD_OPTION_CONNECTION_LIMIT, max_conns,
+		MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip,
+		MHD_OPTION_NOTIFY_COMPLETED, on_completed, l,
+		MHD_OPTION_NOTIFY_CONNECTION, on_connection, l,
+		MHD_OPTION_ARRAY, optional,
+		MHD_OPTION_END);
+	/* clang-format on */
+	if (!l->daemon) {
+		MICA_LOG(MICA_LOG_ERROR, "http: cannot listen on %s port %d", bind,
+			 ntohs(ss->ss_family == AF_INET
+				   ? ((const struct sockaddr_in *)ss)->sin_port
+				   : ((const struct sockaddr_in6 *)ss)->sin6_port));
+		return MICA_EIO;
+	}
+	di = MHD_get_daemon_info(l->daemon, MHD_DAEMON_INFO_BIND_PORT);
+	l->port = di ? di->port : 0;
+	MICA_LOG(MICA_LOG_INFO, "http: %s %s on https://%s:%d (mTLS %s)",
+		 opt->service ? opt->service : "mica",
+		 l->metrics ? "metrics listening" : "listening", bind, l->port,
+		 l->require_peer ? "required"
+		 : l->ca_pem	 ? "optional"
+				 : "off");
+	return 0;
+}
+
+/* Reads the metrics listener's settings: *on 0 when there is none. */
+static int metrics_setup(mica_http_server *srv, struct sockaddr_storage *ss, int *v6, int *on)
+{
+	const mica_http_options *opt = &srv->opt;
+	const char *ca = opt->metrics_client_ca_file;
+	*on = opt->metrics_bind && *opt->metrics_bind;
+	if (!*on)
+		return 0;
+	if (parse_bind(opt->metrics_bind, opt->metrics_port, ss, v6) != 0) {
+		MICA_LOG(MICA_LOG_ERROR, "http: metrics_bind %s / metrics_port %d: not an address",
+			 opt->metrics_bind, opt->metrics_port);
+		return MICA_EINVAL;
+	}
+	if (ca && *ca && !(srv->adm.ca_pem = read_file(ca))) {
+		MICA_LOG(MICA_LOG_ERROR, "http: cannot read metrics_client_ca_file %s", ca);
+		return MICA_ETLS;
+	}
+	if (!srv->adm.ca_pem && !is_loopback(ss)) {
+		MICA_LOG(MICA_LOG_ERROR,
+			 "http: metrics_bind %s is not a loopback address, so"
+			 " metrics_client_ca_file is required (mutual TLS)",
+			 opt->metrics_bind);
+		return MICA_EINVAL;
+	}
+	srv->adm.metrics = 1;
+	srv->adm.require_peer = srv->adm.ca_pem != NULL;
+	return 0;
+}
+
 int mica_http_start(mica_http_server **out, const mica_http_options *opt,
 		    const mica_http_route *routes, size_t nroutes, void *ctx)
 {
 	mica_http_server *srv = NULL;
-	struct sockaddr_storage ss;
-	int v6 = 0, err;
-	unsigned int flags;
-	const union MHD_DaemonInfo *di;
+	struct sockaddr_storage ss, mss;
+	int v6 = 0, mv6 = 0, metrics_on = 0, err;
 
 	*out = NULL;
 	if (!opt || !opt->cert_file || !opt->key_file || !opt->bind || opt->max_body == 0)
@@ -1097,14 +1484,18 @@ int mica_http_start(mica_http_server **out, const mica_http_options *opt,
 			 opt->cert_file);
 		goto fail;
 	}
-	if (opt->client_ca_file && *opt->client_ca_file && !(srv->ca_pem = read_file(opt->client_ca_file))) {
+	if (opt->client_ca_file && *opt->client_ca_file &&
+	    !(srv->pub.ca_pem = read_file(opt->client_ca_file))) {
 		MICA_LOG(MICA_LOG_ERROR, "http: cannot read client CA %s", opt->client_ca_file);
 		goto fail;
 	}
-	if (opt->require_client_cert && !srv->ca_pem) {
+	if (opt->require_client_cert && !srv->pub.ca_pem) {
 		err = MICA_EINVAL;
 		goto fail;
 	}
+	srv->pub.require_peer = opt->require_client_cert;
+	if ((err = metrics_setup(srv, &mss, &mv6, &metrics_on)) != 0)
+		goto fail;
 
 	if (opt->blocking_threads > 0) {
 		err = MICA_ENOMEM;
@@ -1115,52 +1506,48 @@ int mica_http_start(mica_http_server **out, const mica_http_options *opt,
 				goto fail;
 	}
 
-	flags = MHD_USE_TLS | MHD_USE_ERROR_LOG | (v6 ? MHD_USE_IPv6 : 0) |
-		MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME;
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	unsigned int threads = opt->threads > 0 ? (unsigned)opt->threads : ncpu > 0 ? (unsigned)ncpu : 1;
-	/* Settings given only when used, as an END-terminated option array. */
-	struct MHD_OptionItem optional[3];
-	int nopt = 0;
-	if (srv->ca_pem)
-		optional[nopt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_TRUST, 0, srv->ca_pem};
-	if (threads > 1)
-		optional[nopt++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, threads, NULL};
-	optional[nopt] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
-	srv->daemon = MHD_start_daemon(
-		flags, 0, NULL, NULL, on_request, srv,
-		MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, srv,
-		MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-		MHD_OPTION_HTTPS_MEM_CERT, srv->cert_pem,
-		MHD_OPTION_HTTPS_MEM_KEY, srv->key_pem,
-		MHD_OPTION_HTTPS_PRIORITIES, TLS_PRIORITIES,
-		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)opt->timeout_s,
-		MHD_OPTION_CONNECTION_LIMIT, (unsigned int)opt->max_conns,
-		MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)opt->per_ip_conns,
-		MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
-		MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv,
-		MHD_OPTION_ARRAY, optional,
-		MHD_OPTION_END);
-	if (!srv->daemon) {
-		MICA_LOG(MICA_LOG_ERROR, "http: cannot listen on %s port %d", opt->bind, opt->port);
-		err = MICA_EIO;
+	if ((err = listener_start(srv, &srv->pub, &ss, v6, threads, (unsigned)opt->max_conns,
+				  (unsigned)opt->per_ip_conns, opt->bind)) != 0 ||
+	    (metrics_on && (err = listener_start(srv, &srv->adm, &mss, mv6, METRICS_THREADS,
+						 METRICS_MAX_CONNS, 0, opt->metrics_bind)) != 0))
 		goto fail;
-	}
-	di = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_BIND_PORT);
-	srv->port = di ? di->port : opt->port;
-	MICA_LOG(MICA_LOG_INFO, "http: %s listening on https://%s:%d (mTLS %s)",
-		 opt->service ? opt->service : "mica", opt->bind, srv->port,
-		 opt->require_client_cert ? "required" : srv->ca_pem ? "optional" : "off");
 	*out = srv;
 	return 0;
 fail:
+	if (srv->pub.daemon || srv->adm.daemon)
+		stop_daemons(srv);
 	server_free(srv);
 	return err;
 }
 
 int mica_http_port(const mica_http_server *srv)
 {
-	return srv->port;
+	return srv->pub.port;
+}
+
+int mica_http_metrics_port(const mica_http_server *srv)
+{
+	return srv->adm.daemon ? srv->adm.port : 0;
+}
+
+int mica_http_param_int64(const mica_http_req *req, const char *name, int64_t min, int64_t max,
+			  int64_t *out)
+{
+	const char *v = mica_http_param(req, name);
+	return v ? mica_parse_int64(v, min, max, out) : MICA_EINVAL;
+}
+
+int mica_http_query_int64(const mica_http_req *req, const char *name, int64_t min, int64_t max,
+			  int64_t def, int64_t *out)
+{
+	const char *v = mica_http_query(req, name);
+	if (!v) {
+		*out = def;
+		return 0;
+	}
+	return mica_parse_int64(v, min, max, out);
 }
 
 void mica_http_stop(mica_http_server *srv)
@@ -1175,7 +1562,6 @@ void mica_http_stop(mica_http_server *srv)
 	while (srv->nactive > 0)
 		pthread_cond_wait(&srv->defer_cv, &srv->defer_mu);
 	pthread_mutex_unlock(&srv->defer_mu);
-	if (srv->daemon)
-		MHD_stop_daemon(srv->daemon);
+	stop_daemons(srv);
 	server_free(srv);
 }

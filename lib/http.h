@@ -3,10 +3,17 @@
  * Wraps libmicrohttpd (GnuTLS backend) with a routing table (method + path
  * pattern with {params}), JSON request bodies under a size limit, uniform JSON
  * errors {"error":{"code":"snake_case","message":"..."}}, TLS only (there is no
- * plaintext mode), optional mutual TLS whose verified client-certificate
- * common name is the request's principal, idle/slow-client timeouts, per-IP
- * connection limits, built-in GET /healthz and GET /metrics (Prometheus text),
- * and a JSON access log.
+ * plaintext mode; TLS 1.3, and TLS 1.2 with ECDHE and AES-GCM or
+ * ChaCha20-Poly1305 only), optional mutual TLS whose verified
+ * client-certificate common name is the request's principal,
+ * idle/slow-client timeouts, per-IP connection limits, built-in GET /healthz
+ * (liveness) and GET /readyz (readiness: the service's dependencies), and a
+ * JSON access log.
+ *
+ * Two listeners: the public one serves the routes, /healthz and /readyz; the
+ * metrics listener (loopback by default, mutual TLS when it is bound
+ * elsewhere) serves GET /metrics (Prometheus text) and copies of /healthz and
+ * /readyz, and nothing else. /metrics is not served on the public listener.
  *
  * Threads: connections are served by an epoll thread pool (one event thread
  * per CPU). A handler runs on the event thread that read its request unless
@@ -18,19 +25,22 @@
  * defers its reply instead of blocking: mica_http_defer(), then
  * mica_http_finish() from whichever thread learns the outcome. One that
  * finds it must block after all (a cache miss) hands its request to the
- * blocking pool, where it runs again: mica_http_run_blocking().
+ * blocking pool, where it runs again: mica_http_run_blocking(). The
+ * readiness probe runs on the blocking pool too (inline when there is none).
  *
  * Built-in error codes (stable, documented in docs/api/errors.md):
  *   400 malformed_json, missing_body, body_not_object
  *   401 client_certificate_required     403 client_certificate_invalid
  *   404 not_found   405 method_not_allowed (with Allow)   413 body_too_large
- *   415 unsupported_media_type   500 internal_error   503 unavailable
+ *   414 uri_too_long   415 unsupported_media_type   500 internal_error
+ *   503 unavailable (also /readyz when a dependency fails)
  */
 #ifndef MICA_HTTP_H
 #define MICA_HTTP_H
 
 #include <jansson.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "err.h"
 
@@ -72,11 +82,20 @@ typedef struct mica_http_resp {
 /* A reply that comes later (mica_http_defer(), on_refusal). */
 typedef struct mica_http_deferred mica_http_deferred;
 
+/* What a readiness probe reports into (see mica_http_options.ready). */
+typedef struct mica_http_readiness mica_http_readiness;
+
+/* How long a readiness result is reused. */
+#define MICA_HTTP_READY_CACHE_MS 1000
+
 typedef void (*mica_http_handler)(const mica_http_req *req, mica_http_resp *resp, void *ctx);
 
 enum {
-	MICA_ROUTE_JSON = 1 << 0,  /* body must be a JSON object: 400/415 otherwise */
-	MICA_ROUTE_PEER = 1 << 1,  /* a verified client certificate is required */
+	MICA_ROUTE_JSON = 1 << 0,     /* body must be a JSON object sent with Content-Type
+				       * application/json (parameters such as charset
+				       * allowed): 415 for any other or no Content-Type,
+				       * 400 for a missing or malformed body */
+	MICA_ROUTE_PEER = 1 << 1,     /* a verified client certificate is required */
 	MICA_ROUTE_BLOCKING = 1 << 2, /* the handler may block (database, Key Center,
 				       * Argon2id ...): it runs on the blocking pool */
 };
@@ -95,7 +114,7 @@ typedef struct mica_http_options {
 	const char *cert_file;     /* PEM server certificate chain (required) */
 	const char *key_file;      /* PEM private key (required) */
 	const char *client_ca_file;/* PEM CA that signs client certificates, or NULL */
-	int require_client_cert;   /* 1: every route (but /healthz) needs a peer */
+	int require_client_cert;   /* 1: every route (but /healthz, /readyz) needs a peer */
 	size_t max_body;           /* bytes; larger bodies get 413 */
 	int timeout_s;             /* idle connection timeout */
 	int threads;               /* event threads (0 = number of CPUs) */
@@ -104,9 +123,21 @@ typedef struct mica_http_options {
 	int max_conns;             /* total connection limit */
 	int per_ip_conns;          /* connection limit per client address (0 = none) */
 	int access_log;            /* 1: one JSON log line per request */
-	/* Optional readiness probe for /healthz: return 0 when ready, or a
-	 * MICA_E* code (reported as 503 with that code). */
-	int (*health)(void *ctx);
+	/* The metrics listener: GET /metrics, /healthz and /readyz only.
+	 * Empty |metrics_bind| (or NULL) starts none. A |metrics_bind| that is
+	 * not a loopback address (127.0.0.0/8, ::1) needs
+	 * |metrics_client_ca_file|; with one, every request on this listener
+	 * needs a client certificate that chains to it. */
+	const char *metrics_bind;	    /* default "127.0.0.1" */
+	int metrics_port;		    /* 0 picks a free port; see mica_http_metrics_port() */
+	const char *metrics_client_ca_file; /* PEM CA, or NULL/"" (loopback only) */
+	/* Optional readiness probe behind GET /readyz. It calls
+	 * mica_http_not_ready() once per failing dependency and returns; no
+	 * call means ready. It may block (it runs on the blocking pool when
+	 * the server has one), one probe runs at a time, and its result is
+	 * reused for MICA_HTTP_READY_CACHE_MS, so probing /readyz often costs
+	 * the dependencies nothing more. */
+	void (*ready)(void *ctx, mica_http_readiness *r);
 	/* Optional hook called before the server itself refuses a request
 	 * (4xx built-in errors: certificates, routing, bodies) with what is
 	 * known of it; |peer| and |client_ip| may be NULL, the strings are
@@ -123,18 +154,29 @@ typedef struct mica_http_options {
 typedef struct mica_http_server mica_http_server;
 
 /* Fills |opt| with defaults: bind 127.0.0.1, port 0, 1 MiB body limit, 30 s
- * timeout, CPU-count threads, 1024 connections, 64 per IP, access log on. */
+ * timeout, CPU-count threads, 1024 connections, 64 per IP, access log on,
+ * metrics listener on 127.0.0.1 port 0. */
 void mica_http_options_default(mica_http_options *opt);
 
 /* Starts listening. |routes| (and the strings in it) and |ctx| are borrowed
  * and must outlive the server. Returns 0 and sets *out, MICA_EINVAL for a bad
- * route table or missing certificate, MICA_ETLS if the certificate, key or CA
- * cannot be loaded, MICA_EIO if the socket cannot be bound. */
+ * route table, a missing certificate or a metrics listener bound beyond
+ * loopback without a client CA (logged, naming the setting), MICA_ETLS if
+ * the certificate, key or a CA cannot be loaded, MICA_EIO if a socket cannot
+ * be bound. */
 int mica_http_start(mica_http_server **out, const mica_http_options *opt,
 		    const mica_http_route *routes, size_t nroutes, void *ctx) MICA_WUR;
 
 /* The port actually bound (useful with port 0). */
 int mica_http_port(const mica_http_server *srv);
+
+/* The port the metrics listener bound, or 0 when there is none. */
+int mica_http_metrics_port(const mica_http_server *srv);
+
+/* Called by a readiness probe for each dependency that fails: |dependency|
+ * is a short stable name ("database", "audit", "hsm", ...; copied) and |err|
+ * the MICA_E* code of the failure, reported as mica_strerror(err). */
+void mica_http_not_ready(mica_http_readiness *r, const char *dependency, int err);
 
 /* Stops accepting, runs the blocking handlers already queued, waits until
  * every deferred request is finished, then frees. NULL is fine. */
@@ -192,5 +234,17 @@ const char *mica_http_header(const mica_http_req *req, const char *name);
 /* The decoded value of query-string argument |name|, or NULL. Borrowed,
  * valid during the handler call. */
 const char *mica_http_query(const mica_http_req *req, const char *name);
+
+/* Path parameter |name| as an integer in [min, max] (mica_parse_int64()
+ * rules): 0 and *out set, MICA_EINVAL (absent or not an integer) or
+ * MICA_ERANGE (an integer outside the range, also beyond int64). */
+int mica_http_param_int64(const mica_http_req *req, const char *name, int64_t min, int64_t max,
+			  int64_t *out) MICA_WUR;
+
+/* Query argument |name| as an integer in [min, max]: *out = |def| and 0 when
+ * the argument is absent, else as mica_http_param_int64() (an empty value,
+ * "?limit=", is MICA_EINVAL). */
+int mica_http_query_int64(const mica_http_req *req, const char *name, int64_t min, int64_t max,
+			  int64_t def, int64_t *out) MICA_WUR;
 
 #endif

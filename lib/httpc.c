@@ -148,6 +148,10 @@ static int perform_once(mica_httpc *c, const char *method, const char *url, cons
 	curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
 	curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
 	curl_easy_setopt(h, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+	/* The same suites the server offers (lib/http.c): a peer that can
+	 * only do CBC or static RSA is refused at the handshake. */
+	curl_easy_setopt(h, CURLOPT_SSL_CIPHER_LIST, MICA_TLS12_CIPHERS);
+	curl_easy_setopt(h, CURLOPT_TLS13_CIPHERS, MICA_TLS13_CIPHERS);
 	if (c->cert) {
 		curl_easy_setopt(h, CURLOPT_SSLCERT, c->cert);
 		curl_easy_setopt(h, CURLOPT_SSLKEY, c->key);

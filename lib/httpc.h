@@ -3,7 +3,8 @@
  * A mica_httpc is one thread's client: it keeps its connections alive between
  * calls (a small per-handle pool), presents a client certificate for mutual
  * TLS, verifies the server against a CA file, enforces connect and total
- * timeouts, and retries idempotent calls with jittered exponential backoff on
+ * timeouts, offers only AEAD TLS suites (MICA_TLS12_CIPHERS, TLS 1.3), and
+ * retries idempotent calls with jittered exponential backoff on
  * transport errors and 502/503/504. Non-idempotent calls are never retried.
  * A handle must not be shared between threads; make one per thread.
  */
@@ -14,6 +15,16 @@
 #include <stddef.h>
 
 #include "err.h"
+
+/* The TLS suites the client offers (OpenSSL names): TLS 1.3, and TLS 1.2
+ * only with ECDHE and AES-GCM or ChaCha20-Poly1305, as the server. Any
+ * other libcurl user in mica (SMTP, webhooks) should set the same. */
+#define MICA_TLS12_CIPHERS                                                                         \
+	"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"                               \
+	"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"                               \
+	"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+#define MICA_TLS13_CIPHERS                                                                         \
+	"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 
 typedef struct mica_httpc_options {
 	const char *ca_file;     /* PEM CA the server must chain to (required) */

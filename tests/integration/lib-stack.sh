@@ -13,8 +13,9 @@
 #                                 auditor, account a service with account-* keys
 #   stack_kc_init POLICY_FILE     mica keycenter init (the harness token, --force) on $DB;
 #                                 the audit public key goes to $W/audit.pem
-#   stack_kc_env PORT             prints the MICA_KEYCENTER_* assignments of a Key Center on
-#                                 PORT using $DB (one per line, for an array)
+#   stack_kc_env PORT [MPORT]     prints the MICA_KEYCENTER_* assignments of a Key Center on
+#                                 PORT (metrics listener on MPORT, default a free one) using $DB
+#                                 (one per line, for an array)
 #   stack_start NAME URL CMD...   start CMD (env assignments allowed first) in the background,
 #                                 output appended to $W/NAME.log, pid in STACK_PID[NAME]; wait
 #                                 (30 s at most) until URL/healthz answers 200
@@ -161,6 +162,7 @@ stack_kc_env() {
 	printf '%s\n' \
 		MICA_LOG_LEVEL=info \
 		"MICA_KEYCENTER_HTTP_PORT=$1" \
+		"MICA_KEYCENTER_HTTP_METRICS_PORT=${2:-0}" \
 		"MICA_KEYCENTER_HTTP_CERT_FILE=$MICA_CERT_SERVER" \
 		"MICA_KEYCENTER_HTTP_KEY_FILE=$MICA_KEY_SERVER" \
 		"MICA_KEYCENTER_HTTP_CLIENT_CA_FILE=$MICA_CA" \
@@ -176,7 +178,8 @@ stack_kc_env() {
 # started on a free port with the account service's three keys (created by admin), an ALTCHA key
 # in $W/altcha.key, and ACCT_ENV: the environment of a mica-account on a free port against them,
 # with small Argon2id parameters, the development outbox and the breached-password fixtures.
-# Sets KPORT KURL KC_ENV APORT AURL ACCT_ENV; needs KC_BIN. A test appends its own settings to
+# Sets KPORT KURL KMURL KC_ENV APORT AURL AMURL ACCT_ENV (KMURL and AMURL: the metrics listeners);
+# needs KC_BIN. A test appends its own settings to
 # ACCT_ENV (for env, a later assignment of a name wins).
 stack_account_setup() {
 	local k st
@@ -185,10 +188,16 @@ stack_account_setup() {
 	stack_kc_init "$W/policy.json"
 	mica_free_port KPORT
 	mica_free_port APORT
+	mica_free_port KMPORT
+	mica_free_port AMPORT
 	KURL="https://localhost:$KPORT"
-	# shellcheck disable=SC2034 # AURL and ACCT_ENV are for the sourcing test
+	# shellcheck disable=SC2034 # AURL, the metrics URLs and ACCT_ENV are for the sourcing test
 	AURL="https://localhost:$APORT"
-	mapfile -t KC_ENV < <(stack_kc_env "$KPORT")
+	# shellcheck disable=SC2034
+	KMURL="https://localhost:$KMPORT"
+	# shellcheck disable=SC2034
+	AMURL="https://localhost:$AMPORT"
+	mapfile -t KC_ENV < <(stack_kc_env "$KPORT" "$KMPORT")
 	stack_start keycenter "$KURL" "${KC_ENV[@]}" "$KC_BIN" --config deploy/mica.conf.example
 	for k in account-pii account-index account-pepper; do
 		st="$(curl -sS -o "$W/body" -w '%{http_code}' --cacert "$MICA_CA" --cert "$MICA_CERT_ADMIN" \
@@ -201,6 +210,7 @@ stack_account_setup() {
 	ACCT_ENV=(
 		MICA_LOG_LEVEL=info
 		"MICA_ACCOUNT_HTTP_PORT=$APORT"
+		"MICA_ACCOUNT_HTTP_METRICS_PORT=$AMPORT"
 		"MICA_ACCOUNT_HTTP_CERT_FILE=$MICA_CERT_SERVER"
 		"MICA_ACCOUNT_HTTP_KEY_FILE=$MICA_KEY_SERVER"
 		"MICA_ACCOUNT_HTTP_CLIENT_CA_FILE=$MICA_CA"

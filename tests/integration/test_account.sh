@@ -20,6 +20,8 @@
 #   7. account deletion (outbox event account.deleted)
 #   8. least privilege between the account and Key Center database roles
 #   9. rehash on login when the Argon2id cost rises; unusual login rate
+#  10. readiness: /readyz names the Key Center while it is down (/healthz stays 200); /metrics
+#      only on the loopback metrics listener; session ids beyond int64; JSON without Content-Type
 # Everything it starts is stopped and its database dropped on exit, whatever happens.
 set -euo pipefail
 
@@ -402,7 +404,7 @@ expect 200 - POST /v1/login "$(login_body alice@example.com "$PW_A" dev-alice)"
 (($(last_seen) >= t + 100)) || fail "a login left a 2-minute-old last_seen"
 ok "a login from a trusted device refreshes its last_seen at most once a minute"
 # Between requests the request threads' PostgreSQL connections wait idle on the shared stack.
-metrics="$(curl -sS --cacert "$MICA_CA" "$AURL/metrics")" || fail "GET /metrics failed"
+metrics="$(curl -sS --cacert "$MICA_CA" "$AMURL/metrics")" || fail "GET /metrics failed"
 grep -Eq '^mica_db_connections\{service="account",state="idle"\} [1-9][0-9]*$' <<<"$metrics" &&
 	grep -q '^mica_db_connections{service="account",state="busy"} ' <<<"$metrics" ||
 	fail "no idle database connections in /metrics: $(grep mica_db_ <<<"$metrics")"
@@ -659,6 +661,10 @@ grep -qi '^WWW-Authenticate: Bearer' "$W/headers" || fail "no WWW-Authenticate: 
 expect 404 unknown_session -t "$T1" DELETE "/v1/sessions/$S2"
 expect 404 unknown_session -t "$T1" DELETE /v1/sessions/999999
 expect 400 bad_session_id -t "$T1" DELETE /v1/sessions/abc
+# strtoll clamped an id beyond int64 to the largest one and answered 404 as for a real lookup.
+expect 400 session_id_out_of_range -t "$T1" DELETE /v1/sessions/9223372036854775808
+expect 400 session_id_out_of_range -t "$T1" DELETE /v1/sessions/0
+expect 404 unknown_session -t "$T1" DELETE /v1/sessions/9223372036854775807
 expect 401 invalid_token GET /v1/sessions
 expect 401 invalid_token -t short GET /v1/sessions
 ok "a revoked session fails on the very next request (PostgreSQL and a Redis tombstone)"
@@ -671,7 +677,7 @@ mica_free_port APORT2
 AURL_A="$AURL" AURL_B="https://localhost:$APORT2"
 # It also seals at most two hashes per pepper data key (and not by age), and has no
 # breached-password list; both are checked below.
-stack_start account2 "$AURL_B" "${ACCT_ENV[@]}" "MICA_ACCOUNT_HTTP_PORT=$APORT2" \
+stack_start account2 "$AURL_B" "${ACCT_ENV[@]}" "MICA_ACCOUNT_HTTP_PORT=$APORT2" MICA_ACCOUNT_HTTP_METRICS_PORT=0 \
 	MICA_ACCOUNT_PASSWORD_PEPPER_KEY_MAX_SEALS=2 MICA_ACCOUNT_PASSWORD_PEPPER_KEY_MAX_AGE_S=3600 \
 	MICA_ACCOUNT_PASSWORD_BLOCKLIST_DIR= "$ACCT_BIN" --config deploy/mica.conf.example
 expect 200 - POST /v1/login "$(login_body alice@example.com "$PW_A2" dev-alice)"
@@ -1047,7 +1053,7 @@ grep -q 'account.recycling.mode: must be local or http' "$W/recycling.log" ||
 	fail "start-up error: $(tail -n 3 "$W/recycling.log")"
 mica_free_port APORT3
 AURL_C="https://localhost:$APORT3"
-stack_start account3 "$AURL_C" "${ACCT_ENV[@]}" "MICA_ACCOUNT_HTTP_PORT=$APORT3" \
+stack_start account3 "$AURL_C" "${ACCT_ENV[@]}" "MICA_ACCOUNT_HTTP_PORT=$APORT3" MICA_ACCOUNT_HTTP_METRICS_PORT=0 \
 	MICA_ACCOUNT_RECYCLING_MODE=http "MICA_ACCOUNT_RECYCLING_URL=https://localhost:$CPORT/v1/recycled" \
 	"$ACCT_BIN" --config deploy/mica.conf.example
 AURL="$AURL_C"
@@ -1160,6 +1166,45 @@ SU="$(jget stepup_id)"
 expect 200 - POST "/v1/stepup/$SU/send" '{"method": "sms"}'
 expect 200 - POST "/v1/stepup/$SU/verify" "{\"code\": \"$(code_for +8613900000001)\"}"
 ok "the hash was upgraded to m=19456 at login; an unusual login rate asked for a step-up"
+
+# ---------------------------------------------------------------------------------------------
+step="10 readiness and metrics"
+# probe URL: status of URL (no client certificate), body in $W/probe.
+probe() { curl -sS --max-time 20 --cacert "$MICA_CA" -o "$W/probe" -w '%{http_code}' "$1" || fail "curl $1"; }
+# readyz_until STATUS: /readyz results are reused for a second; poll for up to 15 s.
+readyz_until() {
+	local deadline=$((SECONDS + 15)) st
+	until st="$(probe "$AURL/readyz")" && [[ "$st" == "$1" ]]; do
+		((SECONDS < deadline)) || fail "/readyz $st, want $1: $(cat "$W/probe")"
+		sleep 0.2
+	done
+}
+readyz_until 200
+grep -qx '{"status":"ready"}' "$W/probe" || fail "/readyz: $(cat "$W/probe")"
+stack_stop keycenter
+readyz_until 503
+[[ "$(jq -c .failing "$W/probe")" == '[{"dependency":"keycenter","code":"http_error"}]' ]] ||
+	fail "/readyz with the Key Center down: $(cat "$W/probe")"
+[[ "$(probe "$AMURL/readyz")" == 503 ]] || fail "metrics listener /readyz: $(cat "$W/probe")"
+[[ "$(probe "$AURL/healthz")" == 200 ]] || fail "/healthz with the Key Center down: $(cat "$W/probe")"
+ok "the Key Center down: /readyz 503 naming it, /healthz 200"
+stack_start keycenter "$KURL" "${KC_ENV[@]}" "$KC_BIN" --config deploy/mica.conf.example
+readyz_until 200
+ok "the Key Center back: /readyz 200"
+# /metrics with its per-route login failure counts is not on the public listener.
+[[ "$(probe "$AURL/metrics")" == 404 ]] || fail "public /metrics: $(cat "$W/probe")"
+[[ "$(probe "$AMURL/metrics")" == 200 ]] || fail "metrics listener: $(cat "$W/probe")"
+grep -q '^mica_http_requests_total{service="account",route="/v1/login",method="POST",code="403"} ' \
+	"$W/probe" || fail "login counts: $(grep requests_total "$W/probe" | head)"
+[[ "$(probe "$AMURL/v1/session")" == 404 ]] || fail "the metrics listener served a route"
+ok "/metrics 404 on $AURL, served on $AMURL"
+# A JSON body without Content-Type is not JSON (a cross-site form post could send it).
+status="$(curl -sS --cacert "$MICA_CA" -o "$W/body" -w '%{http_code}' -H 'Content-Type:' \
+	--data-binary "$(login_body alice@example.com "$PW_A" dev-alice)" "$AURL/v1/login")" || fail "curl"
+[[ "$status" == 415 && "$(jget error.code)" == unsupported_media_type ]] ||
+	fail "login without Content-Type: $status $(cat "$W/body")"
+ok "a login body without Content-Type gets 415"
+
 stack_stop account
 stack_stop keycenter
 echo "test_account.sh: all checks passed"

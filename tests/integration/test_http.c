@@ -4,13 +4,16 @@
  * blocking handlers on their pool and deferred replies. */
 #include <arpa/inet.h>
 #include <check.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -25,7 +28,9 @@ static const char *env(const char *name)
 }
 
 static atomic_int flaky_calls;
-static int health_err;
+/* The readiness probe's failures, and what it saw of its calls. */
+static int probe_db_err, probe_audit_err;
+static atomic_int probe_calls, probe_could_block;
 
 static void hello(const mica_http_req *req, mica_http_resp *resp, void *ctx)
 {
@@ -198,10 +203,15 @@ static void on_refusal(void *ctx, const char *method, const char *path, const ch
 
 static int use_refusal_hook;
 
-static int health(void *ctx)
+static void probe(void *ctx, mica_http_readiness *r)
 {
 	(void)ctx;
-	return health_err;
+	atomic_fetch_add(&probe_calls, 1);
+	atomic_store(&probe_could_block, mica_http_may_block());
+	if (probe_db_err)
+		mica_http_not_ready(r, "database", probe_db_err);
+	if (probe_audit_err)
+		mica_http_not_ready(r, "audit", probe_audit_err);
 }
 
 static const mica_http_route routes[] = {
@@ -224,7 +234,10 @@ static const mica_http_route routes[] = {
 #define NROUTES (sizeof(routes) / sizeof(routes[0]))
 
 static mica_http_server *srv;
-static char base[64];
+static char base[64], metrics_base[64];
+/* The metrics listener of the servers start_with() makes. */
+static const char *metrics_bind = "127.0.0.1";
+static const char *metrics_ca;
 
 static mica_http_server *start_with(int require_peer, int timeout_s, int threads,
 				    int blocking_threads)
@@ -240,12 +253,16 @@ static mica_http_server *start_with(int require_peer, int timeout_s, int threads
 	o.max_body = 1024;
 	o.timeout_s = timeout_s;
 	o.access_log = 0;
-	o.health = health;
+	o.ready = probe;
+	o.metrics_bind = metrics_bind;
+	o.metrics_client_ca_file = metrics_ca;
 	o.threads = threads;
 	o.blocking_threads = blocking_threads;
 	o.on_refusal = use_refusal_hook ? on_refusal : NULL;
 	ck_assert_int_eq(mica_http_start(&s, &o, routes, NROUTES, NULL), 0);
 	snprintf(base, sizeof(base), "https://localhost:%d", mica_http_port(s));
+	snprintf(metrics_base, sizeof(metrics_base), "https://localhost:%d",
+		 mica_http_metrics_port(s));
 	return s;
 }
 
@@ -263,6 +280,9 @@ static void teardown(void)
 {
 	mica_http_stop(srv);
 	srv = NULL;
+	metrics_bind = "127.0.0.1";
+	metrics_ca = NULL;
+	probe_db_err = probe_audit_err = 0;
 }
 
 static mica_httpc *client(const char *principal)
@@ -377,9 +397,12 @@ START_TEST(mtls_required_mode)
 	mica_httpc *anon = client(NULL), *svc = client("ADMIN");
 	json_decref(call(anon, "GET", "/healthz", NULL, 200));
 	assert_error(call(anon, "GET", "/v1/hello", NULL, 401), "client_certificate_required");
+	json_decref(call(anon, "GET", "/readyz", NULL, 200));
 	assert_error(call(anon, "GET", "/metrics", NULL, 401), "client_certificate_required");
 	assert_error(call(anon, "GET", "/v1/nothing", NULL, 401), "client_certificate_required");
 	json_decref(call(svc, "GET", "/v1/hello", NULL, 200));
+	/* Not even a trusted client reads metrics on the public listener. */
+	assert_error(call(svc, "GET", "/metrics", NULL, 404), "not_found");
 	mica_httpc_free(anon);
 	mica_httpc_free(svc);
 	mica_http_stop(strict);
@@ -462,28 +485,95 @@ START_TEST(idle_and_slow_clients_time_out)
 }
 END_TEST
 
-START_TEST(healthz_and_metrics)
+/* GET |url| (a full URL); returns the response for the caller to clean up. */
+static mica_httpc_resp get_url(mica_httpc *c, const char *url)
+{
+	mica_httpc_resp r;
+	ck_assert_int_eq(mica_httpc_request(c, "GET", url, NULL, 0, 1, &r), 0);
+	return r;
+}
+
+/* The failing dependencies of a /readyz reply as "name:code,...". */
+static void failing_list(json_t *j, char *out, size_t cap)
+{
+	size_t i, n = 0;
+	json_t *f;
+	out[0] = '\0';
+	json_array_foreach(json_object_get(j, "failing"), i, f) n +=
+	    (size_t)snprintf(out + n, cap - n, "%s%s:%s", i ? "," : "",
+			     json_string_value(json_object_get(f, "dependency")),
+			     json_string_value(json_object_get(f, "code")));
+}
+
+/* /healthz is liveness: 200 whatever the dependencies say. /readyz runs the
+ * probe (on the blocking pool, at most once per cache period) and names every
+ * failing dependency with its code. Before the fix /healthz was the probe,
+ * and a daemon whose audit trail refused writes could not say which
+ * dependency failed. */
+START_TEST(healthz_is_liveness_readyz_names_failures)
+{
+	mica_httpc *c = client(NULL);
+	char list[256];
+	json_t *j = call(c, "GET", "/readyz", NULL, 200);
+	ck_assert_str_eq(json_string_value(json_object_get(j, "status")), "ready");
+	json_decref(j);
+	ck_assert_int_eq(atomic_load(&probe_could_block), 1);
+
+	mica_http_stop(srv);
+	srv = start(0, 5);
+	probe_db_err = MICA_EDBCONN;
+	probe_audit_err = MICA_EAUDIT;
+	atomic_store(&probe_calls, 0);
+	j = call(c, "GET", "/healthz", NULL, 200);
+	ck_assert_str_eq(json_string_value(json_object_get(j, "status")), "ok");
+	json_decref(j);
+	ck_assert_int_eq(atomic_load(&probe_calls), 0);
+	for (int i = 0; i < 5; i++) {
+		j = call(c, "GET", "/readyz", NULL, 503);
+		ck_assert_str_eq(json_string_value(json_object_get(j, "status")), "unavailable");
+		failing_list(j, list, sizeof(list));
+		ck_assert_str_eq(list, "database:database_unavailable,audit:audit_unavailable");
+		ck_assert_ptr_nonnull(strstr(
+		    json_string_value(json_object_get(json_object_get(j, "error"), "message")),
+		    "audit (audit_unavailable)"));
+		assert_error(j, "unavailable");
+	}
+	/* Five asks within the cache period, one probe. */
+	ck_assert_int_eq(atomic_load(&probe_calls), 1);
+	/* The database is back; past the cache period only the audit fails. */
+	probe_db_err = 0;
+	struct timespec ts = {(MICA_HTTP_READY_CACHE_MS + 100) / 1000,
+			      (MICA_HTTP_READY_CACHE_MS + 100) % 1000 * 1000000L};
+	ck_assert_int_eq(nanosleep(&ts, NULL), 0);
+	j = call(c, "GET", "/readyz", NULL, 503);
+	failing_list(j, list, sizeof(list));
+	ck_assert_str_eq(list, "audit:audit_unavailable");
+	json_decref(j);
+	ck_assert_int_eq(atomic_load(&probe_calls), 2);
+	mica_httpc_free(c);
+}
+END_TEST
+
+/* /metrics is served only on the metrics listener (the public one answers
+ * 404: before the fix anyone could read per-route login failure rates
+ * there), which serves nothing else but the two probes. */
+START_TEST(metrics_only_on_the_metrics_listener)
 {
 	mica_httpc *c = client(NULL);
 	mica_httpc_resp r;
 	char url[128];
-	json_t *j = call(c, "GET", "/healthz", NULL, 200);
-	ck_assert_str_eq(json_string_value(json_object_get(j, "status")), "ok");
-	json_decref(j);
-	health_err = MICA_EDBCONN;
-	j = call(c, "GET", "/healthz", NULL, 503);
-	ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(json_object_get(j, "error"),
-									 "message")),
-				     "database_unavailable"));
-	assert_error(j, "unavailable");
-	health_err = 0;
 	json_decref(call(c, "GET", "/v1/hello", NULL, 200));
-	snprintf(url, sizeof(url), "%s/metrics", base);
-	ck_assert_int_eq(mica_httpc_request(c, "GET", url, NULL, 0, 1, &r), 0);
+	assert_error(call(c, "GET", "/metrics", NULL, 404), "not_found");
+	ck_assert_int_gt(mica_http_metrics_port(srv), 0);
+	ck_assert_int_ne(mica_http_metrics_port(srv), mica_http_port(srv));
+
+	snprintf(url, sizeof(url), "%s/metrics", metrics_base);
+	r = get_url(c, url);
 	ck_assert_int_eq(r.status, 200);
 	ck_assert_ptr_nonnull(strstr(r.body, "mica_http_requests_total{service=\"test\",route=\"/v1/"
 					     "hello\",method=\"GET\",code=\"200\"} 1\n"));
-	ck_assert_ptr_nonnull(strstr(r.body, "route=\"/healthz\",method=\"any\",code=\"503\"} 1\n"));
+	/* The public listener's refusal of /metrics is counted as unmatched. */
+	ck_assert_ptr_nonnull(strstr(r.body, "route=\"none\",method=\"any\",code=\"404\"} 1\n"));
 	ck_assert_ptr_nonnull(strstr(r.body, "mica_http_request_duration_seconds_count"));
 	/* This server's handlers use no database: no connection, idle or busy. */
 	ck_assert_ptr_nonnull(
@@ -491,6 +581,157 @@ START_TEST(healthz_and_metrics)
 	ck_assert_ptr_nonnull(
 	    strstr(r.body, "mica_db_connections{service=\"test\",state=\"busy\"} 0\n"));
 	mica_httpc_resp_cleanup(&r);
+
+	snprintf(url, sizeof(url), "%s/healthz", metrics_base);
+	r = get_url(c, url);
+	ck_assert_int_eq(r.status, 200);
+	mica_httpc_resp_cleanup(&r);
+	snprintf(url, sizeof(url), "%s/readyz", metrics_base);
+	r = get_url(c, url);
+	ck_assert_int_eq(r.status, 200);
+	mica_httpc_resp_cleanup(&r);
+	/* The service's routes are not on the metrics listener. */
+	snprintf(url, sizeof(url), "%s/v1/hello", metrics_base);
+	r = get_url(c, url);
+	ck_assert_int_eq(r.status, 404);
+	ck_assert_ptr_nonnull(strstr(r.body, "\"code\":\"not_found\""));
+	mica_httpc_resp_cleanup(&r);
+	snprintf(url, sizeof(url), "%s/metrics", metrics_base);
+	ck_assert_int_eq(mica_httpc_request(c, "POST", url, "{}", 2, 0, &r), 0);
+	ck_assert_int_eq(r.status, 405);
+	mica_httpc_resp_cleanup(&r);
+	mica_httpc_free(c);
+}
+END_TEST
+
+/* Beyond loopback the metrics listener needs a client CA (the server does
+ * not start without one); with one it wants a trusted certificate. */
+START_TEST(metrics_listener_mtls)
+{
+	mica_http_server *s2 = NULL;
+	mica_http_options o;
+	mica_http_options_default(&o);
+	o.cert_file = env("MICA_CERT_SERVER");
+	o.key_file = env("MICA_KEY_SERVER");
+	o.metrics_bind = "0.0.0.0";
+	ck_assert_int_eq(mica_http_start(&s2, &o, routes, NROUTES, NULL), MICA_EINVAL);
+	ck_assert_ptr_null(s2);
+	o.metrics_bind = "::";
+	ck_assert_int_eq(mica_http_start(&s2, &o, routes, NROUTES, NULL), MICA_EINVAL);
+	o.metrics_bind = "not-an-address";
+	ck_assert_int_eq(mica_http_start(&s2, &o, routes, NROUTES, NULL), MICA_EINVAL);
+	/* An empty metrics_bind starts no metrics listener. */
+	o.metrics_bind = "";
+	ck_assert_int_eq(mica_http_start(&s2, &o, routes, NROUTES, NULL), 0);
+	ck_assert_int_eq(mica_http_metrics_port(s2), 0);
+	mica_http_stop(s2);
+
+	mica_http_stop(srv);
+	metrics_ca = env("MICA_CA");
+	srv = start(0, 5);
+	mica_httpc *anon = client(NULL), *scraper = client("TEST"), *rogue = client("ROGUE");
+	mica_httpc_resp r;
+	char url[128];
+	snprintf(url, sizeof(url), "%s/metrics", metrics_base);
+	r = get_url(anon, url);
+	ck_assert_int_eq(r.status, 401);
+	ck_assert_ptr_nonnull(strstr(r.body, "client_certificate_required"));
+	mica_httpc_resp_cleanup(&r);
+	r = get_url(rogue, url);
+	ck_assert_int_eq(r.status, 403);
+	mica_httpc_resp_cleanup(&r);
+	r = get_url(scraper, url);
+	ck_assert_int_eq(r.status, 200);
+	ck_assert_ptr_nonnull(strstr(r.body, "mica_http_requests_total"));
+	mica_httpc_resp_cleanup(&r);
+	/* The public listener still answers without a certificate. */
+	json_decref(call(anon, "GET", "/v1/hello", NULL, 200));
+	mica_httpc_free(anon);
+	mica_httpc_free(scraper);
+	mica_httpc_free(rogue);
+}
+END_TEST
+
+/* A loopback TCP port nothing listens on now. */
+static int free_port(void)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t l = sizeof(a);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &l), 0);
+	close(fd);
+	return ntohs(a.sin_port);
+}
+
+/* Starts `openssl s_server -www` on loopback offering TLS 1.2 with |cipher|
+ * only, with the test server certificate, and waits until it accepts. */
+static pid_t start_s_server(const char *cipher, int *port)
+{
+	char accept_on[32];
+	const char *cert = env("MICA_CERT_SERVER"), *key = env("MICA_KEY_SERVER");
+	*port = free_port();
+	snprintf(accept_on, sizeof(accept_on), "127.0.0.1:%d", *port);
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		int null = open("/dev/null", O_RDWR);
+		dup2(null, 0), dup2(null, 1), dup2(null, 2);
+		execlp("openssl", "openssl", "s_server", "-quiet", "-www", "-accept", accept_on,
+		       "-cert", cert, "-key", key, "-tls1_2", "-cipher", cipher, (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; i < 200; i++) {
+		struct sockaddr_in a = {.sin_family = AF_INET,
+					.sin_port = htons((uint16_t)*port),
+					.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+		int fd = socket(AF_INET, SOCK_STREAM, 0), up;
+		up = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+		close(fd);
+		if (up)
+			return pid;
+		struct timespec ts = {0, 25000000};
+		nanosleep(&ts, NULL);
+	}
+	kill(pid, SIGTERM);
+	ck_abort_msg("openssl s_server did not start on %s", accept_on);
+	return -1;
+}
+
+/* The client offers only AEAD suites: a server that can do nothing but
+ * CBC-SHA1 (which the libcurl default accepted before the fix) is refused
+ * at the handshake, one with AES-GCM or ChaCha20-Poly1305 is not. */
+START_TEST(client_offers_only_aead_suites)
+{
+	static const struct {
+		const char *cipher;
+		int accepted;
+	} cases[] = {
+	    {"ECDHE-ECDSA-AES128-SHA", 0},
+	    {"ECDHE-ECDSA-AES256-SHA384", 0},
+	    {"ECDHE-ECDSA-AES128-GCM-SHA256", 1},
+	    {"ECDHE-ECDSA-CHACHA20-POLY1305", 1},
+	};
+	mica_httpc *c = client(NULL);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		int port, rc, st;
+		char url[64];
+		mica_httpc_resp r;
+		pid_t pid = start_s_server(cases[i].cipher, &port);
+		snprintf(url, sizeof(url), "https://localhost:%d/", port);
+		rc = mica_httpc_request(c, "GET", url, NULL, 0, 0, &r);
+		kill(pid, SIGTERM);
+		waitpid(pid, &st, 0);
+		if (cases[i].accepted) {
+			ck_assert_msg(rc == 0 && r.status == 200, "%s: rc %s status %ld",
+				      cases[i].cipher, mica_strerror(rc), r.status);
+		} else {
+			ck_assert_msg(rc != 0 && r.status == 0, "%s was accepted (status %ld)",
+				      cases[i].cipher, r.status);
+		}
+		mica_httpc_resp_cleanup(&r);
+	}
 	mica_httpc_free(c);
 }
 END_TEST
@@ -689,7 +930,7 @@ START_TEST(handler_moves_to_the_pool)
 	json_decref(j);
 	char url[128];
 	mica_httpc_resp r;
-	snprintf(url, sizeof(url), "%s/metrics", base);
+	snprintf(url, sizeof(url), "%s/metrics", metrics_base);
 	ck_assert_int_eq(mica_httpc_request(c, "GET", url, NULL, 0, 1, &r), 0);
 	ck_assert_ptr_nonnull(strstr(r.body, "mica_http_moved_to_pool_total{service=\"test\"} 1\n"));
 	mica_httpc_resp_cleanup(&r);
@@ -733,7 +974,10 @@ int main(void)
 	tcase_add_test(tc, retries_only_idempotent);
 	tcase_add_test(tc, client_timeout);
 	tcase_add_test(tc, idle_and_slow_clients_time_out);
-	tcase_add_test(tc, healthz_and_metrics);
+	tcase_add_test(tc, healthz_is_liveness_readyz_names_failures);
+	tcase_add_test(tc, metrics_only_on_the_metrics_listener);
+	tcase_add_test(tc, metrics_listener_mtls);
+	tcase_add_test(tc, client_offers_only_aead_suites);
 	tcase_add_test(tc, start_rejects_bad_setup);
 	tcase_add_test(tc, blocking_handler_runs_on_its_pool);
 	tcase_add_test(tc, deferred_replies);

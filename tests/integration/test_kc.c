@@ -6,7 +6,8 @@
  * threads, answering while the daemon is stopped or dead, and failing closed
  * for what it does not hold), the error mapping (wrong context, unknown key,
  * denied principal, untrusted CA) and the retry rule, counted by the daemon's
- * own /metrics while its audit trail refuses writes (503).
+ * own /metrics (on its metrics listener) while its audit trail refuses writes
+ * (503), when its /readyz names the audit trail as the failing dependency.
  */
 #include <check.h>
 #include <dirent.h>
@@ -39,7 +40,7 @@ static const char *build, *pg_admin, *ca, *cert_server, *key_server, *cert_accou
 static char dir[600];
 static char dbname[64];
 static char db_admin[2048]; /* superuser on dbname */
-static char base_url[64];
+static char base_url[64], metrics_url[64];
 static pid_t daemon_pid;
 static pid_t main_pid;
 
@@ -174,11 +175,14 @@ static int start_daemon(void)
 	snprintf(log_path, sizeof(log_path), "%s/keycenter.log", dir);
 	snprintf(conf, sizeof(conf), "%s/hsm/softhsm2.conf", dir);
 	for (int attempt = 0; attempt < 3; attempt++) {
-		int port = free_port();
-		if (port < 0)
+		int port = free_port(), mport = free_port();
+		char mport_s[16];
+		if (port < 0 || mport < 0 || mport == port)
 			return -1;
 		snprintf(port_s, sizeof(port_s), "%d", port);
+		snprintf(mport_s, sizeof(mport_s), "%d", mport);
 		snprintf(base_url, sizeof(base_url), "https://localhost:%d", port);
+		snprintf(metrics_url, sizeof(metrics_url), "https://localhost:%d", mport);
 		char pin[700];
 		snprintf(pin, sizeof(pin), "%s/pin", dir);
 		pid_t pid = fork();
@@ -189,6 +193,7 @@ static int start_daemon(void)
 				dup2(fd, 2);
 			}
 			setenv("MICA_KEYCENTER_HTTP_PORT", port_s, 1);
+			setenv("MICA_KEYCENTER_HTTP_METRICS_PORT", mport_s, 1);
 			setenv("MICA_KEYCENTER_HTTP_CERT_FILE", cert_server, 1);
 			setenv("MICA_KEYCENTER_HTTP_KEY_FILE", key_server, 1);
 			setenv("MICA_KEYCENTER_HTTP_CLIENT_CA_FILE", ca, 1);
@@ -329,7 +334,7 @@ static unsigned long metric(const char *route, int code)
 	mica_httpc_resp r;
 	char url[128], needle[256];
 	unsigned long v = 0;
-	snprintf(url, sizeof(url), "%s/metrics", base_url);
+	snprintf(url, sizeof(url), "%s/metrics", metrics_url);
 	ck_assert_ptr_nonnull(h);
 	ck_assert_int_eq(mica_httpc_request(h, "GET", url, NULL, 0, 1, &r), 0);
 	ck_assert_int_eq(r.status, 200);
@@ -736,10 +741,41 @@ START_TEST(threads_share_one_client)
 }
 END_TEST
 
+/* GET |base|/readyz; returns the status and copies the body to |body|. */
+static long readyz(const char *base, char *body, size_t cap)
+{
+	mica_httpc *h = raw_client(NULL, NULL);
+	mica_httpc_resp r;
+	char url[128];
+	long st;
+	snprintf(url, sizeof(url), "%s/readyz", base);
+	ck_assert_ptr_nonnull(h);
+	ck_assert_int_eq(mica_httpc_request(h, "GET", url, NULL, 0, 0, &r), 0);
+	st = r.status;
+	snprintf(body, cap, "%s", r.body ? r.body : "");
+	mica_httpc_resp_cleanup(&r);
+	mica_httpc_free(h);
+	return st;
+}
+
+/* Polls /readyz (public listener) until it answers |want| or 10 s pass. */
+static long readyz_until(long want, char *body, size_t cap)
+{
+	long st = 0;
+	for (int i = 0; i < 100 && st != want; i++) {
+		struct timespec t = {0, 100 * 1000000L};
+		if ((st = readyz(base_url, body, cap)) != want)
+			nanosleep(&t, NULL);
+	}
+	return st;
+}
+
 /* The audit trail refuses writes (INSERT revoked from the Key Center's
  * role), so every request gets 503 audit_unavailable: the one status that
  * makes mica_httpc retry. The daemon's own counters show how often each
- * call was sent. */
+ * call was sent. /healthz still answers 200 (the process serves) while
+ * /readyz answers 503 naming the audit trail, on both listeners; before,
+ * the one probe said 200 throughout. */
 static void audit_writable(void)
 {
 	mica_db *db = NULL;
@@ -789,9 +825,26 @@ START_TEST(only_idempotent_calls_are_retried)
 	ck_assert_uint_eq(stats(kc).requests, req0 + 1 + 1 + 3 + 3 + 3);
 	ck_assert_uint_eq(stats(kc).entries, 0);
 
+	char body[512];
+	ck_assert_int_eq(readyz_until(503, body, sizeof(body)), 503);
+	ck_assert_msg(strstr(body, "{\"dependency\":\"audit\",\"code\":\"audit_unavailable\"}") &&
+			  !strstr(body, "\"hsm\"") && !strstr(body, "\"policy\""),
+		      "readyz: %s", body);
+	ck_assert_int_eq(readyz(metrics_url, body, sizeof(body)), 503);
+	mica_httpc *h = raw_client(NULL, NULL);
+	mica_httpc_resp r;
+	char url[128];
+	snprintf(url, sizeof(url), "%s/healthz", base_url);
+	ck_assert_int_eq(mica_httpc_request(h, "GET", url, NULL, 0, 0, &r), 0);
+	ck_assert_int_eq(r.status, 200);
+	mica_httpc_resp_cleanup(&r);
+	mica_httpc_free(h);
+
 	/* Writable again: the next batch resynchronises and succeeds. */
 	audit_writable();
 	unwrap_is(kc, ct, c, dk);
+	ck_assert_int_eq(readyz_until(200, body, sizeof(body)), 200);
+	ck_assert_str_eq(body, "{\"status\":\"ready\"}");
 
 	free(ct);
 	free(secret_ct);

@@ -10,8 +10,10 @@
 #      keys, HMAC, batches, oversized batch, malformed JSON
 #   5. min_decryption_version refusing old ciphertexts, with its alert
 #   6. dual control for key deletion and policy changes, and the alerts of item 6 of the issue
-#   7. audit fail closed (INSERT revoked -> 503 and nothing else), the role's append-only rights,
-#      export and offline verification
+#   7. audit fail closed (INSERT revoked -> 503 and nothing else, /readyz names the audit trail
+#      while /healthz stays 200), the role's append-only rights, export and offline verification;
+#      /metrics only on the loopback metrics listener; ids and query numbers beyond int64, JSON
+#      bodies without Content-Type
 #   8. robustness: wrong PIN, missing PKCS#11 module, unknown token, database unreachable at
 #      start, a key load waiting on PostgreSQL off the event thread, database connections killed
 #      while running
@@ -64,10 +66,14 @@ PORT=""
 mica_free_port PORT
 HOOK_PORT=""
 mica_free_port HOOK_PORT
+MPORT=""
+mica_free_port MPORT
 URL="https://localhost:$PORT"
+MURL="https://localhost:$MPORT"
 KC_ENV=(
 	MICA_LOG_LEVEL=info
 	MICA_KEYCENTER_HTTP_PORT="$PORT"
+	MICA_KEYCENTER_HTTP_METRICS_PORT="$MPORT"
 	MICA_KEYCENTER_HTTP_CERT_FILE="$MICA_CERT_SERVER"
 	MICA_KEYCENTER_HTTP_KEY_FILE="$MICA_KEY_SERVER"
 	MICA_KEYCENTER_HTTP_CLIENT_CA_FILE="$MICA_CA"
@@ -466,6 +472,11 @@ expect 200 - admin GET "/v1/requests/$DEL_ID"
 [[ "$(jget status)" == applied ]] || fail "request after apply: $(cat "$W/body")"
 expect 404 unknown_request officer1 POST /v1/requests/999999/approve
 expect 400 bad_request_id officer1 POST /v1/requests/abc/approve
+# Beyond int64 strtoll clamped the id to the largest one and answered 404 as for a real lookup.
+expect 400 request_id_out_of_range officer1 POST /v1/requests/9223372036854775808/approve
+expect 400 request_id_out_of_range admin GET /v1/requests/99999999999999999999999
+expect 404 unknown_request admin GET /v1/requests/9223372036854775807
+expect 400 bad_request_id admin GET /v1/requests/12x
 
 step="6 dual control: policy change"
 expect 200 - officer1 GET /v1/policy
@@ -538,7 +549,35 @@ for q in "DELETE FROM keycenter.audit" "UPDATE keycenter.audit SET result = 'ok'
 	grep -q 'permission denied' "$W/psql.out" || fail "$q: $(cat "$W/psql.out")"
 done
 ok "mica_keycenter cannot update, delete or truncate the audit tables"
+# probe URL: the /readyz (or /healthz) status and body of URL, no client certificate.
+probe() {
+	curl -sS --max-time 10 --cacert "$MICA_CA" -o "$W/probe" -w '%{http_code}' "$1" ||
+		fail "curl $1"
+}
+# readyz_until STATUS: /readyz results are reused for a second; poll for up to 10 s.
+readyz_until() {
+	local deadline=$((SECONDS + 10)) st
+	until st="$(probe "$URL/readyz")" && [[ "$st" == "$1" ]]; do
+		((SECONDS < deadline)) || fail "/readyz $st, want $1: $(cat "$W/probe")"
+		sleep 0.1
+	done
+}
+readyz_until 200
+grep -qx '{"status":"ready"}' "$W/probe" || fail "/readyz: $(cat "$W/probe")"
 sql "$ADMIN_CI" "REVOKE INSERT ON keycenter.audit FROM mica_keycenter"
+# Before the fix /healthz said 200 here while every key operation failed; now /healthz is
+# liveness and /readyz names the dependency that failed.
+readyz_until 503
+python3 - "$W/probe" <<'PY' || fail "/readyz while the audit trail refuses writes: $(cat "$W/probe")"
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["status"] == "unavailable", r
+assert r["failing"] == [{"dependency": "audit", "code": "audit_unavailable"}], r
+assert r["error"]["code"] == "unavailable", r
+PY
+[[ "$(probe "$MURL/readyz")" == 503 ]] || fail "metrics listener /readyz: $(cat "$W/probe")"
+[[ "$(probe "$URL/healthz")" == 200 ]] || fail "/healthz while the audit fails: $(cat "$W/probe")"
+ok "$step: /readyz 503 naming the audit trail, /healthz 200"
 expect 503 audit_unavailable account POST /v1/encrypt/account-pii "{\"plaintext\": \"$PT\", \"context\": $CTX}"
 ! grep -q 'kc:v' "$W/body" || fail "a 503 carried a ciphertext: $(cat "$W/body")"
 expect 503 audit_unavailable account POST /v1/datakey/plaintext/account-pii "{\"context\": $CTX}"
@@ -556,6 +595,8 @@ expect 503 audit_unavailable account GET /v1/no-such-route
 expect 503 audit_unavailable account PUT /v1/encrypt/account-pii '{}'
 ! grep -qi "^allow:" "$W/headers" || fail "a 503 kept the 405's Allow header"
 sql "$ADMIN_CI" "GRANT INSERT ON keycenter.audit TO mica_keycenter"
+readyz_until 200
+ok "$step: /readyz 200 once the audit trail takes records again"
 expect 405 method_not_allowed account PUT /v1/encrypt/account-pii '{}'
 expect 401 client_certificate_required none GET /v1/keys/account-pii
 expect 200 - account POST /v1/encrypt/account-pii "{\"plaintext\": \"$PT\", \"context\": $CTX}"
@@ -585,6 +626,39 @@ PY
 expect 403 access_denied account GET /v1/audit
 expect 403 access_denied admin GET /v1/audit
 expect 403 access_denied officer1 GET /v1/audit
+# Query numbers are parsed strictly: atoi() turned limit=abc into the default and strtoll()
+# clamped after= beyond int64.
+expect 400 bad_query_argument auditor GET '/v1/audit?limit=abc'
+expect 400 bad_query_argument auditor GET '/v1/audit?limit=0'
+expect 400 bad_query_argument auditor GET '/v1/audit?limit=1001'
+expect 400 bad_query_argument auditor GET '/v1/audit?after=9223372036854775808'
+expect 400 bad_query_argument auditor GET '/v1/audit?after=-1'
+expect 400 bad_query_argument auditor GET '/v1/alerts?after=1x'
+expect 200 - auditor GET '/v1/audit?after=9223372036854775807&limit=1000'
+[[ "$(jget records.#)" == 0 ]] || fail "records after the largest seq: $(cat "$W/body")"
+
+step="7 JSON bodies need their Content-Type"
+st="$(curl -sS --cacert "$MICA_CA" --cert "$MICA_CERT_ACCOUNT" --key "$MICA_KEY_ACCOUNT" -o "$W/body" \
+	-w '%{http_code}' -H 'Content-Type:' --data-binary "{\"plaintext\": \"$PT\", \"context\": $CTX}" \
+	"$URL/v1/encrypt/account-pii")" || fail "curl without Content-Type"
+[[ "$st" == 415 && "$(jget error.code)" == unsupported_media_type ]] ||
+	fail "JSON body without Content-Type: $st $(cat "$W/body")"
+ok "$step: a JSON body without Content-Type gets 415 unsupported_media_type"
+
+step="7 metrics on their own listener"
+# Per-route status counts were public before; now the public listener answers 404 (recorded
+# like any other refusal) and the metrics listener, on loopback, serves them.
+expect 404 not_found auditor GET /metrics
+expect 401 client_certificate_required none GET /metrics
+st="$(curl -sS --cacert "$MICA_CA" -o "$W/metrics" -w '%{http_code}' "$MURL/metrics")" ||
+	fail "curl $MURL/metrics"
+[[ "$st" == 200 ]] || fail "metrics listener: $st $(cat "$W/metrics")"
+grep -q '^mica_http_requests_total{service="keycenter",route="/v1/encrypt/{name}",method="POST",code="503"} ' \
+	"$W/metrics" || fail "metrics: $(grep requests_total "$W/metrics" | head)"
+ok "$step: /metrics 404 on the public listener, 200 on $MURL"
+st="$(curl -sS --cacert "$MICA_CA" -o "$W/body" -w '%{http_code}' "$MURL/v1/keys/account-pii")" ||
+	fail "curl $MURL/v1/keys"
+[[ "$st" == 404 ]] || fail "the metrics listener served a route: $st $(cat "$W/body")"
 
 step="7 audit export and verify"
 stop_kc
