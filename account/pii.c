@@ -1,13 +1,15 @@
 /* pii.c - personal data through the Key Center: login identifiers are
  * normalised, looked up by HMAC blind index (key account-index) and stored
  * encrypted (key account-pii) bound to {service, table, column, row}, so a
- * value copied to another row or column does not decrypt. */
+ * value copied to another row or column does not decrypt. Client networks
+ * are kept only as the same keyed HMAC, never as an unkeyed hash that trying
+ * every /24 would reverse. */
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <arpa/inet.h>
 
 #include "account/account.h"
 #include "crypto.h"
@@ -74,8 +76,8 @@ int acct_blind_index_with(mica_kc *kc, const char *index_key, const char *kind, 
 
 static json_t *context(const char *table, const char *column, const char *row)
 {
-	return json_pack("{s:s,s:s,s:s,s:s}", "service", "account", "table", table, "column", column,
-			 "row", row);
+	return json_pack("{s:s,s:s,s:s,s:s}", "service", "account", "table", table, "column",
+			 column, "row", row);
 }
 
 int acct_pii_seal(acct_service *s, const char *table, const char *column, const char *row,
@@ -125,10 +127,19 @@ void acct_hash_hex(const char *domain, const char *value, char out[65])
 	out[0] = '\0';
 	if (c && EVP_DigestInit_ex(c, mica_md_sha256(), NULL) == 1 &&
 	    EVP_DigestUpdate(c, domain, strlen(domain) + 1) == 1 &&
-	    EVP_DigestUpdate(c, value, strlen(value)) == 1 && EVP_DigestFinal_ex(c, md, NULL) == 1 &&
-	    mica_hex_encode(md, sizeof(md), out, 65) == 0)
+	    EVP_DigestUpdate(c, value, strlen(value)) == 1 &&
+	    EVP_DigestFinal_ex(c, md, NULL) == 1 && mica_hex_encode(md, sizeof(md), out, 65) == 0)
 		out[64] = '\0';
 	EVP_MD_CTX_free(c);
+}
+
+int acct_network_hash(acct_service *s, const char *ip, char **out, char legacy[65])
+{
+	char net[64];
+	acct_network_of(ip, net, sizeof(net));
+	if (legacy)
+		acct_hash_hex("mica-network", net, legacy);
+	return acct_blind_index(s, "network", net, out);
 }
 
 void acct_network_of(const char *ip, char *out, size_t cap)
@@ -144,4 +155,32 @@ void acct_network_of(const char *ip, char *out, size_t cap)
 	} else {
 		snprintf(out, cap, "unknown");
 	}
+}
+
+/* A device's place: its account and device hash. */
+static void device_row(int64_t user_id, const char *device_hash, char out[96])
+{
+	snprintf(out, 96, "%lld:%.64s", (long long)user_id, device_hash);
+}
+
+int acct_device_name_seal(acct_service *s, int64_t user_id, const char *device_hash,
+			  const char *name, char **out)
+{
+	char row[96];
+	*out = NULL;
+	if (!*name)
+		return (*out = strdup("")) ? 0 : MICA_ENOMEM;
+	device_row(user_id, device_hash, row);
+	return acct_seal(s, s->records, "device", "name", row, name, out);
+}
+
+int acct_device_name_open(acct_service *s, int64_t user_id, const char *device_hash,
+			  const char *stored, char **out)
+{
+	char row[96];
+	*out = NULL;
+	if (!acct_is_sealed(stored)) /* "" or a row written before names were sealed */
+		return (*out = strdup(stored)) ? 0 : MICA_ENOMEM;
+	device_row(user_id, device_hash, row);
+	return acct_unseal(s, s->records, "device", "name", row, stored, out);
 }
