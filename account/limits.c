@@ -23,7 +23,15 @@ static _Atomic int last_kv_error;
 static void note(int err)
 {
 	int down = err == MICA_EKVCONN || err == MICA_ECONFIG || err == MICA_ENOMEM;
-	atomic_store(&last_kv_error, down ? err : 0);
+	int was = atomic_exchange(&last_kv_error, down ? err : 0);
+	/* Logged once per change, not per request. */
+	if (down && !was)
+		MICA_LOG(MICA_LOG_ERROR,
+			 "account: Redis is unreachable (%s): captcha, login-rate and code limits"
+			 " refuse their requests with 503 until it is back",
+			 mica_strerror(err));
+	else if (!down && was)
+		MICA_LOG(MICA_LOG_INFO, "account: Redis is reachable again: security limits count");
 }
 
 bool acct_limits_ready(const char **why)
