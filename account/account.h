@@ -73,7 +73,7 @@ struct acct_fail {
 	json_t *extra;
 };
 int acct_failf(struct acct_fail *f, int status, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+	__attribute__((format(printf, 4, 5)));
 /* Maps an unexpected error of a dependency to 503/500. */
 int acct_fail_internal(struct acct_fail *f, int err, const char *what);
 
@@ -168,8 +168,7 @@ int acct_session_open(acct_service *s, mica_db *db, int64_t user_id, const char 
 		      int *new_device) MICA_WUR;
 /* Validates "Bearer <token>" against PostgreSQL (the truth), refreshing the
  * Redis cache and a web session's idle time. MICA_EDENIED if not active. */
-int acct_session_check(acct_service *s, const char *authorization,
-		       struct acct_session *out) MICA_WUR;
+int acct_session_check(acct_service *s, const char *authorization, struct acct_session *out) MICA_WUR;
 int acct_session_touch_auth(acct_service *s, int64_t session_id) MICA_WUR;
 int acct_session_revoke(acct_service *s, int64_t user_id, int64_t session_id) MICA_WUR;
 /* Revokes every session of |user_id| but |keep| (0: none), in PG and Redis. */
@@ -183,8 +182,7 @@ int acct_session_introspect(acct_service *s, const char *token, json_t **out) MI
  * *id (malloc'd) names it. The caller has counted the request
  * (acct_code_quota). */
 int acct_code_send(acct_service *s, const char *purpose, const char *channel, const char *target,
-		   const char *target_idx, int64_t user_id, char **id,
-		   struct acct_fail *f) MICA_WUR;
+		   const char *target_idx, int64_t user_id, char **id, struct acct_fail *f) MICA_WUR;
 /* Checks and consumes code |code| of verification |id| for |purpose|; sets
  * *user_id (0 if none), target index and the verified target (malloc'd).
  * Refused: |f| says why, and the result is MICA_EAUTH for a wrong code (or
@@ -295,8 +293,7 @@ int acct_password_unseal(acct_service *s, int64_t user_id, const char *sealed, c
 int acct_password_admit(acct_service *s, const char *policy, const char *password,
 			struct acct_fail *f) MICA_WUR;
 /* *burned = 1 when |password| matches a password burned by a freeze. */
-int acct_password_burned(acct_service *s, int64_t user_id, const char *password,
-			 int *burned) MICA_WUR;
+int acct_password_burned(acct_service *s, int64_t user_id, const char *password, int *burned) MICA_WUR;
 
 /* ---- atrest.c ----------------------------------------------------------------- */
 /* Seals what rows written before sealing hold in clear or unpeppered:
@@ -359,8 +356,7 @@ struct acct_login_req {
  * Pure (no database, Redis or Key Center), for acct_login and the fuzz
  * target. 0, or |f| is the 400 answer and MICA_EINVAL returned. */
 int acct_login_parse(json_t *body, struct acct_login_req *out, struct acct_fail *f) MICA_WUR;
-int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out,
-	       struct acct_fail *f) MICA_WUR;
+int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, struct acct_fail *f) MICA_WUR;
 int acct_stepup_send(acct_service *s, const char *id, json_t *body, json_t **out,
 		     struct acct_fail *f) MICA_WUR;
 int acct_stepup_verify(acct_service *s, const char *id, json_t *body, json_t **out,
@@ -369,15 +365,13 @@ int acct_stepup_approve(acct_service *s, const struct acct_session *approver, co
 			json_t **out, struct acct_fail *f) MICA_WUR;
 /* For sensitive operations: 0 when |sess| authenticated recently enough,
  * else a step-up is created and |f| is 403 step_up_required. */
-int acct_require_recent(acct_service *s, const struct acct_session *sess,
-			struct acct_fail *f) MICA_WUR;
+int acct_require_recent(acct_service *s, const struct acct_session *sess, struct acct_fail *f) MICA_WUR;
 /* Freezes the account: status, every session revoked, password burned,
  * user notified. */
 int acct_freeze(acct_service *s, int64_t user_id, const char *reason) MICA_WUR;
 
 /* ---- settings.c ------------------------------------------------------------------ */
-int acct_me(acct_service *s, const struct acct_session *sess, json_t **out,
-	    struct acct_fail *f) MICA_WUR;
+int acct_me(acct_service *s, const struct acct_session *sess, json_t **out, struct acct_fail *f) MICA_WUR;
 int acct_password_change(acct_service *s, const struct acct_session *sess, json_t *body,
 			 json_t **out, struct acct_fail *f) MICA_WUR;
 int acct_bind_start(acct_service *s, const struct acct_session *sess, const char *what,
@@ -386,8 +380,8 @@ int acct_bind_complete(acct_service *s, const struct acct_session *sess, const c
 		       json_t *body, json_t **out, struct acct_fail *f) MICA_WUR;
 int acct_unbind(acct_service *s, const struct acct_session *sess, const char *what, json_t **out,
 		struct acct_fail *f) MICA_WUR;
-int acct_questions_set(acct_service *s, const struct acct_session *sess, json_t *body, json_t **out,
-		       struct acct_fail *f) MICA_WUR;
+int acct_questions_set(acct_service *s, const struct acct_session *sess, json_t *body,
+		       json_t **out, struct acct_fail *f) MICA_WUR;
 
 /* Security questions. An answer is stored as the Argon2id hash of its
  * normalised form (ASCII letters lower-cased, white space trimmed, each run

@@ -30,8 +30,7 @@ static char *dummy_phc;
 
 int acct_login_init(acct_service *s)
 {
-	return dummy_phc ? 0
-			 : acct_password_hash_with("mica-no-such-account", &s->argon2, &dummy_phc);
+	return dummy_phc ? 0 : acct_password_hash_with("mica-no-such-account", &s->argon2, &dummy_phc);
 }
 
 /* ---- captcha ---------------------------------------------------------------------- */
@@ -95,12 +94,10 @@ static int captcha_gate(acct_service *s, long excess, const char *kacct, const c
 		return acct_fail_internal(f, MICA_ECRYPTO, "the captcha");
 	if (payload)
 		acct_failf(f, 428, "captcha_required",
-			   "the captcha solution was rejected (%s); solve the new challenge",
-			   reason);
+			   "the captcha solution was rejected (%s); solve the new challenge", reason);
 	else
-		acct_failf(
-		    f, 428, "captcha_required",
-		    "too many failed logins: solve the challenge and send the solution as altcha");
+		acct_failf(f, 428, "captcha_required",
+			   "too many failed logins: solve the challenge and send the solution as altcha");
 	f->extra = json_pack("{s:o}", "challenge", ch);
 	return MICA_EDENIED;
 }
@@ -115,15 +112,14 @@ static json_t *stepup_methods(mica_db *db, int64_t user_id)
 	json_t *m = json_array();
 	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
 	const char *p[1] = {uid};
-	if (mica_db_exec(
-		db,
-		"SELECT phone_enc IS NOT NULL OR security_phone_enc IS NOT NULL,"
-		" email_enc IS NOT NULL OR security_email_enc IS NOT NULL,"
-		" cross_device AND EXISTS (SELECT 1 FROM account.session s JOIN account.device d"
-		" ON d.user_id = s.user_id AND d.device_hash = s.device_hash AND d.trusted"
-		" WHERE s.user_id = u.id AND s.revoked_at IS NULL AND s.expires_at > now())"
-		" FROM account.user u WHERE id = $1",
-		1, p, &res) == 0 &&
+	if (mica_db_exec(db,
+			 "SELECT phone_enc IS NOT NULL OR security_phone_enc IS NOT NULL,"
+			 " email_enc IS NOT NULL OR security_email_enc IS NOT NULL,"
+			 " cross_device AND EXISTS (SELECT 1 FROM account.session s JOIN account.device d"
+			 " ON d.user_id = s.user_id AND d.device_hash = s.device_hash AND d.trusted"
+			 " WHERE s.user_id = u.id AND s.revoked_at IS NULL AND s.expires_at > now())"
+			 " FROM account.user u WHERE id = $1",
+			 1, p, &res) == 0 &&
 	    PQntuples(res) == 1) {
 		if (strcmp(mica_db_get(res, 0, 0), "t") == 0)
 			json_array_append_new(m, json_string("sms"));
@@ -150,8 +146,7 @@ static int stepup_create(acct_service *s, const struct stepup_new *n, json_t *re
 	int err;
 	if (!db)
 		return acct_fail_internal(f, MICA_EDBCONN, "the database");
-	if ((err = mica_random(r, sizeof(r))) != 0 ||
-	    (err = mica_hex_encode(r, 16, id, sizeof(id))))
+	if ((err = mica_random(r, sizeof(r))) != 0 || (err = mica_hex_encode(r, 16, id, sizeof(id))))
 		return acct_fail_internal(f, err, "the random generator");
 	/* The name of the device waiting for step-up, sealed for this row. */
 	if (!*n->device_name)
@@ -164,15 +159,14 @@ static int stepup_create(acct_service *s, const struct stepup_new *n, json_t *re
 	snprintf(uid, sizeof(uid), "%lld", (long long)n->user_id);
 	snprintf(sid, sizeof(sid), "%lld", (long long)n->session_id);
 	snprintf(ttl, sizeof(ttl), "%d", s->cfg->stepup_ttl_s);
-	const char *p[8] = {id,	  uid,	       n->kind, n->session_id ? sid : NULL, n->device_hash,
-			    name, n->net_hash, ttl};
+	const char *p[8] = {id, uid, n->kind, n->session_id ? sid : NULL, n->device_hash, name,
+			    n->net_hash, ttl};
 	const char *q[9] = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], n->session_kind, p[7]};
-	err =
-	    mica_db_exec(db,
-			 "INSERT INTO account.stepup (id, user_id, kind, session_id, device_hash,"
-			 " device_name, network_hash, session_kind, expires_at) VALUES ($1, $2, $3,"
-			 " $4, $5, $6, $7, $8, now() + make_interval(secs => $9::int))",
-			 9, q, NULL);
+	err = mica_db_exec(db,
+			   "INSERT INTO account.stepup (id, user_id, kind, session_id, device_hash,"
+			   " device_name, network_hash, session_kind, expires_at) VALUES ($1, $2, $3,"
+			   " $4, $5, $6, $7, $8, now() + make_interval(secs => $9::int))",
+			   9, q, NULL);
 	free(name);
 	if (err)
 		return acct_fail_internal(f, err, "the database");
@@ -295,9 +289,9 @@ static void reseal(acct_service *s, int64_t user_id, const char *old, const char
 		return;
 	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
 	const char *p[3] = {uid, enc, old};
-	if (mica_db_exec(
-		db, "UPDATE account.user SET password_enc = $2 WHERE id = $1 AND password_enc = $3",
-		3, p, NULL) == 0)
+	if (mica_db_exec(db,
+			 "UPDATE account.user SET password_enc = $2 WHERE id = $1 AND password_enc = $3",
+			 3, p, NULL) == 0)
 		MICA_LOG(MICA_LOG_INFO, "account: a password hash was sealed under a data key");
 	free(enc);
 }
@@ -337,10 +331,9 @@ static void rehash(acct_service *s, int64_t user_id, const char *password)
 	    acct_password_seal(s, user_id, phc, &enc) == 0 && db) {
 		snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
 		const char *p[2] = {uid, enc};
-		if (mica_db_exec(db, "UPDATE account.user SET password_enc = $2 WHERE id = $1", 2,
-				 p, NULL) == 0)
-			MICA_LOG(MICA_LOG_INFO,
-				 "account: a password hash was upgraded to today's cost");
+		if (mica_db_exec(db, "UPDATE account.user SET password_enc = $2 WHERE id = $1", 2, p,
+				 NULL) == 0)
+			MICA_LOG(MICA_LOG_INFO, "account: a password hash was upgraded to today's cost");
 	}
 	if (phc) {
 		mica_wipe(phc, strlen(phc));
@@ -449,9 +442,8 @@ int acct_login_parse(json_t *body, struct acct_login_req *r, struct acct_fail *f
 	if (strlen(r->password) > 1024)
 		return acct_failf(f, 400, "bad_password", "the password is too long");
 	if ((r->ident = acct_ident_parse(r->login, r->norm, sizeof(r->norm))) == ACCT_ID_INVALID)
-		return acct_failf(
-		    f, 400, "bad_login",
-		    "login is a phone number (+ and digits), an email or an account id");
+		return acct_failf(f, 400, "bad_login",
+				  "login is a phone number (+ and digits), an email or an account id");
 	acct_hash_hex("mica-device", r->dev_id, r->dev_hash);
 	return 0;
 }
@@ -612,16 +604,15 @@ int acct_stepup_send(acct_service *s, const char *id, json_t *body, json_t **out
 				  "method is sms or email (trusted_device needs no code)");
 	snprintf(uid, sizeof(uid), "%lld", (long long)r.user_id);
 	const char *p[1] = {uid};
-	err = mica_db_exec(
-	    db,
-	    strcmp(method, "sms") == 0
-		? "SELECT coalesce(phone_enc, security_phone_enc), CASE WHEN phone_enc"
-		  " IS NOT NULL THEN 'phone' ELSE 'security_phone' END FROM account.user"
-		  " WHERE id = $1"
-		: "SELECT coalesce(email_enc, security_email_enc), CASE WHEN email_enc"
-		  " IS NOT NULL THEN 'email' ELSE 'security_email' END FROM account.user"
-		  " WHERE id = $1",
-	    1, p, &res);
+	err = mica_db_exec(db,
+			   strcmp(method, "sms") == 0
+				   ? "SELECT coalesce(phone_enc, security_phone_enc), CASE WHEN phone_enc"
+				     " IS NOT NULL THEN 'phone' ELSE 'security_phone' END FROM account.user"
+				     " WHERE id = $1"
+				   : "SELECT coalesce(email_enc, security_email_enc), CASE WHEN email_enc"
+				     " IS NOT NULL THEN 'email' ELSE 'security_email' END FROM account.user"
+				     " WHERE id = $1",
+			   1, p, &res);
 	if (err || PQntuples(res) != 1 || !mica_db_get(res, 0, 0)) {
 		PQclear(res);
 		return err ? acct_fail_internal(f, err, "the database")
@@ -646,8 +637,8 @@ int acct_stepup_send(acct_service *s, const char *id, json_t *body, json_t **out
 		goto out;
 	}
 	const char *q[2] = {id, vid};
-	if ((err = mica_db_exec(db, "UPDATE account.stepup SET verification_id = $2 WHERE id = $1",
-				2, q, NULL)) != 0) {
+	if ((err = mica_db_exec(db, "UPDATE account.stepup SET verification_id = $2 WHERE id = $1", 2,
+				q, NULL)) != 0) {
 		acct_fail_internal(f, err, "the database");
 		goto out;
 	}
@@ -697,8 +688,7 @@ static int stepup_close(const char *id, const char *status)
 {
 	mica_db *db = mica_db_thread();
 	const char *p[2] = {id, status};
-	return db ? mica_db_exec(db, "UPDATE account.stepup SET status = $2 WHERE id = $1", 2, p,
-				 NULL)
+	return db ? mica_db_exec(db, "UPDATE account.stepup SET status = $2 WHERE id = $1", 2, p, NULL)
 		  : MICA_EDBCONN;
 }
 
@@ -724,8 +714,8 @@ int acct_stepup_verify(acct_service *s, const char *id, json_t *body, json_t **o
 		if (!r.verification_id[0])
 			return acct_failf(f, 409, "no_code_sent",
 					  "ask for a code first: POST /v1/stepup/%s/send", id);
-		err = acct_code_verify(s, db, r.verification_id, "stepup", code, &uid, &idx,
-				       &target, &channel, f);
+		err = acct_code_verify(s, db, r.verification_id, "stepup", code, &uid, &idx, &target,
+				       &channel, f);
 		free(idx);
 		free(target);
 		free(channel);
@@ -744,10 +734,9 @@ int acct_stepup_verify(acct_service *s, const char *id, json_t *body, json_t **o
 				f->extra = NULL;
 				if ((err = acct_freeze(s, r.user_id, "failed step-up")) != 0)
 					return acct_fail_internal(f, err, "freezing the account");
-				return acct_failf(
-				    f, 423, "account_frozen",
-				    "too many failed verifications: the account is frozen;"
-				    " recover it with a password reset");
+				return acct_failf(f, 423, "account_frozen",
+						  "too many failed verifications: the account is frozen;"
+						  " recover it with a password reset");
 			}
 			return MICA_EAUTH;
 		}
@@ -792,17 +781,15 @@ int acct_stepup_approve(acct_service *s, const struct acct_session *approver, co
 		return acct_failf(f, 404, "unknown_stepup", "no such step-up");
 	snprintf(uid, sizeof(uid), "%lld", (long long)r.user_id);
 	const char *p[2] = {uid, approver->device_hash};
-	err = mica_db_exec(
-	    db,
-	    "SELECT u.cross_device AND d.trusted FROM account.user u JOIN account.device d"
-	    " ON d.user_id = u.id WHERE u.id = $1 AND d.device_hash = $2",
-	    2, p, &res);
+	err = mica_db_exec(db,
+			   "SELECT u.cross_device AND d.trusted FROM account.user u JOIN account.device d"
+			   " ON d.user_id = u.id WHERE u.id = $1 AND d.device_hash = $2",
+			   2, p, &res);
 	if (err || PQntuples(res) != 1 || strcmp(mica_db_get(res, 0, 0), "t") != 0) {
 		PQclear(res);
 		return err ? acct_fail_internal(f, err, "the database")
-			   : acct_failf(
-				 f, 403, "not_trusted_device",
-				 "approve from a trusted device with cross-device verification on");
+			   : acct_failf(f, 403, "not_trusted_device",
+					"approve from a trusted device with cross-device verification on");
 	}
 	PQclear(res);
 	if (strcmp(approver->device_hash, r.device_hash) == 0)
@@ -810,8 +797,8 @@ int acct_stepup_approve(acct_service *s, const struct acct_session *approver, co
 				  "a device cannot approve its own login");
 	snprintf(sid, sizeof(sid), "%lld", (long long)approver->id);
 	const char *q[2] = {id, sid};
-	if ((err = mica_db_exec(db, "UPDATE account.stepup SET approved_by = $2 WHERE id = $1", 2,
-				q, NULL)) != 0)
+	if ((err = mica_db_exec(db, "UPDATE account.stepup SET approved_by = $2 WHERE id = $1", 2, q,
+				NULL)) != 0)
 		return acct_fail_internal(f, err, "the database");
 	*out = json_pack("{s:b}", "approved", 1);
 	return 0;
@@ -821,7 +808,7 @@ int acct_require_recent(acct_service *s, const struct acct_session *sess, struct
 {
 	if (time(NULL) - sess->auth_at <= s->cfg->recent_auth_s)
 		return 0;
-	struct stepup_new n = {sess->user_id, sess->id,	 "sensitive", sess->device_hash, "",
-			       "-",	      sess->kind};
+	struct stepup_new n = {sess->user_id, sess->id, "sensitive", sess->device_hash, "", "-",
+			       sess->kind};
 	return stepup_create(s, &n, json_pack("[s]", "stale_authentication"), f);
 }

@@ -32,8 +32,8 @@ int acct_failf(struct acct_fail *f, int status, const char *code, const char *fm
 int acct_fail_internal(struct acct_fail *f, int err, const char *what)
 {
 	MICA_LOG(MICA_LOG_ERROR, "account: %s failed: %s", what, mica_strerror(err));
-	if (err == MICA_EDBCONN || err == MICA_EKVCONN || err == MICA_EHTTP ||
-	    err == MICA_ETIMEOUT || err == MICA_ETLS || err == MICA_EAUDIT || err == MICA_EHSM)
+	if (err == MICA_EDBCONN || err == MICA_EKVCONN || err == MICA_EHTTP || err == MICA_ETIMEOUT ||
+	    err == MICA_ETLS || err == MICA_EAUDIT || err == MICA_EHSM)
 		acct_failf(f, 503, "unavailable", "%s is unavailable; try again", what);
 	else
 		acct_failf(f, 500, "internal_error", "%s failed", what);
@@ -97,12 +97,11 @@ int acct_code_send(acct_service *s, const char *purpose, const char *channel, co
 	snprintf(ttl, sizeof(ttl), "%d", s->cfg->code_ttl_s);
 	const char *p[7] = {id, purpose, channel, target_idx, enc, user_id ? uid : NULL, hash};
 	const char *q[8] = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], ttl};
-	err =
-	    mica_db_exec(db,
-			 "INSERT INTO account.verification (id, purpose, channel, target_idx,"
-			 " target_enc, user_id, code_hash, expires_at) VALUES ($1, $2, $3, $4, $5,"
-			 " $6, $7, now() + make_interval(secs => $8::int))",
-			 8, q, NULL);
+	err = mica_db_exec(db,
+			   "INSERT INTO account.verification (id, purpose, channel, target_idx,"
+			   " target_enc, user_id, code_hash, expires_at) VALUES ($1, $2, $3, $4, $5,"
+			   " $6, $7, now() + make_interval(secs => $8::int))",
+			   8, q, NULL);
 	free(enc);
 	free(hash);
 	if (err) {
@@ -111,10 +110,10 @@ int acct_code_send(acct_service *s, const char *purpose, const char *channel, co
 	}
 	snprintf(subject, sizeof(subject), "Your mica verification code");
 	snprintf(body, sizeof(body),
-		 "Your mica verification code is %s. It expires in %d minutes. Never share it.",
-		 code, s->cfg->code_ttl_s / 60);
-	err = acct_notify_send(s->notify, db,
-			       strcmp(channel, "sms") == 0 ? ACCT_CHANNEL_SMS : ACCT_CHANNEL_EMAIL,
+		 "Your mica verification code is %s. It expires in %d minutes. Never share it.", code,
+		 s->cfg->code_ttl_s / 60);
+	err = acct_notify_send(s->notify, db, strcmp(channel, "sms") == 0 ? ACCT_CHANNEL_SMS
+									 : ACCT_CHANNEL_EMAIL,
 			       target, subject, body);
 	mica_wipe(code, sizeof(code));
 	mica_wipe(body, sizeof(body));
@@ -155,8 +154,7 @@ int acct_code_verify(acct_service *s, mica_db *db, const char *id, const char *p
 			*user_id = 0;
 		*target_idx = strdup(mica_db_get(res, 0, 1));
 		*channel = strdup(mica_db_get(res, 0, 3));
-		err =
-		    acct_pii_open(s, "verification", "target", id, mica_db_get(res, 0, 2), target);
+		err = acct_pii_open(s, "verification", "target", id, mica_db_get(res, 0, 2), target);
 		if (!err && (!*target_idx || !*channel))
 			err = MICA_ENOMEM;
 		if (err) {
@@ -169,11 +167,10 @@ int acct_code_verify(acct_service *s, mica_db *db, const char *id, const char *p
 	res = NULL;
 	/* Why not: count the attempt (committed on its own) and say which case. */
 	const char *q[2] = {id, purpose};
-	err = mica_db_exec(
-	    db,
-	    "UPDATE account.verification SET attempts = attempts + 1 WHERE id = $1"
-	    " AND purpose = $2 RETURNING attempts, expires_at > now(), consumed_at IS NULL",
-	    2, q, &res);
+	err = mica_db_exec(db,
+			   "UPDATE account.verification SET attempts = attempts + 1 WHERE id = $1"
+			   " AND purpose = $2 RETURNING attempts, expires_at > now(), consumed_at IS NULL",
+			   2, q, &res);
 	if (err)
 		goto out;
 	/* A wrong code is MICA_EAUTH; a used or expired one MICA_ESTATE, as it
@@ -209,7 +206,8 @@ out:
 
 /* ---- registration ---------------------------------------------------------------- */
 
-int acct_register_start_parse(json_t *body, struct acct_register_start_req *r, struct acct_fail *f)
+int acct_register_start_parse(json_t *body, struct acct_register_start_req *r,
+			      struct acct_fail *f)
 {
 	memset(r, 0, sizeof(*r));
 	r->phone = json_string_value(json_object_get(body, "phone"));
@@ -282,14 +280,12 @@ int acct_password_burned(acct_service *s, int64_t user_id, const char *password,
 	*burned = 0;
 	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
 	const char *p[1] = {uid};
-	err = db ? mica_db_exec(
-		       db, "SELECT password_enc FROM account.burned_password WHERE user_id = $1", 1,
-		       p, &res)
+	err = db ? mica_db_exec(db, "SELECT password_enc FROM account.burned_password WHERE user_id = $1",
+				1, p, &res)
 		 : MICA_EDBCONN;
 	for (int r = 0; err == 0 && r < PQntuples(res) && !*burned; r++) {
 		char *phc = NULL;
-		if ((err = acct_password_unseal(s, user_id, mica_db_get(res, r, 0), &phc, NULL)) !=
-		    0)
+		if ((err = acct_password_unseal(s, user_id, mica_db_get(res, r, 0), &phc, NULL)) != 0)
 			break;
 		*burned = acct_password_verify(phc, password) == 0;
 		mica_wipe(phc, strlen(phc));
@@ -331,20 +327,19 @@ static int create_account_tx(mica_db *db, void *arg)
 	/* An identifier another account holds: a phone number may move when the
 	 * carrier recycled it after that account bound it; anything else is taken. */
 	const char *p1[1] = {a->target_idx};
-	err = mica_db_exec(
-	    db,
-	    strcmp(a->kind, "phone") == 0
-		? "SELECT id, to_char(coalesce(phone_bound_at, created_at), 'YYYY-MM-DD')"
-		  " FROM account.user WHERE phone_idx = $1 FOR UPDATE"
-		: "SELECT id, '' FROM account.user WHERE email_idx = $1 FOR UPDATE",
-	    1, p1, &res);
+	err = mica_db_exec(db,
+			   strcmp(a->kind, "phone") == 0
+				   ? "SELECT id, to_char(coalesce(phone_bound_at, created_at), 'YYYY-MM-DD')"
+				     " FROM account.user WHERE phone_idx = $1 FOR UPDATE"
+				   : "SELECT id, '' FROM account.user WHERE email_idx = $1 FOR UPDATE",
+			   1, p1, &res);
 	if (err)
 		goto out;
 	if (PQntuples(res) == 1) {
 		int recycled = 0;
 		if (strcmp(a->kind, "phone") != 0 ||
-		    (err = acct_number_recycled(s, db, a->target, a->target_idx,
-						mica_db_get(res, 0, 1), &recycled)) != 0 ||
+		    (err = acct_number_recycled(s, db, a->target, a->target_idx, mica_db_get(res, 0, 1),
+						&recycled)) != 0 ||
 		    !recycled) {
 			err = err ? err : MICA_EEXISTS;
 			goto out;
@@ -352,11 +347,10 @@ static int create_account_tx(mica_db *db, void *arg)
 		if ((err = mica_db_get_int64(res, 0, 0, &a->transferred_from)) != 0)
 			goto out;
 		const char *p2[1] = {mica_db_get(res, 0, 0)};
-		if ((err =
-			 mica_db_exec(db,
-				      "UPDATE account.user SET phone_idx = NULL, phone_enc = NULL,"
-				      " phone_bound_at = NULL WHERE id = $1",
-				      1, p2, NULL)) != 0)
+		if ((err = mica_db_exec(db,
+					"UPDATE account.user SET phone_idx = NULL, phone_enc = NULL,"
+					" phone_bound_at = NULL WHERE id = $1",
+					1, p2, NULL)) != 0)
 			goto out;
 	}
 	PQclear(res);
@@ -380,12 +374,11 @@ static int create_account_tx(mica_db *db, void *arg)
 			if (!recycled)
 				continue;
 			const char *p3[1] = {mica_db_get(res, i, 0)};
-			if ((err = mica_db_exec(
-				 db,
-				 "UPDATE account.user SET security_phone_enc = NULL,"
-				 " security_phone_idx = NULL, security_phone_bound_at = NULL"
-				 " WHERE id = $1",
-				 1, p3, NULL)) != 0)
+			if ((err = mica_db_exec(db,
+						"UPDATE account.user SET security_phone_enc = NULL,"
+						" security_phone_idx = NULL, security_phone_bound_at = NULL"
+						" WHERE id = $1",
+						1, p3, NULL)) != 0)
 				goto out;
 			if (a->nlost_security < RECYCLED_MAX)
 				a->lost_security[a->nlost_security++] = id;
@@ -407,17 +400,15 @@ static int create_account_tx(mica_db *db, void *arg)
 		no_idx = NULL;
 		if ((err = acct_blind_index(s, "account_no", a->account_no, &no_idx)) != 0)
 			goto out;
-		const char *p3[4] = {no_idx, a->policy,
-				     strcmp(a->kind, "phone") == 0 ? a->target_idx : NULL,
+		const char *p3[4] = {no_idx, a->policy, strcmp(a->kind, "phone") == 0 ? a->target_idx : NULL,
 				     strcmp(a->kind, "email") == 0 ? a->target_idx : NULL};
-		err = mica_db_exec(
-		    db,
-		    "INSERT INTO account.user (account_no_enc, account_no_idx, password_enc,"
-		    " password_policy, phone_idx, email_idx, phone_bound_at)"
-		    " VALUES ('', $1, '', $2, $3::text, $4::text, CASE WHEN $3::text IS NULL"
-		    " THEN NULL ELSE now() END) ON CONFLICT (account_no_idx) DO NOTHING"
-		    " RETURNING id",
-		    4, p3, &res);
+		err = mica_db_exec(db,
+				   "INSERT INTO account.user (account_no_enc, account_no_idx, password_enc,"
+				   " password_policy, phone_idx, email_idx, phone_bound_at)"
+				   " VALUES ('', $1, '', $2, $3::text, $4::text, CASE WHEN $3::text IS NULL"
+				   " THEN NULL ELSE now() END) ON CONFLICT (account_no_idx) DO NOTHING"
+				   " RETURNING id",
+				   4, p3, &res);
 		if (err)
 			goto out;
 		if (PQntuples(res) == 1)
@@ -438,10 +429,10 @@ static int create_account_tx(mica_db *db, void *arg)
 	const char *p4[4] = {uid, no_enc, id_enc, pw_enc};
 	err = mica_db_exec(db,
 			   strcmp(a->kind, "phone") == 0
-			       ? "UPDATE account.user SET account_no_enc = $2, phone_enc = $3,"
-				 " password_enc = $4 WHERE id = $1"
-			       : "UPDATE account.user SET account_no_enc = $2, email_enc = $3,"
-				 " password_enc = $4 WHERE id = $1",
+				   ? "UPDATE account.user SET account_no_enc = $2, phone_enc = $3,"
+				     " password_enc = $4 WHERE id = $1"
+				   : "UPDATE account.user SET account_no_enc = $2, email_enc = $3,"
+				     " password_enc = $4 WHERE id = $1",
 			   4, p4, NULL);
 	if (err)
 		goto out;
@@ -455,9 +446,9 @@ static int create_account_tx(mica_db *db, void *arg)
 				3, p5, NULL)) != 0)
 		goto out;
 	const char *p6[2] = {uid, a->net_hash};
-	if ((err = mica_db_exec(
-		 db, "INSERT INTO account.network (user_id, network_hash) VALUES ($1, $2)", 2, p6,
-		 NULL)) != 0)
+	if ((err = mica_db_exec(db,
+				"INSERT INTO account.network (user_id, network_hash) VALUES ($1, $2)", 2,
+				p6, NULL)) != 0)
 		goto out;
 	err = acct_session_create(s, db, a->user_id, a->device_hash, "app", &a->token, &a->session);
 out:
@@ -481,8 +472,7 @@ static int device_of(json_t *body, char hash[65], const char **name, struct acct
 	const char *id = json_string_value(json_object_get(d, "id"));
 	*name = json_string_value(json_object_get(d, "name"));
 	if (!id || !*id || strlen(id) > 200)
-		return acct_failf(f, 400, "bad_device",
-				  "device.id (1 to 200 characters) is required");
+		return acct_failf(f, 400, "bad_device", "device.id (1 to 200 characters) is required");
 	if (!*name)
 		*name = "";
 	if (strlen(*name) > 100)
@@ -525,8 +515,8 @@ int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t
 	policy = r.policy ? r.policy : s->cfg->password_policy;
 	if ((err = acct_password_admit(s, policy, r.password, f)) != 0)
 		return err;
-	if ((err = acct_code_verify(s, db, r.verification_id, "register", r.code, &none,
-				    &target_idx, &target, &channel, f)) != 0)
+	if ((err = acct_code_verify(s, db, r.verification_id, "register", r.code, &none, &target_idx,
+				    &target, &channel, f)) != 0)
 		return err;
 	if ((err = acct_network_hash(s, ip, &net_hash, NULL)) != 0) {
 		acct_fail_internal(f, err, "the Key Center");
@@ -547,20 +537,17 @@ int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t
 		acct_fail_internal(f, err, "account creation");
 	if (!err) {
 		if (a.transferred_from) {
-			MICA_LOG(MICA_LOG_WARN,
-				 "account: a recycled phone number moved to a new account");
-			acct_notify_user(
-			    s, a.transferred_from, "Your phone number was removed",
-			    "The phone number bound to your mica account was recycled by"
-			    " the carrier and verified by a new owner. It can no longer be"
-			    " used to log in or recover your account.");
+			MICA_LOG(MICA_LOG_WARN, "account: a recycled phone number moved to a new account");
+			acct_notify_user(s, a.transferred_from, "Your phone number was removed",
+					 "The phone number bound to your mica account was recycled by"
+					 " the carrier and verified by a new owner. It can no longer be"
+					 " used to log in or recover your account.");
 		}
 		for (int i = 0; i < a.nlost_security; i++)
-			acct_notify_user(
-			    s, a.lost_security[i], "Your security phone number was removed",
-			    "The security phone number of your mica account was recycled by"
-			    " the carrier and verified by a new owner. It was removed; bind"
-			    " a new one in your security settings.");
+			acct_notify_user(s, a.lost_security[i], "Your security phone number was removed",
+					 "The security phone number of your mica account was recycled by"
+					 " the carrier and verified by a new owner. It was removed; bind"
+					 " a new one in your security settings.");
 		*out = json_pack("{s:s,s:s,s:I,s:I}", "account_id", a.account_no, "token", a.token,
 				 "session_id", (json_int_t)a.session.id, "expires_at",
 				 (json_int_t)a.session.expires_at);
@@ -597,9 +584,9 @@ static int reset_target(acct_service *s, const char *login, int64_t *user_id, ch
 	const char *p[1] = {*idx};
 	err = db ? mica_db_exec(db,
 				kind == ACCT_ID_PHONE
-				    ? "SELECT id, to_char(coalesce(phone_bound_at, created_at),"
-				      " 'YYYY-MM-DD') FROM account.user WHERE phone_idx = $1"
-				    : "SELECT id, '' FROM account.user WHERE email_idx = $1",
+					? "SELECT id, to_char(coalesce(phone_bound_at, created_at),"
+					  " 'YYYY-MM-DD') FROM account.user WHERE phone_idx = $1"
+					: "SELECT id, '' FROM account.user WHERE email_idx = $1",
 				1, p, &res)
 		 : MICA_EDBCONN;
 	if (err == 0 && PQntuples(res) == 1 && mica_db_get_int64(res, 0, 0, user_id) == 0)
@@ -644,8 +631,7 @@ int acct_reset_start(acct_service *s, json_t *body, const char *ip, json_t **out
 	    (err = acct_number_recycled(s, mica_db_thread(), norm, idx, bound, &recycled)) != 0) {
 		/* Unknown whether the number still reaches the account: no code,
 		 * and the same answer as ever (a 5xx would tell an account exists). */
-		MICA_LOG(MICA_LOG_WARN,
-			 "account: no reset code: the number-recycling check failed: %s",
+		MICA_LOG(MICA_LOG_WARN, "account: no reset code: the number-recycling check failed: %s",
 			 mica_strerror(err));
 		uid = 0;
 	} else if (uid && strcmp(channel, "sms") == 0 && recycled) {
@@ -659,14 +645,12 @@ int acct_reset_start(acct_service *s, json_t *body, const char *ip, json_t **out
 				 "UPDATE account.user SET phone_idx = NULL, phone_enc = NULL,"
 				 " phone_bound_at = NULL WHERE id = $1 AND phone_idx = $2",
 				 2, p, NULL) != 0)
-			MICA_LOG(MICA_LOG_WARN,
-				 "account: a recycled phone number could not be unbound");
+			MICA_LOG(MICA_LOG_WARN, "account: a recycled phone number could not be unbound");
 		else
-			acct_notify_user(
-			    s, uid, "Password reset refused",
-			    "Someone asked to reset your mica password with a phone number"
-			    " the carrier has recycled. The number was removed from your"
-			    " account; use your email or security contacts instead.");
+			acct_notify_user(s, uid, "Password reset refused",
+					 "Someone asked to reset your mica password with a phone number"
+					 " the carrier has recycled. The number was removed from your"
+					 " account; use your email or security contacts instead.");
 		uid = 0;
 	}
 	/* Same answer whether or not an account exists (no enumeration); a code
@@ -743,8 +727,8 @@ int acct_reset_complete(acct_service *s, json_t *body, json_t **out, struct acct
 	char u[24];
 	snprintf(u, sizeof(u), "%lld", (long long)uid);
 	const char *p[1] = {u};
-	if (mica_db_exec(db, "SELECT password_policy FROM account.user WHERE id = $1", 1, p,
-			 &res) == 0 &&
+	if (mica_db_exec(db, "SELECT password_policy FROM account.user WHERE id = $1", 1, p, &res) ==
+		    0 &&
 	    PQntuples(res) == 1)
 		snprintf(policy, sizeof(policy), "%s", mica_db_get(res, 0, 0));
 	PQclear(res);
@@ -759,8 +743,7 @@ int acct_reset_complete(acct_service *s, json_t *body, json_t **out, struct acct
 	if (err) {
 		/* The code proved the channel; a refused password must not use it up. */
 		const char *q[1] = {vid};
-		if (mica_db_exec(db,
-				 "UPDATE account.verification SET consumed_at = NULL WHERE id = $1",
+		if (mica_db_exec(db, "UPDATE account.verification SET consumed_at = NULL WHERE id = $1",
 				 1, q, NULL) != 0)
 			MICA_LOG(MICA_LOG_WARN, "account: a reset code could not be released");
 		return err;
@@ -798,8 +781,7 @@ void acct_contacts_load(acct_service *s, int64_t user_id, struct acct_contacts *
 	}
 	for (int i = 0; i < 4; i++) {
 		const char *sealed = mica_db_get(res, 0, i);
-		if (sealed && *sealed &&
-		    acct_pii_open(s, "user", cols[i], uid, sealed, &c->to[i]) != 0)
+		if (sealed && *sealed && acct_pii_open(s, "user", cols[i], uid, sealed, &c->to[i]) != 0)
 			c->to[i] = NULL;
 	}
 	PQclear(res);
@@ -811,9 +793,8 @@ void acct_contacts_send(acct_service *s, const struct acct_contacts *c, const ch
 	mica_db *db = mica_db_thread();
 	for (int i = 0; i < 4; i++)
 		if (db && c->to[i] &&
-		    acct_notify_send(s->notify, db,
-				     i % 2 == 0 ? ACCT_CHANNEL_SMS : ACCT_CHANNEL_EMAIL, c->to[i],
-				     subject, body) != 0)
+		    acct_notify_send(s->notify, db, i % 2 == 0 ? ACCT_CHANNEL_SMS : ACCT_CHANNEL_EMAIL,
+				     c->to[i], subject, body) != 0)
 			MICA_LOG(MICA_LOG_ERROR, "account: a notification could not be sent");
 }
 

@@ -59,7 +59,7 @@ static void cache_put(const char *hash, const struct acct_session *ss, int ttl)
 	mica_kv *kv = mica_kv_thread();
 	mica_auth_session as = {.user_id = ss->user_id,
 				.kind = strcmp(ss->kind, "web") == 0 ? MICA_AUTH_KIND_WEB
-								     : MICA_AUTH_KIND_APP,
+								      : MICA_AUTH_KIND_APP,
 				.auth_at = ss->auth_at,
 				.expires_at = ss->expires_at};
 	char key[MICA_AUTH_CACHE_KEY_LEN + 1], ttl_s[16], *val = NULL;
@@ -74,8 +74,7 @@ static void cache_put(const char *hash, const struct acct_session *ss, int ttl)
 	snprintf(ttl_s, sizeof(ttl_s), "%d", ttl);
 	const char *argv[6] = {"SET", key, val, "EX", ttl_s, "NX"};
 	if (mica_kv_command(kv, &r, 6, argv, NULL) != 0)
-		MICA_LOG(MICA_LOG_WARN, "account: session cache unavailable: %s",
-			 mica_kv_errmsg(kv));
+		MICA_LOG(MICA_LOG_WARN, "account: session cache unavailable: %s", mica_kv_errmsg(kv));
 	freeReplyObject(r);
 	free(val);
 }
@@ -87,9 +86,8 @@ static void cache_tombstone(acct_service *s, const char *hash)
 	static const char tomb[] = "{\"revoked\":true}";
 	cache_key(hash, key, sizeof(key));
 	if (!kv || mica_kv_set(kv, key, tomb, sizeof(tomb) - 1, TOMBSTONE_TTL) != 0)
-		MICA_LOG(MICA_LOG_ERROR,
-			 "account: could not invalidate a cached session; it expires "
-			 "with its cache TTL");
+		MICA_LOG(MICA_LOG_ERROR, "account: could not invalidate a cached session; it expires "
+					 "with its cache TTL");
 	/* Redis's invalidation would do it too; this one needs no round trip
 	 * and holds even when the SET failed. */
 	mica_kvcache_drop(s->session_cache, key);
@@ -101,17 +99,16 @@ static int cache_ttl(const struct acct_session *ss, time_t now)
 	return left > 0 ? (int)left : 0;
 }
 
-#define SESSION_COLS                                                                               \
-	"id, user_id, device_hash, kind, extract(epoch from auth_at)::bigint,"                     \
+#define SESSION_COLS                                                                          \
+	"id, user_id, device_hash, kind, extract(epoch from auth_at)::bigint,"               \
 	" extract(epoch from expires_at)::bigint"
 
 static int parse_row(PGresult *res, int row, struct acct_session *ss)
 {
 	int64_t a, e;
 	memset(ss, 0, sizeof(*ss));
-	if (mica_db_get_int64(res, row, 0, &ss->id) ||
-	    mica_db_get_int64(res, row, 1, &ss->user_id) || mica_db_get_int64(res, row, 4, &a) ||
-	    mica_db_get_int64(res, row, 5, &e))
+	if (mica_db_get_int64(res, row, 0, &ss->id) || mica_db_get_int64(res, row, 1, &ss->user_id) ||
+	    mica_db_get_int64(res, row, 4, &a) || mica_db_get_int64(res, row, 5, &e))
 		return MICA_EDB;
 	snprintf(ss->device_hash, sizeof(ss->device_hash), "%s", mica_db_get(res, row, 2));
 	snprintf(ss->kind, sizeof(ss->kind), "%s", mica_db_get(res, row, 3));
@@ -133,8 +130,8 @@ static int session_token(acct_service *s, const char *kind, char t[MICA_AUTH_TOK
 
 /* Runs |sql|, whose row starts with SESSION_COLS, into *out and hands the
  * token |t| out in *token; *res (the caller clears it) keeps the row. */
-static int session_insert(mica_db *db, const char *sql, int n, const char *const *p, const char *t,
-			  char **token, struct acct_session *out, PGresult **res)
+static int session_insert(mica_db *db, const char *sql, int n, const char *const *p,
+			  const char *t, char **token, struct acct_session *out, PGresult **res)
 {
 	int err = mica_db_exec(db, sql, n, p, res);
 	if (err || (err = parse_row(*res, 0, out)) != 0)
@@ -154,12 +151,11 @@ int acct_session_create(acct_service *s, mica_db *db, int64_t user_id, const cha
 	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
 	const char *p[5] = {hash, uid, device_hash, kind, life};
 	if ((err = session_token(s, kind, t, hash, life)) == 0)
-		err = session_insert(
-		    db,
-		    "INSERT INTO account.session (token_hash, user_id, device_hash,"
-		    " kind, expires_at) VALUES ($1, $2, $3, $4,"
-		    " now() + make_interval(secs => $5::int)) RETURNING " SESSION_COLS,
-		    5, p, t, token, out, &res);
+		err = session_insert(db,
+				     "INSERT INTO account.session (token_hash, user_id, device_hash,"
+				     " kind, expires_at) VALUES ($1, $2, $3, $4,"
+				     " now() + make_interval(secs => $5::int)) RETURNING " SESSION_COLS,
+				     5, p, t, token, out, &res);
 	mica_wipe(t, sizeof(t));
 	PQclear(res);
 	return err;
@@ -188,15 +184,14 @@ int acct_session_open(acct_service *s, mica_db *db, int64_t user_id, const char 
 		 * session, and last_seen at most once a minute. So logins of one
 		 * device do not queue on its row lock, each behind the last one's
 		 * commit. */
-		err = session_insert(
-		    db,
-		    "WITH d AS (UPDATE account.device SET last_seen = now()"
-		    " WHERE user_id = $1 AND device_hash = $2"
-		    " AND last_seen < now() - make_interval(secs => $6::int))"
-		    " INSERT INTO account.session (token_hash, user_id, device_hash,"
-		    " kind, expires_at) VALUES ($3, $1, $2, $4,"
-		    " now() + make_interval(secs => $5::int)) RETURNING " SESSION_COLS,
-		    6, pk, t, token, out, &res);
+		err = session_insert(db,
+				     "WITH d AS (UPDATE account.device SET last_seen = now()"
+				     " WHERE user_id = $1 AND device_hash = $2"
+				     " AND last_seen < now() - make_interval(secs => $6::int))"
+				     " INSERT INTO account.session (token_hash, user_id, device_hash,"
+				     " kind, expires_at) VALUES ($3, $1, $2, $4,"
+				     " now() + make_interval(secs => $5::int)) RETURNING " SESSION_COLS,
+				     6, pk, t, token, out, &res);
 	else
 		err = session_insert(
 		    db,
@@ -393,9 +388,9 @@ int acct_session_touch_auth(acct_service *s, int64_t session_id)
 		return MICA_EDBCONN;
 	snprintf(id, sizeof(id), "%lld", (long long)session_id);
 	const char *p[1] = {id};
-	err = mica_db_exec(
-	    db, "UPDATE account.session SET auth_at = now() WHERE id = $1 RETURNING token_hash", 1,
-	    p, &res);
+	err = mica_db_exec(db,
+			   "UPDATE account.session SET auth_at = now() WHERE id = $1 RETURNING token_hash",
+			   1, p, &res);
 	/* The cached copy carries auth_at: drop it so the next check refills it. */
 	if (err == 0 && PQntuples(res) == 1) {
 		mica_kv *kv = mica_kv_thread();
@@ -410,8 +405,8 @@ int acct_session_touch_auth(acct_service *s, int64_t session_id)
 }
 
 /* Revokes the rows |sql| selects and tombstones their cache entries. */
-static int revoke_where(acct_service *s, mica_db *db, const char *sql, int n, const char *const *p,
-			int *count)
+static int revoke_where(acct_service *s, mica_db *db, const char *sql, int n,
+			const char *const *p, int *count)
 {
 	PGresult *res = NULL;
 	int err = mica_db_exec(db, sql, n, p, &res);
@@ -435,11 +430,10 @@ int acct_session_revoke(acct_service *s, int64_t user_id, int64_t session_id)
 	snprintf(u, sizeof(u), "%lld", (long long)user_id);
 	snprintf(id, sizeof(id), "%lld", (long long)session_id);
 	const char *p[2] = {u, id};
-	err = revoke_where(
-	    s, db,
-	    "UPDATE account.session SET revoked_at = now() WHERE user_id = $1 AND id = $2"
-	    " AND revoked_at IS NULL RETURNING token_hash",
-	    2, p, &count);
+	err = revoke_where(s, db,
+			   "UPDATE account.session SET revoked_at = now() WHERE user_id = $1 AND id = $2"
+			   " AND revoked_at IS NULL RETURNING token_hash",
+			   2, p, &count);
 	return err ? err : count ? 0 : MICA_ENOTFOUND;
 }
 

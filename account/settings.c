@@ -34,14 +34,13 @@ int acct_me(acct_service *s, const struct acct_session *sess, json_t **out, stru
 		return err;
 	uid_text(sess->user_id, uid);
 	const char *p[1] = {uid};
-	err = mica_db_exec(
-	    db,
-	    "SELECT account_no_enc, phone_enc, email_enc, security_phone_enc,"
-	    " security_email_enc, status, cross_device, password_policy,"
-	    " password_changed_at::text, created_at::text,"
-	    " (SELECT count(*) FROM account.security_question q WHERE q.user_id = u.id)"
-	    " FROM account.user u WHERE id = $1",
-	    1, p, &res);
+	err = mica_db_exec(db,
+			   "SELECT account_no_enc, phone_enc, email_enc, security_phone_enc,"
+			   " security_email_enc, status, cross_device, password_policy,"
+			   " password_changed_at::text, created_at::text,"
+			   " (SELECT count(*) FROM account.security_question q WHERE q.user_id = u.id)"
+			   " FROM account.user u WHERE id = $1",
+			   1, p, &res);
 	if (err || PQntuples(res) != 1) {
 		PQclear(res);
 		return acct_fail_internal(f, err ? err : MICA_ENOTFOUND, "the account store");
@@ -50,11 +49,9 @@ int acct_me(acct_service *s, const struct acct_session *sess, json_t **out, stru
 	for (int c = 0; c < 5; c++) {
 		const char *sealed = mica_db_get(res, 0, c);
 		char *v = NULL;
-		if (sealed && *sealed &&
-		    (err = acct_pii_open(s, "user", cols[c], uid, sealed, &v)) != 0)
+		if (sealed && *sealed && (err = acct_pii_open(s, "user", cols[c], uid, sealed, &v)) != 0)
 			break;
-		json_object_set_new(*out, c == 0 ? "account_id" : cols[c],
-				    v ? json_string(v) : json_null());
+		json_object_set_new(*out, c == 0 ? "account_id" : cols[c], v ? json_string(v) : json_null());
 		if (v) {
 			mica_wipe(v, strlen(v));
 			free(v);
@@ -72,8 +69,7 @@ int acct_me(acct_service *s, const struct acct_session *sess, json_t **out, stru
 	json_object_set_new(*out, "password_policy", json_string(mica_db_get(res, 0, 7)));
 	json_object_set_new(*out, "password_changed_at", json_string(mica_db_get(res, 0, 8)));
 	json_object_set_new(*out, "created_at", json_string(mica_db_get(res, 0, 9)));
-	json_object_set_new(*out, "security_questions",
-			    json_integer(atoi(mica_db_get(res, 0, 10))));
+	json_object_set_new(*out, "security_questions", json_integer(atoi(mica_db_get(res, 0, 10))));
 	PQclear(res);
 	return 0;
 }
@@ -94,11 +90,10 @@ static int change_tx(mica_db *db, void *arg)
 	    (err = acct_password_seal(c->s, c->user_id, phc, &enc)) != 0)
 		goto out;
 	const char *p[2] = {uid, enc};
-	if ((err = mica_db_exec(
-		 db,
-		 "UPDATE account.user SET password_enc = $2, password_changed_at = now()"
-		 " WHERE id = $1",
-		 2, p, NULL)) != 0)
+	if ((err = mica_db_exec(db,
+				"UPDATE account.user SET password_enc = $2, password_changed_at = now()"
+				" WHERE id = $1",
+				2, p, NULL)) != 0)
 		goto out;
 	/* No session outlives a password change but the one that made it. */
 	err = acct_session_revoke_all(c->s, db, c->user_id, c->keep_session);
@@ -127,15 +122,13 @@ int acct_password_change(acct_service *s, const struct acct_session *sess, json_
 		return err;
 	uid_text(sess->user_id, uid);
 	const char *p[1] = {uid};
-	if ((err = mica_db_exec(
-		 db, "SELECT password_enc, password_policy FROM account.user WHERE id = $1", 1, p,
-		 &res)) != 0 ||
+	if ((err = mica_db_exec(db, "SELECT password_enc, password_policy FROM account.user WHERE id = $1",
+				1, p, &res)) != 0 ||
 	    PQntuples(res) != 1) {
 		PQclear(res);
 		return acct_fail_internal(f, err ? err : MICA_ENOTFOUND, "the account store");
 	}
-	if ((err = acct_password_unseal(s, sess->user_id, mica_db_get(res, 0, 0), &phc, NULL)) ==
-	    0) {
+	if ((err = acct_password_unseal(s, sess->user_id, mica_db_get(res, 0, 0), &phc, NULL)) == 0) {
 		ok = acct_password_verify(phc, cur) == 0;
 		mica_wipe(phc, strlen(phc));
 		free(phc);
@@ -153,15 +146,13 @@ int acct_password_change(acct_service *s, const struct acct_session *sess, json_
 	if ((err = acct_password_burned(s, sess->user_id, next, &burned)) != 0)
 		return acct_fail_internal(f, err, "the Key Center");
 	if (burned)
-		return acct_failf(f, 400, "password_burned",
-				  "this password can never be used again");
+		return acct_failf(f, 400, "password_burned", "this password can never be used again");
 	struct change_ctx c = {s, sess->user_id, sess->id, next};
 	if ((err = mica_db_tx(db, MICA_DB_READ_COMMITTED, change_tx, &c)) != 0)
 		return acct_fail_internal(f, err, "the password change");
-	acct_notify_user(
-	    s, sess->user_id, "Your mica password was changed",
-	    "Your password was changed and your other sessions were signed out. If this"
-	    " was not you, reset your password at once.");
+	acct_notify_user(s, sess->user_id, "Your mica password was changed",
+			 "Your password was changed and your other sessions were signed out. If this"
+			 " was not you, reset your password at once.");
 	*out = json_pack("{s:b}", "changed", 1);
 	return 0;
 }
@@ -180,8 +171,7 @@ int acct_bind_start(acct_service *s, const struct acct_session *sess, const char
 		return err;
 	const char *value = v[0].s;
 	if (acct_ident_parse(value, norm, sizeof(norm)) != (phone ? ACCT_ID_PHONE : ACCT_ID_EMAIL))
-		return acct_failf(f, 400, phone ? "bad_phone" : "bad_email", "the %s is malformed",
-				  what);
+		return acct_failf(f, 400, phone ? "bad_phone" : "bad_email", "the %s is malformed", what);
 	if ((err = acct_require_recent(s, sess, f)) != 0)
 		return err;
 	if ((err = acct_blind_index(s, what, norm, &idx)) != 0)
@@ -223,19 +213,18 @@ int acct_bind_complete(acct_service *s, const struct acct_session *sess, const c
 		goto out;
 	}
 	uid_text(sess->user_id, uid);
-	if ((err = acct_pii_seal(s, "user", phone ? "security_phone" : "security_email", uid,
-				 target, &enc)) != 0) {
+	if ((err = acct_pii_seal(s, "user", phone ? "security_phone" : "security_email", uid, target,
+				 &enc)) != 0) {
 		acct_fail_internal(f, err, "the Key Center");
 		goto out;
 	}
 	const char *p[3] = {uid, enc, idx};
-	err = mica_db_exec(
-	    db,
-	    phone ? "UPDATE account.user SET security_phone_enc = $2,"
-		    " security_phone_idx = $3, security_phone_bound_at = now() WHERE id = $1"
-		  : "UPDATE account.user SET security_email_enc = $2,"
-		    " security_email_idx = $3 WHERE id = $1",
-	    3, p, NULL);
+	err = mica_db_exec(db,
+			   phone ? "UPDATE account.user SET security_phone_enc = $2,"
+				   " security_phone_idx = $3, security_phone_bound_at = now() WHERE id = $1"
+				 : "UPDATE account.user SET security_email_enc = $2,"
+				   " security_email_idx = $3 WHERE id = $1",
+			   3, p, NULL);
 	if (err) {
 		acct_fail_internal(f, err, "the account store");
 		goto out;
@@ -267,17 +256,16 @@ int acct_unbind(acct_service *s, const struct acct_session *sess, const char *wh
 	/* Told first, while the contact is still bound. */
 	acct_notify_user(s, sess->user_id, "Security contact removed",
 			 strcmp(what, "phone") == 0
-			     ? "The security phone number was removed from your mica account."
-			     : "The security email address was removed from your mica account.");
+				 ? "The security phone number was removed from your mica account."
+				 : "The security email address was removed from your mica account.");
 	const char *p[1] = {uid};
-	err = mica_db_exec(
-	    db,
-	    strcmp(what, "phone") == 0
-		? "UPDATE account.user SET security_phone_enc = NULL,"
-		  " security_phone_idx = NULL, security_phone_bound_at = NULL WHERE id = $1"
-		: "UPDATE account.user SET security_email_enc = NULL,"
-		  " security_email_idx = NULL WHERE id = $1",
-	    1, p, NULL);
+	err = mica_db_exec(db,
+			   strcmp(what, "phone") == 0
+				   ? "UPDATE account.user SET security_phone_enc = NULL,"
+				     " security_phone_idx = NULL, security_phone_bound_at = NULL WHERE id = $1"
+				   : "UPDATE account.user SET security_email_enc = NULL,"
+				     " security_email_idx = NULL WHERE id = $1",
+			   1, p, NULL);
 	if (err)
 		return acct_fail_internal(f, err, "the account store");
 	*out = json_pack("{s:b}", "unbound", 1);
@@ -348,12 +336,11 @@ int acct_questions_parse(json_t *body, struct acct_fail *f)
 		mica_wipe(norm, sizeof(norm));
 		if (!q || blank(q) || utf8_chars(q) > ACCT_QUESTION_MAX_CHARS ||
 		    n < ACCT_ANSWER_MIN_CHARS || n > ACCT_ANSWER_MAX_CHARS)
-			return acct_failf(
-			    f, 400, "bad_questions",
-			    "item %zu needs a question (1-%d characters, not all spaces)"
-			    " and an answer (%d-%d characters once spaces are collapsed)",
-			    i + 1, ACCT_QUESTION_MAX_CHARS, ACCT_ANSWER_MIN_CHARS,
-			    ACCT_ANSWER_MAX_CHARS);
+			return acct_failf(f, 400, "bad_questions",
+					  "item %zu needs a question (1-%d characters, not all spaces)"
+					  " and an answer (%d-%d characters once spaces are collapsed)",
+					  i + 1, ACCT_QUESTION_MAX_CHARS, ACCT_ANSWER_MIN_CHARS,
+					  ACCT_ANSWER_MAX_CHARS);
 	}
 	return 0;
 }
@@ -392,8 +379,8 @@ static int questions_tx(mica_db *db, void *arg)
 	int err = 0;
 	uid_text(q->user_id, uid);
 	const char *p[1] = {uid};
-	if ((err = mica_db_exec(db, "DELETE FROM account.security_question WHERE user_id = $1", 1,
-				p, NULL)) != 0)
+	if ((err = mica_db_exec(db, "DELETE FROM account.security_question WHERE user_id = $1", 1, p,
+				NULL)) != 0)
 		return err;
 	for (size_t i = 0; i < json_array_size(q->list); i++) {
 		json_t *item = json_array_get(q->list, i);
@@ -426,8 +413,8 @@ static int questions_tx(mica_db *db, void *arg)
 	return err;
 }
 
-int acct_questions_set(acct_service *s, const struct acct_session *sess, json_t *body, json_t **out,
-		       struct acct_fail *f)
+int acct_questions_set(acct_service *s, const struct acct_session *sess, json_t *body,
+		       json_t **out, struct acct_fail *f)
 {
 	json_t *list = json_object_get(body, "questions");
 	mica_db *db = mica_db_thread();
@@ -486,7 +473,8 @@ static int delete_tx(mica_db *db, void *arg)
 	return mica_outbox_emit(db, "account.deleted", payload, NULL);
 }
 
-int acct_delete(acct_service *s, const struct acct_session *sess, json_t **out, struct acct_fail *f)
+int acct_delete(acct_service *s, const struct acct_session *sess, json_t **out,
+		struct acct_fail *f)
 {
 	struct delete_ctx d = {s, sess->user_id};
 	struct acct_contacts c;
