@@ -35,7 +35,8 @@ struct acct_config {
 	int freeze_after_stepup_failures, stepup_ttl_s;
 	int app_session_days, web_idle_s, recent_auth_s;
 	int session_cache_entries;
-	int code_ttl_s, code_max_attempts, codes_per_hour;
+	int stepup_failure_window_s;
+	int code_ttl_s, code_max_attempts, codes_per_hour, codes_per_address_hour;
 	char *email_mode, *sms_mode, *smtp_url, *smtp_from, *smtp_user, *smtp_password;
 	char *sms_webhook_url;
 	char *recycling_mode, *recycling_url;
@@ -45,13 +46,16 @@ struct acct_config {
 extern const mica_config_entry acct_config_table[];
 extern const size_t acct_config_table_len;
 
-typedef struct acct_pepper acct_pepper;
+typedef struct acct_sealer acct_sealer;
 typedef struct acct_recycling acct_recycling;
 
 typedef struct acct_service {
 	struct acct_config *cfg;
 	mica_kc *kc;
-	acct_pepper *pepper; /* the data key sealing password hashes (pepper.c) */
+	/* Data keys sealing values at rest (pepper.c): the pepper (password and
+	 * security-answer hashes) and the record sealer (device names, security
+	 * questions). */
+	acct_sealer *pepper, *records;
 	acct_notify *notify;
 	acct_blocklist *blocklist;
 	acct_recycling *recycling; /* the carrier's check; NULL: the local table */
@@ -121,10 +125,26 @@ int acct_kc_open(acct_service *s, const char *key, const char *table, const char
 /* Moves |len| bytes at |pt| (malloc'd, then wiped and freed) into the
  * NUL-terminated *out; MICA_ENOMEM leaves *out NULL. */
 int acct_take_string(uint8_t *pt, size_t len, char **out) MICA_WUR;
-/* SHA-256 hex of a device id or network prefix (never stored raw). */
+/* SHA-256 hex of a device id (never stored raw), or of a network prefix as
+ * rows written before keyed network hashes hold it. */
 void acct_hash_hex(const char *domain, const char *value, char out[65]);
 /* The /24 (IPv4) or /48 (IPv6) network of |ip| as text. */
 void acct_network_of(const char *ip, char *out, size_t cap);
+/* The keyed hash of |ip|'s network as stored and as rate limits name it:
+ * the blind index (Key Center HMAC, index key) of kind "network"; *out
+ * malloc'd. |legacy| (NULL allowed) gets the unkeyed SHA-256 hex that rows
+ * written before keyed hashes hold, for their upgrade at login. */
+int acct_network_hash(acct_service *s, const char *ip, char **out, char legacy[65]) MICA_WUR;
+
+/* A device name as account.device stores it: sealed by the record sealer
+ * for the place {device, name, "<user_id>:<device_hash>"}; "" stays "".
+ * *out malloc'd. */
+int acct_device_name_seal(acct_service *s, int64_t user_id, const char *device_hash,
+			  const char *name, char **out) MICA_WUR;
+/* The opposite; a stored name that is not sealed (written before names
+ * were) is returned as it is. *out malloc'd. */
+int acct_device_name_open(acct_service *s, int64_t user_id, const char *device_hash,
+			  const char *stored, char **out) MICA_WUR;
 
 /* ---- session.c ------------------------------------------------------------- */
 struct acct_session {
@@ -159,7 +179,8 @@ int acct_session_introspect(acct_service *s, const char *token, json_t **out) MI
 
 /* ---- register.c ------------------------------------------------------------- */
 /* Creates a one-time code for |purpose| sent to |target| over |channel|;
- * *id (malloc'd) names it. */
+ * *id (malloc'd) names it. The caller has counted the request
+ * (acct_code_quota). */
 int acct_code_send(acct_service *s, const char *purpose, const char *channel, const char *target,
 		   const char *target_idx, int64_t user_id, char **id, struct acct_fail *f) MICA_WUR;
 /* Checks and consumes code |code| of verification |id| for |purpose|; sets
@@ -191,10 +212,14 @@ int acct_register_start_parse(json_t *body, struct acct_register_start_req *out,
 			      struct acct_fail *f) MICA_WUR;
 int acct_register_complete_parse(json_t *body, struct acct_register_complete_req *out,
 				 struct acct_fail *f) MICA_WUR;
-int acct_register_start(acct_service *s, json_t *body, json_t **out, struct acct_fail *f) MICA_WUR;
+/* register/start and reset/start count against the open-class code quota
+ * of the address and the client network of |ip| (acct_code_quota). */
+int acct_register_start(acct_service *s, json_t *body, const char *ip, json_t **out,
+			struct acct_fail *f) MICA_WUR;
 int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t **out,
 			   struct acct_fail *f) MICA_WUR;
-int acct_reset_start(acct_service *s, json_t *body, json_t **out, struct acct_fail *f) MICA_WUR;
+int acct_reset_start(acct_service *s, json_t *body, const char *ip, json_t **out,
+		     struct acct_fail *f) MICA_WUR;
 int acct_reset_complete(acct_service *s, json_t *body, json_t **out, struct acct_fail *f) MICA_WUR;
 /* Sends |subject|/|body| to every verified channel of |user_id|. */
 void acct_notify_user(acct_service *s, int64_t user_id, const char *subject, const char *body);
@@ -228,14 +253,34 @@ int acct_recycled_line(const char *line, size_t len, char *phone, size_t phone_c
 		       const char **why);
 
 /* ---- pepper.c ----------------------------------------------------------------- */
-int acct_pepper_new(acct_pepper **out) MICA_WUR;
-/* Mints the first sealing key now (Key Center "datakey" on the pepper key),
- * so a service that may not do so fails at start, not at the first sign-up. */
-int acct_pepper_ready(acct_service *s) MICA_WUR;
-/* Wipes the sealing key and frees |p|; NULL is a no-op. */
-void acct_pepper_free(acct_pepper *p);
-/* Encrypts a PHC string for |user_id| under the current pepper data key
- * (asking the Key Center for a new one when due); *out malloc'd. */
+/* A sealer: values encrypted locally (AES-256-GCM envelope) under a data key
+ * the Key Center mints and wraps with |key_name| (borrowed; it must outlive
+ * the sealer), the data key bound to the context {service: account,
+ * [table, column,] purpose} (|table| and |column| NULL: left out). Stored
+ * form "dk1.<wrapped data key>.<base64 envelope>", the envelope bound to
+ * "service=account;table=T;column=C;row=R". Thread-safe. */
+int acct_sealer_new(const char *key_name, const char *table, const char *column,
+		    const char *purpose, acct_sealer **out) MICA_WUR;
+/* Mints the first sealing key now (Key Center "datakey"), so a service that
+ * may not do so fails at start, not at the first use. */
+int acct_sealer_ready(acct_service *s, acct_sealer *k) MICA_WUR;
+/* Wipes the sealing key and frees |k|; NULL is a no-op. */
+void acct_sealer_free(acct_sealer *k);
+/* Seals |value| for its place {table, column, row} under the current data
+ * key (a fresh one when due); *out malloc'd. MICA_EINVAL: place too long. */
+int acct_seal(acct_service *s, acct_sealer *k, const char *table, const char *column,
+	      const char *row, const char *value, char **out) MICA_WUR;
+/* Opens a value acct_seal() made for the same place; *out malloc'd and
+ * NUL-terminated (wipe and free). MICA_EBADHEADER when |sealed| is not of
+ * the sealed form, MICA_EAUTH (or the Key Center's error) when it does not
+ * open. */
+int acct_unseal(acct_service *s, acct_sealer *k, const char *table, const char *column,
+		const char *row, const char *sealed, char **out) MICA_WUR;
+/* Whether |value| has the sealed form's prefix (rows written before a
+ * column was sealed do not). */
+bool acct_is_sealed(const char *value);
+/* Encrypts a PHC string for |user_id| under the pepper (acct_seal() for
+ * user.password); *out malloc'd. */
 int acct_password_seal(acct_service *s, int64_t user_id, const char *phc, char **out) MICA_WUR;
 /* Decrypts a stored PHC string (*phc malloc'd; wipe and free). *legacy (NULL
  * allowed) is set when the row predates data keys and should be sealed again. */
@@ -249,6 +294,50 @@ int acct_password_admit(acct_service *s, const char *policy, const char *passwor
 			struct acct_fail *f) MICA_WUR;
 /* *burned = 1 when |password| matches a password burned by a freeze. */
 int acct_password_burned(acct_service *s, int64_t user_id, const char *password, int *burned) MICA_WUR;
+
+/* ---- atrest.c ----------------------------------------------------------------- */
+/* Seals what rows written before sealing hold in clear or unpeppered:
+ * security questions and answers, device names (account.device and
+ * account.stepup). Run at start, before serving; idempotent. 0, or the
+ * first database or Key Center error (logged). */
+int acct_at_rest_upgrade(acct_service *s) MICA_WUR;
+
+/* ---- limits.c ---------------------------------------------------------------- */
+/* Security limits in Redis, failing closed: when Redis cannot count, each
+ * returns the error with |f| the 503 unavailable answer naming Redis. */
+/* Counts one hit of |key| (mica_kv_rate_limit): *allowed 1 within |limit|
+ * per |window_s|. */
+int acct_limit_hit(const char *key, long limit, int window_s, int *allowed,
+		   struct acct_fail *f) MICA_WUR;
+/* Reads two counters in one round trip (a missing one is 0). */
+int acct_counters_get(const char *k1, const char *k2, long *v1, long *v2,
+		      struct acct_fail *f) MICA_WUR;
+/* Adds one to |key|, which expires |window_s| after its first hit. */
+int acct_counter_bump(const char *key, int window_s, struct acct_fail *f) MICA_WUR;
+/* Deletes a counter; a failure is only logged (it makes limits stricter). */
+void acct_counter_clear(const char *key);
+/* Records the single use of |key| for |ttl_s|: *fresh 1 the first time, 0
+ * when it was already used. */
+int acct_nonce_use(const char *key, int ttl_s, int *fresh, struct acct_fail *f) MICA_WUR;
+/* Who asks for a one-time code: anyone (registration, password reset), or
+ * the owner, who proved the password or holds a session (step-up,
+ * binding). A class's quota never counts the other's requests. */
+enum acct_code_class { ACCT_CODES_OPEN, ACCT_CODES_OWNER };
+/* Counts one code request for the address |target_idx| (its blind index)
+ * by |requester| (the keyed hash of the client network for the open class,
+ * "user:<id>" for the owner class), whether or not an account has the
+ * address: at most cfg->codes_per_hour an hour per (class, address,
+ * requester), and, of the requests that pass, cfg->codes_per_address_hour
+ * per (class, address). 0, or 429 too_many_codes, or 503 (Redis). */
+int acct_code_quota(acct_service *s, enum acct_code_class cls, const char *target_idx,
+		    const char *requester, struct acct_fail *f) MICA_WUR;
+/* |f| = 503 unavailable naming Redis; logs; returns |err| (MICA_EKVCONN if 0). */
+int acct_limits_fail(struct acct_fail *f, int err);
+/* Whether Redis answered at the last attempt of any limit (no I/O; true
+ * before the first). Otherwise *why (may be NULL) says what is refused. */
+bool acct_limits_ready(const char **why);
+/* The same after a PING now (this thread's connection). */
+bool acct_limits_probe(const char **why);
 
 /* ---- login.c ------------------------------------------------------------------ */
 /* Prepares the login path (the hash checked for unknown accounts). */
@@ -295,8 +384,8 @@ int acct_questions_set(acct_service *s, const struct acct_session *sess, json_t 
 		       json_t **out, struct acct_fail *f) MICA_WUR;
 
 /* Security questions. An answer is stored as the Argon2id hash of its
- * normalised form: ASCII letters lower-cased, white space trimmed, each run
- * of it one space. */
+ * normalised form (ASCII letters lower-cased, white space trimmed, each run
+ * of it one space), sealed under the pepper; the question sealed. */
 #define ACCT_QUESTIONS_MAX 3
 #define ACCT_QUESTION_MAX_CHARS 200
 #define ACCT_ANSWER_MIN_CHARS 2
@@ -317,6 +406,14 @@ int acct_questions_parse(json_t *body, struct acct_fail *f) MICA_WUR;
  * space; nothing written when |cap| is 0). Returns the whole form's length
  * in bytes, as snprintf does: it did not fit when that is |cap| or more. */
 size_t acct_answer_normalise(const char *in, char *out, size_t cap);
+/* The stored forms of question |pos| (1-based) of account |uid|: the
+ * Argon2id PHC string of the normalised answer sealed under the pepper, and
+ * the question sealed by the record sealer, each bound to the place
+ * {security_question, answer|question, "<uid>:<pos>"}. *out malloc'd. */
+int acct_answer_seal(acct_service *s, const char *uid, size_t pos, const char *phc,
+		     char **out) MICA_WUR;
+int acct_question_seal(acct_service *s, const char *uid, size_t pos, const char *question,
+		       char **out) MICA_WUR;
 int acct_cross_device_set(acct_service *s, const struct acct_session *sess, json_t *body,
 			  json_t **out, struct acct_fail *f) MICA_WUR;
 int acct_delete(acct_service *s, const struct acct_session *sess, json_t **out,

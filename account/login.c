@@ -8,7 +8,11 @@
  *   right password followed by failed step-up; every session is revoked, the
  *   password burned, the user told).
  * Wrong passwords alone never freeze an account: that would let anyone lock
- * anyone out. Failure counters live in Redis with the configured window. */
+ * anyone out. Failure counters live in Redis with the configured window
+ * (limits.c) and fail closed: without Redis, a login is refused with 503.
+ * Wrong step-up codes are counted per account over
+ * cfg->stepup_failure_window_s, however many step-ups they are spread
+ * over. */
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,51 +31,6 @@ static char *dummy_phc;
 int acct_login_init(acct_service *s)
 {
 	return dummy_phc ? 0 : acct_password_hash_with("mica-no-such-account", &s->argon2, &dummy_phc);
-}
-
-/* ---- counters ------------------------------------------------------------------- */
-
-/* The two failure counters of a login (per identifier, per network) in one
- * round trip; a counter that is missing, or Redis being down, reads as 0. */
-static void counters_get(const char *kacct, const char *knet, long *acct, long *net)
-{
-	mica_kv *kv = mica_kv_thread();
-	redisReply *r = NULL;
-	const char *argv[3] = {"MGET", kacct, knet};
-	*acct = *net = 0;
-	if (!kv || mica_kv_command(kv, &r, 3, argv, NULL) != 0)
-		return;
-	if (r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
-		if (r->element[0]->type == REDIS_REPLY_STRING)
-			*acct = strtol(r->element[0]->str, NULL, 10);
-		if (r->element[1]->type == REDIS_REPLY_STRING)
-			*net = strtol(r->element[1]->str, NULL, 10);
-	}
-	freeReplyObject(r);
-}
-
-static void counter_bump(const char *key, int window_s)
-{
-	mica_kv *kv = mica_kv_thread();
-	char ttl[16];
-	redisReply *r = NULL;
-	if (!kv)
-		return;
-	snprintf(ttl, sizeof(ttl), "%d", window_s);
-	const char *incr[2] = {"INCR", key};
-	const char *exp[4] = {"EXPIRE", key, ttl, "NX"};
-	if (mica_kv_command(kv, &r, 2, incr, NULL) == 0)
-		freeReplyObject(r);
-	r = NULL;
-	if (mica_kv_command(kv, &r, 4, exp, NULL) == 0)
-		freeReplyObject(r);
-}
-
-static void counter_clear(const char *key)
-{
-	mica_kv *kv = mica_kv_thread();
-	if (kv && mica_kv_del(kv, key, NULL) != 0)
-		MICA_LOG(MICA_LOG_WARN, "account: a failure counter could not be cleared");
 }
 
 /* ---- captcha ---------------------------------------------------------------------- */
@@ -120,10 +79,12 @@ static int captcha_gate(acct_service *s, long excess, const char *kacct, const c
 		reason = v.code ? v.code : "malformed";
 		if (err == 0) {
 			char k[200];
-			mica_kv *kv = mica_kv_thread();
+			int fresh = 0;
 			snprintf(k, sizeof(k), "account:altcha:%s", challenge);
 			/* Single use: a solved challenge cannot be replayed. */
-			if (kv && mica_kv_nonce(kv, k, c->captcha_ttl_s + 60) == 0)
+			if ((err = acct_nonce_use(k, c->captcha_ttl_s + 60, &fresh, f)) != 0)
+				return err;
+			if (fresh)
 				return 0;
 			reason = "already_used";
 		}
@@ -181,23 +142,32 @@ static int stepup_create(acct_service *s, const struct stepup_new *n, json_t *re
 {
 	mica_db *db = mica_db_thread();
 	uint8_t r[16];
-	char id[33], uid[24], sid[24], ttl[16];
+	char id[33], uid[24], sid[24], ttl[16], *name = NULL;
 	int err;
 	if (!db)
 		return acct_fail_internal(f, MICA_EDBCONN, "the database");
 	if ((err = mica_random(r, sizeof(r))) != 0 || (err = mica_hex_encode(r, 16, id, sizeof(id))))
 		return acct_fail_internal(f, err, "the random generator");
+	/* The name of the device waiting for step-up, sealed for this row. */
+	if (!*n->device_name)
+		name = strdup("");
+	else if ((err = acct_seal(s, s->records, "stepup", "device_name", id, n->device_name,
+				  &name)) != 0)
+		return acct_fail_internal(f, err, "the Key Center");
+	if (!name)
+		return acct_fail_internal(f, MICA_ENOMEM, "memory");
 	snprintf(uid, sizeof(uid), "%lld", (long long)n->user_id);
 	snprintf(sid, sizeof(sid), "%lld", (long long)n->session_id);
 	snprintf(ttl, sizeof(ttl), "%d", s->cfg->stepup_ttl_s);
-	const char *p[8] = {id, uid, n->kind, n->session_id ? sid : NULL, n->device_hash,
-			    n->device_name, n->net_hash, ttl};
+	const char *p[8] = {id, uid, n->kind, n->session_id ? sid : NULL, n->device_hash, name,
+			    n->net_hash, ttl};
 	const char *q[9] = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], n->session_kind, p[7]};
 	err = mica_db_exec(db,
 			   "INSERT INTO account.stepup (id, user_id, kind, session_id, device_hash,"
 			   " device_name, network_hash, session_kind, expires_at) VALUES ($1, $2, $3,"
 			   " $4, $5, $6, $7, $8, now() + make_interval(secs => $9::int))",
 			   9, q, NULL);
+	free(name);
 	if (err)
 		return acct_fail_internal(f, err, "the database");
 	acct_failf(f, 403, "step_up_required",
@@ -262,12 +232,14 @@ struct user_row {
 	char status[8];
 	char *password_enc;
 	bool device_trusted, network_known; /* the login's device and network */
+	bool network_legacy;		    /* known only by its unkeyed hash (a row to upgrade) */
 };
 
 /* Finds the account of a login identifier and, in the same statement, whether
- * the login's device (|dev|, trusted) and network (|net|) are known to it. */
+ * the login's device (|dev|, trusted) and network are known to it: by the
+ * keyed hash |net|, or by the unkeyed hash |legacy| of rows written before. */
 static int find_user(acct_service *s, enum acct_ident kind, const char *norm, const char *dev,
-		     const char *net, char **idx, struct user_row *u)
+		     const char *net, const char *legacy, char **idx, struct user_row *u)
 {
 	mica_db *db = mica_db_thread();
 	PGresult *res = NULL;
@@ -277,7 +249,9 @@ static int find_user(acct_service *s, enum acct_ident kind, const char *norm, co
 	" EXISTS (SELECT 1 FROM account.device d WHERE d.user_id = u.id"                           \
 	" AND d.device_hash = $2 AND d.trusted),"                                                  \
 	" EXISTS (SELECT 1 FROM account.network n WHERE n.user_id = u.id"                          \
-	" AND n.network_hash = $3)"                                                                \
+	" AND n.network_hash = $3),"                                                               \
+	" EXISTS (SELECT 1 FROM account.network n WHERE n.user_id = u.id"                          \
+	" AND n.network_hash = $4)"                                                                \
 	" FROM account.user u WHERE u." column " = $1"
 	static const char *const sql[] = {FIND_USER("phone_idx"), FIND_USER("email_idx"),
 					  FIND_USER("account_no_idx")};
@@ -288,8 +262,8 @@ static int find_user(acct_service *s, enum acct_ident kind, const char *norm, co
 		return err;
 	if (!db)
 		return MICA_EDBCONN;
-	const char *p[3] = {*idx, dev, net};
-	if ((err = mica_db_exec(db, sql[kind], 3, p, &res)) != 0)
+	const char *p[4] = {*idx, dev, net, legacy};
+	if ((err = mica_db_exec(db, sql[kind], 4, p, &res)) != 0)
 		return err;
 	if (PQntuples(res) == 1) {
 		if (mica_db_get_int64(res, 0, 0, &u->id) != 0)
@@ -298,6 +272,8 @@ static int find_user(acct_service *s, enum acct_ident kind, const char *norm, co
 		u->password_enc = strdup(mica_db_get(res, 0, 2));
 		u->device_trusted = strcmp(mica_db_get(res, 0, 3), "t") == 0;
 		u->network_known = strcmp(mica_db_get(res, 0, 4), "t") == 0;
+		u->network_legacy = !u->network_known && strcmp(mica_db_get(res, 0, 5), "t") == 0;
+		u->network_known = u->network_known || u->network_legacy;
 	}
 	PQclear(res);
 	return u->id && !u->password_enc ? MICA_ENOMEM : 0;
@@ -366,21 +342,43 @@ static void rehash(acct_service *s, int64_t user_id, const char *password)
 	free(enc);
 }
 
+/* Replaces a network row of |user_id| stored under the unkeyed hash
+ * |legacy| by the keyed hash |net|, keeping when it was first seen. Done on
+ * a right password only, so a guesser rewrites nothing. */
+static void upgrade_network(int64_t user_id, const char *net, const char *legacy)
+{
+	mica_db *db = mica_db_thread();
+	char uid[24];
+	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
+	const char *p[3] = {uid, net, legacy};
+	if (!db || mica_db_exec(db,
+				"WITH d AS (DELETE FROM account.network WHERE user_id = $1"
+				" AND network_hash = $3 RETURNING first_seen)"
+				" INSERT INTO account.network (user_id, network_hash, first_seen)"
+				" SELECT $1, $2, first_seen FROM d ON CONFLICT DO NOTHING",
+				3, p, NULL) != 0)
+		MICA_LOG(MICA_LOG_WARN, "account: a network hash could not be keyed");
+}
+
 /* Which risk signals |u| raises from the login's device and network (looked
- * up by find_user()) and by its login rate. */
-static void risk_reasons(acct_service *s, const struct user_row *u, json_t *reasons)
+ * up by find_user()) and by its login rate. 0, or the 503 of a login rate
+ * that cannot be counted. */
+static int risk_reasons(acct_service *s, const struct user_row *u, json_t *reasons,
+			struct acct_fail *f)
 {
 	char key[64];
+	int allowed = 0, err;
 	if (s->cfg->stepup_new_device && !u->device_trusted)
 		json_array_append_new(reasons, json_string("new_device"));
 	if (s->cfg->stepup_new_network && !u->network_known)
 		json_array_append_new(reasons, json_string("new_network"));
 	snprintf(key, sizeof(key), "account:logins:%lld", (long long)u->id);
-	mica_kv *kv = mica_kv_thread();
-	int allowed = 1;
-	if (kv && mica_kv_rate_limit(kv, key, s->cfg->login_rate_max, s->cfg->login_rate_window_s,
-				     &allowed, NULL) == 0 && !allowed)
+	if ((err = acct_limit_hit(key, s->cfg->login_rate_max, s->cfg->login_rate_window_s,
+				  &allowed, f)) != 0)
+		return err;
+	if (!allowed)
 		json_array_append_new(reasons, json_string("unusual_rate"));
+	return 0;
 }
 
 /* Records a successful login from |dev| on |net| (|known|: already trusted
@@ -391,11 +389,16 @@ static int finish_login(acct_service *s, int64_t user_id, const char *dev, const
 {
 	struct acct_session session;
 	mica_db *db = mica_db_thread();
-	char *token = NULL;
-	int new_device = 0;
-	int err = db ? acct_session_open(s, db, user_id, dev, dev_name ? dev_name : "", net, known,
-					 kind, &token, &session, &new_device)
-		     : MICA_EDBCONN;
+	char *token = NULL, *name = NULL;
+	int new_device = 0, err;
+	/* A login that may write the device row writes its name sealed. */
+	if (!known &&
+	    (err = acct_device_name_seal(s, user_id, dev, dev_name ? dev_name : "", &name)) != 0)
+		return acct_fail_internal(f, err, "the Key Center");
+	err = db ? acct_session_open(s, db, user_id, dev, name ? name : "", net, known, kind,
+				     &token, &session, &new_device)
+		 : MICA_EDBCONN;
+	free(name);
 	if (err)
 		return acct_fail_internal(f, err, "the session store");
 	if (notify_new && new_device) {
@@ -448,7 +451,7 @@ int acct_login_parse(json_t *body, struct acct_login_req *r, struct acct_fail *f
 int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, struct acct_fail *f)
 {
 	struct acct_login_req r;
-	char net[64], net_hash[65], kacct[200], knet[120], *idx = NULL;
+	char legacy[65], kacct[200], knet[200], *net_hash = NULL, *idx = NULL;
 	struct user_row u = {0};
 	long excess, acct_failures, net_failures;
 	int ok = 0, need_rehash = 0, err;
@@ -456,10 +459,11 @@ int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, stru
 
 	if ((err = acct_login_parse(body, &r, f)) != 0)
 		return err;
-	acct_network_of(ip, net, sizeof(net));
-	acct_hash_hex("mica-network", net, net_hash);
-
-	if ((err = find_user(s, r.ident, r.norm, r.dev_hash, net_hash, &idx, &u)) != 0) {
+	if ((err = acct_network_hash(s, ip, &net_hash, legacy)) != 0) {
+		acct_fail_internal(f, err, "the Key Center");
+		goto out;
+	}
+	if ((err = find_user(s, r.ident, r.norm, r.dev_hash, net_hash, legacy, &idx, &u)) != 0) {
 		acct_fail_internal(f, err, "the account store");
 		goto out;
 	}
@@ -470,8 +474,9 @@ int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, stru
 		snprintf(kacct, sizeof(kacct), "account:fail:user:%lld", (long long)u.id);
 	else
 		snprintf(kacct, sizeof(kacct), "account:fail:id:%.150s", idx);
-	snprintf(knet, sizeof(knet), "account:fail:net:%s", net_hash);
-	counters_get(kacct, knet, &acct_failures, &net_failures);
+	snprintf(knet, sizeof(knet), "account:fail:net:%.150s", net_hash);
+	if ((err = acct_counters_get(kacct, knet, &acct_failures, &net_failures, f)) != 0)
+		goto out;
 	excess = acct_failures - s->cfg->captcha_account_failures;
 	long net_excess = net_failures - s->cfg->captcha_network_failures;
 	if (net_excess > excess)
@@ -483,13 +488,18 @@ int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, stru
 		goto out;
 	}
 	if (!ok) {
-		counter_bump(kacct, s->cfg->failure_window_s);
-		counter_bump(knet, s->cfg->failure_window_s);
-		err = acct_failf(f, 401, "invalid_credentials", "the login or the password is wrong");
+		/* A failure that cannot be counted is refused as the counters are. */
+		if ((err = acct_counter_bump(kacct, s->cfg->failure_window_s, f)) != 0 ||
+		    (err = acct_counter_bump(knet, s->cfg->failure_window_s, f)) != 0)
+			goto out;
+		err =
+		    acct_failf(f, 401, "invalid_credentials", "the login or the password is wrong");
 		goto out;
 	}
 	if (acct_failures > 0)
-		counter_clear(kacct);
+		acct_counter_clear(kacct);
+	if (u.network_legacy)
+		upgrade_network(u.id, net_hash, legacy);
 	if (strcmp(u.status, "frozen") == 0) {
 		err = acct_failf(f, 423, "account_frozen",
 				 "this account is frozen; recover it with a password reset");
@@ -498,7 +508,8 @@ int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, stru
 	if (need_rehash)
 		rehash(s, u.id, r.password);
 	reasons = json_array();
-	risk_reasons(s, &u, reasons);
+	if ((err = risk_reasons(s, &u, reasons, f)) != 0)
+		goto out;
 	if (json_array_size(reasons) > 0) {
 		struct stepup_new n = {u.id, 0, "login", r.dev_hash, r.dev_name, net_hash, r.kind};
 		err = stepup_create(s, &n, reasons, f);
@@ -509,6 +520,7 @@ int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, stru
 			   u.device_trusted && u.network_known, r.kind, 0, out, f);
 out:
 	json_decref(reasons);
+	free(net_hash);
 	free(idx);
 	free(u.password_enc);
 	return err;
@@ -519,7 +531,10 @@ out:
 struct stepup_row {
 	int64_t user_id, session_id, approved_by;
 	int failures;
-	char kind[12], status[10], device_hash[65], device_name[101], network_hash[65], session_kind[8];
+	char kind[12], status[10], device_hash[65], session_kind[8];
+	/* The name as stored (sealed for the step-up's row: up to a few hundred
+	 * characters) and the network's keyed hash. */
+	char device_name[1024], network_hash[160];
 	char verification_id[33];
 	int expired;
 };
@@ -609,7 +624,13 @@ int acct_stepup_send(acct_service *s, const char *id, json_t *body, json_t **out
 	PQclear(res);
 	if (err)
 		return acct_fail_internal(f, err, "the Key Center");
-	if ((err = acct_blind_index(s, strcmp(method, "sms") == 0 ? "phone" : "email", target, &idx)) ||
+	/* The owner's quota: a stranger's reset/start for the same address
+	 * (the open class) cannot use it up. */
+	char requester[32];
+	snprintf(requester, sizeof(requester), "user:%lld", (long long)r.user_id);
+	if ((err = acct_blind_index(s, strcmp(method, "sms") == 0 ? "phone" : "email", target,
+				    &idx)) ||
+	    (err = acct_code_quota(s, ACCT_CODES_OWNER, idx, requester, f)) != 0 ||
 	    (err = acct_code_send(s, "stepup", method, target, idx, r.user_id, &vid, f)) != 0) {
 		if (!f->code)
 			acct_fail_internal(f, err, "the Key Center");
@@ -629,6 +650,37 @@ out:
 	}
 	free(idx);
 	free(vid);
+	return err;
+}
+
+/* Counts one more wrong code on step-up |id| and sets *failures to the
+ * wrong codes of its account in the window: over every step-up created in
+ * the last cfg->stepup_failure_window_s seconds and since the account's
+ * last password reset (which ends a freeze), so spreading wrong codes over
+ * several step-ups does not escape the freeze. The statement's snapshot
+ * does not see its own increment, hence the + 1. */
+static int stepup_failures_count(acct_service *s, const char *id, int *failures)
+{
+	mica_db *db = mica_db_thread();
+	PGresult *res = NULL;
+	char window[16];
+	int err;
+	*failures = 0;
+	snprintf(window, sizeof(window), "%d", s->cfg->stepup_failure_window_s);
+	const char *p[2] = {id, window};
+	err = db ? mica_db_exec(db,
+				"WITH b AS (UPDATE account.stepup SET failures = failures + 1"
+				" WHERE id = $1 RETURNING user_id)"
+				" SELECT coalesce(sum(t.failures), 0) + 1 FROM account.stepup t"
+				" JOIN account.user u ON u.id = t.user_id"
+				" WHERE t.user_id = (SELECT user_id FROM b)"
+				" AND t.created_at > now() - make_interval(secs => $2::int)"
+				" AND t.created_at > coalesce(u.password_reset_at, '-infinity')",
+				2, p, &res)
+		 : MICA_EDBCONN;
+	if (err == 0 && PQntuples(res) == 1)
+		*failures = atoi(mica_db_get(res, 0, 0));
+	PQclear(res);
 	return err;
 }
 
@@ -671,16 +723,12 @@ int acct_stepup_verify(acct_service *s, const char *id, json_t *body, json_t **o
 		 * expired one (MICA_ESTATE) does not. */
 		if (err == MICA_EAUTH || (!err && uid != r.user_id)) {
 			/* The right password followed by failed step-ups: severe. */
-			const char *p[1] = {id};
-			PGresult *res = NULL;
-			int failures = r.failures + 1;
-			if (mica_db_exec(db,
-					 "UPDATE account.stepup SET failures = failures + 1 WHERE id = $1"
-					 " RETURNING failures",
-					 1, p, &res) == 0 &&
-			    PQntuples(res) == 1)
-				failures = atoi(mica_db_get(res, 0, 0));
-			PQclear(res);
+			int failures = 0, cerr;
+			if ((cerr = stepup_failures_count(s, id, &failures)) != 0) {
+				json_decref(f->extra);
+				f->extra = NULL;
+				return acct_fail_internal(f, cerr, "the database");
+			}
 			if (failures >= s->cfg->freeze_after_stepup_failures) {
 				json_decref(f->extra);
 				f->extra = NULL;
@@ -703,8 +751,18 @@ int acct_stepup_verify(acct_service *s, const char *id, json_t *body, json_t **o
 		*out = json_pack("{s:b}", "verified", 1);
 		return 0;
 	}
-	return finish_login(s, r.user_id, r.device_hash, r.device_name, r.network_hash, 0,
-			    r.session_kind, 1, out, f);
+	char *name = NULL;
+	if (!acct_is_sealed(r.device_name)) /* "", or a row written before names were sealed */
+		name = strdup(r.device_name);
+	else if ((err = acct_unseal(s, s->records, "stepup", "device_name", id, r.device_name,
+				    &name)) != 0)
+		return acct_fail_internal(f, err, "the Key Center");
+	if (!name)
+		return acct_fail_internal(f, MICA_ENOMEM, "memory");
+	err = finish_login(s, r.user_id, r.device_hash, name, r.network_hash, 0, r.session_kind, 1,
+			   out, f);
+	free(name);
+	return err;
 }
 
 int acct_stepup_approve(acct_service *s, const struct acct_session *approver, const char *id,

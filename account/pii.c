@@ -1,7 +1,9 @@
 /* pii.c - personal data through the Key Center: login identifiers are
  * normalised, looked up by HMAC blind index (key account-index) and stored
  * encrypted (key account-pii) bound to {service, table, column, row}, so a
- * value copied to another row or column does not decrypt. */
+ * value copied to another row or column does not decrypt. Client networks
+ * are kept only as the same keyed HMAC, never as an unkeyed hash that trying
+ * every /24 would reverse. */
 #include <ctype.h>
 #include <openssl/evp.h>
 #include <stdio.h>
@@ -131,6 +133,15 @@ void acct_hash_hex(const char *domain, const char *value, char out[65])
 	EVP_MD_CTX_free(c);
 }
 
+int acct_network_hash(acct_service *s, const char *ip, char **out, char legacy[65])
+{
+	char net[64];
+	acct_network_of(ip, net, sizeof(net));
+	if (legacy)
+		acct_hash_hex("mica-network", net, legacy);
+	return acct_blind_index(s, "network", net, out);
+}
+
 void acct_network_of(const char *ip, char *out, size_t cap)
 {
 	unsigned char a[16];
@@ -144,4 +155,32 @@ void acct_network_of(const char *ip, char *out, size_t cap)
 	} else {
 		snprintf(out, cap, "unknown");
 	}
+}
+
+/* A device's place: its account and device hash. */
+static void device_row(int64_t user_id, const char *device_hash, char out[96])
+{
+	snprintf(out, 96, "%lld:%.64s", (long long)user_id, device_hash);
+}
+
+int acct_device_name_seal(acct_service *s, int64_t user_id, const char *device_hash,
+			  const char *name, char **out)
+{
+	char row[96];
+	*out = NULL;
+	if (!*name)
+		return (*out = strdup("")) ? 0 : MICA_ENOMEM;
+	device_row(user_id, device_hash, row);
+	return acct_seal(s, s->records, "device", "name", row, name, out);
+}
+
+int acct_device_name_open(acct_service *s, int64_t user_id, const char *device_hash,
+			  const char *stored, char **out)
+{
+	char row[96];
+	*out = NULL;
+	if (!acct_is_sealed(stored)) /* "" or a row written before names were sealed */
+		return (*out = strdup(stored)) ? 0 : MICA_ENOMEM;
+	device_row(user_id, device_hash, row);
+	return acct_unseal(s, s->records, "device", "name", row, stored, out);
 }

@@ -1,9 +1,11 @@
 /* register.c - one-time codes and the flows built on them: registration by
  * phone or email, password reset (the only way out of a freeze), and the
  * recycled-phone-number rule. Codes are six random digits, stored only as a
- * salted SHA-256, single use, limited in attempts and lifetime; sending is
- * rate limited per target. Answers never reveal whether an identifier has an
- * account. */
+ * Key Center HMAC (index key) of the verification id and the code, so a
+ * database copy does not give them away; single use, limited in attempts and
+ * lifetime; their sending is limited per address and requester (limits.c),
+ * counted alike whether or not an account has the address. Answers never
+ * reveal whether an identifier has an account. */
 #include <openssl/evp.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -38,12 +40,18 @@ int acct_fail_internal(struct acct_fail *f, int err, const char *what)
 	return err;
 }
 
-static void code_hash(const char *id, const char *code, char out[65])
+/* The stored form of code |code| of verification |id|: the blind index of
+ * kind "code" of "<id>:<code>" (*out malloc'd, "kc:v<N>:..."). Keyed, so
+ * the million possible codes of a row cannot be tried without the Key
+ * Center. */
+static int code_hash(acct_service *s, const char *id, const char *code, char **out)
 {
-	char buf[128];
-	snprintf(buf, sizeof(buf), "%s:%s", id, code);
-	acct_hash_hex("mica-account-code", buf, out);
+	char buf[64];
+	int err;
+	snprintf(buf, sizeof(buf), "%.32s:%.8s", id, code);
+	err = acct_blind_index(s, "code", buf, out);
 	mica_wipe(buf, sizeof(buf));
+	return err;
 }
 
 static int random_digits(char *out, int n)
@@ -70,25 +78,21 @@ int acct_code_send(acct_service *s, const char *purpose, const char *channel, co
 		   const char *target_idx, int64_t user_id, char **id_out, struct acct_fail *f)
 {
 	mica_db *db = mica_db_thread();
-	mica_kv *kv = mica_kv_thread();
-	char id[33], code[8], hash[65], rl[160], uid[24], ttl[16], subject[80], body[256];
-	char *enc = NULL;
-	long remaining = 0;
-	int allowed = 1, err;
+	char id[33], code[8], uid[24], ttl[16], subject[80], body[256];
+	char *enc = NULL, *hash = NULL;
+	int err;
 
 	*id_out = NULL;
 	if (!db)
 		return acct_fail_internal(f, MICA_EDBCONN, "the database");
-	snprintf(rl, sizeof(rl), "account:codes:%.100s", target_idx);
-	if (kv && mica_kv_rate_limit(kv, rl, s->cfg->codes_per_hour, 3600, &allowed, &remaining) == 0 &&
-	    !allowed)
-		return acct_failf(f, 429, "too_many_codes",
-				  "too many codes were sent to this address; try again later");
 	if ((err = random_hex(id, 16)) != 0 || (err = random_digits(code, 6)) != 0)
 		return acct_fail_internal(f, err, "the random generator");
-	code_hash(id, code, hash);
-	if ((err = acct_pii_seal(s, "verification", "target", id, target, &enc)) != 0)
+	if ((err = code_hash(s, id, code, &hash)) != 0 ||
+	    (err = acct_pii_seal(s, "verification", "target", id, target, &enc)) != 0) {
+		mica_wipe(code, sizeof(code));
+		free(hash);
 		return acct_fail_internal(f, err, "the Key Center");
+	}
 	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
 	snprintf(ttl, sizeof(ttl), "%d", s->cfg->code_ttl_s);
 	const char *p[7] = {id, purpose, channel, target_idx, enc, user_id ? uid : NULL, hash};
@@ -99,8 +103,11 @@ int acct_code_send(acct_service *s, const char *purpose, const char *channel, co
 			   " $6, $7, now() + make_interval(secs => $8::int))",
 			   8, q, NULL);
 	free(enc);
-	if (err)
+	free(hash);
+	if (err) {
+		mica_wipe(code, sizeof(code));
 		return acct_fail_internal(f, err, "the database");
+	}
 	snprintf(subject, sizeof(subject), "Your mica verification code");
 	snprintf(body, sizeof(body),
 		 "Your mica verification code is %s. It expires in %d minutes. Never share it.", code,
@@ -122,14 +129,15 @@ int acct_code_verify(acct_service *s, mica_db *db, const char *id, const char *p
 		     char **channel, struct acct_fail *f)
 {
 	PGresult *res = NULL;
-	char hash[65], max[16];
+	char *hash = NULL, max[16];
 	int err;
 
 	*user_id = 0;
 	*target_idx = *target = *channel = NULL;
 	if (!id || !code || strlen(id) != 32 || strlen(code) != 6)
 		return acct_failf(f, 400, "invalid_code", "the code is wrong");
-	code_hash(id, code, hash);
+	if ((err = code_hash(s, id, code, &hash)) != 0)
+		return acct_fail_internal(f, err, "the Key Center");
 	snprintf(max, sizeof(max), "%d", s->cfg->code_max_attempts);
 	const char *p[4] = {id, purpose, hash, max};
 	/* One statement consumes a right code, so two requests cannot both use it. */
@@ -191,6 +199,7 @@ out:
 			free(*target);
 		*target_idx = *target = *channel = NULL;
 	}
+	free(hash);
 	PQclear(res);
 	return err;
 }
@@ -214,20 +223,30 @@ int acct_register_start_parse(json_t *body, struct acct_register_start_req *r,
 	return 0;
 }
 
-int acct_register_start(acct_service *s, json_t *body, json_t **out, struct acct_fail *f)
+int acct_register_start(acct_service *s, json_t *body, const char *ip, json_t **out,
+			struct acct_fail *f)
 {
 	struct acct_register_start_req r;
 	const char *phone;
-	char *idx = NULL, *id = NULL;
+	char *idx = NULL, *id = NULL, *net = NULL;
 	int err;
 
 	if ((err = acct_register_start_parse(body, &r, f)) != 0)
 		return err;
 	phone = r.phone;
-	if ((err = acct_blind_index(s, phone ? "phone" : "email", r.norm, &idx)) != 0)
+	if ((err = acct_blind_index(s, phone ? "phone" : "email", r.norm, &idx)) != 0 ||
+	    (err = acct_network_hash(s, ip, &net, NULL)) != 0) {
+		free(idx);
 		return acct_fail_internal(f, err, "the Key Center");
-	err = acct_code_send(s, "register", phone ? "sms" : "email", r.norm, idx, 0, &id, f);
+	}
+	/* Counted with reset/start's requests for the same address: both are
+	 * open to anyone, and count alike for a known and an unknown address. */
+	err = acct_code_quota(s, ACCT_CODES_OPEN, idx, net, f);
+	if (!err)
+		err =
+		    acct_code_send(s, "register", phone ? "sms" : "email", r.norm, idx, 0, &id, f);
 	free(idx);
+	free(net);
 	if (err)
 		return err;
 	*out = json_pack("{s:s,s:s,s:i}", "verification_id", id, "channel", phone ? "sms" : "email",
@@ -298,6 +317,7 @@ static int create_account_tx(mica_db *db, void *arg)
 	acct_service *s = a->s;
 	PGresult *res = NULL;
 	char uid[24], *no_enc = NULL, *no_idx = NULL, *id_enc = NULL, *phc = NULL, *pw_enc = NULL;
+	char *name_enc = NULL;
 	int err;
 
 	a->transferred_from = 0;
@@ -416,7 +436,10 @@ static int create_account_tx(mica_db *db, void *arg)
 			   4, p4, NULL);
 	if (err)
 		goto out;
-	const char *p5[4] = {uid, a->device_hash, a->device_name, a->net_hash};
+	if ((err = acct_device_name_seal(s, a->user_id, a->device_hash, a->device_name,
+					 &name_enc)) != 0)
+		goto out;
+	const char *p5[3] = {uid, a->device_hash, name_enc};
 	if ((err = mica_db_exec(db,
 				"INSERT INTO account.device (user_id, device_hash, name, trusted)"
 				" VALUES ($1, $2, $3, true)",
@@ -437,6 +460,7 @@ out:
 	free(no_idx);
 	free(id_enc);
 	free(pw_enc);
+	free(name_enc);
 	PQclear(res);
 	return err;
 }
@@ -477,7 +501,7 @@ int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t
 	struct acct_register_complete_req r;
 	struct new_account a = {.s = s};
 	const char *policy;
-	char net[64], net_hash[65], *target_idx = NULL, *target = NULL, *channel = NULL;
+	char *net_hash = NULL, *target_idx = NULL, *target = NULL, *channel = NULL;
 	mica_db *db = mica_db_thread();
 	int64_t none;
 	int err;
@@ -494,8 +518,10 @@ int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t
 	if ((err = acct_code_verify(s, db, r.verification_id, "register", r.code, &none, &target_idx,
 				    &target, &channel, f)) != 0)
 		return err;
-	acct_network_of(ip, net, sizeof(net));
-	acct_hash_hex("mica-network", net, net_hash);
+	if ((err = acct_network_hash(s, ip, &net_hash, NULL)) != 0) {
+		acct_fail_internal(f, err, "the Key Center");
+		goto out;
+	}
 	a.kind = strcmp(channel, "sms") == 0 ? "phone" : "email";
 	a.target = target;
 	a.target_idx = target_idx;
@@ -526,10 +552,12 @@ int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t
 				 "session_id", (json_int_t)a.session.id, "expires_at",
 				 (json_int_t)a.session.expires_at);
 	}
+out:
 	if (a.token) {
 		mica_wipe(a.token, strlen(a.token));
 		free(a.token);
 	}
+	free(net_hash);
 	free(target_idx);
 	free(target);
 	free(channel);
@@ -567,11 +595,12 @@ static int reset_target(acct_service *s, const char *login, int64_t *user_id, ch
 	return err;
 }
 
-int acct_reset_start(acct_service *s, json_t *body, json_t **out, struct acct_fail *f)
+int acct_reset_start(acct_service *s, json_t *body, const char *ip, json_t **out,
+		     struct acct_fail *f)
 {
 	union acct_field_value v[1];
 	const char *channel = NULL;
-	char norm[256], *idx = NULL, *bound = NULL, *id = NULL;
+	char norm[256], *idx = NULL, *bound = NULL, *id = NULL, *net = NULL;
 	int64_t uid = 0;
 	int recycled = 0, err;
 
@@ -579,10 +608,24 @@ int acct_reset_start(acct_service *s, json_t *body, json_t **out, struct acct_fa
 		return err;
 	err = reset_target(s, v[0].s, &uid, norm, &channel, &idx, &bound);
 	if (err == MICA_EINVAL)
-		return acct_failf(f, 400, "bad_login", "reset needs a phone number or an email address");
+		return acct_failf(f, 400, "bad_login",
+				  "reset needs a phone number or an email address");
+	if (!err)
+		err = acct_network_hash(s, ip, &net, NULL);
 	if (err) {
 		free(idx);
+		free(bound);
 		return acct_fail_internal(f, err, "the Key Center");
+	}
+	/* Every request counts, whether or not an account has the address and
+	 * whether or not a code goes out: a known and an unknown address reach
+	 * 429 (and 503) alike, here and at register/start. */
+	err = acct_code_quota(s, ACCT_CODES_OPEN, idx, net, f);
+	free(net);
+	if (err) {
+		free(idx);
+		free(bound);
+		return err;
 	}
 	if (uid && strcmp(channel, "sms") == 0 &&
 	    (err = acct_number_recycled(s, mica_db_thread(), norm, idx, bound, &recycled)) != 0) {
@@ -615,7 +658,7 @@ int acct_reset_start(acct_service *s, json_t *body, json_t **out, struct acct_fa
 	err = uid ? acct_code_send(s, "reset", channel, norm, idx, uid, &id, f) : 0;
 	free(idx);
 	free(bound);
-	if (err && f->status != 429)
+	if (err)
 		return err;
 	*out = json_pack("{s:s,s:s,s:i}", "verification_id", id ? id : "", "channel", channel,
 			 "expires_in", s->cfg->code_ttl_s);

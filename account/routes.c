@@ -62,9 +62,9 @@ static int signed_in(acct_service *s, const mica_http_req *req, mica_http_resp *
 		finish(resp, err, 200, out, &f);                                                 \
 	}
 
-PUBLIC_FLOW(h_register_start, acct_register_start(s, req->json, &out, &f))
+PUBLIC_FLOW(h_register_start, acct_register_start(s, req->json, req->client_ip, &out, &f))
 PUBLIC_FLOW(h_login, acct_login(s, req->json, req->client_ip, &out, &f))
-PUBLIC_FLOW(h_reset_start, acct_reset_start(s, req->json, &out, &f))
+PUBLIC_FLOW(h_reset_start, acct_reset_start(s, req->json, req->client_ip, &out, &f))
 PUBLIC_FLOW(h_reset_complete, acct_reset_complete(s, req->json, &out, &f))
 PUBLIC_FLOW(h_stepup_send, acct_stepup_send(s, mica_http_param(req, "id"), req->json, &out, &f))
 PUBLIC_FLOW(h_stepup_verify,

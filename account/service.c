@@ -1,7 +1,8 @@
 /* service.c - mica-account's configuration table and run loop: connect to
  * PostgreSQL, Redis and the Key Center (checking that its three keys are
- * usable), start the in-process session cache, load the password
- * blocklist, then serve HTTPS until a signal. */
+ * usable), start the in-process session cache, seal rows written before
+ * sealing (atrest.c), load the password blocklist, then serve HTTPS until a
+ * signal. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,11 +44,14 @@ const mica_config_entry acct_config_table[] = {
 	{"account.keycenter", "key_file", MICA_CFG_STRING, 1, 4096, NULL, F(kc_key_file),
 	 "its private key"},
 	{"account.keycenter", "pii_key", MICA_CFG_STRING, 1, 64, "account-pii", F(pii_key),
-	 "Key Center key encrypting phone, email and account id"},
+	 "Key Center key encrypting phone, email and account id, and wrapping the data keys that"
+	 " seal device names and security questions"},
 	{"account.keycenter", "index_key", MICA_CFG_STRING, 1, 64, "account-index", F(index_key),
-	 "Key Center key of the HMAC blind indexes (never rotate without re-indexing)"},
+	 "Key Center key of the HMAC blind indexes, code and network hashes (never rotate without"
+	 " re-indexing)"},
 	{"account.keycenter", "pepper_key", MICA_CFG_STRING, 1, 64, "account-pepper", F(pepper_key),
-	 "Key Center key wrapping the data keys that seal password hashes (the pepper)"},
+	 "Key Center key wrapping the data keys that seal password and security-answer hashes"
+	 " (the pepper)"},
 	{"account.password", "policy", MICA_CFG_STRING, 4, 4, "miui", F(password_policy),
 	 "default password policy for new accounts: miui or nist"},
 	{"account.password", "blocklist_dir", MICA_CFG_STRING, 0, 4096, "", F(blocklist_dir),
@@ -89,7 +93,12 @@ const mica_config_entry acct_config_table[] = {
 	{"account.risk", "login_rate_window_s", MICA_CFG_INT, 60, 86400, "3600",
 	 F(login_rate_window_s), "window of login_rate_max"},
 	{"account.risk", "freeze_after_stepup_failures", MICA_CFG_INT, 1, 100, "3",
-	 F(freeze_after_stepup_failures), "failed step-up codes after a right password that freeze"},
+	 F(freeze_after_stepup_failures),
+	 "wrong step-up codes after a right password that freeze, counted per account over"
+	 " stepup_failure_window_s"},
+	{"account.risk", "stepup_failure_window_s", MICA_CFG_INT, 60, 2592000, "86400",
+	 F(stepup_failure_window_s),
+	 "how long wrong step-up codes count towards the freeze, whichever step-up they were in"},
 	{"account.risk", "stepup_ttl_s", MICA_CFG_INT, 60, 3600, "600", F(stepup_ttl_s),
 	 "how long a step-up can be completed"},
 	{"account.session", "app_days", MICA_CFG_INT, 1, 365, "30", F(app_session_days),
@@ -106,7 +115,12 @@ const mica_config_entry acct_config_table[] = {
 	{"account.codes", "max_attempts", MICA_CFG_INT, 1, 20, "5", F(code_max_attempts),
 	 "wrong tries before a code is dead"},
 	{"account.codes", "per_hour", MICA_CFG_INT, 1, 1000, "5", F(codes_per_hour),
-	 "codes sent to one phone or email address per hour"},
+	 "code requests per hour for one phone or email address from one requester (client"
+	 " network; for step-up and binding, the account)"},
+	{"account.codes", "per_address_hour", MICA_CFG_INT, 1, 10000, "20",
+	 F(codes_per_address_hour),
+	 "code requests per hour for one address from all requesters together, counted apart for"
+	 " anyone (register, reset) and for its owner (step-up, binding)"},
 	{"account.notify", "email", MICA_CFG_STRING, 4, 6, "outbox", F(email_mode),
 	 "email sender: outbox (development table, `mica outbox list`) or smtp"},
 	{"account.notify", "sms", MICA_CFG_STRING, 6, 7, "outbox", F(sms_mode),
@@ -164,10 +178,11 @@ static int ready_keycenter(acct_service *s)
 	return err;
 }
 
-/* A data key to seal password hashes with is at hand (pepper.c). */
-static int ready_pepper(acct_service *s)
+/* Data keys to seal password hashes and records with are at hand (pepper.c). */
+static int ready_sealers(acct_service *s)
 {
-	return acct_pepper_ready(s);
+	int err = acct_sealer_ready(s, s->pepper);
+	return err ? err : acct_sealer_ready(s, s->records);
 }
 
 static const struct {
@@ -177,7 +192,7 @@ static const struct {
 	{"database", ready_database},
 	{"redis", ready_redis},
 	{"keycenter", ready_keycenter},
-	{"pepper", ready_pepper},
+	{"sealers", ready_sealers},
 };
 
 static void ready(void *arg, mica_http_readiness *r)
@@ -190,7 +205,8 @@ static void ready(void *arg, mica_http_readiness *r)
 }
 
 /* The three Key Center keys must be usable before we accept anyone: each is
- * probed with an operation the service needs from it. */
+ * probed with the operations the service needs from it (index: hmac; pii:
+ * encrypt and datakey; pepper: datakey). */
 static int check_keys(acct_service *s)
 {
 	const char *key = s->cfg->index_key;
@@ -201,9 +217,11 @@ static int check_keys(acct_service *s)
 		key = s->cfg->pii_key;
 		err = ctx ? mica_kc_encrypt(s->kc, key, "x", 1, ctx, &ct) : MICA_ENOMEM;
 	}
+	if (err == 0)
+		err = acct_sealer_ready(s, s->records);
 	if (err == 0) {
 		key = s->cfg->pepper_key;
-		err = acct_pepper_ready(s);
+		err = acct_sealer_ready(s, s->pepper);
 	}
 	if (err)
 		MICA_LOG(MICA_LOG_ERROR, "account: Key Center key %s is not usable: %s", key,
@@ -263,7 +281,10 @@ int acct_run(struct acct_config *cfg)
 				     .password = cfg->redis_password};
 	if (mica_db_global_init(conninfo) != 0 || mica_kv_global_init(&kvc) != 0)
 		goto out;
-	if ((err = start_session_cache(&s, &kvc)) != 0 || (err = acct_pepper_new(&s.pepper)) != 0)
+	/* The pepper's data keys keep the context they were first minted with. */
+	if ((err = start_session_cache(&s, &kvc)) != 0 ||
+	    (err = acct_sealer_new(cfg->pepper_key, "user", "password", "pepper", &s.pepper)) != 0 ||
+	    (err = acct_sealer_new(cfg->pii_key, NULL, NULL, "records", &s.records)) != 0)
 		goto out;
 	mica_kc_options ko = {.base_url = cfg->kc_url,
 			      .ca_file = cfg->kc_ca_file,
@@ -274,6 +295,8 @@ int acct_run(struct acct_config *cfg)
 			 mica_strerror(err));
 		goto out;
 	}
+	if ((err = acct_at_rest_upgrade(&s)) != 0)
+		goto out;
 	acct_notify_config nc = {.email_mode = cfg->email_mode,
 				 .sms_mode = cfg->sms_mode,
 				 .smtp_url = cfg->smtp_url,
@@ -308,7 +331,8 @@ out:
 	acct_recycling_free(s.recycling);
 	acct_notify_free(s.notify);
 	mica_kc_free(s.kc);
-	acct_pepper_free(s.pepper);
+	acct_sealer_free(s.pepper);
+	acct_sealer_free(s.records);
 	mica_kvcache_stop(&s.session_cache);
 	mica_kv_global_cleanup();
 	mica_db_global_cleanup();

@@ -458,7 +458,6 @@ int acct_session_list(acct_service *s, int64_t user_id, int64_t current, json_t 
 	char u[24];
 	json_t *list;
 	int err;
-	(void)s;
 	*out = NULL;
 	if (!db)
 		return MICA_EDBCONN;
@@ -466,7 +465,8 @@ int acct_session_list(acct_service *s, int64_t user_id, int64_t current, json_t 
 	const char *p[1] = {u};
 	err = mica_db_exec(db,
 			   "SELECT s.id, s.kind, s.created_at::text, s.last_seen_at::text,"
-			   " coalesce(d.name, ''), s.expires_at::text FROM account.session s"
+			   " coalesce(d.name, ''), s.expires_at::text, s.device_hash"
+			   " FROM account.session s"
 			   " LEFT JOIN account.device d ON d.user_id = s.user_id"
 			   " AND d.device_hash = s.device_hash"
 			   " WHERE s.user_id = $1 AND s.revoked_at IS NULL AND s.expires_at > now()"
@@ -477,17 +477,26 @@ int acct_session_list(acct_service *s, int64_t user_id, int64_t current, json_t 
 	list = json_array();
 	for (int r = 0; r < PQntuples(res); r++) {
 		int64_t id = 0;
+		char *name = NULL;
 		if (mica_db_get_int64(res, r, 0, &id) != 0)
 			continue;
-		json_array_append_new(list,
-				      json_pack("{s:I,s:s,s:s,s:s,s:s,s:s,s:b}", "id", (json_int_t)id,
-						"kind", mica_db_get(res, r, 1), "created_at",
-						mica_db_get(res, r, 2), "last_seen_at",
-						mica_db_get(res, r, 3), "device_name",
-						mica_db_get(res, r, 4), "expires_at",
-						mica_db_get(res, r, 5), "current", id == current));
+		/* Names are stored sealed (pii.c). */
+		if ((err = acct_device_name_open(s, user_id, mica_db_get(res, r, 6),
+						 mica_db_get(res, r, 4), &name)) != 0)
+			break;
+		json_array_append_new(
+		    list,
+		    json_pack("{s:I,s:s,s:s,s:s,s:s,s:s,s:b}", "id", (json_int_t)id, "kind",
+			      mica_db_get(res, r, 1), "created_at", mica_db_get(res, r, 2),
+			      "last_seen_at", mica_db_get(res, r, 3), "device_name", name,
+			      "expires_at", mica_db_get(res, r, 5), "current", id == current));
+		free(name);
 	}
 	PQclear(res);
+	if (err) {
+		json_decref(list);
+		return err;
+	}
 	*out = json_pack("{s:o}", "sessions", list);
 	return 0;
 }

@@ -2,7 +2,9 @@
  * private data, change the password, bind and unbind a security phone and
  * email (each verified by a code), set security questions, switch
  * cross-device verification, and delete the account. Everything here is a
- * sensitive operation: it needs a recent authentication (step-up otherwise). */
+ * sensitive operation: it needs a recent authentication (step-up otherwise).
+ * Security questions are stored sealed (record sealer) and their answers as
+ * Argon2id hashes sealed under the pepper, as passwords are. */
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -174,8 +176,12 @@ int acct_bind_start(acct_service *s, const struct acct_session *sess, const char
 		return err;
 	if ((err = acct_blind_index(s, what, norm, &idx)) != 0)
 		return acct_fail_internal(f, err, "the Key Center");
-	err = acct_code_send(s, phone ? "bind_phone" : "bind_email", phone ? "sms" : "email", norm,
-			     idx, sess->user_id, &id, f);
+	char requester[32];
+	snprintf(requester, sizeof(requester), "user:%lld", (long long)sess->user_id);
+	err = acct_code_quota(s, ACCT_CODES_OWNER, idx, requester, f);
+	if (!err)
+		err = acct_code_send(s, phone ? "bind_phone" : "bind_email",
+				     phone ? "sms" : "email", norm, idx, sess->user_id, &id, f);
 	free(idx);
 	if (err)
 		return err;
@@ -345,11 +351,32 @@ struct questions_ctx {
 	json_t *list;
 };
 
+/* The place of question |pos| of |uid|, as its sealed values are bound. */
+static void question_row(const char *uid, size_t pos, char out[48])
+{
+	snprintf(out, 48, "%s:%zu", uid, pos);
+}
+
+int acct_answer_seal(acct_service *s, const char *uid, size_t pos, const char *phc, char **out)
+{
+	char row[48];
+	question_row(uid, pos, row);
+	return acct_seal(s, s->pepper, "security_question", "answer", row, phc, out);
+}
+
+int acct_question_seal(acct_service *s, const char *uid, size_t pos, const char *question,
+		       char **out)
+{
+	char row[48];
+	question_row(uid, pos, row);
+	return acct_seal(s, s->records, "security_question", "question", row, question, out);
+}
+
 static int questions_tx(mica_db *db, void *arg)
 {
 	struct questions_ctx *q = arg;
 	char uid[24], pos[24], answer[ACCT_ANSWER_NORM_CAP];
-	int err;
+	int err = 0;
 	uid_text(q->user_id, uid);
 	const char *p[1] = {uid};
 	if ((err = mica_db_exec(db, "DELETE FROM account.security_question WHERE user_id = $1", 1, p,
@@ -357,19 +384,28 @@ static int questions_tx(mica_db *db, void *arg)
 		return err;
 	for (size_t i = 0; i < json_array_size(q->list); i++) {
 		json_t *item = json_array_get(q->list, i);
-		char *phc = NULL;
+		char *phc = NULL, *answer_enc = NULL, *question_enc = NULL;
 		acct_answer_normalise(json_string_value(json_object_get(item, "answer")), answer,
 				      sizeof(answer));
-		if ((err = acct_password_hash_with(answer, &q->s->argon2, &phc)) != 0)
-			break;
+		if ((err = acct_password_hash_with(answer, &q->s->argon2, &phc)) == 0 &&
+		    (err = acct_answer_seal(q->s, uid, i + 1, phc, &answer_enc)) == 0)
+			err = acct_question_seal(
+			    q->s, uid, i + 1, json_string_value(json_object_get(item, "question")),
+			    &question_enc);
 		snprintf(pos, sizeof(pos), "%zu", i + 1);
-		const char *r[4] = {uid, pos, json_string_value(json_object_get(item, "question")), phc};
-		err = mica_db_exec(db,
-				   "INSERT INTO account.security_question (user_id, position, question,"
-				   " answer_hash) VALUES ($1, $2, $3, $4)",
-				   4, r, NULL);
-		mica_wipe(phc, strlen(phc));
-		free(phc);
+		const char *r[4] = {uid, pos, question_enc, answer_enc};
+		if (err == 0)
+			err =
+			    mica_db_exec(db,
+					 "INSERT INTO account.security_question (user_id, position,"
+					 " question, answer_hash) VALUES ($1, $2, $3, $4)",
+					 4, r, NULL);
+		if (phc) {
+			mica_wipe(phc, strlen(phc));
+			free(phc);
+		}
+		free(answer_enc);
+		free(question_enc);
 		if (err)
 			break;
 	}

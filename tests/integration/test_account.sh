@@ -869,7 +869,7 @@ expect 200 - -t "$T5" GET /v1/me
 [[ "$(notes +8613700000002 'Security contact removed')" == 1 ]] || fail "no unbind notice"
 ok "security phone bound by SMS code, used for step-up, unbound"
 
-# Security questions (answers hashed) and cross-device verification.
+# Security questions (answers hashed and sealed, questions sealed) and cross-device verification.
 fresh "$S5"
 expect 400 bad_questions -t "$T5" PUT /v1/security/questions '{"questions": []}'
 expect 400 bad_questions -t "$T5" PUT /v1/security/questions '{"questions": [{"question": "Pet?"}]}'
@@ -889,7 +889,9 @@ expect 200 - -t "$T5" PUT /v1/security/questions \
 	'{"questions": [{"question": "First pet?", "answer": "Rex  the Dog"}, {"question": "City?", "answer": "Lyon"}]}'
 [[ "$(jget questions)" == 2 ]] || fail "questions: $(cat "$W/body")"
 [[ "$(sql "$ADMIN_CI" "SELECT count(*) FROM account.security_question WHERE user_id = $ALICE_UID
-	AND answer_hash LIKE '\$argon2id\$%' AND answer_hash NOT LIKE '%Rex%'")" == 2 ]] || fail "answers not hashed"
+	AND answer_hash LIKE 'dk1.kc:v1:%' AND question LIKE 'dk1.kc:v1:%'
+	AND answer_hash NOT LIKE '%argon2%' AND question NOT LIKE '%pet%'")" == 2 ]] ||
+	fail "answers not hashed and sealed, questions not sealed (test_account_limits.sh opens them)"
 expect 400 bad_field -t "$T5" PUT /v1/security/cross-device '{"enabled": "yes"}'
 expect 200 - -t "$T5" PUT /v1/security/cross-device '{"enabled": true}'
 expect 403 step_up_required POST /v1/login "$(login_body alice@example.com "$PW_A3" dev-watch)"
