@@ -46,8 +46,9 @@ const mica_config_entry kc_config_table[] = {
 	 "seconds between self-checks of every record's MAC (alert on failure; 0: off)"},
 	{"keycenter.limits", "max_batch_items", MICA_CFG_INT, 1, 100000, "1000", F(max_batch_items),
 	 "largest batch_input accepted"},
-	{"keycenter.alerts", "rate_max", MICA_CFG_INT, 1, 100000000, "200000", F(alert_rate_max),
-	 "requests per principal and key within the window before a rate alert"},
+	{"keycenter.alerts", "rate_max", MICA_CFG_INT, 1, 100000000, "45000", F(alert_rate_max),
+	 "requests per principal and key within the window before a rate alert (default:"
+	 " KC_ANOMALY_DEFAULT_RATE_MAX)"},
 	{"keycenter.alerts", "denial_max", MICA_CFG_INT, 1, 1000000, "20", F(alert_denial_max),
 	 "denials per principal within the window before a denial-burst alert"},
 	{"keycenter.alerts", "window_s", MICA_CFG_INT, 1, 86400, "60", F(alert_window_s),
