@@ -60,39 +60,39 @@ static const char *need(const char *name)
 static int setup_stack(void)
 {
 	static const char script[] =
-	    "set -euo pipefail\n"
-	    "ci=\"$MICA_PG_CONNINFO dbname=$KCT_DB\"\n"
-	    "psql -X \"$MICA_PG_CONNINFO\" -v ON_ERROR_STOP=1 -qc \"CREATE DATABASE $KCT_DB\"\n"
-	    "MICA_DB_CONNINFO=\"$ci\" \"$MICA_BUILD/bin/mica\" migrate >/dev/null\n"
-	    "pw=$(openssl rand -hex 32)\n"
-	    "psql -X \"$ci\" -v ON_ERROR_STOP=1 -q -v pw=\"$pw\" <<'SQL'\n"
-	    "ALTER ROLE mica_keycenter PASSWORD :'pw';\n"
-	    "SQL\n"
-	    "(umask 077 && printf '*:*:*:mica_keycenter:%s\\n' \"$pw\" >\"$KCT_DIR/pgpass\")\n"
-	    "mkdir -p \"$KCT_DIR/hsm/tokens\"\n"
-	    "chmod 0700 \"$KCT_DIR/hsm\" \"$KCT_DIR/hsm/tokens\"\n"
-	    "printf 'directories.tokendir = %s\\nobjectstore.backend = file\\nlog.level = ERROR\\n'"
-	    " \"$KCT_DIR/hsm/tokens\" >\"$KCT_DIR/hsm/softhsm2.conf\"\n"
-	    "export SOFTHSM2_CONF=\"$KCT_DIR/hsm/softhsm2.conf\"\n"
-	    "(umask 077 && openssl rand -hex 32 | tr -d '\\n' >\"$KCT_DIR/pin\" &&"
-	    " openssl rand -hex 32 | tr -d '\\n' >\"$KCT_DIR/so-pin\")\n"
-	    "softhsm2-util --init-token --free --label " TOKEN_LABEL
-	    " --so-pin \"$(<\"$KCT_DIR/so-pin\")\" --pin \"$(<\"$KCT_DIR/pin\")\" >/dev/null\n"
-	    /* Its own policy: the client is exercised with every operation on
-	     * one key, which the least-privilege development policy does not
-	     * grant the account principal. */
-	    "cat >\"$KCT_DIR/policy.json\" <<'JSON'\n"
-	    "{\"version\": 1, \"principals\": {\"admin\": {\"role\": \"key-admin\"},"
-	    " \"officer1\": {\"role\": \"security-officer\"},"
-	    " \"officer2\": {\"role\": \"security-officer\"},"
-	    " \"auditor\": {\"role\": \"auditor\"}, \"account\": {\"role\": \"service\","
-	    " \"keys\": {\"account-*\": [\"encrypt\", \"decrypt\", \"rewrap\", \"datakey\","
-	    " \"hmac\", \"read\"]}}}}\n"
-	    "JSON\n"
-	    "\"$MICA_BUILD/bin/mica\" keycenter init --policy \"$KCT_DIR/policy.json\""
-	    " --db \"$ci\" --hsm-module \"$MICA_HSM_MODULE\" --token-label " TOKEN_LABEL
-	    " --pin-file \"$KCT_DIR/pin\" --audit-pubkey-out \"$KCT_DIR/audit.pem\""
-	    " >\"$KCT_DIR/init.log\"\n";
+		"set -euo pipefail\n"
+		"ci=\"$MICA_PG_CONNINFO dbname=$KCT_DB\"\n"
+		"psql -X \"$MICA_PG_CONNINFO\" -v ON_ERROR_STOP=1 -qc \"CREATE DATABASE $KCT_DB\"\n"
+		"MICA_DB_CONNINFO=\"$ci\" \"$MICA_BUILD/bin/mica\" migrate >/dev/null\n"
+		"pw=$(openssl rand -hex 32)\n"
+		"psql -X \"$ci\" -v ON_ERROR_STOP=1 -q -v pw=\"$pw\" <<'SQL'\n"
+		"ALTER ROLE mica_keycenter PASSWORD :'pw';\n"
+		"SQL\n"
+		"(umask 077 && printf '*:*:*:mica_keycenter:%s\\n' \"$pw\" >\"$KCT_DIR/pgpass\")\n"
+		"mkdir -p \"$KCT_DIR/hsm/tokens\"\n"
+		"chmod 0700 \"$KCT_DIR/hsm\" \"$KCT_DIR/hsm/tokens\"\n"
+		"printf 'directories.tokendir = %s\\nobjectstore.backend = file\\nlog.level = ERROR\\n'"
+		" \"$KCT_DIR/hsm/tokens\" >\"$KCT_DIR/hsm/softhsm2.conf\"\n"
+		"export SOFTHSM2_CONF=\"$KCT_DIR/hsm/softhsm2.conf\"\n"
+		"(umask 077 && openssl rand -hex 32 | tr -d '\\n' >\"$KCT_DIR/pin\" &&"
+		" openssl rand -hex 32 | tr -d '\\n' >\"$KCT_DIR/so-pin\")\n"
+		"softhsm2-util --init-token --free --label " TOKEN_LABEL
+		" --so-pin \"$(<\"$KCT_DIR/so-pin\")\" --pin \"$(<\"$KCT_DIR/pin\")\" >/dev/null\n"
+		/* Its own policy: the client is exercised with every operation on
+		 * one key, which the least-privilege development policy does not
+		 * grant the account principal. */
+		"cat >\"$KCT_DIR/policy.json\" <<'JSON'\n"
+		"{\"version\": 1, \"principals\": {\"admin\": {\"role\": \"key-admin\"},"
+		" \"officer1\": {\"role\": \"security-officer\"},"
+		" \"officer2\": {\"role\": \"security-officer\"},"
+		" \"auditor\": {\"role\": \"auditor\"}, \"account\": {\"role\": \"service\","
+		" \"keys\": {\"account-*\": [\"encrypt\", \"decrypt\", \"rewrap\", \"datakey\","
+		" \"hmac\", \"read\"]}}}}\n"
+		"JSON\n"
+		"\"$MICA_BUILD/bin/mica\" keycenter init --policy \"$KCT_DIR/policy.json\""
+		" --db \"$ci\" --hsm-module \"$MICA_HSM_MODULE\" --token-label " TOKEN_LABEL
+		" --pin-file \"$KCT_DIR/pin\" --audit-pubkey-out \"$KCT_DIR/audit.pem\""
+		" >\"$KCT_DIR/init.log\"\n";
 	char *argv[] = {"bash", "-c", (char *)script, NULL};
 	pid_t pid;
 	int status;
