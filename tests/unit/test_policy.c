@@ -542,14 +542,14 @@ END_TEST
  * grants"): every other (operation, key) pair is refused. */
 START_TEST(dev_policy_is_least_privilege)
 {
-	static const char *const keys[] = {"account-pii", "account-index", "account-pepper",
-					   "account-demo", "account-", "other-pii"};
+	static const char *const keys[] = {"account-pii",  "account-index", "account-pepper",
+					   "account-demo", "account-",	    "other-pii"};
 	static const struct {
 		const char *key;
 		enum kc_op op;
 	} needed[] = {
-	    {"account-pii", KC_OP_ENCRYPT},	{"account-pii", KC_OP_DECRYPT},
-	    {"account-index", KC_OP_HMAC},	{"account-pepper", KC_OP_DATAKEY},
+	    {"account-pii", KC_OP_ENCRYPT},    {"account-pii", KC_OP_DECRYPT},
+	    {"account-index", KC_OP_HMAC},     {"account-pepper", KC_OP_DATAKEY},
 	    {"account-pepper", KC_OP_DECRYPT},
 	};
 	size_t len, allowed = 0;
