@@ -46,6 +46,14 @@
 #define KC_ANOMALY_DEFAULT_MAX_TRACKED 10000
 #define KC_ANOMALY_MAX_TRACKED 1000000
 #define KC_ANOMALY_MAX_EVENTS 2 /* one request can cross both thresholds */
+/* Default rate threshold per (principal, key) and 60 s window, the default
+ * of keycenter.alerts.rate_max: twice the most one saturated account-service
+ * instance can ask of one key. Its busiest flow, registration, makes 4 Key
+ * Center calls on one key (account-pii) per Argon2id hash, and Argon2id
+ * (m=19 MiB, t=2) runs at most about 92 hashes/s on the 2-CPU reference host:
+ * 4 x 92 x 60 = 22,080 per minute; x 2 = 44,160, rounded to 45,000 (750/s).
+ * Measurements and tuning: docs/decisions.md, docs/operations.md. */
+#define KC_ANOMALY_DEFAULT_RATE_MAX 45000
 
 enum kc_alert_kind {
 	KC_ALERT_RATE = 1,     /* requests per (principal, key) above the threshold */

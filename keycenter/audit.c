@@ -7,6 +7,7 @@
 #include "keycenter/audit.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
@@ -16,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <openssl/err.h>
@@ -439,6 +441,13 @@ struct kc_audit {
 	uint64_t cp_seq;  /* last committed checkpoint, 0 if none */
 	int64_t cp_at_ms; /* monotonic time of the last checkpoint (or attempt) */
 	int need_resync;  /* a batch failed: re-read the head before the next */
+	int resumed;	  /* the head was adopted once: later loads resynchronise */
+	/* The newest signed head known to be genuine: the publish file's newest
+	 * at start, then each checkpoint this writer commits. The log must
+	 * always hold it (seq 0: none yet). */
+	uint64_t anchor_seq;
+	uint8_t anchor_hash[KC_AUDIT_HASH_LEN];
+	int publish_fd; /* -1: no publish file */
 	struct waiter **batch;
 	struct slot *slots;
 	struct sbuf arr[NARR];
@@ -446,32 +455,69 @@ struct kc_audit {
 
 /* What load_head_tx reads. */
 struct head_rows {
-	PGresult *last; /* RECORD_COLS of the record with the largest seq */
-	PGresult *cp;	/* seq, head_hash hex, hash hex of its record (or NULL) */
+	uint64_t anchor_seq; /* in: the record to read into |anchor| (0: none) */
+	PGresult *last;	     /* RECORD_COLS of the record with the largest seq */
+	PGresult *cp;	     /* seq, head_hash hex, hash hex of its record (or NULL) */
+	PGresult *anchor;    /* hash hex of record anchor_seq (no row: missing) */
 };
 
 static void head_rows_clear(struct head_rows *h)
 {
 	PQclear(h->last);
 	PQclear(h->cp);
-	h->last = h->cp = NULL;
+	PQclear(h->anchor);
+	h->last = h->cp = h->anchor = NULL;
 }
 
 static int load_head_tx(mica_db *db, void *arg)
 {
 	struct head_rows *h = arg;
+	char seq[24];
 	head_rows_clear(h); /* a retried transaction starts over */
 	int rc = mica_db_exec(
 	    db, "SELECT " RECORD_COLS " FROM keycenter.audit ORDER BY seq DESC LIMIT 1", 0, NULL,
 	    &h->last);
-	if (rc)
+	if (!rc)
+		rc = mica_db_exec(db,
+				  "SELECT c.seq, encode(c.head_hash, 'hex'), encode(a.hash, 'hex')"
+				  " FROM keycenter.audit_checkpoint c"
+				  " LEFT JOIN keycenter.audit a ON a.seq = c.seq"
+				  " ORDER BY c.seq DESC LIMIT 1",
+				  0, NULL, &h->cp);
+	if (rc || !h->anchor_seq)
 		return rc;
-	return mica_db_exec(db,
-			    "SELECT c.seq, encode(c.head_hash, 'hex'), encode(a.hash, 'hex')"
-			    " FROM keycenter.audit_checkpoint c"
-			    " LEFT JOIN keycenter.audit a ON a.seq = c.seq"
-			    " ORDER BY c.seq DESC LIMIT 1",
-			    0, NULL, &h->cp);
+	snprintf(seq, sizeof(seq), "%" PRIu64, h->anchor_seq);
+	const char *p[1] = {seq};
+	return mica_db_exec(
+	    db, "SELECT encode(hash, 'hex') FROM keycenter.audit WHERE seq = $1::bigint", 1, p,
+	    &h->anchor);
+}
+
+/* The log must still hold the newest genuine signed head (a->anchor_*) and
+ * must not end before what this writer already committed: a log cut back to
+ * an earlier checkpoint, or rewritten behind a published one, is refused. */
+static int check_anchor(const kc_audit *a, const struct head_rows *h, uint64_t seq, uint64_t cp_seq)
+{
+	uint8_t rec[32];
+	if (a->resumed && seq < a->head_seq) {
+		MICA_LOG(MICA_LOG_ERROR,
+			 "audit: the log now ends at seq %" PRIu64 ", before seq %" PRIu64 " that"
+			 " this writer committed: it was cut back; refusing to extend it",
+			 seq, a->head_seq);
+		return MICA_EAUDIT;
+	}
+	if (!a->anchor_seq)
+		return 0;
+	if (cp_seq < a->anchor_seq || PQntuples(h->anchor) != 1 ||
+	    hex32(mica_db_get(h->anchor, 0, 0), rec) || !mica_ct_equal(rec, a->anchor_hash, 32)) {
+		MICA_LOG(MICA_LOG_ERROR,
+			 "audit: the signed head at seq %" PRIu64 " (published, or committed by"
+			 " this writer) is not in the log, whose newest checkpoint is at seq"
+			 " %" PRIu64 ": the log was cut back or rewritten; refusing to extend it",
+			 a->anchor_seq, cp_seq);
+		return MICA_EAUDIT;
+	}
+	return 0;
 }
 
 /* Checks the stored head record and the last checkpoint and adopts them.
@@ -522,17 +568,20 @@ static int adopt_head(kc_audit *a, const struct head_rows *h)
 			return MICA_EAUDIT;
 		}
 	}
+	if (check_anchor(a, h, seq, cp_seq) != 0)
+		return MICA_EAUDIT;
 	a->head_seq = seq;
 	memcpy(a->head_hash, hash, sizeof(hash));
 	a->cp_seq = cp_seq;
 	a->need_resync = 0;
+	a->resumed = 1;
 	return 0;
 }
 
 /* (Re)reads the chain head from the database, reconnecting if needed. */
 static int load_head(kc_audit *a)
 {
-	struct head_rows h = {0};
+	struct head_rows h = {.anchor_seq = a->anchor_seq};
 	int rc = mica_db_tx(a->db, MICA_DB_REPEATABLE_READ, load_head_tx, &h);
 	if (rc) {
 		MICA_LOG(MICA_LOG_ERROR, "audit: cannot read the chain head: %s sqlstate=%s",
@@ -547,6 +596,7 @@ static int load_head(kc_audit *a)
 
 /* A signed checkpoint ready to insert. */
 struct cp {
+	kc_audit_checkpoint raw; /* what is published */
 	uint64_t seq;
 	int64_t ts_us;
 	char seq_s[24], ts_s[24];
@@ -568,6 +618,9 @@ static int cp_make(kc_audit *a, uint64_t seq, const uint8_t head[32], struct cp 
 	if (!rc && (!sig || sig_len == 0 || sig_len > KC_AUDIT_SIG_MAX))
 		rc = MICA_ECRYPTO;
 	if (!rc) {
+		cp->raw = (kc_audit_checkpoint){.seq = seq, .ts_us = cp->ts_us, .sig_len = sig_len};
+		memcpy(cp->raw.head_hash, head, KC_AUDIT_HASH_LEN);
+		memcpy(cp->raw.sig, sig, sig_len);
 		cp->sig_hex = malloc(2 * sig_len + 1);
 		rc = cp->sig_hex ? mica_hex_encode(sig, sig_len, cp->sig_hex, 2 * sig_len + 1)
 				 : MICA_ENOMEM;
@@ -690,6 +743,56 @@ static int batch_arrays(kc_audit *a, size_t n, const char *arrays[NARR])
 	return 0;
 }
 
+/* Writes all of |buf| to |fd| (O_APPEND: one write lands whole). */
+static int write_all(int fd, const char *buf, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = write(fd, buf, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return MICA_EIO;
+		buf += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* After |cp| committed: it becomes the head the log must keep, is appended
+ * to the publish file (and made durable there) and handed to the
+ * on_published callback. A failure here cannot undo the commit; it is
+ * logged and counted, and the next checkpoint is published as usual. */
+static void checkpoint_committed(kc_audit *a, const struct cp *cp)
+{
+	char *line = NULL;
+	int rc = 0;
+	a->anchor_seq = cp->seq;
+	memcpy(a->anchor_hash, cp->raw.head_hash, KC_AUDIT_HASH_LEN);
+	if (a->publish_fd < 0 && !a->opt.on_published)
+		return;
+	rc = kc_audit_checkpoint_line(&cp->raw, &line);
+	if (!rc && a->publish_fd >= 0) {
+		size_t n = strlen(line);
+		line[n] = '\n'; /* json_dumps' buffer: restored below */
+		rc = write_all(a->publish_fd, line, n + 1);
+		line[n] = '\0';
+		if (!rc && fdatasync(a->publish_fd) != 0)
+			rc = MICA_EIO;
+		if (rc) {
+			MICA_LOG(MICA_LOG_ERROR,
+				 "audit: the checkpoint at seq %" PRIu64 " could not be appended to"
+				 " the publish file: %s",
+				 cp->seq, strerror(errno));
+			pthread_mutex_lock(&a->mu);
+			a->stats.publish_failures++;
+			pthread_mutex_unlock(&a->mu);
+		}
+	}
+	if (line && a->opt.on_published)
+		a->opt.on_published(a->opt.published_arg, line, rc);
+	free(line);
+}
+
 static int checkpoint_due(const kc_audit *a, uint64_t new_seq, int64_t now)
 {
 	if (new_seq <= a->cp_seq)
@@ -736,6 +839,7 @@ static int write_batch(kc_audit *a, size_t n)
 		if (due) {
 			a->cp_seq = last;
 			a->cp_at_ms = now;
+			checkpoint_committed(a, &cp);
 		}
 	}
 	free(cp.sig_hex);
@@ -774,6 +878,7 @@ static int write_checkpoint(kc_audit *a)
 		pthread_mutex_lock(&a->mu);
 		a->stats.checkpoints++;
 		pthread_mutex_unlock(&a->mu);
+		checkpoint_committed(a, &cp);
 	}
 	free(cp.sig_hex);
 	return rc;
@@ -860,8 +965,11 @@ static void *writer_main(void *arg)
 
 static int options_resolve(const kc_audit_options *in, kc_audit_options *out)
 {
-	kc_audit_options o = {1000, 5000, 512};
+	kc_audit_options o = {1000, 5000, 512, NULL, NULL, NULL};
 	if (in) {
+		o.publish_path = in->publish_path;
+		o.on_published = in->on_published;
+		o.published_arg = in->published_arg;
 		if (in->checkpoint_every_n < 0 || in->checkpoint_every_ms < 0 ||
 		    in->max_batch < 0 || in->max_batch > 10000)
 			return MICA_EINVAL;
@@ -878,6 +986,8 @@ static int options_resolve(const kc_audit_options *in, kc_audit_options *out)
 
 static void audit_free(kc_audit *a)
 {
+	if (a->publish_fd >= 0)
+		close(a->publish_fd);
 	mica_db_close(&a->db);
 	mica_wipe(a->mac_key, sizeof(a->mac_key));
 	EVP_MAC_CTX_free(a->mac_ctx);
@@ -912,6 +1022,111 @@ static void sync_destroy(kc_audit *a)
 	pthread_cond_destroy(&a->work);
 }
 
+/* Takes the publish file's newest checkpoint as the head the log must hold
+ * and opens the file for appending (creating it). */
+static int publish_open(kc_audit *a, const char *path)
+{
+	kc_audit_checkpoint newest;
+	uint64_t bad = 0;
+	FILE *f = fopen(path, "re");
+	if (!f && errno != ENOENT) {
+		MICA_LOG(MICA_LOG_ERROR, "audit: cannot read the publish file %s: %s", path,
+			 strerror(errno));
+		return MICA_EIO;
+	}
+	if (f) {
+		int rc = kc_audit_checkpoint_read(f, NULL, &newest, NULL, &bad);
+		fclose(f);
+		if (rc == 0) {
+			a->anchor_seq = newest.seq;
+			memcpy(a->anchor_hash, newest.head_hash, KC_AUDIT_HASH_LEN);
+		} else if (rc != MICA_ENOTFOUND) {
+			MICA_LOG(MICA_LOG_ERROR,
+				 "audit: the publish file %s is not a file of checkpoint lines"
+				 " (line %" PRIu64 ": %s)",
+				 path, bad, mica_strerror(rc));
+			return MICA_EIO;
+		}
+	}
+	a->publish_fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+	if (a->publish_fd < 0) {
+		MICA_LOG(MICA_LOG_ERROR, "audit: cannot open the publish file %s: %s", path,
+			 strerror(errno));
+		return MICA_EIO;
+	}
+	return 0;
+}
+
+/* Checks one page of the unsigned tail: each record follows the one before
+ * (*seq, *prev), gives its hash and carries its MAC. */
+static int tail_page(kc_audit *a, uint64_t *seq, uint8_t prev[32], int *rows)
+{
+	char s[24];
+	snprintf(s, sizeof(s), "%" PRIu64, *seq);
+	const char *p[1] = {s};
+	PGresult *res = NULL;
+	int rc = mica_db_exec(a->db,
+			      "SELECT " RECORD_COLS " FROM keycenter.audit WHERE seq > $1::bigint"
+			      " ORDER BY seq LIMIT " PAGE_ROWS,
+			      1, p, &res);
+	*rows = rc ? 0 : PQntuples(res);
+	for (int i = 0; !rc && i < *rows; i++) {
+		struct entry e;
+		uint8_t stored[32], mac[32], hash[32], want[32];
+		if (row_entry(res, i, 0, &e, stored, mac) != 0 || e.seq != *seq + 1 ||
+		    !mica_ct_equal(e.prev_hash, prev, 32) || entry_hash(&e, hash) != 0 ||
+		    !mica_ct_equal(hash, stored, 32) || entry_mac(a->mac_key, hash, want) != 0 ||
+		    !mica_ct_equal(want, mac, 32)) {
+			MICA_LOG(MICA_LOG_ERROR,
+				 "audit: unsigned record %" PRIu64 " does not follow, hash or MAC"
+				 " (tampered while the Key Center was down?); refusing to sign and"
+				 " extend the log",
+				 *seq + 1);
+			rc = MICA_EAUDIT;
+			break;
+		}
+		memcpy(prev, hash, 32);
+		*seq = e.seq;
+	}
+	PQclear(res);
+	return rc;
+}
+
+/* At start: checks the records after the last checkpoint and signs them at
+ * once, so an inherited tail is neither forged nor left unsigned. */
+static int resume_tail(kc_audit *a)
+{
+	uint8_t prev[32] = {0};
+	uint64_t seq = a->cp_seq;
+	int rows = 0, rc = 0;
+	if (a->head_seq <= a->cp_seq)
+		return 0;
+	if (seq > 0) {
+		char s[24];
+		PGresult *res = NULL;
+		snprintf(s, sizeof(s), "%" PRIu64, seq);
+		const char *p[1] = {s};
+		rc = mica_db_exec(
+		    a->db, "SELECT encode(hash, 'hex') FROM keycenter.audit WHERE seq = $1::bigint",
+		    1, p, &res);
+		if (!rc && (PQntuples(res) != 1 || hex32(mica_db_get(res, 0, 0), prev)))
+			rc = MICA_EAUDIT;
+		PQclear(res);
+	}
+	do
+		rc = rc ? rc : tail_page(a, &seq, prev, &rows);
+	while (!rc && rows > 0);
+	if (!rc && (seq != a->head_seq || !mica_ct_equal(prev, a->head_hash, 32)))
+		rc = MICA_EAUDIT; /* the log moved under us: another writer */
+	if (!rc) {
+		MICA_LOG(MICA_LOG_INFO,
+			 "audit: signing the %" PRIu64 " records left after the last checkpoint",
+			 a->head_seq - a->cp_seq);
+		rc = write_checkpoint(a);
+	}
+	return rc;
+}
+
 int kc_audit_start(kc_audit **out, const char *conninfo, const uint8_t mac_key[32],
 		   kc_audit_sign_fn sign, void *sign_arg, const kc_audit_options *opt)
 {
@@ -924,6 +1139,7 @@ int kc_audit_start(kc_audit **out, const char *conninfo, const uint8_t mac_key[3
 	kc_audit *a = calloc(1, sizeof(*a));
 	if (!a)
 		return MICA_ENOMEM;
+	a->publish_fd = -1;
 	memcpy(a->mac_key, mac_key, sizeof(a->mac_key));
 	a->sign = sign;
 	a->sign_arg = sign_arg;
@@ -940,6 +1156,8 @@ int kc_audit_start(kc_audit **out, const char *conninfo, const uint8_t mac_key[3
 					    probe);
 		mica_wipe(probe, sizeof(probe));
 	}
+	if (!rc && o.publish_path && *o.publish_path)
+		rc = publish_open(a, o.publish_path);
 	if (!rc) {
 		rc = mica_db_open(&a->db, conninfo);
 		if (rc)
@@ -952,6 +1170,10 @@ int kc_audit_start(kc_audit **out, const char *conninfo, const uint8_t mac_key[3
 	if (rc)
 		goto out;
 	a->cp_at_ms = mica_clock_ms();
+	if ((rc = resume_tail(a)) != 0) {
+		sync_destroy(a);
+		goto out;
+	}
 	if (pthread_create(&a->thread, NULL, writer_main, a) != 0) {
 		sync_destroy(a);
 		rc = MICA_ENOMEM;
@@ -1225,7 +1447,7 @@ int kc_audit_export(mica_db *db, FILE *out)
 /* ---- online MAC check -------------------------------------------------------- */
 
 static int macs_page(mica_db *db, const uint8_t key[32], uint64_t *last, int *rows,
-		     uint64_t *bad_seq)
+		     uint64_t *bad_seq, uint64_t *checked)
 {
 	char s[24];
 	snprintf(s, sizeof(s), "%" PRIu64, *last);
@@ -1250,25 +1472,30 @@ static int macs_page(mica_db *db, const uint8_t key[32], uint64_t *last, int *ro
 			rc = MICA_EAUTH;
 		if (rc == MICA_ECHECKSUM || rc == MICA_EAUTH)
 			*bad_seq = e.seq;
+		else if (!rc)
+			(*checked)++;
 		*last = e.seq;
 	}
 	PQclear(res);
 	return rc;
 }
 
-int kc_audit_verify_macs(mica_db *db, const uint8_t mac_key[32], uint64_t *bad_seq)
+int kc_audit_verify_macs(mica_db *db, const uint8_t mac_key[32], uint64_t *bad_seq,
+			 uint64_t *records)
 {
-	uint64_t bad = 0, last = 0;
+	uint64_t bad = 0, last = 0, checked = 0;
 	int rows = 0;
 	if (bad_seq)
 		*bad_seq = 0;
+	if (records)
+		*records = 0;
 	if (!db || !mac_key)
 		return MICA_EINVAL;
 	int rc = mica_db_exec(db, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", 0, NULL, NULL);
 	if (rc)
 		return rc;
 	do
-		rc = macs_page(db, mac_key, &last, &rows, &bad);
+		rc = macs_page(db, mac_key, &last, &rows, &bad, &checked);
 	while (!rc && rows > 0);
 	if (!rc)
 		rc = mica_db_exec(db, "COMMIT", 0, NULL, NULL);
@@ -1276,6 +1503,8 @@ int kc_audit_verify_macs(mica_db *db, const uint8_t mac_key[32], uint64_t *bad_s
 		rollback_read(db);
 	if (bad_seq)
 		*bad_seq = bad;
+	if (records)
+		*records = checked;
 	return rc;
 }
 
@@ -1291,6 +1520,10 @@ static const char *const verdict_names[] = {
     [KC_AUDIT_CHECKPOINT_MISMATCH] = "checkpoint_mismatch",
     [KC_AUDIT_TRUNCATED] = "truncated",
     [KC_AUDIT_MALFORMED] = "malformed",
+    [KC_AUDIT_NO_CHECKPOINT] = "no_checkpoint",
+    [KC_AUDIT_UNSIGNED_TAIL] = "unsigned_tail",
+    [KC_AUDIT_ANCHOR_MISMATCH] = "anchor_mismatch",
+    [KC_AUDIT_ANCHOR_TRUNCATED] = "anchor_truncated",
 };
 
 const char *kc_audit_verdict_name(kc_audit_verdict v)
@@ -1314,7 +1547,9 @@ struct line {
 /* Verifier state, walking the lines in order. */
 struct vstate {
 	EVP_PKEY *pub;
+	const kc_audit_verify_options *opt; /* resolved: limits set */
 	kc_audit_report *rep;
+	int64_t last_ts; /* ts_us of the last verified record */
 	int failed; /* rep holds the first problem */
 	uint64_t line_no;
 	uint64_t next_seq; /* record expected next */
@@ -1505,7 +1740,19 @@ static void check_record(struct vstate *st, const struct line *l)
 		      e->seq, e->seq - 1);
 		return;
 	}
+	for (size_t i = 0; i < st->opt->n_anchors; i++) {
+		const kc_audit_checkpoint *an = &st->opt->anchors[i];
+		if (an->seq == e->seq && !mica_ct_equal(an->head_hash, l->hash, 32)) {
+			st->rep->anchor = i;
+			vfail(st, KC_AUDIT_ANCHOR_MISMATCH, e->seq,
+			      "record %" PRIu64 " is not the head that anchor %zu signed: the"
+			      " log up to it was rewritten",
+			      e->seq, i + 1);
+			return;
+		}
+	}
 	memcpy(st->last_hash, l->hash, 32);
+	st->last_ts = e->ts_us;
 	st->next_seq++;
 	st->rep->records++;
 }
@@ -1538,6 +1785,12 @@ static void check_checkpoint(struct vstate *st, const struct line *l)
 		      seq);
 		return;
 	}
+	kc_audit_checkpoint *cp = &st->rep->last_checkpoint;
+	cp->seq = seq;
+	cp->ts_us = l->e.ts_us;
+	memcpy(cp->head_hash, l->hash, 32);
+	memcpy(cp->sig, l->sig, l->sig_len);
+	cp->sig_len = l->sig_len;
 	st->rep->checkpoints++;
 	st->rep->last_checkpoint_seq = seq;
 }
@@ -1590,6 +1843,46 @@ static int read_line(FILE *in, char *buf, size_t cap, size_t *len, int *too_long
 	return any;
 }
 
+/* The rules that need the whole input: every anchor inside the log, at
+ * least one checkpoint, and a tail no longer than the writer leaves. A
+ * problem found here is reported one line past the last. */
+static void finish_rules(struct vstate *st)
+{
+	kc_audit_report *r = st->rep;
+	const kc_audit_verify_options *o = st->opt;
+	st->line_no++;
+	for (size_t i = 0; i < o->n_anchors; i++) {
+		if (o->anchors[i].seq > r->records) {
+			r->anchor = i;
+			vfail(st, KC_AUDIT_ANCHOR_TRUNCATED, r->records + 1,
+			      "the records end at seq %" PRIu64
+			      " but anchor %zu signed seq %" PRIu64 ": the log was cut back",
+			      r->records, i + 1, o->anchors[i].seq);
+			return;
+		}
+	}
+	if (r->checkpoints == 0) {
+		vfail(st, KC_AUDIT_NO_CHECKPOINT, 1,
+		      "the log holds %" PRIu64 " records and no signed checkpoint", r->records);
+		return;
+	}
+	uint64_t tail = r->records - r->last_checkpoint_seq;
+	if (o->max_unsigned != UINT64_MAX && tail > o->max_unsigned) {
+		vfail(st, KC_AUDIT_UNSIGNED_TAIL, r->last_checkpoint_seq + 1,
+		      "%" PRIu64 " records after the last checkpoint (seq %" PRIu64
+		      "); the writer signs every %" PRIu64,
+		      tail, r->last_checkpoint_seq, o->max_unsigned);
+		return;
+	}
+	int64_t span_ms = (st->last_ts - r->last_checkpoint.ts_us) / 1000;
+	if (tail > 0 && o->max_unsigned_ms >= 0 && span_ms > o->max_unsigned_ms)
+		vfail(st, KC_AUDIT_UNSIGNED_TAIL, r->last_checkpoint_seq + 1,
+		      "record %" PRIu64 " is %" PRId64
+		      " ms newer than the last checkpoint (seq %" PRIu64
+		      "); the writer signs within %" PRId64 " ms",
+		      r->records, span_ms, r->last_checkpoint_seq, o->max_unsigned_ms);
+}
+
 static void verify_finish(struct vstate *st)
 {
 	kc_audit_report *r = st->rep;
@@ -1609,17 +1902,47 @@ static void verify_finish(struct vstate *st)
 			 st->backward_line, st->min_backward);
 	}
 	if (!st->failed)
+		finish_rules(st);
+	if (!st->failed)
 		r->unsigned_tail = r->records - r->last_checkpoint_seq;
 }
 
-int kc_audit_verify_pkey(FILE *in, EVP_PKEY *pub, kc_audit_report *rep)
+/* Checks the signature of |cp| under |pub|. */
+static int checkpoint_sig_ok(EVP_PKEY *pub, const kc_audit_checkpoint *cp)
 {
+	uint8_t digest[32];
+	return cp->seq >= 1 && cp->sig_len > 0 && cp->sig_len <= KC_AUDIT_SIG_MAX &&
+	       kc_audit_checkpoint_digest(cp->seq, cp->ts_us, cp->head_hash, digest) == 0 &&
+	       sig_ok(pub, digest, cp->sig, cp->sig_len);
+}
+
+/* |in| with defaults filled in; MICA_EINVAL for values out of range. */
+static int verify_options_resolve(EVP_PKEY *pub, const kc_audit_verify_options *in,
+				  kc_audit_verify_options *out)
+{
+	*out = in ? *in : (kc_audit_verify_options){0};
+	if (out->max_unsigned == 0)
+		out->max_unsigned = KC_AUDIT_VERIFY_MAX_UNSIGNED;
+	if (out->max_unsigned_ms == 0)
+		out->max_unsigned_ms = KC_AUDIT_VERIFY_MAX_UNSIGNED_MS;
+	if (out->n_anchors > KC_AUDIT_VERIFY_MAX_ANCHORS || (out->n_anchors && !out->anchors))
+		return MICA_EINVAL;
+	for (size_t i = 0; i < out->n_anchors; i++)
+		if (!checkpoint_sig_ok(pub, &out->anchors[i]))
+			return MICA_EINVAL;
+	return 0;
+}
+
+int kc_audit_verify_opts(FILE *in, EVP_PKEY *pub, const kc_audit_verify_options *opt,
+			 kc_audit_report *rep)
+{
+	kc_audit_verify_options o;
 	if (!rep)
 		return MICA_EINVAL;
 	memset(rep, 0, sizeof(*rep));
-	if (!in || !pub || !EVP_PKEY_is_a(pub, "EC"))
+	if (!in || !pub || !EVP_PKEY_is_a(pub, "EC") || verify_options_resolve(pub, opt, &o))
 		return MICA_EINVAL;
-	struct vstate st = {.pub = pub, .rep = rep, .next_seq = 1};
+	struct vstate st = {.pub = pub, .opt = &o, .rep = rep, .next_seq = 1};
 	char *buf = malloc(KC_AUDIT_LINE_MAX);
 	if (!buf)
 		return MICA_ENOMEM;
@@ -1644,6 +1967,92 @@ int kc_audit_verify_pkey(FILE *in, EVP_PKEY *pub, kc_audit_report *rep)
 	}
 	verify_finish(&st);
 	return st.failed ? MICA_EAUTH : 0;
+}
+
+int kc_audit_verify_pkey(FILE *in, EVP_PKEY *pub, kc_audit_report *rep)
+{
+	return kc_audit_verify_opts(in, pub, NULL, rep);
+}
+
+/* ---- checkpoint files (publish file, anchors) ------------------------------------ */
+
+int kc_audit_checkpoint_read(FILE *in, EVP_PKEY *pub, kc_audit_checkpoint *newest, uint64_t *count,
+			     uint64_t *bad_line)
+{
+	uint64_t n = 0;
+	int rc = 0, found = 0;
+	if (count)
+		*count = 0;
+	if (bad_line)
+		*bad_line = 0;
+	if (!in || !newest || (pub && !EVP_PKEY_is_a(pub, "EC")))
+		return MICA_EINVAL;
+	memset(newest, 0, sizeof(*newest));
+	char *buf = malloc(KC_AUDIT_LINE_MAX);
+	if (!buf)
+		return MICA_ENOMEM;
+	for (;;) {
+		size_t len = 0;
+		int too_long = 0;
+		struct line l;
+		kc_audit_checkpoint cp;
+		if ((rc = read_line(in, buf, KC_AUDIT_LINE_MAX, &len, &too_long)) <= 0)
+			break;
+		n++;
+		l.obj = NULL;
+		rc = !too_long && parse_line(buf, len, &l) && l.is_checkpoint ? 0
+									      : MICA_EBADENCODING;
+		json_decref(l.obj);
+		if (!rc) {
+			cp.seq = l.e.seq;
+			cp.ts_us = l.e.ts_us;
+			memcpy(cp.head_hash, l.hash, 32);
+			memcpy(cp.sig, l.sig, l.sig_len);
+			cp.sig_len = l.sig_len;
+			if (pub && !checkpoint_sig_ok(pub, &cp))
+				rc = MICA_EAUTH;
+		}
+		if (rc) {
+			if (bad_line)
+				*bad_line = n;
+			break;
+		}
+		if (!found || cp.seq > newest->seq)
+			*newest = cp;
+		found = 1;
+	}
+	free(buf);
+	if (count)
+		*count = n;
+	if (rc < 0)
+		return rc;
+	return found ? 0 : MICA_ENOTFOUND;
+}
+
+int kc_audit_checkpoint_line(const kc_audit_checkpoint *cp, char **line)
+{
+	char head[2 * KC_AUDIT_HASH_LEN + 1], *sig = NULL;
+	if (line)
+		*line = NULL;
+	if (!cp || !line || cp->seq < 1 || cp->seq > INT64_MAX || cp->sig_len == 0 ||
+	    cp->sig_len > KC_AUDIT_SIG_MAX)
+		return MICA_EINVAL;
+	if (!(sig = malloc(2 * cp->sig_len + 1)))
+		return MICA_ENOMEM;
+	int rc = mica_hex_encode(cp->head_hash, 32, head, sizeof(head));
+	if (!rc)
+		rc = mica_hex_encode(cp->sig, cp->sig_len, sig, 2 * cp->sig_len + 1);
+	json_t *o = rc ? NULL
+		       : json_pack("{s:s,s:I,s:I,s:s,s:s}", "type", "checkpoint", "seq",
+				   (json_int_t)cp->seq, "ts_us", (json_int_t)cp->ts_us, "head_hash",
+				   head, "signature", sig);
+	free(sig);
+	if (rc)
+		return MICA_EINVAL;
+	if (!o || !(*line = json_dumps(o, JSON_COMPACT)))
+		rc = MICA_ENOMEM;
+	json_decref(o);
+	return rc;
 }
 
 int kc_audit_verify(FILE *in, const char *pubkey_pem_path, kc_audit_report *rep)

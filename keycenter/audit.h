@@ -56,6 +56,20 @@
  *
  * The MAC is exported but only kc_audit_verify_macs(), which holds the key,
  * can check it.
+ *
+ * ---- Published checkpoints and anchors ------------------------------------
+ *
+ * A checkpoint line on its own (the export's checkpoint form, '\n'-ended) is
+ * also the format of two files outside the database:
+ *   - the publish file: the writer appends every checkpoint it committed
+ *     (kc_audit_options.publish_path), so a database superuser who cuts or
+ *     rewrites the log cannot also remove the signed heads that were
+ *     published; kc_audit_start() refuses a log that lacks the newest one;
+ *   - an auditor's anchor file: the newest checkpoint of the auditor's last
+ *     successful verification (`mica audit verify --anchor FILE`), so the next
+ *     run proves the log still holds that head and only grew after it.
+ * kc_audit_checkpoint_read() reads either; kc_audit_checkpoint_line() writes
+ * one line.
  */
 #ifndef KC_AUDIT_H
 #define KC_AUDIT_H
@@ -106,10 +120,23 @@ typedef int (*kc_audit_sign_fn)(const uint8_t digest[32], uint8_t **sig, size_t 
  * passed, and kc_audit_stop() signs whatever is left. If signing fails, the
  * batch fails (fail closed): an unsigned tail is one that could be cut off
  * without a trace. */
+/* Called on the writer thread after each committed checkpoint with its line
+ * (|line|, without '\n', borrowed for the call) and the outcome of appending
+ * it to the publish file: 0, or MICA_EIO (the checkpoint is committed in the
+ * database all the same; the next one is published as usual). Must not
+ * block: queue the line for a webhook, raise an alert on |rc|. */
+typedef void (*kc_audit_published_fn)(void *arg, const char *line, int rc);
+
 typedef struct kc_audit_options {
 	int checkpoint_every_n;	 /* checkpoint once this many records are unsigned; 0: 1000 */
 	int checkpoint_every_ms; /* ... or this long after the last one; 0: 5000 */
 	int max_batch;		 /* most records per transaction, 1..10000; 0: 512 */
+	/* File every committed checkpoint is appended to (O_APPEND, fsync'd,
+	 * created 0640), or NULL / "": none. Its newest checkpoint must be in
+	 * the log for kc_audit_start() to resume (see there). */
+	const char *publish_path;
+	kc_audit_published_fn on_published; /* NULL: none */
+	void *published_arg;
 } kc_audit_options;
 
 typedef struct kc_audit_stats {
@@ -118,6 +145,7 @@ typedef struct kc_audit_stats {
 	uint64_t failed_batches; /* batches whose waiters got MICA_EAUDIT */
 	uint64_t checkpoints;	 /* checkpoints committed by this writer */
 	uint64_t max_batch;	 /* largest committed batch */
+	uint64_t publish_failures; /* checkpoints the publish file did not take */
 } kc_audit_stats;
 
 typedef struct kc_audit kc_audit;
@@ -128,13 +156,24 @@ typedef struct kc_audit kc_audit;
  * kc_audit_stop()), and the last checkpoint must point at a stored record
  * with the same hash: otherwise the log was tampered with or the key is
  * wrong, and the writer refuses to extend it (the log names the seq).
+ * With a publish file, the newest checkpoint in it must still be in the log:
+ * the log's newest checkpoint is at or after its seq and the record at its
+ * seq has its head hash; else the log was cut back or rewritten behind the
+ * published head and the writer refuses it. (The same check, against the
+ * newest checkpoint this writer committed, guards every resynchronisation
+ * after a failed batch.) Records after the last checkpoint (a tail left by
+ * a crash) are checked record by record, hash, link and MAC, and signed
+ * right away, so a tail rewritten while the Key Center was down is refused
+ * and a resumed tail is never older than one checkpoint interval.
  * |sign| (with |sign_arg|) signs checkpoints; |opt| may be NULL (defaults).
  * On success *out is the writer, released by kc_audit_stop(). Appends wait
  * for the database, so |conninfo| should bound how long a dead peer can
  * stall it (keepalives, tcp_user_timeout, connect_timeout).
  * Returns 0, MICA_EINVAL (NULL argument or option out of range),
- * MICA_EDBCONN (cannot connect), MICA_EAUDIT (the stored chain head does not
- * verify), MICA_EDB or another mica_db error, or MICA_ENOMEM. */
+ * MICA_EDBCONN (cannot connect), MICA_EAUDIT (the stored chain head, the
+ * unsigned tail or the published head does not verify), MICA_EIO (the
+ * publish file cannot be read, is malformed or cannot be opened for
+ * appending), MICA_EDB or another mica_db error, or MICA_ENOMEM. */
 int kc_audit_start(kc_audit **out, const char *conninfo, const uint8_t mac_key[32],
 		   kc_audit_sign_fn sign, void *sign_arg, const kc_audit_options *opt) MICA_WUR;
 
@@ -194,6 +233,32 @@ int kc_audit_checkpoint_digest(uint64_t seq, int64_t ts_us, const uint8_t head_h
  * may hold a prefix of the export. */
 int kc_audit_export(mica_db *db, FILE *out) MICA_WUR;
 
+/* A signed checkpoint: a line of the export, of the publish file or of an
+ * anchor file. */
+typedef struct kc_audit_checkpoint {
+	uint64_t seq; /* >= 1 */
+	int64_t ts_us;
+	uint8_t head_hash[KC_AUDIT_HASH_LEN];
+	uint8_t sig[KC_AUDIT_SIG_MAX];
+	size_t sig_len;
+} kc_audit_checkpoint;
+
+/* Reads a file of checkpoint lines (the publish file, an anchor file) from
+ * |in|: every line must be a well-formed checkpoint line, and with |pub|
+ * (borrowed; NULL skips it) every signature must verify. On success
+ * *newest is the checkpoint with the largest seq and *count (may be NULL)
+ * the number of lines. On MICA_EBADENCODING or MICA_EAUTH, *bad_line (may
+ * be NULL) is the 1-based line at fault. Returns 0, MICA_ENOTFOUND (no
+ * line), MICA_EBADENCODING (a line is not a checkpoint line), MICA_EAUTH (a
+ * signature does not verify), MICA_EINVAL (NULL |in| or |newest|, or a
+ * non-EC key), MICA_EIO or MICA_ENOMEM. */
+int kc_audit_checkpoint_read(FILE *in, EVP_PKEY *pub, kc_audit_checkpoint *newest, uint64_t *count,
+			     uint64_t *bad_line) MICA_WUR;
+
+/* Formats |cp| as one checkpoint line without '\n'; *line is malloc'd, the
+ * caller free()s it. Returns 0, MICA_EINVAL or MICA_ENOMEM. */
+int kc_audit_checkpoint_line(const kc_audit_checkpoint *cp, char **line) MICA_WUR;
+
 typedef enum kc_audit_verdict {
 	KC_AUDIT_OK = 0,
 	KC_AUDIT_BAD_HASH,		   /* the record's content does not give its hash */
@@ -204,31 +269,70 @@ typedef enum kc_audit_verdict {
 	KC_AUDIT_CHECKPOINT_MISMATCH,	   /* head_hash is not the hash of record seq */
 	KC_AUDIT_TRUNCATED,		   /* the records end before a checkpoint's seq */
 	KC_AUDIT_MALFORMED,		   /* a line is not a well-formed record or checkpoint */
+	KC_AUDIT_NO_CHECKPOINT,		   /* no signed checkpoint at all (empty or unsigned log) */
+	KC_AUDIT_UNSIGNED_TAIL,		   /* more records, or a longer time, after the last
+					      checkpoint than the writer ever leaves */
+	KC_AUDIT_ANCHOR_MISMATCH,	   /* the record at an anchor's seq is not its head:
+					      history up to the anchor was rewritten */
+	KC_AUDIT_ANCHOR_TRUNCATED,	   /* the records end before an anchor's seq */
 } kc_audit_verdict;
 
 /* Stable snake_case name of |v| ("ok", "bad_hash", ...). */
 const char *kc_audit_verdict_name(kc_audit_verdict v);
+
+/* What the writer leaves unsigned at most with the default configuration
+ * ([keycenter.audit] checkpoint_every = 1000, checkpoint_interval_ms =
+ * 10000, plus 5 s for a batch in flight and clock steps). */
+#define KC_AUDIT_VERIFY_MAX_UNSIGNED 1000
+#define KC_AUDIT_VERIFY_MAX_UNSIGNED_MS 15000
+/* Most anchors one verification takes. */
+#define KC_AUDIT_VERIFY_MAX_ANCHORS 8
+
+typedef struct kc_audit_verify_options {
+	/* Most records allowed after the last checkpoint: the writer's
+	 * checkpoint_every. 0: KC_AUDIT_VERIFY_MAX_UNSIGNED; UINT64_MAX: no
+	 * limit. */
+	uint64_t max_unsigned;
+	/* Longest time allowed between the last checkpoint and the newest
+	 * record after it, in ms: the writer's checkpoint_interval_ms plus a
+	 * grace. 0: KC_AUDIT_VERIFY_MAX_UNSIGNED_MS; negative: no limit. */
+	int64_t max_unsigned_ms;
+	/* Checkpoints the log must still contain (an auditor's anchor, the
+	 * publish file's newest), |n_anchors| of them (at most
+	 * KC_AUDIT_VERIFY_MAX_ANCHORS); borrowed. Their signatures are checked
+	 * first (a bad one is MICA_EINVAL). */
+	const kc_audit_checkpoint *anchors;
+	size_t n_anchors;
+} kc_audit_verify_options;
 
 /* Outcome of kc_audit_verify(). Counts cover the lines verified before the
  * first problem (everything when kind is KC_AUDIT_OK). */
 typedef struct kc_audit_report {
 	kc_audit_verdict kind;
 	uint64_t bad_seq;	      /* seq of the first problem (0 when OK); see below */
-	uint64_t line;		      /* 1-based input line of the problem (0 when OK) */
+	uint64_t line;		      /* 1-based input line of the problem (0 when OK); one
+					 past the last line for a problem found at the end */
 	uint64_t records;	      /* records verified */
 	uint64_t checkpoints;	      /* checkpoints verified */
 	uint64_t last_checkpoint_seq; /* 0 if none */
 	uint64_t unsigned_tail;	      /* records after the last checkpoint */
+	size_t anchor;		      /* ANCHOR_*: index of the anchor at fault */
+	kc_audit_checkpoint last_checkpoint; /* the newest verified one (seq 0 if none):
+						the auditor's next anchor */
 	char detail[256];	      /* human sentence; "" when OK */
 } kc_audit_report;
 
 /* Verifies the export read from |in| with the checkpoint public key in the
- * PEM file |pubkey_pem_path| (SubjectPublicKeyInfo, EC). It recomputes every
- * record's hash, follows prev_hash from 32 zero bytes, requires seq 1, 2, 3
- * ... with each checkpoint right after its record, compares each
- * checkpoint's head_hash with that record's hash, verifies each signature,
- * and fails if the records end before the last checkpoint's seq. It reports
- * the first problem in input order, with bad_seq:
+ * PEM file |pubkey_pem_path| (SubjectPublicKeyInfo, EC) and the default
+ * options. It recomputes every record's hash, follows prev_hash from 32 zero
+ * bytes, requires seq 1, 2, 3 ... with each checkpoint right after its
+ * record, compares each checkpoint's head_hash with that record's hash,
+ * verifies each signature, and fails if the records end before the last
+ * checkpoint's seq. At the end of the input it requires at least one
+ * checkpoint, an unsigned tail within the options' limits, and every anchor
+ * inside the log. It reports the first problem in input order (problems
+ * found at the end in the order: truncated, anchor_truncated,
+ * no_checkpoint, unsigned_tail), with bad_seq:
  *   BAD_HASH, BROKEN_LINK              the record's seq
  *   SEQ_GAP, TRUNCATED                 the first missing seq
  *   OUT_OF_ORDER                       the smallest seq found after a line
@@ -237,6 +341,11 @@ typedef struct kc_audit_report {
  *   BAD_CHECKPOINT_SIGNATURE,
  *   CHECKPOINT_MISMATCH                the checkpoint's seq
  *   MALFORMED                          the seq expected next
+ *   NO_CHECKPOINT                      1
+ *   UNSIGNED_TAIL                      the first record after the last
+ *                                      checkpoint
+ *   ANCHOR_MISMATCH                    the anchor's seq
+ *   ANCHOR_TRUNCATED                   the first missing seq
  * A gap that a later line shows to be a misplaced record is reported as
  * OUT_OF_ORDER. Returns 0 (kind OK), MICA_EAUTH (verification failed; see
  * *rep), MICA_EINVAL (NULL argument; unreadable, non-PEM or non-EC key), MICA_EIO
@@ -247,12 +356,21 @@ int kc_audit_verify(FILE *in, const char *pubkey_pem_path, kc_audit_report *rep)
  * only, else MICA_EINVAL), for callers that verify many inputs. */
 int kc_audit_verify_pkey(FILE *in, EVP_PKEY *pub, kc_audit_report *rep) MICA_WUR;
 
-/* Online check that needs the MAC key: reads every record of |db| in seq
- * order and checks that its content gives its stored hash and that its MAC
- * is HMAC-SHA256(|mac_key|, hash). On MICA_ECHECKSUM (hash) or MICA_EAUTH
- * (MAC), *bad_seq (may be NULL) is the first bad record's seq; else 0.
- * Chain links, gaps and signatures are kc_audit_verify()'s job. Returns 0,
- * MICA_ECHECKSUM, MICA_EAUTH, MICA_EINVAL, MICA_ENOMEM or a mica_db error. */
-int kc_audit_verify_macs(mica_db *db, const uint8_t mac_key[32], uint64_t *bad_seq) MICA_WUR;
+/* As kc_audit_verify_pkey() with options |opt| (NULL: the defaults).
+ * MICA_EINVAL also for options out of range or an anchor whose signature
+ * does not verify under |pub|. */
+int kc_audit_verify_opts(FILE *in, EVP_PKEY *pub, const kc_audit_verify_options *opt,
+			 kc_audit_report *rep) MICA_WUR;
+
+/* Online check that needs the MAC key (the Key Center's self-check): reads
+ * every record of |db| in seq order, in one snapshot, and checks that its
+ * content gives its stored hash and that its MAC is HMAC-SHA256(|mac_key|,
+ * hash). On MICA_ECHECKSUM (hash) or MICA_EAUTH (MAC), *bad_seq (may be
+ * NULL) is the first bad record's seq; else 0. *records (may be NULL) is
+ * the number of records checked before it. Chain links, gaps and
+ * signatures are kc_audit_verify()'s job. Returns 0, MICA_ECHECKSUM,
+ * MICA_EAUTH, MICA_EINVAL, MICA_ENOMEM or a mica_db error. */
+int kc_audit_verify_macs(mica_db *db, const uint8_t mac_key[32], uint64_t *bad_seq,
+			 uint64_t *records) MICA_WUR;
 
 #endif

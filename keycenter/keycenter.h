@@ -32,6 +32,10 @@ struct kc_config {
 	int audit_checkpoint_every;
 	int audit_checkpoint_interval_ms;
 	int audit_max_batch;
+	char *audit_publish_file;
+	char *audit_publish_webhook_url;
+	char *audit_publish_webhook_ca_file;
+	int audit_selfcheck_interval_s;
 	int max_batch_items;
 	int alert_rate_max;
 	int alert_denial_max;
@@ -106,8 +110,20 @@ int kc_policy_active_document(kc_service *s, json_t **out) MICA_WUR;
 kc_policy *kc_policy_current(kc_service *s);
 
 /* ---- alerts.c ------------------------------------------------------------ */
+/* Starts the alert thread (and webhook clients) and, when
+ * keycenter.audit.selfcheck_interval_s > 0, the audit self-check thread. */
 int kc_alerts_start(kc_service *s) MICA_WUR;
 void kc_alerts_stop(kc_service *s);
+/* kc_audit_published_fn of the service (|svc| is the kc_service): queues the
+ * checkpoint line for keycenter.audit.publish_webhook_url and raises a
+ * checkpoint_publish_failure alert when the publish file refused it. */
+void kc_audit_published(void *svc, const char *line, int rc);
+/* The audit self-check: unseals the MAC key, checks every record's hash and
+ * MAC (kc_audit_verify_macs) and raises an audit_mac_failure alert naming
+ * the first bad seq, or audit_selfcheck_error when the check could not run.
+ * *records and *bad_seq (may be NULL) as kc_audit_verify_macs(). Returns 0,
+ * MICA_EAUTH (a MAC), MICA_ECHECKSUM (a hash), or the error that stopped it. */
+int kc_audit_selfcheck(kc_service *s, uint64_t *records, uint64_t *bad_seq) MICA_WUR;
 /* Queues an alert: written to keycenter.alert, logged at warn, and POSTed
  * to the webhook if configured. |detail| is stolen. Never blocks on I/O. */
 void kc_alert(kc_service *s, const char *kind, const char *principal, const char *key,

@@ -34,10 +34,21 @@ const mica_config_entry kc_config_table[] = {
 	 F(audit_checkpoint_interval_ms), "longest time between checkpoints while records arrive"},
 	{"keycenter.audit", "max_batch", MICA_CFG_INT, 1, 10000, "512", F(audit_max_batch),
 	 "most records committed together (group commit)"},
+	{"keycenter.audit", "publish_file", MICA_CFG_STRING, 0, 4096, "", F(audit_publish_file),
+	 "append-only file every signed checkpoint is appended to; the Key Center refuses to"
+	 " start on a log that lacks its newest (empty: none)"},
+	{"keycenter.audit", "publish_webhook_url", MICA_CFG_STRING, 0, 4096, "",
+	 F(audit_publish_webhook_url), "HTTPS URL every signed checkpoint is POSTed to (empty: none)"},
+	{"keycenter.audit", "publish_webhook_ca_file", MICA_CFG_STRING, 0, 4096, "",
+	 F(audit_publish_webhook_ca_file), "CA the publish webhook's certificate must chain to"},
+	{"keycenter.audit", "selfcheck_interval_s", MICA_CFG_INT, 0, 604800, "3600",
+	 F(audit_selfcheck_interval_s),
+	 "seconds between self-checks of every record's MAC (alert on failure; 0: off)"},
 	{"keycenter.limits", "max_batch_items", MICA_CFG_INT, 1, 100000, "1000", F(max_batch_items),
 	 "largest batch_input accepted"},
-	{"keycenter.alerts", "rate_max", MICA_CFG_INT, 1, 100000000, "200000", F(alert_rate_max),
-	 "requests per principal and key within the window before a rate alert"},
+	{"keycenter.alerts", "rate_max", MICA_CFG_INT, 1, 100000000, "45000", F(alert_rate_max),
+	 "requests per principal and key within the window before a rate alert (default:"
+	 " KC_ANOMALY_DEFAULT_RATE_MAX)"},
 	{"keycenter.alerts", "denial_max", MICA_CFG_INT, 1, 1000000, "20", F(alert_denial_max),
 	 "denials per principal within the window before a denial-burst alert"},
 	{"keycenter.alerts", "window_s", MICA_CFG_INT, 1, 86400, "60", F(alert_window_s),
@@ -174,9 +185,14 @@ int kc_run(struct kc_config *cfg)
 			 err == MICA_ENOTFOUND ? "; has `mica keycenter init` run?" : "");
 		goto out;
 	}
+	if (kc_alerts_start(&s) != 0)
+		goto out;
 	kc_audit_options ao = {.checkpoint_every_n = cfg->audit_checkpoint_every,
 			       .checkpoint_every_ms = cfg->audit_checkpoint_interval_ms,
-			       .max_batch = cfg->audit_max_batch};
+			       .max_batch = cfg->audit_max_batch,
+			       .publish_path = cfg->audit_publish_file,
+			       .on_published = kc_audit_published,
+			       .published_arg = &s};
 	err = kc_audit_start(&s.audit, conninfo, mac_key, sign_checkpoint, s.hsm, &ao);
 	mica_wipe(mac_key, sizeof(mac_key));
 	if (err) {
@@ -187,7 +203,7 @@ int kc_run(struct kc_config *cfg)
 	kc_anomaly_options an = {.window_ms = (int64_t)cfg->alert_window_s * 1000,
 				 .max_requests_per_window = (uint32_t)cfg->alert_rate_max,
 				 .max_denials_per_window = (uint32_t)cfg->alert_denial_max};
-	if (kc_anomaly_new(&an, &s.anomaly) != 0 || kc_alerts_start(&s) != 0)
+	if (kc_anomaly_new(&an, &s.anomaly) != 0)
 		goto out;
 	if (kc_policy_load_active(&s) != 0)
 		MICA_LOG(MICA_LOG_WARN, "keycenter: no active policy: every request is refused");
@@ -211,8 +227,8 @@ int kc_run(struct kc_config *cfg)
 	rc = 0;
 out:
 	mica_http_stop(srv);
+	kc_audit_stop(s.audit); /* its final checkpoint still reaches the publish webhook */
 	kc_alerts_stop(&s);
-	kc_audit_stop(s.audit);
 	kc_anomaly_free(s.anomaly);
 	kc_keys_cleanup(&s);
 	kc_policy_unref(s.policy);

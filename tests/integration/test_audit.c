@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/ec.h>
@@ -233,7 +234,7 @@ static void assert_chain_ok(uint64_t records, uint64_t last_checkpoint)
 	ck_assert_uint_eq(rep.last_checkpoint_seq, last_checkpoint);
 	mica_db *db = open_ci(conninfo);
 	uint64_t bad = 99;
-	ck_assert_int_eq(kc_audit_verify_macs(db, mac_key, &bad), 0);
+	ck_assert_int_eq(kc_audit_verify_macs(db, mac_key, &bad, NULL), 0);
 	ck_assert_uint_eq(bad, 0);
 	mica_db_close(&db);
 }
@@ -742,7 +743,7 @@ static uint64_t macs_bad(int want_rc)
 {
 	mica_db *db = open_ci(conninfo);
 	uint64_t bad = 0;
-	ck_assert_int_eq(kc_audit_verify_macs(db, mac_key, &bad), want_rc);
+	ck_assert_int_eq(kc_audit_verify_macs(db, mac_key, &bad, NULL), want_rc);
 	mica_db_close(&db);
 	return bad;
 }
@@ -968,7 +969,8 @@ START_TEST(malformed_input)
 	assert_verdict(&rep, KC_AUDIT_MALFORMED, 5);
 	ck_assert_uint_eq(rep.line, 5);
 
-	ck_assert_int_eq(verify_text("", &rep), 0);
+	ck_assert_int_eq(verify_text("", &rep), MICA_EAUTH); /* no checkpoint */
+	assert_verdict(&rep, KC_AUDIT_NO_CHECKPOINT, 1);
 	ck_assert_uint_eq(rep.records, 0);
 	ck_assert_int_eq(verify_text("\n", &rep), MICA_EAUTH);
 	assert_verdict(&rep, KC_AUDIT_MALFORMED, 1);
@@ -1057,6 +1059,453 @@ START_TEST(cli_export_and_verify)
 }
 END_TEST
 
+/* ---- attacks on the whole log (issue 18, item 2) ------------------------------ */
+
+/* Rewrites records |from|..|to| (inclusive) as a superuser without the MAC
+ * key or the HSM would: new content, hashes and links recomputed so the
+ * chain holds from |from| on; the MACs stay as they were. */
+static void rewrite_chain(int from, int to)
+{
+	uint8_t prev[32];
+	int have_prev = 0;
+	for (int seq = from; seq <= to; seq++) {
+		mica_db *db = open_ci(conninfo);
+		char s[16];
+		snprintf(s, sizeof(s), "%d", seq);
+		const char *p[1] = {s};
+		PGresult *res = NULL;
+		ck_assert_int_eq(
+		    mica_db_exec(db,
+				 "SELECT ts_us, client, op, key_name, key_version, context_hash,"
+				 " result, encode(prev_hash, 'hex') FROM keycenter.audit"
+				 " WHERE seq = $1::bigint",
+				 1, p, &res),
+		    0);
+		ck_assert_int_eq(PQntuples(res), 1);
+		int64_t ts = 0, kv = 0;
+		uint8_t hash[32];
+		size_t n = 0;
+		ck_assert_int_eq(mica_db_get_int64(res, 0, 0, &ts), 0);
+		if (mica_db_get(res, 0, 4))
+			ck_assert_int_eq(mica_db_get_int64(res, 0, 4, &kv), 0);
+		if (!have_prev)
+			ck_assert_int_eq(mica_hex_decode(mica_db_get(res, 0, 7), 64, prev, 32, &n),
+					 0);
+		kc_audit_record r = {
+		    .principal = "mallory",
+		    .client = mica_db_get(res, 0, 1),
+		    .op = mica_db_get(res, 0, 2),
+		    .key_name = mica_db_get(res, 0, 3),
+		    .key_version = (int32_t)kv,
+		    .context_hash = mica_db_get(res, 0, 5),
+		    .result = mica_db_get(res, 0, 6),
+		};
+		ck_assert_int_eq(kc_audit_record_hash((uint64_t)seq, ts, &r, prev, hash), 0);
+		char hex[65], prev_hex[65];
+		ck_assert_int_eq(mica_hex_encode(hash, 32, hex, sizeof(hex)), 0);
+		ck_assert_int_eq(mica_hex_encode(prev, 32, prev_hex, sizeof(prev_hex)), 0);
+		PQclear(res);
+		const char *up[3] = {s, hex, prev_hex};
+		exec_ok(
+		    db,
+		    "UPDATE keycenter.audit SET principal = 'mallory', hash = decode($2, 'hex'),"
+		    " prev_hash = decode($3, 'hex') WHERE seq = $1::bigint",
+		    3, up);
+		mica_db_close(&db);
+		memcpy(prev, hash, 32);
+		have_prev = 1;
+	}
+}
+
+/* Counts the writer's on_published calls. */
+struct published {
+	atomic_int ok, failed;
+};
+
+static void on_published(void *arg, const char *line, int rc)
+{
+	struct published *p = arg;
+	ck_assert(strncmp(line, "{\"type\":\"checkpoint\",\"seq\":", 27) == 0);
+	atomic_fetch_add(rc ? &p->failed : &p->ok, 1);
+}
+
+static int try_start_opts(int every_n, int every_ms, const char *publish, struct published *pc,
+			  kc_audit **out)
+{
+	kc_audit_options o = {.checkpoint_every_n = every_n,
+			      .checkpoint_every_ms = every_ms,
+			      .publish_path = publish,
+			      .on_published = pc ? on_published : NULL,
+			      .published_arg = pc};
+	*out = NULL;
+	return kc_audit_start(out, writer_ci, mac_key, test_sign, NULL, &o);
+}
+
+static kc_audit *start_pub(int every_n, int every_ms, const char *publish, struct published *pc)
+{
+	kc_audit *a = NULL;
+	int rc = try_start_opts(every_n, every_ms, publish, pc, &a);
+	ck_assert_msg(rc == 0, "kc_audit_start: %s", mica_strerror(rc));
+	return a;
+}
+
+/* Starts and stops a writer on the publish file |publish|; its result. */
+static int try_resume(const char *publish)
+{
+	kc_audit *a = NULL;
+	int rc = try_start_opts(10, 60000, publish, NULL, &a);
+	if (rc == 0)
+		kc_audit_stop(a);
+	else
+		ck_assert_ptr_null(a);
+	return rc;
+}
+
+/* The newest checkpoint of a checkpoint file, every signature checked. */
+static kc_audit_checkpoint read_cp_file(const char *path, uint64_t *lines)
+{
+	kc_audit_checkpoint cp;
+	FILE *f = fopen(path, "r");
+	ck_assert_ptr_nonnull(f);
+	int rc = kc_audit_checkpoint_read(f, sign_key, &cp, lines, NULL);
+	fclose(f);
+	ck_assert_msg(rc == 0, "%s: %s", path, mica_strerror(rc));
+	return cp;
+}
+
+/* Exports the test database and verifies it with |opt|. */
+static kc_audit_report export_and_verify_opts(const kc_audit_verify_options *opt)
+{
+	char path[700];
+	kc_audit_report rep;
+	path_in_work(path, sizeof(path), "export.jsonl");
+	export_to(path);
+	FILE *f = fopen(path, "r");
+	ck_assert_ptr_nonnull(f);
+	int rc = kc_audit_verify_opts(f, sign_key, opt, &rep);
+	fclose(f);
+	ck_assert_int_eq(rc, rep.kind == KC_AUDIT_OK ? 0 : MICA_EAUTH);
+	return rep;
+}
+
+/* make_log50() with a publish file at |publish|, and the auditor's anchor:
+ * the newest checkpoint of a verification right after (seq 50). */
+static kc_audit_checkpoint make_log50_published(const char *publish)
+{
+	struct published pc;
+	atomic_init(&pc.ok, 0);
+	atomic_init(&pc.failed, 0);
+	fresh_db();
+	unlink(publish);
+	kc_audit *a = start_pub(10, 60000, publish, &pc);
+	append_n(a, 0, 50, 1);
+	kc_audit_stop(a);
+	ck_assert_int_eq(atomic_load(&pc.ok), 5);
+	ck_assert_int_eq(atomic_load(&pc.failed), 0);
+	kc_audit_report rep = export_and_verify_opts(NULL);
+	assert_verdict(&rep, KC_AUDIT_OK, 0);
+	ck_assert_uint_eq(rep.last_checkpoint.seq, 50);
+	/* The publish file holds the same five signed heads. */
+	uint64_t lines = 0;
+	kc_audit_checkpoint pub = read_cp_file(publish, &lines);
+	ck_assert_uint_eq(lines, 5);
+	ck_assert_uint_eq(pub.seq, 50);
+	ck_assert(memcmp(pub.head_hash, rep.last_checkpoint.head_hash, 32) == 0);
+	return rep.last_checkpoint;
+}
+
+START_TEST(publish_file_and_checkpoint_lines)
+{
+	char publish[700], path[700];
+	path_in_work(publish, sizeof(publish), "published.jsonl");
+	kc_audit_checkpoint anchor = make_log50_published(publish);
+	struct stat sb;
+	ck_assert_int_eq(stat(publish, &sb), 0);
+	ck_assert_int_eq(sb.st_mode & 0777, 0640);
+	/* A restart appends to the file, never truncates it. */
+	kc_audit *a = start_pub(10, 60000, publish, NULL);
+	append_n(a, 50, 10, 51);
+	kc_audit_stop(a);
+	uint64_t lines = 0;
+	ck_assert_uint_eq(read_cp_file(publish, &lines).seq, 60);
+	ck_assert_uint_eq(lines, 6);
+
+	/* A checkpoint line round-trips. */
+	char *line = NULL;
+	ck_assert_int_eq(kc_audit_checkpoint_line(&anchor, &line), 0);
+	path_in_work(path, sizeof(path), "anchor.jsonl");
+	FILE *f = fopen(path, "w");
+	fprintf(f, "%s\n", line);
+	fclose(f);
+	free(line);
+	kc_audit_checkpoint back = read_cp_file(path, &lines);
+	ck_assert_uint_eq(lines, 1);
+	ck_assert(back.seq == anchor.seq && back.ts_us == anchor.ts_us &&
+		  back.sig_len == anchor.sig_len &&
+		  memcmp(&back.sig, &anchor.sig, back.sig_len) == 0);
+
+	/* Files that are not checkpoint lines, and forged signatures. */
+	kc_audit_checkpoint cp;
+	uint64_t bad = 0;
+	FILE *in = fmemopen((void *)"", 0, "r");
+	ck_assert_int_eq(kc_audit_checkpoint_read(in, sign_key, &cp, NULL, &bad), MICA_ENOTFOUND);
+	fclose(in);
+	static const char rec_line[] = "{\"type\":\"record\",\"seq\":1,\"ts_us\":1}\n";
+	in = fmemopen((void *)rec_line, sizeof(rec_line) - 1, "r");
+	ck_assert_int_eq(kc_audit_checkpoint_read(in, sign_key, &cp, NULL, &bad),
+			 MICA_EBADENCODING);
+	ck_assert_uint_eq(bad, 1);
+	fclose(in);
+	kc_audit_checkpoint forged = anchor;
+	forged.seq = 49;
+	ck_assert_int_eq(kc_audit_checkpoint_line(&forged, &line), 0);
+	f = fopen(path, "a");
+	fprintf(f, "%s\n", line);
+	fclose(f);
+	free(line);
+	f = fopen(path, "r");
+	ck_assert_int_eq(kc_audit_checkpoint_read(f, sign_key, &cp, NULL, &bad), MICA_EAUTH);
+	ck_assert_uint_eq(bad, 2);
+	fclose(f);
+	/* A forged anchor is refused before the log is read. */
+	kc_audit_verify_options vo = {.anchors = &forged, .n_anchors = 1};
+	kc_audit_report rep;
+	in = fmemopen((void *)"", 0, "r");
+	ck_assert_int_eq(kc_audit_verify_opts(in, sign_key, &vo, &rep), MICA_EINVAL);
+	fclose(in);
+	drop_db();
+}
+END_TEST
+
+/* (a) Every record after the last checkpoint rewritten, by a superuser who
+ * also deleted the checkpoints after 20 so that the rewrite is "after the
+ * last checkpoint". */
+START_TEST(attack_rewrite_after_last_checkpoint)
+{
+	char publish[700];
+	path_in_work(publish, sizeof(publish), "published.jsonl");
+	kc_audit_checkpoint anchor = make_log50_published(publish);
+	kc_audit_checkpoint published = read_cp_file(publish, NULL);
+	sql_as_admin("DELETE FROM keycenter.audit_checkpoint WHERE seq > 20");
+	rewrite_chain(21, 50);
+
+	/* Offline, the tail is longer than the writer (every 10) ever leaves. */
+	kc_audit_verify_options vo = {.max_unsigned = 10};
+	kc_audit_report rep = export_and_verify_opts(&vo);
+	assert_verdict(&rep, KC_AUDIT_UNSIGNED_TAIL, 21);
+	ck_assert_uint_eq(rep.records, 50);
+	ck_assert_uint_eq(rep.last_checkpoint_seq, 20);
+	/* The auditor's anchor and the publish file name the rewritten head. */
+	vo = (kc_audit_verify_options){.anchors = &anchor, .n_anchors = 1};
+	rep = export_and_verify_opts(&vo);
+	assert_verdict(&rep, KC_AUDIT_ANCHOR_MISMATCH, 50);
+	vo.anchors = &published;
+	rep = export_and_verify_opts(&vo);
+	assert_verdict(&rep, KC_AUDIT_ANCHOR_MISMATCH, 50);
+	/* The Key Center refuses to resume; its MAC check names the first. */
+	ck_assert_int_eq(try_resume(publish), MICA_EAUDIT);
+	ck_assert_uint_eq(macs_bad(MICA_EAUTH), 21);
+	drop_db();
+}
+END_TEST
+
+/* (b) The log cut back to an earlier checkpoint. */
+START_TEST(attack_truncate_to_earlier_checkpoint)
+{
+	char publish[700];
+	path_in_work(publish, sizeof(publish), "published.jsonl");
+	kc_audit_checkpoint anchor = make_log50_published(publish);
+	kc_audit_checkpoint published = read_cp_file(publish, NULL);
+	sql_as_admin("DELETE FROM keycenter.audit_checkpoint WHERE seq > 30");
+	sql_as_admin("DELETE FROM keycenter.audit WHERE seq > 30");
+	/* What is left is a valid log on its own ... */
+	kc_audit_report rep = export_and_verify_opts(NULL);
+	assert_verdict(&rep, KC_AUDIT_OK, 0);
+	/* ... but not the one the auditor anchored or the Key Center published. */
+	kc_audit_checkpoint both[2] = {anchor, published};
+	kc_audit_verify_options vo = {.anchors = both, .n_anchors = 2};
+	rep = export_and_verify_opts(&vo);
+	assert_verdict(&rep, KC_AUDIT_ANCHOR_TRUNCATED, 31);
+	ck_assert_uint_eq(rep.anchor, 0);
+	vo = (kc_audit_verify_options){.anchors = &published, .n_anchors = 1};
+	rep = export_and_verify_opts(&vo);
+	assert_verdict(&rep, KC_AUDIT_ANCHOR_TRUNCATED, 31);
+	/* The Key Center does not resume from the cut log. */
+	ck_assert_int_eq(try_resume(publish), MICA_EAUDIT);
+	mica_db *db = open_ci(conninfo);
+	ck_assert_int_eq(query_int(db, "SELECT max(seq) FROM keycenter.audit", 0, NULL), 30);
+	mica_db_close(&db);
+	drop_db();
+}
+END_TEST
+
+/* (b) while running: the log is cut under a live writer, which must not
+ * resynchronise onto it after its next failed batch. */
+START_TEST(attack_truncate_under_running_writer)
+{
+	fresh_db();
+	kc_audit *a = start(10, 60000, NULL);
+	append_n(a, 0, 50, 1); /* checkpoint at 50 committed */
+	sql_as_admin("DELETE FROM keycenter.audit_checkpoint WHERE seq > 30");
+	sql_as_admin("DELETE FROM keycenter.audit WHERE seq > 30");
+	sql_as_admin("REVOKE INSERT ON keycenter.audit FROM mica_keycenter");
+	struct rec_buf b;
+	ck_assert_int_eq(kc_audit_append(a, make_rec(&b, 50), NULL), MICA_EAUDIT);
+	sql_as_admin("GRANT INSERT ON keycenter.audit TO mica_keycenter");
+	/* The resynchronisation finds the head at 30 < 50: refused. */
+	uint64_t seq = 0;
+	ck_assert_int_eq(kc_audit_append(a, make_rec(&b, 51), &seq), MICA_EAUDIT);
+	ck_assert_int_eq(kc_audit_append(a, make_rec(&b, 52), &seq), MICA_EAUDIT);
+	kc_audit_stop(a);
+	mica_db *db = open_ci(conninfo);
+	ck_assert_int_eq(query_int(db, "SELECT max(seq) FROM keycenter.audit", 0, NULL), 30);
+	mica_db_close(&db);
+	drop_db();
+}
+END_TEST
+
+/* (c) Every checkpoint deleted and the whole history replaced. */
+START_TEST(attack_replace_history_without_checkpoints)
+{
+	char publish[700];
+	path_in_work(publish, sizeof(publish), "published.jsonl");
+	kc_audit_checkpoint anchor = make_log50_published(publish);
+	kc_audit_checkpoint published = read_cp_file(publish, NULL);
+	sql_as_admin("DELETE FROM keycenter.audit_checkpoint");
+	rewrite_chain(1, 50);
+	kc_audit_report rep = export_and_verify_opts(NULL);
+	assert_verdict(&rep, KC_AUDIT_NO_CHECKPOINT, 1);
+	ck_assert_uint_eq(rep.records, 50);
+	ck_assert_uint_eq(rep.line, 51);
+	kc_audit_verify_options vo = {.anchors = &anchor, .n_anchors = 1};
+	rep = export_and_verify_opts(&vo);
+	assert_verdict(&rep, KC_AUDIT_ANCHOR_MISMATCH, 50);
+	vo.anchors = &published;
+	rep = export_and_verify_opts(&vo);
+	assert_verdict(&rep, KC_AUDIT_ANCHOR_MISMATCH, 50);
+	/* A shorter forged history is cut before the anchor. */
+	sql_as_admin("DELETE FROM keycenter.audit WHERE seq > 40");
+	rep = export_and_verify_opts(&vo);
+	assert_verdict(&rep, KC_AUDIT_ANCHOR_TRUNCATED, 41);
+	ck_assert_int_eq(try_resume(publish), MICA_EAUDIT);
+	/* An empty log has no checkpoint either. */
+	sql_as_admin("DELETE FROM keycenter.audit");
+	rep = export_and_verify_opts(NULL);
+	assert_verdict(&rep, KC_AUDIT_NO_CHECKPOINT, 1);
+	ck_assert_int_eq(try_resume(publish), MICA_EAUDIT);
+	drop_db();
+}
+END_TEST
+
+/* The tail may not span more time after the last checkpoint than the writer
+ * lets pass (records dated into the future by the one who wrote them). */
+START_TEST(unsigned_tail_by_time)
+{
+	fresh_db();
+	kc_audit *a = start(3, 60000, NULL);
+	append_n(a, 0, 3, 1); /* checkpoint at 3 */
+	struct rec_buf b;
+	kc_audit_record r = *make_rec(&b, 3);
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	r.ts_us = (int64_t)now.tv_sec * 1000000 + 100 * 1000000LL;
+	ck_assert_int_eq(kc_audit_append(a, &r, NULL), 0);
+	kc_audit_report rep = export_and_verify_opts(NULL);
+	assert_verdict(&rep, KC_AUDIT_UNSIGNED_TAIL, 4);
+	/* Within a limit that allows it, the tail is fine. */
+	kc_audit_verify_options vo = {.max_unsigned_ms = 200000};
+	rep = export_and_verify_opts(&vo);
+	assert_verdict(&rep, KC_AUDIT_OK, 0);
+	ck_assert_uint_eq(rep.unsigned_tail, 1);
+	kc_audit_stop(a); /* signs it */
+	assert_chain_ok(4, 4);
+	drop_db();
+}
+END_TEST
+
+/* A tail left unsigned (a crash) is checked and signed at start; one that
+ * was rewritten meanwhile is refused even when its last record is intact. */
+START_TEST(resume_signs_or_refuses_the_tail)
+{
+	make_log50();
+	sql_as_admin("DELETE FROM keycenter.audit_checkpoint WHERE seq = 50");
+	kc_audit *a = start(10, 60000, NULL);
+	kc_audit_stats st;
+	kc_audit_stats_get(a, &st);
+	ck_assert_uint_eq(st.checkpoints, 1);
+	kc_audit_stop(a);
+	assert_chain_ok(50, 50);
+
+	sql_as_admin("DELETE FROM keycenter.audit_checkpoint WHERE seq = 50");
+	rewrite_chain(41, 49); /* record 50 keeps its hash and MAC */
+	ck_assert_int_eq(try_start(mac_key), MICA_EAUDIT);
+	drop_db();
+}
+END_TEST
+
+START_TEST(cli_anchor_workflow)
+{
+	char publish[700], mica[600], exp[700], out[700], anchor[700], line[512];
+	path_in_work(publish, sizeof(publish), "published.jsonl");
+	(void)make_log50_published(publish);
+	snprintf(mica, sizeof(mica), "%s/bin/mica", getenv("MICA_BUILD"));
+	path_in_work(exp, sizeof(exp), "cli.jsonl");
+	path_in_work(out, sizeof(out), "cli.out");
+	path_in_work(anchor, sizeof(anchor), "auditor.anchor");
+	unlink(anchor);
+	char *export_argv[] = {mica, "audit", "export", "--db", conninfo, "--out", exp, NULL};
+	char *verify_argv[] = {mica,   "audit",	      "verify", "--pubkey", pubkey_path, "--anchor",
+			       anchor, "--published", publish,	exp,	    NULL};
+	ck_assert_int_eq(run(export_argv, NULL), 0);
+	ck_assert_int_eq(run(verify_argv, out), 0);
+	read_first_line(out, line, sizeof(line));
+	ck_assert_str_eq(line, "OK: 50 records, 5 checkpoints, last checkpoint at seq 50\n");
+	ck_assert_uint_eq(read_cp_file(anchor, NULL).seq, 50);
+	struct stat sb;
+	ck_assert_int_eq(stat(anchor, &sb), 0);
+	ck_assert_int_eq(sb.st_mode & 0777, 0600);
+
+	/* The log grows: the anchor moves on. */
+	kc_audit *a = start_pub(10, 60000, publish, NULL);
+	append_n(a, 50, 10, 51);
+	kc_audit_stop(a);
+	ck_assert_int_eq(run(export_argv, NULL), 0);
+	ck_assert_int_eq(run(verify_argv, out), 0);
+	ck_assert_uint_eq(read_cp_file(anchor, NULL).seq, 60);
+
+	/* Cut back to 40: both the anchor and the publish file catch it, the
+	 * anchor stays where it was. */
+	sql_as_admin("DELETE FROM keycenter.audit_checkpoint WHERE seq > 40");
+	sql_as_admin("DELETE FROM keycenter.audit WHERE seq > 40");
+	ck_assert_int_eq(run(export_argv, NULL), 0);
+	ck_assert_int_eq(run(verify_argv, out), 1);
+	read_first_line(out, line, sizeof(line));
+	ck_assert_msg(strncmp(line, "FAIL at seq 41: anchor_truncated: ", 34) == 0, "got: %s",
+		      line);
+	ck_assert_uint_eq(read_cp_file(anchor, NULL).seq, 60);
+	char *pub_only[] = {mica,	   "audit", "verify", "--pubkey", pubkey_path,
+			    "--published", publish, exp,      NULL};
+	ck_assert_int_eq(run(pub_only, out), 1);
+	read_first_line(out, line, sizeof(line));
+	ck_assert_msg(strstr(line, "anchor_truncated") && strstr(line, publish), "got: %s", line);
+
+	/* The unsigned-tail limit from the command line; bad numbers. */
+	sql_as_admin("DELETE FROM keycenter.audit_checkpoint WHERE seq > 20");
+	ck_assert_int_eq(run(export_argv, NULL), 0);
+	char *tail[] = {mica, "audit", "verify", "--pubkey", pubkey_path, "--max-unsigned",
+			"10", exp,     NULL};
+	ck_assert_int_eq(run(tail, out), 1);
+	read_first_line(out, line, sizeof(line));
+	ck_assert_msg(strncmp(line, "FAIL at seq 21: unsigned_tail: ", 31) == 0, "got: %s", line);
+	char *bad_num[] = {mica, "audit", "verify", "--pubkey", pubkey_path, "--max-unsigned",
+			   "-1", exp,	  NULL};
+	ck_assert_int_eq(run(bad_num, NULL), 64);
+	char *mac_usage[] = {mica, "audit", "verify", "--mac", exp, NULL};
+	ck_assert_int_eq(run(mac_usage, NULL), 64);
+	drop_db();
+}
+END_TEST
+
 /* ---- setup ----------------------------------------------------------------------- */
 
 static Suite *audit_suite(void)
@@ -1081,6 +1530,14 @@ static Suite *audit_suite(void)
 	tcase_add_test(tc, tamper_mac_only);
 	tcase_add_test(tc, malformed_input);
 	tcase_add_test(tc, cli_export_and_verify);
+	tcase_add_test(tc, publish_file_and_checkpoint_lines);
+	tcase_add_test(tc, attack_rewrite_after_last_checkpoint);
+	tcase_add_test(tc, attack_truncate_to_earlier_checkpoint);
+	tcase_add_test(tc, attack_truncate_under_running_writer);
+	tcase_add_test(tc, attack_replace_history_without_checkpoints);
+	tcase_add_test(tc, unsigned_tail_by_time);
+	tcase_add_test(tc, resume_signs_or_refuses_the_tail);
+	tcase_add_test(tc, cli_anchor_workflow);
 	suite_add_tcase(s, tc);
 	return s;
 }

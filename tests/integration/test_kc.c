@@ -1,6 +1,6 @@
 /* test_kc.c - lib/kc, the Key Center client, against a real mica-keycenter:
  * its own database (migrated by `mica migrate`, role password set), its own
- * SoftHSM token, `mica keycenter init` with the development policy, the
+ * SoftHSM token, `mica keycenter init` with a test policy (account-* keys), the
  * daemon on a free loopback port, as deploy/dev-up does it. Covers the data
  * key round trip, the cache (hits, canonical contexts, TTL, LRU bound,
  * threads, answering while the daemon is stopped or dead, and failing closed
@@ -79,7 +79,18 @@ static int setup_stack(void)
 		" openssl rand -hex 32 | tr -d '\\n' >\"$KCT_DIR/so-pin\")\n"
 		"softhsm2-util --init-token --free --label " TOKEN_LABEL
 		" --so-pin \"$(<\"$KCT_DIR/so-pin\")\" --pin \"$(<\"$KCT_DIR/pin\")\" >/dev/null\n"
-		"\"$MICA_BUILD/bin/mica\" keycenter init --policy deploy/dev/keycenter-policy.json"
+		/* Its own policy: the client is exercised with every operation on
+		 * one key, which the least-privilege development policy does not
+		 * grant the account principal. */
+		"cat >\"$KCT_DIR/policy.json\" <<'JSON'\n"
+		"{\"version\": 1, \"principals\": {\"admin\": {\"role\": \"key-admin\"},"
+		" \"officer1\": {\"role\": \"security-officer\"},"
+		" \"officer2\": {\"role\": \"security-officer\"},"
+		" \"auditor\": {\"role\": \"auditor\"}, \"account\": {\"role\": \"service\","
+		" \"keys\": {\"account-*\": [\"encrypt\", \"decrypt\", \"rewrap\", \"datakey\","
+		" \"hmac\", \"read\"]}}}}\n"
+		"JSON\n"
+		"\"$MICA_BUILD/bin/mica\" keycenter init --policy \"$KCT_DIR/policy.json\""
 		" --db \"$ci\" --hsm-module \"$MICA_HSM_MODULE\" --token-label " TOKEN_LABEL
 		" --pin-file \"$KCT_DIR/pin\" --audit-pubkey-out \"$KCT_DIR/audit.pem\""
 		" >\"$KCT_DIR/init.log\"\n";

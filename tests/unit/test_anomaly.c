@@ -6,10 +6,12 @@
 #include <check.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "err.h"
 #include "keycenter/anomaly.h"
+#include "keycenter/keycenter.h"
 
 static kc_anomaly *make(uint32_t max_requests, uint32_t max_denials, int64_t window_ms,
 			size_t max_tracked)
@@ -41,6 +43,73 @@ static int record_n(kc_anomaly *a, const char *principal, const char *key, int d
 	}
 	return events;
 }
+
+/* Records one request every |step_us| microseconds from |from_ms| for
+ * |n| requests; returns the events and sets *first_at_ms to the time of the
+ * first (-1 if none). */
+static int record_paced(kc_anomaly *a, const char *key, int64_t from_ms, int64_t step_us, long n,
+			int64_t *first_at_ms)
+{
+	kc_anomaly_event ev[KC_ANOMALY_MAX_EVENTS];
+	int events = 0;
+
+	*first_at_ms = -1;
+	for (long i = 0; i < n; i++) {
+		int64_t now = from_ms + i * step_us / 1000;
+		int rc = kc_anomaly_record(a, "account", key, 0, now, ev);
+		ck_assert_int_ge(rc, 0);
+		if (rc > 0 && *first_at_ms < 0) {
+			*first_at_ms = now;
+			ck_assert_int_eq(ev[0].kind, KC_ALERT_RATE);
+			ck_assert_uint_eq(ev[0].count, (uint64_t)ev[0].threshold + 1);
+		}
+		events += rc;
+	}
+	return events;
+}
+
+/* The default the Key Center runs with (its configuration table). */
+static uint32_t configured_rate_max(void)
+{
+	for (size_t i = 0; i < kc_config_table_len; i++)
+		if (strcmp(kc_config_table[i].section, "keycenter.alerts") == 0 &&
+		    strcmp(kc_config_table[i].key, "rate_max") == 0)
+			return (uint32_t)strtoul(kc_config_table[i].def, NULL, 10);
+	ck_abort_msg("keycenter.alerts.rate_max is not in kc_config_table");
+	return 0;
+}
+
+/* Issue 18 item 5: with the shipped default, a bulk decryption is reported
+ * while a saturated account service is not. */
+START_TEST(default_rate_max_catches_bulk_decryption)
+{
+	uint32_t max = configured_rate_max();
+	int64_t at = 0;
+
+	ck_assert_uint_eq(max, KC_ANOMALY_DEFAULT_RATE_MAX);
+	/* The review's bulk decryption, 3,000 requests/s: reported within
+	 * the first minute (after max / 3000 s, 15 s). */
+	kc_anomaly *a = make(max, 0, 0, 0);
+	ck_assert_int_eq(record_paced(a, "account-pii", 0, 1000000 / 3000, 3000L * 60, &at), 1);
+	ck_assert_int_ge(at, 0);
+	ck_assert_int_le(at, 16000);
+	kc_anomaly_free(a);
+	/* A few thousand requests per minute over the threshold: the
+	 * threshold plus 3,000 spread over one minute is reported once. */
+	a = make(max, 0, 0, 0);
+	long n = (long)max + 3000;
+	ck_assert_int_eq(record_paced(a, "account-pii", 0, 60000000 / n, n, &at), 1);
+	ck_assert_int_lt(at, 60000);
+	kc_anomaly_free(a);
+	/* The ceiling of one saturated account-service instance on one key
+	 * (4 calls per Argon2id hash, 92 hashes/s: 368/s) for three minutes,
+	 * and the measured registration peak far below it, stay quiet. */
+	a = make(max, 0, 0, 0);
+	ck_assert_int_eq(record_paced(a, "account-pii", 0, 1000000 / 368, 368L * 180, &at), 0);
+	ck_assert_int_eq(record_paced(a, "account-index", 0, 1000000 / 27, 27L * 180, &at), 0);
+	kc_anomaly_free(a);
+}
+END_TEST
 
 START_TEST(options_are_validated)
 {
@@ -373,6 +442,7 @@ int main(void)
 	tcase_add_test(tc, the_stalest_pair_is_evicted_at_the_cap);
 	tcase_add_test(tc, a_clock_going_back_counts_in_the_newest_bucket);
 	tcase_add_test(tc, four_threads_share_one_detector);
+	tcase_add_test(tc, default_rate_max_catches_bulk_decryption);
 	tcase_set_timeout(tc, 30);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);

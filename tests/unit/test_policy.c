@@ -517,10 +517,14 @@ START_TEST(documented_example_loads)
 	ck_assert_uint_eq(kc_policy_principal_count(p), 8);
 	ck_assert_int_eq(kc_policy_allows(p, "kc-admin", KC_OP_KEY_ROTATE, "pay-card"), 0);
 	ck_assert_int_eq(kc_policy_allows(p, "kc-admin", KC_OP_DECRYPT, "pay-card"), MICA_EDENIED);
-	ck_assert_int_eq(kc_policy_allows(p, "account", KC_OP_KEY_READ, "account-pepper"), 0);
-	ck_assert_int_eq(kc_policy_allows(p, "account", KC_OP_HMAC, "blind-index-user"), 0);
-	ck_assert_int_eq(kc_policy_allows(p, "account", KC_OP_KEY_READ, "blind-index-user"),
+	ck_assert_int_eq(kc_policy_allows(p, "account", KC_OP_DATAKEY, "account-pepper"), 0);
+	ck_assert_int_eq(kc_policy_allows(p, "account", KC_OP_KEY_READ, "account-pepper"),
 			 MICA_EDENIED);
+	ck_assert_int_eq(kc_policy_allows(p, "account", KC_OP_HMAC, "blind-index-user"),
+			 MICA_EDENIED);
+	/* The union of an exact grant and a prefix, as the page says. */
+	ck_assert_int_eq(kc_policy_allows(p, "sync", KC_OP_HMAC, "sync-index"), 0);
+	ck_assert_int_eq(kc_policy_allows(p, "sync", KC_OP_REWRAP, "sync-index"), 0);
 	ck_assert_int_eq(kc_policy_allows(p, "sync", KC_OP_KEY_READ, "blind-index-user"), 0);
 	ck_assert_int_eq(kc_policy_allows(p, "sync", KC_OP_ENCRYPT, "sync-1"), MICA_EDENIED);
 	ck_assert_int_eq(kc_policy_allows(p, "pay", KC_OP_DECRYPT, "pay-card"), 0);
@@ -529,6 +533,47 @@ START_TEST(documented_example_loads)
 	ck_assert_int_eq(kc_policy_allows(p, "auditor", KC_OP_AUDIT_READ, NULL), 0);
 	kc_policy_unref(p);
 	free(seed);
+	free(doc);
+}
+END_TEST
+
+/* The development policy gives the account principal exactly what
+ * mica-account calls (docs/keycenter-policy.md "The account service's
+ * grants"): every other (operation, key) pair is refused. */
+START_TEST(dev_policy_is_least_privilege)
+{
+	static const char *const keys[] = {"account-pii",  "account-index", "account-pepper",
+					   "account-demo", "account-",	    "other-pii"};
+	static const struct {
+		const char *key;
+		enum kc_op op;
+	} needed[] = {
+	    {"account-pii", KC_OP_ENCRYPT},    {"account-pii", KC_OP_DECRYPT},
+	    {"account-pii", KC_OP_DATAKEY},    {"account-index", KC_OP_HMAC},
+	    {"account-pepper", KC_OP_DATAKEY}, {"account-pepper", KC_OP_DECRYPT},
+	};
+	size_t len, allowed = 0;
+	char *doc = slurp("deploy/dev/keycenter-policy.json", &len);
+	kc_policy *p = parse_ok(doc);
+	for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
+		for (int op = 0; op < KC_OP__COUNT; op++) {
+			int want = 0;
+			for (size_t n = 0; n < sizeof(needed) / sizeof(needed[0]); n++)
+				want |= needed[n].op == (enum kc_op)op &&
+					strcmp(needed[n].key, keys[k]) == 0;
+			int rc = kc_policy_allows(p, "account", (enum kc_op)op, keys[k]);
+			ck_assert_msg(rc == (want ? 0 : MICA_EDENIED), "account %s %s on %s",
+				      rc ? "refused" : "allowed", kc_op_name((enum kc_op)op),
+				      keys[k]);
+			allowed += rc == 0;
+		}
+	}
+	ck_assert_uint_eq(allowed, sizeof(needed) / sizeof(needed[0]));
+	/* Separation of duties holds as before. */
+	ck_assert_int_eq(kc_policy_allows(p, "admin", KC_OP_KEY_CREATE, "account-pii"), 0);
+	ck_assert_int_eq(kc_policy_allows(p, "admin", KC_OP_DECRYPT, "account-pii"), MICA_EDENIED);
+	ck_assert_int_eq(kc_policy_allows(p, "auditor", KC_OP_AUDIT_READ, NULL), 0);
+	kc_policy_unref(p);
 	free(doc);
 }
 END_TEST
@@ -599,6 +644,7 @@ int main(void)
 	tcase_add_test(tc, many_principals_are_all_found);
 	tcase_add_test(tc, names_are_stable_and_distinct);
 	tcase_add_test(tc, documented_example_loads);
+	tcase_add_test(tc, dev_policy_is_least_privilege);
 	tcase_add_test(tc, refcount_keeps_the_policy_alive);
 	tcase_add_test(tc, refcount_is_atomic_across_threads);
 	tcase_set_timeout(tc, 30);
