@@ -29,9 +29,9 @@ struct call {
 	mica_http_resp *resp;
 	enum kc_op op;
 	const char *key;
-	int version;           /* key version the call used, -1 if none */
-	char ctx_hash[65];     /* SHA-256 hex of the canonical context(s), "" if none */
-	EVP_MD_CTX *ctx_sha;   /* created by the first add_context() */
+	int version;	     /* key version the call used, -1 if none */
+	char ctx_hash[65];   /* SHA-256 hex of the canonical context(s), "" if none */
+	EVP_MD_CTX *ctx_sha; /* created by the first add_context() */
 	kc_policy *policy;
 };
 
@@ -135,9 +135,8 @@ static void on_recorded(void *arg, int rc, uint64_t seq)
 	struct pending *p = arg;
 	(void)seq;
 	if (rc) {
-		kc_audit_record rec = {.principal = p->principal,
-				       .op = p->op,
-				       .key_name = p->key[0] ? p->key : NULL};
+		kc_audit_record rec = {
+		    .principal = p->principal, .op = p->op, .key_name = p->key[0] ? p->key : NULL};
 		audit_failed(p->s, p->resp, &rec, rc);
 	}
 	mica_http_finish(p->deferred);
@@ -194,7 +193,7 @@ static void reply(struct call *c, int status, json_t *body)
 }
 
 static void reply_error(struct call *c, int status, const char *code, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
+    __attribute__((format(printf, 4, 5)));
 
 static void reply_error(struct call *c, int status, const char *code, const char *fmt, ...)
 {
@@ -216,9 +215,13 @@ static void reply_why(struct call *c, int err, struct kc_why *why)
 
 /* The policy decision. Returns 1 when allowed; otherwise the call has been
  * answered (and audited) with 403. */
+static int sealed_refusal(struct call *c);
+
 static int allow(struct call *c)
 {
 	const char *p = c->req->peer;
+	if (kc_service_sealed(c->s) && sealed_refusal(c))
+		return 0;
 	if (!c->policy) {
 		reply_error(c, 503, "no_policy", "the key center has no active policy");
 		return 0;
@@ -242,12 +245,13 @@ static int allow(struct call *c)
 static int valid_name(const char *n)
 {
 	size_t l = n ? strlen(n) : 0;
-	if (l < 1 || l > KC_NAME_MAX || !((n[0] >= 'a' && n[0] <= 'z') || (n[0] >= '0' && n[0] <= '9')))
+	if (l < 1 || l > KC_NAME_MAX ||
+	    !((n[0] >= 'a' && n[0] <= 'z') || (n[0] >= '0' && n[0] <= '9')))
 		return 0;
 	for (size_t i = 0; i < l; i++) {
 		char ch = n[i];
-		if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' ||
-		      ch == '-'))
+		if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '.' ||
+		      ch == '_' || ch == '-'))
 			return 0;
 	}
 	return 1;
@@ -257,13 +261,13 @@ static json_t *info_json(const struct kc_key_info *i)
 {
 	json_t *versions = json_array();
 	for (uint32_t v = 1; v <= i->latest; v++)
-		json_array_append_new(versions, json_pack("{s:i,s:b}", "version", (int)v, "decryptable",
-							  v >= i->min_decryption));
+		json_array_append_new(versions, json_pack("{s:i,s:b}", "version", (int)v,
+							  "decryptable", v >= i->min_decryption));
 	return json_pack("{s:s,s:s,s:s,s:i,s:i,s:i,s:b,s:o}", "name", i->name, "type", i->type,
 			 "owner", i->owner, "latest_version", (int)i->latest,
 			 "min_decryption_version", (int)i->min_decryption, "min_encryption_version",
-			 (int)i->min_encryption, "deletion_allowed", i->deletion_allowed, "versions",
-			 versions);
+			 (int)i->min_encryption, "deletion_allowed", i->deletion_allowed,
+			 "versions", versions);
 }
 
 /* ---- key management ---------------------------------------------------------- */
@@ -280,14 +284,17 @@ static void h_key_create(const mica_http_req *req, mica_http_resp *resp, void *s
 	if (!allow(&c))
 		return;
 	if (!valid_name(c.key))
-		return reply_error(&c, 400, "bad_key_name",
-				   "key names are 1-64 of a-z 0-9 . _ - starting with a letter or digit");
+		return reply_error(
+		    &c, 400, "bad_key_name",
+		    "key names are 1-64 of a-z 0-9 . _ - starting with a letter or digit");
 	if (!type)
 		type = "aes256-gcm";
 	if (strcmp(type, "aes256-gcm") != 0 && strcmp(type, "aes128-gcm") != 0)
-		return reply_error(&c, 400, "bad_key_type", "type must be aes256-gcm or aes128-gcm");
+		return reply_error(&c, 400, "bad_key_type",
+				   "type must be aes256-gcm or aes128-gcm");
 	if (!owner || !valid_name(owner) || strlen(owner) > KC_SERVICE_MAX || strchr(owner, '.'))
-		return reply_error(&c, 400, "bad_owner", "owner must name the service that owns the key");
+		return reply_error(&c, 400, "bad_owner",
+				   "owner must name the service that owns the key");
 	if (!attempt(&c))
 		return;
 	err = kc_key_create(c.s, c.key, type, owner, &info);
@@ -410,12 +417,14 @@ static int items_of(struct call *c, json_t **items, int *batch)
 		return 1;
 	}
 	if (!json_is_array(bi) || json_array_size(bi) == 0) {
-		reply_error(c, 400, "bad_batch", "batch_input must be a non-empty array of objects");
+		reply_error(c, 400, "bad_batch",
+			    "batch_input must be a non-empty array of objects");
 		return -1;
 	}
 	if (json_array_size(bi) > (size_t)c->s->cfg->max_batch_items) {
-		reply_error(c, 413, "batch_too_large", "batch_input holds %zu items; the limit is %d",
-			    json_array_size(bi), c->s->cfg->max_batch_items);
+		reply_error(c, 413, "batch_too_large",
+			    "batch_input holds %zu items; the limit is %d", json_array_size(bi),
+			    c->s->cfg->max_batch_items);
 		return -1;
 	}
 	*items = json_incref(bi);
@@ -479,7 +488,8 @@ static void run_items(struct call *c, item_fn one)
 				done(c);
 			else
 				reply_error(c, 500, "internal_error",
-					    "key %s is not loaded and no thread may load it", c->key);
+					    "key %s is not loaded and no thread may load it",
+					    c->key);
 			return;
 		}
 		if (err && !batch) {
@@ -627,14 +637,15 @@ static int one_datakey(struct call *c, json_t *item, json_t **result, struct kc_
 		return err;
 	if ((err = mica_random(dk, (size_t)bits / 8)) != 0)
 		goto out;
-	if ((err = kc_op_encrypt(c->s, c->key, 0, dk, (size_t)bits / 8, canon, cl, &ct, &used, why)))
+	if ((err =
+		 kc_op_encrypt(c->s, c->key, 0, dk, (size_t)bits / 8, canon, cl, &ct, &used, why)))
 		goto out;
 	c->version = (int)used;
 	if (with_plaintext) {
 		if ((err = mica_base64_encode_alloc(dk, (size_t)bits / 8, &b64, &bl)) != 0)
 			goto out;
-		*result = json_pack("{s:s,s:s,s:i}", "plaintext", b64, "ciphertext", ct, "key_version",
-				    (int)used);
+		*result = json_pack("{s:s,s:s,s:i}", "plaintext", b64, "ciphertext", ct,
+				    "key_version", (int)used);
 	} else {
 		*result = json_pack("{s:s,s:i}", "ciphertext", ct, "key_version", (int)used);
 	}
@@ -686,12 +697,12 @@ static int one_hmac(struct call *c, json_t *item, json_t **result, struct kc_why
 	return err;
 }
 
-#define CRYPTO_HANDLER(fn, op, one)                                                               \
-	static void fn(const mica_http_req *req, mica_http_resp *resp, void *svc)                 \
-	{                                                                                         \
+#define CRYPTO_HANDLER(fn, op, one)                                                                \
+	static void fn(const mica_http_req *req, mica_http_resp *resp, void *svc)                  \
+	{                                                                                          \
 		struct call c = begin(svc, req, resp, op);                                         \
-		if (allow(&c))                                                                    \
-			run_items(&c, one);                                                       \
+		if (allow(&c))                                                                     \
+			run_items(&c, one);                                                        \
 	}
 CRYPTO_HANDLER(h_encrypt, KC_OP_ENCRYPT, one_encrypt)
 CRYPTO_HANDLER(h_decrypt, KC_OP_DECRYPT, one_decrypt)
@@ -726,7 +737,8 @@ static void h_policy_request(const mica_http_req *req, mica_http_resp *resp, voi
 	if (!allow(&c))
 		return;
 	if (!json_is_object(doc))
-		return reply_error(&c, 400, "missing_field", "document (the new policy) is required");
+		return reply_error(&c, 400, "missing_field",
+				   "document (the new policy) is required");
 	if (!(text = json_dumps(doc, JSON_COMPACT)))
 		return reply_error(&c, 500, "internal_error", "out of memory");
 	err = kc_policy_parse(text, strlen(text), &candidate, err_msg, sizeof(err_msg));
@@ -775,11 +787,13 @@ static void h_request_approve(const mica_http_req *req, mica_http_resp *resp, vo
 		return;
 	err = kc_change_approve(c.s, id, req->peer, &out);
 	if (err == MICA_ENOTFOUND)
-		return reply_error(&c, 404, "unknown_request", "no change request %lld", (long long)id);
+		return reply_error(&c, 404, "unknown_request", "no change request %lld",
+				   (long long)id);
 	if (err == MICA_EEXISTS)
-		return reply_error(&c, 409, "already_approved",
-				   "officer %s already approved request %lld; a second officer must",
-				   req->peer, (long long)id);
+		return reply_error(
+		    &c, 409, "already_approved",
+		    "officer %s already approved request %lld; a second officer must", req->peer,
+		    (long long)id);
 	if (err == MICA_ESTATE)
 		return reply_error(&c, 409, "request_closed", "request %lld is no longer pending",
 				   (long long)id);
@@ -811,7 +825,8 @@ static void h_request_get(const mica_http_req *req, mica_http_resp *resp, void *
 	if (request_id(req, &id) != 0)
 		return reply_error(&c, 400, "bad_request_id", "request ids are positive integers");
 	if ((err = kc_change_get(c.s, id, &out)) == MICA_ENOTFOUND)
-		return reply_error(&c, 404, "unknown_request", "no change request %lld", (long long)id);
+		return reply_error(&c, 404, "unknown_request", "no change request %lld",
+				   (long long)id);
 	if (err)
 		return reply_why(&c, err, &why);
 	reply(&c, 200, out);
@@ -861,7 +876,8 @@ static void h_audit(const mica_http_req *req, mica_http_resp *resp, void *svc)
 	if (!allow(&c))
 		return;
 	snprintf(a, sizeof(a), "%lld", after ? strtoll(after, NULL, 10) : 0LL);
-	snprintf(l, sizeof(l), "%d", limit && atoi(limit) > 0 && atoi(limit) <= 1000 ? atoi(limit) : 1000);
+	snprintf(l, sizeof(l), "%d",
+		 limit && atoi(limit) > 0 && atoi(limit) <= 1000 ? atoi(limit) : 1000);
 	const char *p[2] = {a, l};
 	err = db ? mica_db_exec(db,
 				"SELECT seq, ts_us, principal, client, op, key_name, key_version,"
@@ -876,16 +892,16 @@ static void h_audit(const mica_http_req *req, mica_http_resp *resp, void *svc)
 	list = json_array();
 	for (int r = 0; r < PQntuples(res); r++) {
 		json_t *o = json_object();
-		static const char *const cols[] = {"seq",	   "ts_us",  "principal",
-						   "client",	   "op",     "key",
-						   "key_version", "context_hash", "result",
-						   "hash"};
+		static const char *const cols[] = {"seq",    "ts_us", "principal",   "client",
+						   "op",     "key",   "key_version", "context_hash",
+						   "result", "hash"};
 		for (int k = 0; k < 10; k++) {
 			const char *v = mica_db_get(res, r, k);
 			json_object_set_new(o, cols[k],
 					    !v ? json_null()
-					    : (k == 0 || k == 1 || k == 6) ? json_integer(strtoll(v, NULL, 10))
-									   : json_string(v));
+					    : (k == 0 || k == 1 || k == 6)
+						? json_integer(strtoll(v, NULL, 10))
+						: json_string(v));
 		}
 		json_array_append_new(list, o);
 	}
@@ -913,18 +929,112 @@ static void on_refusal_recorded(void *arg, int rc, uint64_t seq)
 	free(r);
 }
 
+/* ---- sealed Key Center (issue 18; unseal.c) ------------------------------- */
+
+/* A key operation while sealed: 503 sealed, journaled instead of audited
+ * (there is no MAC key yet; unseal.c puts the journal into the chain on
+ * unseal). Returns 1 when answered, 0 if the service was unsealed
+ * meanwhile and the call goes on as usual. */
+static int sealed_refusal(struct call *c)
+{
+	kc_audit_record rec = {.ts_us = now_us(),
+			       .principal = c->req->peer ? c->req->peer : "-",
+			       .client = c->req->client_ip,
+			       .op = kc_op_name(c->op),
+			       .key_name = c->key && valid_name(c->key) ? c->key : NULL,
+			       .result = "sealed"};
+	if (kc_sealed_record(c->s, &rec) != 0)
+		return 0;
+	mica_http_reply_error(c->resp, 503, "sealed",
+			      "the key center is sealed: security officers must unseal it first");
+	done(c);
+	return 1;
+}
+
+static int refusal_while_sealed(kc_service *s, const char *method, const char *peer,
+				const char *client_ip, const char *code, mica_http_deferred *done)
+{
+	char op[48];
+	snprintf(op, sizeof(op), "http_%s", method ? method : "?");
+	for (char *o = op; *o; o++)
+		*o = (char)(*o >= 'A' && *o <= 'Z' ? *o - 'A' + 'a' : *o);
+	kc_audit_record rec = {.ts_us = now_us(),
+			       .principal = peer ? peer : "-",
+			       .client = client_ip && *client_ip ? client_ip : "-",
+			       .op = op,
+			       .result = code};
+	if (kc_sealed_record(s, &rec) != 0)
+		return 0;
+	mica_http_refusal_done(done, 1);
+	return 1;
+}
+
+/* Answers |resp| (already set) once a record of |op| with |result| is in
+ * the chain, or journaled while sealed. */
+static void sys_answer(kc_service *s, const mica_http_req *req, mica_http_resp *resp,
+		       const char *op, const char *result)
+{
+	kc_audit_record rec = {.ts_us = now_us(),
+			       .principal = req->peer ? req->peer : "-",
+			       .client = req->client_ip,
+			       .op = op,
+			       .result = result};
+	struct pending *p;
+	int err;
+	if (kc_service_sealed(s) && kc_sealed_record(s, &rec) == 0)
+		return;
+	if (!(p = calloc(1, sizeof(*p)))) {
+		audit_failed(s, resp, &rec, MICA_ENOMEM);
+		return;
+	}
+	p->s = s;
+	p->resp = resp;
+	snprintf(p->principal, sizeof(p->principal), "%s", rec.principal);
+	snprintf(p->op, sizeof(p->op), "%s", op);
+	p->deferred = mica_http_defer(req);
+	if ((err = kc_audit_submit(s->audit, &rec, on_recorded, p)) != 0)
+		on_recorded(p, err, 0);
+}
+
+/* POST /v1/sys/unseal {"share": "mks1-..."}: one officer's share. */
+static void h_unseal(const mica_http_req *req, mica_http_resp *resp, void *svc)
+{
+	kc_service *s = svc;
+	struct kc_unseal_reply out;
+	const char *share = json_string_value(json_object_get(req->json, "share"));
+
+	if (kc_unseal_submit(s, req->peer, req->client_ip, share, &out) == MICA_ESTATE) {
+		mica_http_reply_error(resp, 409, "already_unsealed",
+				      "the key center is not sealed");
+		return sys_answer(s, req, resp, "unseal", "already_unsealed");
+	}
+	if (out.code)
+		mica_http_reply_error(resp, out.status, out.code, "%s", out.msg);
+	else
+		mica_http_reply_json(resp, out.status, out.body);
+}
+
+/* GET /v1/sys/seal-status: sealed or not, and the progress of an unseal. */
+static void h_seal_status(const mica_http_req *req, mica_http_resp *resp, void *svc)
+{
+	mica_http_reply_json(resp, 200, kc_seal_status(svc));
+	sys_answer(svc, req, resp, "seal_status", "ok");
+}
+
 /* Requests the HTTP layer refuses before any handler runs (certificates,
  * unknown routes, malformed or oversized bodies) are audited too, and
  * answered once their record committed, like every other request. */
 void kc_audit_refusal(void *svc, const char *method, const char *path, const char *peer,
-		      const char *client_ip, int status, const char *code,
-		      mica_http_deferred *done)
+		      const char *client_ip, int status, const char *code, mica_http_deferred *done)
 {
 	kc_service *s = svc;
 	kc_audit_record rec = {0};
-	struct refusal *r = calloc(1, sizeof(*r));
+	struct refusal *r;
 	int err;
 	(void)path;
+	if (kc_service_sealed(s) && refusal_while_sealed(s, method, peer, client_ip, code, done))
+		return;
+	r = calloc(1, sizeof(*r));
 	if (!r) {
 		mica_http_refusal_done(done, 0);
 		return;
@@ -954,24 +1064,27 @@ void kc_audit_refusal(void *svc, const char *method, const char *path, const cha
 #define P MICA_ROUTE_PEER
 #define B MICA_ROUTE_BLOCKING
 const mica_http_route kc_routes[] = {
-	{"POST", "/v1/keys/{name}", h_key_create, J | P | B},
-	{"GET", "/v1/keys/{name}", h_key_get, P | B},
-	{"DELETE", "/v1/keys/{name}", h_key_delete, P | B},
-	{"POST", "/v1/keys/{name}/rotate", h_key_rotate, P | B},
-	{"POST", "/v1/keys/{name}/config", h_key_config, J | P | B},
-	{"POST", "/v1/encrypt/{name}", h_encrypt, J | P},
-	{"POST", "/v1/decrypt/{name}", h_decrypt, J | P},
-	{"POST", "/v1/rewrap/{name}", h_rewrap, J | P},
-	{"POST", "/v1/datakey/plaintext/{name}", h_datakey_plain, J | P},
-	{"POST", "/v1/datakey/wrapped/{name}", h_datakey_wrapped, J | P},
-	{"POST", "/v1/hmac/{name}", h_hmac, J | P},
-	{"GET", "/v1/policy", h_policy_get, P | B},
-	{"POST", "/v1/policy", h_policy_request, J | P | B},
-	{"GET", "/v1/requests", h_requests, P | B},
-	{"GET", "/v1/requests/{id}", h_request_get, P | B},
-	{"POST", "/v1/requests/{id}/approve", h_request_approve, P | B},
-	{"GET", "/v1/alerts", h_alerts, P | B},
-	{"GET", "/v1/audit", h_audit, P | B},
+    {"POST", "/v1/keys/{name}", h_key_create, J | P | B},
+    {"GET", "/v1/keys/{name}", h_key_get, P | B},
+    {"DELETE", "/v1/keys/{name}", h_key_delete, P | B},
+    {"POST", "/v1/keys/{name}/rotate", h_key_rotate, P | B},
+    {"POST", "/v1/keys/{name}/config", h_key_config, J | P | B},
+    {"POST", "/v1/encrypt/{name}", h_encrypt, J | P},
+    {"POST", "/v1/decrypt/{name}", h_decrypt, J | P},
+    {"POST", "/v1/rewrap/{name}", h_rewrap, J | P},
+    {"POST", "/v1/datakey/plaintext/{name}", h_datakey_plain, J | P},
+    {"POST", "/v1/datakey/wrapped/{name}", h_datakey_wrapped, J | P},
+    {"POST", "/v1/hmac/{name}", h_hmac, J | P},
+    {"GET", "/v1/policy", h_policy_get, P | B},
+    {"POST", "/v1/policy", h_policy_request, J | P | B},
+    {"GET", "/v1/requests", h_requests, P | B},
+    {"GET", "/v1/requests/{id}", h_request_get, P | B},
+    {"POST", "/v1/requests/{id}/approve", h_request_approve, P | B},
+    {"GET", "/v1/alerts", h_alerts, P | B},
+    {"GET", "/v1/audit", h_audit, P | B},
+    /* The seal (issue 18): officers unseal the Key Center with their shares. */
+    {"POST", "/v1/sys/unseal", h_unseal, J | P | B},
+    {"GET", "/v1/sys/seal-status", h_seal_status, P},
 };
 #undef J
 #undef P

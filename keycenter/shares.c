@@ -16,8 +16,9 @@
 #define SET_LABEL "mica-keycenter-unseal-set-v1"
 #define CHECK_LEN 4
 
-/* libgfshare draws the random polynomial coefficients through this hook;
- * its default is random(), which is not for secrets. A failure of the
+/* libgfshare draws the random polynomial coefficients through this hook,
+ * and gfshare_ctx_free() scrambles a context with it too (so it must be set
+ * before combining as well; it is NULL by default in libgfshare 2.0.0). A failure of the
  * CSPRNG aborts: a share made from predictable coefficients leaks the
  * secret, and there is no way to report it through this interface. */
 static void fill_rand(unsigned char *buf, unsigned int n)
@@ -180,6 +181,7 @@ int kc_shares_combine(const struct kc_share *shares, unsigned n,
 				return MICA_EINVAL;
 		xs[i] = shares[i].index;
 	}
+	gfshare_fill_rand = fill_rand;
 	/* Exactly k shares: more add nothing, and all must lie on the one
 	 * polynomial for the set id check below to vouch for each. */
 	ctx = gfshare_ctx_init_dec(xs, k, KC_SHARE_SECRET_LEN);
