@@ -29,9 +29,9 @@ struct call {
 	mica_http_resp *resp;
 	enum kc_op op;
 	const char *key;
-	int version;	     /* key version the call used, -1 if none */
-	char ctx_hash[65];   /* SHA-256 hex of the canonical context(s), "" if none */
-	EVP_MD_CTX *ctx_sha; /* created by the first add_context() */
+	int version;           /* key version the call used, -1 if none */
+	char ctx_hash[65];     /* SHA-256 hex of the canonical context(s), "" if none */
+	EVP_MD_CTX *ctx_sha;   /* created by the first add_context() */
 	kc_policy *policy;
 };
 
@@ -135,8 +135,9 @@ static void on_recorded(void *arg, int rc, uint64_t seq)
 	struct pending *p = arg;
 	(void)seq;
 	if (rc) {
-		kc_audit_record rec = {
-		    .principal = p->principal, .op = p->op, .key_name = p->key[0] ? p->key : NULL};
+		kc_audit_record rec = {.principal = p->principal,
+				       .op = p->op,
+				       .key_name = p->key[0] ? p->key : NULL};
 		audit_failed(p->s, p->resp, &rec, rc);
 	}
 	mica_http_finish(p->deferred);
@@ -193,7 +194,7 @@ static void reply(struct call *c, int status, json_t *body)
 }
 
 static void reply_error(struct call *c, int status, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+	__attribute__((format(printf, 4, 5)));
 
 static void reply_error(struct call *c, int status, const char *code, const char *fmt, ...)
 {
@@ -245,13 +246,12 @@ static int allow(struct call *c)
 static int valid_name(const char *n)
 {
 	size_t l = n ? strlen(n) : 0;
-	if (l < 1 || l > KC_NAME_MAX ||
-	    !((n[0] >= 'a' && n[0] <= 'z') || (n[0] >= '0' && n[0] <= '9')))
+	if (l < 1 || l > KC_NAME_MAX || !((n[0] >= 'a' && n[0] <= 'z') || (n[0] >= '0' && n[0] <= '9')))
 		return 0;
 	for (size_t i = 0; i < l; i++) {
 		char ch = n[i];
-		if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '.' ||
-		      ch == '_' || ch == '-'))
+		if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' ||
+		      ch == '-'))
 			return 0;
 	}
 	return 1;
@@ -261,13 +261,13 @@ static json_t *info_json(const struct kc_key_info *i)
 {
 	json_t *versions = json_array();
 	for (uint32_t v = 1; v <= i->latest; v++)
-		json_array_append_new(versions, json_pack("{s:i,s:b}", "version", (int)v,
-							  "decryptable", v >= i->min_decryption));
+		json_array_append_new(versions, json_pack("{s:i,s:b}", "version", (int)v, "decryptable",
+							  v >= i->min_decryption));
 	return json_pack("{s:s,s:s,s:s,s:i,s:i,s:i,s:b,s:o}", "name", i->name, "type", i->type,
 			 "owner", i->owner, "latest_version", (int)i->latest,
 			 "min_decryption_version", (int)i->min_decryption, "min_encryption_version",
-			 (int)i->min_encryption, "deletion_allowed", i->deletion_allowed,
-			 "versions", versions);
+			 (int)i->min_encryption, "deletion_allowed", i->deletion_allowed, "versions",
+			 versions);
 }
 
 /* ---- key management ---------------------------------------------------------- */
@@ -284,17 +284,14 @@ static void h_key_create(const mica_http_req *req, mica_http_resp *resp, void *s
 	if (!allow(&c))
 		return;
 	if (!valid_name(c.key))
-		return reply_error(
-		    &c, 400, "bad_key_name",
-		    "key names are 1-64 of a-z 0-9 . _ - starting with a letter or digit");
+		return reply_error(&c, 400, "bad_key_name",
+				   "key names are 1-64 of a-z 0-9 . _ - starting with a letter or digit");
 	if (!type)
 		type = "aes256-gcm";
 	if (strcmp(type, "aes256-gcm") != 0 && strcmp(type, "aes128-gcm") != 0)
-		return reply_error(&c, 400, "bad_key_type",
-				   "type must be aes256-gcm or aes128-gcm");
+		return reply_error(&c, 400, "bad_key_type", "type must be aes256-gcm or aes128-gcm");
 	if (!owner || !valid_name(owner) || strlen(owner) > KC_SERVICE_MAX || strchr(owner, '.'))
-		return reply_error(&c, 400, "bad_owner",
-				   "owner must name the service that owns the key");
+		return reply_error(&c, 400, "bad_owner", "owner must name the service that owns the key");
 	if (!attempt(&c))
 		return;
 	err = kc_key_create(c.s, c.key, type, owner, &info);
@@ -417,14 +414,12 @@ static int items_of(struct call *c, json_t **items, int *batch)
 		return 1;
 	}
 	if (!json_is_array(bi) || json_array_size(bi) == 0) {
-		reply_error(c, 400, "bad_batch",
-			    "batch_input must be a non-empty array of objects");
+		reply_error(c, 400, "bad_batch", "batch_input must be a non-empty array of objects");
 		return -1;
 	}
 	if (json_array_size(bi) > (size_t)c->s->cfg->max_batch_items) {
-		reply_error(c, 413, "batch_too_large",
-			    "batch_input holds %zu items; the limit is %d", json_array_size(bi),
-			    c->s->cfg->max_batch_items);
+		reply_error(c, 413, "batch_too_large", "batch_input holds %zu items; the limit is %d",
+			    json_array_size(bi), c->s->cfg->max_batch_items);
 		return -1;
 	}
 	*items = json_incref(bi);
@@ -488,8 +483,7 @@ static void run_items(struct call *c, item_fn one)
 				done(c);
 			else
 				reply_error(c, 500, "internal_error",
-					    "key %s is not loaded and no thread may load it",
-					    c->key);
+					    "key %s is not loaded and no thread may load it", c->key);
 			return;
 		}
 		if (err && !batch) {
@@ -637,15 +631,14 @@ static int one_datakey(struct call *c, json_t *item, json_t **result, struct kc_
 		return err;
 	if ((err = mica_random(dk, (size_t)bits / 8)) != 0)
 		goto out;
-	if ((err =
-		 kc_op_encrypt(c->s, c->key, 0, dk, (size_t)bits / 8, canon, cl, &ct, &used, why)))
+	if ((err = kc_op_encrypt(c->s, c->key, 0, dk, (size_t)bits / 8, canon, cl, &ct, &used, why)))
 		goto out;
 	c->version = (int)used;
 	if (with_plaintext) {
 		if ((err = mica_base64_encode_alloc(dk, (size_t)bits / 8, &b64, &bl)) != 0)
 			goto out;
-		*result = json_pack("{s:s,s:s,s:i}", "plaintext", b64, "ciphertext", ct,
-				    "key_version", (int)used);
+		*result = json_pack("{s:s,s:s,s:i}", "plaintext", b64, "ciphertext", ct, "key_version",
+				    (int)used);
 	} else {
 		*result = json_pack("{s:s,s:i}", "ciphertext", ct, "key_version", (int)used);
 	}
@@ -697,12 +690,12 @@ static int one_hmac(struct call *c, json_t *item, json_t **result, struct kc_why
 	return err;
 }
 
-#define CRYPTO_HANDLER(fn, op, one)                                                                \
-	static void fn(const mica_http_req *req, mica_http_resp *resp, void *svc)                  \
-	{                                                                                          \
+#define CRYPTO_HANDLER(fn, op, one)                                                               \
+	static void fn(const mica_http_req *req, mica_http_resp *resp, void *svc)                 \
+	{                                                                                         \
 		struct call c = begin(svc, req, resp, op);                                         \
-		if (allow(&c))                                                                     \
-			run_items(&c, one);                                                        \
+		if (allow(&c))                                                                    \
+			run_items(&c, one);                                                       \
 	}
 CRYPTO_HANDLER(h_encrypt, KC_OP_ENCRYPT, one_encrypt)
 CRYPTO_HANDLER(h_decrypt, KC_OP_DECRYPT, one_decrypt)
@@ -737,8 +730,7 @@ static void h_policy_request(const mica_http_req *req, mica_http_resp *resp, voi
 	if (!allow(&c))
 		return;
 	if (!json_is_object(doc))
-		return reply_error(&c, 400, "missing_field",
-				   "document (the new policy) is required");
+		return reply_error(&c, 400, "missing_field", "document (the new policy) is required");
 	if (!(text = json_dumps(doc, JSON_COMPACT)))
 		return reply_error(&c, 500, "internal_error", "out of memory");
 	err = kc_policy_parse(text, strlen(text), &candidate, err_msg, sizeof(err_msg));
@@ -787,13 +779,11 @@ static void h_request_approve(const mica_http_req *req, mica_http_resp *resp, vo
 		return;
 	err = kc_change_approve(c.s, id, req->peer, &out);
 	if (err == MICA_ENOTFOUND)
-		return reply_error(&c, 404, "unknown_request", "no change request %lld",
-				   (long long)id);
+		return reply_error(&c, 404, "unknown_request", "no change request %lld", (long long)id);
 	if (err == MICA_EEXISTS)
-		return reply_error(
-		    &c, 409, "already_approved",
-		    "officer %s already approved request %lld; a second officer must", req->peer,
-		    (long long)id);
+		return reply_error(&c, 409, "already_approved",
+				   "officer %s already approved request %lld; a second officer must",
+				   req->peer, (long long)id);
 	if (err == MICA_ESTATE)
 		return reply_error(&c, 409, "request_closed", "request %lld is no longer pending",
 				   (long long)id);
@@ -825,8 +815,7 @@ static void h_request_get(const mica_http_req *req, mica_http_resp *resp, void *
 	if (request_id(req, &id) != 0)
 		return reply_error(&c, 400, "bad_request_id", "request ids are positive integers");
 	if ((err = kc_change_get(c.s, id, &out)) == MICA_ENOTFOUND)
-		return reply_error(&c, 404, "unknown_request", "no change request %lld",
-				   (long long)id);
+		return reply_error(&c, 404, "unknown_request", "no change request %lld", (long long)id);
 	if (err)
 		return reply_why(&c, err, &why);
 	reply(&c, 200, out);
@@ -876,8 +865,7 @@ static void h_audit(const mica_http_req *req, mica_http_resp *resp, void *svc)
 	if (!allow(&c))
 		return;
 	snprintf(a, sizeof(a), "%lld", after ? strtoll(after, NULL, 10) : 0LL);
-	snprintf(l, sizeof(l), "%d",
-		 limit && atoi(limit) > 0 && atoi(limit) <= 1000 ? atoi(limit) : 1000);
+	snprintf(l, sizeof(l), "%d", limit && atoi(limit) > 0 && atoi(limit) <= 1000 ? atoi(limit) : 1000);
 	const char *p[2] = {a, l};
 	err = db ? mica_db_exec(db,
 				"SELECT seq, ts_us, principal, client, op, key_name, key_version,"
@@ -892,16 +880,16 @@ static void h_audit(const mica_http_req *req, mica_http_resp *resp, void *svc)
 	list = json_array();
 	for (int r = 0; r < PQntuples(res); r++) {
 		json_t *o = json_object();
-		static const char *const cols[] = {"seq",    "ts_us", "principal",   "client",
-						   "op",     "key",   "key_version", "context_hash",
-						   "result", "hash"};
+		static const char *const cols[] = {"seq",	   "ts_us",  "principal",
+						   "client",	   "op",     "key",
+						   "key_version", "context_hash", "result",
+						   "hash"};
 		for (int k = 0; k < 10; k++) {
 			const char *v = mica_db_get(res, r, k);
 			json_object_set_new(o, cols[k],
 					    !v ? json_null()
-					    : (k == 0 || k == 1 || k == 6)
-						? json_integer(strtoll(v, NULL, 10))
-						: json_string(v));
+					    : (k == 0 || k == 1 || k == 6) ? json_integer(strtoll(v, NULL, 10))
+									   : json_string(v));
 		}
 		json_array_append_new(list, o);
 	}
@@ -1025,7 +1013,8 @@ static void h_seal_status(const mica_http_req *req, mica_http_resp *resp, void *
  * unknown routes, malformed or oversized bodies) are audited too, and
  * answered once their record committed, like every other request. */
 void kc_audit_refusal(void *svc, const char *method, const char *path, const char *peer,
-		      const char *client_ip, int status, const char *code, mica_http_deferred *done)
+		      const char *client_ip, int status, const char *code,
+		      mica_http_deferred *done)
 {
 	kc_service *s = svc;
 	kc_audit_record rec = {0};
@@ -1064,27 +1053,27 @@ void kc_audit_refusal(void *svc, const char *method, const char *path, const cha
 #define P MICA_ROUTE_PEER
 #define B MICA_ROUTE_BLOCKING
 const mica_http_route kc_routes[] = {
-    {"POST", "/v1/keys/{name}", h_key_create, J | P | B},
-    {"GET", "/v1/keys/{name}", h_key_get, P | B},
-    {"DELETE", "/v1/keys/{name}", h_key_delete, P | B},
-    {"POST", "/v1/keys/{name}/rotate", h_key_rotate, P | B},
-    {"POST", "/v1/keys/{name}/config", h_key_config, J | P | B},
-    {"POST", "/v1/encrypt/{name}", h_encrypt, J | P},
-    {"POST", "/v1/decrypt/{name}", h_decrypt, J | P},
-    {"POST", "/v1/rewrap/{name}", h_rewrap, J | P},
-    {"POST", "/v1/datakey/plaintext/{name}", h_datakey_plain, J | P},
-    {"POST", "/v1/datakey/wrapped/{name}", h_datakey_wrapped, J | P},
-    {"POST", "/v1/hmac/{name}", h_hmac, J | P},
-    {"GET", "/v1/policy", h_policy_get, P | B},
-    {"POST", "/v1/policy", h_policy_request, J | P | B},
-    {"GET", "/v1/requests", h_requests, P | B},
-    {"GET", "/v1/requests/{id}", h_request_get, P | B},
-    {"POST", "/v1/requests/{id}/approve", h_request_approve, P | B},
-    {"GET", "/v1/alerts", h_alerts, P | B},
-    {"GET", "/v1/audit", h_audit, P | B},
-    /* The seal (issue 18): officers unseal the Key Center with their shares. */
-    {"POST", "/v1/sys/unseal", h_unseal, J | P | B},
-    {"GET", "/v1/sys/seal-status", h_seal_status, P},
+	{"POST", "/v1/keys/{name}", h_key_create, J | P | B},
+	{"GET", "/v1/keys/{name}", h_key_get, P | B},
+	{"DELETE", "/v1/keys/{name}", h_key_delete, P | B},
+	{"POST", "/v1/keys/{name}/rotate", h_key_rotate, P | B},
+	{"POST", "/v1/keys/{name}/config", h_key_config, J | P | B},
+	{"POST", "/v1/encrypt/{name}", h_encrypt, J | P},
+	{"POST", "/v1/decrypt/{name}", h_decrypt, J | P},
+	{"POST", "/v1/rewrap/{name}", h_rewrap, J | P},
+	{"POST", "/v1/datakey/plaintext/{name}", h_datakey_plain, J | P},
+	{"POST", "/v1/datakey/wrapped/{name}", h_datakey_wrapped, J | P},
+	{"POST", "/v1/hmac/{name}", h_hmac, J | P},
+	{"GET", "/v1/policy", h_policy_get, P | B},
+	{"POST", "/v1/policy", h_policy_request, J | P | B},
+	{"GET", "/v1/requests", h_requests, P | B},
+	{"GET", "/v1/requests/{id}", h_request_get, P | B},
+	{"POST", "/v1/requests/{id}/approve", h_request_approve, P | B},
+	{"GET", "/v1/alerts", h_alerts, P | B},
+	{"GET", "/v1/audit", h_audit, P | B},
+	/* The seal (issue 18): officers unseal the Key Center with their shares. */
+	{"POST", "/v1/sys/unseal", h_unseal, J | P | B},
+	{"GET", "/v1/sys/seal-status", h_seal_status, P},
 };
 #undef J
 #undef P
