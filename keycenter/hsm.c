@@ -426,11 +426,13 @@ static int set_pin(kc_hsm *h, CK_SESSION_HANDLE s, const char *who, const char *
 
 int kc_hsm_change_pins(kc_hsm *h, const char *old_user, size_t old_user_len, const char *new_user,
 		       size_t new_user_len, const char *old_so, size_t old_so_len,
-		       const char *new_so, size_t new_so_len)
+		       const char *new_so, size_t new_so_len, bool *user_changed)
 {
 	CK_RV rv;
 	int rc;
 
+	if (user_changed)
+		*user_changed = false;
 	if (!h || !old_user || !new_user || !h->logged_in)
 		return MICA_EINVAL;
 	if (!new_user_len || new_user_len > PIN_MAX ||
@@ -438,6 +440,8 @@ int kc_hsm_change_pins(kc_hsm *h, const char *old_user, size_t old_user_len, con
 		return MICA_EINVAL;
 	pthread_mutex_lock(&h->login_lock);
 	rc = set_pin(h, h->login_session, "user", old_user, old_user_len, new_user, new_user_len);
+	if (rc == 0 && user_changed)
+		*user_changed = true;
 	if (rc || !old_so)
 		goto out;
 	/* The SO logs in on the same application: the user logs out first,

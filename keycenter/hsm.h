@@ -86,12 +86,14 @@ int kc_hsm_open_pin(kc_hsm **out, const char *module_path, const char *token_lab
  * (the user logs out, the SO logs in and out, the user logs back in with the
  * new PIN, so |h| stays usable). Used by `mica keycenter init --shares` so
  * that nothing on disk opens the token afterwards. Must not race with other
- * calls on |h|. Returns 0, MICA_EINVAL, MICA_EPIN (the token refused an old
- * PIN or a new one's length) or MICA_EHSM. If the user PIN changed and the SO
- * PIN could not, the error is returned and the user PIN stays changed. */
+ * calls on |h|. *user_changed (may be NULL) says whether the user PIN was
+ * changed, also on failure: if the SO PIN could not be changed afterwards,
+ * the error is returned and the user PIN stays changed. Returns 0,
+ * MICA_EINVAL, MICA_EPIN (the token refused an old PIN or a new one's
+ * length) or MICA_EHSM. */
 int kc_hsm_change_pins(kc_hsm *h, const char *old_user, size_t old_user_len, const char *new_user,
 		       size_t new_user_len, const char *old_so, size_t old_so_len,
-		       const char *new_so, size_t new_so_len) MICA_WUR;
+		       const char *new_so, size_t new_so_len, bool *user_changed) MICA_WUR;
 
 /* Prove on the token that the root key refuses what issue 18 found: it
  * wraps a fresh key with the root public key and asks the token to unwrap it

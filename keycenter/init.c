@@ -11,6 +11,7 @@
  * Center, `seal-status` asks whether it is sealed, and `migrate-root` moves
  * the KEKs of a token made before unwrap templates to a new root key. */
 #include <getopt.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -223,7 +224,8 @@ static int split_and_rekey(kc_hsm *h, const struct init_args *a)
 	char old_user[260], old_so[260], user_pin[KC_SHARE_PIN_LEN + 1],
 	    so_pin[KC_SHARE_PIN_LEN + 1];
 	size_t ou, os;
-	int err, rc = 1, printed = 0;
+	bool user_changed = false;
+	int err, rc = 1;
 
 	ou = read_pin_file(a->pin_file, old_user, sizeof(old_user));
 	os = read_pin_file(a->so_pin_file, old_so, sizeof(old_so));
@@ -241,9 +243,11 @@ static int split_and_rekey(kc_hsm *h, const struct init_args *a)
 		goto out;
 	}
 	err = kc_hsm_change_pins(h, old_user, ou, user_pin, KC_SHARE_PIN_LEN, old_so, os, so_pin,
-				 KC_SHARE_PIN_LEN);
-	if (err && err != MICA_EPIN && err != MICA_EHSM) {
-		fprintf(stderr, "mica keycenter init: changing the token PINs: %s\n",
+				 KC_SHARE_PIN_LEN, &user_changed);
+	if (err && !user_changed) {
+		fprintf(stderr,
+			"mica keycenter init: the token's PINs were not changed (%s); no shares "
+			"were made\n",
 			mica_errmsg(err));
 		goto out;
 	}
@@ -254,11 +258,10 @@ static int split_and_rekey(kc_hsm *h, const struct init_args *a)
 	       a->threshold, a->shares);
 	for (int i = 0; i < a->shares; i++)
 		printf("  share %d: %s\n", i + 1, texts[i]);
-	printed = 1;
 	if (err) {
 		fprintf(stderr,
-			"mica keycenter init: the token's PINs were not both changed (%s); "
-			"see the log. If the user PIN changed, only the shares open the token.\n",
+			"mica keycenter init: the user PIN was changed but the SO PIN was not "
+			"(%s): the SO PIN file can still reset the user PIN; change it by hand.\n",
 			mica_errmsg(err));
 		goto out;
 	}
@@ -268,7 +271,6 @@ static int split_and_rekey(kc_hsm *h, const struct init_args *a)
 	       a->pin_file, a->so_pin_file);
 	rc = 0;
 out:
-	(void)printed;
 	mica_wipe(secret, sizeof(secret));
 	mica_wipe(texts, sizeof(texts));
 	mica_wipe(old_user, sizeof(old_user));

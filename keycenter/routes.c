@@ -1073,7 +1073,7 @@ const mica_http_route kc_routes[] = {
 	{"GET", "/v1/audit", h_audit, P | B},
 	/* The seal (issue 18): officers unseal the Key Center with their shares. */
 	{"POST", "/v1/sys/unseal", h_unseal, J | P | B},
-	{"GET", "/v1/sys/seal-status", h_seal_status, P},
+	{"GET", "/v1/sys/seal-status", h_seal_status, P | B},
 };
 #undef J
 #undef P
