@@ -85,14 +85,7 @@ void kc_keys_cleanup(kc_service *s);
 void kc_keks_drop(kc_service *s);
 /* Named-key material is held in pages that are mlock()ed (kept out of swap)
  * and madvise(MADV_DONTDUMP)ed (kept out of core dumps), and wiped before
- * they are unmapped, whenever a cached key is dropped or replaced. Counters
- * of those pages, for tests and /metrics. */
-struct kc_keys_memstats {
-	uint64_t live_pages;	  /* pages holding material now */
-	uint64_t unlocked_allocs; /* allocations mlock() refused (RLIMIT_MEMLOCK) */
-	uint64_t wiped_frees;	  /* allocations wiped and unmapped */
-};
-void kc_keys_memstats(struct kc_keys_memstats *st);
+ * they are unmapped, whenever a cached key is dropped or replaced. */
 int kc_key_create(kc_service *s, const char *name, const char *type, const char *owner,
 		  struct kc_key_info *info) MICA_WUR;
 int kc_key_info(kc_service *s, const char *name, struct kc_key_info *info) MICA_WUR;

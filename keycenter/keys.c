@@ -43,8 +43,6 @@ struct kc_kek {
 
 /* ---- locked pages for material -------------------------------------------- */
 
-static atomic_uint_fast64_t live_pages, unlocked_allocs, wiped_frees;
-
 static size_t page_round(size_t n)
 {
 	size_t page = (size_t)sysconf(_SC_PAGESIZE);
@@ -54,7 +52,7 @@ static size_t page_round(size_t n)
 /* |n| zeroed bytes in pages of their own: mlock()ed so they are never
  * swapped out, MADV_DONTDUMP so a core dump leaves them out. mlock() may be
  * refused (RLIMIT_MEMLOCK, 8 MiB by default: 2048 keys of up to 128
- * versions); the pages are used anyway, counted and logged once, because a
+ * versions); the pages are used anyway and a warning is logged once, as a
  * Key Center that stops serving is the worse failure. NULL if out of
  * memory. */
 static void *secure_alloc(size_t n)
@@ -67,13 +65,11 @@ static void *secure_alloc(size_t n)
 		return NULL;
 	(void)madvise(p, len, MADV_DONTDUMP);
 	if (mlock(p, len) != 0) {
-		atomic_fetch_add(&unlocked_allocs, 1);
 		if (atomic_exchange(&warned, 1) == 0)
 			MICA_LOG(MICA_LOG_WARN,
 				 "keycenter: mlock of key material refused (raise "
 				 "RLIMIT_MEMLOCK, e.g. LimitMEMLOCK=); it may be swapped");
 	}
-	atomic_fetch_add(&live_pages, len / (size_t)sysconf(_SC_PAGESIZE));
 	return p;
 }
 
@@ -86,15 +82,6 @@ static void secure_free(void *p, size_t n)
 	mica_wipe(p, len);
 	(void)munlock(p, len);
 	munmap(p, len);
-	atomic_fetch_sub(&live_pages, len / (size_t)sysconf(_SC_PAGESIZE));
-	atomic_fetch_add(&wiped_frees, 1);
-}
-
-void kc_keys_memstats(struct kc_keys_memstats *st)
-{
-	st->live_pages = atomic_load(&live_pages);
-	st->unlocked_allocs = atomic_load(&unlocked_allocs);
-	st->wiped_frees = atomic_load(&wiped_frees);
 }
 
 static unsigned bucket_of(const char *name)
