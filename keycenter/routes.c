@@ -795,6 +795,8 @@ static void h_request_approve(const mica_http_req *req, mica_http_resp *resp, vo
 static int may_see_requests(struct call *c)
 {
 	/* Officers approve; key admins follow their deletion requests. */
+	if (kc_service_sealed(c->s) && sealed_refusal(c))
+		return 0;
 	if (kc_policy_allows(c->policy, c->req->peer, KC_OP_APPROVE, NULL) == 0)
 		return 1;
 	c->op = KC_OP_KEY_DELETE_REQUEST;

@@ -146,6 +146,7 @@ expect 503 sealed admin POST /v1/keys/account-pii '{"owner": "account"}'
 expect 503 sealed account POST /v1/encrypt/account-pii "{\"plaintext\": \"aGk=\", \"context\": $CTX}"
 expect 503 sealed auditor GET /v1/audit
 expect 503 sealed officer1 GET /v1/policy
+expect 503 sealed officer1 GET /v1/requests
 
 # ---------------------------------------------------------------------------------------------
 step="3 unseal"
@@ -212,7 +213,7 @@ got="$(sql "$ADMIN_CI" "SELECT string_agg(principal || ':' || op || ':' || resul
 	FROM keycenter.audit WHERE (op IN ('unseal', 'key_create', 'seal_status')
 	   OR result = 'sealed') AND coalesce(key_name, '') <> 'account-index'")"
 want="auditor:seal_status:ok admin:key_create:sealed account:encrypt:sealed auditor:audit_read:sealed"
-want+=" officer1:policy_read:sealed admin:unseal:not_an_officer officer1:unseal:share_checksum_mismatch"
+want+=" officer1:policy_read:sealed officer1:approve:sealed admin:unseal:not_an_officer officer1:unseal:share_checksum_mismatch"
 want+=" auditor:seal_status:ok officer1:unseal:share_accepted officer1:unseal:share_already_submitted"
 want+=" test:unseal:bad_share test:unseal:bad_share officer2:unseal:share_accepted"
 want+=" admin:key_create:sealed test:unseal:share_accepted test:unseal:unsealed"
