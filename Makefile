@@ -19,7 +19,7 @@ HARDEN := -fstack-protector-strong -D_FORTIFY_SOURCE=2 -fPIE
 OPT ?= -O2 -g
 CFLAGS := -std=gnu11 $(OPT) $(WARN) $(HARDEN) $(EXTRA_CFLAGS) -Ilib -I. $(PKG_CFLAGS) -MMD -MP
 LDFLAGS := -pie -Wl,-z,relro,-z,now $(EXTRA_LDFLAGS)
-LIBS := $(PKG_LIBS) -lpthread -ldl
+LIBS := $(PKG_LIBS) -lgfshare -lpthread -ldl
 
 LIB_SRC := $(wildcard lib/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)

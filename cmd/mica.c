@@ -49,7 +49,8 @@ static int cmd_recycled(int argc, char **argv);
 
 static const struct command commands[] = {
     {"migrate", cmd_migrate, "apply schema migrations; --status lists applied and pending"},
-    {"keycenter", kc_init_command, "keycenter init: generate the HSM root and audit keys"},
+    {"keycenter", kc_command,
+     "keycenter init | unseal | seal-status | migrate-root: ceremony, unseal, root migration"},
     {"audit", cmd_audit, "audit export | audit verify: the Key Center audit trail"},
     {"outbox", cmd_outbox, "outbox list: the development e-mail/SMS outbox (account.notification)"},
     {"recycled", cmd_recycled, "recycled add|import: record recycled phone numbers (local check)"},

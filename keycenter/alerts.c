@@ -142,6 +142,9 @@ int kc_audit_selfcheck(kc_service *s, uint64_t *records, uint64_t *bad_seq)
 {
 	uint8_t key[32];
 	uint64_t n = 0, bad = 0;
+	/* Sealed, the MAC key is out of reach: nothing to check, no alert. */
+	if (kc_service_sealed(s))
+		return MICA_ESEALED;
 	mica_db *db = mica_db_thread();
 	int err = db ? kc_audit_mac_key(s, key) : MICA_EDBCONN;
 	if (!err)

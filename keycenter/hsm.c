@@ -330,20 +330,18 @@ static int login(kc_hsm *h, const char *label, const char *pin, size_t pin_len)
 	}
 }
 
-int kc_hsm_open(kc_hsm **out, const char *module_path, const char *token_label,
-		const char *pin_file)
+int kc_hsm_open_pin(kc_hsm **out, const char *module_path, const char *token_label, const char *pin,
+		    size_t pin_len)
 {
-	/* Room for the longest PIN plus CR LF, and one byte to detect more. */
-	char pin[PIN_MAX + 3];
-	size_t pin_len = 0, label_len;
 	kc_hsm *h = NULL;
+	size_t label_len;
 	CK_RV rv;
 	int rc;
 
 	if (!out)
 		return MICA_EINVAL;
 	*out = NULL;
-	if (!module_path || !token_label || !pin_file)
+	if (!module_path || !token_label || !pin)
 		return MICA_EINVAL;
 	label_len = strlen(token_label);
 	if (label_len == 0 || label_len > 32) {
@@ -351,15 +349,11 @@ int kc_hsm_open(kc_hsm **out, const char *module_path, const char *token_label,
 			 label_len);
 		return MICA_ECONFIG;
 	}
-	rc = read_pin(pin_file, pin, sizeof(pin), &pin_len);
-	if (rc)
-		return rc;
-
+	if (pin_len == 0 || pin_len > PIN_MAX)
+		return MICA_ECONFIG;
 	h = calloc(1, sizeof(*h));
-	if (!h) {
-		rc = MICA_ENOMEM;
-		goto out;
-	}
+	if (!h)
+		return MICA_ENOMEM;
 	pthread_mutex_init(&h->login_lock, NULL);
 	pthread_mutex_init(&h->pool_lock, NULL);
 	rc = module_load(h, module_path);
@@ -380,11 +374,99 @@ int kc_hsm_open(kc_hsm **out, const char *module_path, const char *token_label,
 	MICA_LOG(MICA_LOG_INFO, "hsm: logged in to token \"%s\" (module %s)", token_label,
 		 module_path);
 out:
-	mica_wipe(pin, sizeof(pin));
 	if (rc)
 		kc_hsm_close(h);
 	else
 		*out = h;
+	return rc;
+}
+
+int kc_hsm_open(kc_hsm **out, const char *module_path, const char *token_label,
+		const char *pin_file)
+{
+	/* Room for the longest PIN plus CR LF, and one byte to detect more. */
+	char pin[PIN_MAX + 3];
+	size_t pin_len = 0;
+	int rc;
+
+	if (!out)
+		return MICA_EINVAL;
+	*out = NULL;
+	if (!module_path || !token_label || !pin_file)
+		return MICA_EINVAL;
+	if (strlen(token_label) == 0 || strlen(token_label) > 32) {
+		MICA_LOG(MICA_LOG_ERROR, "hsm: token label must be 1..32 bytes, not %zu",
+			 strlen(token_label));
+		return MICA_ECONFIG;
+	}
+	rc = read_pin(pin_file, pin, sizeof(pin), &pin_len);
+	if (rc)
+		return rc;
+	rc = kc_hsm_open_pin(out, module_path, token_label, pin, pin_len);
+	mica_wipe(pin, sizeof(pin));
+	return rc;
+}
+
+/* C_SetPIN on |s| from |old| to |new_pin|, naming |who| in the log. */
+static int set_pin(kc_hsm *h, CK_SESSION_HANDLE s, const char *who, const char *old, size_t old_len,
+		   const char *new_pin, size_t new_len)
+{
+	CK_RV rv =
+	    h->p11->C_SetPIN(s, (CK_UTF8CHAR_PTR)old, old_len, (CK_UTF8CHAR_PTR)new_pin, new_len);
+	if (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LEN_RANGE || rv == CKR_PIN_INVALID ||
+	    rv == CKR_PIN_LOCKED) {
+		MICA_LOG(MICA_LOG_ERROR, "hsm: the token refused to change the %s PIN: %s", who,
+			 ckr_name(rv));
+		return MICA_EPIN;
+	}
+	if (rv != CKR_OK)
+		return hsm_fail("C_SetPIN", rv);
+	return 0;
+}
+
+int kc_hsm_change_pins(kc_hsm *h, const char *old_user, size_t old_user_len, const char *new_user,
+		       size_t new_user_len, const char *old_so, size_t old_so_len,
+		       const char *new_so, size_t new_so_len, bool *user_changed)
+{
+	CK_RV rv;
+	int rc;
+
+	if (user_changed)
+		*user_changed = false;
+	if (!h || !old_user || !new_user || !h->logged_in)
+		return MICA_EINVAL;
+	if (!new_user_len || new_user_len > PIN_MAX ||
+	    (old_so && (!new_so || !new_so_len || new_so_len > PIN_MAX)))
+		return MICA_EINVAL;
+	pthread_mutex_lock(&h->login_lock);
+	rc = set_pin(h, h->login_session, "user", old_user, old_user_len, new_user, new_user_len);
+	if (rc == 0 && user_changed)
+		*user_changed = true;
+	if (rc || !old_so)
+		goto out;
+	/* The SO logs in on the same application: the user logs out first,
+	 * and back in with the new PIN afterwards, so |h| stays usable. */
+	rv = h->p11->C_Logout(h->login_session);
+	if (rv != CKR_OK) {
+		rc = hsm_fail("C_Logout", rv);
+		goto out;
+	}
+	h->logged_in = false;
+	rv = h->p11->C_Login(h->login_session, CKU_SO, (CK_UTF8CHAR_PTR)old_so, old_so_len);
+	if (rv != CKR_OK) {
+		MICA_LOG(MICA_LOG_ERROR, "hsm: the token refused the SO PIN: %s", ckr_name(rv));
+		rc = rv == CKR_PIN_INCORRECT ? MICA_EPIN : hsm_fail("C_Login(SO)", rv);
+	} else {
+		rc = set_pin(h, h->login_session, "SO", old_so, old_so_len, new_so, new_so_len);
+		(void)h->p11->C_Logout(h->login_session);
+	}
+	rv = h->p11->C_Login(h->login_session, CKU_USER, (CK_UTF8CHAR_PTR)new_user, new_user_len);
+	if (rv == CKR_OK)
+		h->logged_in = true;
+	else if (!rc)
+		rc = hsm_fail("C_Login", rv);
+out:
+	pthread_mutex_unlock(&h->login_lock);
 	return rc;
 }
 
@@ -603,6 +685,30 @@ static int get_bytes(kc_hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, CK_AT
 	return 0;
 }
 
+/* ---- The KEK template ------------------------------------------------------ */
+
+/* What an unwrapped KEK is: an AES session object, sensitive, never
+ * extractable, usable only to encrypt and decrypt. The root private key
+ * carries exactly these attributes as its CKA_UNWRAP_TEMPLATE, so the token
+ * refuses any C_UnwrapKey with the root key whose template leaves one of them
+ * out or sets it otherwise (SoftHSM 2.6.1 answers CKR_TEMPLATE_INCONSISTENT
+ * in both cases; docs/decisions.md has the probe). A PIN holder can still
+ * use a KEK inside the token, but cannot take it out. */
+static const CK_OBJECT_CLASS kek_class = CKO_SECRET_KEY;
+static const CK_KEY_TYPE kek_type = CKK_AES;
+#define KEK_TEMPLATE_ATTRS                                                                         \
+	{CKA_CLASS, (void *)&kek_class, sizeof(kek_class)},                                        \
+	    {CKA_KEY_TYPE, (void *)&kek_type, sizeof(kek_type)},                                   \
+	    {CKA_TOKEN, (void *)&no, sizeof(no)}, {CKA_SENSITIVE, (void *)&yes, sizeof(yes)},      \
+	    {CKA_EXTRACTABLE, (void *)&no, sizeof(no)}, {CKA_ENCRYPT, (void *)&yes, sizeof(yes)},  \
+	    {CKA_DECRYPT, (void *)&yes, sizeof(yes)}, {CKA_WRAP, (void *)&no, sizeof(no)},         \
+	    {CKA_UNWRAP, (void *)&no, sizeof(no)}, {CKA_SIGN, (void *)&no, sizeof(no)},            \
+	    {CKA_VERIFY, (void *)&no, sizeof(no)},                                                 \
+	{                                                                                          \
+		CKA_DERIVE, (void *)&no, sizeof(no)                                                \
+	}
+static CK_ATTRIBUTE kek_unwrap_template[] = {KEK_TEMPLATE_ATTRS};
+
 /* ---- Key generation ------------------------------------------------------ */
 
 static int generate_pair(kc_hsm *h, CK_SESSION_HANDLE s, CK_MECHANISM_TYPE type, CK_ATTRIBUTE *pub,
@@ -618,9 +724,9 @@ static int generate_pair(kc_hsm *h, CK_SESSION_HANDLE s, CK_MECHANISM_TYPE type,
 	return 0;
 }
 
-/* The root key: RSA-4096, its private half able only to unwrap KEKs and its
- * public half only to wrap them. Every usage flag is set explicitly rather
- * than left to the module's defaults, and neither half can be modified. */
+/* The root key: RSA-4096, its private half able only to unwrap KEKs (and
+ * only as kek_unwrap_template says) and its public half only to wrap them. Every usage flag is set
+ * explicitly rather than left to the module's defaults, and neither half can be modified. */
 static int generate_root(kc_hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *pub_obj,
 			 CK_OBJECT_HANDLE *priv_obj)
 {
@@ -659,6 +765,10 @@ static int generate_root(kc_hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *pub_o
 	    {CKA_SENSITIVE, (void *)&yes, sizeof(yes)},
 	    {CKA_EXTRACTABLE, (void *)&no, sizeof(no)},
 	    {CKA_UNWRAP, (void *)&yes, sizeof(yes)},
+	    {CKA_UNWRAP_TEMPLATE, kek_unwrap_template, sizeof(kek_unwrap_template)},
+	    /* A copy could not change the template either (SoftHSM answers
+	     * CKR_ATTRIBUTE_READ_ONLY), but there is no reason to allow one. */
+	    {CKA_COPYABLE, (void *)&no, sizeof(no)},
 	    {CKA_DECRYPT, (void *)&no, sizeof(no)},
 	    {CKA_SIGN, (void *)&no, sizeof(no)},
 	    {CKA_SIGN_RECOVER, (void *)&no, sizeof(no)},
@@ -1070,15 +1180,17 @@ static void oaep_mechanism(CK_RSA_PKCS_OAEP_PARAMS *oaep, CK_MECHANISM *mech)
 	mech->ulParameterLen = sizeof(*oaep);
 }
 
-int kc_hsm_kek_create(kc_hsm *h, uint8_t **wrapped, size_t *wrapped_len)
+/* Generate a fresh AES-256 session key that exists only to be wrapped
+ * (extractable, else C_WrapKey refuses, but sensitive and usable for
+ * nothing) and wrap it with the RSA public key |pub| into |blob|
+ * (KC_HSM_KEK_BLOB_LEN bytes). The session object is destroyed. */
+static int wrap_fresh(kc_hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE pub, uint8_t *blob)
 {
 	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
 	CK_KEY_TYPE type = CKK_AES;
 	CK_ULONG key_len = KEK_BYTES, blob_len = KC_HSM_KEK_BLOB_LEN;
 	CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0}, wrap;
 	CK_RSA_PKCS_OAEP_PARAMS oaep;
-	/* A session object that exists only to be wrapped: extractable (else
-	 * C_WrapKey refuses) but sensitive, and usable for nothing. */
 	CK_ATTRIBUTE tmpl[] = {
 	    {CKA_CLASS, &cls, sizeof(cls)},
 	    {CKA_KEY_TYPE, &type, sizeof(type)},
@@ -1095,11 +1207,33 @@ int kc_hsm_kek_create(kc_hsm *h, uint8_t **wrapped, size_t *wrapped_len)
 	    {CKA_VERIFY, (void *)&no, sizeof(no)},
 	    {CKA_DERIVE, (void *)&no, sizeof(no)},
 	};
-	CK_OBJECT_HANDLE root_pub, kek;
-	CK_SESSION_HANDLE s;
-	bool kek_made = false;
-	uint8_t *blob = NULL;
+	CK_OBJECT_HANDLE kek;
 	CK_RV rv;
+	int rc = 0;
+
+	rv = h->p11->C_GenerateKey(s, &gen, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &kek);
+	if (rv != CKR_OK)
+		return hsm_fail("C_GenerateKey", rv);
+	oaep_mechanism(&oaep, &wrap);
+	rv = h->p11->C_WrapKey(s, &wrap, pub, kek, blob, &blob_len);
+	if (rv != CKR_OK) {
+		rc = hsm_fail("C_WrapKey", rv);
+	} else if (blob_len != KC_HSM_KEK_BLOB_LEN) {
+		MICA_LOG(MICA_LOG_ERROR, "hsm: wrapped KEK is %lu bytes, expected %d",
+			 (unsigned long)blob_len, KC_HSM_KEK_BLOB_LEN);
+		rc = MICA_EHSM;
+	}
+	rv = h->p11->C_DestroyObject(s, kek);
+	if (rv != CKR_OK)
+		(void)hsm_fail("C_DestroyObject", rv);
+	return rc;
+}
+
+int kc_hsm_kek_create(kc_hsm *h, uint8_t **wrapped, size_t *wrapped_len)
+{
+	CK_OBJECT_HANDLE root_pub;
+	CK_SESSION_HANDLE s;
+	uint8_t *blob = NULL;
 	int rc;
 
 	if (wrapped)
@@ -1119,33 +1253,13 @@ int kc_hsm_kek_create(kc_hsm *h, uint8_t **wrapped, size_t *wrapped_len)
 		rc = MICA_ENOMEM;
 		goto out;
 	}
-	rv = h->p11->C_GenerateKey(s, &gen, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &kek);
-	if (rv != CKR_OK) {
-		rc = hsm_fail("C_GenerateKey", rv);
+	rc = wrap_fresh(h, s, root_pub, blob);
+	if (rc)
 		goto out;
-	}
-	kek_made = true;
-	oaep_mechanism(&oaep, &wrap);
-	rv = h->p11->C_WrapKey(s, &wrap, root_pub, kek, blob, &blob_len);
-	if (rv != CKR_OK) {
-		rc = hsm_fail("C_WrapKey", rv);
-		goto out;
-	}
-	if (blob_len != KC_HSM_KEK_BLOB_LEN) {
-		MICA_LOG(MICA_LOG_ERROR, "hsm: wrapped KEK is %lu bytes, expected %d",
-			 (unsigned long)blob_len, KC_HSM_KEK_BLOB_LEN);
-		rc = MICA_EHSM;
-		goto out;
-	}
 	*wrapped = blob;
-	*wrapped_len = blob_len;
+	*wrapped_len = KC_HSM_KEK_BLOB_LEN;
 	blob = NULL;
 out:
-	if (kek_made) {
-		rv = h->p11->C_DestroyObject(s, kek);
-		if (rv != CKR_OK)
-			(void)hsm_fail("C_DestroyObject", rv);
-	}
 	free(blob);
 	session_put(h, s, true);
 	return rc;
@@ -1178,23 +1292,9 @@ static bool input_rejected(kc_hsm *h, CK_SESSION_HANDLE s, CK_RV rv)
  * the KEK stays usable from all of them. Called with login_lock held. */
 static int unwrap_kek(kc_hsm *h, const uint8_t *wrapped, size_t len, CK_OBJECT_HANDLE *obj)
 {
-	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-	CK_KEY_TYPE type = CKK_AES;
-	CK_ATTRIBUTE tmpl[] = {
-	    {CKA_CLASS, &cls, sizeof(cls)},
-	    {CKA_KEY_TYPE, &type, sizeof(type)},
-	    {CKA_TOKEN, (void *)&no, sizeof(no)},
-	    {CKA_PRIVATE, (void *)&yes, sizeof(yes)},
-	    {CKA_SENSITIVE, (void *)&yes, sizeof(yes)},
-	    {CKA_EXTRACTABLE, (void *)&no, sizeof(no)},
-	    {CKA_ENCRYPT, (void *)&yes, sizeof(yes)},
-	    {CKA_DECRYPT, (void *)&yes, sizeof(yes)},
-	    {CKA_WRAP, (void *)&no, sizeof(no)},
-	    {CKA_UNWRAP, (void *)&no, sizeof(no)},
-	    {CKA_SIGN, (void *)&no, sizeof(no)},
-	    {CKA_VERIFY, (void *)&no, sizeof(no)},
-	    {CKA_DERIVE, (void *)&no, sizeof(no)},
-	};
+	/* Every attribute of the root's unwrap template, with its value, and
+	 * CKA_PRIVATE (which the template leaves to the caller). */
+	CK_ATTRIBUTE tmpl[] = {KEK_TEMPLATE_ATTRS, {CKA_PRIVATE, (void *)&yes, sizeof(yes)}};
 	CK_OBJECT_HANDLE root_priv;
 	CK_RSA_PKCS_OAEP_PARAMS oaep;
 	CK_MECHANISM mech;
@@ -1272,6 +1372,324 @@ void kc_hsm_key_free(kc_hsm *h, kc_hsm_key *kek)
 			(void)hsm_fail("C_DestroyObject", rv);
 	}
 	free(kek);
+}
+
+/* Whether a refusal of C_UnwrapKey is the token enforcing a template (as
+ * opposed to failing). */
+static bool template_refusal(CK_RV rv)
+{
+	return rv == CKR_TEMPLATE_INCONSISTENT || rv == CKR_TEMPLATE_INCOMPLETE ||
+	       rv == CKR_ATTRIBUTE_VALUE_INVALID || rv == CKR_ATTRIBUTE_READ_ONLY ||
+	       rv == CKR_KEY_FUNCTION_NOT_PERMITTED || rv == CKR_ACTION_PROHIBITED;
+}
+
+/* Whether the root private key |priv| (with its public half |pub|) refuses
+ * the attack of issue 18: unwrapping a KEK as readable, and with the
+ * protective attributes left out. *enforced is false if either unwrap
+ * succeeds (the object made is destroyed at once). */
+static int probe_template(kc_hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv,
+			  CK_OBJECT_HANDLE pub, bool *enforced)
+{
+	static const CK_BBOOL t = CK_TRUE, f = CK_FALSE;
+	CK_ATTRIBUTE readable[] = {
+	    {CKA_CLASS, (void *)&kek_class, sizeof(kek_class)},
+	    {CKA_KEY_TYPE, (void *)&kek_type, sizeof(kek_type)},
+	    {CKA_TOKEN, (void *)&f, sizeof(f)},
+	    {CKA_SENSITIVE, (void *)&f, sizeof(f)},
+	    {CKA_EXTRACTABLE, (void *)&t, sizeof(t)},
+	};
+	CK_ATTRIBUTE omitted[] = {
+	    {CKA_CLASS, (void *)&kek_class, sizeof(kek_class)},
+	    {CKA_KEY_TYPE, (void *)&kek_type, sizeof(kek_type)},
+	    {CKA_TOKEN, (void *)&f, sizeof(f)},
+	};
+	struct {
+		CK_ATTRIBUTE *tmpl;
+		CK_ULONG n;
+	} probes[] = {{readable, 5}, {omitted, 3}};
+	CK_RSA_PKCS_OAEP_PARAMS oaep;
+	CK_MECHANISM mech;
+	CK_OBJECT_HANDLE obj;
+	uint8_t blob[KC_HSM_KEK_BLOB_LEN];
+	int rc;
+
+	*enforced = false;
+	rc = wrap_fresh(h, s, pub, blob);
+	if (rc)
+		return rc;
+	oaep_mechanism(&oaep, &mech);
+	for (size_t i = 0; i < sizeof(probes) / sizeof(probes[0]); i++) {
+		CK_RV rv = h->p11->C_UnwrapKey(s, &mech, priv, blob, sizeof(blob), probes[i].tmpl,
+					       probes[i].n, &obj);
+		if (rv == CKR_OK) {
+			(void)h->p11->C_DestroyObject(s, obj);
+			return 0;
+		}
+		if (!template_refusal(rv))
+			return hsm_fail("C_UnwrapKey (template probe)", rv);
+	}
+	*enforced = true;
+	return 0;
+}
+
+int kc_hsm_root_check(kc_hsm *h)
+{
+	CK_OBJECT_HANDLE priv, pub;
+	CK_SESSION_HANDLE s;
+	bool enforced = false;
+	int rc;
+
+	if (!h)
+		return MICA_EINVAL;
+	rc = session_get(h, &s);
+	if (rc)
+		return rc;
+	if ((rc = find_key(h, s, KC_HSM_ROOT_LABEL, CKO_PRIVATE_KEY, &priv)) != 0 ||
+	    (rc = find_key(h, s, KC_HSM_ROOT_LABEL, CKO_PUBLIC_KEY, &pub)) != 0 ||
+	    (rc = probe_template(h, s, priv, pub, &enforced)) != 0)
+		goto out;
+	if (!enforced) {
+		MICA_LOG(
+		    MICA_LOG_ERROR,
+		    "hsm: the root key \"%s\" lets a PIN holder unwrap KEKs in readable form:"
+		    " it was made before unwrap templates (issue 18). Run `mica keycenter"
+		    " migrate-root` once (docs/operations.md); until then this token is refused",
+		    KC_HSM_ROOT_LABEL);
+		rc = MICA_ESTATE;
+	}
+out:
+	session_put(h, s, true);
+	return rc;
+}
+
+/* A root key pair found by label, paired by CKA_ID. */
+struct root_pair {
+	CK_OBJECT_HANDLE priv, pub;
+	bool enforced;
+};
+
+/* Every root pair on the token (at most |cap|); *n gets how many. */
+static int find_roots(kc_hsm *h, CK_SESSION_HANDLE s, struct root_pair *pairs, size_t cap,
+		      size_t *n)
+{
+	CK_OBJECT_CLASS priv_class = CKO_PRIVATE_KEY, pub_class = CKO_PUBLIC_KEY;
+	const char *label = KC_HSM_ROOT_LABEL;
+	CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &priv_class, sizeof(priv_class)},
+			       {CKA_LABEL, (void *)label, strlen(label)}};
+	CK_OBJECT_HANDLE privs[4];
+	CK_ULONG np = 0;
+	int rc;
+
+	*n = 0;
+	rc = find_objects(h, s, tmpl, 2, privs, 4, &np);
+	if (rc)
+		return rc;
+	if (np > cap) {
+		MICA_LOG(MICA_LOG_ERROR, "hsm: %lu root keys on the token; expected at most %zu",
+			 (unsigned long)np, cap);
+		return MICA_EHSM;
+	}
+	for (CK_ULONG i = 0; i < np; i++) {
+		uint8_t id[64];
+		CK_ATTRIBUTE ida = {CKA_ID, id, sizeof(id)};
+		CK_RV rv = h->p11->C_GetAttributeValue(s, privs[i], &ida, 1);
+		CK_ATTRIBUTE pt[] = {{CKA_CLASS, &pub_class, sizeof(pub_class)},
+				     {CKA_LABEL, (void *)label, strlen(label)},
+				     {CKA_ID, id, 0}};
+		CK_OBJECT_HANDLE pub[2];
+		CK_ULONG npub = 0;
+
+		if (rv != CKR_OK)
+			return hsm_fail("C_GetAttributeValue(CKA_ID)", rv);
+		pt[2].ulValueLen = ida.ulValueLen;
+		rc = find_objects(h, s, pt, 3, pub, 2, &npub);
+		if (rc)
+			return rc;
+		if (npub != 1) {
+			MICA_LOG(MICA_LOG_ERROR, "hsm: a root private key has %lu public halves",
+				 (unsigned long)npub);
+			return MICA_EHSM;
+		}
+		pairs[i].priv = privs[i];
+		pairs[i].pub = pub[0];
+		rc = probe_template(h, s, privs[i], pub[0], &pairs[i].enforced);
+		if (rc)
+			return rc;
+	}
+	*n = np;
+	return 0;
+}
+
+static void destroy_pair(kc_hsm *h, CK_SESSION_HANDLE s, const struct root_pair *p)
+{
+	CK_RV rv = h->p11->C_DestroyObject(s, p->priv);
+	if (rv != CKR_OK)
+		(void)hsm_fail("C_DestroyObject(root private)", rv);
+	rv = h->p11->C_DestroyObject(s, p->pub);
+	if (rv != CKR_OK)
+		(void)hsm_fail("C_DestroyObject(root public)", rv);
+}
+
+/* Whether |blob| unwraps under |priv| as a KEK (the object is destroyed). */
+static bool unwraps_under(kc_hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv,
+			  const uint8_t *blob, size_t len)
+{
+	CK_ATTRIBUTE tmpl[] = {KEK_TEMPLATE_ATTRS};
+	CK_RSA_PKCS_OAEP_PARAMS oaep;
+	CK_MECHANISM mech;
+	CK_OBJECT_HANDLE obj;
+
+	oaep_mechanism(&oaep, &mech);
+	if (h->p11->C_UnwrapKey(s, &mech, priv, (CK_BYTE_PTR)blob, len, tmpl,
+				sizeof(tmpl) / sizeof(tmpl[0]), &obj) != CKR_OK)
+		return false;
+	(void)h->p11->C_DestroyObject(s, obj);
+	return true;
+}
+
+/* Move every KEK from the legacy pair |old| to a new pair made here. */
+static int migrate_from(kc_hsm *h, CK_SESSION_HANDLE s, const struct root_pair *old,
+			const uint8_t *const *blobs, size_t n, kc_hsm_commit_fn commit, void *arg)
+{
+	/* Session objects that exist only to be re-wrapped: readable by
+	 * nothing, extractable because C_WrapKey needs it. The legacy root has
+	 * no unwrap template, so it allows them. */
+	CK_ATTRIBUTE tmpl[] = {
+	    {CKA_CLASS, (void *)&kek_class, sizeof(kek_class)},
+	    {CKA_KEY_TYPE, (void *)&kek_type, sizeof(kek_type)},
+	    {CKA_TOKEN, (void *)&no, sizeof(no)},
+	    {CKA_PRIVATE, (void *)&yes, sizeof(yes)},
+	    {CKA_SENSITIVE, (void *)&yes, sizeof(yes)},
+	    {CKA_EXTRACTABLE, (void *)&yes, sizeof(yes)},
+	    {CKA_ENCRYPT, (void *)&no, sizeof(no)},
+	    {CKA_DECRYPT, (void *)&no, sizeof(no)},
+	    {CKA_WRAP, (void *)&no, sizeof(no)},
+	    {CKA_UNWRAP, (void *)&no, sizeof(no)},
+	    {CKA_SIGN, (void *)&no, sizeof(no)},
+	    {CKA_VERIFY, (void *)&no, sizeof(no)},
+	    {CKA_DERIVE, (void *)&no, sizeof(no)},
+	};
+	CK_OBJECT_HANDLE *keks = NULL;
+	uint8_t **fresh = NULL;
+	struct root_pair made = {0};
+	bool have_new = false;
+	CK_RSA_PKCS_OAEP_PARAMS oaep;
+	CK_MECHANISM mech;
+	size_t loaded = 0;
+	int rc = MICA_ENOMEM;
+
+	if (!(keks = calloc(n ? n : 1, sizeof(*keks))) ||
+	    !(fresh = calloc(n ? n : 1, sizeof(*fresh))))
+		goto out;
+	oaep_mechanism(&oaep, &mech);
+	for (; loaded < n; loaded++) {
+		CK_RV rv = h->p11->C_UnwrapKey(s, &mech, old->priv, (CK_BYTE_PTR)blobs[loaded],
+					       KC_HSM_KEK_BLOB_LEN, tmpl,
+					       sizeof(tmpl) / sizeof(tmpl[0]), &keks[loaded]);
+		if (rv != CKR_OK) {
+			MICA_LOG(MICA_LOG_ERROR,
+				 "hsm: stored KEK %zu does not unwrap under the old"
+				 " root: %s; nothing was changed",
+				 loaded, ckr_name(rv));
+			rc = MICA_EAUTH;
+			goto out;
+		}
+	}
+	rc = generate_root(h, s, &made.pub, &made.priv);
+	if (rc)
+		goto out;
+	have_new = true;
+	for (size_t i = 0; i < n; i++) {
+		CK_ULONG len = KC_HSM_KEK_BLOB_LEN;
+		CK_RV rv;
+
+		if (!(fresh[i] = malloc(KC_HSM_KEK_BLOB_LEN))) {
+			rc = MICA_ENOMEM;
+			goto out;
+		}
+		oaep_mechanism(&oaep, &mech);
+		rv = h->p11->C_WrapKey(s, &mech, made.pub, keks[i], fresh[i], &len);
+		if (rv != CKR_OK || len != KC_HSM_KEK_BLOB_LEN) {
+			rc = rv != CKR_OK ? hsm_fail("C_WrapKey", rv) : MICA_EHSM;
+			goto out;
+		}
+	}
+	/* The stored blobs change in one transaction; only then does the old
+	 * pair go. A crash in between leaves two pairs, which the next run
+	 * resolves (kc_hsm_root_migrate()). */
+	rc = commit((const uint8_t *const *)fresh, n, arg);
+	if (rc)
+		goto out;
+	have_new = false;
+	destroy_pair(h, s, old);
+	MICA_LOG(MICA_LOG_INFO, "hsm: %zu KEKs moved to a new root key with an unwrap template", n);
+out:
+	if (have_new)
+		destroy_pair(h, s, &made);
+	for (size_t i = 0; i < loaded; i++)
+		(void)h->p11->C_DestroyObject(s, keks[i]);
+	for (size_t i = 0; fresh && i < n; i++)
+		free(fresh[i]);
+	free(fresh);
+	free(keks);
+	return rc;
+}
+
+int kc_hsm_root_migrate(kc_hsm *h, const uint8_t *const *blobs, size_t n, kc_hsm_commit_fn commit,
+			void *arg)
+{
+	struct root_pair pairs[2];
+	CK_SESSION_HANDLE s;
+	size_t np = 0;
+	int rc;
+
+	if (!h || (n && !blobs) || !commit)
+		return MICA_EINVAL;
+	rc = session_get(h, &s);
+	if (rc)
+		return rc;
+	rc = find_roots(h, s, pairs, 2, &np);
+	if (rc)
+		goto out;
+	if (np == 0) {
+		rc = MICA_ENOTFOUND;
+		goto out;
+	}
+	if (np == 2) {
+		/* An earlier run stopped between its commit and the removal of the
+		 * old pair, or before its commit. The stored blobs say which. */
+		struct root_pair *fresh = pairs[0].enforced ? &pairs[0] : &pairs[1];
+		struct root_pair *old = pairs[0].enforced ? &pairs[1] : &pairs[0];
+
+		if (pairs[0].enforced == pairs[1].enforced) {
+			MICA_LOG(MICA_LOG_ERROR,
+				 "hsm: two root keys, %s with an unwrap template;"
+				 " not guessing which to keep",
+				 fresh->enforced ? "both" : "neither");
+			rc = MICA_EHSM;
+			goto out;
+		}
+		if (n == 0 || unwraps_under(h, s, fresh->priv, blobs[0], KC_HSM_KEK_BLOB_LEN)) {
+			MICA_LOG(MICA_LOG_WARN,
+				 "hsm: finishing an interrupted migration: the stored"
+				 " KEKs are under the new root; removing the old one");
+			destroy_pair(h, s, old);
+			rc = 0;
+			goto out;
+		}
+		MICA_LOG(MICA_LOG_WARN, "hsm: an interrupted migration left an unused new root;"
+					" removing it and starting again");
+		destroy_pair(h, s, fresh);
+		pairs[0] = *old;
+	}
+	if (pairs[0].enforced) {
+		rc = MICA_EEXISTS;
+		goto out;
+	}
+	rc = migrate_from(h, s, &pairs[0], blobs, n, commit, arg);
+out:
+	session_put(h, s, true);
+	return rc;
 }
 
 /* ---- AES-GCM inside the token -------------------------------------------- */

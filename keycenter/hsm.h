@@ -74,15 +74,68 @@ struct kc_hsm_key_info {
 int kc_hsm_open(kc_hsm **out, const char *module_path, const char *token_label,
 		const char *pin_file) MICA_WUR;
 
+/* As kc_hsm_open(), with the PIN given in memory (|pin_len| 1..255 bytes;
+ * borrowed, not kept) instead of a file: the Key Center unsealed from
+ * officers' shares uses this. Same return codes, MICA_ECONFIG for a PIN
+ * length out of range. */
+int kc_hsm_open_pin(kc_hsm **out, const char *module_path, const char *token_label, const char *pin,
+		    size_t pin_len) MICA_WUR;
+
+/* Change the token's user PIN from |old_user| to |new_user| and, when
+ * |old_so| is not NULL, its security officer PIN from |old_so| to |new_so|
+ * (the user logs out, the SO logs in and out, the user logs back in with the
+ * new PIN, so |h| stays usable). Used by `mica keycenter init --shares` so
+ * that nothing on disk opens the token afterwards. Must not race with other
+ * calls on |h|. *user_changed (may be NULL) says whether the user PIN was
+ * changed, also on failure: if the SO PIN could not be changed afterwards,
+ * the error is returned and the user PIN stays changed. Returns 0,
+ * MICA_EINVAL, MICA_EPIN (the token refused an old PIN or a new one's
+ * length) or MICA_EHSM. */
+int kc_hsm_change_pins(kc_hsm *h, const char *old_user, size_t old_user_len, const char *new_user,
+		       size_t new_user_len, const char *old_so, size_t old_so_len,
+		       const char *new_so, size_t new_so_len, bool *user_changed) MICA_WUR;
+
+/* Prove on the token that the root key refuses what issue 18 found: it
+ * wraps a fresh key with the root public key and asks the token to unwrap it
+ * with the root private key once as readable (CKA_SENSITIVE false,
+ * CKA_EXTRACTABLE true) and once with those attributes left out. Returns 0
+ * if the token refuses both, MICA_ESTATE if it allows either (a root key
+ * made before unwrap templates; the log names `mica keycenter migrate-root`),
+ * MICA_ENOTFOUND (no root key), MICA_EHSM or MICA_ENOMEM. mica-keycenter
+ * refuses to serve unless this returns 0. */
+int kc_hsm_root_check(kc_hsm *h) MICA_WUR;
+
+/* Stores the |n| re-wrapped KEK blobs (same order as given to
+ * kc_hsm_root_migrate(), KC_HSM_KEK_BLOB_LEN bytes each, borrowed) in one
+ * transaction. Returns 0 or an error, which aborts the migration. */
+typedef int (*kc_hsm_commit_fn)(const uint8_t *const *blobs, size_t n, void *arg);
+
+/* Move the |n| stored KEK blobs (|blobs|, each KC_HSM_KEK_BLOB_LEN bytes)
+ * from a root key made before unwrap templates to a new root key that has
+ * one: each KEK is unwrapped by the old root into a sensitive session object,
+ * a new root pair (same label) is generated, each KEK is wrapped by it,
+ * |commit| stores the new blobs, and only then is the old pair destroyed.
+ * A run interrupted after generating the new pair leaves two root pairs
+ * (mica-keycenter refuses the token: ambiguous label); running this again
+ * finishes the job: if blobs[0] unwraps under the new pair the commit
+ * happened and the old pair goes, otherwise the new pair goes and the
+ * migration starts over. Returns 0, MICA_EEXISTS (the root key already has
+ * an enforced template: nothing to do), MICA_ENOTFOUND (no root key),
+ * MICA_EAUTH (a blob does not unwrap under the old root; nothing changed),
+ * MICA_EINVAL, MICA_EHSM, MICA_ENOMEM or |commit|'s error (the new pair is
+ * destroyed again and nothing changed). */
+int kc_hsm_root_migrate(kc_hsm *h, const uint8_t *const *blobs, size_t n, kc_hsm_commit_fn commit,
+			void *arg) MICA_WUR;
+
 /* Log out, close every session (session objects, i.e. loaded KEKs, die with
  * them), finalise and unload the module, free |h|. Free the kc_hsm_key
  * handles first. Safe with NULL. */
 void kc_hsm_close(kc_hsm *h);
 
 /* Generate inside the token, as token objects, the root key pair (RSA-4096,
- * label KC_HSM_ROOT_LABEL; private: sensitive, never extractable, unwrap
- * only; public: wrap only) and the audit signing key pair (EC P-256, label
- * KC_HSM_AUDIT_LABEL; private: sensitive, never extractable, sign only;
+ * label KC_HSM_ROOT_LABEL; private: sensitive, never extractable, not
+ * copyable, unwrap only, with the KEK unwrap template; public: wrap only) and the audit signing key
+ * pair (EC P-256, label KC_HSM_AUDIT_LABEL; private: sensitive, never extractable, sign only;
  * public: verify only). Each pair gets a random 16-byte CKA_ID and is not
  * modifiable. If an object with either label exists, fails with
  * MICA_EEXISTS unless |force|, in which case every object with those labels

@@ -29,6 +29,7 @@ struct kc_config {
 	char *hsm_module;
 	char *hsm_token_label;
 	char *hsm_pin_file;
+	char *hsm_unseal; /* "pin_file" (development) or "shares" (production) */
 	int audit_checkpoint_every;
 	int audit_checkpoint_interval_ms;
 	int audit_max_batch;
@@ -47,7 +48,7 @@ struct kc_config {
 extern const mica_config_entry kc_config_table[];
 extern const size_t kc_config_table_len;
 
-struct kc_key;   /* keys.c */
+struct kc_key;	  /* keys.c */
 struct kc_alerts; /* alerts.c */
 
 typedef struct kc_service {
@@ -57,11 +58,17 @@ typedef struct kc_service {
 	kc_anomaly *anomaly;
 	struct kc_alerts *alerts;
 	pthread_mutex_t policy_lock;
-	kc_policy *policy;          /* active policy; swap under policy_lock */
+	kc_policy *policy; /* active policy; swap under policy_lock */
 	pthread_rwlock_t keys_lock;
-	struct kc_key **buckets;    /* key cache, KC_BUCKETS chains */
+	struct kc_key **buckets; /* key cache, KC_BUCKETS chains */
 	pthread_mutex_t kek_lock;
-	struct kc_kek *keks;        /* loaded KEKs by service */
+	struct kc_kek *keks; /* loaded KEKs by service */
+	/* Sealed: |hsm| and |audit| are NULL and every key operation is
+	 * answered 503 "sealed" (unseal.c). Set once, on unseal, after
+	 * |hsm| and |audit| (release; kc_service_sealed() acquires). */
+	atomic_int sealed;
+	const char *conninfo;	  /* the audit writer's, borrowed from kc_run() */
+	struct kc_unseal *unseal; /* unseal.c */
 } kc_service;
 
 /* ---- keys.c: cache and store ------------------------------------------- */
@@ -78,12 +85,18 @@ struct kc_key_info {
 
 int kc_keys_init(kc_service *s) MICA_WUR;
 void kc_keys_cleanup(kc_service *s);
+/* Destroys every loaded KEK handle (before the HSM handle is closed). */
+void kc_keks_drop(kc_service *s);
+/* Named-key material is held in pages that are mlock()ed (kept out of swap)
+ * and madvise(MADV_DONTDUMP)ed (kept out of core dumps), and wiped before
+ * they are unmapped, whenever a cached key is dropped or replaced. */
 int kc_key_create(kc_service *s, const char *name, const char *type, const char *owner,
 		  struct kc_key_info *info) MICA_WUR;
 int kc_key_info(kc_service *s, const char *name, struct kc_key_info *info) MICA_WUR;
 int kc_key_rotate(kc_service *s, const char *name, struct kc_key_info *info) MICA_WUR;
 int kc_key_configure(kc_service *s, const char *name, long min_dec, long min_enc,
-		     int deletion_allowed, struct kc_key_info *info, char *why, size_t whylen) MICA_WUR;
+		     int deletion_allowed, struct kc_key_info *info, char *why,
+		     size_t whylen) MICA_WUR;
 /* Deletes |name| inside the caller's transaction on |db| (dual control has
  * already approved it) and drops it from the cache after commit. */
 int kc_key_delete_tx(kc_service *s, mica_db *db, const char *name) MICA_WUR;
@@ -122,7 +135,8 @@ void kc_audit_published(void *svc, const char *line, int rc);
  * MAC (kc_audit_verify_macs) and raises an audit_mac_failure alert naming
  * the first bad seq, or audit_selfcheck_error when the check could not run.
  * *records and *bad_seq (may be NULL) as kc_audit_verify_macs(). Returns 0,
- * MICA_EAUTH (a MAC), MICA_ECHECKSUM (a hash), or the error that stopped it. */
+ * MICA_EAUTH (a MAC), MICA_ECHECKSUM (a hash), MICA_ESEALED (sealed: nothing
+ * checked, no alert), or the error that stopped it. */
 int kc_audit_selfcheck(kc_service *s, uint64_t *records, uint64_t *bad_seq) MICA_WUR;
 /* Queues an alert: written to keycenter.alert, logged at warn, and POSTed
  * to the webhook if configured. |detail| is stolen. Never blocks on I/O. */
@@ -143,10 +157,50 @@ extern const size_t kc_routes_len;
 #define KC_AUDIT_MAC_AAD "mica-kc-audit-mac-v1"
 int kc_audit_mac_key(kc_service *s, uint8_t key[32]) MICA_WUR;
 
+/* ---- unseal.c: the sealed Key Center ------------------------------------ */
+
+/* Outcome of one share submission: the HTTP status, and either an error
+ * code with its message or a JSON body (owned by the caller). */
+struct kc_unseal_reply {
+	int status;
+	const char *code; /* NULL on success */
+	char msg[256];
+	json_t *body;
+};
+
+/* Sets up the unseal state; |sealed| 1 starts the service sealed. Returns
+ * 0 or MICA_ENOMEM. kc_unseal_cleanup() is safe to call twice. */
+int kc_unseal_init(kc_service *s, int sealed) MICA_WUR;
+void kc_unseal_cleanup(kc_service *s);
+/* 1 while the Key Center is sealed (no HSM, no audit writer), else 0. For
+ * readiness: a sealed Key Center is alive but not ready. Thread-safe. */
+int kc_service_sealed(const kc_service *s);
+/* Journals |rec| (a request answered while sealed; fields copied) and logs
+ * it. Returns 0, or MICA_ESTATE if the service is not sealed (any more):
+ * then the caller audits it the normal way. */
+int kc_sealed_record(kc_service *s, const kc_audit_record *rec) MICA_WUR;
+/* One officer's share (|share_text|, a line `mica keycenter init --shares`
+ * printed) from mTLS identity |principal|. Fills |out| (see unseal.c for the
+ * codes: not_an_officer, bad_share, share_checksum_mismatch,
+ * share_from_other_set, share_already_submitted, shares_do_not_combine,
+ * unseal_failed); 202 below the threshold, 200 once unsealed. Returns 0, or
+ * MICA_ESTATE if the service is not sealed (nothing recorded). */
+int kc_unseal_submit(kc_service *s, const char *principal, const char *client,
+		     const char *share_text, struct kc_unseal_reply *out) MICA_WUR;
+/* {"sealed": bool, "progress": n, "threshold": k (0 before the first
+ * share), "unseal": mode}. */
+json_t *kc_seal_status(kc_service *s);
+
 /* ---- service.c ----------------------------------------------------------- */
 /* Runs the daemon until SIGINT/SIGTERM. Returns a process exit code. */
 int kc_run(struct kc_config *cfg);
-/* `mica keycenter init`: see init.c. */
-int kc_init_command(int argc, char **argv);
+/* With the token open (|h|, handed over): checks the root key's unwrap
+ * template, unseals the audit MAC key and starts the audit writer. On
+ * failure |h| is closed and s->hsm is NULL again. Returns 0 or an error. */
+int kc_service_bring_up(kc_service *s, kc_hsm *h) MICA_WUR;
+/* Undoes kc_service_bring_up(). */
+void kc_service_bring_down(kc_service *s);
+/* `mica keycenter init | unseal | seal-status | migrate-root`: see init.c. */
+int kc_command(int argc, char **argv);
 
 #endif

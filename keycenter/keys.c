@@ -6,10 +6,14 @@
  * rotations are picked up when a cached entry is older than CACHE_TTL_MS: one
  * thread reloads it while the others keep using it for at most
  * REFRESH_GRACE_MS more, so a busy key is not reloaded by every request
- * thread at once (each on its own database connection). */
+ * thread at once (each on its own database connection). The unsealed
+ * material lives in its own pages, locked in RAM and excluded from core
+ * dumps, and is wiped before those pages are returned. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "clock.h"
 #include "crypto.h"
@@ -37,6 +41,49 @@ struct kc_kek {
 	kc_hsm_key *handle;
 };
 
+/* ---- locked pages for material -------------------------------------------- */
+
+static size_t page_round(size_t n)
+{
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	return (n + page - 1) / page * page;
+}
+
+/* |n| zeroed bytes in pages of their own: mlock()ed so they are never
+ * swapped out, MADV_DONTDUMP so a core dump leaves them out. mlock() may be
+ * refused (RLIMIT_MEMLOCK, 8 MiB by default: 2048 keys of up to 128
+ * versions); the pages are used anyway and a warning is logged once, as a
+ * Key Center that stops serving is the worse failure. NULL if out of
+ * memory. */
+static void *secure_alloc(size_t n)
+{
+	static atomic_int warned;
+	size_t len = page_round(n ? n : 1);
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		return NULL;
+	(void)madvise(p, len, MADV_DONTDUMP);
+	if (mlock(p, len) != 0) {
+		if (atomic_exchange(&warned, 1) == 0)
+			MICA_LOG(MICA_LOG_WARN,
+				 "keycenter: mlock of key material refused (raise "
+				 "RLIMIT_MEMLOCK, e.g. LimitMEMLOCK=); it may be swapped");
+	}
+	return p;
+}
+
+static void secure_free(void *p, size_t n)
+{
+	size_t len = page_round(n ? n : 1);
+
+	if (!p)
+		return;
+	mica_wipe(p, len);
+	(void)munlock(p, len);
+	munmap(p, len);
+}
+
 static unsigned bucket_of(const char *name)
 {
 	unsigned h = 2166136261u;
@@ -49,10 +96,7 @@ static void key_free(struct kc_key *k)
 {
 	if (!k)
 		return;
-	if (k->material) {
-		mica_wipe(k->material, (size_t)k->nversions * 32);
-		free(k->material);
-	}
+	secure_free(k->material, (size_t)(k->nversions ? k->nversions : 1) * 32);
 	free(k);
 }
 
@@ -67,22 +111,30 @@ int kc_keys_init(kc_service *s)
 
 void kc_keys_cleanup(kc_service *s)
 {
-	if (s->buckets) {
-		for (int b = 0; b < KC_BUCKETS; b++)
-			for (struct kc_key *k = s->buckets[b], *n; k; k = n) {
-				n = k->next;
-				key_free(k);
-			}
-		free(s->buckets);
-		s->buckets = NULL;
-		pthread_rwlock_destroy(&s->keys_lock);
-	}
+	/* The locks exist only once kc_keys_init() ran. */
+	if (!s->buckets)
+		return;
+	for (int b = 0; b < KC_BUCKETS; b++)
+		for (struct kc_key *k = s->buckets[b], *n; k; k = n) {
+			n = k->next;
+			key_free(k);
+		}
+	free(s->buckets);
+	s->buckets = NULL;
+	pthread_rwlock_destroy(&s->keys_lock);
+	kc_keks_drop(s);
+}
+
+void kc_keks_drop(kc_service *s)
+{
+	pthread_mutex_lock(&s->kek_lock);
 	for (struct kc_kek *e = s->keks, *n; e; e = n) {
 		n = e->next;
 		kc_hsm_key_free(s->hsm, e->handle);
 		free(e);
 	}
 	s->keks = NULL;
+	pthread_mutex_unlock(&s->kek_lock);
 }
 
 /* Associated data sealing version |v| of key |name|. */
@@ -107,9 +159,11 @@ static int kek_fetch(mica_db *db, const char *service, uint8_t **wrapped, size_t
 {
 	PGresult *res = NULL;
 	const char *p[1] = {service};
-	int err = mica_db_exec(db, "SELECT wrapped FROM keycenter.kek WHERE service = $1", 1, p, &res);
+	int err =
+	    mica_db_exec(db, "SELECT wrapped FROM keycenter.kek WHERE service = $1", 1, p, &res);
 	if (err == 0)
-		err = PQntuples(res) == 1 ? mica_db_get_bytea(res, 0, 0, wrapped, len) : MICA_ENOTFOUND;
+		err = PQntuples(res) == 1 ? mica_db_get_bytea(res, 0, 0, wrapped, len)
+					  : MICA_ENOTFOUND;
 	PQclear(res);
 	return err;
 }
@@ -154,7 +208,8 @@ int kc_kek_handle(kc_service *s, const char *service, const kc_hsm_key **out)
 		if (err == 0)
 			err = kek_fetch(db, service, &wrapped, &len);
 		if (err == 0)
-			MICA_LOG(MICA_LOG_INFO, "keycenter: created the KEK of service %s", service);
+			MICA_LOG(MICA_LOG_INFO, "keycenter: created the KEK of service %s",
+				 service);
 	}
 	if (err)
 		goto out;
@@ -210,10 +265,11 @@ static int load_key(kc_service *s, mica_db *db, const char *name, struct kc_key 
 	int err;
 
 	*out = NULL;
-	err = mica_db_exec(db,
-			   "SELECT type, owner, latest_version, min_decryption_version,"
-			   " min_encryption_version, deletion_allowed FROM keycenter.key WHERE name = $1",
-			   1, p, &res);
+	err = mica_db_exec(
+	    db,
+	    "SELECT type, owner, latest_version, min_decryption_version,"
+	    " min_encryption_version, deletion_allowed FROM keycenter.key WHERE name = $1",
+	    1, p, &res);
 	if (err)
 		goto out;
 	if (PQntuples(res) != 1) {
@@ -237,7 +293,7 @@ static int load_key(kc_service *s, mica_db *db, const char *name, struct kc_key 
 		goto out;
 	k->nversions = k->info.latest;
 	err = MICA_ENOMEM;
-	if (!(k->material = calloc(k->nversions ? k->nversions : 1, 32)))
+	if (!(k->material = secure_alloc((size_t)(k->nversions ? k->nversions : 1) * 32)))
 		goto out;
 	for (int r = 0; r < PQntuples(res); r++) {
 		int64_t v;
@@ -254,7 +310,8 @@ static int load_key(kc_service *s, mica_db *db, const char *name, struct kc_key 
 		if (err == 0 && pl != (size_t)k->info.bits / 8)
 			err = MICA_EAUTH;
 		if (err) {
-			MICA_LOG(MICA_LOG_ERROR, "keycenter: version %lld of key %s does not unseal: %s",
+			MICA_LOG(MICA_LOG_ERROR,
+				 "keycenter: version %lld of key %s does not unseal: %s",
 				 (long long)v, name, mica_strerror(err));
 			if (pt) {
 				mica_wipe(pt, pl);
@@ -420,8 +477,8 @@ static int store_version(mica_db *db, struct new_version *nv)
 	if ((err = mica_random(material, (size_t)nv->bits / 8)) != 0)
 		goto out;
 	al = material_aad(aad, sizeof(aad), nv->name, nv->version);
-	if ((err = kc_hsm_seal(nv->s->hsm, nv->kek, aad, al, material, (size_t)nv->bits / 8, &sealed,
-			       &sl)) != 0)
+	if ((err = kc_hsm_seal(nv->s->hsm, nv->kek, aad, al, material, (size_t)nv->bits / 8,
+			       &sealed, &sl)) != 0)
 		goto out;
 	if (!(hex = mica_db_bytea_encode(sealed, sl))) {
 		err = MICA_ENOMEM;
@@ -429,9 +486,9 @@ static int store_version(mica_db *db, struct new_version *nv)
 	}
 	snprintf(vbuf, sizeof(vbuf), "%u", nv->version);
 	const char *p[3] = {nv->name, vbuf, hex};
-	err = mica_db_exec(db,
-			   "INSERT INTO keycenter.key_version (name, version, sealed) VALUES ($1, $2, $3)",
-			   3, p, NULL);
+	err = mica_db_exec(
+	    db, "INSERT INTO keycenter.key_version (name, version, sealed) VALUES ($1, $2, $3)", 3,
+	    p, NULL);
 out:
 	mica_wipe(material, sizeof(material));
 	free(sealed);
@@ -443,8 +500,8 @@ static int create_tx(mica_db *db, void *arg)
 {
 	struct new_version *nv = arg;
 	const char *p[3] = {nv->name, nv->type, nv->owner};
-	int err = mica_db_exec(db, "INSERT INTO keycenter.key (name, type, owner) VALUES ($1, $2, $3)",
-			       3, p, NULL);
+	int err = mica_db_exec(
+	    db, "INSERT INTO keycenter.key (name, type, owner) VALUES ($1, $2, $3)", 3, p, NULL);
 	if (err)
 		return err;
 	nv->version = 1;
@@ -475,10 +532,11 @@ static int rotate_tx(mica_db *db, void *arg)
 	PGresult *res = NULL;
 	const char *p[1] = {nv->name};
 	int64_t v;
-	int err = mica_db_exec(db,
-			       "UPDATE keycenter.key SET latest_version = latest_version + 1,"
-			       " updated_at = now() WHERE name = $1 RETURNING latest_version, owner, type",
-			       1, p, &res);
+	int err = mica_db_exec(
+	    db,
+	    "UPDATE keycenter.key SET latest_version = latest_version + 1,"
+	    " updated_at = now() WHERE name = $1 RETURNING latest_version, owner, type",
+	    1, p, &res);
 	if (err)
 		return err;
 	if (PQntuples(res) != 1) {
@@ -526,7 +584,8 @@ int kc_key_configure(kc_service *s, const char *name, long min_dec, long min_enc
 	if (deletion_allowed < 0)
 		deletion_allowed = cur.deletion_allowed;
 	if (min_dec < 1 || min_dec > (long)cur.latest) {
-		snprintf(why, whylen, "min_decryption_version must be between 1 and %u", cur.latest);
+		snprintf(why, whylen, "min_decryption_version must be between 1 and %u",
+			 cur.latest);
 		return MICA_EINVAL;
 	}
 	if (min_enc != 0 && (min_enc < min_dec || min_enc > (long)cur.latest)) {

@@ -216,9 +216,13 @@ static void reply_why(struct call *c, int err, struct kc_why *why)
 
 /* The policy decision. Returns 1 when allowed; otherwise the call has been
  * answered (and audited) with 403. */
+static int sealed_refusal(struct call *c);
+
 static int allow(struct call *c)
 {
 	const char *p = c->req->peer;
+	if (kc_service_sealed(c->s) && sealed_refusal(c))
+		return 0;
 	if (!c->policy) {
 		reply_error(c, 503, "no_policy", "the key center has no active policy");
 		return 0;
@@ -806,6 +810,8 @@ static void h_request_approve(const mica_http_req *req, mica_http_resp *resp, vo
 static int may_see_requests(struct call *c)
 {
 	/* Officers approve; key admins follow their deletion requests. */
+	if (kc_service_sealed(c->s) && sealed_refusal(c))
+		return 0;
 	if (kc_policy_allows(c->policy, c->req->peer, KC_OP_APPROVE, NULL) == 0)
 		return 1;
 	c->op = KC_OP_KEY_DELETE_REQUEST;
@@ -954,6 +960,98 @@ static void on_refusal_recorded(void *arg, int rc, uint64_t seq)
 	free(r);
 }
 
+/* ---- sealed Key Center (issue 18; unseal.c) ------------------------------- */
+
+/* A key operation while sealed: 503 sealed, journaled instead of audited
+ * (there is no MAC key yet; unseal.c puts the journal into the chain on
+ * unseal). Returns 1 when answered, 0 if the service was unsealed
+ * meanwhile and the call goes on as usual. */
+static int sealed_refusal(struct call *c)
+{
+	kc_audit_record rec = {.ts_us = now_us(),
+			       .principal = c->req->peer ? c->req->peer : "-",
+			       .client = c->req->client_ip,
+			       .op = kc_op_name(c->op),
+			       .key_name = c->key && valid_name(c->key) ? c->key : NULL,
+			       .result = "sealed"};
+	if (kc_sealed_record(c->s, &rec) != 0)
+		return 0;
+	mica_http_reply_error(c->resp, 503, "sealed",
+			      "the key center is sealed: security officers must unseal it first");
+	done(c);
+	return 1;
+}
+
+static int refusal_while_sealed(kc_service *s, const char *method, const char *peer,
+				const char *client_ip, const char *code, mica_http_deferred *done)
+{
+	char op[48];
+	snprintf(op, sizeof(op), "http_%s", method ? method : "?");
+	for (char *o = op; *o; o++)
+		*o = (char)(*o >= 'A' && *o <= 'Z' ? *o - 'A' + 'a' : *o);
+	kc_audit_record rec = {.ts_us = now_us(),
+			       .principal = peer ? peer : "-",
+			       .client = client_ip && *client_ip ? client_ip : "-",
+			       .op = op,
+			       .result = code};
+	if (kc_sealed_record(s, &rec) != 0)
+		return 0;
+	mica_http_refusal_done(done, 1);
+	return 1;
+}
+
+/* Answers |resp| (already set) once a record of |op| with |result| is in
+ * the chain, or journaled while sealed. */
+static void sys_answer(kc_service *s, const mica_http_req *req, mica_http_resp *resp,
+		       const char *op, const char *result)
+{
+	kc_audit_record rec = {.ts_us = now_us(),
+			       .principal = req->peer ? req->peer : "-",
+			       .client = req->client_ip,
+			       .op = op,
+			       .result = result};
+	struct pending *p;
+	int err;
+	if (kc_service_sealed(s) && kc_sealed_record(s, &rec) == 0)
+		return;
+	if (!(p = calloc(1, sizeof(*p)))) {
+		audit_failed(s, resp, &rec, MICA_ENOMEM);
+		return;
+	}
+	p->s = s;
+	p->resp = resp;
+	snprintf(p->principal, sizeof(p->principal), "%s", rec.principal);
+	snprintf(p->op, sizeof(p->op), "%s", op);
+	p->deferred = mica_http_defer(req);
+	if ((err = kc_audit_submit(s->audit, &rec, on_recorded, p)) != 0)
+		on_recorded(p, err, 0);
+}
+
+/* POST /v1/sys/unseal {"share": "mks1-..."}: one officer's share. */
+static void h_unseal(const mica_http_req *req, mica_http_resp *resp, void *svc)
+{
+	kc_service *s = svc;
+	struct kc_unseal_reply out;
+	const char *share = json_string_value(json_object_get(req->json, "share"));
+
+	if (kc_unseal_submit(s, req->peer, req->client_ip, share, &out) == MICA_ESTATE) {
+		mica_http_reply_error(resp, 409, "already_unsealed",
+				      "the key center is not sealed");
+		return sys_answer(s, req, resp, "unseal", "already_unsealed");
+	}
+	if (out.code)
+		mica_http_reply_error(resp, out.status, out.code, "%s", out.msg);
+	else
+		mica_http_reply_json(resp, out.status, out.body);
+}
+
+/* GET /v1/sys/seal-status: sealed or not, and the progress of an unseal. */
+static void h_seal_status(const mica_http_req *req, mica_http_resp *resp, void *svc)
+{
+	mica_http_reply_json(resp, 200, kc_seal_status(svc));
+	sys_answer(svc, req, resp, "seal_status", "ok");
+}
+
 /* Requests the HTTP layer refuses before any handler runs (certificates,
  * unknown routes, malformed or oversized bodies) are audited too, and
  * answered once their record committed, like every other request. */
@@ -963,9 +1061,12 @@ void kc_audit_refusal(void *svc, const char *method, const char *path, const cha
 {
 	kc_service *s = svc;
 	kc_audit_record rec = {0};
-	struct refusal *r = calloc(1, sizeof(*r));
+	struct refusal *r;
 	int err;
 	(void)path;
+	if (kc_service_sealed(s) && refusal_while_sealed(s, method, peer, client_ip, code, done))
+		return;
+	r = calloc(1, sizeof(*r));
 	if (!r) {
 		mica_http_refusal_done(done, 0);
 		return;
@@ -1014,6 +1115,9 @@ const mica_http_route kc_routes[] = {
 	{"GET", "/v1/alerts", h_alerts, P | B},
 	{"GET", "/v1/audit", h_audit, P | B},
 	{"POST", "/v1/audit/selfcheck", h_audit_selfcheck, P | B},
+	/* The seal (issue 18): officers unseal the Key Center with their shares. */
+	{"POST", "/v1/sys/unseal", h_unseal, J | P | B},
+	{"GET", "/v1/sys/seal-status", h_seal_status, P | B},
 };
 #undef J
 #undef P

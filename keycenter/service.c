@@ -1,12 +1,15 @@
-/* service.c - mica-keycenter's configuration table and its run loop: open
- * the HSM, unseal the audit MAC key, start the audit writer, the alert
- * thread and the HTTPS listener (mutual TLS required), then wait for a
- * signal and shut down in reverse order. */
+/* service.c - mica-keycenter's configuration table and its run loop: start
+ * the alert thread, open the HSM (with the PIN file in development, or stay
+ * sealed until officers submit their shares, unseal.c), check the root key's
+ * unwrap template, unseal the audit MAC key, start the audit writer and the
+ * HTTPS listener (mutual TLS required), then wait for a signal and shut
+ * down in reverse order. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "crypto.h"
 #include "daemon.h"
 #include "db.h"
@@ -26,8 +29,11 @@ const mica_config_entry kc_config_table[] = {
 	 F(hsm_module), "PKCS#11 module loaded with dlopen"},
 	{"keycenter.hsm", "token_label", MICA_CFG_STRING, 1, 32, "mica-keycenter",
 	 F(hsm_token_label), "label of the token holding the root key (never a slot number)"},
-	{"keycenter.hsm", "pin_file", MICA_CFG_STRING, 1, 4096, NULL, F(hsm_pin_file),
-	 "file holding the token's user PIN"},
+	{"keycenter.hsm", "unseal", MICA_CFG_STRING, 1, 16, "pin_file", F(hsm_unseal),
+	 "how the token is opened: pin_file (development: the PIN is read from pin_file) or "
+	 "shares (production: start sealed; officers submit k of n shares)"},
+	{"keycenter.hsm", "pin_file", MICA_CFG_STRING, 0, 4096, "", F(hsm_pin_file),
+	 "file holding the token's user PIN (unseal = pin_file only; must be empty with shares)"},
 	{"keycenter.audit", "checkpoint_every", MICA_CFG_INT, 1, 1000000, "1000",
 	 F(audit_checkpoint_every), "records between two HSM-signed checkpoints"},
 	{"keycenter.audit", "checkpoint_interval_ms", MICA_CFG_INT, 100, 3600000, "10000",
@@ -78,8 +84,9 @@ int kc_audit_mac_key(kc_service *s, uint8_t key[32])
 
 	if (!db)
 		return MICA_EDBCONN;
-	err = mica_db_exec(db, "SELECT decode(value, 'hex') FROM keycenter.meta"
-			       " WHERE name = 'audit_mac_key'",
+	err = mica_db_exec(db,
+			   "SELECT decode(value, 'hex') FROM keycenter.meta"
+			   " WHERE name = 'audit_mac_key'",
 			   0, NULL, &res);
 	if (err)
 		goto out;
@@ -110,7 +117,8 @@ out:
 /* ---- readiness (GET /readyz) ----------------------------------------------
  * One function per dependency, each returning 0 or the MICA_E* code of its
  * failure; kc_ready_checks lists them with the name /readyz reports. A new
- * dependency is one more function and one more row. */
+ * dependency is one more function and one more row. A sealed Key Center
+ * reports "seal" instead of the checks that need the token. */
 
 /* The audit trail takes a record: a real append through the group-commit
  * writer (op "readiness_probe", principal "", result "ok"), since every
@@ -152,6 +160,14 @@ static const struct {
 
 static void ready(void *arg, mica_http_readiness *r)
 {
+	/* Sealed, there is no token session and no audit writer to probe: the
+	 * seal is the one thing to fix (and the policy, which needs neither). */
+	if (kc_service_sealed(arg)) {
+		mica_http_not_ready(r, "seal", MICA_ESEALED);
+		if (ready_policy(arg))
+			mica_http_not_ready(r, "policy", MICA_ESTATE);
+		return;
+	}
 	for (size_t i = 0; i < sizeof(kc_ready_checks) / sizeof(kc_ready_checks[0]); i++) {
 		int err = kc_ready_checks[i].check(arg);
 		if (err)
@@ -159,52 +175,111 @@ static void ready(void *arg, mica_http_readiness *r)
 	}
 }
 
-int kc_run(struct kc_config *cfg)
+int kc_service_bring_up(kc_service *s, kc_hsm *h)
 {
-	kc_service s = {.cfg = cfg};
-	mica_http_server *srv = NULL;
 	uint8_t mac_key[32];
-	char *conninfo = NULL;
-	int err, rc = 1;
+	int64_t t0 = mica_clock_ms();
+	int err;
 
-	mica_log_min_level = cfg->log_level;
-	pthread_mutex_init(&s.policy_lock, NULL);
-	if (!(conninfo = mica_db_conninfo_with_password(cfg->db_conninfo, cfg->db_password)) ||
-	    mica_db_global_init(conninfo) != 0)
-		goto out;
-	if ((err = kc_keys_init(&s)) != 0)
-		goto out;
-	if ((err = kc_hsm_open(&s.hsm, cfg->hsm_module, cfg->hsm_token_label, cfg->hsm_pin_file))) {
-		MICA_LOG(MICA_LOG_ERROR, "keycenter: cannot use the HSM token %s: %s",
-			 cfg->hsm_token_label, mica_strerror(err));
-		goto out;
+	s->hsm = h;
+	/* A root key without an enforced unwrap template would let any PIN
+	 * holder take the KEKs out: refuse to serve on it (issue 18). */
+	if ((err = kc_hsm_root_check(h)) != 0) {
+		MICA_LOG(MICA_LOG_ERROR, "keycenter: the token's root key is not usable (%s)%s",
+			 mica_strerror(err),
+			 err == MICA_ESTATE ? "; run `mica keycenter migrate-root`" : "");
+		goto fail;
 	}
-	if ((err = kc_audit_mac_key(&s, mac_key)) != 0) {
+	if ((err = kc_audit_mac_key(s, mac_key)) != 0) {
 		MICA_LOG(MICA_LOG_ERROR, "keycenter: cannot unseal the audit key (%s)%s",
 			 mica_strerror(err),
 			 err == MICA_ENOTFOUND ? "; has `mica keycenter init` run?" : "");
-		goto out;
+		goto fail;
 	}
-	if (kc_alerts_start(&s) != 0)
-		goto out;
-	kc_audit_options ao = {.checkpoint_every_n = cfg->audit_checkpoint_every,
-			       .checkpoint_every_ms = cfg->audit_checkpoint_interval_ms,
-			       .max_batch = cfg->audit_max_batch,
-			       .publish_path = cfg->audit_publish_file,
+	kc_audit_options ao = {.checkpoint_every_n = s->cfg->audit_checkpoint_every,
+			       .checkpoint_every_ms = s->cfg->audit_checkpoint_interval_ms,
+			       .max_batch = s->cfg->audit_max_batch,
+			       .publish_path = s->cfg->audit_publish_file,
 			       .on_published = kc_audit_published,
-			       .published_arg = &s};
-	err = kc_audit_start(&s.audit, conninfo, mac_key, sign_checkpoint, s.hsm, &ao);
+			       .published_arg = s};
+	err = kc_audit_start(&s->audit, s->conninfo, mac_key, sign_checkpoint, h, &ao);
 	mica_wipe(mac_key, sizeof(mac_key));
 	if (err) {
 		MICA_LOG(MICA_LOG_ERROR, "keycenter: the audit trail cannot be resumed: %s",
 			 mica_strerror(err));
+		goto fail;
+	}
+	MICA_LOG(MICA_LOG_INFO,
+		 "keycenter: HSM open, root key template verified, audit key unsealed in %lld ms",
+		 (long long)(mica_clock_ms() - t0));
+	return 0;
+fail:
+	kc_keks_drop(s);
+	kc_hsm_close(h);
+	s->hsm = NULL;
+	return err;
+}
+
+void kc_service_bring_down(kc_service *s)
+{
+	kc_audit_stop(s->audit);
+	s->audit = NULL;
+	kc_keks_drop(s);
+	kc_hsm_close(s->hsm);
+	s->hsm = NULL;
+}
+
+int kc_run(struct kc_config *cfg)
+{
+	kc_service s = {.cfg = cfg};
+	mica_http_server *srv = NULL;
+	kc_hsm *h = NULL;
+	char *conninfo = NULL;
+	int err, rc = 1, sealed;
+
+	mica_log_min_level = cfg->log_level;
+	pthread_mutex_init(&s.policy_lock, NULL);
+	sealed = strcmp(cfg->hsm_unseal, "shares") == 0;
+	if (!sealed && strcmp(cfg->hsm_unseal, "pin_file") != 0) {
+		MICA_LOG(MICA_LOG_ERROR, "keycenter.hsm.unseal: pin_file or shares, not \"%s\"",
+			 cfg->hsm_unseal);
 		goto out;
 	}
+	if (sealed && *cfg->hsm_pin_file) {
+		MICA_LOG(MICA_LOG_ERROR,
+			 "keycenter.hsm.pin_file: must be empty with unseal = shares"
+			 " (nothing on disk may open the token)");
+		goto out;
+	}
+	if (!sealed && !*cfg->hsm_pin_file) {
+		MICA_LOG(MICA_LOG_ERROR, "keycenter.hsm.pin_file: required with unseal = pin_file");
+		goto out;
+	}
+	if (!(conninfo = mica_db_conninfo_with_password(cfg->db_conninfo, cfg->db_password)) ||
+	    mica_db_global_init(conninfo) != 0)
+		goto out;
+	s.conninfo = conninfo;
+	if ((err = kc_keys_init(&s)) != 0 || (err = kc_unseal_init(&s, sealed)) != 0)
+		goto out;
 	kc_anomaly_options an = {.window_ms = (int64_t)cfg->alert_window_s * 1000,
 				 .max_requests_per_window = (uint32_t)cfg->alert_rate_max,
 				 .max_denials_per_window = (uint32_t)cfg->alert_denial_max};
 	if (kc_anomaly_new(&an, &s.anomaly) != 0)
 		goto out;
+	if (!sealed) {
+		if ((err = kc_hsm_open(&h, cfg->hsm_module, cfg->hsm_token_label,
+				       cfg->hsm_pin_file))) {
+			MICA_LOG(MICA_LOG_ERROR, "keycenter: cannot use the HSM token %s: %s",
+				 cfg->hsm_token_label, mica_strerror(err));
+			goto out;
+		}
+		if (kc_service_bring_up(&s, h) != 0)
+			goto out;
+	} else {
+		MICA_LOG(MICA_LOG_WARN,
+			 "keycenter: starting sealed; key operations answer 503 until"
+			 " officers submit their shares (mica keycenter unseal)");
+	}
 	if (kc_policy_load_active(&s) != 0)
 		MICA_LOG(MICA_LOG_WARN, "keycenter: no active policy: every request is refused");
 	cfg->http.service = "keycenter";
@@ -216,8 +291,9 @@ int kc_run(struct kc_config *cfg)
 		goto out;
 	}
 	if (cfg->http.blocking_threads < 1) {
-		MICA_LOG(MICA_LOG_ERROR, "keycenter.http.blocking_threads: at least 1 (key management"
-					 " and key loads run there)");
+		MICA_LOG(MICA_LOG_ERROR,
+			 "keycenter.http.blocking_threads: at least 1 (key management"
+			 " and key loads run there)");
 		goto out;
 	}
 	if ((err = mica_http_start(&srv, &cfg->http, kc_routes, kc_routes_len, &s)) != 0)
@@ -231,6 +307,7 @@ out:
 	kc_alerts_stop(&s);
 	kc_anomaly_free(s.anomaly);
 	kc_keys_cleanup(&s);
+	kc_unseal_cleanup(&s);
 	kc_policy_unref(s.policy);
 	kc_hsm_close(s.hsm);
 	mica_db_global_cleanup();

@@ -40,7 +40,8 @@
 	X(AUDIT, "audit_unavailable", "audit record could not be written")             \
 	X(PERM, "permission_denied", "permission denied")                      \
 	X(WOULDBLOCK, "would_block", "the operation would block this thread")  \
-	X(RANGE, "out_of_range", "value out of range")
+	X(RANGE, "out_of_range", "value out of range")                         \
+	X(SEALED, "sealed", "sealed until officers submit their unseal shares")
 
 typedef enum mica_err {
 	MICA_OK = 0,

@@ -3,15 +3,21 @@
  * attributes read back from the token, public keys as PEM, KEK wrapping and
  * AES-GCM checked against OpenSSL in software, tampering, durability across
  * a module reload, ECDSA checkpoint signatures verified with EVP and the
- * openssl command, and concurrent use of one handle.
+ * openssl command, and concurrent use of one handle. Issue 18: a raw
+ * PKCS#11 caller holding the PIN tries to unwrap a KEK in readable form and
+ * is refused by the root key's unwrap template; a root key made before the
+ * template is refused by kc_hsm_root_check() and moved by
+ * kc_hsm_root_migrate(), including after a crash in the middle.
  */
 #include <check.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <openssl/core_names.h>
@@ -24,6 +30,13 @@
 #include "err.h"
 #include "keycenter/hsm.h"
 #include "log.h"
+
+/* The raw PKCS#11 interface, for the attacker's side of the tests (see the
+ * note in keycenter/hsm.c on p11-kit's compatibility macros). */
+#include <p11-kit/pkcs11.h>
+#undef value
+#undef value_len
+#undef count
 
 static const char *env(const char *name)
 {
@@ -834,6 +847,352 @@ START_TEST(concurrent_seal_open)
 }
 END_TEST
 
+/* ---- Issue 18: a PIN holder with raw PKCS#11 ---------------------------- */
+
+/* A second, hostile PKCS#11 client: the module loaded directly, logged in to
+ * the token labelled |label| with the PIN in |pin_file|. kc_hsm must not be
+ * open in this process at the same time (one C_Initialize per process). */
+struct raw {
+	void *mod;
+	CK_FUNCTION_LIST_PTR p;
+	CK_SESSION_HANDLE s;
+};
+
+static void raw_open(struct raw *r, const char *label, const char *pin_file)
+{
+	CK_C_GetFunctionList get;
+	CK_SLOT_ID slots[64];
+	CK_ULONG n = 64;
+	char pin[300];
+	FILE *f = fopen(pin_file, "r");
+	bool found = false;
+
+	ck_assert_ptr_nonnull(f);
+	ck_assert_ptr_nonnull(fgets(pin, sizeof(pin), f));
+	fclose(f);
+	pin[strcspn(pin, "\r\n")] = '\0';
+	r->mod = dlopen(env("MICA_HSM_MODULE"), RTLD_NOW | RTLD_LOCAL);
+	ck_assert_ptr_nonnull(r->mod);
+	get = (CK_C_GetFunctionList)dlsym(r->mod, "C_GetFunctionList");
+	ck_assert_ptr_nonnull(get);
+	ck_assert_int_eq(get(&r->p), CKR_OK);
+	ck_assert_int_eq(r->p->C_Initialize(NULL), CKR_OK);
+	ck_assert_int_eq(r->p->C_GetSlotList(CK_TRUE, slots, &n), CKR_OK);
+	for (CK_ULONG i = 0; i < n && !found; i++) {
+		CK_TOKEN_INFO ti;
+		size_t l = strlen(label);
+		if (r->p->C_GetTokenInfo(slots[i], &ti) != CKR_OK)
+			continue;
+		if (memcmp(ti.label, label, l) == 0 && (l == 32 || ti.label[l] == ' ')) {
+			ck_assert_int_eq(r->p->C_OpenSession(slots[i],
+							     CKF_SERIAL_SESSION | CKF_RW_SESSION,
+							     NULL, NULL, &r->s),
+					 CKR_OK);
+			found = true;
+		}
+	}
+	ck_assert_msg(found, "no token labelled %s", label);
+	ck_assert_int_eq(r->p->C_Login(r->s, CKU_USER, (CK_UTF8CHAR_PTR)pin, strlen(pin)), CKR_OK);
+	mica_wipe(pin, sizeof(pin));
+}
+
+static void raw_close(struct raw *r)
+{
+	ck_assert_int_eq(r->p->C_Finalize(NULL), CKR_OK);
+	dlclose(r->mod);
+}
+
+static CK_OBJECT_HANDLE raw_find(struct raw *r, CK_OBJECT_CLASS cls, const char *label)
+{
+	CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
+			    {CKA_LABEL, (void *)label, strlen(label)}};
+	CK_OBJECT_HANDLE o[2];
+	CK_ULONG n = 0;
+
+	ck_assert_int_eq(r->p->C_FindObjectsInit(r->s, t, 2), CKR_OK);
+	ck_assert_int_eq(r->p->C_FindObjects(r->s, o, 2, &n), CKR_OK);
+	ck_assert_int_eq(r->p->C_FindObjectsFinal(r->s), CKR_OK);
+	ck_assert_uint_eq(n, 1);
+	return o[0];
+}
+
+static CK_RV raw_unwrap(struct raw *r, CK_OBJECT_HANDLE root, const uint8_t *blob, size_t len,
+			CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *obj)
+{
+	CK_RSA_PKCS_OAEP_PARAMS oaep = {CKM_SHA_1, CKG_MGF1_SHA1, CKZ_DATA_SPECIFIED, NULL, 0};
+	CK_MECHANISM m = {CKM_RSA_PKCS_OAEP, &oaep, sizeof(oaep)};
+	*obj = CK_INVALID_HANDLE;
+	return r->p->C_UnwrapKey(r->s, &m, root, (CK_BYTE_PTR)blob, len, t, n, obj);
+}
+
+/* The attack of issue 18 against a token initialised by kc_hsm_init_keys():
+ * with the PIN and a stored KEK blob, unwrap the KEK as readable, or with
+ * the protective attributes left out, then read CKA_VALUE. Every route to
+ * the key bytes is refused by the token itself. */
+START_TEST(pin_holder_cannot_extract_kek)
+{
+	static CK_BBOOL t = CK_TRUE, f = CK_FALSE;
+	static CK_OBJECT_CLASS sk = CKO_SECRET_KEY;
+	static CK_KEY_TYPE aes = CKK_AES;
+	CK_ATTRIBUTE readable[] = {{CKA_CLASS, &sk, sizeof(sk)},
+				   {CKA_KEY_TYPE, &aes, sizeof(aes)},
+				   {CKA_TOKEN, &f, sizeof(f)},
+				   {CKA_SENSITIVE, &f, sizeof(f)},
+				   {CKA_EXTRACTABLE, &t, sizeof(t)}};
+	CK_ATTRIBUTE omitted[] = {{CKA_CLASS, &sk, sizeof(sk)},
+				  {CKA_KEY_TYPE, &aes, sizeof(aes)},
+				  {CKA_TOKEN, &f, sizeof(f)}};
+	CK_ATTRIBUTE as_token[] = {{CKA_CLASS, &sk, sizeof(sk)},
+				   {CKA_KEY_TYPE, &aes, sizeof(aes)},
+				   {CKA_TOKEN, &t, sizeof(t)},
+				   {CKA_EXTRACTABLE, &t, sizeof(t)}};
+	CK_ATTRIBUTE derivable[] = {
+	    {CKA_CLASS, &sk, sizeof(sk)},     {CKA_KEY_TYPE, &aes, sizeof(aes)},
+	    {CKA_TOKEN, &f, sizeof(f)},	      {CKA_SENSITIVE, &t, sizeof(t)},
+	    {CKA_EXTRACTABLE, &f, sizeof(f)}, {CKA_ENCRYPT, &t, sizeof(t)},
+	    {CKA_DECRYPT, &t, sizeof(t)},     {CKA_WRAP, &f, sizeof(f)},
+	    {CKA_UNWRAP, &f, sizeof(f)},      {CKA_SIGN, &f, sizeof(f)},
+	    {CKA_VERIFY, &f, sizeof(f)},      {CKA_DERIVE, &t, sizeof(t)}};
+	/* What the Key Center itself asks for: allowed, and still unreadable. */
+	CK_ATTRIBUTE honest[] = {
+	    {CKA_CLASS, &sk, sizeof(sk)},     {CKA_KEY_TYPE, &aes, sizeof(aes)},
+	    {CKA_TOKEN, &f, sizeof(f)},	      {CKA_SENSITIVE, &t, sizeof(t)},
+	    {CKA_EXTRACTABLE, &f, sizeof(f)}, {CKA_ENCRYPT, &t, sizeof(t)},
+	    {CKA_DECRYPT, &t, sizeof(t)},     {CKA_WRAP, &f, sizeof(f)},
+	    {CKA_UNWRAP, &f, sizeof(f)},      {CKA_SIGN, &f, sizeof(f)},
+	    {CKA_VERIFY, &f, sizeof(f)},      {CKA_DERIVE, &f, sizeof(f)}};
+	uint8_t *blob = NULL, value[64];
+	size_t blob_len = 0;
+	struct raw r;
+	CK_OBJECT_HANDLE root, kek, copy, mine, wrapped_obj;
+	kc_hsm *h = open_hsm();
+
+	ensure_keys(h);
+	ck_assert_err(kc_hsm_root_check(h), 0);
+	ck_assert_err(kc_hsm_kek_create(h, &blob, &blob_len), 0);
+	kc_hsm_close(h);
+
+	raw_open(&r, env("MICA_HSM_TOKEN_LABEL"), env("MICA_HSM_PIN_FILE"));
+	root = raw_find(&r, CKO_PRIVATE_KEY, KC_HSM_ROOT_LABEL);
+	ck_assert_int_eq(raw_unwrap(&r, root, blob, blob_len, readable, 5, &kek),
+			 CKR_TEMPLATE_INCONSISTENT);
+	ck_assert_int_eq(raw_unwrap(&r, root, blob, blob_len, omitted, 3, &kek),
+			 CKR_TEMPLATE_INCONSISTENT);
+	ck_assert_int_eq(raw_unwrap(&r, root, blob, blob_len, as_token, 4, &kek),
+			 CKR_TEMPLATE_INCONSISTENT);
+	ck_assert_int_eq(raw_unwrap(&r, root, blob, blob_len, derivable, 12, &kek),
+			 CKR_TEMPLATE_INCONSISTENT);
+
+	/* The honest template works; the value stays inside the token. */
+	ck_assert_int_eq(raw_unwrap(&r, root, blob, blob_len, honest, 12, &kek), CKR_OK);
+	CK_ATTRIBUTE va = {CKA_VALUE, value, sizeof(value)};
+	ck_assert_int_eq(r.p->C_GetAttributeValue(r.s, kek, &va, 1), CKR_ATTRIBUTE_SENSITIVE);
+	CK_ATTRIBUTE make_ext[] = {{CKA_EXTRACTABLE, &t, sizeof(t)}};
+	CK_ATTRIBUTE make_plain[] = {{CKA_SENSITIVE, &f, sizeof(f)}};
+	ck_assert_int_ne(r.p->C_SetAttributeValue(r.s, kek, make_ext, 1), CKR_OK);
+	ck_assert_int_ne(r.p->C_SetAttributeValue(r.s, kek, make_plain, 1), CKR_OK);
+	ck_assert_int_ne(r.p->C_CopyObject(r.s, kek, make_ext, 1, &copy), CKR_OK);
+	ck_assert_int_ne(r.p->C_CopyObject(r.s, kek, make_plain, 1, &copy), CKR_OK);
+	/* Nor can it be wrapped out under a key of the attacker's. */
+	CK_ULONG len32 = 32;
+	CK_ATTRIBUTE wk[] = {{CKA_CLASS, &sk, sizeof(sk)},
+			     {CKA_KEY_TYPE, &aes, sizeof(aes)},
+			     {CKA_VALUE_LEN, &len32, sizeof(len32)},
+			     {CKA_TOKEN, &f, sizeof(f)},
+			     {CKA_WRAP, &t, sizeof(t)},
+			     {CKA_EXTRACTABLE, &t, sizeof(t)},
+			     {CKA_SENSITIVE, &f, sizeof(f)}};
+	CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0}, kw = {CKM_AES_KEY_WRAP, NULL, 0};
+	uint8_t out[128];
+	CK_ULONG out_len = sizeof(out);
+	ck_assert_int_eq(r.p->C_GenerateKey(r.s, &gen, wk, 7, &mine), CKR_OK);
+	ck_assert_int_eq(r.p->C_WrapKey(r.s, &kw, mine, kek, out, &out_len), CKR_KEY_UNEXTRACTABLE);
+	(void)wrapped_obj;
+	/* And the root key's template cannot be taken away. */
+	CK_ATTRIBUTE no_template[] = {{CKA_UNWRAP_TEMPLATE, NULL, 0}};
+	ck_assert_int_ne(r.p->C_SetAttributeValue(r.s, root, no_template, 1), CKR_OK);
+	ck_assert_int_ne(r.p->C_CopyObject(r.s, root, no_template, 1, &copy), CKR_OK);
+	raw_close(&r);
+	free(blob);
+}
+END_TEST
+
+/* A root key as kc_hsm_init_keys() made it before issue 18: unwrap without
+ * a template. Generated on the token labelled |label| with raw PKCS#11. */
+static void make_legacy_root(const char *label, const char *pin_file)
+{
+	static CK_BBOOL t = CK_TRUE, f = CK_FALSE;
+	static CK_OBJECT_CLASS pubc = CKO_PUBLIC_KEY, privc = CKO_PRIVATE_KEY;
+	static CK_KEY_TYPE rsa = CKK_RSA;
+	static CK_BYTE e[] = {1, 0, 1};
+	CK_ULONG bits = KC_HSM_ROOT_BITS;
+	uint8_t id[16];
+	struct raw r;
+	CK_ATTRIBUTE pub[] = {{CKA_CLASS, &pubc, sizeof(pubc)},
+			      {CKA_KEY_TYPE, &rsa, sizeof(rsa)},
+			      {CKA_TOKEN, &t, 1},
+			      {CKA_PRIVATE, &f, 1},
+			      {CKA_MODIFIABLE, &f, 1},
+			      {CKA_LABEL, (void *)KC_HSM_ROOT_LABEL, strlen(KC_HSM_ROOT_LABEL)},
+			      {CKA_ID, id, sizeof(id)},
+			      {CKA_MODULUS_BITS, &bits, sizeof(bits)},
+			      {CKA_PUBLIC_EXPONENT, e, sizeof(e)},
+			      {CKA_WRAP, &t, 1},
+			      {CKA_ENCRYPT, &f, 1},
+			      {CKA_VERIFY, &f, 1}};
+	CK_ATTRIBUTE priv[] = {{CKA_CLASS, &privc, sizeof(privc)},
+			       {CKA_KEY_TYPE, &rsa, sizeof(rsa)},
+			       {CKA_TOKEN, &t, 1},
+			       {CKA_PRIVATE, &t, 1},
+			       {CKA_MODIFIABLE, &f, 1},
+			       {CKA_LABEL, (void *)KC_HSM_ROOT_LABEL, strlen(KC_HSM_ROOT_LABEL)},
+			       {CKA_ID, id, sizeof(id)},
+			       {CKA_SENSITIVE, &t, 1},
+			       {CKA_EXTRACTABLE, &f, 1},
+			       {CKA_UNWRAP, &t, 1},
+			       {CKA_DECRYPT, &f, 1},
+			       {CKA_SIGN, &f, 1}};
+	CK_MECHANISM m = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
+	CK_OBJECT_HANDLE po, ko;
+
+	ck_assert_err(mica_random(id, sizeof(id)), 0);
+	raw_open(&r, label, pin_file);
+	ck_assert_int_eq(r.p->C_GenerateKeyPair(r.s, &m, pub, 12, priv, 12, &po, &ko), CKR_OK);
+	raw_close(&r);
+}
+
+struct captured {
+	int calls, fail_with, exit_in_commit;
+	const char *exit_file;
+	uint8_t blobs[2][KC_HSM_KEK_BLOB_LEN];
+};
+
+/* The database side of a migration: keep the blobs, or fail, or die right
+ * after "committing" them (written to |exit_file|) as a crash would. */
+static int capture_commit(const uint8_t *const *blobs, size_t n, void *arg)
+{
+	struct captured *c = arg;
+	c->calls++;
+	if (c->fail_with)
+		return c->fail_with;
+	ck_assert_uint_eq(n, 2);
+	for (size_t i = 0; i < n; i++)
+		memcpy(c->blobs[i], blobs[i], KC_HSM_KEK_BLOB_LEN);
+	if (c->exit_in_commit) {
+		FILE *f = fopen(c->exit_file, "wb");
+		if (!f || fwrite(c->blobs, 1, sizeof(c->blobs), f) != sizeof(c->blobs) || fclose(f))
+			_exit(3);
+		_exit(0);
+	}
+	return 0;
+}
+
+static void open_with(kc_hsm *h, const uint8_t *blob, const uint8_t *sealed, size_t sealed_len,
+		      const char *want)
+{
+	kc_hsm_key *kek = NULL;
+	uint8_t *pt = NULL;
+	size_t pt_len = 0;
+	ck_assert_err(kc_hsm_kek_load(h, blob, KC_HSM_KEK_BLOB_LEN, &kek), 0);
+	ck_assert_err(kc_hsm_open_sealed(h, kek, "m", 1, sealed, sealed_len, &pt, &pt_len), 0);
+	ck_assert_uint_eq(pt_len, strlen(want));
+	ck_assert_mem_eq(pt, want, pt_len);
+	free(pt);
+	kc_hsm_key_free(h, kek);
+}
+
+/* A token made before issue 18 is refused, then migrated: a failed commit
+ * changes nothing; a crash right after the commit (_i = 1) or before it
+ * (_i = 0, the database still holds the old blobs) is finished by running
+ * the migration again; afterwards what was sealed still opens, the new root
+ * enforces the template, and a third run has nothing to do. */
+START_TEST(legacy_root_refused_then_migrated)
+{
+	char name[32], label[32], crash_file[600];
+	static const char *const msgs[2] = {"sealed under kek 0", "sealed under kek 1"};
+	uint8_t *blobs[2], *sealed[2];
+	size_t len, sealed_len[2];
+	struct captured fail = {.fail_with = MICA_EDB}, crash = {0}, again = {0};
+	struct kc_hsm_key_info info;
+	kc_hsm *h = NULL;
+	kc_hsm_key *kek;
+	int status;
+	pid_t pid;
+
+	snprintf(name, sizeof(name), "legacy%d", _i);
+	snprintf(label, sizeof(label), "mica-legacy-%d", _i);
+	const char *pin_file = private_tokens(name, label, 1, "legacy-pin-1234");
+	make_legacy_root(label, pin_file);
+
+	ck_assert_err(kc_hsm_open(&h, env("MICA_HSM_MODULE"), label, pin_file), 0);
+	ck_assert_err(kc_hsm_root_check(h), MICA_ESTATE);
+	for (int i = 0; i < 2; i++) {
+		ck_assert_err(kc_hsm_kek_create(h, &blobs[i], &len), 0);
+		ck_assert_err(kc_hsm_kek_load(h, blobs[i], len, &kek), 0);
+		ck_assert_err(kc_hsm_seal(h, kek, "m", 1, msgs[i], strlen(msgs[i]), &sealed[i],
+					  &sealed_len[i]),
+			      0);
+		kc_hsm_key_free(h, kek);
+	}
+	/* A commit that fails leaves exactly the old state. */
+	ck_assert_err(
+	    kc_hsm_root_migrate(h, (const uint8_t *const *)blobs, 2, capture_commit, &fail),
+	    MICA_EDB);
+	ck_assert_int_eq(fail.calls, 1);
+	ck_assert_err(kc_hsm_key_info(h, KC_HSM_ROOT_LABEL, &info), 0);
+	ck_assert_err(kc_hsm_root_check(h), MICA_ESTATE);
+	open_with(h, blobs[0], sealed[0], sealed_len[0], msgs[0]);
+	kc_hsm_close(h);
+
+	/* A migration that dies right after its commit. */
+	snprintf(crash_file, sizeof(crash_file), "%s/hsm-%d-%s.crash", env("MICA_TEST_DIR"),
+		 (int)getpid(), name);
+	crash.exit_in_commit = 1;
+	crash.exit_file = crash_file;
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		kc_hsm *c = NULL;
+		if (kc_hsm_open(&c, env("MICA_HSM_MODULE"), label, pin_file) != 0)
+			_exit(2);
+		int rc = kc_hsm_root_migrate(c, (const uint8_t *const *)blobs, 2, capture_commit,
+					     &crash);
+		_exit(rc ? 5 : 4); /* capture_commit never returned */
+	}
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
+	FILE *f = fopen(crash_file, "rb");
+	ck_assert_ptr_nonnull(f);
+	ck_assert_uint_eq(fread(crash.blobs, 1, sizeof(crash.blobs), f), sizeof(crash.blobs));
+	fclose(f);
+
+	/* Two root pairs now: the Key Center refuses the token until the
+	 * migration is run again. */
+	ck_assert_err(kc_hsm_open(&h, env("MICA_HSM_MODULE"), label, pin_file), 0);
+	ck_assert_err(kc_hsm_root_check(h), MICA_EHSM);
+	const uint8_t *stored[2];
+	for (int i = 0; i < 2; i++)
+		stored[i] = _i ? crash.blobs[i] : blobs[i];
+	ck_assert_err(kc_hsm_root_migrate(h, stored, 2, capture_commit, &again), 0);
+	ck_assert_int_eq(again.calls, _i ? 0 : 1);
+	for (int i = 0; i < 2; i++)
+		stored[i] = _i ? crash.blobs[i] : again.blobs[i];
+	ck_assert_err(kc_hsm_root_check(h), 0);
+	ck_assert_err(kc_hsm_key_info(h, KC_HSM_ROOT_LABEL, &info), 0);
+	for (int i = 0; i < 2; i++)
+		open_with(h, stored[i], sealed[i], sealed_len[i], msgs[i]);
+	/* The old blobs went with the old root key. */
+	kek = NULL;
+	ck_assert_err(kc_hsm_kek_load(h, blobs[0], KC_HSM_KEK_BLOB_LEN, &kek), MICA_EAUTH);
+	ck_assert_err(kc_hsm_root_migrate(h, stored, 2, capture_commit, &again), MICA_EEXISTS);
+	kc_hsm_close(h);
+	for (int i = 0; i < 2; i++) {
+		free(blobs[i]);
+		free(sealed[i]);
+	}
+}
+END_TEST
+
 static Suite *hsm_suite(void)
 {
 	Suite *s = suite_create("hsm");
@@ -864,6 +1223,8 @@ static Suite *hsm_suite(void)
 	tcase_add_test(keys, kek_survives_reopen);
 	tcase_add_test(keys, sign_verifies_offline);
 	tcase_add_test(keys, concurrent_seal_open);
+	tcase_add_test(keys, pin_holder_cannot_extract_kek);
+	tcase_add_loop_test(keys, legacy_root_refused_then_migrated, 0, 2);
 	suite_add_tcase(s, keys);
 	return s;
 }
