@@ -264,7 +264,7 @@ int kc_run(struct kc_config *cfg)
 	kc_anomaly_options an = {.window_ms = (int64_t)cfg->alert_window_s * 1000,
 				 .max_requests_per_window = (uint32_t)cfg->alert_rate_max,
 				 .max_denials_per_window = (uint32_t)cfg->alert_denial_max};
-	if (kc_anomaly_new(&an, &s.anomaly) != 0)
+	if (kc_anomaly_new(&an, &s.anomaly) != 0 || kc_alerts_start(&s) != 0)
 		goto out;
 	if (!sealed) {
 		if ((err = kc_hsm_open(&h, cfg->hsm_module, cfg->hsm_token_label,

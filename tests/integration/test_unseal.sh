@@ -229,6 +229,8 @@ want+=" auditor:seal_status:ok"
 ok "every request of the sealed period is in the chain, in order, before the unseal"
 n="$(sql "$ADMIN_CI" "SELECT count(*) FROM keycenter.alert WHERE kind = 'unseal_failure'")"
 ((n == 5)) || fail "want 5 unseal_failure alerts, got $n"
+# A clean stop signs the tail (verify refuses a log without a checkpoint).
+stop_kc
 "$MICA" audit export --db "$ADMIN_CI" --out "$W/audit.jsonl" 2>"$W/export.err" || fail "export: $(cat "$W/export.err")"
 "$MICA" audit verify --pubkey "$W/audit.pem" "$W/audit.jsonl" >"$W/verify.out" 2>&1 ||
 	fail "verify: $(cat "$W/verify.out")"
@@ -236,7 +238,6 @@ ok "5 unseal_failure alerts; the chain verifies offline"
 
 # ---------------------------------------------------------------------------------------------
 step="6 restart"
-stop_kc
 start_kc
 expect 503 sealed account POST /v1/decrypt/account-pii "{\"ciphertext\": \"$CT\", \"context\": $CTX}"
 for i in 3 4; do
