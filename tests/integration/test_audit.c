@@ -328,8 +328,11 @@ START_TEST(group_commit_from_many_threads)
 		" max %" PRIu64 " records per batch, %" PRIu64 " checkpoints\n",
 		THREADS * PER_THREAD, THREADS, st.batches, (double)st.records / (double)st.batches,
 		st.max_batch, st.checkpoints);
-	/* Group commit happened: well under one transaction per record. */
-	ck_assert_msg(st.batches * 2 <= st.records, "%" PRIu64 " batches for %" PRIu64 " records",
+	/* Group commit happened: fewer transactions than records, and some held
+	 * several. How many records share one depends on how the threads are
+	 * scheduled (a loaded host commits smaller batches), so no ratio is
+	 * asserted; without group commit both checks fail. */
+	ck_assert_msg(st.batches < st.records, "%" PRIu64 " batches for %" PRIu64 " records",
 		      st.batches, st.records);
 	ck_assert_uint_ge(st.max_batch, 4);
 	ck_assert_uint_eq(st.failed_batches, 0);
