@@ -199,6 +199,8 @@ static void lose(mica_kvcache *c, const char *why)
 	(void)w; /* a full pipe already wakes the thread */
 }
 
+static int in_sync(mica_kvcache *c, int64_t now);
+
 /* Applies every complete reply in the reader. Called with |mu| held. */
 static void apply_replies(mica_kvcache *c)
 {
@@ -216,6 +218,8 @@ static void apply_replies(mica_kvcache *c)
 		else if (m == MICA__KVCACHE_FLUSH)
 			table_flush(c);
 		else if (mica__kvcache_is_pong(reply) && c->ping_outstanding) {
+			/* A silence nobody looked up during still drops the table. */
+			in_sync(c, mica_clock_ms());
 			c->ping_outstanding = 0;
 			c->synced_ms = c->ping_sent_ms;
 			c->lapsed = 0;
