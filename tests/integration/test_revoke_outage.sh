@@ -15,6 +15,9 @@
 #      that lost the file's tail): the revoked session's live entry is back in Redis. The account
 #      service refuses the token at once (it reads only PostgreSQL until its resync), re-applies
 #      the revocation from PostgreSQL (tombstone), and lib/auth refuses it after that.
+#   d. Redis stopped during a freeze (failed step-ups after the right password): the freeze is not
+#      refused (423, sessions revoked in PostgreSQL); the tombstones it could not write are
+#      re-applied when Redis is back, so the frozen sessions are refused everywhere.
 # Everything it starts is stopped and its database dropped on exit, whatever happens.
 set -euo pipefail
 
@@ -58,8 +61,9 @@ redis_start
 step="setup"
 stack_account_setup
 ACCT_ENV+=(
-	MICA_ACCOUNT_RISK_STEPUP_NEW_DEVICE=false
+	MICA_ACCOUNT_RISK_STEPUP_NEW_DEVICE=true
 	MICA_ACCOUNT_RISK_STEPUP_NEW_NETWORK=false
+	MICA_ACCOUNT_RISK_FREEZE_AFTER_STEPUP_FAILURES=2
 	MICA_ACCOUNT_INTROSPECT_PRINCIPALS=keycenter
 	"MICA_ACCOUNT_REDIS_SOCKET=$RSOCK"
 	"MICA_ACCOUNT_REDIS_PASSWORD_FILE=$R/secrets/redis-account.password"
@@ -235,10 +239,10 @@ paused_answer="$got"
 ask "#stats"
 stats_paused="$got"
 kill -CONT "$pid"
-got="$stats_paused"
-(($(stat_of lapses) >= 1)) || fail "no lapse while Redis was silent: $stats_paused"
 [[ "$paused_answer" == "valid "*" source=introspection" ]] ||
 	fail "Redis silent for 1.5 s: '$paused_answer', want an answer from introspection, not the copy"
+got="$stats_paused"
+(($(stat_of lapses) >= 1)) || fail "no lapse while Redis was silent: $stats_paused"
 ask "#stats"
 entries="$(stat_of entries)"
 ((entries == 0)) || fail "entries held before the silence survived it: $got"
@@ -276,6 +280,39 @@ account_refuses "$T7"
 fresh_refuses "$T7"
 live_refuses "$T7"
 ok "Redis restored from before the revocation of $S7: re-applied from PostgreSQL, refused everywhere"
+
+ # ---------------------------------------------------------------------------------------------
+step="d. freeze while Redis is stopped"
+login "$PW2"
+T8="$TOKEN"
+account_ok "$T8"
+account_ok "$T8"
+ask "Bearer $T8"
+live_hit "$T8"
+redis_stop
+req 403 POST /v1/login "$(jq -nc --arg l "$EMAIL" --arg p "$PW2" \
+	'{login: $l, password: $p, session_kind: "app", device: {id: "dev-thief", name: "t"}}')"
+SU="$(jget stepup_id)"
+req 200 POST "/v1/stepup/$SU/send" '{"method": "email"}'
+CODE="$("$MICA" outbox list --db "$ADMIN_CI" --to "$EMAIL" --limit 20 2>/dev/null |
+	sed -n 's/.*verification code is \([0-9]\{6\}\)\..*/\1/p' | tail -n 1)"
+[[ "$CODE" =~ ^[0-9]{6}$ ]] || fail "no step-up code in the outbox"
+BAD="${CODE:0:5}$(((${CODE:5:1} + 1) % 10))"
+req 400 POST "/v1/stepup/$SU/verify" "{\"code\": \"$BAD\"}"
+req 423 POST "/v1/stepup/$SU/verify" "{\"code\": \"$BAD\"}"
+[[ "$(jget error.code)" == account_frozen ]] || fail "freeze: $(cat "$W/body")"
+[[ "$(sql "$ADMIN_CI" "SELECT count(*) FROM account.session WHERE revoked_at IS NULL")" == 0 ]] ||
+	fail "sessions survived the freeze"
+account_refuses "$T8"
+redis_start
+[[ "$(jq -r .session_id <<<"$(cached "$T8")" 2>/dev/null)" =~ ^[0-9]+$ || "$(cached "$T8")" == '{"revoked":true}' ]] ||
+	fail "unexpected cache entry after the restart: $(cached "$T8")"
+account_refuses "$T8"
+mica_wait_for 20 eval '[[ "$(cached "$T8")" == "{\"revoked\":true}" ]]' ||
+	fail "the freeze's revocation was not re-applied: $(cached "$T8")"
+fresh_refuses "$T8"
+live_refuses "$T8"
+ok "Redis down: the freeze went through (423); its tombstones were written once Redis was back"
 
 exec 5>&-
 wait "${STACK_PID[auth_check]}" || fail "the long-lived auth_check exited with status $?"
