@@ -483,7 +483,10 @@ static int revoke_tx(mica_db *db, void *arg)
 static int revoke_where(acct_service *s, mica_db *db, const char *sql, int n, const char *const *p,
 			int defer, int *count)
 {
-	struct revoke_ctx r = {s, sql, p, n, defer, 0};
+	/* Deferring needs the resync, which runs on the session cache's thread:
+	 * without the cache (account.session.cache_entries = 0) a freeze is
+	 * refused like any other revocation. */
+	struct revoke_ctx r = {s, sql, p, n, defer && s->session_cache, 0};
 	int err = db ? mica_db_tx(db, MICA_DB_READ_COMMITTED, revoke_tx, &r) : MICA_EDBCONN;
 	if (count)
 		*count = err ? 0 : r.count;
