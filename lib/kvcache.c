@@ -220,6 +220,11 @@ static void apply_replies(mica_kvcache *c)
 		else if (mica__kvcache_is_pong(reply) && c->ping_outstanding) {
 			/* A silence nobody looked up during still drops the table. */
 			in_sync(c, mica_clock_ms());
+			if (c->lapsed && c->outage_noted) {
+				MICA_LOG(MICA_LOG_INFO,
+					 "kvcache: Redis answers the heartbeat again");
+				c->outage_noted = 0;
+			}
 			c->ping_outstanding = 0;
 			c->synced_ms = c->ping_sent_ms;
 			c->lapsed = 0;
@@ -410,8 +415,6 @@ static void note_connect_failure(mica_kvcache *c, int rc)
 	pthread_mutex_unlock(&c->mu);
 }
 
-/* The background thread: keeps the connection up and applies invalidations
- * as they arrive, so the socket never fills. */
 /* Runs on_sync once the connection is up, until it succeeds; *next_ms is
  * when a failed one may be tried again. No lock held while it runs. */
 static void run_on_sync(mica_kvcache *c, int64_t *next_ms)
@@ -433,6 +436,9 @@ static void run_on_sync(mica_kvcache *c, int64_t *next_ms)
 	pthread_mutex_unlock(&c->mu);
 }
 
+/* The background thread: keeps the connection up, sends the heartbeat,
+ * runs on_sync when due, and applies invalidations as they arrive, so the
+ * socket never fills. */
 static void *tracker(void *arg)
 {
 	mica_kvcache *c = arg;
