@@ -418,7 +418,7 @@ static pid_t redis_pid(void)
 START_TEST(paused_redis_stops_serving)
 {
 	struct mica_kv_config c = config();
-	mica_kvcache_options o = {.prefix = prefix(), .max_entries = 10, .sync_window_ms = 300};
+	mica_kvcache_options o = {.prefix = prefix(), .max_entries = 10, .sync_window_ms = 1000};
 	mica_kvcache *kc = NULL;
 	ck_assert_int_eq(mica_kvcache_start(&kc, &c, &o), 0);
 	mica_kv *kv = plain();
@@ -429,10 +429,9 @@ START_TEST(paused_redis_stops_serving)
 
 	pid_t pid = redis_pid();
 	ck_assert_int_eq(kill(pid, SIGSTOP), 0);
-	usleep(150 * 1000);
 	char *v1 = NULL, *v2 = NULL;
 	int within = mica_kvcache_get(kc, k, &v1, NULL); /* inside the window: still exact */
-	usleep(600 * 1000);
+	usleep(1600 * 1000);
 	int after = mica_kvcache_get(kc, k, &v2, NULL);
 	int put = mica_kvcache_put(kc, k, "x", 1, mica_kvcache_ticket(kc));
 	/* Resume before asserting, so a failure never leaves Redis stopped. */

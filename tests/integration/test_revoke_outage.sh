@@ -119,14 +119,20 @@ ask() {
 # live_hit TOKEN: the long-lived checker answers valid from its in-process copy (its hit counter
 # moves); live_refuses TOKEN: it answers access_denied.
 stat_of() { sed -n "s/.* $1=\([0-9]*\).*/\1/p" <<<"$got"; }
+# A copy can miss once on a host so loaded that a heartbeat came late (the copy lapsed and
+# refilled from Redis): up to three tries.
 live_hit() {
-	local before
-	ask "#stats"
-	before="$(stat_of hits)"
-	ask "Bearer $1"
-	[[ "$got" == "valid "*" source=cache" ]] || fail "long-lived checker: '$got', want valid from the cache"
-	ask "#stats"
-	(($(stat_of hits) == before + 1)) || fail "long-lived checker: not a hit of its copy ($got)"
+	local before try
+	for try in 1 2 3; do
+		ask "#stats"
+		before="$(stat_of hits)"
+		ask "Bearer $1"
+		[[ "$got" == "valid "*" source=cache" ]] ||
+			fail "long-lived checker: '$got', want valid from the cache"
+		ask "#stats"
+		(($(stat_of hits) == before + 1)) && return 0
+	done
+	fail "long-lived checker: not a hit of its copy ($got)"
 }
 live_refuses() {
 	ask "Bearer $1"
