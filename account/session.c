@@ -352,11 +352,6 @@ static int cache_get(acct_service *s, const char *hash, time_t now, struct acct_
 	mica_kv *kv;
 	int rc = MICA_ENOTFOUND;
 
-	/* Redis may hold entries PostgreSQL has revoked since (it came back from
-	 * an older file, or a freeze's tombstones are still to be written):
-	 * until the resync has fixed them, only PostgreSQL answers. */
-	if (!mica_kvcache_synced(s->session_cache))
-		return rc;
 	cache_key(hash, key, sizeof(key));
 	if (mica_kvcache_get(s->session_cache, key, &val, &len) == 0) {
 		if (len == sizeof(*out)) {
@@ -369,6 +364,17 @@ static int cache_get(acct_service *s, const char *hash, time_t now, struct acct_
 	ticket = mica_kvcache_ticket(s->session_cache);
 	if (!(kv = mica_kv_thread()) || mica_kv_get(kv, key, &val, &len) != 0)
 		return rc;
+	/* Redis may hold entries PostgreSQL has revoked since (it came back from
+	 * an older file, or a freeze's tombstones are still to be written):
+	 * until the resync has fixed them, only PostgreSQL answers. Asked after
+	 * the read, so a Redis that restarted before it (the tracking connection
+	 * then has its EOF waiting) is caught too; and a reconnection after the
+	 * ticket makes the put below a no-op. The in-process copy needs no such
+	 * check: it is emptied on reconnection and filled only from here. */
+	if (!mica_kvcache_synced(s->session_cache)) {
+		free(val);
+		return rc;
+	}
 	rc = parse_entry(val, len, now, out);
 	free(val);
 	/* A refused put (an invalidation came in since the ticket) is fine:

@@ -734,6 +734,7 @@ int mica_kvcache_synced(mica_kvcache *c)
 	if (!c)
 		return 1;
 	pthread_mutex_lock(&c->mu);
+	drain(c); /* a connection lost a moment ago counts as lost */
 	int synced = c->up && !c->sync_pending;
 	pthread_mutex_unlock(&c->mu);
 	return synced;

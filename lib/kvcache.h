@@ -132,9 +132,12 @@ void mica_kvcache_drop(mica_kvcache *c, const char *key);
  * No-op for a NULL cache or one without on_sync. */
 void mica_kvcache_request_sync(mica_kvcache *c);
 
-/* 1 when the connection is up and no on_sync is pending (the writer has
- * re-applied its truth since the last reconnection or request), else 0;
- * 1 for a NULL cache. A writer may distrust Redis values while it is 0. */
+/* Applies what has arrived (so a connection Redis has closed counts as
+ * down), then: 1 when the connection is up and no on_sync is pending (the
+ * writer has re-applied its truth since the last reconnection or request),
+ * else 0; 1 for a NULL cache. A writer may distrust Redis values while it
+ * is 0; asked after reading a value from Redis, a 1 means that value was
+ * read from a Redis whose restart, if any, has been resynced. */
 int mica_kvcache_synced(mica_kvcache *c);
 
 /* Counters since start; all zero for a NULL cache. */
