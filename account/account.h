@@ -170,9 +170,28 @@ int acct_session_open(acct_service *s, mica_db *db, int64_t user_id, const char 
  * Redis cache and a web session's idle time. MICA_EDENIED if not active. */
 int acct_session_check(acct_service *s, const char *authorization, struct acct_session *out) MICA_WUR;
 int acct_session_touch_auth(acct_service *s, int64_t session_id) MICA_WUR;
+/* Revocation: the rows are marked revoked and their Redis entries replaced
+ * by tombstones before COMMIT, in one transaction (the caller's, if one is
+ * running on |db|: mica_db_tx nests). If Redis does not take a tombstone,
+ * nothing is revoked and the call fails with MICA_EKVCONN (answer 503): an
+ * acknowledged revocation holds in every service, through any Redis restart.
+ * acct_session_revoke returns 0, MICA_ENOTFOUND (no such active session of
+ * |user_id|), MICA_EKVCONN or a database error. */
 int acct_session_revoke(acct_service *s, int64_t user_id, int64_t session_id) MICA_WUR;
-/* Revokes every session of |user_id| but |keep| (0: none), in PG and Redis. */
+/* Revokes every session of |user_id| but |keep| (0: none), as above. */
 int acct_session_revoke_all(acct_service *s, mica_db *db, int64_t user_id, int64_t keep) MICA_WUR;
+/* For a freeze, which must not fail because Redis is down: revokes every
+ * session of |user_id| in PostgreSQL even when Redis refuses the tombstones,
+ * and leaves those to acct_session_resync. Call acct_session_deferred_flush()
+ * once the transaction is over (committed or not): it asks for the resync if
+ * a tombstone was left, and from then until the resync has run this process
+ * reads sessions only from PostgreSQL. */
+int acct_session_revoke_all_deferred(acct_service *s, mica_db *db, int64_t user_id) MICA_WUR;
+void acct_session_deferred_flush(acct_service *s);
+/* lib/kvcache's on_sync for the session cache: scans session:* in Redis and
+ * tombstones every live entry whose session PostgreSQL no longer holds as
+ * active. Returns 0, or an error (kvcache calls it again later). */
+int acct_session_resync(void *arg);
 int acct_session_list(acct_service *s, int64_t user_id, int64_t current, json_t **out) MICA_WUR;
 /* RFC 7662-shaped answer for |token|. */
 int acct_session_introspect(acct_service *s, const char *token, json_t **out) MICA_WUR;

@@ -207,7 +207,7 @@ static int freeze_tx(mica_db *db, void *arg)
 				" AND status = 'pending'",
 				1, p, NULL)) != 0)
 		return err;
-	return acct_session_revoke_all(z->s, db, z->user_id, 0);
+	return acct_session_revoke_all_deferred(z->s, db, z->user_id);
 }
 
 int acct_freeze(acct_service *s, int64_t user_id, const char *reason)
@@ -215,6 +215,7 @@ int acct_freeze(acct_service *s, int64_t user_id, const char *reason)
 	struct freeze_ctx z = {s, user_id};
 	mica_db *db = mica_db_thread();
 	int err = db ? mica_db_tx(db, MICA_DB_READ_COMMITTED, freeze_tx, &z) : MICA_EDBCONN;
+	acct_session_deferred_flush(s);
 	if (err)
 		return err;
 	MICA_LOG(MICA_LOG_WARN, "account: an account was frozen (%s)", reason);

@@ -239,7 +239,9 @@ static int start_session_cache(acct_service *s, const struct mica_kv_config *kvc
 {
 	mica_kvcache_options o = {.prefix = MICA_AUTH_CACHE_PREFIX,
 				  .max_entries = (size_t)s->cfg->session_cache_entries,
-				  .max_age_ms = SESSION_CACHE_MAX_AGE_MS};
+				  .max_age_ms = SESSION_CACHE_MAX_AGE_MS,
+				  .on_sync = acct_session_resync,
+				  .on_sync_arg = s};
 	if (s->cfg->session_cache_entries == 0)
 		return 0;
 	int err = mica_kvcache_start(&s->session_cache, kvc, &o);

@@ -1,9 +1,21 @@
 /* session.c - sessions: opaque 256-bit bearer tokens of which only the
  * SHA-256 is kept. PostgreSQL is the truth; Redis (session:<hash>) is the
- * cache that lib/auth reads in every service. Revocation marks the row,
- * then replaces the cache entry by a short-lived tombstone, and the cache is
- * only ever filled with SET NX, so a check racing a revocation cannot put a
- * revoked session back: the very next request fails.
+ * cache that lib/auth reads in every service. Revocation marks the row and,
+ * in the same transaction before COMMIT, replaces the cache entry by a
+ * short-lived tombstone; if Redis does not take the tombstone the
+ * transaction rolls back and the caller answers 503, so an acknowledged
+ * revocation is in both stores (docs/decisions.md, "Revocation while Redis
+ * is down"). The cache is only ever filled with SET NX, so a check racing a
+ * revocation cannot put a revoked session back: the very next request fails.
+ * Only a freeze, which must not fail, commits without its tombstones and
+ * leaves them to the resync below.
+ *
+ * Resync: after every (re)connection of the session cache to Redis (which
+ * may have come back from an append-only file or snapshot older than its
+ * last tombstones) and after a deferred tombstone, every live entry in
+ * Redis is checked against PostgreSQL and the revoked ones are tombstoned
+ * again (acct_session_resync); until that has succeeded this process reads
+ * no session from Redis or its in-process copy.
  *
  * Checks of app sessions read the cache first, as lib/auth does, and go to
  * PostgreSQL only on a miss, an unreadable entry, a tombstone, a Redis
@@ -59,7 +71,7 @@ static void cache_put(const char *hash, const struct acct_session *ss, int ttl)
 	mica_kv *kv = mica_kv_thread();
 	mica_auth_session as = {.user_id = ss->user_id,
 				.kind = strcmp(ss->kind, "web") == 0 ? MICA_AUTH_KIND_WEB
-								      : MICA_AUTH_KIND_APP,
+								     : MICA_AUTH_KIND_APP,
 				.auth_at = ss->auth_at,
 				.expires_at = ss->expires_at};
 	char key[MICA_AUTH_CACHE_KEY_LEN + 1], ttl_s[16], *val = NULL;
@@ -74,23 +86,33 @@ static void cache_put(const char *hash, const struct acct_session *ss, int ttl)
 	snprintf(ttl_s, sizeof(ttl_s), "%d", ttl);
 	const char *argv[6] = {"SET", key, val, "EX", ttl_s, "NX"};
 	if (mica_kv_command(kv, &r, 6, argv, NULL) != 0)
-		MICA_LOG(MICA_LOG_WARN, "account: session cache unavailable: %s", mica_kv_errmsg(kv));
+		MICA_LOG(MICA_LOG_WARN, "account: session cache unavailable: %s",
+			 mica_kv_errmsg(kv));
 	freeReplyObject(r);
 	free(val);
 }
 
-static void cache_tombstone(acct_service *s, const char *hash)
+static const char TOMBSTONE[] = "{\"revoked\":true}";
+
+/* Replaces the cache entry of |hash| by a tombstone. Once Redis has answered
+ * the SET, every lib/kvcache tracking session:* has been sent the
+ * invalidation (kvcache.h, the barrier). Returns 0 or MICA_EKVCONN (not
+ * written: Redis unreachable, or any error reply). */
+static int cache_tombstone(acct_service *s, const char *hash)
 {
 	mica_kv *kv = mica_kv_thread();
 	char key[80];
-	static const char tomb[] = "{\"revoked\":true}";
+	int err = MICA_EKVCONN;
 	cache_key(hash, key, sizeof(key));
-	if (!kv || mica_kv_set(kv, key, tomb, sizeof(tomb) - 1, TOMBSTONE_TTL) != 0)
-		MICA_LOG(MICA_LOG_ERROR, "account: could not invalidate a cached session; it expires "
-					 "with its cache TTL");
+	if (kv &&
+	    (err = mica_kv_set(kv, key, TOMBSTONE, sizeof(TOMBSTONE) - 1, TOMBSTONE_TTL)) != 0)
+		MICA_LOG(MICA_LOG_ERROR,
+			 "account: a revoked session's tombstone was not written: %s",
+			 mica_kv_errmsg(kv));
 	/* Redis's invalidation would do it too; this one needs no round trip
 	 * and holds even when the SET failed. */
 	mica_kvcache_drop(s->session_cache, key);
+	return err ? MICA_EKVCONN : 0;
 }
 
 static int cache_ttl(const struct acct_session *ss, time_t now)
@@ -99,16 +121,17 @@ static int cache_ttl(const struct acct_session *ss, time_t now)
 	return left > 0 ? (int)left : 0;
 }
 
-#define SESSION_COLS                                                                          \
-	"id, user_id, device_hash, kind, extract(epoch from auth_at)::bigint,"               \
+#define SESSION_COLS                                                                               \
+	"id, user_id, device_hash, kind, extract(epoch from auth_at)::bigint,"                     \
 	" extract(epoch from expires_at)::bigint"
 
 static int parse_row(PGresult *res, int row, struct acct_session *ss)
 {
 	int64_t a, e;
 	memset(ss, 0, sizeof(*ss));
-	if (mica_db_get_int64(res, row, 0, &ss->id) || mica_db_get_int64(res, row, 1, &ss->user_id) ||
-	    mica_db_get_int64(res, row, 4, &a) || mica_db_get_int64(res, row, 5, &e))
+	if (mica_db_get_int64(res, row, 0, &ss->id) ||
+	    mica_db_get_int64(res, row, 1, &ss->user_id) || mica_db_get_int64(res, row, 4, &a) ||
+	    mica_db_get_int64(res, row, 5, &e))
 		return MICA_EDB;
 	snprintf(ss->device_hash, sizeof(ss->device_hash), "%s", mica_db_get(res, row, 2));
 	snprintf(ss->kind, sizeof(ss->kind), "%s", mica_db_get(res, row, 3));
@@ -130,8 +153,8 @@ static int session_token(acct_service *s, const char *kind, char t[MICA_AUTH_TOK
 
 /* Runs |sql|, whose row starts with SESSION_COLS, into *out and hands the
  * token |t| out in *token; *res (the caller clears it) keeps the row. */
-static int session_insert(mica_db *db, const char *sql, int n, const char *const *p,
-			  const char *t, char **token, struct acct_session *out, PGresult **res)
+static int session_insert(mica_db *db, const char *sql, int n, const char *const *p, const char *t,
+			  char **token, struct acct_session *out, PGresult **res)
 {
 	int err = mica_db_exec(db, sql, n, p, res);
 	if (err || (err = parse_row(*res, 0, out)) != 0)
@@ -151,11 +174,12 @@ int acct_session_create(acct_service *s, mica_db *db, int64_t user_id, const cha
 	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
 	const char *p[5] = {hash, uid, device_hash, kind, life};
 	if ((err = session_token(s, kind, t, hash, life)) == 0)
-		err = session_insert(db,
-				     "INSERT INTO account.session (token_hash, user_id, device_hash,"
-				     " kind, expires_at) VALUES ($1, $2, $3, $4,"
-				     " now() + make_interval(secs => $5::int)) RETURNING " SESSION_COLS,
-				     5, p, t, token, out, &res);
+		err = session_insert(
+		    db,
+		    "INSERT INTO account.session (token_hash, user_id, device_hash,"
+		    " kind, expires_at) VALUES ($1, $2, $3, $4,"
+		    " now() + make_interval(secs => $5::int)) RETURNING " SESSION_COLS,
+		    5, p, t, token, out, &res);
 	mica_wipe(t, sizeof(t));
 	PQclear(res);
 	return err;
@@ -184,14 +208,15 @@ int acct_session_open(acct_service *s, mica_db *db, int64_t user_id, const char 
 		 * session, and last_seen at most once a minute. So logins of one
 		 * device do not queue on its row lock, each behind the last one's
 		 * commit. */
-		err = session_insert(db,
-				     "WITH d AS (UPDATE account.device SET last_seen = now()"
-				     " WHERE user_id = $1 AND device_hash = $2"
-				     " AND last_seen < now() - make_interval(secs => $6::int))"
-				     " INSERT INTO account.session (token_hash, user_id, device_hash,"
-				     " kind, expires_at) VALUES ($3, $1, $2, $4,"
-				     " now() + make_interval(secs => $5::int)) RETURNING " SESSION_COLS,
-				     6, pk, t, token, out, &res);
+		err = session_insert(
+		    db,
+		    "WITH d AS (UPDATE account.device SET last_seen = now()"
+		    " WHERE user_id = $1 AND device_hash = $2"
+		    " AND last_seen < now() - make_interval(secs => $6::int))"
+		    " INSERT INTO account.session (token_hash, user_id, device_hash,"
+		    " kind, expires_at) VALUES ($3, $1, $2, $4,"
+		    " now() + make_interval(secs => $5::int)) RETURNING " SESSION_COLS,
+		    6, pk, t, token, out, &res);
 	else
 		err = session_insert(
 		    db,
@@ -339,6 +364,17 @@ static int cache_get(acct_service *s, const char *hash, time_t now, struct acct_
 	ticket = mica_kvcache_ticket(s->session_cache);
 	if (!(kv = mica_kv_thread()) || mica_kv_get(kv, key, &val, &len) != 0)
 		return rc;
+	/* Redis may hold entries PostgreSQL has revoked since (it came back from
+	 * an older file, or a freeze's tombstones are still to be written):
+	 * until the resync has fixed them, only PostgreSQL answers. Asked after
+	 * the read, so a Redis that restarted before it (the tracking connection
+	 * then has its EOF waiting) is caught too; and a reconnection after the
+	 * ticket makes the put below a no-op. The in-process copy needs no such
+	 * check: it is emptied on reconnection and filled only from here. */
+	if (!mica_kvcache_synced(s->session_cache)) {
+		free(val);
+		return rc;
+	}
 	rc = parse_entry(val, len, now, out);
 	free(val);
 	/* A refused put (an invalidation came in since the ticket) is fine:
@@ -388,9 +424,9 @@ int acct_session_touch_auth(acct_service *s, int64_t session_id)
 		return MICA_EDBCONN;
 	snprintf(id, sizeof(id), "%lld", (long long)session_id);
 	const char *p[1] = {id};
-	err = mica_db_exec(db,
-			   "UPDATE account.session SET auth_at = now() WHERE id = $1 RETURNING token_hash",
-			   1, p, &res);
+	err = mica_db_exec(
+	    db, "UPDATE account.session SET auth_at = now() WHERE id = $1 RETURNING token_hash", 1,
+	    p, &res);
 	/* The cached copy carries auth_at: drop it so the next check refills it. */
 	if (err == 0 && PQntuples(res) == 1) {
 		mica_kv *kv = mica_kv_thread();
@@ -404,51 +440,238 @@ int acct_session_touch_auth(acct_service *s, int64_t session_id)
 	return err;
 }
 
-/* Revokes the rows |sql| selects and tombstones their cache entries. */
-static int revoke_where(acct_service *s, mica_db *db, const char *sql, int n,
-			const char *const *p, int *count)
+/* Set when this thread committed (or is about to commit) revocations without
+ * their tombstones; acct_session_deferred_flush() asks for the resync once
+ * the transaction is over, so the resync cannot read PostgreSQL before the
+ * revocation is committed. */
+static __thread int deferred;
+
+struct revoke_ctx {
+	acct_service *s;
+	const char *sql;
+	const char *const *p;
+	int n;
+	int defer; /* tombstones Redis refuses are left to the resync */
+	int count;
+};
+
+/* In the transaction: marks the rows |sql| selects revoked and tombstones
+ * their cache entries before COMMIT (a tombstone of a transaction that then
+ * rolls back only sends that session to PostgreSQL for TOMBSTONE_TTL: fail
+ * closed). A tombstone Redis does not take rolls everything back with
+ * MICA_EKVCONN, unless |defer|. */
+static int revoke_tx(mica_db *db, void *arg)
 {
+	struct revoke_ctx *r = arg;
 	PGresult *res = NULL;
-	int err = mica_db_exec(db, sql, n, p, &res);
+	int err = mica_db_exec(db, r->sql, r->n, r->p, &res), lost = 0;
 	if (err == 0) {
-		for (int r = 0; r < PQntuples(res); r++)
-			cache_tombstone(s, mica_db_get(res, r, 0));
-		if (count)
-			*count = PQntuples(res);
+		r->count = PQntuples(res);
+		/* One failure is enough to know: a Redis that is down makes each
+		 * further SET wait for its own timeout. */
+		for (int i = 0; i < r->count && !lost; i++)
+			if (cache_tombstone(r->s, mica_db_get(res, i, 0)) != 0)
+				lost = 1;
 	}
 	PQclear(res);
+	if (err == 0 && lost && !r->defer)
+		err = MICA_EKVCONN;
+	if (err == 0 && lost) {
+		MICA_LOG(MICA_LOG_WARN, "account: %d revoked session(s) left to the cache resync",
+			 r->count);
+		deferred = 1;
+	}
+	return err;
+}
+
+/* Runs revoke_tx in its own transaction, or in the caller's (mica_db_tx
+ * nests). */
+static int revoke_where(acct_service *s, mica_db *db, const char *sql, int n, const char *const *p,
+			int defer, int *count)
+{
+	/* Deferring needs the resync, which runs on the session cache's thread:
+	 * without the cache (account.session.cache_entries = 0) a freeze is
+	 * refused like any other revocation. */
+	struct revoke_ctx r = {s, sql, p, n, defer && s->session_cache, 0};
+	int err = db ? mica_db_tx(db, MICA_DB_READ_COMMITTED, revoke_tx, &r) : MICA_EDBCONN;
+	if (count)
+		*count = err ? 0 : r.count;
 	return err;
 }
 
 int acct_session_revoke(acct_service *s, int64_t user_id, int64_t session_id)
 {
-	mica_db *db = mica_db_thread();
 	char u[24], id[24];
 	int count = 0, err;
-	if (!db)
-		return MICA_EDBCONN;
 	snprintf(u, sizeof(u), "%lld", (long long)user_id);
 	snprintf(id, sizeof(id), "%lld", (long long)session_id);
 	const char *p[2] = {u, id};
-	err = revoke_where(s, db,
-			   "UPDATE account.session SET revoked_at = now() WHERE user_id = $1 AND id = $2"
-			   " AND revoked_at IS NULL RETURNING token_hash",
-			   2, p, &count);
+	err = revoke_where(
+	    s, mica_db_thread(),
+	    "UPDATE account.session SET revoked_at = now() WHERE user_id = $1 AND id = $2"
+	    " AND revoked_at IS NULL RETURNING token_hash",
+	    2, p, 0, &count);
 	return err ? err : count ? 0 : MICA_ENOTFOUND;
 }
 
-int acct_session_revoke_all(acct_service *s, mica_db *db, int64_t user_id, int64_t keep)
+#define REVOKE_ALL_SQL                                                                             \
+	"UPDATE account.session SET revoked_at = now() WHERE user_id = $1"                         \
+	" AND id <> $2 AND revoked_at IS NULL RETURNING token_hash"
+
+static int revoke_all(acct_service *s, mica_db *db, int64_t user_id, int64_t keep, int defer)
 {
 	char u[24], k[24];
 	snprintf(u, sizeof(u), "%lld", (long long)user_id);
 	snprintf(k, sizeof(k), "%lld", (long long)keep);
 	const char *p[2] = {u, k};
-	/* Inside a caller's transaction the tombstones go out before COMMIT;
-	 * they still win, since the cache is only ever filled with SET NX. */
-	return revoke_where(s, db,
-			    "UPDATE account.session SET revoked_at = now() WHERE user_id = $1"
-			    " AND id <> $2 AND revoked_at IS NULL RETURNING token_hash",
-			    2, p, NULL);
+	return revoke_where(s, db, REVOKE_ALL_SQL, 2, p, defer, NULL);
+}
+
+int acct_session_revoke_all(acct_service *s, mica_db *db, int64_t user_id, int64_t keep)
+{
+	return revoke_all(s, db, user_id, keep, 0);
+}
+
+int acct_session_revoke_all_deferred(acct_service *s, mica_db *db, int64_t user_id)
+{
+	return revoke_all(s, db, user_id, 0, 1);
+}
+
+void acct_session_deferred_flush(acct_service *s)
+{
+	if (!deferred)
+		return;
+	deferred = 0;
+	mica_kvcache_request_sync(s->session_cache);
+}
+
+/* ---- resync -------------------------------------------------------------------- */
+
+#define RESYNC_BATCH 500
+
+/* Checks one batch of cache keys (|n| of them, "session:<hash>") against
+ * PostgreSQL and tombstones those whose entry is a live session PostgreSQL
+ * no longer holds as active. *fixed counts them. */
+static int resync_batch(acct_service *s, mica_kv *kv, mica_db *db, char **keys, size_t n,
+			int *fixed)
+{
+	const char **argv = calloc(n + 1, sizeof(*argv));
+	redisReply *r = NULL;
+	PGresult *res = NULL;
+	char *arr = NULL;
+	int err = MICA_ENOMEM;
+	if (!argv || !(arr = malloc(n * (MICA_AUTH_HASH_HEX_LEN + 1) + 3)))
+		goto out;
+	argv[0] = "MGET";
+	for (size_t i = 0; i < n; i++)
+		argv[i + 1] = keys[i];
+	if ((err = mica_kv_command(kv, &r, (int)n + 1, argv, NULL)) != 0)
+		goto out;
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != n) {
+		err = MICA_EKV;
+		goto out;
+	}
+	/* A text[] literal of the live entries' hashes (64 hex digits each,
+	 * checked by the caller), passed as one parameter. */
+	size_t len = 0, live = 0;
+	arr[len++] = '{';
+	for (size_t i = 0; i < n; i++) {
+		redisReply *v = r->element[i];
+		if (!v || v->type != REDIS_REPLY_STRING || strstr(v->str, "\"revoked\""))
+			continue;
+		if (live++)
+			arr[len++] = ',';
+		memcpy(arr + len, keys[i] + sizeof(MICA_AUTH_CACHE_PREFIX) - 1,
+		       MICA_AUTH_HASH_HEX_LEN);
+		len += MICA_AUTH_HASH_HEX_LEN;
+	}
+	arr[len++] = '}';
+	arr[len] = '\0';
+	if (!live)
+		goto out;
+	const char *p[1] = {arr};
+	/* The live entries PostgreSQL does not know as active: revoked, expired,
+	 * or gone with a deleted account. */
+	if ((err = mica_db_exec(db,
+				"SELECT h FROM unnest($1::text[]) AS h WHERE NOT EXISTS (SELECT 1"
+				" FROM account.session WHERE token_hash = h AND revoked_at IS NULL"
+				" AND expires_at > now())",
+				1, p, &res)) != 0)
+		goto out;
+	for (int i = 0; i < PQntuples(res) && err == 0; i++)
+		if ((err = cache_tombstone(s, mica_db_get(res, i, 0))) == 0)
+			(*fixed)++;
+out:
+	PQclear(res);
+	freeReplyObject(r);
+	free(arr);
+	free(argv);
+	return err;
+}
+
+static int is_session_key(const redisReply *k)
+{
+	const size_t pl = sizeof(MICA_AUTH_CACHE_PREFIX) - 1;
+	if (!k || k->type != REDIS_REPLY_STRING || k->len != pl + MICA_AUTH_HASH_HEX_LEN ||
+	    memcmp(k->str, MICA_AUTH_CACHE_PREFIX, pl) != 0)
+		return 0;
+	for (size_t i = pl; i < k->len; i++)
+		if (!((k->str[i] >= '0' && k->str[i] <= '9') ||
+		      (k->str[i] >= 'a' && k->str[i] <= 'f')))
+			return 0;
+	return 1;
+}
+
+int acct_session_resync(void *arg)
+{
+	acct_service *s = arg;
+	mica_kv *kv = mica_kv_thread();
+	mica_db *db = mica_db_thread();
+	char cursor[32] = "0", *keys[RESYNC_BATCH];
+	int err = 0, fixed = 0, seen = 0;
+	if (!kv || !db)
+		return MICA_ESTATE;
+	do {
+		redisReply *r = NULL;
+		const char *argv[6] = {"SCAN",	cursor, "MATCH", MICA_AUTH_CACHE_PREFIX "*",
+				       "COUNT", "500"};
+		size_t n = 0;
+		if ((err = mica_kv_command(kv, &r, 6, argv, NULL)) != 0)
+			break;
+		if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+		    r->element[0]->type != REDIS_REPLY_STRING ||
+		    r->element[0]->len >= sizeof(cursor) ||
+		    r->element[1]->type != REDIS_REPLY_ARRAY) {
+			freeReplyObject(r);
+			err = MICA_EKV;
+			break;
+		}
+		memcpy(cursor, r->element[0]->str, r->element[0]->len + 1);
+		for (size_t i = 0; i < r->element[1]->elements && err == 0; i++) {
+			if (!is_session_key(r->element[1]->element[i]))
+				continue;
+			keys[n++] = r->element[1]->element[i]->str;
+			seen++;
+			if (n == RESYNC_BATCH) {
+				err = resync_batch(s, kv, db, keys, n, &fixed);
+				n = 0;
+			}
+		}
+		if (err == 0 && n)
+			err = resync_batch(s, kv, db, keys, n, &fixed);
+		freeReplyObject(r);
+	} while (err == 0 && strcmp(cursor, "0") != 0);
+	if (err) {
+		MICA_LOG(MICA_LOG_WARN, "account: session cache resync failed (%s); retrying",
+			 mica_strerror(err));
+		return err;
+	}
+	if (fixed)
+		MICA_LOG(MICA_LOG_WARN,
+			 "account: session cache resync: %d of %d entries were revoked "
+			 "sessions; tombstoned again",
+			 fixed, seen);
+	return 0;
 }
 
 int acct_session_list(acct_service *s, int64_t user_id, int64_t current, json_t **out)

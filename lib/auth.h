@@ -21,9 +21,19 @@
  *   cache fill racing the revocation (SET NX) cannot bring the session back.
  *   Only the account service's Redis user may write session:*; every other
  *   service's user may only read it (deploy/lib.sh).
- * - Revocation marks the PostgreSQL row and deletes the Redis key (or
- *   replaces it by a tombstone), so the next validation anywhere is refused:
- *   a tombstone denies at once, a miss asks the account service.
+ * - Revocation marks the PostgreSQL row and replaces the Redis key by a
+ *   tombstone in one transaction, the tombstone before COMMIT; if Redis does
+ *   not take it, nothing is revoked and the account service answers 503. So
+ *   an acknowledged revocation is in Redis, and the next validation anywhere
+ *   is refused: a tombstone denies at once, a miss asks the account service.
+ *   (A freeze alone commits without its tombstones when Redis is down; the
+ *   account service writes them when Redis answers again.)
+ * - Redis may come back from an append-only file or snapshot older than its
+ *   last tombstones, with live entries of revoked sessions. The account
+ *   service checks every session:* entry against PostgreSQL and tombstones
+ *   the revoked ones whenever it (re)connects to Redis; until then it reads
+ *   no session from Redis itself, but a reader here may still accept such an
+ *   entry (normally for under a second after Redis's return).
  *
  * Validation (mica_auth_validate) reads the cache through mica_kv_thread()
  * (the service configures lib/kv), or first its in-process copy when
@@ -103,7 +113,11 @@ typedef struct mica_auth_options {
 	 * (borrowed; it must outlive the validator). Live sessions read from
 	 * Redis are copied into it; Redis client tracking removes them when the
 	 * account service revokes them, before its revocation is acknowledged.
-	 * NULL: every validation reads Redis, as before. */
+	 * A copy is served only while Redis has answered the cache's heartbeat
+	 * within its sync window (1 s by default), and everything held is
+	 * dropped after a longer silence or a reconnection, so no copy outlives
+	 * an outage it could not see (kvcache.h). NULL: every validation reads
+	 * Redis, as before. */
 	struct mica_kvcache *cache;
 } mica_auth_options;
 

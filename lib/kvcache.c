@@ -25,6 +25,9 @@
 #define CHANNEL "__redis__:invalidate"
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 5000
+/* A PING in RESP2, which Redis answers with ["pong", ""] on a subscribed
+ * connection, behind every invalidation it queued before. */
+static const char PING[] = "*1\r\n$4\r\nPING\r\n";
 
 struct entry {
 	struct entry *next;
@@ -41,6 +44,9 @@ struct mica_kvcache {
 	char *prefix;
 	size_t prefix_len, max_entries;
 	int64_t max_age_ms;
+	int64_t sync_window_ms, heartbeat_ms;
+	int (*on_sync)(void *arg);
+	void *on_sync_arg;
 
 	/* Everything below is guarded by |mu|. */
 	struct entry **slots;
@@ -52,6 +58,14 @@ struct mica_kvcache {
 	int up;		  /* connection subscribed and the table valid */
 	int broken;	  /* a reader saw EOF or an error; the thread replaces conn */
 	int outage_noted; /* the current outage has been logged */
+	/* The heartbeat: one PING at a time on the tracking connection. Its
+	 * PONG proves that every invalidation Redis queued before the PING was
+	 * sent has been applied, so |synced_ms| (when that PING was sent) is
+	 * the last time the table is known to have been exact. */
+	int64_t synced_ms, ping_sent_ms;
+	int ping_outstanding;
+	int lapsed;	  /* the table was dropped for want of a heartbeat */
+	int sync_pending; /* on_sync has not yet succeeded on this connection */
 	struct mica_kvcache_stats st;
 
 	int wake[2]; /* self-pipe: stop, or a broken connection seen by a reader */
@@ -78,7 +92,8 @@ static struct entry **find_link(mica_kvcache *c, const char *key, size_t klen, u
 {
 	struct entry **link = &c->slots[h & (c->nslots - 1)];
 	for (; *link; link = &(*link)->next)
-		if ((*link)->hash == h && (*link)->klen == klen && memcmp((*link)->data, key, klen) == 0)
+		if ((*link)->hash == h && (*link)->klen == klen &&
+		    memcmp((*link)->data, key, klen) == 0)
 			return link;
 	return link;
 }
@@ -133,10 +148,9 @@ static int is_str(const redisReply *r, const char *s)
 	return r && r->type == REDIS_REPLY_STRING && r->len == n && memcmp(r->str, s, n) == 0;
 }
 
-enum mica__kvcache_msg mica__kvcache_msg_parse(const redisReply *r,
-					       void (*on_key)(void *arg, const char *key,
-							      size_t len),
-					       void *arg)
+enum mica__kvcache_msg
+mica__kvcache_msg_parse(const redisReply *r, void (*on_key)(void *arg, const char *key, size_t len),
+			void *arg)
 {
 	if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
 	    !is_str(r->element[0], "message") || !is_str(r->element[1], CHANNEL))
@@ -151,6 +165,12 @@ enum mica__kvcache_msg mica__kvcache_msg_parse(const redisReply *r,
 		if (on_key)
 			on_key(arg, p->element[i]->str, p->element[i]->len);
 	return MICA__KVCACHE_KEYS;
+}
+
+int mica__kvcache_is_pong(const redisReply *r)
+{
+	return r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+	       is_str(r->element[0], "pong");
 }
 
 static void invalidate_key(void *arg, const char *key, size_t len)
@@ -170,13 +190,16 @@ static void lose(mica_kvcache *c, const char *why)
 	c->broken = 1;
 	table_flush(c);
 	if (!c->outage_noted)
-		MICA_LOG(MICA_LOG_WARN, "kvcache: invalidation connection lost (%s); cache off until "
-					"reconnected",
+		MICA_LOG(MICA_LOG_WARN,
+			 "kvcache: invalidation connection lost (%s); cache off until "
+			 "reconnected",
 			 why);
 	c->outage_noted = 1;
 	ssize_t w = write(c->wake[1], "b", 1);
 	(void)w; /* a full pipe already wakes the thread */
 }
+
+static int in_sync(mica_kvcache *c, int64_t now);
 
 /* Applies every complete reply in the reader. Called with |mu| held. */
 static void apply_replies(mica_kvcache *c)
@@ -194,8 +217,61 @@ static void apply_replies(mica_kvcache *c)
 			c->epoch++;
 		else if (m == MICA__KVCACHE_FLUSH)
 			table_flush(c);
+		else if (mica__kvcache_is_pong(reply) && c->ping_outstanding) {
+			/* A silence nobody looked up during still drops the table. */
+			in_sync(c, mica_clock_ms());
+			if (c->lapsed && c->outage_noted) {
+				MICA_LOG(MICA_LOG_INFO,
+					 "kvcache: Redis answers the heartbeat again");
+				c->outage_noted = 0;
+			}
+			c->ping_outstanding = 0;
+			c->synced_ms = c->ping_sent_ms;
+			c->lapsed = 0;
+		}
 		freeReplyObject(reply);
 	}
+}
+
+/* Sends the next PING when none is outstanding and the last one is
+ * |heartbeat_ms| old. Called with |mu| held, by the thread. */
+static void heartbeat(mica_kvcache *c, int64_t now)
+{
+	if (!c->up || c->ping_outstanding || now - c->ping_sent_ms < c->heartbeat_ms)
+		return;
+	ssize_t n = send(c->ctx->fd, PING, sizeof(PING) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+	if (n != (ssize_t)sizeof(PING) - 1) {
+		/* A 14-byte send fails only on a dead or jammed connection. */
+		lose(c, n < 0 ? strerror(errno) : "short write");
+		return;
+	}
+	c->ping_sent_ms = now;
+	c->ping_outstanding = 1;
+}
+
+/* true while the table may be trusted: the last answered heartbeat is at
+ * most |sync_window_ms| old. When it is older, everything held is dropped
+ * (and the ticket counter moves), once per lapse, so no entry kept through
+ * a silence (Redis paused, a connection dead without a FIN) is served after
+ * it. Called with |mu| held. */
+static int in_sync(mica_kvcache *c, int64_t now)
+{
+	if (!c->up)
+		return 0;
+	if (now - c->synced_ms <= c->sync_window_ms)
+		return 1;
+	if (!c->lapsed) {
+		c->lapsed = 1;
+		table_flush(c);
+		c->st.lapses++;
+		if (!c->outage_noted)
+			MICA_LOG(MICA_LOG_WARN,
+				 "kvcache: Redis has not answered a heartbeat for %lld "
+				 "ms; cache off until it does",
+				 (long long)(now - c->synced_ms));
+		c->outage_noted = 1;
+	}
+	return 0;
 }
 
 /* The barrier: reads, without blocking, everything Redis has written to the
@@ -286,6 +362,11 @@ static void install(mica_kvcache *c, mica_kv *kv)
 	c->broken = 0;
 	c->up = 1;
 	table_flush(c);
+	/* The SUBSCRIBE reply has just come back: exact as of now. */
+	c->synced_ms = c->ping_sent_ms = mica_clock_ms();
+	c->ping_outstanding = 0;
+	c->lapsed = 0;
+	c->sync_pending = c->on_sync != NULL;
 	if (c->outage_noted)
 		MICA_LOG(MICA_LOG_INFO, "kvcache: invalidation connection restored");
 	c->outage_noted = 0;
@@ -326,21 +407,48 @@ static void note_connect_failure(mica_kvcache *c, int rc)
 {
 	pthread_mutex_lock(&c->mu);
 	if (!c->outage_noted)
-		MICA_LOG(MICA_LOG_WARN, "kvcache: cannot open the invalidation connection (%s); "
-					"cache off, retrying",
+		MICA_LOG(MICA_LOG_WARN,
+			 "kvcache: cannot open the invalidation connection (%s); "
+			 "cache off, retrying",
 			 mica_strerror(rc));
 	c->outage_noted = 1;
 	pthread_mutex_unlock(&c->mu);
 }
 
-/* The background thread: keeps the connection up and applies invalidations
- * as they arrive, so the socket never fills. */
+/* Runs on_sync once the connection is up, until it succeeds; *next_ms is
+ * when a failed one may be tried again. No lock held while it runs. */
+static void run_on_sync(mica_kvcache *c, int64_t *next_ms)
+{
+	pthread_mutex_lock(&c->mu);
+	int64_t now = mica_clock_ms();
+	int due = c->sync_pending && in_sync(c, now) && now >= *next_ms;
+	pthread_mutex_unlock(&c->mu);
+	if (!due)
+		return;
+	int rc = c->on_sync(c->on_sync_arg);
+	pthread_mutex_lock(&c->mu);
+	if (rc == 0) {
+		c->sync_pending = 0;
+		c->st.resyncs++;
+	} else {
+		*next_ms = mica_clock_ms() + BACKOFF_MAX_MS;
+	}
+	pthread_mutex_unlock(&c->mu);
+}
+
+/* The background thread: keeps the connection up, sends the heartbeat,
+ * runs on_sync when due, and applies invalidations as they arrive, so the
+ * socket never fills. */
 static void *tracker(void *arg)
 {
 	mica_kvcache *c = arg;
 	int backoff = BACKOFF_MIN_MS;
+	int64_t sync_retry_ms = 0;
 	while (!atomic_load(&c->stopping)) {
+		if (c->on_sync)
+			run_on_sync(c, &sync_retry_ms);
 		pthread_mutex_lock(&c->mu);
+		heartbeat(c, mica_clock_ms());
 		int fd = c->conn ? c->ctx->fd : -1, broken = c->broken;
 		pthread_mutex_unlock(&c->mu);
 		if (fd >= 0 && broken) {
@@ -364,7 +472,7 @@ static void *tracker(void *arg)
 		}
 		struct pollfd p[2] = {{.fd = c->wake[0], .events = POLLIN},
 				      {.fd = fd, .events = POLLIN}};
-		if (poll(p, 2, -1) < 0)
+		if (poll(p, 2, (int)c->heartbeat_ms) < 0)
 			continue;
 		if (p[0].revents)
 			wake_drain(c);
@@ -419,6 +527,11 @@ static int copy_settings(mica_kvcache *c, const struct mica_kv_config *kv,
 	c->prefix_len = strlen(opt->prefix);
 	c->max_entries = opt->max_entries;
 	c->max_age_ms = opt->max_age_ms;
+	c->sync_window_ms = opt->sync_window_ms ? opt->sync_window_ms : MICA_KVCACHE_SYNC_WINDOW_MS;
+	/* Four heartbeats a window: one late PONG does not turn the cache off. */
+	c->heartbeat_ms = c->sync_window_ms / 4 > 0 ? c->sync_window_ms / 4 : 1;
+	c->on_sync = opt->on_sync;
+	c->on_sync_arg = opt->on_sync_arg;
 	c->nslots = 16;
 	while (c->nslots < opt->max_entries && c->nslots < ((size_t)1 << 30))
 		c->nslots <<= 1;
@@ -442,7 +555,8 @@ int mica_kvcache_start(mica_kvcache **out, const struct mica_kv_config *kv,
 		return MICA_EINVAL;
 	*out = NULL;
 	if (!kv || !kv->socket_path || !*kv->socket_path || kv->timeout_ms < 0 || !opt ||
-	    !opt->prefix || !*opt->prefix || opt->max_entries < 1 || opt->max_age_ms < 0)
+	    !opt->prefix || !*opt->prefix || opt->max_entries < 1 || opt->max_age_ms < 0 ||
+	    opt->sync_window_ms < 0 || opt->sync_window_ms > MICA_KVCACHE_SYNC_WINDOW_MAX_MS)
 		return MICA_EINVAL;
 	if (!(c = calloc(1, sizeof(*c))))
 		return MICA_ENOMEM;
@@ -499,6 +613,7 @@ uint64_t mica_kvcache_ticket(mica_kvcache *c)
 	 * time for changes made before the caller's read. */
 	pthread_mutex_lock(&c->mu);
 	drain(c);
+	in_sync(c, mica_clock_ms()); /* a lapse moves the counter now, not at put */
 	uint64_t t = c->epoch;
 	pthread_mutex_unlock(&c->mu);
 	return t;
@@ -507,13 +622,14 @@ uint64_t mica_kvcache_ticket(mica_kvcache *c)
 static int lookup(mica_kvcache *c, const char *key, size_t klen, char **val, size_t *len)
 {
 	drain(c);
-	if (!c->up)
+	int64_t now = mica_clock_ms();
+	if (!in_sync(c, now))
 		return MICA_ENOTFOUND;
 	struct entry **link = find_link(c, key, klen, key_hash(c->seed, key, klen));
 	struct entry *e = *link;
 	if (!e)
 		return MICA_ENOTFOUND;
-	if (c->max_age_ms && mica_clock_ms() - e->at_ms >= c->max_age_ms) {
+	if (c->max_age_ms && now - e->at_ms >= c->max_age_ms) {
 		unlink_entry(c, link);
 		return MICA_ENOTFOUND;
 	}
@@ -547,8 +663,7 @@ int mica_kvcache_get(mica_kvcache *c, const char *key, char **val, size_t *len)
 	return rc;
 }
 
-int mica_kvcache_put(mica_kvcache *c, const char *key, const void *val, size_t len,
-		     uint64_t ticket)
+int mica_kvcache_put(mica_kvcache *c, const char *key, const void *val, size_t len, uint64_t ticket)
 {
 	if (!c)
 		return 0;
@@ -570,9 +685,10 @@ int mica_kvcache_put(mica_kvcache *c, const char *key, const void *val, size_t l
 	int rc = MICA_ESTATE;
 	pthread_mutex_lock(&c->mu);
 	drain(c);
-	if (c->up && ticket == c->epoch) {
+	int64_t now = mica_clock_ms();
+	if (in_sync(c, now) && ticket == c->epoch) {
 		e->hash = key_hash(c->seed, key, klen);
-		e->at_ms = mica_clock_ms();
+		e->at_ms = now;
 		struct entry **link = find_link(c, key, klen, e->hash);
 		if (*link) {
 			unlink_entry(c, link);
@@ -600,6 +716,28 @@ void mica_kvcache_drop(mica_kvcache *c, const char *key)
 		c->st.invalidations++;
 	c->epoch++;
 	pthread_mutex_unlock(&c->mu);
+}
+
+void mica_kvcache_request_sync(mica_kvcache *c)
+{
+	if (!c || !c->on_sync)
+		return;
+	pthread_mutex_lock(&c->mu);
+	c->sync_pending = 1;
+	pthread_mutex_unlock(&c->mu);
+	ssize_t w = write(c->wake[1], "r", 1);
+	(void)w; /* a full pipe already wakes the thread */
+}
+
+int mica_kvcache_synced(mica_kvcache *c)
+{
+	if (!c)
+		return 1;
+	pthread_mutex_lock(&c->mu);
+	drain(c); /* a connection lost a moment ago counts as lost */
+	int synced = c->up && !c->sync_pending;
+	pthread_mutex_unlock(&c->mu);
+	return synced;
 }
 
 void mica_kvcache_stats(mica_kvcache *c, struct mica_kvcache_stats *st)

@@ -41,6 +41,9 @@ static void classify(const redisReply *r)
 		      keys_seen == payload->elements);
 	else
 		CHECK(keys_seen == 0);
+	/* A heartbeat answer is never an invalidation, and the other way round. */
+	if (mica__kvcache_is_pong(r))
+		CHECK(m == MICA__KVCACHE_OTHER && r->type == REDIS_REPLY_ARRAY && r->elements == 2);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -3,10 +3,15 @@
  * hits, the barrier (a change by another connection is seen by the very next
  * lookup, no sleep), expiry, the fill ticket, untracked keys, the size bound,
  * a Redis restart, two caches on one Redis (two account instances), the
- * invalidation message parser, and the NULL (disabled) cache.
+ * heartbeat (a paused Redis: the cache stops serving within its sync window
+ * and drops what it held), the on_sync hook (after every reconnection, and
+ * on request), the invalidation message parser, and the NULL (disabled)
+ * cache.
  * Keys carry the test's pid so runs never collide.
  */
 #include <check.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -248,8 +253,8 @@ START_TEST(max_entries_bound)
 	char k[32];
 	for (int i = 0; i < 100; i++) {
 		snprintf(k, sizeof(k), "%d", i);
-		ck_assert_int_eq(mica_kvcache_put(kc, key(k), k, strlen(k), mica_kvcache_ticket(kc)),
-				 0);
+		ck_assert_int_eq(
+		    mica_kvcache_put(kc, key(k), k, strlen(k), mica_kvcache_ticket(kc)), 0);
 		assert_hit(kc, key(k), k);
 	}
 	struct mica_kvcache_stats st;
@@ -356,6 +361,11 @@ START_TEST(start_errors)
 	o.prefix = prefix();
 	o.max_age_ms = -1;
 	ck_assert_int_eq(mica_kvcache_start(&kc, &c, &o), MICA_EINVAL);
+	o.max_age_ms = 0;
+	o.sync_window_ms = -1;
+	ck_assert_int_eq(mica_kvcache_start(&kc, &c, &o), MICA_EINVAL);
+	o.sync_window_ms = MICA_KVCACHE_SYNC_WINDOW_MAX_MS + 1;
+	ck_assert_int_eq(mica_kvcache_start(&kc, &c, &o), MICA_EINVAL);
 	ck_assert_int_eq(mica_kvcache_start(NULL, &c, &o), MICA_EINVAL);
 }
 END_TEST
@@ -382,6 +392,143 @@ START_TEST(two_instances_revocation)
 	mica_kv_close(&kv_b);
 	mica_kvcache_stop(&a);
 	mica_kvcache_stop(&b);
+}
+END_TEST
+
+/* The pid of the harness Redis (deploy/lib.sh keeps it in redis/redis.pid). */
+static pid_t redis_pid(void)
+{
+	char path[512];
+	long pid = 0;
+	snprintf(path, sizeof(path), "%s/redis/redis.pid", env("MICA_TEST_DIR"));
+	FILE *f = fopen(path, "r");
+	ck_assert_msg(f != NULL, "cannot open %s", path);
+	ck_assert_int_eq(fscanf(f, "%ld", &pid), 1);
+	fclose(f);
+	ck_assert_int_gt(pid, 1);
+	return (pid_t)pid;
+}
+
+/* Redis stops answering (SIGSTOP: its sockets stay open, so no EOF ever
+ * tells the cache) while an entry is cached. Past the sync window the entry
+ * is no longer served, and it is not served again when Redis answers again
+ * (the table was dropped at the lapse): an invalidation Redis would have
+ * sent during the silence cannot have been missed. Without the heartbeat
+ * the entry was served all along. */
+START_TEST(paused_redis_stops_serving)
+{
+	struct mica_kv_config c = config();
+	mica_kvcache_options o = {.prefix = prefix(), .max_entries = 10, .sync_window_ms = 1000};
+	mica_kvcache *kc = NULL;
+	ck_assert_int_eq(mica_kvcache_start(&kc, &c, &o), 0);
+	mica_kv *kv = plain();
+	const char *k = key("paused");
+	ck_assert_int_eq(mica_kv_set(kv, k, "live", 4, 60), 0);
+	ck_assert_int_eq(fill(kc, kv, k), 0);
+	assert_hit(kc, k, "live");
+
+	pid_t pid = redis_pid();
+	ck_assert_int_eq(kill(pid, SIGSTOP), 0);
+	char *v1 = NULL, *v2 = NULL;
+	int within = mica_kvcache_get(kc, k, &v1, NULL); /* inside the window: still exact */
+	usleep(1600 * 1000);
+	int after = mica_kvcache_get(kc, k, &v2, NULL);
+	int put = mica_kvcache_put(kc, k, "x", 1, mica_kvcache_ticket(kc));
+	/* Resume before asserting, so a failure never leaves Redis stopped. */
+	ck_assert_int_eq(kill(pid, SIGCONT), 0);
+	free(v1);
+	free(v2);
+	ck_assert_int_eq(within, 0);
+	ck_assert_msg(after == MICA_ENOTFOUND, "a silent Redis: the entry was still served (%s)",
+		      mica_strerror(after));
+	ck_assert_int_eq(put, MICA_ESTATE);
+
+	/* Redis answers again: the entry does not come back by itself. */
+	struct mica_kvcache_stats st;
+	int64_t end = mica_clock_ms() + 5000;
+	do {
+		usleep(20 * 1000);
+		mica_kvcache_stats(kc, &st);
+	} while (mica_clock_ms() < end &&
+		 mica_kvcache_put(kc, key("probe"), "p", 1, mica_kvcache_ticket(kc)) != 0);
+	assert_hit(kc, key("probe"), "p");
+	assert_miss(kc, k);
+	mica_kvcache_stats(kc, &st);
+	ck_assert_uint_ge(st.lapses, 1);
+	ck_assert_int_eq(st.connected, 1);
+	ck_assert_int_eq(fill(kc, kv, k), 0);
+	assert_hit(kc, k, "live");
+	ck_assert_int_eq(mica_kv_del(kv, k, NULL), 0);
+	mica_kv_close(&kv);
+	mica_kvcache_stop(&kc);
+}
+END_TEST
+
+struct sync_probe {
+	atomic_int calls;
+	atomic_int fail; /* return an error this many more times */
+};
+
+static int on_sync(void *arg)
+{
+	struct sync_probe *p = arg;
+	atomic_fetch_add(&p->calls, 1);
+	if (atomic_load(&p->fail) > 0) {
+		atomic_fetch_sub(&p->fail, 1);
+		return MICA_EKVCONN;
+	}
+	return 0;
+}
+
+static int wait_calls(struct sync_probe *p, int n, int64_t limit_ms)
+{
+	int64_t end = mica_clock_ms() + limit_ms;
+	while (atomic_load(&p->calls) < n && mica_clock_ms() < end)
+		usleep(10 * 1000);
+	return atomic_load(&p->calls) >= n;
+}
+
+static int wait_synced(mica_kvcache *kc, int64_t limit_ms)
+{
+	int64_t end = mica_clock_ms() + limit_ms;
+	while (!mica_kvcache_synced(kc) && mica_clock_ms() < end)
+		usleep(10 * 1000);
+	return mica_kvcache_synced(kc);
+}
+
+/* on_sync runs after the first connection and after every reconnection
+ * (Redis may have come back from an older file: only the writer can put
+ * its truth back), again on request, and again after a failure;
+ * mica_kvcache_synced() is 0 until it has succeeded. */
+START_TEST(on_sync_after_reconnect_and_request)
+{
+	struct mica_kv_config c = config();
+	struct sync_probe p = {0};
+	mica_kvcache_options o = {
+	    .prefix = prefix(), .max_entries = 10, .on_sync = on_sync, .on_sync_arg = &p};
+	mica_kvcache *kc = NULL;
+	ck_assert_int_eq(mica_kvcache_start(&kc, &c, &o), 0);
+	ck_assert_msg(wait_calls(&p, 1, 5000), "on_sync did not run after the first connection");
+	ck_assert(wait_synced(kc, 5000));
+
+	int s = system(env("MICA_REDIS_RESTART"));
+	ck_assert_msg(s != -1 && WIFEXITED(s) && WEXITSTATUS(s) == 0, "restart failed: %d", s);
+	ck_assert_msg(wait_calls(&p, 2, 15000), "on_sync did not run after the reconnection");
+	ck_assert(wait_synced(kc, 5000));
+
+	atomic_store(&p.fail, 1);
+	mica_kvcache_request_sync(kc);
+	ck_assert_int_eq(mica_kvcache_synced(kc), 0);
+	ck_assert(wait_calls(&p, 3, 5000));
+	ck_assert_int_eq(mica_kvcache_synced(kc), 0); /* it failed: still pending */
+	ck_assert_msg(wait_calls(&p, 4, 15000), "a failed on_sync was not tried again");
+	ck_assert(wait_synced(kc, 5000));
+	struct mica_kvcache_stats st;
+	mica_kvcache_stats(kc, &st);
+	ck_assert_uint_eq(st.resyncs, 3);
+	mica_kvcache_stop(&kc);
+	ck_assert_int_eq(mica_kvcache_synced(NULL), 1);
+	mica_kvcache_request_sync(NULL);
 }
 END_TEST
 
@@ -445,9 +592,9 @@ START_TEST(message_parser)
 				    &n),
 			 MICA__KVCACHE_FLUSH);
 	ck_assert_uint_eq(n, 0);
-	ck_assert_int_eq(parse_resp("*3\r\n$9\r\nsubscribe\r\n$20\r\n__redis__:invalidate\r\n:1\r\n",
-				    &n),
-			 MICA__KVCACHE_OTHER);
+	ck_assert_int_eq(
+	    parse_resp("*3\r\n$9\r\nsubscribe\r\n$20\r\n__redis__:invalidate\r\n:1\r\n", &n),
+	    MICA__KVCACHE_OTHER);
 	ck_assert_int_eq(parse_resp("*3\r\n$7\r\nmessage\r\n$5\r\nother\r\n*1\r\n$1\r\na\r\n", &n),
 			 MICA__KVCACHE_OTHER);
 	ck_assert_int_eq(parse_resp("+PONG\r\n", &n), MICA__KVCACHE_OTHER);
@@ -471,6 +618,8 @@ static Suite *kvcache_suite(void)
 	tcase_add_test(tc, down_at_start_is_off);
 	tcase_add_test(tc, start_errors);
 	tcase_add_test(tc, two_instances_revocation);
+	tcase_add_test(tc, paused_redis_stops_serving);
+	tcase_add_test(tc, on_sync_after_reconnect_and_request);
 	tcase_add_test(tc, null_cache_is_off);
 	tcase_add_test(tc, message_parser);
 	suite_add_tcase(s, tc);

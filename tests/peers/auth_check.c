@@ -5,6 +5,9 @@
  * flushed at once so a test can drive a long-lived checker through a FIFO:
  *   valid uid=N sid=ID kind=app|web device=ID auth_at=N exp=N source=cache|introspection
  *   invalid CODE    (mica_strerror of mica_auth_validate's result)
+ * except the line "#stats", answered with the in-process copy's counters:
+ *   stats connected=0|1 entries=N hits=N misses=N lapses=N flushes=N
+ * (a test tells a hit of the copy from a read of Redis by them).
  * Exit status: 0 after end of input, 2 usage or set-up error.
  */
 #include <getopt.h>
@@ -139,6 +142,16 @@ static void report(int rc, const mica_auth_session *s)
 	fflush(stdout);
 }
 
+static void report_stats(mica_kvcache *cache)
+{
+	struct mica_kvcache_stats st;
+	mica_kvcache_stats(cache, &st);
+	printf("stats connected=%d entries=%zu hits=%llu misses=%llu lapses=%llu flushes=%llu\n",
+	       st.connected, st.entries, (unsigned long long)st.hits, (unsigned long long)st.misses,
+	       (unsigned long long)st.lapses, (unsigned long long)st.flushes);
+	fflush(stdout);
+}
+
 int main(int argc, char **argv)
 {
 	struct check_opts o = {0};
@@ -164,7 +177,10 @@ int main(int argc, char **argv)
 		mica_auth_session s;
 		if (n > 0 && line[n - 1] == '\n')
 			line[n - 1] = '\0';
-		report(mica_auth_validate(a, line, &s), &s);
+		if (strcmp(line, "#stats") == 0)
+			report_stats(cache);
+		else
+			report(mica_auth_validate(a, line, &s), &s);
 	}
 	rc = 0;
 out:
