@@ -200,6 +200,18 @@ static void *selfcheck_thread(void *arg)
 	return NULL;
 }
 
+/* Appends |a| to the queue and wakes the delivery thread; q->lock held. */
+static void queue_push(struct kc_alerts *q, struct alert *a)
+{
+	if (q->tail)
+		q->tail->next = a;
+	else
+		q->head = a;
+	q->tail = a;
+	q->queued++;
+	pthread_cond_signal(&q->cond);
+}
+
 void kc_audit_published(void *svc, const char *line, int rc)
 {
 	kc_service *s = svc;
@@ -222,13 +234,7 @@ void kc_audit_published(void *svc, const char *line, int rc)
 		alert_free(a);
 		return;
 	}
-	if (q->tail)
-		q->tail->next = a;
-	else
-		q->head = a;
-	q->tail = a;
-	q->queued++;
-	pthread_cond_signal(&q->cond);
+	queue_push(q, a);
 	pthread_mutex_unlock(&q->lock);
 }
 
@@ -321,13 +327,7 @@ void kc_alert(kc_service *s, const char *kind, const char *principal, const char
 		json_object_set_new(a->detail, "dropped_before", json_integer((json_int_t)q->dropped));
 		q->dropped = 0;
 	}
-	if (q->tail)
-		q->tail->next = a;
-	else
-		q->head = a;
-	q->tail = a;
-	q->queued++;
-	pthread_cond_signal(&q->cond);
+	queue_push(q, a);
 	pthread_mutex_unlock(&q->lock);
 }
 
