@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "account/account.h"
+#include "clock.h"
 #include "crypto.h"
 #include "log.h"
 
@@ -115,7 +116,7 @@ int acct_pepper_ready(acct_service *s)
 	int err = 0;
 	pthread_mutex_lock(&p->mu);
 	if (!p->wrapped)
-		err = mint_locked(s, p, time(NULL));
+		err = mint_locked(s, p, (time_t)mica_clock_now());
 	pthread_mutex_unlock(&p->mu);
 	return err;
 }
@@ -126,7 +127,7 @@ int acct_pepper_ready(acct_service *s)
 static int sealing_key(acct_service *s, uint8_t key[PEPPER_KEY_LEN], char **wrapped)
 {
 	acct_pepper *p = s->pepper;
-	time_t now = time(NULL);
+	time_t now = (time_t)mica_clock_now();
 	int err = 0;
 	*wrapped = NULL;
 	pthread_mutex_lock(&p->mu);

@@ -16,6 +16,7 @@
 #include <sys/time.h>
 
 #include "log.h"
+#include "thread.h"
 
 struct mica_kv {
 	redisContext *ctx;
@@ -253,6 +254,7 @@ int mica_kv_command(mica_kv *kv, redisReply **out, int argc, const char *const *
 {
 	if (out)
 		*out = NULL;
+	MICA_BLOCKING_ENTRY();
 	if (!kv || argc < 1 || !argv)
 		return MICA_EINVAL;
 	for (int i = 0; i < argc; i++)
@@ -526,6 +528,7 @@ static int kv_open(mica_kv **out, const struct mica_kv_config *cfg, int quiet)
 	if (!out)
 		return MICA_EINVAL;
 	*out = NULL;
+	MICA_BLOCKING_ENTRY();
 	int rc;
 	mica_kv *kv = kv_new(cfg, &rc);
 	if (!kv)

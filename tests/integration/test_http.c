@@ -19,6 +19,7 @@
 
 #include "http.h"
 #include "httpc.h"
+#include "thread.h"
 
 static const char *env(const char *name)
 {
@@ -168,7 +169,7 @@ static void moves(const mica_http_req *req, mica_http_resp *resp, void *ctx)
 {
 	(void)ctx;
 	atomic_fetch_add(&moves_calls, 1);
-	if (!mica_http_may_block()) {
+	if (!mica_thread_may_block()) {
 		if (mica_http_run_blocking(req) != 0)
 			mica_http_reply_error(resp, 503, "unavailable", "no blocking pool to move to");
 		return;
@@ -207,7 +208,7 @@ static void probe(void *ctx, mica_http_readiness *r)
 {
 	(void)ctx;
 	atomic_fetch_add(&probe_calls, 1);
-	atomic_store(&probe_could_block, mica_http_may_block());
+	atomic_store(&probe_could_block, mica_thread_may_block());
 	if (probe_db_err)
 		mica_http_not_ready(r, "database", probe_db_err);
 	if (probe_audit_err)
