@@ -116,8 +116,8 @@ static int captcha_gate(acct_service *s, long excess, const char *kacct, const c
 		return acct_fail_internal(f, MICA_ECRYPTO, "the captcha");
 	if (payload) {
 		struct acct_altcha_want want = {scope, cost};
-		int err = acct_altcha_verify(key, strlen(c->altcha_key), payload, mica_clock_now(), &want,
-					     challenge, &v);
+		int err = acct_altcha_verify(key, strlen(c->altcha_key), payload, mica_clock_now(),
+					     &want, challenge, &v);
 		reason = v.code ? v.code : "malformed";
 		if (err == 0) {
 			char k[200];

@@ -125,9 +125,11 @@ void mica_free_wipe(void *p)
 	if (!p)
 		return;
 	n = malloc_usable_size(p);
-	mica_wipe(p, n);
 	if ((hook = atomic_load_explicit(&free_hook, memory_order_relaxed)) != NULL)
-		hook(p, n);
+		hook(p, n, 0);
+	mica_wipe(p, n);
+	if (hook)
+		hook(p, n, 1);
 	free(p);
 }
 

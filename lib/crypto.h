@@ -61,11 +61,12 @@ void mica_free_wipe(void *p);
  * caller) when out of memory or |n| is 0. */
 void *mica_realloc_wipe(void *p, size_t n);
 
-/* Test hook: |fn| (NULL: none) is called by mica_free_wipe() with each
- * block and its size after the wipe and just before free(), so a test can
- * check that a block it knows held a secret reached it zeroed. Tests only;
+/* Test hook: |fn| (NULL: none) is called by mica_free_wipe() twice for
+ * each block, with its size: with |wiped| 0 just before the wipe (the test
+ * recognises a block it knows by its contents) and with |wiped| 1 just
+ * before free() (the test checks it is all zeros). Tests only;
  * process-wide; set it before the threads it observes start. */
-typedef void (*mica__free_hook_fn)(const void *p, size_t n);
+typedef void (*mica__free_hook_fn)(const void *p, size_t n, int wiped);
 void mica__free_hook_set(mica__free_hook_fn fn);
 
 /* ---- AEAD envelope ------------------------------------------------------- */
