@@ -1075,14 +1075,15 @@ static void secret_round_trip(const char *path)
 			break;
 	}
 	ck_assert_int_eq(nwatched, 4);
+	static const char *const what[] = {"request body", "request JSON string", "reply body",
+					   "client's reply body"};
+	char bad[512] = "";
 	for (int i = 0; i < nwatched; i++)
-		ck_assert_msg(watched[i].zero_at_free == 1, "watched block %d (%s) %s", i,
-			      i == 0   ? "request body"
-			      : i == 1 ? "request JSON string"
-			      : i == 2 ? "reply body"
-				       : "client's reply body",
-			      watched[i].zero_at_free ? "was not zero when freed"
-						      : "was not freed through mica_free_wipe");
+		if (watched[i].zero_at_free != 1)
+			snprintf(bad + strlen(bad), sizeof(bad) - strlen(bad), " [%s %s]", what[i],
+				 watched[i].zero_at_free ? "was not zero when freed"
+							 : "was not freed through mica_free_wipe");
+	ck_assert_msg(bad[0] == '\0', "secrets left behind:%s", bad);
 	pthread_mutex_unlock(&watch_mu);
 	mica__free_hook_set(NULL);
 }
