@@ -30,8 +30,8 @@ bool mica_ct_equal(const void *a, const void *b, size_t n);
 
 /* Overwrite |n| bytes at |p| with zeros in a way the compiler may not elide
  * (OPENSSL_cleanse). NULL |p| is a no-op. This is libmica's one wipe
- * function: nothing in lib/ or the services calls explicit_bzero or memset
- * to erase a secret. */
+ * function (with mica_free_wipe below for whole blocks): lib/ and the
+ * services erase secrets with these, never with explicit_bzero or memset. */
 void mica_wipe(void *p, size_t n);
 
 /* ---- Memory that may hold secrets ----------------------------------------- */
