@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "account/account.h"
+#include "clock.h"
 #include "crypto.h"
 #include "kv.h"
 #include "log.h"
@@ -74,8 +75,8 @@ static int captcha_gate(acct_service *s, long excess, const char *kacct, const c
 		return acct_fail_internal(f, MICA_ECRYPTO, "the captcha");
 	if (payload) {
 		struct acct_altcha_want want = {scope, cost};
-		int err = acct_altcha_verify(key, strlen(c->altcha_key), payload, time(NULL), &want,
-					     challenge, &v);
+		int err = acct_altcha_verify(key, strlen(c->altcha_key), payload, mica_clock_now(),
+					     &want, challenge, &v);
 		reason = v.code ? v.code : "malformed";
 		if (err == 0) {
 			char k[200];
@@ -89,7 +90,7 @@ static int captcha_gate(acct_service *s, long excess, const char *kacct, const c
 			reason = "already_used";
 		}
 	}
-	if (acct_altcha_create(key, strlen(c->altcha_key), cost, c->captcha_ttl_s, time(NULL),
+	if (acct_altcha_create(key, strlen(c->altcha_key), cost, c->captcha_ttl_s, mica_clock_now(),
 			       scope, &ch) != 0)
 		return acct_fail_internal(f, MICA_ECRYPTO, "the captcha");
 	if (payload)
@@ -807,7 +808,7 @@ int acct_stepup_approve(acct_service *s, const struct acct_session *approver, co
 
 int acct_require_recent(acct_service *s, const struct acct_session *sess, struct acct_fail *f)
 {
-	if (time(NULL) - sess->auth_at <= s->cfg->recent_auth_s)
+	if (mica_clock_now() - sess->auth_at <= s->cfg->recent_auth_s)
 		return 0;
 	struct stepup_new n = {sess->user_id, sess->id, "sensitive", sess->device_hash, "", "-",
 			       sess->kind};

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "crypto.h"
 #include "httpc.h"
 #include "log.h"
@@ -409,7 +410,7 @@ static int compose(const acct_notify *n, const char *to, const char *subject, co
 	sb_printf(msg, "From: <%s>\r\n", n->smtp_from);
 	sb_printf(msg, "To: <%s>\r\n", to);
 	sb_subject(msg, subject);
-	sb_date(msg, time(NULL));
+	sb_date(msg, (time_t)mica_clock_now());
 	sb_printf(msg, "Message-ID: <%s@%s>\r\n", id, n->from_domain);
 	sb_str(msg, "MIME-Version: 1.0\r\n"
 		    "Content-Type: text/plain; charset=utf-8\r\n");

@@ -22,6 +22,7 @@
 #include <time.h>
 
 #include "account/account.h"
+#include "clock.h"
 #include "crypto.h"
 #include "log.h"
 
@@ -128,7 +129,7 @@ int acct_sealer_ready(acct_service *s, acct_sealer *k)
 	int err = 0;
 	pthread_mutex_lock(&k->mu);
 	if (!k->wrapped)
-		err = mint_locked(s, k, time(NULL));
+		err = mint_locked(s, k, (time_t)mica_clock_now());
 	pthread_mutex_unlock(&k->mu);
 	return err;
 }
@@ -138,7 +139,7 @@ int acct_sealer_ready(acct_service *s, acct_sealer *k)
  * (malloc'd). */
 static int sealing_key(acct_service *s, acct_sealer *k, uint8_t key[SEAL_KEY_LEN], char **wrapped)
 {
-	time_t now = time(NULL);
+	time_t now = (time_t)mica_clock_now();
 	int err = 0;
 	*wrapped = NULL;
 	pthread_mutex_lock(&k->mu);

@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "account/account.h"
+#include "clock.h"
 #include "log.h"
 
 static void reply_fail(mica_http_resp *resp, struct acct_fail *f)
@@ -39,6 +40,11 @@ static int signed_in(acct_service *s, const mica_http_req *req, mica_http_resp *
 	int err = acct_session_check(s, mica_http_header(req, "Authorization"), sess);
 	if (err == 0)
 		return 1;
+	/* On an event thread (GET /v1/session) a check the in-process cache
+	 * cannot answer needs Redis or PostgreSQL: it runs again on the
+	 * blocking pool, and nothing is answered here. */
+	if (err == MICA_EWOULDBLOCK && mica_http_run_blocking(req) == 0)
+		return 0;
 	if (err == MICA_EINVAL || err == MICA_EDENIED) {
 		mica_http_reply_error(resp, 401, "invalid_token",
 				      err == MICA_EINVAL
@@ -123,7 +129,8 @@ static void h_session_current(const mica_http_req *req, mica_http_resp *resp, vo
 			 "\"recent_auth\":%s}",
 			 (long long)sess.id, strcmp(sess.kind, "web") == 0 ? "web" : "app",
 			 (long long)sess.auth_at, (long long)sess.expires_at,
-			 time(NULL) - sess.auth_at <= s->cfg->recent_auth_s ? "true" : "false");
+			 mica_clock_now() - sess.auth_at <= s->cfg->recent_auth_s ? "true"
+										   : "false");
 	mica_http_reply_raw(resp, 200, "application/json", strdup(body), (size_t)n);
 }
 

@@ -39,6 +39,7 @@
 
 #include "account/account.h"
 #include "auth.h"
+#include "clock.h"
 #include "crypto.h"
 #include "kv.h"
 #include "kvcache.h"
@@ -266,7 +267,7 @@ static int lookup_hash(acct_service *s, const char *hash, struct acct_session *o
 	/* Web sessions are not cached: every use must extend their idle window,
 	 * so other services ask the introspection endpoint, which does. */
 	if (err == 0 && strcmp(out->kind, "web") != 0)
-		cache_put(hash, out, cache_ttl(out, time(NULL)));
+		cache_put(hash, out, cache_ttl(out, (time_t)mica_clock_now()));
 	return err;
 }
 
@@ -389,7 +390,7 @@ int acct_session_check(acct_service *s, const char *authorization, struct acct_s
 {
 	const char *t = bearer(authorization);
 	char hash[MICA_AUTH_HASH_HEX_LEN + 1];
-	time_t now = time(NULL);
+	time_t now = (time_t)mica_clock_now();
 	int err;
 	if (!t)
 		return MICA_EINVAL;

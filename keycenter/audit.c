@@ -36,9 +36,7 @@
 
 static int64_t now_us(void)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+	return mica_clock_now_us();
 }
 
 static void be32(uint8_t out[4], uint32_t v)

@@ -21,6 +21,7 @@
 #include "http.h"
 #include "keycenter/keycenter.h"
 #include "log.h"
+#include "thread.h"
 
 #define KC_BUCKETS 256
 #define CACHE_TTL_MS 5000
@@ -386,7 +387,7 @@ void kc_key_forget(kc_service *s, const char *name)
 static int ensure_cached(kc_service *s, const char *name, uint32_t version)
 {
 	struct kc_key *k, *fresh = NULL;
-	int load, err, may_block = mica_http_may_block();
+	int load, err, may_block = mica_thread_may_block();
 	mica_db *db;
 
 	pthread_rwlock_rdlock(&s->keys_lock);

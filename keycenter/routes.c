@@ -37,9 +37,7 @@ struct call {
 
 static int64_t now_us(void)
 {
-	struct timeval tv;
-	gettimeofday(&tv, NULL);
-	return (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
+	return mica_clock_now_us();
 }
 
 static int valid_name(const char *n);

@@ -20,8 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
 
+#include "clock.h"
 #include "crypto.h"
 #include "keycenter/keycenter.h"
 #include "keycenter/shares.h"
@@ -48,13 +48,6 @@ struct kc_unseal {
 	size_t jn;
 	uint64_t dropped;
 };
-
-static int64_t now_us(void)
-{
-	struct timeval tv;
-	gettimeofday(&tv, NULL);
-	return (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
-}
 
 int kc_unseal_init(kc_service *s, int sealed)
 {
@@ -111,7 +104,7 @@ int kc_sealed_record(kc_service *s, const kc_audit_record *rec)
 			u->dropped++;
 		} else {
 			struct journal_entry *e = &u->journal[u->jn++];
-			e->ts_us = rec->ts_us ? rec->ts_us : now_us();
+			e->ts_us = rec->ts_us ? rec->ts_us : mica_clock_now_us();
 			copy_str(e->principal, sizeof(e->principal), rec->principal);
 			copy_str(e->client, sizeof(e->client), rec->client);
 			copy_str(e->op, sizeof(e->op), rec->op);
@@ -127,7 +120,7 @@ int kc_sealed_record(kc_service *s, const kc_audit_record *rec)
 static void attempt_record(kc_service *s, const char *principal, const char *client,
 			   const char *result, int failed, unsigned index)
 {
-	kc_audit_record rec = {.ts_us = now_us(),
+	kc_audit_record rec = {.ts_us = mica_clock_now_us(),
 			       .principal = principal,
 			       .client = client && *client ? client : "-",
 			       .op = "unseal",
@@ -182,7 +175,7 @@ static int flush_and_open(kc_service *s, const char *principal, const char *clie
 	}
 	if (u->dropped) {
 		snprintf(dropped, sizeof(dropped), "dropped_%llu", (unsigned long long)u->dropped);
-		kc_audit_record rec = {.ts_us = now_us(),
+		kc_audit_record rec = {.ts_us = mica_clock_now_us(),
 				       .principal = "-",
 				       .client = "-",
 				       .op = "sealed_journal",
@@ -191,7 +184,7 @@ static int flush_and_open(kc_service *s, const char *principal, const char *clie
 			f.failed++;
 	}
 	/* One writer, one queue: once this commits, everything above has. */
-	kc_audit_record done = {.ts_us = now_us(),
+	kc_audit_record done = {.ts_us = mica_clock_now_us(),
 				.principal = principal,
 				.client = client && *client ? client : "-",
 				.op = "unseal",
@@ -227,7 +220,7 @@ static void open_with_shares(kc_service *s, const char *principal, const char *c
 	uint8_t secret[KC_SHARE_SECRET_LEN];
 	char user_pin[KC_SHARE_PIN_LEN + 1], so_pin[KC_SHARE_PIN_LEN + 1];
 	kc_hsm *h = NULL;
-	int64_t t0 = now_us();
+	int64_t t0 = mica_clock_ms();
 	int rc;
 
 	rc = kc_shares_combine(u->shares, u->n, secret);
@@ -278,7 +271,7 @@ static void open_with_shares(kc_service *s, const char *principal, const char *c
 	out->code = NULL;
 	out->body = json_pack("{s:b,s:i,s:i,s:I}", "sealed", 0, "progress", 0, "threshold",
 			      (int)u->shares[0].threshold, "unseal_ms",
-			      (json_int_t)((now_us() - t0) / 1000));
+			      (json_int_t)(mica_clock_ms() - t0));
 out:
 	/* Whatever happened, a new round starts from no shares. */
 	mica_wipe(u->shares, sizeof(u->shares));

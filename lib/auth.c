@@ -16,6 +16,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "clock.h"
 #include "crypto.h"
 #include "httpc.h"
 #include "kv.h"
@@ -312,7 +313,7 @@ static int cache_lookup(mica_auth *a, const char *hash_hex, time_t now, mica_aut
 		 * makes the put below a no-op (kvcache.h). */
 		ticket = mica_kvcache_ticket(a->cache);
 		rc = mica_kv_get(kv, key, &val, &len);
-		if (rc == MICA_ENOTFOUND)
+		if (rc == MICA_ENOTFOUND || rc == MICA_EWOULDBLOCK) /* not a cache failure */
 			return rc;
 		if (rc) {
 			warn_cache(a, rc, now);
@@ -499,7 +500,7 @@ int mica_auth_validate(mica_auth *a, const char *authorization_header, mica_auth
 	if ((rc = parse_bearer(authorization_header, &token)) != 0 ||
 	    (rc = mica_auth_token_hash(token, hash_hex)) != 0)
 		return rc;
-	time_t now = time(NULL);
+	time_t now = (time_t)mica_clock_now();
 	rc = cache_lookup(a, hash_hex, now, out);
 	if (rc != 0 && rc != MICA_EDENIED) {
 		memset(out, 0, sizeof(*out));

@@ -152,6 +152,9 @@ void mica_auth_free(mica_auth *a);
  *   MICA_EHTTP, MICA_ETIMEOUT, MICA_ETLS
  *                  the cache could not answer and the account service was
  *                  unreachable, failed (any other status) or untrusted
+ *   MICA_EWOULDBLOCK on an event thread (lib/thread.h) when the in-process
+ *                  cache cannot answer: neither Redis nor the account
+ *                  service was asked
  *   MICA_ENOMEM
  * Never returns 0 for a token it could not check. Tokens and hashes are never
  * logged. */

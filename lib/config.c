@@ -11,6 +11,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "crypto.h"
 #include "log.h"
 
 struct load_ctx {
@@ -43,10 +44,7 @@ static void *field(const struct load_ctx *lc, const mica_config_entry *e)
 
 static void wipe_free(char *s)
 {
-	if (!s)
-		return;
-	explicit_bzero(s, strlen(s));
-	free(s);
+	mica_free_wipe(s);
 }
 
 static int parse_ll(const char *v, long long *out, int allow_suffix)
@@ -112,8 +110,7 @@ static char *read_secret(const char *path, int *errnum)
 			}
 			if (buf) {
 				memcpy(g, buf, len);
-				explicit_bzero(buf, len);
-				free(buf);
+				mica_free_wipe(buf);
 			}
 			buf = g;
 			cap = ncap;
@@ -130,7 +127,7 @@ static char *read_secret(const char *path, int *errnum)
 	if (buf && len && buf[len - 1] == '\r')
 		buf[--len] = '\0';
 out:
-	explicit_bzero(chunk, sizeof(chunk));
+	mica_wipe(chunk, sizeof(chunk));
 	fclose(f);
 	return buf;
 }

@@ -5,8 +5,11 @@
  */
 #include "crypto.h"
 
+#include <jansson.h>
 #include <limits.h>
+#include <malloc.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -104,6 +107,59 @@ void mica_wipe(void *p, size_t n)
 {
 	if (p && n)
 		OPENSSL_cleanse(p, n);
+}
+
+/* ---- Memory that may hold secrets ----------------------------------------- */
+
+static _Atomic(mica__free_hook_fn) free_hook;
+
+void mica__free_hook_set(mica__free_hook_fn fn)
+{
+	atomic_store(&free_hook, fn);
+}
+
+void mica_free_wipe(void *p)
+{
+	mica__free_hook_fn hook;
+	size_t n;
+	if (!p)
+		return;
+	n = malloc_usable_size(p);
+	if ((hook = atomic_load_explicit(&free_hook, memory_order_relaxed)) != NULL)
+		hook(p, n, 0);
+	mica_wipe(p, n);
+	if (hook)
+		hook(p, n, 1);
+	free(p);
+}
+
+void *mica_realloc_wipe(void *p, size_t n)
+{
+	size_t old;
+	void *q;
+	if (n == 0)
+		return NULL;
+	if (!p)
+		return malloc(n);
+	if ((old = malloc_usable_size(p)) >= n)
+		return p;
+	if (!(q = malloc(n)))
+		return NULL;
+	memcpy(q, p, old);
+	mica_free_wipe(p);
+	return q;
+}
+
+/* jansson's allocator for the whole process (crypto.h). A constructor runs
+ * before main() and before any thread, so no json_t is ever allocated or
+ * freed while the allocator changes; and since its blocks are plain malloc
+ * blocks, one allocated before this ran (none is) would still be freed
+ * correctly. It lives in this file because every libmica program links it
+ * (mica_wipe, mica_free_wipe), which a static archive needs for the
+ * constructor to be linked at all. */
+__attribute__((constructor)) static void json_alloc_install(void)
+{
+	json_set_alloc_funcs(malloc, mica_free_wipe);
 }
 
 /* ---- AEAD envelope ------------------------------------------------------- */

@@ -29,8 +29,45 @@ int mica_random(void *buf, size_t n) MICA_WUR;
 bool mica_ct_equal(const void *a, const void *b, size_t n);
 
 /* Overwrite |n| bytes at |p| with zeros in a way the compiler may not elide
- * (OPENSSL_cleanse). NULL |p| is a no-op. */
+ * (OPENSSL_cleanse). NULL |p| is a no-op. This is libmica's one wipe
+ * function (with mica_free_wipe below for whole blocks): lib/ and the
+ * services erase secrets with these, never with explicit_bzero or memset. */
 void mica_wipe(void *p, size_t n);
+
+/* ---- Memory that may hold secrets ----------------------------------------- */
+
+/* Buffers that carry request and response bodies (passwords, session
+ * tokens, plaintext data keys) are released through these, so their bytes
+ * are gone before the allocator reuses the block. Both work on any block
+ * from malloc/calloc/realloc (glibc's malloc_usable_size gives the size to
+ * wipe: the whole block, slack included), so a buffer can be handed to
+ * code that frees it with plain free() and back.
+ *
+ * jansson: at load time (a constructor in this file, before main() and any
+ * thread) libmica installs malloc and mica_free_wipe() as jansson's
+ * allocator (json_set_alloc_funcs, process-wide), so every json_t a
+ * json_decref() frees, and every string json_dumps() made, is wiped when
+ * released. Its blocks stay plain malloc blocks: free() on a json_dumps()
+ * result remains correct (it only skips the wipe). A program must not
+ * install other jansson allocators. */
+
+/* Wipes the whole block |p| (malloc'd, or NULL: a no-op) and frees it. */
+void mica_free_wipe(void *p);
+
+/* realloc() that leaves no copy behind: when the block |p| already holds
+ * |n| bytes it is returned as it is; otherwise a new block of |n| bytes gets
+ * the old block's contents and the old block is wiped and freed. NULL |p| is
+ * malloc(|n|). Returns NULL (and leaves |p| untouched and owned by the
+ * caller) when out of memory or |n| is 0. */
+void *mica_realloc_wipe(void *p, size_t n);
+
+/* Test hook: |fn| (NULL: none) is called by mica_free_wipe() twice for
+ * each block, with its size: with |wiped| 0 just before the wipe (the test
+ * recognises a block it knows by its contents) and with |wiped| 1 just
+ * before free() (the test checks it is all zeros). Tests only;
+ * process-wide; set it before the threads it observes start. */
+typedef void (*mica__free_hook_fn)(const void *p, size_t n, int wiped);
+void mica__free_hook_set(mica__free_hook_fn fn);
 
 /* ---- AEAD envelope ------------------------------------------------------- */
 

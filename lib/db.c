@@ -4,8 +4,8 @@
  * statement cache keyed by SQL text, SQLSTATE-to-error mapping, transactions
  * with bounded jittered retry, and LISTEN/NOTIFY plumbing.
  */
-#include "clock.h"
 #include "db.h"
+#include "clock.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -18,7 +18,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "crypto.h"
 #include "log.h"
+#include "thread.h"
 
 #define PREP_BUCKETS 128
 #define PREP_MAX 512
@@ -324,8 +326,7 @@ static void db_free(mica_db *db)
 	free(db->spare);
 	for (int i = 0; i < db->nchannels; i++)
 		free(db->channels[i]);
-	explicit_bzero(db->conninfo, strlen(db->conninfo));
-	free(db->conninfo);
+	mica_free_wipe(db->conninfo); /* may hold a password */
 	free(db);
 }
 
@@ -446,8 +447,7 @@ void mica_db_global_cleanup(void)
 {
 	pthread_mutex_lock(&g_mu);
 	if (g_conninfo) {
-		explicit_bzero(g_conninfo, strlen(g_conninfo));
-		free(g_conninfo);
+		mica_free_wipe(g_conninfo);
 		g_conninfo = NULL;
 	}
 	pthread_mutex_unlock(&g_mu);
@@ -500,6 +500,7 @@ int mica_db_open(mica_db **out, const char *conninfo)
 	if (!out)
 		return MICA_EINVAL;
 	*out = NULL;
+	MICA_BLOCKING_ENTRY();
 	if (!conninfo)
 		return MICA_EINVAL;
 	mica_db *db = db_new(conninfo);
@@ -706,11 +707,15 @@ static int db_run(mica_db *db, const char *sql, int n, const char *const *params
 int mica_db_exec(mica_db *db, const char *sql, int nparams, const char *const *params,
 		 PGresult **out)
 {
+	if (out)
+		*out = NULL;
+	MICA_BLOCKING_ENTRY();
 	return db_run(db, sql, nparams, params, 0, out);
 }
 
 int mica_db_exec_trusted_script(mica_db *db, const char *script)
 {
+	MICA_BLOCKING_ENTRY();
 	return db_run(db, script, 0, NULL, 1, NULL);
 }
 
@@ -720,7 +725,7 @@ static void backoff(int attempt)
 {
 	static __thread unsigned seed;
 	if (!seed)
-		seed = (unsigned)time(NULL) ^ (unsigned)getpid() ^ (unsigned)(uintptr_t)&seed;
+		seed = (unsigned)mica_clock_ms() ^ (unsigned)getpid() ^ (unsigned)(uintptr_t)&seed;
 	long cap_ms = 5L << (attempt < 6 ? attempt : 6);
 	if (cap_ms > 200)
 		cap_ms = 200;
@@ -810,6 +815,7 @@ static int tx_run(mica_db *db, enum mica_db_isolation isolation, mica_db_tx_fn f
 
 int mica_db_tx(mica_db *db, enum mica_db_isolation isolation, mica_db_tx_fn fn, void *arg)
 {
+	MICA_BLOCKING_ENTRY();
 	int rc = tx_run(db, isolation, fn, arg);
 	if (db)
 		link_give(db); /* held from BEGIN through COMMIT or ROLLBACK */
@@ -867,6 +873,7 @@ int mica_db_get_int64(const PGresult *res, int row, int col, int64_t *out)
 
 int mica_db_listen(mica_db *db, const char *channel)
 {
+	MICA_BLOCKING_ENTRY();
 	if (!db || !channel_valid(channel))
 		return MICA_EINVAL;
 	if (mica_db_in_transaction(db))
@@ -934,6 +941,7 @@ int mica_db_drain_notifications(mica_db *db, mica_db_notify_fn fn, void *arg, in
 
 int mica_db_wait_notify(mica_db *db, int timeout_ms, mica_db_notify_fn fn, void *arg)
 {
+	MICA_BLOCKING_ENTRY();
 	if (!db || timeout_ms < 0)
 		return MICA_EINVAL;
 	if (mica_db_in_transaction(db))

@@ -26,6 +26,11 @@
  * - Results are libpq PGresult objects owned by the caller (PQclear()).
  * - Nothing about a statement's parameters or the conninfo's password is
  *   ever logged; failures log the SQLSTATE and the start of the SQL text.
+ * - Every call that talks to the server blocks: on an event thread
+ *   (lib/thread.h) mica_db_open, mica_db_exec, mica_db_exec_trusted_script,
+ *   mica_db_tx, mica_db_listen and mica_db_wait_notify return
+ *   MICA_EWOULDBLOCK at once, before touching a connection (the other
+ *   calls only read state already in memory).
  */
 #ifndef MICA_DB_H
 #define MICA_DB_H

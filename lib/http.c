@@ -25,9 +25,11 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "crypto.h"
 #include "db.h"
 #include "log.h"
 #include "parse.h"
+#include "thread.h"
 
 #define MAX_SEGMENTS 16
 #define MAX_PATH 2048
@@ -48,7 +50,7 @@ static const int metric_codes[] = {200, 201, 202, 204, 400, 401, 403, 404, 405, 
 				   413, 414, 415, 422, 423, 428, 429, 500, 503, 0};
 #define NCODES (sizeof(metric_codes) / sizeof(metric_codes[0]))
 static const double bucket_le[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-				   0.05,   0.1,   0.25,   0.5,   1,    2.5};
+				   0.05,   0.1,	  0.25,	  0.5,	 1,    2.5};
 #define NBUCKETS (sizeof(bucket_le) / sizeof(bucket_le[0]))
 
 /* Route slots after the user's routes, for requests no route answered. */
@@ -139,17 +141,17 @@ struct req_state {
 	char ip[INET6_ADDRSTRLEN];
 
 	/* From dispatch to the reply: the handler's view and its reply. */
-	char *path;  /* the URL split into segments, which req's params point into */
+	char *path; /* the URL split into segments, which req's params point into */
 	mica_http_req req;
 	mica_http_resp resp;
 	mica_http_handler fn;
 	int dispatched;
-	int running;  /* the handler has not returned yet */
-	const char *code; /* static error code of the server's own refusal */
-	int deferred; /* mica_http_defer() was called */
-	int finished; /* mica_http_finish() was called */
-	int ready;    /* resp is the reply: on_request queues it after the resume */
-	int rerun;    /* mica_http_run_blocking(): run the handler again on the pool */
+	int running;		/* the handler has not returned yet */
+	const char *code;	/* static error code of the server's own refusal */
+	int deferred;		/* mica_http_defer() was called */
+	int finished;		/* mica_http_finish() was called */
+	int ready;		/* resp is the reply: on_request queues it after the resume */
+	int rerun;		/* mica_http_run_blocking(): run the handler again on the pool */
 	struct req_state *next; /* in the blocking pool's queue */
 };
 
@@ -165,7 +167,7 @@ static char *read_file(const char *path)
 	if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && n < (1 << 20) &&
 	    fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1))) {
 		if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
-			free(buf);
+			mica_free_wipe(buf); /* may be a private key */
 			buf = NULL;
 		} else {
 			buf[n] = '\0';
@@ -205,9 +207,12 @@ static size_t code_index(int status)
 
 /* ---- replies ------------------------------------------------------------ */
 
+/* Bodies may carry secrets (session tokens, data keys): every body buffer
+ * is released wiped (mica_free_wipe), including the copy libmicrohttpd
+ * frees after sending. */
 static void resp_reset(mica_http_resp *resp)
 {
-	free(resp->body);
+	mica_free_wipe(resp->body);
 	resp->body = NULL;
 	resp->body_len = 0;
 }
@@ -220,7 +225,8 @@ void mica_http_reply_json(mica_http_resp *resp, int status, json_t *body)
 	resp->body = body ? json_dumps(body, JSON_COMPACT) : strdup("{}");
 	if (!resp->body) {
 		resp->status = 500;
-		resp->body = strdup("{\"error\":{\"code\":\"internal_error\",\"message\":\"out of memory\"}}");
+		resp->body = strdup(
+		    "{\"error\":{\"code\":\"internal_error\",\"message\":\"out of memory\"}}");
 	}
 	resp->body_len = resp->body ? strlen(resp->body) : 0;
 	json_decref(body);
@@ -230,8 +236,9 @@ void mica_http_reply_raw(mica_http_resp *resp, int status, const char *content_t
 			 size_t len)
 {
 	if (!body) {
-		mica_http_reply_json(resp, 500, json_pack("{s:{s:s,s:s}}", "error", "code",
-							  "internal_error", "message", "out of memory"));
+		mica_http_reply_json(resp, 500,
+				     json_pack("{s:{s:s,s:s}}", "error", "code", "internal_error",
+					       "message", "out of memory"));
 		return;
 	}
 	resp_reset(resp);
@@ -241,8 +248,7 @@ void mica_http_reply_raw(mica_http_resp *resp, int status, const char *content_t
 	resp->body_len = len;
 }
 
-void mica_http_reply_error(mica_http_resp *resp, int status, const char *code, const char *fmt,
-			   ...)
+void mica_http_reply_error(mica_http_resp *resp, int status, const char *code, const char *fmt, ...)
 {
 	char msg[512];
 	va_list ap;
@@ -286,7 +292,7 @@ static void resp_cleanup(mica_http_resp *resp)
 {
 	resp_reset(resp);
 	for (int i = 0; i < resp->nheaders; i++)
-		free(resp->header_value[i]);
+		mica_free_wipe(resp->header_value[i]);
 	resp->nheaders = 0;
 }
 
@@ -299,7 +305,8 @@ static enum MHD_Result send_resp(struct MHD_Connection *conn, struct req_state *
 
 	if (resp->status == 0)
 		mica_http_reply_error(resp, 500, "internal_error", "handler produced no response");
-	r = MHD_create_response_from_buffer(resp->body_len, resp->body, MHD_RESPMEM_MUST_FREE);
+	r = MHD_create_response_from_buffer_with_free_callback(resp->body_len, resp->body,
+							       mica_free_wipe);
 	if (!r) {
 		resp_cleanup(resp);
 		return MHD_NO;
@@ -319,7 +326,7 @@ static enum MHD_Result send_resp(struct MHD_Connection *conn, struct req_state *
 
 static enum MHD_Result send_error(struct MHD_Connection *conn, struct req_state *rs, int status,
 				  const char *code, const char *fmt, ...)
-	__attribute__((format(printf, 5, 6)));
+    __attribute__((format(printf, 5, 6)));
 
 static enum MHD_Result handler_returned(mica_http_server *srv, struct req_state *rs, int inline_);
 
@@ -408,7 +415,8 @@ static void check_peer(struct MHD_Connection *conn, struct conn_state *cs)
 	if (gnutls_x509_crt_init(&crt) < 0)
 		return;
 	if (gnutls_x509_crt_import(crt, &chain[0], GNUTLS_X509_FMT_DER) >= 0 &&
-	    gnutls_x509_crt_get_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0, 0, cs->peer, &sz) >= 0 &&
+	    gnutls_x509_crt_get_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0, 0, cs->peer, &sz) >=
+		0 &&
 	    sz > 0) {
 		cs->peer[sz] = '\0';
 		cs->cert = 1;
@@ -561,22 +569,22 @@ static enum MHD_Result serve_metrics(mica_http_server *srv, struct MHD_Connectio
 	char *out = malloc(cap);
 	const char *svc = srv->opt.service ? srv->opt.service : "mica";
 
-#define EMIT(...)                                                                        \
-	do {                                                                             \
-		int n_ = snprintf(out ? out + len : NULL, out ? cap - len : 0, __VA_ARGS__); \
-		if (out && n_ >= 0 && len + (size_t)n_ >= cap) {                         \
-			cap = (len + (size_t)n_ + 1) * 2;                                \
-			char *grown_ = realloc(out, cap);                                \
-			if (!grown_) {                                                   \
-				free(out);                                               \
-				out = NULL;                                              \
-			} else {                                                         \
-				out = grown_;                                            \
-				n_ = snprintf(out + len, cap - len, __VA_ARGS__);        \
-			}                                                                \
-		}                                                                        \
-		if (out && n_ > 0)                                                       \
-			len += (size_t)n_;                                               \
+#define EMIT(...)                                                                                  \
+	do {                                                                                       \
+		int n_ = snprintf(out ? out + len : NULL, out ? cap - len : 0, __VA_ARGS__);       \
+		if (out && n_ >= 0 && len + (size_t)n_ >= cap) {                                   \
+			cap = (len + (size_t)n_ + 1) * 2;                                          \
+			char *grown_ = realloc(out, cap);                                          \
+			if (!grown_) {                                                             \
+				free(out);                                                         \
+				out = NULL;                                                        \
+			} else {                                                                   \
+				out = grown_;                                                      \
+				n_ = snprintf(out + len, cap - len, __VA_ARGS__);                  \
+			}                                                                          \
+		}                                                                                  \
+		if (out && n_ > 0)                                                                 \
+			len += (size_t)n_;                                                         \
 	} while (0)
 
 	EMIT("# HELP mica_http_requests_total HTTP requests answered, by route and status.\n"
@@ -602,11 +610,12 @@ static enum MHD_Result serve_metrics(mica_http_server *srv, struct MHD_Connectio
 	unsigned long cum = 0;
 	for (size_t b = 0; b < NBUCKETS; b++) {
 		cum += atomic_load(&srv->hist[b]);
-		EMIT("mica_http_request_duration_seconds_bucket{service=\"%s\",le=\"%g\"} %lu\n", svc,
-		     bucket_le[b], cum);
+		EMIT("mica_http_request_duration_seconds_bucket{service=\"%s\",le=\"%g\"} %lu\n",
+		     svc, bucket_le[b], cum);
 	}
 	cum += atomic_load(&srv->hist[NBUCKETS]);
-	EMIT("mica_http_request_duration_seconds_bucket{service=\"%s\",le=\"+Inf\"} %lu\n", svc, cum);
+	EMIT("mica_http_request_duration_seconds_bucket{service=\"%s\",le=\"+Inf\"} %lu\n", svc,
+	     cum);
 	EMIT("mica_http_request_duration_seconds_sum{service=\"%s\"} %.6f\n", svc,
 	     (double)atomic_load(&srv->dur_sum_us) / 1e6);
 	EMIT("mica_http_request_duration_seconds_count{service=\"%s\"} %lu\n", svc,
@@ -731,13 +740,9 @@ static enum MHD_Result handler_returned(mica_http_server *srv, struct req_state 
 	return MHD_YES;
 }
 
-/* Set while this thread (an event thread) runs a handler inline. */
+/* Set while this thread (an event thread) runs a handler inline: what
+ * mica_http_run_blocking() may move. */
 static __thread int in_event_handler;
-
-int mica_http_may_block(void)
-{
-	return !in_event_handler;
-}
 
 int mica_http_run_blocking(const mica_http_req *req)
 {
@@ -866,8 +871,8 @@ static enum MHD_Result run_route(mica_http_server *srv, struct MHD_Connection *c
 	const mica_http_route *r = &srv->routes[i];
 
 	if (r->flags & MICA_ROUTE_JSON) {
-		const char *ct =
-			MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+		const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+							     MHD_HTTP_HEADER_CONTENT_TYPE);
 		json_error_t jerr;
 		/* A body without a Content-Type is not JSON by declaration: a
 		 * form post a browser sends cross-site must not be read as JSON. */
@@ -1037,7 +1042,7 @@ peer_refused:
 static void client_ip(struct MHD_Connection *conn, char *out, size_t cap)
 {
 	const union MHD_ConnectionInfo *ci =
-		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	    MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
 	out[0] = '\0';
 	if (!ci || !ci->client_addr)
 		return;
@@ -1092,9 +1097,10 @@ static int answer_too_large_now(struct MHD_Connection *conn, struct req_state *r
 	return off == (size_t)n ? 1 : -1;
 }
 
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-				  const char *method, const char *version, const char *upload_data,
-				  size_t *upload_data_size, void **con_cls)
+static enum MHD_Result request_step(void *cls, struct MHD_Connection *conn, const char *url,
+				    const char *method, const char *version,
+				    const char *upload_data, size_t *upload_data_size,
+				    void **con_cls)
 {
 	struct listener *lst = cls;
 	mica_http_server *srv = lst->srv;
@@ -1135,7 +1141,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 			 * the client reads the answer rather than a reset; past that
 			 * the connection is closed. */
 			rs->too_large = 1;
-			free(rs->body);
+			mica_free_wipe(rs->body);
 			rs->body = NULL;
 			rs->cap = 0;
 			int sent = answer_too_large_now(conn, rs);
@@ -1155,7 +1161,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 			size_t cap = (rs->len + n + 1) * 2;
 			if (cap > srv->opt.max_body + 1)
 				cap = srv->opt.max_body + 1;
-			char *grown = realloc(rs->body, cap);
+			char *grown = mica_realloc_wipe(rs->body, cap);
 			if (!grown)
 				return MHD_NO;
 			rs->body = grown;
@@ -1178,6 +1184,24 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	return dispatch(srv, conn, rs, url, method);
 }
 
+/* libmicrohttpd's request callback. It runs on an event thread, which it
+ * marks as one for its duration (lib/thread.h), so whatever it calls, the
+ * inline handlers and the on_refusal hook included, gets MICA_EWOULDBLOCK
+ * from a blocking libmica call instead of stalling the thread's other
+ * connections. Scoped rather than set for good because libmicrohttpd may
+ * run callbacks on the thread that stops a daemon. */
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+				  const char *method, const char *version, const char *upload_data,
+				  size_t *upload_data_size, void **con_cls)
+{
+	bool was = mica_thread_is_event();
+	enum MHD_Result ret;
+	mica_thread_set_event(true);
+	ret = request_step(cls, conn, url, method, version, upload_data, upload_data_size, con_cls);
+	mica_thread_set_event(was);
+	return ret;
+}
+
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 			 enum MHD_RequestTerminationCode toe)
 {
@@ -1191,7 +1215,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	if (!rs)
 		return;
 	clock_gettime(CLOCK_MONOTONIC, &end);
-	secs = (double)(end.tv_sec - rs->start.tv_sec) + (double)(end.tv_nsec - rs->start.tv_nsec) / 1e9;
+	secs = (double)(end.tv_sec - rs->start.tv_sec) +
+	       (double)(end.tv_nsec - rs->start.tv_nsec) / 1e9;
 	for (b = 0; b < NBUCKETS && secs > bucket_le[b]; b++)
 		;
 	atomic_fetch_add(&srv->hist[b], 1);
@@ -1220,7 +1245,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	}
 	resp_cleanup(&rs->resp);
 	free(rs->path);
-	free(rs->body);
+	mica_free_wipe(rs->body);
 	free(rs);
 	*con_cls = NULL;
 }
@@ -1325,8 +1350,7 @@ static void server_free(mica_http_server *srv)
 	free(srv->counts);
 	free(srv->cert_pem);
 	if (srv->key_pem) {
-		explicit_bzero(srv->key_pem, strlen(srv->key_pem));
-		free(srv->key_pem);
+		mica_free_wipe(srv->key_pem);
 	}
 	free(srv->pub.ca_pem);
 	free(srv->adm.ca_pem);
@@ -1507,7 +1531,9 @@ int mica_http_start(mica_http_server **out, const mica_http_options *opt,
 	}
 
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-	unsigned int threads = opt->threads > 0 ? (unsigned)opt->threads : ncpu > 0 ? (unsigned)ncpu : 1;
+	unsigned int threads = opt->threads > 0 ? (unsigned)opt->threads
+			       : ncpu > 0	? (unsigned)ncpu
+						: 1;
 	if ((err = listener_start(srv, &srv->pub, &ss, v6, threads, (unsigned)opt->max_conns,
 				  (unsigned)opt->per_ip_conns, opt->bind)) != 0 ||
 	    (metrics_on && (err = listener_start(srv, &srv->adm, &mss, mv6, METRICS_THREADS,

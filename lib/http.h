@@ -27,6 +27,15 @@
  * finds it must block after all (a cache miss) hands its request to the
  * blocking pool, where it runs again: mica_http_run_blocking(). The
  * readiness probe runs on the blocking pool too (inline when there is none).
+ * The event threads are marked as such (lib/thread.h) while they run the
+ * server's code, handlers and hooks: there every blocking libmica call
+ * (db, kv, httpc, kc) answers MICA_EWOULDBLOCK, and a handler asks
+ * mica_thread_may_block() whether it may block.
+ *
+ * Bodies are secret-safe: the request body (grown with mica_realloc_wipe),
+ * the parsed request JSON (jansson's allocator wipes, lib/crypto.h), the
+ * reply body and its headers are all wiped when released, the reply copy
+ * libmicrohttpd frees after sending included.
  *
  * Built-in error codes (stable, documented in docs/api/errors.md):
  *   400 malformed_json, missing_body, body_not_object
@@ -133,8 +142,10 @@ typedef struct mica_http_options {
 	const char *metrics_client_ca_file; /* PEM CA, or NULL/"" (loopback only) */
 	/* Optional readiness probe behind GET /readyz. It calls
 	 * mica_http_not_ready() once per failing dependency and returns; no
-	 * call means ready. It may block (it runs on the blocking pool when
-	 * the server has one), one probe runs at a time, and its result is
+	 * call means ready. It may block when it runs on the blocking pool;
+	 * a server without one runs it on an event thread, where blocking
+	 * libmica calls answer MICA_EWOULDBLOCK (lib/thread.h), which it
+	 * reports like any failure. One probe runs at a time, and its result is
 	 * reused for MICA_HTTP_READY_CACHE_MS, so probing /readyz often costs
 	 * the dependencies nothing more. */
 	void (*ready)(void *ctx, mica_http_readiness *r);
@@ -210,10 +221,6 @@ void mica_http_finish(mica_http_deferred *d);
 /* Ends a refusal handed to on_refusal (see mica_http_options): |recorded|
  * 0 replaces it by 503 audit_unavailable. */
 void mica_http_refusal_done(mica_http_deferred *d, int recorded);
-
-/* Whether the calling thread may block: 0 while an event thread runs a
- * handler, 1 on the blocking pool and every other thread. */
-int mica_http_may_block(void);
 
 /* For a handler running on an event thread that finds it must block after
  * all (a cache miss): once the handler returns, the connection is suspended

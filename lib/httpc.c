@@ -9,7 +9,9 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "crypto.h"
 #include "log.h"
+#include "thread.h"
 
 #define MAX_RESPONSE (16u << 20)
 
@@ -58,7 +60,8 @@ int mica_httpc_new(mica_httpc **out, const mica_httpc_options *opt)
 		c->opt.backoff_ms = 50;
 	if (c->opt.retries < 0)
 		c->opt.retries = 0;
-	if (!(c->ca = strdup(opt->ca_file)) || (opt->cert_file && !(c->cert = strdup(opt->cert_file))) ||
+	if (!(c->ca = strdup(opt->ca_file)) ||
+	    (opt->cert_file && !(c->cert = strdup(opt->cert_file))) ||
 	    (opt->key_file && !(c->key = strdup(opt->key_file)))) {
 		mica_httpc_free(c);
 		return MICA_ENOMEM;
@@ -77,7 +80,7 @@ void mica_httpc_resp_cleanup(mica_httpc_resp *r)
 {
 	if (!r)
 		return;
-	free(r->body);
+	mica_free_wipe(r->body); /* may hold a session or a data key */
 	r->body = NULL;
 	r->body_len = 0;
 }
@@ -86,9 +89,13 @@ static size_t on_data(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
 	mica_httpc_resp *r = userdata;
 	size_t n = size * nmemb;
+	size_t need = r->body_len + n + 1;
 	if (r->body_len + n > MAX_RESPONSE)
 		return 0; /* aborts the transfer: CURLE_WRITE_ERROR */
-	char *grown = realloc(r->body, r->body_len + n + 1);
+	/* Grown by doubling, and through mica_realloc_wipe, which returns the
+	 * same block while it is big enough and wipes the block it leaves:
+	 * the body may be a data key in plaintext. */
+	char *grown = mica_realloc_wipe(r->body, need < 2 * r->body_len ? 2 * r->body_len : need);
 	if (!grown)
 		return 0;
 	r->body = grown;
@@ -186,6 +193,7 @@ int mica_httpc_request(mica_httpc *c, const char *method, const char *url, const
 	int tries = idempotent ? c->opt.retries + 1 : 1;
 
 	memset(out, 0, sizeof(*out));
+	MICA_BLOCKING_ENTRY();
 	for (int i = 0; i < tries; i++) {
 		if (i > 0)
 			backoff(c, i - 1);
@@ -200,8 +208,8 @@ int mica_httpc_request(mica_httpc *c, const char *method, const char *url, const
 	return err;
 }
 
-int mica_httpc_json(mica_httpc *c, const char *method, const char *url, json_t *req,
-		    int idempotent, long *status, json_t **out_json)
+int mica_httpc_json(mica_httpc *c, const char *method, const char *url, json_t *req, int idempotent,
+		    long *status, json_t **out_json)
 {
 	mica_httpc_resp r;
 	char *body = NULL;
@@ -209,10 +217,11 @@ int mica_httpc_json(mica_httpc *c, const char *method, const char *url, json_t *
 
 	*out_json = NULL;
 	*status = 0;
+	MICA_BLOCKING_ENTRY();
 	if (req && !(body = json_dumps(req, JSON_COMPACT)))
 		return MICA_ENOMEM;
 	err = mica_httpc_request(c, method, url, body, body ? strlen(body) : 0, idempotent, &r);
-	free(body);
+	mica_free_wipe(body);
 	if (err == 0) {
 		*status = r.status;
 		if (r.body_len) {

@@ -7,6 +7,9 @@
  * retries idempotent calls with jittered exponential backoff on
  * transport errors and 502/503/504. Non-idempotent calls are never retried.
  * A handle must not be shared between threads; make one per thread.
+ * Every call blocks, so on an event thread (lib/thread.h) each answers
+ * MICA_EWOULDBLOCK at once, before any I/O. Response bodies are wiped when
+ * released (mica_httpc_resp_cleanup, and every block the body outgrew).
  */
 #ifndef MICA_HTTPC_H
 #define MICA_HTTPC_H
@@ -40,7 +43,8 @@ typedef struct mica_httpc mica_httpc;
 
 typedef struct mica_httpc_resp {
 	long status;       /* HTTP status, 0 if no response */
-	char *body;        /* NUL-terminated, malloc'd; freed by mica_httpc_resp_cleanup */
+	char *body;        /* NUL-terminated, malloc'd; wiped and freed by
+			      mica_httpc_resp_cleanup */
 	size_t body_len;
 	int attempts;      /* how many tries were made */
 } mica_httpc_resp;
@@ -55,7 +59,8 @@ void mica_httpc_free(mica_httpc *c);
  * as idempotent). Returns 0 when an HTTP response arrived (any status; see
  * out->status), MICA_ETIMEOUT, MICA_ETLS (the server's certificate is not
  * trusted or a local certificate/CA file is unusable; never retried),
- * MICA_EHTTP (other transport failure), MICA_ETOOBIG (response over 16 MiB).
+ * MICA_EHTTP (other transport failure), MICA_ETOOBIG (response over 16 MiB),
+ * MICA_EWOULDBLOCK (called on an event thread; nothing was sent).
  * Call mica_httpc_resp_cleanup(out) in every case. */
 int mica_httpc_request(mica_httpc *c, const char *method, const char *url, const char *body,
 		       size_t body_len, int idempotent, mica_httpc_resp *out) MICA_WUR;

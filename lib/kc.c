@@ -5,8 +5,8 @@
  * for LRU eviction, insertion order for TTL expiry), whose values are wiped
  * whenever they leave it.
  */
-#include "clock.h"
 #include "kc.h"
+#include "clock.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -18,6 +18,7 @@
 #include "crypto.h"
 #include "httpc.h"
 #include "log.h"
+#include "thread.h"
 
 #define NAME_MAX_LEN 64
 #define CACHE_DOMAIN "mica-kc-cache-v2"
@@ -37,7 +38,7 @@ struct entry {
 	uint8_t val[VALUE_MAX];
 	size_t val_len;
 	int64_t born_ms;
-	struct entry *chain;		  /* next in the bucket */
+	struct entry *chain;		   /* next in the bucket */
 	struct entry *lru_prev, *lru_next; /* most recently used first */
 	struct entry *age_prev, *age_next; /* oldest first */
 };
@@ -385,7 +386,8 @@ fail:
 static int valid_name(const char *n)
 {
 	size_t l = n ? strlen(n) : 0;
-	if (l < 1 || l > NAME_MAX_LEN || !((n[0] >= 'a' && n[0] <= 'z') || (n[0] >= '0' && n[0] <= '9')))
+	if (l < 1 || l > NAME_MAX_LEN ||
+	    !((n[0] >= 'a' && n[0] <= 'z') || (n[0] >= '0' && n[0] <= '9')))
 		return 0;
 	for (size_t i = 0; i < l; i++) {
 		char c = n[i];
@@ -408,14 +410,15 @@ static void wipe_member(json_t *obj, const char *field)
 /* Maps a non-2xx reply to an error (kc.h lists the table). */
 static int status_error(long status, const json_t *body)
 {
-	const char *code = json_string_value(json_object_get(json_object_get(body, "error"), "code"));
+	const char *code =
+	    json_string_value(json_object_get(json_object_get(body, "error"), "code"));
 	if (!code)
 		code = "";
 	switch (status) {
 	case 400:
 		return strcmp(code, "decryption_failed") == 0 || strcmp(code, "wrong_key") == 0
-			       ? MICA_EAUTH
-			       : MICA_EINVAL;
+			   ? MICA_EAUTH
+			   : MICA_EINVAL;
 	case 401:
 	case 403:
 		return MICA_EDENIED;
@@ -442,8 +445,8 @@ static int status_error(long status, const json_t *body)
  * base_url + |route| + |name| and returns the parsed 2xx reply object in
  * *reply (caller wipes secret members, then decrefs). Every copy of the
  * request and reply text made here is wiped. */
-static int post(mica_kc *kc, const char *route, const char *name, const json_t *req,
-		int idempotent, json_t **reply)
+static int post(mica_kc *kc, const char *route, const char *name, const json_t *req, int idempotent,
+		json_t **reply)
 {
 	char url[1024];
 	char *body = NULL;
@@ -453,6 +456,7 @@ static int post(mica_kc *kc, const char *route, const char *name, const json_t *
 	int err;
 
 	*reply = NULL;
+	MICA_BLOCKING_ENTRY(); /* a cache hit never gets here */
 	if (snprintf(url, sizeof(url), "%s%s%s", kc->base_url, route, name) >= (int)sizeof(url))
 		return MICA_EINVAL;
 	if (!(body = json_dumps(req, JSON_COMPACT)))
@@ -469,11 +473,13 @@ static int post(mica_kc *kc, const char *route, const char *name, const json_t *
 	if (r.status < 200 || r.status > 299) {
 		err = status_error(r.status, j);
 		MICA_LOG(r.status >= 500 ? MICA_LOG_WARN : MICA_LOG_DEBUG,
-			 "kc: POST %s%s: status %ld (%s)", route, name, r.status, mica_strerror(err));
+			 "kc: POST %s%s: status %ld (%s)", route, name, r.status,
+			 mica_strerror(err));
 		goto out;
 	}
 	if (!json_is_object(j)) {
-		MICA_LOG(MICA_LOG_WARN, "kc: POST %s%s: the reply is not a JSON object", route, name);
+		MICA_LOG(MICA_LOG_WARN, "kc: POST %s%s: the reply is not a JSON object", route,
+			 name);
 		err = MICA_EBADHEADER;
 		goto out;
 	}
@@ -504,8 +510,7 @@ static int versioned_member(const json_t *reply, const char *field, char **out)
 
 /* Decodes the base64 member |field| of |reply| into |out| (|cap| bytes).
  * MICA_EBADHEADER if it is missing, not base64, or longer than |cap|. */
-static int b64_member(const json_t *reply, const char *field, uint8_t *out, size_t cap,
-		      size_t *len)
+static int b64_member(const json_t *reply, const char *field, uint8_t *out, size_t cap, size_t *len)
 {
 	json_t *v = json_object_get(reply, field);
 	*len = 0;
@@ -597,7 +602,8 @@ int mica_kc_decrypt_datakey(mica_kc *kc, const char *key_name, const char *ciphe
 	if (kc->cache_on) {
 		/* The Key Center's canonical form, so member order never splits
 		 * one context into two cache entries. */
-		if (!(canon = json_dumps(context, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII)))
+		if (!(canon =
+			  json_dumps(context, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII)))
 			return MICA_ENOMEM;
 		const void *f[4] = {"datakey", key_name, ciphertext, canon};
 		size_t l[4] = {7, strlen(key_name), strlen(ciphertext), strlen(canon)};

@@ -45,6 +45,9 @@
  *   MICA_ETIMEOUT    no reply within timeout_ms
  *   MICA_ETLS        TLS handshake or certificate verification failed
  *   MICA_EBADHEADER  a 2xx reply that is not the documented JSON shape
+ *   MICA_EWOULDBLOCK called on an event thread (lib/thread.h) when the
+ *                    answer is not in the cache: nothing was sent; call
+ *                    again from a thread that may block
  *   MICA_ENOMEM
  * Every output is cleared on failure (pointers NULL, lengths 0, buffers
  * wiped).

@@ -15,7 +15,9 @@
 #include <string.h>
 #include <sys/time.h>
 
+#include "crypto.h"
 #include "log.h"
+#include "thread.h"
 
 struct mica_kv {
 	redisContext *ctx;
@@ -35,10 +37,7 @@ struct mica_kv {
 
 static void free_secret(char *s)
 {
-	if (s) {
-		explicit_bzero(s, strlen(s));
-		free(s);
-	}
+	mica_free_wipe(s);
 }
 
 static void kv_free(mica_kv *kv)
@@ -253,6 +252,7 @@ int mica_kv_command(mica_kv *kv, redisReply **out, int argc, const char *const *
 {
 	if (out)
 		*out = NULL;
+	MICA_BLOCKING_ENTRY();
 	if (!kv || argc < 1 || !argv)
 		return MICA_EINVAL;
 	for (int i = 0; i < argc; i++)
@@ -526,6 +526,7 @@ static int kv_open(mica_kv **out, const struct mica_kv_config *cfg, int quiet)
 	if (!out)
 		return MICA_EINVAL;
 	*out = NULL;
+	MICA_BLOCKING_ENTRY();
 	int rc;
 	mica_kv *kv = kv_new(cfg, &rc);
 	if (!kv)

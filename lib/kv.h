@@ -62,7 +62,8 @@ void mica_kv_close(mica_kv **kvp);
  * Returns 0 or: MICA_EPERM (ACL NOPERM: key or command not allowed for this
  * user), MICA_EKV (other error reply; see mica_kv_errmsg()), MICA_EKVCONN,
  * MICA_ECONFIG (authentication refused on reconnect), MICA_EINVAL,
- * MICA_ENOMEM. */
+ * MICA_ENOMEM, MICA_EWOULDBLOCK (on an event thread, lib/thread.h: nothing
+ * sent; also from mica_kv_open and every helper below). */
 MICA_WUR int mica_kv_command(mica_kv *kv, redisReply **out, int argc, const char *const *argv,
 			     const size_t *argvlen);
 

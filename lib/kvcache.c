@@ -504,10 +504,7 @@ static void cache_free(mica_kvcache *c)
 		close(c->wake[1]);
 	free(c->socket_path);
 	free(c->username);
-	if (c->password) {
-		explicit_bzero(c->password, strlen(c->password));
-		free(c->password);
-	}
+	mica_free_wipe(c->password);
 	free(c->prefix);
 	pthread_mutex_destroy(&c->mu);
 	free(c);

@@ -21,6 +21,9 @@
  * - A subscription sees events emitted after it was created.
  * - A handler that always fails blocks its consumer at that event (the batch
  *   keeps rolling back); it is logged with the event id each time.
+ *
+ * Every call runs on lib/db, so on an event thread (lib/thread.h) each
+ * returns MICA_EWOULDBLOCK before touching the database.
  */
 #ifndef MICA_OUTBOX_H
 #define MICA_OUTBOX_H

@@ -409,6 +409,29 @@ grep -Eq '^mica_db_connections\{service="account",state="idle"\} [1-9][0-9]*$' <
 	grep -q '^mica_db_connections{service="account",state="busy"} ' <<<"$metrics" ||
 	fail "no idle database connections in /metrics: $(grep mica_db_ <<<"$metrics")"
 ok "/metrics counts the idle and busy database connections"
+# GET /v1/session runs on an event thread, where Redis and PostgreSQL answer would_block: a
+# session the in-process cache does not hold yet (a fresh login's) is checked on the blocking
+# pool instead, and the answer is the same.
+moved() { curl -sS --cacert "$MICA_CA" "$AMURL/metrics" |
+	sed -n 's/^mica_http_moved_to_pool_total{service="account"} //p'; }
+m0="$(moved)"
+expect 200 - POST /v1/login "$(login_body alice@example.com "$PW_A" dev-alice)"
+T_EV="$(jget token)"
+expect 200 - -t "$T_EV" GET /v1/session
+[[ "$(jget kind)" == app ]] || fail "GET /v1/session: $(cat "$W/body")"
+m1="$(moved)"
+((m1 >= m0 + 1)) || fail "a session-cache miss was not moved to the blocking pool ($m0 -> $m1)"
+# The pool's run fills Redis, the next one the in-process cache (an invalidation racing the
+# fill may cost one more round); from then on the event thread answers alone.
+inline=0
+for _ in 1 2 3 4 5; do
+	expect 200 - -t "$T_EV" GET /v1/session
+	m2="$(moved)"
+	((m2 == m1)) && inline=1 && break
+	m1="$m2"
+done
+((inline)) || fail "GET /v1/session never answered on the event thread"
+ok "GET /v1/session answers a cache miss from the blocking pool and a hit on the event thread"
 # A hash sealed the older way (encrypted by the Key Center itself, bound to the row) still logs in
 # and is sealed again under a data key.
 legacy="$(curl -sS --cacert "$MICA_CA" --cert "$MICA_CERT_ACCOUNT" --key "$MICA_KEY_ACCOUNT" \

@@ -2,6 +2,7 @@
  * over real TLS on loopback, with the test CA from tests/run: routing,
  * JSON errors, body limits, mTLS principals, timeouts, retries, metrics,
  * blocking handlers on their pool and deferred replies. */
+#define _GNU_SOURCE /* memmem */
 #include <arpa/inet.h>
 #include <check.h>
 #include <fcntl.h>
@@ -17,8 +18,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "crypto.h"
+#include "db.h"
 #include "http.h"
 #include "httpc.h"
+#include "thread.h"
 
 static const char *env(const char *name)
 {
@@ -53,9 +57,9 @@ static void whoami(const mica_http_req *req, mica_http_resp *resp, void *ctx)
 static void item(const mica_http_req *req, mica_http_resp *resp, void *ctx)
 {
 	(void)ctx;
-	mica_http_reply_json(resp, 200,
-			     json_pack("{s:s,s:s}", "a", mica_http_param(req, "a"), "b",
-				       mica_http_param(req, "b")));
+	mica_http_reply_json(
+	    resp, 200,
+	    json_pack("{s:s,s:s}", "a", mica_http_param(req, "a"), "b", mica_http_param(req, "b")));
 }
 
 static void flaky(const mica_http_req *req, mica_http_resp *resp, void *ctx)
@@ -64,7 +68,8 @@ static void flaky(const mica_http_req *req, mica_http_resp *resp, void *ctx)
 	if (atomic_fetch_add(&flaky_calls, 1) < 2)
 		mica_http_reply_error(resp, 503, "unavailable", "try again");
 	else
-		mica_http_reply_json(resp, 200, json_pack("{s:i}", "calls", atomic_load(&flaky_calls)));
+		mica_http_reply_json(resp, 200,
+				     json_pack("{s:i}", "calls", atomic_load(&flaky_calls)));
 }
 
 static void slow(const mica_http_req *req, mica_http_resp *resp, void *ctx)
@@ -168,13 +173,14 @@ static void moves(const mica_http_req *req, mica_http_resp *resp, void *ctx)
 {
 	(void)ctx;
 	atomic_fetch_add(&moves_calls, 1);
-	if (!mica_http_may_block()) {
+	if (!mica_thread_may_block()) {
 		if (mica_http_run_blocking(req) != 0)
-			mica_http_reply_error(resp, 503, "unavailable", "no blocking pool to move to");
+			mica_http_reply_error(resp, 503, "unavailable",
+					      "no blocking pool to move to");
 		return;
 	}
-	mica_http_reply_json(resp, 200, json_pack("{s:b,s:i}", "on_pool", 1, "again",
-						  mica_http_run_blocking(req)));
+	mica_http_reply_json(
+	    resp, 200, json_pack("{s:b,s:i}", "on_pool", 1, "again", mica_http_run_blocking(req)));
 }
 
 /* An on_refusal hook: refusals of paths under /v1/park are parked for the
@@ -207,29 +213,104 @@ static void probe(void *ctx, mica_http_readiness *r)
 {
 	(void)ctx;
 	atomic_fetch_add(&probe_calls, 1);
-	atomic_store(&probe_could_block, mica_http_may_block());
+	atomic_store(&probe_could_block, mica_thread_may_block());
 	if (probe_db_err)
 		mica_http_not_ready(r, "database", probe_db_err);
 	if (probe_audit_err)
 		mica_http_not_ready(r, "audit", probe_audit_err);
 }
 
+/* ---- secrets wiped on the way through ---------------------------------- */
+
+#define REQ_SECRET "hunter2-request-secret-7f3a"
+#define RESP_SECRET "session-token-9b1c-response-secret"
+#define MAX_WATCH 8
+
+/* Blocks the test knows held a secret: identified by their contents when
+ * mica_free_wipe() is about to wipe them, then checked for zeros just
+ * before free(). A block freed any other way is never identified. */
+static struct watch {
+	const void *p;
+	const char *marker;
+	int identified, zero_at_free;
+} watched[MAX_WATCH];
+static int nwatched;
+static pthread_mutex_t watch_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t watch_cv = PTHREAD_COND_INITIALIZER;
+
+static void watch(const void *p, const char *marker)
+{
+	pthread_mutex_lock(&watch_mu);
+	ck_assert_int_lt(nwatched, MAX_WATCH);
+	watched[nwatched++] = (struct watch){.p = p, .marker = marker};
+	pthread_mutex_unlock(&watch_mu);
+}
+
+static void free_hook(const void *p, size_t n, int wiped)
+{
+	pthread_mutex_lock(&watch_mu);
+	for (int i = 0; i < nwatched; i++) {
+		struct watch *w = &watched[i];
+		if (w->p != p || w->zero_at_free)
+			continue;
+		if (!wiped) {
+			w->identified = memmem(p, n, w->marker, strlen(w->marker)) != NULL;
+		} else if (w->identified) {
+			size_t z = 0;
+			while (z < n && ((const unsigned char *)p)[z] == 0)
+				z++;
+			w->zero_at_free = z == n ? 1 : -1;
+			pthread_cond_broadcast(&watch_cv);
+		}
+	}
+	pthread_mutex_unlock(&watch_mu);
+}
+
+/* What /v1/secret saw of the thread it ran on. */
+static atomic_int secret_on_event, secret_httpc_err, secret_db_err;
+
+/* Takes {"password": REQ_SECRET} and answers {"token": RESP_SECRET}; puts
+ * the request body, the parsed password string and the reply body on the
+ * watch list; tries two blocking calls. */
+static void secret(const mica_http_req *req, mica_http_resp *resp, void *ctx)
+{
+	mica_httpc_options o = {.ca_file = "/nonexistent"};
+	mica_httpc *h = NULL;
+	mica_httpc_resp r;
+	(void)ctx;
+	atomic_store(&secret_on_event, mica_thread_is_event());
+	if (mica_httpc_new(&h, &o) == 0) {
+		atomic_store(&secret_httpc_err,
+			     mica_httpc_request(h, "GET", "https://127.0.0.1:1/", NULL, 0, 0, &r));
+		mica_httpc_resp_cleanup(&r);
+		mica_httpc_free(h);
+	}
+	atomic_store(&secret_db_err, mica_db_exec(NULL, "SELECT 1", 0, NULL, NULL));
+	watch(req->body, REQ_SECRET);
+	watch(json_string_value(json_object_get(req->json, "password")), REQ_SECRET);
+	char *body = strdup("{\"token\":\"" RESP_SECRET "\"}");
+	mica_http_reply_raw(resp, 200, "application/json", body, body ? strlen(body) : 0);
+	watch(resp->body, RESP_SECRET);
+}
+
 static const mica_http_route routes[] = {
-	{"GET", "/v1/hello", hello, 0},
-	{"POST", "/v1/echo", echo, MICA_ROUTE_JSON},
-	{"GET", "/v1/whoami", whoami, MICA_ROUTE_PEER},
-	{"GET", "/v1/items/{a}/sub/{b}", item, 0},
-	{"DELETE", "/v1/items/{a}/sub/{b}", item, 0},
-	{"GET", "/v1/flaky", flaky, 0},
-	{"POST", "/v1/flaky", flaky, 0},
-	{"GET", "/v1/slow", slow, 0},
-	{"GET", "/v1/silent", silent, 0},
-	{"GET", "/v1/blocked", blocked, MICA_ROUTE_BLOCKING},
-	{"GET", "/v1/deferred", deferring, 0},
-	{"GET", "/v1/deferred-blocking", deferring, MICA_ROUTE_BLOCKING},
-	{"GET", "/v1/defer-now", defer_now, 0},
-	{"GET", "/v1/defer-now-blocking", defer_now, MICA_ROUTE_BLOCKING},
-	{"GET", "/v1/moves", moves, 0},
+    {"POST", "/v1/secret", secret, MICA_ROUTE_JSON},
+    {"POST", "/v1/secret-pool", secret, MICA_ROUTE_JSON | MICA_ROUTE_BLOCKING},
+    {"GET", "/v1/hello", hello, 0},
+    {"POST", "/v1/echo", echo, MICA_ROUTE_JSON},
+    {"GET", "/v1/whoami", whoami, MICA_ROUTE_PEER},
+    {"GET", "/v1/items/{a}/sub/{b}", item, 0},
+    {"DELETE", "/v1/items/{a}/sub/{b}", item, 0},
+    {"GET", "/v1/flaky", flaky, 0},
+    {"POST", "/v1/flaky", flaky, 0},
+    {"GET", "/v1/slow", slow, 0},
+    {"GET", "/v1/silent", silent, 0},
+    {"GET", "/v1/blocked", blocked, MICA_ROUTE_BLOCKING},
+    {"GET", "/v1/deferred", deferring, 0},
+    {"GET", "/v1/deferred-blocking", deferring, MICA_ROUTE_BLOCKING},
+    {"GET", "/v1/defer-now", defer_now, 0},
+    {"GET", "/v1/defer-now-blocking", defer_now, MICA_ROUTE_BLOCKING},
+    {"GET", "/v1/moves", moves, 0},
 };
 #define NROUTES (sizeof(routes) / sizeof(routes[0]))
 
@@ -307,7 +388,8 @@ static json_t *call(mica_httpc *c, const char *method, const char *path, const c
 	char url[256];
 	mica_httpc_resp r;
 	snprintf(url, sizeof(url), "%s%s", base, path);
-	ck_assert_int_eq(mica_httpc_request(c, method, url, body, body ? strlen(body) : 0, 0, &r), 0);
+	ck_assert_int_eq(mica_httpc_request(c, method, url, body, body ? strlen(body) : 0, 0, &r),
+			 0);
 	ck_assert_msg(r.status == want_status, "%s %s: status %ld, want %ld (%s)", method, path,
 		      r.status, want_status, r.body);
 	json_t *j = json_loads(r.body, 0, NULL);
@@ -338,9 +420,9 @@ START_TEST(routes_params_and_errors)
 	assert_error(call(c, "GET", "/v1/nothing", NULL, 404), "not_found");
 	assert_error(call(c, "GET", "/v1/items/x1/sub", NULL, 404), "not_found");
 	j = call(c, "PUT", "/v1/items/x1/sub/y2", NULL, 405);
-	ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(json_object_get(j, "error"),
-									 "message")),
-				     "GET, DELETE"));
+	ck_assert_ptr_nonnull(
+	    strstr(json_string_value(json_object_get(json_object_get(j, "error"), "message")),
+		   "GET, DELETE"));
 	assert_error(j, "method_not_allowed");
 	assert_error(call(c, "GET", "/v1/silent", NULL, 500), "internal_error");
 	mica_httpc_free(c);
@@ -354,9 +436,9 @@ START_TEST(json_bodies)
 	ck_assert_int_eq(json_integer_value(json_array_get(json_object_get(j, "k"), 1)), 2);
 	json_decref(j);
 	j = call(c, "POST", "/v1/echo", "{\"k\":", 400);
-	ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(json_object_get(j, "error"),
-									 "message")),
-				     "line 1 column"));
+	ck_assert_ptr_nonnull(
+	    strstr(json_string_value(json_object_get(json_object_get(j, "error"), "message")),
+		   "line 1 column"));
 	assert_error(j, "malformed_json");
 	assert_error(call(c, "POST", "/v1/echo", "{\"k\":1,\"k\":2}", 400), "malformed_json");
 	assert_error(call(c, "POST", "/v1/echo", "[1]", 400), "body_not_object");
@@ -570,8 +652,9 @@ START_TEST(metrics_only_on_the_metrics_listener)
 	snprintf(url, sizeof(url), "%s/metrics", metrics_base);
 	r = get_url(c, url);
 	ck_assert_int_eq(r.status, 200);
-	ck_assert_ptr_nonnull(strstr(r.body, "mica_http_requests_total{service=\"test\",route=\"/v1/"
-					     "hello\",method=\"GET\",code=\"200\"} 1\n"));
+	ck_assert_ptr_nonnull(strstr(r.body,
+				     "mica_http_requests_total{service=\"test\",route=\"/v1/"
+				     "hello\",method=\"GET\",code=\"200\"} 1\n"));
 	/* The public listener's refusal of /metrics is counted as unmatched. */
 	ck_assert_ptr_nonnull(strstr(r.body, "route=\"none\",method=\"any\",code=\"404\"} 1\n"));
 	ck_assert_ptr_nonnull(strstr(r.body, "mica_http_request_duration_seconds_count"));
@@ -932,7 +1015,8 @@ START_TEST(handler_moves_to_the_pool)
 	mica_httpc_resp r;
 	snprintf(url, sizeof(url), "%s/metrics", metrics_base);
 	ck_assert_int_eq(mica_httpc_request(c, "GET", url, NULL, 0, 1, &r), 0);
-	ck_assert_ptr_nonnull(strstr(r.body, "mica_http_moved_to_pool_total{service=\"test\"} 1\n"));
+	ck_assert_ptr_nonnull(
+	    strstr(r.body, "mica_http_moved_to_pool_total{service=\"test\"} 1\n"));
 	mica_httpc_resp_cleanup(&r);
 	mica_httpc_free(c);
 	mica_http_stop(srv);
@@ -957,6 +1041,74 @@ START_TEST(blocking_route_without_pool)
 }
 END_TEST
 
+/* Sends a secret through /v1/{path} and back; every buffer that held one
+ * on either side (request body, parsed JSON, reply body, the client's copy
+ * of the reply) reaches free() wiped. */
+static void secret_round_trip(const char *path)
+{
+	mica_httpc *c = client(NULL);
+	mica_httpc_resp r;
+	char url[256];
+	const char *body = "{\"password\":\"" REQ_SECRET "\"}";
+	struct timespec deadline;
+	int done = 0;
+
+	mica__free_hook_set(free_hook);
+	snprintf(url, sizeof(url), "%s%s", base, path);
+	ck_assert_int_eq(mica_httpc_request(c, "POST", url, body, strlen(body), 0, &r), 0);
+	ck_assert_int_eq(r.status, 200);
+	ck_assert_ptr_nonnull(strstr(r.body, RESP_SECRET));
+	watch(r.body, RESP_SECRET);
+	mica_httpc_resp_cleanup(&r);
+	mica_httpc_free(c);
+
+	/* The server releases its buffers once the reply is out: a condition,
+	 * waited on with a deadline, not a sleep. */
+	clock_gettime(CLOCK_REALTIME, &deadline);
+	deadline.tv_sec += 10;
+	pthread_mutex_lock(&watch_mu);
+	while (!done) {
+		done = nwatched == 4;
+		for (int i = 0; done && i < nwatched; i++)
+			done = watched[i].zero_at_free != 0;
+		if (!done && pthread_cond_timedwait(&watch_cv, &watch_mu, &deadline) != 0)
+			break;
+	}
+	ck_assert_int_eq(nwatched, 4);
+	static const char *const what[] = {"request body", "request JSON string", "reply body",
+					   "client's reply body"};
+	char bad[512] = "";
+	for (int i = 0; i < nwatched; i++)
+		if (watched[i].zero_at_free != 1)
+			snprintf(bad + strlen(bad), sizeof(bad) - strlen(bad), " [%s %s]", what[i],
+				 watched[i].zero_at_free ? "was not zero when freed"
+							 : "was not freed through mica_free_wipe");
+	ck_assert_msg(bad[0] == '\0', "secrets left behind:%s", bad);
+	pthread_mutex_unlock(&watch_mu);
+	mica__free_hook_set(NULL);
+}
+
+START_TEST(secrets_are_wiped_on_the_way_through)
+{
+	secret_round_trip("/v1/secret");
+	/* On the event thread: marked, so blocking calls refused at once. */
+	ck_assert_int_eq(atomic_load(&secret_on_event), 1);
+	ck_assert_int_eq(atomic_load(&secret_httpc_err), MICA_EWOULDBLOCK);
+	ck_assert_int_eq(atomic_load(&secret_db_err), MICA_EWOULDBLOCK);
+}
+END_TEST
+
+START_TEST(blocking_pool_threads_may_block)
+{
+	secret_round_trip("/v1/secret-pool");
+	ck_assert_int_eq(atomic_load(&secret_on_event), 0);
+	/* Past the guards: the client really tried port 1, where nothing
+	 * listens, and the database call got as far as its NULL handle. */
+	ck_assert_int_eq(atomic_load(&secret_httpc_err), MICA_EHTTP);
+	ck_assert_int_eq(atomic_load(&secret_db_err), MICA_EINVAL);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("http");
@@ -967,6 +1119,8 @@ int main(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 30);
 	tcase_add_test(tc, routes_params_and_errors);
+	tcase_add_test(tc, secrets_are_wiped_on_the_way_through);
+	tcase_add_test(tc, blocking_pool_threads_may_block);
 	tcase_add_test(tc, json_bodies);
 	tcase_add_test(tc, mtls_principal);
 	tcase_add_test(tc, mtls_required_mode);

@@ -26,17 +26,19 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "crypto.h"
 #include "db.h"
 #include "httpc.h"
 #include "kc.h"
 #include "log.h"
+#include "thread.h"
 
 #define KEY "account-kc"
 #define TOKEN_LABEL "mica-kc-client"
 
 static const char *build, *pg_admin, *ca, *cert_server, *key_server, *cert_account, *key_account,
-	*cert_admin, *key_admin, *cert_rogue, *key_rogue, *ca_rogue, *hsm_module;
+    *cert_admin, *key_admin, *cert_rogue, *key_rogue, *ca_rogue, *hsm_module;
 static char dir[600];
 static char dbname[64];
 static char db_admin[2048]; /* superuser on dbname */
@@ -129,7 +131,8 @@ static int free_port(void)
 			r = (unsigned)i * 7919u;
 		int port = lo + (int)(r % (unsigned)(hi - lo + 1));
 		int s = socket(AF_INET, SOCK_STREAM, 0);
-		struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+		struct sockaddr_in sa = {.sin_family = AF_INET,
+					 .sin_port = htons((uint16_t)port),
 					 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
 		int ok = s >= 0 && bind(s, (struct sockaddr *)&sa, sizeof(sa)) == 0;
 		if (s >= 0)
@@ -142,8 +145,8 @@ static int free_port(void)
 
 static mica_httpc *raw_client(const char *cert, const char *key)
 {
-	mica_httpc_options o = {.ca_file = ca, .cert_file = cert, .key_file = key,
-				.timeout_ms = 5000};
+	mica_httpc_options o = {
+	    .ca_file = ca, .cert_file = cert, .key_file = key, .timeout_ms = 5000};
 	mica_httpc *h = NULL;
 	return mica_httpc_new(&h, &o) == 0 ? h : NULL;
 }
@@ -290,9 +293,14 @@ static void drop_database(void)
 static mica_kc *client_ex(const char *cert, const char *key, int max_entries, long ttl_ms,
 			  long timeout_ms, int retries)
 {
-	mica_kc_options o = {.base_url = base_url, .ca_file = ca, .cert_file = cert,
-			     .key_file = key, .timeout_ms = timeout_ms, .retries = retries,
-			     .cache_max_entries = max_entries, .cache_ttl_ms = ttl_ms};
+	mica_kc_options o = {.base_url = base_url,
+			     .ca_file = ca,
+			     .cert_file = cert,
+			     .key_file = key,
+			     .timeout_ms = timeout_ms,
+			     .retries = retries,
+			     .cache_max_entries = max_entries,
+			     .cache_ttl_ms = ttl_ms};
 	mica_kc *kc = NULL;
 	int err = mica_kc_new(&kc, &o);
 	ck_assert_msg(err == 0, "mica_kc_new: %s", mica_strerror(err));
@@ -369,17 +377,6 @@ static void sql_as_admin(const char *sql)
 	err = mica_db_exec(db, sql, 0, NULL, NULL);
 	ck_assert_msg(err == 0, "%s: %s (%s)", sql, mica_strerror(err), mica_db_errmsg(db));
 	mica_db_close(&db);
-}
-
-static void sleep_ms(long ms)
-{
-	struct timespec start, now;
-	clock_gettime(CLOCK_MONOTONIC, &start);
-	do {
-		struct timespec t = {0, 5 * 1000000L};
-		nanosleep(&t, NULL);
-		clock_gettime(CLOCK_MONOTONIC, &now);
-	} while ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 < ms);
 }
 
 /* ---- tests ---------------------------------------------------------------------- */
@@ -503,11 +500,14 @@ START_TEST(bad_arguments_make_no_request)
 	uint8_t dk[32];
 	char *ct = (char *)"x", *m = (char *)"x";
 	size_t len;
-	static const char *const bad_names[] = {"", "../keys/x", "Account", "a?b", "a b", "-a",
-						"a%2f",
-						"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"};
+	static const char *const bad_names[] = {
+	    "",	       "../keys/x",
+	    "Account", "a?b",
+	    "a b",     "-a",
+	    "a%2f",    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"};
 	for (size_t i = 0; i < sizeof(bad_names) / sizeof(bad_names[0]); i++) {
-		ck_assert_int_eq(mica_kc_datakey(kc, bad_names[i], 256, c, dk, 32, &ct), MICA_EINVAL);
+		ck_assert_int_eq(mica_kc_datakey(kc, bad_names[i], 256, c, dk, 32, &ct),
+				 MICA_EINVAL);
 		ck_assert_ptr_null(ct);
 		ck_assert_int_eq(mica_kc_hmac(kc, bad_names[i], "a", 1, &m), MICA_EINVAL);
 		ck_assert_ptr_null(m);
@@ -523,8 +523,10 @@ START_TEST(bad_arguments_make_no_request)
 
 	/* Options: https only, mTLS only. */
 	mica_kc *k2 = NULL;
-	mica_kc_options o = {.base_url = "http://localhost:1", .ca_file = ca,
-			     .cert_file = cert_account, .key_file = key_account};
+	mica_kc_options o = {.base_url = "http://localhost:1",
+			     .ca_file = ca,
+			     .cert_file = cert_account,
+			     .key_file = key_account};
 	ck_assert_int_eq(mica_kc_new(&k2, &o), MICA_EINVAL);
 	o.base_url = base_url;
 	o.cert_file = NULL;
@@ -612,7 +614,9 @@ END_TEST
 
 START_TEST(untrusted_server_is_etls)
 {
-	mica_kc_options o = {.base_url = base_url, .ca_file = ca_rogue, .cert_file = cert_account,
+	mica_kc_options o = {.base_url = base_url,
+			     .ca_file = ca_rogue,
+			     .cert_file = cert_account,
 			     .key_file = key_account};
 	mica_kc *kc = NULL;
 	json_t *c = ctx("u9");
@@ -621,6 +625,59 @@ START_TEST(untrusted_server_is_etls)
 	ck_assert_int_eq(mica_kc_new(&kc, &o), 0);
 	ck_assert_int_eq(mica_kc_datakey(kc, KEY, 256, c, dk, 32, &ct), MICA_ETLS);
 	ck_assert_ptr_null(ct);
+	json_decref(c);
+	mica_kc_free(kc);
+}
+END_TEST
+
+/* On an event thread (lib/thread.h) a cached data key is still answered,
+ * and only a miss, which would ask the Key Center, is refused. */
+struct event_call {
+	mica_kc *kc;
+	const char *ct_hit, *ct_miss;
+	json_t *c;
+	uint8_t got[32];
+	size_t len;
+	int hit_err, miss_err, datakey_err;
+};
+
+static void *event_thread_calls(void *arg)
+{
+	struct event_call *e = arg;
+	uint8_t dk[32], other[32];
+	size_t l = 0;
+	char *ct = NULL;
+	mica_thread_set_event(true);
+	e->hit_err = mica_kc_decrypt_datakey(e->kc, KEY, e->ct_hit, e->c, e->got, 32, &e->len);
+	e->miss_err = mica_kc_decrypt_datakey(e->kc, KEY, e->ct_miss, e->c, other, 32, &l);
+	e->datakey_err = mica_kc_datakey(e->kc, KEY, 256, e->c, dk, 32, &ct);
+	ck_assert_ptr_null(ct);
+	return NULL;
+}
+
+START_TEST(event_thread_gets_cache_hits_only)
+{
+	mica_kc *kc = client_ex(cert_account, key_account, 0, 0, 0, 0);
+	json_t *c = ctx("u10e");
+	uint8_t dk[32], dk2[32];
+	char *ct = new_datakey(kc, c, dk), *ct2 = new_datakey(kc, c, dk2);
+	struct event_call e = {.kc = kc, .ct_hit = ct, .ct_miss = ct2, .c = c};
+	pthread_t t;
+
+	unwrap_is(kc, ct, c, dk); /* cached now; ct2 is not */
+	uint64_t before = stats(kc).requests;
+	ck_assert_int_eq(pthread_create(&t, NULL, event_thread_calls, &e), 0);
+	ck_assert_int_eq(pthread_join(t, NULL), 0);
+	ck_assert_int_eq(e.hit_err, 0);
+	ck_assert_uint_eq(e.len, 32);
+	ck_assert_mem_eq(e.got, dk, 32);
+	ck_assert_int_eq(e.miss_err, MICA_EWOULDBLOCK);
+	ck_assert_int_eq(e.datakey_err, MICA_EWOULDBLOCK);
+	ck_assert_uint_eq(stats(kc).requests, before); /* nothing was sent */
+	unwrap_is(kc, ct2, c, dk2);		       /* and a thread that may block asks */
+
+	free(ct);
+	free(ct2);
 	json_decref(c);
 	mica_kc_free(kc);
 }
@@ -637,8 +694,8 @@ START_TEST(cache_ttl_expires)
 	unwrap_is(kc, ct, c, dk); /* miss, cached now */
 	unwrap_is(kc, ct, c, dk); /* hit */
 	ck_assert_uint_eq(stats(kc).hits, 1);
-	sleep_ms(ttl + 20);	  /* the entry's age is now past the TTL */
-	unwrap_is(kc, ct, c, dk); /* expired: asks again */
+	mica__clock_advance_ms(ttl); /* the entry's age is now the TTL: no sleep */
+	unwrap_is(kc, ct, c, dk);    /* expired: asks again */
 	mica_kc_stats st = stats(kc);
 	ck_assert_uint_eq(st.hits, 1);
 	ck_assert_uint_eq(st.misses, 2);
@@ -657,7 +714,8 @@ START_TEST(cache_evicts_least_recently_used)
 	mica_kc *kc = client_ex(cert_account, key_account, 2, 0, 0, 0);
 	json_t *c = ctx("u11");
 	uint8_t k1[32], k2[32], k3[32];
-	char *c1 = new_datakey(kc, c, k1), *c2 = new_datakey(kc, c, k2), *c3 = new_datakey(kc, c, k3);
+	char *c1 = new_datakey(kc, c, k1), *c2 = new_datakey(kc, c, k2),
+	     *c3 = new_datakey(kc, c, k3);
 
 	unwrap_is(kc, c1, c, k1); /* miss */
 	unwrap_is(kc, c2, c, k2); /* miss; full */
@@ -713,7 +771,8 @@ static void *unwrapper(void *arg)
 		uint8_t out[32];
 		size_t len = 0;
 		int k = i % NKEYS;
-		if (mica_kc_decrypt_datakey(s->kc, KEY, s->ct[k], s->ctx, out, sizeof(out), &len) != 0 ||
+		if (mica_kc_decrypt_datakey(s->kc, KEY, s->ct[k], s->ctx, out, sizeof(out), &len) !=
+			0 ||
 		    len != 32 || memcmp(out, s->dk[k], 32) != 0)
 			bad++;
 	}
@@ -994,6 +1053,7 @@ static Suite *kc_suite(void)
 	TCase *cache = tcase_create("cache");
 	tcase_set_timeout(cache, 60);
 	tcase_add_test(cache, cache_ttl_expires);
+	tcase_add_test(cache, event_thread_gets_cache_hits_only);
 	tcase_add_test(cache, cache_evicts_least_recently_used);
 	tcase_add_test(cache, threads_share_one_client);
 	suite_add_tcase(s, cache);
@@ -1039,7 +1099,7 @@ int main(void)
 	hsm_module = need("MICA_HSM_MODULE");
 	need("MICA_PG_PORT");
 	mica_log_min_level =
-		lvl && mica_log_level_parse(lvl) >= 0 ? mica_log_level_parse(lvl) : MICA_LOG_OFF;
+	    lvl && mica_log_level_parse(lvl) >= 0 ? mica_log_level_parse(lvl) : MICA_LOG_OFF;
 	main_pid = getpid();
 	snprintf(dir, sizeof(dir), "%s/kc-client-%d", test_dir, (int)main_pid);
 	snprintf(dbname, sizeof(dbname), "mica_kc_client_%d", (int)main_pid);

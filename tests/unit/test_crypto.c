@@ -3,6 +3,8 @@
  * base64, base64url and hex codecs. Each bad input asserts its exact error.
  */
 #include <check.h>
+#include <jansson.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,6 +70,103 @@ START_TEST(test_ct_equal_and_wipe)
 	memset(b, 0, sizeof(b));
 	ck_assert_mem_eq(a, b, sizeof(a));
 	mica_wipe(NULL, 10);
+}
+END_TEST
+
+/* ---- wiping release -------------------------------------------------------- */
+
+/* The block under watch: its contents when mica_free_wipe() was about to
+ * wipe it, and whether it was all zeros just before free(). */
+static const void *watched;
+static unsigned char seen_before[64];
+static size_t seen_size;
+static int zero_at_free = -1;
+
+static void free_hook(const void *p, size_t n, int wiped)
+{
+	if (p != watched)
+		return;
+	if (!wiped) {
+		seen_size = n;
+		memcpy(seen_before, p, n < sizeof(seen_before) ? n : sizeof(seen_before));
+		return;
+	}
+	zero_at_free = 1;
+	for (size_t i = 0; i < n; i++)
+		if (((const unsigned char *)p)[i])
+			zero_at_free = 0;
+}
+
+static void watch(const void *p)
+{
+	watched = p;
+	seen_size = 0;
+	zero_at_free = -1;
+	mica__free_hook_set(free_hook);
+}
+
+START_TEST(test_free_wipe)
+{
+	char *p = malloc(40);
+	ck_assert_ptr_nonnull(p);
+	memcpy(p, "password=hunter2", 17);
+	watch(p);
+	mica_free_wipe(p);
+	/* The whole usable block, slack included, and it held the secret. */
+	ck_assert_uint_ge(seen_size, 40);
+	ck_assert_str_eq((char *)seen_before, "password=hunter2");
+	ck_assert_int_eq(zero_at_free, 1);
+	mica_free_wipe(NULL);
+}
+END_TEST
+
+START_TEST(test_realloc_wipe)
+{
+	char *p = mica_realloc_wipe(NULL, 16), *q;
+	ck_assert_ptr_nonnull(p);
+	size_t usable = malloc_usable_size(p);
+	memcpy(p, "token-0123456789", 16);
+	/* Room enough: the same block, nothing copied or freed. */
+	watch(p);
+	ck_assert_ptr_eq(mica_realloc_wipe(p, usable), p);
+	ck_assert_int_eq(zero_at_free, -1);
+	/* Growing: the contents move and the old block is wiped, not left. */
+	q = mica_realloc_wipe(p, usable * 4);
+	ck_assert_ptr_nonnull(q);
+	ck_assert_ptr_ne(q, p);
+	ck_assert_mem_eq(q, "token-0123456789", 16);
+	ck_assert_mem_eq(seen_before, "token-0123456789", 16);
+	ck_assert_int_eq(zero_at_free, 1);
+	ck_assert_ptr_null(mica_realloc_wipe(q, 0));
+	mica_free_wipe(q);
+}
+END_TEST
+
+/* libmica installs its jansson allocator before main(): what json_decref()
+ * and a json_dumps() string release is wiped. */
+START_TEST(test_jansson_allocator_wipes)
+{
+	json_malloc_t m = NULL;
+	json_free_t f = NULL;
+	json_t *o;
+	char *text;
+
+	json_get_alloc_funcs(&m, &f);
+	ck_assert_ptr_eq(f, mica_free_wipe);
+	o = json_loads("{\"password\":\"correct horse battery\"}", 0, NULL);
+	ck_assert_ptr_nonnull(o);
+	watch(json_string_value(json_object_get(o, "password")));
+	json_decref(o);
+	ck_assert_str_eq((char *)seen_before, "correct horse battery");
+	ck_assert_int_eq(zero_at_free, 1);
+
+	o = json_pack("{s:s}", "token", "abcdefgh");
+	text = json_dumps(o, JSON_COMPACT);
+	json_decref(o);
+	watch(text);
+	mica_free_wipe(text);
+	ck_assert_str_eq((char *)seen_before, "{\"token\":\"abcdefgh\"}");
+	ck_assert_int_eq(zero_at_free, 1);
 }
 END_TEST
 
@@ -983,6 +1082,9 @@ static Suite *crypto_suite(void)
 	tc = tcase_create("primitives");
 	tcase_add_test(tc, test_random);
 	tcase_add_test(tc, test_ct_equal_and_wipe);
+	tcase_add_test(tc, test_free_wipe);
+	tcase_add_test(tc, test_realloc_wipe);
+	tcase_add_test(tc, test_jansson_allocator_wipes);
 	tcase_add_test(tc, test_hkdf_rfc5869_case1);
 	tcase_add_test(tc, test_hkdf_rfc5869_case2);
 	tcase_add_test(tc, test_hkdf_rfc5869_case3);
