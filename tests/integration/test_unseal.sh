@@ -178,7 +178,9 @@ ok "unsealed by officer1, officer2 (CLI) and test in ${UNSEAL_MS} ms (token logi
 
 # ---------------------------------------------------------------------------------------------
 step="4 unsealed"
-expect 200 - auditor GET /readyz
+# /readyz reuses a probe result for up to a second (MICA_HTTP_READY_CACHE_MS).
+mica_wait_for 5 eval 'call auditor GET /readyz; [[ "$status" == 200 ]]' ||
+	fail "readyz after the unseal: $status $(cat "$W/body")"
 expect 201 - admin POST /v1/keys/account-pii '{"owner": "account"}'
 expect 200 - account POST /v1/encrypt/account-pii "{\"plaintext\": \"c2VjcmV0\", \"context\": $CTX}"
 CT="$(jget ciphertext)"
