@@ -166,6 +166,13 @@ int acct_session_open(acct_service *s, mica_db *db, int64_t user_id, const char 
 		      const char *device_name, const char *network_hash, int known,
 		      const char *kind, char **token, struct acct_session *out,
 		      int *new_device) MICA_WUR;
+/* Whether |sess| authenticated recently: at most account.session.recent_auth_s
+ * seconds ago by mica_clock_now(), the clock session.c writes auth_at with
+ * (never the database's now()). An auth_at more than ACCT_AUTH_FUTURE_S in
+ * the future (another instance's clock far ahead, or this one stepped back)
+ * is not recent: a skew must never make an old login pass. */
+#define ACCT_AUTH_FUTURE_S 5
+bool acct_auth_recent(const acct_service *s, const struct acct_session *sess);
 /* Validates "Bearer <token>" against PostgreSQL (the truth), refreshing the
  * Redis cache and a web session's idle time. MICA_EDENIED if not active. */
 int acct_session_check(acct_service *s, const char *authorization, struct acct_session *out) MICA_WUR;

@@ -808,7 +808,7 @@ int acct_stepup_approve(acct_service *s, const struct acct_session *approver, co
 
 int acct_require_recent(acct_service *s, const struct acct_session *sess, struct acct_fail *f)
 {
-	if (mica_clock_now() - sess->auth_at <= s->cfg->recent_auth_s)
+	if (acct_auth_recent(s, sess))
 		return 0;
 	struct stepup_new n = {sess->user_id, sess->id, "sensitive", sess->device_hash, "", "-",
 			       sess->kind};

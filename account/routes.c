@@ -129,7 +129,7 @@ static void h_session_current(const mica_http_req *req, mica_http_resp *resp, vo
 			 "\"recent_auth\":%s}",
 			 (long long)sess.id, strcmp(sess.kind, "web") == 0 ? "web" : "app",
 			 (long long)sess.auth_at, (long long)sess.expires_at,
-			 mica_clock_now() - sess.auth_at <= s->cfg->recent_auth_s ? "true"
+			 acct_auth_recent(s, &sess) ? "true"
 										   : "false");
 	mica_http_reply_raw(resp, 200, "application/json", strdup(body), (size_t)n);
 }

@@ -122,6 +122,21 @@ static int cache_ttl(const struct acct_session *ss, time_t now)
 	return left > 0 ? (int)left : 0;
 }
 
+/* auth_at is written from the clock acct_auth_recent() reads, never from
+ * the database's now(): two clocks would let their skew decide whether an
+ * authentication is recent (10 minutes ahead, every sensitive operation
+ * asks for a step-up; behind, an old login passes as recent). */
+static void auth_now(char *buf, size_t len)
+{
+	snprintf(buf, len, "%lld", (long long)mica_clock_now());
+}
+
+bool acct_auth_recent(const acct_service *s, const struct acct_session *sess)
+{
+	int64_t age = mica_clock_now() - (int64_t)sess->auth_at;
+	return age >= -ACCT_AUTH_FUTURE_S && age <= s->cfg->recent_auth_s;
+}
+
 #define SESSION_COLS                                                                               \
 	"id, user_id, device_hash, kind, extract(epoch from auth_at)::bigint,"                     \
 	" extract(epoch from expires_at)::bigint"
@@ -168,19 +183,21 @@ int acct_session_create(acct_service *s, mica_db *db, int64_t user_id, const cha
 			const char *kind, char **token, struct acct_session *out)
 {
 	char t[MICA_AUTH_TOKEN_LEN + 1], hash[MICA_AUTH_HASH_HEX_LEN + 1], uid[24], life[24];
+	char now[24];
 	PGresult *res = NULL;
 	int err;
 
 	*token = NULL;
 	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
-	const char *p[5] = {hash, uid, device_hash, kind, life};
+	auth_now(now, sizeof(now));
+	const char *p[6] = {hash, uid, device_hash, kind, life, now};
 	if ((err = session_token(s, kind, t, hash, life)) == 0)
 		err = session_insert(
 		    db,
 		    "INSERT INTO account.session (token_hash, user_id, device_hash,"
-		    " kind, expires_at) VALUES ($1, $2, $3, $4,"
+		    " kind, auth_at, expires_at) VALUES ($1, $2, $3, $4, to_timestamp($6::bigint),"
 		    " now() + make_interval(secs => $5::int)) RETURNING " SESSION_COLS,
-		    5, p, t, token, out, &res);
+		    6, p, t, token, out, &res);
 	mica_wipe(t, sizeof(t));
 	PQclear(res);
 	return err;
@@ -191,7 +208,7 @@ int acct_session_open(acct_service *s, mica_db *db, int64_t user_id, const char 
 		      const char *kind, char **token, struct acct_session *out, int *new_device)
 {
 	char t[MICA_AUTH_TOKEN_LEN + 1], hash[MICA_AUTH_HASH_HEX_LEN + 1], uid[24], life[24];
-	char touch[16];
+	char touch[16], now[24];
 	PGresult *res = NULL;
 	int err;
 
@@ -199,8 +216,9 @@ int acct_session_open(acct_service *s, mica_db *db, int64_t user_id, const char 
 	*new_device = 0;
 	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
 	snprintf(touch, sizeof(touch), "%d", TOUCH_INTERVAL_S);
-	const char *p[7] = {uid, device_hash, device_name, network_hash, hash, kind, life};
-	const char *pk[6] = {uid, device_hash, hash, kind, life, touch};
+	auth_now(now, sizeof(now));
+	const char *p[8] = {uid, device_hash, device_name, network_hash, hash, kind, life, now};
+	const char *pk[7] = {uid, device_hash, hash, kind, life, touch, now};
 	if ((err = session_token(s, kind, t, hash, life)) != 0)
 		goto out;
 	/* One statement, so one round trip and atomic without BEGIN/COMMIT. */
@@ -215,9 +233,9 @@ int acct_session_open(acct_service *s, mica_db *db, int64_t user_id, const char 
 		    " WHERE user_id = $1 AND device_hash = $2"
 		    " AND last_seen < now() - make_interval(secs => $6::int))"
 		    " INSERT INTO account.session (token_hash, user_id, device_hash,"
-		    " kind, expires_at) VALUES ($3, $1, $2, $4,"
+		    " kind, auth_at, expires_at) VALUES ($3, $1, $2, $4, to_timestamp($7::bigint),"
 		    " now() + make_interval(secs => $5::int)) RETURNING " SESSION_COLS,
-		    6, pk, t, token, out, &res);
+		    7, pk, t, token, out, &res);
 	else
 		err = session_insert(
 		    db,
@@ -227,10 +245,11 @@ int acct_session_open(acct_service *s, mica_db *db, int64_t user_id, const char 
 		    " n AS (INSERT INTO account.network (user_id, network_hash) VALUES ($1, $4)"
 		    " ON CONFLICT DO NOTHING),"
 		    " s AS (INSERT INTO account.session (token_hash, user_id, device_hash, kind,"
-		    " expires_at) VALUES ($5, $1, $2, $6, now() + make_interval(secs => $7::int))"
+		    " auth_at, expires_at) VALUES ($5, $1, $2, $6, to_timestamp($8::bigint),"
+		    " now() + make_interval(secs => $7::int))"
 		    " RETURNING " SESSION_COLS ")"
 		    " SELECT s.*, d.created FROM s, d",
-		    7, p, t, token, out, &res);
+		    8, p, t, token, out, &res);
 	if (err == 0 && !known)
 		*new_device = strcmp(mica_db_get(res, 0, 6), "t") == 0;
 out:
@@ -419,15 +438,17 @@ int acct_session_touch_auth(acct_service *s, int64_t session_id)
 {
 	mica_db *db = mica_db_thread();
 	PGresult *res = NULL;
-	char id[24];
+	char id[24], now[24];
 	int err;
 	if (!db)
 		return MICA_EDBCONN;
 	snprintf(id, sizeof(id), "%lld", (long long)session_id);
-	const char *p[1] = {id};
-	err = mica_db_exec(
-	    db, "UPDATE account.session SET auth_at = now() WHERE id = $1 RETURNING token_hash", 1,
-	    p, &res);
+	auth_now(now, sizeof(now));
+	const char *p[2] = {id, now};
+	err = mica_db_exec(db,
+			   "UPDATE account.session SET auth_at = to_timestamp($2::bigint)"
+			   " WHERE id = $1 RETURNING token_hash",
+			   2, p, &res);
 	/* The cached copy carries auth_at: drop it so the next check refills it. */
 	if (err == 0 && PQntuples(res) == 1) {
 		mica_kv *kv = mica_kv_thread();
