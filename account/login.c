@@ -236,7 +236,8 @@ struct user_row {
  * the login's device (|dev|, trusted) and network are known to it: by the
  * keyed hash |net|, or by the unkeyed hash |legacy| of rows written before. */
 static int find_user(acct_service *s, enum acct_ident kind, const char *norm, const char *dev,
-		     const char *net, const char *legacy, char **idx, struct user_row *u)
+		     const char *net, const char *legacy, char **idx, struct user_row *u,
+		     const char **what)
 {
 	mica_db *db = mica_db_thread();
 	PGresult *res = NULL;
@@ -255,8 +256,10 @@ static int find_user(acct_service *s, enum acct_ident kind, const char *norm, co
 #undef FIND_USER
 	int err;
 	memset(u, 0, sizeof(*u));
+	*what = "the Key Center";
 	if ((err = acct_blind_index(s, kinds[kind], norm, idx)) != 0)
 		return err;
+	*what = "the database";
 	if (!db)
 		return MICA_EDBCONN;
 	const char *p[4] = {*idx, dev, net, legacy};
@@ -489,8 +492,10 @@ int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, stru
 		acct_fail_internal(f, err, "the Key Center");
 		goto out;
 	}
-	if ((err = find_user(s, r.ident, r.norm, r.dev_hash, net_hash, legacy, &idx, &u)) != 0) {
-		acct_fail_internal(f, err, "the account store");
+	const char *what = NULL;
+	if ((err = find_user(s, r.ident, r.norm, r.dev_hash, net_hash, legacy, &idx, &u, &what)) !=
+	    0) {
+		acct_fail_internal(f, err, what);
 		goto out;
 	}
 	/* Failures are counted per account (all its identifiers together), or

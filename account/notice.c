@@ -31,8 +31,7 @@
 
 /* Contact slots: the four columns of account.user, then the same four
  * carried with the notice (bit + 4). */
-static const char *const contact_col[4] = {"phone", "email", "security_phone",
-					   "security_email"};
+static const char *const contact_col[4] = {"phone", "email", "security_phone", "security_email"};
 
 static const struct {
 	const char *name, *subject, *body;
@@ -94,8 +93,7 @@ int acct_notice_emit(mica_db *db, int64_t user_id, enum acct_notice_kind kind, c
 		return MICA_EINVAL;
 	payload = json_pack("{s:I,s:s}", "user_id", (json_int_t)user_id, "kind", kinds[kind].name);
 	if (payload && arg)
-		json_object_set_new(payload,
-				    kind == ACCT_NOTICE_NEW_SIGN_IN ? "device" : "contact",
+		json_object_set_new(payload, kind == ACCT_NOTICE_NEW_SIGN_IN ? "device" : "contact",
 				    json_string(arg));
 	if (!payload || !(text = json_dumps(payload, JSON_COMPACT | JSON_SORT_KEYS))) {
 		err = MICA_ENOMEM;
@@ -115,15 +113,16 @@ int acct_notice_emit(mica_db *db, int64_t user_id, enum acct_notice_kind kind, c
 	snprintf(ev, sizeof(ev), "%lld", (long long)id);
 	snprintf(mask, sizeof(mask), "%u", carry);
 	const char *p[5] = {ev, uid, kinds[kind].name, detail, mask};
-	err = mica_db_exec(db,
-			   "INSERT INTO account.notice (event_id, user_id, kind, detail, carried)"
-			   " SELECT $1::bigint, id, $3, $4::jsonb, jsonb_strip_nulls(jsonb_build_object("
-			   " 'phone', CASE WHEN $5::int & 1 <> 0 THEN phone_enc END,"
-			   " 'email', CASE WHEN $5::int & 2 <> 0 THEN email_enc END,"
-			   " 'security_phone', CASE WHEN $5::int & 4 <> 0 THEN security_phone_enc END,"
-			   " 'security_email', CASE WHEN $5::int & 8 <> 0 THEN security_email_enc END))"
-			   " FROM account.user WHERE id = $2::bigint",
-			   5, p, NULL);
+	err = mica_db_exec(
+	    db,
+	    "INSERT INTO account.notice (event_id, user_id, kind, detail, carried)"
+	    " SELECT $1::bigint, id, $3, $4::jsonb, jsonb_strip_nulls(jsonb_build_object("
+	    " 'phone', CASE WHEN $5::int & 1 <> 0 THEN phone_enc END,"
+	    " 'email', CASE WHEN $5::int & 2 <> 0 THEN email_enc END,"
+	    " 'security_phone', CASE WHEN $5::int & 4 <> 0 THEN security_phone_enc END,"
+	    " 'security_email', CASE WHEN $5::int & 8 <> 0 THEN security_email_enc END))"
+	    " FROM account.user WHERE id = $2::bigint",
+	    5, p, NULL);
 out:
 	free(text);
 	free(detail);
@@ -161,10 +160,11 @@ static int copy_event(mica_db *db, const struct mica_outbox_event *e, void *arg)
 	snprintf(ev, sizeof(ev), "%lld", (long long)e->id);
 	snprintf(u, sizeof(u), "%lld", (long long)uid);
 	const char *p[4] = {ev, u, kind, dtext};
-	err = mica_db_exec(db,
-			   "INSERT INTO account.notice (event_id, user_id, kind, detail)"
-			   " VALUES ($1::bigint, $2::bigint, $3, $4::jsonb) ON CONFLICT (event_id) DO NOTHING",
-			   4, p, NULL);
+	err = mica_db_exec(
+	    db,
+	    "INSERT INTO account.notice (event_id, user_id, kind, detail)"
+	    " VALUES ($1::bigint, $2::bigint, $3, $4::jsonb) ON CONFLICT (event_id) DO NOTHING",
+	    4, p, NULL);
 out:
 	free(dtext);
 	json_decref(detail);
@@ -214,8 +214,8 @@ static int notice_text(acct_service *s, mica_db *db, int kind, int64_t uid, json
 			*what = "the database";
 			return err;
 		}
-		if (PQntuples(res) == 1 &&
-		    (err = acct_device_name_open(s, uid, dev, mica_db_get(res, 0, 0), &name)) != 0) {
+		if (PQntuples(res) == 1 && (err = acct_device_name_open(
+						s, uid, dev, mica_db_get(res, 0, 0), &name)) != 0) {
 			PQclear(res);
 			*what = "the Key Center";
 			return err;
@@ -295,12 +295,13 @@ static int deliver_tx(mica_db *db, void *arg)
 	d->what = NULL;
 	snprintf(give_up, sizeof(give_up), "%d", GIVE_UP_S);
 	const char *pg[1] = {give_up};
-	err = mica_db_exec(db,
-			   "SELECT event_id, user_id, kind, detail::text, carried::text, sent, attempts,"
-			   " created_at < now() - make_interval(secs => $1::int)"
-			   " FROM account.notice WHERE done_at IS NULL AND next_at <= now()"
-			   " ORDER BY next_at LIMIT 1 FOR UPDATE SKIP LOCKED",
-			   1, pg, &res);
+	err = mica_db_exec(
+	    db,
+	    "SELECT event_id, user_id, kind, detail::text, carried::text, sent, attempts,"
+	    " created_at < now() - make_interval(secs => $1::int)"
+	    " FROM account.notice WHERE done_at IS NULL AND next_at <= now()"
+	    " ORDER BY next_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+	    1, pg, &res);
 	if (err || PQntuples(res) != 1)
 		goto out;
 	d->found = true;
@@ -318,17 +319,18 @@ static int deliver_tx(mica_db *db, void *arg)
 	snprintf(ev, sizeof(ev), "%lld", (long long)d->event_id);
 	if (kind >= 0) {
 		const char *p[1] = {u};
-		if ((err = mica_db_exec(db,
-					"SELECT phone_enc, email_enc, security_phone_enc,"
-					" security_email_enc FROM account.user WHERE id = $1::bigint",
-					1, p, &row)) != 0)
+		if ((err =
+			 mica_db_exec(db,
+				      "SELECT phone_enc, email_enc, security_phone_enc,"
+				      " security_email_enc FROM account.user WHERE id = $1::bigint",
+				      1, p, &row)) != 0)
 			goto out;
 		if (PQntuples(row) != 1) {
 			PQclear(row);
 			row = NULL; /* the account is gone: only carried contacts remain */
 		}
-		if ((err = notice_text(d->s, db, kind, uid, detail, body, sizeof(body), &d->what)) !=
-		    0) {
+		if ((err = notice_text(d->s, db, kind, uid, detail, body, sizeof(body),
+				       &d->what)) != 0) {
 			if (!transient(err))
 				goto out;
 			d->err = err;
@@ -347,17 +349,19 @@ static int deliver_tx(mica_db *db, void *arg)
 			delay = BACKOFF_MAX_S;
 		snprintf(lim, sizeof(lim), "%d", delay);
 		const char *p[4] = {ev, sent, lim, mica_strerror(d->err)};
-		err = mica_db_exec(db,
-				   "UPDATE account.notice SET sent = $2::int, attempts = attempts + 1,"
-				   " next_at = now() + make_interval(secs => $3::int), last_error = $4"
-				   " WHERE event_id = $1::bigint",
-				   4, p, NULL);
+		err = mica_db_exec(
+		    db,
+		    "UPDATE account.notice SET sent = $2::int, attempts = attempts + 1,"
+		    " next_at = now() + make_interval(secs => $3::int), last_error = $4"
+		    " WHERE event_id = $1::bigint",
+		    4, p, NULL);
 		if (!err)
 			MICA_LOG(MICA_LOG_WARN,
 				 "notice: event %lld (%s) delayed: %s is unavailable (%s);"
 				 " attempt %d, next in %d s",
-				 (long long)d->event_id, d->kind, d->what ? d->what : "a dependency",
-				 mica_strerror(d->err), d->attempts + 1, delay);
+				 (long long)d->event_id, d->kind,
+				 d->what ? d->what : "a dependency", mica_strerror(d->err),
+				 d->attempts + 1, delay);
 	} else {
 		if (d->err)
 			MICA_LOG(MICA_LOG_ERROR,
@@ -366,15 +370,17 @@ static int deliver_tx(mica_db *db, void *arg)
 				 (long long)d->event_id, d->kind, d->attempts + 1,
 				 d->what ? d->what : "a dependency", mica_strerror(d->err));
 		else if (d->attempts > 0)
-			MICA_LOG(MICA_LOG_INFO, "notice: event %lld (%s) delivered after %d attempts",
+			MICA_LOG(MICA_LOG_INFO,
+				 "notice: event %lld (%s) delivered after %d attempts",
 				 (long long)d->event_id, d->kind, d->attempts + 1);
 		const char *p[3] = {ev, sent, d->err ? mica_strerror(d->err) : NULL};
 		/* Delivered: the carried ciphertexts have done their job. */
-		err = mica_db_exec(db,
-				   "UPDATE account.notice SET sent = $2::int, attempts = attempts + 1,"
-				   " done_at = now(), carried = NULL, last_error = $3"
-				   " WHERE event_id = $1::bigint",
-				   3, p, NULL);
+		err = mica_db_exec(
+		    db,
+		    "UPDATE account.notice SET sent = $2::int, attempts = attempts + 1,"
+		    " done_at = now(), carried = NULL, last_error = $3"
+		    " WHERE event_id = $1::bigint",
+		    3, p, NULL);
 	}
 out:
 	json_decref(detail);
@@ -424,7 +430,8 @@ static void *worker_main(void *arg)
 					 " notices wait in it",
 					 mica_strerror(err));
 			else
-				MICA_LOG(MICA_LOG_INFO, "notice: the worker reaches the database again");
+				MICA_LOG(MICA_LOG_INFO,
+					 "notice: the worker reaches the database again");
 			last_err = err;
 		}
 		if (err) {
