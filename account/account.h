@@ -227,9 +227,9 @@ enum acct_notice_kind {
 	ACCT_NOTICE_PASSWORD_CHANGED,
 	ACCT_NOTICE_PASSWORD_RESET,
 	ACCT_NOTICE_FROZEN,
-	ACCT_NOTICE_NEW_SIGN_IN,	     /* arg: the device hash */
-	ACCT_NOTICE_CONTACT_ADDED,	     /* arg: "phone" or "email" */
-	ACCT_NOTICE_CONTACT_REMOVED,	     /* arg: "phone" or "email" */
+	ACCT_NOTICE_NEW_SIGN_IN,     /* arg: the device hash */
+	ACCT_NOTICE_CONTACT_ADDED,   /* arg: "phone" or "email" */
+	ACCT_NOTICE_CONTACT_REMOVED, /* arg: "phone" or "email" */
 	ACCT_NOTICE_DELETED,
 	ACCT_NOTICE_PHONE_RECYCLED,	     /* the login phone went to a new account */
 	ACCT_NOTICE_SECURITY_PHONE_RECYCLED, /* the security phone went to a new account */

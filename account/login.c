@@ -422,11 +422,11 @@ static int finish_login(acct_service *s, int64_t user_id, const char *dev, const
 	if (!known &&
 	    (err = acct_device_name_seal(s, user_id, dev, dev_name ? dev_name : "", &name)) != 0)
 		return acct_fail_internal(f, err, "the Key Center");
-	struct open_ctx o = {s, user_id, dev, name ? name : "", net, known, kind, notify_new,
-			     &token, &session};
+	struct open_ctx o = {s,	    user_id, dev,	 name ? name : "", net,
+			     known, kind,    notify_new, &token,	   &session};
 	/* A login that may add a device opens its session and records the
 	 * new-device notice in one transaction; a known device needs neither. */
-	err = !db ? MICA_EDBCONN
+	err = !db     ? MICA_EDBCONN
 	      : known ? acct_session_open(s, db, user_id, dev, "", net, known, kind, &token,
 					  &session, &new_device)
 		      : mica_db_tx(db, MICA_DB_READ_COMMITTED, open_tx, &o);

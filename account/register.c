@@ -45,7 +45,7 @@ static const char *dependency_of(int err, const char *what)
 	static const struct {
 		const char *what, *dep;
 	} named[] = {
-	    {"the Key Center", "keycenter"}, {"the database", "database"},
+	    {"the Key Center", "keycenter"},   {"the database", "database"},
 	    {"the account store", "database"}, {"the session store", "database"},
 	    {"the notifier", "notifier"},
 	};
@@ -180,11 +180,12 @@ static int code_refused(acct_service *s, mica_db *db, const char *id, const char
 {
 	PGresult *res = NULL;
 	const char *q[2] = {id, purpose};
-	int err = mica_db_exec(db,
-			       "UPDATE account.verification SET attempts = attempts + 1 WHERE id = $1"
-			       " AND purpose = $2 RETURNING attempts, expires_at > now(),"
-			       " consumed_at IS NULL",
-			       2, q, &res);
+	int err =
+	    mica_db_exec(db,
+			 "UPDATE account.verification SET attempts = attempts + 1 WHERE id = $1"
+			 " AND purpose = $2 RETURNING attempts, expires_at > now(),"
+			 " consumed_at IS NULL",
+			 2, q, &res);
 	if (err)
 		return err;
 	/* A wrong code is MICA_EAUTH; a used or expired one MICA_ESTATE, as it
@@ -371,8 +372,8 @@ struct new_account {
 	char account_no[11];
 	/* Made before the transaction: the stored forms, bound to |uid|. */
 	char *no_idx, *no_enc, *id_enc, *pw_enc, *name_enc;
-	bool collided;	 /* the account number is taken: draw another */
-	bool code_gone;	 /* the code was used (or expired) meanwhile */
+	bool collided;	/* the account number is taken: draw another */
+	bool code_gone; /* the code was used (or expired) meanwhile */
 	char *token;
 	struct acct_session session;
 };
@@ -466,18 +467,19 @@ static int free_identifier(mica_db *db, struct new_account *a)
 	bool phone = strcmp(a->kind, "phone") == 0;
 	int err;
 	const char *p1[1] = {a->target_idx};
-	err = mica_db_exec(db,
-			   phone ? "SELECT id, to_char(coalesce(phone_bound_at, created_at), 'YYYY-MM-DD')"
-				   " FROM account.user WHERE phone_idx = $1 FOR UPDATE"
-				 : "SELECT id, '' FROM account.user WHERE email_idx = $1 FOR UPDATE",
-			   1, p1, &res);
+	err = mica_db_exec(
+	    db,
+	    phone ? "SELECT id, to_char(coalesce(phone_bound_at, created_at), 'YYYY-MM-DD')"
+		    " FROM account.user WHERE phone_idx = $1 FOR UPDATE"
+		  : "SELECT id, '' FROM account.user WHERE email_idx = $1 FOR UPDATE",
+	    1, p1, &res);
 	if (err)
 		goto out;
 	if (PQntuples(res) == 1) {
 		int recycled = 0;
 		if (!phone ||
-		    (err = acct_number_recycled(s, db, a->target, a->target_idx, mica_db_get(res, 0, 1),
-						&recycled)) != 0 ||
+		    (err = acct_number_recycled(s, db, a->target, a->target_idx,
+						mica_db_get(res, 0, 1), &recycled)) != 0 ||
 		    !recycled) {
 			err = err ? err : MICA_EEXISTS;
 			goto out;
@@ -485,12 +487,13 @@ static int free_identifier(mica_db *db, struct new_account *a)
 		if ((err = mica_db_get_int64(res, 0, 0, &a->transferred_from)) != 0)
 			goto out;
 		const char *p2[1] = {mica_db_get(res, 0, 0)};
-		if ((err = acct_notice_emit(db, a->transferred_from, ACCT_NOTICE_PHONE_RECYCLED, NULL,
-					    0)) != 0 ||
-		    (err = mica_db_exec(db,
-					"UPDATE account.user SET phone_idx = NULL, phone_enc = NULL,"
-					" phone_bound_at = NULL WHERE id = $1",
-					1, p2, NULL)) != 0)
+		if ((err = acct_notice_emit(db, a->transferred_from, ACCT_NOTICE_PHONE_RECYCLED,
+					    NULL, 0)) != 0 ||
+		    (err =
+			 mica_db_exec(db,
+				      "UPDATE account.user SET phone_idx = NULL, phone_enc = NULL,"
+				      " phone_bound_at = NULL WHERE id = $1",
+				      1, p2, NULL)) != 0)
 			goto out;
 	}
 	PQclear(res);
@@ -513,8 +516,8 @@ static int free_identifier(mica_db *db, struct new_account *a)
 		if (!recycled)
 			continue;
 		const char *p3[1] = {mica_db_get(res, i, 0)};
-		if ((err = acct_notice_emit(db, id, ACCT_NOTICE_SECURITY_PHONE_RECYCLED, NULL, 0)) !=
-			0 ||
+		if ((err = acct_notice_emit(db, id, ACCT_NOTICE_SECURITY_PHONE_RECYCLED, NULL,
+					    0)) != 0 ||
 		    (err = mica_db_exec(db,
 					"UPDATE account.user SET security_phone_enc = NULL,"
 					" security_phone_idx = NULL, security_phone_bound_at = NULL"
@@ -546,12 +549,13 @@ static int create_account_tx(mica_db *db, void *arg)
 	}
 	snprintf(max, sizeof(max), "%d", a->s->cfg->code_max_attempts);
 	const char *pc[4] = {a->verification_id, a->code_hash, max, a->target_idx};
-	if ((err = mica_db_exec(db,
-				"UPDATE account.verification SET consumed_at = now() WHERE id = $1"
-				" AND purpose = 'register' AND code_hash = $2 AND consumed_at IS NULL"
-				" AND expires_at > now() AND attempts < $3::int AND target_idx = $4"
-				" RETURNING id",
-				4, pc, &res)) != 0)
+	if ((err =
+		 mica_db_exec(db,
+			      "UPDATE account.verification SET consumed_at = now() WHERE id = $1"
+			      " AND purpose = 'register' AND code_hash = $2 AND consumed_at IS NULL"
+			      " AND expires_at > now() AND attempts < $3::int AND target_idx = $4"
+			      " RETURNING id",
+			      4, pc, &res)) != 0)
 		goto out;
 	if (PQntuples(res) != 1) {
 		a->code_gone = true;
@@ -563,17 +567,18 @@ static int create_account_tx(mica_db *db, void *arg)
 	if ((err = free_identifier(db, a)) != 0)
 		goto out;
 	bool phone = strcmp(a->kind, "phone") == 0;
-	const char *pu[8] = {a->uid,	    a->no_enc, a->no_idx, a->pw_enc, a->policy,
-			     a->target_idx, a->id_enc, phone ? "phone" : "email"};
-	err = mica_db_exec(db,
-			   "INSERT INTO account.user (id, account_no_enc, account_no_idx, password_enc,"
-			   " password_policy, phone_idx, phone_enc, email_idx, email_enc, phone_bound_at)"
-			   " VALUES ($1::bigint, $2, $3, $4, $5,"
-			   " CASE WHEN $8 = 'phone' THEN $6 END, CASE WHEN $8 = 'phone' THEN $7 END,"
-			   " CASE WHEN $8 = 'email' THEN $6 END, CASE WHEN $8 = 'email' THEN $7 END,"
-			   " CASE WHEN $8 = 'phone' THEN now() END)"
-			   " ON CONFLICT (account_no_idx) DO NOTHING RETURNING id",
-			   8, pu, &res);
+	const char *pu[8] = {a->uid,	a->no_enc,     a->no_idx, a->pw_enc,
+			     a->policy, a->target_idx, a->id_enc, phone ? "phone" : "email"};
+	err = mica_db_exec(
+	    db,
+	    "INSERT INTO account.user (id, account_no_enc, account_no_idx, password_enc,"
+	    " password_policy, phone_idx, phone_enc, email_idx, email_enc, phone_bound_at)"
+	    " VALUES ($1::bigint, $2, $3, $4, $5,"
+	    " CASE WHEN $8 = 'phone' THEN $6 END, CASE WHEN $8 = 'phone' THEN $7 END,"
+	    " CASE WHEN $8 = 'email' THEN $6 END, CASE WHEN $8 = 'email' THEN $7 END,"
+	    " CASE WHEN $8 = 'phone' THEN now() END)"
+	    " ON CONFLICT (account_no_idx) DO NOTHING RETURNING id",
+	    8, pu, &res);
 	if (err)
 		goto out;
 	if (PQntuples(res) != 1) {
@@ -648,11 +653,12 @@ static int register_code_check(acct_service *s, mica_db *db, const char *vid, co
 		return acct_fail_internal(f, err, "the Key Center");
 	snprintf(max, sizeof(max), "%d", s->cfg->code_max_attempts);
 	const char *p[3] = {vid, *hash, max};
-	if ((err = mica_db_exec(db,
-				"SELECT target_idx, target_enc, channel FROM account.verification"
-				" WHERE id = $1 AND purpose = 'register' AND code_hash = $2"
-				" AND consumed_at IS NULL AND expires_at > now() AND attempts < $3::int",
-				3, p, &res)) != 0) {
+	if ((err = mica_db_exec(
+		 db,
+		 "SELECT target_idx, target_enc, channel FROM account.verification"
+		 " WHERE id = $1 AND purpose = 'register' AND code_hash = $2"
+		 " AND consumed_at IS NULL AND expires_at > now() AND attempts < $3::int",
+		 3, p, &res)) != 0) {
 		acct_fail_internal(f, err, "the database");
 		goto out;
 	}
@@ -740,7 +746,8 @@ int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t
 	}
 	if (!err) {
 		if (a.transferred_from)
-			MICA_LOG(MICA_LOG_WARN, "account: a recycled phone number moved to a new account");
+			MICA_LOG(MICA_LOG_WARN,
+				 "account: a recycled phone number moved to a new account");
 		*out = json_pack("{s:s,s:s,s:I,s:I}", "account_id", a.account_no, "token", a.token,
 				 "session_id", (json_int_t)a.session.id, "expires_at",
 				 (json_int_t)a.session.expires_at);
@@ -805,10 +812,11 @@ static int unbind_recycled_tx(mica_db *db, void *arg)
 	int err;
 	snprintf(u, sizeof(u), "%lld", (long long)ub->user_id);
 	const char *p[2] = {u, ub->phone_idx};
-	if ((err = mica_db_exec(db,
-				"UPDATE account.user SET phone_idx = NULL, phone_enc = NULL,"
-				" phone_bound_at = NULL WHERE id = $1 AND phone_idx = $2 RETURNING id",
-				2, p, &res)) != 0)
+	if ((err = mica_db_exec(
+		 db,
+		 "UPDATE account.user SET phone_idx = NULL, phone_enc = NULL,"
+		 " phone_bound_at = NULL WHERE id = $1 AND phone_idx = $2 RETURNING id",
+		 2, p, &res)) != 0)
 		return err;
 	bool unbound = PQntuples(res) == 1;
 	PQclear(res);
@@ -859,8 +867,10 @@ int acct_reset_start(acct_service *s, json_t *body, const char *ip, json_t **out
 		 * account, nor hear of it. The account loses the number, then is
 		 * told on its other contacts. */
 		struct unbind_recycled ub = {uid, idx};
-		if (mica_db_tx(mica_db_thread(), MICA_DB_READ_COMMITTED, unbind_recycled_tx, &ub) != 0)
-			MICA_LOG(MICA_LOG_WARN, "account: a recycled phone number could not be unbound");
+		if (mica_db_tx(mica_db_thread(), MICA_DB_READ_COMMITTED, unbind_recycled_tx, &ub) !=
+		    0)
+			MICA_LOG(MICA_LOG_WARN,
+				 "account: a recycled phone number could not be unbound");
 		uid = 0;
 	}
 	/* Same answer whether or not an account exists (no enumeration); a code

@@ -178,13 +178,14 @@ static int contact_set_tx(mica_db *db, void *arg)
 						  : ACCT_CONTACT_SECURITY_EMAIL)) != 0)
 			return err;
 		const char *p[1] = {uid};
-		return mica_db_exec(db,
-				    phone ? "UPDATE account.user SET security_phone_enc = NULL,"
-					    " security_phone_idx = NULL, security_phone_bound_at = NULL"
-					    " WHERE id = $1"
-					  : "UPDATE account.user SET security_email_enc = NULL,"
-					    " security_email_idx = NULL WHERE id = $1",
-				    1, p, NULL);
+		return mica_db_exec(
+		    db,
+		    phone ? "UPDATE account.user SET security_phone_enc = NULL,"
+			    " security_phone_idx = NULL, security_phone_bound_at = NULL"
+			    " WHERE id = $1"
+			  : "UPDATE account.user SET security_email_enc = NULL,"
+			    " security_email_idx = NULL WHERE id = $1",
+		    1, p, NULL);
 	}
 	const char *p[3] = {uid, c->enc, c->idx};
 	if ((err = mica_db_exec(db,
@@ -484,8 +485,8 @@ static int delete_tx(mica_db *db, void *arg)
 	/* The notice first, carrying the contacts it must reach; sessions
 	 * next, so their cache entries are tombstoned; then the rows (dependent
 	 * tables cascade) and the event, all in one transaction. */
-	if ((err = acct_notice_emit(db, d->user_id, ACCT_NOTICE_DELETED, NULL, ACCT_CONTACTS_ALL)) !=
-		0 ||
+	if ((err = acct_notice_emit(db, d->user_id, ACCT_NOTICE_DELETED, NULL,
+				    ACCT_CONTACTS_ALL)) != 0 ||
 	    (err = acct_session_revoke_all(d->s, db, d->user_id, 0)) != 0 ||
 	    (err = mica_db_exec(db, "DELETE FROM account.verification WHERE user_id = $1", 1, p,
 				NULL)) != 0 ||
