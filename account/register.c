@@ -242,8 +242,15 @@ int acct_code_verify(acct_service *s, mica_db *db, const char *id, const char *p
 		if (!err && (!*target_idx || !*channel))
 			err = MICA_ENOMEM;
 		if (err) {
+			/* The target did not open: the code was not used for
+			 * anything, so it stays usable. */
+			const char *q[1] = {id};
+			if (mica_db_exec(db,
+					 "UPDATE account.verification SET consumed_at = NULL"
+					 " WHERE id = $1",
+					 1, q, NULL) != 0)
+				MICA_LOG(MICA_LOG_WARN, "account: a code could not be released");
 			acct_fail_internal(f, err, "the Key Center");
-			goto out;
 		}
 		goto out;
 	}

@@ -11,6 +11,7 @@
 #   4. a failed registration keeps its code: register/complete held inside its transaction
 #      (a row lock) while the Key Center is stopped succeeds, since nothing in the transaction
 #      needs it; killed (-9) there, the code is still unused and registers the account after.
+#      A password reset refused because the Key Center is down keeps its code too.
 #   6. failures name the dependency that failed (`dependency` member, message) and /readyz
 #      lists it, while /healthz stays 200: a login that fails for lack of the Key Center names
 #      the Key Center; register/start with PostgreSQL stopped names the database; with Redis
@@ -256,6 +257,19 @@ start_account
 expect 201 - POST /v1/register/complete "$(complete_body "$VID" "$CODE" 'Dave-pass1' dev-dave)"
 expect 400 code_used POST /v1/register/complete "$(complete_body "$VID" "$CODE" 'Dave-pass1' dev-dave)"
 ok "killed mid-registration, the code still registers the account (once)"
+# c) The other codes: a reset whose address cannot be opened (the Key Center stopped) keeps its
+# code. Before: the code was consumed first, then the 503 left it used.
+expect 200 - POST /v1/password/reset/start '{"login": "alice@example.com"}'
+VID="$(jget verification_id)"
+CODE="$(code_for alice@example.com)"
+RESET="$(js --arg v "$VID" --arg c "$CODE" '{verification_id: $v, code: $c, new_password: "Alice-pass3"}')"
+stack_stop keycenter
+expect 503 unavailable POST /v1/password/reset/complete "$RESET"
+expect_dep keycenter "Key Center"
+start_kc
+expect 200 - POST /v1/password/reset/complete "$RESET"
+wait_notice alice@example.com 'Your mica password was reset' 30
+ok "a reset refused for lack of the Key Center keeps its code"
 
 # ---------------------------------------------------------------------------------------------
 step="6 failures name the dependency"
@@ -274,7 +288,7 @@ readyz_lists database
 mica__pg_start "$MICA_TEST_DIR"
 ok "register/start with PostgreSQL stopped names the database"
 mica_redis_stop "$MICA_TEST_DIR"
-expect 503 unavailable POST /v1/login "$(login_body alice@example.com 'Alice-pass2' dev-alice)"
+expect 503 unavailable POST /v1/login "$(login_body alice@example.com 'Alice-pass3' dev-alice)"
 expect_dep redis "Redis"
 readyz_lists redis
 mica__redis_start "$MICA_TEST_DIR"
