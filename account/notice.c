@@ -398,7 +398,9 @@ static int deliver_due(acct_service *s, mica_db *db, atomic_bool *stop)
 		int err = mica_db_tx(db, MICA_DB_READ_COMMITTED, deliver_tx, &d);
 		if (err)
 			return err;
-		if (!d.found)
+		/* Nothing due, or a dependency is down: the next notices would
+		 * only fail the same way now; they are tried on the next round. */
+		if (!d.found || d.err)
 			break;
 	}
 	return 0;

@@ -26,6 +26,8 @@
  * send after their transaction committed (or use the outbox sender, or emit
  * an outbox.event and send from its consumer), so a rolled-back change never
  * produced a message and a message is not sent once per transaction retry.
+ * Security notices do the latter (account/notice.c, acct_notice_emit()):
+ * only verification codes are sent directly.
  *
  * Privacy: bodies and subjects (they carry codes) are never logged;
  * recipients only through mica_mask_email/mica_mask_phone.

@@ -70,7 +70,11 @@ static const char *dependency_name(const char *dep)
 int acct_fail_internal(struct acct_fail *f, int err, const char *what)
 {
 	MICA_LOG(MICA_LOG_ERROR, "account: %s failed: %s", what, mica_strerror(err));
-	if (!unavailable(err)) {
+	/* A mail or SMS server that fails or refuses is down for us, whatever
+	 * its reason (the log line has it). */
+	bool notifier =
+	    strcmp(what, "the notifier") == 0 && err != MICA_EINVAL && err != MICA_ENOMEM;
+	if (!unavailable(err) && !notifier) {
 		acct_failf(f, 500, "internal_error", "%s failed", what);
 		return err;
 	}
