@@ -299,7 +299,7 @@ static int deliver_tx(mica_db *db, void *arg)
 	    db,
 	    "SELECT event_id, user_id, kind, detail::text, carried::text, sent, attempts,"
 	    " created_at < now() - make_interval(secs => $1::int)"
-	    " FROM account.notice WHERE done_at IS NULL AND next_at <= now()"
+	    " FROM account.notice WHERE next_at <= now()"
 	    " ORDER BY next_at LIMIT 1 FOR UPDATE SKIP LOCKED",
 	    1, pg, &res);
 	if (err || PQntuples(res) != 1)
@@ -373,14 +373,11 @@ static int deliver_tx(mica_db *db, void *arg)
 			MICA_LOG(MICA_LOG_INFO,
 				 "notice: event %lld (%s) delivered after %d attempts",
 				 (long long)d->event_id, d->kind, d->attempts + 1);
-		const char *p[3] = {ev, sent, d->err ? mica_strerror(d->err) : NULL};
-		/* Delivered: the carried ciphertexts have done their job. */
-		err = mica_db_exec(
-		    db,
-		    "UPDATE account.notice SET sent = $2::int, attempts = attempts + 1,"
-		    " done_at = now(), carried = NULL, last_error = $3"
-		    " WHERE event_id = $1::bigint",
-		    3, p, NULL);
+		/* Done (or given up): the row goes, and with it the carried
+		 * ciphertexts; a deleted account leaves nothing behind. */
+		const char *p[1] = {ev};
+		err = mica_db_exec(db, "DELETE FROM account.notice WHERE event_id = $1::bigint", 1,
+				   p, NULL);
 	}
 out:
 	json_decref(detail);

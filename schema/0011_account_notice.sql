@@ -11,8 +11,9 @@
 -- delays a notice instead of losing it. A notice sent after the contact
 -- rows are gone (deletion, a removed security contact) carries the
 -- contacts' Key Center ciphertexts, copied from account.user in the
--- operation's transaction (still bound to their original row); they are
--- dropped once the notice is delivered.
+-- operation's transaction (still bound to their original row). A row is
+-- deleted once its notice is delivered (or given up), so nothing of a
+-- deleted account stays behind.
 
 INSERT INTO outbox.subscription (consumer, topic) VALUES ('account.notices', 'account.notice')
 	ON CONFLICT DO NOTHING;
@@ -27,10 +28,9 @@ CREATE TABLE account.notice (
 	attempts integer NOT NULL DEFAULT 0,
 	next_at timestamptz NOT NULL DEFAULT now(),
 	last_error text,                    -- mica error name of the last failed attempt
-	created_at timestamptz NOT NULL DEFAULT now(),
-	done_at timestamptz                 -- delivered (or given up: last_error says why)
+	created_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX notice_due_idx ON account.notice (next_at) WHERE done_at IS NULL;
+CREATE INDEX notice_due_idx ON account.notice (next_at);
 GRANT SELECT, INSERT, UPDATE, DELETE ON account.notice TO mica_account;
 
 -- The worker claims its own pending rows (lib/outbox: DELETE ... FOR UPDATE
