@@ -193,15 +193,17 @@ struct delivery {
 	char kind[32];
 };
 
-/* The text of notice |kind| with its detail; false when it cannot be made
- * now (*err says why: the device name did not open). */
+/* The text of notice |kind| with its detail into |body|: 0, or the
+ * transient error that kept it from being made now (the device row could not
+ * be read or its name did not open; *what names the dependency). A name
+ * that can never open is left out ("unnamed"). */
 static int notice_text(acct_service *s, mica_db *db, int kind, int64_t uid, json_t *detail,
 		       char *body, size_t cap, const char **what)
 {
 	const char *arg = NULL;
 	char *name = NULL;
-	int err = 0;
 	if (kind == ACCT_NOTICE_NEW_SIGN_IN) {
+		int err;
 		const char *dev = json_string_value(json_object_get(detail, "device"));
 		PGresult *res = NULL;
 		char u[24];
@@ -217,8 +219,15 @@ static int notice_text(acct_service *s, mica_db *db, int kind, int64_t uid, json
 		if (PQntuples(res) == 1 && (err = acct_device_name_open(
 						s, uid, dev, mica_db_get(res, 0, 0), &name)) != 0) {
 			PQclear(res);
-			*what = "the Key Center";
-			return err;
+			if (transient(err)) {
+				*what = "the Key Center";
+				return err;
+			}
+			/* A name that will never open: the notice goes without it. */
+			MICA_LOG(MICA_LOG_WARN, "notice: a device name does not open (%s)",
+				 mica_strerror(err));
+			name = NULL;
+			res = NULL;
 		}
 		PQclear(res);
 		arg = name && *name ? name : "unnamed";
@@ -330,12 +339,9 @@ static int deliver_tx(mica_db *db, void *arg)
 			row = NULL; /* the account is gone: only carried contacts remain */
 		}
 		if ((err = notice_text(d->s, db, kind, uid, detail, body, sizeof(body),
-				       &d->what)) != 0) {
-			if (!transient(err))
-				goto out;
-			d->err = err;
-			err = 0;
-		} else if ((err = send_all(d, db, kind, uid, row, carried, body)) != 0) {
+				       &d->what)) != 0)
+			d->err = err; /* transient: tried again later */
+		else if ((err = send_all(d, db, kind, uid, row, carried, body)) != 0) {
 			goto out;
 		}
 	} else {

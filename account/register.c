@@ -49,6 +49,9 @@ static const char *dependency_of(int err, const char *what)
 	    {"the account store", "database"}, {"the session store", "database"},
 	    {"the notifier", "notifier"},
 	};
+	/* The development notifier writes to the database. */
+	if (err == MICA_EDBCONN && strcmp(what, "the notifier") == 0)
+		return "database";
 	for (size_t i = 0; i < sizeof(named) / sizeof(named[0]); i++)
 		if (strcmp(what, named[i].what) == 0)
 			return named[i].dep;
