@@ -15,7 +15,8 @@
 #   6. failures name the dependency that failed (`dependency` member, message) and /readyz
 #      lists it, while /healthz stays 200: a login that fails for lack of the Key Center names
 #      the Key Center; register/start with PostgreSQL stopped names the database; with Redis
-#      stopped, Redis.
+#      stopped, Redis. What needs no Key Center (security questions, cross-device) or no Redis
+#      (register/complete, a bearer check) is still served, as docs/api/account.md says.
 # Everything it starts is stopped, PostgreSQL and Redis restarted if down, its database dropped.
 set -euo pipefail
 
@@ -276,7 +277,14 @@ ok "a reset refused for lack of the Key Center keeps its code"
 
 # ---------------------------------------------------------------------------------------------
 step="6 failures name the dependency"
+expect 200 - POST /v1/login "$(login_body alice@example.com 'Alice-pass3' dev-alice)"
+T6="$(jget token)"
 stack_stop keycenter
+# What needs no Key Center is still served (docs/api/account.md, "When a dependency is down").
+expect 200 - -t "$T6" PUT /v1/security/questions '{"questions": [{"question": "Pet?", "answer": "Rex"}]}'
+expect 200 - -t "$T6" PUT /v1/security/cross-device '{"enabled": true}'
+expect 503 unavailable -t "$T6" GET /v1/me
+expect_dep keycenter "Key Center"
 # An address never looked up, so no cached index answers for the Key Center.
 expect 503 unavailable POST /v1/login "$(login_body erin@example.com 'Erin-pass1' dev-alice)"
 expect_dep keycenter "Key Center"
@@ -290,7 +298,11 @@ expect_dep database "database"
 readyz_lists database
 mica__pg_start "$MICA_TEST_DIR"
 ok "register/start with PostgreSQL stopped names the database"
+expect 200 - POST /v1/register/start '{"email": "gina@example.com"}'
+VID="$(jget verification_id)"
 mica_redis_stop "$MICA_TEST_DIR"
+expect 201 - POST /v1/register/complete "$(complete_body "$VID" "$(code_for gina@example.com)" 'Gina-pass1' dev-gina)"
+expect 200 - -t "$T6" GET /v1/session
 expect 503 unavailable POST /v1/login "$(login_body alice@example.com 'Alice-pass3' dev-alice)"
 expect_dep redis "Redis"
 readyz_lists redis
