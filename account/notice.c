@@ -191,6 +191,7 @@ struct delivery {
 	int err;	  /* the transient failure that stopped this attempt, or 0 */
 	const char *what; /* its dependency, for the log */
 	char kind[32];
+	char created_us[24]; /* created_at in microseconds since 1970 */
 };
 
 /* The text of notice |kind| with its detail into |body|: 0, or the
@@ -275,9 +276,14 @@ static int send_all(struct delivery *d, mica_db *db, int kind, int64_t uid, PGre
 			d->sent |= 1 << slot;
 			continue;
 		}
-		err = acct_notify_send(s->notify, db,
-				       slot % 2 == 0 ? ACCT_CHANNEL_SMS : ACCT_CHANNEL_EMAIL, to,
-				       kinds[kind].subject, body);
+		/* The same for every attempt at this message, and unique even
+		 * across a database restored with its event ids. */
+		char key[ACCT_NOTIFY_KEY_MAX + 1];
+		snprintf(key, sizeof(key), "notice-%lld-%d-%s", (long long)d->event_id, slot,
+			 d->created_us);
+		err = acct_notify_send_keyed(s->notify, db,
+					     slot % 2 == 0 ? ACCT_CHANNEL_SMS : ACCT_CHANNEL_EMAIL,
+					     to, kinds[kind].subject, body, key);
 		mica_wipe(to, strlen(to));
 		free(to);
 		if (err && transient(err)) {
@@ -307,7 +313,8 @@ static int deliver_tx(mica_db *db, void *arg)
 	err = mica_db_exec(
 	    db,
 	    "SELECT event_id, user_id, kind, detail::text, carried::text, sent, attempts,"
-	    " created_at < now() - make_interval(secs => $1::int)"
+	    " created_at < now() - make_interval(secs => $1::int),"
+	    " (extract(epoch FROM created_at) * 1000000)::bigint"
 	    " FROM account.notice WHERE next_at <= now()"
 	    " ORDER BY next_at LIMIT 1 FOR UPDATE SKIP LOCKED",
 	    1, pg, &res);
@@ -321,6 +328,7 @@ static int deliver_tx(mica_db *db, void *arg)
 	d->sent = atoi(mica_db_get(res, 0, 5));
 	d->attempts = atoi(mica_db_get(res, 0, 6));
 	bool expired = strcmp(mica_db_get(res, 0, 7), "t") == 0;
+	snprintf(d->created_us, sizeof(d->created_us), "%.20s", mica_db_get(res, 0, 8));
 	kind = kind_of(d->kind);
 	detail = json_loads(mica_db_get(res, 0, 3), 0, NULL);
 	carried = mica_db_get(res, 0, 4) ? json_loads(mica_db_get(res, 0, 4), 0, NULL) : NULL;

@@ -742,6 +742,42 @@ START_TEST(smtps_delivers_with_headers)
 }
 END_TEST
 
+/* A keyed message sent again (a retried notice) is the same message: the
+ * same Message-ID; a malformed key is refused before anything is sent. */
+START_TEST(keyed_messages_repeat_their_message_id)
+{
+	struct smtpd s;
+	char url[64];
+	smtpd_start(&s, "smtps", "mica", "s3cret-pw");
+	snprintf(url, sizeof(url), "smtps://localhost:%d", s.port);
+	acct_notify *n = smtp_notifier(url, "mica", "s3cret-pw", env("MICA_CA"));
+	const char *to = addr("keyed");
+	for (int i = 0; i < 2; i++)
+		ck_assert_int_eq(acct_notify_send_keyed(n, NULL, ACCT_CHANNEL_EMAIL, to, "Notice",
+							"Your password was changed.",
+							"notice-42-1-1796000000000000"),
+				 0);
+	ck_assert_int_eq(
+	    acct_notify_send_keyed(n, NULL, ACCT_CHANNEL_EMAIL, to, "Notice", "x", "bad key>"),
+	    MICA_EINVAL);
+	char long_key[ACCT_NOTIFY_KEY_MAX + 2];
+	memset(long_key, 'k', sizeof(long_key) - 1);
+	long_key[sizeof(long_key) - 1] = '\0';
+	ck_assert_int_eq(
+	    acct_notify_send_keyed(n, NULL, ACCT_CHANNEL_EMAIL, to, "Notice", "x", long_key),
+	    MICA_EINVAL);
+	ck_assert_int_eq(smtpd_count(&s), 2);
+	for (int i = 1; i <= 2; i++) {
+		json_t *m = smtpd_message(&s, i);
+		ck_assert_str_eq(jstr(m, "message_id"),
+				 "<notice-42-1-1796000000000000@mica.example>");
+		json_decref(m);
+	}
+	acct_notify_free(n);
+	smtpd_stop(&s);
+}
+END_TEST
+
 START_TEST(starttls_is_required)
 {
 	struct smtpd s, plain;
@@ -919,6 +955,7 @@ static Suite *notify_suite(void)
 	tcase_add_test(tc, sms_webhook_receives_to_and_text);
 	tcase_add_test(tc, smtps_delivers_with_headers);
 	tcase_add_test(tc, starttls_is_required);
+	tcase_add_test(tc, keyed_messages_repeat_their_message_id);
 	tcase_add_test(tc, notice_follows_the_transaction_and_names_no_contact);
 	tcase_add_test(tc, notice_worker_sees_only_its_pending_rows);
 	suite_add_tcase(s, tc);
