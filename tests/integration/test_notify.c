@@ -4,7 +4,9 @@
  * test requiring mutual TLS; e-mail against a real SMTP server (Debian's
  * python3-aiosmtpd, started by the test on a free port) over implicit TLS and
  * STARTTLS with AUTH, whose received messages are parsed by Python's own
- * e-mail package.
+ * e-mail package. Also security notices (account/notice.c): emitted in the
+ * caller's transaction as outbox events that name no contact, claimable by
+ * the account role only for its own consumers.
  */
 #include <check.h>
 #include <errno.h>
