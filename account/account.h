@@ -247,18 +247,46 @@ int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t
 int acct_reset_start(acct_service *s, json_t *body, const char *ip, json_t **out,
 		     struct acct_fail *f) MICA_WUR;
 int acct_reset_complete(acct_service *s, json_t *body, json_t **out, struct acct_fail *f) MICA_WUR;
-/* Sends |subject|/|body| to every verified channel of |user_id|. */
-void acct_notify_user(acct_service *s, int64_t user_id, const char *subject, const char *body);
-/* An account's contacts, opened (phone, email, security phone, security
- * email; NULL where unset or unreadable), for a notice sent after the rows
- * are gone (acct_notify_user() in three steps). */
-struct acct_contacts {
-	char *to[4];
+/* ---- notice.c ---------------------------------------------------------------- */
+/* Security notices, delivered through the transactional outbox (notice.c). */
+enum acct_notice_kind {
+	ACCT_NOTICE_PASSWORD_CHANGED,
+	ACCT_NOTICE_PASSWORD_RESET,
+	ACCT_NOTICE_FROZEN,
+	ACCT_NOTICE_NEW_SIGN_IN,     /* arg: the device hash */
+	ACCT_NOTICE_CONTACT_ADDED,   /* arg: "phone" or "email" */
+	ACCT_NOTICE_CONTACT_REMOVED, /* arg: "phone" or "email" */
+	ACCT_NOTICE_DELETED,
+	ACCT_NOTICE_PHONE_RECYCLED,	     /* the login phone went to a new account */
+	ACCT_NOTICE_SECURITY_PHONE_RECYCLED, /* the security phone went to a new account */
+	ACCT_NOTICE_RESET_REFUSED,	     /* a reset through a recycled login phone */
 };
-void acct_contacts_load(acct_service *s, int64_t user_id, struct acct_contacts *c);
-void acct_contacts_send(acct_service *s, const struct acct_contacts *c, const char *subject,
-			const char *body);
-void acct_contacts_free(struct acct_contacts *c); /* wipes them */
+/* Contacts of account.user, as bits of |carry|. */
+#define ACCT_CONTACT_PHONE 1u
+#define ACCT_CONTACT_EMAIL 2u
+#define ACCT_CONTACT_SECURITY_PHONE 4u
+#define ACCT_CONTACT_SECURITY_EMAIL 8u
+#define ACCT_CONTACTS_ALL 15u
+/* Records notice |kind| to every contact of |user_id| in the caller's
+ * transaction on |db| (an outbox event naming only the account and the
+ * kind), so it exists if and only if the operation commits; the notice
+ * worker delivers it later, retrying while the Key Center or the notifier
+ * is down. |arg| (borrowed, may be NULL) is the kind's detail (see the
+ * enum). |carry| names contacts whose columns the same transaction clears
+ * (deletion, unbinding): their current ciphertexts are copied now, so the
+ * notice still reaches them; call it before clearing them. Needs no Key
+ * Center. Returns 0, MICA_EINVAL, MICA_ESTATE (not in a transaction),
+ * MICA_ENOMEM or as mica_db_exec(). */
+int acct_notice_emit(mica_db *db, int64_t user_id, enum acct_notice_kind kind, const char *arg,
+		     unsigned carry) MICA_WUR;
+/* The notice worker: one thread that consumes account.notice events
+ * (consumer account.notices) into account.notice and delivers what is due,
+ * each notice retried with backoff (1 s doubling to 60 s, given up after
+ * three days) while a dependency fails, each delay logged. */
+typedef struct acct_notice_worker acct_notice_worker;
+int acct_notice_start(acct_service *s, acct_notice_worker **out) MICA_WUR;
+/* Stops it (within about a second) and frees it; *w NULL is a no-op. */
+void acct_notice_stop(acct_notice_worker **w);
 
 /* ---- recycling.c -------------------------------------------------------------- */
 /* The number-recycling check as account.recycling configures it (*out stays

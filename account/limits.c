@@ -65,6 +65,8 @@ int acct_limits_fail(struct acct_fail *f, int err)
 	acct_failf(f, 503, "unavailable",
 		   "the rate limiter (Redis) is unavailable, so this request cannot be counted;"
 		   " try again later");
+	json_decref(f->extra);
+	f->extra = json_pack("{s:s}", "dependency", "redis");
 	return err ? err : MICA_EKVCONN;
 }
 

@@ -206,7 +206,8 @@ static int freeze_tx(mica_db *db, void *arg)
 	    (err = mica_db_exec(db,
 				"UPDATE account.stepup SET status = 'failed' WHERE user_id = $1"
 				" AND status = 'pending'",
-				1, p, NULL)) != 0)
+				1, p, NULL)) != 0 ||
+	    (err = acct_notice_emit(db, z->user_id, ACCT_NOTICE_FROZEN, NULL, 0)) != 0)
 		return err;
 	return acct_session_revoke_all_deferred(z->s, db, z->user_id);
 }
@@ -220,10 +221,6 @@ int acct_freeze(acct_service *s, int64_t user_id, const char *reason)
 	if (err)
 		return err;
 	MICA_LOG(MICA_LOG_WARN, "account: an account was frozen (%s)", reason);
-	acct_notify_user(s, user_id, "Your mica account was frozen",
-			 "We froze your account after a suspicious login: every session was signed"
-			 " out and the current password can no longer be used. Reset your password"
-			 " to recover the account.");
 	return 0;
 }
 
@@ -241,7 +238,8 @@ struct user_row {
  * the login's device (|dev|, trusted) and network are known to it: by the
  * keyed hash |net|, or by the unkeyed hash |legacy| of rows written before. */
 static int find_user(acct_service *s, enum acct_ident kind, const char *norm, const char *dev,
-		     const char *net, const char *legacy, char **idx, struct user_row *u)
+		     const char *net, const char *legacy, char **idx, struct user_row *u,
+		     const char **what)
 {
 	mica_db *db = mica_db_thread();
 	PGresult *res = NULL;
@@ -260,8 +258,10 @@ static int find_user(acct_service *s, enum acct_ident kind, const char *norm, co
 #undef FIND_USER
 	int err;
 	memset(u, 0, sizeof(*u));
+	*what = "the Key Center";
 	if ((err = acct_blind_index(s, kinds[kind], norm, idx)) != 0)
 		return err;
+	*what = "the database";
 	if (!db)
 		return MICA_EDBCONN;
 	const char *p[4] = {*idx, dev, net, legacy};
@@ -383,6 +383,33 @@ static int risk_reasons(acct_service *s, const struct user_row *u, json_t *reaso
 	return 0;
 }
 
+struct open_ctx {
+	acct_service *s;
+	int64_t user_id;
+	const char *dev, *name, *net;
+	int known;
+	const char *kind;
+	int notify_new;
+	char **token;
+	struct acct_session *session;
+};
+
+static int open_tx(mica_db *db, void *arg)
+{
+	struct open_ctx *o = arg;
+	int new_device = 0, err;
+	if (*o->token) { /* a retried transaction: that token was never given out */
+		mica_wipe(*o->token, strlen(*o->token));
+		free(*o->token);
+		*o->token = NULL;
+	}
+	err = acct_session_open(o->s, db, o->user_id, o->dev, o->name, o->net, o->known, o->kind,
+				o->token, o->session, &new_device);
+	if (!err && o->notify_new && new_device)
+		err = acct_notice_emit(db, o->user_id, ACCT_NOTICE_NEW_SIGN_IN, o->dev, 0);
+	return err;
+}
+
 /* Records a successful login from |dev| on |net| (|known|: already trusted
  * and known) and opens a session. */
 static int finish_login(acct_service *s, int64_t user_id, const char *dev, const char *dev_name,
@@ -397,19 +424,21 @@ static int finish_login(acct_service *s, int64_t user_id, const char *dev, const
 	if (!known &&
 	    (err = acct_device_name_seal(s, user_id, dev, dev_name ? dev_name : "", &name)) != 0)
 		return acct_fail_internal(f, err, "the Key Center");
-	err = db ? acct_session_open(s, db, user_id, dev, name ? name : "", net, known, kind,
-				     &token, &session, &new_device)
-		 : MICA_EDBCONN;
+	struct open_ctx o = {s,	    user_id, dev,	 name ? name : "", net,
+			     known, kind,    notify_new, &token,	   &session};
+	/* A login that may add a device opens its session and records the
+	 * new-device notice in one transaction; a known device needs neither. */
+	err = !db     ? MICA_EDBCONN
+	      : known ? acct_session_open(s, db, user_id, dev, "", net, known, kind, &token,
+					  &session, &new_device)
+		      : mica_db_tx(db, MICA_DB_READ_COMMITTED, open_tx, &o);
 	free(name);
-	if (err)
-		return acct_fail_internal(f, err, "the session store");
-	if (notify_new && new_device) {
-		char body[300];
-		snprintf(body, sizeof(body),
-			 "Your mica account was signed in on a new device (%.60s). If this was not"
-			 " you, reset your password and sign out all sessions.",
-			 dev_name && *dev_name ? dev_name : "unnamed");
-		acct_notify_user(s, user_id, "New sign-in to your mica account", body);
+	if (err) {
+		if (token) {
+			mica_wipe(token, strlen(token));
+			free(token);
+		}
+		return acct_fail_internal(f, err, "the database");
 	}
 	*out = json_pack("{s:s,s:I,s:I,s:s}", "token", token, "session_id", (json_int_t)session.id,
 			 "expires_at", (json_int_t)session.expires_at, "kind", kind);
@@ -465,8 +494,10 @@ int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, stru
 		acct_fail_internal(f, err, "the Key Center");
 		goto out;
 	}
-	if ((err = find_user(s, r.ident, r.norm, r.dev_hash, net_hash, legacy, &idx, &u)) != 0) {
-		acct_fail_internal(f, err, "the account store");
+	const char *what = NULL;
+	if ((err = find_user(s, r.ident, r.norm, r.dev_hash, net_hash, legacy, &idx, &u, &what)) !=
+	    0) {
+		acct_fail_internal(f, err, what);
 		goto out;
 	}
 	/* Failures are counted per account (all its identifiers together), or

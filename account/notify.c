@@ -396,15 +396,20 @@ static void canonical_text(struct sbuf *b, const char *body, bool *seven_bit)
 		sb_str(b, "\r\n");
 }
 
-/* The whole message, headers and body, into |msg|. */
+/* The whole message, headers and body, into |msg|. The Message-ID's left
+ * part is |key| when given (the same message sent again carries the same
+ * one), else random. */
 static int compose(const acct_notify *n, const char *to, const char *subject, const char *body,
-		   struct sbuf *msg)
+		   const char *key, struct sbuf *msg)
 {
 	uint8_t rnd[16];
-	char id[33];
+	char id[ACCT_NOTIFY_KEY_MAX + 1];
 	struct sbuf text = {0};
 	bool seven_bit;
-	if (mica_random(rnd, sizeof(rnd)) != 0 || mica_hex_encode(rnd, sizeof(rnd), id, sizeof(id)))
+	if (key)
+		snprintf(id, sizeof(id), "%s", key);
+	else if (mica_random(rnd, sizeof(rnd)) != 0 ||
+		 mica_hex_encode(rnd, sizeof(rnd), id, sizeof(id)))
 		return MICA_ECRYPTO;
 	canonical_text(&text, body, &seven_bit);
 	sb_printf(msg, "From: <%s>\r\n", n->smtp_from);
@@ -473,13 +478,14 @@ static int map_smtp_error(CURLcode cc)
 	}
 }
 
-static int smtp_send(acct_notify *n, const char *to, const char *subject, const char *body)
+static int smtp_send(acct_notify *n, const char *to, const char *subject, const char *body,
+		     const char *key)
 {
 	struct sbuf msg = {0};
 	struct curl_slist *rcpt = NULL;
 	char from[EMAIL_MAX + 3], rcpt_arg[EMAIL_MAX + 3];
 	CURL *h = NULL;
-	int rc = compose(n, to, subject, body, &msg);
+	int rc = compose(n, to, subject, body, key, &msg);
 	if (rc)
 		goto out;
 	pthread_once(&curl_once, curl_global);
@@ -724,11 +730,32 @@ int acct_notify_new(acct_notify **out, const acct_notify_config *cfg)
 	return 0;
 }
 
+/* A message key: 1 to ACCT_NOTIFY_KEY_MAX of [A-Za-z0-9.-], which fits a
+ * Message-ID's left part as it is. */
+static bool key_ok(const char *key)
+{
+	size_t n = strnlen(key, ACCT_NOTIFY_KEY_MAX + 1);
+	if (n < 1 || n > ACCT_NOTIFY_KEY_MAX)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!((key[i] >= 'a' && key[i] <= 'z') || (key[i] >= 'A' && key[i] <= 'Z') ||
+		      (key[i] >= '0' && key[i] <= '9') || key[i] == '.' || key[i] == '-'))
+			return false;
+	return true;
+}
+
 int acct_notify_send(acct_notify *n, mica_db *db, enum acct_channel channel, const char *recipient,
 		     const char *subject, const char *body)
 {
+	return acct_notify_send_keyed(n, db, channel, recipient, subject, body, NULL);
+}
+
+int acct_notify_send_keyed(acct_notify *n, mica_db *db, enum acct_channel channel,
+			   const char *recipient, const char *subject, const char *body,
+			   const char *key)
+{
 	char masked[64];
-	if (!n)
+	if (!n || (key && !key_ok(key)))
 		return MICA_EINVAL;
 	int rc = check_args(channel, recipient, subject, body);
 	if (rc)
@@ -740,7 +767,7 @@ int acct_notify_send(acct_notify *n, mica_db *db, enum acct_channel channel, con
 		rc = outbox_insert(db, channel, recipient, subject, body);
 		break;
 	case MODE_SMTP:
-		rc = smtp_send(n, recipient, subject, body);
+		rc = smtp_send(n, recipient, subject, body, key);
 		break;
 	case MODE_WEBHOOK:
 		rc = webhook_send(n, recipient, body);

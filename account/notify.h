@@ -26,6 +26,8 @@
  * send after their transaction committed (or use the outbox sender, or emit
  * an outbox.event and send from its consumer), so a rolled-back change never
  * produced a message and a message is not sent once per transaction retry.
+ * Security notices do the latter (account/notice.c, acct_notice_emit()):
+ * only verification codes are sent directly.
  *
  * Privacy: bodies and subjects (they carry codes) are never logged;
  * recipients only through mica_mask_email/mica_mask_phone.
@@ -103,6 +105,20 @@ void acct_notify_free(acct_notify *n);
  *   MICA_ENOMEM, or as mica_db_exec() (outbox). */
 MICA_WUR int acct_notify_send(acct_notify *n, mica_db *db, enum acct_channel channel,
 			      const char *recipient, const char *subject, const char *body);
+
+/* Longest message key of acct_notify_send_keyed() (bytes). */
+#define ACCT_NOTIFY_KEY_MAX 64
+
+/* acct_notify_send() for a message that may be sent again (a retried
+ * notice): |key| (1 to ACCT_NOTIFY_KEY_MAX of A-Z a-z 0-9 . -, unique to
+ * the message and its recipient; NULL: none) becomes the e-mail's
+ * Message-ID "<key@sender domain>", so that a repeat after a lost answer
+ * is the same message to the receiving mail system and user agents. The
+ * outbox and the webhook ignore it. MICA_EINVAL for a malformed key; else as
+ * acct_notify_send(). */
+MICA_WUR int acct_notify_send_keyed(acct_notify *n, mica_db *db, enum acct_channel channel,
+				    const char *recipient, const char *subject, const char *body,
+				    const char *key);
 
 /* "email" or "sms" (the outbox's channel column), NULL for anything else. */
 const char *acct_channel_name(enum acct_channel channel);

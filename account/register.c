@@ -8,6 +8,7 @@
  * reveal whether an identifier has an account. */
 #include <openssl/evp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,14 +30,67 @@ int acct_failf(struct acct_fail *f, int status, const char *code, const char *fm
 	return status >= 500 ? MICA_EIO : MICA_EINVAL;
 }
 
+/* Failures that say a dependency is down or refusing for now. */
+static bool unavailable(int err)
+{
+	return err == MICA_EDBCONN || err == MICA_EKVCONN || err == MICA_EHTTP ||
+	       err == MICA_ETIMEOUT || err == MICA_ETLS || err == MICA_EAUDIT || err == MICA_EHSM;
+}
+
+/* The dependency behind a failure of |what| with |err|: named by the
+ * caller when |what| is one, else told by the error. /readyz uses the same
+ * names. */
+static const char *dependency_of(int err, const char *what)
+{
+	static const struct {
+		const char *what, *dep;
+	} named[] = {
+	    {"the Key Center", "keycenter"},   {"the database", "database"},
+	    {"the account store", "database"}, {"the session store", "database"},
+	    {"the notifier", "notifier"},
+	};
+	/* The development notifier writes to the database. */
+	if (err == MICA_EDBCONN && strcmp(what, "the notifier") == 0)
+		return "database";
+	for (size_t i = 0; i < sizeof(named) / sizeof(named[0]); i++)
+		if (strcmp(what, named[i].what) == 0)
+			return named[i].dep;
+	if (err == MICA_EKVCONN)
+		return "redis";
+	if (err == MICA_EDBCONN)
+		return "database";
+	return "keycenter"; /* the other unavailable() errors come from its client */
+}
+
+static const char *dependency_name(const char *dep)
+{
+	return strcmp(dep, "database") == 0   ? "the database (PostgreSQL)"
+	       : strcmp(dep, "redis") == 0    ? "Redis"
+	       : strcmp(dep, "notifier") == 0 ? "the notifier (e-mail or SMS sender)"
+					      : "the Key Center";
+}
+
 int acct_fail_internal(struct acct_fail *f, int err, const char *what)
 {
 	MICA_LOG(MICA_LOG_ERROR, "account: %s failed: %s", what, mica_strerror(err));
-	if (err == MICA_EDBCONN || err == MICA_EKVCONN || err == MICA_EHTTP || err == MICA_ETIMEOUT ||
-	    err == MICA_ETLS || err == MICA_EAUDIT || err == MICA_EHSM)
-		acct_failf(f, 503, "unavailable", "%s is unavailable; try again", what);
-	else
+	/* A mail or SMS server that fails or refuses is down for us, whatever
+	 * its reason (the log line has it). */
+	bool notifier =
+	    strcmp(what, "the notifier") == 0 && err != MICA_EINVAL && err != MICA_ENOMEM;
+	if (!unavailable(err) && !notifier) {
 		acct_failf(f, 500, "internal_error", "%s failed", what);
+		return err;
+	}
+	const char *dep = dependency_of(err, what);
+	/* The Key Center records every request in PostgreSQL before it
+	 * answers, so with the database down it fails too: name the cause. */
+	mica_db *db = mica_db_thread();
+	if (strcmp(dep, "keycenter") == 0 &&
+	    (!db || mica_db_exec(db, "SELECT 1", 0, NULL, NULL) != 0))
+		dep = "database";
+	acct_failf(f, 503, "unavailable", "%s is unavailable; try again", dependency_name(dep));
+	json_decref(f->extra);
+	f->extra = json_pack("{s:s}", "dependency", dep);
 	return err;
 }
 
@@ -124,6 +178,43 @@ int acct_code_send(acct_service *s, const char *purpose, const char *channel, co
 	return 0;
 }
 
+/* Why code |id| for |purpose| was not accepted: counts the attempt
+ * (committed on its own) and fills |f|. MICA_EAUTH for a wrong code (or too
+ * many), MICA_ESTATE for one already used or expired, or the database's
+ * error (|f| left for the caller). */
+static int code_refused(acct_service *s, mica_db *db, const char *id, const char *purpose,
+			struct acct_fail *f)
+{
+	PGresult *res = NULL;
+	const char *q[2] = {id, purpose};
+	int err =
+	    mica_db_exec(db,
+			 "UPDATE account.verification SET attempts = attempts + 1 WHERE id = $1"
+			 " AND purpose = $2 RETURNING attempts, expires_at > now(),"
+			 " consumed_at IS NULL",
+			 2, q, &res);
+	if (err)
+		return err;
+	/* A wrong code is MICA_EAUTH; a used or expired one MICA_ESTATE, as it
+	 * says nothing about who typed it (step-up does not count it). */
+	err = MICA_EAUTH;
+	if (PQntuples(res) != 1) {
+		acct_failf(f, 400, "invalid_code", "the code is wrong");
+	} else if (strcmp(mica_db_get(res, 0, 2), "t") != 0) {
+		acct_failf(f, 400, "code_used", "this code was already used");
+		err = MICA_ESTATE;
+	} else if (strcmp(mica_db_get(res, 0, 1), "t") != 0) {
+		acct_failf(f, 400, "code_expired", "the code expired; ask for a new one");
+		err = MICA_ESTATE;
+	} else if (atoi(mica_db_get(res, 0, 0)) > s->cfg->code_max_attempts) {
+		acct_failf(f, 429, "too_many_attempts", "too many wrong codes; ask for a new one");
+	} else {
+		acct_failf(f, 400, "invalid_code", "the code is wrong");
+	}
+	PQclear(res);
+	return err;
+}
+
 int acct_code_verify(acct_service *s, mica_db *db, const char *id, const char *purpose,
 		     const char *code, int64_t *user_id, char **target_idx, char **target,
 		     char **channel, struct acct_fail *f)
@@ -158,37 +249,21 @@ int acct_code_verify(acct_service *s, mica_db *db, const char *id, const char *p
 		if (!err && (!*target_idx || !*channel))
 			err = MICA_ENOMEM;
 		if (err) {
+			/* The target did not open: the code was not used for
+			 * anything, so it stays usable. */
+			const char *q[1] = {id};
+			if (mica_db_exec(db,
+					 "UPDATE account.verification SET consumed_at = NULL"
+					 " WHERE id = $1",
+					 1, q, NULL) != 0)
+				MICA_LOG(MICA_LOG_WARN, "account: a code could not be released");
 			acct_fail_internal(f, err, "the Key Center");
-			goto out;
 		}
 		goto out;
 	}
 	PQclear(res);
 	res = NULL;
-	/* Why not: count the attempt (committed on its own) and say which case. */
-	const char *q[2] = {id, purpose};
-	err = mica_db_exec(db,
-			   "UPDATE account.verification SET attempts = attempts + 1 WHERE id = $1"
-			   " AND purpose = $2 RETURNING attempts, expires_at > now(), consumed_at IS NULL",
-			   2, q, &res);
-	if (err)
-		goto out;
-	/* A wrong code is MICA_EAUTH; a used or expired one MICA_ESTATE, as it
-	 * says nothing about who typed it (step-up does not count it). */
-	err = MICA_EAUTH;
-	if (PQntuples(res) != 1) {
-		acct_failf(f, 400, "invalid_code", "the code is wrong");
-	} else if (strcmp(mica_db_get(res, 0, 2), "t") != 0) {
-		acct_failf(f, 400, "code_used", "this code was already used");
-		err = MICA_ESTATE;
-	} else if (strcmp(mica_db_get(res, 0, 1), "t") != 0) {
-		acct_failf(f, 400, "code_expired", "the code expired; ask for a new one");
-		err = MICA_ESTATE;
-	} else if (atoi(mica_db_get(res, 0, 0)) > s->cfg->code_max_attempts) {
-		acct_failf(f, 429, "too_many_attempts", "too many wrong codes; ask for a new one");
-	} else {
-		acct_failf(f, 400, "invalid_code", "the code is wrong");
-	}
+	err = code_refused(s, db, id, purpose, f);
 out:
 	if (err && !f->code)
 		acct_fail_internal(f, err, "the database");
@@ -295,51 +370,130 @@ int acct_password_burned(acct_service *s, int64_t user_id, const char *password,
 	return err;
 }
 
-#define RECYCLED_MAX 8
+#define ACCOUNT_NO_ATTEMPTS 5
 
+/* A registration: everything that needs Argon2id or the Key Center is made
+ * before the transaction (prepare_account), so the transaction only takes
+ * row locks, consumes the code and inserts, and a serialization retry
+ * repeats no hash and no Key Center round trip. */
 struct new_account {
 	acct_service *s;
 	const char *kind; /* "phone" or "email" */
-	const char *target, *target_idx, *password, *policy, *device_hash, *device_name, *net_hash;
+	const char *verification_id, *code_hash, *target, *target_idx, *policy, *device_hash,
+	    *net_hash;
 	int64_t user_id, transferred_from;
-	/* Accounts whose security phone was this recycled number (up to the
-	 * first RECYCLED_MAX; the rest lose it all the same, untold). */
-	int64_t lost_security[RECYCLED_MAX];
-	int nlost_security;
+	char uid[24];
 	char account_no[11];
+	/* Made before the transaction: the stored forms, bound to |uid|. */
+	char *no_idx, *no_enc, *id_enc, *pw_enc, *name_enc;
+	bool collided;	/* the account number is taken: draw another */
+	bool code_gone; /* the code was used (or expired) meanwhile */
 	char *token;
 	struct acct_session session;
 };
 
-static int create_account_tx(mica_db *db, void *arg)
+static void new_account_clear_number(struct new_account *a)
 {
-	struct new_account *a = arg;
+	free(a->no_idx);
+	free(a->no_enc);
+	a->no_idx = a->no_enc = NULL;
+}
+
+/* A random ten-digit account number, its blind index and its seal. */
+static int draw_account_no(struct new_account *a)
+{
+	uint8_t r[10];
+	int err;
+	new_account_clear_number(a);
+	if ((err = mica_random(r, sizeof(r))) != 0)
+		return err;
+	a->account_no[0] = (char)('1' + r[0] % 9);
+	for (int i = 1; i < 10; i++)
+		a->account_no[i] = (char)('0' + r[i] % 10);
+	a->account_no[10] = '\0';
+	if ((err = acct_blind_index(a->s, "account_no", a->account_no, &a->no_idx)) != 0)
+		return err;
+	return acct_pii_seal(a->s, "user", "account_no", a->uid, a->account_no, &a->no_enc);
+}
+
+/* The new account's id (from its sequence, so that its values can be
+ * sealed for their row before the row exists), the password's Argon2id hash
+ * sealed under the pepper, the identifier and device name sealed. |what|
+ * names the dependency of a failure. */
+static int prepare_account(struct new_account *a, const char *password, const char *device_name,
+			   const char **what)
+{
+	acct_service *s = a->s;
+	mica_db *db = mica_db_thread();
+	PGresult *res = NULL;
+	char *phc = NULL;
+	int err;
+	*what = "the database";
+	err = db ? mica_db_exec(db, "SELECT nextval('account.user_id_seq')", 0, NULL, &res)
+		 : MICA_EDBCONN;
+	if (!err && (PQntuples(res) != 1 || mica_db_get_int64(res, 0, 0, &a->user_id) != 0))
+		err = MICA_EDB;
+	PQclear(res);
+	if (err)
+		return err;
+	snprintf(a->uid, sizeof(a->uid), "%lld", (long long)a->user_id);
+	*what = "the password hasher";
+	if ((err = acct_password_hash_with(password, &s->argon2, &phc)) != 0)
+		return err;
+	*what = "the Key Center";
+	if ((err = acct_password_seal(s, a->user_id, phc, &a->pw_enc)) != 0 ||
+	    (err = acct_pii_seal(s, "user", a->kind, a->uid, a->target, &a->id_enc)) != 0 ||
+	    (err = acct_device_name_seal(s, a->user_id, a->device_hash, device_name,
+					 &a->name_enc)) != 0 ||
+	    (err = draw_account_no(a)) != 0)
+		goto out;
+out:
+	if (phc) {
+		mica_wipe(phc, strlen(phc));
+		free(phc);
+	}
+	return err;
+}
+
+static void new_account_free(struct new_account *a)
+{
+	new_account_clear_number(a);
+	free(a->id_enc);
+	free(a->pw_enc);
+	free(a->name_enc);
+	if (a->token) {
+		mica_wipe(a->token, strlen(a->token));
+		free(a->token);
+	}
+	a->id_enc = a->pw_enc = a->name_enc = a->token = NULL;
+}
+
+/* Frees an identifier another account holds: a phone number may move when
+ * the carrier recycled it after that account bound it; anything else is
+ * taken (MICA_EEXISTS). Other accounts' security phone: recycled since they
+ * bound it, it no longer reaches them (else it is shared, which a security
+ * phone may be). Each account that loses a number is told (a notice in this
+ * transaction). */
+static int free_identifier(mica_db *db, struct new_account *a)
+{
 	acct_service *s = a->s;
 	PGresult *res = NULL;
-	char uid[24], *no_enc = NULL, *no_idx = NULL, *id_enc = NULL, *phc = NULL, *pw_enc = NULL;
-	char *name_enc = NULL;
+	bool phone = strcmp(a->kind, "phone") == 0;
 	int err;
-
-	a->transferred_from = 0;
-	a->nlost_security = 0;
-	free(a->token);
-	a->token = NULL;
-	/* An identifier another account holds: a phone number may move when the
-	 * carrier recycled it after that account bound it; anything else is taken. */
 	const char *p1[1] = {a->target_idx};
-	err = mica_db_exec(db,
-			   strcmp(a->kind, "phone") == 0
-				   ? "SELECT id, to_char(coalesce(phone_bound_at, created_at), 'YYYY-MM-DD')"
-				     " FROM account.user WHERE phone_idx = $1 FOR UPDATE"
-				   : "SELECT id, '' FROM account.user WHERE email_idx = $1 FOR UPDATE",
-			   1, p1, &res);
+	err = mica_db_exec(
+	    db,
+	    phone ? "SELECT id, to_char(coalesce(phone_bound_at, created_at), 'YYYY-MM-DD')"
+		    " FROM account.user WHERE phone_idx = $1 FOR UPDATE"
+		  : "SELECT id, '' FROM account.user WHERE email_idx = $1 FOR UPDATE",
+	    1, p1, &res);
 	if (err)
 		goto out;
 	if (PQntuples(res) == 1) {
 		int recycled = 0;
-		if (strcmp(a->kind, "phone") != 0 ||
-		    (err = acct_number_recycled(s, db, a->target, a->target_idx, mica_db_get(res, 0, 1),
-						&recycled)) != 0 ||
+		if (!phone ||
+		    (err = acct_number_recycled(s, db, a->target, a->target_idx,
+						mica_db_get(res, 0, 1), &recycled)) != 0 ||
 		    !recycled) {
 			err = err ? err : MICA_EEXISTS;
 			goto out;
@@ -347,120 +501,119 @@ static int create_account_tx(mica_db *db, void *arg)
 		if ((err = mica_db_get_int64(res, 0, 0, &a->transferred_from)) != 0)
 			goto out;
 		const char *p2[1] = {mica_db_get(res, 0, 0)};
-		if ((err = mica_db_exec(db,
-					"UPDATE account.user SET phone_idx = NULL, phone_enc = NULL,"
-					" phone_bound_at = NULL WHERE id = $1",
-					1, p2, NULL)) != 0)
+		if ((err = acct_notice_emit(db, a->transferred_from, ACCT_NOTICE_PHONE_RECYCLED,
+					    NULL, 0)) != 0 ||
+		    (err =
+			 mica_db_exec(db,
+				      "UPDATE account.user SET phone_idx = NULL, phone_enc = NULL,"
+				      " phone_bound_at = NULL WHERE id = $1",
+				      1, p2, NULL)) != 0)
 			goto out;
 	}
 	PQclear(res);
 	res = NULL;
-	/* Other accounts' security phone: recycled since they bound it, it no
-	 * longer reaches them (else it is shared, which a security phone may be). */
-	if (strcmp(a->kind, "phone") == 0) {
-		if ((err = mica_db_exec(db,
-					"SELECT id, to_char(coalesce(security_phone_bound_at,"
-					" created_at), 'YYYY-MM-DD') FROM account.user"
-					" WHERE security_phone_idx = $1 FOR UPDATE",
-					1, p1, &res)) != 0)
+	if (!phone)
+		goto out;
+	if ((err = mica_db_exec(db,
+				"SELECT id, to_char(coalesce(security_phone_bound_at,"
+				" created_at), 'YYYY-MM-DD') FROM account.user"
+				" WHERE security_phone_idx = $1 FOR UPDATE",
+				1, p1, &res)) != 0)
+		goto out;
+	for (int i = 0; i < PQntuples(res); i++) {
+		int recycled = 0;
+		int64_t id = 0;
+		if ((err = acct_number_recycled(s, db, a->target, a->target_idx,
+						mica_db_get(res, i, 1), &recycled)) != 0 ||
+		    (err = mica_db_get_int64(res, i, 0, &id)) != 0)
 			goto out;
-		for (int i = 0; i < PQntuples(res); i++) {
-			int recycled = 0;
-			int64_t id = 0;
-			if ((err = acct_number_recycled(s, db, a->target, a->target_idx,
-							mica_db_get(res, i, 1), &recycled)) != 0 ||
-			    (err = mica_db_get_int64(res, i, 0, &id)) != 0)
-				goto out;
-			if (!recycled)
-				continue;
-			const char *p3[1] = {mica_db_get(res, i, 0)};
-			if ((err = mica_db_exec(db,
-						"UPDATE account.user SET security_phone_enc = NULL,"
-						" security_phone_idx = NULL, security_phone_bound_at = NULL"
-						" WHERE id = $1",
-						1, p3, NULL)) != 0)
-				goto out;
-			if (a->nlost_security < RECYCLED_MAX)
-				a->lost_security[a->nlost_security++] = id;
-		}
-		PQclear(res);
-		res = NULL;
+		if (!recycled)
+			continue;
+		const char *p3[1] = {mica_db_get(res, i, 0)};
+		if ((err = acct_notice_emit(db, id, ACCT_NOTICE_SECURITY_PHONE_RECYCLED, NULL,
+					    0)) != 0 ||
+		    (err = mica_db_exec(db,
+					"UPDATE account.user SET security_phone_enc = NULL,"
+					" security_phone_idx = NULL, security_phone_bound_at = NULL"
+					" WHERE id = $1",
+					1, p3, NULL)) != 0)
+			goto out;
 	}
+out:
+	PQclear(res);
+	return err;
+}
 
-	/* A random ten-digit account number; retried on the rare collision. */
-	for (int attempt = 0; attempt < 5; attempt++) {
-		uint8_t r[10];
-		if ((err = mica_random(r, sizeof(r))) != 0)
-			goto out;
-		a->account_no[0] = (char)('1' + r[0] % 9);
-		for (int i = 1; i < 10; i++)
-			a->account_no[i] = (char)('0' + r[i] % 10);
-		a->account_no[10] = '\0';
-		free(no_idx);
-		no_idx = NULL;
-		if ((err = acct_blind_index(s, "account_no", a->account_no, &no_idx)) != 0)
-			goto out;
-		const char *p3[4] = {no_idx, a->policy, strcmp(a->kind, "phone") == 0 ? a->target_idx : NULL,
-				     strcmp(a->kind, "email") == 0 ? a->target_idx : NULL};
-		err = mica_db_exec(db,
-				   "INSERT INTO account.user (account_no_enc, account_no_idx, password_enc,"
-				   " password_policy, phone_idx, email_idx, phone_bound_at)"
-				   " VALUES ('', $1, '', $2, $3::text, $4::text, CASE WHEN $3::text IS NULL"
-				   " THEN NULL ELSE now() END) ON CONFLICT (account_no_idx) DO NOTHING"
-				   " RETURNING id",
-				   4, p3, &res);
-		if (err)
-			goto out;
-		if (PQntuples(res) == 1)
-			break;
-		PQclear(res);
-		res = NULL;
+/* The registration's transaction: consumes the code (so a failure before
+ * the commit leaves it usable), frees the identifier, inserts the account,
+ * its device, network and first session. No Key Center, no Argon2id. */
+static int create_account_tx(mica_db *db, void *arg)
+{
+	struct new_account *a = arg;
+	PGresult *res = NULL;
+	char max[16];
+	int err;
+
+	a->transferred_from = 0;
+	a->collided = a->code_gone = false;
+	if (a->token) {
+		mica_wipe(a->token, strlen(a->token));
+		free(a->token);
+		a->token = NULL;
 	}
-	if (!res || PQntuples(res) != 1 || (err = mica_db_get_int64(res, 0, 0, &a->user_id)) != 0) {
-		err = err ? err : MICA_EEXISTS;
+	snprintf(max, sizeof(max), "%d", a->s->cfg->code_max_attempts);
+	const char *pc[4] = {a->verification_id, a->code_hash, max, a->target_idx};
+	if ((err =
+		 mica_db_exec(db,
+			      "UPDATE account.verification SET consumed_at = now() WHERE id = $1"
+			      " AND purpose = 'register' AND code_hash = $2 AND consumed_at IS NULL"
+			      " AND expires_at > now() AND attempts < $3::int AND target_idx = $4"
+			      " RETURNING id",
+			      4, pc, &res)) != 0)
+		goto out;
+	if (PQntuples(res) != 1) {
+		a->code_gone = true;
+		err = MICA_ESTATE;
 		goto out;
 	}
-	snprintf(uid, sizeof(uid), "%lld", (long long)a->user_id);
-	if ((err = acct_pii_seal(s, "user", "account_no", uid, a->account_no, &no_enc)) != 0 ||
-	    (err = acct_pii_seal(s, "user", a->kind, uid, a->target, &id_enc)) != 0 ||
-	    (err = acct_password_hash_with(a->password, &s->argon2, &phc)) != 0 ||
-	    (err = acct_password_seal(s, a->user_id, phc, &pw_enc)) != 0)
+	PQclear(res);
+	res = NULL;
+	if ((err = free_identifier(db, a)) != 0)
 		goto out;
-	const char *p4[4] = {uid, no_enc, id_enc, pw_enc};
-	err = mica_db_exec(db,
-			   strcmp(a->kind, "phone") == 0
-				   ? "UPDATE account.user SET account_no_enc = $2, phone_enc = $3,"
-				     " password_enc = $4 WHERE id = $1"
-				   : "UPDATE account.user SET account_no_enc = $2, email_enc = $3,"
-				     " password_enc = $4 WHERE id = $1",
-			   4, p4, NULL);
+	bool phone = strcmp(a->kind, "phone") == 0;
+	const char *pu[8] = {a->uid,	a->no_enc,     a->no_idx, a->pw_enc,
+			     a->policy, a->target_idx, a->id_enc, phone ? "phone" : "email"};
+	err = mica_db_exec(
+	    db,
+	    "INSERT INTO account.user (id, account_no_enc, account_no_idx, password_enc,"
+	    " password_policy, phone_idx, phone_enc, email_idx, email_enc, phone_bound_at)"
+	    " VALUES ($1::bigint, $2, $3, $4, $5,"
+	    " CASE WHEN $8 = 'phone' THEN $6 END, CASE WHEN $8 = 'phone' THEN $7 END,"
+	    " CASE WHEN $8 = 'email' THEN $6 END, CASE WHEN $8 = 'email' THEN $7 END,"
+	    " CASE WHEN $8 = 'phone' THEN now() END)"
+	    " ON CONFLICT (account_no_idx) DO NOTHING RETURNING id",
+	    8, pu, &res);
 	if (err)
 		goto out;
-	if ((err = acct_device_name_seal(s, a->user_id, a->device_hash, a->device_name,
-					 &name_enc)) != 0)
+	if (PQntuples(res) != 1) {
+		a->collided = true;
+		err = MICA_EEXISTS;
 		goto out;
-	const char *p5[3] = {uid, a->device_hash, name_enc};
+	}
+	const char *p5[3] = {a->uid, a->device_hash, a->name_enc};
 	if ((err = mica_db_exec(db,
 				"INSERT INTO account.device (user_id, device_hash, name, trusted)"
 				" VALUES ($1, $2, $3, true)",
 				3, p5, NULL)) != 0)
 		goto out;
-	const char *p6[2] = {uid, a->net_hash};
+	const char *p6[2] = {a->uid, a->net_hash};
 	if ((err = mica_db_exec(db,
 				"INSERT INTO account.network (user_id, network_hash) VALUES ($1, $2)", 2,
 				p6, NULL)) != 0)
 		goto out;
-	err = acct_session_create(s, db, a->user_id, a->device_hash, "app", &a->token, &a->session);
+	err = acct_session_create(a->s, db, a->user_id, a->device_hash, "app", &a->token,
+				  &a->session);
 out:
-	if (phc) {
-		mica_wipe(phc, strlen(phc));
-		free(phc);
-	}
-	free(no_enc);
-	free(no_idx);
-	free(id_enc);
-	free(pw_enc);
-	free(name_enc);
 	PQclear(res);
 	return err;
 }
@@ -495,71 +648,134 @@ int acct_register_complete_parse(json_t *body, struct acct_register_complete_req
 	return device_of(body, r->device_hash, &r->device_name, f);
 }
 
+/* Checks code |code| of registration |vid| without consuming it (the
+ * account's transaction does), so that neither a wrong code costs an
+ * Argon2id hash nor a failure after this check burns a right one. Sets the
+ * code's stored hash and the verified target, its index and channel (all
+ * malloc'd). */
+static int register_code_check(acct_service *s, mica_db *db, const char *vid, const char *code,
+			       char **hash, char **target_idx, char **target, char **channel,
+			       struct acct_fail *f)
+{
+	PGresult *res = NULL;
+	char max[16];
+	int err;
+	*hash = *target_idx = *target = *channel = NULL;
+	if (strlen(vid) != 32 || strlen(code) != 6)
+		return acct_failf(f, 400, "invalid_code", "the code is wrong");
+	if ((err = code_hash(s, vid, code, hash)) != 0)
+		return acct_fail_internal(f, err, "the Key Center");
+	snprintf(max, sizeof(max), "%d", s->cfg->code_max_attempts);
+	const char *p[3] = {vid, *hash, max};
+	if ((err = mica_db_exec(
+		 db,
+		 "SELECT target_idx, target_enc, channel FROM account.verification"
+		 " WHERE id = $1 AND purpose = 'register' AND code_hash = $2"
+		 " AND consumed_at IS NULL AND expires_at > now() AND attempts < $3::int",
+		 3, p, &res)) != 0) {
+		acct_fail_internal(f, err, "the database");
+		goto out;
+	}
+	if (PQntuples(res) != 1) {
+		if ((err = code_refused(s, db, vid, "register", f)) != 0 && !f->code)
+			acct_fail_internal(f, err, "the database");
+		goto out;
+	}
+	*target_idx = strdup(mica_db_get(res, 0, 0));
+	*channel = strdup(mica_db_get(res, 0, 2));
+	if ((err = acct_pii_open(s, "verification", "target", vid, mica_db_get(res, 0, 1),
+				 target)) != 0)
+		acct_fail_internal(f, err, "the Key Center");
+	else if (!*target_idx || !*channel)
+		err = acct_fail_internal(f, MICA_ENOMEM, "memory");
+out:
+	PQclear(res);
+	if (err) {
+		free(*hash);
+		free(*target_idx);
+		free(*channel);
+		if (*target) {
+			mica_wipe(*target, strlen(*target));
+			free(*target);
+		}
+		*hash = *target_idx = *target = *channel = NULL;
+	}
+	return err;
+}
+
 int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t **out,
 			   struct acct_fail *f)
 {
 	struct acct_register_complete_req r;
 	struct new_account a = {.s = s};
-	const char *policy;
-	char *net_hash = NULL, *target_idx = NULL, *target = NULL, *channel = NULL;
+	const char *policy, *what = NULL;
+	char *net_hash = NULL, *target_idx = NULL, *target = NULL, *channel = NULL, *hash = NULL;
 	mica_db *db = mica_db_thread();
-	int64_t none;
 	int err;
 
 	if (!db)
 		return acct_fail_internal(f, MICA_EDBCONN, "the database");
 	if ((err = acct_register_complete_parse(body, &r, f)) != 0)
 		return err;
-	a.password = r.password;
-	a.device_name = r.device_name;
 	policy = r.policy ? r.policy : s->cfg->password_policy;
 	if ((err = acct_password_admit(s, policy, r.password, f)) != 0)
 		return err;
-	if ((err = acct_code_verify(s, db, r.verification_id, "register", r.code, &none, &target_idx,
-				    &target, &channel, f)) != 0)
+	if ((err = register_code_check(s, db, r.verification_id, r.code, &hash, &target_idx,
+				       &target, &channel, f)) != 0)
 		return err;
 	if ((err = acct_network_hash(s, ip, &net_hash, NULL)) != 0) {
 		acct_fail_internal(f, err, "the Key Center");
 		goto out;
 	}
 	a.kind = strcmp(channel, "sms") == 0 ? "phone" : "email";
+	a.verification_id = r.verification_id;
+	a.code_hash = hash;
 	a.target = target;
 	a.target_idx = target_idx;
 	a.policy = policy;
 	a.device_hash = r.device_hash;
 	a.net_hash = net_hash;
-	err = mica_db_tx(db, MICA_DB_READ_COMMITTED, create_account_tx, &a);
-	if (err == MICA_EEXISTS)
+	if ((err = prepare_account(&a, r.password, r.device_name, &what)) != 0) {
+		acct_fail_internal(f, err, what);
+		goto out;
+	}
+	for (int attempt = 0;; attempt++) {
+		err = mica_db_tx(db, MICA_DB_READ_COMMITTED, create_account_tx, &a);
+		if (!(err == MICA_EEXISTS && a.collided) || attempt + 1 == ACCOUNT_NO_ATTEMPTS)
+			break;
+		if ((err = draw_account_no(&a)) != 0)
+			break;
+	}
+	if (err == MICA_ESTATE && a.code_gone) {
+		/* Another request used the code since the check (or it expired). */
+		if ((err = code_refused(s, db, r.verification_id, "register", f)) != 0 && !f->code)
+			acct_fail_internal(f, err, "the database");
+		err = err ? err : MICA_ESTATE;
+	} else if (err == MICA_EEXISTS && !a.collided) {
 		acct_failf(f, 409, "identifier_in_use",
 			   "this %s already belongs to an account; log in or reset the password",
 			   a.kind);
-	else if (err)
-		acct_fail_internal(f, err, "account creation");
+	} else if (err) {
+		acct_fail_internal(f, err, a.collided ? "the account numbering" : "the database");
+	}
 	if (!err) {
-		if (a.transferred_from) {
-			MICA_LOG(MICA_LOG_WARN, "account: a recycled phone number moved to a new account");
-			acct_notify_user(s, a.transferred_from, "Your phone number was removed",
-					 "The phone number bound to your mica account was recycled by"
-					 " the carrier and verified by a new owner. It can no longer be"
-					 " used to log in or recover your account.");
-		}
-		for (int i = 0; i < a.nlost_security; i++)
-			acct_notify_user(s, a.lost_security[i], "Your security phone number was removed",
-					 "The security phone number of your mica account was recycled by"
-					 " the carrier and verified by a new owner. It was removed; bind"
-					 " a new one in your security settings.");
+		if (a.transferred_from)
+			MICA_LOG(MICA_LOG_WARN,
+				 "account: a recycled phone number moved to a new account");
 		*out = json_pack("{s:s,s:s,s:I,s:I}", "account_id", a.account_no, "token", a.token,
 				 "session_id", (json_int_t)a.session.id, "expires_at",
 				 (json_int_t)a.session.expires_at);
 	}
 out:
-	if (a.token) {
-		mica_wipe(a.token, strlen(a.token));
-		free(a.token);
-	}
+	new_account_free(&a);
+	mica_wipe(a.account_no, sizeof(a.account_no));
+	free(hash);
 	free(net_hash);
 	free(target_idx);
-	free(target);
+	if (target) {
+		mica_wipe(target, strlen(target));
+		free(target);
+	}
 	free(channel);
 	return err;
 }
@@ -593,6 +809,32 @@ static int reset_target(acct_service *s, const char *login, int64_t *user_id, ch
 		*bound_at = strdup(mica_db_get(res, 0, 1));
 	PQclear(res);
 	return err;
+}
+
+/* A reset asked through a login phone the carrier recycled: the account
+ * loses the number, and is told on its other contacts, in one transaction. */
+struct unbind_recycled {
+	int64_t user_id;
+	const char *phone_idx;
+};
+
+static int unbind_recycled_tx(mica_db *db, void *arg)
+{
+	struct unbind_recycled *ub = arg;
+	PGresult *res = NULL;
+	char u[24];
+	int err;
+	snprintf(u, sizeof(u), "%lld", (long long)ub->user_id);
+	const char *p[2] = {u, ub->phone_idx};
+	if ((err = mica_db_exec(
+		 db,
+		 "UPDATE account.user SET phone_idx = NULL, phone_enc = NULL,"
+		 " phone_bound_at = NULL WHERE id = $1 AND phone_idx = $2 RETURNING id",
+		 2, p, &res)) != 0)
+		return err;
+	bool unbound = PQntuples(res) == 1;
+	PQclear(res);
+	return unbound ? acct_notice_emit(db, ub->user_id, ACCT_NOTICE_RESET_REFUSED, NULL, 0) : 0;
 }
 
 int acct_reset_start(acct_service *s, json_t *body, const char *ip, json_t **out,
@@ -638,19 +880,11 @@ int acct_reset_start(acct_service *s, json_t *body, const char *ip, json_t **out
 		/* The number changed hands: its new holder must not take over the
 		 * account, nor hear of it. The account loses the number, then is
 		 * told on its other contacts. */
-		char u[24];
-		snprintf(u, sizeof(u), "%lld", (long long)uid);
-		const char *p[2] = {u, idx};
-		if (mica_db_exec(mica_db_thread(),
-				 "UPDATE account.user SET phone_idx = NULL, phone_enc = NULL,"
-				 " phone_bound_at = NULL WHERE id = $1 AND phone_idx = $2",
-				 2, p, NULL) != 0)
-			MICA_LOG(MICA_LOG_WARN, "account: a recycled phone number could not be unbound");
-		else
-			acct_notify_user(s, uid, "Password reset refused",
-					 "Someone asked to reset your mica password with a phone number"
-					 " the carrier has recycled. The number was removed from your"
-					 " account; use your email or security contacts instead.");
+		struct unbind_recycled ub = {uid, idx};
+		if (mica_db_tx(mica_db_thread(), MICA_DB_READ_COMMITTED, unbind_recycled_tx, &ub) !=
+		    0)
+			MICA_LOG(MICA_LOG_WARN,
+				 "account: a recycled phone number could not be unbound");
 		uid = 0;
 	}
 	/* Same answer whether or not an account exists (no enumeration); a code
@@ -696,6 +930,8 @@ static int reset_tx(mica_db *db, void *arg)
 			   2, p, NULL);
 	if (!err)
 		err = acct_session_revoke_all(r->s, db, r->user_id, 0);
+	if (!err)
+		err = acct_notice_emit(db, r->user_id, ACCT_NOTICE_PASSWORD_RESET, NULL, 0);
 out:
 	if (phc) {
 		mica_wipe(phc, strlen(phc));
@@ -751,68 +987,6 @@ int acct_reset_complete(acct_service *s, json_t *body, json_t **out, struct acct
 	struct reset_ctx r = {s, uid, password};
 	if ((err = mica_db_tx(db, MICA_DB_READ_COMMITTED, reset_tx, &r)) != 0)
 		return acct_fail_internal(f, err, "the password reset");
-	acct_notify_user(s, uid, "Your mica password was reset",
-			 "Your password was reset and every session was signed out. If this was not"
-			 " you, contact support at once.");
 	*out = json_pack("{s:b}", "reset", 1);
 	return 0;
-}
-
-/* ---- notifications to an account ----------------------------------------------------------- */
-
-void acct_contacts_load(acct_service *s, int64_t user_id, struct acct_contacts *c)
-{
-	mica_db *db = mica_db_thread();
-	PGresult *res = NULL;
-	char uid[24];
-	static const char *const cols[4] = {"phone", "email", "security_phone", "security_email"};
-	memset(c, 0, sizeof(*c));
-	if (!db)
-		return;
-	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
-	const char *p[1] = {uid};
-	if (mica_db_exec(db,
-			 "SELECT phone_enc, email_enc, security_phone_enc, security_email_enc"
-			 " FROM account.user WHERE id = $1",
-			 1, p, &res) != 0 ||
-	    PQntuples(res) != 1) {
-		PQclear(res);
-		return;
-	}
-	for (int i = 0; i < 4; i++) {
-		const char *sealed = mica_db_get(res, 0, i);
-		if (sealed && *sealed && acct_pii_open(s, "user", cols[i], uid, sealed, &c->to[i]) != 0)
-			c->to[i] = NULL;
-	}
-	PQclear(res);
-}
-
-void acct_contacts_send(acct_service *s, const struct acct_contacts *c, const char *subject,
-			const char *body)
-{
-	mica_db *db = mica_db_thread();
-	for (int i = 0; i < 4; i++)
-		if (db && c->to[i] &&
-		    acct_notify_send(s->notify, db, i % 2 == 0 ? ACCT_CHANNEL_SMS : ACCT_CHANNEL_EMAIL,
-				     c->to[i], subject, body) != 0)
-			MICA_LOG(MICA_LOG_ERROR, "account: a notification could not be sent");
-}
-
-void acct_contacts_free(struct acct_contacts *c)
-{
-	for (int i = 0; i < 4; i++) {
-		if (c->to[i]) {
-			mica_wipe(c->to[i], strlen(c->to[i]));
-			free(c->to[i]);
-		}
-		c->to[i] = NULL;
-	}
-}
-
-void acct_notify_user(acct_service *s, int64_t user_id, const char *subject, const char *body)
-{
-	struct acct_contacts c;
-	acct_contacts_load(s, user_id, &c);
-	acct_contacts_send(s, &c, subject, body);
-	acct_contacts_free(&c);
 }

@@ -1,8 +1,8 @@
 /* service.c - mica-account's configuration table and run loop: connect to
  * PostgreSQL, Redis and the Key Center (checking that its three keys are
  * usable), start the in-process session cache, seal rows written before
- * sealing (atrest.c), load the password blocklist, then serve HTTPS until a
- * signal. */
+ * sealing (atrest.c), load the password blocklist, then serve HTTPS and run
+ * the notice worker (notice.c) until a signal. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -257,6 +257,7 @@ int acct_run(struct acct_config *cfg)
 {
 	acct_service s = {.cfg = cfg};
 	mica_http_server *srv = NULL;
+	acct_notice_worker *notices = NULL;
 	char *conninfo = NULL;
 	int rc = 1, err;
 
@@ -322,13 +323,15 @@ int acct_run(struct acct_config *cfg)
 		goto out;
 	cfg->http.service = "account";
 	cfg->http.ready = ready;
-	if ((err = mica_http_start(&srv, &cfg->http, acct_routes, acct_routes_len, &s)) != 0)
+	if ((err = mica_http_start(&srv, &cfg->http, acct_routes, acct_routes_len, &s)) != 0 ||
+	    (err = acct_notice_start(&s, &notices)) != 0)
 		goto out;
 	mica_daemon_wait_signal();
 	MICA_LOG(MICA_LOG_INFO, "account: stopping");
 	rc = 0;
 out:
 	mica_http_stop(srv);
+	acct_notice_stop(&notices);
 	acct_blocklist_close(s.blocklist);
 	acct_recycling_free(s.recycling);
 	acct_notify_free(s.notify);

@@ -96,7 +96,9 @@ static int change_tx(mica_db *db, void *arg)
 				2, p, NULL)) != 0)
 		goto out;
 	/* No session outlives a password change but the one that made it. */
-	err = acct_session_revoke_all(c->s, db, c->user_id, c->keep_session);
+	if ((err = acct_session_revoke_all(c->s, db, c->user_id, c->keep_session)) != 0)
+		goto out;
+	err = acct_notice_emit(db, c->user_id, ACCT_NOTICE_PASSWORD_CHANGED, NULL, 0);
 out:
 	if (phc) {
 		mica_wipe(phc, strlen(phc));
@@ -150,11 +152,51 @@ int acct_password_change(acct_service *s, const struct acct_session *sess, json_
 	struct change_ctx c = {s, sess->user_id, sess->id, next};
 	if ((err = mica_db_tx(db, MICA_DB_READ_COMMITTED, change_tx, &c)) != 0)
 		return acct_fail_internal(f, err, "the password change");
-	acct_notify_user(s, sess->user_id, "Your mica password was changed",
-			 "Your password was changed and your other sessions were signed out. If this"
-			 " was not you, reset your password at once.");
 	*out = json_pack("{s:b}", "changed", 1);
 	return 0;
+}
+
+/* Binds (|enc| and |idx| set) or removes the security phone or email and
+ * records the notice in the same transaction; a removed contact is told
+ * too (its ciphertext travels with the notice). */
+struct contact_ctx {
+	int64_t user_id;
+	const char *what; /* "phone" or "email" */
+	const char *enc, *idx;
+};
+
+static int contact_set_tx(mica_db *db, void *arg)
+{
+	struct contact_ctx *c = arg;
+	bool phone = strcmp(c->what, "phone") == 0;
+	char uid[24];
+	int err;
+	uid_text(c->user_id, uid);
+	if (!c->enc) {
+		if ((err = acct_notice_emit(db, c->user_id, ACCT_NOTICE_CONTACT_REMOVED, c->what,
+					    phone ? ACCT_CONTACT_SECURITY_PHONE
+						  : ACCT_CONTACT_SECURITY_EMAIL)) != 0)
+			return err;
+		const char *p[1] = {uid};
+		return mica_db_exec(
+		    db,
+		    phone ? "UPDATE account.user SET security_phone_enc = NULL,"
+			    " security_phone_idx = NULL, security_phone_bound_at = NULL"
+			    " WHERE id = $1"
+			  : "UPDATE account.user SET security_email_enc = NULL,"
+			    " security_email_idx = NULL WHERE id = $1",
+		    1, p, NULL);
+	}
+	const char *p[3] = {uid, c->enc, c->idx};
+	if ((err = mica_db_exec(db,
+				phone ? "UPDATE account.user SET security_phone_enc = $2,"
+					" security_phone_idx = $3, security_phone_bound_at = now()"
+					" WHERE id = $1"
+				      : "UPDATE account.user SET security_email_enc = $2,"
+					" security_email_idx = $3 WHERE id = $1",
+				3, p, NULL)) != 0)
+		return err;
+	return acct_notice_emit(db, c->user_id, ACCT_NOTICE_CONTACT_ADDED, c->what, 0);
 }
 
 /* "phone" binds the security phone (sms), "email" the security email. */
@@ -218,20 +260,11 @@ int acct_bind_complete(acct_service *s, const struct acct_session *sess, const c
 		acct_fail_internal(f, err, "the Key Center");
 		goto out;
 	}
-	const char *p[3] = {uid, enc, idx};
-	err = mica_db_exec(db,
-			   phone ? "UPDATE account.user SET security_phone_enc = $2,"
-				   " security_phone_idx = $3, security_phone_bound_at = now() WHERE id = $1"
-				 : "UPDATE account.user SET security_email_enc = $2,"
-				   " security_email_idx = $3 WHERE id = $1",
-			   3, p, NULL);
-	if (err) {
-		acct_fail_internal(f, err, "the account store");
+	struct contact_ctx c = {sess->user_id, what, enc, idx};
+	if ((err = mica_db_tx(db, MICA_DB_READ_COMMITTED, contact_set_tx, &c)) != 0) {
+		acct_fail_internal(f, err, "the database");
 		goto out;
 	}
-	acct_notify_user(s, sess->user_id, "Security contact added",
-			 phone ? "A security phone number was bound to your mica account."
-			       : "A security email address was bound to your mica account.");
 	*out = json_pack("{s:b}", "bound", 1);
 out:
 	free(idx);
@@ -248,26 +281,12 @@ int acct_unbind(acct_service *s, const struct acct_session *sess, const char *wh
 		struct acct_fail *f)
 {
 	mica_db *db = mica_db_thread();
-	char uid[24];
 	int err;
 	if ((err = acct_require_recent(s, sess, f)) != 0)
 		return err;
-	uid_text(sess->user_id, uid);
-	/* Told first, while the contact is still bound. */
-	acct_notify_user(s, sess->user_id, "Security contact removed",
-			 strcmp(what, "phone") == 0
-				 ? "The security phone number was removed from your mica account."
-				 : "The security email address was removed from your mica account.");
-	const char *p[1] = {uid};
-	err = mica_db_exec(db,
-			   strcmp(what, "phone") == 0
-				   ? "UPDATE account.user SET security_phone_enc = NULL,"
-				     " security_phone_idx = NULL, security_phone_bound_at = NULL WHERE id = $1"
-				   : "UPDATE account.user SET security_email_enc = NULL,"
-				     " security_email_idx = NULL WHERE id = $1",
-			   1, p, NULL);
-	if (err)
-		return acct_fail_internal(f, err, "the account store");
+	struct contact_ctx c = {sess->user_id, what, NULL, NULL};
+	if ((err = mica_db_tx(db, MICA_DB_READ_COMMITTED, contact_set_tx, &c)) != 0)
+		return acct_fail_internal(f, err, "the database");
 	*out = json_pack("{s:b}", "unbound", 1);
 	return 0;
 }
@@ -463,9 +482,12 @@ static int delete_tx(mica_db *db, void *arg)
 	uid_text(d->user_id, uid);
 	snprintf(payload, sizeof(payload), "{\"user_id\":%lld}", (long long)d->user_id);
 	const char *p[1] = {uid};
-	/* Sessions first, so their cache entries are tombstoned; then the rows
-	 * (dependent tables cascade) and the event, all in one transaction. */
-	if ((err = acct_session_revoke_all(d->s, db, d->user_id, 0)) != 0 ||
+	/* The notice first, carrying the contacts it must reach; sessions
+	 * next, so their cache entries are tombstoned; then the rows (dependent
+	 * tables cascade) and the event, all in one transaction. */
+	if ((err = acct_notice_emit(db, d->user_id, ACCT_NOTICE_DELETED, NULL,
+				    ACCT_CONTACTS_ALL)) != 0 ||
+	    (err = acct_session_revoke_all(d->s, db, d->user_id, 0)) != 0 ||
 	    (err = mica_db_exec(db, "DELETE FROM account.verification WHERE user_id = $1", 1, p,
 				NULL)) != 0 ||
 	    (err = mica_db_exec(db, "DELETE FROM account.user WHERE id = $1", 1, p, NULL)) != 0)
@@ -477,21 +499,12 @@ int acct_delete(acct_service *s, const struct acct_session *sess, json_t **out,
 		struct acct_fail *f)
 {
 	struct delete_ctx d = {s, sess->user_id};
-	struct acct_contacts c;
 	mica_db *db = mica_db_thread();
 	int err;
 	if ((err = acct_require_recent(s, sess, f)) != 0)
 		return err;
-	/* The notice goes out only once the rows are gone, so the contacts are
-	 * read first. */
-	acct_contacts_load(s, sess->user_id, &c);
-	if ((err = mica_db_tx(db, MICA_DB_READ_COMMITTED, delete_tx, &d)) != 0) {
-		acct_contacts_free(&c);
-		return acct_fail_internal(f, err, "the account deletion");
-	}
-	acct_contacts_send(s, &c, "Your mica account was deleted",
-			   "Your mica account and its data were deleted.");
-	acct_contacts_free(&c);
+	if ((err = mica_db_tx(db, MICA_DB_READ_COMMITTED, delete_tx, &d)) != 0)
+		return acct_fail_internal(f, err, "the database");
 	MICA_LOG(MICA_LOG_INFO, "account: an account was deleted");
 	*out = json_pack("{s:b}", "deleted", 1);
 	return 0;

@@ -171,8 +171,16 @@ bind_contact() {
 }
 # wrong_code CODE: a six-digit code that differs from CODE.
 wrong_code() { printf '%s%s' "${1:0:5}" "$(((${1:5:1} + 1) % 10))"; }
-# notes ADDR SUBJECT: how many messages with SUBJECT went to ADDR.
+# notes ADDR SUBJECT: how many messages with SUBJECT went to ADDR, once the notice worker has
+# delivered every security notice recorded so far (they go out through the outbox, a moment
+# after the change).
 notes() {
+	local deadline=$((SECONDS + 20))
+	until [[ "$(sql "$ADMIN_CI" "SELECT (SELECT count(*) FROM outbox.pending WHERE consumer = 'account.notices')
+		+ (SELECT count(*) FROM account.notice)")" == 0 ]]; do
+		((SECONDS < deadline)) || fail "security notices still pending after 20 s"
+		sleep 0.1
+	done
 	sql "$ADMIN_CI" "SELECT count(*) FROM account.notification WHERE lower(recipient) = lower('$1')
 		AND subject = '$2'"
 }

@@ -4,7 +4,9 @@
  * test requiring mutual TLS; e-mail against a real SMTP server (Debian's
  * python3-aiosmtpd, started by the test on a free port) over implicit TLS and
  * STARTTLS with AUTH, whose received messages are parsed by Python's own
- * e-mail package.
+ * e-mail package. Also security notices (account/notice.c): emitted in the
+ * caller's transaction as outbox events that name no contact, claimable by
+ * the account role only for its own consumers.
  */
 #include <check.h>
 #include <errno.h>
@@ -22,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "account/account.h"
 #include "account/notify.h"
 #include "db.h"
 #include "err.h"
@@ -741,6 +744,42 @@ START_TEST(smtps_delivers_with_headers)
 }
 END_TEST
 
+/* A keyed message sent again (a retried notice) is the same message: the
+ * same Message-ID; a malformed key is refused before anything is sent. */
+START_TEST(keyed_messages_repeat_their_message_id)
+{
+	struct smtpd s;
+	char url[64];
+	smtpd_start(&s, "smtps", "mica", "s3cret-pw");
+	snprintf(url, sizeof(url), "smtps://localhost:%d", s.port);
+	acct_notify *n = smtp_notifier(url, "mica", "s3cret-pw", env("MICA_CA"));
+	const char *to = addr("keyed");
+	for (int i = 0; i < 2; i++)
+		ck_assert_int_eq(acct_notify_send_keyed(n, NULL, ACCT_CHANNEL_EMAIL, to, "Notice",
+							"Your password was changed.",
+							"notice-42-1-1796000000000000"),
+				 0);
+	ck_assert_int_eq(
+	    acct_notify_send_keyed(n, NULL, ACCT_CHANNEL_EMAIL, to, "Notice", "x", "bad key>"),
+	    MICA_EINVAL);
+	char long_key[ACCT_NOTIFY_KEY_MAX + 2];
+	memset(long_key, 'k', sizeof(long_key) - 1);
+	long_key[sizeof(long_key) - 1] = '\0';
+	ck_assert_int_eq(
+	    acct_notify_send_keyed(n, NULL, ACCT_CHANNEL_EMAIL, to, "Notice", "x", long_key),
+	    MICA_EINVAL);
+	ck_assert_int_eq(smtpd_count(&s), 2);
+	for (int i = 1; i <= 2; i++) {
+		json_t *m = smtpd_message(&s, i);
+		ck_assert_str_eq(jstr(m, "message_id"),
+				 "<notice-42-1-1796000000000000@mica.example>");
+		json_decref(m);
+	}
+	acct_notify_free(n);
+	smtpd_stop(&s);
+}
+END_TEST
+
 START_TEST(starttls_is_required)
 {
 	struct smtpd s, plain;
@@ -777,6 +816,132 @@ START_TEST(starttls_is_required)
 }
 END_TEST
 
+/* ---- security notices (account/notice.c) ---------------------------------------------- */
+
+static int64_t query_int(mica_db *db, const char *sql, const char *param)
+{
+	PGresult *res = NULL;
+	const char *p[1] = {param};
+	int rc = mica_db_exec(db, sql, param ? 1 : 0, param ? p : NULL, &res);
+	ck_assert_msg(rc == 0, "%s: %s", sql, mica_strerror(rc));
+	int64_t n = -1;
+	ck_assert_int_eq(mica_db_get_int64(res, 0, 0, &n), 0);
+	PQclear(res);
+	return n;
+}
+
+struct emit_arg {
+	int64_t user_id;
+	enum acct_notice_kind kind;
+	const char *arg;
+	unsigned carry;
+	int fail;
+};
+
+static int emit_in_tx(mica_db *db, void *arg)
+{
+	struct emit_arg *e = arg;
+	int rc = acct_notice_emit(db, e->user_id, e->kind, e->arg, e->carry);
+	if (rc)
+		return rc;
+	return e->fail ? MICA_ESTATE : 0;
+}
+
+/* A notice is an outbox event written in the caller's transaction, naming
+ * the account and the kind only; contacts it must reach after their rows
+ * are gone travel as the Key Center ciphertexts they were, never in clear. */
+START_TEST(notice_follows_the_transaction_and_names_no_contact)
+{
+	mica_db *sup = open_ci(db_ci), *db = open_ci(account_ci);
+	PGresult *res = NULL;
+	char uid[24];
+	ck_assert_int_eq(
+	    mica_db_exec(sup,
+			 "INSERT INTO account.user (account_no_enc, account_no_idx,"
+			 " password_enc, password_policy, email_enc, email_idx,"
+			 " security_phone_enc) VALUES ('kc:v1:no', 'notice-no', 'x', 'miui',"
+			 " 'kc:v1:sealed-email', 'notice-email', 'kc:v1:sealed-phone')"
+			 " RETURNING id",
+			 0, NULL, &res),
+	    0);
+	snprintf(uid, sizeof(uid), "%s", mica_db_get(res, 0, 0));
+	PQclear(res);
+	struct emit_arg e = {strtoll(uid, NULL, 10), ACCT_NOTICE_DELETED, NULL, ACCT_CONTACTS_ALL,
+			     1};
+
+	/* Outside a transaction it is refused: it would not commit with anything. */
+	ck_assert_int_eq(acct_notice_emit(db, e.user_id, ACCT_NOTICE_PASSWORD_CHANGED, NULL, 0),
+			 MICA_ESTATE);
+	ck_assert_int_eq(acct_notice_emit(db, e.user_id, (enum acct_notice_kind)99, NULL, 0),
+			 MICA_EINVAL);
+	ck_assert_int_eq(acct_notice_emit(db, 0, ACCT_NOTICE_FROZEN, NULL, 0), MICA_EINVAL);
+	/* Rolled back with the operation: no event, no notice. */
+	ck_assert_int_eq(mica_db_tx(db, MICA_DB_READ_COMMITTED, emit_in_tx, &e), MICA_ESTATE);
+	const char *q_events = "SELECT count(*) FROM outbox.event WHERE topic = 'account.notice'"
+			       " AND payload->>'user_id' = $1";
+	ck_assert_int_eq(query_int(sup, q_events, uid), 0);
+	ck_assert_int_eq(
+	    query_int(sup, "SELECT count(*) FROM account.notice WHERE user_id = $1::bigint", uid),
+	    0);
+	e.fail = 0;
+	ck_assert_int_eq(mica_db_tx(db, MICA_DB_READ_COMMITTED, emit_in_tx, &e), 0);
+	ck_assert_int_eq(query_int(sup, q_events, uid), 1);
+	const char *p[1] = {uid};
+	ck_assert_int_eq(
+	    mica_db_exec(sup,
+			 "SELECT e.payload::text, n.carried->>'email',"
+			 " n.carried->>'security_phone', n.carried ? 'phone', n.kind"
+			 " FROM outbox.event e JOIN account.notice n ON n.event_id = e.id"
+			 " WHERE n.user_id = $1::bigint",
+			 1, p, &res),
+	    0);
+	ck_assert_int_eq(PQntuples(res), 1);
+	char want[96];
+	snprintf(want, sizeof(want), "{\"kind\": \"deleted\", \"user_id\": %s}", uid);
+	ck_assert_str_eq(mica_db_get(res, 0, 0), want);
+	ck_assert_str_eq(mica_db_get(res, 0, 1), "kc:v1:sealed-email");
+	ck_assert_str_eq(mica_db_get(res, 0, 2), "kc:v1:sealed-phone");
+	ck_assert_str_eq(mica_db_get(res, 0, 3), "f"); /* no phone bound: nothing carried */
+	ck_assert_str_eq(mica_db_get(res, 0, 4), "deleted");
+	PQclear(res);
+	/* The migration subscribed the notice worker: the event waits for it. */
+	ck_assert_int_eq(query_int(sup,
+				   "SELECT count(*) FROM outbox.pending p JOIN outbox.event e"
+				   " ON e.id = p.event_id WHERE p.consumer = 'account.notices'"
+				   " AND e.payload->>'user_id' = $1",
+				   uid),
+			 1);
+	mica_db_close(&db);
+	mica_db_close(&sup);
+}
+END_TEST
+
+/* The account role claims its own pending events and no other consumer's. */
+START_TEST(notice_worker_sees_only_its_pending_rows)
+{
+	mica_db *sup = open_ci(db_ci), *db = open_ci(account_ci);
+	ck_assert_int_eq(
+	    mica_db_exec(sup,
+			 "INSERT INTO outbox.subscription (consumer, topic)"
+			 " VALUES ('push.notices', 'account.notice') ON CONFLICT DO NOTHING",
+			 0, NULL, NULL),
+	    0);
+	struct emit_arg e = {424242, ACCT_NOTICE_PASSWORD_CHANGED, NULL, 0, 0};
+	ck_assert_int_eq(mica_db_tx(db, MICA_DB_READ_COMMITTED, emit_in_tx, &e), 0);
+	const char *q = "SELECT count(*) FROM outbox.pending WHERE consumer = $1";
+	ck_assert_int_ge(query_int(sup, q, "push.notices"), 1);
+	ck_assert_int_eq(query_int(db, q, "push.notices"), 0);
+	ck_assert_int_ge(query_int(db, q, "account.notices"), 1);
+	ck_assert_int_eq(mica_db_exec(db,
+				      "DELETE FROM outbox.pending WHERE consumer = 'push.notices'",
+				      0, NULL, NULL),
+			 0);
+	ck_assert_int_ge(query_int(sup, q, "push.notices"), 1);
+	mica_db_close(&db);
+	mica_db_close(&sup);
+}
+END_TEST
+
 /* ---- setup -------------------------------------------------------------------------- */
 
 static Suite *notify_suite(void)
@@ -792,6 +957,9 @@ static Suite *notify_suite(void)
 	tcase_add_test(tc, sms_webhook_receives_to_and_text);
 	tcase_add_test(tc, smtps_delivers_with_headers);
 	tcase_add_test(tc, starttls_is_required);
+	tcase_add_test(tc, keyed_messages_repeat_their_message_id);
+	tcase_add_test(tc, notice_follows_the_transaction_and_names_no_contact);
+	tcase_add_test(tc, notice_worker_sees_only_its_pending_rows);
 	suite_add_tcase(s, tc);
 	return s;
 }
