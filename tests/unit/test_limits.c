@@ -5,18 +5,24 @@
  * state says Redis is down. No services: the unreachable Redis is a socket
  * path nothing listens on. */
 #include <check.h>
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "account/account.h"
 #include "kv.h"
 
-static void assert_503(const struct acct_fail *f, int err)
+/* Asserts a 503 naming Redis (message and "dependency" member), then
+ * clears |f| for the next call. */
+static void assert_503(struct acct_fail *f, int err)
 {
 	ck_assert_int_ne(err, 0);
 	ck_assert_int_eq(f->status, 503);
 	ck_assert_str_eq(f->code, "unavailable");
 	ck_assert_ptr_nonnull(strstr(f->msg, "Redis"));
+	ck_assert_str_eq(json_string_value(json_object_get(f->extra, "dependency")), "redis");
+	json_decref(f->extra);
+	memset(f, 0, sizeof(*f));
 }
 
 /* Every limit, refused; and the state it leaves. */
@@ -31,17 +37,12 @@ static void every_limit_refuses(void)
 
 	assert_503(&f, acct_limit_hit("account:logins:1", 30, 3600, &allowed, &f));
 	ck_assert_int_eq(allowed, 0);
-	memset(&f, 0, sizeof(f));
 	assert_503(&f, acct_counters_get("account:fail:user:1", "account:fail:net:x", &a, &b, &f));
 	ck_assert_int_eq(a, 0);
-	memset(&f, 0, sizeof(f));
 	assert_503(&f, acct_counter_bump("account:fail:user:1", 900, &f));
-	memset(&f, 0, sizeof(f));
 	assert_503(&f, acct_nonce_use("account:altcha:x", 360, &fresh, &f));
 	ck_assert_int_eq(fresh, 0);
-	memset(&f, 0, sizeof(f));
 	assert_503(&f, acct_code_quota(&s, ACCT_CODES_OPEN, "kc:v1:idx", "kc:v1:net", &f));
-	memset(&f, 0, sizeof(f));
 	assert_503(&f, acct_code_quota(&s, ACCT_CODES_OWNER, "kc:v1:idx", "user:1", &f));
 	acct_counter_clear("account:fail:user:1"); /* only logs */
 	ck_assert(!acct_limits_ready(&why));
