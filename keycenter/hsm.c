@@ -709,6 +709,17 @@ static const CK_KEY_TYPE kek_type = CKK_AES;
 	}
 static CK_ATTRIBUTE kek_unwrap_template[] = {KEK_TEMPLATE_ATTRS};
 
+/* A session key that exists only to be wrapped (wrap_fresh, migrate_from):
+ * extractable, since C_WrapKey needs it, but sensitive and usable for
+ * nothing. */
+#define WRAPPABLE_KEY_ATTRS                                                                        \
+	{CKA_TOKEN, (void *)&no, sizeof(no)}, {CKA_PRIVATE, (void *)&yes, sizeof(yes)},            \
+	    {CKA_SENSITIVE, (void *)&yes, sizeof(yes)},                                            \
+	    {CKA_EXTRACTABLE, (void *)&yes, sizeof(yes)}, {CKA_ENCRYPT, (void *)&no, sizeof(no)},  \
+	    {CKA_DECRYPT, (void *)&no, sizeof(no)}, {CKA_WRAP, (void *)&no, sizeof(no)},           \
+	    {CKA_UNWRAP, (void *)&no, sizeof(no)}, {CKA_SIGN, (void *)&no, sizeof(no)},            \
+	    {CKA_VERIFY, (void *)&no, sizeof(no)}, {CKA_DERIVE, (void *)&no, sizeof(no)}
+
 /* ---- Key generation ------------------------------------------------------ */
 
 static int generate_pair(kc_hsm *h, CK_SESSION_HANDLE s, CK_MECHANISM_TYPE type, CK_ATTRIBUTE *pub,
@@ -1195,17 +1206,7 @@ static int wrap_fresh(kc_hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE pub, uint
 	    {CKA_CLASS, &cls, sizeof(cls)},
 	    {CKA_KEY_TYPE, &type, sizeof(type)},
 	    {CKA_VALUE_LEN, &key_len, sizeof(key_len)},
-	    {CKA_TOKEN, (void *)&no, sizeof(no)},
-	    {CKA_PRIVATE, (void *)&yes, sizeof(yes)},
-	    {CKA_SENSITIVE, (void *)&yes, sizeof(yes)},
-	    {CKA_EXTRACTABLE, (void *)&yes, sizeof(yes)},
-	    {CKA_ENCRYPT, (void *)&no, sizeof(no)},
-	    {CKA_DECRYPT, (void *)&no, sizeof(no)},
-	    {CKA_WRAP, (void *)&no, sizeof(no)},
-	    {CKA_UNWRAP, (void *)&no, sizeof(no)},
-	    {CKA_SIGN, (void *)&no, sizeof(no)},
-	    {CKA_VERIFY, (void *)&no, sizeof(no)},
-	    {CKA_DERIVE, (void *)&no, sizeof(no)},
+	    WRAPPABLE_KEY_ATTRS,
 	};
 	CK_OBJECT_HANDLE kek;
 	CK_RV rv;
@@ -1557,17 +1558,7 @@ static int migrate_from(kc_hsm *h, CK_SESSION_HANDLE s, const struct root_pair *
 	CK_ATTRIBUTE tmpl[] = {
 	    {CKA_CLASS, (void *)&kek_class, sizeof(kek_class)},
 	    {CKA_KEY_TYPE, (void *)&kek_type, sizeof(kek_type)},
-	    {CKA_TOKEN, (void *)&no, sizeof(no)},
-	    {CKA_PRIVATE, (void *)&yes, sizeof(yes)},
-	    {CKA_SENSITIVE, (void *)&yes, sizeof(yes)},
-	    {CKA_EXTRACTABLE, (void *)&yes, sizeof(yes)},
-	    {CKA_ENCRYPT, (void *)&no, sizeof(no)},
-	    {CKA_DECRYPT, (void *)&no, sizeof(no)},
-	    {CKA_WRAP, (void *)&no, sizeof(no)},
-	    {CKA_UNWRAP, (void *)&no, sizeof(no)},
-	    {CKA_SIGN, (void *)&no, sizeof(no)},
-	    {CKA_VERIFY, (void *)&no, sizeof(no)},
-	    {CKA_DERIVE, (void *)&no, sizeof(no)},
+	    WRAPPABLE_KEY_ATTRS,
 	};
 	CK_OBJECT_HANDLE *keks = NULL;
 	uint8_t **fresh = NULL;
