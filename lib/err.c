@@ -1,18 +1,19 @@
-/* err.c - string tables for the libmica error enum, generated from
- * MICA_ERRNO_MAP so codes and messages cannot drift from the enum. */
+/* err.c - string and status tables for the libmica error enum, generated
+ * from MICA_ERRNO_MAP so codes, messages and HTTP statuses cannot drift from
+ * the enum. */
 #include "err.h"
 
-#define IDX(e) ((e) - MICA__ERR_BASE - 1)
+#define IDX(e) ((e)-MICA__ERR_BASE - 1)
 
 static const char *const codes[] = {
-#define X(name, code, msg) code,
-	MICA_ERRNO_MAP(X)
+#define X(name, status, code, msg) code,
+    MICA_ERRNO_MAP(X)
 #undef X
 };
 
 static const char *const msgs[] = {
-#define X(name, code, msg) msg,
-	MICA_ERRNO_MAP(X)
+#define X(name, status, code, msg) msg,
+    MICA_ERRNO_MAP(X)
 #undef X
 };
 
@@ -32,4 +33,19 @@ const char *mica_errmsg(int err)
 	if (err <= MICA__ERR_BASE || err >= MICA__ERR_END)
 		return "unknown error";
 	return msgs[IDX(err)];
+}
+
+static const short statuses[] = {
+#define X(name, status, code, msg) status,
+    MICA_ERRNO_MAP(X)
+#undef X
+};
+
+int mica_http_status(int err)
+{
+	if (err == 0)
+		return 200;
+	if (err <= MICA__ERR_BASE || err >= MICA__ERR_END)
+		return 500;
+	return statuses[IDX(err)];
 }

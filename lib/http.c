@@ -248,15 +248,23 @@ void mica_http_reply_raw(mica_http_resp *resp, int status, const char *content_t
 	resp->body_len = len;
 }
 
+void mica_http_reply_problem(mica_http_resp *resp, mica_problem *p)
+{
+	int status = p->code && p->status >= 400 && p->status <= 599 ? p->status : 500;
+	mica_http_reply_json(resp, status, mica_problem_json(p));
+	mica_problem_cleanup(p);
+}
+
 void mica_http_reply_error(mica_http_resp *resp, int status, const char *code, const char *fmt, ...)
 {
-	char msg[512];
+	mica_problem p = MICA_PROBLEM_INIT;
 	va_list ap;
+	p.status = status;
+	p.code = code;
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
+	vsnprintf(p.msg, sizeof(p.msg), fmt, ap);
 	va_end(ap);
-	mica_http_reply_json(resp, status,
-			     json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg));
+	mica_http_reply_problem(resp, &p);
 }
 
 void mica_http_add_header(mica_http_resp *resp, const char *name, const char *value)
@@ -1123,7 +1131,11 @@ static enum MHD_Result request_step(void *cls, struct MHD_Connection *conn, cons
 		atomic_fetch_add(&srv->inflight, 1);
 		cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
 						 MHD_HTTP_HEADER_CONTENT_LENGTH);
-		if (cl && strtoull(cl, NULL, 10) > srv->opt.max_body) {
+		/* A length beyond int64 is over any limit; a malformed one is
+		 * libmicrohttpd's to refuse. */
+		int64_t cl_n = 0;
+		int cl_err = cl ? mica_parse_int64(cl, 0, INT64_MAX, &cl_n) : MICA_EINVAL;
+		if (cl_err == MICA_ERANGE || (cl_err == 0 && (uint64_t)cl_n > srv->opt.max_body)) {
 			rs->too_large = 1;
 			return send_error(conn, rs, 413, "body_too_large",
 					  "the body exceeds the limit of %zu bytes",

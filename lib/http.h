@@ -52,6 +52,7 @@
 #include <stdint.h>
 
 #include "err.h"
+#include "problem.h"
 
 #define MICA_HTTP_MAX_PARAMS 4
 #define MICA_HTTP_MAX_HEADERS 4
@@ -62,30 +63,30 @@ struct MHD_Connection;
  * during the handler call. */
 typedef struct mica_http_req {
 	const char *method;
-	const char *path;          /* decoded path without query string */
-	const char *route;         /* the matched pattern, e.g. "/v1/keys/{name}" */
+	const char *path;  /* decoded path without query string */
+	const char *route; /* the matched pattern, e.g. "/v1/keys/{name}" */
 	int nparams;
 	const char *param_name[MICA_HTTP_MAX_PARAMS];
 	const char *param_value[MICA_HTTP_MAX_PARAMS];
-	const char *body;          /* raw body (NUL-terminated), may be NULL */
+	const char *body; /* raw body (NUL-terminated), may be NULL */
 	size_t body_len;
-	json_t *json;              /* parsed object when the route has MICA_ROUTE_JSON */
-	const char *peer;          /* verified client certificate CN, or NULL */
-	const char *client_ip;     /* textual address of the TCP peer */
-	const char *request_id;    /* 32 hex characters, echoed as X-Request-Id */
+	json_t *json;		/* parsed object when the route has MICA_ROUTE_JSON */
+	const char *peer;	/* verified client certificate CN, or NULL */
+	const char *client_ip;	/* textual address of the TCP peer */
+	const char *request_id; /* 32 hex characters, echoed as X-Request-Id */
 	struct MHD_Connection *conn;
-	void *impl;                /* the server's request state */
+	void *impl; /* the server's request state */
 } mica_http_req;
 
 /* What a handler fills in with the mica_http_reply_* helpers. */
 typedef struct mica_http_resp {
 	int status;
-	char *body;                /* malloc'd, owned by the server after return */
+	char *body; /* malloc'd, owned by the server after return */
 	size_t body_len;
-	const char *content_type;  /* static string */
+	const char *content_type; /* static string */
 	int nheaders;
-	const char *header_name[MICA_HTTP_MAX_HEADERS];  /* static strings */
-	char *header_value[MICA_HTTP_MAX_HEADERS];       /* malloc'd copies */
+	const char *header_name[MICA_HTTP_MAX_HEADERS]; /* static strings */
+	char *header_value[MICA_HTTP_MAX_HEADERS];	/* malloc'd copies */
 } mica_http_resp;
 
 /* A reply that comes later (mica_http_defer(), on_refusal). */
@@ -110,28 +111,28 @@ enum {
 };
 
 typedef struct mica_http_route {
-	const char *method;        /* "GET", "POST", ... */
-	const char *pattern;       /* "/v1/keys/{name}"; {x} matches one non-empty segment */
+	const char *method;  /* "GET", "POST", ... */
+	const char *pattern; /* "/v1/keys/{name}"; {x} matches one non-empty segment */
 	mica_http_handler fn;
-	unsigned flags;            /* MICA_ROUTE_* */
+	unsigned flags; /* MICA_ROUTE_* */
 } mica_http_route;
 
 typedef struct mica_http_options {
-	const char *service;       /* name used in logs and metrics */
-	const char *bind;          /* address to listen on, e.g. "127.0.0.1" or "::1" */
-	int port;                  /* 0 picks a free port; see mica_http_port() */
-	const char *cert_file;     /* PEM server certificate chain (required) */
-	const char *key_file;      /* PEM private key (required) */
-	const char *client_ca_file;/* PEM CA that signs client certificates, or NULL */
-	int require_client_cert;   /* 1: every route (but /healthz, /readyz) needs a peer */
-	size_t max_body;           /* bytes; larger bodies get 413 */
-	int timeout_s;             /* idle connection timeout */
-	int threads;               /* event threads (0 = number of CPUs) */
-	int blocking_threads;      /* threads that run MICA_ROUTE_BLOCKING handlers;
-				      0 starts none (such routes then answer 500) */
-	int max_conns;             /* total connection limit */
-	int per_ip_conns;          /* connection limit per client address (0 = none) */
-	int access_log;            /* 1: one JSON log line per request */
+	const char *service;	    /* name used in logs and metrics */
+	const char *bind;	    /* address to listen on, e.g. "127.0.0.1" or "::1" */
+	int port;		    /* 0 picks a free port; see mica_http_port() */
+	const char *cert_file;	    /* PEM server certificate chain (required) */
+	const char *key_file;	    /* PEM private key (required) */
+	const char *client_ca_file; /* PEM CA that signs client certificates, or NULL */
+	int require_client_cert;    /* 1: every route (but /healthz, /readyz) needs a peer */
+	size_t max_body;	    /* bytes; larger bodies get 413 */
+	int timeout_s;		    /* idle connection timeout */
+	int threads;		    /* event threads (0 = number of CPUs) */
+	int blocking_threads;	    /* threads that run MICA_ROUTE_BLOCKING handlers;
+				       0 starts none (such routes then answer 500) */
+	int max_conns;		    /* total connection limit */
+	int per_ip_conns;	    /* connection limit per client address (0 = none) */
+	int access_log;		    /* 1: one JSON log line per request */
 	/* The metrics listener: GET /metrics, /healthz and /readyz only.
 	 * Empty |metrics_bind| (or NULL) starts none. A |metrics_bind| that is
 	 * not a loopback address (127.0.0.0/8, ::1) needs
@@ -201,9 +202,15 @@ void mica_http_reply_json(mica_http_resp *resp, int status, json_t *body);
  * themselves rather than through jansson. |content_type| is static. */
 void mica_http_reply_raw(mica_http_resp *resp, int status, const char *content_type, char *body,
 			 size_t len);
-/* {"error":{"code":code,"message":...}}. |code| is a stable snake_case code. */
-void mica_http_reply_error(mica_http_resp *resp, int status, const char *code, const char *fmt,
-			   ...) __attribute__((format(printf, 4, 5)));
+/* The one error reply: |p| as {"error":{"code":...,"message":...}} plus its
+ * extra members (lib/problem.h), with its status (500 internal_error for a
+ * problem never set). Releases |p|'s extra members and clears it. */
+void mica_http_reply_problem(mica_http_resp *resp, mica_problem *p);
+/* Shorthand for mica_http_reply_problem() of a problem without extra
+ * members: {"error":{"code":code,"message":...}}. |code| is a stable
+ * snake_case code (static). */
+void mica_http_reply_error(mica_http_resp *resp, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 /* Adds a response header; |name| must be a static string, |value| is copied. */
 void mica_http_add_header(mica_http_resp *resp, const char *name, const char *value);
 
