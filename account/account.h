@@ -14,6 +14,7 @@
 #include "account/altcha.h"
 #include "account/notify.h"
 #include "account/password.h"
+#include "body.h"
 #include "config.h"
 #include "db.h"
 #include "http.h"
@@ -64,40 +65,17 @@ typedef struct acct_service {
 	struct mica_kvcache *session_cache;
 } acct_service;
 
-/* Why a flow failed: HTTP status, stable code, message; extra JSON members
- * (e.g. a captcha challenge) go into |extra| (owned). */
-struct acct_fail {
-	int status;
-	const char *code;
-	char msg[200];
-	json_t *extra;
-};
-int acct_failf(struct acct_fail *f, int status, const char *code, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-/* Maps an unexpected error of a dependency to 503/500. */
-int acct_fail_internal(struct acct_fail *f, int err, const char *what);
+/* How a flow fails: it fills a mica_problem (lib/problem.h) and returns an
+ * error; routes.c answers it with mica_http_reply_problem(). */
+/* The failure |err| of a dependency while doing |what| ("the database", "the
+ * Key Center", "the notifier", ...; logged): 503 unavailable naming the
+ * dependency (member "dependency") when the error says it is down or
+ * refusing for now (mica_http_status() 503 or 429; any failure of the
+ * notifier but a bad argument), else 500 internal_error. Returns |err|. */
+int acct_problem_dependency(mica_problem *f, int err, const char *what);
 
-/* ---- body.c ---------------------------------------------------------------- */
-enum acct_field_type { ACCT_FIELD_STRING, ACCT_FIELD_BOOL };
-/* One member of a request body. A string is at most |max_len| bytes, without
- * NUL characters, and, when |required|, not empty. */
-struct acct_field {
-	const char *name;
-	enum acct_field_type type;
-	bool required;
-	size_t max_len;
-};
-union acct_field_value {
-	const char *s; /* borrowed from the body; NULL when absent (or null) */
-	int b;	       /* 0 when absent */
-};
-/* Fills out[i] from |body| for spec[i], i < n: 0, or 400 missing_field (a
- * required member absent, null or empty) or bad_field (mistyped, too long, a
- * NUL), naming the first member at fault. */
-int acct_body_fields(json_t *body, const struct acct_field *spec, size_t n,
-		     union acct_field_value *out, struct acct_fail *f) MICA_WUR;
-#define ACCT_FIELDS(spec) (spec), (sizeof(spec) / sizeof((spec)[0]))
-extern const struct acct_field acct_body_reset_start[1], acct_body_reset_complete[3],
+/* ---- body.c: the small bodies' member specs (lib/body.h) ------------------ */
+extern const mica_body_field acct_body_reset_start[1], acct_body_reset_complete[3],
     acct_body_password_change[2], acct_body_bind_phone[1], acct_body_bind_email[1],
     acct_body_code[2], acct_body_stepup_send[1], acct_body_stepup_verify[1],
     acct_body_cross_device[1], acct_body_revoke_all[1], acct_body_introspect[1];
@@ -208,7 +186,7 @@ int acct_session_introspect(acct_service *s, const char *token, json_t **out) MI
  * *id (malloc'd) names it. The caller has counted the request
  * (acct_code_quota). */
 int acct_code_send(acct_service *s, const char *purpose, const char *channel, const char *target,
-		   const char *target_idx, int64_t user_id, char **id, struct acct_fail *f) MICA_WUR;
+		   const char *target_idx, int64_t user_id, char **id, mica_problem *f) MICA_WUR;
 /* Checks and consumes code |code| of verification |id| for |purpose|; sets
  * *user_id (0 if none), target index and the verified target (malloc'd).
  * Refused: |f| says why, and the result is MICA_EAUTH for a wrong code (or
@@ -216,7 +194,7 @@ int acct_code_send(acct_service *s, const char *purpose, const char *channel, co
  * one that is not six digits. */
 int acct_code_verify(acct_service *s, mica_db *db, const char *id, const char *purpose,
 		     const char *code, int64_t *user_id, char **target_idx, char **target,
-		     char **channel, struct acct_fail *f) MICA_WUR;
+		     char **channel, mica_problem *f) MICA_WUR;
 /* POST /v1/register/start and /complete bodies after their pure checks
  * (no I/O; for the flows and the fuzz target). Strings borrow from the body.
  * start: exactly one of phone and email, of that form; |norm| normalised.
@@ -235,18 +213,18 @@ struct acct_register_complete_req {
 	char device_hash[65];
 };
 int acct_register_start_parse(json_t *body, struct acct_register_start_req *out,
-			      struct acct_fail *f) MICA_WUR;
+			      mica_problem *f) MICA_WUR;
 int acct_register_complete_parse(json_t *body, struct acct_register_complete_req *out,
-				 struct acct_fail *f) MICA_WUR;
+				 mica_problem *f) MICA_WUR;
 /* register/start and reset/start count against the open-class code quota
  * of the address and the client network of |ip| (acct_code_quota). */
 int acct_register_start(acct_service *s, json_t *body, const char *ip, json_t **out,
-			struct acct_fail *f) MICA_WUR;
+			mica_problem *f) MICA_WUR;
 int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t **out,
-			   struct acct_fail *f) MICA_WUR;
+			   mica_problem *f) MICA_WUR;
 int acct_reset_start(acct_service *s, json_t *body, const char *ip, json_t **out,
-		     struct acct_fail *f) MICA_WUR;
-int acct_reset_complete(acct_service *s, json_t *body, json_t **out, struct acct_fail *f) MICA_WUR;
+		     mica_problem *f) MICA_WUR;
+int acct_reset_complete(acct_service *s, json_t *body, json_t **out, mica_problem *f) MICA_WUR;
 /* ---- notice.c ---------------------------------------------------------------- */
 /* Security notices, delivered through the transactional outbox (notice.c). */
 enum acct_notice_kind {
@@ -345,7 +323,7 @@ int acct_password_unseal(acct_service *s, int64_t user_id, const char *sealed, c
  * policy_unavailable when the check cannot run (nist without a readable
  * breached-password list: a server fault, not the client's). */
 int acct_password_admit(acct_service *s, const char *policy, const char *password,
-			struct acct_fail *f) MICA_WUR;
+			mica_problem *f) MICA_WUR;
 /* *burned = 1 when |password| matches a password burned by a freeze. */
 int acct_password_burned(acct_service *s, int64_t user_id, const char *password, int *burned) MICA_WUR;
 
@@ -362,17 +340,17 @@ int acct_at_rest_upgrade(acct_service *s) MICA_WUR;
 /* Counts one hit of |key| (mica_kv_rate_limit): *allowed 1 within |limit|
  * per |window_s|. */
 int acct_limit_hit(const char *key, long limit, int window_s, int *allowed,
-		   struct acct_fail *f) MICA_WUR;
+		   mica_problem *f) MICA_WUR;
 /* Reads two counters in one round trip (a missing one is 0). */
 int acct_counters_get(const char *k1, const char *k2, long *v1, long *v2,
-		      struct acct_fail *f) MICA_WUR;
+		      mica_problem *f) MICA_WUR;
 /* Adds one to |key|, which expires |window_s| after its first hit. */
-int acct_counter_bump(const char *key, int window_s, struct acct_fail *f) MICA_WUR;
+int acct_counter_bump(const char *key, int window_s, mica_problem *f) MICA_WUR;
 /* Deletes a counter; a failure is only logged (it makes limits stricter). */
 void acct_counter_clear(const char *key);
 /* Records the single use of |key| for |ttl_s|: *fresh 1 the first time, 0
  * when it was already used. */
-int acct_nonce_use(const char *key, int ttl_s, int *fresh, struct acct_fail *f) MICA_WUR;
+int acct_nonce_use(const char *key, int ttl_s, int *fresh, mica_problem *f) MICA_WUR;
 /* Who asks for a one-time code: anyone (registration, password reset), or
  * the owner, who proved the password or holds a session (step-up,
  * binding). A class's quota never counts the other's requests. */
@@ -384,9 +362,9 @@ enum acct_code_class { ACCT_CODES_OPEN, ACCT_CODES_OWNER };
  * requester), and, of the requests that pass, cfg->codes_per_address_hour
  * per (class, address). 0, or 429 too_many_codes, or 503 (Redis). */
 int acct_code_quota(acct_service *s, enum acct_code_class cls, const char *target_idx,
-		    const char *requester, struct acct_fail *f) MICA_WUR;
+		    const char *requester, mica_problem *f) MICA_WUR;
 /* |f| = 503 unavailable naming Redis; logs; returns |err| (MICA_EKVCONN if 0). */
-int acct_limits_fail(struct acct_fail *f, int err);
+int acct_limits_fail(mica_problem *f, int err);
 /* Whether Redis answered at the last attempt of any limit (no I/O; true
  * before the first). Otherwise *why (may be NULL) says what is refused. */
 bool acct_limits_ready(const char **why);
@@ -409,33 +387,33 @@ struct acct_login_req {
  * kind (default "app"), password length, the login's form, the device id.
  * Pure (no database, Redis or Key Center), for acct_login and the fuzz
  * target. 0, or |f| is the 400 answer and MICA_EINVAL returned. */
-int acct_login_parse(json_t *body, struct acct_login_req *out, struct acct_fail *f) MICA_WUR;
-int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, struct acct_fail *f) MICA_WUR;
+int acct_login_parse(json_t *body, struct acct_login_req *out, mica_problem *f) MICA_WUR;
+int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, mica_problem *f) MICA_WUR;
 int acct_stepup_send(acct_service *s, const char *id, json_t *body, json_t **out,
-		     struct acct_fail *f) MICA_WUR;
+		     mica_problem *f) MICA_WUR;
 int acct_stepup_verify(acct_service *s, const char *id, json_t *body, json_t **out,
-		       struct acct_fail *f) MICA_WUR;
+		       mica_problem *f) MICA_WUR;
 int acct_stepup_approve(acct_service *s, const struct acct_session *approver, const char *id,
-			json_t **out, struct acct_fail *f) MICA_WUR;
+			json_t **out, mica_problem *f) MICA_WUR;
 /* For sensitive operations: 0 when |sess| authenticated recently enough,
  * else a step-up is created and |f| is 403 step_up_required. */
-int acct_require_recent(acct_service *s, const struct acct_session *sess, struct acct_fail *f) MICA_WUR;
+int acct_require_recent(acct_service *s, const struct acct_session *sess, mica_problem *f) MICA_WUR;
 /* Freezes the account: status, every session revoked, password burned,
  * user notified. */
 int acct_freeze(acct_service *s, int64_t user_id, const char *reason) MICA_WUR;
 
 /* ---- settings.c ------------------------------------------------------------------ */
-int acct_me(acct_service *s, const struct acct_session *sess, json_t **out, struct acct_fail *f) MICA_WUR;
+int acct_me(acct_service *s, const struct acct_session *sess, json_t **out, mica_problem *f) MICA_WUR;
 int acct_password_change(acct_service *s, const struct acct_session *sess, json_t *body,
-			 json_t **out, struct acct_fail *f) MICA_WUR;
+			 json_t **out, mica_problem *f) MICA_WUR;
 int acct_bind_start(acct_service *s, const struct acct_session *sess, const char *what,
-		    json_t *body, json_t **out, struct acct_fail *f) MICA_WUR;
+		    json_t *body, json_t **out, mica_problem *f) MICA_WUR;
 int acct_bind_complete(acct_service *s, const struct acct_session *sess, const char *what,
-		       json_t *body, json_t **out, struct acct_fail *f) MICA_WUR;
+		       json_t *body, json_t **out, mica_problem *f) MICA_WUR;
 int acct_unbind(acct_service *s, const struct acct_session *sess, const char *what, json_t **out,
-		struct acct_fail *f) MICA_WUR;
+		mica_problem *f) MICA_WUR;
 int acct_questions_set(acct_service *s, const struct acct_session *sess, json_t *body,
-		       json_t **out, struct acct_fail *f) MICA_WUR;
+		       json_t **out, mica_problem *f) MICA_WUR;
 
 /* Security questions. An answer is stored as the Argon2id hash of its
  * normalised form (ASCII letters lower-cased, white space trimmed, each run
@@ -454,7 +432,7 @@ int acct_questions_set(acct_service *s, const struct acct_session *sess, json_t 
  * ACCT_ANSWER_MAX_CHARS characters and fits ACCT_ANSWER_NORM_CAP. Pure, for
  * acct_questions_set and the fuzz target. Returns 0, or MICA_EINVAL with |f|
  * the 400 bad_questions answer naming the item. */
-int acct_questions_parse(json_t *body, struct acct_fail *f) MICA_WUR;
+int acct_questions_parse(json_t *body, mica_problem *f) MICA_WUR;
 /* Writes the normalised form of |in| to |out| (|cap| bytes, NUL-terminated;
  * when it does not fit, its longest prefix that does, never ending in a
  * space; nothing written when |cap| is 0). Returns the whole form's length
@@ -469,9 +447,9 @@ int acct_answer_seal(acct_service *s, const char *uid, size_t pos, const char *p
 int acct_question_seal(acct_service *s, const char *uid, size_t pos, const char *question,
 		       char **out) MICA_WUR;
 int acct_cross_device_set(acct_service *s, const struct acct_session *sess, json_t *body,
-			  json_t **out, struct acct_fail *f) MICA_WUR;
+			  json_t **out, mica_problem *f) MICA_WUR;
 int acct_delete(acct_service *s, const struct acct_session *sess, json_t **out,
-		struct acct_fail *f) MICA_WUR;
+		mica_problem *f) MICA_WUR;
 
 /* ---- routes.c / service.c ----------------------------------------------------------- */
 extern const mica_http_route acct_routes[];

@@ -56,17 +56,18 @@ bool acct_limits_probe(const char **why)
 	return acct_limits_ready(why);
 }
 
-int acct_limits_fail(struct acct_fail *f, int err)
+int acct_limits_fail(mica_problem *f, int err)
 {
 	MICA_LOG(MICA_LOG_ERROR,
 		 "account: a security limit cannot be counted (Redis: %s);"
 		 " the request is refused",
 		 mica_strerror(err));
-	acct_failf(f, 503, "unavailable",
-		   "the rate limiter (Redis) is unavailable, so this request cannot be counted;"
-		   " try again later");
 	json_decref(f->extra);
-	f->extra = json_pack("{s:s}", "dependency", "redis");
+	f->extra = NULL;
+	mica_problem_unavailable(f, "redis");
+	snprintf(f->msg, sizeof(f->msg),
+		 "the rate limiter (Redis) is unavailable, so this request cannot be counted;"
+		 " try again later");
 	return err ? err : MICA_EKVCONN;
 }
 
@@ -80,7 +81,7 @@ static mica_kv *kv_or_fail(int *err)
 	return kv;
 }
 
-int acct_limit_hit(const char *key, long limit, int window_s, int *allowed, struct acct_fail *f)
+int acct_limit_hit(const char *key, long limit, int window_s, int *allowed, mica_problem *f)
 {
 	int err;
 	mica_kv *kv = kv_or_fail(&err);
@@ -92,7 +93,7 @@ int acct_limit_hit(const char *key, long limit, int window_s, int *allowed, stru
 	return err ? acct_limits_fail(f, err) : 0;
 }
 
-int acct_counters_get(const char *k1, const char *k2, long *v1, long *v2, struct acct_fail *f)
+int acct_counters_get(const char *k1, const char *k2, long *v1, long *v2, mica_problem *f)
 {
 	redisReply *r = NULL;
 	const char *argv[3] = {"MGET", k1, k2};
@@ -115,7 +116,7 @@ int acct_counters_get(const char *k1, const char *k2, long *v1, long *v2, struct
 	return 0;
 }
 
-int acct_counter_bump(const char *key, int window_s, struct acct_fail *f)
+int acct_counter_bump(const char *key, int window_s, mica_problem *f)
 {
 	char ttl[16];
 	redisReply *r = NULL;
@@ -146,7 +147,7 @@ void acct_counter_clear(const char *key)
 		MICA_LOG(MICA_LOG_WARN, "account: a failure counter could not be cleared");
 }
 
-int acct_nonce_use(const char *key, int ttl_s, int *fresh, struct acct_fail *f)
+int acct_nonce_use(const char *key, int ttl_s, int *fresh, mica_problem *f)
 {
 	int err;
 	mica_kv *kv = kv_or_fail(&err);
@@ -164,7 +165,7 @@ int acct_nonce_use(const char *key, int ttl_s, int *fresh, struct acct_fail *f)
 }
 
 int acct_code_quota(acct_service *s, enum acct_code_class cls, const char *target_idx,
-		    const char *requester, struct acct_fail *f)
+		    const char *requester, mica_problem *f)
 {
 	const char *c = cls == ACCT_CODES_OWNER ? "owner" : "open";
 	char pair[400], addr[240];
@@ -179,7 +180,7 @@ int acct_code_quota(acct_service *s, enum acct_code_class cls, const char *targe
 	    (err = acct_limit_hit(addr, s->cfg->codes_per_address_hour, 3600, &allowed, f)) != 0)
 		return err;
 	if (!allowed)
-		return acct_failf(f, 429, "too_many_codes",
-				  "too many codes were asked for this address; try again later");
+		return mica_problemf(f, 429, "too_many_codes",
+				     "too many codes were asked for this address; try again later");
 	return 0;
 }

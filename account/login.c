@@ -58,7 +58,7 @@ static int captcha_scope(const struct acct_config *c, const char *kacct, const c
  * identifier and network at the cost now due; else |f| is 428 with a new
  * challenge whose cost grows with |excess|. */
 static int captcha_gate(acct_service *s, long excess, const char *kacct, const char *knet,
-			const char *payload, struct acct_fail *f)
+			const char *payload, mica_problem *f)
 {
 	const struct acct_config *c = s->cfg;
 	const uint8_t *key = (const uint8_t *)c->altcha_key;
@@ -72,7 +72,7 @@ static int captcha_gate(acct_service *s, long excess, const char *kacct, const c
 	long long cost =
 	    acct_altcha_maxnumber_for(c->captcha_base_cost, (unsigned)excess, c->captcha_max_cost);
 	if (captcha_scope(c, kacct, knet, scope) != 0)
-		return acct_fail_internal(f, MICA_ECRYPTO, "the captcha");
+		return acct_problem_dependency(f, MICA_ECRYPTO, "the captcha");
 	if (payload) {
 		struct acct_altcha_want want = {scope, cost};
 		int err = acct_altcha_verify(key, strlen(c->altcha_key), payload, mica_clock_now(),
@@ -92,12 +92,12 @@ static int captcha_gate(acct_service *s, long excess, const char *kacct, const c
 	}
 	if (acct_altcha_create(key, strlen(c->altcha_key), cost, c->captcha_ttl_s, mica_clock_now(),
 			       scope, &ch) != 0)
-		return acct_fail_internal(f, MICA_ECRYPTO, "the captcha");
+		return acct_problem_dependency(f, MICA_ECRYPTO, "the captcha");
 	if (payload)
-		acct_failf(f, 428, "captcha_required",
+		mica_problemf(f, 428, "captcha_required",
 			   "the captcha solution was rejected (%s); solve the new challenge", reason);
 	else
-		acct_failf(f, 428, "captcha_required",
+		mica_problemf(f, 428, "captcha_required",
 			   "too many failed logins: solve the challenge and send the solution as altcha");
 	f->extra = json_pack("{s:o}", "challenge", ch);
 	return MICA_EDENIED;
@@ -139,24 +139,24 @@ struct stepup_new {
 };
 
 static int stepup_create(acct_service *s, const struct stepup_new *n, json_t *reasons,
-			 struct acct_fail *f)
+			 mica_problem *f)
 {
 	mica_db *db = mica_db_thread();
 	uint8_t r[16];
 	char id[33], uid[24], sid[24], ttl[16], *name = NULL;
 	int err;
 	if (!db)
-		return acct_fail_internal(f, MICA_EDBCONN, "the database");
+		return acct_problem_dependency(f, MICA_EDBCONN, "the database");
 	if ((err = mica_random(r, sizeof(r))) != 0 || (err = mica_hex_encode(r, 16, id, sizeof(id))))
-		return acct_fail_internal(f, err, "the random generator");
+		return acct_problem_dependency(f, err, "the random generator");
 	/* The name of the device waiting for step-up, sealed for this row. */
 	if (!*n->device_name)
 		name = strdup("");
 	else if ((err = acct_seal(s, s->records, "stepup", "device_name", id, n->device_name,
 				  &name)) != 0)
-		return acct_fail_internal(f, err, "the Key Center");
+		return acct_problem_dependency(f, err, "the Key Center");
 	if (!name)
-		return acct_fail_internal(f, MICA_ENOMEM, "memory");
+		return acct_problem_dependency(f, MICA_ENOMEM, "memory");
 	snprintf(uid, sizeof(uid), "%lld", (long long)n->user_id);
 	snprintf(sid, sizeof(sid), "%lld", (long long)n->session_id);
 	snprintf(ttl, sizeof(ttl), "%d", s->cfg->stepup_ttl_s);
@@ -170,8 +170,8 @@ static int stepup_create(acct_service *s, const struct stepup_new *n, json_t *re
 			   9, q, NULL);
 	free(name);
 	if (err)
-		return acct_fail_internal(f, err, "the database");
-	acct_failf(f, 403, "step_up_required",
+		return acct_problem_dependency(f, err, "the database");
+	mica_problemf(f, 403, "step_up_required",
 		   "%s: verify with one of the methods, then POST /v1/stepup/%s/verify",
 		   strcmp(n->kind, "login") == 0 ? "unusual login" : "recent authentication needed",
 		   id);
@@ -366,7 +366,7 @@ static void upgrade_network(int64_t user_id, const char *net, const char *legacy
  * up by find_user()) and by its login rate. 0, or the 503 of a login rate
  * that cannot be counted. */
 static int risk_reasons(acct_service *s, const struct user_row *u, json_t *reasons,
-			struct acct_fail *f)
+			mica_problem *f)
 {
 	char key[64];
 	int allowed = 0, err;
@@ -414,7 +414,7 @@ static int open_tx(mica_db *db, void *arg)
  * and known) and opens a session. */
 static int finish_login(acct_service *s, int64_t user_id, const char *dev, const char *dev_name,
 			const char *net, int known, const char *kind, int notify_new, json_t **out,
-			struct acct_fail *f)
+			mica_problem *f)
 {
 	struct acct_session session;
 	mica_db *db = mica_db_thread();
@@ -423,7 +423,7 @@ static int finish_login(acct_service *s, int64_t user_id, const char *dev, const
 	/* A login that may write the device row writes its name sealed. */
 	if (!known &&
 	    (err = acct_device_name_seal(s, user_id, dev, dev_name ? dev_name : "", &name)) != 0)
-		return acct_fail_internal(f, err, "the Key Center");
+		return acct_problem_dependency(f, err, "the Key Center");
 	struct open_ctx o = {s,	    user_id, dev,	 name ? name : "", net,
 			     known, kind,    notify_new, &token,	   &session};
 	/* A login that may add a device opens its session and records the
@@ -438,7 +438,7 @@ static int finish_login(acct_service *s, int64_t user_id, const char *dev, const
 			mica_wipe(token, strlen(token));
 			free(token);
 		}
-		return acct_fail_internal(f, err, "the database");
+		return acct_problem_dependency(f, err, "the database");
 	}
 	*out = json_pack("{s:s,s:I,s:I,s:s}", "token", token, "session_id", (json_int_t)session.id,
 			 "expires_at", (json_int_t)session.expires_at, "kind", kind);
@@ -447,7 +447,7 @@ static int finish_login(acct_service *s, int64_t user_id, const char *dev, const
 	return 0;
 }
 
-int acct_login_parse(json_t *body, struct acct_login_req *r, struct acct_fail *f)
+int acct_login_parse(json_t *body, struct acct_login_req *r, mica_problem *f)
 {
 	json_t *d = json_object_get(body, "device");
 	memset(r, 0, sizeof(*r));
@@ -460,26 +460,26 @@ int acct_login_parse(json_t *body, struct acct_login_req *r, struct acct_fail *f
 	r->ident = ACCT_ID_INVALID;
 
 	if (!r->login || !r->password || !r->dev_id || !*r->dev_id || strlen(r->dev_id) > 200)
-		return acct_failf(f, 400, "missing_field",
+		return mica_problemf(f, 400, "missing_field",
 				  "login, password and device.id are required");
 	if (!r->kind)
 		r->kind = "app";
 	if (strcmp(r->kind, "app") != 0 && strcmp(r->kind, "web") != 0)
-		return acct_failf(f, 400, "bad_session_kind", "session_kind is app or web");
+		return mica_problemf(f, 400, "bad_session_kind", "session_kind is app or web");
 	if (!r->dev_name)
 		r->dev_name = "";
 	if (strlen(r->dev_name) > 100)
-		return acct_failf(f, 400, "bad_device", "device.name is at most 100 characters");
+		return mica_problemf(f, 400, "bad_device", "device.name is at most 100 characters");
 	if (strlen(r->password) > 1024)
-		return acct_failf(f, 400, "bad_password", "the password is too long");
+		return mica_problemf(f, 400, "bad_password", "the password is too long");
 	if ((r->ident = acct_ident_parse(r->login, r->norm, sizeof(r->norm))) == ACCT_ID_INVALID)
-		return acct_failf(f, 400, "bad_login",
+		return mica_problemf(f, 400, "bad_login",
 				  "login is a phone number (+ and digits), an email or an account id");
 	acct_hash_hex("mica-device", r->dev_id, r->dev_hash);
 	return 0;
 }
 
-int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, struct acct_fail *f)
+int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, mica_problem *f)
 {
 	struct acct_login_req r;
 	char legacy[65], kacct[200], knet[200], *net_hash = NULL, *idx = NULL;
@@ -491,13 +491,13 @@ int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, stru
 	if ((err = acct_login_parse(body, &r, f)) != 0)
 		return err;
 	if ((err = acct_network_hash(s, ip, &net_hash, legacy)) != 0) {
-		acct_fail_internal(f, err, "the Key Center");
+		acct_problem_dependency(f, err, "the Key Center");
 		goto out;
 	}
 	const char *what = NULL;
 	if ((err = find_user(s, r.ident, r.norm, r.dev_hash, net_hash, legacy, &idx, &u, &what)) !=
 	    0) {
-		acct_fail_internal(f, err, what);
+		acct_problem_dependency(f, err, what);
 		goto out;
 	}
 	/* Failures are counted per account (all its identifiers together), or
@@ -517,7 +517,7 @@ int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, stru
 	if ((err = captcha_gate(s, excess, kacct, knet, r.altcha, f)) != 0)
 		goto out;
 	if ((err = check_password(s, &u, r.password, &ok, &need_rehash)) != 0) {
-		acct_fail_internal(f, err, "the password check");
+		acct_problem_dependency(f, err, "the password check");
 		goto out;
 	}
 	if (!ok) {
@@ -526,7 +526,7 @@ int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, stru
 		    (err = acct_counter_bump(knet, s->cfg->failure_window_s, f)) != 0)
 			goto out;
 		err =
-		    acct_failf(f, 401, "invalid_credentials", "the login or the password is wrong");
+		    mica_problemf(f, 401, "invalid_credentials", "the login or the password is wrong");
 		goto out;
 	}
 	if (acct_failures > 0)
@@ -534,7 +534,7 @@ int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, stru
 	if (u.network_legacy)
 		upgrade_network(u.id, net_hash, legacy);
 	if (strcmp(u.status, "frozen") == 0) {
-		err = acct_failf(f, 423, "account_frozen",
+		err = mica_problemf(f, 423, "account_frozen",
 				 "this account is frozen; recover it with a password reset");
 		goto out;
 	}
@@ -572,14 +572,14 @@ struct stepup_row {
 	int expired;
 };
 
-static int stepup_load(const char *id, struct stepup_row *r, struct acct_fail *f)
+static int stepup_load(const char *id, struct stepup_row *r, mica_problem *f)
 {
 	mica_db *db = mica_db_thread();
 	PGresult *res = NULL;
 	int err;
 	memset(r, 0, sizeof(*r));
 	if (!id || strlen(id) != 32)
-		return acct_failf(f, 404, "unknown_stepup", "no such step-up");
+		return mica_problemf(f, 404, "unknown_stepup", "no such step-up");
 	const char *p[1] = {id};
 	err = db ? mica_db_exec(db,
 				"SELECT user_id, coalesce(session_id, 0), coalesce(approved_by, 0),"
@@ -589,16 +589,16 @@ static int stepup_load(const char *id, struct stepup_row *r, struct acct_fail *f
 				1, p, &res)
 		 : MICA_EDBCONN;
 	if (err)
-		return acct_fail_internal(f, err, "the database");
+		return acct_problem_dependency(f, err, "the database");
 	if (PQntuples(res) != 1) {
 		PQclear(res);
-		return acct_failf(f, 404, "unknown_stepup", "no such step-up");
+		return mica_problemf(f, 404, "unknown_stepup", "no such step-up");
 	}
 	if (mica_db_get_int64(res, 0, 0, &r->user_id) != 0 ||
 	    mica_db_get_int64(res, 0, 1, &r->session_id) != 0 ||
 	    mica_db_get_int64(res, 0, 2, &r->approved_by) != 0) {
 		PQclear(res);
-		return acct_fail_internal(f, MICA_EDB, "the database");
+		return acct_problem_dependency(f, MICA_EDB, "the database");
 	}
 	r->failures = atoi(mica_db_get(res, 0, 3));
 	snprintf(r->kind, sizeof(r->kind), "%s", mica_db_get(res, 0, 4));
@@ -611,16 +611,16 @@ static int stepup_load(const char *id, struct stepup_row *r, struct acct_fail *f
 	r->expired = strcmp(mica_db_get(res, 0, 11), "t") == 0;
 	PQclear(res);
 	if (strcmp(r->status, "pending") != 0)
-		return acct_failf(f, 409, "stepup_closed", "this step-up is already %s", r->status);
+		return mica_problemf(f, 409, "stepup_closed", "this step-up is already %s", r->status);
 	if (r->expired)
-		return acct_failf(f, 410, "stepup_expired", "this step-up expired; start again");
+		return mica_problemf(f, 410, "stepup_expired", "this step-up expired; start again");
 	return 0;
 }
 
 int acct_stepup_send(acct_service *s, const char *id, json_t *body, json_t **out,
-		     struct acct_fail *f)
+		     mica_problem *f)
 {
-	union acct_field_value v[1];
+	mica_body_value v[1];
 	struct stepup_row r;
 	mica_db *db = mica_db_thread();
 	PGresult *res = NULL;
@@ -628,12 +628,12 @@ int acct_stepup_send(acct_service *s, const char *id, json_t *body, json_t **out
 	const char *col;
 	int err;
 
-	if ((err = acct_body_fields(body, ACCT_FIELDS(acct_body_stepup_send), v, f)) != 0 ||
+	if ((err = mica_body_fields(body, MICA_BODY_FIELDS(acct_body_stepup_send), v, f)) != 0 ||
 	    (err = stepup_load(id, &r, f)) != 0)
 		return err;
 	const char *method = v[0].s;
 	if (strcmp(method, "sms") != 0 && strcmp(method, "email") != 0)
-		return acct_failf(f, 400, "bad_method",
+		return mica_problemf(f, 400, "bad_method",
 				  "method is sms or email (trusted_device needs no code)");
 	snprintf(uid, sizeof(uid), "%lld", (long long)r.user_id);
 	const char *p[1] = {uid};
@@ -648,15 +648,15 @@ int acct_stepup_send(acct_service *s, const char *id, json_t *body, json_t **out
 			   1, p, &res);
 	if (err || PQntuples(res) != 1 || !mica_db_get(res, 0, 0)) {
 		PQclear(res);
-		return err ? acct_fail_internal(f, err, "the database")
-			   : acct_failf(f, 400, "method_unavailable",
+		return err ? acct_problem_dependency(f, err, "the database")
+			   : mica_problemf(f, 400, "method_unavailable",
 					"the account has no verified %s", method);
 	}
 	col = mica_db_get(res, 0, 1);
 	err = acct_pii_open(s, "user", col, uid, mica_db_get(res, 0, 0), &target);
 	PQclear(res);
 	if (err)
-		return acct_fail_internal(f, err, "the Key Center");
+		return acct_problem_dependency(f, err, "the Key Center");
 	/* The owner's quota: a stranger's reset/start for the same address
 	 * (the open class) cannot use it up. */
 	char requester[32];
@@ -666,13 +666,13 @@ int acct_stepup_send(acct_service *s, const char *id, json_t *body, json_t **out
 	    (err = acct_code_quota(s, ACCT_CODES_OWNER, idx, requester, f)) != 0 ||
 	    (err = acct_code_send(s, "stepup", method, target, idx, r.user_id, &vid, f)) != 0) {
 		if (!f->code)
-			acct_fail_internal(f, err, "the Key Center");
+			acct_problem_dependency(f, err, "the Key Center");
 		goto out;
 	}
 	const char *q[2] = {id, vid};
 	if ((err = mica_db_exec(db, "UPDATE account.stepup SET verification_id = $2 WHERE id = $1", 2,
 				q, NULL)) != 0) {
-		acct_fail_internal(f, err, "the database");
+		acct_problem_dependency(f, err, "the database");
 		goto out;
 	}
 	*out = json_pack("{s:b,s:s}", "sent", 1, "method", method);
@@ -726,26 +726,26 @@ static int stepup_close(const char *id, const char *status)
 }
 
 int acct_stepup_verify(acct_service *s, const char *id, json_t *body, json_t **out,
-		       struct acct_fail *f)
+		       mica_problem *f)
 {
-	union acct_field_value v[1];
+	mica_body_value v[1];
 	struct stepup_row r;
 	mica_db *db = mica_db_thread();
 	char *idx = NULL, *target = NULL, *channel = NULL;
 	int64_t uid = 0;
 	int err;
 
-	if ((err = acct_body_fields(body, ACCT_FIELDS(acct_body_stepup_verify), v, f)) != 0 ||
+	if ((err = mica_body_fields(body, MICA_BODY_FIELDS(acct_body_stepup_verify), v, f)) != 0 ||
 	    (err = stepup_load(id, &r, f)) != 0)
 		return err;
 	const char *code = v[0].s;
 	if (!code) {
 		if (!r.approved_by)
-			return acct_failf(f, 409, "approval_pending",
+			return mica_problemf(f, 409, "approval_pending",
 					  "no code given and no trusted device has approved yet");
 	} else {
 		if (!r.verification_id[0])
-			return acct_failf(f, 409, "no_code_sent",
+			return mica_problemf(f, 409, "no_code_sent",
 					  "ask for a code first: POST /v1/stepup/%s/send", id);
 		err = acct_code_verify(s, db, r.verification_id, "stepup", code, &uid, &idx, &target,
 				       &channel, f);
@@ -760,14 +760,14 @@ int acct_stepup_verify(acct_service *s, const char *id, json_t *body, json_t **o
 			if ((cerr = stepup_failures_count(s, id, &failures)) != 0) {
 				json_decref(f->extra);
 				f->extra = NULL;
-				return acct_fail_internal(f, cerr, "the database");
+				return acct_problem_dependency(f, cerr, "the database");
 			}
 			if (failures >= s->cfg->freeze_after_stepup_failures) {
 				json_decref(f->extra);
 				f->extra = NULL;
 				if ((err = acct_freeze(s, r.user_id, "failed step-up")) != 0)
-					return acct_fail_internal(f, err, "freezing the account");
-				return acct_failf(f, 423, "account_frozen",
+					return acct_problem_dependency(f, err, "freezing the account");
+				return mica_problemf(f, 423, "account_frozen",
 						  "too many failed verifications: the account is frozen;"
 						  " recover it with a password reset");
 			}
@@ -777,10 +777,10 @@ int acct_stepup_verify(acct_service *s, const char *id, json_t *body, json_t **o
 			return err;
 	}
 	if ((err = stepup_close(id, "done")) != 0)
-		return acct_fail_internal(f, err, "the database");
+		return acct_problem_dependency(f, err, "the database");
 	if (strcmp(r.kind, "sensitive") == 0) {
 		if ((err = acct_session_touch_auth(s, r.session_id)) != 0)
-			return acct_fail_internal(f, err, "the session store");
+			return acct_problem_dependency(f, err, "the session store");
 		*out = json_pack("{s:b}", "verified", 1);
 		return 0;
 	}
@@ -789,9 +789,9 @@ int acct_stepup_verify(acct_service *s, const char *id, json_t *body, json_t **o
 		name = strdup(r.device_name);
 	else if ((err = acct_unseal(s, s->records, "stepup", "device_name", id, r.device_name,
 				    &name)) != 0)
-		return acct_fail_internal(f, err, "the Key Center");
+		return acct_problem_dependency(f, err, "the Key Center");
 	if (!name)
-		return acct_fail_internal(f, MICA_ENOMEM, "memory");
+		return acct_problem_dependency(f, MICA_ENOMEM, "memory");
 	err = finish_login(s, r.user_id, r.device_hash, name, r.network_hash, 0, r.session_kind, 1,
 			   out, f);
 	free(name);
@@ -799,7 +799,7 @@ int acct_stepup_verify(acct_service *s, const char *id, json_t *body, json_t **o
 }
 
 int acct_stepup_approve(acct_service *s, const struct acct_session *approver, const char *id,
-			json_t **out, struct acct_fail *f)
+			json_t **out, mica_problem *f)
 {
 	struct stepup_row r;
 	mica_db *db = mica_db_thread();
@@ -811,7 +811,7 @@ int acct_stepup_approve(acct_service *s, const struct acct_session *approver, co
 	if ((err = stepup_load(id, &r, f)) != 0)
 		return err;
 	if (r.user_id != approver->user_id)
-		return acct_failf(f, 404, "unknown_stepup", "no such step-up");
+		return mica_problemf(f, 404, "unknown_stepup", "no such step-up");
 	snprintf(uid, sizeof(uid), "%lld", (long long)r.user_id);
 	const char *p[2] = {uid, approver->device_hash};
 	err = mica_db_exec(db,
@@ -820,24 +820,24 @@ int acct_stepup_approve(acct_service *s, const struct acct_session *approver, co
 			   2, p, &res);
 	if (err || PQntuples(res) != 1 || strcmp(mica_db_get(res, 0, 0), "t") != 0) {
 		PQclear(res);
-		return err ? acct_fail_internal(f, err, "the database")
-			   : acct_failf(f, 403, "not_trusted_device",
+		return err ? acct_problem_dependency(f, err, "the database")
+			   : mica_problemf(f, 403, "not_trusted_device",
 					"approve from a trusted device with cross-device verification on");
 	}
 	PQclear(res);
 	if (strcmp(approver->device_hash, r.device_hash) == 0)
-		return acct_failf(f, 403, "not_trusted_device",
+		return mica_problemf(f, 403, "not_trusted_device",
 				  "a device cannot approve its own login");
 	snprintf(sid, sizeof(sid), "%lld", (long long)approver->id);
 	const char *q[2] = {id, sid};
 	if ((err = mica_db_exec(db, "UPDATE account.stepup SET approved_by = $2 WHERE id = $1", 2, q,
 				NULL)) != 0)
-		return acct_fail_internal(f, err, "the database");
+		return acct_problem_dependency(f, err, "the database");
 	*out = json_pack("{s:b}", "approved", 1);
 	return 0;
 }
 
-int acct_require_recent(acct_service *s, const struct acct_session *sess, struct acct_fail *f)
+int acct_require_recent(acct_service *s, const struct acct_session *sess, mica_problem *f)
 {
 	if (acct_auth_recent(s, sess))
 		return 0;

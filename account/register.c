@@ -19,81 +19,6 @@
 #include "log.h"
 #include "outbox.h"
 
-int acct_failf(struct acct_fail *f, int status, const char *code, const char *fmt, ...)
-{
-	va_list ap;
-	f->status = status;
-	f->code = code;
-	va_start(ap, fmt);
-	vsnprintf(f->msg, sizeof(f->msg), fmt, ap);
-	va_end(ap);
-	return status >= 500 ? MICA_EIO : MICA_EINVAL;
-}
-
-/* Failures that say a dependency is down or refusing for now. */
-static bool unavailable(int err)
-{
-	return err == MICA_EDBCONN || err == MICA_EKVCONN || err == MICA_EHTTP ||
-	       err == MICA_ETIMEOUT || err == MICA_ETLS || err == MICA_EAUDIT || err == MICA_EHSM;
-}
-
-/* The dependency behind a failure of |what| with |err|: named by the
- * caller when |what| is one, else told by the error. /readyz uses the same
- * names. */
-static const char *dependency_of(int err, const char *what)
-{
-	static const struct {
-		const char *what, *dep;
-	} named[] = {
-	    {"the Key Center", "keycenter"},   {"the database", "database"},
-	    {"the account store", "database"}, {"the session store", "database"},
-	    {"the notifier", "notifier"},
-	};
-	/* The development notifier writes to the database. */
-	if (err == MICA_EDBCONN && strcmp(what, "the notifier") == 0)
-		return "database";
-	for (size_t i = 0; i < sizeof(named) / sizeof(named[0]); i++)
-		if (strcmp(what, named[i].what) == 0)
-			return named[i].dep;
-	if (err == MICA_EKVCONN)
-		return "redis";
-	if (err == MICA_EDBCONN)
-		return "database";
-	return "keycenter"; /* the other unavailable() errors come from its client */
-}
-
-static const char *dependency_name(const char *dep)
-{
-	return strcmp(dep, "database") == 0   ? "the database (PostgreSQL)"
-	       : strcmp(dep, "redis") == 0    ? "Redis"
-	       : strcmp(dep, "notifier") == 0 ? "the notifier (e-mail or SMS sender)"
-					      : "the Key Center";
-}
-
-int acct_fail_internal(struct acct_fail *f, int err, const char *what)
-{
-	MICA_LOG(MICA_LOG_ERROR, "account: %s failed: %s", what, mica_strerror(err));
-	/* A mail or SMS server that fails or refuses is down for us, whatever
-	 * its reason (the log line has it). */
-	bool notifier =
-	    strcmp(what, "the notifier") == 0 && err != MICA_EINVAL && err != MICA_ENOMEM;
-	if (!unavailable(err) && !notifier) {
-		acct_failf(f, 500, "internal_error", "%s failed", what);
-		return err;
-	}
-	const char *dep = dependency_of(err, what);
-	/* The Key Center records every request in PostgreSQL before it
-	 * answers, so with the database down it fails too: name the cause. */
-	mica_db *db = mica_db_thread();
-	if (strcmp(dep, "keycenter") == 0 &&
-	    (!db || mica_db_exec(db, "SELECT 1", 0, NULL, NULL) != 0))
-		dep = "database";
-	acct_failf(f, 503, "unavailable", "%s is unavailable; try again", dependency_name(dep));
-	json_decref(f->extra);
-	f->extra = json_pack("{s:s}", "dependency", dep);
-	return err;
-}
-
 /* The stored form of code |code| of verification |id|: the blind index of
  * kind "code" of "<id>:<code>" (*out malloc'd, "kc:v<N>:..."). Keyed, so
  * the million possible codes of a row cannot be tried without the Key
@@ -129,7 +54,7 @@ static int random_hex(char *out, size_t bytes)
 }
 
 int acct_code_send(acct_service *s, const char *purpose, const char *channel, const char *target,
-		   const char *target_idx, int64_t user_id, char **id_out, struct acct_fail *f)
+		   const char *target_idx, int64_t user_id, char **id_out, mica_problem *f)
 {
 	mica_db *db = mica_db_thread();
 	char id[33], code[8], uid[24], ttl[16], subject[80], body[256];
@@ -138,14 +63,14 @@ int acct_code_send(acct_service *s, const char *purpose, const char *channel, co
 
 	*id_out = NULL;
 	if (!db)
-		return acct_fail_internal(f, MICA_EDBCONN, "the database");
+		return acct_problem_dependency(f, MICA_EDBCONN, "the database");
 	if ((err = random_hex(id, 16)) != 0 || (err = random_digits(code, 6)) != 0)
-		return acct_fail_internal(f, err, "the random generator");
+		return acct_problem_dependency(f, err, "the random generator");
 	if ((err = code_hash(s, id, code, &hash)) != 0 ||
 	    (err = acct_pii_seal(s, "verification", "target", id, target, &enc)) != 0) {
 		mica_wipe(code, sizeof(code));
 		free(hash);
-		return acct_fail_internal(f, err, "the Key Center");
+		return acct_problem_dependency(f, err, "the Key Center");
 	}
 	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
 	snprintf(ttl, sizeof(ttl), "%d", s->cfg->code_ttl_s);
@@ -160,7 +85,7 @@ int acct_code_send(acct_service *s, const char *purpose, const char *channel, co
 	free(hash);
 	if (err) {
 		mica_wipe(code, sizeof(code));
-		return acct_fail_internal(f, err, "the database");
+		return acct_problem_dependency(f, err, "the database");
 	}
 	snprintf(subject, sizeof(subject), "Your mica verification code");
 	snprintf(body, sizeof(body),
@@ -172,9 +97,9 @@ int acct_code_send(acct_service *s, const char *purpose, const char *channel, co
 	mica_wipe(code, sizeof(code));
 	mica_wipe(body, sizeof(body));
 	if (err)
-		return acct_fail_internal(f, err, "the notifier");
+		return acct_problem_dependency(f, err, "the notifier");
 	if (!(*id_out = strdup(id)))
-		return acct_fail_internal(f, MICA_ENOMEM, "memory");
+		return acct_problem_dependency(f, MICA_ENOMEM, "memory");
 	return 0;
 }
 
@@ -183,7 +108,7 @@ int acct_code_send(acct_service *s, const char *purpose, const char *channel, co
  * many), MICA_ESTATE for one already used or expired, or the database's
  * error (|f| left for the caller). */
 static int code_refused(acct_service *s, mica_db *db, const char *id, const char *purpose,
-			struct acct_fail *f)
+			mica_problem *f)
 {
 	PGresult *res = NULL;
 	const char *q[2] = {id, purpose};
@@ -199,17 +124,17 @@ static int code_refused(acct_service *s, mica_db *db, const char *id, const char
 	 * says nothing about who typed it (step-up does not count it). */
 	err = MICA_EAUTH;
 	if (PQntuples(res) != 1) {
-		acct_failf(f, 400, "invalid_code", "the code is wrong");
+		mica_problemf(f, 400, "invalid_code", "the code is wrong");
 	} else if (strcmp(mica_db_get(res, 0, 2), "t") != 0) {
-		acct_failf(f, 400, "code_used", "this code was already used");
+		mica_problemf(f, 400, "code_used", "this code was already used");
 		err = MICA_ESTATE;
 	} else if (strcmp(mica_db_get(res, 0, 1), "t") != 0) {
-		acct_failf(f, 400, "code_expired", "the code expired; ask for a new one");
+		mica_problemf(f, 400, "code_expired", "the code expired; ask for a new one");
 		err = MICA_ESTATE;
 	} else if (atoi(mica_db_get(res, 0, 0)) > s->cfg->code_max_attempts) {
-		acct_failf(f, 429, "too_many_attempts", "too many wrong codes; ask for a new one");
+		mica_problemf(f, 429, "too_many_attempts", "too many wrong codes; ask for a new one");
 	} else {
-		acct_failf(f, 400, "invalid_code", "the code is wrong");
+		mica_problemf(f, 400, "invalid_code", "the code is wrong");
 	}
 	PQclear(res);
 	return err;
@@ -217,7 +142,7 @@ static int code_refused(acct_service *s, mica_db *db, const char *id, const char
 
 int acct_code_verify(acct_service *s, mica_db *db, const char *id, const char *purpose,
 		     const char *code, int64_t *user_id, char **target_idx, char **target,
-		     char **channel, struct acct_fail *f)
+		     char **channel, mica_problem *f)
 {
 	PGresult *res = NULL;
 	char *hash = NULL, max[16];
@@ -226,9 +151,9 @@ int acct_code_verify(acct_service *s, mica_db *db, const char *id, const char *p
 	*user_id = 0;
 	*target_idx = *target = *channel = NULL;
 	if (!id || !code || strlen(id) != 32 || strlen(code) != 6)
-		return acct_failf(f, 400, "invalid_code", "the code is wrong");
+		return mica_problemf(f, 400, "invalid_code", "the code is wrong");
 	if ((err = code_hash(s, id, code, &hash)) != 0)
-		return acct_fail_internal(f, err, "the Key Center");
+		return acct_problem_dependency(f, err, "the Key Center");
 	snprintf(max, sizeof(max), "%d", s->cfg->code_max_attempts);
 	const char *p[4] = {id, purpose, hash, max};
 	/* One statement consumes a right code, so two requests cannot both use it. */
@@ -257,7 +182,7 @@ int acct_code_verify(acct_service *s, mica_db *db, const char *id, const char *p
 					 " WHERE id = $1",
 					 1, q, NULL) != 0)
 				MICA_LOG(MICA_LOG_WARN, "account: a code could not be released");
-			acct_fail_internal(f, err, "the Key Center");
+			acct_problem_dependency(f, err, "the Key Center");
 		}
 		goto out;
 	}
@@ -266,7 +191,7 @@ int acct_code_verify(acct_service *s, mica_db *db, const char *id, const char *p
 	err = code_refused(s, db, id, purpose, f);
 out:
 	if (err && !f->code)
-		acct_fail_internal(f, err, "the database");
+		acct_problem_dependency(f, err, "the database");
 	if (err) {
 		free(*target_idx);
 		free(*channel);
@@ -282,24 +207,24 @@ out:
 /* ---- registration ---------------------------------------------------------------- */
 
 int acct_register_start_parse(json_t *body, struct acct_register_start_req *r,
-			      struct acct_fail *f)
+			      mica_problem *f)
 {
 	memset(r, 0, sizeof(*r));
 	r->phone = json_string_value(json_object_get(body, "phone"));
 	r->email = json_string_value(json_object_get(body, "email"));
 	r->kind = ACCT_ID_INVALID;
 	if (!!r->phone == !!r->email)
-		return acct_failf(f, 400, "missing_field", "give exactly one of phone and email");
+		return mica_problemf(f, 400, "missing_field", "give exactly one of phone and email");
 	r->kind = acct_ident_parse(r->phone ? r->phone : r->email, r->norm, sizeof(r->norm));
 	if (r->kind != (r->phone ? ACCT_ID_PHONE : ACCT_ID_EMAIL))
-		return acct_failf(f, 400, r->phone ? "bad_phone" : "bad_email",
+		return mica_problemf(f, 400, r->phone ? "bad_phone" : "bad_email",
 				  r->phone ? "phone numbers are E.164: + and 7 to 15 digits"
 					   : "the email address is malformed");
 	return 0;
 }
 
 int acct_register_start(acct_service *s, json_t *body, const char *ip, json_t **out,
-			struct acct_fail *f)
+			mica_problem *f)
 {
 	struct acct_register_start_req r;
 	const char *phone;
@@ -312,7 +237,7 @@ int acct_register_start(acct_service *s, json_t *body, const char *ip, json_t **
 	if ((err = acct_blind_index(s, phone ? "phone" : "email", r.norm, &idx)) != 0 ||
 	    (err = acct_network_hash(s, ip, &net, NULL)) != 0) {
 		free(idx);
-		return acct_fail_internal(f, err, "the Key Center");
+		return acct_problem_dependency(f, err, "the Key Center");
 	}
 	/* Counted with reset/start's requests for the same address: both are
 	 * open to anyone, and count alike for a known and an unknown address. */
@@ -331,7 +256,7 @@ int acct_register_start(acct_service *s, json_t *body, const char *ip, json_t **
 }
 
 int acct_password_admit(acct_service *s, const char *policy, const char *password,
-			struct acct_fail *f)
+			mica_problem *f)
 {
 	struct acct_password_verdict v;
 	int err = acct_password_check(policy, password, s->blocklist, &v);
@@ -340,10 +265,10 @@ int acct_password_admit(acct_service *s, const char *policy, const char *passwor
 	if (v.reason == ACCT_PASSWORD_CHECK_FAILED) {
 		MICA_LOG(MICA_LOG_ERROR, "account: the %s password policy cannot run: %s", policy,
 			 v.message);
-		return acct_failf(f, 503, "policy_unavailable",
+		return mica_problemf(f, 503, "policy_unavailable",
 				  "the %s password policy is not available on this server", policy);
 	}
-	return acct_failf(f, 400, "weak_password", "%s: %s", v.code, v.message);
+	return mica_problemf(f, 400, "weak_password", "%s: %s", v.code, v.message);
 }
 
 int acct_password_burned(acct_service *s, int64_t user_id, const char *password, int *burned)
@@ -619,23 +544,23 @@ out:
 }
 
 /* Reads {"id": ..., "name": ...} of the caller's device. */
-static int device_of(json_t *body, char hash[65], const char **name, struct acct_fail *f)
+static int device_of(json_t *body, char hash[65], const char **name, mica_problem *f)
 {
 	json_t *d = json_object_get(body, "device");
 	const char *id = json_string_value(json_object_get(d, "id"));
 	*name = json_string_value(json_object_get(d, "name"));
 	if (!id || !*id || strlen(id) > 200)
-		return acct_failf(f, 400, "bad_device", "device.id (1 to 200 characters) is required");
+		return mica_problemf(f, 400, "bad_device", "device.id (1 to 200 characters) is required");
 	if (!*name)
 		*name = "";
 	if (strlen(*name) > 100)
-		return acct_failf(f, 400, "bad_device", "device.name is at most 100 characters");
+		return mica_problemf(f, 400, "bad_device", "device.name is at most 100 characters");
 	acct_hash_hex("mica-device", id, hash);
 	return 0;
 }
 
 int acct_register_complete_parse(json_t *body, struct acct_register_complete_req *r,
-				 struct acct_fail *f)
+				 mica_problem *f)
 {
 	memset(r, 0, sizeof(*r));
 	r->verification_id = json_string_value(json_object_get(body, "verification_id"));
@@ -643,7 +568,7 @@ int acct_register_complete_parse(json_t *body, struct acct_register_complete_req
 	r->password = json_string_value(json_object_get(body, "password"));
 	r->policy = json_string_value(json_object_get(body, "password_policy"));
 	if (!r->verification_id || !r->code || !r->password)
-		return acct_failf(f, 400, "missing_field",
+		return mica_problemf(f, 400, "missing_field",
 				  "verification_id, code and password are required");
 	return device_of(body, r->device_hash, &r->device_name, f);
 }
@@ -655,16 +580,16 @@ int acct_register_complete_parse(json_t *body, struct acct_register_complete_req
  * malloc'd). */
 static int register_code_check(acct_service *s, mica_db *db, const char *vid, const char *code,
 			       char **hash, char **target_idx, char **target, char **channel,
-			       struct acct_fail *f)
+			       mica_problem *f)
 {
 	PGresult *res = NULL;
 	char max[16];
 	int err;
 	*hash = *target_idx = *target = *channel = NULL;
 	if (strlen(vid) != 32 || strlen(code) != 6)
-		return acct_failf(f, 400, "invalid_code", "the code is wrong");
+		return mica_problemf(f, 400, "invalid_code", "the code is wrong");
 	if ((err = code_hash(s, vid, code, hash)) != 0)
-		return acct_fail_internal(f, err, "the Key Center");
+		return acct_problem_dependency(f, err, "the Key Center");
 	snprintf(max, sizeof(max), "%d", s->cfg->code_max_attempts);
 	const char *p[3] = {vid, *hash, max};
 	if ((err = mica_db_exec(
@@ -673,21 +598,21 @@ static int register_code_check(acct_service *s, mica_db *db, const char *vid, co
 		 " WHERE id = $1 AND purpose = 'register' AND code_hash = $2"
 		 " AND consumed_at IS NULL AND expires_at > now() AND attempts < $3::int",
 		 3, p, &res)) != 0) {
-		acct_fail_internal(f, err, "the database");
+		acct_problem_dependency(f, err, "the database");
 		goto out;
 	}
 	if (PQntuples(res) != 1) {
 		if ((err = code_refused(s, db, vid, "register", f)) != 0 && !f->code)
-			acct_fail_internal(f, err, "the database");
+			acct_problem_dependency(f, err, "the database");
 		goto out;
 	}
 	*target_idx = strdup(mica_db_get(res, 0, 0));
 	*channel = strdup(mica_db_get(res, 0, 2));
 	if ((err = acct_pii_open(s, "verification", "target", vid, mica_db_get(res, 0, 1),
 				 target)) != 0)
-		acct_fail_internal(f, err, "the Key Center");
+		acct_problem_dependency(f, err, "the Key Center");
 	else if (!*target_idx || !*channel)
-		err = acct_fail_internal(f, MICA_ENOMEM, "memory");
+		err = acct_problem_dependency(f, MICA_ENOMEM, "memory");
 out:
 	PQclear(res);
 	if (err) {
@@ -704,7 +629,7 @@ out:
 }
 
 int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t **out,
-			   struct acct_fail *f)
+			   mica_problem *f)
 {
 	struct acct_register_complete_req r;
 	struct new_account a = {.s = s};
@@ -714,7 +639,7 @@ int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t
 	int err;
 
 	if (!db)
-		return acct_fail_internal(f, MICA_EDBCONN, "the database");
+		return acct_problem_dependency(f, MICA_EDBCONN, "the database");
 	if ((err = acct_register_complete_parse(body, &r, f)) != 0)
 		return err;
 	policy = r.policy ? r.policy : s->cfg->password_policy;
@@ -724,7 +649,7 @@ int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t
 				       &target, &channel, f)) != 0)
 		return err;
 	if ((err = acct_network_hash(s, ip, &net_hash, NULL)) != 0) {
-		acct_fail_internal(f, err, "the Key Center");
+		acct_problem_dependency(f, err, "the Key Center");
 		goto out;
 	}
 	a.kind = strcmp(channel, "sms") == 0 ? "phone" : "email";
@@ -736,7 +661,7 @@ int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t
 	a.device_hash = r.device_hash;
 	a.net_hash = net_hash;
 	if ((err = prepare_account(&a, r.password, r.device_name, &what)) != 0) {
-		acct_fail_internal(f, err, what);
+		acct_problem_dependency(f, err, what);
 		goto out;
 	}
 	for (int attempt = 0;; attempt++) {
@@ -749,14 +674,14 @@ int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t
 	if (err == MICA_ESTATE && a.code_gone) {
 		/* Another request used the code since the check (or it expired). */
 		if ((err = code_refused(s, db, r.verification_id, "register", f)) != 0 && !f->code)
-			acct_fail_internal(f, err, "the database");
+			acct_problem_dependency(f, err, "the database");
 		err = err ? err : MICA_ESTATE;
 	} else if (err == MICA_EEXISTS && !a.collided) {
-		acct_failf(f, 409, "identifier_in_use",
+		mica_problemf(f, 409, "identifier_in_use",
 			   "this %s already belongs to an account; log in or reset the password",
 			   a.kind);
 	} else if (err) {
-		acct_fail_internal(f, err, a.collided ? "the account numbering" : "the database");
+		acct_problem_dependency(f, err, a.collided ? "the account numbering" : "the database");
 	}
 	if (!err) {
 		if (a.transferred_from)
@@ -838,26 +763,26 @@ static int unbind_recycled_tx(mica_db *db, void *arg)
 }
 
 int acct_reset_start(acct_service *s, json_t *body, const char *ip, json_t **out,
-		     struct acct_fail *f)
+		     mica_problem *f)
 {
-	union acct_field_value v[1];
+	mica_body_value v[1];
 	const char *channel = NULL;
 	char norm[256], *idx = NULL, *bound = NULL, *id = NULL, *net = NULL;
 	int64_t uid = 0;
 	int recycled = 0, err;
 
-	if ((err = acct_body_fields(body, ACCT_FIELDS(acct_body_reset_start), v, f)) != 0)
+	if ((err = mica_body_fields(body, MICA_BODY_FIELDS(acct_body_reset_start), v, f)) != 0)
 		return err;
 	err = reset_target(s, v[0].s, &uid, norm, &channel, &idx, &bound);
 	if (err == MICA_EINVAL)
-		return acct_failf(f, 400, "bad_login",
+		return mica_problemf(f, 400, "bad_login",
 				  "reset needs a phone number or an email address");
 	if (!err)
 		err = acct_network_hash(s, ip, &net, NULL);
 	if (err) {
 		free(idx);
 		free(bound);
-		return acct_fail_internal(f, err, "the Key Center");
+		return acct_problem_dependency(f, err, "the Key Center");
 	}
 	/* Every request counts, whether or not an account has the address and
 	 * whether or not a code goes out: a known and an unknown address reach
@@ -941,18 +866,18 @@ out:
 	return err;
 }
 
-int acct_reset_complete(acct_service *s, json_t *body, json_t **out, struct acct_fail *f)
+int acct_reset_complete(acct_service *s, json_t *body, json_t **out, mica_problem *f)
 {
-	union acct_field_value v[3];
+	mica_body_value v[3];
 	mica_db *db = mica_db_thread();
 	char *idx = NULL, *target = NULL, *channel = NULL, policy[16] = "miui";
 	int64_t uid = 0;
 	int burned = 0, err;
 
-	if ((err = acct_body_fields(body, ACCT_FIELDS(acct_body_reset_complete), v, f)) != 0)
+	if ((err = mica_body_fields(body, MICA_BODY_FIELDS(acct_body_reset_complete), v, f)) != 0)
 		return err;
 	if (!db)
-		return acct_fail_internal(f, MICA_EDBCONN, "the database");
+		return acct_problem_dependency(f, MICA_EDBCONN, "the database");
 	const char *vid = v[0].s, *code = v[1].s, *password = v[2].s;
 	if ((err = acct_code_verify(s, db, vid, "reset", code, &uid, &idx, &target, &channel, f)))
 		return err;
@@ -970,9 +895,9 @@ int acct_reset_complete(acct_service *s, json_t *body, json_t **out, struct acct
 	PQclear(res);
 	if ((err = acct_password_admit(s, policy, password, f)) == 0) {
 		if ((err = acct_password_burned(s, uid, password, &burned)) != 0)
-			acct_fail_internal(f, err, "the Key Center");
+			acct_problem_dependency(f, err, "the Key Center");
 		else if (burned)
-			err = acct_failf(f, 400, "password_burned",
+			err = mica_problemf(f, 400, "password_burned",
 					 "this password was burned when the account was frozen;"
 					 " choose another");
 	}
@@ -986,7 +911,7 @@ int acct_reset_complete(acct_service *s, json_t *body, json_t **out, struct acct
 	}
 	struct reset_ctx r = {s, uid, password};
 	if ((err = mica_db_tx(db, MICA_DB_READ_COMMITTED, reset_tx, &r)) != 0)
-		return acct_fail_internal(f, err, "the password reset");
+		return acct_problem_dependency(f, err, "the password reset");
 	*out = json_pack("{s:b}", "reset", 1);
 	return 0;
 }

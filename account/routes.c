@@ -1,6 +1,6 @@
 /* routes.c - the account service's HTTP API (docs/api/account.md). Handlers
  * only read the request, authenticate it where needed, call one flow and
- * turn its result or struct acct_fail into JSON. */
+ * turn its result or mica_problem into JSON. */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -9,11 +9,11 @@
 #include "clock.h"
 #include "log.h"
 
-static void reply_fail(mica_http_resp *resp, struct acct_fail *f)
+static void reply_fail(mica_http_resp *resp, mica_problem *f)
 {
 	json_t *body;
 	if (!f->code)
-		acct_failf(f, 500, "internal_error", "internal error");
+		mica_problemf(f, 500, "internal_error", "internal error");
 	body = json_pack("{s:{s:s,s:s}}", "error", "code", f->code, "message", f->msg);
 	if (f->extra) {
 		json_object_update(body, f->extra);
@@ -23,7 +23,7 @@ static void reply_fail(mica_http_resp *resp, struct acct_fail *f)
 	mica_http_reply_json(resp, f->status, body);
 }
 
-static void finish(mica_http_resp *resp, int err, int ok_status, json_t *out, struct acct_fail *f)
+static void finish(mica_http_resp *resp, int err, int ok_status, json_t *out, mica_problem *f)
 {
 	if (err || !out) {
 		json_decref(out);
@@ -61,7 +61,7 @@ static int signed_in(acct_service *s, const mica_http_req *req, mica_http_resp *
 	static void fn(const mica_http_req *req, mica_http_resp *resp, void *svc)                \
 	{                                                                                        \
 		acct_service *s = svc;                                                           \
-		struct acct_fail f = {0};                                                        \
+		mica_problem f = {0};                                                        \
 		json_t *out = NULL;                                                              \
 		(void)s;                                                                         \
 		int err = call;                                                                  \
@@ -78,7 +78,7 @@ PUBLIC_FLOW(h_stepup_verify,
 
 static void h_register_complete(const mica_http_req *req, mica_http_resp *resp, void *svc)
 {
-	struct acct_fail f = {0};
+	mica_problem f = {0};
 	json_t *out = NULL;
 	int err = acct_register_complete(svc, req->json, req->client_ip, &out, &f);
 	finish(resp, err, 201, out, &f);
@@ -89,7 +89,7 @@ static void h_register_complete(const mica_http_req *req, mica_http_resp *resp, 
 	{                                                                                        \
 		acct_service *s = svc;                                                           \
 		struct acct_session sess;                                                        \
-		struct acct_fail f = {0};                                                        \
+		mica_problem f = {0};                                                        \
 		json_t *out = NULL;                                                              \
 		if (!signed_in(s, req, resp, &sess))                                             \
 			return;                                                                  \
@@ -109,7 +109,7 @@ SIGNED_IN(h_questions, acct_questions_set(s, &sess, req->json, &out, &f))
 SIGNED_IN(h_cross_device, acct_cross_device_set(s, &sess, req->json, &out, &f))
 SIGNED_IN(h_stepup_approve, acct_stepup_approve(s, &sess, mica_http_param(req, "id"), &out, &f))
 SIGNED_IN(h_delete, acct_delete(s, &sess, &out, &f))
-SIGNED_IN(h_sessions, acct_session_list(s, sess.user_id, sess.id, &out) ? acct_fail_internal(&f, MICA_EDB, "the session store") : 0)
+SIGNED_IN(h_sessions, acct_session_list(s, sess.user_id, sess.id, &out) ? acct_problem_dependency(&f, MICA_EDB, "the session store") : 0)
 
 /* The session the bearer token names, as its holder may see it: nothing
  * but the token check (cache first, session.c), so it is also the cheapest
@@ -182,8 +182,8 @@ static void h_revoke_all(const mica_http_req *req, mica_http_resp *resp, void *s
 	/* The body is optional ({"keep_current": true}), so the route is not
 	 * MICA_ROUTE_JSON and the body is parsed here. */
 	json_t *body = NULL;
-	union acct_field_value v[1];
-	struct acct_fail f = {0};
+	mica_body_value v[1];
+	mica_problem f = {0};
 	if (!signed_in(s, req, resp, &sess))
 		return;
 	if (req->body_len > 0) {
@@ -196,7 +196,7 @@ static void h_revoke_all(const mica_http_req *req, mica_http_resp *resp, void *s
 			return;
 		}
 	}
-	int err = acct_body_fields(body, ACCT_FIELDS(acct_body_revoke_all), v, &f);
+	int err = mica_body_fields(body, MICA_BODY_FIELDS(acct_body_revoke_all), v, &f);
 	json_decref(body);
 	if (err) {
 		reply_fail(resp, &f);
@@ -214,8 +214,8 @@ static void h_introspect(const mica_http_req *req, mica_http_resp *resp, void *s
 	acct_service *s = svc;
 	const char *list = s->cfg->introspect_principals;
 	size_t pl = strlen(req->peer);
-	union acct_field_value v[1];
-	struct acct_fail f = {0};
+	mica_body_value v[1];
+	mica_problem f = {0};
 	json_t *out = NULL;
 	int allowed = 0;
 	for (const char *p = list; p && *p;) {
@@ -230,7 +230,7 @@ static void h_introspect(const mica_http_req *req, mica_http_resp *resp, void *s
 				      "principal %s may not introspect tokens", req->peer);
 		return;
 	}
-	if (acct_body_fields(req->json, ACCT_FIELDS(acct_body_introspect), v, &f) != 0) {
+	if (mica_body_fields(req->json, MICA_BODY_FIELDS(acct_body_introspect), v, &f) != 0) {
 		reply_fail(resp, &f);
 		return;
 	}

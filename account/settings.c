@@ -21,7 +21,7 @@ static void uid_text(int64_t id, char out[24])
 	snprintf(out, 24, "%lld", (long long)id);
 }
 
-int acct_me(acct_service *s, const struct acct_session *sess, json_t **out, struct acct_fail *f)
+int acct_me(acct_service *s, const struct acct_session *sess, json_t **out, mica_problem *f)
 {
 	static const char *const cols[] = {"account_no", "phone", "email", "security_phone",
 					   "security_email"};
@@ -43,7 +43,7 @@ int acct_me(acct_service *s, const struct acct_session *sess, json_t **out, stru
 			   1, p, &res);
 	if (err || PQntuples(res) != 1) {
 		PQclear(res);
-		return acct_fail_internal(f, err ? err : MICA_ENOTFOUND, "the account store");
+		return acct_problem_dependency(f, err ? err : MICA_ENOTFOUND, "the account store");
 	}
 	*out = json_object();
 	for (int c = 0; c < 5; c++) {
@@ -61,7 +61,7 @@ int acct_me(acct_service *s, const struct acct_session *sess, json_t **out, stru
 		json_decref(*out);
 		*out = NULL;
 		PQclear(res);
-		return acct_fail_internal(f, err, "the Key Center");
+		return acct_problem_dependency(f, err, "the Key Center");
 	}
 	json_object_set_new(*out, "status", json_string(mica_db_get(res, 0, 5)));
 	json_object_set_new(*out, "cross_device_verification",
@@ -109,15 +109,15 @@ out:
 }
 
 int acct_password_change(acct_service *s, const struct acct_session *sess, json_t *body,
-			 json_t **out, struct acct_fail *f)
+			 json_t **out, mica_problem *f)
 {
-	union acct_field_value v[2];
+	mica_body_value v[2];
 	mica_db *db = mica_db_thread();
 	PGresult *res = NULL;
 	char uid[24], *phc = NULL;
 	int ok = 0, burned = 0, err;
 
-	if ((err = acct_body_fields(body, ACCT_FIELDS(acct_body_password_change), v, f)) != 0)
+	if ((err = mica_body_fields(body, MICA_BODY_FIELDS(acct_body_password_change), v, f)) != 0)
 		return err;
 	const char *cur = v[0].s, *next = v[1].s;
 	if ((err = acct_require_recent(s, sess, f)) != 0)
@@ -128,7 +128,7 @@ int acct_password_change(acct_service *s, const struct acct_session *sess, json_
 				1, p, &res)) != 0 ||
 	    PQntuples(res) != 1) {
 		PQclear(res);
-		return acct_fail_internal(f, err ? err : MICA_ENOTFOUND, "the account store");
+		return acct_problem_dependency(f, err ? err : MICA_ENOTFOUND, "the account store");
 	}
 	if ((err = acct_password_unseal(s, sess->user_id, mica_db_get(res, 0, 0), &phc, NULL)) == 0) {
 		ok = acct_password_verify(phc, cur) == 0;
@@ -137,21 +137,21 @@ int acct_password_change(acct_service *s, const struct acct_session *sess, json_
 	}
 	/* The current password first: the new one is judged only for its owner. */
 	if (err)
-		err = acct_fail_internal(f, err, "the Key Center");
+		err = acct_problem_dependency(f, err, "the Key Center");
 	else if (!ok)
-		err = acct_failf(f, 401, "invalid_credentials", "the current password is wrong");
+		err = mica_problemf(f, 401, "invalid_credentials", "the current password is wrong");
 	else
 		err = acct_password_admit(s, mica_db_get(res, 0, 1), next, f);
 	PQclear(res);
 	if (err)
 		return err;
 	if ((err = acct_password_burned(s, sess->user_id, next, &burned)) != 0)
-		return acct_fail_internal(f, err, "the Key Center");
+		return acct_problem_dependency(f, err, "the Key Center");
 	if (burned)
-		return acct_failf(f, 400, "password_burned", "this password can never be used again");
+		return mica_problemf(f, 400, "password_burned", "this password can never be used again");
 	struct change_ctx c = {s, sess->user_id, sess->id, next};
 	if ((err = mica_db_tx(db, MICA_DB_READ_COMMITTED, change_tx, &c)) != 0)
-		return acct_fail_internal(f, err, "the password change");
+		return acct_problem_dependency(f, err, "the password change");
 	*out = json_pack("{s:b}", "changed", 1);
 	return 0;
 }
@@ -201,23 +201,23 @@ static int contact_set_tx(mica_db *db, void *arg)
 
 /* "phone" binds the security phone (sms), "email" the security email. */
 int acct_bind_start(acct_service *s, const struct acct_session *sess, const char *what,
-		    json_t *body, json_t **out, struct acct_fail *f)
+		    json_t *body, json_t **out, mica_problem *f)
 {
 	int phone = strcmp(what, "phone") == 0;
-	union acct_field_value v[1];
+	mica_body_value v[1];
 	char norm[256], *idx = NULL, *id = NULL;
 	int err;
 
-	if ((err = acct_body_fields(body, phone ? acct_body_bind_phone : acct_body_bind_email, 1, v,
+	if ((err = mica_body_fields(body, phone ? acct_body_bind_phone : acct_body_bind_email, 1, v,
 				    f)) != 0)
 		return err;
 	const char *value = v[0].s;
 	if (acct_ident_parse(value, norm, sizeof(norm)) != (phone ? ACCT_ID_PHONE : ACCT_ID_EMAIL))
-		return acct_failf(f, 400, phone ? "bad_phone" : "bad_email", "the %s is malformed", what);
+		return mica_problemf(f, 400, phone ? "bad_phone" : "bad_email", "the %s is malformed", what);
 	if ((err = acct_require_recent(s, sess, f)) != 0)
 		return err;
 	if ((err = acct_blind_index(s, what, norm, &idx)) != 0)
-		return acct_fail_internal(f, err, "the Key Center");
+		return acct_problem_dependency(f, err, "the Key Center");
 	char requester[32];
 	snprintf(requester, sizeof(requester), "user:%lld", (long long)sess->user_id);
 	err = acct_code_quota(s, ACCT_CODES_OWNER, idx, requester, f);
@@ -233,16 +233,16 @@ int acct_bind_start(acct_service *s, const struct acct_session *sess, const char
 }
 
 int acct_bind_complete(acct_service *s, const struct acct_session *sess, const char *what,
-		       json_t *body, json_t **out, struct acct_fail *f)
+		       json_t *body, json_t **out, mica_problem *f)
 {
 	int phone = strcmp(what, "phone") == 0;
-	union acct_field_value v[2];
+	mica_body_value v[2];
 	char *idx = NULL, *target = NULL, *channel = NULL, *enc = NULL, uid[24];
 	mica_db *db = mica_db_thread();
 	int64_t owner = 0;
 	int err;
 
-	if ((err = acct_body_fields(body, ACCT_FIELDS(acct_body_code), v, f)) != 0)
+	if ((err = mica_body_fields(body, MICA_BODY_FIELDS(acct_body_code), v, f)) != 0)
 		return err;
 	const char *vid = v[0].s, *code = v[1].s;
 	if ((err = acct_require_recent(s, sess, f)) != 0)
@@ -251,18 +251,18 @@ int acct_bind_complete(acct_service *s, const struct acct_session *sess, const c
 				    &idx, &target, &channel, f)) != 0)
 		return err;
 	if (owner != sess->user_id) {
-		err = acct_failf(f, 400, "invalid_code", "the code is wrong");
+		err = mica_problemf(f, 400, "invalid_code", "the code is wrong");
 		goto out;
 	}
 	uid_text(sess->user_id, uid);
 	if ((err = acct_pii_seal(s, "user", phone ? "security_phone" : "security_email", uid, target,
 				 &enc)) != 0) {
-		acct_fail_internal(f, err, "the Key Center");
+		acct_problem_dependency(f, err, "the Key Center");
 		goto out;
 	}
 	struct contact_ctx c = {sess->user_id, what, enc, idx};
 	if ((err = mica_db_tx(db, MICA_DB_READ_COMMITTED, contact_set_tx, &c)) != 0) {
-		acct_fail_internal(f, err, "the database");
+		acct_problem_dependency(f, err, "the database");
 		goto out;
 	}
 	*out = json_pack("{s:b}", "bound", 1);
@@ -278,7 +278,7 @@ out:
 }
 
 int acct_unbind(acct_service *s, const struct acct_session *sess, const char *what, json_t **out,
-		struct acct_fail *f)
+		mica_problem *f)
 {
 	mica_db *db = mica_db_thread();
 	int err;
@@ -286,7 +286,7 @@ int acct_unbind(acct_service *s, const struct acct_session *sess, const char *wh
 		return err;
 	struct contact_ctx c = {sess->user_id, what, NULL, NULL};
 	if ((err = mica_db_tx(db, MICA_DB_READ_COMMITTED, contact_set_tx, &c)) != 0)
-		return acct_fail_internal(f, err, "the database");
+		return acct_problem_dependency(f, err, "the database");
 	*out = json_pack("{s:b}", "unbound", 1);
 	return 0;
 }
@@ -337,13 +337,13 @@ static int blank(const char *s)
 	return 1;
 }
 
-int acct_questions_parse(json_t *body, struct acct_fail *f)
+int acct_questions_parse(json_t *body, mica_problem *f)
 {
 	json_t *list = json_object_get(body, "questions");
 	char norm[ACCT_ANSWER_NORM_CAP];
 	if (!json_is_array(list) || json_array_size(list) < 1 ||
 	    json_array_size(list) > ACCT_QUESTIONS_MAX)
-		return acct_failf(f, 400, "bad_questions", "questions is an array of 1 to %d items",
+		return mica_problemf(f, 400, "bad_questions", "questions is an array of 1 to %d items",
 				  ACCT_QUESTIONS_MAX);
 	for (size_t i = 0; i < json_array_size(list); i++) {
 		json_t *item = json_array_get(list, i);
@@ -355,7 +355,7 @@ int acct_questions_parse(json_t *body, struct acct_fail *f)
 		mica_wipe(norm, sizeof(norm));
 		if (!q || blank(q) || utf8_chars(q) > ACCT_QUESTION_MAX_CHARS ||
 		    n < ACCT_ANSWER_MIN_CHARS || n > ACCT_ANSWER_MAX_CHARS)
-			return acct_failf(f, 400, "bad_questions",
+			return mica_problemf(f, 400, "bad_questions",
 					  "item %zu needs a question (1-%d characters, not all spaces)"
 					  " and an answer (%d-%d characters once spaces are collapsed)",
 					  i + 1, ACCT_QUESTION_MAX_CHARS, ACCT_ANSWER_MIN_CHARS,
@@ -433,7 +433,7 @@ static int questions_tx(mica_db *db, void *arg)
 }
 
 int acct_questions_set(acct_service *s, const struct acct_session *sess, json_t *body,
-		       json_t **out, struct acct_fail *f)
+		       json_t **out, mica_problem *f)
 {
 	json_t *list = json_object_get(body, "questions");
 	mica_db *db = mica_db_thread();
@@ -444,19 +444,19 @@ int acct_questions_set(acct_service *s, const struct acct_session *sess, json_t 
 		return err;
 	struct questions_ctx q = {s, sess->user_id, list};
 	if ((err = mica_db_tx(db, MICA_DB_READ_COMMITTED, questions_tx, &q)) != 0)
-		return acct_fail_internal(f, err, "the account store");
+		return acct_problem_dependency(f, err, "the account store");
 	*out = json_pack("{s:i}", "questions", (int)json_array_size(list));
 	return 0;
 }
 
 int acct_cross_device_set(acct_service *s, const struct acct_session *sess, json_t *body,
-			  json_t **out, struct acct_fail *f)
+			  json_t **out, mica_problem *f)
 {
-	union acct_field_value v[1];
+	mica_body_value v[1];
 	mica_db *db = mica_db_thread();
 	char uid[24];
 	int err;
-	if ((err = acct_body_fields(body, ACCT_FIELDS(acct_body_cross_device), v, f)) != 0)
+	if ((err = mica_body_fields(body, MICA_BODY_FIELDS(acct_body_cross_device), v, f)) != 0)
 		return err;
 	if ((err = acct_require_recent(s, sess, f)) != 0)
 		return err;
@@ -464,7 +464,7 @@ int acct_cross_device_set(acct_service *s, const struct acct_session *sess, json
 	const char *p[2] = {uid, v[0].b ? "true" : "false"};
 	if ((err = mica_db_exec(db, "UPDATE account.user SET cross_device = $2 WHERE id = $1", 2, p,
 				NULL)) != 0)
-		return acct_fail_internal(f, err, "the account store");
+		return acct_problem_dependency(f, err, "the account store");
 	*out = json_pack("{s:b}", "cross_device_verification", v[0].b);
 	return 0;
 }
@@ -496,7 +496,7 @@ static int delete_tx(mica_db *db, void *arg)
 }
 
 int acct_delete(acct_service *s, const struct acct_session *sess, json_t **out,
-		struct acct_fail *f)
+		mica_problem *f)
 {
 	struct delete_ctx d = {s, sess->user_id};
 	mica_db *db = mica_db_thread();
@@ -504,7 +504,7 @@ int acct_delete(acct_service *s, const struct acct_session *sess, json_t **out,
 	if ((err = acct_require_recent(s, sess, f)) != 0)
 		return err;
 	if ((err = mica_db_tx(db, MICA_DB_READ_COMMITTED, delete_tx, &d)) != 0)
-		return acct_fail_internal(f, err, "the database");
+		return acct_problem_dependency(f, err, "the database");
 	MICA_LOG(MICA_LOG_INFO, "account: an account was deleted");
 	*out = json_pack("{s:b}", "deleted", 1);
 	return 0;

@@ -107,7 +107,7 @@ static inline void fuzz_ident_raw(const uint8_t *data, size_t size)
 }
 
 /* A refusal must be a documented 400 with a code and a message. */
-static inline void fuzz_check_fail(int err, const struct acct_fail *f)
+static inline void fuzz_check_fail(int err, const mica_problem *f)
 {
 	if (err != MICA_EINVAL || f->status != 400 || !f->code || !*f->code || !f->msg[0] ||
 	    f->extra)

@@ -1,6 +1,6 @@
 /* fuzz_account_bodies.c - the small account request bodies (reset,
  * password change, binding, step-up, cross-device, revoke-all,
- * introspection) through acct_body_fields() with each route's member list.
+ * introspection) through mica_body_fields() with each route's member list.
  * The input is read twice: as lib/http reads a body (strict JSON), and with
  * NUL characters allowed, which lib/http refuses but the parser must refuse
  * too. Each verdict is compared with a plain reference of the documented
@@ -8,23 +8,23 @@
 #include "account_fuzz.h"
 
 static const struct {
-	const struct acct_field *spec;
+	const mica_body_field *spec;
 	size_t n;
 } specs[] = {
-    {ACCT_FIELDS(acct_body_reset_start)},     {ACCT_FIELDS(acct_body_reset_complete)},
-    {ACCT_FIELDS(acct_body_password_change)}, {ACCT_FIELDS(acct_body_bind_phone)},
-    {ACCT_FIELDS(acct_body_bind_email)},      {ACCT_FIELDS(acct_body_code)},
-    {ACCT_FIELDS(acct_body_stepup_send)},     {ACCT_FIELDS(acct_body_stepup_verify)},
-    {ACCT_FIELDS(acct_body_cross_device)},    {ACCT_FIELDS(acct_body_revoke_all)},
-    {ACCT_FIELDS(acct_body_introspect)},
+    {MICA_BODY_FIELDS(acct_body_reset_start)},     {MICA_BODY_FIELDS(acct_body_reset_complete)},
+    {MICA_BODY_FIELDS(acct_body_password_change)}, {MICA_BODY_FIELDS(acct_body_bind_phone)},
+    {MICA_BODY_FIELDS(acct_body_bind_email)},      {MICA_BODY_FIELDS(acct_body_code)},
+    {MICA_BODY_FIELDS(acct_body_stepup_send)},     {MICA_BODY_FIELDS(acct_body_stepup_verify)},
+    {MICA_BODY_FIELDS(acct_body_cross_device)},    {MICA_BODY_FIELDS(acct_body_revoke_all)},
+    {MICA_BODY_FIELDS(acct_body_introspect)},
 };
 
 /* The rules, member by member: 1 when |v| is acceptable for |d|. */
-static int member_ok(const struct acct_field *d, json_t *v)
+static int member_ok(const mica_body_field *d, json_t *v)
 {
 	if (!v || json_is_null(v))
 		return !d->required;
-	if (d->type == ACCT_FIELD_BOOL)
+	if (d->type == MICA_BODY_BOOL)
 		return json_is_boolean(v);
 	if (!json_is_string(v))
 		return 0;
@@ -33,16 +33,16 @@ static int member_ok(const struct acct_field *d, json_t *v)
 	       (len > 0 || !d->required);
 }
 
-static void check(json_t *body, const struct acct_field *spec, size_t n)
+static void check(json_t *body, const mica_body_field *spec, size_t n)
 {
-	union acct_field_value out[4];
-	struct acct_fail f = {0};
+	mica_body_value out[4];
+	mica_problem f = {0};
 	int want = 1, err;
 	if (n > sizeof(out) / sizeof(out[0]))
 		abort();
 	for (size_t i = 0; i < n; i++)
 		want = want && member_ok(&spec[i], json_object_get(body, spec[i].name));
-	err = acct_body_fields(body, spec, n, out, &f);
+	err = mica_body_fields(body, spec, n, out, &f);
 	if ((err == 0) != want)
 		abort();
 	if (err) {
@@ -59,7 +59,7 @@ static void check(json_t *body, const struct acct_field *spec, size_t n)
 	for (size_t i = 0; i < n; i++) {
 		json_t *v = json_object_get(body, spec[i].name);
 		int absent = !v || json_is_null(v);
-		if (spec[i].type == ACCT_FIELD_BOOL) {
+		if (spec[i].type == MICA_BODY_BOOL) {
 			if (out[i].b != (absent ? 0 : json_is_true(v)))
 				abort();
 		} else if (absent ? out[i].s != NULL

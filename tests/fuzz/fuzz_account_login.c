@@ -10,7 +10,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct acct_login_req r;
-	struct acct_fail f = {0};
+	mica_problem f = {0};
 	json_t *body;
 	int err;
 

@@ -93,7 +93,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	free(ref);
 	free(raw);
 
-	struct acct_fail f = {0};
+	mica_problem f = {0};
 	json_t *body = fuzz_body(data, size);
 	if (!body)
 		return 0;

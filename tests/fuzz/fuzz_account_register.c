@@ -12,7 +12,7 @@
 static void start(json_t *body)
 {
 	struct acct_register_start_req r;
-	struct acct_fail f = {0};
+	mica_problem f = {0};
 	int err = acct_register_start_parse(body, &r, &f);
 	if (err) {
 		fuzz_check_fail(err, &f);
@@ -30,7 +30,7 @@ static void complete(json_t *body)
 {
 	struct acct_register_complete_req r;
 	struct acct_password_verdict v;
-	struct acct_fail f = {0};
+	mica_problem f = {0};
 	int err = acct_register_complete_parse(body, &r, &f);
 	if (err) {
 		fuzz_check_fail(err, &f);

@@ -14,7 +14,7 @@
 
 /* Asserts a 503 naming Redis (message and "dependency" member), then
  * clears |f| for the next call. */
-static void assert_503(struct acct_fail *f, int err)
+static void assert_503(mica_problem *f, int err)
 {
 	ck_assert_int_ne(err, 0);
 	ck_assert_int_eq(f->status, 503);
@@ -30,7 +30,7 @@ static void every_limit_refuses(void)
 {
 	struct acct_config cfg = {.codes_per_hour = 5, .codes_per_address_hour = 20};
 	acct_service s = {.cfg = &cfg};
-	struct acct_fail f = {0};
+	mica_problem f = {0};
 	long a = 7, b = 7;
 	int allowed = 1, fresh = 1;
 	const char *why = NULL;
