@@ -79,6 +79,15 @@ extern const mica_body_field acct_body_reset_start[1], acct_body_reset_complete[
     acct_body_password_change[2], acct_body_bind_phone[1], acct_body_bind_email[1],
     acct_body_code[2], acct_body_stepup_send[1], acct_body_stepup_verify[1],
     acct_body_cross_device[1], acct_body_revoke_all[1], acct_body_introspect[1];
+/* The members of the bodies with parsers of their own (login, registration,
+ * security questions, and their nested device and question objects). */
+extern const mica_body_field acct_body_login_members[5], acct_body_device_members[2],
+    acct_body_register_start_members[2], acct_body_register_complete_members[5],
+    acct_body_questions_members[1], acct_body_question_members[2];
+/* Refuses a member of object |body| that |spec| does not name (400
+ * unknown_field); a |body| that is not an object passes, for its parser to
+ * refuse. */
+int acct_body_members(json_t *body, const mica_body_field *spec, size_t n, mica_problem *f) MICA_WUR;
 
 /* ---- pii.c ----------------------------------------------------------------- */
 enum acct_ident { ACCT_ID_PHONE, ACCT_ID_EMAIL, ACCT_ID_ACCOUNT_NO, ACCT_ID_INVALID };

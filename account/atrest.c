@@ -37,7 +37,9 @@ static int questions_batch(acct_service *s, mica_db *db, int *seen, int *done)
 	for (int i = 0; err == 0 && i < PQntuples(res); i++) {
 		const char *uid = mica_db_get(res, i, 0), *q = mica_db_get(res, i, 2),
 			   *a = mica_db_get(res, i, 3);
-		size_t pos = (size_t)atoi(mica_db_get(res, i, 1));
+		int64_t pos = 0;
+		if ((err = mica_db_get_int64(res, i, 1, &pos)) != 0)
+			break;
 		char *q_enc = NULL, *a_enc = NULL;
 		PGresult *u = NULL;
 		(*seen)++;

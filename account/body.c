@@ -32,3 +32,32 @@ const mica_body_field acct_body_stepup_verify[1] = {{"code", MICA_BODY_STRING, f
 const mica_body_field acct_body_cross_device[1] = {{"enabled", MICA_BODY_BOOL, true, 0}};
 const mica_body_field acct_body_revoke_all[1] = {{"keep_current", MICA_BODY_BOOL, false, 0}};
 const mica_body_field acct_body_introspect[1] = {{"token", MICA_BODY_STRING, true, 128}};
+
+/* The larger bodies parse their members themselves; these lists only say
+ * which members exist, so that any other is refused (unknown_field) as in
+ * every other body. */
+const mica_body_field acct_body_login_members[5] = {{"login", MICA_BODY_ANY, false, 0},
+						    {"password", MICA_BODY_ANY, false, 0},
+						    {"altcha", MICA_BODY_ANY, false, 0},
+						    {"session_kind", MICA_BODY_ANY, false, 0},
+						    {"device", MICA_BODY_ANY, false, 0}};
+const mica_body_field acct_body_device_members[2] = {{"id", MICA_BODY_ANY, false, 0},
+						     {"name", MICA_BODY_ANY, false, 0}};
+const mica_body_field acct_body_register_start_members[2] = {{"phone", MICA_BODY_ANY, false, 0},
+							     {"email", MICA_BODY_ANY, false, 0}};
+const mica_body_field acct_body_register_complete_members[5] = {
+    {"verification_id", MICA_BODY_ANY, false, 0},
+    {"code", MICA_BODY_ANY, false, 0},
+    {"password", MICA_BODY_ANY, false, 0},
+    {"password_policy", MICA_BODY_ANY, false, 0},
+    {"device", MICA_BODY_ANY, false, 0}};
+const mica_body_field acct_body_questions_members[1] = {{"questions", MICA_BODY_ANY, false, 0}};
+const mica_body_field acct_body_question_members[2] = {{"question", MICA_BODY_ANY, false, 0},
+						       {"answer", MICA_BODY_ANY, false, 0}};
+
+int acct_body_members(json_t *body, const mica_body_field *spec, size_t n, mica_problem *f)
+{
+	/* Members that are not objects are their parser's to refuse, with its
+	 * own code. */
+	return json_is_object(body) ? mica_body_fields(body, spec, n, NULL, f) : 0;
+}

@@ -4,6 +4,7 @@
  * counted refuses the request with 503 unavailable rather than let it
  * through uncounted, and the service remembers whether Redis answered at the
  * last attempt (acct_limits_ready), for readiness probes. */
+#include <limits.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 #include "account/account.h"
 #include "kv.h"
 #include "log.h"
+#include "parse.h"
 
 /* The error of the last Redis operation that could not reach Redis (0: the
  * last one did). */
@@ -107,10 +109,15 @@ int acct_counters_get(const char *k1, const char *k2, long *v1, long *v2, mica_p
 	if (err)
 		return acct_limits_fail(f, err);
 	if (r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
+		/* INCR keeps them integers; anything else is counted as
+		 * over every limit rather than as zero (fail closed). */
+		int64_t n;
 		if (r->element[0]->type == REDIS_REPLY_STRING)
-			*v1 = strtol(r->element[0]->str, NULL, 10);
+			*v1 = mica_parse_int64(r->element[0]->str, 0, LONG_MAX, &n) == 0 ? (long)n
+											: LONG_MAX;
 		if (r->element[1]->type == REDIS_REPLY_STRING)
-			*v2 = strtol(r->element[1]->str, NULL, 10);
+			*v2 = mica_parse_int64(r->element[1]->str, 0, LONG_MAX, &n) == 0 ? (long)n
+											: LONG_MAX;
 	}
 	freeReplyObject(r);
 	return 0;

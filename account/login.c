@@ -13,6 +13,7 @@
  * Wrong step-up codes are counted per account over
  * cfg->stepup_failure_window_s, however many step-ups they are spread
  * over. */
+#include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -458,6 +459,9 @@ int acct_login_parse(json_t *body, struct acct_login_req *r, mica_problem *f)
 	r->dev_id = json_string_value(json_object_get(d, "id"));
 	r->dev_name = json_string_value(json_object_get(d, "name"));
 	r->ident = ACCT_ID_INVALID;
+	int err = acct_body_members(body, MICA_BODY_FIELDS(acct_body_login_members), f);
+	if (err || (err = acct_body_members(d, MICA_BODY_FIELDS(acct_body_device_members), f)))
+		return err;
 
 	if (!r->login || !r->password || !r->dev_id || !*r->dev_id || strlen(r->dev_id) > 200)
 		return mica_problemf(f, 400, "missing_field",
@@ -580,6 +584,7 @@ static int stepup_load(const char *id, struct stepup_row *r, mica_problem *f)
 	memset(r, 0, sizeof(*r));
 	if (!id || strlen(id) != 32)
 		return mica_problemf(f, 404, "unknown_stepup", "no such step-up");
+	int64_t failures = 0;
 	const char *p[1] = {id};
 	err = db ? mica_db_exec(db,
 				"SELECT user_id, coalesce(session_id, 0), coalesce(approved_by, 0),"
@@ -596,11 +601,12 @@ static int stepup_load(const char *id, struct stepup_row *r, mica_problem *f)
 	}
 	if (mica_db_get_int64(res, 0, 0, &r->user_id) != 0 ||
 	    mica_db_get_int64(res, 0, 1, &r->session_id) != 0 ||
-	    mica_db_get_int64(res, 0, 2, &r->approved_by) != 0) {
+	    mica_db_get_int64(res, 0, 2, &r->approved_by) != 0 ||
+	    mica_db_get_int64(res, 0, 3, &failures) != 0 || failures > INT_MAX) {
 		PQclear(res);
 		return acct_problem_dependency(f, MICA_EDB, "the database");
 	}
-	r->failures = atoi(mica_db_get(res, 0, 3));
+	r->failures = (int)failures;
 	snprintf(r->kind, sizeof(r->kind), "%s", mica_db_get(res, 0, 4));
 	snprintf(r->status, sizeof(r->status), "%s", mica_db_get(res, 0, 5));
 	snprintf(r->device_hash, sizeof(r->device_hash), "%s", mica_db_get(res, 0, 6));
@@ -711,8 +717,9 @@ static int stepup_failures_count(acct_service *s, const char *id, int *failures)
 				" AND t.created_at > coalesce(u.password_reset_at, '-infinity')",
 				2, p, &res)
 		 : MICA_EDBCONN;
-	if (err == 0 && PQntuples(res) == 1)
-		*failures = atoi(mica_db_get(res, 0, 0));
+	int64_t n = 0;
+	if (err == 0 && PQntuples(res) == 1 && (err = mica_db_get_int64(res, 0, 0, &n)) == 0)
+		*failures = n > INT_MAX ? INT_MAX : (int)n;
 	PQclear(res);
 	return err;
 }

@@ -302,7 +302,7 @@ static int deliver_tx(mica_db *db, void *arg)
 	PGresult *res = NULL, *row = NULL;
 	json_t *detail = NULL, *carried = NULL;
 	char body[400], u[24], ev[24], sent[16], lim[16], give_up[16];
-	int64_t uid = 0;
+	int64_t uid = 0, sent_n = 0, attempts_n = 0;
 	int err, kind;
 
 	d->found = false;
@@ -322,11 +322,13 @@ static int deliver_tx(mica_db *db, void *arg)
 		goto out;
 	d->found = true;
 	if ((err = mica_db_get_int64(res, 0, 0, &d->event_id)) != 0 ||
-	    (err = mica_db_get_int64(res, 0, 1, &uid)) != 0)
+	    (err = mica_db_get_int64(res, 0, 1, &uid)) != 0 ||
+	    (err = mica_db_get_int64(res, 0, 5, &sent_n)) != 0 ||
+	    (err = mica_db_get_int64(res, 0, 6, &attempts_n)) != 0)
 		goto out;
 	snprintf(d->kind, sizeof(d->kind), "%s", mica_db_get(res, 0, 2));
-	d->sent = atoi(mica_db_get(res, 0, 5));
-	d->attempts = atoi(mica_db_get(res, 0, 6));
+	d->sent = (int)sent_n;
+	d->attempts = (int)attempts_n;
 	bool expired = strcmp(mica_db_get(res, 0, 7), "t") == 0;
 	snprintf(d->created_us, sizeof(d->created_us), "%.20s", mica_db_get(res, 0, 8));
 	kind = kind_of(d->kind);

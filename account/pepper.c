@@ -25,6 +25,7 @@
 #include "clock.h"
 #include "crypto.h"
 #include "log.h"
+#include "parse.h"
 
 #define SEAL_PREFIX "dk1."
 #define SEAL_PREFIX_LEN 4
@@ -93,12 +94,15 @@ static int place_aad(const char *table, const char *column, const char *row, cha
 /* The version of a wrapped key, from its "kc:v<N>:" prefix (0 if none). */
 static uint32_t wrapped_version(const char *w)
 {
-	char *end;
-	unsigned long v;
-	if (strncmp(w, "kc:v", 4) != 0)
+	char digits[11];
+	const char *colon;
+	int64_t v;
+	if (strncmp(w, "kc:v", 4) != 0 || !(colon = strchr(w + 4, ':')) ||
+	    (size_t)(colon - (w + 4)) >= sizeof(digits))
 		return 0;
-	v = strtoul(w + 4, &end, 10);
-	return *end == ':' && v <= UINT32_MAX ? (uint32_t)v : 0;
+	memcpy(digits, w + 4, (size_t)(colon - (w + 4)));
+	digits[colon - (w + 4)] = '\0';
+	return mica_parse_int64(digits, 1, UINT32_MAX, &v) == 0 ? (uint32_t)v : 0;
 }
 
 /* Replaces the sealing key with a fresh one from the Key Center. k->mu held. */

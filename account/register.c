@@ -123,6 +123,7 @@ static int code_refused(acct_service *s, mica_db *db, const char *id, const char
 	/* A wrong code is MICA_EAUTH; a used or expired one MICA_ESTATE, as it
 	 * says nothing about who typed it (step-up does not count it). */
 	err = MICA_EAUTH;
+	int64_t attempts = 0;
 	if (PQntuples(res) != 1) {
 		mica_problemf(f, 400, "invalid_code", "the code is wrong");
 	} else if (strcmp(mica_db_get(res, 0, 2), "t") != 0) {
@@ -131,7 +132,8 @@ static int code_refused(acct_service *s, mica_db *db, const char *id, const char
 	} else if (strcmp(mica_db_get(res, 0, 1), "t") != 0) {
 		mica_problemf(f, 400, "code_expired", "the code expired; ask for a new one");
 		err = MICA_ESTATE;
-	} else if (atoi(mica_db_get(res, 0, 0)) > s->cfg->code_max_attempts) {
+	} else if (mica_db_get_int64(res, 0, 0, &attempts) != 0 ||
+		   attempts > s->cfg->code_max_attempts) {
 		mica_problemf(f, 429, "too_many_attempts", "too many wrong codes; ask for a new one");
 	} else {
 		mica_problemf(f, 400, "invalid_code", "the code is wrong");
@@ -213,6 +215,9 @@ int acct_register_start_parse(json_t *body, struct acct_register_start_req *r,
 	r->phone = json_string_value(json_object_get(body, "phone"));
 	r->email = json_string_value(json_object_get(body, "email"));
 	r->kind = ACCT_ID_INVALID;
+	int err = acct_body_members(body, MICA_BODY_FIELDS(acct_body_register_start_members), f);
+	if (err)
+		return err;
 	if (!!r->phone == !!r->email)
 		return mica_problemf(f, 400, "missing_field", "give exactly one of phone and email");
 	r->kind = acct_ident_parse(r->phone ? r->phone : r->email, r->norm, sizeof(r->norm));
@@ -549,6 +554,9 @@ static int device_of(json_t *body, char hash[65], const char **name, mica_proble
 	json_t *d = json_object_get(body, "device");
 	const char *id = json_string_value(json_object_get(d, "id"));
 	*name = json_string_value(json_object_get(d, "name"));
+	int err = acct_body_members(d, MICA_BODY_FIELDS(acct_body_device_members), f);
+	if (err)
+		return err;
 	if (!id || !*id || strlen(id) > 200)
 		return mica_problemf(f, 400, "bad_device", "device.id (1 to 200 characters) is required");
 	if (!*name)
@@ -567,6 +575,9 @@ int acct_register_complete_parse(json_t *body, struct acct_register_complete_req
 	r->code = json_string_value(json_object_get(body, "code"));
 	r->password = json_string_value(json_object_get(body, "password"));
 	r->policy = json_string_value(json_object_get(body, "password_policy"));
+	int err = acct_body_members(body, MICA_BODY_FIELDS(acct_body_register_complete_members), f);
+	if (err)
+		return err;
 	if (!r->verification_id || !r->code || !r->password)
 		return mica_problemf(f, 400, "missing_field",
 				  "verification_id, code and password are required");

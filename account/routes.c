@@ -9,25 +9,20 @@
 #include "clock.h"
 #include "log.h"
 
-static void reply_fail(mica_http_resp *resp, mica_problem *f)
+/* The session store (PostgreSQL, and Redis for the revocation tombstones)
+ * failed with |err|: 503 naming which, as every account 503 does. */
+static void store_unavailable(mica_http_resp *resp, int err)
 {
-	json_t *body;
-	if (!f->code)
-		mica_problemf(f, 500, "internal_error", "internal error");
-	body = json_pack("{s:{s:s,s:s}}", "error", "code", f->code, "message", f->msg);
-	if (f->extra) {
-		json_object_update(body, f->extra);
-		json_decref(f->extra);
-		f->extra = NULL;
-	}
-	mica_http_reply_json(resp, f->status, body);
+	mica_problem p = MICA_PROBLEM_INIT;
+	mica_problem_unavailable(&p, err == MICA_EKVCONN ? "redis" : "database");
+	mica_http_reply_problem(resp, &p);
 }
 
 static void finish(mica_http_resp *resp, int err, int ok_status, json_t *out, mica_problem *f)
 {
 	if (err || !out) {
 		json_decref(out);
-		reply_fail(resp, f);
+		mica_http_reply_problem(resp, f);
 		return;
 	}
 	mica_http_reply_json(resp, ok_status, out);
@@ -48,24 +43,24 @@ static int signed_in(acct_service *s, const mica_http_req *req, mica_http_resp *
 	if (err == MICA_EINVAL || err == MICA_EDENIED) {
 		mica_http_reply_error(resp, 401, "invalid_token",
 				      err == MICA_EINVAL
-					      ? "send Authorization: Bearer <session token>"
-					      : "the session is not active (revoked, expired or idle)");
+					  ? "send Authorization: Bearer <session token>"
+					  : "the session is not active (revoked, expired or idle)");
 		mica_http_add_header(resp, "WWW-Authenticate", "Bearer realm=\"mica\"");
 	} else {
-		mica_http_reply_error(resp, 503, "unavailable", "the session store is unavailable");
+		store_unavailable(resp, err);
 	}
 	return 0;
 }
 
-#define PUBLIC_FLOW(fn, call)                                                                    \
-	static void fn(const mica_http_req *req, mica_http_resp *resp, void *svc)                \
-	{                                                                                        \
-		acct_service *s = svc;                                                           \
-		mica_problem f = {0};                                                        \
-		json_t *out = NULL;                                                              \
-		(void)s;                                                                         \
-		int err = call;                                                                  \
-		finish(resp, err, 200, out, &f);                                                 \
+#define PUBLIC_FLOW(fn, call)                                                                      \
+	static void fn(const mica_http_req *req, mica_http_resp *resp, void *svc)                  \
+	{                                                                                          \
+		acct_service *s = svc;                                                             \
+		mica_problem f = {0};                                                              \
+		json_t *out = NULL;                                                                \
+		(void)s;                                                                           \
+		int err = call;                                                                    \
+		finish(resp, err, 200, out, &f);                                                   \
 	}
 
 PUBLIC_FLOW(h_register_start, acct_register_start(s, req->json, req->client_ip, &out, &f))
@@ -73,8 +68,7 @@ PUBLIC_FLOW(h_login, acct_login(s, req->json, req->client_ip, &out, &f))
 PUBLIC_FLOW(h_reset_start, acct_reset_start(s, req->json, req->client_ip, &out, &f))
 PUBLIC_FLOW(h_reset_complete, acct_reset_complete(s, req->json, &out, &f))
 PUBLIC_FLOW(h_stepup_send, acct_stepup_send(s, mica_http_param(req, "id"), req->json, &out, &f))
-PUBLIC_FLOW(h_stepup_verify,
-	    acct_stepup_verify(s, mica_http_param(req, "id"), req->json, &out, &f))
+PUBLIC_FLOW(h_stepup_verify, acct_stepup_verify(s, mica_http_param(req, "id"), req->json, &out, &f))
 
 static void h_register_complete(const mica_http_req *req, mica_http_resp *resp, void *svc)
 {
@@ -84,17 +78,17 @@ static void h_register_complete(const mica_http_req *req, mica_http_resp *resp, 
 	finish(resp, err, 201, out, &f);
 }
 
-#define SIGNED_IN(fn, call)                                                                      \
-	static void fn(const mica_http_req *req, mica_http_resp *resp, void *svc)                \
-	{                                                                                        \
-		acct_service *s = svc;                                                           \
-		struct acct_session sess;                                                        \
-		mica_problem f = {0};                                                        \
-		json_t *out = NULL;                                                              \
-		if (!signed_in(s, req, resp, &sess))                                             \
-			return;                                                                  \
-		int err = call;                                                                  \
-		finish(resp, err, 200, out, &f);                                                 \
+#define SIGNED_IN(fn, call)                                                                        \
+	static void fn(const mica_http_req *req, mica_http_resp *resp, void *svc)                  \
+	{                                                                                          \
+		acct_service *s = svc;                                                             \
+		struct acct_session sess;                                                          \
+		mica_problem f = {0};                                                              \
+		json_t *out = NULL;                                                                \
+		if (!signed_in(s, req, resp, &sess))                                               \
+			return;                                                                    \
+		int err = call;                                                                    \
+		finish(resp, err, 200, out, &f);                                                   \
 	}
 
 SIGNED_IN(h_me, acct_me(s, &sess, &out, &f))
@@ -109,7 +103,15 @@ SIGNED_IN(h_questions, acct_questions_set(s, &sess, req->json, &out, &f))
 SIGNED_IN(h_cross_device, acct_cross_device_set(s, &sess, req->json, &out, &f))
 SIGNED_IN(h_stepup_approve, acct_stepup_approve(s, &sess, mica_http_param(req, "id"), &out, &f))
 SIGNED_IN(h_delete, acct_delete(s, &sess, &out, &f))
-SIGNED_IN(h_sessions, acct_session_list(s, sess.user_id, sess.id, &out) ? acct_problem_dependency(&f, MICA_EDB, "the session store") : 0)
+
+/* The caller's sessions; a failure names the store's dependency. */
+static int session_list(acct_service *s, const struct acct_session *sess, json_t **out,
+			mica_problem *f)
+{
+	int err = acct_session_list(s, sess->user_id, sess->id, out);
+	return err ? acct_problem_dependency(f, err, "the session store") : 0;
+}
+SIGNED_IN(h_sessions, session_list(s, &sess, &out, &f))
 
 /* The session the bearer token names, as its holder may see it: nothing
  * but the token check (cache first, session.c), so it is also the cheapest
@@ -124,13 +126,13 @@ static void h_session_current(const mica_http_req *req, mica_http_resp *resp, vo
 	/* Formatted here rather than through jansson: this is the hottest route, and
 	 * every field is a number or one of the fixed kinds "app" and "web". */
 	char body[192];
-	int n = snprintf(body, sizeof(body),
-			 "{\"session_id\":%lld,\"kind\":\"%s\",\"auth_at\":%lld,\"expires_at\":%lld,"
-			 "\"recent_auth\":%s}",
-			 (long long)sess.id, strcmp(sess.kind, "web") == 0 ? "web" : "app",
-			 (long long)sess.auth_at, (long long)sess.expires_at,
-			 acct_auth_recent(s, &sess) ? "true"
-										   : "false");
+	int n =
+	    snprintf(body, sizeof(body),
+		     "{\"session_id\":%lld,\"kind\":\"%s\",\"auth_at\":%lld,\"expires_at\":%lld,"
+		     "\"recent_auth\":%s}",
+		     (long long)sess.id, strcmp(sess.kind, "web") == 0 ? "web" : "app",
+		     (long long)sess.auth_at, (long long)sess.expires_at,
+		     acct_auth_recent(s, &sess) ? "true" : "false");
 	mica_http_reply_raw(resp, 200, "application/json", strdup(body), (size_t)n);
 }
 
@@ -149,7 +151,8 @@ static void h_session_delete(const mica_http_req *req, mica_http_resp *resp, voi
 		return;
 	}
 	if (err) {
-		mica_http_reply_error(resp, 400, "bad_session_id", "session ids are positive integers");
+		mica_http_reply_error(resp, 400, "bad_session_id",
+				      "session ids are positive integers");
 		return;
 	}
 	err = acct_session_revoke(s, sess.user_id, id);
@@ -157,7 +160,7 @@ static void h_session_delete(const mica_http_req *req, mica_http_resp *resp, voi
 		mica_http_reply_error(resp, 404, "unknown_session", "no active session %lld",
 				      (long long)id);
 	else if (err)
-		mica_http_reply_error(resp, 503, "unavailable", "the session store is unavailable");
+		store_unavailable(resp, err);
 	else
 		mica_http_reply_json(resp, 200, json_pack("{s:b}", "revoked", 1));
 }
@@ -168,8 +171,9 @@ static void h_logout(const mica_http_req *req, mica_http_resp *resp, void *svc)
 	struct acct_session sess;
 	if (!signed_in(s, req, resp, &sess))
 		return;
-	if (acct_session_revoke(s, sess.user_id, sess.id) != 0)
-		mica_http_reply_error(resp, 503, "unavailable", "the session store is unavailable");
+	int err = acct_session_revoke(s, sess.user_id, sess.id);
+	if (err)
+		store_unavailable(resp, err);
 	else
 		mica_http_reply_json(resp, 200, json_pack("{s:b}", "revoked", 1));
 }
@@ -199,11 +203,13 @@ static void h_revoke_all(const mica_http_req *req, mica_http_resp *resp, void *s
 	int err = mica_body_fields(body, MICA_BODY_FIELDS(acct_body_revoke_all), v, &f);
 	json_decref(body);
 	if (err) {
-		reply_fail(resp, &f);
+		mica_http_reply_problem(resp, &f);
 		return;
 	}
-	if (!db || acct_session_revoke_all(s, db, sess.user_id, v[0].b ? sess.id : 0))
-		mica_http_reply_error(resp, 503, "unavailable", "the session store is unavailable");
+	err =
+	    db ? acct_session_revoke_all(s, db, sess.user_id, v[0].b ? sess.id : 0) : MICA_EDBCONN;
+	if (err)
+		store_unavailable(resp, err);
 	else
 		mica_http_reply_json(resp, 200, json_pack("{s:b}", "revoked", 1));
 }
@@ -231,11 +237,12 @@ static void h_introspect(const mica_http_req *req, mica_http_resp *resp, void *s
 		return;
 	}
 	if (mica_body_fields(req->json, MICA_BODY_FIELDS(acct_body_introspect), v, &f) != 0) {
-		reply_fail(resp, &f);
+		mica_http_reply_problem(resp, &f);
 		return;
 	}
-	if (acct_session_introspect(s, v[0].s, &out) != 0)
-		mica_http_reply_error(resp, 503, "unavailable", "the session store is unavailable");
+	int err = acct_session_introspect(s, v[0].s, &out);
+	if (err)
+		store_unavailable(resp, err);
 	else
 		mica_http_reply_json(resp, 200, out);
 }
@@ -246,31 +253,31 @@ static void h_introspect(const mica_http_req *req, mica_http_resp *resp, void *s
 #define J MICA_ROUTE_JSON
 #define B MICA_ROUTE_BLOCKING
 const mica_http_route acct_routes[] = {
-	{"POST", "/v1/register/start", h_register_start, J | B},
-	{"POST", "/v1/register/complete", h_register_complete, J | B},
-	{"POST", "/v1/login", h_login, J | B},
-	{"POST", "/v1/stepup/{id}/send", h_stepup_send, J | B},
-	{"POST", "/v1/stepup/{id}/verify", h_stepup_verify, J | B},
-	{"POST", "/v1/stepup/{id}/approve", h_stepup_approve, B},
-	{"POST", "/v1/password/reset/start", h_reset_start, J | B},
-	{"POST", "/v1/password/reset/complete", h_reset_complete, J | B},
-	{"POST", "/v1/password/change", h_password_change, J | B},
-	{"GET", "/v1/me", h_me, B},
-	{"GET", "/v1/session", h_session_current, 0},
-	{"GET", "/v1/sessions", h_sessions, B},
-	{"DELETE", "/v1/sessions/{id}", h_session_delete, B},
-	{"POST", "/v1/sessions/revoke-all", h_revoke_all, B},
-	{"POST", "/v1/logout", h_logout, B},
-	{"POST", "/v1/security/phone", h_phone_start, J | B},
-	{"POST", "/v1/security/phone/verify", h_phone_verify, J | B},
-	{"DELETE", "/v1/security/phone", h_phone_delete, B},
-	{"POST", "/v1/security/email", h_email_start, J | B},
-	{"POST", "/v1/security/email/verify", h_email_verify, J | B},
-	{"DELETE", "/v1/security/email", h_email_delete, B},
-	{"PUT", "/v1/security/questions", h_questions, J | B},
-	{"PUT", "/v1/security/cross-device", h_cross_device, J | B},
-	{"DELETE", "/v1/account", h_delete, B},
-	{"POST", "/v1/introspect", h_introspect, J | B | MICA_ROUTE_PEER},
+    {"POST", "/v1/register/start", h_register_start, J | B},
+    {"POST", "/v1/register/complete", h_register_complete, J | B},
+    {"POST", "/v1/login", h_login, J | B},
+    {"POST", "/v1/stepup/{id}/send", h_stepup_send, J | B},
+    {"POST", "/v1/stepup/{id}/verify", h_stepup_verify, J | B},
+    {"POST", "/v1/stepup/{id}/approve", h_stepup_approve, B},
+    {"POST", "/v1/password/reset/start", h_reset_start, J | B},
+    {"POST", "/v1/password/reset/complete", h_reset_complete, J | B},
+    {"POST", "/v1/password/change", h_password_change, J | B},
+    {"GET", "/v1/me", h_me, B},
+    {"GET", "/v1/session", h_session_current, 0},
+    {"GET", "/v1/sessions", h_sessions, B},
+    {"DELETE", "/v1/sessions/{id}", h_session_delete, B},
+    {"POST", "/v1/sessions/revoke-all", h_revoke_all, B},
+    {"POST", "/v1/logout", h_logout, B},
+    {"POST", "/v1/security/phone", h_phone_start, J | B},
+    {"POST", "/v1/security/phone/verify", h_phone_verify, J | B},
+    {"DELETE", "/v1/security/phone", h_phone_delete, B},
+    {"POST", "/v1/security/email", h_email_start, J | B},
+    {"POST", "/v1/security/email/verify", h_email_verify, J | B},
+    {"DELETE", "/v1/security/email", h_email_delete, B},
+    {"PUT", "/v1/security/questions", h_questions, J | B},
+    {"PUT", "/v1/security/cross-device", h_cross_device, J | B},
+    {"DELETE", "/v1/account", h_delete, B},
+    {"POST", "/v1/introspect", h_introspect, J | B | MICA_ROUTE_PEER},
 };
 #undef J
 #undef B

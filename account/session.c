@@ -44,6 +44,7 @@
 #include "kv.h"
 #include "kvcache.h"
 #include "log.h"
+#include "parse.h"
 
 #define TOMBSTONE_TTL 120
 /* Longest time a checked app session goes without a PostgreSQL round trip
@@ -335,15 +336,12 @@ static int parse_entry(const char *val, size_t len, time_t now, struct acct_sess
 	const char *sid = json_string_value(json_object_get(o, "session_id"));
 	const char *dev = json_string_value(json_object_get(o, "device_id"));
 	const char *kind = json_string_value(json_object_get(o, "kind"));
-	char *end;
-	long long id;
+	int64_t id;
 	int rc = MICA_ENOTFOUND;
 	if (json_is_integer(uid) && json_integer_value(uid) > 0 && json_is_integer(auth) &&
 	    json_is_integer(exp) && json_integer_value(exp) > (json_int_t)now && sid && dev &&
 	    strlen(dev) < sizeof(out->device_hash) && kind && strcmp(kind, "app") == 0) {
-		errno = 0;
-		id = strtoll(sid, &end, 10);
-		if (errno == 0 && end != sid && *end == '\0' && id > 0) {
+		if (mica_parse_int64(sid, 1, INT64_MAX, &id) == 0) {
 			memset(out, 0, sizeof(*out));
 			out->id = id;
 			out->user_id = (int64_t)json_integer_value(uid);

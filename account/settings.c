@@ -69,7 +69,14 @@ int acct_me(acct_service *s, const struct acct_session *sess, json_t **out, mica
 	json_object_set_new(*out, "password_policy", json_string(mica_db_get(res, 0, 7)));
 	json_object_set_new(*out, "password_changed_at", json_string(mica_db_get(res, 0, 8)));
 	json_object_set_new(*out, "created_at", json_string(mica_db_get(res, 0, 9)));
-	json_object_set_new(*out, "security_questions", json_integer(atoi(mica_db_get(res, 0, 10))));
+	int64_t questions = 0;
+	if (mica_db_get_int64(res, 0, 10, &questions) != 0) {
+		json_decref(*out);
+		*out = NULL;
+		PQclear(res);
+		return acct_problem_dependency(f, MICA_EDB, "the database");
+	}
+	json_object_set_new(*out, "security_questions", json_integer(questions));
 	PQclear(res);
 	return 0;
 }
@@ -341,12 +348,17 @@ int acct_questions_parse(json_t *body, mica_problem *f)
 {
 	json_t *list = json_object_get(body, "questions");
 	char norm[ACCT_ANSWER_NORM_CAP];
+	int err = acct_body_members(body, MICA_BODY_FIELDS(acct_body_questions_members), f);
+	if (err)
+		return err;
 	if (!json_is_array(list) || json_array_size(list) < 1 ||
 	    json_array_size(list) > ACCT_QUESTIONS_MAX)
 		return mica_problemf(f, 400, "bad_questions", "questions is an array of 1 to %d items",
 				  ACCT_QUESTIONS_MAX);
 	for (size_t i = 0; i < json_array_size(list); i++) {
 		json_t *item = json_array_get(list, i);
+		if ((err = acct_body_members(item, MICA_BODY_FIELDS(acct_body_question_members), f)))
+			return err;
 		const char *q = json_string_value(json_object_get(item, "question"));
 		const char *a = json_string_value(json_object_get(item, "answer"));
 		size_t n = 0;

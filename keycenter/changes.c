@@ -310,8 +310,11 @@ int kc_policy_active_document(kc_service *s, json_t **out)
 			   NULL, &res);
 	if (err == 0 && PQntuples(res) != 1)
 		err = MICA_ENOTFOUND;
+	int64_t version = 0;
 	if (err == 0)
-		*out = json_pack("{s:i,s:o}", "version", atoi(mica_db_get(res, 0, 0)), "document",
+		err = mica_db_get_int64(res, 0, 0, &version);
+	if (err == 0)
+		*out = json_pack("{s:I,s:o}", "version", (json_int_t)version, "document",
 				 json_loads(mica_db_get(res, 0, 1), 0, NULL));
 	PQclear(res);
 	return err || *out ? err : MICA_ENOMEM;

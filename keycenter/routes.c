@@ -905,10 +905,15 @@ static void h_audit(const mica_http_req *req, mica_http_resp *resp, void *svc)
 						   "hash"};
 		for (int k = 0; k < 10; k++) {
 			const char *v = mica_db_get(res, r, k);
+			int64_t n = 0;
+			/* seq, ts_us and key_version are integers; a value that
+			 * does not parse is shown as null rather than as 0. */
+			int numeric = k == 0 || k == 1 || k == 6;
 			json_object_set_new(o, cols[k],
 					    !v ? json_null()
-					    : (k == 0 || k == 1 || k == 6) ? json_integer(strtoll(v, NULL, 10))
-									   : json_string(v));
+					    : !numeric ? json_string(v)
+					    : mica_db_get_int64(res, r, k, &n) == 0 ? json_integer(n)
+										 : json_null());
 		}
 		json_array_append_new(list, o);
 	}

@@ -20,6 +20,7 @@
 
 #include "crypto.h"
 #include "log.h"
+#include "parse.h"
 #include "thread.h"
 
 #define PREP_BUCKETS 128
@@ -860,13 +861,7 @@ int mica_db_get_int64(const PGresult *res, int row, int col, int64_t *out)
 	const char *v = mica_db_get(res, row, col);
 	if (!v)
 		return MICA_ENOTFOUND;
-	char *end = NULL;
-	errno = 0;
-	long long x = strtoll(v, &end, 10);
-	if (errno || end == v || *end)
-		return MICA_EINVAL;
-	*out = (int64_t)x;
-	return 0;
+	return mica_parse_int64(v, INT64_MIN, INT64_MAX, out);
 }
 
 /* ---- LISTEN/NOTIFY --------------------------------------------------- */

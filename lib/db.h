@@ -161,8 +161,10 @@ const char *mica_db_errmsg(const mica_db *db);
  * out-of-range position. Borrowed from |res|. */
 const char *mica_db_get(const PGresult *res, int row, int col);
 
-/* Parses the value at |row|, |col| as a decimal int64 into *out. Returns 0,
- * MICA_ENOTFOUND (NULL or out of range) or MICA_EINVAL (not an integer). */
+/* Parses the value at |row|, |col| as a decimal int64 into *out
+ * (mica_parse_int64() rules). Returns 0, MICA_ENOTFOUND (NULL, or no such
+ * row or column), MICA_EINVAL (not an integer) or MICA_ERANGE (beyond
+ * int64). */
 MICA_WUR int mica_db_get_int64(const PGresult *res, int row, int col, int64_t *out);
 
 /* |conninfo| with password='|password|' appended in libpq's quoting (a copy

@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "parse.h"
 
 #define MAX_BATCH 10000
 
@@ -213,8 +214,9 @@ int mica_outbox_prune(mica_db *db, int min_age_seconds, int64_t *deleted)
 			 1, params, &res);
 	if (rc)
 		return rc;
-	if (deleted)
-		*deleted = strtoll(PQcmdTuples(res), NULL, 10);
+	/* The command tag's row count ("DELETE n"): digits from the server. */
+	if (deleted && mica_parse_int64(PQcmdTuples(res), 0, INT64_MAX, deleted) != 0)
+		*deleted = 0;
 	PQclear(res);
 	return 0;
 }
