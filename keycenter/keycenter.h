@@ -159,12 +159,12 @@ int kc_audit_mac_key(kc_service *s, uint8_t key[32]) MICA_WUR;
 
 /* ---- unseal.c: the sealed Key Center ------------------------------------ */
 
-/* Outcome of one share submission: the HTTP status, and either an error
- * code with its message or a JSON body (owned by the caller). */
+/* Outcome of one share submission: the HTTP status, and either a problem
+ * (why.code set; its status is |status|) or a JSON body (owned by the
+ * caller). */
 struct kc_unseal_reply {
 	int status;
-	const char *code; /* NULL on success */
-	char msg[256];
+	mica_problem why; /* why.code NULL on success */
 	json_t *body;
 };
 

@@ -14,12 +14,13 @@
 
 #define PREFIX "kc:v"
 
-static int fail(struct kc_why *why, int err, const char *code, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
+static int fail(mica_problem *why, int err, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
-static int fail(struct kc_why *why, int err, const char *code, const char *fmt, ...)
+static int fail(mica_problem *why, int err, const char *code, const char *fmt, ...)
 {
 	va_list ap;
+	why->status = mica_http_status(err);
 	why->code = code;
 	va_start(ap, fmt);
 	vsnprintf(why->msg, sizeof(why->msg), fmt, ap);
@@ -27,7 +28,7 @@ static int fail(struct kc_why *why, int err, const char *code, const char *fmt, 
 	return err;
 }
 
-int kc_context_canonical(const json_t *ctx, char **out, size_t *len, struct kc_why *why)
+int kc_context_canonical(const json_t *ctx, char **out, size_t *len, mica_problem *why)
 {
 	const char *k;
 	json_t *v;
@@ -92,7 +93,7 @@ int kc_ciphertext_parse(const char *text, size_t len, uint32_t *version, uint8_t
 
 int kc_op_encrypt(kc_service *s, const char *name, uint32_t version, const uint8_t *pt,
 		  size_t pt_len, const char *ctx, size_t ctx_len, char **ciphertext,
-		  uint32_t *used_version, struct kc_why *why)
+		  uint32_t *used_version, mica_problem *why)
 {
 	uint8_t key[32], *env = NULL;
 	size_t env_len = 0;
@@ -104,7 +105,8 @@ int kc_op_encrypt(kc_service *s, const char *name, uint32_t version, const uint8
 	if (err) {
 		if (err == MICA_ENOTFOUND)
 			fail(why, err, version ? "unknown_version" : "unknown_key",
-			     version ? "key %s has no version %u" : "no key named %s", name, version);
+			     version ? "key %s has no version %u" : "no key named %s", name,
+			     version);
 		goto out;
 	}
 	if (version && info.min_encryption && version < info.min_encryption) {
@@ -113,8 +115,8 @@ int kc_op_encrypt(kc_service *s, const char *name, uint32_t version, const uint8
 			   info.min_encryption);
 		goto out;
 	}
-	err = mica_envelope_seal(key, (size_t)bits / 8, name, *used_version, ctx, ctx_len, pt, pt_len,
-				 &env, &env_len);
+	err = mica_envelope_seal(key, (size_t)bits / 8, name, *used_version, ctx, ctx_len, pt,
+				 pt_len, &env, &env_len);
 	if (err == MICA_ETOOBIG)
 		fail(why, err, "plaintext_too_large", "plaintext too large");
 	if (!err)
@@ -127,7 +129,7 @@ out:
 
 int kc_op_decrypt(kc_service *s, const char *name, const char *ciphertext, const char *ctx,
 		  size_t ctx_len, uint8_t **pt, size_t *pt_len, uint32_t *version,
-		  struct kc_why *why)
+		  mica_problem *why)
 {
 	uint8_t key[32], *blob = NULL;
 	size_t blob_len = 0;
@@ -150,8 +152,8 @@ int kc_op_decrypt(kc_service *s, const char *name, const char *ciphertext, const
 		goto out;
 	}
 	if ((err = mica_envelope_parse(blob, blob_len, &env)) != 0) {
-		fail(why, err, "malformed_ciphertext", "the ciphertext is not a key center envelope: %s",
-		     mica_strerror(err));
+		fail(why, err, "malformed_ciphertext",
+		     "the ciphertext is not a key center envelope: %s", mica_strerror(err));
 		goto out;
 	}
 	if (env.key_version != *version || env.key_name_len != strlen(name) ||
@@ -163,7 +165,8 @@ int kc_op_decrypt(kc_service *s, const char *name, const char *ciphertext, const
 	err = kc_key_material(s, name, *version, key, &bits, &used, &info);
 	if (err) {
 		if (err == MICA_ENOTFOUND)
-			fail(why, err, "unknown_version", "key %s has no version %u", name, *version);
+			fail(why, err, "unknown_version", "key %s has no version %u", name,
+			     *version);
 		goto out;
 	}
 	if (*version < info.min_decryption) {
@@ -175,7 +178,8 @@ int kc_op_decrypt(kc_service *s, const char *name, const char *ciphertext, const
 	err = mica_envelope_open(key, (size_t)bits / 8, ctx, ctx_len, blob, blob_len, pt, pt_len);
 	if (err == MICA_EAUTH)
 		fail(why, err, "decryption_failed",
-		     "the ciphertext does not decrypt under this context (wrong context or tampered)");
+		     "the ciphertext does not decrypt under this context (wrong context or "
+		     "tampered)");
 out:
 	mica_wipe(key, sizeof(key));
 	free(blob);
@@ -183,7 +187,7 @@ out:
 }
 
 int kc_op_hmac(kc_service *s, const char *name, uint32_t version, const uint8_t *input,
-	       size_t input_len, char **mac_out, uint32_t *used_version, struct kc_why *why)
+	       size_t input_len, char **mac_out, uint32_t *used_version, mica_problem *why)
 {
 	uint8_t key[32], hkey[32], mac[32];
 	char info_str[KC_NAME_MAX + 32];
@@ -194,7 +198,8 @@ int kc_op_hmac(kc_service *s, const char *name, uint32_t version, const uint8_t 
 	if (err) {
 		if (err == MICA_ENOTFOUND)
 			fail(why, err, version ? "unknown_version" : "unknown_key",
-			     version ? "key %s has no version %u" : "no key named %s", name, version);
+			     version ? "key %s has no version %u" : "no key named %s", name,
+			     version);
 		goto out;
 	}
 	/* A separate key for HMAC, so the same material never serves two
@@ -209,36 +214,4 @@ out:
 	mica_wipe(key, sizeof(key));
 	mica_wipe(hkey, sizeof(hkey));
 	return err;
-}
-
-int kc_http_status(int err, struct kc_why *why)
-{
-	if (!why->code) {
-		why->code = mica_strerror(err);
-		snprintf(why->msg, sizeof(why->msg), "%s", mica_errmsg(err));
-	}
-	switch (err) {
-	case MICA_EINVAL:
-	case MICA_EBADHEADER:
-	case MICA_EBADENCODING:
-	case MICA_EBADVERSION:
-	case MICA_ETRUNCATED:
-	case MICA_EAUTH:
-		return 400;
-	case MICA_EDENIED:
-		return 403;
-	case MICA_ENOTFOUND:
-		return 404;
-	case MICA_EEXISTS:
-	case MICA_ESTATE:
-		return 409;
-	case MICA_ETOOBIG:
-		return 413;
-	case MICA_EDBCONN:
-	case MICA_EHSM:
-	case MICA_EAUDIT:
-		return 503;
-	default:
-		return 500;
-	}
 }

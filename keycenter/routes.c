@@ -16,6 +16,7 @@
 #include <sys/time.h>
 #include <time.h>
 
+#include "body.h"
 #include "clock.h"
 #include "crypto.h"
 #include "db.h"
@@ -29,9 +30,9 @@ struct call {
 	mica_http_resp *resp;
 	enum kc_op op;
 	const char *key;
-	int version;           /* key version the call used, -1 if none */
-	char ctx_hash[65];     /* SHA-256 hex of the canonical context(s), "" if none */
-	EVP_MD_CTX *ctx_sha;   /* created by the first add_context() */
+	int version;	     /* key version the call used, -1 if none */
+	char ctx_hash[65];   /* SHA-256 hex of the canonical context(s), "" if none */
+	EVP_MD_CTX *ctx_sha; /* created by the first add_context() */
 	kc_policy *policy;
 };
 
@@ -133,9 +134,8 @@ static void on_recorded(void *arg, int rc, uint64_t seq)
 	struct pending *p = arg;
 	(void)seq;
 	if (rc) {
-		kc_audit_record rec = {.principal = p->principal,
-				       .op = p->op,
-				       .key_name = p->key[0] ? p->key : NULL};
+		kc_audit_record rec = {
+		    .principal = p->principal, .op = p->op, .key_name = p->key[0] ? p->key : NULL};
 		audit_failed(p->s, p->resp, &rec, rc);
 	}
 	mica_http_finish(p->deferred);
@@ -192,24 +192,38 @@ static void reply(struct call *c, int status, json_t *body)
 }
 
 static void reply_error(struct call *c, int status, const char *code, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
+    __attribute__((format(printf, 4, 5)));
 
-static void reply_error(struct call *c, int status, const char *code, const char *fmt, ...)
+/* Every error of a call goes out here: the problem as the reply
+ * (mica_http_reply_problem), audited with its code as the result. */
+static void reply_problem(struct call *c, mica_problem *p)
 {
-	char msg[256];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	mica_http_reply_error(c->resp, status, code, "%s", msg);
-	answer(c, code, status == 403);
+	const char *code = p->code ? p->code : "internal_error"; /* static */
+	int denied = p->status == 403;
+	mica_http_reply_problem(c->resp, p);
+	answer(c, code, denied);
 	done(c);
 }
 
-static void reply_why(struct call *c, int err, struct kc_why *why)
+static void reply_error(struct call *c, int status, const char *code, const char *fmt, ...)
 {
-	int status = kc_http_status(err, why);
-	reply_error(c, status, why->code, "%s", why->msg);
+	mica_problem p = MICA_PROBLEM_INIT;
+	va_list ap;
+	p.status = status;
+	p.code = code;
+	va_start(ap, fmt);
+	vsnprintf(p.msg, sizeof(p.msg), fmt, ap);
+	va_end(ap);
+	reply_problem(c, &p);
+}
+
+/* The call failed with |err|: |why| when the operation described it, else
+ * the error as the MICA_ERRNO_MAP table says. */
+static void reply_why(struct call *c, int err, mica_problem *why)
+{
+	if (!why->code)
+		mica_problem_from_err(why, err, NULL);
+	reply_problem(c, why);
 }
 
 /* The policy decision. Returns 1 when allowed; otherwise the call has been
@@ -244,12 +258,13 @@ static int allow(struct call *c)
 static int valid_name(const char *n)
 {
 	size_t l = n ? strlen(n) : 0;
-	if (l < 1 || l > KC_NAME_MAX || !((n[0] >= 'a' && n[0] <= 'z') || (n[0] >= '0' && n[0] <= '9')))
+	if (l < 1 || l > KC_NAME_MAX ||
+	    !((n[0] >= 'a' && n[0] <= 'z') || (n[0] >= '0' && n[0] <= '9')))
 		return 0;
 	for (size_t i = 0; i < l; i++) {
 		char ch = n[i];
-		if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' ||
-		      ch == '-'))
+		if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '.' ||
+		      ch == '_' || ch == '-'))
 			return 0;
 	}
 	return 1;
@@ -259,14 +274,35 @@ static json_t *info_json(const struct kc_key_info *i)
 {
 	json_t *versions = json_array();
 	for (uint32_t v = 1; v <= i->latest; v++)
-		json_array_append_new(versions, json_pack("{s:i,s:b}", "version", (int)v, "decryptable",
-							  v >= i->min_decryption));
+		json_array_append_new(versions, json_pack("{s:i,s:b}", "version", (int)v,
+							  "decryptable", v >= i->min_decryption));
 	return json_pack("{s:s,s:s,s:s,s:i,s:i,s:i,s:b,s:o}", "name", i->name, "type", i->type,
 			 "owner", i->owner, "latest_version", (int)i->latest,
 			 "min_decryption_version", (int)i->min_decryption, "min_encryption_version",
-			 (int)i->min_encryption, "deletion_allowed", i->deletion_allowed, "versions",
-			 versions);
+			 (int)i->min_encryption, "deletion_allowed", i->deletion_allowed,
+			 "versions", versions);
 }
+
+/* The members a body may hold (lib/body.h); their values are checked by
+ * the handlers, with their own codes. Returns 1, or answers 400
+ * unknown_field (audited) and returns 0. */
+static int body_ok(struct call *c, const mica_body_field *members, size_t n)
+{
+	mica_problem p = MICA_PROBLEM_INIT;
+	int err = mica_body_fields(c->req->json, members, n, NULL, &p);
+	if (err)
+		reply_why(c, err, &p);
+	return err == 0;
+}
+
+static const mica_body_field key_create_members[] = {{"type", MICA_BODY_ANY, false, 0},
+						     {"owner", MICA_BODY_ANY, false, 0}};
+static const mica_body_field key_config_members[] = {
+    {"min_decryption_version", MICA_BODY_ANY, false, 0},
+    {"min_encryption_version", MICA_BODY_ANY, false, 0},
+    {"deletion_allowed", MICA_BODY_ANY, false, 0}};
+static const mica_body_field policy_members[] = {{"document", MICA_BODY_ANY, false, 0}};
+static const mica_body_field unseal_members[] = {{"share", MICA_BODY_ANY, false, 0}};
 
 /* ---- key management ---------------------------------------------------------- */
 
@@ -276,20 +312,23 @@ static void h_key_create(const mica_http_req *req, mica_http_resp *resp, void *s
 	const char *type = json_string_value(json_object_get(req->json, "type"));
 	const char *owner = json_string_value(json_object_get(req->json, "owner"));
 	struct kc_key_info info;
-	struct kc_why why = {0};
+	mica_problem why = MICA_PROBLEM_INIT;
 	int err;
 
-	if (!allow(&c))
+	if (!allow(&c) || !body_ok(&c, MICA_BODY_FIELDS(key_create_members)))
 		return;
 	if (!valid_name(c.key))
-		return reply_error(&c, 400, "bad_key_name",
-				   "key names are 1-64 of a-z 0-9 . _ - starting with a letter or digit");
+		return reply_error(
+		    &c, 400, "bad_key_name",
+		    "key names are 1-64 of a-z 0-9 . _ - starting with a letter or digit");
 	if (!type)
 		type = "aes256-gcm";
 	if (strcmp(type, "aes256-gcm") != 0 && strcmp(type, "aes128-gcm") != 0)
-		return reply_error(&c, 400, "bad_key_type", "type must be aes256-gcm or aes128-gcm");
+		return reply_error(&c, 400, "bad_key_type",
+				   "type must be aes256-gcm or aes128-gcm");
 	if (!owner || !valid_name(owner) || strlen(owner) > KC_SERVICE_MAX || strchr(owner, '.'))
-		return reply_error(&c, 400, "bad_owner", "owner must name the service that owns the key");
+		return reply_error(&c, 400, "bad_owner",
+				   "owner must name the service that owns the key");
 	if (!attempt(&c))
 		return;
 	err = kc_key_create(c.s, c.key, type, owner, &info);
@@ -305,7 +344,7 @@ static void h_key_get(const mica_http_req *req, mica_http_resp *resp, void *svc)
 {
 	struct call c = begin(svc, req, resp, KC_OP_KEY_READ);
 	struct kc_key_info info;
-	struct kc_why why = {0};
+	mica_problem why = MICA_PROBLEM_INIT;
 	int err;
 	if (!allow(&c))
 		return;
@@ -320,7 +359,7 @@ static void h_key_rotate(const mica_http_req *req, mica_http_resp *resp, void *s
 {
 	struct call c = begin(svc, req, resp, KC_OP_KEY_ROTATE);
 	struct kc_key_info info;
-	struct kc_why why = {0};
+	mica_problem why = MICA_PROBLEM_INIT;
 	int err;
 	if (!allow(&c))
 		return;
@@ -351,11 +390,11 @@ static void h_key_config(const mica_http_req *req, mica_http_resp *resp, void *s
 {
 	struct call c = begin(svc, req, resp, KC_OP_KEY_CONFIG);
 	struct kc_key_info info;
-	struct kc_why why = {0};
+	mica_problem why = MICA_PROBLEM_INIT;
 	long mindec, minenc;
 	json_t *del = json_object_get(req->json, "deletion_allowed");
 	int err;
-	if (!allow(&c))
+	if (!allow(&c) || !body_ok(&c, MICA_BODY_FIELDS(key_config_members)))
 		return;
 	if (opt_int(req->json, "min_decryption_version", &mindec) ||
 	    opt_int(req->json, "min_encryption_version", &minenc))
@@ -380,7 +419,7 @@ static void h_key_delete(const mica_http_req *req, mica_http_resp *resp, void *s
 {
 	struct call c = begin(svc, req, resp, KC_OP_KEY_DELETE_REQUEST);
 	struct kc_key_info info;
-	struct kc_why why = {0};
+	mica_problem why = MICA_PROBLEM_INIT;
 	json_t *out = NULL;
 	int err;
 	if (!allow(&c))
@@ -412,25 +451,22 @@ static int items_of(struct call *c, json_t **items, int *batch)
 		return 1;
 	}
 	if (!json_is_array(bi) || json_array_size(bi) == 0) {
-		reply_error(c, 400, "bad_batch", "batch_input must be a non-empty array of objects");
+		reply_error(c, 400, "bad_batch",
+			    "batch_input must be a non-empty array of objects");
 		return -1;
 	}
 	if (json_array_size(bi) > (size_t)c->s->cfg->max_batch_items) {
-		reply_error(c, 413, "batch_too_large", "batch_input holds %zu items; the limit is %d",
-			    json_array_size(bi), c->s->cfg->max_batch_items);
+		reply_error(c, 413, "batch_too_large",
+			    "batch_input holds %zu items; the limit is %d", json_array_size(bi),
+			    c->s->cfg->max_batch_items);
 		return -1;
 	}
 	*items = json_incref(bi);
 	return (int)json_array_size(bi);
 }
 
-static json_t *item_error(const char *code, const char *msg)
-{
-	return json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg);
-}
-
 /* Canonical context of |item|, hashed into the audit record. */
-static int item_context(struct call *c, json_t *item, char **canon, size_t *len, struct kc_why *why)
+static int item_context(struct call *c, json_t *item, char **canon, size_t *len, mica_problem *why)
 {
 	int err = kc_context_canonical(json_object_get(item, "context"), canon, len, why);
 	if (err == 0)
@@ -439,37 +475,47 @@ static int item_context(struct call *c, json_t *item, char **canon, size_t *len,
 }
 
 static int decode_b64_field(json_t *item, const char *field, uint8_t **out, size_t *len,
-			    struct kc_why *why)
+			    mica_problem *why)
 {
 	const char *v = json_string_value(json_object_get(item, field));
 	if (!v) {
-		why->code = "missing_field";
-		snprintf(why->msg, sizeof(why->msg), "%s (base64 string) is required", field);
+		mica_problemf(why, 400, "missing_field", "%s (base64 string) is required", field);
 		return MICA_EINVAL;
 	}
 	if (mica_base64_decode_alloc(v, strlen(v), out, len) != 0) {
-		why->code = "bad_base64";
-		snprintf(why->msg, sizeof(why->msg), "%s is not valid base64", field);
+		mica_problemf(why, 400, "bad_base64", "%s is not valid base64", field);
 		return MICA_EBADENCODING;
 	}
 	return 0;
 }
 
 /* Runs |one| over every item; single requests answer with the item's result
- * or error, batches with batch_results. */
-typedef int (*item_fn)(struct call *c, json_t *item, json_t **result, struct kc_why *why);
+ * or error, batches with batch_results. |members| lists what a body may
+ * hold: batch_input first, then the members of one item, which is all a
+ * batch item may hold (lib/body.h: anything else is unknown_field, for the
+ * whole request or for that item). */
+typedef int (*item_fn)(struct call *c, json_t *item, json_t **result, mica_problem *why);
 
-static void run_items(struct call *c, item_fn one)
+static void run_items(struct call *c, item_fn one, const mica_body_field *members, size_t nmembers)
 {
 	json_t *items = NULL, *results;
+	mica_problem bad = MICA_PROBLEM_INIT;
+	int err = mica_body_fields(c->req->json, members, nmembers, NULL, &bad);
+	if (err)
+		return reply_why(c, err, &bad);
 	int batch, n = items_of(c, &items, &batch);
 	if (n < 0)
 		return;
 	results = json_array();
 	for (int i = 0; i < n; i++) {
-		struct kc_why why = {0};
+		mica_problem why = MICA_PROBLEM_INIT;
 		json_t *r = NULL;
-		int err = one(c, json_array_get(items, (size_t)i), &r, &why);
+		json_t *item = json_array_get(items, (size_t)i);
+		err = json_is_object(item)
+			  ? mica_body_fields(item, members + 1, nmembers - 1, NULL, &why)
+			  : 0;
+		if (!err)
+			err = one(c, item, &r, &why);
 		if (err == MICA_EWOULDBLOCK) {
 			/* The key must be loaded, which an event thread does not
 			 * wait for: the whole request starts again on the
@@ -481,7 +527,8 @@ static void run_items(struct call *c, item_fn one)
 				done(c);
 			else
 				reply_error(c, 500, "internal_error",
-					    "key %s is not loaded and no thread may load it", c->key);
+					    "key %s is not loaded and no thread may load it",
+					    c->key);
 			return;
 		}
 		if (err && !batch) {
@@ -490,8 +537,10 @@ static void run_items(struct call *c, item_fn one)
 			return reply_why(c, err, &why);
 		}
 		if (err) {
-			kc_http_status(err, &why);
-			r = item_error(why.code, why.msg);
+			if (!why.code)
+				mica_problem_from_err(&why, err, NULL);
+			r = mica_problem_json(&why);
+			mica_problem_cleanup(&why);
 		}
 		json_array_append_new(results, r);
 	}
@@ -505,7 +554,7 @@ static void run_items(struct call *c, item_fn one)
 	}
 }
 
-static int one_encrypt(struct call *c, json_t *item, json_t **result, struct kc_why *why)
+static int one_encrypt(struct call *c, json_t *item, json_t **result, mica_problem *why)
 {
 	uint8_t *pt = NULL;
 	size_t pl = 0, cl = 0;
@@ -516,8 +565,7 @@ static int one_encrypt(struct call *c, json_t *item, json_t **result, struct kc_
 	if (!err)
 		err = item_context(c, item, &canon, &cl, why);
 	if (!err && opt_int(item, "key_version", &kv) != 0) {
-		why->code = "bad_version";
-		snprintf(why->msg, sizeof(why->msg), "key_version must be a positive integer");
+		mica_problemf(why, 400, "bad_version", "key_version must be a positive integer");
 		err = MICA_EINVAL;
 	}
 	if (!err)
@@ -536,14 +584,14 @@ static int one_encrypt(struct call *c, json_t *item, json_t **result, struct kc_
 	return err;
 }
 
-static void note_below_minimum(struct call *c, int err, struct kc_why *why, uint32_t version)
+static void note_below_minimum(struct call *c, int err, mica_problem *why, uint32_t version)
 {
 	if (err == MICA_EDENIED && why->code && strcmp(why->code, "version_below_minimum") == 0)
 		kc_alert(c->s, "decrypt_below_min_version", c->req->peer, c->key,
 			 json_pack("{s:i}", "version", (int)version));
 }
 
-static int one_decrypt(struct call *c, json_t *item, json_t **result, struct kc_why *why)
+static int one_decrypt(struct call *c, json_t *item, json_t **result, mica_problem *why)
 {
 	const char *ct = json_string_value(json_object_get(item, "ciphertext"));
 	uint8_t *pt = NULL;
@@ -552,8 +600,8 @@ static int one_decrypt(struct call *c, json_t *item, json_t **result, struct kc_
 	uint32_t version = 0;
 	int err;
 	if (!ct) {
-		why->code = "missing_field";
-		snprintf(why->msg, sizeof(why->msg), "ciphertext (kc:v<version>:...) is required");
+		mica_problemf(why, 400, "missing_field",
+			      "ciphertext (kc:v<version>:...) is required");
 		return MICA_EINVAL;
 	}
 	if ((err = item_context(c, item, &canon, &cl, why)) != 0)
@@ -578,7 +626,7 @@ static int one_decrypt(struct call *c, json_t *item, json_t **result, struct kc_
 	return err;
 }
 
-static int one_rewrap(struct call *c, json_t *item, json_t **result, struct kc_why *why)
+static int one_rewrap(struct call *c, json_t *item, json_t **result, mica_problem *why)
 {
 	const char *ct = json_string_value(json_object_get(item, "ciphertext"));
 	uint8_t *pt = NULL;
@@ -587,8 +635,8 @@ static int one_rewrap(struct call *c, json_t *item, json_t **result, struct kc_w
 	uint32_t version = 0, used = 0;
 	int err;
 	if (!ct) {
-		why->code = "missing_field";
-		snprintf(why->msg, sizeof(why->msg), "ciphertext (kc:v<version>:...) is required");
+		mica_problemf(why, 400, "missing_field",
+			      "ciphertext (kc:v<version>:...) is required");
 		return MICA_EINVAL;
 	}
 	if ((err = item_context(c, item, &canon, &cl, why)) != 0)
@@ -610,7 +658,7 @@ static int one_rewrap(struct call *c, json_t *item, json_t **result, struct kc_w
 	return err;
 }
 
-static int one_datakey(struct call *c, json_t *item, json_t **result, struct kc_why *why,
+static int one_datakey(struct call *c, json_t *item, json_t **result, mica_problem *why,
 		       int with_plaintext)
 {
 	json_t *bits_j = json_object_get(item, "bits");
@@ -621,22 +669,22 @@ static int one_datakey(struct call *c, json_t *item, json_t **result, struct kc_
 	uint32_t used = 0;
 	int err;
 	if ((bits_j && !json_is_integer(bits_j)) || (bits != 128 && bits != 256)) {
-		why->code = "bad_bits";
-		snprintf(why->msg, sizeof(why->msg), "bits must be 128 or 256");
+		mica_problemf(why, 400, "bad_bits", "bits must be 128 or 256");
 		return MICA_EINVAL;
 	}
 	if ((err = item_context(c, item, &canon, &cl, why)) != 0)
 		return err;
 	if ((err = mica_random(dk, (size_t)bits / 8)) != 0)
 		goto out;
-	if ((err = kc_op_encrypt(c->s, c->key, 0, dk, (size_t)bits / 8, canon, cl, &ct, &used, why)))
+	if ((err =
+		 kc_op_encrypt(c->s, c->key, 0, dk, (size_t)bits / 8, canon, cl, &ct, &used, why)))
 		goto out;
 	c->version = (int)used;
 	if (with_plaintext) {
 		if ((err = mica_base64_encode_alloc(dk, (size_t)bits / 8, &b64, &bl)) != 0)
 			goto out;
-		*result = json_pack("{s:s,s:s,s:i}", "plaintext", b64, "ciphertext", ct, "key_version",
-				    (int)used);
+		*result = json_pack("{s:s,s:s,s:i}", "plaintext", b64, "ciphertext", ct,
+				    "key_version", (int)used);
 	} else {
 		*result = json_pack("{s:s,s:i}", "ciphertext", ct, "key_version", (int)used);
 	}
@@ -651,17 +699,17 @@ out:
 	return err;
 }
 
-static int one_datakey_plain(struct call *c, json_t *item, json_t **result, struct kc_why *why)
+static int one_datakey_plain(struct call *c, json_t *item, json_t **result, mica_problem *why)
 {
 	return one_datakey(c, item, result, why, 1);
 }
 
-static int one_datakey_wrapped(struct call *c, json_t *item, json_t **result, struct kc_why *why)
+static int one_datakey_wrapped(struct call *c, json_t *item, json_t **result, mica_problem *why)
 {
 	return one_datakey(c, item, result, why, 0);
 }
 
-static int one_hmac(struct call *c, json_t *item, json_t **result, struct kc_why *why)
+static int one_hmac(struct call *c, json_t *item, json_t **result, mica_problem *why)
 {
 	uint8_t *in = NULL;
 	size_t il = 0;
@@ -670,8 +718,7 @@ static int one_hmac(struct call *c, json_t *item, json_t **result, struct kc_why
 	long kv;
 	int err = decode_b64_field(item, "input", &in, &il, why);
 	if (!err && opt_int(item, "key_version", &kv) != 0) {
-		why->code = "bad_version";
-		snprintf(why->msg, sizeof(why->msg), "key_version must be a positive integer");
+		mica_problemf(why, 400, "bad_version", "key_version must be a positive integer");
 		err = MICA_EINVAL;
 	}
 	if (!err)
@@ -688,19 +735,33 @@ static int one_hmac(struct call *c, json_t *item, json_t **result, struct kc_why
 	return err;
 }
 
-#define CRYPTO_HANDLER(fn, op, one)                                                               \
-	static void fn(const mica_http_req *req, mica_http_resp *resp, void *svc)                 \
-	{                                                                                         \
-		struct call c = begin(svc, req, resp, op);                                         \
-		if (allow(&c))                                                                    \
-			run_items(&c, one);                                                       \
+/* The members of each crypto body: batch_input, then an item's (their
+ * values are checked by the one_* functions, with their own codes). */
+#define ANY(name)                                                                                  \
+	{                                                                                          \
+		name, MICA_BODY_ANY, false, 0                                                      \
 	}
-CRYPTO_HANDLER(h_encrypt, KC_OP_ENCRYPT, one_encrypt)
-CRYPTO_HANDLER(h_decrypt, KC_OP_DECRYPT, one_decrypt)
-CRYPTO_HANDLER(h_rewrap, KC_OP_REWRAP, one_rewrap)
-CRYPTO_HANDLER(h_datakey_plain, KC_OP_DATAKEY, one_datakey_plain)
-CRYPTO_HANDLER(h_datakey_wrapped, KC_OP_DATAKEY, one_datakey_wrapped)
-CRYPTO_HANDLER(h_hmac, KC_OP_HMAC, one_hmac)
+static const mica_body_field encrypt_members[] = {ANY("batch_input"), ANY("plaintext"),
+						  ANY("context"), ANY("key_version")};
+static const mica_body_field decrypt_members[] = {ANY("batch_input"), ANY("ciphertext"),
+						  ANY("context")};
+static const mica_body_field datakey_members[] = {ANY("batch_input"), ANY("bits"), ANY("context")};
+static const mica_body_field hmac_members[] = {ANY("batch_input"), ANY("input"),
+					       ANY("key_version")};
+
+#define CRYPTO_HANDLER(fn, op, one, members)                                                       \
+	static void fn(const mica_http_req *req, mica_http_resp *resp, void *svc)                  \
+	{                                                                                          \
+		struct call c = begin(svc, req, resp, op);                                         \
+		if (allow(&c))                                                                     \
+			run_items(&c, one, MICA_BODY_FIELDS(members));                             \
+	}
+CRYPTO_HANDLER(h_encrypt, KC_OP_ENCRYPT, one_encrypt, encrypt_members)
+CRYPTO_HANDLER(h_decrypt, KC_OP_DECRYPT, one_decrypt, decrypt_members)
+CRYPTO_HANDLER(h_rewrap, KC_OP_REWRAP, one_rewrap, decrypt_members)
+CRYPTO_HANDLER(h_datakey_plain, KC_OP_DATAKEY, one_datakey_plain, datakey_members)
+CRYPTO_HANDLER(h_datakey_wrapped, KC_OP_DATAKEY, one_datakey_wrapped, datakey_members)
+CRYPTO_HANDLER(h_hmac, KC_OP_HMAC, one_hmac, hmac_members)
 
 /* ---- policy, dual control, alerts, audit ------------------------------------------------- */
 
@@ -709,7 +770,7 @@ static void h_policy_get(const mica_http_req *req, mica_http_resp *resp, void *s
 	struct call c = begin(svc, req, resp, KC_OP_POLICY_READ);
 	if (!allow(&c))
 		return;
-	struct kc_why why = {0};
+	mica_problem why = MICA_PROBLEM_INIT;
 	json_t *doc = NULL;
 	int err = kc_policy_active_document(c.s, &doc);
 	if (err)
@@ -721,14 +782,15 @@ static void h_policy_request(const mica_http_req *req, mica_http_resp *resp, voi
 {
 	struct call c = begin(svc, req, resp, KC_OP_POLICY_REQUEST);
 	json_t *doc = json_object_get(req->json, "document"), *out = NULL;
-	struct kc_why why = {0};
+	mica_problem why = MICA_PROBLEM_INIT;
 	kc_policy *candidate = NULL;
 	char err_msg[200], *text;
 	int err;
-	if (!allow(&c))
+	if (!allow(&c) || !body_ok(&c, MICA_BODY_FIELDS(policy_members)))
 		return;
 	if (!json_is_object(doc))
-		return reply_error(&c, 400, "missing_field", "document (the new policy) is required");
+		return reply_error(&c, 400, "missing_field",
+				   "document (the new policy) is required");
 	if (!(text = json_dumps(doc, JSON_COMPACT)))
 		return reply_error(&c, 500, "internal_error", "out of memory");
 	err = kc_policy_parse(text, strlen(text), &candidate, err_msg, sizeof(err_msg));
@@ -778,7 +840,7 @@ static int query_int(struct call *c, const char *name, int64_t min, int64_t max,
 static void h_request_approve(const mica_http_req *req, mica_http_resp *resp, void *svc)
 {
 	struct call c = begin(svc, req, resp, KC_OP_APPROVE);
-	struct kc_why why = {0};
+	mica_problem why = MICA_PROBLEM_INIT;
 	json_t *out = NULL;
 	int64_t id;
 	int err;
@@ -792,11 +854,13 @@ static void h_request_approve(const mica_http_req *req, mica_http_resp *resp, vo
 		return;
 	err = kc_change_approve(c.s, id, req->peer, &out);
 	if (err == MICA_ENOTFOUND)
-		return reply_error(&c, 404, "unknown_request", "no change request %lld", (long long)id);
+		return reply_error(&c, 404, "unknown_request", "no change request %lld",
+				   (long long)id);
 	if (err == MICA_EEXISTS)
-		return reply_error(&c, 409, "already_approved",
-				   "officer %s already approved request %lld; a second officer must",
-				   req->peer, (long long)id);
+		return reply_error(
+		    &c, 409, "already_approved",
+		    "officer %s already approved request %lld; a second officer must", req->peer,
+		    (long long)id);
 	if (err == MICA_ESTATE)
 		return reply_error(&c, 409, "request_closed", "request %lld is no longer pending",
 				   (long long)id);
@@ -819,7 +883,7 @@ static int may_see_requests(struct call *c)
 static void h_request_get(const mica_http_req *req, mica_http_resp *resp, void *svc)
 {
 	struct call c = begin(svc, req, resp, KC_OP_APPROVE);
-	struct kc_why why = {0};
+	mica_problem why = MICA_PROBLEM_INIT;
 	json_t *out = NULL;
 	int64_t id;
 	int err;
@@ -830,7 +894,8 @@ static void h_request_get(const mica_http_req *req, mica_http_resp *resp, void *
 	if (request_id(&c, &id) != 0)
 		return;
 	if ((err = kc_change_get(c.s, id, &out)) == MICA_ENOTFOUND)
-		return reply_error(&c, 404, "unknown_request", "no change request %lld", (long long)id);
+		return reply_error(&c, 404, "unknown_request", "no change request %lld",
+				   (long long)id);
 	if (err)
 		return reply_why(&c, err, &why);
 	reply(&c, 200, out);
@@ -839,7 +904,7 @@ static void h_request_get(const mica_http_req *req, mica_http_resp *resp, void *
 static void h_requests(const mica_http_req *req, mica_http_resp *resp, void *svc)
 {
 	struct call c = begin(svc, req, resp, KC_OP_APPROVE);
-	struct kc_why why = {0};
+	mica_problem why = MICA_PROBLEM_INIT;
 	json_t *out = NULL;
 	int err;
 	if (!c.policy)
@@ -854,7 +919,7 @@ static void h_requests(const mica_http_req *req, mica_http_resp *resp, void *svc
 static void h_alerts(const mica_http_req *req, mica_http_resp *resp, void *svc)
 {
 	struct call c = begin(svc, req, resp, KC_OP_ALERT_READ);
-	struct kc_why why = {0};
+	mica_problem why = MICA_PROBLEM_INIT;
 	json_t *out = NULL;
 	int64_t after;
 	int err;
@@ -893,16 +958,15 @@ static void h_audit(const mica_http_req *req, mica_http_resp *resp, void *svc)
 				2, p, &res)
 		 : MICA_EDBCONN;
 	if (err) {
-		struct kc_why why = {0};
+		mica_problem why = MICA_PROBLEM_INIT;
 		return reply_why(&c, err, &why);
 	}
 	list = json_array();
 	for (int r = 0; r < PQntuples(res); r++) {
 		json_t *o = json_object();
-		static const char *const cols[] = {"seq",	   "ts_us",  "principal",
-						   "client",	   "op",     "key",
-						   "key_version", "context_hash", "result",
-						   "hash"};
+		static const char *const cols[] = {"seq",    "ts_us", "principal",   "client",
+						   "op",     "key",   "key_version", "context_hash",
+						   "result", "hash"};
 		for (int k = 0; k < 10; k++) {
 			const char *v = mica_db_get(res, r, k);
 			int64_t n = 0;
@@ -910,10 +974,11 @@ static void h_audit(const mica_http_req *req, mica_http_resp *resp, void *svc)
 			 * does not parse is shown as null rather than as 0. */
 			int numeric = k == 0 || k == 1 || k == 6;
 			json_object_set_new(o, cols[k],
-					    !v ? json_null()
+					    !v	       ? json_null()
 					    : !numeric ? json_string(v)
-					    : mica_db_get_int64(res, r, k, &n) == 0 ? json_integer(n)
-										 : json_null());
+					    : mica_db_get_int64(res, r, k, &n) == 0
+						? json_integer(n)
+						: json_null());
 		}
 		json_array_append_new(list, o);
 	}
@@ -932,7 +997,7 @@ static void h_audit_selfcheck(const mica_http_req *req, mica_http_resp *resp, vo
 		return;
 	int err = kc_audit_selfcheck(c.s, &n, &bad);
 	if (err && err != MICA_EAUTH && err != MICA_ECHECKSUM) {
-		struct kc_why why = {0};
+		mica_problem why = MICA_PROBLEM_INIT;
 		return reply_why(&c, err, &why);
 	}
 	reply(&c, 200,
@@ -1036,15 +1101,22 @@ static void h_unseal(const mica_http_req *req, mica_http_resp *resp, void *svc)
 	kc_service *s = svc;
 	struct kc_unseal_reply out;
 	const char *share = json_string_value(json_object_get(req->json, "share"));
+	mica_problem bad = MICA_PROBLEM_INIT;
 
+	if (mica_body_fields(req->json, MICA_BODY_FIELDS(unseal_members), NULL, &bad) != 0) {
+		const char *code = bad.code;
+		mica_http_reply_problem(resp, &bad);
+		return sys_answer(s, req, resp, "unseal", code);
+	}
 	if (kc_unseal_submit(s, req->peer, req->client_ip, share, &out) == MICA_ESTATE) {
 		mica_http_reply_error(resp, 409, "already_unsealed",
 				      "the key center is not sealed");
 		return sys_answer(s, req, resp, "unseal", "already_unsealed");
 	}
-	if (out.code)
-		mica_http_reply_error(resp, out.status, out.code, "%s", out.msg);
-	else
+	if (out.why.code) {
+		out.why.status = out.status;
+		mica_http_reply_problem(resp, &out.why);
+	} else
 		mica_http_reply_json(resp, out.status, out.body);
 }
 
@@ -1059,8 +1131,7 @@ static void h_seal_status(const mica_http_req *req, mica_http_resp *resp, void *
  * unknown routes, malformed or oversized bodies) are audited too, and
  * answered once their record committed, like every other request. */
 void kc_audit_refusal(void *svc, const char *method, const char *path, const char *peer,
-		      const char *client_ip, int status, const char *code,
-		      mica_http_deferred *done)
+		      const char *client_ip, int status, const char *code, mica_http_deferred *done)
 {
 	kc_service *s = svc;
 	kc_audit_record rec = {0};
@@ -1099,28 +1170,28 @@ void kc_audit_refusal(void *svc, const char *method, const char *path, const cha
 #define P MICA_ROUTE_PEER
 #define B MICA_ROUTE_BLOCKING
 const mica_http_route kc_routes[] = {
-	{"POST", "/v1/keys/{name}", h_key_create, J | P | B},
-	{"GET", "/v1/keys/{name}", h_key_get, P | B},
-	{"DELETE", "/v1/keys/{name}", h_key_delete, P | B},
-	{"POST", "/v1/keys/{name}/rotate", h_key_rotate, P | B},
-	{"POST", "/v1/keys/{name}/config", h_key_config, J | P | B},
-	{"POST", "/v1/encrypt/{name}", h_encrypt, J | P},
-	{"POST", "/v1/decrypt/{name}", h_decrypt, J | P},
-	{"POST", "/v1/rewrap/{name}", h_rewrap, J | P},
-	{"POST", "/v1/datakey/plaintext/{name}", h_datakey_plain, J | P},
-	{"POST", "/v1/datakey/wrapped/{name}", h_datakey_wrapped, J | P},
-	{"POST", "/v1/hmac/{name}", h_hmac, J | P},
-	{"GET", "/v1/policy", h_policy_get, P | B},
-	{"POST", "/v1/policy", h_policy_request, J | P | B},
-	{"GET", "/v1/requests", h_requests, P | B},
-	{"GET", "/v1/requests/{id}", h_request_get, P | B},
-	{"POST", "/v1/requests/{id}/approve", h_request_approve, P | B},
-	{"GET", "/v1/alerts", h_alerts, P | B},
-	{"GET", "/v1/audit", h_audit, P | B},
-	{"POST", "/v1/audit/selfcheck", h_audit_selfcheck, P | B},
-	/* The seal (issue 18): officers unseal the Key Center with their shares. */
-	{"POST", "/v1/sys/unseal", h_unseal, J | P | B},
-	{"GET", "/v1/sys/seal-status", h_seal_status, P | B},
+    {"POST", "/v1/keys/{name}", h_key_create, J | P | B},
+    {"GET", "/v1/keys/{name}", h_key_get, P | B},
+    {"DELETE", "/v1/keys/{name}", h_key_delete, P | B},
+    {"POST", "/v1/keys/{name}/rotate", h_key_rotate, P | B},
+    {"POST", "/v1/keys/{name}/config", h_key_config, J | P | B},
+    {"POST", "/v1/encrypt/{name}", h_encrypt, J | P},
+    {"POST", "/v1/decrypt/{name}", h_decrypt, J | P},
+    {"POST", "/v1/rewrap/{name}", h_rewrap, J | P},
+    {"POST", "/v1/datakey/plaintext/{name}", h_datakey_plain, J | P},
+    {"POST", "/v1/datakey/wrapped/{name}", h_datakey_wrapped, J | P},
+    {"POST", "/v1/hmac/{name}", h_hmac, J | P},
+    {"GET", "/v1/policy", h_policy_get, P | B},
+    {"POST", "/v1/policy", h_policy_request, J | P | B},
+    {"GET", "/v1/requests", h_requests, P | B},
+    {"GET", "/v1/requests/{id}", h_request_get, P | B},
+    {"POST", "/v1/requests/{id}/approve", h_request_approve, P | B},
+    {"GET", "/v1/alerts", h_alerts, P | B},
+    {"GET", "/v1/audit", h_audit, P | B},
+    {"POST", "/v1/audit/selfcheck", h_audit_selfcheck, P | B},
+    /* The seal (issue 18): officers unseal the Key Center with their shares. */
+    {"POST", "/v1/sys/unseal", h_unseal, J | P | B},
+    {"GET", "/v1/sys/seal-status", h_seal_status, P | B},
 };
 #undef J
 #undef P

@@ -230,8 +230,8 @@ static void open_with_shares(kc_service *s, const char *principal, const char *c
 	mica_wipe(so_pin, sizeof(so_pin));
 	if (rc) {
 		out->status = 400;
-		out->code = "shares_do_not_combine";
-		snprintf(out->msg, sizeof(out->msg),
+		out->why.code = "shares_do_not_combine";
+		snprintf(out->why.msg, sizeof(out->why.msg),
 			 "the %u shares do not combine to this Key Center's secret; submit them "
 			 "again",
 			 u->n);
@@ -242,8 +242,8 @@ static void open_with_shares(kc_service *s, const char *principal, const char *c
 	mica_wipe(user_pin, sizeof(user_pin));
 	if (rc) {
 		out->status = rc == MICA_EPIN ? 400 : 503;
-		out->code = rc == MICA_EPIN ? "unseal_failed" : "hsm_unavailable";
-		snprintf(out->msg, sizeof(out->msg), "%s",
+		out->why.code = rc == MICA_EPIN ? "unseal_failed" : "hsm_unavailable";
+		snprintf(out->why.msg, sizeof(out->why.msg), "%s",
 			 rc == MICA_EPIN ? "the token refused the PIN these shares give: shares of "
 					   "another Key Center?"
 					 : "the HSM cannot be opened; see the Key Center's log");
@@ -252,8 +252,8 @@ static void open_with_shares(kc_service *s, const char *principal, const char *c
 	rc = kc_service_bring_up(s, h);
 	if (rc) {
 		out->status = 503;
-		out->code = "unseal_failed";
-		snprintf(out->msg, sizeof(out->msg),
+		out->why.code = "unseal_failed";
+		snprintf(out->why.msg, sizeof(out->why.msg),
 			 "the token opened but the Key Center cannot start on it (%s); see its log",
 			 mica_strerror(rc));
 		goto out;
@@ -261,17 +261,17 @@ static void open_with_shares(kc_service *s, const char *principal, const char *c
 	rc = flush_and_open(s, principal, client);
 	if (rc) {
 		out->status = 503;
-		out->code = "audit_unavailable";
-		snprintf(out->msg, sizeof(out->msg),
+		out->why.code = "audit_unavailable";
+		snprintf(out->why.msg, sizeof(out->why.msg),
 			 "the unseal could not be audited, so the Key Center stays sealed");
 		kc_service_bring_down(s);
 		goto out;
 	}
 	out->status = 200;
-	out->code = NULL;
-	out->body = json_pack("{s:b,s:i,s:i,s:I}", "sealed", 0, "progress", 0, "threshold",
-			      (int)u->shares[0].threshold, "unseal_ms",
-			      (json_int_t)(mica_clock_ms() - t0));
+	out->why.code = NULL;
+	out->body =
+	    json_pack("{s:b,s:i,s:i,s:I}", "sealed", 0, "progress", 0, "threshold",
+		      (int)u->shares[0].threshold, "unseal_ms", (json_int_t)(mica_clock_ms() - t0));
 out:
 	/* Whatever happened, a new round starts from no shares. */
 	mica_wipe(u->shares, sizeof(u->shares));
@@ -300,50 +300,50 @@ int kc_unseal_submit(kc_service *s, const char *principal, const char *client,
 	kc_policy_unref(policy);
 	if (role != KC_ROLE_SECURITY_OFFICER) {
 		out->status = role < 0 ? 503 : 403;
-		out->code = role < 0 ? "no_policy" : "not_an_officer";
-		snprintf(out->msg, sizeof(out->msg), "%s",
+		out->why.code = role < 0 ? "no_policy" : "not_an_officer";
+		snprintf(out->why.msg, sizeof(out->why.msg), "%s",
 			 role < 0 ? "the key center has no active policy"
 				  : "only security officers may submit unseal shares");
-		attempt_record(s, principal, client, out->code, 1, 0);
+		attempt_record(s, principal, client, out->why.code, 1, 0);
 		goto out;
 	}
 	rc = share_text ? kc_share_parse(share_text, &sh) : MICA_EBADENCODING;
 	if (rc) {
 		out->status = 400;
-		out->code = rc == MICA_ECHECKSUM ? "share_checksum_mismatch" : "bad_share";
+		out->why.code = rc == MICA_ECHECKSUM ? "share_checksum_mismatch" : "bad_share";
 		if (rc == MICA_ECHECKSUM)
-			snprintf(out->msg, sizeof(out->msg),
+			snprintf(out->why.msg, sizeof(out->why.msg),
 				 "the share submitted by %s fails its checksum: it was mistyped; "
 				 "nothing was combined",
 				 principal);
 		else
-			snprintf(out->msg, sizeof(out->msg),
+			snprintf(out->why.msg, sizeof(out->why.msg),
 				 "share must be one mks1-... line as `mica keycenter init` printed "
 				 "it (%s)",
 				 mica_strerror(rc));
-		attempt_record(s, principal, client, out->code, 1, 0);
+		attempt_record(s, principal, client, out->why.code, 1, 0);
 		goto out;
 	}
 	if (u->n > 0 && (memcmp(sh.set_id, u->shares[0].set_id, KC_SHARE_SET_ID_LEN) != 0 ||
 			 sh.threshold != u->shares[0].threshold)) {
 		out->status = 400;
-		out->code = "share_from_other_set";
-		snprintf(out->msg, sizeof(out->msg),
+		out->why.code = "share_from_other_set";
+		snprintf(out->why.msg, sizeof(out->why.msg),
 			 "share %u belongs to another ceremony than the %u share(s) submitted so "
 			 "far",
 			 sh.index, u->n);
-		attempt_record(s, principal, client, out->code, 1, sh.index);
+		attempt_record(s, principal, client, out->why.code, 1, sh.index);
 		goto out;
 	}
 	for (unsigned i = 0; i < u->n; i++) {
 		if (strcmp(u->officers[i], principal) == 0 || u->shares[i].index == sh.index) {
 			out->status = 409;
-			out->code = "share_already_submitted";
-			snprintf(out->msg, sizeof(out->msg), "%s",
+			out->why.code = "share_already_submitted";
+			snprintf(out->why.msg, sizeof(out->why.msg), "%s",
 				 strcmp(u->officers[i], principal) == 0
 				     ? "this officer has already submitted a share in this round"
 				     : "a share with this index was already submitted");
-			attempt_record(s, principal, client, out->code, 1, sh.index);
+			attempt_record(s, principal, client, out->why.code, 1, sh.index);
 			goto out;
 		}
 	}
@@ -358,8 +358,8 @@ int kc_unseal_submit(kc_service *s, const char *principal, const char *client,
 		goto out;
 	}
 	open_with_shares(s, principal, client, out);
-	if (out->code)
-		attempt_record(s, principal, client, out->code, 1, sh.index);
+	if (out->why.code)
+		attempt_record(s, principal, client, out->why.code, 1, sh.index);
 out:
 	mica_wipe(&sh, sizeof(sh));
 	pthread_mutex_unlock(&u->lock);

@@ -10,12 +10,12 @@
 
 static void check_context(json_t *item)
 {
-	struct kc_why why = {0};
+	mica_problem why = MICA_PROBLEM_INIT;
 	char *canon = NULL, *again = NULL;
 	size_t len = 0, len2 = 0;
 	if (kc_context_canonical(json_object_get(item, "context"), &canon, &len, &why) != 0) {
-		if (!why.code)
-			abort(); /* every refusal names its reason */
+		if (!why.code || why.status != 400)
+			abort(); /* every refusal names its reason, as a client error */
 		return;
 	}
 	json_t *back = json_loadb(canon, len, JSON_REJECT_DUPLICATES, NULL);
