@@ -495,7 +495,9 @@ print(json.dumps(d))')"
 expect 400 invalid_policy officer1 POST /v1/policy "{\"document\": $BAD_POLICY}"
 [[ "$(jget error.message)" == *"principal admin"* ]] || fail "invalid policy message: $(jget error.message)"
 expect 409 stale_policy_version officer2 POST /v1/policy "{\"document\": $(policy_doc 1)}"
-expect 400 missing_field officer1 POST /v1/policy '{"doc": {}}'
+expect 400 missing_field officer1 POST /v1/policy '{}'
+# A misspelt member is named as such (lib/body.h), not taken for the missing one.
+expect 400 unknown_field officer1 POST /v1/policy '{"doc": {}}'
 expect 403 unknown_principal test GET /v1/keys/account-pii
 expect 200 - officer1 POST "/v1/requests/$POL_ID/approve"
 [[ "$(jget status)" == pending ]] || fail "policy after one approval: $(cat "$W/body")"
