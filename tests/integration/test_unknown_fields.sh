@@ -14,6 +14,7 @@
 #      member
 set -euo pipefail
 
+# shellcheck source=tests/integration/lib-stack.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib-stack.sh"
 stack_begin test_unknown_fields MICA_REDIS_SOCKET MICA_REDIS_PASSWORD_FILE_ACCOUNT \
 	MICA_CERT_ACCOUNT MICA_KEY_ACCOUNT MICA_CERT_OFFICER1 MICA_KEY_OFFICER1
