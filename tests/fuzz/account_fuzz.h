@@ -107,6 +107,23 @@ static inline void fuzz_ident_raw(const uint8_t *data, size_t size)
 }
 
 /* A refusal must be a documented 400 with a code and a message. */
+/* An accepted body (or nested object) holds only the documented members
+ * (lib/body.h: any other is unknown_field). */
+#define FUZZ_ONLY_MEMBERS(obj, ...)                                                                \
+	do {                                                                                       \
+		static const char *const names_[] = {__VA_ARGS__};                                 \
+		const char *k_;                                                                    \
+		json_t *v_;                                                                        \
+		json_object_foreach((obj), k_, v_)                                                 \
+		{                                                                                  \
+			int ok_ = 0;                                                               \
+			for (size_t i_ = 0; i_ < sizeof(names_) / sizeof(names_[0]); i_++)         \
+				ok_ |= strcmp(k_, names_[i_]) == 0;                                \
+			if (!ok_)                                                                  \
+				abort();                                                           \
+		}                                                                                  \
+	} while (0)
+
 static inline void fuzz_check_fail(int err, const mica_problem *f)
 {
 	if (err != MICA_EINVAL || f->status != 400 || !f->code || !*f->code || !f->msg[0] ||

@@ -1,6 +1,7 @@
 /* fuzz_account_bodies.c - the small account request bodies (reset,
  * password change, binding, step-up, cross-device, revoke-all,
- * introspection) through mica_body_fields() with each route's member list.
+ * introspection) through mica_body_fields() with each route's member list:
+ * a member the list does not name is refused first (unknown_field).
  * The input is read twice: as lib/http reads a body (strict JSON), and with
  * NUL characters allowed, which lib/http refuses but the parser must refuse
  * too. Each verdict is compared with a plain reference of the documented
@@ -11,11 +12,11 @@ static const struct {
 	const mica_body_field *spec;
 	size_t n;
 } specs[] = {
-    {MICA_BODY_FIELDS(acct_body_reset_start)},     {MICA_BODY_FIELDS(acct_body_reset_complete)},
+    {MICA_BODY_FIELDS(acct_body_reset_start)},	   {MICA_BODY_FIELDS(acct_body_reset_complete)},
     {MICA_BODY_FIELDS(acct_body_password_change)}, {MICA_BODY_FIELDS(acct_body_bind_phone)},
-    {MICA_BODY_FIELDS(acct_body_bind_email)},      {MICA_BODY_FIELDS(acct_body_code)},
-    {MICA_BODY_FIELDS(acct_body_stepup_send)},     {MICA_BODY_FIELDS(acct_body_stepup_verify)},
-    {MICA_BODY_FIELDS(acct_body_cross_device)},    {MICA_BODY_FIELDS(acct_body_revoke_all)},
+    {MICA_BODY_FIELDS(acct_body_bind_email)},	   {MICA_BODY_FIELDS(acct_body_code)},
+    {MICA_BODY_FIELDS(acct_body_stepup_send)},	   {MICA_BODY_FIELDS(acct_body_stepup_verify)},
+    {MICA_BODY_FIELDS(acct_body_cross_device)},	   {MICA_BODY_FIELDS(acct_body_revoke_all)},
     {MICA_BODY_FIELDS(acct_body_introspect)},
 };
 
@@ -40,6 +41,18 @@ static void check(json_t *body, const mica_body_field *spec, size_t n)
 	int want = 1, err;
 	if (n > sizeof(out) / sizeof(out[0]))
 		abort();
+	/* The first member the spec does not name (lib/body.h: refused first). */
+	const char *unknown = NULL, *k;
+	json_t *v;
+	json_object_foreach(body, k, v)
+	{
+		int known = 0;
+		for (size_t i = 0; i < n; i++)
+			known |= strcmp(k, spec[i].name) == 0;
+		if (!known && !unknown)
+			unknown = k;
+	}
+	want = json_is_object(body) && !unknown;
 	for (size_t i = 0; i < n; i++)
 		want = want && member_ok(&spec[i], json_object_get(body, spec[i].name));
 	err = mica_body_fields(body, spec, n, out, &f);
@@ -47,6 +60,18 @@ static void check(json_t *body, const mica_body_field *spec, size_t n)
 		abort();
 	if (err) {
 		fuzz_check_fail(err, &f);
+		if (!json_is_object(body)) {
+			if (strcmp(f.code, "body_not_object") != 0)
+				abort();
+			return;
+		}
+		if (unknown) {
+			/* Named, quoted, cut at 64 bytes. */
+			if (strcmp(f.code, "unknown_field") != 0 || f.msg[0] != '"' ||
+			    strncmp(f.msg + 1, unknown, strnlen(unknown, 64)) != 0)
+				abort();
+			return;
+		}
 		if (strcmp(f.code, "missing_field") != 0 && strcmp(f.code, "bad_field") != 0)
 			abort();
 		int named = 0; /* the message starts with a member's name */

@@ -1,8 +1,8 @@
 /* fuzz_account_questions.c - a PUT /v1/security/questions body through
  * everything the account service does with it before any I/O: lib/http's
  * strict JSON, then acct_questions_parse(). A refusal must be a 400
- * bad_questions; an acceptance must meet the documented limits, counted on
- * the normalised answers. The raw bytes are also normalised into buffers of
+ * bad_questions or unknown_field; an acceptance (only documented members) must meet the documented
+ * limits, counted on the normalised answers. The raw bytes are also normalised into buffers of
  * every small size and of the service's size, and each result (and the
  * length returned) is checked against a plain reference: lower-cased words joined by one space, or,
  * when that does not fit, a prefix of it that does not end in a space. */
@@ -61,6 +61,10 @@ static void accepted(json_t *body)
 {
 	json_t *list = json_object_get(body, "questions");
 	char norm[ACCT_ANSWER_NORM_CAP];
+	const char *k;
+	json_t *v;
+	/* Only the documented members, in the body and in each item. */
+	json_object_foreach(body, k, v) CHECK(strcmp(k, "questions") == 0);
 	CHECK(json_is_array(list));
 	CHECK(json_array_size(list) >= 1 && json_array_size(list) <= ACCT_QUESTIONS_MAX);
 	for (size_t i = 0; i < json_array_size(list); i++) {
@@ -68,6 +72,8 @@ static void accepted(json_t *body)
 		const char *q = json_string_value(json_object_get(item, "question"));
 		const char *a = json_string_value(json_object_get(item, "answer"));
 		CHECK(q && a);
+		json_object_foreach(item, k, v)
+		    CHECK(strcmp(k, "question") == 0 || strcmp(k, "answer") == 0);
 		char *rq = reference(q);
 		CHECK(rq[0] != '\0');
 		free(rq);
@@ -100,7 +106,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int err = acct_questions_parse(body, &f);
 	if (err) {
 		fuzz_check_fail(err, &f);
-		CHECK(strcmp(f.code, "bad_questions") == 0);
+		CHECK(strcmp(f.code, "bad_questions") == 0 || strcmp(f.code, "unknown_field") == 0);
 	} else {
 		CHECK(!f.code);
 		accepted(body);

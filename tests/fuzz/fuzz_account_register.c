@@ -18,9 +18,9 @@ static void start(json_t *body)
 		fuzz_check_fail(err, &f);
 		return;
 	}
-	if (f.code || !!r.phone == !!r.email ||
-	    r.kind != (r.phone ? ACCT_ID_PHONE : ACCT_ID_EMAIL))
+	if (f.code || !!r.phone == !!r.email || r.kind != (r.phone ? ACCT_ID_PHONE : ACCT_ID_EMAIL))
 		abort();
+	FUZZ_ONLY_MEMBERS(body, "phone", "email");
 	fuzz_check_ident(r.phone ? r.phone : r.email, sizeof(r.norm), r.kind, r.norm);
 	if (fuzz_ident(r.phone ? r.phone : r.email, sizeof(r.norm)) != r.kind)
 		abort();
@@ -39,6 +39,8 @@ static void complete(json_t *body)
 	if (f.code || !r.verification_id || !r.code || !r.password || !r.device_name ||
 	    strlen(r.device_name) > 100)
 		abort();
+	FUZZ_ONLY_MEMBERS(body, "verification_id", "code", "password", "password_policy", "device");
+	FUZZ_ONLY_MEMBERS(json_object_get(body, "device"), "id", "name");
 	fuzz_check_device(json_string_value(json_object_get(json_object_get(body, "device"), "id")),
 			  r.device_hash);
 	memset(&v, 0, sizeof(v));
