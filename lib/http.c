@@ -236,9 +236,7 @@ void mica_http_reply_raw(mica_http_resp *resp, int status, const char *content_t
 			 size_t len)
 {
 	if (!body) {
-		mica_http_reply_json(resp, 500,
-				     json_pack("{s:{s:s,s:s}}", "error", "code", "internal_error",
-					       "message", "out of memory"));
+		mica_http_reply_error(resp, 500, "internal_error", "out of memory");
 		return;
 	}
 	resp_reset(resp);
@@ -506,9 +504,16 @@ static json_t *probe_readiness(mica_http_server *srv, int *status)
 			 json_string_value(json_object_get(f, "dependency")),
 			 json_string_value(json_object_get(f, "code")));
 	}
+	/* The uniform error, with the probe's members beside it. */
+	mica_problem p = MICA_PROBLEM_INIT;
+	json_t *body;
+	mica_problemf(&p, 503, "unavailable", "%s", msg);
+	(void)mica_problem_set_extra(&p, "status", json_string("unavailable"));
+	(void)mica_problem_set_extra(&p, "failing", r.failing);
 	*status = 503;
-	return json_pack("{s:s,s:o,s:{s:s,s:s}}", "status", "unavailable", "failing", r.failing,
-			 "error", "code", "unavailable", "message", msg);
+	body = mica_problem_json(&p);
+	mica_problem_cleanup(&p);
+	return body;
 }
 
 /* The /readyz handler (on the blocking pool when there is one): a fresh
