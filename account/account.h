@@ -203,7 +203,7 @@ int acct_session_list(acct_service *s, int64_t user_id, int64_t current, json_t 
 /* RFC 7662-shaped answer for |token|. */
 int acct_session_introspect(acct_service *s, const char *token, json_t **out) MICA_WUR;
 
-/* ---- register.c ------------------------------------------------------------- */
+/* ---- codes.c --------------------------------------------------------------- */
 /* Creates a one-time code for |purpose| sent to |target| over |channel|;
  * *id (malloc'd) names it. The caller has counted the request
  * (acct_code_quota). */
@@ -217,6 +217,22 @@ int acct_code_send(acct_service *s, const char *purpose, const char *channel, co
 int acct_code_verify(acct_service *s, mica_db *db, const char *id, const char *purpose,
 		     const char *code, int64_t *user_id, char **target_idx, char **target,
 		     char **channel, struct acct_fail *f) MICA_WUR;
+/* The stored form of code |code| of verification |id|: the blind index of
+ * kind "code" of "<id>:<code>" (*out malloc'd, "kc:v<N>:..."). Keyed, so
+ * the million possible codes of a row cannot be tried without the Key
+ * Center. 0, or the Key Center's error. */
+int acct_code_hash(acct_service *s, const char *id, const char *code, char **out) MICA_WUR;
+/* Why code |id| for |purpose| was not accepted: counts the attempt
+ * (committed on its own) and fills |f|. MICA_EAUTH for a wrong code (or too
+ * many), MICA_ESTATE for one already used or expired, or the database's
+ * error (|f| left for the caller). */
+int acct_code_refused(acct_service *s, mica_db *db, const char *id, const char *purpose,
+		      struct acct_fail *f) MICA_WUR;
+/* |bytes| (at most 32) random bytes as lower-case hex in out[2 * bytes + 1].
+ * 0, or MICA_ECRYPTO. */
+int acct_random_hex(char *out, size_t bytes) MICA_WUR;
+
+/* ---- register.c ------------------------------------------------------------- */
 /* POST /v1/register/start and /complete bodies after their pure checks
  * (no I/O; for the flows and the fuzz target). Strings borrow from the body.
  * start: exactly one of phone and email, of that form; |norm| normalised.
