@@ -263,6 +263,15 @@ int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t
 int acct_reset_start(acct_service *s, json_t *body, const char *ip, json_t **out,
 		     struct acct_fail *f) MICA_WUR;
 int acct_reset_complete(acct_service *s, json_t *body, json_t **out, struct acct_fail *f) MICA_WUR;
+/* ---- password_admit.c ------------------------------------------------------- */
+/* Whether a request may set |password| under |policy|: 0, or |f| says why
+ * not: 400 weak_password when the policy refuses it, 503
+ * policy_unavailable when the check cannot run (nist without a readable
+ * breached-password list: a server fault, not the client's). */
+int acct_password_admit(acct_service *s, const char *policy, const char *password,
+			struct acct_fail *f) MICA_WUR;
+/* *burned = 1 when |password| matches a password burned by a freeze. */
+int acct_password_burned(acct_service *s, int64_t user_id, const char *password, int *burned) MICA_WUR;
 /* ---- notice.c ---------------------------------------------------------------- */
 /* Security notices, delivered through the transactional outbox (notice.c). */
 enum acct_notice_kind {
@@ -356,14 +365,6 @@ int acct_password_seal(acct_service *s, int64_t user_id, const char *phc, char *
  * allowed) is set when the row predates data keys and should be sealed again. */
 int acct_password_unseal(acct_service *s, int64_t user_id, const char *sealed, char **phc,
 			 int *legacy) MICA_WUR;
-/* Whether a request may set |password| under |policy|: 0, or |f| says why
- * not: 400 weak_password when the policy refuses it, 503
- * policy_unavailable when the check cannot run (nist without a readable
- * breached-password list: a server fault, not the client's). */
-int acct_password_admit(acct_service *s, const char *policy, const char *password,
-			struct acct_fail *f) MICA_WUR;
-/* *burned = 1 when |password| matches a password burned by a freeze. */
-int acct_password_burned(acct_service *s, int64_t user_id, const char *password, int *burned) MICA_WUR;
 
 /* ---- atrest.c ----------------------------------------------------------------- */
 /* Seals what rows written before sealing hold in clear or unpeppered:
