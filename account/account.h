@@ -260,6 +260,8 @@ int acct_register_start(acct_service *s, json_t *body, const char *ip, json_t **
 			struct acct_fail *f) MICA_WUR;
 int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t **out,
 			   struct acct_fail *f) MICA_WUR;
+
+/* ---- reset.c ------------------------------------------------------------------ */
 int acct_reset_start(acct_service *s, json_t *body, const char *ip, json_t **out,
 		     struct acct_fail *f) MICA_WUR;
 int acct_reset_complete(acct_service *s, json_t *body, json_t **out, struct acct_fail *f) MICA_WUR;
