@@ -412,6 +412,17 @@ bool acct_limits_ready(const char **why);
 /* The same after a PING now (this thread's connection). */
 bool acct_limits_probe(const char **why);
 
+/* ---- captcha.c ---------------------------------------------------------------- */
+/* 0 when no captcha is due (|excess| < 0: the failures are under both
+ * thresholds) or |payload| (the login's "altcha", NULL when absent) solves
+ * a fresh challenge issued for the failure counters |kacct| and |knet| at
+ * the cost now due; each solution is accepted once. Else MICA_EDENIED with
+ * |f| the 428 captcha_required answer carrying a new challenge whose cost
+ * grows with |excess|, or |f| the 503 of Redis (the
+ * single-use record) and its error. */
+int acct_captcha_gate(acct_service *s, long excess, const char *kacct, const char *knet,
+		      const char *payload, struct acct_fail *f) MICA_WUR;
+
 /* ---- login.c ------------------------------------------------------------------ */
 /* Prepares the login path (the hash checked for unknown accounts). */
 int acct_login_init(acct_service *s) MICA_WUR;
