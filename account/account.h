@@ -450,6 +450,8 @@ int acct_stepup_approve(acct_service *s, const struct acct_session *approver, co
 /* For sensitive operations: 0 when |sess| authenticated recently enough,
  * else a step-up is created and |f| is 403 step_up_required. */
 int acct_require_recent(acct_service *s, const struct acct_session *sess, struct acct_fail *f) MICA_WUR;
+
+/* ---- freeze.c ------------------------------------------------------------------ */
 /* Freezes the account: status, every session revoked, password burned,
  * user notified. */
 int acct_freeze(acct_service *s, int64_t user_id, const char *reason) MICA_WUR;
