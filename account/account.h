@@ -441,6 +441,26 @@ struct acct_login_req {
  * target. 0, or |f| is the 400 answer and MICA_EINVAL returned. */
 int acct_login_parse(json_t *body, struct acct_login_req *out, struct acct_fail *f) MICA_WUR;
 int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, struct acct_fail *f) MICA_WUR;
+/* Records a successful login of |user_id| from device |dev| (named
+ * |dev_name|) on network |net| (|known|: the device was already trusted and
+ * the network known) and opens a session of |kind|; |notify_new| records a
+ * new-sign-in notice when the device is new. *out is the login's answer. */
+int acct_login_finish(acct_service *s, int64_t user_id, const char *dev, const char *dev_name,
+		      const char *net, int known, const char *kind, int notify_new, json_t **out,
+		      struct acct_fail *f) MICA_WUR;
+
+/* ---- stepup.c ------------------------------------------------------------------ */
+/* A step-up to create: of a login (|session_id| 0) or of a sensitive
+ * operation of session |session_id|; |kind| "login" or "sensitive". */
+struct acct_stepup_new {
+	int64_t user_id, session_id;
+	const char *kind, *device_hash, *device_name, *net_hash, *session_kind;
+};
+/* Records step-up |n| for |reasons| (a JSON array, reference taken) and
+ * returns MICA_EDENIED with |f| the 403 step_up_required answer naming it,
+ * its methods and reasons; or |f| a 5xx and the dependency's error. */
+int acct_stepup_create(acct_service *s, const struct acct_stepup_new *n, json_t *reasons,
+		       struct acct_fail *f) MICA_WUR;
 int acct_stepup_send(acct_service *s, const char *id, json_t *body, json_t **out,
 		     struct acct_fail *f) MICA_WUR;
 int acct_stepup_verify(acct_service *s, const char *id, json_t *body, json_t **out,
