@@ -412,15 +412,66 @@ bool acct_limits_ready(const char **why);
 /* The same after a PING now (this thread's connection). */
 bool acct_limits_probe(const char **why);
 
+/* ---- risk.c ------------------------------------------------------------------- */
+/* The login risk engine's decisions: pure (no I/O, no global state; any
+ * thread), of the signals a login gathers and account.risk's settings in
+ * |c|. A login is judged in this order: the captcha gate before the
+ * password is checked (acct_risk_captcha), then, after the right password,
+ * the verdict (acct_risk_decide); a wrong password is 401 and counted. */
+/* Whether a login must solve a captcha: when the failed logins of its
+ * account (or of its identifier when no account has it) reach
+ * c->captcha_account_failures, or those of its client network reach
+ * c->captcha_network_failures, in the failure window. |excess| is the
+ * failures beyond the nearer threshold (>= 0 when required), |cost| the
+ * ALTCHA maxnumber due: c->captcha_base_cost at the threshold, doubled per
+ * further failure, at most c->captcha_max_cost (0 when not required). */
+struct acct_risk_captcha {
+	bool required;
+	long excess;
+	long long cost;
+};
+void acct_risk_captcha(const struct acct_config *c, long account_failures, long network_failures,
+		       struct acct_risk_captcha *out);
+/* What the login of an account that gave the right password knows of it. */
+struct acct_risk_signals {
+	bool frozen;	     /* the account's status is "frozen" */
+	bool device_trusted; /* the login's device is a trusted device of the account */
+	bool network_known;  /* the login's client network has been seen for the account */
+	bool rate_allowed;   /* the account's logins are within c->login_rate_max per
+				c->login_rate_window_s (ignored when frozen) */
+};
+/* Reasons for a step-up, as bits; acct_risk_reasons_json() names them. */
+#define ACCT_RISK_NEW_DEVICE 1u	  /* "new_device", when c->stepup_new_device */
+#define ACCT_RISK_NEW_NETWORK 2u  /* "new_network", when c->stepup_new_network */
+#define ACCT_RISK_UNUSUAL_RATE 4u /* "unusual_rate" */
+enum acct_risk_verdict {
+	ACCT_RISK_ALLOW,  /* a session */
+	ACCT_RISK_STEPUP, /* 403 step_up_required for |reasons| */
+	ACCT_RISK_FROZEN, /* 423 account_frozen: only a password reset unfreezes */
+};
+struct acct_risk_decision {
+	enum acct_risk_verdict verdict;
+	unsigned reasons; /* ACCT_RISK_* bits; 0 unless ACCT_RISK_STEPUP */
+};
+void acct_risk_decide(const struct acct_config *c, const struct acct_risk_signals *sig,
+		      struct acct_risk_decision *out);
+/* The reasons' names as a new JSON array (in the bits' order); NULL when
+ * out of memory. */
+json_t *acct_risk_reasons_json(unsigned reasons);
+/* Whether |stepup_failures| wrong step-up codes (counted per account over
+ * c->stepup_failure_window_s, this one included) freeze the account: at
+ * c->freeze_after_stepup_failures. */
+bool acct_risk_freeze_due(const struct acct_config *c, int stepup_failures);
+
 /* ---- captcha.c ---------------------------------------------------------------- */
-/* 0 when no captcha is due (|excess| < 0: the failures are under both
- * thresholds) or |payload| (the login's "altcha", NULL when absent) solves
- * a fresh challenge issued for the failure counters |kacct| and |knet| at
- * the cost now due; each solution is accepted once. Else MICA_EDENIED with
- * |f| the 428 captcha_required answer carrying a new challenge whose cost
- * grows with |excess|, or |f| the 503 of Redis (the
- * single-use record) and its error. */
-int acct_captcha_gate(acct_service *s, long excess, const char *kacct, const char *knet,
+/* 0 when |due| (acct_risk_captcha) requires no captcha, or when |payload|
+ * (the login's "altcha", NULL when absent) solves a fresh challenge issued
+ * for the failure counters |kacct| and |knet| at due->cost; each solution
+ * is accepted once. Else MICA_EDENIED with |f| the 428 captcha_required
+ * answer carrying a new challenge of cost due->cost, or |f| the 503 of
+ * Redis (the single-use record) and its error. */
+int acct_captcha_gate(acct_service *s, const struct acct_risk_captcha *due, const char *kacct,
+		      const char *knet,
 		      const char *payload, struct acct_fail *f) MICA_WUR;
 
 /* ---- login.c ------------------------------------------------------------------ */

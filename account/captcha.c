@@ -29,9 +29,9 @@ static int captcha_scope(const struct acct_config *c, const char *kacct, const c
 
 /* 0 when no captcha is due or |payload| solves a fresh one issued for this
  * identifier and network at the cost now due; else |f| is 428 with a new
- * challenge whose cost grows with |excess|. */
-int acct_captcha_gate(acct_service *s, long excess, const char *kacct, const char *knet,
-			const char *payload, struct acct_fail *f)
+ * challenge of that cost. */
+int acct_captcha_gate(acct_service *s, const struct acct_risk_captcha *due, const char *kacct,
+		      const char *knet, const char *payload, struct acct_fail *f)
 {
 	const struct acct_config *c = s->cfg;
 	const uint8_t *key = (const uint8_t *)c->altcha_key;
@@ -40,10 +40,10 @@ int acct_captcha_gate(acct_service *s, long excess, const char *kacct, const cha
 	const char *reason = "missing";
 	json_t *ch = NULL;
 
-	if (excess < 0)
+	if (!due->required)
 		return 0;
-	long long cost =
-	    acct_altcha_maxnumber_for(c->captcha_base_cost, (unsigned)excess, c->captcha_max_cost);
+	long long cost = due->cost;
+
 	if (captcha_scope(c, kacct, knet, scope) != 0)
 		return acct_fail_internal(f, MICA_ECRYPTO, "the captcha");
 	if (payload) {
@@ -68,10 +68,12 @@ int acct_captcha_gate(acct_service *s, long excess, const char *kacct, const cha
 		return acct_fail_internal(f, MICA_ECRYPTO, "the captcha");
 	if (payload)
 		acct_failf(f, 428, "captcha_required",
-			   "the captcha solution was rejected (%s); solve the new challenge", reason);
+			   "the captcha solution was rejected (%s); solve the new challenge",
+			   reason);
 	else
-		acct_failf(f, 428, "captcha_required",
-			   "too many failed logins: solve the challenge and send the solution as altcha");
+		acct_failf(
+		    f, 428, "captcha_required",
+		    "too many failed logins: solve the challenge and send the solution as altcha");
 	f->extra = json_pack("{s:o}", "challenge", ch);
 	return MICA_EDENIED;
 }

@@ -173,27 +173,6 @@ static void upgrade_network(int64_t user_id, const char *net, const char *legacy
 		MICA_LOG(MICA_LOG_WARN, "account: a network hash could not be keyed");
 }
 
-/* Which risk signals |u| raises from the login's device and network (looked
- * up by find_user()) and by its login rate. 0, or the 503 of a login rate
- * that cannot be counted. */
-static int risk_reasons(acct_service *s, const struct user_row *u, json_t *reasons,
-			struct acct_fail *f)
-{
-	char key[64];
-	int allowed = 0, err;
-	if (s->cfg->stepup_new_device && !u->device_trusted)
-		json_array_append_new(reasons, json_string("new_device"));
-	if (s->cfg->stepup_new_network && !u->network_known)
-		json_array_append_new(reasons, json_string("new_network"));
-	snprintf(key, sizeof(key), "account:logins:%lld", (long long)u->id);
-	if ((err = acct_limit_hit(key, s->cfg->login_rate_max, s->cfg->login_rate_window_s,
-				  &allowed, f)) != 0)
-		return err;
-	if (!allowed)
-		json_array_append_new(reasons, json_string("unusual_rate"));
-	return 0;
-}
-
 struct open_ctx {
 	acct_service *s;
 	int64_t user_id;
@@ -295,9 +274,12 @@ int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, stru
 	struct acct_login_req r;
 	char legacy[65], kacct[200], knet[200], *net_hash = NULL, *idx = NULL;
 	struct user_row u = {0};
-	long excess, acct_failures, net_failures;
-	int ok = 0, need_rehash = 0, err;
-	json_t *reasons = NULL;
+	char krate[64];
+	long acct_failures, net_failures;
+	int ok = 0, need_rehash = 0, allowed = 0, err;
+	struct acct_risk_captcha due;
+	struct acct_risk_signals sig = {0};
+	struct acct_risk_decision d;
 
 	if ((err = acct_login_parse(body, &r, f)) != 0)
 		return err;
@@ -321,11 +303,8 @@ int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, stru
 	snprintf(knet, sizeof(knet), "account:fail:net:%.150s", net_hash);
 	if ((err = acct_counters_get(kacct, knet, &acct_failures, &net_failures, f)) != 0)
 		goto out;
-	excess = acct_failures - s->cfg->captcha_account_failures;
-	long net_excess = net_failures - s->cfg->captcha_network_failures;
-	if (net_excess > excess)
-		excess = net_excess;
-	if ((err = acct_captcha_gate(s, excess, kacct, knet, r.altcha, f)) != 0)
+	acct_risk_captcha(s->cfg, acct_failures, net_failures, &due);
+	if ((err = acct_captcha_gate(s, &due, kacct, knet, r.altcha, f)) != 0)
 		goto out;
 	if ((err = check_password(s, &u, r.password, &ok, &need_rehash)) != 0) {
 		acct_fail_internal(f, err, "the password check");
@@ -344,26 +323,33 @@ int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, stru
 		acct_counter_clear(kacct);
 	if (u.network_legacy)
 		upgrade_network(u.id, net_hash, legacy);
-	if (strcmp(u.status, "frozen") == 0) {
+	sig.frozen = strcmp(u.status, "frozen") == 0;
+	sig.device_trusted = u.device_trusted;
+	sig.network_known = u.network_known;
+	if (!sig.frozen) {
+		/* A frozen account's logins are neither rehashed nor counted. */
+		if (need_rehash)
+			rehash(s, u.id, r.password);
+		snprintf(krate, sizeof(krate), "account:logins:%lld", (long long)u.id);
+		if ((err = acct_limit_hit(krate, s->cfg->login_rate_max,
+					  s->cfg->login_rate_window_s, &allowed, f)) != 0)
+			goto out;
+		sig.rate_allowed = allowed;
+	}
+	acct_risk_decide(s->cfg, &sig, &d);
+	if (d.verdict == ACCT_RISK_FROZEN) {
 		err = acct_failf(f, 423, "account_frozen",
 				 "this account is frozen; recover it with a password reset");
 		goto out;
 	}
-	if (need_rehash)
-		rehash(s, u.id, r.password);
-	reasons = json_array();
-	if ((err = risk_reasons(s, &u, reasons, f)) != 0)
-		goto out;
-	if (json_array_size(reasons) > 0) {
+	if (d.verdict == ACCT_RISK_STEPUP) {
 		struct acct_stepup_new n = {u.id, 0, "login", r.dev_hash, r.dev_name, net_hash, r.kind};
-		err = acct_stepup_create(s, &n, reasons, f);
-		reasons = NULL;
+		err = acct_stepup_create(s, &n, acct_risk_reasons_json(d.reasons), f);
 		goto out;
 	}
 	err = acct_login_finish(s, u.id, r.dev_hash, r.dev_name, net_hash,
 			   u.device_trusted && u.network_known, r.kind, 0, out, f);
 out:
-	json_decref(reasons);
 	free(net_hash);
 	free(idx);
 	free(u.password_enc);

@@ -289,7 +289,7 @@ int acct_stepup_verify(acct_service *s, const char *id, json_t *body, json_t **o
 				f->extra = NULL;
 				return acct_fail_internal(f, cerr, "the database");
 			}
-			if (failures >= s->cfg->freeze_after_stepup_failures) {
+			if (acct_risk_freeze_due(s->cfg, failures)) {
 				json_decref(f->extra);
 				f->extra = NULL;
 				if ((err = acct_freeze(s, r.user_id, "failed step-up")) != 0)
