@@ -136,22 +136,23 @@ int acct_reset_start(acct_service *s, json_t *body, const char *ip, json_t **out
 	return 0;
 }
 
+/* The reset's transaction: the new password was hashed and sealed before
+ * it (|password_enc|), so it runs no Argon2id hash and no Key Center
+ * request while it holds the account's row, and a serialization retry
+ * (mica_db_tx repeats the whole function) repeats neither. */
 struct reset_ctx {
 	acct_service *s;
 	int64_t user_id;
-	const char *password;
+	const char *password_enc;
 };
 
 static int reset_tx(mica_db *db, void *arg)
 {
 	struct reset_ctx *r = arg;
-	char uid[24], *phc = NULL, *enc = NULL;
+	char uid[24];
 	int err;
 	snprintf(uid, sizeof(uid), "%lld", (long long)r->user_id);
-	if ((err = acct_password_hash_with(r->password, &r->s->argon2, &phc)) != 0 ||
-	    (err = acct_password_seal(r->s, r->user_id, phc, &enc)) != 0)
-		goto out;
-	const char *p[2] = {uid, enc};
+	const char *p[2] = {uid, r->password_enc};
 	/* A reset is also the way out of a freeze. */
 	err = mica_db_exec(db,
 			   "UPDATE account.user SET password_enc = $2, password_changed_at = now(),"
@@ -162,12 +163,6 @@ static int reset_tx(mica_db *db, void *arg)
 		err = acct_session_revoke_all(r->s, db, r->user_id, 0);
 	if (!err)
 		err = acct_notice_emit(db, r->user_id, ACCT_NOTICE_PASSWORD_RESET, NULL, 0);
-out:
-	if (phc) {
-		mica_wipe(phc, strlen(phc));
-		free(phc);
-	}
-	free(enc);
 	return err;
 }
 
@@ -215,8 +210,18 @@ int acct_reset_complete(acct_service *s, json_t *body, json_t **out, struct acct
 			MICA_LOG(MICA_LOG_WARN, "account: a reset code could not be released");
 		return err;
 	}
-	struct reset_ctx r = {s, uid, password};
-	if ((err = mica_db_tx(db, MICA_DB_READ_COMMITTED, reset_tx, &r)) != 0)
+	char *phc = NULL, *enc = NULL;
+	if ((err = acct_password_hash_with(password, &s->argon2, &phc)) == 0 &&
+	    (err = acct_password_seal(s, uid, phc, &enc)) == 0) {
+		struct reset_ctx r = {s, uid, enc};
+		err = mica_db_tx(db, MICA_DB_READ_COMMITTED, reset_tx, &r);
+	}
+	if (phc) {
+		mica_wipe(phc, strlen(phc));
+		free(phc);
+	}
+	free(enc);
+	if (err)
 		return acct_fail_internal(f, err, "the password reset");
 	*out = json_pack("{s:b}", "reset", 1);
 	return 0;
