@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2016 # jq programs are single-quoted on purpose
 # test_account_retry.sh - a transaction that PostgreSQL makes retry repeats no Argon2id hash and
 # no Key Center round trip: the password's hash is made and sealed once, before the transaction.
 # A trigger (installed by the superuser) fails the first write of a password in each flow with
