@@ -47,19 +47,27 @@ int acct_stepup_create(acct_service *s, const struct acct_stepup_new *n, json_t 
 	uint8_t r[16];
 	char id[33], uid[24], sid[24], ttl[16], *name = NULL;
 	int err;
-	if (!db)
+	if (!db) {
+		json_decref(reasons);
 		return acct_fail_internal(f, MICA_EDBCONN, "the database");
+	}
 	if ((err = mica_random(r, sizeof(r))) != 0 ||
-	    (err = mica_hex_encode(r, 16, id, sizeof(id))))
+	    (err = mica_hex_encode(r, 16, id, sizeof(id)))) {
+		json_decref(reasons);
 		return acct_fail_internal(f, err, "the random generator");
+	}
 	/* The name of the device waiting for step-up, sealed for this row. */
 	if (!*n->device_name)
 		name = strdup("");
 	else if ((err = acct_seal(s, s->records, "stepup", "device_name", id, n->device_name,
 				  &name)) != 0)
-		return acct_fail_internal(f, err, "the Key Center");
-	if (!name)
-		return acct_fail_internal(f, MICA_ENOMEM, "memory");
+		err = acct_fail_internal(f, err, "the Key Center");
+	else if (!name)
+		err = acct_fail_internal(f, MICA_ENOMEM, "memory");
+	if (err || !name) {
+		json_decref(reasons);
+		return err ? err : MICA_ENOMEM;
+	}
 	snprintf(uid, sizeof(uid), "%lld", (long long)n->user_id);
 	snprintf(sid, sizeof(sid), "%lld", (long long)n->session_id);
 	snprintf(ttl, sizeof(ttl), "%d", s->cfg->stepup_ttl_s);
@@ -73,8 +81,10 @@ int acct_stepup_create(acct_service *s, const struct acct_stepup_new *n, json_t 
 			 " $4, $5, $6, $7, $8, now() + make_interval(secs => $9::int))",
 			 9, q, NULL);
 	free(name);
-	if (err)
+	if (err) {
+		json_decref(reasons);
 		return acct_fail_internal(f, err, "the database");
+	}
 	acct_failf(f, 403, "step_up_required",
 		   "%s: verify with one of the methods, then POST /v1/stepup/%s/verify",
 		   strcmp(n->kind, "login") == 0 ? "unusual login" : "recent authentication needed",
