@@ -1,8 +1,59 @@
-/* account.h - internal interfaces of mica-account shared between its files:
- * configuration and service state (service.c), personal data through the
- * Key Center (pii.c), sessions (session.c), one-time codes and registration
- * (register.c), login with the risk engine and step-up (login.c), security
- * settings and deletion (settings.c) and the HTTP routes (routes.c). */
+/* account.h - internal interfaces of mica-account shared between its files,
+ * one section per file, each file named for its feature:
+ *   service.c   configuration table, start-up and shutdown (acct_run)
+ *   routes.c    the HTTP routes; body.c the request-body schemas
+ *   fail.c      how a flow reports a failure (struct acct_fail)
+ *   pii.c       identifiers, blind indexes and personal data sealed by the
+ *               Key Center; pepper.c data keys sealing values at rest
+ *   session.c   sessions (PostgreSQL the truth, Redis and an in-process cache)
+ *   codes.c     one-time codes; register.c registration; reset.c password
+ *               reset; password_admit.c which new passwords a request may set
+ *   login.c     login; risk.c the risk engine's decisions (pure);
+ *               captcha.c the captcha gate; stepup.c step-up; freeze.c freezing
+ *   settings.c  what a signed-in user changes, and deletion
+ *   notice.c    security notices through the outbox; recycling.c recycled
+ *               phone numbers; limits.c limits in Redis; atrest.c upgrades
+ *
+ * Rules callers rely on:
+ * - Return codes: 0, or a MICA_E* code (lib/err.h). Unless a declaration says
+ *   more, a failure is the error of the dependency that failed, as its
+ *   libmica call returns it: PostgreSQL as mica_db_exec() (db.h: MICA_EDBCONN
+ *   when unreachable), Redis as kv.h (MICA_EKVCONN), the Key Center as kc.h
+ *   (MICA_EHTTP, MICA_ETIMEOUT, MICA_ETLS, ...); MICA_ENOMEM; MICA_EINVAL for
+ *   arguments out of contract.
+ * - Flows (the functions that take a |struct acct_fail *f|: registration,
+ *   reset, login, step-up, settings) answer one request. 0: *out is a new
+ *   JSON object, the 2xx body (the caller owns the reference). Otherwise |f|
+ *   is the answer (status, stable code, message, |f->extra| owned by |f|) and
+ *   the return value is nonzero: MICA_EINVAL for a 4xx answer the flow chose
+ *   (acct_failf), MICA_EDENIED for a challenge (403 step_up_required, 428
+ *   captcha_required), MICA_EAUTH or MICA_ESTATE for a refused code (codes.c),
+ *   or the dependency's error with |f| the 503 unavailable answer naming it,
+ *   or a 500 (acct_fail_internal). routes.c answers from |f| alone. A flow's
+ *   |body| is borrowed; it never keeps a pointer into it.
+ * - Ownership: a `char **out` result is malloc'd and the caller's to free;
+ *   when it is a secret (a token, a code, a password hash, decrypted personal
+ *   data) the caller wipes it first (mica_wipe). Strings passed in are
+ *   borrowed for the call. On failure *out is NULL unless a declaration says
+ *   otherwise.
+ * - Threads: the acct_service is built at start (service.c) and read-only
+ *   after, shared by every HTTP worker thread; its sealers, notifier, cache
+ *   and Key Center client are thread-safe. Flows run on the worker threads
+ *   and block on PostgreSQL (the thread's mica_db_thread() handle), Redis,
+ *   the Key Center and Argon2id: never call them on an event thread. A
+ *   function that takes |db| runs its statements in the transaction open on
+ *   it, if any (mica_db_tx nests). Pure functions (the *_parse functions,
+ *   risk.c, acct_ident_parse, acct_answer_normalise) do no I/O and hold no
+ *   state: any thread, and the fuzz targets.
+ * - Transactions: mica_db_tx() runs its callback again on a serialization
+ *   failure, so what must happen once is done before it: the Argon2id hash
+ *   and every Key Center request (sealing, blind indexes) of registration,
+ *   reset and login are made before their transactions, which then only take
+ *   row locks and write. (settings.c's password change and security
+ *   questions still hash inside theirs.) acct_notice_emit and the session
+ *   writes need no Key Center.
+ * - Secrets never reach the logs; failures log the dependency and the error.
+ */
 #ifndef ACCT_ACCOUNT_H
 #define ACCT_ACCOUNT_H
 
@@ -64,17 +115,25 @@ typedef struct acct_service {
 	struct mica_kvcache *session_cache;
 } acct_service;
 
+/* ---- fail.c ------------------------------------------------------------------- */
 /* Why a flow failed: HTTP status, stable code, message; extra JSON members
- * (e.g. a captcha challenge) go into |extra| (owned). */
+ * (e.g. a captcha challenge) go into |extra| (owned). Zero-initialise it
+ * before the flow; the caller json_decref()s |extra|. */
 struct acct_fail {
 	int status;
 	const char *code;
 	char msg[200];
 	json_t *extra;
 };
+/* Fills |f| (|code| must be a static string). Returns MICA_EINVAL for a
+ * status below 500, else MICA_EIO. */
 int acct_failf(struct acct_fail *f, int status, const char *code, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-/* Maps an unexpected error of a dependency to 503/500. */
+    __attribute__((format(printf, 4, 5)));
+/* Maps an unexpected error |err| of |what| ("the database", "the Key
+ * Center", "the notifier", ...) to 503 unavailable with |f->extra|'s
+ * "dependency" naming it as /readyz does, when the dependency is down or
+ * refusing, else to 500 internal_error; logs |what| and the error. Returns
+ * |err|. */
 int acct_fail_internal(struct acct_fail *f, int err, const char *what);
 
 /* ---- body.c ---------------------------------------------------------------- */
@@ -153,7 +212,10 @@ struct acct_session {
 	char kind[8];
 	time_t auth_at, expires_at;
 };
-/* Creates a session; *token (malloc'd, 43 chars) is shown to the client once. */
+/* Creates a session of |kind| ("app" or "web") on |db| (in the caller's
+ * transaction, if one is open); *token (malloc'd, 43 chars; wipe and free)
+ * is shown to the client once, and only its hash is stored. *out gets the
+ * row. 0, or the database's error. */
 int acct_session_create(acct_service *s, mica_db *db, int64_t user_id, const char *device_hash,
 			const char *kind, char **token, struct acct_session *out) MICA_WUR;
 /* The session of a successful login, in one statement: marks |device_hash|
@@ -174,8 +236,13 @@ int acct_session_open(acct_service *s, mica_db *db, int64_t user_id, const char 
 #define ACCT_AUTH_FUTURE_S 5
 bool acct_auth_recent(const acct_service *s, const struct acct_session *sess);
 /* Validates "Bearer <token>" against PostgreSQL (the truth), refreshing the
- * Redis cache and a web session's idle time. MICA_EDENIED if not active. */
-int acct_session_check(acct_service *s, const char *authorization, struct acct_session *out) MICA_WUR;
+ * Redis cache and a web session's idle time. 0 with *out the session;
+ * MICA_EINVAL for a malformed header; MICA_EDENIED if not active; or the
+ * database's error. */
+int acct_session_check(acct_service *s, const char *authorization,
+		       struct acct_session *out) MICA_WUR;
+/* Records a fresh authentication of |session_id| (after a step-up): its
+ * auth_at becomes now. 0, or the database's error. */
 int acct_session_touch_auth(acct_service *s, int64_t session_id) MICA_WUR;
 /* Revocation: the rows are marked revoked and their Redis entries replaced
  * by tombstones before COMMIT, in one transaction (the caller's, if one is
@@ -199,8 +266,10 @@ void acct_session_deferred_flush(acct_service *s);
  * tombstones every live entry whose session PostgreSQL no longer holds as
  * active. Returns 0, or an error (kvcache calls it again later). */
 int acct_session_resync(void *arg);
+/* The active sessions of |user_id| as a new JSON array, |current| marked. */
 int acct_session_list(acct_service *s, int64_t user_id, int64_t current, json_t **out) MICA_WUR;
-/* RFC 7662-shaped answer for |token|. */
+/* RFC 7662-shaped answer for |token| (a new JSON object; {"active": false}
+ * for a token that is not an active session). */
 int acct_session_introspect(acct_service *s, const char *token, json_t **out) MICA_WUR;
 
 /* ---- codes.c --------------------------------------------------------------- */
@@ -208,7 +277,8 @@ int acct_session_introspect(acct_service *s, const char *token, json_t **out) MI
  * *id (malloc'd) names it. The caller has counted the request
  * (acct_code_quota). */
 int acct_code_send(acct_service *s, const char *purpose, const char *channel, const char *target,
-		   const char *target_idx, int64_t user_id, char **id, struct acct_fail *f) MICA_WUR;
+		   const char *target_idx, int64_t user_id, char **id,
+		   struct acct_fail *f) MICA_WUR;
 /* Checks and consumes code |code| of verification |id| for |purpose|; sets
  * *user_id (0 if none), target index and the verified target (malloc'd).
  * Refused: |f| says why, and the result is MICA_EAUTH for a wrong code (or
@@ -254,14 +324,29 @@ int acct_register_start_parse(json_t *body, struct acct_register_start_req *out,
 			      struct acct_fail *f) MICA_WUR;
 int acct_register_complete_parse(json_t *body, struct acct_register_complete_req *out,
 				 struct acct_fail *f) MICA_WUR;
-/* register/start and reset/start count against the open-class code quota
- * of the address and the client network of |ip| (acct_code_quota). */
+/* POST /v1/register/start: sends a code to the phone or email (200
+ * {verification_id, channel, expires_in}); counted against the open-class
+ * code quota of the address and the client network of |ip|
+ * (acct_code_quota), as reset/start is. POST /v1/register/complete: checks
+ * the code and the password policy, makes the password's hash and every
+ * seal, then in one transaction consumes the code and creates the account,
+ * its trusted device, network and first app session (201 {account_id,
+ * token, session_id, expires_at}); 409 identifier_in_use when another
+ * account holds the address (a recycled phone number moves). */
 int acct_register_start(acct_service *s, json_t *body, const char *ip, json_t **out,
 			struct acct_fail *f) MICA_WUR;
 int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t **out,
 			   struct acct_fail *f) MICA_WUR;
 
 /* ---- reset.c ------------------------------------------------------------------ */
+/* POST /v1/password/reset/start {login}: the same 200 answer whether or not
+ * an account has the phone or email; a code goes out only when one does
+ * (and not through a login phone the carrier recycled: that account loses
+ * the number and is told). POST /v1/password/reset/complete
+ * {verification_id, code, new_password}: the account's policy and the
+ * burned passwords apply (a refused password leaves the code usable); the
+ * new password is hashed and sealed before the transaction that sets it,
+ * unfreezes the account, revokes every session and records the notice. */
 int acct_reset_start(acct_service *s, json_t *body, const char *ip, json_t **out,
 		     struct acct_fail *f) MICA_WUR;
 int acct_reset_complete(acct_service *s, json_t *body, json_t **out, struct acct_fail *f) MICA_WUR;
@@ -273,7 +358,8 @@ int acct_reset_complete(acct_service *s, json_t *body, json_t **out, struct acct
 int acct_password_admit(acct_service *s, const char *policy, const char *password,
 			struct acct_fail *f) MICA_WUR;
 /* *burned = 1 when |password| matches a password burned by a freeze. */
-int acct_password_burned(acct_service *s, int64_t user_id, const char *password, int *burned) MICA_WUR;
+int acct_password_burned(acct_service *s, int64_t user_id, const char *password,
+			 int *burned) MICA_WUR;
 /* ---- notice.c ---------------------------------------------------------------- */
 /* Security notices, delivered through the transactional outbox (notice.c). */
 enum acct_notice_kind {
@@ -471,8 +557,7 @@ bool acct_risk_freeze_due(const struct acct_config *c, int stepup_failures);
  * answer carrying a new challenge of cost due->cost, or |f| the 503 of
  * Redis (the single-use record) and its error. */
 int acct_captcha_gate(acct_service *s, const struct acct_risk_captcha *due, const char *kacct,
-		      const char *knet,
-		      const char *payload, struct acct_fail *f) MICA_WUR;
+		      const char *knet, const char *payload, struct acct_fail *f) MICA_WUR;
 
 /* ---- login.c ------------------------------------------------------------------ */
 /* Prepares the login path (the hash checked for unknown accounts). */
@@ -491,7 +576,12 @@ struct acct_login_req {
  * Pure (no database, Redis or Key Center), for acct_login and the fuzz
  * target. 0, or |f| is the 400 answer and MICA_EINVAL returned. */
 int acct_login_parse(json_t *body, struct acct_login_req *out, struct acct_fail *f) MICA_WUR;
-int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, struct acct_fail *f) MICA_WUR;
+/* POST /v1/login from client address |ip|: 200 a session; 401
+ * invalid_credentials (a wrong password and an unknown account alike, in the
+ * same time); 428 captcha_required; 403 step_up_required; 423
+ * account_frozen; 503 when Redis cannot count (the limits fail closed). */
+int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out,
+	       struct acct_fail *f) MICA_WUR;
 /* Records a successful login of |user_id| from device |dev| (named
  * |dev_name|) on network |net| (|known|: the device was already trusted and
  * the network known) and opens a session of |kind|; |notify_new| records a
@@ -512,23 +602,43 @@ struct acct_stepup_new {
  * its methods and reasons; or |f| a 5xx and the dependency's error. */
 int acct_stepup_create(acct_service *s, const struct acct_stepup_new *n, json_t *reasons,
 		       struct acct_fail *f) MICA_WUR;
+/* POST /v1/stepup/<id>/send {method: sms|email}: a code to the account's
+ * phone or email, counted against the owner's code quota. */
 int acct_stepup_send(acct_service *s, const char *id, json_t *body, json_t **out,
 		     struct acct_fail *f) MICA_WUR;
+/* POST /v1/stepup/<id>/verify {code} (or no code once a trusted device
+ * approved): completes the login (its session) or marks the session's
+ * authentication recent. Wrong codes count per account; at
+ * cfg->freeze_after_stepup_failures (acct_risk_freeze_due) the account is
+ * frozen and the answer is 423. 404 unknown, 409 closed, 410 expired. */
 int acct_stepup_verify(acct_service *s, const char *id, json_t *body, json_t **out,
 		       struct acct_fail *f) MICA_WUR;
+/* A trusted device of the same account, with cross-device verification
+ * on, approves step-up |id| (not its own login): 403 not_trusted_device. */
 int acct_stepup_approve(acct_service *s, const struct acct_session *approver, const char *id,
 			json_t **out, struct acct_fail *f) MICA_WUR;
 /* For sensitive operations: 0 when |sess| authenticated recently enough,
  * else a step-up is created and |f| is 403 step_up_required. */
-int acct_require_recent(acct_service *s, const struct acct_session *sess, struct acct_fail *f) MICA_WUR;
+int acct_require_recent(acct_service *s, const struct acct_session *sess,
+			struct acct_fail *f) MICA_WUR;
 
 /* ---- freeze.c ------------------------------------------------------------------ */
-/* Freezes the account: status, every session revoked, password burned,
- * user notified. */
+/* Freezes the account in one transaction: status, password burned, pending
+ * step-ups failed, the notice recorded, every session revoked (in PostgreSQL
+ * even when Redis refuses the tombstones: acct_session_revoke_all_deferred).
+ * |reason| (static text) is logged. 0, or the database's error. */
 int acct_freeze(acct_service *s, int64_t user_id, const char *reason) MICA_WUR;
 
 /* ---- settings.c ------------------------------------------------------------------ */
-int acct_me(acct_service *s, const struct acct_session *sess, json_t **out, struct acct_fail *f) MICA_WUR;
+/* Flows of a signed-in session |sess|: GET /v1/me; the password change
+ * (recent authentication required); binding a login contact (|what| "phone"
+ * or "email": a code to the new address, then its check) and unbinding it;
+ * security questions; cross-device verification; deletion. Each change needs
+ * a recent authentication (acct_require_recent, else 403 step_up_required);
+ * the password change, contact changes and deletion record their security
+ * notice in their transaction. */
+int acct_me(acct_service *s, const struct acct_session *sess, json_t **out,
+	    struct acct_fail *f) MICA_WUR;
 int acct_password_change(acct_service *s, const struct acct_session *sess, json_t *body,
 			 json_t **out, struct acct_fail *f) MICA_WUR;
 int acct_bind_start(acct_service *s, const struct acct_session *sess, const char *what,
@@ -537,8 +647,8 @@ int acct_bind_complete(acct_service *s, const struct acct_session *sess, const c
 		       json_t *body, json_t **out, struct acct_fail *f) MICA_WUR;
 int acct_unbind(acct_service *s, const struct acct_session *sess, const char *what, json_t **out,
 		struct acct_fail *f) MICA_WUR;
-int acct_questions_set(acct_service *s, const struct acct_session *sess, json_t *body,
-		       json_t **out, struct acct_fail *f) MICA_WUR;
+int acct_questions_set(acct_service *s, const struct acct_session *sess, json_t *body, json_t **out,
+		       struct acct_fail *f) MICA_WUR;
 
 /* Security questions. An answer is stored as the Argon2id hash of its
  * normalised form (ASCII letters lower-cased, white space trimmed, each run
@@ -579,6 +689,10 @@ int acct_delete(acct_service *s, const struct acct_session *sess, json_t **out,
 /* ---- routes.c / service.c ----------------------------------------------------------- */
 extern const mica_http_route acct_routes[];
 extern const size_t acct_routes_len;
+/* Runs the service with |cfg| (owned by the caller) until SIGTERM or
+ * SIGINT: checks the settings the table cannot, opens the dependencies,
+ * serves, shuts down. Returns the process's exit status: 0 after a clean
+ * shutdown, 2 for a bad setting, 1 when it could not start (logged). */
 int acct_run(struct acct_config *cfg);
 
 #endif
