@@ -18,12 +18,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "account/account.h"
-#include "clock.h"
 #include "crypto.h"
-#include "kv.h"
 #include "log.h"
 
 /* A PHC string verified when the account does not exist, so both cases
@@ -32,7 +29,8 @@ static char *dummy_phc;
 
 int acct_login_init(acct_service *s)
 {
-	return dummy_phc ? 0 : acct_password_hash_with("mica-no-such-account", &s->argon2, &dummy_phc);
+	return dummy_phc ? 0
+			 : acct_password_hash_with("mica-no-such-account", &s->argon2, &dummy_phc);
 }
 
 /* ---- login ------------------------------------------------------------------------------ */
@@ -102,9 +100,9 @@ static void reseal(acct_service *s, int64_t user_id, const char *old, const char
 		return;
 	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
 	const char *p[3] = {uid, enc, old};
-	if (mica_db_exec(db,
-			 "UPDATE account.user SET password_enc = $2 WHERE id = $1 AND password_enc = $3",
-			 3, p, NULL) == 0)
+	if (mica_db_exec(
+		db, "UPDATE account.user SET password_enc = $2 WHERE id = $1 AND password_enc = $3",
+		3, p, NULL) == 0)
 		MICA_LOG(MICA_LOG_INFO, "account: a password hash was sealed under a data key");
 	free(enc);
 }
@@ -144,9 +142,10 @@ static void rehash(acct_service *s, int64_t user_id, const char *password)
 	    acct_password_seal(s, user_id, phc, &enc) == 0 && db) {
 		snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
 		const char *p[2] = {uid, enc};
-		if (mica_db_exec(db, "UPDATE account.user SET password_enc = $2 WHERE id = $1", 2, p,
-				 NULL) == 0)
-			MICA_LOG(MICA_LOG_INFO, "account: a password hash was upgraded to today's cost");
+		if (mica_db_exec(db, "UPDATE account.user SET password_enc = $2 WHERE id = $1", 2,
+				 p, NULL) == 0)
+			MICA_LOG(MICA_LOG_INFO,
+				 "account: a password hash was upgraded to today's cost");
 	}
 	if (phc) {
 		mica_wipe(phc, strlen(phc));
@@ -203,8 +202,8 @@ static int open_tx(mica_db *db, void *arg)
 /* Records a successful login from |dev| on |net| (|known|: already trusted
  * and known) and opens a session. */
 int acct_login_finish(acct_service *s, int64_t user_id, const char *dev, const char *dev_name,
-			const char *net, int known, const char *kind, int notify_new, json_t **out,
-			struct acct_fail *f)
+		      const char *net, int known, const char *kind, int notify_new, json_t **out,
+		      struct acct_fail *f)
 {
 	struct acct_session session;
 	mica_db *db = mica_db_thread();
@@ -263,8 +262,9 @@ int acct_login_parse(json_t *body, struct acct_login_req *r, struct acct_fail *f
 	if (strlen(r->password) > 1024)
 		return acct_failf(f, 400, "bad_password", "the password is too long");
 	if ((r->ident = acct_ident_parse(r->login, r->norm, sizeof(r->norm))) == ACCT_ID_INVALID)
-		return acct_failf(f, 400, "bad_login",
-				  "login is a phone number (+ and digits), an email or an account id");
+		return acct_failf(
+		    f, 400, "bad_login",
+		    "login is a phone number (+ and digits), an email or an account id");
 	acct_hash_hex("mica-device", r->dev_id, r->dev_hash);
 	return 0;
 }
@@ -343,16 +343,16 @@ int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, stru
 		goto out;
 	}
 	if (d.verdict == ACCT_RISK_STEPUP) {
-		struct acct_stepup_new n = {u.id, 0, "login", r.dev_hash, r.dev_name, net_hash, r.kind};
+		struct acct_stepup_new n = {u.id,	0,	  "login", r.dev_hash,
+					    r.dev_name, net_hash, r.kind};
 		err = acct_stepup_create(s, &n, acct_risk_reasons_json(d.reasons), f);
 		goto out;
 	}
 	err = acct_login_finish(s, u.id, r.dev_hash, r.dev_name, net_hash,
-			   u.device_trusted && u.network_known, r.kind, 0, out, f);
+				u.device_trusted && u.network_known, r.kind, 0, out, f);
 out:
 	free(net_hash);
 	free(idx);
 	free(u.password_enc);
 	return err;
 }
-

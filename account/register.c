@@ -2,8 +2,6 @@
  * (codes.c), and the recycled-phone-number rule: a phone number the carrier
  * recycled moves to the new account, its former accounts told. Answers never
  * reveal whether an identifier has an account. */
-#include <openssl/evp.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,13 +9,9 @@
 
 #include "account/account.h"
 #include "crypto.h"
-#include "kv.h"
 #include "log.h"
-#include "outbox.h"
 
-
-int acct_register_start_parse(json_t *body, struct acct_register_start_req *r,
-			      struct acct_fail *f)
+int acct_register_start_parse(json_t *body, struct acct_register_start_req *r, struct acct_fail *f)
 {
 	memset(r, 0, sizeof(*r));
 	r->phone = json_string_value(json_object_get(body, "phone"));
@@ -302,9 +296,9 @@ static int create_account_tx(mica_db *db, void *arg)
 				3, p5, NULL)) != 0)
 		goto out;
 	const char *p6[2] = {a->uid, a->net_hash};
-	if ((err = mica_db_exec(db,
-				"INSERT INTO account.network (user_id, network_hash) VALUES ($1, $2)", 2,
-				p6, NULL)) != 0)
+	if ((err = mica_db_exec(
+		 db, "INSERT INTO account.network (user_id, network_hash) VALUES ($1, $2)", 2, p6,
+		 NULL)) != 0)
 		goto out;
 	err = acct_session_create(a->s, db, a->user_id, a->device_hash, "app", &a->token,
 				  &a->session);
@@ -320,7 +314,8 @@ static int device_of(json_t *body, char hash[65], const char **name, struct acct
 	const char *id = json_string_value(json_object_get(d, "id"));
 	*name = json_string_value(json_object_get(d, "name"));
 	if (!id || !*id || strlen(id) > 200)
-		return acct_failf(f, 400, "bad_device", "device.id (1 to 200 characters) is required");
+		return acct_failf(f, 400, "bad_device",
+				  "device.id (1 to 200 characters) is required");
 	if (!*name)
 		*name = "";
 	if (strlen(*name) > 100)
@@ -443,7 +438,8 @@ int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t
 	}
 	if (err == MICA_ESTATE && a.code_gone) {
 		/* Another request used the code since the check (or it expired). */
-		if ((err = acct_code_refused(s, db, r.verification_id, "register", f)) != 0 && !f->code)
+		if ((err = acct_code_refused(s, db, r.verification_id, "register", f)) != 0 &&
+		    !f->code)
 			acct_fail_internal(f, err, "the database");
 		err = err ? err : MICA_ESTATE;
 	} else if (err == MICA_EEXISTS && !a.collided) {
