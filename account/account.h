@@ -1,8 +1,59 @@
-/* account.h - internal interfaces of mica-account shared between its files:
- * configuration and service state (service.c), personal data through the
- * Key Center (pii.c), sessions (session.c), one-time codes and registration
- * (register.c), login with the risk engine and step-up (login.c), security
- * settings and deletion (settings.c) and the HTTP routes (routes.c). */
+/* account.h - internal interfaces of mica-account shared between its files,
+ * one section per file, each file named for its feature:
+ *   service.c   configuration table, start-up and shutdown (acct_run)
+ *   routes.c    the HTTP routes; body.c the request-body schemas
+ *   problem.c   which dependency a failure names (mica_problem, lib/problem.h)
+ *   pii.c       identifiers, blind indexes and personal data sealed by the
+ *               Key Center; pepper.c data keys sealing values at rest
+ *   session.c   sessions (PostgreSQL the truth, Redis and an in-process cache)
+ *   codes.c     one-time codes; register.c registration; reset.c password
+ *               reset; password_admit.c which new passwords a request may set
+ *   login.c     login; risk.c the risk engine's decisions (pure);
+ *               captcha.c the captcha gate; stepup.c step-up; freeze.c freezing
+ *   settings.c  what a signed-in user changes, and deletion
+ *   notice.c    security notices through the outbox; recycling.c recycled
+ *               phone numbers; limits.c limits in Redis; atrest.c upgrades
+ *
+ * Rules callers rely on:
+ * - Return codes: 0, or a MICA_E* code (lib/err.h). Unless a declaration says
+ *   more, a failure is the error of the dependency that failed, as its
+ *   libmica call returns it: PostgreSQL as mica_db_exec() (db.h: MICA_EDBCONN
+ *   when unreachable), Redis as kv.h (MICA_EKVCONN), the Key Center as kc.h
+ *   (MICA_EHTTP, MICA_ETIMEOUT, MICA_ETLS, ...); MICA_ENOMEM; MICA_EINVAL for
+ *   arguments out of contract.
+ * - Flows (the functions that take a |mica_problem *f|: registration,
+ *   reset, login, step-up, settings) answer one request. 0: *out is a new
+ *   JSON object, the 2xx body (the caller owns the reference). Otherwise |f|
+ *   is the answer (status, stable code, message, |f->extra| owned by |f|) and
+ *   the return value is nonzero: MICA_EINVAL for a 4xx answer the flow chose
+ *   (mica_problemf), MICA_EDENIED for a challenge (403 step_up_required, 428
+ *   captcha_required), MICA_EAUTH or MICA_ESTATE for a refused code (codes.c),
+ *   or the dependency's error with |f| the 503 unavailable answer naming it,
+ *   or a 500 (acct_problem_dependency). routes.c answers from |f| alone. A flow's
+ *   |body| is borrowed; it never keeps a pointer into it.
+ * - Ownership: a `char **out` result is malloc'd and the caller's to free;
+ *   when it is a secret (a token, a code, a password hash, decrypted personal
+ *   data) the caller wipes it first (mica_wipe). Strings passed in are
+ *   borrowed for the call. On failure *out is NULL unless a declaration says
+ *   otherwise.
+ * - Threads: the acct_service is built at start (service.c) and read-only
+ *   after, shared by every HTTP worker thread; its sealers, notifier, cache
+ *   and Key Center client are thread-safe. Flows run on the worker threads
+ *   and block on PostgreSQL (the thread's mica_db_thread() handle), Redis,
+ *   the Key Center and Argon2id: never call them on an event thread. A
+ *   function that takes |db| runs its statements in the transaction open on
+ *   it, if any (mica_db_tx nests). Pure functions (the *_parse functions,
+ *   risk.c, acct_ident_parse, acct_answer_normalise) do no I/O and hold no
+ *   state: any thread, and the fuzz targets.
+ * - Transactions: mica_db_tx() runs its callback again on a serialization
+ *   failure, so what must happen once is done before it: the Argon2id hash
+ *   and every Key Center request (sealing, blind indexes) of registration,
+ *   reset and login are made before their transactions, which then only take
+ *   row locks and write. (settings.c's password change and security
+ *   questions still hash inside theirs.) acct_notice_emit and the session
+ *   writes need no Key Center.
+ * - Secrets never reach the logs; failures log the dependency and the error.
+ */
 #ifndef ACCT_ACCOUNT_H
 #define ACCT_ACCOUNT_H
 
@@ -65,6 +116,7 @@ typedef struct acct_service {
 	struct mica_kvcache *session_cache;
 } acct_service;
 
+/* ---- problem.c ------------------------------------------------------------- */
 /* How a flow fails: it fills a mica_problem (lib/problem.h) and returns an
  * error; routes.c answers it with mica_http_reply_problem(). */
 /* The failure |err| of a dependency while doing |what| ("the database", "the
@@ -140,7 +192,10 @@ struct acct_session {
 	char kind[8];
 	time_t auth_at, expires_at;
 };
-/* Creates a session; *token (malloc'd, 43 chars) is shown to the client once. */
+/* Creates a session of |kind| ("app" or "web") on |db| (in the caller's
+ * transaction, if one is open); *token (malloc'd, 43 chars; wipe and free)
+ * is shown to the client once, and only its hash is stored. *out gets the
+ * row. 0, or the database's error. */
 int acct_session_create(acct_service *s, mica_db *db, int64_t user_id, const char *device_hash,
 			const char *kind, char **token, struct acct_session *out) MICA_WUR;
 /* The session of a successful login, in one statement: marks |device_hash|
@@ -161,8 +216,13 @@ int acct_session_open(acct_service *s, mica_db *db, int64_t user_id, const char 
 #define ACCT_AUTH_FUTURE_S 5
 bool acct_auth_recent(const acct_service *s, const struct acct_session *sess);
 /* Validates "Bearer <token>" against PostgreSQL (the truth), refreshing the
- * Redis cache and a web session's idle time. MICA_EDENIED if not active. */
-int acct_session_check(acct_service *s, const char *authorization, struct acct_session *out) MICA_WUR;
+ * Redis cache and a web session's idle time. 0 with *out the session;
+ * MICA_EINVAL for a malformed header; MICA_EDENIED if not active; or the
+ * database's error. */
+int acct_session_check(acct_service *s, const char *authorization,
+		       struct acct_session *out) MICA_WUR;
+/* Records a fresh authentication of |session_id| (after a step-up): its
+ * auth_at becomes now. 0, or the database's error. */
 int acct_session_touch_auth(acct_service *s, int64_t session_id) MICA_WUR;
 /* Revocation: the rows are marked revoked and their Redis entries replaced
  * by tombstones before COMMIT, in one transaction (the caller's, if one is
@@ -186,16 +246,19 @@ void acct_session_deferred_flush(acct_service *s);
  * tombstones every live entry whose session PostgreSQL no longer holds as
  * active. Returns 0, or an error (kvcache calls it again later). */
 int acct_session_resync(void *arg);
+/* The active sessions of |user_id| as a new JSON array, |current| marked. */
 int acct_session_list(acct_service *s, int64_t user_id, int64_t current, json_t **out) MICA_WUR;
-/* RFC 7662-shaped answer for |token|. */
+/* RFC 7662-shaped answer for |token| (a new JSON object; {"active": false}
+ * for a token that is not an active session). */
 int acct_session_introspect(acct_service *s, const char *token, json_t **out) MICA_WUR;
 
-/* ---- register.c ------------------------------------------------------------- */
+/* ---- codes.c --------------------------------------------------------------- */
 /* Creates a one-time code for |purpose| sent to |target| over |channel|;
  * *id (malloc'd) names it. The caller has counted the request
  * (acct_code_quota). */
 int acct_code_send(acct_service *s, const char *purpose, const char *channel, const char *target,
-		   const char *target_idx, int64_t user_id, char **id, mica_problem *f) MICA_WUR;
+		   const char *target_idx, int64_t user_id, char **id,
+		   mica_problem *f) MICA_WUR;
 /* Checks and consumes code |code| of verification |id| for |purpose|; sets
  * *user_id (0 if none), target index and the verified target (malloc'd).
  * Refused: |f| says why, and the result is MICA_EAUTH for a wrong code (or
@@ -204,6 +267,22 @@ int acct_code_send(acct_service *s, const char *purpose, const char *channel, co
 int acct_code_verify(acct_service *s, mica_db *db, const char *id, const char *purpose,
 		     const char *code, int64_t *user_id, char **target_idx, char **target,
 		     char **channel, mica_problem *f) MICA_WUR;
+/* The stored form of code |code| of verification |id|: the blind index of
+ * kind "code" of "<id>:<code>" (*out malloc'd, "kc:v<N>:..."). Keyed, so
+ * the million possible codes of a row cannot be tried without the Key
+ * Center. 0, or the Key Center's error. */
+int acct_code_hash(acct_service *s, const char *id, const char *code, char **out) MICA_WUR;
+/* Why code |id| for |purpose| was not accepted: counts the attempt
+ * (committed on its own) and fills |f|. MICA_EAUTH for a wrong code (or too
+ * many), MICA_ESTATE for one already used or expired, or the database's
+ * error (|f| left for the caller). */
+int acct_code_refused(acct_service *s, mica_db *db, const char *id, const char *purpose,
+		      mica_problem *f) MICA_WUR;
+/* |bytes| (at most 32) random bytes as lower-case hex in out[2 * bytes + 1].
+ * 0, or MICA_ECRYPTO. */
+int acct_random_hex(char *out, size_t bytes) MICA_WUR;
+
+/* ---- register.c ------------------------------------------------------------- */
 /* POST /v1/register/start and /complete bodies after their pure checks
  * (no I/O; for the flows and the fuzz target). Strings borrow from the body.
  * start: exactly one of phone and email, of that form; |norm| normalised.
@@ -225,15 +304,42 @@ int acct_register_start_parse(json_t *body, struct acct_register_start_req *out,
 			      mica_problem *f) MICA_WUR;
 int acct_register_complete_parse(json_t *body, struct acct_register_complete_req *out,
 				 mica_problem *f) MICA_WUR;
-/* register/start and reset/start count against the open-class code quota
- * of the address and the client network of |ip| (acct_code_quota). */
+/* POST /v1/register/start: sends a code to the phone or email (200
+ * {verification_id, channel, expires_in}); counted against the open-class
+ * code quota of the address and the client network of |ip|
+ * (acct_code_quota), as reset/start is. POST /v1/register/complete: checks
+ * the code and the password policy, makes the password's hash and every
+ * seal, then in one transaction consumes the code and creates the account,
+ * its trusted device, network and first app session (201 {account_id,
+ * token, session_id, expires_at}); 409 identifier_in_use when another
+ * account holds the address (a recycled phone number moves). */
 int acct_register_start(acct_service *s, json_t *body, const char *ip, json_t **out,
 			mica_problem *f) MICA_WUR;
 int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t **out,
 			   mica_problem *f) MICA_WUR;
+
+/* ---- reset.c ------------------------------------------------------------------ */
+/* POST /v1/password/reset/start {login}: the same 200 answer whether or not
+ * an account has the phone or email; a code goes out only when one does
+ * (and not through a login phone the carrier recycled: that account loses
+ * the number and is told). POST /v1/password/reset/complete
+ * {verification_id, code, new_password}: the account's policy and the
+ * burned passwords apply (a refused password leaves the code usable); the
+ * new password is hashed and sealed before the transaction that sets it,
+ * unfreezes the account, revokes every session and records the notice. */
 int acct_reset_start(acct_service *s, json_t *body, const char *ip, json_t **out,
 		     mica_problem *f) MICA_WUR;
 int acct_reset_complete(acct_service *s, json_t *body, json_t **out, mica_problem *f) MICA_WUR;
+/* ---- password_admit.c ------------------------------------------------------- */
+/* Whether a request may set |password| under |policy|: 0, or |f| says why
+ * not: 400 weak_password when the policy refuses it, 503
+ * policy_unavailable when the check cannot run (nist without a readable
+ * breached-password list: a server fault, not the client's). */
+int acct_password_admit(acct_service *s, const char *policy, const char *password,
+			mica_problem *f) MICA_WUR;
+/* *burned = 1 when |password| matches a password burned by a freeze. */
+int acct_password_burned(acct_service *s, int64_t user_id, const char *password,
+			 int *burned) MICA_WUR;
 /* ---- notice.c ---------------------------------------------------------------- */
 /* Security notices, delivered through the transactional outbox (notice.c). */
 enum acct_notice_kind {
@@ -327,14 +433,6 @@ int acct_password_seal(acct_service *s, int64_t user_id, const char *phc, char *
  * allowed) is set when the row predates data keys and should be sealed again. */
 int acct_password_unseal(acct_service *s, int64_t user_id, const char *sealed, char **phc,
 			 int *legacy) MICA_WUR;
-/* Whether a request may set |password| under |policy|: 0, or |f| says why
- * not: 400 weak_password when the policy refuses it, 503
- * policy_unavailable when the check cannot run (nist without a readable
- * breached-password list: a server fault, not the client's). */
-int acct_password_admit(acct_service *s, const char *policy, const char *password,
-			mica_problem *f) MICA_WUR;
-/* *burned = 1 when |password| matches a password burned by a freeze. */
-int acct_password_burned(acct_service *s, int64_t user_id, const char *password, int *burned) MICA_WUR;
 
 /* ---- atrest.c ----------------------------------------------------------------- */
 /* Seals what rows written before sealing hold in clear or unpeppered:
@@ -380,6 +478,67 @@ bool acct_limits_ready(const char **why);
 /* The same after a PING now (this thread's connection). */
 bool acct_limits_probe(const char **why);
 
+/* ---- risk.c ------------------------------------------------------------------- */
+/* The login risk engine's decisions: pure (no I/O, no global state; any
+ * thread), of the signals a login gathers and account.risk's settings in
+ * |c|. A login is judged in this order: the captcha gate before the
+ * password is checked (acct_risk_captcha), then, after the right password,
+ * the verdict (acct_risk_decide); a wrong password is 401 and counted. */
+/* Whether a login must solve a captcha: when the failed logins of its
+ * account (or of its identifier when no account has it) reach
+ * c->captcha_account_failures, or those of its client network reach
+ * c->captcha_network_failures, in the failure window. |excess| is the
+ * failures beyond the nearer threshold (>= 0 when required), |cost| the
+ * ALTCHA maxnumber due: c->captcha_base_cost at the threshold, doubled per
+ * further failure, at most c->captcha_max_cost (0 when not required). */
+struct acct_risk_captcha {
+	bool required;
+	long excess;
+	long long cost;
+};
+void acct_risk_captcha(const struct acct_config *c, long account_failures, long network_failures,
+		       struct acct_risk_captcha *out);
+/* What the login of an account that gave the right password knows of it. */
+struct acct_risk_signals {
+	bool frozen;	     /* the account's status is "frozen" */
+	bool device_trusted; /* the login's device is a trusted device of the account */
+	bool network_known;  /* the login's client network has been seen for the account */
+	bool rate_allowed;   /* the account's logins are within c->login_rate_max per
+				c->login_rate_window_s (ignored when frozen) */
+};
+/* Reasons for a step-up, as bits; acct_risk_reasons_json() names them. */
+#define ACCT_RISK_NEW_DEVICE 1u	  /* "new_device", when c->stepup_new_device */
+#define ACCT_RISK_NEW_NETWORK 2u  /* "new_network", when c->stepup_new_network */
+#define ACCT_RISK_UNUSUAL_RATE 4u /* "unusual_rate" */
+enum acct_risk_verdict {
+	ACCT_RISK_ALLOW,  /* a session */
+	ACCT_RISK_STEPUP, /* 403 step_up_required for |reasons| */
+	ACCT_RISK_FROZEN, /* 423 account_frozen: only a password reset unfreezes */
+};
+struct acct_risk_decision {
+	enum acct_risk_verdict verdict;
+	unsigned reasons; /* ACCT_RISK_* bits; 0 unless ACCT_RISK_STEPUP */
+};
+void acct_risk_decide(const struct acct_config *c, const struct acct_risk_signals *sig,
+		      struct acct_risk_decision *out);
+/* The reasons' names as a new JSON array (in the bits' order); NULL when
+ * out of memory. */
+json_t *acct_risk_reasons_json(unsigned reasons);
+/* Whether |stepup_failures| wrong step-up codes (counted per account over
+ * c->stepup_failure_window_s, this one included) freeze the account: at
+ * c->freeze_after_stepup_failures. */
+bool acct_risk_freeze_due(const struct acct_config *c, int stepup_failures);
+
+/* ---- captcha.c ---------------------------------------------------------------- */
+/* 0 when |due| (acct_risk_captcha) requires no captcha, or when |payload|
+ * (the login's "altcha", NULL when absent) solves a fresh challenge issued
+ * for the failure counters |kacct| and |knet| at due->cost; each solution
+ * is accepted once. Else MICA_EDENIED with |f| the 428 captcha_required
+ * answer carrying a new challenge of cost due->cost, or |f| the 503 of
+ * Redis (the single-use record) and its error. */
+int acct_captcha_gate(acct_service *s, const struct acct_risk_captcha *due, const char *kacct,
+		      const char *knet, const char *payload, mica_problem *f) MICA_WUR;
+
 /* ---- login.c ------------------------------------------------------------------ */
 /* Prepares the login path (the hash checked for unknown accounts). */
 int acct_login_init(acct_service *s) MICA_WUR;
@@ -397,22 +556,69 @@ struct acct_login_req {
  * Pure (no database, Redis or Key Center), for acct_login and the fuzz
  * target. 0, or |f| is the 400 answer and MICA_EINVAL returned. */
 int acct_login_parse(json_t *body, struct acct_login_req *out, mica_problem *f) MICA_WUR;
-int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, mica_problem *f) MICA_WUR;
+/* POST /v1/login from client address |ip|: 200 a session; 401
+ * invalid_credentials (a wrong password and an unknown account alike, in the
+ * same time); 428 captcha_required; 403 step_up_required; 423
+ * account_frozen; 503 when Redis cannot count (the limits fail closed). */
+int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out,
+	       mica_problem *f) MICA_WUR;
+/* Records a successful login of |user_id| from device |dev| (named
+ * |dev_name|) on network |net| (|known|: the device was already trusted and
+ * the network known) and opens a session of |kind|; |notify_new| records a
+ * new-sign-in notice when the device is new. *out is the login's answer. */
+int acct_login_finish(acct_service *s, int64_t user_id, const char *dev, const char *dev_name,
+		      const char *net, int known, const char *kind, int notify_new, json_t **out,
+		      mica_problem *f) MICA_WUR;
+
+/* ---- stepup.c ------------------------------------------------------------------ */
+/* A step-up to create: of a login (|session_id| 0) or of a sensitive
+ * operation of session |session_id|; |kind| "login" or "sensitive". */
+struct acct_stepup_new {
+	int64_t user_id, session_id;
+	const char *kind, *device_hash, *device_name, *net_hash, *session_kind;
+};
+/* Records step-up |n| for |reasons| (a JSON array, reference taken) and
+ * returns MICA_EDENIED with |f| the 403 step_up_required answer naming it,
+ * its methods and reasons; or |f| a 5xx and the dependency's error. */
+int acct_stepup_create(acct_service *s, const struct acct_stepup_new *n, json_t *reasons,
+		       mica_problem *f) MICA_WUR;
+/* POST /v1/stepup/<id>/send {method: sms|email}: a code to the account's
+ * phone or email, counted against the owner's code quota. */
 int acct_stepup_send(acct_service *s, const char *id, json_t *body, json_t **out,
 		     mica_problem *f) MICA_WUR;
+/* POST /v1/stepup/<id>/verify {code} (or no code once a trusted device
+ * approved): completes the login (its session) or marks the session's
+ * authentication recent. Wrong codes count per account; at
+ * cfg->freeze_after_stepup_failures (acct_risk_freeze_due) the account is
+ * frozen and the answer is 423. 404 unknown, 409 closed, 410 expired. */
 int acct_stepup_verify(acct_service *s, const char *id, json_t *body, json_t **out,
 		       mica_problem *f) MICA_WUR;
+/* A trusted device of the same account, with cross-device verification
+ * on, approves step-up |id| (not its own login): 403 not_trusted_device. */
 int acct_stepup_approve(acct_service *s, const struct acct_session *approver, const char *id,
 			json_t **out, mica_problem *f) MICA_WUR;
 /* For sensitive operations: 0 when |sess| authenticated recently enough,
  * else a step-up is created and |f| is 403 step_up_required. */
-int acct_require_recent(acct_service *s, const struct acct_session *sess, mica_problem *f) MICA_WUR;
-/* Freezes the account: status, every session revoked, password burned,
- * user notified. */
+int acct_require_recent(acct_service *s, const struct acct_session *sess,
+			mica_problem *f) MICA_WUR;
+
+/* ---- freeze.c ------------------------------------------------------------------ */
+/* Freezes the account in one transaction: status, password burned, pending
+ * step-ups failed, the notice recorded, every session revoked (in PostgreSQL
+ * even when Redis refuses the tombstones: acct_session_revoke_all_deferred).
+ * |reason| (static text) is logged. 0, or the database's error. */
 int acct_freeze(acct_service *s, int64_t user_id, const char *reason) MICA_WUR;
 
 /* ---- settings.c ------------------------------------------------------------------ */
-int acct_me(acct_service *s, const struct acct_session *sess, json_t **out, mica_problem *f) MICA_WUR;
+/* Flows of a signed-in session |sess|: GET /v1/me; the password change
+ * (recent authentication required); binding a login contact (|what| "phone"
+ * or "email": a code to the new address, then its check) and unbinding it;
+ * security questions; cross-device verification; deletion. Each change needs
+ * a recent authentication (acct_require_recent, else 403 step_up_required);
+ * the password change, contact changes and deletion record their security
+ * notice in their transaction. */
+int acct_me(acct_service *s, const struct acct_session *sess, json_t **out,
+	    mica_problem *f) MICA_WUR;
 int acct_password_change(acct_service *s, const struct acct_session *sess, json_t *body,
 			 json_t **out, mica_problem *f) MICA_WUR;
 int acct_bind_start(acct_service *s, const struct acct_session *sess, const char *what,
@@ -421,8 +627,8 @@ int acct_bind_complete(acct_service *s, const struct acct_session *sess, const c
 		       json_t *body, json_t **out, mica_problem *f) MICA_WUR;
 int acct_unbind(acct_service *s, const struct acct_session *sess, const char *what, json_t **out,
 		mica_problem *f) MICA_WUR;
-int acct_questions_set(acct_service *s, const struct acct_session *sess, json_t *body,
-		       json_t **out, mica_problem *f) MICA_WUR;
+int acct_questions_set(acct_service *s, const struct acct_session *sess, json_t *body, json_t **out,
+		       mica_problem *f) MICA_WUR;
 
 /* Security questions. An answer is stored as the Argon2id hash of its
  * normalised form (ASCII letters lower-cased, white space trimmed, each run
@@ -463,6 +669,10 @@ int acct_delete(acct_service *s, const struct acct_session *sess, json_t **out,
 /* ---- routes.c / service.c ----------------------------------------------------------- */
 extern const mica_http_route acct_routes[];
 extern const size_t acct_routes_len;
+/* Runs the service with |cfg| (owned by the caller) until SIGTERM or
+ * SIGINT: checks the settings the table cannot, opens the dependencies,
+ * serves, shuts down. Returns the process's exit status: 0 after a clean
+ * shutdown, 2 for a bad setting, 1 when it could not start (logged). */
 int acct_run(struct acct_config *cfg);
 
 #endif

@@ -1,13 +1,7 @@
-/* register.c - one-time codes and the flows built on them: registration by
- * phone or email, password reset (the only way out of a freeze), and the
- * recycled-phone-number rule. Codes are six random digits, stored only as a
- * Key Center HMAC (index key) of the verification id and the code, so a
- * database copy does not give them away; single use, limited in attempts and
- * lifetime; their sending is limited per address and requester (limits.c),
- * counted alike whether or not an account has the address. Answers never
+/* register.c - registration by phone or email with a one-time code
+ * (codes.c), and the recycled-phone-number rule: a phone number the carrier
+ * recycled moves to the new account, its former accounts told. Answers never
  * reveal whether an identifier has an account. */
-#include <openssl/evp.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,201 +9,9 @@
 
 #include "account/account.h"
 #include "crypto.h"
-#include "kv.h"
 #include "log.h"
-#include "outbox.h"
 
-/* The stored form of code |code| of verification |id|: the blind index of
- * kind "code" of "<id>:<code>" (*out malloc'd, "kc:v<N>:..."). Keyed, so
- * the million possible codes of a row cannot be tried without the Key
- * Center. */
-static int code_hash(acct_service *s, const char *id, const char *code, char **out)
-{
-	char buf[64];
-	int err;
-	snprintf(buf, sizeof(buf), "%.32s:%.8s", id, code);
-	err = acct_blind_index(s, "code", buf, out);
-	mica_wipe(buf, sizeof(buf));
-	return err;
-}
-
-static int random_digits(char *out, int n)
-{
-	uint8_t r[16];
-	if (n > 16 || mica_random(r, (size_t)n) != 0)
-		return MICA_ECRYPTO;
-	for (int i = 0; i < n; i++)
-		out[i] = (char)('0' + r[i] % 10); /* bias 256 % 10: under 1% per digit */
-	out[n] = '\0';
-	mica_wipe(r, sizeof(r));
-	return 0;
-}
-
-static int random_hex(char *out, size_t bytes)
-{
-	uint8_t r[32];
-	if (bytes > sizeof(r) || mica_random(r, bytes) != 0)
-		return MICA_ECRYPTO;
-	return mica_hex_encode(r, bytes, out, bytes * 2 + 1);
-}
-
-int acct_code_send(acct_service *s, const char *purpose, const char *channel, const char *target,
-		   const char *target_idx, int64_t user_id, char **id_out, mica_problem *f)
-{
-	mica_db *db = mica_db_thread();
-	char id[33], code[8], uid[24], ttl[16], subject[80], body[256];
-	char *enc = NULL, *hash = NULL;
-	int err;
-
-	*id_out = NULL;
-	if (!db)
-		return acct_problem_dependency(f, MICA_EDBCONN, "the database");
-	if ((err = random_hex(id, 16)) != 0 || (err = random_digits(code, 6)) != 0)
-		return acct_problem_dependency(f, err, "the random generator");
-	if ((err = code_hash(s, id, code, &hash)) != 0 ||
-	    (err = acct_pii_seal(s, "verification", "target", id, target, &enc)) != 0) {
-		mica_wipe(code, sizeof(code));
-		free(hash);
-		return acct_problem_dependency(f, err, "the Key Center");
-	}
-	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
-	snprintf(ttl, sizeof(ttl), "%d", s->cfg->code_ttl_s);
-	const char *p[7] = {id, purpose, channel, target_idx, enc, user_id ? uid : NULL, hash};
-	const char *q[8] = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], ttl};
-	err = mica_db_exec(db,
-			   "INSERT INTO account.verification (id, purpose, channel, target_idx,"
-			   " target_enc, user_id, code_hash, expires_at) VALUES ($1, $2, $3, $4, $5,"
-			   " $6, $7, now() + make_interval(secs => $8::int))",
-			   8, q, NULL);
-	free(enc);
-	free(hash);
-	if (err) {
-		mica_wipe(code, sizeof(code));
-		return acct_problem_dependency(f, err, "the database");
-	}
-	snprintf(subject, sizeof(subject), "Your mica verification code");
-	snprintf(body, sizeof(body),
-		 "Your mica verification code is %s. It expires in %d minutes. Never share it.", code,
-		 s->cfg->code_ttl_s / 60);
-	err = acct_notify_send(s->notify, db, strcmp(channel, "sms") == 0 ? ACCT_CHANNEL_SMS
-									 : ACCT_CHANNEL_EMAIL,
-			       target, subject, body);
-	mica_wipe(code, sizeof(code));
-	mica_wipe(body, sizeof(body));
-	if (err)
-		return acct_problem_dependency(f, err, "the notifier");
-	if (!(*id_out = strdup(id)))
-		return acct_problem_dependency(f, MICA_ENOMEM, "memory");
-	return 0;
-}
-
-/* Why code |id| for |purpose| was not accepted: counts the attempt
- * (committed on its own) and fills |f|. MICA_EAUTH for a wrong code (or too
- * many), MICA_ESTATE for one already used or expired, or the database's
- * error (|f| left for the caller). */
-static int code_refused(acct_service *s, mica_db *db, const char *id, const char *purpose,
-			mica_problem *f)
-{
-	PGresult *res = NULL;
-	const char *q[2] = {id, purpose};
-	int err =
-	    mica_db_exec(db,
-			 "UPDATE account.verification SET attempts = attempts + 1 WHERE id = $1"
-			 " AND purpose = $2 RETURNING attempts, expires_at > now(),"
-			 " consumed_at IS NULL",
-			 2, q, &res);
-	if (err)
-		return err;
-	/* A wrong code is MICA_EAUTH; a used or expired one MICA_ESTATE, as it
-	 * says nothing about who typed it (step-up does not count it). */
-	err = MICA_EAUTH;
-	int64_t attempts = 0;
-	if (PQntuples(res) != 1) {
-		mica_problemf(f, 400, "invalid_code", "the code is wrong");
-	} else if (strcmp(mica_db_get(res, 0, 2), "t") != 0) {
-		mica_problemf(f, 400, "code_used", "this code was already used");
-		err = MICA_ESTATE;
-	} else if (strcmp(mica_db_get(res, 0, 1), "t") != 0) {
-		mica_problemf(f, 400, "code_expired", "the code expired; ask for a new one");
-		err = MICA_ESTATE;
-	} else if (mica_db_get_int64(res, 0, 0, &attempts) != 0 ||
-		   attempts > s->cfg->code_max_attempts) {
-		mica_problemf(f, 429, "too_many_attempts", "too many wrong codes; ask for a new one");
-	} else {
-		mica_problemf(f, 400, "invalid_code", "the code is wrong");
-	}
-	PQclear(res);
-	return err;
-}
-
-int acct_code_verify(acct_service *s, mica_db *db, const char *id, const char *purpose,
-		     const char *code, int64_t *user_id, char **target_idx, char **target,
-		     char **channel, mica_problem *f)
-{
-	PGresult *res = NULL;
-	char *hash = NULL, max[16];
-	int err;
-
-	*user_id = 0;
-	*target_idx = *target = *channel = NULL;
-	if (!id || !code || strlen(id) != 32 || strlen(code) != 6)
-		return mica_problemf(f, 400, "invalid_code", "the code is wrong");
-	if ((err = code_hash(s, id, code, &hash)) != 0)
-		return acct_problem_dependency(f, err, "the Key Center");
-	snprintf(max, sizeof(max), "%d", s->cfg->code_max_attempts);
-	const char *p[4] = {id, purpose, hash, max};
-	/* One statement consumes a right code, so two requests cannot both use it. */
-	err = mica_db_exec(db,
-			   "UPDATE account.verification SET consumed_at = now() WHERE id = $1"
-			   " AND purpose = $2 AND code_hash = $3 AND consumed_at IS NULL"
-			   " AND expires_at > now() AND attempts < $4::int"
-			   " RETURNING user_id, target_idx, target_enc, channel",
-			   4, p, &res);
-	if (err)
-		goto out;
-	if (PQntuples(res) == 1) {
-		if (mica_db_get(res, 0, 0) && mica_db_get_int64(res, 0, 0, user_id) != 0)
-			*user_id = 0;
-		*target_idx = strdup(mica_db_get(res, 0, 1));
-		*channel = strdup(mica_db_get(res, 0, 3));
-		err = acct_pii_open(s, "verification", "target", id, mica_db_get(res, 0, 2), target);
-		if (!err && (!*target_idx || !*channel))
-			err = MICA_ENOMEM;
-		if (err) {
-			/* The target did not open: the code was not used for
-			 * anything, so it stays usable. */
-			const char *q[1] = {id};
-			if (mica_db_exec(db,
-					 "UPDATE account.verification SET consumed_at = NULL"
-					 " WHERE id = $1",
-					 1, q, NULL) != 0)
-				MICA_LOG(MICA_LOG_WARN, "account: a code could not be released");
-			acct_problem_dependency(f, err, "the Key Center");
-		}
-		goto out;
-	}
-	PQclear(res);
-	res = NULL;
-	err = code_refused(s, db, id, purpose, f);
-out:
-	if (err && !f->code)
-		acct_problem_dependency(f, err, "the database");
-	if (err) {
-		free(*target_idx);
-		free(*channel);
-		if (*target)
-			free(*target);
-		*target_idx = *target = *channel = NULL;
-	}
-	free(hash);
-	PQclear(res);
-	return err;
-}
-
-/* ---- registration ---------------------------------------------------------------- */
-
-int acct_register_start_parse(json_t *body, struct acct_register_start_req *r,
-			      mica_problem *f)
+int acct_register_start_parse(json_t *body, struct acct_register_start_req *r, mica_problem *f)
 {
 	memset(r, 0, sizeof(*r));
 	r->phone = json_string_value(json_object_get(body, "phone"));
@@ -258,46 +60,6 @@ int acct_register_start(acct_service *s, json_t *body, const char *ip, json_t **
 			 "expires_in", s->cfg->code_ttl_s);
 	free(id);
 	return 0;
-}
-
-int acct_password_admit(acct_service *s, const char *policy, const char *password,
-			mica_problem *f)
-{
-	struct acct_password_verdict v;
-	int err = acct_password_check(policy, password, s->blocklist, &v);
-	if (err == 0)
-		return 0;
-	if (v.reason == ACCT_PASSWORD_CHECK_FAILED) {
-		MICA_LOG(MICA_LOG_ERROR, "account: the %s password policy cannot run: %s", policy,
-			 v.message);
-		return mica_problemf(f, 503, "policy_unavailable",
-				  "the %s password policy is not available on this server", policy);
-	}
-	return mica_problemf(f, 400, "weak_password", "%s: %s", v.code, v.message);
-}
-
-int acct_password_burned(acct_service *s, int64_t user_id, const char *password, int *burned)
-{
-	mica_db *db = mica_db_thread();
-	PGresult *res = NULL;
-	char uid[24];
-	int err;
-	*burned = 0;
-	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
-	const char *p[1] = {uid};
-	err = db ? mica_db_exec(db, "SELECT password_enc FROM account.burned_password WHERE user_id = $1",
-				1, p, &res)
-		 : MICA_EDBCONN;
-	for (int r = 0; err == 0 && r < PQntuples(res) && !*burned; r++) {
-		char *phc = NULL;
-		if ((err = acct_password_unseal(s, user_id, mica_db_get(res, r, 0), &phc, NULL)) != 0)
-			break;
-		*burned = acct_password_verify(phc, password) == 0;
-		mica_wipe(phc, strlen(phc));
-		free(phc);
-	}
-	PQclear(res);
-	return err;
 }
 
 #define ACCOUNT_NO_ATTEMPTS 5
@@ -537,9 +299,9 @@ static int create_account_tx(mica_db *db, void *arg)
 				3, p5, NULL)) != 0)
 		goto out;
 	const char *p6[2] = {a->uid, a->net_hash};
-	if ((err = mica_db_exec(db,
-				"INSERT INTO account.network (user_id, network_hash) VALUES ($1, $2)", 2,
-				p6, NULL)) != 0)
+	if ((err = mica_db_exec(
+		 db, "INSERT INTO account.network (user_id, network_hash) VALUES ($1, $2)", 2, p6,
+		 NULL)) != 0)
 		goto out;
 	err = acct_session_create(a->s, db, a->user_id, a->device_hash, "app", &a->token,
 				  &a->session);
@@ -558,7 +320,8 @@ static int device_of(json_t *body, char hash[65], const char **name, mica_proble
 	if (err)
 		return err;
 	if (!id || !*id || strlen(id) > 200)
-		return mica_problemf(f, 400, "bad_device", "device.id (1 to 200 characters) is required");
+		return mica_problemf(f, 400, "bad_device",
+				  "device.id (1 to 200 characters) is required");
 	if (!*name)
 		*name = "";
 	if (strlen(*name) > 100)
@@ -599,7 +362,7 @@ static int register_code_check(acct_service *s, mica_db *db, const char *vid, co
 	*hash = *target_idx = *target = *channel = NULL;
 	if (strlen(vid) != 32 || strlen(code) != 6)
 		return mica_problemf(f, 400, "invalid_code", "the code is wrong");
-	if ((err = code_hash(s, vid, code, hash)) != 0)
+	if ((err = acct_code_hash(s, vid, code, hash)) != 0)
 		return acct_problem_dependency(f, err, "the Key Center");
 	snprintf(max, sizeof(max), "%d", s->cfg->code_max_attempts);
 	const char *p[3] = {vid, *hash, max};
@@ -613,7 +376,7 @@ static int register_code_check(acct_service *s, mica_db *db, const char *vid, co
 		goto out;
 	}
 	if (PQntuples(res) != 1) {
-		if ((err = code_refused(s, db, vid, "register", f)) != 0 && !f->code)
+		if ((err = acct_code_refused(s, db, vid, "register", f)) != 0 && !f->code)
 			acct_problem_dependency(f, err, "the database");
 		goto out;
 	}
@@ -684,7 +447,8 @@ int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t
 	}
 	if (err == MICA_ESTATE && a.code_gone) {
 		/* Another request used the code since the check (or it expired). */
-		if ((err = code_refused(s, db, r.verification_id, "register", f)) != 0 && !f->code)
+		if ((err = acct_code_refused(s, db, r.verification_id, "register", f)) != 0 &&
+		    !f->code)
 			acct_problem_dependency(f, err, "the database");
 		err = err ? err : MICA_ESTATE;
 	} else if (err == MICA_EEXISTS && !a.collided) {
@@ -714,215 +478,4 @@ out:
 	}
 	free(channel);
 	return err;
-}
-
-/* ---- password reset ----------------------------------------------------------------- */
-
-/* The phone or email login |login| resolves to: user id, channel, target. */
-static int reset_target(acct_service *s, const char *login, int64_t *user_id, char norm[256],
-			const char **channel, char **idx, char **bound_at)
-{
-	mica_db *db = mica_db_thread();
-	PGresult *res = NULL;
-	enum acct_ident kind = acct_ident_parse(login, norm, 256);
-	int err;
-	*user_id = 0;
-	*idx = *bound_at = NULL;
-	if (kind != ACCT_ID_PHONE && kind != ACCT_ID_EMAIL)
-		return MICA_EINVAL;
-	*channel = kind == ACCT_ID_PHONE ? "sms" : "email";
-	if ((err = acct_blind_index(s, kind == ACCT_ID_PHONE ? "phone" : "email", norm, idx)) != 0)
-		return err;
-	const char *p[1] = {*idx};
-	err = db ? mica_db_exec(db,
-				kind == ACCT_ID_PHONE
-					? "SELECT id, to_char(coalesce(phone_bound_at, created_at),"
-					  " 'YYYY-MM-DD') FROM account.user WHERE phone_idx = $1"
-					: "SELECT id, '' FROM account.user WHERE email_idx = $1",
-				1, p, &res)
-		 : MICA_EDBCONN;
-	if (err == 0 && PQntuples(res) == 1 && mica_db_get_int64(res, 0, 0, user_id) == 0)
-		*bound_at = strdup(mica_db_get(res, 0, 1));
-	PQclear(res);
-	return err;
-}
-
-/* A reset asked through a login phone the carrier recycled: the account
- * loses the number, and is told on its other contacts, in one transaction. */
-struct unbind_recycled {
-	int64_t user_id;
-	const char *phone_idx;
-};
-
-static int unbind_recycled_tx(mica_db *db, void *arg)
-{
-	struct unbind_recycled *ub = arg;
-	PGresult *res = NULL;
-	char u[24];
-	int err;
-	snprintf(u, sizeof(u), "%lld", (long long)ub->user_id);
-	const char *p[2] = {u, ub->phone_idx};
-	if ((err = mica_db_exec(
-		 db,
-		 "UPDATE account.user SET phone_idx = NULL, phone_enc = NULL,"
-		 " phone_bound_at = NULL WHERE id = $1 AND phone_idx = $2 RETURNING id",
-		 2, p, &res)) != 0)
-		return err;
-	bool unbound = PQntuples(res) == 1;
-	PQclear(res);
-	return unbound ? acct_notice_emit(db, ub->user_id, ACCT_NOTICE_RESET_REFUSED, NULL, 0) : 0;
-}
-
-int acct_reset_start(acct_service *s, json_t *body, const char *ip, json_t **out,
-		     mica_problem *f)
-{
-	mica_body_value v[1];
-	const char *channel = NULL;
-	char norm[256], *idx = NULL, *bound = NULL, *id = NULL, *net = NULL;
-	int64_t uid = 0;
-	int recycled = 0, err;
-
-	if ((err = mica_body_fields(body, MICA_BODY_FIELDS(acct_body_reset_start), v, f)) != 0)
-		return err;
-	err = reset_target(s, v[0].s, &uid, norm, &channel, &idx, &bound);
-	if (err == MICA_EINVAL)
-		return mica_problemf(f, 400, "bad_login",
-				  "reset needs a phone number or an email address");
-	if (!err)
-		err = acct_network_hash(s, ip, &net, NULL);
-	if (err) {
-		free(idx);
-		free(bound);
-		return acct_problem_dependency(f, err, "the Key Center");
-	}
-	/* Every request counts, whether or not an account has the address and
-	 * whether or not a code goes out: a known and an unknown address reach
-	 * 429 (and 503) alike, here and at register/start. */
-	err = acct_code_quota(s, ACCT_CODES_OPEN, idx, net, f);
-	free(net);
-	if (err) {
-		free(idx);
-		free(bound);
-		return err;
-	}
-	if (uid && strcmp(channel, "sms") == 0 &&
-	    (err = acct_number_recycled(s, mica_db_thread(), norm, idx, bound, &recycled)) != 0) {
-		/* Unknown whether the number still reaches the account: no code,
-		 * and the same answer as ever (a 5xx would tell an account exists). */
-		MICA_LOG(MICA_LOG_WARN, "account: no reset code: the number-recycling check failed: %s",
-			 mica_strerror(err));
-		uid = 0;
-	} else if (uid && strcmp(channel, "sms") == 0 && recycled) {
-		/* The number changed hands: its new holder must not take over the
-		 * account, nor hear of it. The account loses the number, then is
-		 * told on its other contacts. */
-		struct unbind_recycled ub = {uid, idx};
-		if (mica_db_tx(mica_db_thread(), MICA_DB_READ_COMMITTED, unbind_recycled_tx, &ub) !=
-		    0)
-			MICA_LOG(MICA_LOG_WARN,
-				 "account: a recycled phone number could not be unbound");
-		uid = 0;
-	}
-	/* Same answer whether or not an account exists (no enumeration); a code
-	 * goes out only when one does. */
-	err = uid ? acct_code_send(s, "reset", channel, norm, idx, uid, &id, f) : 0;
-	free(idx);
-	free(bound);
-	if (err)
-		return err;
-	*out = json_pack("{s:s,s:s,s:i}", "verification_id", id ? id : "", "channel", channel,
-			 "expires_in", s->cfg->code_ttl_s);
-	if (!id) {
-		/* A well-formed id that never verifies, so both answers look alike. */
-		char fake[33];
-		if (random_hex(fake, 16) == 0)
-			json_object_set_new(*out, "verification_id", json_string(fake));
-	}
-	free(id);
-	return 0;
-}
-
-struct reset_ctx {
-	acct_service *s;
-	int64_t user_id;
-	const char *password;
-};
-
-static int reset_tx(mica_db *db, void *arg)
-{
-	struct reset_ctx *r = arg;
-	char uid[24], *phc = NULL, *enc = NULL;
-	int err;
-	snprintf(uid, sizeof(uid), "%lld", (long long)r->user_id);
-	if ((err = acct_password_hash_with(r->password, &r->s->argon2, &phc)) != 0 ||
-	    (err = acct_password_seal(r->s, r->user_id, phc, &enc)) != 0)
-		goto out;
-	const char *p[2] = {uid, enc};
-	/* A reset is also the way out of a freeze. */
-	err = mica_db_exec(db,
-			   "UPDATE account.user SET password_enc = $2, password_changed_at = now(),"
-			   " password_reset_at = now(), status = 'active', frozen_at = NULL"
-			   " WHERE id = $1",
-			   2, p, NULL);
-	if (!err)
-		err = acct_session_revoke_all(r->s, db, r->user_id, 0);
-	if (!err)
-		err = acct_notice_emit(db, r->user_id, ACCT_NOTICE_PASSWORD_RESET, NULL, 0);
-out:
-	if (phc) {
-		mica_wipe(phc, strlen(phc));
-		free(phc);
-	}
-	free(enc);
-	return err;
-}
-
-int acct_reset_complete(acct_service *s, json_t *body, json_t **out, mica_problem *f)
-{
-	mica_body_value v[3];
-	mica_db *db = mica_db_thread();
-	char *idx = NULL, *target = NULL, *channel = NULL, policy[16] = "miui";
-	int64_t uid = 0;
-	int burned = 0, err;
-
-	if ((err = mica_body_fields(body, MICA_BODY_FIELDS(acct_body_reset_complete), v, f)) != 0)
-		return err;
-	if (!db)
-		return acct_problem_dependency(f, MICA_EDBCONN, "the database");
-	const char *vid = v[0].s, *code = v[1].s, *password = v[2].s;
-	if ((err = acct_code_verify(s, db, vid, "reset", code, &uid, &idx, &target, &channel, f)))
-		return err;
-	free(idx);
-	free(target);
-	free(channel);
-	PGresult *res = NULL;
-	char u[24];
-	snprintf(u, sizeof(u), "%lld", (long long)uid);
-	const char *p[1] = {u};
-	if (mica_db_exec(db, "SELECT password_policy FROM account.user WHERE id = $1", 1, p, &res) ==
-		    0 &&
-	    PQntuples(res) == 1)
-		snprintf(policy, sizeof(policy), "%s", mica_db_get(res, 0, 0));
-	PQclear(res);
-	if ((err = acct_password_admit(s, policy, password, f)) == 0) {
-		if ((err = acct_password_burned(s, uid, password, &burned)) != 0)
-			acct_problem_dependency(f, err, "the Key Center");
-		else if (burned)
-			err = mica_problemf(f, 400, "password_burned",
-					 "this password was burned when the account was frozen;"
-					 " choose another");
-	}
-	if (err) {
-		/* The code proved the channel; a refused password must not use it up. */
-		const char *q[1] = {vid};
-		if (mica_db_exec(db, "UPDATE account.verification SET consumed_at = NULL WHERE id = $1",
-				 1, q, NULL) != 0)
-			MICA_LOG(MICA_LOG_WARN, "account: a reset code could not be released");
-		return err;
-	}
-	struct reset_ctx r = {s, uid, password};
-	if ((err = mica_db_tx(db, MICA_DB_READ_COMMITTED, reset_tx, &r)) != 0)
-		return acct_problem_dependency(f, err, "the password reset");
-	*out = json_pack("{s:b}", "reset", 1);
-	return 0;
 }
