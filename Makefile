@@ -23,9 +23,12 @@ LIBS := $(PKG_LIBS) -lgfshare -lpthread -ldl
 
 LIB_SRC := $(wildcard lib/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
-# Service directories: each becomes $(BUILD)/lib<dir>.a, linked into every
-# program and test (static archives only pull in what a program uses).
-SVC_DIRS := $(foreach d,keycenter account,$(if $(wildcard $(d)/*.c),$(d)))
+# Service directories: every top-level directory holding C sources that is
+# not one of the tree's own (lib, cmd, tests, bench, ...) is a service; each
+# becomes $(BUILD)/lib<dir>.a, linked into every program and test (static
+# archives only pull in what a program uses). A new service needs no edit here.
+NOT_SVC := lib cmd tests bench deploy docs schema build build-asan $(BUILD)
+SVC_DIRS := $(sort $(filter-out $(NOT_SVC),$(patsubst %/,%,$(dir $(wildcard */*.c)))))
 SVC_LIBS := $(foreach d,$(SVC_DIRS),$(BUILD)/lib$(d).a)
 ALL_LIBS := $(SVC_LIBS) $(BUILD)/libmica.a
 CMD_SRC := $(wildcard cmd/*.c)

@@ -18,13 +18,14 @@
 #include "db.h"
 #include "http.h"
 #include "kc.h"
+#include "kv.h"
 
 struct acct_config {
 	int log_level;
 	mica_http_options http;
-	char *db_conninfo, *db_password;
-	char *redis_socket, *redis_user, *redis_password;
-	char *kc_url, *kc_ca_file, *kc_cert_file, *kc_key_file;
+	mica_config_db db;		/* [account.db] */
+	struct mica_kv_config redis;	/* [account.redis] */
+	mica_kc_options kc;		/* [account.keycenter] url and TLS files */
 	char *pii_key, *index_key, *pepper_key;
 	char *password_policy, *blocklist_dir;
 	int argon2_m_kib, argon2_t, argon2_p, pepper_key_max_age_s, pepper_key_max_seals;
@@ -45,6 +46,8 @@ struct acct_config {
 
 extern const mica_config_entry acct_config_table[];
 extern const size_t acct_config_table_len;
+/* The daemon (service.c), run by cmd/mica-account.c. */
+extern const struct mica_service acct_daemon;
 
 typedef struct acct_sealer acct_sealer;
 typedef struct acct_recycling acct_recycling;
@@ -476,6 +479,5 @@ int acct_delete(acct_service *s, const struct acct_session *sess, json_t **out,
 /* ---- routes.c / service.c ----------------------------------------------------------- */
 extern const mica_http_route acct_routes[];
 extern const size_t acct_routes_len;
-int acct_run(struct acct_config *cfg);
 
 #endif

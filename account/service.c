@@ -1,8 +1,9 @@
-/* service.c - mica-account's configuration table and run loop: connect to
- * PostgreSQL, Redis and the Key Center (checking that its three keys are
- * usable), start the in-process session cache, seal rows written before
- * sealing (atrest.c), load the password blocklist, then serve HTTPS and run
- * the notice worker (notice.c) until a signal. */
+/* service.c - mica-account as a libmica daemon (lib/daemon.h): its
+ * configuration table, the checks run before anything is opened, and its
+ * start: the Key Center (checking that its three keys are usable), the
+ * in-process session cache, rows written before sealing sealed (atrest.c),
+ * the password blocklist; once serving, the notice worker (notice.c). The
+ * skeleton opens PostgreSQL and Redis, runs the listener and shuts down. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 #include "auth.h"
 #include "crypto.h"
 #include "daemon.h"
+#include "db.h"
 #include "kv.h"
 #include "kvcache.h"
 #include "log.h"
@@ -25,24 +27,10 @@ const mica_config_entry acct_config_table[] = {
 	{"log", "level", MICA_CFG_LOGLEVEL, 0, 4, "info", F(log_level),
 	 "least severe level written (debug, info, warn, error, off)"},
 	MICA_CONFIG_HTTP_ENTRIES("account.http", struct acct_config, http, "32"),
-	{"account.db", "conninfo", MICA_CFG_STRING, 1, 4096, NULL, F(db_conninfo),
-	 "libpq conninfo of the mica_account role (without the password)"},
-	{"account.db", "password_file", MICA_CFG_SECRET, 0, 4096, "", F(db_password),
-	 "file holding the role's password (empty: none, e.g. a passfile in conninfo)"},
-	{"account.redis", "socket", MICA_CFG_STRING, 1, 4096, NULL, F(redis_socket),
-	 "Redis Unix socket"},
-	{"account.redis", "user", MICA_CFG_STRING, 1, 64, "account", F(redis_user),
-	 "Redis ACL user (keys account:* and session:*)"},
-	{"account.redis", "password_file", MICA_CFG_SECRET, 0, 4096, NULL, F(redis_password),
-	 "file holding the Redis user's password"},
-	{"account.keycenter", "url", MICA_CFG_STRING, 1, 4096, NULL, F(kc_url),
-	 "base URL of the Key Center (https://host:port)"},
-	{"account.keycenter", "ca_file", MICA_CFG_STRING, 1, 4096, NULL, F(kc_ca_file),
-	 "CA the Key Center's certificate chains to"},
-	{"account.keycenter", "cert_file", MICA_CFG_STRING, 1, 4096, NULL, F(kc_cert_file),
-	 "client certificate of the account principal"},
-	{"account.keycenter", "key_file", MICA_CFG_STRING, 1, 4096, NULL, F(kc_key_file),
-	 "its private key"},
+	MICA_CONFIG_DB_ENTRIES("account.db", struct acct_config, db, "mica_account"),
+	MICA_CONFIG_REDIS_ENTRIES("account.redis", struct acct_config, redis, "account",
+				  "account:* and session:*"),
+	MICA_CONFIG_KC_CLIENT_ENTRIES("account.keycenter", struct acct_config, kc, "account"),
 	{"account.keycenter", "pii_key", MICA_CFG_STRING, 1, 64, "account-pii", F(pii_key),
 	 "Key Center key encrypting phone, email and account id, and wrapping the data keys that"
 	 " seal device names and security questions"},
@@ -145,31 +133,18 @@ const mica_config_entry acct_config_table[] = {
 #undef F
 const size_t acct_config_table_len = sizeof(acct_config_table) / sizeof(acct_config_table[0]);
 
+
 /* ---- readiness (GET /readyz) ----------------------------------------------
- * One function per dependency, each returning 0 or the MICA_E* code of its
- * failure; acct_ready_checks lists them with the name /readyz reports. They
+ * The database and Redis probes are libmica's; these two are the account
+ * service's own. acct_ready lists them with the name /readyz reports; they
  * run on the blocking pool, at most once per MICA_HTTP_READY_CACHE_MS. */
-
-static int ready_database(acct_service *s)
-{
-	(void)s;
-	mica_db *db = mica_db_thread();
-	return db && mica_db_exec(db, "SELECT 1", 0, NULL, NULL) == 0 ? 0 : MICA_EDBCONN;
-}
-
-static int ready_redis(acct_service *s)
-{
-	static const char *const ping[] = {"PING"};
-	mica_kv *kv = mica_kv_thread();
-	(void)s;
-	return kv && mica_kv_command(kv, NULL, 1, ping, NULL) == 0 ? 0 : MICA_EKVCONN;
-}
 
 /* The Key Center answers this principal: an encryption under the PII key,
  * which is never cached (each one is a fresh ciphertext), so it proves the
  * Key Center reachable, its audit trail writable and the policy in force. */
-static int ready_keycenter(acct_service *s)
+static int ready_keycenter(void *state)
 {
+	acct_service *s = state;
 	json_t *ctx = json_pack("{s:s}", "probe", "readiness");
 	char *ct = NULL;
 	int err = ctx ? mica_kc_encrypt(s->kc, s->cfg->pii_key, "x", 1, ctx, &ct) : MICA_ENOMEM;
@@ -179,30 +154,19 @@ static int ready_keycenter(acct_service *s)
 }
 
 /* Data keys to seal password hashes and records with are at hand (pepper.c). */
-static int ready_sealers(acct_service *s)
+static int ready_sealers(void *state)
 {
+	acct_service *s = state;
 	int err = acct_sealer_ready(s, s->pepper);
 	return err ? err : acct_sealer_ready(s, s->records);
 }
 
-static const struct {
-	const char *dependency;
-	int (*check)(acct_service *s);
-} acct_ready_checks[] = {
-	{"database", ready_database},
-	{"redis", ready_redis},
-	{"keycenter", ready_keycenter},
-	{"sealers", ready_sealers},
+static const mica_ready_check acct_ready[] = {
+	{"database", mica_ready_database, 0},
+	{"redis", mica_ready_redis, 0},
+	{"keycenter", ready_keycenter, 0},
+	{"sealers", ready_sealers, 0},
 };
-
-static void ready(void *arg, mica_http_readiness *r)
-{
-	for (size_t i = 0; i < sizeof(acct_ready_checks) / sizeof(acct_ready_checks[0]); i++) {
-		int err = acct_ready_checks[i].check(arg);
-		if (err)
-			mica_http_not_ready(r, acct_ready_checks[i].dependency, err);
-	}
-}
 
 /* The three Key Center keys must be usable before we accept anyone: each is
  * probed with the operations the service needs from it (index: hmac; pii:
@@ -253,53 +217,55 @@ static int start_session_cache(acct_service *s, const struct mica_kv_config *kvc
 	return err;
 }
 
-int acct_run(struct acct_config *cfg)
+/* Cross-checks of values, before anything is opened (lib/daemon.h). */
+static int acct_validate(void *config, char *err, size_t errlen)
 {
-	acct_service s = {.cfg = cfg};
-	mica_http_server *srv = NULL;
-	acct_notice_worker *notices = NULL;
-	char *conninfo = NULL;
-	int rc = 1, err;
+	struct acct_config *cfg = config;
+	const char *why = NULL;
+	if (strcmp(cfg->password_policy, "miui") != 0 && strcmp(cfg->password_policy, "nist") != 0)
+		why = "account.password.policy: must be miui or nist";
+	else if (strcmp(cfg->password_policy, "nist") == 0 && !*cfg->blocklist_dir)
+		why = "account.password.policy: nist needs account.password.blocklist_dir"
+		      " (breached-password range files)";
+	else if (strlen(cfg->altcha_key) < 16)
+		why = "account.risk.altcha_key_file: the key needs 16+ bytes";
+	if (!why)
+		return 0;
+	snprintf(err, errlen, "%s", why);
+	return MICA_ECONFIG;
+}
 
-	mica_log_min_level = cfg->log_level;
-	if (strcmp(cfg->password_policy, "miui") != 0 && strcmp(cfg->password_policy, "nist") != 0) {
-		MICA_LOG(MICA_LOG_ERROR, "account.password.policy: must be miui or nist");
-		return 2;
-	}
-	if (strcmp(cfg->password_policy, "nist") == 0 && !*cfg->blocklist_dir) {
-		MICA_LOG(MICA_LOG_ERROR, "account.password.policy: nist needs"
-					 " account.password.blocklist_dir (breached-password range files)");
-		return 2;
-	}
-	if (strlen(cfg->altcha_key) < 16) {
-		MICA_LOG(MICA_LOG_ERROR, "account.risk.altcha_key_file: the key needs 16+ bytes");
-		return 2;
-	}
-	s.argon2 = (acct_argon2_params){(uint32_t)cfg->argon2_m_kib, (uint32_t)cfg->argon2_t,
-					(uint32_t)cfg->argon2_p};
-	if (!(conninfo = mica_db_conninfo_with_password(cfg->db_conninfo, cfg->db_password)))
-		goto out;
-	struct mica_kv_config kvc = {.socket_path = cfg->redis_socket,
-				     .username = cfg->redis_user,
-				     .password = cfg->redis_password};
-	if (mica_db_global_init(conninfo) != 0 || mica_kv_global_init(&kvc) != 0)
-		goto out;
+/* The daemon's state: the service the routes see, and the notice worker. */
+struct acct_state {
+	acct_service s; /* first: the routes' context is &state->s */
+	acct_notice_worker *notices;
+};
+
+static int acct_start(void *config, const mica_daemon_env *env, void **state)
+{
+	struct acct_config *cfg = config;
+	struct acct_state *st = calloc(1, sizeof(*st));
+	acct_service *s = st ? &st->s : NULL;
+	int err;
+
+	*state = st;
+	if (!st)
+		return MICA_ENOMEM;
+	s->cfg = cfg;
+	s->argon2 = (acct_argon2_params){(uint32_t)cfg->argon2_m_kib, (uint32_t)cfg->argon2_t,
+					 (uint32_t)cfg->argon2_p};
 	/* The pepper's data keys keep the context they were first minted with. */
-	if ((err = start_session_cache(&s, &kvc)) != 0 ||
-	    (err = acct_sealer_new(cfg->pepper_key, "user", "password", "pepper", &s.pepper)) != 0 ||
-	    (err = acct_sealer_new(cfg->pii_key, NULL, NULL, "records", &s.records)) != 0)
-		goto out;
-	mica_kc_options ko = {.base_url = cfg->kc_url,
-			      .ca_file = cfg->kc_ca_file,
-			      .cert_file = cfg->kc_cert_file,
-			      .key_file = cfg->kc_key_file};
-	if ((err = mica_kc_new(&s.kc, &ko)) != 0 || (err = check_keys(&s)) != 0) {
-		MICA_LOG(MICA_LOG_ERROR, "account: the Key Center at %s is not usable: %s", cfg->kc_url,
-			 mica_strerror(err));
-		goto out;
+	if ((err = start_session_cache(s, env->kv)) != 0 ||
+	    (err = acct_sealer_new(cfg->pepper_key, "user", "password", "pepper", &s->pepper)) != 0 ||
+	    (err = acct_sealer_new(cfg->pii_key, NULL, NULL, "records", &s->records)) != 0)
+		return err;
+	if ((err = mica_kc_new(&s->kc, &cfg->kc)) != 0 || (err = check_keys(s)) != 0) {
+		MICA_LOG(MICA_LOG_ERROR, "account: the Key Center at %s is not usable: %s",
+			 cfg->kc.base_url, mica_strerror(err));
+		return err;
 	}
-	if ((err = acct_at_rest_upgrade(&s)) != 0)
-		goto out;
+	if ((err = acct_at_rest_upgrade(s)) != 0)
+		return err;
 	acct_notify_config nc = {.email_mode = cfg->email_mode,
 				 .sms_mode = cfg->sms_mode,
 				 .smtp_url = cfg->smtp_url,
@@ -307,43 +273,64 @@ int acct_run(struct acct_config *cfg)
 				 .smtp_user = *cfg->smtp_user ? cfg->smtp_user : NULL,
 				 .smtp_password = *cfg->smtp_password ? cfg->smtp_password : NULL,
 				 .sms_webhook_url = cfg->sms_webhook_url,
-				 .ca_file = cfg->kc_ca_file,
+				 .ca_file = cfg->kc.ca_file,
 				 /* The webhook sees the account service's client identity. */
-				 .cert_file = cfg->kc_cert_file,
-				 .key_file = cfg->kc_key_file};
-	if ((err = acct_notify_new(&s.notify, &nc)) != 0) {
+				 .cert_file = cfg->kc.cert_file,
+				 .key_file = cfg->kc.key_file};
+	if ((err = acct_notify_new(&s->notify, &nc)) != 0) {
 		MICA_LOG(MICA_LOG_ERROR, "account.notify: %s", mica_strerror(err));
-		goto out;
+		return err;
 	}
-	if (*cfg->blocklist_dir && (err = acct_blocklist_open(cfg->blocklist_dir, &s.blocklist))) {
+	if (*cfg->blocklist_dir && (err = acct_blocklist_open(cfg->blocklist_dir, &s->blocklist))) {
 		MICA_LOG(MICA_LOG_ERROR, "account.password.blocklist_dir: %s", mica_strerror(err));
-		goto out;
+		return err;
 	}
-	if ((err = acct_recycling_new(cfg, &s.recycling)) != 0 || (err = acct_login_init(&s)) != 0)
-		goto out;
-	cfg->http.service = "account";
-	cfg->http.ready = ready;
-	if ((err = mica_http_start(&srv, &cfg->http, acct_routes, acct_routes_len, &s)) != 0 ||
-	    (err = acct_notice_start(&s, &notices)) != 0)
-		goto out;
-	mica_daemon_wait_signal();
-	MICA_LOG(MICA_LOG_INFO, "account: stopping");
-	rc = 0;
-out:
-	mica_http_stop(srv);
-	acct_notice_stop(&notices);
-	acct_blocklist_close(s.blocklist);
-	acct_recycling_free(s.recycling);
-	acct_notify_free(s.notify);
-	mica_kc_free(s.kc);
-	acct_sealer_free(s.pepper);
-	acct_sealer_free(s.records);
-	mica_kvcache_stop(&s.session_cache);
-	mica_kv_global_cleanup();
-	mica_db_global_cleanup();
-	if (conninfo) {
-		mica_wipe(conninfo, strlen(conninfo));
-		free(conninfo);
-	}
-	return rc;
+	if ((err = acct_recycling_new(cfg, &s->recycling)) != 0 || (err = acct_login_init(s)) != 0)
+		return err;
+	return 0;
 }
+
+static int acct_serving(void *state)
+{
+	struct acct_state *st = state;
+	return acct_notice_start(&st->s, &st->notices);
+}
+
+static void acct_stop(void *state)
+{
+	struct acct_state *st = state;
+	if (!st)
+		return;
+	acct_notice_stop(&st->notices);
+	acct_blocklist_close(st->s.blocklist);
+	acct_recycling_free(st->s.recycling);
+	acct_notify_free(st->s.notify);
+	mica_kc_free(st->s.kc);
+	acct_sealer_free(st->s.pepper);
+	acct_sealer_free(st->s.records);
+	mica_kvcache_stop(&st->s.session_cache);
+	free(st);
+}
+
+const mica_service acct_daemon = {
+    .name = "account",
+    .summary = "The account service: registration, risk-based login, sessions, security"
+	       " settings.",
+    .config = acct_config_table,
+    .config_len = sizeof(acct_config_table) / sizeof(acct_config_table[0]),
+    .config_size = sizeof(struct acct_config),
+    .log_level_at = offsetof(struct acct_config, log_level),
+    .http_at = offsetof(struct acct_config, http),
+    .uses = MICA_USES_DB | MICA_USES_REDIS | MICA_USES_KC,
+    .db_at = offsetof(struct acct_config, db),
+    .redis_at = offsetof(struct acct_config, redis),
+    .kc_at = offsetof(struct acct_config, kc),
+    .validate = acct_validate,
+    .start = acct_start,
+    .serving = acct_serving,
+    .stop = acct_stop,
+    .routes = acct_routes,
+    .nroutes = &acct_routes_len,
+    .ready = acct_ready,
+    .nready = sizeof(acct_ready) / sizeof(acct_ready[0]),
+};

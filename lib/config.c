@@ -5,6 +5,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <gnutls/gnutls.h>
 #include <ini.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -384,4 +385,66 @@ void mica_config_write_example(FILE *out, const mica_config_entry *table, size_t
 		fprintf(out, "%s\n", e->def ? "" : " [required]");
 		fprintf(out, ";%s = %s\n", e->key, e->def ? e->def : "");
 	}
+}
+
+/* |path| opens for reading; else a message naming the key. */
+static int check_readable(const char *section, const char *key, const char *path, char *err,
+			  size_t errlen)
+{
+	FILE *f;
+	if (!path || !*path) {
+		snprintf(err, errlen, "%s.%s: not set", section, key);
+		return MICA_ECONFIG;
+	}
+	if (!(f = fopen(path, "rb"))) {
+		snprintf(err, errlen, "%s.%s: cannot read %s: %s", section, key, path,
+			 strerror(errno));
+		return MICA_ECONFIG;
+	}
+	fclose(f);
+	return 0;
+}
+
+int mica_config_check_ca(const char *section, const char *key, const char *path, char *err,
+			 size_t errlen)
+{
+	gnutls_certificate_credentials_t cred = NULL;
+	int n, rc = check_readable(section, key, path, err, errlen);
+	if (rc)
+		return rc;
+	if (gnutls_certificate_allocate_credentials(&cred) < 0) {
+		snprintf(err, errlen, "%s.%s: out of memory", section, key);
+		return MICA_ENOMEM;
+	}
+	n = gnutls_certificate_set_x509_trust_file(cred, path, GNUTLS_X509_FMT_PEM);
+	gnutls_certificate_free_credentials(cred);
+	if (n <= 0) {
+		snprintf(err, errlen, "%s.%s: %s holds no PEM certificate that parses%s%s", section,
+			 key, path, n < 0 ? ": " : "", n < 0 ? gnutls_strerror(n) : "");
+		return MICA_ECONFIG;
+	}
+	return 0;
+}
+
+int mica_config_check_cert_key(const char *section, const char *cert_key, const char *cert,
+			       const char *key_key, const char *key, char *err, size_t errlen)
+{
+	gnutls_certificate_credentials_t cred = NULL;
+	int rc = check_readable(section, cert_key, cert, err, errlen);
+	if (!rc)
+		rc = check_readable(section, key_key, key, err, errlen);
+	if (rc)
+		return rc;
+	if (gnutls_certificate_allocate_credentials(&cred) < 0) {
+		snprintf(err, errlen, "%s.%s: out of memory", section, cert_key);
+		return MICA_ENOMEM;
+	}
+	rc = gnutls_certificate_set_x509_key_file(cred, cert, key, GNUTLS_X509_FMT_PEM);
+	gnutls_certificate_free_credentials(cred);
+	if (rc < 0) {
+		snprintf(err, errlen, "%s.%s, %s.%s: %s and %s are not a PEM certificate and its key: %s",
+			 section, cert_key, section, key_key, cert, key, gnutls_strerror(rc));
+		return MICA_ECONFIG;
+	}
+	return 0;
 }

@@ -98,4 +98,62 @@ void mica_config_write_example(FILE *out, const mica_config_entry *table, size_t
 	 "PEM CA whose client certificates may scrape the metrics listener (set: mutual TLS"      \
 	 " required there)"}
 
+/* The database a daemon connects to: the [<service>.db] section. The
+ * password is read from password_file (empty: none, e.g. a passfile or
+ * peer authentication). */
+typedef struct mica_config_db {
+	char *conninfo; /* libpq conninfo without the password */
+	char *password; /* secret (wiped on free); "" when not set */
+} mica_config_db;
+
+#define MICA_CONFIG_DB_ENTRIES(sec, type, m, role)                                                \
+	{sec, "conninfo", MICA_CFG_STRING, 1, 4096, NULL, offsetof(type, m.conninfo),              \
+	 "libpq conninfo of the " role " role (without the password)"},                           \
+	{sec, "password_file", MICA_CFG_SECRET, 0, 4096, "", offsetof(type, m.password),          \
+	 "file holding the role's password (empty: none, e.g. a passfile in conninfo or peer"     \
+	 " authentication)"}
+
+/* Redis over its Unix socket with an ACL user: the [<service>.redis]
+ * section. The member |m| must be a struct mica_kv_config (lib/kv.h);
+ * |user| is the service's default ACL user, |keys| the key patterns its
+ * ACL allows (for the help text). */
+#define MICA_CONFIG_REDIS_ENTRIES(sec, type, m, user, keys)                                       \
+	{sec, "socket", MICA_CFG_STRING, 1, 4096, NULL, offsetof(type, m.socket_path),             \
+	 "Redis Unix socket"},                                                                    \
+	{sec, "user", MICA_CFG_STRING, 1, 64, user, offsetof(type, m.username),                    \
+	 "Redis ACL user (keys " keys ")"},                                                       \
+	{sec, "password_file", MICA_CFG_SECRET, 0, 4096, NULL, offsetof(type, m.password),        \
+	 "file holding the Redis user's password"}
+
+/* The Key Center as a client reaches it, over mutual TLS: the
+ * [<service>.keycenter] section. The member |m| must be a mica_kc_options
+ * (lib/kc.h); |principal| names the service's client certificate. */
+#define MICA_CONFIG_KC_CLIENT_ENTRIES(sec, type, m, principal)                                    \
+	{sec, "url", MICA_CFG_STRING, 1, 4096, NULL, offsetof(type, m.base_url),                   \
+	 "base URL of the Key Center (https://host:port)"},                                       \
+	{sec, "ca_file", MICA_CFG_STRING, 1, 4096, NULL, offsetof(type, m.ca_file),                \
+	 "CA the Key Center's certificate chains to"},                                            \
+	{sec, "cert_file", MICA_CFG_STRING, 1, 4096, NULL, offsetof(type, m.cert_file),            \
+	 "client certificate of the " principal " principal"},                                    \
+	{sec, "key_file", MICA_CFG_STRING, 1, 4096, NULL, offsetof(type, m.key_file),              \
+	 "its private key"}
+
+/* ---- checks for a validation pass ---------------------------------------
+ * A daemon runs these on its loaded configuration before it opens any
+ * dependency (lib/daemon.h), so a bad file is reported as a configuration
+ * error naming the key, not as a late TLS or connection failure. Each returns
+ * 0 or MICA_ECONFIG with a message "section.key: ..." in |err|. */
+
+/* |path| (the value of |section|.|key|) is a readable PEM file holding at
+ * least one X.509 certificate that parses. */
+int mica_config_check_ca(const char *section, const char *key, const char *path, char *err,
+			 size_t errlen) MICA_WUR;
+
+/* |cert| and |key| (the values of |section|.|cert_key| and
+ * |section|.|key_key|) are readable PEM files holding a certificate chain and
+ * the private key that matches it. */
+int mica_config_check_cert_key(const char *section, const char *cert_key, const char *cert,
+			       const char *key_key, const char *key, char *err,
+			       size_t errlen) MICA_WUR;
+
 #endif
