@@ -24,115 +24,113 @@
 
 #define F(m) offsetof(struct acct_config, m)
 const mica_config_entry acct_config_table[] = {
-	{"log", "level", MICA_CFG_LOGLEVEL, 0, 4, "info", F(log_level),
-	 "least severe level written (debug, info, warn, error, off)"},
-	MICA_CONFIG_HTTP_ENTRIES("account.http", struct acct_config, http, "32"),
-	MICA_CONFIG_DB_ENTRIES("account.db", struct acct_config, db, "mica_account"),
-	MICA_CONFIG_REDIS_ENTRIES("account.redis", struct acct_config, redis, "account",
-				  "account:* and session:*"),
-	MICA_CONFIG_KC_CLIENT_ENTRIES("account.keycenter", struct acct_config, kc, "account"),
-	{"account.keycenter", "pii_key", MICA_CFG_STRING, 1, 64, "account-pii", F(pii_key),
-	 "Key Center key encrypting phone, email and account id, and wrapping the data keys that"
-	 " seal device names and security questions"},
-	{"account.keycenter", "index_key", MICA_CFG_STRING, 1, 64, "account-index", F(index_key),
-	 "Key Center key of the HMAC blind indexes, code and network hashes (never rotate without"
-	 " re-indexing)"},
-	{"account.keycenter", "pepper_key", MICA_CFG_STRING, 1, 64, "account-pepper", F(pepper_key),
-	 "Key Center key wrapping the data keys that seal password and security-answer hashes"
-	 " (the pepper)"},
-	{"account.password", "policy", MICA_CFG_STRING, 4, 4, "miui", F(password_policy),
-	 "default password policy for new accounts: miui or nist"},
-	{"account.password", "blocklist_dir", MICA_CFG_STRING, 0, 4096, "", F(blocklist_dir),
-	 "breached-password range files (SHA-1 prefix files of SUFFIX:COUNT lines); needed by nist"},
-	{"account.password", "argon2_memory_kib", MICA_CFG_INT, 8192, 4194304, "19456",
-	 F(argon2_m_kib), "Argon2id memory in KiB (stored hashes below it are rehashed at login)"},
-	{"account.password", "argon2_iterations", MICA_CFG_INT, 1, 100, "2", F(argon2_t),
-	 "Argon2id iterations"},
-	{"account.password", "argon2_parallelism", MICA_CFG_INT, 1, 16, "1", F(argon2_p),
-	 "Argon2id lanes"},
-	{"account.password", "pepper_key_max_age_s", MICA_CFG_INT, 1, 31536000, "86400",
-	 F(pepper_key_max_age_s),
-	 "seconds one pepper data key seals new hashes before a fresh one is taken"},
-	{"account.password", "pepper_key_max_seals", MICA_CFG_INT, 1, 1073741824, "1073741824",
-	 F(pepper_key_max_seals),
-	 "hashes one pepper data key seals before a fresh one is taken (at most 2^30, far below"
-	 " AES-GCM's 2^32 random-nonce bound)"},
-	{"account.risk", "captcha_account_failures", MICA_CFG_INT, 1, 1000, "3",
-	 F(captcha_account_failures),
-	 "failed logins per account (or identifier without one) before a captcha"},
-	{"account.risk", "captcha_network_failures", MICA_CFG_INT, 1, 100000, "20",
-	 F(captcha_network_failures), "failed logins per client network before a captcha"},
-	{"account.risk", "failure_window_s", MICA_CFG_INT, 60, 86400, "900", F(failure_window_s),
-	 "how long failures are counted"},
-	{"account.risk", "captcha_base_cost", MICA_CFG_INT, 1000, 100000000, "50000",
-	 F(captcha_base_cost), "ALTCHA maxnumber of the first challenge; doubles per further failure"},
-	{"account.risk", "captcha_max_cost", MICA_CFG_INT, 1000, 1000000000, "5000000",
-	 F(captcha_max_cost), "largest ALTCHA maxnumber"},
-	{"account.risk", "captcha_ttl_s", MICA_CFG_INT, 30, 3600, "300", F(captcha_ttl_s),
-	 "how long a challenge can be solved"},
-	{"account.risk", "altcha_key_file", MICA_CFG_SECRET, 0, 4096, NULL, F(altcha_key),
-	 "file holding the HMAC key that signs challenges (at least 16 bytes)"},
-	{"account.risk", "stepup_new_device", MICA_CFG_BOOL, 0, 1, "true", F(stepup_new_device),
-	 "ask for step-up on a login from a device not seen before"},
-	{"account.risk", "stepup_new_network", MICA_CFG_BOOL, 0, 1, "true", F(stepup_new_network),
-	 "ask for step-up on a login from a network (/24, /48) not seen before"},
-	{"account.risk", "login_rate_max", MICA_CFG_INT, 1, 100000, "30", F(login_rate_max),
-	 "successful logins per account in the window before step-up (unusual rate)"},
-	{"account.risk", "login_rate_window_s", MICA_CFG_INT, 60, 86400, "3600",
-	 F(login_rate_window_s), "window of login_rate_max"},
-	{"account.risk", "freeze_after_stepup_failures", MICA_CFG_INT, 1, 100, "3",
-	 F(freeze_after_stepup_failures),
-	 "wrong step-up codes after a right password that freeze, counted per account over"
-	 " stepup_failure_window_s"},
-	{"account.risk", "stepup_failure_window_s", MICA_CFG_INT, 60, 2592000, "86400",
-	 F(stepup_failure_window_s),
-	 "how long wrong step-up codes count towards the freeze, whichever step-up they were in"},
-	{"account.risk", "stepup_ttl_s", MICA_CFG_INT, 60, 3600, "600", F(stepup_ttl_s),
-	 "how long a step-up can be completed"},
-	{"account.session", "app_days", MICA_CFG_INT, 1, 365, "30", F(app_session_days),
-	 "lifetime of app sessions in days"},
-	{"account.session", "web_idle_s", MICA_CFG_INT, 60, 86400, "900", F(web_idle_s),
-	 "idle timeout of web sessions (15 minutes)"},
-	{"account.session", "recent_auth_s", MICA_CFG_INT, 30, 86400, "300", F(recent_auth_s),
-	 "how recent an authentication sensitive operations need"},
-	{"account.session", "cache_entries", MICA_CFG_INT, 0, 10000000, "100000",
-	 F(session_cache_entries),
-	 "app sessions kept in process, invalidated by Redis client tracking (0: off)"},
-	{"account.codes", "ttl_s", MICA_CFG_INT, 60, 3600, "600", F(code_ttl_s),
-	 "lifetime of a verification code"},
-	{"account.codes", "max_attempts", MICA_CFG_INT, 1, 20, "5", F(code_max_attempts),
-	 "wrong tries before a code is dead"},
-	{"account.codes", "per_hour", MICA_CFG_INT, 1, 1000, "5", F(codes_per_hour),
-	 "code requests per hour for one phone or email address from one requester (client"
-	 " network; for step-up and binding, the account)"},
-	{"account.codes", "per_address_hour", MICA_CFG_INT, 1, 10000, "20",
-	 F(codes_per_address_hour),
-	 "code requests per hour for one address from all requesters together, counted apart for"
-	 " anyone (register, reset) and for its owner (step-up, binding)"},
-	{"account.notify", "email", MICA_CFG_STRING, 4, 6, "outbox", F(email_mode),
-	 "email sender: outbox (development table, `mica outbox list`) or smtp"},
-	{"account.notify", "sms", MICA_CFG_STRING, 6, 7, "outbox", F(sms_mode),
-	 "SMS sender: outbox or webhook"},
-	{"account.notify", "smtp_url", MICA_CFG_STRING, 0, 4096, "", F(smtp_url),
-	 "smtps://host:port or smtp://host:port (STARTTLS required)"},
-	{"account.notify", "smtp_from", MICA_CFG_STRING, 0, 254, "", F(smtp_from),
-	 "sender address of emails"},
-	{"account.notify", "smtp_user", MICA_CFG_STRING, 0, 254, "", F(smtp_user),
-	 "SMTP AUTH user name (empty: no login)"},
-	{"account.notify", "smtp_password_file", MICA_CFG_SECRET, 0, 4096, "", F(smtp_password),
-	 "file holding the SMTP password"},
-	{"account.notify", "sms_webhook_url", MICA_CFG_STRING, 0, 4096, "", F(sms_webhook_url),
-	 "https URL SMS are POSTed to as {to, text}"},
-	{"account.recycling", "mode", MICA_CFG_STRING, 4, 5, "local", F(recycling_mode),
-	 "number-recycling check: local (the account.recycled_number table) or http (a carrier)"},
-	{"account.recycling", "url", MICA_CFG_STRING, 0, 4096, "", F(recycling_url),
-	 "https URL of the carrier's check (mode http): POST {phone, since}, answer {recycled}"},
-	{"account.introspect", "principals", MICA_CFG_STRING, 0, 4096, "keycenter,cloudsync,push,pay",
-	 F(introspect_principals), "mTLS principals allowed to call POST /v1/introspect (comma list)"},
+    {"log", "level", MICA_CFG_LOGLEVEL, 0, 4, "info", F(log_level),
+     "least severe level written (debug, info, warn, error, off)"},
+    MICA_CONFIG_HTTP_ENTRIES("account.http", struct acct_config, http, "32"),
+    MICA_CONFIG_DB_ENTRIES("account.db", struct acct_config, db, "mica_account"),
+    MICA_CONFIG_REDIS_ENTRIES("account.redis", struct acct_config, redis, "account",
+			      "account:* and session:*"),
+    MICA_CONFIG_KC_CLIENT_ENTRIES("account.keycenter", struct acct_config, kc, "account"),
+    {"account.keycenter", "pii_key", MICA_CFG_STRING, 1, 64, "account-pii", F(pii_key),
+     "Key Center key encrypting phone, email and account id, and wrapping the data keys that"
+     " seal device names and security questions"},
+    {"account.keycenter", "index_key", MICA_CFG_STRING, 1, 64, "account-index", F(index_key),
+     "Key Center key of the HMAC blind indexes, code and network hashes (never rotate without"
+     " re-indexing)"},
+    {"account.keycenter", "pepper_key", MICA_CFG_STRING, 1, 64, "account-pepper", F(pepper_key),
+     "Key Center key wrapping the data keys that seal password and security-answer hashes"
+     " (the pepper)"},
+    {"account.password", "policy", MICA_CFG_STRING, 4, 4, "miui", F(password_policy),
+     "default password policy for new accounts: miui or nist"},
+    {"account.password", "blocklist_dir", MICA_CFG_STRING, 0, 4096, "", F(blocklist_dir),
+     "breached-password range files (SHA-1 prefix files of SUFFIX:COUNT lines); needed by nist"},
+    {"account.password", "argon2_memory_kib", MICA_CFG_INT, 8192, 4194304, "19456", F(argon2_m_kib),
+     "Argon2id memory in KiB (stored hashes below it are rehashed at login)"},
+    {"account.password", "argon2_iterations", MICA_CFG_INT, 1, 100, "2", F(argon2_t),
+     "Argon2id iterations"},
+    {"account.password", "argon2_parallelism", MICA_CFG_INT, 1, 16, "1", F(argon2_p),
+     "Argon2id lanes"},
+    {"account.password", "pepper_key_max_age_s", MICA_CFG_INT, 1, 31536000, "86400",
+     F(pepper_key_max_age_s),
+     "seconds one pepper data key seals new hashes before a fresh one is taken"},
+    {"account.password", "pepper_key_max_seals", MICA_CFG_INT, 1, 1073741824, "1073741824",
+     F(pepper_key_max_seals),
+     "hashes one pepper data key seals before a fresh one is taken (at most 2^30, far below"
+     " AES-GCM's 2^32 random-nonce bound)"},
+    {"account.risk", "captcha_account_failures", MICA_CFG_INT, 1, 1000, "3",
+     F(captcha_account_failures),
+     "failed logins per account (or identifier without one) before a captcha"},
+    {"account.risk", "captcha_network_failures", MICA_CFG_INT, 1, 100000, "20",
+     F(captcha_network_failures), "failed logins per client network before a captcha"},
+    {"account.risk", "failure_window_s", MICA_CFG_INT, 60, 86400, "900", F(failure_window_s),
+     "how long failures are counted"},
+    {"account.risk", "captcha_base_cost", MICA_CFG_INT, 1000, 100000000, "50000",
+     F(captcha_base_cost), "ALTCHA maxnumber of the first challenge; doubles per further failure"},
+    {"account.risk", "captcha_max_cost", MICA_CFG_INT, 1000, 1000000000, "5000000",
+     F(captcha_max_cost), "largest ALTCHA maxnumber"},
+    {"account.risk", "captcha_ttl_s", MICA_CFG_INT, 30, 3600, "300", F(captcha_ttl_s),
+     "how long a challenge can be solved"},
+    {"account.risk", "altcha_key_file", MICA_CFG_SECRET, 0, 4096, NULL, F(altcha_key),
+     "file holding the HMAC key that signs challenges (at least 16 bytes)"},
+    {"account.risk", "stepup_new_device", MICA_CFG_BOOL, 0, 1, "true", F(stepup_new_device),
+     "ask for step-up on a login from a device not seen before"},
+    {"account.risk", "stepup_new_network", MICA_CFG_BOOL, 0, 1, "true", F(stepup_new_network),
+     "ask for step-up on a login from a network (/24, /48) not seen before"},
+    {"account.risk", "login_rate_max", MICA_CFG_INT, 1, 100000, "30", F(login_rate_max),
+     "successful logins per account in the window before step-up (unusual rate)"},
+    {"account.risk", "login_rate_window_s", MICA_CFG_INT, 60, 86400, "3600", F(login_rate_window_s),
+     "window of login_rate_max"},
+    {"account.risk", "freeze_after_stepup_failures", MICA_CFG_INT, 1, 100, "3",
+     F(freeze_after_stepup_failures),
+     "wrong step-up codes after a right password that freeze, counted per account over"
+     " stepup_failure_window_s"},
+    {"account.risk", "stepup_failure_window_s", MICA_CFG_INT, 60, 2592000, "86400",
+     F(stepup_failure_window_s),
+     "how long wrong step-up codes count towards the freeze, whichever step-up they were in"},
+    {"account.risk", "stepup_ttl_s", MICA_CFG_INT, 60, 3600, "600", F(stepup_ttl_s),
+     "how long a step-up can be completed"},
+    {"account.session", "app_days", MICA_CFG_INT, 1, 365, "30", F(app_session_days),
+     "lifetime of app sessions in days"},
+    {"account.session", "web_idle_s", MICA_CFG_INT, 60, 86400, "900", F(web_idle_s),
+     "idle timeout of web sessions (15 minutes)"},
+    {"account.session", "recent_auth_s", MICA_CFG_INT, 30, 86400, "300", F(recent_auth_s),
+     "how recent an authentication sensitive operations need"},
+    {"account.session", "cache_entries", MICA_CFG_INT, 0, 10000000, "100000",
+     F(session_cache_entries),
+     "app sessions kept in process, invalidated by Redis client tracking (0: off)"},
+    {"account.codes", "ttl_s", MICA_CFG_INT, 60, 3600, "600", F(code_ttl_s),
+     "lifetime of a verification code"},
+    {"account.codes", "max_attempts", MICA_CFG_INT, 1, 20, "5", F(code_max_attempts),
+     "wrong tries before a code is dead"},
+    {"account.codes", "per_hour", MICA_CFG_INT, 1, 1000, "5", F(codes_per_hour),
+     "code requests per hour for one phone or email address from one requester (client"
+     " network; for step-up and binding, the account)"},
+    {"account.codes", "per_address_hour", MICA_CFG_INT, 1, 10000, "20", F(codes_per_address_hour),
+     "code requests per hour for one address from all requesters together, counted apart for"
+     " anyone (register, reset) and for its owner (step-up, binding)"},
+    {"account.notify", "email", MICA_CFG_STRING, 4, 6, "outbox", F(email_mode),
+     "email sender: outbox (development table, `mica outbox list`) or smtp"},
+    {"account.notify", "sms", MICA_CFG_STRING, 6, 7, "outbox", F(sms_mode),
+     "SMS sender: outbox or webhook"},
+    {"account.notify", "smtp_url", MICA_CFG_STRING, 0, 4096, "", F(smtp_url),
+     "smtps://host:port or smtp://host:port (STARTTLS required)"},
+    {"account.notify", "smtp_from", MICA_CFG_STRING, 0, 254, "", F(smtp_from),
+     "sender address of emails"},
+    {"account.notify", "smtp_user", MICA_CFG_STRING, 0, 254, "", F(smtp_user),
+     "SMTP AUTH user name (empty: no login)"},
+    {"account.notify", "smtp_password_file", MICA_CFG_SECRET, 0, 4096, "", F(smtp_password),
+     "file holding the SMTP password"},
+    {"account.notify", "sms_webhook_url", MICA_CFG_STRING, 0, 4096, "", F(sms_webhook_url),
+     "https URL SMS are POSTed to as {to, text}"},
+    {"account.recycling", "mode", MICA_CFG_STRING, 4, 5, "local", F(recycling_mode),
+     "number-recycling check: local (the account.recycled_number table) or http (a carrier)"},
+    {"account.recycling", "url", MICA_CFG_STRING, 0, 4096, "", F(recycling_url),
+     "https URL of the carrier's check (mode http): POST {phone, since}, answer {recycled}"},
+    {"account.introspect", "principals", MICA_CFG_STRING, 0, 4096, "keycenter,cloudsync,push,pay",
+     F(introspect_principals), "mTLS principals allowed to call POST /v1/introspect (comma list)"},
 };
 #undef F
 const size_t acct_config_table_len = sizeof(acct_config_table) / sizeof(acct_config_table[0]);
-
 
 /* ---- readiness (GET /readyz) ----------------------------------------------
  * The database and Redis probes are libmica's; these two are the account
@@ -162,10 +160,10 @@ static int ready_sealers(void *state)
 }
 
 static const mica_ready_check acct_ready[] = {
-	{"database", mica_ready_database, 0},
-	{"redis", mica_ready_redis, 0},
-	{"keycenter", ready_keycenter, 0},
-	{"sealers", ready_sealers, 0},
+    {"database", mica_ready_database, 0},
+    {"redis", mica_ready_redis, 0},
+    {"keycenter", ready_keycenter, 0},
+    {"sealers", ready_sealers, 0},
 };
 
 /* The three Key Center keys must be usable before we accept anyone: each is
@@ -210,9 +208,10 @@ static int start_session_cache(acct_service *s, const struct mica_kv_config *kvc
 		return 0;
 	int err = mica_kvcache_start(&s->session_cache, kvc, &o);
 	if (err)
-		MICA_LOG(MICA_LOG_ERROR, "account.session.cache_entries: the session cache cannot "
-					 "start (%s); the Redis user needs the channel "
-					 "__redis__:invalidate and CLIENT TRACKING, or set 0",
+		MICA_LOG(MICA_LOG_ERROR,
+			 "account.session.cache_entries: the session cache cannot "
+			 "start (%s); the Redis user needs the channel "
+			 "__redis__:invalidate and CLIENT TRACKING, or set 0",
 			 mica_strerror(err));
 	return err;
 }
@@ -256,7 +255,8 @@ static int acct_start(void *config, const mica_daemon_env *env, void **state)
 					 (uint32_t)cfg->argon2_p};
 	/* The pepper's data keys keep the context they were first minted with. */
 	if ((err = start_session_cache(s, env->kv)) != 0 ||
-	    (err = acct_sealer_new(cfg->pepper_key, "user", "password", "pepper", &s->pepper)) != 0 ||
+	    (err = acct_sealer_new(cfg->pepper_key, "user", "password", "pepper", &s->pepper)) !=
+		0 ||
 	    (err = acct_sealer_new(cfg->pii_key, NULL, NULL, "records", &s->records)) != 0)
 		return err;
 	if ((err = mica_kc_new(&s->kc, &cfg->kc)) != 0 || (err = check_keys(s)) != 0) {

@@ -199,6 +199,7 @@ json_t *kc_seal_status(kc_service *s);
 int kc_service_bring_up(kc_service *s, kc_hsm *h) MICA_WUR;
 /* Undoes kc_service_bring_up(). */
 void kc_service_bring_down(kc_service *s);
+/* ---- init.c, cli.c: the `mica` nouns (lib/cli.h) -------------------------- */
 /* `mica keycenter init | unseal | seal-status | migrate-root`: see init.c. */
 int kc_command(int argc, char **argv);
 

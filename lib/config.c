@@ -25,7 +25,8 @@ struct load_ctx {
 	int failed;
 };
 
-static void set_err(struct load_ctx *lc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_err(struct load_ctx *lc, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 static void set_err(struct load_ctx *lc, const char *fmt, ...)
 {
@@ -58,10 +59,17 @@ static int parse_ll(const char *v, long long *out, int allow_suffix)
 	if (allow_suffix && *end) {
 		int shift = 0;
 		switch (toupper((unsigned char)*end)) {
-		case 'K': shift = 10; break;
-		case 'M': shift = 20; break;
-		case 'G': shift = 30; break;
-		default: return -1;
+		case 'K':
+			shift = 10;
+			break;
+		case 'M':
+			shift = 20;
+			break;
+		case 'G':
+			shift = 30;
+			break;
+		default:
+			return -1;
 		}
 		end++;
 		if (x < 0 || x > (1LL << (62 - shift)))
@@ -146,8 +154,8 @@ static void assign(struct load_ctx *lc, const mica_config_entry *e, const char *
 	case MICA_CFG_SECRET: {
 		size_t l = strlen(v);
 		if ((long long)l < e->min || (long long)l > e->max) {
-			set_err(lc, "%s.%s: length %zu is out of range %lld..%lld", e->section, e->key,
-				l, e->min, e->max);
+			set_err(lc, "%s.%s: length %zu is out of range %lld..%lld", e->section,
+				e->key, l, e->min, e->max);
 			return;
 		}
 		char *copy = strdup(v);
@@ -178,7 +186,8 @@ static void assign(struct load_ctx *lc, const mica_config_entry *e, const char *
 		return;
 	case MICA_CFG_BOOL:
 		if (parse_bool(v, &b) != 0) {
-			set_err(lc, "%s.%s: \"%s\" is not a boolean (true/false)", e->section, e->key, v);
+			set_err(lc, "%s.%s: \"%s\" is not a boolean (true/false)", e->section,
+				e->key, v);
 			return;
 		}
 		*(int *)f = b;
@@ -198,7 +207,8 @@ static const mica_config_entry *find(const struct load_ctx *lc, const char *sect
 				     const char *key)
 {
 	for (size_t i = 0; i < lc->n; i++)
-		if (strcmp(lc->table[i].section, section) == 0 && strcmp(lc->table[i].key, key) == 0)
+		if (strcmp(lc->table[i].section, section) == 0 &&
+		    strcmp(lc->table[i].key, key) == 0)
 			return &lc->table[i];
 	return NULL;
 }
@@ -336,15 +346,16 @@ int mica_config_load(const mica_config_entry *table, size_t n, void *base, const
 			int errnum;
 			if (!p || !*p) {
 				if (!e->def)
-					set_err(&lc, "%s.%s: required secret file is not set", e->section,
-						e->key);
+					set_err(&lc, "%s.%s: required secret file is not set",
+						e->section, e->key);
 				continue;
 			}
 			char *pathcopy = strdup(p);
 			char *secret = pathcopy ? read_secret(pathcopy, &errnum) : NULL;
 			if (!secret)
-				set_err(&lc, "%s.%s: cannot read secret file %s: %s", e->section, e->key,
-					pathcopy ? pathcopy : "?", strerror(pathcopy ? errnum : ENOMEM));
+				set_err(&lc, "%s.%s: cannot read secret file %s: %s", e->section,
+					e->key, pathcopy ? pathcopy : "?",
+					strerror(pathcopy ? errnum : ENOMEM));
 			free(pathcopy);
 			free(*(char **)f);
 			*(char **)f = secret;
@@ -442,7 +453,8 @@ int mica_config_check_cert_key(const char *section, const char *cert_key, const 
 	rc = gnutls_certificate_set_x509_key_file(cred, cert, key, GNUTLS_X509_FMT_PEM);
 	gnutls_certificate_free_credentials(cred);
 	if (rc < 0) {
-		snprintf(err, errlen, "%s.%s, %s.%s: %s and %s are not a PEM certificate and its key: %s",
+		snprintf(err, errlen,
+			 "%s.%s, %s.%s: %s and %s are not a PEM certificate and its key: %s",
 			 section, cert_key, section, key_key, cert, key, gnutls_strerror(rc));
 		return MICA_ECONFIG;
 	}

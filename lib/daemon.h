@@ -87,8 +87,8 @@ typedef struct mica_service {
 	 * mica_http_options at |http_at| ([<name>.http]). */
 	const mica_config_entry *config;
 	size_t config_len, config_size, log_level_at, http_at;
-	unsigned uses;			  /* MICA_USES_* */
-	size_t db_at, redis_at, kc_at;	  /* offsets of what |uses| names */
+	unsigned uses;		       /* MICA_USES_* */
+	size_t db_at, redis_at, kc_at; /* offsets of what |uses| names */
 	/* Optional. Runs after loading, before anything is opened: value
 	 * cross-checks, files readable and parsing; may complete derived
 	 * settings (e.g. force mutual TLS on |http|). Returns 0 or
