@@ -60,123 +60,45 @@ void mica_config_write_example(FILE *out, const mica_config_entry *table, size_t
  * expressed as a macro so the offsets refer to the program's own struct. The
  * member |m| must be a mica_http_options; |blocking_default| (a decimal
  * string) is the service's default for blocking_threads. */
-#define MICA_CONFIG_HTTP_ENTRIES(sec, type, m, blocking_default)                                   \
-	{sec, "bind",	   MICA_CFG_STRING,	   1,                                              \
-	 255, "127.0.0.1", offsetof(type, m.bind), "address to listen on (IPv4 or IPv6 literal)"}, \
-	    {sec,   "port", MICA_CFG_INT,	    0,                                             \
-	     65535, NULL,   offsetof(type, m.port), "TCP port (0 picks a free one)"},              \
-	    {sec,                                                                                  \
-	     "cert_file",                                                                          \
-	     MICA_CFG_STRING,                                                                      \
-	     1,                                                                                    \
-	     4096,                                                                                 \
-	     NULL,                                                                                 \
-	     offsetof(type, m.cert_file),                                                          \
-	     "PEM server certificate chain"},                                                      \
-	    {sec,                                                                                  \
-	     "key_file",                                                                           \
-	     MICA_CFG_STRING,                                                                      \
-	     1,                                                                                    \
-	     4096,                                                                                 \
-	     NULL,                                                                                 \
-	     offsetof(type, m.key_file),                                                           \
-	     "PEM private key of the server certificate"},                                         \
-	    {sec,                                                                                  \
-	     "client_ca_file",                                                                     \
-	     MICA_CFG_STRING,                                                                      \
-	     0,                                                                                    \
-	     4096,                                                                                 \
-	     "",                                                                                   \
-	     offsetof(type, m.client_ca_file),                                                     \
-	     "PEM CA for client certificates (empty: no mutual TLS)"},                             \
-	    {sec,                                                                                  \
-	     "require_client_cert",                                                                \
-	     MICA_CFG_BOOL,                                                                        \
-	     0,                                                                                    \
-	     1,                                                                                    \
-	     "false",                                                                              \
-	     offsetof(type, m.require_client_cert),                                                \
-	     "refuse requests without a verified client certificate"},                             \
-	    {sec,                                                                                  \
-	     "max_body",                                                                           \
-	     MICA_CFG_SIZE,                                                                        \
-	     1,                                                                                    \
-	     64LL << 20,                                                                           \
-	     "1M",                                                                                 \
-	     offsetof(type, m.max_body),                                                           \
-	     "largest accepted request body"},                                                     \
-	    {sec,                                                                                  \
-	     "timeout",                                                                            \
-	     MICA_CFG_INT,                                                                         \
-	     1,                                                                                    \
-	     3600,                                                                                 \
-	     "30",                                                                                 \
-	     offsetof(type, m.timeout_s),                                                          \
-	     "seconds an idle or stalled connection is kept"},                                     \
-	    {sec,                                                                                  \
-	     "threads",                                                                            \
-	     MICA_CFG_INT,                                                                         \
-	     0,                                                                                    \
-	     256,                                                                                  \
-	     "0",                                                                                  \
-	     offsetof(type, m.threads),                                                            \
-	     "event threads serving connections (0 = one per CPU)"},                               \
-	    {sec,                                                                                  \
-	     "blocking_threads",                                                                   \
-	     MICA_CFG_INT,                                                                         \
-	     0,                                                                                    \
-	     4096,                                                                                 \
-	     blocking_default,                                                                     \
-	     offsetof(type, m.blocking_threads),                                                   \
-	     "threads for handlers that block (database, Key Center, Argon2id)"},                  \
-	    {sec,                                                                                  \
-	     "max_connections",                                                                    \
-	     MICA_CFG_INT,                                                                         \
-	     1,                                                                                    \
-	     100000,                                                                               \
-	     "1024",                                                                               \
-	     offsetof(type, m.max_conns),                                                          \
-	     "total open connections"},                                                            \
-	    {sec,                                                                                  \
-	     "max_connections_per_ip",                                                             \
-	     MICA_CFG_INT,                                                                         \
-	     0,                                                                                    \
-	     100000,                                                                               \
-	     "64",                                                                                 \
-	     offsetof(type, m.per_ip_conns),                                                       \
-	     "open connections per client address (0 = unlimited)"},                               \
-	    {sec,                                                                                  \
-	     "access_log",                                                                         \
-	     MICA_CFG_BOOL,                                                                        \
-	     0,                                                                                    \
-	     1,                                                                                    \
-	     "true",                                                                               \
-	     offsetof(type, m.access_log),                                                         \
-	     "one JSON log line per request"},                                                     \
-	    {sec,                                                                                  \
-	     "metrics_bind",                                                                       \
-	     MICA_CFG_STRING,                                                                      \
-	     0,                                                                                    \
-	     255,                                                                                  \
-	     "127.0.0.1",                                                                          \
-	     offsetof(type, m.metrics_bind),                                                       \
-	     "address of the listener serving /metrics, /healthz and /readyz (empty: none; beyond" \
-	     " loopback it needs metrics_client_ca_file)"},                                        \
-	    {sec,                                                                                  \
-	     "metrics_port",                                                                       \
-	     MICA_CFG_INT,                                                                         \
-	     0,                                                                                    \
-	     65535,                                                                                \
-	     "0",                                                                                  \
-	     offsetof(type, m.metrics_port),                                                       \
-	     "TCP port of the metrics listener (0 picks a free one, logged at start)"},            \
-	{                                                                                          \
-		sec, "metrics_client_ca_file", MICA_CFG_STRING, 0, 4096, "",                       \
-		    offsetof(type, m.metrics_client_ca_file),                                      \
-		    "PEM CA whose client certificates may scrape the metrics listener (set: "      \
-		    "mutual TLS"                                                                   \
-		    " required there)"                                                             \
-	}
+/* The fragments keep one row per key, aligned by hand. */
+/* clang-format off */
+#define MICA_CONFIG_HTTP_ENTRIES(sec, type, m, blocking_default)                                                 \
+	{sec, "bind", MICA_CFG_STRING, 1, 255, "127.0.0.1", offsetof(type, m.bind),               \
+	 "address to listen on (IPv4 or IPv6 literal)"},                                          \
+	{sec, "port", MICA_CFG_INT, 0, 65535, NULL, offsetof(type, m.port),                        \
+	 "TCP port (0 picks a free one)"},                                                        \
+	{sec, "cert_file", MICA_CFG_STRING, 1, 4096, NULL, offsetof(type, m.cert_file),            \
+	 "PEM server certificate chain"},                                                         \
+	{sec, "key_file", MICA_CFG_STRING, 1, 4096, NULL, offsetof(type, m.key_file),              \
+	 "PEM private key of the server certificate"},                                            \
+	{sec, "client_ca_file", MICA_CFG_STRING, 0, 4096, "", offsetof(type, m.client_ca_file),    \
+	 "PEM CA for client certificates (empty: no mutual TLS)"},                                \
+	{sec, "require_client_cert", MICA_CFG_BOOL, 0, 1, "false",                                \
+	 offsetof(type, m.require_client_cert), "refuse requests without a verified client certificate"}, \
+	{sec, "max_body", MICA_CFG_SIZE, 1, 64LL << 20, "1M", offsetof(type, m.max_body),          \
+	 "largest accepted request body"},                                                        \
+	{sec, "timeout", MICA_CFG_INT, 1, 3600, "30", offsetof(type, m.timeout_s),                 \
+	 "seconds an idle or stalled connection is kept"},                                        \
+	{sec, "threads", MICA_CFG_INT, 0, 256, "0", offsetof(type, m.threads),                     \
+	 "event threads serving connections (0 = one per CPU)"},                                  \
+	{sec, "blocking_threads", MICA_CFG_INT, 0, 4096, blocking_default,                        \
+	 offsetof(type, m.blocking_threads),                                                      \
+	 "threads for handlers that block (database, Key Center, Argon2id)"},                     \
+	{sec, "max_connections", MICA_CFG_INT, 1, 100000, "1024", offsetof(type, m.max_conns),     \
+	 "total open connections"},                                                               \
+	{sec, "max_connections_per_ip", MICA_CFG_INT, 0, 100000, "64",                            \
+	 offsetof(type, m.per_ip_conns), "open connections per client address (0 = unlimited)"},  \
+	{sec, "access_log", MICA_CFG_BOOL, 0, 1, "true", offsetof(type, m.access_log),             \
+	 "one JSON log line per request"},                                                        \
+	{sec, "metrics_bind", MICA_CFG_STRING, 0, 255, "127.0.0.1", offsetof(type, m.metrics_bind), \
+	 "address of the listener serving /metrics, /healthz and /readyz (empty: none; beyond"     \
+	 " loopback it needs metrics_client_ca_file)"},                                           \
+	{sec, "metrics_port", MICA_CFG_INT, 0, 65535, "0", offsetof(type, m.metrics_port),         \
+	 "TCP port of the metrics listener (0 picks a free one, logged at start)"},               \
+	{sec, "metrics_client_ca_file", MICA_CFG_STRING, 0, 4096, "",                             \
+	 offsetof(type, m.metrics_client_ca_file),                                                \
+	 "PEM CA whose client certificates may scrape the metrics listener (set: mutual TLS"      \
+	 " required there)"}
 
 /* The database a daemon connects to: the [<service>.db] section. The
  * password is read from password_file (empty: none, e.g. a passfile or
@@ -186,80 +108,39 @@ typedef struct mica_config_db {
 	char *password; /* secret (wiped on free); "" when not set */
 } mica_config_db;
 
-#define MICA_CONFIG_DB_ENTRIES(sec, type, m, role)                                                 \
-	{sec,                                                                                      \
-	 "conninfo",                                                                               \
-	 MICA_CFG_STRING,                                                                          \
-	 1,                                                                                        \
-	 4096,                                                                                     \
-	 NULL,                                                                                     \
-	 offsetof(type, m.conninfo),                                                               \
-	 "libpq conninfo of the " role " role (without the password)"},                            \
-	{                                                                                          \
-		sec, "password_file", MICA_CFG_SECRET, 0, 4096, "", offsetof(type, m.password),    \
-		    "file holding the role's password (empty: none, e.g. a passfile in conninfo "  \
-		    "or peer"                                                                      \
-		    " authentication)"                                                             \
-	}
+#define MICA_CONFIG_DB_ENTRIES(sec, type, m, role)                                                \
+	{sec, "conninfo", MICA_CFG_STRING, 1, 4096, NULL, offsetof(type, m.conninfo),              \
+	 "libpq conninfo of the " role " role (without the password)"},                           \
+	{sec, "password_file", MICA_CFG_SECRET, 0, 4096, "", offsetof(type, m.password),          \
+	 "file holding the role's password (empty: none, e.g. a passfile in conninfo or peer"     \
+	 " authentication)"}
 
 /* Redis over its Unix socket with an ACL user: the [<service>.redis]
  * section. The member |m| must be a struct mica_kv_config (lib/kv.h);
  * |user| is the service's default ACL user, |keys| the key patterns its
  * ACL allows (for the help text). */
-#define MICA_CONFIG_REDIS_ENTRIES(sec, type, m, user, keys)                                        \
-	{sec,                                                                                      \
-	 "socket",                                                                                 \
-	 MICA_CFG_STRING,                                                                          \
-	 1,                                                                                        \
-	 4096,                                                                                     \
-	 NULL,                                                                                     \
-	 offsetof(type, m.socket_path),                                                            \
-	 "Redis Unix socket"},                                                                     \
-	    {sec,                                                                                  \
-	     "user",                                                                               \
-	     MICA_CFG_STRING,                                                                      \
-	     1,                                                                                    \
-	     64,                                                                                   \
-	     user,                                                                                 \
-	     offsetof(type, m.username),                                                           \
-	     "Redis ACL user (keys " keys ")"},                                                    \
-	{                                                                                          \
-		sec, "password_file", MICA_CFG_SECRET, 0, 4096, NULL, offsetof(type, m.password),  \
-		    "file holding the Redis user's password"                                       \
-	}
+#define MICA_CONFIG_REDIS_ENTRIES(sec, type, m, user, keys)                                       \
+	{sec, "socket", MICA_CFG_STRING, 1, 4096, NULL, offsetof(type, m.socket_path),             \
+	 "Redis Unix socket"},                                                                    \
+	{sec, "user", MICA_CFG_STRING, 1, 64, user, offsetof(type, m.username),                    \
+	 "Redis ACL user (keys " keys ")"},                                                       \
+	{sec, "password_file", MICA_CFG_SECRET, 0, 4096, NULL, offsetof(type, m.password),        \
+	 "file holding the Redis user's password"}
 
 /* The Key Center as a client reaches it, over mutual TLS: the
  * [<service>.keycenter] section. The member |m| must be a mica_kc_options
  * (lib/kc.h); |principal| names the service's client certificate. */
-#define MICA_CONFIG_KC_CLIENT_ENTRIES(sec, type, m, principal)                                     \
-	{sec,                                                                                      \
-	 "url",                                                                                    \
-	 MICA_CFG_STRING,                                                                          \
-	 1,                                                                                        \
-	 4096,                                                                                     \
-	 NULL,                                                                                     \
-	 offsetof(type, m.base_url),                                                               \
-	 "base URL of the Key Center (https://host:port)"},                                        \
-	    {sec,                                                                                  \
-	     "ca_file",                                                                            \
-	     MICA_CFG_STRING,                                                                      \
-	     1,                                                                                    \
-	     4096,                                                                                 \
-	     NULL,                                                                                 \
-	     offsetof(type, m.ca_file),                                                            \
-	     "CA the Key Center's certificate chains to"},                                         \
-	    {sec,                                                                                  \
-	     "cert_file",                                                                          \
-	     MICA_CFG_STRING,                                                                      \
-	     1,                                                                                    \
-	     4096,                                                                                 \
-	     NULL,                                                                                 \
-	     offsetof(type, m.cert_file),                                                          \
-	     "client certificate of the " principal " principal"},                                 \
-	{                                                                                          \
-		sec, "key_file", MICA_CFG_STRING, 1, 4096, NULL, offsetof(type, m.key_file),       \
-		    "its private key"                                                              \
-	}
+#define MICA_CONFIG_KC_CLIENT_ENTRIES(sec, type, m, principal)                                    \
+	{sec, "url", MICA_CFG_STRING, 1, 4096, NULL, offsetof(type, m.base_url),                   \
+	 "base URL of the Key Center (https://host:port)"},                                       \
+	{sec, "ca_file", MICA_CFG_STRING, 1, 4096, NULL, offsetof(type, m.ca_file),                \
+	 "CA the Key Center's certificate chains to"},                                            \
+	{sec, "cert_file", MICA_CFG_STRING, 1, 4096, NULL, offsetof(type, m.cert_file),            \
+	 "client certificate of the " principal " principal"},                                    \
+	{sec, "key_file", MICA_CFG_STRING, 1, 4096, NULL, offsetof(type, m.key_file),              \
+	 "its private key"}
+
+/* clang-format on */
 
 /* ---- checks for a validation pass ---------------------------------------
  * A daemon runs these on its loaded configuration before it opens any

@@ -72,16 +72,19 @@ step="daemon skeleton"
 for d in keycenter account; do
 	rc=0
 	"$BUILD/bin/mica-$d" >"$W/out" 2>&1 || rc=$?
-	((rc == 2)) && grep -q "usage: mica-$d --config FILE" "$W/out" ||
+	if ! { ((rc == 2)) && grep -q "usage: mica-$d --config FILE" "$W/out"; }; then
 		fail "mica-$d without arguments: exit $rc: $(cat "$W/out")"
+	fi
 	"$BUILD/bin/mica-$d" --print-config >"$W/out" || fail "mica-$d --print-config"
-	grep -q "^\[$d.db\]" "$W/out" && grep -q '^;conninfo = ' "$W/out" ||
+	if ! { grep -q "^\[$d.db\]" "$W/out" && grep -q '^;conninfo = ' "$W/out"; }; then
 		fail "mica-$d --print-config has no [$d.db] conninfo (the shared fragment)"
+	fi
 	printf '[%s.http]\nport = 70000\n' "$d" >"$W/bad.conf"
 	rc=0
 	"$BUILD/bin/mica-$d" --config "$W/bad.conf" >"$W/out" 2>&1 || rc=$?
-	((rc == 2)) && grep -q "^mica-$d: $d.http.port: 70000 is out of range 0..65535" "$W/out" ||
+	if ! { ((rc == 2)) && grep -q "^mica-$d: $d.http.port: 70000 is out of range 0..65535" "$W/out"; }; then
 		fail "mica-$d with a bad port: exit $rc: $(cat "$W/out")"
+	fi
 done
 ok "usage and a config error exit 2 naming the key; --print-config shows the shared [*.db]"
 echo "test_cli.sh: all checks passed"
