@@ -67,21 +67,10 @@ static int outbox_list(int argc, char **argv)
 			return MICA_EXIT_USAGE;
 		}
 	}
-	if (optind < argc || !conninfo || !*conninfo) {
-		if (optind < argc)
-			fprintf(stderr, "mica outbox list: unexpected argument '%s'\n",
-				argv[optind]);
-		else
-			fprintf(stderr, "mica outbox list: no database: pass --db or set"
-					" MICA_DB_CONNINFO\n");
-		outbox_usage(stderr);
-		return MICA_EXIT_USAGE;
-	}
 	mica_db *db = NULL;
-	if (mica_db_open(&db, conninfo) != 0) {
-		fprintf(stderr, "mica outbox list: cannot connect: %s\n", mica_db_errmsg(NULL));
-		return MICA_EXIT_FAIL;
-	}
+	if ((c = mica_cli_need_db("mica outbox list", outbox_usage, argc, argv, conninfo)) != 0 ||
+	    (c = mica_cli_db_open("mica outbox list", conninfo, &db)) != 0)
+		return c;
 	int n = 0;
 	int err = acct_notify_outbox_list(db, to, (int)limit, stdout, &n);
 	if (err)

@@ -71,16 +71,8 @@ static int cmd_migrate(int argc, char **argv)
 			return MICA_EXIT_USAGE;
 		}
 	}
-	if (optind < argc) {
-		fprintf(stderr, "mica migrate: unexpected argument '%s'\n", argv[optind]);
-		migrate_usage(stderr);
-		return MICA_EXIT_USAGE;
-	}
-	if (!conninfo || !*conninfo) {
-		fprintf(stderr, "mica migrate: no database: pass --db or set MICA_DB_CONNINFO\n");
-		migrate_usage(stderr);
-		return MICA_EXIT_USAGE;
-	}
+	if ((c = mica_cli_need_db("mica migrate", migrate_usage, argc, argv, conninfo)) != 0)
+		return c;
 	return mica_migrate_run(conninfo, dir && *dir ? dir : "schema", status_only);
 }
 

@@ -88,22 +88,10 @@ static int audit_export(int argc, char **argv)
 			return MICA_EXIT_USAGE;
 		}
 	}
-	if (optind < argc) {
-		fprintf(stderr, "mica audit export: unexpected argument '%s'\n", argv[optind]);
-		audit_usage(stderr);
-		return MICA_EXIT_USAGE;
-	}
-	if (!conninfo || !*conninfo) {
-		fprintf(stderr,
-			"mica audit export: no database: pass --db or set MICA_DB_CONNINFO\n");
-		audit_usage(stderr);
-		return MICA_EXIT_USAGE;
-	}
 	mica_db *db = NULL;
-	if (mica_db_open(&db, conninfo) != 0) {
-		fprintf(stderr, "mica audit export: cannot connect: %s\n", mica_db_errmsg(NULL));
-		return MICA_EXIT_FAIL;
-	}
+	if ((c = mica_cli_need_db("mica audit export", audit_usage, argc, argv, conninfo)) != 0 ||
+	    (c = mica_cli_db_open("mica audit export", conninfo, &db)) != 0)
+		return c;
 	FILE *out = stdout;
 	if (path) {
 		int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);

@@ -174,8 +174,9 @@ static int parse_args(int argc, char **argv, struct init_args *a)
 		case 'n':
 		case 'k':
 			/* Strict: "abc" or "3x" is refused, never read as 0 or 3. */
-			if (mica_cli_int("mica keycenter init", c == 'n' ? "--shares" : "--threshold",
-					 optarg, 2, KC_SHARES_MAX, &v) != 0)
+			if (mica_cli_int("mica keycenter init",
+					 c == 'n' ? "--shares" : "--threshold", optarg, 2,
+					 KC_SHARES_MAX, &v) != 0)
 				return -1;
 			*(c == 'n' ? &a->shares : &a->threshold) = (int)v;
 			break;

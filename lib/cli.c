@@ -2,6 +2,7 @@
  * dispatch and strict number options. */
 #include "cli.h"
 
+#include <getopt.h>
 #include <inttypes.h>
 #include <string.h>
 
@@ -33,4 +34,26 @@ int mica_cli_int(const char *prog, const char *opt, const char *s, int64_t min, 
 	fprintf(stderr, "%s: %s must be a whole number in %" PRId64 "..%" PRId64 ", not \"%s\"\n",
 		prog, opt, min, max, s ? s : "");
 	return MICA_EXIT_USAGE;
+}
+
+int mica_cli_need_db(const char *prog, void (*usage)(FILE *), int argc, char **argv,
+		     const char *conninfo)
+{
+	if (optind < argc)
+		fprintf(stderr, "%s: unexpected argument '%s'\n", prog, argv[optind]);
+	else if (!conninfo || !*conninfo)
+		fprintf(stderr, "%s: no database: pass --db or set MICA_DB_CONNINFO\n", prog);
+	else
+		return MICA_EXIT_OK;
+	usage(stderr);
+	return MICA_EXIT_USAGE;
+}
+
+int mica_cli_db_open(const char *prog, const char *conninfo, mica_db **db)
+{
+	if (mica_db_open(db, conninfo) == 0)
+		return MICA_EXIT_OK;
+	fprintf(stderr, "%s: cannot connect: %s\n", prog, mica_db_errmsg(*db));
+	mica_db_close(db);
+	return MICA_EXIT_FAIL;
 }

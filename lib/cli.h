@@ -20,6 +20,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "db.h"
 #include "err.h"
 
 /* Exit codes of every verb, stable for scripts. */
@@ -62,5 +63,16 @@ int mica_cli_run_verb(const char *noun, const mica_cli_verb *verbs, size_t n, vo
  * returns MICA_EXIT_USAGE. */
 int mica_cli_int(const char *prog, const char *opt, const char *s, int64_t min, int64_t max,
 		 int64_t *out) MICA_WUR;
+
+/* The end of the option parsing of a verb that works on a database (--db,
+ * else $MICA_DB_CONNINFO, in |conninfo|; may be NULL): a leftover argument
+ * (argv[optind]) or no conninfo prints why and |usage| to stderr and returns
+ * MICA_EXIT_USAGE; otherwise MICA_EXIT_OK. */
+int mica_cli_need_db(const char *prog, void (*usage)(FILE *), int argc, char **argv,
+		     const char *conninfo) MICA_WUR;
+
+/* Connects to |conninfo| (borrowed) into *db (close with mica_db_close());
+ * on failure prints "PROG: cannot connect: ..." and returns MICA_EXIT_FAIL. */
+int mica_cli_db_open(const char *prog, const char *conninfo, mica_db **db) MICA_WUR;
 
 #endif

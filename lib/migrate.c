@@ -392,12 +392,9 @@ int mica_migrate_run(const char *conninfo, const char *dir, int status_only)
 	int rc = load_plan(dir, &plan);
 	if (rc)
 		goto out;
-	int err = mica_db_open(&db, conninfo);
-	if (err) {
-		fprintf(stderr, "mica migrate: cannot connect: %s\n", mica_db_errmsg(db));
-		rc = MICA_EXIT_FAIL;
+	if ((rc = mica_cli_db_open("mica migrate", conninfo, &db)) != 0)
 		goto out;
-	}
+	int err;
 	struct read_ctx rctx = {.plan = &plan, .create = !status_only};
 	err = mica_db_tx(db, MICA_DB_READ_COMMITTED, read_applied_tx, &rctx);
 	if (err) {
