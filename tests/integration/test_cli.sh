@@ -4,7 +4,8 @@
 # verbs are usage errors (exit 64), and number options are parsed strictly (lib/parse.h):
 # "abc", "5x", " 5" and out-of-range values are refused with exit 64 naming the option, before
 # any database, HSM or Key Center is contacted (the conninfo and paths given point nowhere).
-# Also: the daemons' usage and --print-config, and a config error naming its key (exit 2).
+# Also: the daemons' usage and --print-config, a config error naming its key (exit 2), and the
+# Makefile finding a new service directory and its cli.c without an edit.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -87,4 +88,22 @@ for d in keycenter account; do
 	fi
 done
 ok "usage and a config error exit 2 naming the key; --print-config shows the shared [*.db]"
+step="services found from the tree"
+# A copy of the Makefile in a scratch tree with two new service directories (one with verbs)
+# beside the tree's own: both become archives and demo's verbs reach bin/mica's list, with no
+# edit of the Makefile.
+T="$W/tree"
+mkdir -p "$T"/{lib,cmd,tests/unit,bench/x,docs,demo,other}
+cp Makefile config.mk "$T/"
+touch "$T"/lib/a.c "$T"/cmd/mica.c "$T"/tests/unit/test_a.c "$T"/bench/x/y.c "$T"/demo/a.c \
+	"$T"/demo/cli.c "$T"/other/b.c
+vars="$(make -C "$T" -pn 2>/dev/null | grep -E '^(SVC_DIRS|CLI_SVCS) :=')"
+grep -qx 'SVC_DIRS := demo other' <<<"$vars" || fail "service directories: $vars"
+grep -qx 'CLI_SVCS := demo' <<<"$vars" || fail "services with verbs: $vars"
+make -C "$T" -s BUILD=b b/gen/cli_services.c >/dev/null 2>&1 || fail "generating the verb list"
+if ! { grep -q '^extern const mica_cli_service demo_cli;$' "$T/b/gen/cli_services.c" &&
+	grep -q '&demo_cli,' "$T/b/gen/cli_services.c"; }; then
+	fail "verb list: $(cat "$T/b/gen/cli_services.c")"
+fi
+ok "a new directory is a service and its cli.c's verbs are listed, no Makefile edit"
 echo "test_cli.sh: all checks passed"
