@@ -1,6 +1,7 @@
 /* account.h - internal interfaces of mica-account shared between its files,
  * one section per file, each file named for its feature:
- *   service.c   configuration table, start-up and shutdown (acct_run)
+ *   service.c   configuration table and the daemon (acct_daemon, a
+ *               mica_service: lib/daemon.h); cli.c its `mica` verbs
  *   routes.c    the HTTP routes; body.c the request-body schemas
  *   problem.c   which dependency a failure names (mica_problem, lib/problem.h)
  *   pii.c       identifiers, blind indexes and personal data sealed by the
@@ -70,13 +71,14 @@
 #include "db.h"
 #include "http.h"
 #include "kc.h"
+#include "kv.h"
 
 struct acct_config {
 	int log_level;
 	mica_http_options http;
-	char *db_conninfo, *db_password;
-	char *redis_socket, *redis_user, *redis_password;
-	char *kc_url, *kc_ca_file, *kc_cert_file, *kc_key_file;
+	mica_config_db db;		/* [account.db] */
+	struct mica_kv_config redis;	/* [account.redis] */
+	mica_kc_options kc;		/* [account.keycenter] url and TLS files */
 	char *pii_key, *index_key, *pepper_key;
 	char *password_policy, *blocklist_dir;
 	int argon2_m_kib, argon2_t, argon2_p, pepper_key_max_age_s, pepper_key_max_seals;
@@ -97,6 +99,8 @@ struct acct_config {
 
 extern const mica_config_entry acct_config_table[];
 extern const size_t acct_config_table_len;
+/* The daemon (service.c), run by cmd/mica-account.c. */
+extern const struct mica_service acct_daemon;
 
 typedef struct acct_sealer acct_sealer;
 typedef struct acct_recycling acct_recycling;
@@ -669,10 +673,5 @@ int acct_delete(acct_service *s, const struct acct_session *sess, json_t **out,
 /* ---- routes.c / service.c ----------------------------------------------------------- */
 extern const mica_http_route acct_routes[];
 extern const size_t acct_routes_len;
-/* Runs the service with |cfg| (owned by the caller) until SIGTERM or
- * SIGINT: checks the settings the table cannot, opens the dependencies,
- * serves, shuts down. Returns the process's exit status: 0 after a clean
- * shutdown, 2 for a bad setting, 1 when it could not start (logged). */
-int acct_run(struct acct_config *cfg);
 
 #endif

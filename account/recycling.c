@@ -42,9 +42,9 @@ int acct_recycling_new(const struct acct_config *cfg, acct_recycling **out)
 		return MICA_ECONFIG;
 	}
 	acct_recycling *r = calloc(1, sizeof(*r));
-	mica_httpc_options o = {.ca_file = cfg->kc_ca_file,
-				.cert_file = cfg->kc_cert_file,
-				.key_file = cfg->kc_key_file,
+	mica_httpc_options o = {.ca_file = cfg->kc.ca_file,
+				.cert_file = cfg->kc.cert_file,
+				.key_file = cfg->kc.key_file,
 				.timeout_ms = 5000};
 	int err =
 	    r && (r->url = strdup(cfg->recycling_url)) ? mica_httpc_new(&r->h, &o) : MICA_ENOMEM;

@@ -1,8 +1,9 @@
-/* service.c - mica-account's configuration table and run loop: connect to
- * PostgreSQL, Redis and the Key Center (checking that its three keys are
- * usable), start the in-process session cache, seal rows written before
- * sealing (atrest.c), load the password blocklist, then serve HTTPS and run
- * the notice worker (notice.c) until a signal. */
+/* service.c - mica-account as a libmica daemon (lib/daemon.h): its
+ * configuration table, the checks run before anything is opened, and its
+ * start: the Key Center (checking that its three keys are usable), the
+ * in-process session cache, rows written before sealing sealed (atrest.c),
+ * the password blocklist; once serving, the notice worker (notice.c). The
+ * skeleton opens PostgreSQL and Redis, runs the listener and shuts down. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 #include "auth.h"
 #include "crypto.h"
 #include "daemon.h"
+#include "db.h"
 #include "kv.h"
 #include "kvcache.h"
 #include "log.h"
@@ -22,154 +24,125 @@
 
 #define F(m) offsetof(struct acct_config, m)
 const mica_config_entry acct_config_table[] = {
-	{"log", "level", MICA_CFG_LOGLEVEL, 0, 4, "info", F(log_level),
-	 "least severe level written (debug, info, warn, error, off)"},
-	MICA_CONFIG_HTTP_ENTRIES("account.http", struct acct_config, http, "32"),
-	{"account.db", "conninfo", MICA_CFG_STRING, 1, 4096, NULL, F(db_conninfo),
-	 "libpq conninfo of the mica_account role (without the password)"},
-	{"account.db", "password_file", MICA_CFG_SECRET, 0, 4096, "", F(db_password),
-	 "file holding the role's password (empty: none, e.g. a passfile in conninfo)"},
-	{"account.redis", "socket", MICA_CFG_STRING, 1, 4096, NULL, F(redis_socket),
-	 "Redis Unix socket"},
-	{"account.redis", "user", MICA_CFG_STRING, 1, 64, "account", F(redis_user),
-	 "Redis ACL user (keys account:* and session:*)"},
-	{"account.redis", "password_file", MICA_CFG_SECRET, 0, 4096, NULL, F(redis_password),
-	 "file holding the Redis user's password"},
-	{"account.keycenter", "url", MICA_CFG_STRING, 1, 4096, NULL, F(kc_url),
-	 "base URL of the Key Center (https://host:port)"},
-	{"account.keycenter", "ca_file", MICA_CFG_STRING, 1, 4096, NULL, F(kc_ca_file),
-	 "CA the Key Center's certificate chains to"},
-	{"account.keycenter", "cert_file", MICA_CFG_STRING, 1, 4096, NULL, F(kc_cert_file),
-	 "client certificate of the account principal"},
-	{"account.keycenter", "key_file", MICA_CFG_STRING, 1, 4096, NULL, F(kc_key_file),
-	 "its private key"},
-	{"account.keycenter", "pii_key", MICA_CFG_STRING, 1, 64, "account-pii", F(pii_key),
-	 "Key Center key encrypting phone, email and account id, and wrapping the data keys that"
-	 " seal device names and security questions"},
-	{"account.keycenter", "index_key", MICA_CFG_STRING, 1, 64, "account-index", F(index_key),
-	 "Key Center key of the HMAC blind indexes, code and network hashes (never rotate without"
-	 " re-indexing)"},
-	{"account.keycenter", "pepper_key", MICA_CFG_STRING, 1, 64, "account-pepper", F(pepper_key),
-	 "Key Center key wrapping the data keys that seal password and security-answer hashes"
-	 " (the pepper)"},
-	{"account.password", "policy", MICA_CFG_STRING, 4, 4, "miui", F(password_policy),
-	 "default password policy for new accounts: miui or nist"},
-	{"account.password", "blocklist_dir", MICA_CFG_STRING, 0, 4096, "", F(blocklist_dir),
-	 "breached-password range files (SHA-1 prefix files of SUFFIX:COUNT lines); needed by nist"},
-	{"account.password", "argon2_memory_kib", MICA_CFG_INT, 8192, 4194304, "19456",
-	 F(argon2_m_kib), "Argon2id memory in KiB (stored hashes below it are rehashed at login)"},
-	{"account.password", "argon2_iterations", MICA_CFG_INT, 1, 100, "2", F(argon2_t),
-	 "Argon2id iterations"},
-	{"account.password", "argon2_parallelism", MICA_CFG_INT, 1, 16, "1", F(argon2_p),
-	 "Argon2id lanes"},
-	{"account.password", "pepper_key_max_age_s", MICA_CFG_INT, 1, 31536000, "86400",
-	 F(pepper_key_max_age_s),
-	 "seconds one pepper data key seals new hashes before a fresh one is taken"},
-	{"account.password", "pepper_key_max_seals", MICA_CFG_INT, 1, 1073741824, "1073741824",
-	 F(pepper_key_max_seals),
-	 "hashes one pepper data key seals before a fresh one is taken (at most 2^30, far below"
-	 " AES-GCM's 2^32 random-nonce bound)"},
-	{"account.risk", "captcha_account_failures", MICA_CFG_INT, 1, 1000, "3",
-	 F(captcha_account_failures),
-	 "failed logins per account (or identifier without one) before a captcha"},
-	{"account.risk", "captcha_network_failures", MICA_CFG_INT, 1, 100000, "20",
-	 F(captcha_network_failures), "failed logins per client network before a captcha"},
-	{"account.risk", "failure_window_s", MICA_CFG_INT, 60, 86400, "900", F(failure_window_s),
-	 "how long failures are counted"},
-	{"account.risk", "captcha_base_cost", MICA_CFG_INT, 1000, 100000000, "50000",
-	 F(captcha_base_cost), "ALTCHA maxnumber of the first challenge; doubles per further failure"},
-	{"account.risk", "captcha_max_cost", MICA_CFG_INT, 1000, 1000000000, "5000000",
-	 F(captcha_max_cost), "largest ALTCHA maxnumber"},
-	{"account.risk", "captcha_ttl_s", MICA_CFG_INT, 30, 3600, "300", F(captcha_ttl_s),
-	 "how long a challenge can be solved"},
-	{"account.risk", "altcha_key_file", MICA_CFG_SECRET, 0, 4096, NULL, F(altcha_key),
-	 "file holding the HMAC key that signs challenges (at least 16 bytes)"},
-	{"account.risk", "stepup_new_device", MICA_CFG_BOOL, 0, 1, "true", F(stepup_new_device),
-	 "ask for step-up on a login from a device not seen before"},
-	{"account.risk", "stepup_new_network", MICA_CFG_BOOL, 0, 1, "true", F(stepup_new_network),
-	 "ask for step-up on a login from a network (/24, /48) not seen before"},
-	{"account.risk", "login_rate_max", MICA_CFG_INT, 1, 100000, "30", F(login_rate_max),
-	 "successful logins per account in the window before step-up (unusual rate)"},
-	{"account.risk", "login_rate_window_s", MICA_CFG_INT, 60, 86400, "3600",
-	 F(login_rate_window_s), "window of login_rate_max"},
-	{"account.risk", "freeze_after_stepup_failures", MICA_CFG_INT, 1, 100, "3",
-	 F(freeze_after_stepup_failures),
-	 "wrong step-up codes after a right password that freeze, counted per account over"
-	 " stepup_failure_window_s"},
-	{"account.risk", "stepup_failure_window_s", MICA_CFG_INT, 60, 2592000, "86400",
-	 F(stepup_failure_window_s),
-	 "how long wrong step-up codes count towards the freeze, whichever step-up they were in"},
-	{"account.risk", "stepup_ttl_s", MICA_CFG_INT, 60, 3600, "600", F(stepup_ttl_s),
-	 "how long a step-up can be completed"},
-	{"account.session", "app_days", MICA_CFG_INT, 1, 365, "30", F(app_session_days),
-	 "lifetime of app sessions in days"},
-	{"account.session", "web_idle_s", MICA_CFG_INT, 60, 86400, "900", F(web_idle_s),
-	 "idle timeout of web sessions (15 minutes)"},
-	{"account.session", "recent_auth_s", MICA_CFG_INT, 30, 86400, "300", F(recent_auth_s),
-	 "how recent an authentication sensitive operations need"},
-	{"account.session", "cache_entries", MICA_CFG_INT, 0, 10000000, "100000",
-	 F(session_cache_entries),
-	 "app sessions kept in process, invalidated by Redis client tracking (0: off)"},
-	{"account.codes", "ttl_s", MICA_CFG_INT, 60, 3600, "600", F(code_ttl_s),
-	 "lifetime of a verification code"},
-	{"account.codes", "max_attempts", MICA_CFG_INT, 1, 20, "5", F(code_max_attempts),
-	 "wrong tries before a code is dead"},
-	{"account.codes", "per_hour", MICA_CFG_INT, 1, 1000, "5", F(codes_per_hour),
-	 "code requests per hour for one phone or email address from one requester (client"
-	 " network; for step-up and binding, the account)"},
-	{"account.codes", "per_address_hour", MICA_CFG_INT, 1, 10000, "20",
-	 F(codes_per_address_hour),
-	 "code requests per hour for one address from all requesters together, counted apart for"
-	 " anyone (register, reset) and for its owner (step-up, binding)"},
-	{"account.notify", "email", MICA_CFG_STRING, 4, 6, "outbox", F(email_mode),
-	 "email sender: outbox (development table, `mica outbox list`) or smtp"},
-	{"account.notify", "sms", MICA_CFG_STRING, 6, 7, "outbox", F(sms_mode),
-	 "SMS sender: outbox or webhook"},
-	{"account.notify", "smtp_url", MICA_CFG_STRING, 0, 4096, "", F(smtp_url),
-	 "smtps://host:port or smtp://host:port (STARTTLS required)"},
-	{"account.notify", "smtp_from", MICA_CFG_STRING, 0, 254, "", F(smtp_from),
-	 "sender address of emails"},
-	{"account.notify", "smtp_user", MICA_CFG_STRING, 0, 254, "", F(smtp_user),
-	 "SMTP AUTH user name (empty: no login)"},
-	{"account.notify", "smtp_password_file", MICA_CFG_SECRET, 0, 4096, "", F(smtp_password),
-	 "file holding the SMTP password"},
-	{"account.notify", "sms_webhook_url", MICA_CFG_STRING, 0, 4096, "", F(sms_webhook_url),
-	 "https URL SMS are POSTed to as {to, text}"},
-	{"account.recycling", "mode", MICA_CFG_STRING, 4, 5, "local", F(recycling_mode),
-	 "number-recycling check: local (the account.recycled_number table) or http (a carrier)"},
-	{"account.recycling", "url", MICA_CFG_STRING, 0, 4096, "", F(recycling_url),
-	 "https URL of the carrier's check (mode http): POST {phone, since}, answer {recycled}"},
-	{"account.introspect", "principals", MICA_CFG_STRING, 0, 4096, "keycenter,cloudsync,push,pay",
-	 F(introspect_principals), "mTLS principals allowed to call POST /v1/introspect (comma list)"},
+    {"log", "level", MICA_CFG_LOGLEVEL, 0, 4, "info", F(log_level),
+     "least severe level written (debug, info, warn, error, off)"},
+    MICA_CONFIG_HTTP_ENTRIES("account.http", struct acct_config, http, "32"),
+    MICA_CONFIG_DB_ENTRIES("account.db", struct acct_config, db, "mica_account"),
+    MICA_CONFIG_REDIS_ENTRIES("account.redis", struct acct_config, redis, "account",
+			      "account:* and session:*"),
+    MICA_CONFIG_KC_CLIENT_ENTRIES("account.keycenter", struct acct_config, kc, "account"),
+    {"account.keycenter", "pii_key", MICA_CFG_STRING, 1, 64, "account-pii", F(pii_key),
+     "Key Center key encrypting phone, email and account id, and wrapping the data keys that"
+     " seal device names and security questions"},
+    {"account.keycenter", "index_key", MICA_CFG_STRING, 1, 64, "account-index", F(index_key),
+     "Key Center key of the HMAC blind indexes, code and network hashes (never rotate without"
+     " re-indexing)"},
+    {"account.keycenter", "pepper_key", MICA_CFG_STRING, 1, 64, "account-pepper", F(pepper_key),
+     "Key Center key wrapping the data keys that seal password and security-answer hashes"
+     " (the pepper)"},
+    {"account.password", "policy", MICA_CFG_STRING, 4, 4, "miui", F(password_policy),
+     "default password policy for new accounts: miui or nist"},
+    {"account.password", "blocklist_dir", MICA_CFG_STRING, 0, 4096, "", F(blocklist_dir),
+     "breached-password range files (SHA-1 prefix files of SUFFIX:COUNT lines); needed by nist"},
+    {"account.password", "argon2_memory_kib", MICA_CFG_INT, 8192, 4194304, "19456", F(argon2_m_kib),
+     "Argon2id memory in KiB (stored hashes below it are rehashed at login)"},
+    {"account.password", "argon2_iterations", MICA_CFG_INT, 1, 100, "2", F(argon2_t),
+     "Argon2id iterations"},
+    {"account.password", "argon2_parallelism", MICA_CFG_INT, 1, 16, "1", F(argon2_p),
+     "Argon2id lanes"},
+    {"account.password", "pepper_key_max_age_s", MICA_CFG_INT, 1, 31536000, "86400",
+     F(pepper_key_max_age_s),
+     "seconds one pepper data key seals new hashes before a fresh one is taken"},
+    {"account.password", "pepper_key_max_seals", MICA_CFG_INT, 1, 1073741824, "1073741824",
+     F(pepper_key_max_seals),
+     "hashes one pepper data key seals before a fresh one is taken (at most 2^30, far below"
+     " AES-GCM's 2^32 random-nonce bound)"},
+    {"account.risk", "captcha_account_failures", MICA_CFG_INT, 1, 1000, "3",
+     F(captcha_account_failures),
+     "failed logins per account (or identifier without one) before a captcha"},
+    {"account.risk", "captcha_network_failures", MICA_CFG_INT, 1, 100000, "20",
+     F(captcha_network_failures), "failed logins per client network before a captcha"},
+    {"account.risk", "failure_window_s", MICA_CFG_INT, 60, 86400, "900", F(failure_window_s),
+     "how long failures are counted"},
+    {"account.risk", "captcha_base_cost", MICA_CFG_INT, 1000, 100000000, "50000",
+     F(captcha_base_cost), "ALTCHA maxnumber of the first challenge; doubles per further failure"},
+    {"account.risk", "captcha_max_cost", MICA_CFG_INT, 1000, 1000000000, "5000000",
+     F(captcha_max_cost), "largest ALTCHA maxnumber"},
+    {"account.risk", "captcha_ttl_s", MICA_CFG_INT, 30, 3600, "300", F(captcha_ttl_s),
+     "how long a challenge can be solved"},
+    {"account.risk", "altcha_key_file", MICA_CFG_SECRET, 0, 4096, NULL, F(altcha_key),
+     "file holding the HMAC key that signs challenges (at least 16 bytes)"},
+    {"account.risk", "stepup_new_device", MICA_CFG_BOOL, 0, 1, "true", F(stepup_new_device),
+     "ask for step-up on a login from a device not seen before"},
+    {"account.risk", "stepup_new_network", MICA_CFG_BOOL, 0, 1, "true", F(stepup_new_network),
+     "ask for step-up on a login from a network (/24, /48) not seen before"},
+    {"account.risk", "login_rate_max", MICA_CFG_INT, 1, 100000, "30", F(login_rate_max),
+     "successful logins per account in the window before step-up (unusual rate)"},
+    {"account.risk", "login_rate_window_s", MICA_CFG_INT, 60, 86400, "3600", F(login_rate_window_s),
+     "window of login_rate_max"},
+    {"account.risk", "freeze_after_stepup_failures", MICA_CFG_INT, 1, 100, "3",
+     F(freeze_after_stepup_failures),
+     "wrong step-up codes after a right password that freeze, counted per account over"
+     " stepup_failure_window_s"},
+    {"account.risk", "stepup_failure_window_s", MICA_CFG_INT, 60, 2592000, "86400",
+     F(stepup_failure_window_s),
+     "how long wrong step-up codes count towards the freeze, whichever step-up they were in"},
+    {"account.risk", "stepup_ttl_s", MICA_CFG_INT, 60, 3600, "600", F(stepup_ttl_s),
+     "how long a step-up can be completed"},
+    {"account.session", "app_days", MICA_CFG_INT, 1, 365, "30", F(app_session_days),
+     "lifetime of app sessions in days"},
+    {"account.session", "web_idle_s", MICA_CFG_INT, 60, 86400, "900", F(web_idle_s),
+     "idle timeout of web sessions (15 minutes)"},
+    {"account.session", "recent_auth_s", MICA_CFG_INT, 30, 86400, "300", F(recent_auth_s),
+     "how recent an authentication sensitive operations need"},
+    {"account.session", "cache_entries", MICA_CFG_INT, 0, 10000000, "100000",
+     F(session_cache_entries),
+     "app sessions kept in process, invalidated by Redis client tracking (0: off)"},
+    {"account.codes", "ttl_s", MICA_CFG_INT, 60, 3600, "600", F(code_ttl_s),
+     "lifetime of a verification code"},
+    {"account.codes", "max_attempts", MICA_CFG_INT, 1, 20, "5", F(code_max_attempts),
+     "wrong tries before a code is dead"},
+    {"account.codes", "per_hour", MICA_CFG_INT, 1, 1000, "5", F(codes_per_hour),
+     "code requests per hour for one phone or email address from one requester (client"
+     " network; for step-up and binding, the account)"},
+    {"account.codes", "per_address_hour", MICA_CFG_INT, 1, 10000, "20", F(codes_per_address_hour),
+     "code requests per hour for one address from all requesters together, counted apart for"
+     " anyone (register, reset) and for its owner (step-up, binding)"},
+    {"account.notify", "email", MICA_CFG_STRING, 4, 6, "outbox", F(email_mode),
+     "email sender: outbox (development table, `mica outbox list`) or smtp"},
+    {"account.notify", "sms", MICA_CFG_STRING, 6, 7, "outbox", F(sms_mode),
+     "SMS sender: outbox or webhook"},
+    {"account.notify", "smtp_url", MICA_CFG_STRING, 0, 4096, "", F(smtp_url),
+     "smtps://host:port or smtp://host:port (STARTTLS required)"},
+    {"account.notify", "smtp_from", MICA_CFG_STRING, 0, 254, "", F(smtp_from),
+     "sender address of emails"},
+    {"account.notify", "smtp_user", MICA_CFG_STRING, 0, 254, "", F(smtp_user),
+     "SMTP AUTH user name (empty: no login)"},
+    {"account.notify", "smtp_password_file", MICA_CFG_SECRET, 0, 4096, "", F(smtp_password),
+     "file holding the SMTP password"},
+    {"account.notify", "sms_webhook_url", MICA_CFG_STRING, 0, 4096, "", F(sms_webhook_url),
+     "https URL SMS are POSTed to as {to, text}"},
+    {"account.recycling", "mode", MICA_CFG_STRING, 4, 5, "local", F(recycling_mode),
+     "number-recycling check: local (the account.recycled_number table) or http (a carrier)"},
+    {"account.recycling", "url", MICA_CFG_STRING, 0, 4096, "", F(recycling_url),
+     "https URL of the carrier's check (mode http): POST {phone, since}, answer {recycled}"},
+    {"account.introspect", "principals", MICA_CFG_STRING, 0, 4096, "keycenter,cloudsync,push,pay",
+     F(introspect_principals), "mTLS principals allowed to call POST /v1/introspect (comma list)"},
 };
 #undef F
 const size_t acct_config_table_len = sizeof(acct_config_table) / sizeof(acct_config_table[0]);
 
 /* ---- readiness (GET /readyz) ----------------------------------------------
- * One function per dependency, each returning 0 or the MICA_E* code of its
- * failure; acct_ready_checks lists them with the name /readyz reports. They
+ * The database and Redis probes are libmica's; these two are the account
+ * service's own. acct_ready lists them with the name /readyz reports; they
  * run on the blocking pool, at most once per MICA_HTTP_READY_CACHE_MS. */
-
-static int ready_database(acct_service *s)
-{
-	(void)s;
-	mica_db *db = mica_db_thread();
-	return db && mica_db_exec(db, "SELECT 1", 0, NULL, NULL) == 0 ? 0 : MICA_EDBCONN;
-}
-
-static int ready_redis(acct_service *s)
-{
-	static const char *const ping[] = {"PING"};
-	mica_kv *kv = mica_kv_thread();
-	(void)s;
-	return kv && mica_kv_command(kv, NULL, 1, ping, NULL) == 0 ? 0 : MICA_EKVCONN;
-}
 
 /* The Key Center answers this principal: an encryption under the PII key,
  * which is never cached (each one is a fresh ciphertext), so it proves the
  * Key Center reachable, its audit trail writable and the policy in force. */
-static int ready_keycenter(acct_service *s)
+static int ready_keycenter(void *state)
 {
+	acct_service *s = state;
 	json_t *ctx = json_pack("{s:s}", "probe", "readiness");
 	char *ct = NULL;
 	int err = ctx ? mica_kc_encrypt(s->kc, s->cfg->pii_key, "x", 1, ctx, &ct) : MICA_ENOMEM;
@@ -179,30 +152,19 @@ static int ready_keycenter(acct_service *s)
 }
 
 /* Data keys to seal password hashes and records with are at hand (pepper.c). */
-static int ready_sealers(acct_service *s)
+static int ready_sealers(void *state)
 {
+	acct_service *s = state;
 	int err = acct_sealer_ready(s, s->pepper);
 	return err ? err : acct_sealer_ready(s, s->records);
 }
 
-static const struct {
-	const char *dependency;
-	int (*check)(acct_service *s);
-} acct_ready_checks[] = {
-	{"database", ready_database},
-	{"redis", ready_redis},
-	{"keycenter", ready_keycenter},
-	{"sealers", ready_sealers},
+static const mica_ready_check acct_ready[] = {
+    {"database", mica_ready_database, 0},
+    {"redis", mica_ready_redis, 0},
+    {"keycenter", ready_keycenter, 0},
+    {"sealers", ready_sealers, 0},
 };
-
-static void ready(void *arg, mica_http_readiness *r)
-{
-	for (size_t i = 0; i < sizeof(acct_ready_checks) / sizeof(acct_ready_checks[0]); i++) {
-		int err = acct_ready_checks[i].check(arg);
-		if (err)
-			mica_http_not_ready(r, acct_ready_checks[i].dependency, err);
-	}
-}
 
 /* The three Key Center keys must be usable before we accept anyone: each is
  * probed with the operations the service needs from it (index: hmac; pii:
@@ -246,60 +208,64 @@ static int start_session_cache(acct_service *s, const struct mica_kv_config *kvc
 		return 0;
 	int err = mica_kvcache_start(&s->session_cache, kvc, &o);
 	if (err)
-		MICA_LOG(MICA_LOG_ERROR, "account.session.cache_entries: the session cache cannot "
-					 "start (%s); the Redis user needs the channel "
-					 "__redis__:invalidate and CLIENT TRACKING, or set 0",
+		MICA_LOG(MICA_LOG_ERROR,
+			 "account.session.cache_entries: the session cache cannot "
+			 "start (%s); the Redis user needs the channel "
+			 "__redis__:invalidate and CLIENT TRACKING, or set 0",
 			 mica_strerror(err));
 	return err;
 }
 
-int acct_run(struct acct_config *cfg)
+/* Cross-checks of values, before anything is opened (lib/daemon.h). */
+static int acct_validate(void *config, char *err, size_t errlen)
 {
-	acct_service s = {.cfg = cfg};
-	mica_http_server *srv = NULL;
-	acct_notice_worker *notices = NULL;
-	char *conninfo = NULL;
-	int rc = 1, err;
+	struct acct_config *cfg = config;
+	const char *why = NULL;
+	if (strcmp(cfg->password_policy, "miui") != 0 && strcmp(cfg->password_policy, "nist") != 0)
+		why = "account.password.policy: must be miui or nist";
+	else if (strcmp(cfg->password_policy, "nist") == 0 && !*cfg->blocklist_dir)
+		why = "account.password.policy: nist needs account.password.blocklist_dir"
+		      " (breached-password range files)";
+	else if (strlen(cfg->altcha_key) < 16)
+		why = "account.risk.altcha_key_file: the key needs 16+ bytes";
+	if (!why)
+		return 0;
+	snprintf(err, errlen, "%s", why);
+	return MICA_ECONFIG;
+}
 
-	mica_log_min_level = cfg->log_level;
-	if (strcmp(cfg->password_policy, "miui") != 0 && strcmp(cfg->password_policy, "nist") != 0) {
-		MICA_LOG(MICA_LOG_ERROR, "account.password.policy: must be miui or nist");
-		return 2;
-	}
-	if (strcmp(cfg->password_policy, "nist") == 0 && !*cfg->blocklist_dir) {
-		MICA_LOG(MICA_LOG_ERROR, "account.password.policy: nist needs"
-					 " account.password.blocklist_dir (breached-password range files)");
-		return 2;
-	}
-	if (strlen(cfg->altcha_key) < 16) {
-		MICA_LOG(MICA_LOG_ERROR, "account.risk.altcha_key_file: the key needs 16+ bytes");
-		return 2;
-	}
-	s.argon2 = (acct_argon2_params){(uint32_t)cfg->argon2_m_kib, (uint32_t)cfg->argon2_t,
-					(uint32_t)cfg->argon2_p};
-	if (!(conninfo = mica_db_conninfo_with_password(cfg->db_conninfo, cfg->db_password)))
-		goto out;
-	struct mica_kv_config kvc = {.socket_path = cfg->redis_socket,
-				     .username = cfg->redis_user,
-				     .password = cfg->redis_password};
-	if (mica_db_global_init(conninfo) != 0 || mica_kv_global_init(&kvc) != 0)
-		goto out;
+/* The daemon's state: the service the routes see, and the notice worker. */
+struct acct_state {
+	acct_service s; /* first: the routes' context is &state->s */
+	acct_notice_worker *notices;
+};
+
+static int acct_start(void *config, const mica_daemon_env *env, void **state)
+{
+	struct acct_config *cfg = config;
+	struct acct_state *st = calloc(1, sizeof(*st));
+	acct_service *s = st ? &st->s : NULL;
+	int err;
+
+	*state = st;
+	if (!st)
+		return MICA_ENOMEM;
+	s->cfg = cfg;
+	s->argon2 = (acct_argon2_params){(uint32_t)cfg->argon2_m_kib, (uint32_t)cfg->argon2_t,
+					 (uint32_t)cfg->argon2_p};
 	/* The pepper's data keys keep the context they were first minted with. */
-	if ((err = start_session_cache(&s, &kvc)) != 0 ||
-	    (err = acct_sealer_new(cfg->pepper_key, "user", "password", "pepper", &s.pepper)) != 0 ||
-	    (err = acct_sealer_new(cfg->pii_key, NULL, NULL, "records", &s.records)) != 0)
-		goto out;
-	mica_kc_options ko = {.base_url = cfg->kc_url,
-			      .ca_file = cfg->kc_ca_file,
-			      .cert_file = cfg->kc_cert_file,
-			      .key_file = cfg->kc_key_file};
-	if ((err = mica_kc_new(&s.kc, &ko)) != 0 || (err = check_keys(&s)) != 0) {
-		MICA_LOG(MICA_LOG_ERROR, "account: the Key Center at %s is not usable: %s", cfg->kc_url,
-			 mica_strerror(err));
-		goto out;
+	if ((err = start_session_cache(s, env->kv)) != 0 ||
+	    (err = acct_sealer_new(cfg->pepper_key, "user", "password", "pepper", &s->pepper)) !=
+		0 ||
+	    (err = acct_sealer_new(cfg->pii_key, NULL, NULL, "records", &s->records)) != 0)
+		return err;
+	if ((err = mica_kc_new(&s->kc, &cfg->kc)) != 0 || (err = check_keys(s)) != 0) {
+		MICA_LOG(MICA_LOG_ERROR, "account: the Key Center at %s is not usable: %s",
+			 cfg->kc.base_url, mica_strerror(err));
+		return err;
 	}
-	if ((err = acct_at_rest_upgrade(&s)) != 0)
-		goto out;
+	if ((err = acct_at_rest_upgrade(s)) != 0)
+		return err;
 	acct_notify_config nc = {.email_mode = cfg->email_mode,
 				 .sms_mode = cfg->sms_mode,
 				 .smtp_url = cfg->smtp_url,
@@ -307,43 +273,64 @@ int acct_run(struct acct_config *cfg)
 				 .smtp_user = *cfg->smtp_user ? cfg->smtp_user : NULL,
 				 .smtp_password = *cfg->smtp_password ? cfg->smtp_password : NULL,
 				 .sms_webhook_url = cfg->sms_webhook_url,
-				 .ca_file = cfg->kc_ca_file,
+				 .ca_file = cfg->kc.ca_file,
 				 /* The webhook sees the account service's client identity. */
-				 .cert_file = cfg->kc_cert_file,
-				 .key_file = cfg->kc_key_file};
-	if ((err = acct_notify_new(&s.notify, &nc)) != 0) {
+				 .cert_file = cfg->kc.cert_file,
+				 .key_file = cfg->kc.key_file};
+	if ((err = acct_notify_new(&s->notify, &nc)) != 0) {
 		MICA_LOG(MICA_LOG_ERROR, "account.notify: %s", mica_strerror(err));
-		goto out;
+		return err;
 	}
-	if (*cfg->blocklist_dir && (err = acct_blocklist_open(cfg->blocklist_dir, &s.blocklist))) {
+	if (*cfg->blocklist_dir && (err = acct_blocklist_open(cfg->blocklist_dir, &s->blocklist))) {
 		MICA_LOG(MICA_LOG_ERROR, "account.password.blocklist_dir: %s", mica_strerror(err));
-		goto out;
+		return err;
 	}
-	if ((err = acct_recycling_new(cfg, &s.recycling)) != 0 || (err = acct_login_init(&s)) != 0)
-		goto out;
-	cfg->http.service = "account";
-	cfg->http.ready = ready;
-	if ((err = mica_http_start(&srv, &cfg->http, acct_routes, acct_routes_len, &s)) != 0 ||
-	    (err = acct_notice_start(&s, &notices)) != 0)
-		goto out;
-	mica_daemon_wait_signal();
-	MICA_LOG(MICA_LOG_INFO, "account: stopping");
-	rc = 0;
-out:
-	mica_http_stop(srv);
-	acct_notice_stop(&notices);
-	acct_blocklist_close(s.blocklist);
-	acct_recycling_free(s.recycling);
-	acct_notify_free(s.notify);
-	mica_kc_free(s.kc);
-	acct_sealer_free(s.pepper);
-	acct_sealer_free(s.records);
-	mica_kvcache_stop(&s.session_cache);
-	mica_kv_global_cleanup();
-	mica_db_global_cleanup();
-	if (conninfo) {
-		mica_wipe(conninfo, strlen(conninfo));
-		free(conninfo);
-	}
-	return rc;
+	if ((err = acct_recycling_new(cfg, &s->recycling)) != 0 || (err = acct_login_init(s)) != 0)
+		return err;
+	return 0;
 }
+
+static int acct_serving(void *state)
+{
+	struct acct_state *st = state;
+	return acct_notice_start(&st->s, &st->notices);
+}
+
+static void acct_stop(void *state)
+{
+	struct acct_state *st = state;
+	if (!st)
+		return;
+	acct_notice_stop(&st->notices);
+	acct_blocklist_close(st->s.blocklist);
+	acct_recycling_free(st->s.recycling);
+	acct_notify_free(st->s.notify);
+	mica_kc_free(st->s.kc);
+	acct_sealer_free(st->s.pepper);
+	acct_sealer_free(st->s.records);
+	mica_kvcache_stop(&st->s.session_cache);
+	free(st);
+}
+
+const mica_service acct_daemon = {
+    .name = "account",
+    .summary = "The account service: registration, risk-based login, sessions, security"
+	       " settings.",
+    .config = acct_config_table,
+    .config_len = sizeof(acct_config_table) / sizeof(acct_config_table[0]),
+    .config_size = sizeof(struct acct_config),
+    .log_level_at = offsetof(struct acct_config, log_level),
+    .http_at = offsetof(struct acct_config, http),
+    .uses = MICA_USES_DB | MICA_USES_REDIS | MICA_USES_KC,
+    .db_at = offsetof(struct acct_config, db),
+    .redis_at = offsetof(struct acct_config, redis),
+    .kc_at = offsetof(struct acct_config, kc),
+    .validate = acct_validate,
+    .start = acct_start,
+    .serving = acct_serving,
+    .stop = acct_stop,
+    .routes = acct_routes,
+    .nroutes = &acct_routes_len,
+    .ready = acct_ready,
+    .nready = sizeof(acct_ready) / sizeof(acct_ready[0]),
+};

@@ -18,6 +18,7 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "crypto.h"
 #include "db.h"
 #include "httpc.h"
@@ -139,6 +140,7 @@ static int parse_args(int argc, char **argv, struct init_args *a)
 					     {"threshold", required_argument, NULL, 'k'},
 					     {"so-pin-file", required_argument, NULL, 's'},
 					     {NULL, 0, NULL, 0}};
+	int64_t v;
 	int c;
 	a->db = getenv("MICA_DB_CONNINFO");
 	a->module = getenv("MICA_HSM_MODULE");
@@ -170,10 +172,13 @@ static int parse_args(int argc, char **argv, struct init_args *a)
 			a->pubkey_out = optarg;
 			break;
 		case 'n':
-			a->shares = atoi(optarg);
-			break;
 		case 'k':
-			a->threshold = atoi(optarg);
+			/* Strict: "abc" or "3x" is refused, never read as 0 or 3. */
+			if (mica_cli_int("mica keycenter init",
+					 c == 'n' ? "--shares" : "--threshold", optarg, 2,
+					 KC_SHARES_MAX, &v) != 0)
+				return -1;
+			*(c == 'n' ? &a->shares : &a->threshold) = (int)v;
 			break;
 		case 's':
 			a->so_pin_file = optarg;
@@ -290,7 +295,7 @@ static int init_command(int argc, char **argv)
 
 	if (parse_args(argc, argv, &a) != 0 || !a.policy_file) {
 		fputs(usage, stderr);
-		return 64; /* EX_USAGE, as every mica subcommand */
+		return MICA_EXIT_USAGE;
 	}
 	if (!(policy_text = slurp(a.policy_file, 1 << 20))) {
 		fprintf(stderr, "mica keycenter init: cannot read %s\n", a.policy_file);
@@ -463,7 +468,7 @@ static int unseal_command(int argc, char **argv)
 
 	if (parse_client(argc, argv, &a) != 0) {
 		fputs(usage, stderr);
-		return 64;
+		return MICA_EXIT_USAGE;
 	}
 	if (read_share(share, sizeof(share)) != 0) {
 		fprintf(stderr, "mica keycenter unseal: no share on standard input\n");
@@ -488,7 +493,7 @@ static int status_command(int argc, char **argv)
 	struct client_args a;
 	if (parse_client(argc, argv, &a) != 0) {
 		fputs(usage, stderr);
-		return 64;
+		return MICA_EXIT_USAGE;
 	}
 	return call_keycenter(&a, "/v1/sys/seal-status", NULL);
 }
@@ -535,7 +540,7 @@ static int migrate_command(int argc, char **argv)
 
 	if (parse_args(argc, argv, &a) != 0 || a.policy_file || a.shares) {
 		fputs(usage, stderr);
-		return 64;
+		return MICA_EXIT_USAGE;
 	}
 	if (mica_db_global_init(a.db) != 0)
 		goto out;
@@ -604,23 +609,17 @@ out:
 	return rc;
 }
 
+static void print_usage(FILE *f)
+{
+	fputs(usage, f);
+}
+
 int kc_command(int argc, char **argv)
 {
-	static const struct {
-		const char *name;
-		int (*run)(int, char **);
-	} verbs[] = {{"init", init_command},
-		     {"unseal", unseal_command},
-		     {"seal-status", status_command},
-		     {"migrate-root", migrate_command}};
-
-	for (size_t i = 0; argc >= 2 && i < sizeof(verbs) / sizeof(verbs[0]); i++)
-		if (strcmp(argv[1], verbs[i].name) == 0)
-			return verbs[i].run(argc - 1, argv + 1);
-	if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-		fputs(usage, stdout);
-		return 0;
-	}
-	fputs(usage, stderr);
-	return 64;
+	static const mica_cli_verb verbs[] = {{"init", init_command, NULL},
+					      {"unseal", unseal_command, NULL},
+					      {"seal-status", status_command, NULL},
+					      {"migrate-root", migrate_command, NULL}};
+	return mica_cli_run_verb("keycenter", verbs, sizeof(verbs) / sizeof(verbs[0]), print_usage,
+				 argc, argv);
 }

@@ -24,8 +24,7 @@
 struct kc_config {
 	int log_level;
 	mica_http_options http;
-	char *db_conninfo;
-	char *db_password;
+	mica_config_db db; /* [keycenter.db] */
 	char *hsm_module;
 	char *hsm_token_label;
 	char *hsm_pin_file;
@@ -47,6 +46,8 @@ struct kc_config {
 
 extern const mica_config_entry kc_config_table[];
 extern const size_t kc_config_table_len;
+/* The daemon (service.c), run by cmd/mica-keycenter.c. */
+extern const struct mica_service kc_daemon;
 
 struct kc_key;	  /* keys.c */
 struct kc_alerts; /* alerts.c */
@@ -67,7 +68,7 @@ typedef struct kc_service {
 	 * answered 503 "sealed" (unseal.c). Set once, on unseal, after
 	 * |hsm| and |audit| (release; kc_service_sealed() acquires). */
 	atomic_int sealed;
-	const char *conninfo;	  /* the audit writer's, borrowed from kc_run() */
+	const char *conninfo;	  /* the audit writer's, borrowed from the daemon (lib/daemon.h) */
 	struct kc_unseal *unseal; /* unseal.c */
 } kc_service;
 
@@ -192,14 +193,13 @@ int kc_unseal_submit(kc_service *s, const char *principal, const char *client,
 json_t *kc_seal_status(kc_service *s);
 
 /* ---- service.c ----------------------------------------------------------- */
-/* Runs the daemon until SIGINT/SIGTERM. Returns a process exit code. */
-int kc_run(struct kc_config *cfg);
 /* With the token open (|h|, handed over): checks the root key's unwrap
  * template, unseals the audit MAC key and starts the audit writer. On
  * failure |h| is closed and s->hsm is NULL again. Returns 0 or an error. */
 int kc_service_bring_up(kc_service *s, kc_hsm *h) MICA_WUR;
 /* Undoes kc_service_bring_up(). */
 void kc_service_bring_down(kc_service *s);
+/* ---- init.c, cli.c: the `mica` nouns (lib/cli.h) -------------------------- */
 /* `mica keycenter init | unseal | seal-status | migrate-root`: see init.c. */
 int kc_command(int argc, char **argv);
 

@@ -1,9 +1,10 @@
-/* service.c - mica-keycenter's configuration table and its run loop: start
- * the alert thread, open the HSM (with the PIN file in development, or stay
- * sealed until officers submit their shares, unseal.c), check the root key's
- * unwrap template, unseal the audit MAC key, start the audit writer and the
- * HTTPS listener (mutual TLS required), then wait for a signal and shut
- * down in reverse order. */
+/* service.c - mica-keycenter as a libmica daemon (lib/daemon.h): its
+ * configuration table, the checks run before anything is opened (unseal mode
+ * and PIN file, the client CA of its mutual TLS, the webhook CAs), and its
+ * start: the alert thread, the HSM (with the PIN file in development, or
+ * sealed until officers submit their shares, unseal.c), the root key's unwrap
+ * template, the audit MAC key and writer. The skeleton opens the database,
+ * runs the listener, waits for a signal and shuts down in reverse order. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,51 +19,48 @@
 
 #define F(m) offsetof(struct kc_config, m)
 const mica_config_entry kc_config_table[] = {
-	{"log", "level", MICA_CFG_LOGLEVEL, 0, 4, "info", F(log_level),
-	 "least severe level written (debug, info, warn, error, off)"},
-	MICA_CONFIG_HTTP_ENTRIES("keycenter.http", struct kc_config, http, "16"),
-	{"keycenter.db", "conninfo", MICA_CFG_STRING, 1, 4096, NULL, F(db_conninfo),
-	 "libpq conninfo of the mica_keycenter role (without the password)"},
-	{"keycenter.db", "password_file", MICA_CFG_SECRET, 0, 4096, "", F(db_password),
-	 "file holding the role's password (empty: none, e.g. peer or certificate auth)"},
-	{"keycenter.hsm", "module", MICA_CFG_STRING, 1, 4096, "/usr/lib/softhsm/libsofthsm2.so",
-	 F(hsm_module), "PKCS#11 module loaded with dlopen"},
-	{"keycenter.hsm", "token_label", MICA_CFG_STRING, 1, 32, "mica-keycenter",
-	 F(hsm_token_label), "label of the token holding the root key (never a slot number)"},
-	{"keycenter.hsm", "unseal", MICA_CFG_STRING, 1, 16, "pin_file", F(hsm_unseal),
-	 "how the token is opened: pin_file (development: the PIN is read from pin_file) or "
-	 "shares (production: start sealed; officers submit k of n shares)"},
-	{"keycenter.hsm", "pin_file", MICA_CFG_STRING, 0, 4096, "", F(hsm_pin_file),
-	 "file holding the token's user PIN (unseal = pin_file only; must be empty with shares)"},
-	{"keycenter.audit", "checkpoint_every", MICA_CFG_INT, 1, 1000000, "1000",
-	 F(audit_checkpoint_every), "records between two HSM-signed checkpoints"},
-	{"keycenter.audit", "checkpoint_interval_ms", MICA_CFG_INT, 100, 3600000, "10000",
-	 F(audit_checkpoint_interval_ms), "longest time between checkpoints while records arrive"},
-	{"keycenter.audit", "max_batch", MICA_CFG_INT, 1, 10000, "512", F(audit_max_batch),
-	 "most records committed together (group commit)"},
-	{"keycenter.audit", "publish_file", MICA_CFG_STRING, 0, 4096, "", F(audit_publish_file),
-	 "append-only file every signed checkpoint is appended to; the Key Center refuses to"
-	 " start on a log that lacks its newest (empty: none)"},
-	{"keycenter.audit", "publish_webhook_url", MICA_CFG_STRING, 0, 4096, "",
-	 F(audit_publish_webhook_url), "HTTPS URL every signed checkpoint is POSTed to (empty: none)"},
-	{"keycenter.audit", "publish_webhook_ca_file", MICA_CFG_STRING, 0, 4096, "",
-	 F(audit_publish_webhook_ca_file), "CA the publish webhook's certificate must chain to"},
-	{"keycenter.audit", "selfcheck_interval_s", MICA_CFG_INT, 0, 604800, "3600",
-	 F(audit_selfcheck_interval_s),
-	 "seconds between self-checks of every record's MAC (alert on failure; 0: off)"},
-	{"keycenter.limits", "max_batch_items", MICA_CFG_INT, 1, 100000, "1000", F(max_batch_items),
-	 "largest batch_input accepted"},
-	{"keycenter.alerts", "rate_max", MICA_CFG_INT, 1, 100000000, "45000", F(alert_rate_max),
-	 "requests per principal and key within the window before a rate alert (default:"
-	 " KC_ANOMALY_DEFAULT_RATE_MAX)"},
-	{"keycenter.alerts", "denial_max", MICA_CFG_INT, 1, 1000000, "20", F(alert_denial_max),
-	 "denials per principal within the window before a denial-burst alert"},
-	{"keycenter.alerts", "window_s", MICA_CFG_INT, 1, 86400, "60", F(alert_window_s),
-	 "length of the alert window in seconds"},
-	{"keycenter.alerts", "webhook_url", MICA_CFG_STRING, 0, 4096, "", F(alert_webhook_url),
-	 "HTTPS URL alerts are POSTed to as JSON (empty: none)"},
-	{"keycenter.alerts", "webhook_ca_file", MICA_CFG_STRING, 0, 4096, "",
-	 F(alert_webhook_ca_file), "CA the webhook's certificate must chain to"},
+    {"log", "level", MICA_CFG_LOGLEVEL, 0, 4, "info", F(log_level),
+     "least severe level written (debug, info, warn, error, off)"},
+    MICA_CONFIG_HTTP_ENTRIES("keycenter.http", struct kc_config, http, "16"),
+    MICA_CONFIG_DB_ENTRIES("keycenter.db", struct kc_config, db, "mica_keycenter"),
+    {"keycenter.hsm", "module", MICA_CFG_STRING, 1, 4096, "/usr/lib/softhsm/libsofthsm2.so",
+     F(hsm_module), "PKCS#11 module loaded with dlopen"},
+    {"keycenter.hsm", "token_label", MICA_CFG_STRING, 1, 32, "mica-keycenter", F(hsm_token_label),
+     "label of the token holding the root key (never a slot number)"},
+    {"keycenter.hsm", "unseal", MICA_CFG_STRING, 1, 16, "pin_file", F(hsm_unseal),
+     "how the token is opened: pin_file (development: the PIN is read from pin_file) or "
+     "shares (production: start sealed; officers submit k of n shares)"},
+    {"keycenter.hsm", "pin_file", MICA_CFG_STRING, 0, 4096, "", F(hsm_pin_file),
+     "file holding the token's user PIN (unseal = pin_file only; must be empty with shares)"},
+    {"keycenter.audit", "checkpoint_every", MICA_CFG_INT, 1, 1000000, "1000",
+     F(audit_checkpoint_every), "records between two HSM-signed checkpoints"},
+    {"keycenter.audit", "checkpoint_interval_ms", MICA_CFG_INT, 100, 3600000, "10000",
+     F(audit_checkpoint_interval_ms), "longest time between checkpoints while records arrive"},
+    {"keycenter.audit", "max_batch", MICA_CFG_INT, 1, 10000, "512", F(audit_max_batch),
+     "most records committed together (group commit)"},
+    {"keycenter.audit", "publish_file", MICA_CFG_STRING, 0, 4096, "", F(audit_publish_file),
+     "append-only file every signed checkpoint is appended to; the Key Center refuses to"
+     " start on a log that lacks its newest (empty: none)"},
+    {"keycenter.audit", "publish_webhook_url", MICA_CFG_STRING, 0, 4096, "",
+     F(audit_publish_webhook_url), "HTTPS URL every signed checkpoint is POSTed to (empty: none)"},
+    {"keycenter.audit", "publish_webhook_ca_file", MICA_CFG_STRING, 0, 4096, "",
+     F(audit_publish_webhook_ca_file), "CA the publish webhook's certificate must chain to"},
+    {"keycenter.audit", "selfcheck_interval_s", MICA_CFG_INT, 0, 604800, "3600",
+     F(audit_selfcheck_interval_s),
+     "seconds between self-checks of every record's MAC (alert on failure; 0: off)"},
+    {"keycenter.limits", "max_batch_items", MICA_CFG_INT, 1, 100000, "1000", F(max_batch_items),
+     "largest batch_input accepted"},
+    {"keycenter.alerts", "rate_max", MICA_CFG_INT, 1, 100000000, "45000", F(alert_rate_max),
+     "requests per principal and key within the window before a rate alert (default:"
+     " KC_ANOMALY_DEFAULT_RATE_MAX)"},
+    {"keycenter.alerts", "denial_max", MICA_CFG_INT, 1, 1000000, "20", F(alert_denial_max),
+     "denials per principal within the window before a denial-burst alert"},
+    {"keycenter.alerts", "window_s", MICA_CFG_INT, 1, 86400, "60", F(alert_window_s),
+     "length of the alert window in seconds"},
+    {"keycenter.alerts", "webhook_url", MICA_CFG_STRING, 0, 4096, "", F(alert_webhook_url),
+     "HTTPS URL alerts are POSTed to as JSON (empty: none)"},
+    {"keycenter.alerts", "webhook_ca_file", MICA_CFG_STRING, 0, 4096, "", F(alert_webhook_ca_file),
+     "CA the webhook's certificate must chain to"},
 };
 #undef F
 const size_t kc_config_table_len = sizeof(kc_config_table) / sizeof(kc_config_table[0]);
@@ -124,56 +122,46 @@ out:
  * writer (op "readiness_probe", principal "", result "ok"), since every
  * answer waits for exactly that. The probe runs at most once per
  * MICA_HTTP_READY_CACHE_MS however often /readyz is asked. */
-static int ready_audit(kc_service *s)
+static int ready_audit(void *state)
 {
-	kc_audit_record rec = {.principal = "", .client = "readyz", .op = "readiness_probe",
-			       .result = "ok"};
+	kc_service *s = state;
+	kc_audit_record rec = {
+	    .principal = "", .client = "readyz", .op = "readiness_probe", .result = "ok"};
 	return kc_audit_append(s->audit, &rec, NULL) == 0 ? 0 : MICA_EAUDIT;
 }
 
 /* The token answers on a session: the audit signing key's attributes are
  * read (no key is used). */
-static int ready_hsm(kc_service *s)
+static int ready_hsm(void *state)
 {
+	kc_service *s = state;
 	struct kc_hsm_key_info info;
 	int err = kc_hsm_key_info(s->hsm, KC_HSM_AUDIT_LABEL, &info);
 	return err == 0 ? 0 : MICA_EHSM;
 }
 
 /* Without an active policy every request is refused. */
-static int ready_policy(kc_service *s)
+static int ready_policy(void *state)
 {
-	kc_policy *p = kc_policy_current(s);
+	kc_policy *p = kc_policy_current(state);
 	int active = p != NULL;
 	kc_policy_unref(p);
 	return active ? 0 : MICA_ESTATE;
 }
 
-static const struct {
-	const char *dependency;
-	int (*check)(kc_service *s);
-} kc_ready_checks[] = {
-	{"audit", ready_audit},
-	{"hsm", ready_hsm},
-	{"policy", ready_policy},
-};
-
-static void ready(void *arg, mica_http_readiness *r)
+/* Sealed, there is no token session and no audit writer to probe: the seal
+ * is the one thing to fix (and the policy, which needs neither). */
+static int ready_seal(void *state)
 {
-	/* Sealed, there is no token session and no audit writer to probe: the
-	 * seal is the one thing to fix (and the policy, which needs neither). */
-	if (kc_service_sealed(arg)) {
-		mica_http_not_ready(r, "seal", MICA_ESEALED);
-		if (ready_policy(arg))
-			mica_http_not_ready(r, "policy", MICA_ESTATE);
-		return;
-	}
-	for (size_t i = 0; i < sizeof(kc_ready_checks) / sizeof(kc_ready_checks[0]); i++) {
-		int err = kc_ready_checks[i].check(arg);
-		if (err)
-			mica_http_not_ready(r, kc_ready_checks[i].dependency, err);
-	}
+	return kc_service_sealed(state) ? MICA_ESEALED : 0;
 }
+
+static const mica_ready_check kc_ready[] = {
+    {"seal", ready_seal, MICA_READY_GATE},
+    {"audit", ready_audit, 0},
+    {"hsm", ready_hsm, 0},
+    {"policy", ready_policy, MICA_READY_ALWAYS},
+};
 
 int kc_service_bring_up(kc_service *s, kc_hsm *h)
 {
@@ -229,91 +217,116 @@ void kc_service_bring_down(kc_service *s)
 	s->hsm = NULL;
 }
 
-int kc_run(struct kc_config *cfg)
+/* Everything that can be judged from the configuration alone, before the
+ * database, the HSM or the audit trail is touched (lib/daemon.h): a bad
+ * client CA is a configuration error, not a late TLS failure. */
+static int kc_validate(void *config, char *err, size_t errlen)
 {
-	kc_service s = {.cfg = cfg};
-	mica_http_server *srv = NULL;
-	kc_hsm *h = NULL;
-	char *conninfo = NULL;
-	int err, rc = 1, sealed;
+	struct kc_config *cfg = config;
+	int sealed = strcmp(cfg->hsm_unseal, "shares") == 0, rc;
 
-	mica_log_min_level = cfg->log_level;
-	pthread_mutex_init(&s.policy_lock, NULL);
-	sealed = strcmp(cfg->hsm_unseal, "shares") == 0;
-	if (!sealed && strcmp(cfg->hsm_unseal, "pin_file") != 0) {
-		MICA_LOG(MICA_LOG_ERROR, "keycenter.hsm.unseal: pin_file or shares, not \"%s\"",
+	if (!sealed && strcmp(cfg->hsm_unseal, "pin_file") != 0)
+		snprintf(err, errlen, "keycenter.hsm.unseal: pin_file or shares, not \"%s\"",
 			 cfg->hsm_unseal);
-		goto out;
-	}
-	if (sealed && *cfg->hsm_pin_file) {
-		MICA_LOG(MICA_LOG_ERROR,
+	else if (sealed && *cfg->hsm_pin_file)
+		snprintf(err, errlen,
 			 "keycenter.hsm.pin_file: must be empty with unseal = shares"
 			 " (nothing on disk may open the token)");
-		goto out;
-	}
-	if (!sealed && !*cfg->hsm_pin_file) {
-		MICA_LOG(MICA_LOG_ERROR, "keycenter.hsm.pin_file: required with unseal = pin_file");
-		goto out;
-	}
-	if (!(conninfo = mica_db_conninfo_with_password(cfg->db_conninfo, cfg->db_password)) ||
-	    mica_db_global_init(conninfo) != 0)
-		goto out;
-	s.conninfo = conninfo;
-	if ((err = kc_keys_init(&s)) != 0 || (err = kc_unseal_init(&s, sealed)) != 0)
-		goto out;
+	else if (!sealed && !*cfg->hsm_pin_file)
+		snprintf(err, errlen, "keycenter.hsm.pin_file: required with unseal = pin_file");
+	else if (!*cfg->http.client_ca_file)
+		snprintf(err, errlen, "keycenter.http.client_ca_file: required (mTLS only)");
+	else if (cfg->http.blocking_threads < 1)
+		snprintf(err, errlen,
+			 "keycenter.http.blocking_threads: at least 1 (key management"
+			 " and key loads run there)");
+	else
+		err[0] = '\0';
+	if (err[0])
+		return MICA_ECONFIG;
+	/* The skeleton has checked client_ca_file; the webhooks' CAs are ours. */
+	if ((*cfg->alert_webhook_ca_file &&
+	     (rc = mica_config_check_ca("keycenter.alerts", "webhook_ca_file",
+					cfg->alert_webhook_ca_file, err, errlen)) != 0) ||
+	    (*cfg->audit_publish_webhook_ca_file &&
+	     (rc = mica_config_check_ca("keycenter.audit", "publish_webhook_ca_file",
+					cfg->audit_publish_webhook_ca_file, err, errlen)) != 0))
+		return rc;
+	cfg->http.require_client_cert = 1;
+	cfg->http.on_refusal = kc_audit_refusal;
+	return 0;
+}
+
+static int kc_start(void *config, const mica_daemon_env *env, void **state)
+{
+	struct kc_config *cfg = config;
+	kc_service *s = calloc(1, sizeof(*s));
+	kc_hsm *h = NULL;
+	int err, sealed = strcmp(cfg->hsm_unseal, "shares") == 0;
+
+	*state = s;
+	if (!s)
+		return MICA_ENOMEM;
+	s->cfg = cfg;
+	s->conninfo = env->conninfo;
+	pthread_mutex_init(&s->policy_lock, NULL);
+	if ((err = kc_keys_init(s)) != 0 || (err = kc_unseal_init(s, sealed)) != 0)
+		return err;
 	kc_anomaly_options an = {.window_ms = (int64_t)cfg->alert_window_s * 1000,
 				 .max_requests_per_window = (uint32_t)cfg->alert_rate_max,
 				 .max_denials_per_window = (uint32_t)cfg->alert_denial_max};
-	if (kc_anomaly_new(&an, &s.anomaly) != 0 || kc_alerts_start(&s) != 0)
-		goto out;
+	if ((err = kc_anomaly_new(&an, &s->anomaly)) != 0 || (err = kc_alerts_start(s)) != 0)
+		return err;
 	if (!sealed) {
 		if ((err = kc_hsm_open(&h, cfg->hsm_module, cfg->hsm_token_label,
 				       cfg->hsm_pin_file))) {
 			MICA_LOG(MICA_LOG_ERROR, "keycenter: cannot use the HSM token %s: %s",
 				 cfg->hsm_token_label, mica_strerror(err));
-			goto out;
+			return err;
 		}
-		if (kc_service_bring_up(&s, h) != 0)
-			goto out;
+		if ((err = kc_service_bring_up(s, h)) != 0)
+			return err;
 	} else {
 		MICA_LOG(MICA_LOG_WARN,
 			 "keycenter: starting sealed; key operations answer 503 until"
 			 " officers submit their shares (mica keycenter unseal)");
 	}
-	if (kc_policy_load_active(&s) != 0)
+	if (kc_policy_load_active(s) != 0)
 		MICA_LOG(MICA_LOG_WARN, "keycenter: no active policy: every request is refused");
-	cfg->http.service = "keycenter";
-	cfg->http.require_client_cert = 1;
-	cfg->http.ready = ready;
-	cfg->http.on_refusal = kc_audit_refusal;
-	if (!cfg->http.client_ca_file || !*cfg->http.client_ca_file) {
-		MICA_LOG(MICA_LOG_ERROR, "keycenter.http.client_ca_file: required (mTLS only)");
-		goto out;
-	}
-	if (cfg->http.blocking_threads < 1) {
-		MICA_LOG(MICA_LOG_ERROR,
-			 "keycenter.http.blocking_threads: at least 1 (key management"
-			 " and key loads run there)");
-		goto out;
-	}
-	if ((err = mica_http_start(&srv, &cfg->http, kc_routes, kc_routes_len, &s)) != 0)
-		goto out;
-	mica_daemon_wait_signal();
-	MICA_LOG(MICA_LOG_INFO, "keycenter: stopping");
-	rc = 0;
-out:
-	mica_http_stop(srv);
-	kc_audit_stop(s.audit); /* its final checkpoint still reaches the publish webhook */
-	kc_alerts_stop(&s);
-	kc_anomaly_free(s.anomaly);
-	kc_keys_cleanup(&s);
-	kc_unseal_cleanup(&s);
-	kc_policy_unref(s.policy);
-	kc_hsm_close(s.hsm);
-	mica_db_global_cleanup();
-	if (conninfo) {
-		mica_wipe(conninfo, strlen(conninfo));
-		free(conninfo);
-	}
-	return rc;
+	return 0;
 }
+
+static void kc_stop(void *state)
+{
+	kc_service *s = state;
+	if (!s)
+		return;
+	kc_audit_stop(s->audit); /* its final checkpoint still reaches the publish webhook */
+	kc_alerts_stop(s);
+	kc_anomaly_free(s->anomaly);
+	kc_keys_cleanup(s);
+	kc_unseal_cleanup(s);
+	kc_policy_unref(s->policy);
+	kc_hsm_close(s->hsm);
+	free(s);
+}
+
+const mica_service kc_daemon = {
+    .name = "keycenter",
+    .summary = "The Key Center: HSM-rooted keys, an audited Transit/KMS-style API over mutual"
+	       " TLS.",
+    .config = kc_config_table,
+    .config_len = sizeof(kc_config_table) / sizeof(kc_config_table[0]),
+    .config_size = sizeof(struct kc_config),
+    .log_level_at = offsetof(struct kc_config, log_level),
+    .http_at = offsetof(struct kc_config, http),
+    .uses = MICA_USES_DB,
+    .db_at = offsetof(struct kc_config, db),
+    .validate = kc_validate,
+    .start = kc_start,
+    .stop = kc_stop,
+    .routes = kc_routes,
+    .nroutes = &kc_routes_len,
+    .ready = kc_ready,
+    .nready = sizeof(kc_ready) / sizeof(kc_ready[0]),
+};

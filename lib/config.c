@@ -5,6 +5,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <gnutls/gnutls.h>
 #include <ini.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -24,7 +25,8 @@ struct load_ctx {
 	int failed;
 };
 
-static void set_err(struct load_ctx *lc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_err(struct load_ctx *lc, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 static void set_err(struct load_ctx *lc, const char *fmt, ...)
 {
@@ -57,10 +59,17 @@ static int parse_ll(const char *v, long long *out, int allow_suffix)
 	if (allow_suffix && *end) {
 		int shift = 0;
 		switch (toupper((unsigned char)*end)) {
-		case 'K': shift = 10; break;
-		case 'M': shift = 20; break;
-		case 'G': shift = 30; break;
-		default: return -1;
+		case 'K':
+			shift = 10;
+			break;
+		case 'M':
+			shift = 20;
+			break;
+		case 'G':
+			shift = 30;
+			break;
+		default:
+			return -1;
 		}
 		end++;
 		if (x < 0 || x > (1LL << (62 - shift)))
@@ -145,8 +154,8 @@ static void assign(struct load_ctx *lc, const mica_config_entry *e, const char *
 	case MICA_CFG_SECRET: {
 		size_t l = strlen(v);
 		if ((long long)l < e->min || (long long)l > e->max) {
-			set_err(lc, "%s.%s: length %zu is out of range %lld..%lld", e->section, e->key,
-				l, e->min, e->max);
+			set_err(lc, "%s.%s: length %zu is out of range %lld..%lld", e->section,
+				e->key, l, e->min, e->max);
 			return;
 		}
 		char *copy = strdup(v);
@@ -177,7 +186,8 @@ static void assign(struct load_ctx *lc, const mica_config_entry *e, const char *
 		return;
 	case MICA_CFG_BOOL:
 		if (parse_bool(v, &b) != 0) {
-			set_err(lc, "%s.%s: \"%s\" is not a boolean (true/false)", e->section, e->key, v);
+			set_err(lc, "%s.%s: \"%s\" is not a boolean (true/false)", e->section,
+				e->key, v);
 			return;
 		}
 		*(int *)f = b;
@@ -197,7 +207,8 @@ static const mica_config_entry *find(const struct load_ctx *lc, const char *sect
 				     const char *key)
 {
 	for (size_t i = 0; i < lc->n; i++)
-		if (strcmp(lc->table[i].section, section) == 0 && strcmp(lc->table[i].key, key) == 0)
+		if (strcmp(lc->table[i].section, section) == 0 &&
+		    strcmp(lc->table[i].key, key) == 0)
 			return &lc->table[i];
 	return NULL;
 }
@@ -335,15 +346,16 @@ int mica_config_load(const mica_config_entry *table, size_t n, void *base, const
 			int errnum;
 			if (!p || !*p) {
 				if (!e->def)
-					set_err(&lc, "%s.%s: required secret file is not set", e->section,
-						e->key);
+					set_err(&lc, "%s.%s: required secret file is not set",
+						e->section, e->key);
 				continue;
 			}
 			char *pathcopy = strdup(p);
 			char *secret = pathcopy ? read_secret(pathcopy, &errnum) : NULL;
 			if (!secret)
-				set_err(&lc, "%s.%s: cannot read secret file %s: %s", e->section, e->key,
-					pathcopy ? pathcopy : "?", strerror(pathcopy ? errnum : ENOMEM));
+				set_err(&lc, "%s.%s: cannot read secret file %s: %s", e->section,
+					e->key, pathcopy ? pathcopy : "?",
+					strerror(pathcopy ? errnum : ENOMEM));
 			free(pathcopy);
 			free(*(char **)f);
 			*(char **)f = secret;
@@ -384,4 +396,67 @@ void mica_config_write_example(FILE *out, const mica_config_entry *table, size_t
 		fprintf(out, "%s\n", e->def ? "" : " [required]");
 		fprintf(out, ";%s = %s\n", e->key, e->def ? e->def : "");
 	}
+}
+
+/* |path| opens for reading; else a message naming the key. */
+static int check_readable(const char *section, const char *key, const char *path, char *err,
+			  size_t errlen)
+{
+	FILE *f;
+	if (!path || !*path) {
+		snprintf(err, errlen, "%s.%s: not set", section, key);
+		return MICA_ECONFIG;
+	}
+	if (!(f = fopen(path, "rb"))) {
+		snprintf(err, errlen, "%s.%s: cannot read %s: %s", section, key, path,
+			 strerror(errno));
+		return MICA_ECONFIG;
+	}
+	fclose(f);
+	return 0;
+}
+
+int mica_config_check_ca(const char *section, const char *key, const char *path, char *err,
+			 size_t errlen)
+{
+	gnutls_certificate_credentials_t cred = NULL;
+	int n, rc = check_readable(section, key, path, err, errlen);
+	if (rc)
+		return rc;
+	if (gnutls_certificate_allocate_credentials(&cred) < 0) {
+		snprintf(err, errlen, "%s.%s: out of memory", section, key);
+		return MICA_ENOMEM;
+	}
+	n = gnutls_certificate_set_x509_trust_file(cred, path, GNUTLS_X509_FMT_PEM);
+	gnutls_certificate_free_credentials(cred);
+	if (n <= 0) {
+		snprintf(err, errlen, "%s.%s: %s holds no PEM certificate that parses%s%s", section,
+			 key, path, n < 0 ? ": " : "", n < 0 ? gnutls_strerror(n) : "");
+		return MICA_ECONFIG;
+	}
+	return 0;
+}
+
+int mica_config_check_cert_key(const char *section, const char *cert_key, const char *cert,
+			       const char *key_key, const char *key, char *err, size_t errlen)
+{
+	gnutls_certificate_credentials_t cred = NULL;
+	int rc = check_readable(section, cert_key, cert, err, errlen);
+	if (!rc)
+		rc = check_readable(section, key_key, key, err, errlen);
+	if (rc)
+		return rc;
+	if (gnutls_certificate_allocate_credentials(&cred) < 0) {
+		snprintf(err, errlen, "%s.%s: out of memory", section, cert_key);
+		return MICA_ENOMEM;
+	}
+	rc = gnutls_certificate_set_x509_key_file(cred, cert, key, GNUTLS_X509_FMT_PEM);
+	gnutls_certificate_free_credentials(cred);
+	if (rc < 0) {
+		snprintf(err, errlen,
+			 "%s.%s, %s.%s: %s and %s are not a PEM certificate and its key: %s",
+			 section, cert_key, section, key_key, cert, key, gnutls_strerror(rc));
+		return MICA_ECONFIG;
+	}
+	return 0;
 }

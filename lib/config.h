@@ -23,12 +23,12 @@
 #include "err.h"
 
 enum mica_config_type {
-	MICA_CFG_STRING, /* char * field, malloc'd; bounds = length */
-	MICA_CFG_INT,    /* int field; bounds = value */
-	MICA_CFG_SIZE,   /* size_t field; accepts K/M/G suffixes (1024-based) */
-	MICA_CFG_BOOL,   /* int field, 0/1; accepts true/false/yes/no/on/off/1/0 */
-	MICA_CFG_SECRET, /* key "x_file": the value is a path; the field (char *) gets the
-			    file's content without trailing newline; wiped on free */
+	MICA_CFG_STRING,   /* char * field, malloc'd; bounds = length */
+	MICA_CFG_INT,	   /* int field; bounds = value */
+	MICA_CFG_SIZE,	   /* size_t field; accepts K/M/G suffixes (1024-based) */
+	MICA_CFG_BOOL,	   /* int field, 0/1; accepts true/false/yes/no/on/off/1/0 */
+	MICA_CFG_SECRET,   /* key "x_file": the value is a path; the field (char *) gets the
+			      file's content without trailing newline; wiped on free */
 	MICA_CFG_LOGLEVEL, /* int field; debug/info/warn/error/off */
 };
 
@@ -36,10 +36,10 @@ typedef struct mica_config_entry {
 	const char *section;
 	const char *key;
 	enum mica_config_type type;
-	long long min, max;   /* inclusive bounds (INT, SIZE, STRING length) */
-	const char *def;      /* default as text; NULL = required */
-	size_t offset;        /* offsetof(program_config, field) */
-	const char *help;     /* one line, used in the example file */
+	long long min, max; /* inclusive bounds (INT, SIZE, STRING length) */
+	const char *def;    /* default as text; NULL = required */
+	size_t offset;	    /* offsetof(program_config, field) */
+	const char *help;   /* one line, used in the example file */
 } mica_config_entry;
 
 /* Loads configuration into |base| (a struct laid out as |table| says). |path|
@@ -60,6 +60,8 @@ void mica_config_write_example(FILE *out, const mica_config_entry *table, size_t
  * expressed as a macro so the offsets refer to the program's own struct. The
  * member |m| must be a mica_http_options; |blocking_default| (a decimal
  * string) is the service's default for blocking_threads. */
+/* The fragments keep one row per key, aligned by hand. */
+/* clang-format off */
 #define MICA_CONFIG_HTTP_ENTRIES(sec, type, m, blocking_default)                                                 \
 	{sec, "bind", MICA_CFG_STRING, 1, 255, "127.0.0.1", offsetof(type, m.bind),               \
 	 "address to listen on (IPv4 or IPv6 literal)"},                                          \
@@ -97,5 +99,65 @@ void mica_config_write_example(FILE *out, const mica_config_entry *table, size_t
 	 offsetof(type, m.metrics_client_ca_file),                                                \
 	 "PEM CA whose client certificates may scrape the metrics listener (set: mutual TLS"      \
 	 " required there)"}
+
+/* The database a daemon connects to: the [<service>.db] section. The
+ * password is read from password_file (empty: none, e.g. a passfile or
+ * peer authentication). */
+typedef struct mica_config_db {
+	char *conninfo; /* libpq conninfo without the password */
+	char *password; /* secret (wiped on free); "" when not set */
+} mica_config_db;
+
+#define MICA_CONFIG_DB_ENTRIES(sec, type, m, role)                                                \
+	{sec, "conninfo", MICA_CFG_STRING, 1, 4096, NULL, offsetof(type, m.conninfo),              \
+	 "libpq conninfo of the " role " role (without the password)"},                           \
+	{sec, "password_file", MICA_CFG_SECRET, 0, 4096, "", offsetof(type, m.password),          \
+	 "file holding the role's password (empty: none, e.g. a passfile in conninfo or peer"     \
+	 " authentication)"}
+
+/* Redis over its Unix socket with an ACL user: the [<service>.redis]
+ * section. The member |m| must be a struct mica_kv_config (lib/kv.h);
+ * |user| is the service's default ACL user, |keys| the key patterns its
+ * ACL allows (for the help text). */
+#define MICA_CONFIG_REDIS_ENTRIES(sec, type, m, user, keys)                                       \
+	{sec, "socket", MICA_CFG_STRING, 1, 4096, NULL, offsetof(type, m.socket_path),             \
+	 "Redis Unix socket"},                                                                    \
+	{sec, "user", MICA_CFG_STRING, 1, 64, user, offsetof(type, m.username),                    \
+	 "Redis ACL user (keys " keys ")"},                                                       \
+	{sec, "password_file", MICA_CFG_SECRET, 0, 4096, NULL, offsetof(type, m.password),        \
+	 "file holding the Redis user's password"}
+
+/* The Key Center as a client reaches it, over mutual TLS: the
+ * [<service>.keycenter] section. The member |m| must be a mica_kc_options
+ * (lib/kc.h); |principal| names the service's client certificate. */
+#define MICA_CONFIG_KC_CLIENT_ENTRIES(sec, type, m, principal)                                    \
+	{sec, "url", MICA_CFG_STRING, 1, 4096, NULL, offsetof(type, m.base_url),                   \
+	 "base URL of the Key Center (https://host:port)"},                                       \
+	{sec, "ca_file", MICA_CFG_STRING, 1, 4096, NULL, offsetof(type, m.ca_file),                \
+	 "CA the Key Center's certificate chains to"},                                            \
+	{sec, "cert_file", MICA_CFG_STRING, 1, 4096, NULL, offsetof(type, m.cert_file),            \
+	 "client certificate of the " principal " principal"},                                    \
+	{sec, "key_file", MICA_CFG_STRING, 1, 4096, NULL, offsetof(type, m.key_file),              \
+	 "its private key"}
+
+/* clang-format on */
+
+/* ---- checks for a validation pass ---------------------------------------
+ * A daemon runs these on its loaded configuration before it opens any
+ * dependency (lib/daemon.h), so a bad file is reported as a configuration
+ * error naming the key, not as a late TLS or connection failure. Each returns
+ * 0 or MICA_ECONFIG with a message "section.key: ..." in |err|. */
+
+/* |path| (the value of |section|.|key|) is a readable PEM file holding at
+ * least one X.509 certificate that parses. */
+int mica_config_check_ca(const char *section, const char *key, const char *path, char *err,
+			 size_t errlen) MICA_WUR;
+
+/* |cert| and |key| (the values of |section|.|cert_key| and
+ * |section|.|key_key|) are readable PEM files holding a certificate chain and
+ * the private key that matches it. */
+int mica_config_check_cert_key(const char *section, const char *cert_key, const char *cert,
+			       const char *key_key, const char *key, char *err,
+			       size_t errlen) MICA_WUR;
 
 #endif

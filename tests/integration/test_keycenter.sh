@@ -15,7 +15,7 @@
 #      /metrics only on the loopback metrics listener; ids and query numbers beyond int64, JSON
 #      bodies without Content-Type
 #   8. robustness: wrong PIN, missing PKCS#11 module, unknown token, database unreachable at
-#      start, a key load waiting on PostgreSQL off the event thread, database connections killed
+#      start, a garbage or unreadable client CA refused before the HSM and database, a key load waiting on PostgreSQL off the event thread, database connections killed
 #      while running
 #   9. kill -9 under datakey load: every ciphertext a client received decrypts after restart,
 #      every answered request is in the audit trail, and the chain verifies.
@@ -733,10 +733,31 @@ if ! { ((rc == 1)) && grep -q "cannot unseal the audit key (database_unavailable
 fi
 ok "database unreachable at start: refuses to start (exit 1, database_unavailable)"
 run_bad_start "no blocking threads" MICA_KEYCENTER_HTTP_BLOCKING_THREADS=0
-if ! { ((rc == 1)) && grep -q "keycenter.http.blocking_threads: at least 1" "$W/bad.log"; }; then
+if ! { ((rc == 2)) && grep -q "keycenter.http.blocking_threads: at least 1" "$W/bad.log"; }; then
 	fail "no blocking threads: exit $rc: $(cat "$W/bad.log")"
 fi
-ok "blocking_threads = 0: refuses to start (key loads need the pool)"
+ok "blocking_threads = 0: refuses to start (key loads need the pool), exit 2"
+# The configuration is judged before any dependency is opened (lib/daemon.h): with the PKCS#11
+# module missing and the database unreachable as well, a client CA that is garbage or unreadable
+# is what the daemon reports, as a configuration error (exit 2), and it touched neither.
+printf 'not a certificate\n' >"$W/garbage-ca.pem"
+for ca in "$W/garbage-ca.pem" "$W/no-such-ca.pem"; do
+	run_bad_start "client CA $ca" MICA_KEYCENTER_HTTP_CLIENT_CA_FILE="$ca" \
+		MICA_KEYCENTER_HSM_MODULE="$W/no-such-pkcs11.so" \
+		MICA_KEYCENTER_DB_CONNINFO="${KC_CI/port=$MICA_PG_PORT/port=$DEAD_PORT}"
+	if ! { ((rc == 2)) && grep -q "^mica-keycenter: keycenter.http.client_ca_file: .*$ca" "$W/bad.log" &&
+		! grep -qi "pkcs#11\|database\|audit" "$W/bad.log"; }; then
+		fail "client CA $ca: exit $rc: $(cat "$W/bad.log")"
+	fi
+done
+ok "a garbage or unreadable client CA: exit 2 naming keycenter.http.client_ca_file, before the HSM and database"
+run_bad_start "garbage webhook CA" MICA_KEYCENTER_ALERTS_WEBHOOK_CA_FILE="$W/garbage-ca.pem" \
+	MICA_KEYCENTER_HSM_MODULE="$W/no-such-pkcs11.so"
+if ! { ((rc == 2)) && grep -q "keycenter.alerts.webhook_ca_file: .*holds no PEM certificate" "$W/bad.log" &&
+	! grep -qi "pkcs#11" "$W/bad.log"; }; then
+	fail "garbage webhook CA: exit $rc: $(cat "$W/bad.log")"
+fi
+ok "a garbage alert webhook CA: exit 2 before the HSM is opened"
 
 # A key a fresh process has not cached is loaded on the blocking pool, never on the event thread:
 # with the key's versions locked in PostgreSQL the datakey request waits, while the only event

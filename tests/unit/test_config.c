@@ -8,10 +8,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "account/account.h"
 #include "config.h"
 #include "http.h"
-#include "account/account.h"
+#include "kc.h"
 #include "keycenter/keycenter.h"
+#include "kv.h"
 
 struct cfg {
 	int level;
@@ -24,14 +26,14 @@ struct cfg {
 };
 
 static const mica_config_entry table[] = {
-	{"log", "level", MICA_CFG_LOGLEVEL, 0, 4, "info", offsetof(struct cfg, level), "log level"},
-	MICA_CONFIG_HTTP_ENTRIES("demo.http", struct cfg, http, "0"),
-	{"demo", "name", MICA_CFG_STRING, 1, 8, "x", offsetof(struct cfg, name), "a name"},
-	{"demo", "count", MICA_CFG_INT, 1, 10, "3", offsetof(struct cfg, count), "a count"},
-	{"demo", "size", MICA_CFG_SIZE, 1, 1 << 20, "4K", offsetof(struct cfg, size), "a size"},
-	{"demo", "flag", MICA_CFG_BOOL, 0, 1, "no", offsetof(struct cfg, flag), "a flag"},
-	{"demo", "secret_file", MICA_CFG_SECRET, 0, 4096, NULL, offsetof(struct cfg, secret),
-	 "a secret"},
+    {"log", "level", MICA_CFG_LOGLEVEL, 0, 4, "info", offsetof(struct cfg, level), "log level"},
+    MICA_CONFIG_HTTP_ENTRIES("demo.http", struct cfg, http, "0"),
+    {"demo", "name", MICA_CFG_STRING, 1, 8, "x", offsetof(struct cfg, name), "a name"},
+    {"demo", "count", MICA_CFG_INT, 1, 10, "3", offsetof(struct cfg, count), "a count"},
+    {"demo", "size", MICA_CFG_SIZE, 1, 1 << 20, "4K", offsetof(struct cfg, size), "a size"},
+    {"demo", "flag", MICA_CFG_BOOL, 0, 1, "no", offsetof(struct cfg, flag), "a flag"},
+    {"demo", "secret_file", MICA_CFG_SECRET, 0, 4096, NULL, offsetof(struct cfg, secret),
+     "a secret"},
 };
 #define N (sizeof(table) / sizeof(table[0]))
 
@@ -120,7 +122,8 @@ START_TEST(environment_typo_is_refused)
 	char err[256];
 	setenv("MICA_DEMO_HTTP_PROT", "9443", 1);
 	ck_assert_int_eq(load(good, &c, err, sizeof(err)), MICA_ECONFIG);
-	ck_assert_str_eq(err, "MICA_DEMO_HTTP_PROT: [demo.http] has no key of this environment name");
+	ck_assert_str_eq(err,
+			 "MICA_DEMO_HTTP_PROT: [demo.http] has no key of this environment name");
 	mica_config_free(table, N, &c);
 	unsetenv("MICA_DEMO_HTTP_PROT");
 	setenv("MICA_DEMO_COUNTS", "7", 1);
@@ -212,6 +215,106 @@ START_TEST(written_example_round_trips)
 }
 END_TEST
 
+/* The shared fragments: one definition of the [*.db], [*.redis] and
+ * [*.keycenter] keys, with the key names the deployed configs use. */
+struct frag_cfg {
+	mica_config_db db;
+	struct mica_kv_config redis;
+	mica_kc_options kc;
+};
+
+static const mica_config_entry frag_table[] = {
+    MICA_CONFIG_DB_ENTRIES("svc.db", struct frag_cfg, db, "mica_svc"),
+    MICA_CONFIG_REDIS_ENTRIES("svc.redis", struct frag_cfg, redis, "svc", "svc:*"),
+    MICA_CONFIG_KC_CLIENT_ENTRIES("svc.keycenter", struct frag_cfg, kc, "svc"),
+};
+#define FRAG_N (sizeof(frag_table) / sizeof(frag_table[0]))
+
+START_TEST(shared_fragments_load_under_their_names)
+{
+	struct frag_cfg c = {0};
+	char path[160], err[256];
+	snprintf(path, sizeof(path), "%s/frag.ini", dir);
+	FILE *f = fopen(path, "w");
+	fprintf(
+	    f,
+	    "[svc.db]\nconninfo = dbname=x\npassword_file = %s\n"
+	    "[svc.redis]\nsocket = /run/r.sock\npassword_file = %s\n"
+	    "[svc.keycenter]\nurl = https://kc:1\nca_file = /ca\ncert_file = /c\nkey_file = /k\n",
+	    secret_path, secret_path);
+	fclose(f);
+	setenv("MICA_SVC_KEYCENTER_CA_FILE", "/other-ca", 1);
+	ck_assert_msg(mica_config_load(frag_table, FRAG_N, &c, path, err, sizeof(err)) == 0, "%s",
+		      err);
+	unsetenv("MICA_SVC_KEYCENTER_CA_FILE");
+	ck_assert_str_eq(c.db.conninfo, "dbname=x");
+	ck_assert_str_eq(c.db.password, "s3cr3t");
+	ck_assert_str_eq(c.redis.socket_path, "/run/r.sock");
+	ck_assert_str_eq(c.redis.username, "svc"); /* the service's default user */
+	ck_assert_str_eq(c.redis.password, "s3cr3t");
+	ck_assert_str_eq(c.kc.base_url, "https://kc:1");
+	ck_assert_str_eq(c.kc.ca_file, "/other-ca");
+	ck_assert_str_eq(c.kc.cert_file, "/c");
+	ck_assert_str_eq(c.kc.key_file, "/k");
+	mica_config_free(frag_table, FRAG_N, &c);
+	ck_assert_ptr_null(c.db.password);
+	memset(&c, 0, sizeof(c));
+	ck_assert_int_eq(mica_config_load(frag_table, FRAG_N, &c, NULL, err, sizeof(err)),
+			 MICA_ECONFIG);
+	ck_assert_str_eq(err, "svc.db.conninfo: required key is missing");
+	mica_config_free(frag_table, FRAG_N, &c);
+}
+END_TEST
+
+/* The validation pass's TLS checks (run before any dependency is opened)
+ * accept a real certificate and key and name the key of every bad file. */
+START_TEST(tls_checks_name_the_key)
+{
+	char cmd[1024], cert[160], key[160], key2[160], garbage[160], err[512];
+	snprintf(cert, sizeof(cert), "%s/c.pem", dir);
+	snprintf(key, sizeof(key), "%s/k.pem", dir);
+	snprintf(key2, sizeof(key2), "%s/k2.pem", dir);
+	snprintf(garbage, sizeof(garbage), "%s/garbage.pem", dir);
+	snprintf(cmd, sizeof(cmd),
+		 "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1"
+		 " -subj /CN=t -keyout %s -out %s 2>/dev/null && openssl genpkey -algorithm EC"
+		 " -pkeyopt ec_paramgen_curve:P-256 -out %s 2>/dev/null && echo junk > %s",
+		 key, cert, key2, garbage);
+	ck_assert_int_eq(system(cmd), 0);
+
+	ck_assert_int_eq(mica_config_check_ca("s", "ca_file", cert, err, sizeof(err)), 0);
+	ck_assert_int_eq(
+	    mica_config_check_cert_key("s", "cert_file", cert, "key_file", key, err, sizeof(err)),
+	    0);
+
+	ck_assert_int_eq(mica_config_check_ca("s", "ca_file", garbage, err, sizeof(err)),
+			 MICA_ECONFIG);
+	ck_assert_msg(strstr(err, "s.ca_file: ") == err && strstr(err, "holds no PEM certificate"),
+		      "%s", err);
+	ck_assert_int_eq(
+	    mica_config_check_ca("s", "ca_file", "/nonexistent/ca.pem", err, sizeof(err)),
+	    MICA_ECONFIG);
+	ck_assert_str_eq(err,
+			 "s.ca_file: cannot read /nonexistent/ca.pem: No such file or directory");
+	ck_assert_int_eq(mica_config_check_ca("s", "ca_file", "", err, sizeof(err)), MICA_ECONFIG);
+	ck_assert_str_eq(err, "s.ca_file: not set");
+	/* A certificate with somebody else's key, a key that is not one. */
+	ck_assert_int_eq(
+	    mica_config_check_cert_key("s", "cert_file", cert, "key_file", key2, err, sizeof(err)),
+	    MICA_ECONFIG);
+	ck_assert_msg(strstr(err, "s.cert_file, s.key_file: ") == err, "%s", err);
+	ck_assert_int_eq(mica_config_check_cert_key("s", "cert_file", cert, "key_file", garbage,
+						    err, sizeof(err)),
+			 MICA_ECONFIG);
+	ck_assert_msg(strstr(err, "s.cert_file, s.key_file: ") == err, "%s", err);
+	ck_assert_int_eq(mica_config_check_cert_key("s", "cert_file", cert, "key_file",
+						    "/nonexistent/k.pem", err, sizeof(err)),
+			 MICA_ECONFIG);
+	ck_assert_str_eq(err,
+			 "s.key_file: cannot read /nonexistent/k.pem: No such file or directory");
+}
+END_TEST
+
 /* Every program's table, for the example-file test. */
 static const struct {
 	const char *program;
@@ -219,8 +322,8 @@ static const struct {
 	size_t n;
 	size_t size;
 } programs[] = {
-	{"mica-keycenter", kc_config_table, 0, sizeof(struct kc_config)},
-	{"mica-account", acct_config_table, 0, sizeof(struct acct_config)},
+    {"mica-keycenter", kc_config_table, 0, sizeof(struct kc_config)},
+    {"mica-account", acct_config_table, 0, sizeof(struct acct_config)},
 };
 
 /* deploy/mica.conf.example loads with every program's table, and every key
@@ -232,7 +335,7 @@ START_TEST(shipped_example_documents_every_key)
 	FILE *f;
 	for (size_t p = 0; p < sizeof(programs) / sizeof(programs[0]); p++) {
 		size_t n = programs[p].table == kc_config_table ? kc_config_table_len
-								 : acct_config_table_len;
+								: acct_config_table_len;
 		void *cfg = calloc(1, programs[p].size);
 		/* Secret files of the example live in var/ of a running stack: point
 		 * every *_file secret at a test file instead. */
@@ -249,7 +352,8 @@ START_TEST(shipped_example_documents_every_key)
 			if (e->type == MICA_CFG_SECRET)
 				setenv(name, secret_path, 1);
 		}
-		ck_assert_msg(mica_config_load(programs[p].table, n, cfg, path, err, sizeof(err)) == 0,
+		ck_assert_msg(mica_config_load(programs[p].table, n, cfg, path, err, sizeof(err)) ==
+				  0,
 			      "%s: %s", programs[p].program, err);
 		mica_config_free(programs[p].table, n, cfg);
 		free(cfg);
@@ -267,8 +371,8 @@ START_TEST(shipped_example_documents_every_key)
 					found = 1;
 			}
 			fclose(f);
-			ck_assert_msg(found, "%s: %s.%s is not documented in %s", programs[p].program,
-				      e->section, e->key, path);
+			ck_assert_msg(found, "%s: %s.%s is not documented in %s",
+				      programs[p].program, e->section, e->key, path);
 		}
 	}
 }
@@ -288,6 +392,8 @@ int main(void)
 	tcase_add_test(tc, missing_file_is_an_error);
 	tcase_add_test(tc, written_example_round_trips);
 	tcase_add_test(tc, shipped_example_documents_every_key);
+	tcase_add_test(tc, shared_fragments_load_under_their_names);
+	tcase_add_test(tc, tls_checks_name_the_key);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
