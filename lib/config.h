@@ -56,6 +56,8 @@ void mica_config_free(const mica_config_entry *table, size_t n, void *base);
  * its default or "[required]" (what `PROGRAM --print-config` shows). */
 void mica_config_write_example(FILE *out, const mica_config_entry *table, size_t n);
 
+/* The fragments below are tables laid out by hand (clang-format would re-flow them). */
+/* clang-format off */
 /* Common fragments every daemon's table repeats for its [http] section,
  * expressed as a macro so the offsets refer to the program's own struct. The
  * member |m| must be a mica_http_options; |blocking_default| (a decimal
@@ -98,4 +100,5 @@ void mica_config_write_example(FILE *out, const mica_config_entry *table, size_t
 	 "PEM CA whose client certificates may scrape the metrics listener (set: mutual TLS"      \
 	 " required there)"}
 
+/* clang-format on */
 #endif

@@ -7,6 +7,8 @@
  */
 #ifndef MICA_ERR_H
 #define MICA_ERR_H
+/* The table is laid out by hand, one error per line (clang-format would re-flow it). */
+/* clang-format off */
 
 #define MICA_ERRNO_MAP(X)                                                      \
 	X(NOMEM, "out_of_memory", "out of memory")                             \
@@ -43,6 +45,7 @@
 	X(RANGE, "out_of_range", "value out of range")                         \
 	X(SEALED, "sealed", "sealed until officers submit their unseal shares")
 
+/* clang-format on */
 typedef enum mica_err {
 	MICA_OK = 0,
 	MICA__ERR_BASE = -1000,
