@@ -45,6 +45,7 @@ BENCHES := $(foreach s,$(BENCH_SRC),$(BUILD)/bench/$(basename $(notdir $(s))))
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 
 .PHONY: all test asan run stop bench fuzz clean deps check-config FORCE
+.PHONY: lint lint-format lint-cppcheck lint-shell format
 all: $(ALL_LIBS) $(BINS) $(UNIT) $(INTEG) $(PEERS) $(BENCHES)
 
 $(BUILD)/obj/%.o: %.c
@@ -116,6 +117,7 @@ deps:
 # The full suite: unit, then integration against private PostgreSQL, Redis and
 # SoftHSM on free ports (tests/run starts and always tears them down).
 test: deps
+	$(MAKE) lint
 	$(MAKE) all
 	$(MAKE) fuzz
 	BUILD=$(BUILD) ./tests/run
@@ -142,6 +144,16 @@ fuzz:
 			-fsanitize=fuzzer,address,undefined $$s $(FUZZ_LIBS) \
 			$(LIBS) -o build/fuzz/$$n || exit 1; \
 	done
+
+# Linters over the tracked files (tests/lint; docs/testing.md): clang-format --dry-run against
+# .clang-format, cppcheck, shellcheck. Each part runs alone as lint-format, lint-cppcheck,
+# lint-shell; `make format` rewrites the C files with clang-format.
+lint:
+	BUILD=$(BUILD) ./tests/lint
+lint-format lint-cppcheck lint-shell:
+	BUILD=$(BUILD) ./tests/lint $(@:lint-%=%)
+format:
+	./tests/lint fix
 
 run: deps
 	$(MAKE) all

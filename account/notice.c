@@ -24,6 +24,8 @@
 #define CONSUME_BATCH 100
 #define DELIVER_PER_ROUND 100
 #define WAIT_MS 1000
+/* nanosleep(), since usleep() may refuse a second or more (POSIX). */
+static const struct timespec wait_pause = {WAIT_MS / 1000, WAIT_MS % 1000 * 1000000L};
 #define BACKOFF_MAX_S 60
 /* A notice that still cannot go out after this long is given up (logged
  * as an error): telling of a password change days later helps nobody. */
@@ -450,7 +452,7 @@ static void *worker_main(void *arg)
 			last_err = err;
 		}
 		if (err) {
-			usleep(WAIT_MS * 1000);
+			nanosleep(&wait_pause, NULL);
 			continue;
 		}
 		if (handled > 0)
@@ -458,7 +460,7 @@ static void *worker_main(void *arg)
 		/* Woken by a new event, or after WAIT_MS to retry what is due. */
 		err = mica_outbox_wait(db, NOTICE_CONSUMER, WAIT_MS);
 		if (err && err != MICA_ETIMEOUT)
-			usleep(WAIT_MS * 1000);
+			nanosleep(&wait_pause, NULL);
 	}
 	MICA_LOG(MICA_LOG_INFO, "notice: worker stopped");
 	return NULL;

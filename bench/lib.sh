@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # bench/lib.sh - CPU accounting shared by the bench scripts (sourced, after deploy/lib.sh).
 #
 # bench_cpu_start NAME: puts this shell, and so everything it starts from now on (PostgreSQL

@@ -670,7 +670,7 @@ static int write_statement(kc_audit *a, const char *const arrays[NARR], const st
 	const char *p[NARR + 4];
 	int n = 0;
 	if (arrays) {
-		memcpy(p, arrays, sizeof(*p) * NARR);
+		memcpy(p, arrays, sizeof(arrays[0]) * NARR);
 		n = NARR;
 	}
 	if (cp) {

@@ -696,29 +696,41 @@ static int get_bytes(kc_hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, CK_AT
  * use a KEK inside the token, but cannot take it out. */
 static const CK_OBJECT_CLASS kek_class = CKO_SECRET_KEY;
 static const CK_KEY_TYPE kek_type = CKK_AES;
+/* One attribute per line (clang-format would re-flow the macro). */
+/* clang-format off */
 #define KEK_TEMPLATE_ATTRS                                                                         \
 	{CKA_CLASS, (void *)&kek_class, sizeof(kek_class)},                                        \
-	    {CKA_KEY_TYPE, (void *)&kek_type, sizeof(kek_type)},                                   \
-	    {CKA_TOKEN, (void *)&no, sizeof(no)}, {CKA_SENSITIVE, (void *)&yes, sizeof(yes)},      \
-	    {CKA_EXTRACTABLE, (void *)&no, sizeof(no)}, {CKA_ENCRYPT, (void *)&yes, sizeof(yes)},  \
-	    {CKA_DECRYPT, (void *)&yes, sizeof(yes)}, {CKA_WRAP, (void *)&no, sizeof(no)},         \
-	    {CKA_UNWRAP, (void *)&no, sizeof(no)}, {CKA_SIGN, (void *)&no, sizeof(no)},            \
-	    {CKA_VERIFY, (void *)&no, sizeof(no)},                                                 \
-	{                                                                                          \
-		CKA_DERIVE, (void *)&no, sizeof(no)                                                \
-	}
+	{CKA_KEY_TYPE, (void *)&kek_type, sizeof(kek_type)},                                       \
+	{CKA_TOKEN, (void *)&no, sizeof(no)},                                                      \
+	{CKA_SENSITIVE, (void *)&yes, sizeof(yes)},                                                \
+	{CKA_EXTRACTABLE, (void *)&no, sizeof(no)},                                                \
+	{CKA_ENCRYPT, (void *)&yes, sizeof(yes)},                                                  \
+	{CKA_DECRYPT, (void *)&yes, sizeof(yes)},                                                  \
+	{CKA_WRAP, (void *)&no, sizeof(no)},                                                       \
+	{CKA_UNWRAP, (void *)&no, sizeof(no)},                                                     \
+	{CKA_SIGN, (void *)&no, sizeof(no)},                                                       \
+	{CKA_VERIFY, (void *)&no, sizeof(no)},                                                     \
+	{CKA_DERIVE, (void *)&no, sizeof(no)}
+/* clang-format on */
 static CK_ATTRIBUTE kek_unwrap_template[] = {KEK_TEMPLATE_ATTRS};
 
 /* A session key that exists only to be wrapped (wrap_fresh, migrate_from):
  * extractable, since C_WrapKey needs it, but sensitive and usable for
  * nothing. */
+/* clang-format off */
 #define WRAPPABLE_KEY_ATTRS                                                                        \
-	{CKA_TOKEN, (void *)&no, sizeof(no)}, {CKA_PRIVATE, (void *)&yes, sizeof(yes)},            \
-	    {CKA_SENSITIVE, (void *)&yes, sizeof(yes)},                                            \
-	    {CKA_EXTRACTABLE, (void *)&yes, sizeof(yes)}, {CKA_ENCRYPT, (void *)&no, sizeof(no)},  \
-	    {CKA_DECRYPT, (void *)&no, sizeof(no)}, {CKA_WRAP, (void *)&no, sizeof(no)},           \
-	    {CKA_UNWRAP, (void *)&no, sizeof(no)}, {CKA_SIGN, (void *)&no, sizeof(no)},            \
-	    {CKA_VERIFY, (void *)&no, sizeof(no)}, {CKA_DERIVE, (void *)&no, sizeof(no)}
+	{CKA_TOKEN, (void *)&no, sizeof(no)},                                                      \
+	{CKA_PRIVATE, (void *)&yes, sizeof(yes)},                                                  \
+	{CKA_SENSITIVE, (void *)&yes, sizeof(yes)},                                                \
+	{CKA_EXTRACTABLE, (void *)&yes, sizeof(yes)},                                              \
+	{CKA_ENCRYPT, (void *)&no, sizeof(no)},                                                    \
+	{CKA_DECRYPT, (void *)&no, sizeof(no)},                                                    \
+	{CKA_WRAP, (void *)&no, sizeof(no)},                                                       \
+	{CKA_UNWRAP, (void *)&no, sizeof(no)},                                                     \
+	{CKA_SIGN, (void *)&no, sizeof(no)},                                                       \
+	{CKA_VERIFY, (void *)&no, sizeof(no)},                                                     \
+	{CKA_DERIVE, (void *)&no, sizeof(no)}
+/* clang-format on */
 
 /* ---- Key generation ------------------------------------------------------ */
 

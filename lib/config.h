@@ -60,7 +60,8 @@ void mica_config_write_example(FILE *out, const mica_config_entry *table, size_t
  * expressed as a macro so the offsets refer to the program's own struct. The
  * member |m| must be a mica_http_options; |blocking_default| (a decimal
  * string) is the service's default for blocking_threads. */
-/* The fragments keep one row per key, aligned by hand. */
+/* The fragments keep one row per key, aligned by hand (clang-format would
+ * re-flow them). */
 /* clang-format off */
 #define MICA_CONFIG_HTTP_ENTRIES(sec, type, m, blocking_default)                                                 \
 	{sec, "bind", MICA_CFG_STRING, 1, 255, "127.0.0.1", offsetof(type, m.bind),               \

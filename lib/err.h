@@ -18,6 +18,8 @@
  */
 #ifndef MICA_ERR_H
 #define MICA_ERR_H
+/* The table is laid out by hand, one error per line (clang-format would re-flow it). */
+/* clang-format off */
 
 #define MICA_ERRNO_MAP(X)                                                                          \
 	X(NOMEM, 500, "out_of_memory", "out of memory")                                            \
@@ -54,6 +56,7 @@
 	X(RANGE, 400, "out_of_range", "value out of range")                                        \
 	X(SEALED, 503, "sealed", "sealed until officers submit their unseal shares")
 
+/* clang-format on */
 typedef enum mica_err {
 	MICA_OK = 0,
 	MICA__ERR_BASE = -1000,

@@ -206,7 +206,7 @@ ok "a buffered access line is written when the daemon stops"
 printf '[testd.http]\nport = 70000\n' >"$dir/bad.conf"
 rc=0
 "$BUILD/tests/peers/testd" "$dir/bad.conf" 2>"$dir/bad.err" || rc=$?
-[ "$rc" = 2 ] && grep -q 'testd.http.port: 70000 is out of range 0..65535' "$dir/bad.err" ||
+{ [ "$rc" = 2 ] && grep -q 'testd.http.port: 70000 is out of range 0..65535' "$dir/bad.err"; } ||
 	fail "bad config: exit $rc: $(cat "$dir/bad.err")"
 ok "bad config rejected naming testd.http.port"
 echo "test_http.sh: all checks passed"

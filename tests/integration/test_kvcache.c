@@ -185,7 +185,7 @@ START_TEST(expiry_invalidates)
 	ck_assert_int_eq(fill(kc, kv, k), 0);
 	assert_hit(kc, k, "v");
 	/* The TTL lives in Redis, whose clock a test cannot move: it must pass. */
-	usleep(1200 * 1000);
+	nanosleep(&(struct timespec){1, 200000000}, NULL);
 	char *v = NULL;
 	ck_assert_int_eq(mica_kv_get(kv, k, &v, NULL), MICA_ENOTFOUND);
 	assert_miss(kc, k);
@@ -432,7 +432,7 @@ START_TEST(paused_redis_stops_serving)
 	ck_assert_int_eq(kill(pid, SIGSTOP), 0);
 	char *v1 = NULL, *v2 = NULL;
 	int within = mica_kvcache_get(kc, k, &v1, NULL); /* inside the window: still exact */
-	usleep(1600 * 1000);
+	nanosleep(&(struct timespec){1, 600000000}, NULL);
 	int after = mica_kvcache_get(kc, k, &v2, NULL);
 	int put = mica_kvcache_put(kc, k, "x", 1, mica_kvcache_ticket(kc));
 	/* Resume before asserting, so a failure never leaves Redis stopped. */

@@ -64,7 +64,7 @@ run_mica() {
 mkdir -p "$WORK"
 cp -R schema "$SCHEMA"
 sql "$ADMIN" "CREATE DATABASE $DB" >/dev/null
-mapfile -t FILES < <(cd "$SCHEMA" && ls | grep -E '^[0-9]+_.+\.sql$' | sort -n)
+mapfile -t FILES < <(cd "$SCHEMA" && printf '%s\n' [0-9]*_*.sql | grep -E '^[0-9]+_.+\.sql$' | sort -n)
 NFILES=${#FILES[@]}
 ((NFILES > 0)) || fail "no migrations in schema/"
 
@@ -163,7 +163,7 @@ run_mica "$WORK/out" "$WORK/err" no-such-command
 run_mica "$WORK/out" "$WORK/err"
 ((rc == 64)) || fail "no command: exit $rc"
 run_mica "$WORK/out" "$WORK/err" --help
-((rc == 0)) && grep -q migrate "$WORK/out" || fail "--help: exit $rc"
+{ ((rc == 0)) && grep -q migrate "$WORK/out"; } || fail "--help: exit $rc"
 run_mica "$WORK/out" "$WORK/err" migrate --db "$CONN" --schema "$WORK/no-such-dir"
 ((rc == 1)) || fail "missing dir: exit $rc"
 pass

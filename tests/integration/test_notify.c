@@ -556,6 +556,7 @@ static void smtpd_start(struct smtpd *s, const char *mode, const char *user, con
 {
 	static int seq;
 	int fds[2];
+	*s = (struct smtpd){.pid = -1}; /* smtpd_stop() is a no-op until the fork */
 	snprintf(s->dir, sizeof(s->dir), "%s/smtpd-%d-%d", env("MICA_TEST_DIR"), (int)getpid(),
 		 seq++);
 	ck_assert_int_eq(mkdir(s->dir, 0700), 0);

@@ -89,6 +89,8 @@ req() {
 }
 sha256() { printf '%s' "$1" | sha256sum | cut -c1-64; }
 cached() { rcli GET "session:$(sha256 "$1")"; }
+# revocation_cached TOKEN: Redis holds the tombstone of TOKEN's session.
+revocation_cached() { [[ "$(cached "$1")" == '{"revoked":true}' ]]; }
 
 EMAIL="outage-$$@example.com" PW='Outage-pass1' PW2='Outage-pass2'
 # login: a new app session of our account; sets TOKEN and SID.
@@ -122,8 +124,8 @@ stat_of() { sed -n "s/.* $1=\([0-9]*\).*/\1/p" <<<"$got"; }
 # A copy can miss once on a host so loaded that a heartbeat came late (the copy lapsed and
 # refilled from Redis): up to three tries.
 live_hit() {
-	local before try
-	for try in 1 2 3; do
+	local before
+	for _ in 1 2 3; do
 		ask "#stats"
 		before="$(stat_of hits)"
 		ask "Bearer $1"
@@ -278,7 +280,7 @@ cp -a "$W/aof-before" "$R/redis/data"
 redis_start
 # The account service reads no session from Redis until it has resynced, whichever comes first.
 account_refuses "$T7"
-mica_wait_for 20 eval '[[ "$(cached "$T7")" == "{\"revoked\":true}" ]]' ||
+mica_wait_for 20 revocation_cached "$T7" ||
 	fail "the account service did not re-apply the revocation: $(cached "$T7")"
 grep -q 'session cache resync: 1 of [0-9]* entries were revoked' "$W/account.log" ||
 	fail "no resync in the account log"
@@ -316,7 +318,7 @@ redis_start
 [[ "$(jq -r .session_id <<<"$(cached "$T8")" 2>/dev/null)" =~ ^[0-9]+$ || "$(cached "$T8")" == '{"revoked":true}' ]] ||
 	fail "unexpected cache entry after the restart: $(cached "$T8")"
 account_refuses "$T8"
-mica_wait_for 20 eval '[[ "$(cached "$T8")" == "{\"revoked\":true}" ]]' ||
+mica_wait_for 20 revocation_cached "$T8" ||
 	fail "the freeze's revocation was not re-applied: $(cached "$T8")"
 fresh_refuses "$T8"
 live_refuses "$T8"

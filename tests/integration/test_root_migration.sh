@@ -39,6 +39,7 @@ ok "legacy root key generated with pkcs11-tool; a KEK wrapped by it is stored"
 step="2 refused"
 mica_free_port PORT
 rc=0
+# shellcheck disable=SC2153 # PORT is set by mica_free_port (printf -v), not misspelt
 env MICA_LOG_LEVEL=info MICA_KEYCENTER_HTTP_PORT="$PORT" MICA_KEYCENTER_HTTP_CERT_FILE="$MICA_CERT_SERVER" \
 	MICA_KEYCENTER_HTTP_KEY_FILE="$MICA_KEY_SERVER" MICA_KEYCENTER_HTTP_CLIENT_CA_FILE="$MICA_CA" \
 	MICA_KEYCENTER_DB_CONNINFO="$(mica_keycenter_conninfo "$MICA_TEST_DIR" "$DB")" \
@@ -47,8 +48,8 @@ env MICA_LOG_LEVEL=info MICA_KEYCENTER_HTTP_PORT="$PORT" MICA_KEYCENTER_HTTP_CER
 	MICA_KEYCENTER_ALERTS_WEBHOOK_URL= \
 	"$KC" --config deploy/mica.conf.example </dev/null >"$W/kc.log" 2>&1 || rc=$?
 ((rc != 0)) || fail "mica-keycenter started on a legacy root key"
-grep -q 'lets a PIN holder unwrap KEKs in readable form' "$W/kc.log" &&
-	grep -q 'mica keycenter migrate-root' "$W/kc.log" || fail "refusal not explained: $(cat "$W/kc.log")"
+{ grep -q 'lets a PIN holder unwrap KEKs in readable form' "$W/kc.log" &&
+	grep -q 'mica keycenter migrate-root' "$W/kc.log"; } || fail "refusal not explained: $(cat "$W/kc.log")"
 ok "mica-keycenter refuses the token (exit $rc) and names mica keycenter migrate-root"
 
 step="3 migrate-root"
@@ -83,6 +84,6 @@ env MICA_LOG_LEVEL=info MICA_KEYCENTER_HTTP_PORT="$PORT" MICA_KEYCENTER_HTTP_CER
 	"$KC" --config deploy/mica.conf.example </dev/null >"$W/kc.log" 2>&1 || rc=$?
 # This token has no audit key or sealed MAC key (it was never through `init`): the daemon now
 # gets past the root key check and stops at the audit key instead.
-((rc != 0)) && ! grep -q 'readable form' "$W/kc.log" && grep -q 'cannot unseal the audit key' "$W/kc.log" ||
+{ ((rc != 0)) && ! grep -q 'readable form' "$W/kc.log" && grep -q 'cannot unseal the audit key' "$W/kc.log"; } ||
 	fail "after migration: $(cat "$W/kc.log")"
 ok "the migrated root key passes mica-keycenter's template check"

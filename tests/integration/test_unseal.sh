@@ -65,6 +65,7 @@ grep -q CKR_PIN_INCORRECT "$W/p11.out" || fail "SO PIN: $(cat "$W/p11.out")"
 ok "neither PIN file opens the token (CKR_PIN_INCORRECT)"
 
 mica_free_port PORT
+# shellcheck disable=SC2153 # PORT is set by mica_free_port (printf -v), not misspelt
 URL="https://localhost:$PORT"
 KC_ENV=(
 	MICA_LOG_LEVEL=info
@@ -85,12 +86,12 @@ KC_ENV=(
 rc=0
 env "${KC_ENV[@]}" MICA_KEYCENTER_HSM_PIN_FILE="$USER_PIN_FILE" "$KC" --config deploy/mica.conf.example \
 	</dev/null >"$W/refuse.log" 2>&1 7>&- 8<&- || rc=$?
-((rc != 0)) && grep -q 'must be empty with unseal = shares' "$W/refuse.log" ||
+{ ((rc != 0)) && grep -q 'must be empty with unseal = shares' "$W/refuse.log"; } ||
 	fail "shares mode with a pin_file: rc $rc $(cat "$W/refuse.log")"
 rc=0
 env "${KC_ENV[@]}" MICA_KEYCENTER_HSM_UNSEAL=pin_file MICA_KEYCENTER_HSM_PIN_FILE="$USER_PIN_FILE" \
 	"$KC" --config deploy/mica.conf.example </dev/null >"$W/refuse.log" 2>&1 7>&- 8<&- || rc=$?
-((rc != 0)) && grep -q 'refused the user PIN' "$W/refuse.log" ||
+{ ((rc != 0)) && grep -q 'refused the user PIN' "$W/refuse.log"; } ||
 	fail "pin_file mode with the old PIN: rc $rc $(cat "$W/refuse.log")"
 ok "a PIN file is refused in shares mode, and the old PIN does not start the daemon"
 
@@ -156,7 +157,7 @@ step="3 unseal"
 expect 403 not_an_officer admin POST /v1/sys/unseal "$(share_json "${SHARES[0]}")"
 typo="${SHARES[0]:0:40}$([[ "${SHARES[0]:40:1}" == 0 ]] && echo 1 || echo 0)${SHARES[0]:41}"
 expect 400 share_checksum_mismatch officer1 POST /v1/sys/unseal "$(share_json "$typo")"
-grep -q 'officer1' "$W/body" && grep -q 'mistyped' "$W/body" || fail "typo not named: $(cat "$W/body")"
+{ grep -q 'officer1' "$W/body" && grep -q 'mistyped' "$W/body"; } || fail "typo not named: $(cat "$W/body")"
 expect 200 - auditor GET /v1/sys/seal-status
 [[ "$(jget progress)" == 0 ]] || fail "a mistyped share was counted: $(cat "$W/body")"
 expect 202 - officer1 POST /v1/sys/unseal "$(share_json "${SHARES[0]}")"
@@ -179,7 +180,8 @@ ok "unsealed by officer1, officer2 (CLI) and test in ${UNSEAL_MS} ms (token logi
 # ---------------------------------------------------------------------------------------------
 step="4 unsealed"
 # /readyz reuses a probe result for up to a second (MICA_HTTP_READY_CACHE_MS).
-mica_wait_for 5 eval 'call auditor GET /readyz; [[ "$status" == 200 ]]' ||
+readyz_ok() { call auditor GET /readyz && [[ "$status" == 200 ]]; }
+mica_wait_for 5 readyz_ok ||
 	fail "readyz after the unseal: $status $(cat "$W/body")"
 expect 201 - admin POST /v1/keys/account-pii '{"owner": "account"}'
 expect 200 - account POST /v1/encrypt/account-pii "{\"plaintext\": \"c2VjcmV0\", \"context\": $CTX}"
