@@ -208,6 +208,31 @@ static int recycled_insert_tx(mica_db *db, void *arg)
 	return 0;
 }
 
+/* Why the options of add (|import| 0) or import do not fit, or NULL; puts
+ * add's --phone, normalised, into |norm|. */
+static const char *recycled_bad_args(int import, const char *phone, const char *on,
+				     const char *file, const char *conninfo,
+				     const mica_kc_options *ko, char *norm, size_t normlen)
+{
+	if (import && (phone || on))
+		return "--phone and --on belong to add; the list has them";
+	if (import && !file)
+		return "--file is needed";
+	if (!import && file)
+		return "--file belongs to import";
+	if (!import && (!phone || !on))
+		return "--phone and --on are needed";
+	if (!conninfo || !*conninfo)
+		return "--db is needed (or MICA_DB_CONNINFO)";
+	if (!ko->base_url || !ko->ca_file || !ko->cert_file || !ko->key_file)
+		return "--kc-url, --ca, --cert and --key are needed";
+	if (!import && acct_ident_parse(phone, norm, normlen) != ACCT_ID_PHONE)
+		return "--phone is + and 7 to 15 digits";
+	if (!import && !acct_is_iso_day(on))
+		return "--on is YYYY-MM-DD";
+	return NULL;
+}
+
 /* mica recycled add and mica recycled import: the same options but for
  * where the numbers come from. */
 static int recycled_run(const char *verb, int argc, char **argv)
@@ -271,18 +296,8 @@ static int recycled_run(const char *verb, int argc, char **argv)
 		}
 	}
 	const char *bad = optind < argc ? "unexpected argument"
-			  : import && (phone || on)
-			      ? "--phone and --on belong to add; the list has them"
-			  : !import && file	       ? "--file belongs to import"
-			  : import && !file	       ? "--file is needed"
-			  : !import && (!phone || !on) ? "--phone and --on are needed"
-			  : !conninfo || !*conninfo    ? "--db is needed (or MICA_DB_CONNINFO)"
-			  : !ko.base_url || !ko.ca_file || !ko.cert_file || !ko.key_file
-			      ? "--kc-url, --ca, --cert and --key are needed"
-			  : !import && acct_ident_parse(phone, norm, sizeof(norm)) != ACCT_ID_PHONE
-			      ? "--phone is + and 7 to 15 digits"
-			  : !import && !acct_is_iso_day(on) ? "--on is YYYY-MM-DD"
-							    : NULL;
+					: recycled_bad_args(import, phone, on, file, conninfo, &ko,
+							    norm, sizeof(norm));
 	if (bad) {
 		fprintf(stderr, "mica recycled %s: %s\n", verb, bad);
 		recycled_usage(stderr);

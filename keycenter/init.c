@@ -51,11 +51,10 @@ static char *slurp(const char *path, size_t max)
 {
 	FILE *f = fopen(path, "rb");
 	char *buf;
-	size_t n;
 	if (!f)
 		return NULL;
 	if ((buf = malloc(max + 1)) != NULL) {
-		n = fread(buf, 1, max, f);
+		size_t n = fread(buf, 1, max, f);
 		if (ferror(f) || !feof(f)) {
 			free(buf);
 			buf = NULL;

@@ -303,7 +303,6 @@ int mica_config_load(const mica_config_entry *table, size_t n, void *base, const
 {
 	struct load_ctx lc = {table, n, base, NULL, err, errlen, 0};
 	char name[128];
-	int rc;
 
 	if (errlen)
 		err[0] = '\0';
@@ -315,7 +314,7 @@ int mica_config_load(const mica_config_entry *table, size_t n, void *base, const
 		if (table[i].def && table[i].type != MICA_CFG_SECRET)
 			assign(&lc, &table[i], table[i].def);
 	if (path && !lc.failed) {
-		rc = ini_parse(path, on_ini, &lc);
+		int rc = ini_parse(path, on_ini, &lc);
 		if (rc < 0)
 			set_err(&lc, "cannot open config file %s", path);
 		else if (rc > 0 && !lc.failed)

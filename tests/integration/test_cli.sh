@@ -69,6 +69,21 @@ expect 64 'mica audit verify: --max-unsigned-ms must be a whole number in 1\.\.[
 	audit verify --pubkey "$W/none.pem" --max-unsigned-ms -1 "$W/none.jsonl"
 ok "audit verify --max-unsigned 1x, --max-unsigned-ms -1: exit 64"
 
+step="recycled options"
+KCOPTS=(--kc-url https://127.0.0.1:1 --ca "$W/none.pem" --cert "$W/none.pem" --key "$W/none.pem")
+expect 64 '^mica recycled add: --file belongs to import$' recycled add --file "$W/x"
+expect 64 '^mica recycled add: --phone and --on are needed$' recycled add --phone +8613800000001
+expect 64 '^mica recycled import: --phone and --on belong to add; the list has them$' \
+	recycled import --file "$W/x" --on 2024-01-01
+expect 64 '^mica recycled import: --file is needed$' recycled import
+MICA_DB_CONNINFO='' expect 64 '^mica recycled add: --db is needed \(or MICA_DB_CONNINFO\)$' \
+	recycled add --phone +8613800000001 --on 2024-01-01 "${KCOPTS[@]}"
+expect 64 '^mica recycled add: --kc-url, --ca, --cert and --key are needed$' \
+	recycled add --db "$NOWHERE" --phone +8613800000001 --on 2024-01-01
+expect 64 '^mica recycled add: --on is YYYY-MM-DD$' \
+	recycled add --db "$NOWHERE" --phone +8613800000001 --on 2024-1-1 "${KCOPTS[@]}"
+ok "add/import option errors: exit 64 naming the problem"
+
 step="daemon skeleton"
 for d in keycenter account; do
 	rc=0
