@@ -114,10 +114,10 @@ int acct_counters_get(const char *k1, const char *k2, long *v1, long *v2, mica_p
 		int64_t n;
 		if (r->element[0]->type == REDIS_REPLY_STRING)
 			*v1 = mica_parse_int64(r->element[0]->str, 0, LONG_MAX, &n) == 0 ? (long)n
-											: LONG_MAX;
+											 : LONG_MAX;
 		if (r->element[1]->type == REDIS_REPLY_STRING)
 			*v2 = mica_parse_int64(r->element[1]->str, 0, LONG_MAX, &n) == 0 ? (long)n
-											: LONG_MAX;
+											 : LONG_MAX;
 	}
 	freeReplyObject(r);
 	return 0;
