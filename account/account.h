@@ -433,6 +433,14 @@ bool acct_is_sealed(const char *value);
 /* Encrypts a PHC string for |user_id| under the pepper (acct_seal() for
  * user.password); *out malloc'd. */
 int acct_password_seal(acct_service *s, int64_t user_id, const char *phc, char **out) MICA_WUR;
+/* The stored form of |password| for |user_id|: its Argon2id hash with the
+ * service's parameters (s->argon2), sealed as acct_password_seal() does;
+ * the hash is wiped. *out malloc'd. Costs an Argon2id hash and a Key Center
+ * round trip when the pepper's data key is not cached: call it before
+ * mica_db_tx(), never inside (a retried transaction would repeat both while
+ * holding its rows). */
+int acct_password_protect(acct_service *s, int64_t user_id, const char *password,
+			  char **out) MICA_WUR;
 /* Decrypts a stored PHC string (*phc malloc'd; wipe and free). *legacy (NULL
  * allowed) is set when the row predates data keys and should be sealed again. */
 int acct_password_unseal(acct_service *s, int64_t user_id, const char *sealed, char **phc,

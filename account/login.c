@@ -137,19 +137,14 @@ static int check_password(acct_service *s, const struct user_row *u, const char 
 static void rehash(acct_service *s, int64_t user_id, const char *password)
 {
 	mica_db *db = mica_db_thread();
-	char *phc = NULL, *enc = NULL, uid[24];
-	if (acct_password_hash_with(password, &s->argon2, &phc) == 0 &&
-	    acct_password_seal(s, user_id, phc, &enc) == 0 && db) {
+	char *enc = NULL, uid[24];
+	if (acct_password_protect(s, user_id, password, &enc) == 0 && db) {
 		snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
 		const char *p[2] = {uid, enc};
 		if (mica_db_exec(db, "UPDATE account.user SET password_enc = $2 WHERE id = $1", 2,
 				 p, NULL) == 0)
 			MICA_LOG(MICA_LOG_INFO,
 				 "account: a password hash was upgraded to today's cost");
-	}
-	if (phc) {
-		mica_wipe(phc, strlen(phc));
-		free(phc);
 	}
 	free(enc);
 }

@@ -239,6 +239,17 @@ int acct_password_seal(acct_service *s, int64_t user_id, const char *phc, char *
 	return acct_seal(s, s->pepper, "user", "password", row, phc, out);
 }
 
+int acct_password_protect(acct_service *s, int64_t user_id, const char *password, char **out)
+{
+	char *phc = NULL;
+	int err = acct_password_hash_with(password, &s->argon2, &phc);
+	*out = NULL;
+	if (!err)
+		err = acct_password_seal(s, user_id, phc, out);
+	mica_free_wipe(phc);
+	return err;
+}
+
 int acct_password_unseal(acct_service *s, int64_t user_id, const char *sealed, char **phc,
 			 int *legacy)
 {

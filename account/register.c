@@ -118,7 +118,6 @@ static int prepare_account(struct new_account *a, const char *password, const ch
 	acct_service *s = a->s;
 	mica_db *db = mica_db_thread();
 	PGresult *res = NULL;
-	char *phc = NULL;
 	int err;
 	*what = "the database";
 	err = db ? mica_db_exec(db, "SELECT nextval('account.user_id_seq')", 0, NULL, &res)
@@ -129,22 +128,13 @@ static int prepare_account(struct new_account *a, const char *password, const ch
 	if (err)
 		return err;
 	snprintf(a->uid, sizeof(a->uid), "%lld", (long long)a->user_id);
-	*what = "the password hasher";
-	if ((err = acct_password_hash_with(password, &s->argon2, &phc)) != 0)
-		return err;
 	*what = "the Key Center";
-	if ((err = acct_password_seal(s, a->user_id, phc, &a->pw_enc)) != 0 ||
+	if ((err = acct_password_protect(s, a->user_id, password, &a->pw_enc)) != 0 ||
 	    (err = acct_pii_seal(s, "user", a->kind, a->uid, a->target, &a->id_enc)) != 0 ||
 	    (err = acct_device_name_seal(s, a->user_id, a->device_hash, device_name,
-					 &a->name_enc)) != 0 ||
-	    (err = draw_account_no(a)) != 0)
-		goto out;
-out:
-	if (phc) {
-		mica_wipe(phc, strlen(phc));
-		free(phc);
-	}
-	return err;
+					 &a->name_enc)) != 0)
+		return err;
+	return draw_account_no(a);
 }
 
 static void new_account_free(struct new_account *a)

@@ -210,15 +210,10 @@ int acct_reset_complete(acct_service *s, json_t *body, json_t **out, mica_proble
 			MICA_LOG(MICA_LOG_WARN, "account: a reset code could not be released");
 		return err;
 	}
-	char *phc = NULL, *enc = NULL;
-	if ((err = acct_password_hash_with(password, &s->argon2, &phc)) == 0 &&
-	    (err = acct_password_seal(s, uid, phc, &enc)) == 0) {
+	char *enc = NULL;
+	if ((err = acct_password_protect(s, uid, password, &enc)) == 0) {
 		struct reset_ctx r = {s, uid, enc};
 		err = mica_db_tx(db, MICA_DB_READ_COMMITTED, reset_tx, &r);
-	}
-	if (phc) {
-		mica_wipe(phc, strlen(phc));
-		free(phc);
 	}
 	free(enc);
 	if (err)

@@ -84,35 +84,25 @@ int acct_me(acct_service *s, const struct acct_session *sess, json_t **out, mica
 struct change_ctx {
 	acct_service *s;
 	int64_t user_id, keep_session;
-	const char *password;
+	const char *password_enc; /* acct_password_protect()'s, made before */
 };
 
 static int change_tx(mica_db *db, void *arg)
 {
 	struct change_ctx *c = arg;
-	char uid[24], *phc = NULL, *enc = NULL;
+	char uid[24];
 	int err;
 	uid_text(c->user_id, uid);
-	if ((err = acct_password_hash_with(c->password, &c->s->argon2, &phc)) != 0 ||
-	    (err = acct_password_seal(c->s, c->user_id, phc, &enc)) != 0)
-		goto out;
-	const char *p[2] = {uid, enc};
+	const char *p[2] = {uid, c->password_enc};
 	if ((err = mica_db_exec(db,
 				"UPDATE account.user SET password_enc = $2, password_changed_at = now()"
 				" WHERE id = $1",
 				2, p, NULL)) != 0)
-		goto out;
+		return err;
 	/* No session outlives a password change but the one that made it. */
 	if ((err = acct_session_revoke_all(c->s, db, c->user_id, c->keep_session)) != 0)
-		goto out;
-	err = acct_notice_emit(db, c->user_id, ACCT_NOTICE_PASSWORD_CHANGED, NULL, 0);
-out:
-	if (phc) {
-		mica_wipe(phc, strlen(phc));
-		free(phc);
-	}
-	free(enc);
-	return err;
+		return err;
+	return acct_notice_emit(db, c->user_id, ACCT_NOTICE_PASSWORD_CHANGED, NULL, 0);
 }
 
 int acct_password_change(acct_service *s, const struct acct_session *sess, json_t *body,
@@ -156,8 +146,14 @@ int acct_password_change(acct_service *s, const struct acct_session *sess, json_
 		return acct_problem_dependency(f, err, "the Key Center");
 	if (burned)
 		return mica_problemf(f, 400, "password_burned", "this password can never be used again");
-	struct change_ctx c = {s, sess->user_id, sess->id, next};
-	if ((err = mica_db_tx(db, MICA_DB_READ_COMMITTED, change_tx, &c)) != 0)
+	/* Hashed and sealed once, before the transaction a retry repeats. */
+	char *enc = NULL;
+	if ((err = acct_password_protect(s, sess->user_id, next, &enc)) != 0)
+		return acct_problem_dependency(f, err, "the Key Center");
+	struct change_ctx c = {s, sess->user_id, sess->id, enc};
+	err = mica_db_tx(db, MICA_DB_READ_COMMITTED, change_tx, &c);
+	free(enc);
+	if (err)
 		return acct_problem_dependency(f, err, "the password change");
 	*out = json_pack("{s:b}", "changed", 1);
 	return 0;
@@ -376,12 +372,6 @@ int acct_questions_parse(json_t *body, mica_problem *f)
 	return 0;
 }
 
-struct questions_ctx {
-	acct_service *s;
-	int64_t user_id;
-	json_t *list;
-};
-
 /* The place of question |pos| of |uid|, as its sealed values are bound. */
 static void question_row(const char *uid, size_t pos, char out[48])
 {
@@ -403,44 +393,54 @@ int acct_question_seal(acct_service *s, const char *uid, size_t pos, const char 
 	return acct_seal(s, s->records, "security_question", "question", row, question, out);
 }
 
+/* A new set of questions, each sealed before the transaction that stores
+ * them (so that a retried transaction repeats no Argon2id hash and no Key
+ * Center round trip): question and answer of place i + 1 in enc[2 * i] and
+ * enc[2 * i + 1]. */
+struct questions_ctx {
+	int64_t user_id;
+	size_t n;
+	char **enc;
+};
+
+static int questions_seal(acct_service *s, const char *uid, json_t *list, char **enc)
+{
+	char answer[ACCT_ANSWER_NORM_CAP];
+	int err = 0;
+	for (size_t i = 0; i < json_array_size(list) && !err; i++) {
+		json_t *item = json_array_get(list, i);
+		char *phc = NULL;
+		acct_answer_normalise(json_string_value(json_object_get(item, "answer")), answer,
+				      sizeof(answer));
+		if ((err = acct_password_hash_with(answer, &s->argon2, &phc)) == 0 &&
+		    (err = acct_answer_seal(s, uid, i + 1, phc, &enc[2 * i + 1])) == 0)
+			err = acct_question_seal(
+			    s, uid, i + 1, json_string_value(json_object_get(item, "question")),
+			    &enc[2 * i]);
+		mica_free_wipe(phc);
+	}
+	mica_wipe(answer, sizeof(answer));
+	return err;
+}
+
 static int questions_tx(mica_db *db, void *arg)
 {
 	struct questions_ctx *q = arg;
-	char uid[24], pos[24], answer[ACCT_ANSWER_NORM_CAP];
-	int err = 0;
+	char uid[24], pos[24];
+	int err;
 	uid_text(q->user_id, uid);
 	const char *p[1] = {uid};
 	if ((err = mica_db_exec(db, "DELETE FROM account.security_question WHERE user_id = $1", 1, p,
 				NULL)) != 0)
 		return err;
-	for (size_t i = 0; i < json_array_size(q->list); i++) {
-		json_t *item = json_array_get(q->list, i);
-		char *phc = NULL, *answer_enc = NULL, *question_enc = NULL;
-		acct_answer_normalise(json_string_value(json_object_get(item, "answer")), answer,
-				      sizeof(answer));
-		if ((err = acct_password_hash_with(answer, &q->s->argon2, &phc)) == 0 &&
-		    (err = acct_answer_seal(q->s, uid, i + 1, phc, &answer_enc)) == 0)
-			err = acct_question_seal(
-			    q->s, uid, i + 1, json_string_value(json_object_get(item, "question")),
-			    &question_enc);
+	for (size_t i = 0; i < q->n && !err; i++) {
 		snprintf(pos, sizeof(pos), "%zu", i + 1);
-		const char *r[4] = {uid, pos, question_enc, answer_enc};
-		if (err == 0)
-			err =
-			    mica_db_exec(db,
-					 "INSERT INTO account.security_question (user_id, position,"
-					 " question, answer_hash) VALUES ($1, $2, $3, $4)",
-					 4, r, NULL);
-		if (phc) {
-			mica_wipe(phc, strlen(phc));
-			free(phc);
-		}
-		free(answer_enc);
-		free(question_enc);
-		if (err)
-			break;
+		const char *r[4] = {uid, pos, q->enc[2 * i], q->enc[2 * i + 1]};
+		err = mica_db_exec(db,
+				   "INSERT INTO account.security_question (user_id, position,"
+				   " question, answer_hash) VALUES ($1, $2, $3, $4)",
+				   4, r, NULL);
 	}
-	mica_wipe(answer, sizeof(answer));
 	return err;
 }
 
@@ -449,15 +449,27 @@ int acct_questions_set(acct_service *s, const struct acct_session *sess, json_t 
 {
 	json_t *list = json_object_get(body, "questions");
 	mica_db *db = mica_db_thread();
+	char uid[24];
 	int err;
 	if ((err = acct_questions_parse(body, f)) != 0)
 		return err;
 	if ((err = acct_require_recent(s, sess, f)) != 0)
 		return err;
-	struct questions_ctx q = {s, sess->user_id, list};
-	if ((err = mica_db_tx(db, MICA_DB_READ_COMMITTED, questions_tx, &q)) != 0)
-		return acct_problem_dependency(f, err, "the account store");
-	*out = json_pack("{s:i}", "questions", (int)json_array_size(list));
+	size_t n = json_array_size(list);
+	struct questions_ctx q = {sess->user_id, n, calloc(2 * n + 1, sizeof(char *))};
+	uid_text(sess->user_id, uid);
+	if (!q.enc)
+		err = acct_problem_dependency(f, MICA_ENOMEM, "memory");
+	else if ((err = questions_seal(s, uid, list, q.enc)) != 0)
+		acct_problem_dependency(f, err, "the Key Center");
+	else if ((err = mica_db_tx(db, MICA_DB_READ_COMMITTED, questions_tx, &q)) != 0)
+		acct_problem_dependency(f, err, "the account store");
+	for (size_t i = 0; q.enc && i < 2 * n; i++)
+		free(q.enc[i]);
+	free(q.enc);
+	if (err)
+		return err;
+	*out = json_pack("{s:i}", "questions", (int)n);
 	return 0;
 }
 
