@@ -8,10 +8,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "account/account.h"
 #include "config.h"
 #include "http.h"
-#include "account/account.h"
 #include "keycenter/keycenter.h"
+#include "tests/check_main.h"
 
 struct cfg {
 	int level;
@@ -24,14 +25,14 @@ struct cfg {
 };
 
 static const mica_config_entry table[] = {
-	{"log", "level", MICA_CFG_LOGLEVEL, 0, 4, "info", offsetof(struct cfg, level), "log level"},
-	MICA_CONFIG_HTTP_ENTRIES("demo.http", struct cfg, http, "0"),
-	{"demo", "name", MICA_CFG_STRING, 1, 8, "x", offsetof(struct cfg, name), "a name"},
-	{"demo", "count", MICA_CFG_INT, 1, 10, "3", offsetof(struct cfg, count), "a count"},
-	{"demo", "size", MICA_CFG_SIZE, 1, 1 << 20, "4K", offsetof(struct cfg, size), "a size"},
-	{"demo", "flag", MICA_CFG_BOOL, 0, 1, "no", offsetof(struct cfg, flag), "a flag"},
-	{"demo", "secret_file", MICA_CFG_SECRET, 0, 4096, NULL, offsetof(struct cfg, secret),
-	 "a secret"},
+    {"log", "level", MICA_CFG_LOGLEVEL, 0, 4, "info", offsetof(struct cfg, level), "log level"},
+    MICA_CONFIG_HTTP_ENTRIES("demo.http", struct cfg, http, "0"),
+    {"demo", "name", MICA_CFG_STRING, 1, 8, "x", offsetof(struct cfg, name), "a name"},
+    {"demo", "count", MICA_CFG_INT, 1, 10, "3", offsetof(struct cfg, count), "a count"},
+    {"demo", "size", MICA_CFG_SIZE, 1, 1 << 20, "4K", offsetof(struct cfg, size), "a size"},
+    {"demo", "flag", MICA_CFG_BOOL, 0, 1, "no", offsetof(struct cfg, flag), "a flag"},
+    {"demo", "secret_file", MICA_CFG_SECRET, 0, 4096, NULL, offsetof(struct cfg, secret),
+     "a secret"},
 };
 #define N (sizeof(table) / sizeof(table[0]))
 
@@ -120,7 +121,8 @@ START_TEST(environment_typo_is_refused)
 	char err[256];
 	setenv("MICA_DEMO_HTTP_PROT", "9443", 1);
 	ck_assert_int_eq(load(good, &c, err, sizeof(err)), MICA_ECONFIG);
-	ck_assert_str_eq(err, "MICA_DEMO_HTTP_PROT: [demo.http] has no key of this environment name");
+	ck_assert_str_eq(err,
+			 "MICA_DEMO_HTTP_PROT: [demo.http] has no key of this environment name");
 	mica_config_free(table, N, &c);
 	unsetenv("MICA_DEMO_HTTP_PROT");
 	setenv("MICA_DEMO_COUNTS", "7", 1);
@@ -219,8 +221,8 @@ static const struct {
 	size_t n;
 	size_t size;
 } programs[] = {
-	{"mica-keycenter", kc_config_table, 0, sizeof(struct kc_config)},
-	{"mica-account", acct_config_table, 0, sizeof(struct acct_config)},
+    {"mica-keycenter", kc_config_table, 0, sizeof(struct kc_config)},
+    {"mica-account", acct_config_table, 0, sizeof(struct acct_config)},
 };
 
 /* deploy/mica.conf.example loads with every program's table, and every key
@@ -232,7 +234,7 @@ START_TEST(shipped_example_documents_every_key)
 	FILE *f;
 	for (size_t p = 0; p < sizeof(programs) / sizeof(programs[0]); p++) {
 		size_t n = programs[p].table == kc_config_table ? kc_config_table_len
-								 : acct_config_table_len;
+								: acct_config_table_len;
 		void *cfg = calloc(1, programs[p].size);
 		/* Secret files of the example live in var/ of a running stack: point
 		 * every *_file secret at a test file instead. */
@@ -249,7 +251,8 @@ START_TEST(shipped_example_documents_every_key)
 			if (e->type == MICA_CFG_SECRET)
 				setenv(name, secret_path, 1);
 		}
-		ck_assert_msg(mica_config_load(programs[p].table, n, cfg, path, err, sizeof(err)) == 0,
+		ck_assert_msg(mica_config_load(programs[p].table, n, cfg, path, err, sizeof(err)) ==
+				  0,
 			      "%s: %s", programs[p].program, err);
 		mica_config_free(programs[p].table, n, cfg);
 		free(cfg);
@@ -267,19 +270,17 @@ START_TEST(shipped_example_documents_every_key)
 					found = 1;
 			}
 			fclose(f);
-			ck_assert_msg(found, "%s: %s.%s is not documented in %s", programs[p].program,
-				      e->section, e->key, path);
+			ck_assert_msg(found, "%s: %s.%s is not documented in %s",
+				      programs[p].program, e->section, e->key, path);
 		}
 	}
 }
 END_TEST
 
-int main(void)
+static Suite *config_suite(void)
 {
 	Suite *s = suite_create("config");
 	TCase *tc = tcase_create("load");
-	SRunner *sr;
-	int failed;
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, loads_defaults_file_and_secret);
 	tcase_add_test(tc, environment_overrides_file);
@@ -289,9 +290,7 @@ int main(void)
 	tcase_add_test(tc, written_example_round_trips);
 	tcase_add_test(tc, shipped_example_documents_every_key);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return s;
 }
+
+const struct mica_check mica_check = {.suite = config_suite, .fork_from_env = true};
