@@ -22,7 +22,8 @@
 #   stack_stop NAME               SIGTERM, wait (30 s at most), require exit status 0
 #   jget PATH [FILE]              a JSON value of FILE (default $W/body), see below
 #   fail MESSAGE / ok [NOTE]      report with the current $step; fail ends the test (use it
-#                                 where later steps depend on what failed)
+#                                 where later steps depend on what failed); ok says "not ok"
+#                                 when a check failed since the previous ok
 #   check_fail MESSAGE            report a failed check and go on; stack_end counts them
 #   must CMD...                   run CMD with its check_fail calls fatal (setup, or a step
 #                                 the rest of the test stands on)
@@ -115,11 +116,21 @@ must() {
 stack_end() {
 	if ((STACK_CHECKS_FAILED > 0)); then
 		echo "$STACK_NAME.sh: $STACK_CHECKS_FAILED check(s) failed" >&2
+		STACK_CHECKS_FAILED=0 # reported: the EXIT trap need not say it again
 		exit 1
 	fi
 	echo "$STACK_NAME.sh: all checks passed"
 }
-ok() { echo "ok - ${step:-?}${1:+: $1}"; }
+# ok NOTE: the checks since the previous ok passed ("ok - ..."), or some failed ("not ok - ...").
+STACK_OK_MARK=0
+ok() {
+	if ((STACK_CHECKS_FAILED > STACK_OK_MARK)); then
+		echo "not ok - ${step:-?}${1:+: $1} ($((STACK_CHECKS_FAILED - STACK_OK_MARK)) failed check(s) above)"
+	else
+		echo "ok - ${step:-?}${1:+: $1}"
+	fi
+	STACK_OK_MARK=$STACK_CHECKS_FAILED
+}
 sql() { psql "$1" -X -v ON_ERROR_STOP=1 -qAtc "$2"; }
 
 # jget PATH [FILE]: the JSON value at PATH (dot-separated; integers index arrays; "#" as the last
