@@ -14,8 +14,8 @@
 #                                 another instance, with ENV... after ACCT_ENV (a later
 #                                 assignment wins)
 #   kc_start                      start the Key Center again (after stack_stop keycenter)
-#   req / expect / login_body / complete / register / code_for / wrong_code / bind_contact /
-#   notes / solve / stale / fresh / kc_pepper_key / kc_pii / kc_phc / wrapped_of
+#   req / expect / login_body / complete / register / alice_setup / code_for / wrong_code /
+#   bind_contact / notes / solve / stale / fresh / kc_pepper_key / kc_pii / kc_phc / wrapped_of
 #                                 requests and facts, documented where they are defined
 #
 # expect is a check: a wrong status or error code is reported and counted (check_fail) and the
@@ -209,6 +209,17 @@ register() {
 	REG_SID="$(jget session_id)"
 	# shellcheck disable=SC2034
 	REG_UID="$(sql "$ADMIN_CI" "SELECT user_id FROM account.session WHERE id = $REG_SID")"
+}
+
+# alice_setup: the account most feature tests stand on: alice@example.com with password
+# PW_A='Alice-pass1' from device dev-alice ("Alice phone"); sets PW_A, ALICE_UID, ALICE_NO and
+# the REG_* of register.
+alice_setup() {
+	step="setup"
+	PW_A='Alice-pass1'
+	REG_DEVICE_NAME="Alice phone" register alice@example.com "$PW_A" dev-alice
+	# shellcheck disable=SC2034 # for the sourcing test
+	ALICE_UID="$REG_UID" ALICE_NO="$REG_ACCOUNT"
 }
 
 # solve CHALLENGE_FILE: the payload altcha-lib's solver builds (verified with altcha-lib too).

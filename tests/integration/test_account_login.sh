@@ -21,11 +21,7 @@ account_small_limits
 account_start
 ok "Key Center on $KURL with keys account-pii/-index/-pepper; mica-account on $AURL"
 
-step="setup"
-PW_A='Alice-pass1'
-REG_DEVICE_NAME="Alice phone" register alice@example.com "$PW_A" dev-alice
-# shellcheck disable=SC2034 # not every test reads both
-ALICE_UID="$REG_UID" ALICE_NO="$REG_ACCOUNT"
+alice_setup
 PW_P='Phone-pass2'
 register +8613900000001 "$PW_P" dev-phone
 P_UID="$REG_UID" P_NO="$REG_ACCOUNT"

@@ -18,11 +18,7 @@ account_small_limits
 account_start
 ok "Key Center on $KURL with keys account-pii/-index/-pepper; mica-account on $AURL"
 
-step="setup"
-PW_A='Alice-pass1'
-REG_DEVICE_NAME="Alice phone" register alice@example.com "$PW_A" dev-alice
-# shellcheck disable=SC2034 # not every test reads both
-ALICE_UID="$REG_UID" ALICE_NO="$REG_ACCOUNT"
+alice_setup
 PW_A2="$PW_A"
 # A session of another device, which revoke-all ends.
 T_LAPTOP="$REG_TOKEN"
