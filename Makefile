@@ -92,11 +92,13 @@ $(BUILD)/bin/mica: $(BUILD)/obj/cmd/mica.o $(BUILD)/obj/gen/cli_services.o $(ALL
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) $^ $(LIBS) -o $@
 
-$(BUILD)/tests/unit/%: $(BUILD)/obj/tests/unit/%.o $(ALL_LIBS)
+# Check tests: the file's tests and suite, plus the one shared main (tests/check_main.c).
+CHECK_MAIN := $(BUILD)/obj/tests/check_main.o
+$(BUILD)/tests/unit/%: $(BUILD)/obj/tests/unit/%.o $(CHECK_MAIN) $(ALL_LIBS)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) $^ $(LIBS) $(shell pkg-config --libs check) -o $@
 
-$(BUILD)/tests/integration/%: $(BUILD)/obj/tests/integration/%.o $(ALL_LIBS)
+$(BUILD)/tests/integration/%: $(BUILD)/obj/tests/integration/%.o $(CHECK_MAIN) $(ALL_LIBS)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) $^ $(LIBS) $(shell pkg-config --libs check) -o $@
 

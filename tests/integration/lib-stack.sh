@@ -21,7 +21,13 @@
 #                                 (30 s at most) until URL/healthz answers 200
 #   stack_stop NAME               SIGTERM, wait (30 s at most), require exit status 0
 #   jget PATH [FILE]              a JSON value of FILE (default $W/body), see below
-#   fail MESSAGE / ok [NOTE]      report with the current $step
+#   fail MESSAGE / ok [NOTE]      report with the current $step; fail ends the test (use it
+#                                 where later steps depend on what failed); ok says "not ok"
+#                                 when a check failed since the previous ok
+#   check_fail MESSAGE            report a failed check and go on; stack_end counts them
+#   must CMD...                   run CMD with its check_fail calls fatal (setup, or a step
+#                                 the rest of the test stands on)
+#   stack_end                     the summary: exit 1 if any check failed, else "all passed"
 #   sql CONNINFO QUERY            psql -qAt with ON_ERROR_STOP
 #
 # A test may define stack_on_exit, called first on exit (before daemons are stopped and the
@@ -77,6 +83,9 @@ stack__cleanup() {
 	wait 2>/dev/null || true
 	psql "$MICA_PG_CONNINFO" -qAtc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
 	if ((rc != 0)); then
+		if ((STACK_CHECKS_FAILED > 0)); then
+			echo "$STACK_NAME.sh: $STACK_CHECKS_FAILED failed check(s) before the end" >&2
+		fi
 		for n in "$W"/*.log; do
 			[[ -f "$n" ]] || continue
 			echo "--- last lines of $n" >&2
@@ -92,7 +101,36 @@ fail() {
 	echo "FAIL (${step:-?}): $*" >&2
 	exit 1
 }
-ok() { echo "ok - ${step:-?}${1:+: $1}"; }
+# A failed check is reported at once and counted; the test goes on, so that one failure does
+# not hide the others. Under `must` it is fatal, like fail.
+STACK_CHECKS_FAILED=0
+check_fail() {
+	echo "FAIL (${step:-?}): $*" >&2
+	if [[ -n "${STACK_MUST:-}" ]]; then exit 1; fi
+	STACK_CHECKS_FAILED=$((STACK_CHECKS_FAILED + 1))
+}
+must() {
+	local STACK_MUST=1
+	"$@"
+}
+stack_end() {
+	if ((STACK_CHECKS_FAILED > 0)); then
+		echo "$STACK_NAME.sh: $STACK_CHECKS_FAILED check(s) failed" >&2
+		STACK_CHECKS_FAILED=0 # reported: the EXIT trap need not say it again
+		exit 1
+	fi
+	echo "$STACK_NAME.sh: all checks passed"
+}
+# ok NOTE: the checks since the previous ok passed ("ok - ..."), or some failed ("not ok - ...").
+STACK_OK_MARK=0
+ok() {
+	if ((STACK_CHECKS_FAILED > STACK_OK_MARK)); then
+		echo "not ok - ${step:-?}${1:+: $1} ($((STACK_CHECKS_FAILED - STACK_OK_MARK)) failed check(s) above)"
+	else
+		echo "ok - ${step:-?}${1:+: $1}"
+	fi
+	STACK_OK_MARK=$STACK_CHECKS_FAILED
+}
 sql() { psql "$1" -X -v ON_ERROR_STOP=1 -qAtc "$2"; }
 
 # jget PATH [FILE]: the JSON value at PATH (dot-separated; integers index arrays; "#" as the last

@@ -20,22 +20,9 @@
 # Everything it starts is stopped, PostgreSQL and Redis restarted if down, its database dropped.
 set -euo pipefail
 
-# shellcheck source=tests/integration/lib-stack.sh
-. "$(dirname "${BASH_SOURCE[0]}")/lib-stack.sh"
-stack_begin test_account_faults MICA_REDIS_SOCKET MICA_REDIS_PASSWORD_FILE_ACCOUNT \
-	MICA_CERT_ACCOUNT MICA_KEY_ACCOUNT
-ACCT_BIN="$BUILD/bin/mica-account"
-KC_BIN="$BUILD/bin/mica-keycenter"
-for f in "$ACCT_BIN" "$KC_BIN"; do [[ -x "$f" ]] || fail "$f is missing (make all)"; done
-command -v jq >/dev/null || fail "jq is not installed"
-
-redis_clear() {
-	local k
-	mica_redis_cli "$MICA_TEST_DIR" account --scan --pattern 'account:*' 2>/dev/null |
-		while IFS= read -r k; do
-			[[ -n "$k" ]] && mica_redis_cli "$MICA_TEST_DIR" account DEL "$k" >/dev/null
-		done
-}
+# shellcheck source=tests/integration/lib-account.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib-account.sh"
+account_begin test_account_faults
 # PostgreSQL and Redis are shared with the tests after this one: never leave them stopped.
 stack_on_exit() {
 	mica_pg_running "$MICA_TEST_DIR" || mica__pg_start "$MICA_TEST_DIR" || true
@@ -44,52 +31,14 @@ stack_on_exit() {
 	redis_clear || true
 }
 
-step="setup"
-redis_clear
-stack_account_setup
 ACCT_ENV+=(MICA_ACCOUNT_SESSION_RECENT_AUTH_S=3600)
-start_account() { stack_start account "$AURL" "${ACCT_ENV[@]}" "$ACCT_BIN" --config deploy/mica.conf.example; }
-start_kc() { stack_start keycenter "$KURL" "${KC_ENV[@]}" "$KC_BIN" --config deploy/mica.conf.example; }
-start_account
+account_start
 ok "Key Center on $KURL; mica-account on $AURL"
 
-status=""
-req() { # [-t TOKEN] METHOD PATH [JSON]: body in $W/body, status in $status
-	local token=""
-	if [[ "$1" == -t ]]; then
-		token="$2"
-		shift 2
-	fi
-	local args=(-sS --max-time 30 --cacert "$MICA_CA" -o "$W/body" -w '%{http_code}' -X "$1")
-	[[ -n "$token" ]] && args+=(-H "Authorization: Bearer $token")
-	if (($# >= 3)); then args+=(-H 'Content-Type: application/json' --data-binary "$3"); fi
-	status="$(curl "${args[@]}" "$AURL$2")" || fail "curl $1 $2 failed"
-}
-expect() { # STATUS CODE [req arguments]
-	local want="$1" code="$2" what got
-	shift 2
-	req "$@"
-	what="$(printf '%s ' "$@" | sed -E 's/(-t [A-Za-z0-9_-]{6})[A-Za-z0-9_-]+/\1…/' | cut -c1-110)"
-	[[ "$status" == "$want" ]] || fail "$what: status $status, want $want: $(cat "$W/body")"
-	if [[ "$code" != - ]]; then
-		got="$(jget error.code)"
-		[[ "$got" == "$code" ]] || fail "$what: error code '$got', want $code: $(cat "$W/body")"
-	fi
-	echo "ok - $step: ${what% } -> $want $code"
-}
 # expect_dep DEPENDENCY WORDS: the last answer is 503 unavailable naming DEPENDENCY.
 expect_dep() {
 	[[ "$(jget dependency)" == "$1" ]] || fail "dependency is not $1: $(cat "$W/body")"
 	[[ "$(jget error.message)" == *"$2"* ]] || fail "the message does not name $2: $(cat "$W/body")"
-}
-js() { jq -nc "$@"; }
-login_body() { js --arg l "$1" --arg p "$2" --arg d "$3" '{login: $l, password: $p, device: {id: $d}}'; }
-code_for() {
-	local c
-	c="$("$MICA" outbox list --db "$ADMIN_CI" --to "$1" --limit 20 2>/dev/null |
-		sed -n 's/.*verification code is \([0-9]\{6\}\)\..*/\1/p' | tail -n 1)"
-	[[ "$c" =~ ^[0-9]{6}$ ]] || fail "no verification code for $1 in the outbox"
-	printf '%s' "$c"
 }
 notices_to() { # ADDR SUBJECT: how many messages with SUBJECT the development outbox has for ADDR
 	sql "$ADMIN_CI" "SELECT count(*) FROM account.notification WHERE recipient = '$1' AND subject = '$2'"
@@ -101,17 +50,6 @@ wait_notice() { # ADDR SUBJECT SECONDS: until one such message exists
 			"SELECT kind, attempts, last_error, next_at FROM account.notice")"
 		sleep 0.2
 	done
-}
-complete_body() { # VID CODE PASSWORD DEVICE
-	js --arg v "$1" --arg c "$2" --arg p "$3" --arg d "$4" \
-		'{verification_id: $v, code: $c, password: $p, device: {id: $d, name: "phone"}}'
-}
-register() { # ADDR PASSWORD DEVICE: sets REG_TOKEN
-	local vid
-	expect 200 - POST /v1/register/start "$(js --arg v "$1" '{email: $v}')"
-	vid="$(jget verification_id)"
-	expect 201 - POST /v1/register/complete "$(complete_body "$vid" "$(code_for "$1")" "$2" "$3")"
-	REG_TOKEN="$(jget token)"
 }
 readyz_failing() { # the failing dependencies /readyz lists, comma-separated
 	curl -sS --max-time 30 --cacert "$MICA_CA" -o "$W/ready" "$AURL/readyz" >/dev/null || true
@@ -152,8 +90,8 @@ ok "the change succeeded; its notice waits, logged as delayed"
 kill -KILL "${STACK_PID[account]}"
 wait "${STACK_PID[account]}" 2>/dev/null || true
 STACK_PID[account]=""
-start_kc
-start_account
+kc_start
+account_start
 wait_notice alice@example.com "$CHANGED" 90
 [[ "$(notices_to alice@example.com "$CHANGED")" == 1 ]] || fail "the notice went out more than once"
 [[ "$(sql "$ADMIN_CI" "SELECT count(*) FROM account.notice")" == 0 ]] ||
@@ -175,7 +113,7 @@ fi
 if sql "$ADMIN_CI" "SELECT carried::text FROM account.notice" | grep -q 'bob@'; then
 	fail "a carried contact is in clear"
 fi
-start_kc
+kc_start
 wait_notice bob@example.com 'Your mica account was deleted' 90
 deadline=$((SECONDS + 10))
 until [[ "$(sql "$ADMIN_CI" "SELECT count(*) FROM account.notice")" == 0 ]]; do
@@ -213,7 +151,7 @@ wait_lock() { # until mica-account waits on a lock
 	done
 }
 start_carol() { # ADDR: sets VID CODE
-	expect 200 - POST /v1/register/start "$(js --arg v "$1" '{email: $v}')"
+	must expect 200 - POST /v1/register/start "$(js --arg v "$1" '{email: $v}')"
 	VID="$(jget verification_id)"
 	CODE="$(code_for "$1")"
 }
@@ -223,7 +161,7 @@ start_carol carol@example.com
 hold_address "$VID" 4
 curl -sS --max-time 60 --cacert "$MICA_CA" -o "$W/carol.json" -w '%{http_code}' \
 	-H 'Content-Type: application/json' -X POST \
-	--data-binary "$(complete_body "$VID" "$CODE" 'Carol-pass1' dev-carol)" \
+	--data-binary "$(complete "$VID" "$CODE" 'Carol-pass1' dev-carol)" \
 	"$AURL/v1/register/complete" >"$W/carol.status" &
 CURL_PID=$!
 wait_lock
@@ -233,11 +171,11 @@ BLOCKER_PID=""
 wait "$CURL_PID" || fail "curl register/complete failed"
 st="$(cat "$W/carol.status")"
 if [[ "$st" != 201 ]]; then
-	start_kc
-	expect 201 - POST /v1/register/complete "$(complete_body "$VID" "$CODE" 'Carol-pass1' dev-carol)"
+	kc_start
+	expect 201 - POST /v1/register/complete "$(complete "$VID" "$CODE" 'Carol-pass1' dev-carol)"
 else
 	echo "ok - $step: register/complete -> 201 with the Key Center stopped during its transaction"
-	start_kc
+	kc_start
 fi
 ok "the Key Center failing mid-registration does not burn the code"
 # b) The service is killed while the transaction waits: the code's consumption dies with it.
@@ -245,7 +183,7 @@ start_carol dave@example.com
 hold_address "$VID" 3
 curl -sS --max-time 60 --cacert "$MICA_CA" -o /dev/null \
 	-H 'Content-Type: application/json' -X POST \
-	--data-binary "$(complete_body "$VID" "$CODE" 'Dave-pass1' dev-dave)" \
+	--data-binary "$(complete "$VID" "$CODE" 'Dave-pass1' dev-dave)" \
 	"$AURL/v1/register/complete" >/dev/null 2>&1 &
 CURL_PID=$!
 wait_lock
@@ -257,27 +195,27 @@ wait "$BLOCKER_PID" || true
 BLOCKER_PID=""
 [[ "$(sql "$ADMIN_CI" "SELECT consumed_at IS NULL FROM account.verification WHERE id = '$VID'")" == t ]] ||
 	fail "the code was consumed by a registration that never finished"
-start_account
-expect 201 - POST /v1/register/complete "$(complete_body "$VID" "$CODE" 'Dave-pass1' dev-dave)"
-expect 400 code_used POST /v1/register/complete "$(complete_body "$VID" "$CODE" 'Dave-pass1' dev-dave)"
+account_start
+expect 201 - POST /v1/register/complete "$(complete "$VID" "$CODE" 'Dave-pass1' dev-dave)"
+expect 400 code_used POST /v1/register/complete "$(complete "$VID" "$CODE" 'Dave-pass1' dev-dave)"
 ok "killed mid-registration, the code still registers the account (once)"
 # c) The other codes: a reset whose address cannot be opened (the Key Center stopped) keeps its
 # code. Before: the code was consumed first, then the 503 left it used.
-expect 200 - POST /v1/password/reset/start '{"login": "alice@example.com"}'
+must expect 200 - POST /v1/password/reset/start '{"login": "alice@example.com"}'
 VID="$(jget verification_id)"
 CODE="$(code_for alice@example.com)"
 RESET="$(js --arg v "$VID" --arg c "$CODE" '{verification_id: $v, code: $c, new_password: "Alice-pass3"}')"
 stack_stop keycenter
 expect 503 unavailable POST /v1/password/reset/complete "$RESET"
 expect_dep keycenter "Key Center"
-start_kc
+kc_start
 expect 200 - POST /v1/password/reset/complete "$RESET"
 wait_notice alice@example.com 'Your mica password was reset' 30
 ok "a reset refused for lack of the Key Center keeps its code"
 
 # ---------------------------------------------------------------------------------------------
 step="6 failures name the dependency"
-expect 200 - POST /v1/login "$(login_body alice@example.com 'Alice-pass3' dev-alice)"
+must expect 200 - POST /v1/login "$(login_body alice@example.com 'Alice-pass3' dev-alice)"
 T6="$(jget token)"
 stack_stop keycenter
 # What needs no Key Center is still served (docs/api/account.md, "When a dependency is down").
@@ -291,17 +229,17 @@ expect_dep keycenter "Key Center"
 readyz_lists keycenter
 expect 200 - GET /healthz
 ok "a login without the Key Center names it; /readyz lists it; /healthz is liveness only"
-start_kc
+kc_start
 mica_pg_stop "$MICA_TEST_DIR"
 expect 503 unavailable POST /v1/register/start '{"email": "frank@example.com"}'
 expect_dep database "database"
 readyz_lists database
 mica__pg_start "$MICA_TEST_DIR"
 ok "register/start with PostgreSQL stopped names the database"
-expect 200 - POST /v1/register/start '{"email": "gina@example.com"}'
+must expect 200 - POST /v1/register/start '{"email": "gina@example.com"}'
 VID="$(jget verification_id)"
 mica_redis_stop "$MICA_TEST_DIR"
-expect 201 - POST /v1/register/complete "$(complete_body "$VID" "$(code_for gina@example.com)" 'Gina-pass1' dev-gina)"
+expect 201 - POST /v1/register/complete "$(complete "$VID" "$(code_for gina@example.com)" 'Gina-pass1' dev-gina)"
 expect 200 - -t "$T6" GET /v1/session
 expect 503 unavailable POST /v1/login "$(login_body alice@example.com 'Alice-pass3' dev-alice)"
 expect_dep redis "Redis"
@@ -318,4 +256,4 @@ ok "ready again"
 
 stack_stop account
 stack_stop keycenter
-echo "test_account_faults.sh: all checks passed"
+stack_end

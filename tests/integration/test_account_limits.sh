@@ -20,33 +20,16 @@
 # Everything it starts is stopped, Redis restarted if it is down, its database dropped on exit.
 set -euo pipefail
 
-# shellcheck source=tests/integration/lib-stack.sh
-. "$(dirname "${BASH_SOURCE[0]}")/lib-stack.sh"
-stack_begin test_account_limits MICA_REDIS_SOCKET MICA_REDIS_PASSWORD_FILE_ACCOUNT \
-	MICA_CERT_ACCOUNT MICA_KEY_ACCOUNT
-ACCT_BIN="$BUILD/bin/mica-account"
-KC_BIN="$BUILD/bin/mica-keycenter"
-ENVELOPE_OPEN="$BUILD/tests/peers/envelope_open"
-for f in "$ACCT_BIN" "$KC_BIN" "$ENVELOPE_OPEN"; do [[ -x "$f" ]] || fail "$f is missing (make all)"; done
-command -v jq >/dev/null || fail "jq is not installed"
-
-# The account service's Redis keys outlive our database: clear them before and after.
-redis_clear() {
-	local k
-	mica_redis_cli "$MICA_TEST_DIR" account --scan --pattern 'account:*' 2>/dev/null |
-		while IFS= read -r k; do
-			[[ -n "$k" ]] && mica_redis_cli "$MICA_TEST_DIR" account DEL "$k" >/dev/null
-		done
-}
+# shellcheck source=tests/integration/lib-account.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib-account.sh"
+account_begin test_account_limits
+REG_DEVICE_NAME="Alice phone"
 # Redis is shared with the tests after this one: never leave it stopped.
 stack_on_exit() {
 	mica_redis_running "$MICA_TEST_DIR" || mica__redis_start "$MICA_TEST_DIR" || true
 	redis_clear || true
 }
 
-step="setup"
-redis_clear
-stack_account_setup
 ACCT_ENV+=(
 	MICA_ACCOUNT_RISK_CAPTCHA_ACCOUNT_FAILURES=3
 	MICA_ACCOUNT_RISK_FREEZE_AFTER_STEPUP_FAILURES=3
@@ -55,81 +38,19 @@ ACCT_ENV+=(
 	MICA_ACCOUNT_CODES_PER_HOUR=5
 	MICA_ACCOUNT_CODES_PER_ADDRESS_HOUR=8
 )
-stack_start account "$AURL" "${ACCT_ENV[@]}" "$ACCT_BIN" --config deploy/mica.conf.example
+account_start
 ok "Key Center on $KURL; mica-account on $AURL"
 
-# req [-t TOKEN] [-i SOURCE_IP] METHOD PATH [JSON]: body in $W/body, status in $status.
-status=""
-req() {
-	local token="" iface=""
-	while [[ "$1" == -? ]]; do
-		case "$1" in
-		-t) token="$2" ;;
-		-i) iface="$2" ;;
-		esac
-		shift 2
-	done
-	local args=(-sS --max-time 30 --cacert "$MICA_CA" -o "$W/body" -w '%{http_code}' -X "$1")
-	[[ -n "$token" ]] && args+=(-H "Authorization: Bearer $token")
-	[[ -n "$iface" ]] && args+=(--interface "$iface")
-	if (($# >= 3)); then args+=(-H 'Content-Type: application/json' --data-binary "$3"); fi
-	status="$(curl "${args[@]}" "$AURL$2")" || fail "curl $1 $2 failed"
-}
-# expect STATUS CODE [req options] METHOD PATH [JSON]: req, then the status and (unless CODE is
-# -) the error code.
-expect() {
-	local want="$1" code="$2" what got
-	shift 2
-	req "$@"
-	what="$(printf '%s ' "$@" | sed -E 's/(-t [A-Za-z0-9_-]{6})[A-Za-z0-9_-]+/\1…/' | cut -c1-110)"
-	[[ "$status" == "$want" ]] || fail "$what: status $status, want $want: $(cat "$W/body")"
-	if [[ "$code" != - ]]; then
-		got="$(jget error.code)"
-		[[ "$got" == "$code" ]] || fail "$what: error code '$got', want $code: $(cat "$W/body")"
-	fi
-	echo "ok - $step: ${what% } -> $want $code"
-}
-js() { jq -nc "$@"; }
-login_body() { # LOGIN PASSWORD DEVICE
-	js --arg l "$1" --arg p "$2" --arg d "$3" '{login: $l, password: $p,
-		device: {id: $d, name: ("Phone of " + $d)}}'
-}
-code_for() { # ADDR: the newest code sent to ADDR (development outbox)
-	local c
-	c="$("$MICA" outbox list --db "$ADMIN_CI" --to "$1" --limit 20 2>/dev/null |
-		sed -n 's/.*verification code is \([0-9]\{6\}\)\..*/\1/p' | tail -n 1)"
-	[[ "$c" =~ ^[0-9]{6}$ ]] || fail "no verification code for $1 in the outbox"
-	printf '%s' "$c"
-}
-wrong_code() { printf '%s%s' "${1:0:5}" "$(((${1:5:1} + 1) % 10))"; }
-codes_clear() {
-	local k
-	mica_redis_cli "$MICA_TEST_DIR" account --scan --pattern 'account:codes:*' |
-		while IFS= read -r k; do
-			[[ -n "$k" ]] && mica_redis_cli "$MICA_TEST_DIR" account DEL "$k" >/dev/null
-		done
-}
 # The unkeyed hashes the service used to store (acct_hash_hex: SHA-256 of domain, NUL, value).
 legacy_hash() { printf '%s\0%s' "$1" "$2" | sha256sum | cut -c1-64; }
 reset_body() { js --arg l "$1" '{login: $l}'; }
 
-# register ADDR PASSWORD DEVICE: sets REG_TOKEN and REG_UID.
-register() {
-	local vid
-	expect 200 - POST /v1/register/start "$(js --arg v "$1" '{email: $v}')"
-	vid="$(jget verification_id)"
-	expect 201 - POST /v1/register/complete "$(js --arg v "$vid" --arg c "$(code_for "$1")" \
-		--arg p "$2" --arg d "$3" '{verification_id: $v, code: $c, password: $p,
-		device: {id: $d, name: "Alice phone"}}')"
-	REG_TOKEN="$(jget token)"
-	REG_UID="$(sql "$ADMIN_CI" "SELECT user_id FROM account.session WHERE id = $(jget session_id)")"
-}
 
 PW='Alice-pass1'
 register alice@example.com "$PW" dev-alice
 ALICE_UID="$REG_UID"
 T_ALICE="$REG_TOKEN"
-codes_clear
+code_limits_clear
 
 # ---------------------------------------------------------------------------------------------
 step="1 enumeration through the code quota"
@@ -147,12 +68,12 @@ if ! cmp -s "$W/register-alice@example.com.json" "$W/register-nobody@example.com
 	fail "answers differ for a known and an unknown address"
 fi
 ok "five reset/start then register/start: 429 for an existing and an unknown address alike"
-codes_clear
+code_limits_clear
 
 # ---------------------------------------------------------------------------------------------
 step="2 a stranger cannot starve the owner"
 # The owner logs in on a new device: a step-up waits for an email code.
-expect 403 step_up_required POST /v1/login "$(login_body alice@example.com "$PW" dev-laptop)"
+must expect 403 step_up_required POST /v1/login "$(login_body alice@example.com "$PW" dev-laptop)"
 SU="$(jget stepup_id)"
 # A stranger on 127.7.0.0/24 asks for reset codes to Alice's address until refused, and on.
 for _ in 1 2 3 4 5; do expect 200 - -i 127.7.0.1 POST /v1/password/reset/start "$(reset_body alice@example.com)"; done
@@ -173,14 +94,14 @@ expect 429 too_many_codes POST /v1/password/reset/start "$(reset_body alice@exam
 expect 403 step_up_required POST /v1/login "$(login_body alice@example.com "$PW" dev-tablet)"
 expect 200 - POST "/v1/stepup/$(jget stepup_id)/send" '{"method": "email"}'
 ok "a stranger's reset/start from other networks left the owner's step-up codes untouched"
-codes_clear
+code_limits_clear
 
 # ---------------------------------------------------------------------------------------------
 step="3 the freeze counts per account"
 # Before: failures were counted per step-up, so one wrong code in each of many step-ups never
 # reached freeze_after_stepup_failures (3).
 for i in 1 2 3; do
-	expect 403 step_up_required POST /v1/login "$(login_body alice@example.com "$PW" "dev-thief$i")"
+	must expect 403 step_up_required POST /v1/login "$(login_body alice@example.com "$PW" "dev-thief$i")"
 	SU="$(jget stepup_id)"
 	expect 200 - POST "/v1/stepup/$SU/send" '{"method": "email"}'
 	BAD="$(wrong_code "$(code_for alice@example.com)")"
@@ -198,21 +119,21 @@ expect 200 - POST /v1/password/reset/start "$(reset_body alice@example.com)"
 PW='Alice-new-22'
 expect 200 - POST /v1/password/reset/complete "$(js --arg v "$(jget verification_id)" \
 	--arg c "$(code_for alice@example.com)" --arg p "$PW" '{verification_id: $v, code: $c, new_password: $p}')"
-expect 403 step_up_required POST /v1/login "$(login_body alice@example.com "$PW" dev-new)"
+must expect 403 step_up_required POST /v1/login "$(login_body alice@example.com "$PW" dev-new)"
 SU="$(jget stepup_id)"
 expect 200 - POST "/v1/stepup/$SU/send" '{"method": "email"}'
 CODE="$(code_for alice@example.com)"
 expect 400 invalid_code POST "/v1/stepup/$SU/verify" "$(js --arg c "$(wrong_code "$CODE")" '{code: $c}')"
 expect 200 - POST "/v1/stepup/$SU/verify" "$(js --arg c "$CODE" '{code: $c}')"
 ok "one wrong code in each of three step-ups froze the account; the reset started the count again"
-codes_clear
+code_limits_clear
 
 # ---------------------------------------------------------------------------------------------
 step="4 at rest"
-expect 200 - POST /v1/login "$(login_body alice@example.com "$PW" dev-alice)"
+must expect 200 - POST /v1/login "$(login_body alice@example.com "$PW" dev-alice)"
 T_ALICE="$(jget token)"
 # Codes: the stored hash is keyed; the unkeyed hash of the id and the known code is nowhere.
-expect 200 - POST /v1/register/start '{"email": "bob@example.com"}'
+must expect 200 - POST /v1/register/start '{"email": "bob@example.com"}'
 VID="$(jget verification_id)"
 CODE="$(code_for bob@example.com)"
 stored="$(sql "$ADMIN_CI" "SELECT code_hash FROM account.verification WHERE id = '$VID'")"
@@ -230,12 +151,12 @@ NET_OLD="$(legacy_hash mica-network 127.0.0.0/24)"
 	fail "a network is stored under an unkeyed hash"
 # Device names: sealed in account.device and account.stepup; the session list still shows them.
 [[ "$(sql "$ADMIN_CI" "SELECT count(*) FROM account.device WHERE name LIKE '%phone%' OR name LIKE '%Phone%'")" == 0 &&
-	"$(sql "$ADMIN_CI" "SELECT count(*) FROM account.stepup WHERE device_name LIKE '%Phone of%'")" == 0 &&
+	"$(sql "$ADMIN_CI" "SELECT count(*) FROM account.stepup WHERE device_name LIKE '%phone%'")" == 0 &&
 	"$(sql "$ADMIN_CI" "SELECT count(*) FROM account.device WHERE name NOT LIKE 'dk1.kc:v%' AND name <> ''")" == 0 ]] ||
 	fail "a device name is stored in clear"
 expect 200 - -t "$T_ALICE" GET /v1/sessions
 [[ "$(jq -r '[.sessions[].device_name] | unique | join(",")' "$W/body")" == *"Alice phone"* &&
-	"$(jq -r '[.sessions[].device_name] | unique | join(",")' "$W/body")" == *"Phone of dev-new"* ]] ||
+	"$(jq -r '[.sessions[].device_name] | unique | join(",")' "$W/body")" == *"dev-new phone"* ]] ||
 	fail "session list names: $(cat "$W/body")"
 # Questions and answers: the question sealed, the answer an Argon2id hash sealed under the pepper.
 expect 200 - -t "$T_ALICE" PUT /v1/security/questions \
@@ -285,7 +206,7 @@ psql "$ADMIN_CI" -X -v ON_ERROR_STOP=1 -q -f schema/0007_account_sealed_at_rest.
 [[ "$(sql "$ADMIN_CI" "SELECT code_hash || ' ' || (expires_at <= now()) FROM account.verification
 	WHERE id = '0123456789abcdef0123456789abcdef'")" == "retired true" ]] || fail "the unkeyed code was not retired"
 stack_stop account
-stack_start account "$AURL" "${ACCT_ENV[@]}" "$ACCT_BIN" --config deploy/mica.conf.example
+account_start
 grep -q 'sealed 1 security questions and 1 device names written before sealing' "$W/account.log" ||
 	fail "no start-up sealing in the log: $(tail -n 5 "$W/account.log")"
 [[ "$(sql "$ADMIN_CI" "SELECT count(*) FROM account.device WHERE name LIKE '%Legacy%'")" == 0 &&
@@ -297,7 +218,7 @@ row="$(sql "$ADMIN_CI" "SELECT answer_hash FROM account.security_question WHERE 
 	"$ENVELOPE_OPEN" "service=account;table=security_question;column=answer;row=$ALICE_UID:1")" == "$LEGACY_PHC" ]] ||
 	fail "the legacy answer hash did not survive sealing"
 # The network known by its unkeyed hash still counts as known (no step-up), and is re-keyed.
-expect 200 - POST /v1/login "$(login_body alice@example.com "$PW" dev-alice)"
+must expect 200 - POST /v1/login "$(login_body alice@example.com "$PW" dev-alice)"
 T_ALICE="$(jget token)"
 [[ "$(sql "$ADMIN_CI" "SELECT count(*) FROM account.network WHERE user_id = $ALICE_UID AND network_hash LIKE 'kc:v1:%'")" == 1 &&
 	"$(sql "$ADMIN_CI" "SELECT count(*) FROM account.network WHERE network_hash = '$NET_OLD'")" == 0 ]] ||
@@ -306,12 +227,12 @@ expect 200 - -t "$T_ALICE" GET /v1/sessions
 [[ "$(jq -r '[.sessions[].device_name] | join(",")' "$W/body")" == *"Legacy phone"* ]] ||
 	fail "the sealed legacy name does not open: $(cat "$W/body")"
 ok "legacy codes retired by the migration, names and questions sealed at start, networks re-keyed at login"
-codes_clear
+code_limits_clear
 
 # ---------------------------------------------------------------------------------------------
 step="5 Redis down"
 # A step-up waiting for a code, made while Redis is up.
-expect 403 step_up_required POST /v1/login "$(login_body alice@example.com "$PW" dev-outage)"
+must expect 403 step_up_required POST /v1/login "$(login_body alice@example.com "$PW" dev-outage)"
 SU="$(jget stepup_id)"
 mica_redis_stop "$MICA_TEST_DIR"
 ! mica_redis_running "$MICA_TEST_DIR" || fail "Redis is still running"
@@ -341,4 +262,4 @@ ok "after Redis restarted the captcha threshold and the code quota count again"
 
 stack_stop account
 stack_stop keycenter
-echo "test_account_limits.sh: all checks passed"
+stack_end

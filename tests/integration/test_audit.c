@@ -27,6 +27,7 @@
 #include "err.h"
 #include "keycenter/audit.h"
 #include "log.h"
+#include "tests/check_main.h"
 
 static const char *admin;     /* MICA_PG_CONNINFO (database mica) */
 static char tmpl[64];	      /* migrated template database */
@@ -1631,36 +1632,31 @@ static int cleanup_databases(void)
 	return rc;
 }
 
-int main(void)
+/* Before the suite: the checkpoint key and the migrated template database. */
+static int audit_setup(void)
 {
 	admin = getenv("MICA_PG_CONNINFO");
-	const char *build = getenv("MICA_BUILD");
-	const char *test_dir = getenv("MICA_TEST_DIR");
-	if (!admin || !*admin || !build || !*build || !test_dir || !*test_dir) {
-		fprintf(stderr, "test_audit: MICA_PG_CONNINFO, MICA_BUILD and MICA_TEST_DIR must be"
-				" set; run through tests/run\n");
-		return 1;
-	}
 	if (strncmp(admin, "postgres", 8) == 0) {
 		fprintf(stderr, "test_audit: MICA_PG_CONNINFO must be key=value, not a URI\n");
-		return 1;
+		return -1;
 	}
-	const char *lvl = getenv("MICA_LOG_LEVEL");
-	mica_log_min_level =
-	    lvl && mica_log_level_parse(lvl) >= 0 ? mica_log_level_parse(lvl) : MICA_LOG_OFF;
 	main_pid = (int)getpid();
-	int failed = 1;
-	if (setup_key(test_dir) == 0 && setup_template(build) == 0) {
-		SRunner *sr = srunner_create(audit_suite());
-		srunner_set_fork_status(sr, CK_FORK);
-		srunner_run_all(sr, CK_NORMAL);
-		failed = srunner_ntests_failed(sr);
-		srunner_free(sr);
-	} else {
-		fprintf(stderr, "test_audit: setup failed\n");
-	}
-	if (cleanup_databases())
-		failed = 1;
-	EVP_PKEY_free(sign_key);
-	return failed ? 1 : 0;
+	return setup_key(getenv("MICA_TEST_DIR")) == 0 && setup_template(getenv("MICA_BUILD")) == 0
+		   ? 0
+		   : -1;
 }
+
+static int audit_teardown(void)
+{
+	int rc = admin && strncmp(admin, "postgres", 8) != 0 ? cleanup_databases() : 0;
+	EVP_PKEY_free(sign_key);
+	return rc;
+}
+
+static const char *const needs[] = {"MICA_PG_CONNINFO", "MICA_BUILD", "MICA_TEST_DIR", NULL};
+
+const struct mica_check mica_check = {.suite = audit_suite,
+				      .needs = needs,
+				      .setup = audit_setup,
+				      .teardown = audit_teardown,
+				      .log = MICA_CHECK_LOG_OFF};

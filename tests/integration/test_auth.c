@@ -23,6 +23,7 @@
 #include "kv.h"
 #include "kvcache.h"
 #include "log.h"
+#include "tests/check_main.h"
 
 static const char *env(const char *name)
 {
@@ -859,32 +860,17 @@ static Suite *auth_suite(void)
 	return s;
 }
 
-int main(void)
-{
-	static const char *const needed[] = {"MICA_REDIS_SOCKET",
-					     "MICA_REDIS_PASSWORD_FILE",
-					     "MICA_REDIS_PASSWORD_FILE_ACCOUNT",
-					     "MICA_REDIS_PASSWORD_FILE_KEYCENTER",
-					     "MICA_CA",
-					     "MICA_CERT_SERVER",
-					     "MICA_CERT_KEYCENTER",
-					     "MICA_CERT_ADMIN",
-					     "MICA_CERT_ROGUE",
-					     "MICA_TEST_DIR"};
-	for (size_t i = 0; i < sizeof(needed) / sizeof(needed[0]); i++) {
-		if (!getenv(needed[i]) || !*getenv(needed[i])) {
-			fprintf(stderr, "test_auth: %s is not set; run through tests/run\n",
-				needed[i]);
-			return 1;
-		}
-	}
-	const char *lvl = getenv("MICA_LOG_LEVEL");
-	mica_log_min_level =
-	    lvl && mica_log_level_parse(lvl) >= 0 ? mica_log_level_parse(lvl) : MICA_LOG_OFF;
-	SRunner *sr = srunner_create(auth_suite());
-	srunner_set_fork_status(sr, CK_FORK);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
-}
+static const char *const needs[] = {"MICA_REDIS_SOCKET",
+				    "MICA_REDIS_PASSWORD_FILE",
+				    "MICA_REDIS_PASSWORD_FILE_ACCOUNT",
+				    "MICA_REDIS_PASSWORD_FILE_KEYCENTER",
+				    "MICA_CA",
+				    "MICA_CERT_SERVER",
+				    "MICA_CERT_KEYCENTER",
+				    "MICA_CERT_ADMIN",
+				    "MICA_CERT_ROGUE",
+				    "MICA_TEST_DIR",
+				    NULL};
+
+const struct mica_check mica_check = {
+    .suite = auth_suite, .needs = needs, .log = MICA_CHECK_LOG_OFF};

@@ -17,6 +17,7 @@
 #include "db.h"
 #include "err.h"
 #include "log.h"
+#include "tests/check_main.h"
 
 static const char *env(const char *name)
 {
@@ -747,21 +748,7 @@ static Suite *db_suite(void)
 	return s;
 }
 
-int main(void)
-{
-	static const char *const needed[] = {"MICA_PG_CONNINFO", "MICA_PG_RESTART"};
-	for (size_t i = 0; i < sizeof(needed) / sizeof(needed[0]); i++) {
-		if (!getenv(needed[i]) || !*getenv(needed[i])) {
-			fprintf(stderr, "test_db: %s is not set; run through tests/run\n",
-				needed[i]);
-			return 1;
-		}
-	}
-	mica_log_min_level = MICA_LOG_ERROR;
-	SRunner *sr = srunner_create(db_suite());
-	srunner_set_fork_status(sr, CK_FORK);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
-}
+static const char *const needs[] = {"MICA_PG_CONNINFO", "MICA_PG_RESTART", NULL};
+
+const struct mica_check mica_check = {
+    .suite = db_suite, .needs = needs, .log = MICA_CHECK_LOG_ERRORS};

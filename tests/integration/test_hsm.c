@@ -30,6 +30,7 @@
 #include "err.h"
 #include "keycenter/hsm.h"
 #include "log.h"
+#include "tests/check_main.h"
 
 /* The raw PKCS#11 interface, for the attacker's side of the tests (see the
  * note in keycenter/hsm.c on p11-kit's compatibility macros). */
@@ -1229,23 +1230,8 @@ static Suite *hsm_suite(void)
 	return s;
 }
 
-int main(void)
-{
-	static const char *const needed[] = {"SOFTHSM2_CONF", "MICA_HSM_MODULE",
-					     "MICA_HSM_TOKEN_LABEL", "MICA_HSM_PIN_FILE",
-					     "MICA_TEST_DIR"};
-	for (size_t i = 0; i < sizeof(needed) / sizeof(needed[0]); i++) {
-		if (!getenv(needed[i]) || !*getenv(needed[i])) {
-			fprintf(stderr, "test_hsm: %s is not set; run through tests/run\n",
-				needed[i]);
-			return 1;
-		}
-	}
-	mica_log_min_level = MICA_LOG_ERROR;
-	SRunner *sr = srunner_create(hsm_suite());
-	srunner_set_fork_status(sr, CK_FORK);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
-}
+static const char *const needs[] = {"SOFTHSM2_CONF",	 "MICA_HSM_MODULE", "MICA_HSM_TOKEN_LABEL",
+				    "MICA_HSM_PIN_FILE", "MICA_TEST_DIR",   NULL};
+
+const struct mica_check mica_check = {
+    .suite = hsm_suite, .needs = needs, .log = MICA_CHECK_LOG_ERRORS};

@@ -22,6 +22,7 @@
 #include "db.h"
 #include "http.h"
 #include "httpc.h"
+#include "tests/check_main.h"
 #include "thread.h"
 
 static const char *env(const char *name)
@@ -1109,12 +1110,10 @@ START_TEST(blocking_pool_threads_may_block)
 }
 END_TEST
 
-int main(void)
+static Suite *http_suite(void)
 {
 	Suite *s = suite_create("http");
 	TCase *tc = tcase_create("server+client");
-	SRunner *sr;
-	int failed;
 
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 30);
@@ -1140,9 +1139,7 @@ int main(void)
 	tcase_add_test(tc, handler_moves_to_the_pool);
 	tcase_add_test(tc, refusals_wait_for_their_record);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return s;
 }
+
+const struct mica_check mica_check = {.suite = http_suite, .fork_from_env = true};

@@ -32,6 +32,7 @@
 #include "httpc.h"
 #include "kc.h"
 #include "log.h"
+#include "tests/check_main.h"
 #include "thread.h"
 
 #define KEY "account-kc"
@@ -63,39 +64,39 @@ static const char *need(const char *name)
 static int setup_stack(void)
 {
 	static const char script[] =
-		"set -euo pipefail\n"
-		"ci=\"$MICA_PG_CONNINFO dbname=$KCT_DB\"\n"
-		"psql -X \"$MICA_PG_CONNINFO\" -v ON_ERROR_STOP=1 -qc \"CREATE DATABASE $KCT_DB\"\n"
-		"MICA_DB_CONNINFO=\"$ci\" \"$MICA_BUILD/bin/mica\" migrate >/dev/null\n"
-		"pw=$(openssl rand -hex 32)\n"
-		"psql -X \"$ci\" -v ON_ERROR_STOP=1 -q -v pw=\"$pw\" <<'SQL'\n"
-		"ALTER ROLE mica_keycenter PASSWORD :'pw';\n"
-		"SQL\n"
-		"(umask 077 && printf '*:*:*:mica_keycenter:%s\\n' \"$pw\" >\"$KCT_DIR/pgpass\")\n"
-		"mkdir -p \"$KCT_DIR/hsm/tokens\"\n"
-		"chmod 0700 \"$KCT_DIR/hsm\" \"$KCT_DIR/hsm/tokens\"\n"
-		"printf 'directories.tokendir = %s\\nobjectstore.backend = file\\nlog.level = ERROR\\n'"
-		" \"$KCT_DIR/hsm/tokens\" >\"$KCT_DIR/hsm/softhsm2.conf\"\n"
-		"export SOFTHSM2_CONF=\"$KCT_DIR/hsm/softhsm2.conf\"\n"
-		"(umask 077 && openssl rand -hex 32 | tr -d '\\n' >\"$KCT_DIR/pin\" &&"
-		" openssl rand -hex 32 | tr -d '\\n' >\"$KCT_DIR/so-pin\")\n"
-		"softhsm2-util --init-token --free --label " TOKEN_LABEL
-		" --so-pin \"$(<\"$KCT_DIR/so-pin\")\" --pin \"$(<\"$KCT_DIR/pin\")\" >/dev/null\n"
-		/* Its own policy: the client is exercised with every operation on
-		 * one key, which the least-privilege development policy does not
-		 * grant the account principal. */
-		"cat >\"$KCT_DIR/policy.json\" <<'JSON'\n"
-		"{\"version\": 1, \"principals\": {\"admin\": {\"role\": \"key-admin\"},"
-		" \"officer1\": {\"role\": \"security-officer\"},"
-		" \"officer2\": {\"role\": \"security-officer\"},"
-		" \"auditor\": {\"role\": \"auditor\"}, \"account\": {\"role\": \"service\","
-		" \"keys\": {\"account-*\": [\"encrypt\", \"decrypt\", \"rewrap\", \"datakey\","
-		" \"hmac\", \"read\"]}}}}\n"
-		"JSON\n"
-		"\"$MICA_BUILD/bin/mica\" keycenter init --policy \"$KCT_DIR/policy.json\""
-		" --db \"$ci\" --hsm-module \"$MICA_HSM_MODULE\" --token-label " TOKEN_LABEL
-		" --pin-file \"$KCT_DIR/pin\" --audit-pubkey-out \"$KCT_DIR/audit.pem\""
-		" >\"$KCT_DIR/init.log\"\n";
+	    "set -euo pipefail\n"
+	    "ci=\"$MICA_PG_CONNINFO dbname=$KCT_DB\"\n"
+	    "psql -X \"$MICA_PG_CONNINFO\" -v ON_ERROR_STOP=1 -qc \"CREATE DATABASE $KCT_DB\"\n"
+	    "MICA_DB_CONNINFO=\"$ci\" \"$MICA_BUILD/bin/mica\" migrate >/dev/null\n"
+	    "pw=$(openssl rand -hex 32)\n"
+	    "psql -X \"$ci\" -v ON_ERROR_STOP=1 -q -v pw=\"$pw\" <<'SQL'\n"
+	    "ALTER ROLE mica_keycenter PASSWORD :'pw';\n"
+	    "SQL\n"
+	    "(umask 077 && printf '*:*:*:mica_keycenter:%s\\n' \"$pw\" >\"$KCT_DIR/pgpass\")\n"
+	    "mkdir -p \"$KCT_DIR/hsm/tokens\"\n"
+	    "chmod 0700 \"$KCT_DIR/hsm\" \"$KCT_DIR/hsm/tokens\"\n"
+	    "printf 'directories.tokendir = %s\\nobjectstore.backend = file\\nlog.level = ERROR\\n'"
+	    " \"$KCT_DIR/hsm/tokens\" >\"$KCT_DIR/hsm/softhsm2.conf\"\n"
+	    "export SOFTHSM2_CONF=\"$KCT_DIR/hsm/softhsm2.conf\"\n"
+	    "(umask 077 && openssl rand -hex 32 | tr -d '\\n' >\"$KCT_DIR/pin\" &&"
+	    " openssl rand -hex 32 | tr -d '\\n' >\"$KCT_DIR/so-pin\")\n"
+	    "softhsm2-util --init-token --free --label " TOKEN_LABEL
+	    " --so-pin \"$(<\"$KCT_DIR/so-pin\")\" --pin \"$(<\"$KCT_DIR/pin\")\" >/dev/null\n"
+	    /* Its own policy: the client is exercised with every operation on
+	     * one key, which the least-privilege development policy does not
+	     * grant the account principal. */
+	    "cat >\"$KCT_DIR/policy.json\" <<'JSON'\n"
+	    "{\"version\": 1, \"principals\": {\"admin\": {\"role\": \"key-admin\"},"
+	    " \"officer1\": {\"role\": \"security-officer\"},"
+	    " \"officer2\": {\"role\": \"security-officer\"},"
+	    " \"auditor\": {\"role\": \"auditor\"}, \"account\": {\"role\": \"service\","
+	    " \"keys\": {\"account-*\": [\"encrypt\", \"decrypt\", \"rewrap\", \"datakey\","
+	    " \"hmac\", \"read\"]}}}}\n"
+	    "JSON\n"
+	    "\"$MICA_BUILD/bin/mica\" keycenter init --policy \"$KCT_DIR/policy.json\""
+	    " --db \"$ci\" --hsm-module \"$MICA_HSM_MODULE\" --token-label " TOKEN_LABEL
+	    " --pin-file \"$KCT_DIR/pin\" --audit-pubkey-out \"$KCT_DIR/audit.pem\""
+	    " >\"$KCT_DIR/init.log\"\n";
 	char *argv[] = {"bash", "-c", (char *)script, NULL};
 	pid_t pid;
 	int status;
@@ -1078,44 +1079,50 @@ static Suite *kc_suite(void)
 	return s;
 }
 
-int main(void)
+/* Before the suite: the database, the Key Center ceremony, the daemon and the test key. */
+static int kc_setup(void)
 {
-	const char *test_dir = need("MICA_TEST_DIR");
-	const char *lvl = getenv("MICA_LOG_LEVEL");
-	int failed = 1;
+	const char *test_dir = getenv("MICA_TEST_DIR");
 
-	build = need("MICA_BUILD");
-	pg_admin = need("MICA_PG_CONNINFO");
-	ca = need("MICA_CA");
-	cert_server = need("MICA_CERT_SERVER");
-	key_server = need("MICA_KEY_SERVER");
-	cert_account = need("MICA_CERT_ACCOUNT");
-	key_account = need("MICA_KEY_ACCOUNT");
-	cert_admin = need("MICA_CERT_ADMIN");
-	key_admin = need("MICA_KEY_ADMIN");
-	cert_rogue = need("MICA_CERT_ROGUE");
-	key_rogue = need("MICA_KEY_ROGUE");
-	ca_rogue = need("MICA_CA_ROGUE");
-	hsm_module = need("MICA_HSM_MODULE");
-	need("MICA_PG_PORT");
-	mica_log_min_level =
-	    lvl && mica_log_level_parse(lvl) >= 0 ? mica_log_level_parse(lvl) : MICA_LOG_OFF;
+	build = getenv("MICA_BUILD");
+	pg_admin = getenv("MICA_PG_CONNINFO");
+	ca = getenv("MICA_CA");
+	cert_server = getenv("MICA_CERT_SERVER");
+	key_server = getenv("MICA_KEY_SERVER");
+	cert_account = getenv("MICA_CERT_ACCOUNT");
+	key_account = getenv("MICA_KEY_ACCOUNT");
+	cert_admin = getenv("MICA_CERT_ADMIN");
+	key_admin = getenv("MICA_KEY_ADMIN");
+	cert_rogue = getenv("MICA_CERT_ROGUE");
+	key_rogue = getenv("MICA_KEY_ROGUE");
+	ca_rogue = getenv("MICA_CA_ROGUE");
+	hsm_module = getenv("MICA_HSM_MODULE");
 	main_pid = getpid();
 	snprintf(dir, sizeof(dir), "%s/kc-client-%d", test_dir, (int)main_pid);
 	snprintf(dbname, sizeof(dbname), "mica_kc_client_%d", (int)main_pid);
 	snprintf(db_admin, sizeof(db_admin), "%s dbname=%s", pg_admin, dbname);
 	if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
 		perror("test_kc: mkdir");
-		return 1;
+		return -1;
 	}
-	if (setup_stack() == 0 && start_daemon() == 0 && create_key(KEY) == 0) {
-		SRunner *sr = srunner_create(kc_suite());
-		srunner_set_fork_status(sr, CK_FORK);
-		srunner_run_all(sr, CK_NORMAL);
-		failed = srunner_ntests_failed(sr);
-		srunner_free(sr);
-	}
+	return setup_stack() == 0 && start_daemon() == 0 && create_key(KEY) == 0 ? 0 : -1;
+}
+
+static int kc_teardown(void)
+{
 	stop_daemon();
 	drop_database();
-	return failed ? 1 : 0;
+	return 0;
 }
+
+static const char *const needs[] = {
+    "MICA_TEST_DIR",	"MICA_BUILD",	   "MICA_PG_CONNINFO",	"MICA_CA",
+    "MICA_CERT_SERVER", "MICA_KEY_SERVER", "MICA_CERT_ACCOUNT", "MICA_KEY_ACCOUNT",
+    "MICA_CERT_ADMIN",	"MICA_KEY_ADMIN",  "MICA_CERT_ROGUE",	"MICA_KEY_ROGUE",
+    "MICA_CA_ROGUE",	"MICA_HSM_MODULE", "MICA_PG_PORT",	NULL};
+
+const struct mica_check mica_check = {.suite = kc_suite,
+				      .needs = needs,
+				      .setup = kc_setup,
+				      .teardown = kc_teardown,
+				      .log = MICA_CHECK_LOG_OFF};

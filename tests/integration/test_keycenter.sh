@@ -23,7 +23,7 @@
 set -euo pipefail
 
 # The environment check, work directory, database, EXIT trap, fail/ok/sql and jget come from
-# lib-stack.sh (shared with test_account.sh).
+# lib-stack.sh (shared with every stack test).
 # shellcheck source=tests/integration/lib-stack.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib-stack.sh"
 stack_begin test_keycenter MICA_CERT_ROGUE MICA_KEY_ROGUE MICA_CA_ROGUE MICA_CERT_OFFICER1 \

@@ -24,6 +24,7 @@
 #include "kv.h"
 #include "kvcache.h"
 #include "log.h"
+#include "tests/check_main.h"
 
 static const char *env(const char *name)
 {
@@ -627,23 +628,9 @@ static Suite *kvcache_suite(void)
 	return s;
 }
 
-int main(void)
-{
-	static const char *const needed[] = {"MICA_REDIS_SOCKET", "MICA_REDIS_USER",
-					     "MICA_REDIS_PASSWORD_FILE", "MICA_REDIS_RESTART",
-					     "MICA_TEST_DIR"};
-	for (size_t i = 0; i < sizeof(needed) / sizeof(needed[0]); i++) {
-		if (!getenv(needed[i]) || !*getenv(needed[i])) {
-			fprintf(stderr, "test_kvcache: %s is not set; run through tests/run\n",
-				needed[i]);
-			return 1;
-		}
-	}
-	mica_log_min_level = MICA_LOG_ERROR;
-	SRunner *sr = srunner_create(kvcache_suite());
-	srunner_set_fork_status(sr, CK_FORK);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
-}
+static const char *const needs[] = {
+    "MICA_REDIS_SOCKET",  "MICA_REDIS_USER", "MICA_REDIS_PASSWORD_FILE",
+    "MICA_REDIS_RESTART", "MICA_TEST_DIR",   NULL};
+
+const struct mica_check mica_check = {
+    .suite = kvcache_suite, .needs = needs, .log = MICA_CHECK_LOG_ERRORS};

@@ -30,6 +30,7 @@
 #include "err.h"
 #include "http.h"
 #include "log.h"
+#include "tests/check_main.h"
 
 #define PYTHON "/usr/bin/python3"
 
@@ -1001,31 +1002,25 @@ static int setup_database(void)
 	return 0;
 }
 
-int main(void)
+static int notify_setup(void)
 {
 	admin = getenv("MICA_PG_CONNINFO");
-	const char *build = getenv("MICA_BUILD");
-	if (!admin || !*admin || !build || !*build || !getenv("MICA_TEST_DIR")) {
-		fprintf(stderr, "test_notify: MICA_PG_CONNINFO, MICA_BUILD and MICA_TEST_DIR must"
-				" be set; run through tests/run\n");
-		return 1;
-	}
-	const char *lvl = getenv("MICA_LOG_LEVEL");
-	mica_log_min_level =
-	    lvl && mica_log_level_parse(lvl) >= 0 ? mica_log_level_parse(lvl) : MICA_LOG_OFF;
 	main_pid = (int)getpid();
-	snprintf(mica_bin, sizeof(mica_bin), "%s/bin/mica", build);
-	int failed = 1;
-	if (setup_database() == 0) {
-		SRunner *sr = srunner_create(notify_suite());
-		srunner_set_fork_status(sr, CK_FORK);
-		srunner_run_all(sr, CK_NORMAL);
-		failed = srunner_ntests_failed(sr);
-		srunner_free(sr);
-	}
+	snprintf(mica_bin, sizeof(mica_bin), "%s/bin/mica", getenv("MICA_BUILD"));
+	return setup_database();
+}
+
+static int notify_teardown(void)
+{
 	char sql[256];
 	snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS %s WITH (FORCE)", dbname);
-	if (dbname[0] && admin_exec(sql))
-		failed = 1;
-	return failed ? 1 : 0;
+	return dbname[0] ? admin_exec(sql) : 0;
 }
+
+static const char *const needs[] = {"MICA_PG_CONNINFO", "MICA_BUILD", "MICA_TEST_DIR", NULL};
+
+const struct mica_check mica_check = {.suite = notify_suite,
+				      .needs = needs,
+				      .setup = notify_setup,
+				      .teardown = notify_teardown,
+				      .log = MICA_CHECK_LOG_OFF};

@@ -21,6 +21,7 @@
 #include "err.h"
 #include "log.h"
 #include "outbox.h"
+#include "tests/check_main.h"
 
 static char conninfo[2048]; /* of the fresh database */
 
@@ -544,32 +545,32 @@ static int setup_database(const char *admin, const char *dbname)
 	return rc ? -1 : 0;
 }
 
-int main(void)
+static char dbname[64]; /* this run's database */
+
+static int outbox_setup(void)
 {
 	const char *admin = getenv("MICA_PG_CONNINFO");
-	if (!admin || !*admin || !getenv("MICA_BUILD")) {
-		fprintf(stderr, "test_outbox: MICA_PG_CONNINFO and MICA_BUILD must be set;"
-				" run through tests/run\n");
-		return 1;
-	}
 	if (strncmp(admin, "postgres", 8) == 0) {
 		fprintf(stderr, "test_outbox: MICA_PG_CONNINFO must be key=value, not a URI\n");
-		return 1;
+		return -1;
 	}
-	mica_log_min_level = MICA_LOG_ERROR;
-	char dbname[64];
 	snprintf(dbname, sizeof(dbname), "mica_outbox_test_%d", (int)getpid());
-	int failed = 1;
-	if (setup_database(admin, dbname) == 0) {
-		SRunner *sr = srunner_create(outbox_suite());
-		srunner_set_fork_status(sr, CK_FORK);
-		srunner_run_all(sr, CK_NORMAL);
-		failed = srunner_ntests_failed(sr);
-		srunner_free(sr);
-	}
-	char sql[128];
-	snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS %s WITH (FORCE)", dbname);
-	if (admin_exec(admin, sql))
-		failed = 1;
-	return failed ? 1 : 0;
+	return setup_database(admin, dbname);
 }
+
+static int outbox_teardown(void)
+{
+	char sql[128];
+	if (!dbname[0])
+		return 0;
+	snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS %s WITH (FORCE)", dbname);
+	return admin_exec(getenv("MICA_PG_CONNINFO"), sql);
+}
+
+static const char *const needs[] = {"MICA_PG_CONNINFO", "MICA_BUILD", NULL};
+
+const struct mica_check mica_check = {.suite = outbox_suite,
+				      .needs = needs,
+				      .setup = outbox_setup,
+				      .teardown = outbox_teardown,
+				      .log = MICA_CHECK_LOG_ERRORS};

@@ -18,6 +18,7 @@
 #include "db.h"
 #include "err.h"
 #include "log.h"
+#include "tests/check_main.h"
 
 #define SKEW_MS (10 * 60 * 1000)
 
@@ -140,41 +141,45 @@ static Suite *clock_suite(void)
 	return su;
 }
 
-int main(void)
+static bool created; /* dbname exists: the teardown drops it */
+
+/* Before the suite: this run's database, migrated by the real `mica migrate`. */
+static int clock_setup(void)
 {
-	admin = getenv("MICA_PG_CONNINFO");
-	const char *build = getenv("MICA_BUILD");
-	if (!admin || !*admin || !build || !*build) {
-		fprintf(stderr, "test_session_clock: MICA_PG_CONNINFO and MICA_BUILD must be set;"
-				" run through tests/run\n");
-		return 1;
-	}
-	mica_log_min_level = MICA_LOG_OFF;
 	char sql[256], cmd[3000];
+	admin = getenv("MICA_PG_CONNINFO");
 	snprintf(dbname, sizeof(dbname), "mica_clock_%d", (int)getpid());
 	snprintf(db_ci, sizeof(db_ci), "%s dbname=%s", admin, dbname);
 	snprintf(account_ci, sizeof(account_ci), "%s options='-c role=mica_account'", db_ci);
 	snprintf(sql, sizeof(sql), "CREATE DATABASE %s", dbname);
-	int failed = 1;
-	if (admin_exec(admin, sql) == 0) {
-		snprintf(
-		    cmd, sizeof(cmd),
-		    "'%s/bin/mica' migrate --db \"$MICA_CLOCK_TEST_CI\" --schema schema >/dev/null",
-		    build);
-		setenv("MICA_CLOCK_TEST_CI", db_ci, 1);
-		int st = system(cmd);
-		if (st == 0) {
-			SRunner *sr = srunner_create(clock_suite());
-			srunner_set_fork_status(sr, CK_FORK);
-			srunner_run_all(sr, CK_NORMAL);
-			failed = srunner_ntests_failed(sr);
-			srunner_free(sr);
-		} else {
-			fprintf(stderr, "test_session_clock: migrate failed (status %d)\n", st);
-		}
-		snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS %s WITH (FORCE)", dbname);
-		if (admin_exec(admin, sql))
-			failed = 1;
+	if (admin_exec(admin, sql) != 0)
+		return -1;
+	created = true;
+	snprintf(cmd, sizeof(cmd),
+		 "'%s/bin/mica' migrate --db \"$MICA_CLOCK_TEST_CI\" --schema schema >/dev/null",
+		 getenv("MICA_BUILD"));
+	setenv("MICA_CLOCK_TEST_CI", db_ci, 1);
+	int st = system(cmd);
+	if (st != 0) {
+		fprintf(stderr, "test_session_clock: migrate failed (status %d)\n", st);
+		return -1;
 	}
-	return failed ? 1 : 0;
+	return 0;
 }
+
+static int clock_teardown(void)
+{
+	char sql[256];
+	if (!created)
+		return 0;
+	snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS %s WITH (FORCE)", dbname);
+	return admin_exec(admin, sql);
+}
+
+static const char *const needs[] = {"MICA_PG_CONNINFO", "MICA_BUILD", NULL};
+
+const struct mica_check mica_check = {.suite = clock_suite,
+				      .needs = needs,
+				      .setup = clock_setup,
+				      .teardown = clock_teardown,
+				      .log = MICA_CHECK_LOG_OFF};

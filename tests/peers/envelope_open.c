@@ -1,4 +1,4 @@
-/* envelope_open.c - test peer for tests/integration/test_account.sh: opens a
+/* envelope_open.c - test peer for tests/integration/test_account_*.sh: opens a
  * lib/crypto envelope (as the account service seals password hashes under a
  * pepper data key) so a test can read what a row holds.
  *   envelope_open AAD < "KEY_BASE64 ENVELOPE_BASE64"  -> the plaintext on stdout

@@ -15,6 +15,7 @@
 #include "account/altcha.h"
 #include "crypto.h"
 #include "err.h"
+#include "tests/check_main.h"
 
 static const uint8_t key[] = "0123456789abcdef0123456789abcdef"; /* 32 bytes + NUL */
 #define KEY_LEN 32
@@ -605,14 +606,4 @@ static Suite *altcha_suite(void)
 	return s;
 }
 
-int main(void)
-{
-	SRunner *sr = srunner_create(altcha_suite());
-	int failed;
-
-	srunner_set_fork_status(sr, CK_FORK);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+const struct mica_check mica_check = {.suite = altcha_suite};

@@ -12,6 +12,7 @@
 #include "err.h"
 #include "keycenter/anomaly.h"
 #include "keycenter/keycenter.h"
+#include "tests/check_main.h"
 
 static kc_anomaly *make(uint32_t max_requests, uint32_t max_denials, int64_t window_ms,
 			size_t max_tracked)
@@ -423,12 +424,10 @@ START_TEST(four_threads_share_one_detector)
 }
 END_TEST
 
-int main(void)
+static Suite *anomaly_suite(void)
 {
 	Suite *s = suite_create("anomaly");
 	TCase *tc = tcase_create("anomaly");
-	SRunner *sr;
-	int failed;
 
 	tcase_add_test(tc, options_are_validated);
 	tcase_add_test(tc, record_arguments_are_validated);
@@ -445,10 +444,7 @@ int main(void)
 	tcase_add_test(tc, default_rate_max_catches_bulk_decryption);
 	tcase_set_timeout(tc, 30);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_set_fork_status(sr, CK_FORK);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return s;
 }
+
+const struct mica_check mica_check = {.suite = anomaly_suite};

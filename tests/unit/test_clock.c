@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "clock.h"
+#include "tests/check_main.h"
 
 static int64_t real_wall_ms(void)
 {
@@ -52,21 +53,16 @@ START_TEST(skew_moves_only_the_wall_clock)
 }
 END_TEST
 
-int main(void)
+static Suite *clock_suite(void)
 {
 	Suite *s = suite_create("clock");
 	TCase *tc = tcase_create("clocks");
-	SRunner *sr;
-	int failed;
 
 	tcase_add_test(tc, clocks_follow_the_kernel);
 	tcase_add_test(tc, advance_moves_both_clocks);
 	tcase_add_test(tc, skew_moves_only_the_wall_clock);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_set_fork_status(sr, CK_FORK);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return s;
 }
+
+const struct mica_check mica_check = {.suite = clock_suite};

@@ -14,6 +14,7 @@
 #include "kc.h"
 #include "keycenter/keycenter.h"
 #include "kv.h"
+#include "tests/check_main.h"
 
 struct cfg {
 	int level;
@@ -378,12 +379,10 @@ START_TEST(shipped_example_documents_every_key)
 }
 END_TEST
 
-int main(void)
+static Suite *config_suite(void)
 {
 	Suite *s = suite_create("config");
 	TCase *tc = tcase_create("load");
-	SRunner *sr;
-	int failed;
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, loads_defaults_file_and_secret);
 	tcase_add_test(tc, environment_overrides_file);
@@ -395,9 +394,7 @@ int main(void)
 	tcase_add_test(tc, shared_fragments_load_under_their_names);
 	tcase_add_test(tc, tls_checks_name_the_key);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return s;
 }
+
+const struct mica_check mica_check = {.suite = config_suite, .fork_from_env = true};

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "crypto.h"
+#include "tests/check_main.h"
 
 /* Independent of mica_hex_decode so the vectors do not test the code with
  * itself. */
@@ -1130,14 +1131,4 @@ static Suite *crypto_suite(void)
 	return s;
 }
 
-int main(void)
-{
-	SRunner *sr = srunner_create(crypto_suite());
-	int failed;
-
-	srunner_set_fork_status(sr, CK_FORK);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+const struct mica_check mica_check = {.suite = crypto_suite};

@@ -12,6 +12,7 @@
 #include "crypto.h"
 #include "err.h"
 #include "keycenter/shares.h"
+#include "tests/check_main.h"
 
 #define ck_assert_err(expr, want)                                                                  \
 	do {                                                                                       \
@@ -209,7 +210,7 @@ START_TEST(golden_shares_combine_alone)
 }
 END_TEST
 
-int main(void)
+static Suite *kc_shares_suite(void)
 {
 	Suite *s = suite_create("kc_shares");
 	TCase *tc = tcase_create("shares");
@@ -220,10 +221,7 @@ int main(void)
 	tcase_add_test(tc, wrong_bytes_and_mixed_sets_refused);
 	tcase_add_test(tc, pins_are_derived);
 	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_set_fork_status(sr, CK_FORK);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return s;
 }
+
+const struct mica_check mica_check = {.suite = kc_shares_suite};

@@ -11,6 +11,7 @@
 
 #include "account/account.h"
 #include "kv.h"
+#include "tests/check_main.h"
 
 /* Asserts a 503 naming Redis (message and "dependency" member), then
  * clears |f| for the next call. */
@@ -80,13 +81,4 @@ static Suite *limits_suite(void)
 	return s;
 }
 
-int main(void)
-{
-	int failed;
-	SRunner *sr = srunner_create(limits_suite());
-	srunner_set_fork_status(sr, CK_FORK);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
-}
+const struct mica_check mica_check = {.suite = limits_suite};

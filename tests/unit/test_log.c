@@ -11,6 +11,7 @@
 
 #include "err.h"
 #include "log.h"
+#include "tests/check_main.h"
 
 START_TEST(error_strings_are_distinct)
 {
@@ -188,21 +189,17 @@ START_TEST(masks)
 }
 END_TEST
 
-int main(void)
+static Suite *log_suite(void)
 {
 	Suite *s = suite_create("log");
 	TCase *tc = tcase_create("log");
-	SRunner *sr;
-	int failed;
 	tcase_add_test(tc, error_strings_are_distinct);
 	tcase_add_test(tc, log_lines_are_json_and_level_first);
 	tcase_add_test(tc, buffered_lines_keep_order_and_arrive);
 	tcase_add_test(tc, buffered_lines_are_written_at_exit);
 	tcase_add_test(tc, masks);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return s;
 }
+
+const struct mica_check mica_check = {.suite = log_suite, .fork_from_env = true};

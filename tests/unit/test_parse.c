@@ -5,6 +5,7 @@
 #include <stdint.h>
 
 #include "parse.h"
+#include "tests/check_main.h"
 
 START_TEST(accepts_whole_decimal_integers)
 {
@@ -66,20 +67,16 @@ START_TEST(malformed)
 }
 END_TEST
 
-int main(void)
+static Suite *parse_suite(void)
 {
 	Suite *s = suite_create("parse");
 	TCase *tc = tcase_create("int64");
-	SRunner *sr;
-	int failed;
 	tcase_add_test(tc, accepts_whole_decimal_integers);
 	tcase_add_test(tc, beyond_int64_is_out_of_range_not_clamped);
 	tcase_add_test(tc, outside_the_callers_range);
 	tcase_add_test(tc, malformed);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return s;
 }
+
+const struct mica_check mica_check = {.suite = parse_suite, .fork_from_env = true};

@@ -23,6 +23,7 @@
 
 #include "account/password.h"
 #include "err.h"
+#include "tests/check_main.h"
 
 #define FIXTURE "tests/fixtures/breached"
 
@@ -808,14 +809,4 @@ static Suite *password_suite(void)
 	return s;
 }
 
-int main(void)
-{
-	SRunner *sr = srunner_create(password_suite());
-	int failed;
-
-	srunner_set_fork_status(sr, CK_FORK);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+const struct mica_check mica_check = {.suite = password_suite};

@@ -10,6 +10,7 @@
 
 #include "err.h"
 #include "keycenter/policy.h"
+#include "tests/check_main.h"
 
 /* Two officers, so documents that test another rule get past dual control. */
 #define OFFICERS "\"o1\":{\"role\":\"security-officer\"},\"o2\":{\"role\":\"security-officer\"}"
@@ -626,12 +627,10 @@ START_TEST(refcount_is_atomic_across_threads)
 }
 END_TEST
 
-int main(void)
+static Suite *policy_suite(void)
 {
 	Suite *s = suite_create("policy");
 	TCase *tc = tcase_create("policy");
-	SRunner *sr;
-	int failed;
 
 	tcase_add_loop_test(tc, each_validation_error_is_exact, 0,
 			    (int)(sizeof(bad_cases) / sizeof(bad_cases[0])));
@@ -649,10 +648,7 @@ int main(void)
 	tcase_add_test(tc, refcount_is_atomic_across_threads);
 	tcase_set_timeout(tc, 30);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_set_fork_status(sr, CK_FORK);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return s;
 }
+
+const struct mica_check mica_check = {.suite = policy_suite};

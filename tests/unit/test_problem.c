@@ -13,6 +13,7 @@
 #include "err.h"
 #include "http.h"
 #include "problem.h"
+#include "tests/check_main.h"
 
 START_TEST(every_error_has_a_documented_status)
 {
@@ -267,12 +268,10 @@ START_TEST(account_dependency_failures)
 }
 END_TEST
 
-int main(void)
+static Suite *problem_suite(void)
 {
 	Suite *s = suite_create("problem");
 	TCase *tc = tcase_create("problem");
-	SRunner *sr;
-	int failed;
 	tcase_add_test(tc, every_error_has_a_documented_status);
 	tcase_add_test(tc, the_statuses_services_disagreed_on);
 	tcase_add_test(tc, problem_from_error);
@@ -281,9 +280,7 @@ int main(void)
 	tcase_add_test(tc, declared_members_are_checked);
 	tcase_add_test(tc, account_dependency_failures);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return s;
 }
+
+const struct mica_check mica_check = {.suite = problem_suite};

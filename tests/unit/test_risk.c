@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "account/account.h"
+#include "tests/check_main.h"
 
 /* account.risk's shipped defaults (account/service.c). */
 static struct acct_config defaults(void)
@@ -253,13 +254,4 @@ static Suite *risk_suite(void)
 	return s;
 }
 
-int main(void)
-{
-	int failed;
-	SRunner *sr = srunner_create(risk_suite());
-	srunner_set_fork_status(sr, CK_FORK);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
-}
+const struct mica_check mica_check = {.suite = risk_suite};

@@ -23,6 +23,7 @@
 #include "kc.h"
 #include "kv.h"
 #include "outbox.h"
+#include "tests/check_main.h"
 #include "thread.h"
 
 /* A TCP listener on 127.0.0.1 and a Unix one, which nothing may reach. */
@@ -240,22 +241,17 @@ START_TEST(mark_is_per_thread_and_reversible)
 }
 END_TEST
 
-int main(void)
+static Suite *thread_suite(void)
 {
 	Suite *s = suite_create("thread");
 	TCase *tc = tcase_create("event threads");
-	SRunner *sr;
-	int failed;
 
 	tcase_set_timeout(tc, 30);
 	tcase_add_test(tc, event_thread_gets_ewouldblock_everywhere);
 	tcase_add_test(tc, unmarked_thread_does_connect);
 	tcase_add_test(tc, mark_is_per_thread_and_reversible);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_set_fork_status(sr, CK_FORK);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return s;
 }
+
+const struct mica_check mica_check = {.suite = thread_suite};
