@@ -76,9 +76,9 @@
 struct acct_config {
 	int log_level;
 	mica_http_options http;
-	mica_config_db db;		/* [account.db] */
-	struct mica_kv_config redis;	/* [account.redis] */
-	mica_kc_options kc;		/* [account.keycenter] url and TLS files */
+	mica_config_db db;	     /* [account.db] */
+	struct mica_kv_config redis; /* [account.redis] */
+	mica_kc_options kc;	     /* [account.keycenter] url and TLS files */
 	char *pii_key, *index_key, *pepper_key;
 	char *password_policy, *blocklist_dir;
 	int argon2_m_kib, argon2_t, argon2_p, pepper_key_max_age_s, pepper_key_max_seals;
@@ -132,18 +132,19 @@ int acct_problem_dependency(mica_problem *f, int err, const char *what);
 
 /* ---- body.c: the small bodies' member specs (lib/body.h) ------------------ */
 extern const mica_body_field acct_body_reset_start[1], acct_body_reset_complete[3],
-    acct_body_password_change[2], acct_body_bind_phone[1], acct_body_bind_email[1],
-    acct_body_code[2], acct_body_stepup_send[1], acct_body_stepup_verify[1],
-    acct_body_cross_device[1], acct_body_revoke_all[1], acct_body_introspect[1];
+	acct_body_password_change[2], acct_body_bind_phone[1], acct_body_bind_email[1],
+	acct_body_code[2], acct_body_stepup_send[1], acct_body_stepup_verify[1],
+	acct_body_cross_device[1], acct_body_revoke_all[1], acct_body_introspect[1];
 /* The members of the bodies with parsers of their own (login, registration,
  * security questions, and their nested device and question objects). */
 extern const mica_body_field acct_body_login_members[5], acct_body_device_members[2],
-    acct_body_register_start_members[2], acct_body_register_complete_members[5],
-    acct_body_questions_members[1], acct_body_question_members[2];
+	acct_body_register_start_members[2], acct_body_register_complete_members[5],
+	acct_body_questions_members[1], acct_body_question_members[2];
 /* Refuses a member of object |body| that |spec| does not name (400
  * unknown_field); a |body| that is not an object passes, for its parser to
  * refuse. */
-int acct_body_members(json_t *body, const mica_body_field *spec, size_t n, mica_problem *f) MICA_WUR;
+int acct_body_members(json_t *body, const mica_body_field *spec, size_t n,
+		      mica_problem *f) MICA_WUR;
 
 /* ---- pii.c ----------------------------------------------------------------- */
 enum acct_ident { ACCT_ID_PHONE, ACCT_ID_EMAIL, ACCT_ID_ACCOUNT_NO, ACCT_ID_INVALID };
@@ -261,8 +262,7 @@ int acct_session_introspect(acct_service *s, const char *token, json_t **out) MI
  * *id (malloc'd) names it. The caller has counted the request
  * (acct_code_quota). */
 int acct_code_send(acct_service *s, const char *purpose, const char *channel, const char *target,
-		   const char *target_idx, int64_t user_id, char **id,
-		   mica_problem *f) MICA_WUR;
+		   const char *target_idx, int64_t user_id, char **id, mica_problem *f) MICA_WUR;
 /* Checks and consumes code |code| of verification |id| for |purpose|; sets
  * *user_id (0 if none), target index and the verified target (malloc'd).
  * Refused: |f| says why, and the result is MICA_EAUTH for a wrong code (or
@@ -461,8 +461,7 @@ int acct_at_rest_upgrade(acct_service *s) MICA_WUR;
 int acct_limit_hit(const char *key, long limit, int window_s, int *allowed,
 		   mica_problem *f) MICA_WUR;
 /* Reads two counters in one round trip (a missing one is 0). */
-int acct_counters_get(const char *k1, const char *k2, long *v1, long *v2,
-		      mica_problem *f) MICA_WUR;
+int acct_counters_get(const char *k1, const char *k2, long *v1, long *v2, mica_problem *f) MICA_WUR;
 /* Adds one to |key|, which expires |window_s| after its first hit. */
 int acct_counter_bump(const char *key, int window_s, mica_problem *f) MICA_WUR;
 /* Deletes a counter; a failure is only logged (it makes limits stricter). */
@@ -611,8 +610,7 @@ int acct_stepup_approve(acct_service *s, const struct acct_session *approver, co
 			json_t **out, mica_problem *f) MICA_WUR;
 /* For sensitive operations: 0 when |sess| authenticated recently enough,
  * else a step-up is created and |f| is 403 step_up_required. */
-int acct_require_recent(acct_service *s, const struct acct_session *sess,
-			mica_problem *f) MICA_WUR;
+int acct_require_recent(acct_service *s, const struct acct_session *sess, mica_problem *f) MICA_WUR;
 
 /* ---- freeze.c ------------------------------------------------------------------ */
 /* Freezes the account in one transaction: status, password burned, pending

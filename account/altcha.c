@@ -21,14 +21,14 @@ _Static_assert(SALT_BUF - 1 <= ACCT_ALTCHA_SALT_MAX, "our own salts must verify"
 #define NUMBER_DIGITS 20
 
 static const char *const fault_codes[] = {
-    [ACCT_ALTCHA_OK] = "ok",
-    [ACCT_ALTCHA_MALFORMED] = "malformed",
-    [ACCT_ALTCHA_UNSUPPORTED_ALGORITHM] = "unsupported_algorithm",
-    [ACCT_ALTCHA_BAD_SIGNATURE] = "bad_signature",
-    [ACCT_ALTCHA_WRONG_SOLUTION] = "wrong_solution",
-    [ACCT_ALTCHA_EXPIRED] = "expired",
-    [ACCT_ALTCHA_WRONG_SCOPE] = "wrong_scope",
-    [ACCT_ALTCHA_TOO_CHEAP] = "too_cheap",
+	[ACCT_ALTCHA_OK] = "ok",
+	[ACCT_ALTCHA_MALFORMED] = "malformed",
+	[ACCT_ALTCHA_UNSUPPORTED_ALGORITHM] = "unsupported_algorithm",
+	[ACCT_ALTCHA_BAD_SIGNATURE] = "bad_signature",
+	[ACCT_ALTCHA_WRONG_SOLUTION] = "wrong_solution",
+	[ACCT_ALTCHA_EXPIRED] = "expired",
+	[ACCT_ALTCHA_WRONG_SCOPE] = "wrong_scope",
+	[ACCT_ALTCHA_TOO_CHEAP] = "too_cheap",
 };
 
 const char *acct_altcha_fault_code(enum acct_altcha_fault fault)

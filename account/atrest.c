@@ -75,12 +75,12 @@ static int names_batch(acct_service *s, mica_db *db, int *seen, int *done)
 {
 	PGresult *res = NULL;
 	int err = mica_db_exec(
-	    db,
-	    "(SELECT 'device', user_id::text, device_hash, name FROM account.device"
-	    " WHERE name <> '' AND name NOT LIKE 'dk1.%' LIMIT " BATCH ")"
-	    " UNION ALL (SELECT 'stepup', id, '', device_name FROM account.stepup"
-	    " WHERE device_name <> '' AND device_name NOT LIKE 'dk1.%' LIMIT " BATCH ")",
-	    0, NULL, &res);
+		db,
+		"(SELECT 'device', user_id::text, device_hash, name FROM account.device"
+		" WHERE name <> '' AND name NOT LIKE 'dk1.%' LIMIT " BATCH ")"
+		" UNION ALL (SELECT 'stepup', id, '', device_name FROM account.stepup"
+		" WHERE device_name <> '' AND device_name NOT LIKE 'dk1.%' LIMIT " BATCH ")",
+		0, NULL, &res);
 	*seen = *done = 0;
 	for (int i = 0; err == 0 && i < PQntuples(res); i++) {
 		const char *table = mica_db_get(res, i, 0), *key = mica_db_get(res, i, 1),
@@ -104,11 +104,11 @@ static int names_batch(acct_service *s, mica_db *db, int *seen, int *done)
 						    " AND name = $4 RETURNING 1",
 						    4, p, &u)
 				     : mica_db_exec(
-					   db,
-					   "UPDATE account.stepup SET device_name = $3"
-					   " WHERE id = $1 AND $2::text = '' AND device_name = $4"
-					   " RETURNING 1",
-					   4, p, &u);
+					       db,
+					       "UPDATE account.stepup SET device_name = $3"
+					       " WHERE id = $1 AND $2::text = '' AND device_name = $4"
+					       " RETURNING 1",
+					       4, p, &u);
 		if (err == 0)
 			*done += PQntuples(u);
 		PQclear(u);

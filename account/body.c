@@ -17,12 +17,12 @@
 
 const mica_body_field acct_body_reset_start[1] = {{"login", MICA_BODY_STRING, true, LOGIN_MAX}};
 const mica_body_field acct_body_reset_complete[3] = {
-    {"verification_id", MICA_BODY_STRING, true, ID_MAX},
-    {"code", MICA_BODY_STRING, true, CODE_MAX},
-    {"new_password", MICA_BODY_STRING, true, PASSWORD_MAX}};
+	{"verification_id", MICA_BODY_STRING, true, ID_MAX},
+	{"code", MICA_BODY_STRING, true, CODE_MAX},
+	{"new_password", MICA_BODY_STRING, true, PASSWORD_MAX}};
 const mica_body_field acct_body_password_change[2] = {
-    {"current_password", MICA_BODY_STRING, true, PASSWORD_MAX},
-    {"new_password", MICA_BODY_STRING, true, PASSWORD_MAX}};
+	{"current_password", MICA_BODY_STRING, true, PASSWORD_MAX},
+	{"new_password", MICA_BODY_STRING, true, PASSWORD_MAX}};
 const mica_body_field acct_body_bind_phone[1] = {{"phone", MICA_BODY_STRING, true, LOGIN_MAX}};
 const mica_body_field acct_body_bind_email[1] = {{"email", MICA_BODY_STRING, true, LOGIN_MAX}};
 const mica_body_field acct_body_code[2] = {{"verification_id", MICA_BODY_STRING, true, ID_MAX},
@@ -46,11 +46,11 @@ const mica_body_field acct_body_device_members[2] = {{"id", MICA_BODY_ANY, false
 const mica_body_field acct_body_register_start_members[2] = {{"phone", MICA_BODY_ANY, false, 0},
 							     {"email", MICA_BODY_ANY, false, 0}};
 const mica_body_field acct_body_register_complete_members[5] = {
-    {"verification_id", MICA_BODY_ANY, false, 0},
-    {"code", MICA_BODY_ANY, false, 0},
-    {"password", MICA_BODY_ANY, false, 0},
-    {"password_policy", MICA_BODY_ANY, false, 0},
-    {"device", MICA_BODY_ANY, false, 0}};
+	{"verification_id", MICA_BODY_ANY, false, 0},
+	{"code", MICA_BODY_ANY, false, 0},
+	{"password", MICA_BODY_ANY, false, 0},
+	{"password_policy", MICA_BODY_ANY, false, 0},
+	{"device", MICA_BODY_ANY, false, 0}};
 const mica_body_field acct_body_questions_members[1] = {{"questions", MICA_BODY_ANY, false, 0}};
 const mica_body_field acct_body_question_members[2] = {{"question", MICA_BODY_ANY, false, 0},
 						       {"answer", MICA_BODY_ANY, false, 0}};

@@ -18,9 +18,10 @@ static int captcha_scope(const struct acct_config *c, const char *kacct, const c
 	uint8_t mac[MICA_SHA256_LEN];
 	char in[400];
 	int n = snprintf(in, sizeof(in), "mica-altcha-scope\n%s\n%s", kacct, knet);
-	int err = n > 0 && (size_t)n < sizeof(in)
-		      ? mica_hmac_sha256(c->altcha_key, strlen(c->altcha_key), in, (size_t)n, mac)
-		      : MICA_EINVAL;
+	int err =
+		n > 0 && (size_t)n < sizeof(in)
+			? mica_hmac_sha256(c->altcha_key, strlen(c->altcha_key), in, (size_t)n, mac)
+			: MICA_EINVAL;
 	if (!err)
 		err = mica_hex_encode(mac, 16, out, 33);
 	mica_wipe(mac, sizeof(mac));
@@ -68,12 +69,12 @@ int acct_captcha_gate(acct_service *s, const struct acct_risk_captcha *due, cons
 		return acct_problem_dependency(f, MICA_ECRYPTO, "the captcha");
 	if (payload)
 		mica_problemf(f, 428, "captcha_required",
-			   "the captcha solution was rejected (%s); solve the new challenge",
-			   reason);
+			      "the captcha solution was rejected (%s); solve the new challenge",
+			      reason);
 	else
 		mica_problemf(
-		    f, 428, "captcha_required",
-		    "too many failed logins: solve the challenge and send the solution as altcha");
+			f, 428, "captcha_required",
+			"too many failed logins: solve the challenge and send the solution as altcha");
 	f->extra = json_pack("{s:o}", "challenge", ch);
 	return MICA_EDENIED;
 }

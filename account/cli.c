@@ -35,11 +35,11 @@ static void outbox_usage(FILE *f)
 static int outbox_list(int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    {"db", required_argument, NULL, 'd'},
-	    {"to", required_argument, NULL, 't'},
-	    {"limit", required_argument, NULL, 'l'},
-	    {"help", no_argument, NULL, 'h'},
-	    {NULL, 0, NULL, 0},
+		{"db", required_argument, NULL, 'd'},
+		{"to", required_argument, NULL, 't'},
+		{"limit", required_argument, NULL, 'l'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
 	};
 	const char *conninfo = getenv("MICA_DB_CONNINFO");
 	const char *to = NULL;
@@ -195,10 +195,10 @@ static int recycled_insert_tx(mica_db *db, void *arg)
 		const char *p[2] = {l->v[i].idx, l->v[i].day};
 		PGresult *res = NULL;
 		int err =
-		    mica_db_exec(db,
-				 "INSERT INTO account.recycled_number (phone_idx, recycled_on)"
-				 " VALUES ($1, $2::date) ON CONFLICT DO NOTHING RETURNING 1",
-				 2, p, &res);
+			mica_db_exec(db,
+				     "INSERT INTO account.recycled_number (phone_idx, recycled_on)"
+				     " VALUES ($1, $2::date) ON CONFLICT DO NOTHING RETURNING 1",
+				     2, p, &res);
 		if (!err)
 			l->added += (size_t)PQntuples(res);
 		PQclear(res);
@@ -238,17 +238,17 @@ static const char *recycled_bad_args(int import, const char *phone, const char *
 static int recycled_run(const char *verb, int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    {"phone", required_argument, NULL, 'p'},
-	    {"on", required_argument, NULL, 'o'},
-	    {"file", required_argument, NULL, 'f'},
-	    {"db", required_argument, NULL, 'd'},
-	    {"kc-url", required_argument, NULL, 'u'},
-	    {"ca", required_argument, NULL, 'a'},
-	    {"cert", required_argument, NULL, 'c'},
-	    {"key", required_argument, NULL, 'k'},
-	    {"index-key", required_argument, NULL, 'i'},
-	    {"help", no_argument, NULL, 'h'},
-	    {NULL, 0, NULL, 0},
+		{"phone", required_argument, NULL, 'p'},
+		{"on", required_argument, NULL, 'o'},
+		{"file", required_argument, NULL, 'f'},
+		{"db", required_argument, NULL, 'd'},
+		{"kc-url", required_argument, NULL, 'u'},
+		{"ca", required_argument, NULL, 'a'},
+		{"cert", required_argument, NULL, 'c'},
+		{"key", required_argument, NULL, 'k'},
+		{"index-key", required_argument, NULL, 'i'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
 	};
 	const int import = strcmp(verb, "import") == 0;
 	const char *phone = NULL, *on = NULL, *file = NULL, *conninfo = getenv("MICA_DB_CONNINFO");
@@ -363,10 +363,10 @@ static int recycled_command(int argc, char **argv)
 /* ---- the account service's nouns (lib/cli.h) ----------------------------- */
 
 static const mica_cli_verb nouns[] = {
-    {"outbox", outbox_command,
-     "outbox list: the development e-mail/SMS outbox (account.notification)"},
-    {"recycled", recycled_command,
-     "recycled add|import: record recycled phone numbers (local check)"},
+	{"outbox", outbox_command,
+	 "outbox list: the development e-mail/SMS outbox (account.notification)"},
+	{"recycled", recycled_command,
+	 "recycled add|import: record recycled phone numbers (local check)"},
 };
 
 const mica_cli_service account_cli = {"account", nouns, sizeof(nouns) / sizeof(nouns[0])};

@@ -68,12 +68,12 @@ int acct_code_send(acct_service *s, const char *purpose, const char *channel, co
 	snprintf(ttl, sizeof(ttl), "%d", s->cfg->code_ttl_s);
 	const char *p[7] = {id, purpose, channel, target_idx, enc, user_id ? uid : NULL, hash};
 	const char *q[8] = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], ttl};
-	err =
-	    mica_db_exec(db,
-			 "INSERT INTO account.verification (id, purpose, channel, target_idx,"
-			 " target_enc, user_id, code_hash, expires_at) VALUES ($1, $2, $3, $4, $5,"
-			 " $6, $7, now() + make_interval(secs => $8::int))",
-			 8, q, NULL);
+	err = mica_db_exec(
+		db,
+		"INSERT INTO account.verification (id, purpose, channel, target_idx,"
+		" target_enc, user_id, code_hash, expires_at) VALUES ($1, $2, $3, $4, $5,"
+		" $6, $7, now() + make_interval(secs => $8::int))",
+		8, q, NULL);
 	free(enc);
 	free(hash);
 	if (err) {
@@ -106,11 +106,11 @@ int acct_code_refused(acct_service *s, mica_db *db, const char *id, const char *
 	PGresult *res = NULL;
 	const char *q[2] = {id, purpose};
 	int err =
-	    mica_db_exec(db,
-			 "UPDATE account.verification SET attempts = attempts + 1 WHERE id = $1"
-			 " AND purpose = $2 RETURNING attempts, expires_at > now(),"
-			 " consumed_at IS NULL",
-			 2, q, &res);
+		mica_db_exec(db,
+			     "UPDATE account.verification SET attempts = attempts + 1 WHERE id = $1"
+			     " AND purpose = $2 RETURNING attempts, expires_at > now(),"
+			     " consumed_at IS NULL",
+			     2, q, &res);
 	if (err)
 		return err;
 	/* A wrong code is MICA_EAUTH; a used or expired one MICA_ESTATE, as it
@@ -127,7 +127,8 @@ int acct_code_refused(acct_service *s, mica_db *db, const char *id, const char *
 		err = MICA_ESTATE;
 	} else if (mica_db_get_int64(res, 0, 0, &attempts) != 0 ||
 		   attempts > s->cfg->code_max_attempts) {
-		mica_problemf(f, 429, "too_many_attempts", "too many wrong codes; ask for a new one");
+		mica_problemf(f, 429, "too_many_attempts",
+			      "too many wrong codes; ask for a new one");
 	} else {
 		mica_problemf(f, 400, "invalid_code", "the code is wrong");
 	}
@@ -165,8 +166,8 @@ int acct_code_verify(acct_service *s, mica_db *db, const char *id, const char *p
 			*user_id = 0;
 		*target_idx = strdup(mica_db_get(res, 0, 1));
 		*channel = strdup(mica_db_get(res, 0, 3));
-		err =
-		    acct_pii_open(s, "verification", "target", id, mica_db_get(res, 0, 2), target);
+		err = acct_pii_open(s, "verification", "target", id, mica_db_get(res, 0, 2),
+				    target);
 		if (!err && (!*target_idx || !*channel))
 			err = MICA_ENOMEM;
 		if (err) {

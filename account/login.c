@@ -101,8 +101,9 @@ static void reseal(acct_service *s, int64_t user_id, const char *old, const char
 	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
 	const char *p[3] = {uid, enc, old};
 	if (mica_db_exec(
-		db, "UPDATE account.user SET password_enc = $2 WHERE id = $1 AND password_enc = $3",
-		3, p, NULL) == 0)
+		    db,
+		    "UPDATE account.user SET password_enc = $2 WHERE id = $1 AND password_enc = $3",
+		    3, p, NULL) == 0)
 		MICA_LOG(MICA_LOG_INFO, "account: a password hash was sealed under a data key");
 	free(enc);
 }
@@ -248,7 +249,7 @@ int acct_login_parse(json_t *body, struct acct_login_req *r, mica_problem *f)
 
 	if (!r->login || !r->password || !r->dev_id || !*r->dev_id || strlen(r->dev_id) > 200)
 		return mica_problemf(f, 400, "missing_field",
-				  "login, password and device.id are required");
+				     "login, password and device.id are required");
 	if (!r->kind)
 		r->kind = "app";
 	if (strcmp(r->kind, "app") != 0 && strcmp(r->kind, "web") != 0)
@@ -261,8 +262,8 @@ int acct_login_parse(json_t *body, struct acct_login_req *r, mica_problem *f)
 		return mica_problemf(f, 400, "bad_password", "the password is too long");
 	if ((r->ident = acct_ident_parse(r->login, r->norm, sizeof(r->norm))) == ACCT_ID_INVALID)
 		return mica_problemf(
-		    f, 400, "bad_login",
-		    "login is a phone number (+ and digits), an email or an account id");
+			f, 400, "bad_login",
+			"login is a phone number (+ and digits), an email or an account id");
 	acct_hash_hex("mica-device", r->dev_id, r->dev_hash);
 	return 0;
 }
@@ -313,8 +314,8 @@ int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, mica
 		if ((err = acct_counter_bump(kacct, s->cfg->failure_window_s, f)) != 0 ||
 		    (err = acct_counter_bump(knet, s->cfg->failure_window_s, f)) != 0)
 			goto out;
-		err =
-		    mica_problemf(f, 401, "invalid_credentials", "the login or the password is wrong");
+		err = mica_problemf(f, 401, "invalid_credentials",
+				    "the login or the password is wrong");
 		goto out;
 	}
 	if (acct_failures > 0)
@@ -337,7 +338,7 @@ int acct_login(acct_service *s, json_t *body, const char *ip, json_t **out, mica
 	acct_risk_decide(s->cfg, &sig, &d);
 	if (d.verdict == ACCT_RISK_FROZEN) {
 		err = mica_problemf(f, 423, "account_frozen",
-				 "this account is frozen; recover it with a password reset");
+				    "this account is frozen; recover it with a password reset");
 		goto out;
 	}
 	if (d.verdict == ACCT_RISK_STEPUP) {

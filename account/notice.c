@@ -38,38 +38,42 @@ static const char *const contact_col[4] = {"phone", "email", "security_phone", "
 static const struct {
 	const char *name, *subject, *body;
 } kinds[] = {
-    [ACCT_NOTICE_PASSWORD_CHANGED] = {"password_changed", "Your mica password was changed",
-				      "Your password was changed and your other sessions were"
-				      " signed out. If this was not you, reset your password at"
-				      " once."},
-    [ACCT_NOTICE_PASSWORD_RESET] = {"password_reset", "Your mica password was reset",
-				    "Your password was reset and every session was signed out. If"
-				    " this was not you, contact support at once."},
-    [ACCT_NOTICE_FROZEN] = {"frozen", "Your mica account was frozen",
-			    "We froze your account after a suspicious login: every session was"
-			    " signed out and the current password can no longer be used. Reset"
-			    " your password to recover the account."},
-    [ACCT_NOTICE_NEW_SIGN_IN] = {"new_sign_in", "New sign-in to your mica account",
-				 "Your mica account was signed in on a new device (%s). If this"
-				 " was not you, reset your password and sign out all sessions."},
-    [ACCT_NOTICE_CONTACT_ADDED] = {"contact_added", "Security contact added",
-				   "A security %s was bound to your mica account."},
-    [ACCT_NOTICE_CONTACT_REMOVED] = {"contact_removed", "Security contact removed",
-				     "The security %s was removed from your mica account."},
-    [ACCT_NOTICE_DELETED] = {"deleted", "Your mica account was deleted",
-			     "Your mica account and its data were deleted."},
-    [ACCT_NOTICE_PHONE_RECYCLED] = {"phone_recycled", "Your phone number was removed",
-				    "The phone number bound to your mica account was recycled by"
-				    " the carrier and verified by a new owner. It can no longer be"
-				    " used to log in or recover your account."},
-    [ACCT_NOTICE_SECURITY_PHONE_RECYCLED] =
-	{"security_phone_recycled", "Your security phone number was removed",
-	 "The security phone number of your mica account was recycled by the carrier and"
-	 " verified by a new owner. It was removed; bind a new one in your security settings."},
-    [ACCT_NOTICE_RESET_REFUSED] = {"reset_refused", "Password reset refused",
-				   "Someone asked to reset your mica password with a phone number"
-				   " the carrier has recycled. The number was removed from your"
-				   " account; use your email or security contacts instead."},
+	[ACCT_NOTICE_PASSWORD_CHANGED] = {"password_changed", "Your mica password was changed",
+					  "Your password was changed and your other sessions were"
+					  " signed out. If this was not you, reset your password at"
+					  " once."},
+	[ACCT_NOTICE_PASSWORD_RESET] =
+		{"password_reset", "Your mica password was reset",
+		 "Your password was reset and every session was signed out. If"
+		 " this was not you, contact support at once."},
+	[ACCT_NOTICE_FROZEN] = {"frozen", "Your mica account was frozen",
+				"We froze your account after a suspicious login: every session was"
+				" signed out and the current password can no longer be used. Reset"
+				" your password to recover the account."},
+	[ACCT_NOTICE_NEW_SIGN_IN] =
+		{"new_sign_in", "New sign-in to your mica account",
+		 "Your mica account was signed in on a new device (%s). If this"
+		 " was not you, reset your password and sign out all sessions."},
+	[ACCT_NOTICE_CONTACT_ADDED] = {"contact_added", "Security contact added",
+				       "A security %s was bound to your mica account."},
+	[ACCT_NOTICE_CONTACT_REMOVED] = {"contact_removed", "Security contact removed",
+					 "The security %s was removed from your mica account."},
+	[ACCT_NOTICE_DELETED] = {"deleted", "Your mica account was deleted",
+				 "Your mica account and its data were deleted."},
+	[ACCT_NOTICE_PHONE_RECYCLED] =
+		{"phone_recycled", "Your phone number was removed",
+		 "The phone number bound to your mica account was recycled by"
+		 " the carrier and verified by a new owner. It can no longer be"
+		 " used to log in or recover your account."},
+	[ACCT_NOTICE_SECURITY_PHONE_RECYCLED] =
+		{"security_phone_recycled", "Your security phone number was removed",
+		 "The security phone number of your mica account was recycled by the carrier and"
+		 " verified by a new owner. It was removed; bind a new one in your security settings."},
+	[ACCT_NOTICE_RESET_REFUSED] =
+		{"reset_refused", "Password reset refused",
+		 "Someone asked to reset your mica password with a phone number"
+		 " the carrier has recycled. The number was removed from your"
+		 " account; use your email or security contacts instead."},
 };
 #define NKINDS (sizeof(kinds) / sizeof(kinds[0]))
 
@@ -116,15 +120,15 @@ int acct_notice_emit(mica_db *db, int64_t user_id, enum acct_notice_kind kind, c
 	snprintf(mask, sizeof(mask), "%u", carry);
 	const char *p[5] = {ev, uid, kinds[kind].name, detail, mask};
 	err = mica_db_exec(
-	    db,
-	    "INSERT INTO account.notice (event_id, user_id, kind, detail, carried)"
-	    " SELECT $1::bigint, id, $3, $4::jsonb, jsonb_strip_nulls(jsonb_build_object("
-	    " 'phone', CASE WHEN $5::int & 1 <> 0 THEN phone_enc END,"
-	    " 'email', CASE WHEN $5::int & 2 <> 0 THEN email_enc END,"
-	    " 'security_phone', CASE WHEN $5::int & 4 <> 0 THEN security_phone_enc END,"
-	    " 'security_email', CASE WHEN $5::int & 8 <> 0 THEN security_email_enc END))"
-	    " FROM account.user WHERE id = $2::bigint",
-	    5, p, NULL);
+		db,
+		"INSERT INTO account.notice (event_id, user_id, kind, detail, carried)"
+		" SELECT $1::bigint, id, $3, $4::jsonb, jsonb_strip_nulls(jsonb_build_object("
+		" 'phone', CASE WHEN $5::int & 1 <> 0 THEN phone_enc END,"
+		" 'email', CASE WHEN $5::int & 2 <> 0 THEN email_enc END,"
+		" 'security_phone', CASE WHEN $5::int & 4 <> 0 THEN security_phone_enc END,"
+		" 'security_email', CASE WHEN $5::int & 8 <> 0 THEN security_email_enc END))"
+		" FROM account.user WHERE id = $2::bigint",
+		5, p, NULL);
 out:
 	free(text);
 	free(detail);
@@ -163,10 +167,10 @@ static int copy_event(mica_db *db, const struct mica_outbox_event *e, void *arg)
 	snprintf(u, sizeof(u), "%lld", (long long)uid);
 	const char *p[4] = {ev, u, kind, dtext};
 	err = mica_db_exec(
-	    db,
-	    "INSERT INTO account.notice (event_id, user_id, kind, detail)"
-	    " VALUES ($1::bigint, $2::bigint, $3, $4::jsonb) ON CONFLICT (event_id) DO NOTHING",
-	    4, p, NULL);
+		db,
+		"INSERT INTO account.notice (event_id, user_id, kind, detail)"
+		" VALUES ($1::bigint, $2::bigint, $3, $4::jsonb) ON CONFLICT (event_id) DO NOTHING",
+		4, p, NULL);
 out:
 	free(dtext);
 	json_decref(detail);
@@ -219,8 +223,9 @@ static int notice_text(acct_service *s, mica_db *db, int kind, int64_t uid, json
 			*what = "the database";
 			return err;
 		}
-		if (PQntuples(res) == 1 && (err = acct_device_name_open(
-						s, uid, dev, mica_db_get(res, 0, 0), &name)) != 0) {
+		if (PQntuples(res) == 1 &&
+		    (err = acct_device_name_open(s, uid, dev, mica_db_get(res, 0, 0), &name)) !=
+			    0) {
 			PQclear(res);
 			if (transient(err)) {
 				*what = "the Key Center";
@@ -313,13 +318,13 @@ static int deliver_tx(mica_db *db, void *arg)
 	snprintf(give_up, sizeof(give_up), "%d", GIVE_UP_S);
 	const char *pg[1] = {give_up};
 	err = mica_db_exec(
-	    db,
-	    "SELECT event_id, user_id, kind, detail::text, carried::text, sent, attempts,"
-	    " created_at < now() - make_interval(secs => $1::int),"
-	    " (extract(epoch FROM created_at) * 1000000)::bigint"
-	    " FROM account.notice WHERE next_at <= now()"
-	    " ORDER BY next_at LIMIT 1 FOR UPDATE SKIP LOCKED",
-	    1, pg, &res);
+		db,
+		"SELECT event_id, user_id, kind, detail::text, carried::text, sent, attempts,"
+		" created_at < now() - make_interval(secs => $1::int),"
+		" (extract(epoch FROM created_at) * 1000000)::bigint"
+		" FROM account.notice WHERE next_at <= now()"
+		" ORDER BY next_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+		1, pg, &res);
 	if (err || PQntuples(res) != 1)
 		goto out;
 	d->found = true;
@@ -340,11 +345,11 @@ static int deliver_tx(mica_db *db, void *arg)
 	snprintf(ev, sizeof(ev), "%lld", (long long)d->event_id);
 	if (kind >= 0) {
 		const char *p[1] = {u};
-		if ((err =
-			 mica_db_exec(db,
-				      "SELECT phone_enc, email_enc, security_phone_enc,"
-				      " security_email_enc FROM account.user WHERE id = $1::bigint",
-				      1, p, &row)) != 0)
+		if ((err = mica_db_exec(
+			     db,
+			     "SELECT phone_enc, email_enc, security_phone_enc,"
+			     " security_email_enc FROM account.user WHERE id = $1::bigint",
+			     1, p, &row)) != 0)
 			goto out;
 		if (PQntuples(row) != 1) {
 			PQclear(row);
@@ -368,11 +373,11 @@ static int deliver_tx(mica_db *db, void *arg)
 		snprintf(lim, sizeof(lim), "%d", delay);
 		const char *p[4] = {ev, sent, lim, mica_strerror(d->err)};
 		err = mica_db_exec(
-		    db,
-		    "UPDATE account.notice SET sent = $2::int, attempts = attempts + 1,"
-		    " next_at = now() + make_interval(secs => $3::int), last_error = $4"
-		    " WHERE event_id = $1::bigint",
-		    4, p, NULL);
+			db,
+			"UPDATE account.notice SET sent = $2::int, attempts = attempts + 1,"
+			" next_at = now() + make_interval(secs => $3::int), last_error = $4"
+			" WHERE event_id = $1::bigint",
+			4, p, NULL);
 		if (!err)
 			MICA_LOG(MICA_LOG_WARN,
 				 "notice: event %lld (%s) delayed: %s is unavailable (%s);"

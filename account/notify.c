@@ -217,20 +217,20 @@ int acct_notify_outbox_list(mica_db *db, const char *recipient, int limit, FILE 
 	snprintf(lim, sizeof(lim), "%d", limit);
 	const char *p[2] = {recipient, lim};
 	int rc =
-	    mica_db_exec(db,
-			 "SELECT to_char(created_at AT TIME ZONE 'UTC',"
-			 " 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), channel, recipient, subject, body"
-			 " FROM (SELECT * FROM account.notification"
-			 "  WHERE $1::text IS NULL OR lower(recipient) = lower($1::text)"
-			 "  ORDER BY id DESC LIMIT $2::int) AS newest"
-			 " ORDER BY id",
-			 2, p, &res);
+		mica_db_exec(db,
+			     "SELECT to_char(created_at AT TIME ZONE 'UTC',"
+			     " 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), channel, recipient, subject, body"
+			     " FROM (SELECT * FROM account.notification"
+			     "  WHERE $1::text IS NULL OR lower(recipient) = lower($1::text)"
+			     "  ORDER BY id DESC LIMIT $2::int) AS newest"
+			     " ORDER BY id",
+			     2, p, &res);
 	if (rc)
 		return rc;
 	int rows = PQntuples(res);
 	for (int i = 0; i < rows; i++) {
 		static const char *const label[4] = {
-		    "time:    ", "channel: ", "to:      ", "subject: "};
+			"time:    ", "channel: ", "to:      ", "subject: "};
 		for (int col = 0; col < 4; col++) {
 			fputs(label[col], out);
 			print_clean(out, mica_db_get(res, i, col), NULL);
@@ -674,7 +674,7 @@ static int check_config(const acct_notify_config *c, enum mode *email, enum mode
 			return config_error("smtp_url must start with smtp:// or smtps://");
 		if (!email_ok(c->smtp_from))
 			return config_error(
-			    "smtp_from must be an address like no-reply@example.com");
+				"smtp_from must be an address like no-reply@example.com");
 		if (set(c->smtp_user) && !set(c->smtp_password))
 			return config_error("smtp_user needs smtp_password");
 	}
@@ -719,12 +719,12 @@ int acct_notify_new(acct_notify **out, const acct_notify_config *cfg)
 	const char *at = n->smtp_from ? strchr(n->smtp_from, '@') : NULL;
 	n->from_domain = at ? at + 1 : "localhost";
 	n->hopt = (mica_httpc_options){
-	    .ca_file = n->ca,
-	    .cert_file = n->cert,
-	    .key_file = n->key,
-	    .timeout_ms = n->timeout_ms,
-	    .connect_timeout_ms = n->timeout_ms < 5000 ? n->timeout_ms : 5000,
-	    .retries = 0,
+		.ca_file = n->ca,
+		.cert_file = n->cert,
+		.key_file = n->key,
+		.timeout_ms = n->timeout_ms,
+		.connect_timeout_ms = n->timeout_ms < 5000 ? n->timeout_ms : 5000,
+		.retries = 0,
 	};
 	*out = n;
 	return 0;

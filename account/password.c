@@ -26,23 +26,23 @@
 #include "crypto.h"
 
 const acct_argon2_params acct_argon2_defaults = {
-    .m_kib = ACCT_ARGON2_DEFAULT_M_KIB,
-    .t = ACCT_ARGON2_DEFAULT_T,
-    .p = ACCT_ARGON2_DEFAULT_P,
+	.m_kib = ACCT_ARGON2_DEFAULT_M_KIB,
+	.t = ACCT_ARGON2_DEFAULT_T,
+	.p = ACCT_ARGON2_DEFAULT_P,
 };
 
 /* ---- Policy check ------------------------------------------------------- */
 
 static const char *const reason_codes[] = {
-    [ACCT_PASSWORD_OK] = "ok",
-    [ACCT_PASSWORD_TOO_SHORT] = "too_short",
-    [ACCT_PASSWORD_TOO_LONG] = "too_long",
-    [ACCT_PASSWORD_TOO_FEW_CLASSES] = "too_few_classes",
-    [ACCT_PASSWORD_INVALID_CHARACTERS] = "invalid_characters",
-    [ACCT_PASSWORD_BREACHED] = "breached",
-    [ACCT_PASSWORD_UNKNOWN_POLICY] = "unknown_policy",
-    [ACCT_PASSWORD_BAD_ARGUMENT] = "invalid_argument",
-    [ACCT_PASSWORD_CHECK_FAILED] = "check_failed", /* replaced by the error's code */
+	[ACCT_PASSWORD_OK] = "ok",
+	[ACCT_PASSWORD_TOO_SHORT] = "too_short",
+	[ACCT_PASSWORD_TOO_LONG] = "too_long",
+	[ACCT_PASSWORD_TOO_FEW_CLASSES] = "too_few_classes",
+	[ACCT_PASSWORD_INVALID_CHARACTERS] = "invalid_characters",
+	[ACCT_PASSWORD_BREACHED] = "breached",
+	[ACCT_PASSWORD_UNKNOWN_POLICY] = "unknown_policy",
+	[ACCT_PASSWORD_BAD_ARGUMENT] = "invalid_argument",
+	[ACCT_PASSWORD_CHECK_FAILED] = "check_failed", /* replaced by the error's code */
 };
 
 __attribute__((format(printf, 3, 4))) static int
@@ -781,20 +781,20 @@ static int argon2id_compute(const acct_argon2_params *params, const char *pw, si
 			    const uint8_t *salt, size_t salt_len, uint8_t *out, size_t out_len)
 {
 	argon2_context ctx = {
-	    .out = out,
-	    .outlen = (uint32_t)out_len,
-	    .pwd = (uint8_t *)(uintptr_t)pw,
-	    .pwdlen = (uint32_t)pw_len,
-	    .salt = (uint8_t *)(uintptr_t)salt,
-	    .saltlen = (uint32_t)salt_len,
-	    .t_cost = params->t,
-	    .m_cost = params->m_kib,
-	    .lanes = params->p,
-	    .threads = params->p,
-	    .version = ARGON2_VERSION_13,
-	    .allocate_cbk = argon2_alloc_cb,
-	    .free_cbk = argon2_free_cb,
-	    .flags = ARGON2_DEFAULT_FLAGS,
+		.out = out,
+		.outlen = (uint32_t)out_len,
+		.pwd = (uint8_t *)(uintptr_t)pw,
+		.pwdlen = (uint32_t)pw_len,
+		.salt = (uint8_t *)(uintptr_t)salt,
+		.saltlen = (uint32_t)salt_len,
+		.t_cost = params->t,
+		.m_cost = params->m_kib,
+		.lanes = params->p,
+		.threads = params->p,
+		.version = ARGON2_VERSION_13,
+		.allocate_cbk = argon2_alloc_cb,
+		.free_cbk = argon2_free_cb,
+		.flags = ARGON2_DEFAULT_FLAGS,
 	};
 	return argon2_to_mica(argon2_run(&ctx));
 }

@@ -8,8 +8,7 @@
 #include "crypto.h"
 #include "log.h"
 
-int acct_password_admit(acct_service *s, const char *policy, const char *password,
-			mica_problem *f)
+int acct_password_admit(acct_service *s, const char *policy, const char *password, mica_problem *f)
 {
 	struct acct_password_verdict v;
 	int err = acct_password_check(policy, password, s->blocklist, &v);
@@ -19,7 +18,8 @@ int acct_password_admit(acct_service *s, const char *policy, const char *passwor
 		MICA_LOG(MICA_LOG_ERROR, "account: the %s password policy cannot run: %s", policy,
 			 v.message);
 		return mica_problemf(f, 503, "policy_unavailable",
-				  "the %s password policy is not available on this server", policy);
+				     "the %s password policy is not available on this server",
+				     policy);
 	}
 	return mica_problemf(f, 400, "weak_password", "%s: %s", v.code, v.message);
 }
@@ -34,8 +34,9 @@ int acct_password_burned(acct_service *s, int64_t user_id, const char *password,
 	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
 	const char *p[1] = {uid};
 	err = db ? mica_db_exec(
-		       db, "SELECT password_enc FROM account.burned_password WHERE user_id = $1", 1,
-		       p, &res)
+			   db,
+			   "SELECT password_enc FROM account.burned_password WHERE user_id = $1", 1,
+			   p, &res)
 		 : MICA_EDBCONN;
 	for (int r = 0; err == 0 && r < PQntuples(res) && !*burned; r++) {
 		char *phc = NULL;

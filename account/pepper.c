@@ -172,9 +172,9 @@ int acct_seal(acct_service *s, acct_sealer *k, const char *table, const char *co
 	if (aad_len < 0)
 		return MICA_EINVAL;
 	if ((err = sealing_key(s, k, key, &wrapped)) == 0)
-		err =
-		    mica_envelope_seal(key, sizeof(key), k->key_name, wrapped_version(wrapped), aad,
-				       (size_t)aad_len, value, strlen(value), &env, &env_len);
+		err = mica_envelope_seal(key, sizeof(key), k->key_name, wrapped_version(wrapped),
+					 aad, (size_t)aad_len, value, strlen(value), &env,
+					 &env_len);
 	mica_wipe(key, sizeof(key));
 	if (err == 0)
 		err = mica_base64_encode_alloc(env, env_len, &b64, &b64_len);
@@ -223,8 +223,8 @@ int acct_unseal(acct_service *s, acct_sealer *k, const char *table, const char *
 	err = mica_kc_decrypt_datakey(s->kc, k->key_name, wrapped, ctx, key, sizeof(key), &key_len);
 	json_decref(ctx);
 	if (err == 0)
-		err =
-		    mica_envelope_open(key, key_len, aad, (size_t)aad_len, env, env_len, &pt, &len);
+		err = mica_envelope_open(key, key_len, aad, (size_t)aad_len, env, env_len, &pt,
+					 &len);
 	mica_wipe(key, sizeof(key));
 	free(env);
 	return err ? err : acct_take_string(pt, len, out);

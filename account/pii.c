@@ -4,12 +4,12 @@
  * value copied to another row or column does not decrypt. Client networks
  * are kept only as the same keyed HMAC, never as an unkeyed hash that trying
  * every /24 would reverse. */
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <arpa/inet.h>
 
 #include "account/account.h"
 #include "crypto.h"
@@ -76,8 +76,8 @@ int acct_blind_index_with(mica_kc *kc, const char *index_key, const char *kind, 
 
 static json_t *context(const char *table, const char *column, const char *row)
 {
-	return json_pack("{s:s,s:s,s:s,s:s}", "service", "account", "table", table, "column", column,
-			 "row", row);
+	return json_pack("{s:s,s:s,s:s,s:s}", "service", "account", "table", table, "column",
+			 column, "row", row);
 }
 
 int acct_pii_seal(acct_service *s, const char *table, const char *column, const char *row,
@@ -127,8 +127,8 @@ void acct_hash_hex(const char *domain, const char *value, char out[65])
 	out[0] = '\0';
 	if (c && EVP_DigestInit_ex(c, mica_md_sha256(), NULL) == 1 &&
 	    EVP_DigestUpdate(c, domain, strlen(domain) + 1) == 1 &&
-	    EVP_DigestUpdate(c, value, strlen(value)) == 1 && EVP_DigestFinal_ex(c, md, NULL) == 1 &&
-	    mica_hex_encode(md, sizeof(md), out, 65) == 0)
+	    EVP_DigestUpdate(c, value, strlen(value)) == 1 &&
+	    EVP_DigestFinal_ex(c, md, NULL) == 1 && mica_hex_encode(md, sizeof(md), out, 65) == 0)
 		out[64] = '\0';
 	EVP_MD_CTX_free(c);
 }

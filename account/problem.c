@@ -15,9 +15,9 @@ static const char *dependency_of(int err, const char *what)
 	static const struct {
 		const char *what, *dep;
 	} named[] = {
-	    {"the Key Center", "keycenter"},   {"the database", "database"},
-	    {"the account store", "database"}, {"the session store", "database"},
-	    {"the notifier", "notifier"},
+		{"the Key Center", "keycenter"},   {"the database", "database"},
+		{"the account store", "database"}, {"the session store", "database"},
+		{"the notifier", "notifier"},
 	};
 	/* The development notifier writes to the database. */
 	if (err == MICA_EDBCONN && strcmp(what, "the notifier") == 0)

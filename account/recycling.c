@@ -46,8 +46,8 @@ int acct_recycling_new(const struct acct_config *cfg, acct_recycling **out)
 				.cert_file = cfg->kc.cert_file,
 				.key_file = cfg->kc.key_file,
 				.timeout_ms = 5000};
-	int err =
-	    r && (r->url = strdup(cfg->recycling_url)) ? mica_httpc_new(&r->h, &o) : MICA_ENOMEM;
+	int err = r && (r->url = strdup(cfg->recycling_url)) ? mica_httpc_new(&r->h, &o)
+							     : MICA_ENOMEM;
 	if (err) {
 		if (r)
 			free(r->url);

@@ -21,12 +21,13 @@ int acct_register_start_parse(json_t *body, struct acct_register_start_req *r, m
 	if (err)
 		return err;
 	if (!!r->phone == !!r->email)
-		return mica_problemf(f, 400, "missing_field", "give exactly one of phone and email");
+		return mica_problemf(f, 400, "missing_field",
+				     "give exactly one of phone and email");
 	r->kind = acct_ident_parse(r->phone ? r->phone : r->email, r->norm, sizeof(r->norm));
 	if (r->kind != (r->phone ? ACCT_ID_PHONE : ACCT_ID_EMAIL))
 		return mica_problemf(f, 400, r->phone ? "bad_phone" : "bad_email",
-				  r->phone ? "phone numbers are E.164: + and 7 to 15 digits"
-					   : "the email address is malformed");
+				     r->phone ? "phone numbers are E.164: + and 7 to 15 digits"
+					      : "the email address is malformed");
 	return 0;
 }
 
@@ -50,8 +51,8 @@ int acct_register_start(acct_service *s, json_t *body, const char *ip, json_t **
 	 * open to anyone, and count alike for a known and an unknown address. */
 	err = acct_code_quota(s, ACCT_CODES_OPEN, idx, net, f);
 	if (!err)
-		err =
-		    acct_code_send(s, "register", phone ? "sms" : "email", r.norm, idx, 0, &id, f);
+		err = acct_code_send(s, "register", phone ? "sms" : "email", r.norm, idx, 0, &id,
+				     f);
 	free(idx);
 	free(net);
 	if (err)
@@ -72,7 +73,7 @@ struct new_account {
 	acct_service *s;
 	const char *kind; /* "phone" or "email" */
 	const char *verification_id, *code_hash, *target, *target_idx, *policy, *device_hash,
-	    *net_hash;
+		*net_hash;
 	int64_t user_id, transferred_from;
 	char uid[24];
 	char account_no[11];
@@ -164,11 +165,11 @@ static int free_identifier(mica_db *db, struct new_account *a)
 	int err;
 	const char *p1[1] = {a->target_idx};
 	err = mica_db_exec(
-	    db,
-	    phone ? "SELECT id, to_char(coalesce(phone_bound_at, created_at), 'YYYY-MM-DD')"
-		    " FROM account.user WHERE phone_idx = $1 FOR UPDATE"
-		  : "SELECT id, '' FROM account.user WHERE email_idx = $1 FOR UPDATE",
-	    1, p1, &res);
+		db,
+		phone ? "SELECT id, to_char(coalesce(phone_bound_at, created_at), 'YYYY-MM-DD')"
+			" FROM account.user WHERE phone_idx = $1 FOR UPDATE"
+		      : "SELECT id, '' FROM account.user WHERE email_idx = $1 FOR UPDATE",
+		1, p1, &res);
 	if (err)
 		goto out;
 	if (PQntuples(res) == 1) {
@@ -185,11 +186,11 @@ static int free_identifier(mica_db *db, struct new_account *a)
 		const char *p2[1] = {mica_db_get(res, 0, 0)};
 		if ((err = acct_notice_emit(db, a->transferred_from, ACCT_NOTICE_PHONE_RECYCLED,
 					    NULL, 0)) != 0 ||
-		    (err =
-			 mica_db_exec(db,
-				      "UPDATE account.user SET phone_idx = NULL, phone_enc = NULL,"
-				      " phone_bound_at = NULL WHERE id = $1",
-				      1, p2, NULL)) != 0)
+		    (err = mica_db_exec(
+			     db,
+			     "UPDATE account.user SET phone_idx = NULL, phone_enc = NULL,"
+			     " phone_bound_at = NULL WHERE id = $1",
+			     1, p2, NULL)) != 0)
 			goto out;
 	}
 	PQclear(res);
@@ -245,13 +246,13 @@ static int create_account_tx(mica_db *db, void *arg)
 	}
 	snprintf(max, sizeof(max), "%d", a->s->cfg->code_max_attempts);
 	const char *pc[4] = {a->verification_id, a->code_hash, max, a->target_idx};
-	if ((err =
-		 mica_db_exec(db,
-			      "UPDATE account.verification SET consumed_at = now() WHERE id = $1"
-			      " AND purpose = 'register' AND code_hash = $2 AND consumed_at IS NULL"
-			      " AND expires_at > now() AND attempts < $3::int AND target_idx = $4"
-			      " RETURNING id",
-			      4, pc, &res)) != 0)
+	if ((err = mica_db_exec(
+		     db,
+		     "UPDATE account.verification SET consumed_at = now() WHERE id = $1"
+		     " AND purpose = 'register' AND code_hash = $2 AND consumed_at IS NULL"
+		     " AND expires_at > now() AND attempts < $3::int AND target_idx = $4"
+		     " RETURNING id",
+		     4, pc, &res)) != 0)
 		goto out;
 	if (PQntuples(res) != 1) {
 		a->code_gone = true;
@@ -266,15 +267,15 @@ static int create_account_tx(mica_db *db, void *arg)
 	const char *pu[8] = {a->uid,	a->no_enc,     a->no_idx, a->pw_enc,
 			     a->policy, a->target_idx, a->id_enc, phone ? "phone" : "email"};
 	err = mica_db_exec(
-	    db,
-	    "INSERT INTO account.user (id, account_no_enc, account_no_idx, password_enc,"
-	    " password_policy, phone_idx, phone_enc, email_idx, email_enc, phone_bound_at)"
-	    " VALUES ($1::bigint, $2, $3, $4, $5,"
-	    " CASE WHEN $8 = 'phone' THEN $6 END, CASE WHEN $8 = 'phone' THEN $7 END,"
-	    " CASE WHEN $8 = 'email' THEN $6 END, CASE WHEN $8 = 'email' THEN $7 END,"
-	    " CASE WHEN $8 = 'phone' THEN now() END)"
-	    " ON CONFLICT (account_no_idx) DO NOTHING RETURNING id",
-	    8, pu, &res);
+		db,
+		"INSERT INTO account.user (id, account_no_enc, account_no_idx, password_enc,"
+		" password_policy, phone_idx, phone_enc, email_idx, email_enc, phone_bound_at)"
+		" VALUES ($1::bigint, $2, $3, $4, $5,"
+		" CASE WHEN $8 = 'phone' THEN $6 END, CASE WHEN $8 = 'phone' THEN $7 END,"
+		" CASE WHEN $8 = 'email' THEN $6 END, CASE WHEN $8 = 'email' THEN $7 END,"
+		" CASE WHEN $8 = 'phone' THEN now() END)"
+		" ON CONFLICT (account_no_idx) DO NOTHING RETURNING id",
+		8, pu, &res);
 	if (err)
 		goto out;
 	if (PQntuples(res) != 1) {
@@ -290,8 +291,8 @@ static int create_account_tx(mica_db *db, void *arg)
 		goto out;
 	const char *p6[2] = {a->uid, a->net_hash};
 	if ((err = mica_db_exec(
-		 db, "INSERT INTO account.network (user_id, network_hash) VALUES ($1, $2)", 2, p6,
-		 NULL)) != 0)
+		     db, "INSERT INTO account.network (user_id, network_hash) VALUES ($1, $2)", 2,
+		     p6, NULL)) != 0)
 		goto out;
 	err = acct_session_create(a->s, db, a->user_id, a->device_hash, "app", &a->token,
 				  &a->session);
@@ -311,7 +312,7 @@ static int device_of(json_t *body, char hash[65], const char **name, mica_proble
 		return err;
 	if (!id || !*id || strlen(id) > 200)
 		return mica_problemf(f, 400, "bad_device",
-				  "device.id (1 to 200 characters) is required");
+				     "device.id (1 to 200 characters) is required");
 	if (!*name)
 		*name = "";
 	if (strlen(*name) > 100)
@@ -333,7 +334,7 @@ int acct_register_complete_parse(json_t *body, struct acct_register_complete_req
 		return err;
 	if (!r->verification_id || !r->code || !r->password)
 		return mica_problemf(f, 400, "missing_field",
-				  "verification_id, code and password are required");
+				     "verification_id, code and password are required");
 	return device_of(body, r->device_hash, &r->device_name, f);
 }
 
@@ -357,11 +358,11 @@ static int register_code_check(acct_service *s, mica_db *db, const char *vid, co
 	snprintf(max, sizeof(max), "%d", s->cfg->code_max_attempts);
 	const char *p[3] = {vid, *hash, max};
 	if ((err = mica_db_exec(
-		 db,
-		 "SELECT target_idx, target_enc, channel FROM account.verification"
-		 " WHERE id = $1 AND purpose = 'register' AND code_hash = $2"
-		 " AND consumed_at IS NULL AND expires_at > now() AND attempts < $3::int",
-		 3, p, &res)) != 0) {
+		     db,
+		     "SELECT target_idx, target_enc, channel FROM account.verification"
+		     " WHERE id = $1 AND purpose = 'register' AND code_hash = $2"
+		     " AND consumed_at IS NULL AND expires_at > now() AND attempts < $3::int",
+		     3, p, &res)) != 0) {
 		acct_problem_dependency(f, err, "the database");
 		goto out;
 	}
@@ -443,10 +444,11 @@ int acct_register_complete(acct_service *s, json_t *body, const char *ip, json_t
 		err = err ? err : MICA_ESTATE;
 	} else if (err == MICA_EEXISTS && !a.collided) {
 		mica_problemf(f, 409, "identifier_in_use",
-			   "this %s already belongs to an account; log in or reset the password",
-			   a.kind);
+			      "this %s already belongs to an account; log in or reset the password",
+			      a.kind);
 	} else if (err) {
-		acct_problem_dependency(f, err, a.collided ? "the account numbering" : "the database");
+		acct_problem_dependency(f, err,
+					a.collided ? "the account numbering" : "the database");
 	}
 	if (!err) {
 		if (a.transferred_from)

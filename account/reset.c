@@ -29,9 +29,9 @@ static int reset_target(acct_service *s, const char *login, int64_t *user_id, ch
 	const char *p[1] = {*idx};
 	err = db ? mica_db_exec(db,
 				kind == ACCT_ID_PHONE
-				    ? "SELECT id, to_char(coalesce(phone_bound_at, created_at),"
-				      " 'YYYY-MM-DD') FROM account.user WHERE phone_idx = $1"
-				    : "SELECT id, '' FROM account.user WHERE email_idx = $1",
+					? "SELECT id, to_char(coalesce(phone_bound_at, created_at),"
+					  " 'YYYY-MM-DD') FROM account.user WHERE phone_idx = $1"
+					: "SELECT id, '' FROM account.user WHERE email_idx = $1",
 				1, p, &res)
 		 : MICA_EDBCONN;
 	if (err == 0 && PQntuples(res) == 1 && mica_db_get_int64(res, 0, 0, user_id) == 0)
@@ -56,18 +56,17 @@ static int unbind_recycled_tx(mica_db *db, void *arg)
 	snprintf(u, sizeof(u), "%lld", (long long)ub->user_id);
 	const char *p[2] = {u, ub->phone_idx};
 	if ((err = mica_db_exec(
-		 db,
-		 "UPDATE account.user SET phone_idx = NULL, phone_enc = NULL,"
-		 " phone_bound_at = NULL WHERE id = $1 AND phone_idx = $2 RETURNING id",
-		 2, p, &res)) != 0)
+		     db,
+		     "UPDATE account.user SET phone_idx = NULL, phone_enc = NULL,"
+		     " phone_bound_at = NULL WHERE id = $1 AND phone_idx = $2 RETURNING id",
+		     2, p, &res)) != 0)
 		return err;
 	bool unbound = PQntuples(res) == 1;
 	PQclear(res);
 	return unbound ? acct_notice_emit(db, ub->user_id, ACCT_NOTICE_RESET_REFUSED, NULL, 0) : 0;
 }
 
-int acct_reset_start(acct_service *s, json_t *body, const char *ip, json_t **out,
-		     mica_problem *f)
+int acct_reset_start(acct_service *s, json_t *body, const char *ip, json_t **out, mica_problem *f)
 {
 	mica_body_value v[1];
 	const char *channel = NULL;
@@ -80,7 +79,7 @@ int acct_reset_start(acct_service *s, json_t *body, const char *ip, json_t **out
 	err = reset_target(s, v[0].s, &uid, norm, &channel, &idx, &bound);
 	if (err == MICA_EINVAL)
 		return mica_problemf(f, 400, "bad_login",
-				  "reset needs a phone number or an email address");
+				     "reset needs a phone number or an email address");
 	if (!err)
 		err = acct_network_hash(s, ip, &net, NULL);
 	if (err) {
@@ -198,8 +197,8 @@ int acct_reset_complete(acct_service *s, json_t *body, json_t **out, mica_proble
 			acct_problem_dependency(f, err, "the Key Center");
 		else if (burned)
 			err = mica_problemf(f, 400, "password_burned",
-					 "this password was burned when the account was frozen;"
-					 " choose another");
+					    "this password was burned when the account was frozen;"
+					    " choose another");
 	}
 	if (err) {
 		/* The code proved the channel; a refused password must not use it up. */

@@ -48,9 +48,9 @@ json_t *acct_risk_reasons_json(unsigned reasons)
 		unsigned bit;
 		const char *name;
 	} names[] = {
-	    {ACCT_RISK_NEW_DEVICE, "new_device"},
-	    {ACCT_RISK_NEW_NETWORK, "new_network"},
-	    {ACCT_RISK_UNUSUAL_RATE, "unusual_rate"},
+		{ACCT_RISK_NEW_DEVICE, "new_device"},
+		{ACCT_RISK_NEW_NETWORK, "new_network"},
+		{ACCT_RISK_UNUSUAL_RATE, "unusual_rate"},
 	};
 	json_t *a = json_array();
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)

@@ -41,10 +41,11 @@ static int signed_in(acct_service *s, const mica_http_req *req, mica_http_resp *
 	if (err == MICA_EWOULDBLOCK && mica_http_run_blocking(req) == 0)
 		return 0;
 	if (err == MICA_EINVAL || err == MICA_EDENIED) {
-		mica_http_reply_error(resp, 401, "invalid_token",
-				      err == MICA_EINVAL
-					  ? "send Authorization: Bearer <session token>"
-					  : "the session is not active (revoked, expired or idle)");
+		mica_http_reply_error(
+			resp, 401, "invalid_token",
+			err == MICA_EINVAL
+				? "send Authorization: Bearer <session token>"
+				: "the session is not active (revoked, expired or idle)");
 		mica_http_add_header(resp, "WWW-Authenticate", "Bearer realm=\"mica\"");
 	} else {
 		store_unavailable(resp, err);
@@ -126,13 +127,13 @@ static void h_session_current(const mica_http_req *req, mica_http_resp *resp, vo
 	/* Formatted here rather than through jansson: this is the hottest route, and
 	 * every field is a number or one of the fixed kinds "app" and "web". */
 	char body[192];
-	int n =
-	    snprintf(body, sizeof(body),
-		     "{\"session_id\":%lld,\"kind\":\"%s\",\"auth_at\":%lld,\"expires_at\":%lld,"
-		     "\"recent_auth\":%s}",
-		     (long long)sess.id, strcmp(sess.kind, "web") == 0 ? "web" : "app",
-		     (long long)sess.auth_at, (long long)sess.expires_at,
-		     acct_auth_recent(s, &sess) ? "true" : "false");
+	int n = snprintf(
+		body, sizeof(body),
+		"{\"session_id\":%lld,\"kind\":\"%s\",\"auth_at\":%lld,\"expires_at\":%lld,"
+		"\"recent_auth\":%s}",
+		(long long)sess.id, strcmp(sess.kind, "web") == 0 ? "web" : "app",
+		(long long)sess.auth_at, (long long)sess.expires_at,
+		acct_auth_recent(s, &sess) ? "true" : "false");
 	mica_http_reply_raw(resp, 200, "application/json", strdup(body), (size_t)n);
 }
 
@@ -206,8 +207,8 @@ static void h_revoke_all(const mica_http_req *req, mica_http_resp *resp, void *s
 		mica_http_reply_problem(resp, &f);
 		return;
 	}
-	err =
-	    db ? acct_session_revoke_all(s, db, sess.user_id, v[0].b ? sess.id : 0) : MICA_EDBCONN;
+	err = db ? acct_session_revoke_all(s, db, sess.user_id, v[0].b ? sess.id : 0)
+		 : MICA_EDBCONN;
 	if (err)
 		store_unavailable(resp, err);
 	else
@@ -253,31 +254,31 @@ static void h_introspect(const mica_http_req *req, mica_http_resp *resp, void *s
 #define J MICA_ROUTE_JSON
 #define B MICA_ROUTE_BLOCKING
 const mica_http_route acct_routes[] = {
-    {"POST", "/v1/register/start", h_register_start, J | B},
-    {"POST", "/v1/register/complete", h_register_complete, J | B},
-    {"POST", "/v1/login", h_login, J | B},
-    {"POST", "/v1/stepup/{id}/send", h_stepup_send, J | B},
-    {"POST", "/v1/stepup/{id}/verify", h_stepup_verify, J | B},
-    {"POST", "/v1/stepup/{id}/approve", h_stepup_approve, B},
-    {"POST", "/v1/password/reset/start", h_reset_start, J | B},
-    {"POST", "/v1/password/reset/complete", h_reset_complete, J | B},
-    {"POST", "/v1/password/change", h_password_change, J | B},
-    {"GET", "/v1/me", h_me, B},
-    {"GET", "/v1/session", h_session_current, 0},
-    {"GET", "/v1/sessions", h_sessions, B},
-    {"DELETE", "/v1/sessions/{id}", h_session_delete, B},
-    {"POST", "/v1/sessions/revoke-all", h_revoke_all, B},
-    {"POST", "/v1/logout", h_logout, B},
-    {"POST", "/v1/security/phone", h_phone_start, J | B},
-    {"POST", "/v1/security/phone/verify", h_phone_verify, J | B},
-    {"DELETE", "/v1/security/phone", h_phone_delete, B},
-    {"POST", "/v1/security/email", h_email_start, J | B},
-    {"POST", "/v1/security/email/verify", h_email_verify, J | B},
-    {"DELETE", "/v1/security/email", h_email_delete, B},
-    {"PUT", "/v1/security/questions", h_questions, J | B},
-    {"PUT", "/v1/security/cross-device", h_cross_device, J | B},
-    {"DELETE", "/v1/account", h_delete, B},
-    {"POST", "/v1/introspect", h_introspect, J | B | MICA_ROUTE_PEER},
+	{"POST", "/v1/register/start", h_register_start, J | B},
+	{"POST", "/v1/register/complete", h_register_complete, J | B},
+	{"POST", "/v1/login", h_login, J | B},
+	{"POST", "/v1/stepup/{id}/send", h_stepup_send, J | B},
+	{"POST", "/v1/stepup/{id}/verify", h_stepup_verify, J | B},
+	{"POST", "/v1/stepup/{id}/approve", h_stepup_approve, B},
+	{"POST", "/v1/password/reset/start", h_reset_start, J | B},
+	{"POST", "/v1/password/reset/complete", h_reset_complete, J | B},
+	{"POST", "/v1/password/change", h_password_change, J | B},
+	{"GET", "/v1/me", h_me, B},
+	{"GET", "/v1/session", h_session_current, 0},
+	{"GET", "/v1/sessions", h_sessions, B},
+	{"DELETE", "/v1/sessions/{id}", h_session_delete, B},
+	{"POST", "/v1/sessions/revoke-all", h_revoke_all, B},
+	{"POST", "/v1/logout", h_logout, B},
+	{"POST", "/v1/security/phone", h_phone_start, J | B},
+	{"POST", "/v1/security/phone/verify", h_phone_verify, J | B},
+	{"DELETE", "/v1/security/phone", h_phone_delete, B},
+	{"POST", "/v1/security/email", h_email_start, J | B},
+	{"POST", "/v1/security/email/verify", h_email_verify, J | B},
+	{"DELETE", "/v1/security/email", h_email_delete, B},
+	{"PUT", "/v1/security/questions", h_questions, J | B},
+	{"PUT", "/v1/security/cross-device", h_cross_device, J | B},
+	{"DELETE", "/v1/account", h_delete, B},
+	{"POST", "/v1/introspect", h_introspect, J | B | MICA_ROUTE_PEER},
 };
 #undef J
 #undef B

@@ -194,11 +194,11 @@ int acct_session_create(acct_service *s, mica_db *db, int64_t user_id, const cha
 	const char *p[6] = {hash, uid, device_hash, kind, life, now};
 	if ((err = session_token(s, kind, t, hash, life)) == 0)
 		err = session_insert(
-		    db,
-		    "INSERT INTO account.session (token_hash, user_id, device_hash,"
-		    " kind, auth_at, expires_at) VALUES ($1, $2, $3, $4, to_timestamp($6::bigint),"
-		    " now() + make_interval(secs => $5::int)) RETURNING " SESSION_COLS,
-		    6, p, t, token, out, &res);
+			db,
+			"INSERT INTO account.session (token_hash, user_id, device_hash,"
+			" kind, auth_at, expires_at) VALUES ($1, $2, $3, $4, to_timestamp($6::bigint),"
+			" now() + make_interval(secs => $5::int)) RETURNING " SESSION_COLS,
+			6, p, t, token, out, &res);
 	mica_wipe(t, sizeof(t));
 	PQclear(res);
 	return err;
@@ -229,28 +229,28 @@ int acct_session_open(acct_service *s, mica_db *db, int64_t user_id, const char 
 		 * device do not queue on its row lock, each behind the last one's
 		 * commit. */
 		err = session_insert(
-		    db,
-		    "WITH d AS (UPDATE account.device SET last_seen = now()"
-		    " WHERE user_id = $1 AND device_hash = $2"
-		    " AND last_seen < now() - make_interval(secs => $6::int))"
-		    " INSERT INTO account.session (token_hash, user_id, device_hash,"
-		    " kind, auth_at, expires_at) VALUES ($3, $1, $2, $4, to_timestamp($7::bigint),"
-		    " now() + make_interval(secs => $5::int)) RETURNING " SESSION_COLS,
-		    7, pk, t, token, out, &res);
+			db,
+			"WITH d AS (UPDATE account.device SET last_seen = now()"
+			" WHERE user_id = $1 AND device_hash = $2"
+			" AND last_seen < now() - make_interval(secs => $6::int))"
+			" INSERT INTO account.session (token_hash, user_id, device_hash,"
+			" kind, auth_at, expires_at) VALUES ($3, $1, $2, $4, to_timestamp($7::bigint),"
+			" now() + make_interval(secs => $5::int)) RETURNING " SESSION_COLS,
+			7, pk, t, token, out, &res);
 	else
 		err = session_insert(
-		    db,
-		    "WITH d AS (INSERT INTO account.device (user_id, device_hash, name, trusted)"
-		    " VALUES ($1, $2, $3, true) ON CONFLICT (user_id, device_hash) DO UPDATE"
-		    " SET last_seen = now(), trusted = true RETURNING (xmax = 0) AS created),"
-		    " n AS (INSERT INTO account.network (user_id, network_hash) VALUES ($1, $4)"
-		    " ON CONFLICT DO NOTHING),"
-		    " s AS (INSERT INTO account.session (token_hash, user_id, device_hash, kind,"
-		    " auth_at, expires_at) VALUES ($5, $1, $2, $6, to_timestamp($8::bigint),"
-		    " now() + make_interval(secs => $7::int))"
-		    " RETURNING " SESSION_COLS ")"
-		    " SELECT s.*, d.created FROM s, d",
-		    8, p, t, token, out, &res);
+			db,
+			"WITH d AS (INSERT INTO account.device (user_id, device_hash, name, trusted)"
+			" VALUES ($1, $2, $3, true) ON CONFLICT (user_id, device_hash) DO UPDATE"
+			" SET last_seen = now(), trusted = true RETURNING (xmax = 0) AS created),"
+			" n AS (INSERT INTO account.network (user_id, network_hash) VALUES ($1, $4)"
+			" ON CONFLICT DO NOTHING),"
+			" s AS (INSERT INTO account.session (token_hash, user_id, device_hash, kind,"
+			" auth_at, expires_at) VALUES ($5, $1, $2, $6, to_timestamp($8::bigint),"
+			" now() + make_interval(secs => $7::int))"
+			" RETURNING " SESSION_COLS ")"
+			" SELECT s.*, d.created FROM s, d",
+			8, p, t, token, out, &res);
 	if (err == 0 && !known)
 		*new_device = strcmp(mica_db_get(res, 0, 6), "t") == 0;
 out:
@@ -527,10 +527,10 @@ int acct_session_revoke(acct_service *s, int64_t user_id, int64_t session_id)
 	snprintf(id, sizeof(id), "%lld", (long long)session_id);
 	const char *p[2] = {u, id};
 	err = revoke_where(
-	    s, mica_db_thread(),
-	    "UPDATE account.session SET revoked_at = now() WHERE user_id = $1 AND id = $2"
-	    " AND revoked_at IS NULL RETURNING token_hash",
-	    2, p, 0, &count);
+		s, mica_db_thread(),
+		"UPDATE account.session SET revoked_at = now() WHERE user_id = $1 AND id = $2"
+		" AND revoked_at IS NULL RETURNING token_hash",
+		2, p, 0, &count);
 	return err ? err : count ? 0 : MICA_ENOTFOUND;
 }
 
@@ -728,11 +728,11 @@ int acct_session_list(acct_service *s, int64_t user_id, int64_t current, json_t 
 						 mica_db_get(res, r, 4), &name)) != 0)
 			break;
 		json_array_append_new(
-		    list,
-		    json_pack("{s:I,s:s,s:s,s:s,s:s,s:s,s:b}", "id", (json_int_t)id, "kind",
-			      mica_db_get(res, r, 1), "created_at", mica_db_get(res, r, 2),
-			      "last_seen_at", mica_db_get(res, r, 3), "device_name", name,
-			      "expires_at", mica_db_get(res, r, 5), "current", id == current));
+			list,
+			json_pack("{s:I,s:s,s:s,s:s,s:s,s:s,s:b}", "id", (json_int_t)id, "kind",
+				  mica_db_get(res, r, 1), "created_at", mica_db_get(res, r, 2),
+				  "last_seen_at", mica_db_get(res, r, 3), "device_name", name,
+				  "expires_at", mica_db_get(res, r, 5), "current", id == current));
 		free(name);
 	}
 	PQclear(res);

@@ -34,13 +34,14 @@ int acct_me(acct_service *s, const struct acct_session *sess, json_t **out, mica
 		return err;
 	uid_text(sess->user_id, uid);
 	const char *p[1] = {uid};
-	err = mica_db_exec(db,
-			   "SELECT account_no_enc, phone_enc, email_enc, security_phone_enc,"
-			   " security_email_enc, status, cross_device, password_policy,"
-			   " password_changed_at::text, created_at::text,"
-			   " (SELECT count(*) FROM account.security_question q WHERE q.user_id = u.id)"
-			   " FROM account.user u WHERE id = $1",
-			   1, p, &res);
+	err = mica_db_exec(
+		db,
+		"SELECT account_no_enc, phone_enc, email_enc, security_phone_enc,"
+		" security_email_enc, status, cross_device, password_policy,"
+		" password_changed_at::text, created_at::text,"
+		" (SELECT count(*) FROM account.security_question q WHERE q.user_id = u.id)"
+		" FROM account.user u WHERE id = $1",
+		1, p, &res);
 	if (err || PQntuples(res) != 1) {
 		PQclear(res);
 		return acct_problem_dependency(f, err ? err : MICA_ENOTFOUND, "the account store");
@@ -49,9 +50,11 @@ int acct_me(acct_service *s, const struct acct_session *sess, json_t **out, mica
 	for (int c = 0; c < 5; c++) {
 		const char *sealed = mica_db_get(res, 0, c);
 		char *v = NULL;
-		if (sealed && *sealed && (err = acct_pii_open(s, "user", cols[c], uid, sealed, &v)) != 0)
+		if (sealed && *sealed &&
+		    (err = acct_pii_open(s, "user", cols[c], uid, sealed, &v)) != 0)
 			break;
-		json_object_set_new(*out, c == 0 ? "account_id" : cols[c], v ? json_string(v) : json_null());
+		json_object_set_new(*out, c == 0 ? "account_id" : cols[c],
+				    v ? json_string(v) : json_null());
 		if (v) {
 			mica_wipe(v, strlen(v));
 			free(v);
@@ -94,10 +97,11 @@ static int change_tx(mica_db *db, void *arg)
 	int err;
 	uid_text(c->user_id, uid);
 	const char *p[2] = {uid, c->password_enc};
-	if ((err = mica_db_exec(db,
-				"UPDATE account.user SET password_enc = $2, password_changed_at = now()"
-				" WHERE id = $1",
-				2, p, NULL)) != 0)
+	if ((err = mica_db_exec(
+		     db,
+		     "UPDATE account.user SET password_enc = $2, password_changed_at = now()"
+		     " WHERE id = $1",
+		     2, p, NULL)) != 0)
 		return err;
 	/* No session outlives a password change but the one that made it. */
 	if ((err = acct_session_revoke_all(c->s, db, c->user_id, c->keep_session)) != 0)
@@ -121,13 +125,15 @@ int acct_password_change(acct_service *s, const struct acct_session *sess, json_
 		return err;
 	uid_text(sess->user_id, uid);
 	const char *p[1] = {uid};
-	if ((err = mica_db_exec(db, "SELECT password_enc, password_policy FROM account.user WHERE id = $1",
-				1, p, &res)) != 0 ||
+	if ((err = mica_db_exec(
+		     db, "SELECT password_enc, password_policy FROM account.user WHERE id = $1", 1,
+		     p, &res)) != 0 ||
 	    PQntuples(res) != 1) {
 		PQclear(res);
 		return acct_problem_dependency(f, err ? err : MICA_ENOTFOUND, "the account store");
 	}
-	if ((err = acct_password_unseal(s, sess->user_id, mica_db_get(res, 0, 0), &phc, NULL)) == 0) {
+	if ((err = acct_password_unseal(s, sess->user_id, mica_db_get(res, 0, 0), &phc, NULL)) ==
+	    0) {
 		ok = acct_password_verify(phc, cur) == 0;
 		mica_wipe(phc, strlen(phc));
 		free(phc);
@@ -145,7 +151,8 @@ int acct_password_change(acct_service *s, const struct acct_session *sess, json_
 	if ((err = acct_password_burned(s, sess->user_id, next, &burned)) != 0)
 		return acct_problem_dependency(f, err, "the Key Center");
 	if (burned)
-		return mica_problemf(f, 400, "password_burned", "this password can never be used again");
+		return mica_problemf(f, 400, "password_burned",
+				     "this password can never be used again");
 	/* Hashed and sealed once, before the transaction a retry repeats. */
 	char *enc = NULL;
 	if ((err = acct_password_protect(s, sess->user_id, next, &enc)) != 0)
@@ -182,13 +189,13 @@ static int contact_set_tx(mica_db *db, void *arg)
 			return err;
 		const char *p[1] = {uid};
 		return mica_db_exec(
-		    db,
-		    phone ? "UPDATE account.user SET security_phone_enc = NULL,"
-			    " security_phone_idx = NULL, security_phone_bound_at = NULL"
-			    " WHERE id = $1"
-			  : "UPDATE account.user SET security_email_enc = NULL,"
-			    " security_email_idx = NULL WHERE id = $1",
-		    1, p, NULL);
+			db,
+			phone ? "UPDATE account.user SET security_phone_enc = NULL,"
+				" security_phone_idx = NULL, security_phone_bound_at = NULL"
+				" WHERE id = $1"
+			      : "UPDATE account.user SET security_email_enc = NULL,"
+				" security_email_idx = NULL WHERE id = $1",
+			1, p, NULL);
 	}
 	const char *p[3] = {uid, c->enc, c->idx};
 	if ((err = mica_db_exec(db,
@@ -216,7 +223,8 @@ int acct_bind_start(acct_service *s, const struct acct_session *sess, const char
 		return err;
 	const char *value = v[0].s;
 	if (acct_ident_parse(value, norm, sizeof(norm)) != (phone ? ACCT_ID_PHONE : ACCT_ID_EMAIL))
-		return mica_problemf(f, 400, phone ? "bad_phone" : "bad_email", "the %s is malformed", what);
+		return mica_problemf(f, 400, phone ? "bad_phone" : "bad_email",
+				     "the %s is malformed", what);
 	if ((err = acct_require_recent(s, sess, f)) != 0)
 		return err;
 	if ((err = acct_blind_index(s, what, norm, &idx)) != 0)
@@ -258,8 +266,8 @@ int acct_bind_complete(acct_service *s, const struct acct_session *sess, const c
 		goto out;
 	}
 	uid_text(sess->user_id, uid);
-	if ((err = acct_pii_seal(s, "user", phone ? "security_phone" : "security_email", uid, target,
-				 &enc)) != 0) {
+	if ((err = acct_pii_seal(s, "user", phone ? "security_phone" : "security_email", uid,
+				 target, &enc)) != 0) {
 		acct_problem_dependency(f, err, "the Key Center");
 		goto out;
 	}
@@ -349,11 +357,12 @@ int acct_questions_parse(json_t *body, mica_problem *f)
 		return err;
 	if (!json_is_array(list) || json_array_size(list) < 1 ||
 	    json_array_size(list) > ACCT_QUESTIONS_MAX)
-		return mica_problemf(f, 400, "bad_questions", "questions is an array of 1 to %d items",
-				  ACCT_QUESTIONS_MAX);
+		return mica_problemf(f, 400, "bad_questions",
+				     "questions is an array of 1 to %d items", ACCT_QUESTIONS_MAX);
 	for (size_t i = 0; i < json_array_size(list); i++) {
 		json_t *item = json_array_get(list, i);
-		if ((err = acct_body_members(item, MICA_BODY_FIELDS(acct_body_question_members), f)))
+		if ((err = acct_body_members(item, MICA_BODY_FIELDS(acct_body_question_members),
+					     f)))
 			return err;
 		const char *q = json_string_value(json_object_get(item, "question"));
 		const char *a = json_string_value(json_object_get(item, "answer"));
@@ -363,11 +372,12 @@ int acct_questions_parse(json_t *body, mica_problem *f)
 		mica_wipe(norm, sizeof(norm));
 		if (!q || blank(q) || utf8_chars(q) > ACCT_QUESTION_MAX_CHARS ||
 		    n < ACCT_ANSWER_MIN_CHARS || n > ACCT_ANSWER_MAX_CHARS)
-			return mica_problemf(f, 400, "bad_questions",
-					  "item %zu needs a question (1-%d characters, not all spaces)"
-					  " and an answer (%d-%d characters once spaces are collapsed)",
-					  i + 1, ACCT_QUESTION_MAX_CHARS, ACCT_ANSWER_MIN_CHARS,
-					  ACCT_ANSWER_MAX_CHARS);
+			return mica_problemf(
+				f, 400, "bad_questions",
+				"item %zu needs a question (1-%d characters, not all spaces)"
+				" and an answer (%d-%d characters once spaces are collapsed)",
+				i + 1, ACCT_QUESTION_MAX_CHARS, ACCT_ANSWER_MIN_CHARS,
+				ACCT_ANSWER_MAX_CHARS);
 	}
 	return 0;
 }
@@ -415,8 +425,8 @@ static int questions_seal(acct_service *s, const char *uid, json_t *list, char *
 		if ((err = acct_password_hash_with(answer, &s->argon2, &phc)) == 0 &&
 		    (err = acct_answer_seal(s, uid, i + 1, phc, &enc[2 * i + 1])) == 0)
 			err = acct_question_seal(
-			    s, uid, i + 1, json_string_value(json_object_get(item, "question")),
-			    &enc[2 * i]);
+				s, uid, i + 1, json_string_value(json_object_get(item, "question")),
+				&enc[2 * i]);
 		mica_free_wipe(phc);
 	}
 	mica_wipe(answer, sizeof(answer));
@@ -430,8 +440,8 @@ static int questions_tx(mica_db *db, void *arg)
 	int err;
 	uid_text(q->user_id, uid);
 	const char *p[1] = {uid};
-	if ((err = mica_db_exec(db, "DELETE FROM account.security_question WHERE user_id = $1", 1, p,
-				NULL)) != 0)
+	if ((err = mica_db_exec(db, "DELETE FROM account.security_question WHERE user_id = $1", 1,
+				p, NULL)) != 0)
 		return err;
 	for (size_t i = 0; i < q->n && !err; i++) {
 		snprintf(pos, sizeof(pos), "%zu", i + 1);
@@ -444,8 +454,8 @@ static int questions_tx(mica_db *db, void *arg)
 	return err;
 }
 
-int acct_questions_set(acct_service *s, const struct acct_session *sess, json_t *body,
-		       json_t **out, mica_problem *f)
+int acct_questions_set(acct_service *s, const struct acct_session *sess, json_t *body, json_t **out,
+		       mica_problem *f)
 {
 	json_t *list = json_object_get(body, "questions");
 	mica_db *db = mica_db_thread();
@@ -519,8 +529,7 @@ static int delete_tx(mica_db *db, void *arg)
 	return mica_outbox_emit(db, "account.deleted", payload, NULL);
 }
 
-int acct_delete(acct_service *s, const struct acct_session *sess, json_t **out,
-		mica_problem *f)
+int acct_delete(acct_service *s, const struct acct_session *sess, json_t **out, mica_problem *f)
 {
 	struct delete_ctx d = {s, sess->user_id};
 	mica_db *db = mica_db_thread();

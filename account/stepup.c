@@ -21,14 +21,14 @@ static json_t *stepup_methods(mica_db *db, int64_t user_id)
 	snprintf(uid, sizeof(uid), "%lld", (long long)user_id);
 	const char *p[1] = {uid};
 	if (mica_db_exec(
-		db,
-		"SELECT phone_enc IS NOT NULL OR security_phone_enc IS NOT NULL,"
-		" email_enc IS NOT NULL OR security_email_enc IS NOT NULL,"
-		" cross_device AND EXISTS (SELECT 1 FROM account.session s JOIN account.device d"
-		" ON d.user_id = s.user_id AND d.device_hash = s.device_hash AND d.trusted"
-		" WHERE s.user_id = u.id AND s.revoked_at IS NULL AND s.expires_at > now())"
-		" FROM account.user u WHERE id = $1",
-		1, p, &res) == 0 &&
+		    db,
+		    "SELECT phone_enc IS NOT NULL OR security_phone_enc IS NOT NULL,"
+		    " email_enc IS NOT NULL OR security_email_enc IS NOT NULL,"
+		    " cross_device AND EXISTS (SELECT 1 FROM account.session s JOIN account.device d"
+		    " ON d.user_id = s.user_id AND d.device_hash = s.device_hash AND d.trusted"
+		    " WHERE s.user_id = u.id AND s.revoked_at IS NULL AND s.expires_at > now())"
+		    " FROM account.user u WHERE id = $1",
+		    1, p, &res) == 0 &&
 	    PQntuples(res) == 1) {
 		if (strcmp(mica_db_get(res, 0, 0), "t") == 0)
 			json_array_append_new(m, json_string("sms"));
@@ -75,21 +75,22 @@ int acct_stepup_create(acct_service *s, const struct acct_stepup_new *n, json_t 
 	const char *p[8] = {id,	  uid,	       n->kind, n->session_id ? sid : NULL, n->device_hash,
 			    name, n->net_hash, ttl};
 	const char *q[9] = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], n->session_kind, p[7]};
-	err =
-	    mica_db_exec(db,
-			 "INSERT INTO account.stepup (id, user_id, kind, session_id, device_hash,"
-			 " device_name, network_hash, session_kind, expires_at) VALUES ($1, $2, $3,"
-			 " $4, $5, $6, $7, $8, now() + make_interval(secs => $9::int))",
-			 9, q, NULL);
+	err = mica_db_exec(
+		db,
+		"INSERT INTO account.stepup (id, user_id, kind, session_id, device_hash,"
+		" device_name, network_hash, session_kind, expires_at) VALUES ($1, $2, $3,"
+		" $4, $5, $6, $7, $8, now() + make_interval(secs => $9::int))",
+		9, q, NULL);
 	free(name);
 	if (err) {
 		json_decref(reasons);
 		return acct_problem_dependency(f, err, "the database");
 	}
 	mica_problemf(f, 403, "step_up_required",
-		   "%s: verify with one of the methods, then POST /v1/stepup/%s/verify",
-		   strcmp(n->kind, "login") == 0 ? "unusual login" : "recent authentication needed",
-		   id);
+		      "%s: verify with one of the methods, then POST /v1/stepup/%s/verify",
+		      strcmp(n->kind, "login") == 0 ? "unusual login"
+						    : "recent authentication needed",
+		      id);
 	f->extra = json_pack("{s:s,s:o,s:o}", "stepup_id", id, "methods",
 			     stepup_methods(db, n->user_id), "reasons", reasons);
 	return MICA_EDENIED;
@@ -149,14 +150,14 @@ static int stepup_load(const char *id, struct stepup_row *r, mica_problem *f)
 	r->expired = strcmp(mica_db_get(res, 0, 11), "t") == 0;
 	PQclear(res);
 	if (strcmp(r->status, "pending") != 0)
-		return mica_problemf(f, 409, "stepup_closed", "this step-up is already %s", r->status);
+		return mica_problemf(f, 409, "stepup_closed", "this step-up is already %s",
+				     r->status);
 	if (r->expired)
 		return mica_problemf(f, 410, "stepup_expired", "this step-up expired; start again");
 	return 0;
 }
 
-int acct_stepup_send(acct_service *s, const char *id, json_t *body, json_t **out,
-		     mica_problem *f)
+int acct_stepup_send(acct_service *s, const char *id, json_t *body, json_t **out, mica_problem *f)
 {
 	mica_body_value v[1];
 	struct stepup_row r;
@@ -172,24 +173,24 @@ int acct_stepup_send(acct_service *s, const char *id, json_t *body, json_t **out
 	const char *method = v[0].s;
 	if (strcmp(method, "sms") != 0 && strcmp(method, "email") != 0)
 		return mica_problemf(f, 400, "bad_method",
-				  "method is sms or email (trusted_device needs no code)");
+				     "method is sms or email (trusted_device needs no code)");
 	snprintf(uid, sizeof(uid), "%lld", (long long)r.user_id);
 	const char *p[1] = {uid};
 	err = mica_db_exec(
-	    db,
-	    strcmp(method, "sms") == 0
-		? "SELECT coalesce(phone_enc, security_phone_enc), CASE WHEN phone_enc"
-		  " IS NOT NULL THEN 'phone' ELSE 'security_phone' END FROM account.user"
-		  " WHERE id = $1"
-		: "SELECT coalesce(email_enc, security_email_enc), CASE WHEN email_enc"
-		  " IS NOT NULL THEN 'email' ELSE 'security_email' END FROM account.user"
-		  " WHERE id = $1",
-	    1, p, &res);
+		db,
+		strcmp(method, "sms") == 0
+			? "SELECT coalesce(phone_enc, security_phone_enc), CASE WHEN phone_enc"
+			  " IS NOT NULL THEN 'phone' ELSE 'security_phone' END FROM account.user"
+			  " WHERE id = $1"
+			: "SELECT coalesce(email_enc, security_email_enc), CASE WHEN email_enc"
+			  " IS NOT NULL THEN 'email' ELSE 'security_email' END FROM account.user"
+			  " WHERE id = $1",
+		1, p, &res);
 	if (err || PQntuples(res) != 1 || !mica_db_get(res, 0, 0)) {
 		PQclear(res);
 		return err ? acct_problem_dependency(f, err, "the database")
 			   : mica_problemf(f, 400, "method_unavailable",
-					"the account has no verified %s", method);
+					   "the account has no verified %s", method);
 	}
 	col = mica_db_get(res, 0, 1);
 	err = acct_pii_open(s, "user", col, uid, mica_db_get(res, 0, 0), &target);
@@ -266,8 +267,7 @@ static int stepup_close(const char *id, const char *status)
 		  : MICA_EDBCONN;
 }
 
-int acct_stepup_verify(acct_service *s, const char *id, json_t *body, json_t **out,
-		       mica_problem *f)
+int acct_stepup_verify(acct_service *s, const char *id, json_t *body, json_t **out, mica_problem *f)
 {
 	mica_body_value v[1];
 	struct stepup_row r;
@@ -282,12 +282,13 @@ int acct_stepup_verify(acct_service *s, const char *id, json_t *body, json_t **o
 	const char *code = v[0].s;
 	if (!code) {
 		if (!r.approved_by)
-			return mica_problemf(f, 409, "approval_pending",
-					  "no code given and no trusted device has approved yet");
+			return mica_problemf(
+				f, 409, "approval_pending",
+				"no code given and no trusted device has approved yet");
 	} else {
 		if (!r.verification_id[0])
 			return mica_problemf(f, 409, "no_code_sent",
-					  "ask for a code first: POST /v1/stepup/%s/send", id);
+					     "ask for a code first: POST /v1/stepup/%s/send", id);
 		err = acct_code_verify(s, db, r.verification_id, "stepup", code, &uid, &idx,
 				       &target, &channel, f);
 		free(idx);
@@ -307,11 +308,12 @@ int acct_stepup_verify(acct_service *s, const char *id, json_t *body, json_t **o
 				json_decref(f->extra);
 				f->extra = NULL;
 				if ((err = acct_freeze(s, r.user_id, "failed step-up")) != 0)
-					return acct_problem_dependency(f, err, "freezing the account");
+					return acct_problem_dependency(f, err,
+								       "freezing the account");
 				return mica_problemf(
-				    f, 423, "account_frozen",
-				    "too many failed verifications: the account is frozen;"
-				    " recover it with a password reset");
+					f, 423, "account_frozen",
+					"too many failed verifications: the account is frozen;"
+					" recover it with a password reset");
 			}
 			return MICA_EAUTH;
 		}
@@ -357,21 +359,21 @@ int acct_stepup_approve(acct_service *s, const struct acct_session *approver, co
 	snprintf(uid, sizeof(uid), "%lld", (long long)r.user_id);
 	const char *p[2] = {uid, approver->device_hash};
 	err = mica_db_exec(
-	    db,
-	    "SELECT u.cross_device AND d.trusted FROM account.user u JOIN account.device d"
-	    " ON d.user_id = u.id WHERE u.id = $1 AND d.device_hash = $2",
-	    2, p, &res);
+		db,
+		"SELECT u.cross_device AND d.trusted FROM account.user u JOIN account.device d"
+		" ON d.user_id = u.id WHERE u.id = $1 AND d.device_hash = $2",
+		2, p, &res);
 	if (err || PQntuples(res) != 1 || strcmp(mica_db_get(res, 0, 0), "t") != 0) {
 		PQclear(res);
 		return err ? acct_problem_dependency(f, err, "the database")
 			   : mica_problemf(
-				 f, 403, "not_trusted_device",
-				 "approve from a trusted device with cross-device verification on");
+				     f, 403, "not_trusted_device",
+				     "approve from a trusted device with cross-device verification on");
 	}
 	PQclear(res);
 	if (strcmp(approver->device_hash, r.device_hash) == 0)
 		return mica_problemf(f, 403, "not_trusted_device",
-				  "a device cannot approve its own login");
+				     "a device cannot approve its own login");
 	snprintf(sid, sizeof(sid), "%lld", (long long)approver->id);
 	const char *q[2] = {id, sid};
 	if ((err = mica_db_exec(db, "UPDATE account.stepup SET approved_by = $2 WHERE id = $1", 2,

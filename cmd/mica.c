@@ -25,27 +25,27 @@ static int cmd_help(int argc, char **argv)
 
 static void migrate_usage(FILE *f)
 {
-	fprintf(
-	    f, "usage: mica migrate [--db CONNINFO] [--schema DIR] [--status]\n"
-	       "\n"
-	       "Applies schema/NNNN_*.sql files not yet recorded in public.mica_migration, in\n"
-	       "numeric order, each in its own transaction with its record and SHA-256.\n"
-	       "Stops with exit code 2 if an applied file's checksum changed.\n"
-	       "\n"
-	       "  --db CONNINFO   libpq connection string (default: $MICA_DB_CONNINFO)\n"
-	       "  --schema DIR    migrations directory (default: $MICA_SCHEMA_DIR, else ./schema)\n"
-	       "  --status        list applied and pending migrations; change nothing\n"
-	       "  -h, --help      show this help\n");
+	fprintf(f,
+		"usage: mica migrate [--db CONNINFO] [--schema DIR] [--status]\n"
+		"\n"
+		"Applies schema/NNNN_*.sql files not yet recorded in public.mica_migration, in\n"
+		"numeric order, each in its own transaction with its record and SHA-256.\n"
+		"Stops with exit code 2 if an applied file's checksum changed.\n"
+		"\n"
+		"  --db CONNINFO   libpq connection string (default: $MICA_DB_CONNINFO)\n"
+		"  --schema DIR    migrations directory (default: $MICA_SCHEMA_DIR, else ./schema)\n"
+		"  --status        list applied and pending migrations; change nothing\n"
+		"  -h, --help      show this help\n");
 }
 
 static int cmd_migrate(int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    {"db", required_argument, NULL, 'd'},
-	    {"schema", required_argument, NULL, 's'},
-	    {"status", no_argument, NULL, 'S'},
-	    {"help", no_argument, NULL, 'h'},
-	    {NULL, 0, NULL, 0},
+		{"db", required_argument, NULL, 'd'},
+		{"schema", required_argument, NULL, 's'},
+		{"status", no_argument, NULL, 'S'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
 	};
 	const char *conninfo = getenv("MICA_DB_CONNINFO");
 	const char *dir = getenv("MICA_SCHEMA_DIR");
@@ -78,8 +78,8 @@ static int cmd_migrate(int argc, char **argv)
 
 /* The platform's own nouns; the services' come from mica_cli_services. */
 static const mica_cli_verb platform[] = {
-    {"migrate", cmd_migrate, "apply schema migrations; --status lists applied and pending"},
-    {"help", cmd_help, "show this help"},
+	{"migrate", cmd_migrate, "apply schema migrations; --status lists applied and pending"},
+	{"help", cmd_help, "show this help"},
 };
 #define NPLATFORM (sizeof(platform) / sizeof(platform[0]))
 

@@ -75,11 +75,12 @@ static void deliver(kc_service *s, struct alert *a)
 	mica_db *db = mica_db_thread();
 	char *detail = json_dumps(a->detail, JSON_COMPACT);
 	const char *p[4] = {a->kind, a->principal, a->key, detail ? detail : "{}"};
-	int err = db ? mica_db_exec(db,
-				    "INSERT INTO keycenter.alert (kind, principal, key_name, detail)"
-				    " VALUES ($1, $2, $3, $4::jsonb)",
-				    4, p, NULL)
-		     : MICA_EDBCONN;
+	int err =
+		db ? mica_db_exec(db,
+				  "INSERT INTO keycenter.alert (kind, principal, key_name, detail)"
+				  " VALUES ($1, $2, $3, $4::jsonb)",
+				  4, p, NULL)
+		   : MICA_EDBCONN;
 	if (err)
 		MICA_LOG(MICA_LOG_ERROR, "keycenter: alert %s could not be stored: %s", a->kind,
 			 mica_strerror(err));
@@ -88,8 +89,8 @@ static void deliver(kc_service *s, struct alert *a)
 					 a->principal, "key", a->key, "detail", a->detail);
 		long status = 0;
 		json_t *reply = NULL;
-		err = mica_httpc_json(s->alerts->webhook, "POST", s->cfg->alert_webhook_url, body, 1,
-				      &status, &reply);
+		err = mica_httpc_json(s->alerts->webhook, "POST", s->cfg->alert_webhook_url, body,
+				      1, &status, &reply);
 		if (err || status >= 300)
 			MICA_LOG(MICA_LOG_ERROR, "keycenter: alert webhook failed: %s (status %ld)",
 				 mica_strerror(err), status);
@@ -324,7 +325,8 @@ void kc_alert(kc_service *s, const char *kind, const char *principal, const char
 		return;
 	}
 	if (q->dropped) {
-		json_object_set_new(a->detail, "dropped_before", json_integer((json_int_t)q->dropped));
+		json_object_set_new(a->detail, "dropped_before",
+				    json_integer((json_int_t)q->dropped));
 		q->dropped = 0;
 	}
 	queue_push(q, a);
@@ -357,12 +359,12 @@ int kc_alerts_list(kc_service *s, int64_t after_id, int limit, json_t **out)
 		int64_t id = 0;
 		if (mica_db_get_int64(res, r, 0, &id) != 0)
 			continue;
-		json_array_append_new(
-			list, json_pack("{s:I,s:s,s:s,s:s?,s:s?,s:o}", "id", (json_int_t)id, "ts",
-					mica_db_get(res, r, 1), "kind", mica_db_get(res, r, 2),
-					"principal", mica_db_get(res, r, 3), "key",
-					mica_db_get(res, r, 4), "detail",
-					json_loads(mica_db_get(res, r, 5), 0, NULL)));
+		json_array_append_new(list, json_pack("{s:I,s:s,s:s,s:s?,s:s?,s:o}", "id",
+						      (json_int_t)id, "ts", mica_db_get(res, r, 1),
+						      "kind", mica_db_get(res, r, 2), "principal",
+						      mica_db_get(res, r, 3), "key",
+						      mica_db_get(res, r, 4), "detail",
+						      json_loads(mica_db_get(res, r, 5), 0, NULL)));
 	}
 	PQclear(res);
 	*out = json_pack("{s:o}", "alerts", list);

@@ -3,8 +3,8 @@
  * export, the offline verifier that names the first bad sequence number, and
  * the online MAC check.
  */
-#include "clock.h"
 #include "keycenter/audit.h"
+#include "clock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -147,11 +147,12 @@ static int entry_hash_with(EVP_MD_CTX *md, const struct entry *e, uint8_t out[KC
 	be64(ts, (uint64_t)e->ts_us);
 	be32(ver, (uint32_t)e->key_version);
 	int ok = EVP_DigestInit_ex(md, mica_md_sha256(), NULL) &&
-		 put_field(md, DOMAIN_RECORD, strlen(DOMAIN_RECORD), 0) && put_field(md, seq, 8, 0) &&
-		 put_field(md, ts, 8, 0) && put_text(md, e->principal) && put_text(md, e->client) &&
-		 put_text(md, e->op) && put_text(md, e->key_name) &&
-		 put_field(md, ver, 4, !e->has_version) && put_text(md, e->context_hash) &&
-		 put_text(md, e->result) && put_field(md, e->prev_hash, KC_AUDIT_HASH_LEN, 0) &&
+		 put_field(md, DOMAIN_RECORD, strlen(DOMAIN_RECORD), 0) &&
+		 put_field(md, seq, 8, 0) && put_field(md, ts, 8, 0) &&
+		 put_text(md, e->principal) && put_text(md, e->client) && put_text(md, e->op) &&
+		 put_text(md, e->key_name) && put_field(md, ver, 4, !e->has_version) &&
+		 put_text(md, e->context_hash) && put_text(md, e->result) &&
+		 put_field(md, e->prev_hash, KC_AUDIT_HASH_LEN, 0) &&
 		 EVP_DigestFinal_ex(md, out, &n) && n == KC_AUDIT_HASH_LEN;
 	return ok ? 0 : MICA_ECRYPTO;
 }
@@ -174,16 +175,16 @@ static int record_entry(uint64_t seq, int64_t ts_us, const kc_audit_record *rec,
 	if (!rec || !prev_hash || !rec->principal || !rec->client || !rec->op || !rec->result)
 		return MICA_EINVAL;
 	*e = (struct entry){
-	    .seq = seq,
-	    .ts_us = ts_us,
-	    .principal = cstr(rec->principal),
-	    .client = cstr(rec->client),
-	    .op = cstr(rec->op),
-	    .key_name = cstr(rec->key_name),
-	    .context_hash = cstr(rec->context_hash),
-	    .result = cstr(rec->result),
-	    .has_version = rec->key_version > 0,
-	    .key_version = rec->key_version > 0 ? rec->key_version : 0,
+		.seq = seq,
+		.ts_us = ts_us,
+		.principal = cstr(rec->principal),
+		.client = cstr(rec->client),
+		.op = cstr(rec->op),
+		.key_name = cstr(rec->key_name),
+		.context_hash = cstr(rec->context_hash),
+		.result = cstr(rec->result),
+		.has_version = rec->key_version > 0,
+		.key_version = rec->key_version > 0 ? rec->key_version : 0,
 	};
 	memcpy(e->prev_hash, prev_hash, KC_AUDIT_HASH_LEN);
 	return 0;
@@ -473,8 +474,8 @@ static int load_head_tx(mica_db *db, void *arg)
 	char seq[24];
 	head_rows_clear(h); /* a retried transaction starts over */
 	int rc = mica_db_exec(
-	    db, "SELECT " RECORD_COLS " FROM keycenter.audit ORDER BY seq DESC LIMIT 1", 0, NULL,
-	    &h->last);
+		db, "SELECT " RECORD_COLS " FROM keycenter.audit ORDER BY seq DESC LIMIT 1", 0,
+		NULL, &h->last);
 	if (!rc)
 		rc = mica_db_exec(db,
 				  "SELECT c.seq, encode(c.head_hash, 'hex'), encode(a.hash, 'hex')"
@@ -487,8 +488,8 @@ static int load_head_tx(mica_db *db, void *arg)
 	snprintf(seq, sizeof(seq), "%" PRIu64, h->anchor_seq);
 	const char *p[1] = {seq};
 	return mica_db_exec(
-	    db, "SELECT encode(hash, 'hex') FROM keycenter.audit WHERE seq = $1::bigint", 1, p,
-	    &h->anchor);
+		db, "SELECT encode(hash, 'hex') FROM keycenter.audit WHERE seq = $1::bigint", 1, p,
+		&h->anchor);
 }
 
 /* The log must still hold the newest genuine signed head (a->anchor_*) and
@@ -647,19 +648,19 @@ static int cp_make(kc_audit *a, uint64_t seq, const uint8_t head[32], struct cp 
 	"INSERT INTO keycenter.audit (seq, ts_us, principal, client, op, key_name, key_version,"   \
 	" context_hash, result, prev_hash, hash, mac)"                                             \
 	" SELECT s, t, p, c, o, k, v, x, r, decode(ph, 'hex'), decode(h, 'hex'), decode(m, 'hex')" \
-	" FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],"  \
+	" FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[]," \
 	" $7::integer[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])"           \
 	" AS u(s, t, p, c, o, k, v, x, r, ph, h, m)"
 
 static const char insert_records_sql[] = INSERT_RECORDS;
 
 static const char insert_records_checkpoint_sql[] =
-    "WITH cp AS (INSERT INTO keycenter.audit_checkpoint (seq, ts_us, head_hash, signature)"
-    " VALUES ($13::bigint, $14::bigint, decode($15, 'hex'), decode($16, 'hex'))) " INSERT_RECORDS;
+	"WITH cp AS (INSERT INTO keycenter.audit_checkpoint (seq, ts_us, head_hash, signature)"
+	" VALUES ($13::bigint, $14::bigint, decode($15, 'hex'), decode($16, 'hex'))) " INSERT_RECORDS;
 
 static const char insert_checkpoint_sql[] =
-    "INSERT INTO keycenter.audit_checkpoint (seq, ts_us, head_hash, signature)"
-    " VALUES ($1::bigint, $2::bigint, decode($3, 'hex'), decode($4, 'hex'))";
+	"INSERT INTO keycenter.audit_checkpoint (seq, ts_us, head_hash, signature)"
+	" VALUES ($1::bigint, $2::bigint, decode($3, 'hex'), decode($4, 'hex'))";
 
 /* Commits the records of |arrays| (NULL: none) and |cp| (NULL: none) in
  * one autocommit statement. A statement whose connection broke in flight
@@ -680,7 +681,8 @@ static int write_statement(kc_audit *a, const char *const arrays[NARR], const st
 		p[n++] = cp->sig_hex;
 	}
 	const char *sql = !arrays ? insert_checkpoint_sql
-				  : cp ? insert_records_checkpoint_sql : insert_records_sql;
+			  : cp	  ? insert_records_checkpoint_sql
+				  : insert_records_sql;
 	return mica_db_exec(a->db, sql, n, p, NULL);
 }
 
@@ -1105,8 +1107,9 @@ static int resume_tail(kc_audit *a)
 		snprintf(s, sizeof(s), "%" PRIu64, seq);
 		const char *p[1] = {s};
 		rc = mica_db_exec(
-		    a->db, "SELECT encode(hash, 'hex') FROM keycenter.audit WHERE seq = $1::bigint",
-		    1, p, &res);
+			a->db,
+			"SELECT encode(hash, 'hex') FROM keycenter.audit WHERE seq = $1::bigint", 1,
+			p, &res);
 		if (!rc && (PQntuples(res) != 1 || hex32(mica_db_get(res, 0, 0), prev)))
 			rc = MICA_EAUDIT;
 		PQclear(res);
@@ -1320,14 +1323,14 @@ void kc_audit_stop(kc_audit *a)
 /* Records and checkpoints interleaved in (seq, kind) order, one page after
  * the key ($1, $2); kind 0 = record, 1 = checkpoint. */
 static const char export_page_sql[] =
-    "SELECT kind, " RECORD_COLS " FROM ("
-    " SELECT 0 AS kind, seq, ts_us, principal, client, op, key_name, key_version,"
-    " context_hash, result, prev_hash, hash, mac"
-    " FROM keycenter.audit WHERE seq >= $1::bigint"
-    " UNION ALL"
-    " SELECT 1, seq, ts_us, NULL, NULL, NULL, NULL, NULL, NULL, NULL, head_hash,"
-    " signature, NULL FROM keycenter.audit_checkpoint WHERE seq >= $1::bigint) u"
-    " WHERE (seq, kind) > ($1::bigint, $2::int) ORDER BY seq, kind LIMIT " PAGE_ROWS;
+	"SELECT kind, " RECORD_COLS " FROM ("
+	" SELECT 0 AS kind, seq, ts_us, principal, client, op, key_name, key_version,"
+	" context_hash, result, prev_hash, hash, mac"
+	" FROM keycenter.audit WHERE seq >= $1::bigint"
+	" UNION ALL"
+	" SELECT 1, seq, ts_us, NULL, NULL, NULL, NULL, NULL, NULL, NULL, head_hash,"
+	" signature, NULL FROM keycenter.audit_checkpoint WHERE seq >= $1::bigint) u"
+	" WHERE (seq, kind) > ($1::bigint, $2::int) ORDER BY seq, kind LIMIT " PAGE_ROWS;
 
 static json_t *jtext(const PGresult *res, int row, int col)
 {
@@ -1359,8 +1362,8 @@ static json_t *export_object(const PGresult *res, int row, int64_t kind, int64_t
 	} else if (ok) {
 		int64_t kv = 0;
 		json_t *ver = mica_db_get(res, row, 7) && !mica_db_get_int64(res, row, 7, &kv)
-				  ? json_integer(kv)
-				  : json_null();
+				      ? json_integer(kv)
+				      : json_null();
 		ok = set(o, "principal", jtext(res, row, 3)) &&
 		     set(o, "client", jtext(res, row, 4)) && set(o, "op", jtext(res, row, 5)) &&
 		     set(o, "key_name", jtext(res, row, 6)) && set(o, "key_version", ver) &&
@@ -1509,19 +1512,19 @@ int kc_audit_verify_macs(mica_db *db, const uint8_t mac_key[32], uint64_t *bad_s
 /* ---- offline verification ------------------------------------------------------ */
 
 static const char *const verdict_names[] = {
-    [KC_AUDIT_OK] = "ok",
-    [KC_AUDIT_BAD_HASH] = "bad_hash",
-    [KC_AUDIT_BROKEN_LINK] = "broken_link",
-    [KC_AUDIT_SEQ_GAP] = "seq_gap",
-    [KC_AUDIT_OUT_OF_ORDER] = "out_of_order",
-    [KC_AUDIT_BAD_CHECKPOINT_SIGNATURE] = "bad_checkpoint_signature",
-    [KC_AUDIT_CHECKPOINT_MISMATCH] = "checkpoint_mismatch",
-    [KC_AUDIT_TRUNCATED] = "truncated",
-    [KC_AUDIT_MALFORMED] = "malformed",
-    [KC_AUDIT_NO_CHECKPOINT] = "no_checkpoint",
-    [KC_AUDIT_UNSIGNED_TAIL] = "unsigned_tail",
-    [KC_AUDIT_ANCHOR_MISMATCH] = "anchor_mismatch",
-    [KC_AUDIT_ANCHOR_TRUNCATED] = "anchor_truncated",
+	[KC_AUDIT_OK] = "ok",
+	[KC_AUDIT_BAD_HASH] = "bad_hash",
+	[KC_AUDIT_BROKEN_LINK] = "broken_link",
+	[KC_AUDIT_SEQ_GAP] = "seq_gap",
+	[KC_AUDIT_OUT_OF_ORDER] = "out_of_order",
+	[KC_AUDIT_BAD_CHECKPOINT_SIGNATURE] = "bad_checkpoint_signature",
+	[KC_AUDIT_CHECKPOINT_MISMATCH] = "checkpoint_mismatch",
+	[KC_AUDIT_TRUNCATED] = "truncated",
+	[KC_AUDIT_MALFORMED] = "malformed",
+	[KC_AUDIT_NO_CHECKPOINT] = "no_checkpoint",
+	[KC_AUDIT_UNSIGNED_TAIL] = "unsigned_tail",
+	[KC_AUDIT_ANCHOR_MISMATCH] = "anchor_mismatch",
+	[KC_AUDIT_ANCHOR_TRUNCATED] = "anchor_truncated",
 };
 
 const char *kc_audit_verdict_name(kc_audit_verdict v)
@@ -1548,7 +1551,7 @@ struct vstate {
 	const kc_audit_verify_options *opt; /* resolved: limits set */
 	kc_audit_report *rep;
 	int64_t last_ts; /* ts_us of the last verified record */
-	int failed; /* rep holds the first problem */
+	int failed;	 /* rep holds the first problem */
 	uint64_t line_no;
 	uint64_t next_seq; /* record expected next */
 	uint8_t last_hash[32];
@@ -1562,7 +1565,7 @@ struct vstate {
 };
 
 static void vfail(struct vstate *st, kc_audit_verdict kind, uint64_t seq, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+	__attribute__((format(printf, 4, 5)));
 
 static void vfail(struct vstate *st, kc_audit_verdict kind, uint64_t seq, const char *fmt, ...)
 {

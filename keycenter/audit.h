@@ -140,11 +140,11 @@ typedef struct kc_audit_options {
 } kc_audit_options;
 
 typedef struct kc_audit_stats {
-	uint64_t records;	 /* committed by this writer */
-	uint64_t batches;	 /* committed transactions that held records */
-	uint64_t failed_batches; /* batches whose waiters got MICA_EAUDIT */
-	uint64_t checkpoints;	 /* checkpoints committed by this writer */
-	uint64_t max_batch;	 /* largest committed batch */
+	uint64_t records;	   /* committed by this writer */
+	uint64_t batches;	   /* committed transactions that held records */
+	uint64_t failed_batches;   /* batches whose waiters got MICA_EAUDIT */
+	uint64_t checkpoints;	   /* checkpoints committed by this writer */
+	uint64_t max_batch;	   /* largest committed batch */
 	uint64_t publish_failures; /* checkpoints the publish file did not take */
 } kc_audit_stats;
 
@@ -309,17 +309,17 @@ typedef struct kc_audit_verify_options {
  * first problem (everything when kind is KC_AUDIT_OK). */
 typedef struct kc_audit_report {
 	kc_audit_verdict kind;
-	uint64_t bad_seq;	      /* seq of the first problem (0 when OK); see below */
-	uint64_t line;		      /* 1-based input line of the problem (0 when OK); one
-					 past the last line for a problem found at the end */
-	uint64_t records;	      /* records verified */
-	uint64_t checkpoints;	      /* checkpoints verified */
-	uint64_t last_checkpoint_seq; /* 0 if none */
-	uint64_t unsigned_tail;	      /* records after the last checkpoint */
-	size_t anchor;		      /* ANCHOR_*: index of the anchor at fault */
+	uint64_t bad_seq;		     /* seq of the first problem (0 when OK); see below */
+	uint64_t line;			     /* 1-based input line of the problem (0 when OK); one
+						past the last line for a problem found at the end */
+	uint64_t records;		     /* records verified */
+	uint64_t checkpoints;		     /* checkpoints verified */
+	uint64_t last_checkpoint_seq;	     /* 0 if none */
+	uint64_t unsigned_tail;		     /* records after the last checkpoint */
+	size_t anchor;			     /* ANCHOR_*: index of the anchor at fault */
 	kc_audit_checkpoint last_checkpoint; /* the newest verified one (seq 0 if none):
 						the auditor's next anchor */
-	char detail[256];	      /* human sentence; "" when OK */
+	char detail[256];		     /* human sentence; "" when OK */
 } kc_audit_report;
 
 /* Verifies the export read from |in| with the checkpoint public key in the

@@ -100,13 +100,13 @@ static int load_request(mica_db *db, int64_t id, json_t **out)
 	officers = json_array();
 	for (int r = 0; r < PQntuples(ap); r++)
 		json_array_append_new(officers, json_string(mica_db_get(ap, r, 0)));
-	*out =
-	    json_pack("{s:I,s:s,s:s,s:s,s:s,s:s,s:o,s:i,s:o}", "id", (json_int_t)id, "kind",
-		      mica_db_get(res, 0, 0), "target", mica_db_get(res, 0, 1), "status",
-		      mica_db_get(res, 0, 2), "requested_by", mica_db_get(res, 0, 3), "created_at",
-		      mica_db_get(res, 0, 4), "approvals", officers, "approvals_required",
-		      KC_APPROVALS_REQUIRED, "applied_at",
-		      mica_db_get(res, 0, 5) ? json_string(mica_db_get(res, 0, 5)) : json_null());
+	*out = json_pack("{s:I,s:s,s:s,s:s,s:s,s:s,s:o,s:i,s:o}", "id", (json_int_t)id, "kind",
+			 mica_db_get(res, 0, 0), "target", mica_db_get(res, 0, 1), "status",
+			 mica_db_get(res, 0, 2), "requested_by", mica_db_get(res, 0, 3),
+			 "created_at", mica_db_get(res, 0, 4), "approvals", officers,
+			 "approvals_required", KC_APPROVALS_REQUIRED, "applied_at",
+			 mica_db_get(res, 0, 5) ? json_string(mica_db_get(res, 0, 5))
+						: json_null());
 	if (!*out)
 		err = MICA_ENOMEM;
 out:
@@ -135,10 +135,10 @@ int kc_change_request(kc_service *s, const char *kind, const char *target, json_
 		return MICA_ENOMEM;
 	const char *p[4] = {kind, target, pl, principal};
 	err = mica_db_exec(
-	    db,
-	    "INSERT INTO keycenter.change_request (kind, target, payload, requested_by)"
-	    " VALUES ($1, $2, $3::jsonb, $4) RETURNING id",
-	    4, p, &res);
+		db,
+		"INSERT INTO keycenter.change_request (kind, target, payload, requested_by)"
+		" VALUES ($1, $2, $3::jsonb, $4) RETURNING id",
+		4, p, &res);
 	free(pl);
 	if (err == 0 && (err = mica_db_get_int64(res, 0, 0, &id)) == 0)
 		err = load_request(db, id, out);
@@ -172,12 +172,12 @@ static int apply(mica_db *db, struct approve_ctx *a, const char *idbuf)
 		err = mica_db_exec(db, "UPDATE keycenter.policy SET active = false WHERE active", 0,
 				   NULL, NULL);
 		if (!err)
-			err =
-			    mica_db_exec(db,
-					 "INSERT INTO keycenter.policy (version, document, active)"
-					 " SELECT (payload->>'version')::int, payload, true"
-					 " FROM keycenter.change_request WHERE id = $1",
-					 1, p, NULL);
+			err = mica_db_exec(
+				db,
+				"INSERT INTO keycenter.policy (version, document, active)"
+				" SELECT (payload->>'version')::int, payload, true"
+				" FROM keycenter.change_request WHERE id = $1",
+				1, p, NULL);
 	}
 	/* The approvals stand; a request that can no longer apply is closed. */
 	if (err == MICA_ESTATE || err == MICA_EEXISTS) {
@@ -224,8 +224,9 @@ static int approve_tx(mica_db *db, void *arg)
 	}
 	PQclear(res);
 	res = NULL;
-	err = mica_db_exec(
-	    db, "INSERT INTO keycenter.approval (request_id, officer) VALUES ($1, $2)", 2, p, NULL);
+	err = mica_db_exec(db,
+			   "INSERT INTO keycenter.approval (request_id, officer) VALUES ($1, $2)",
+			   2, p, NULL);
 	if (err)
 		goto out;
 	err = mica_db_exec(db, "SELECT count(*) FROM keycenter.approval WHERE request_id = $1", 1,

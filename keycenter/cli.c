@@ -25,48 +25,47 @@
 
 static void audit_usage(FILE *f)
 {
-	fprintf(
-	    f,
-	    "usage: mica audit export [--db CONNINFO] [--out FILE]\n"
-	    "       mica audit verify --pubkey PEM [--anchor FILE] [--published FILE]\n"
-	    "                         [--max-unsigned N] [--max-unsigned-ms MS] FILE\n"
-	    "       mica audit verify --mac --kc-url URL --ca PEM --cert PEM --key PEM\n"
-	    "\n"
-	    "export writes every Key Center audit record and checkpoint as JSON lines\n"
-	    "(format in keycenter/audit.h) from one consistent snapshot, to FILE or stdout.\n"
-	    "verify checks an export offline with the checkpoint public key: hashes, chain\n"
-	    "links, sequence numbers, checkpoint signatures, a truncated tail, at least one\n"
-	    "checkpoint, and an unsigned tail no longer than the writer ever leaves; it\n"
-	    "prints \"OK: ...\" and exits 0, or \"FAIL at seq N: KIND: DETAIL\" and exits 1.\n"
-	    "FILE - reads stdin.\n"
-	    "verify --mac asks the Key Center (as the auditor principal) to check every\n"
-	    "record's MAC with its sealed key now; a failure also raises its alert.\n"
-	    "\n"
-	    "  --db CONNINFO        libpq connection string (default: $MICA_DB_CONNINFO)\n"
-	    "  --out FILE           write the export to FILE (mode 0600) instead of stdout\n"
-	    "  --pubkey PEM         checkpoint public key (PEM SubjectPublicKeyInfo, EC)\n"
-	    "  --anchor FILE        the signed head of your previous verification: the log\n"
-	    "                       must still hold it (no cut, no rewrite before it); on OK\n"
-	    "                       FILE is replaced by the newest checkpoint (a missing FILE\n"
-	    "                       is created)\n"
-	    "  --published FILE     the Key Center's publish file (keycenter.audit.publish_file):\n"
-	    "                       the log must hold its newest checkpoint\n"
-	    "  --max-unsigned N     most records after the last checkpoint (the Key Center's\n"
-	    "                       keycenter.audit.checkpoint_every; default 1000)\n"
-	    "  --max-unsigned-ms MS longest time from the last checkpoint to the newest record\n"
-	    "                       (checkpoint_interval_ms plus a grace; default 15000)\n"
-	    "  --mac                the online MAC self-check (needs --kc-url, --ca, --cert, "
-	    "--key)\n"
-	    "  -h, --help           show this help\n");
+	fprintf(f,
+		"usage: mica audit export [--db CONNINFO] [--out FILE]\n"
+		"       mica audit verify --pubkey PEM [--anchor FILE] [--published FILE]\n"
+		"                         [--max-unsigned N] [--max-unsigned-ms MS] FILE\n"
+		"       mica audit verify --mac --kc-url URL --ca PEM --cert PEM --key PEM\n"
+		"\n"
+		"export writes every Key Center audit record and checkpoint as JSON lines\n"
+		"(format in keycenter/audit.h) from one consistent snapshot, to FILE or stdout.\n"
+		"verify checks an export offline with the checkpoint public key: hashes, chain\n"
+		"links, sequence numbers, checkpoint signatures, a truncated tail, at least one\n"
+		"checkpoint, and an unsigned tail no longer than the writer ever leaves; it\n"
+		"prints \"OK: ...\" and exits 0, or \"FAIL at seq N: KIND: DETAIL\" and exits 1.\n"
+		"FILE - reads stdin.\n"
+		"verify --mac asks the Key Center (as the auditor principal) to check every\n"
+		"record's MAC with its sealed key now; a failure also raises its alert.\n"
+		"\n"
+		"  --db CONNINFO        libpq connection string (default: $MICA_DB_CONNINFO)\n"
+		"  --out FILE           write the export to FILE (mode 0600) instead of stdout\n"
+		"  --pubkey PEM         checkpoint public key (PEM SubjectPublicKeyInfo, EC)\n"
+		"  --anchor FILE        the signed head of your previous verification: the log\n"
+		"                       must still hold it (no cut, no rewrite before it); on OK\n"
+		"                       FILE is replaced by the newest checkpoint (a missing FILE\n"
+		"                       is created)\n"
+		"  --published FILE     the Key Center's publish file (keycenter.audit.publish_file):\n"
+		"                       the log must hold its newest checkpoint\n"
+		"  --max-unsigned N     most records after the last checkpoint (the Key Center's\n"
+		"                       keycenter.audit.checkpoint_every; default 1000)\n"
+		"  --max-unsigned-ms MS longest time from the last checkpoint to the newest record\n"
+		"                       (checkpoint_interval_ms plus a grace; default 15000)\n"
+		"  --mac                the online MAC self-check (needs --kc-url, --ca, --cert, "
+		"--key)\n"
+		"  -h, --help           show this help\n");
 }
 
 static int audit_export(int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    {"db", required_argument, NULL, 'd'},
-	    {"out", required_argument, NULL, 'o'},
-	    {"help", no_argument, NULL, 'h'},
-	    {NULL, 0, NULL, 0},
+		{"db", required_argument, NULL, 'd'},
+		{"out", required_argument, NULL, 'o'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
 	};
 	const char *conninfo = getenv("MICA_DB_CONNINFO");
 	const char *path = NULL;
@@ -187,7 +186,7 @@ static int audit_verify_mac(const char *url, const mica_httpc_options *o)
 		fprintf(stderr, "mica audit verify --mac: %s: %s\n", url, mica_errmsg(err));
 	} else if (status != 200 || !result) {
 		const char *code =
-		    json_string_value(json_object_get(json_object_get(reply, "error"), "code"));
+			json_string_value(json_object_get(json_object_get(reply, "error"), "code"));
 		fprintf(stderr, "mica audit verify --mac: HTTP %ld %s\n", status, code ? code : "");
 	} else if (strcmp(result, "ok") == 0) {
 		printf("OK: the MACs of %" JSON_INTEGER_FORMAT " records verify\n", n);
@@ -293,18 +292,18 @@ out:
 static int audit_verify(int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    {"pubkey", required_argument, NULL, 'k'},
-	    {"anchor", required_argument, NULL, 'A'},
-	    {"published", required_argument, NULL, 'P'},
-	    {"max-unsigned", required_argument, NULL, 'n'},
-	    {"max-unsigned-ms", required_argument, NULL, 'm'},
-	    {"mac", no_argument, NULL, 'M'},
-	    {"kc-url", required_argument, NULL, 'u'},
-	    {"ca", required_argument, NULL, 'a'},
-	    {"cert", required_argument, NULL, 'c'},
-	    {"key", required_argument, NULL, 'K'},
-	    {"help", no_argument, NULL, 'h'},
-	    {NULL, 0, NULL, 0},
+		{"pubkey", required_argument, NULL, 'k'},
+		{"anchor", required_argument, NULL, 'A'},
+		{"published", required_argument, NULL, 'P'},
+		{"max-unsigned", required_argument, NULL, 'n'},
+		{"max-unsigned-ms", required_argument, NULL, 'm'},
+		{"mac", no_argument, NULL, 'M'},
+		{"kc-url", required_argument, NULL, 'u'},
+		{"ca", required_argument, NULL, 'a'},
+		{"cert", required_argument, NULL, 'c'},
+		{"key", required_argument, NULL, 'K'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
 	};
 	const char *pubkey = NULL, *anchor = NULL, *published = NULL, *url = NULL;
 	mica_httpc_options ho = {.timeout_ms = 600000, .retries = 0};
@@ -359,12 +358,12 @@ static int audit_verify(int argc, char **argv)
 		}
 	}
 	const char *usage_err =
-	    mac && (pubkey || anchor || published || optind != argc)
-		? "--mac checks online: no --pubkey, --anchor, --published or FILE"
-	    : mac && (!url || !ho.ca_file || !ho.cert_file || !ho.key_file)
-		? "--mac needs --kc-url, --ca, --cert and --key (the auditor's certificate)"
-	    : !mac && (!pubkey || optind != argc - 1) ? "need --pubkey PEM and exactly one FILE"
-						      : NULL;
+		mac && (pubkey || anchor || published || optind != argc)
+			? "--mac checks online: no --pubkey, --anchor, --published or FILE"
+		: mac && (!url || !ho.ca_file || !ho.cert_file || !ho.key_file)
+			? "--mac needs --kc-url, --ca, --cert and --key (the auditor's certificate)"
+		: !mac && (!pubkey || optind != argc - 1) ? "need --pubkey PEM and exactly one FILE"
+							  : NULL;
 	if (usage_err) {
 		fprintf(stderr, "mica audit verify: %s\n", usage_err);
 		audit_usage(stderr);
@@ -385,9 +384,9 @@ static int audit_command(int argc, char **argv)
 /* ---- the Key Center's nouns (lib/cli.h) --------------------------------- */
 
 static const mica_cli_verb nouns[] = {
-    {"keycenter", kc_command,
-     "keycenter init | unseal | seal-status | migrate-root: ceremony, unseal, root migration"},
-    {"audit", audit_command, "audit export | audit verify: the Key Center audit trail"},
+	{"keycenter", kc_command,
+	 "keycenter init | unseal | seal-status | migrate-root: ceremony, unseal, root migration"},
+	{"audit", audit_command, "audit export | audit verify: the Key Center audit trail"},
 };
 
 const mica_cli_service keycenter_cli = {"keycenter", nouns, sizeof(nouns) / sizeof(nouns[0])};

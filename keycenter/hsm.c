@@ -411,8 +411,8 @@ int kc_hsm_open(kc_hsm **out, const char *module_path, const char *token_label,
 static int set_pin(kc_hsm *h, CK_SESSION_HANDLE s, const char *who, const char *old, size_t old_len,
 		   const char *new_pin, size_t new_len)
 {
-	CK_RV rv =
-	    h->p11->C_SetPIN(s, (CK_UTF8CHAR_PTR)old, old_len, (CK_UTF8CHAR_PTR)new_pin, new_len);
+	CK_RV rv = h->p11->C_SetPIN(s, (CK_UTF8CHAR_PTR)old, old_len, (CK_UTF8CHAR_PTR)new_pin,
+				    new_len);
 	if (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LEN_RANGE || rv == CKR_PIN_INVALID ||
 	    rv == CKR_PIN_LOCKED) {
 		MICA_LOG(MICA_LOG_ERROR, "hsm: the token refused to change the %s PIN: %s", who,
@@ -577,8 +577,8 @@ static int find_key(kc_hsm *h, CK_SESSION_HANDLE s, const char *label, CK_OBJECT
 		    CK_OBJECT_HANDLE *obj)
 {
 	CK_ATTRIBUTE tmpl[] = {
-	    {CKA_CLASS, &cls, sizeof(cls)},
-	    {CKA_LABEL, (void *)label, strlen(label)},
+		{CKA_CLASS, &cls, sizeof(cls)},
+		{CKA_LABEL, (void *)label, strlen(label)},
 	};
 	CK_OBJECT_HANDLE found[2];
 	CK_ULONG n;
@@ -739,8 +739,8 @@ static int generate_pair(kc_hsm *h, CK_SESSION_HANDLE s, CK_MECHANISM_TYPE type,
 			 CK_OBJECT_HANDLE *pub_obj, CK_OBJECT_HANDLE *priv_obj)
 {
 	CK_MECHANISM mech = {type, NULL, 0};
-	CK_RV rv =
-	    h->p11->C_GenerateKeyPair(s, &mech, pub, pub_len, priv, priv_len, pub_obj, priv_obj);
+	CK_RV rv = h->p11->C_GenerateKeyPair(s, &mech, pub, pub_len, priv, priv_len, pub_obj,
+					     priv_obj);
 
 	if (rv != CKR_OK)
 		return hsm_fail("C_GenerateKeyPair", rv);
@@ -762,40 +762,40 @@ static int generate_root(kc_hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *pub_o
 	if (mica_random(id, sizeof(id)) != 0)
 		return MICA_ECRYPTO;
 	CK_ATTRIBUTE pub[] = {
-	    {CKA_CLASS, &pub_class, sizeof(pub_class)},
-	    {CKA_KEY_TYPE, &type, sizeof(type)},
-	    {CKA_TOKEN, (void *)&yes, sizeof(yes)},
-	    {CKA_PRIVATE, (void *)&no, sizeof(no)},
-	    {CKA_MODIFIABLE, (void *)&no, sizeof(no)},
-	    {CKA_LABEL, label, strlen(label)},
-	    {CKA_ID, id, sizeof(id)},
-	    {CKA_MODULUS_BITS, &bits, sizeof(bits)},
-	    {CKA_PUBLIC_EXPONENT, (void *)rsa_f4, sizeof(rsa_f4)},
-	    {CKA_WRAP, (void *)&yes, sizeof(yes)},
-	    {CKA_ENCRYPT, (void *)&no, sizeof(no)},
-	    {CKA_VERIFY, (void *)&no, sizeof(no)},
-	    {CKA_VERIFY_RECOVER, (void *)&no, sizeof(no)},
-	    {CKA_DERIVE, (void *)&no, sizeof(no)},
+		{CKA_CLASS, &pub_class, sizeof(pub_class)},
+		{CKA_KEY_TYPE, &type, sizeof(type)},
+		{CKA_TOKEN, (void *)&yes, sizeof(yes)},
+		{CKA_PRIVATE, (void *)&no, sizeof(no)},
+		{CKA_MODIFIABLE, (void *)&no, sizeof(no)},
+		{CKA_LABEL, label, strlen(label)},
+		{CKA_ID, id, sizeof(id)},
+		{CKA_MODULUS_BITS, &bits, sizeof(bits)},
+		{CKA_PUBLIC_EXPONENT, (void *)rsa_f4, sizeof(rsa_f4)},
+		{CKA_WRAP, (void *)&yes, sizeof(yes)},
+		{CKA_ENCRYPT, (void *)&no, sizeof(no)},
+		{CKA_VERIFY, (void *)&no, sizeof(no)},
+		{CKA_VERIFY_RECOVER, (void *)&no, sizeof(no)},
+		{CKA_DERIVE, (void *)&no, sizeof(no)},
 	};
 	CK_ATTRIBUTE priv[] = {
-	    {CKA_CLASS, &priv_class, sizeof(priv_class)},
-	    {CKA_KEY_TYPE, &type, sizeof(type)},
-	    {CKA_TOKEN, (void *)&yes, sizeof(yes)},
-	    {CKA_PRIVATE, (void *)&yes, sizeof(yes)},
-	    {CKA_MODIFIABLE, (void *)&no, sizeof(no)},
-	    {CKA_LABEL, label, strlen(label)},
-	    {CKA_ID, id, sizeof(id)},
-	    {CKA_SENSITIVE, (void *)&yes, sizeof(yes)},
-	    {CKA_EXTRACTABLE, (void *)&no, sizeof(no)},
-	    {CKA_UNWRAP, (void *)&yes, sizeof(yes)},
-	    {CKA_UNWRAP_TEMPLATE, kek_unwrap_template, sizeof(kek_unwrap_template)},
-	    /* A copy could not change the template either (SoftHSM answers
-	     * CKR_ATTRIBUTE_READ_ONLY), but there is no reason to allow one. */
-	    {CKA_COPYABLE, (void *)&no, sizeof(no)},
-	    {CKA_DECRYPT, (void *)&no, sizeof(no)},
-	    {CKA_SIGN, (void *)&no, sizeof(no)},
-	    {CKA_SIGN_RECOVER, (void *)&no, sizeof(no)},
-	    {CKA_DERIVE, (void *)&no, sizeof(no)},
+		{CKA_CLASS, &priv_class, sizeof(priv_class)},
+		{CKA_KEY_TYPE, &type, sizeof(type)},
+		{CKA_TOKEN, (void *)&yes, sizeof(yes)},
+		{CKA_PRIVATE, (void *)&yes, sizeof(yes)},
+		{CKA_MODIFIABLE, (void *)&no, sizeof(no)},
+		{CKA_LABEL, label, strlen(label)},
+		{CKA_ID, id, sizeof(id)},
+		{CKA_SENSITIVE, (void *)&yes, sizeof(yes)},
+		{CKA_EXTRACTABLE, (void *)&no, sizeof(no)},
+		{CKA_UNWRAP, (void *)&yes, sizeof(yes)},
+		{CKA_UNWRAP_TEMPLATE, kek_unwrap_template, sizeof(kek_unwrap_template)},
+		/* A copy could not change the template either (SoftHSM answers
+		 * CKR_ATTRIBUTE_READ_ONLY), but there is no reason to allow one. */
+		{CKA_COPYABLE, (void *)&no, sizeof(no)},
+		{CKA_DECRYPT, (void *)&no, sizeof(no)},
+		{CKA_SIGN, (void *)&no, sizeof(no)},
+		{CKA_SIGN_RECOVER, (void *)&no, sizeof(no)},
+		{CKA_DERIVE, (void *)&no, sizeof(no)},
 	};
 	return generate_pair(h, s, CKM_RSA_PKCS_KEY_PAIR_GEN, pub, sizeof(pub) / sizeof(pub[0]),
 			     priv, sizeof(priv) / sizeof(priv[0]), pub_obj, priv_obj);
@@ -814,35 +814,35 @@ static int generate_audit(kc_hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *pub_
 	if (mica_random(id, sizeof(id)) != 0)
 		return MICA_ECRYPTO;
 	CK_ATTRIBUTE pub[] = {
-	    {CKA_CLASS, &pub_class, sizeof(pub_class)},
-	    {CKA_KEY_TYPE, &type, sizeof(type)},
-	    {CKA_TOKEN, (void *)&yes, sizeof(yes)},
-	    {CKA_PRIVATE, (void *)&no, sizeof(no)},
-	    {CKA_MODIFIABLE, (void *)&no, sizeof(no)},
-	    {CKA_LABEL, label, strlen(label)},
-	    {CKA_ID, id, sizeof(id)},
-	    {CKA_EC_PARAMS, (void *)p256_params, sizeof(p256_params)},
-	    {CKA_VERIFY, (void *)&yes, sizeof(yes)},
-	    {CKA_VERIFY_RECOVER, (void *)&no, sizeof(no)},
-	    {CKA_ENCRYPT, (void *)&no, sizeof(no)},
-	    {CKA_WRAP, (void *)&no, sizeof(no)},
-	    {CKA_DERIVE, (void *)&no, sizeof(no)},
+		{CKA_CLASS, &pub_class, sizeof(pub_class)},
+		{CKA_KEY_TYPE, &type, sizeof(type)},
+		{CKA_TOKEN, (void *)&yes, sizeof(yes)},
+		{CKA_PRIVATE, (void *)&no, sizeof(no)},
+		{CKA_MODIFIABLE, (void *)&no, sizeof(no)},
+		{CKA_LABEL, label, strlen(label)},
+		{CKA_ID, id, sizeof(id)},
+		{CKA_EC_PARAMS, (void *)p256_params, sizeof(p256_params)},
+		{CKA_VERIFY, (void *)&yes, sizeof(yes)},
+		{CKA_VERIFY_RECOVER, (void *)&no, sizeof(no)},
+		{CKA_ENCRYPT, (void *)&no, sizeof(no)},
+		{CKA_WRAP, (void *)&no, sizeof(no)},
+		{CKA_DERIVE, (void *)&no, sizeof(no)},
 	};
 	CK_ATTRIBUTE priv[] = {
-	    {CKA_CLASS, &priv_class, sizeof(priv_class)},
-	    {CKA_KEY_TYPE, &type, sizeof(type)},
-	    {CKA_TOKEN, (void *)&yes, sizeof(yes)},
-	    {CKA_PRIVATE, (void *)&yes, sizeof(yes)},
-	    {CKA_MODIFIABLE, (void *)&no, sizeof(no)},
-	    {CKA_LABEL, label, strlen(label)},
-	    {CKA_ID, id, sizeof(id)},
-	    {CKA_SENSITIVE, (void *)&yes, sizeof(yes)},
-	    {CKA_EXTRACTABLE, (void *)&no, sizeof(no)},
-	    {CKA_SIGN, (void *)&yes, sizeof(yes)},
-	    {CKA_SIGN_RECOVER, (void *)&no, sizeof(no)},
-	    {CKA_DECRYPT, (void *)&no, sizeof(no)},
-	    {CKA_UNWRAP, (void *)&no, sizeof(no)},
-	    {CKA_DERIVE, (void *)&no, sizeof(no)},
+		{CKA_CLASS, &priv_class, sizeof(priv_class)},
+		{CKA_KEY_TYPE, &type, sizeof(type)},
+		{CKA_TOKEN, (void *)&yes, sizeof(yes)},
+		{CKA_PRIVATE, (void *)&yes, sizeof(yes)},
+		{CKA_MODIFIABLE, (void *)&no, sizeof(no)},
+		{CKA_LABEL, label, strlen(label)},
+		{CKA_ID, id, sizeof(id)},
+		{CKA_SENSITIVE, (void *)&yes, sizeof(yes)},
+		{CKA_EXTRACTABLE, (void *)&no, sizeof(no)},
+		{CKA_SIGN, (void *)&yes, sizeof(yes)},
+		{CKA_SIGN_RECOVER, (void *)&no, sizeof(no)},
+		{CKA_DECRYPT, (void *)&no, sizeof(no)},
+		{CKA_UNWRAP, (void *)&no, sizeof(no)},
+		{CKA_DERIVE, (void *)&no, sizeof(no)},
 	};
 	return generate_pair(h, s, CKM_EC_KEY_PAIR_GEN, pub, sizeof(pub) / sizeof(pub[0]), priv,
 			     sizeof(priv) / sizeof(priv[0]), pub_obj, priv_obj);
@@ -1152,28 +1152,28 @@ int kc_hsm_key_info(kc_hsm *h, const char *label, struct kc_hsm_key_info *info)
 	if (rc)
 		goto out;
 	const struct bool_attr priv_attrs[] = {
-	    {CKA_TOKEN, &info->priv.token},
-	    {CKA_PRIVATE, &info->priv.is_private},
-	    {CKA_MODIFIABLE, &info->priv.modifiable},
-	    {CKA_SENSITIVE, &info->priv.sensitive},
-	    {CKA_ALWAYS_SENSITIVE, &info->priv.always_sensitive},
-	    {CKA_EXTRACTABLE, &info->priv.extractable},
-	    {CKA_NEVER_EXTRACTABLE, &info->priv.never_extractable},
-	    {CKA_LOCAL, &info->priv.local},
-	    {CKA_DECRYPT, &info->priv.decrypt},
-	    {CKA_SIGN, &info->priv.sign},
-	    {CKA_SIGN_RECOVER, &info->priv.sign_recover},
-	    {CKA_UNWRAP, &info->priv.unwrap},
-	    {CKA_DERIVE, &info->priv.derive},
+		{CKA_TOKEN, &info->priv.token},
+		{CKA_PRIVATE, &info->priv.is_private},
+		{CKA_MODIFIABLE, &info->priv.modifiable},
+		{CKA_SENSITIVE, &info->priv.sensitive},
+		{CKA_ALWAYS_SENSITIVE, &info->priv.always_sensitive},
+		{CKA_EXTRACTABLE, &info->priv.extractable},
+		{CKA_NEVER_EXTRACTABLE, &info->priv.never_extractable},
+		{CKA_LOCAL, &info->priv.local},
+		{CKA_DECRYPT, &info->priv.decrypt},
+		{CKA_SIGN, &info->priv.sign},
+		{CKA_SIGN_RECOVER, &info->priv.sign_recover},
+		{CKA_UNWRAP, &info->priv.unwrap},
+		{CKA_DERIVE, &info->priv.derive},
 	};
 	const struct bool_attr pub_attrs[] = {
-	    {CKA_TOKEN, &info->pub.token},
-	    {CKA_MODIFIABLE, &info->pub.modifiable},
-	    {CKA_ENCRYPT, &info->pub.encrypt},
-	    {CKA_VERIFY, &info->pub.verify},
-	    {CKA_VERIFY_RECOVER, &info->pub.verify_recover},
-	    {CKA_WRAP, &info->pub.wrap},
-	    {CKA_DERIVE, &info->pub.derive},
+		{CKA_TOKEN, &info->pub.token},
+		{CKA_MODIFIABLE, &info->pub.modifiable},
+		{CKA_ENCRYPT, &info->pub.encrypt},
+		{CKA_VERIFY, &info->pub.verify},
+		{CKA_VERIFY_RECOVER, &info->pub.verify_recover},
+		{CKA_WRAP, &info->pub.wrap},
+		{CKA_DERIVE, &info->pub.derive},
 	};
 	rc = get_bools(h, s, priv, priv_attrs, sizeof(priv_attrs) / sizeof(priv_attrs[0]));
 	if (rc)
@@ -1215,10 +1215,10 @@ static int wrap_fresh(kc_hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE pub, uint
 	CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0}, wrap;
 	CK_RSA_PKCS_OAEP_PARAMS oaep;
 	CK_ATTRIBUTE tmpl[] = {
-	    {CKA_CLASS, &cls, sizeof(cls)},
-	    {CKA_KEY_TYPE, &type, sizeof(type)},
-	    {CKA_VALUE_LEN, &key_len, sizeof(key_len)},
-	    WRAPPABLE_KEY_ATTRS,
+		{CKA_CLASS, &cls, sizeof(cls)},
+		{CKA_KEY_TYPE, &type, sizeof(type)},
+		{CKA_VALUE_LEN, &key_len, sizeof(key_len)},
+		WRAPPABLE_KEY_ATTRS,
 	};
 	CK_OBJECT_HANDLE kek;
 	CK_RV rv;
@@ -1405,16 +1405,16 @@ static int probe_template(kc_hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv,
 {
 	static const CK_BBOOL t = CK_TRUE, f = CK_FALSE;
 	CK_ATTRIBUTE readable[] = {
-	    {CKA_CLASS, (void *)&kek_class, sizeof(kek_class)},
-	    {CKA_KEY_TYPE, (void *)&kek_type, sizeof(kek_type)},
-	    {CKA_TOKEN, (void *)&f, sizeof(f)},
-	    {CKA_SENSITIVE, (void *)&f, sizeof(f)},
-	    {CKA_EXTRACTABLE, (void *)&t, sizeof(t)},
+		{CKA_CLASS, (void *)&kek_class, sizeof(kek_class)},
+		{CKA_KEY_TYPE, (void *)&kek_type, sizeof(kek_type)},
+		{CKA_TOKEN, (void *)&f, sizeof(f)},
+		{CKA_SENSITIVE, (void *)&f, sizeof(f)},
+		{CKA_EXTRACTABLE, (void *)&t, sizeof(t)},
 	};
 	CK_ATTRIBUTE omitted[] = {
-	    {CKA_CLASS, (void *)&kek_class, sizeof(kek_class)},
-	    {CKA_KEY_TYPE, (void *)&kek_type, sizeof(kek_type)},
-	    {CKA_TOKEN, (void *)&f, sizeof(f)},
+		{CKA_CLASS, (void *)&kek_class, sizeof(kek_class)},
+		{CKA_KEY_TYPE, (void *)&kek_type, sizeof(kek_type)},
+		{CKA_TOKEN, (void *)&f, sizeof(f)},
 	};
 	struct {
 		CK_ATTRIBUTE *tmpl;
@@ -1463,11 +1463,11 @@ int kc_hsm_root_check(kc_hsm *h)
 		goto out;
 	if (!enforced) {
 		MICA_LOG(
-		    MICA_LOG_ERROR,
-		    "hsm: the root key \"%s\" lets a PIN holder unwrap KEKs in readable form:"
-		    " it was made before unwrap templates (issue 18). Run `mica keycenter"
-		    " migrate-root` once (docs/operations.md); until then this token is refused",
-		    KC_HSM_ROOT_LABEL);
+			MICA_LOG_ERROR,
+			"hsm: the root key \"%s\" lets a PIN holder unwrap KEKs in readable form:"
+			" it was made before unwrap templates (issue 18). Run `mica keycenter"
+			" migrate-root` once (docs/operations.md); until then this token is refused",
+			KC_HSM_ROOT_LABEL);
 		rc = MICA_ESTATE;
 	}
 out:
@@ -1568,9 +1568,9 @@ static int migrate_from(kc_hsm *h, CK_SESSION_HANDLE s, const struct root_pair *
 	 * nothing, extractable because C_WrapKey needs it. The legacy root has
 	 * no unwrap template, so it allows them. */
 	CK_ATTRIBUTE tmpl[] = {
-	    {CKA_CLASS, (void *)&kek_class, sizeof(kek_class)},
-	    {CKA_KEY_TYPE, (void *)&kek_type, sizeof(kek_type)},
-	    WRAPPABLE_KEY_ATTRS,
+		{CKA_CLASS, (void *)&kek_class, sizeof(kek_class)},
+		{CKA_KEY_TYPE, (void *)&kek_type, sizeof(kek_type)},
+		WRAPPABLE_KEY_ATTRS,
 	};
 	CK_OBJECT_HANDLE *keks = NULL;
 	uint8_t **fresh = NULL;

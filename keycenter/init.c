@@ -27,20 +27,20 @@
 #include "log.h"
 
 static const char usage[] =
-    "usage: mica keycenter init --policy FILE [--force] [--audit-pubkey-out FILE]\n"
-    "                           [--shares N --threshold K --so-pin-file FILE]\n"
-    "                           [--db CONNINFO] [--hsm-module PATH] [--token-label LABEL]\n"
-    "                           [--pin-file FILE]\n"
-    "       mica keycenter unseal [--url URL] [--ca-file F] [--cert-file F] [--key-file F]\n"
-    "                           (reads one share line from standard input)\n"
-    "       mica keycenter seal-status [--url URL] [--ca-file F] [--cert-file F] [--key-file F]\n"
-    "       mica keycenter migrate-root [--db CONNINFO] [--hsm-module PATH]\n"
-    "                           [--token-label LABEL] [--pin-file FILE]\n"
-    "  Defaults come from MICA_DB_CONNINFO, MICA_HSM_MODULE, MICA_HSM_TOKEN_LABEL,\n"
-    "  MICA_HSM_PIN_FILE, MICA_HSM_SO_PIN_FILE, MICA_KEYCENTER_URL and\n"
-    "  MICA_KEYCENTER_{CA,CERT,KEY}_FILE. --db is an administrator's conninfo.\n"
-    "  --shares prints the unseal shares once and changes the token's PINs: afterwards\n"
-    "  neither PIN file opens it, and the Key Center runs with keycenter.hsm.unseal = shares.\n";
+	"usage: mica keycenter init --policy FILE [--force] [--audit-pubkey-out FILE]\n"
+	"                           [--shares N --threshold K --so-pin-file FILE]\n"
+	"                           [--db CONNINFO] [--hsm-module PATH] [--token-label LABEL]\n"
+	"                           [--pin-file FILE]\n"
+	"       mica keycenter unseal [--url URL] [--ca-file F] [--cert-file F] [--key-file F]\n"
+	"                           (reads one share line from standard input)\n"
+	"       mica keycenter seal-status [--url URL] [--ca-file F] [--cert-file F] [--key-file F]\n"
+	"       mica keycenter migrate-root [--db CONNINFO] [--hsm-module PATH]\n"
+	"                           [--token-label LABEL] [--pin-file FILE]\n"
+	"  Defaults come from MICA_DB_CONNINFO, MICA_HSM_MODULE, MICA_HSM_TOKEN_LABEL,\n"
+	"  MICA_HSM_PIN_FILE, MICA_HSM_SO_PIN_FILE, MICA_KEYCENTER_URL and\n"
+	"  MICA_KEYCENTER_{CA,CERT,KEY}_FILE. --db is an administrator's conninfo.\n"
+	"  --shares prints the unseal shares once and changes the token's PINs: afterwards\n"
+	"  neither PIN file opens it, and the Key Center runs with keycenter.hsm.unseal = shares.\n";
 
 struct init_args {
 	const char *db, *module, *label, *pin_file, *policy_file, *pubkey_out, *so_pin_file;
@@ -85,11 +85,11 @@ static int store_tx(mica_db *db, void *arg)
 
 	if (t->force) {
 		static const char *const wipe[] = {
-		    "DELETE FROM keycenter.approval", "DELETE FROM keycenter.change_request",
-		    "DELETE FROM keycenter.policy",   "DELETE FROM keycenter.key_version",
-		    "DELETE FROM keycenter.key",      "DELETE FROM keycenter.kek",
-		    "DELETE FROM keycenter.alert",    "DELETE FROM keycenter.audit_checkpoint",
-		    "DELETE FROM keycenter.audit",    "DELETE FROM keycenter.meta"};
+			"DELETE FROM keycenter.approval", "DELETE FROM keycenter.change_request",
+			"DELETE FROM keycenter.policy",	  "DELETE FROM keycenter.key_version",
+			"DELETE FROM keycenter.key",	  "DELETE FROM keycenter.kek",
+			"DELETE FROM keycenter.alert",	  "DELETE FROM keycenter.audit_checkpoint",
+			"DELETE FROM keycenter.audit",	  "DELETE FROM keycenter.meta"};
 		for (size_t i = 0; i < sizeof(wipe) / sizeof(wipe[0]); i++)
 			if ((err = mica_db_exec(db, wipe[i], 0, NULL, NULL)) != 0)
 				return err;
@@ -108,10 +108,10 @@ static int store_tx(mica_db *db, void *arg)
 	snprintf(ver, sizeof(ver), "%d", t->policy_version);
 	const char *p[4] = {t->root_pem, t->audit_pem, hex, t->policy};
 	err = mica_db_exec(
-	    db,
-	    "INSERT INTO keycenter.meta (name, value) VALUES"
-	    " ('root_public_pem', $1), ('audit_public_pem', $2), ('audit_mac_key', $3)",
-	    3, p, NULL);
+		db,
+		"INSERT INTO keycenter.meta (name, value) VALUES"
+		" ('root_public_pem', $1), ('audit_public_pem', $2), ('audit_mac_key', $3)",
+		3, p, NULL);
 	if (err)
 		goto out;
 	const char *q[2] = {ver, t->policy};
@@ -226,7 +226,7 @@ static int split_and_rekey(kc_hsm *h, const struct init_args *a)
 	uint8_t secret[KC_SHARE_SECRET_LEN];
 	char texts[KC_SHARES_MAX][KC_SHARE_TEXT_LEN + 1];
 	char old_user[260], old_so[260], user_pin[KC_SHARE_PIN_LEN + 1],
-	    so_pin[KC_SHARE_PIN_LEN + 1];
+		so_pin[KC_SHARE_PIN_LEN + 1];
 	size_t ou, os;
 	bool user_changed = false;
 	int err, rc = 1;
@@ -240,7 +240,7 @@ static int split_and_rekey(kc_hsm *h, const struct init_args *a)
 	}
 	if ((err = mica_random(secret, sizeof(secret))) != 0 ||
 	    (err = kc_shares_split(secret, (unsigned)a->shares, (unsigned)a->threshold, texts)) !=
-		0 ||
+		    0 ||
 	    (err = kc_shares_pins(secret, user_pin, so_pin)) != 0) {
 		fprintf(stderr, "mica keycenter init: splitting the unseal secret: %s\n",
 			mica_errmsg(err));
@@ -567,10 +567,9 @@ static int migrate_command(int argc, char **argv)
 	}
 	err = kc_hsm_root_migrate(h, (const uint8_t *const *)blobs, n, commit_blobs, rows);
 	if (err == MICA_EEXISTS) {
-		printf(
-		    "The root key on token %s already has an enforced unwrap template; nothing to "
-		    "do.\n",
-		    a.label);
+		printf("The root key on token %s already has an enforced unwrap template; nothing to "
+		       "do.\n",
+		       a.label);
 		rc = 0;
 		goto out;
 	}
@@ -584,10 +583,10 @@ static int migrate_command(int argc, char **argv)
 	if ((err = kc_hsm_public_pem(h, KC_HSM_ROOT_LABEL, &pem)) != 0)
 		goto out;
 	const char *p[1] = {pem};
-	if ((err =
-		 mica_db_exec(mica_db_thread(),
-			      "UPDATE keycenter.meta SET value = $1 WHERE name = 'root_public_pem'",
-			      1, p, NULL)) != 0)
+	if ((err = mica_db_exec(
+		     mica_db_thread(),
+		     "UPDATE keycenter.meta SET value = $1 WHERE name = 'root_public_pem'", 1, p,
+		     NULL)) != 0)
 		goto db_fail;
 	printf("Moved %zu KEKs to a new root key with an enforced unwrap template.\nNew root key "
 	       "(RSA-4096, generated in the HSM, never extractable):\n%s",

@@ -160,8 +160,8 @@ static int kek_fetch(mica_db *db, const char *service, uint8_t **wrapped, size_t
 {
 	PGresult *res = NULL;
 	const char *p[1] = {service};
-	int err =
-	    mica_db_exec(db, "SELECT wrapped FROM keycenter.kek WHERE service = $1", 1, p, &res);
+	int err = mica_db_exec(db, "SELECT wrapped FROM keycenter.kek WHERE service = $1", 1, p,
+			       &res);
 	if (err == 0)
 		err = PQntuples(res) == 1 ? mica_db_get_bytea(res, 0, 0, wrapped, len)
 					  : MICA_ENOTFOUND;
@@ -267,10 +267,10 @@ static int load_key(kc_service *s, mica_db *db, const char *name, struct kc_key 
 
 	*out = NULL;
 	err = mica_db_exec(
-	    db,
-	    "SELECT type, owner, latest_version, min_decryption_version,"
-	    " min_encryption_version, deletion_allowed FROM keycenter.key WHERE name = $1",
-	    1, p, &res);
+		db,
+		"SELECT type, owner, latest_version, min_decryption_version,"
+		" min_encryption_version, deletion_allowed FROM keycenter.key WHERE name = $1",
+		1, p, &res);
 	if (err)
 		goto out;
 	if (PQntuples(res) != 1) {
@@ -488,8 +488,8 @@ static int store_version(mica_db *db, struct new_version *nv)
 	snprintf(vbuf, sizeof(vbuf), "%u", nv->version);
 	const char *p[3] = {nv->name, vbuf, hex};
 	err = mica_db_exec(
-	    db, "INSERT INTO keycenter.key_version (name, version, sealed) VALUES ($1, $2, $3)", 3,
-	    p, NULL);
+		db, "INSERT INTO keycenter.key_version (name, version, sealed) VALUES ($1, $2, $3)",
+		3, p, NULL);
 out:
 	mica_wipe(material, sizeof(material));
 	free(sealed);
@@ -501,8 +501,9 @@ static int create_tx(mica_db *db, void *arg)
 {
 	struct new_version *nv = arg;
 	const char *p[3] = {nv->name, nv->type, nv->owner};
-	int err = mica_db_exec(
-	    db, "INSERT INTO keycenter.key (name, type, owner) VALUES ($1, $2, $3)", 3, p, NULL);
+	int err = mica_db_exec(db,
+			       "INSERT INTO keycenter.key (name, type, owner) VALUES ($1, $2, $3)",
+			       3, p, NULL);
 	if (err)
 		return err;
 	nv->version = 1;
@@ -534,10 +535,10 @@ static int rotate_tx(mica_db *db, void *arg)
 	const char *p[1] = {nv->name};
 	int64_t v;
 	int err = mica_db_exec(
-	    db,
-	    "UPDATE keycenter.key SET latest_version = latest_version + 1,"
-	    " updated_at = now() WHERE name = $1 RETURNING latest_version, owner, type",
-	    1, p, &res);
+		db,
+		"UPDATE keycenter.key SET latest_version = latest_version + 1,"
+		" updated_at = now() WHERE name = $1 RETURNING latest_version, owner, type",
+		1, p, &res);
 	if (err)
 		return err;
 	if (PQntuples(res) != 1) {

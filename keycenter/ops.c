@@ -15,7 +15,7 @@
 #define PREFIX "kc:v"
 
 static int fail(mica_problem *why, int err, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+	__attribute__((format(printf, 4, 5)));
 
 static int fail(mica_problem *why, int err, const char *code, const char *fmt, ...)
 {

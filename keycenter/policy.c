@@ -165,7 +165,7 @@ static int fault_code(enum kc_policy_fault fault)
 }
 
 static int fail(struct parse *ps, enum kc_policy_fault fault, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+	__attribute__((format(printf, 3, 4)));
 
 /* Records the first failure and its sentence; returns its error code. */
 static int fail(struct parse *ps, enum kc_policy_fault fault, const char *fmt, ...)
@@ -543,7 +543,7 @@ int kc_policy_parse_fault(const char *json, size_t len, kc_policy **out, char *e
 	if (!root) {
 		/* jansson's text can quote the input; keep it printable. */
 		const char *t =
-		    printable(jtext, jerr.text, strlen(jerr.text), sizeof(jerr.text), false);
+			printable(jtext, jerr.text, strlen(jerr.text), sizeof(jerr.text), false);
 		if (json_error_code(&jerr) == json_error_duplicate_key)
 			rc = report_duplicate(&ps, json, len, (size_t)jerr.position, t);
 		else if (json_error_code(&jerr) == json_error_out_of_memory)

@@ -134,8 +134,9 @@ static void on_recorded(void *arg, int rc, uint64_t seq)
 	struct pending *p = arg;
 	(void)seq;
 	if (rc) {
-		kc_audit_record rec = {
-		    .principal = p->principal, .op = p->op, .key_name = p->key[0] ? p->key : NULL};
+		kc_audit_record rec = {.principal = p->principal,
+				       .op = p->op,
+				       .key_name = p->key[0] ? p->key : NULL};
 		audit_failed(p->s, p->resp, &rec, rc);
 	}
 	mica_http_finish(p->deferred);
@@ -192,7 +193,7 @@ static void reply(struct call *c, int status, json_t *body)
 }
 
 static void reply_error(struct call *c, int status, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+	__attribute__((format(printf, 4, 5)));
 
 /* Every error of a call goes out here: the problem as the reply
  * (mica_http_reply_problem), audited with its code as the result. */
@@ -298,9 +299,9 @@ static int body_ok(struct call *c, const mica_body_field *members, size_t n)
 static const mica_body_field key_create_members[] = {{"type", MICA_BODY_ANY, false, 0},
 						     {"owner", MICA_BODY_ANY, false, 0}};
 static const mica_body_field key_config_members[] = {
-    {"min_decryption_version", MICA_BODY_ANY, false, 0},
-    {"min_encryption_version", MICA_BODY_ANY, false, 0},
-    {"deletion_allowed", MICA_BODY_ANY, false, 0}};
+	{"min_decryption_version", MICA_BODY_ANY, false, 0},
+	{"min_encryption_version", MICA_BODY_ANY, false, 0},
+	{"deletion_allowed", MICA_BODY_ANY, false, 0}};
 static const mica_body_field policy_members[] = {{"document", MICA_BODY_ANY, false, 0}};
 static const mica_body_field unseal_members[] = {{"share", MICA_BODY_ANY, false, 0}};
 
@@ -319,8 +320,8 @@ static void h_key_create(const mica_http_req *req, mica_http_resp *resp, void *s
 		return;
 	if (!valid_name(c.key))
 		return reply_error(
-		    &c, 400, "bad_key_name",
-		    "key names are 1-64 of a-z 0-9 . _ - starting with a letter or digit");
+			&c, 400, "bad_key_name",
+			"key names are 1-64 of a-z 0-9 . _ - starting with a letter or digit");
 	if (!type)
 		type = "aes256-gcm";
 	if (strcmp(type, "aes256-gcm") != 0 && strcmp(type, "aes128-gcm") != 0)
@@ -512,8 +513,8 @@ static void run_items(struct call *c, item_fn one, const mica_body_field *member
 		json_t *r = NULL;
 		json_t *item = json_array_get(items, (size_t)i);
 		err = json_is_object(item)
-			  ? mica_body_fields(item, members + 1, nmembers - 1, NULL, &why)
-			  : 0;
+			      ? mica_body_fields(item, members + 1, nmembers - 1, NULL, &why)
+			      : 0;
 		if (!err)
 			err = one(c, item, &r, &why);
 		if (err == MICA_EWOULDBLOCK) {
@@ -676,8 +677,8 @@ static int one_datakey(struct call *c, json_t *item, json_t **result, mica_probl
 		return err;
 	if ((err = mica_random(dk, (size_t)bits / 8)) != 0)
 		goto out;
-	if ((err =
-		 kc_op_encrypt(c->s, c->key, 0, dk, (size_t)bits / 8, canon, cl, &ct, &used, why)))
+	if ((err = kc_op_encrypt(c->s, c->key, 0, dk, (size_t)bits / 8, canon, cl, &ct, &used,
+				 why)))
 		goto out;
 	c->version = (int)used;
 	if (with_plaintext) {
@@ -858,9 +859,9 @@ static void h_request_approve(const mica_http_req *req, mica_http_resp *resp, vo
 				   (long long)id);
 	if (err == MICA_EEXISTS)
 		return reply_error(
-		    &c, 409, "already_approved",
-		    "officer %s already approved request %lld; a second officer must", req->peer,
-		    (long long)id);
+			&c, 409, "already_approved",
+			"officer %s already approved request %lld; a second officer must",
+			req->peer, (long long)id);
 	if (err == MICA_ESTATE)
 		return reply_error(&c, 409, "request_closed", "request %lld is no longer pending",
 				   (long long)id);
@@ -977,8 +978,8 @@ static void h_audit(const mica_http_req *req, mica_http_resp *resp, void *svc)
 					    !v	       ? json_null()
 					    : !numeric ? json_string(v)
 					    : mica_db_get_int64(res, r, k, &n) == 0
-						? json_integer(n)
-						: json_null());
+						    ? json_integer(n)
+						    : json_null());
 		}
 		json_array_append_new(list, o);
 	}
@@ -1170,28 +1171,28 @@ void kc_audit_refusal(void *svc, const char *method, const char *path, const cha
 #define P MICA_ROUTE_PEER
 #define B MICA_ROUTE_BLOCKING
 const mica_http_route kc_routes[] = {
-    {"POST", "/v1/keys/{name}", h_key_create, J | P | B},
-    {"GET", "/v1/keys/{name}", h_key_get, P | B},
-    {"DELETE", "/v1/keys/{name}", h_key_delete, P | B},
-    {"POST", "/v1/keys/{name}/rotate", h_key_rotate, P | B},
-    {"POST", "/v1/keys/{name}/config", h_key_config, J | P | B},
-    {"POST", "/v1/encrypt/{name}", h_encrypt, J | P},
-    {"POST", "/v1/decrypt/{name}", h_decrypt, J | P},
-    {"POST", "/v1/rewrap/{name}", h_rewrap, J | P},
-    {"POST", "/v1/datakey/plaintext/{name}", h_datakey_plain, J | P},
-    {"POST", "/v1/datakey/wrapped/{name}", h_datakey_wrapped, J | P},
-    {"POST", "/v1/hmac/{name}", h_hmac, J | P},
-    {"GET", "/v1/policy", h_policy_get, P | B},
-    {"POST", "/v1/policy", h_policy_request, J | P | B},
-    {"GET", "/v1/requests", h_requests, P | B},
-    {"GET", "/v1/requests/{id}", h_request_get, P | B},
-    {"POST", "/v1/requests/{id}/approve", h_request_approve, P | B},
-    {"GET", "/v1/alerts", h_alerts, P | B},
-    {"GET", "/v1/audit", h_audit, P | B},
-    {"POST", "/v1/audit/selfcheck", h_audit_selfcheck, P | B},
-    /* The seal (issue 18): officers unseal the Key Center with their shares. */
-    {"POST", "/v1/sys/unseal", h_unseal, J | P | B},
-    {"GET", "/v1/sys/seal-status", h_seal_status, P | B},
+	{"POST", "/v1/keys/{name}", h_key_create, J | P | B},
+	{"GET", "/v1/keys/{name}", h_key_get, P | B},
+	{"DELETE", "/v1/keys/{name}", h_key_delete, P | B},
+	{"POST", "/v1/keys/{name}/rotate", h_key_rotate, P | B},
+	{"POST", "/v1/keys/{name}/config", h_key_config, J | P | B},
+	{"POST", "/v1/encrypt/{name}", h_encrypt, J | P},
+	{"POST", "/v1/decrypt/{name}", h_decrypt, J | P},
+	{"POST", "/v1/rewrap/{name}", h_rewrap, J | P},
+	{"POST", "/v1/datakey/plaintext/{name}", h_datakey_plain, J | P},
+	{"POST", "/v1/datakey/wrapped/{name}", h_datakey_wrapped, J | P},
+	{"POST", "/v1/hmac/{name}", h_hmac, J | P},
+	{"GET", "/v1/policy", h_policy_get, P | B},
+	{"POST", "/v1/policy", h_policy_request, J | P | B},
+	{"GET", "/v1/requests", h_requests, P | B},
+	{"GET", "/v1/requests/{id}", h_request_get, P | B},
+	{"POST", "/v1/requests/{id}/approve", h_request_approve, P | B},
+	{"GET", "/v1/alerts", h_alerts, P | B},
+	{"GET", "/v1/audit", h_audit, P | B},
+	{"POST", "/v1/audit/selfcheck", h_audit_selfcheck, P | B},
+	/* The seal (issue 18): officers unseal the Key Center with their shares. */
+	{"POST", "/v1/sys/unseal", h_unseal, J | P | B},
+	{"GET", "/v1/sys/seal-status", h_seal_status, P | B},
 };
 #undef J
 #undef P

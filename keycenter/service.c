@@ -19,48 +19,49 @@
 
 #define F(m) offsetof(struct kc_config, m)
 const mica_config_entry kc_config_table[] = {
-    {"log", "level", MICA_CFG_LOGLEVEL, 0, 4, "info", F(log_level),
-     "least severe level written (debug, info, warn, error, off)"},
-    MICA_CONFIG_HTTP_ENTRIES("keycenter.http", struct kc_config, http, "16"),
-    MICA_CONFIG_DB_ENTRIES("keycenter.db", struct kc_config, db, "mica_keycenter"),
-    {"keycenter.hsm", "module", MICA_CFG_STRING, 1, 4096, "/usr/lib/softhsm/libsofthsm2.so",
-     F(hsm_module), "PKCS#11 module loaded with dlopen"},
-    {"keycenter.hsm", "token_label", MICA_CFG_STRING, 1, 32, "mica-keycenter", F(hsm_token_label),
-     "label of the token holding the root key (never a slot number)"},
-    {"keycenter.hsm", "unseal", MICA_CFG_STRING, 1, 16, "pin_file", F(hsm_unseal),
-     "how the token is opened: pin_file (development: the PIN is read from pin_file) or "
-     "shares (production: start sealed; officers submit k of n shares)"},
-    {"keycenter.hsm", "pin_file", MICA_CFG_STRING, 0, 4096, "", F(hsm_pin_file),
-     "file holding the token's user PIN (unseal = pin_file only; must be empty with shares)"},
-    {"keycenter.audit", "checkpoint_every", MICA_CFG_INT, 1, 1000000, "1000",
-     F(audit_checkpoint_every), "records between two HSM-signed checkpoints"},
-    {"keycenter.audit", "checkpoint_interval_ms", MICA_CFG_INT, 100, 3600000, "10000",
-     F(audit_checkpoint_interval_ms), "longest time between checkpoints while records arrive"},
-    {"keycenter.audit", "max_batch", MICA_CFG_INT, 1, 10000, "512", F(audit_max_batch),
-     "most records committed together (group commit)"},
-    {"keycenter.audit", "publish_file", MICA_CFG_STRING, 0, 4096, "", F(audit_publish_file),
-     "append-only file every signed checkpoint is appended to; the Key Center refuses to"
-     " start on a log that lacks its newest (empty: none)"},
-    {"keycenter.audit", "publish_webhook_url", MICA_CFG_STRING, 0, 4096, "",
-     F(audit_publish_webhook_url), "HTTPS URL every signed checkpoint is POSTed to (empty: none)"},
-    {"keycenter.audit", "publish_webhook_ca_file", MICA_CFG_STRING, 0, 4096, "",
-     F(audit_publish_webhook_ca_file), "CA the publish webhook's certificate must chain to"},
-    {"keycenter.audit", "selfcheck_interval_s", MICA_CFG_INT, 0, 604800, "3600",
-     F(audit_selfcheck_interval_s),
-     "seconds between self-checks of every record's MAC (alert on failure; 0: off)"},
-    {"keycenter.limits", "max_batch_items", MICA_CFG_INT, 1, 100000, "1000", F(max_batch_items),
-     "largest batch_input accepted"},
-    {"keycenter.alerts", "rate_max", MICA_CFG_INT, 1, 100000000, "45000", F(alert_rate_max),
-     "requests per principal and key within the window before a rate alert (default:"
-     " KC_ANOMALY_DEFAULT_RATE_MAX)"},
-    {"keycenter.alerts", "denial_max", MICA_CFG_INT, 1, 1000000, "20", F(alert_denial_max),
-     "denials per principal within the window before a denial-burst alert"},
-    {"keycenter.alerts", "window_s", MICA_CFG_INT, 1, 86400, "60", F(alert_window_s),
-     "length of the alert window in seconds"},
-    {"keycenter.alerts", "webhook_url", MICA_CFG_STRING, 0, 4096, "", F(alert_webhook_url),
-     "HTTPS URL alerts are POSTed to as JSON (empty: none)"},
-    {"keycenter.alerts", "webhook_ca_file", MICA_CFG_STRING, 0, 4096, "", F(alert_webhook_ca_file),
-     "CA the webhook's certificate must chain to"},
+	{"log", "level", MICA_CFG_LOGLEVEL, 0, 4, "info", F(log_level),
+	 "least severe level written (debug, info, warn, error, off)"},
+	MICA_CONFIG_HTTP_ENTRIES("keycenter.http", struct kc_config, http, "16"),
+	MICA_CONFIG_DB_ENTRIES("keycenter.db", struct kc_config, db, "mica_keycenter"),
+	{"keycenter.hsm", "module", MICA_CFG_STRING, 1, 4096, "/usr/lib/softhsm/libsofthsm2.so",
+	 F(hsm_module), "PKCS#11 module loaded with dlopen"},
+	{"keycenter.hsm", "token_label", MICA_CFG_STRING, 1, 32, "mica-keycenter",
+	 F(hsm_token_label), "label of the token holding the root key (never a slot number)"},
+	{"keycenter.hsm", "unseal", MICA_CFG_STRING, 1, 16, "pin_file", F(hsm_unseal),
+	 "how the token is opened: pin_file (development: the PIN is read from pin_file) or "
+	 "shares (production: start sealed; officers submit k of n shares)"},
+	{"keycenter.hsm", "pin_file", MICA_CFG_STRING, 0, 4096, "", F(hsm_pin_file),
+	 "file holding the token's user PIN (unseal = pin_file only; must be empty with shares)"},
+	{"keycenter.audit", "checkpoint_every", MICA_CFG_INT, 1, 1000000, "1000",
+	 F(audit_checkpoint_every), "records between two HSM-signed checkpoints"},
+	{"keycenter.audit", "checkpoint_interval_ms", MICA_CFG_INT, 100, 3600000, "10000",
+	 F(audit_checkpoint_interval_ms), "longest time between checkpoints while records arrive"},
+	{"keycenter.audit", "max_batch", MICA_CFG_INT, 1, 10000, "512", F(audit_max_batch),
+	 "most records committed together (group commit)"},
+	{"keycenter.audit", "publish_file", MICA_CFG_STRING, 0, 4096, "", F(audit_publish_file),
+	 "append-only file every signed checkpoint is appended to; the Key Center refuses to"
+	 " start on a log that lacks its newest (empty: none)"},
+	{"keycenter.audit", "publish_webhook_url", MICA_CFG_STRING, 0, 4096, "",
+	 F(audit_publish_webhook_url),
+	 "HTTPS URL every signed checkpoint is POSTed to (empty: none)"},
+	{"keycenter.audit", "publish_webhook_ca_file", MICA_CFG_STRING, 0, 4096, "",
+	 F(audit_publish_webhook_ca_file), "CA the publish webhook's certificate must chain to"},
+	{"keycenter.audit", "selfcheck_interval_s", MICA_CFG_INT, 0, 604800, "3600",
+	 F(audit_selfcheck_interval_s),
+	 "seconds between self-checks of every record's MAC (alert on failure; 0: off)"},
+	{"keycenter.limits", "max_batch_items", MICA_CFG_INT, 1, 100000, "1000", F(max_batch_items),
+	 "largest batch_input accepted"},
+	{"keycenter.alerts", "rate_max", MICA_CFG_INT, 1, 100000000, "45000", F(alert_rate_max),
+	 "requests per principal and key within the window before a rate alert (default:"
+	 " KC_ANOMALY_DEFAULT_RATE_MAX)"},
+	{"keycenter.alerts", "denial_max", MICA_CFG_INT, 1, 1000000, "20", F(alert_denial_max),
+	 "denials per principal within the window before a denial-burst alert"},
+	{"keycenter.alerts", "window_s", MICA_CFG_INT, 1, 86400, "60", F(alert_window_s),
+	 "length of the alert window in seconds"},
+	{"keycenter.alerts", "webhook_url", MICA_CFG_STRING, 0, 4096, "", F(alert_webhook_url),
+	 "HTTPS URL alerts are POSTed to as JSON (empty: none)"},
+	{"keycenter.alerts", "webhook_ca_file", MICA_CFG_STRING, 0, 4096, "",
+	 F(alert_webhook_ca_file), "CA the webhook's certificate must chain to"},
 };
 #undef F
 const size_t kc_config_table_len = sizeof(kc_config_table) / sizeof(kc_config_table[0]);
@@ -126,7 +127,7 @@ static int ready_audit(void *state)
 {
 	kc_service *s = state;
 	kc_audit_record rec = {
-	    .principal = "", .client = "readyz", .op = "readiness_probe", .result = "ok"};
+		.principal = "", .client = "readyz", .op = "readiness_probe", .result = "ok"};
 	return kc_audit_append(s->audit, &rec, NULL) == 0 ? 0 : MICA_EAUDIT;
 }
 
@@ -157,10 +158,10 @@ static int ready_seal(void *state)
 }
 
 static const mica_ready_check kc_ready[] = {
-    {"seal", ready_seal, MICA_READY_GATE},
-    {"audit", ready_audit, 0},
-    {"hsm", ready_hsm, 0},
-    {"policy", ready_policy, MICA_READY_ALWAYS},
+	{"seal", ready_seal, MICA_READY_GATE},
+	{"audit", ready_audit, 0},
+	{"hsm", ready_hsm, 0},
+	{"policy", ready_policy, MICA_READY_ALWAYS},
 };
 
 int kc_service_bring_up(kc_service *s, kc_hsm *h)
@@ -312,21 +313,21 @@ static void kc_stop(void *state)
 }
 
 const mica_service kc_daemon = {
-    .name = "keycenter",
-    .summary = "The Key Center: HSM-rooted keys, an audited Transit/KMS-style API over mutual"
-	       " TLS.",
-    .config = kc_config_table,
-    .config_len = sizeof(kc_config_table) / sizeof(kc_config_table[0]),
-    .config_size = sizeof(struct kc_config),
-    .log_level_at = offsetof(struct kc_config, log_level),
-    .http_at = offsetof(struct kc_config, http),
-    .uses = MICA_USES_DB,
-    .db_at = offsetof(struct kc_config, db),
-    .validate = kc_validate,
-    .start = kc_start,
-    .stop = kc_stop,
-    .routes = kc_routes,
-    .nroutes = &kc_routes_len,
-    .ready = kc_ready,
-    .nready = sizeof(kc_ready) / sizeof(kc_ready[0]),
+	.name = "keycenter",
+	.summary = "The Key Center: HSM-rooted keys, an audited Transit/KMS-style API over mutual"
+		   " TLS.",
+	.config = kc_config_table,
+	.config_len = sizeof(kc_config_table) / sizeof(kc_config_table[0]),
+	.config_size = sizeof(struct kc_config),
+	.log_level_at = offsetof(struct kc_config, log_level),
+	.http_at = offsetof(struct kc_config, http),
+	.uses = MICA_USES_DB,
+	.db_at = offsetof(struct kc_config, db),
+	.validate = kc_validate,
+	.start = kc_start,
+	.stop = kc_stop,
+	.routes = kc_routes,
+	.nroutes = &kc_routes_len,
+	.ready = kc_ready,
+	.nready = sizeof(kc_ready) / sizeof(kc_ready[0]),
 };

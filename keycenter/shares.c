@@ -30,8 +30,8 @@ static void fill_rand(unsigned char *buf, unsigned int n)
 int kc_shares_set_id(const uint8_t secret[KC_SHARE_SECRET_LEN], uint8_t id[KC_SHARE_SET_ID_LEN])
 {
 	uint8_t mac[32];
-	int rc =
-	    mica_hmac_sha256(secret, KC_SHARE_SECRET_LEN, SET_LABEL, sizeof(SET_LABEL) - 1, mac);
+	int rc = mica_hmac_sha256(secret, KC_SHARE_SECRET_LEN, SET_LABEL, sizeof(SET_LABEL) - 1,
+				  mac);
 	if (rc == 0)
 		memcpy(id, mac, KC_SHARE_SET_ID_LEN);
 	mica_wipe(mac, sizeof(mac));

@@ -269,9 +269,9 @@ static void open_with_shares(kc_service *s, const char *principal, const char *c
 	}
 	out->status = 200;
 	out->why.code = NULL;
-	out->body =
-	    json_pack("{s:b,s:i,s:i,s:I}", "sealed", 0, "progress", 0, "threshold",
-		      (int)u->shares[0].threshold, "unseal_ms", (json_int_t)(mica_clock_ms() - t0));
+	out->body = json_pack("{s:b,s:i,s:i,s:I}", "sealed", 0, "progress", 0, "threshold",
+			      (int)u->shares[0].threshold, "unseal_ms",
+			      (json_int_t)(mica_clock_ms() - t0));
 out:
 	/* Whatever happened, a new round starts from no shares. */
 	mica_wipe(u->shares, sizeof(u->shares));
@@ -339,10 +339,11 @@ int kc_unseal_submit(kc_service *s, const char *principal, const char *client,
 		if (strcmp(u->officers[i], principal) == 0 || u->shares[i].index == sh.index) {
 			out->status = 409;
 			out->why.code = "share_already_submitted";
-			snprintf(out->why.msg, sizeof(out->why.msg), "%s",
-				 strcmp(u->officers[i], principal) == 0
-				     ? "this officer has already submitted a share in this round"
-				     : "a share with this index was already submitted");
+			snprintf(
+				out->why.msg, sizeof(out->why.msg), "%s",
+				strcmp(u->officers[i], principal) == 0
+					? "this officer has already submitted a share in this round"
+					: "a share with this index was already submitted");
 			attempt_record(s, principal, client, out->why.code, 1, sh.index);
 			goto out;
 		}

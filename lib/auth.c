@@ -36,7 +36,7 @@ struct pooled {
 struct mica_auth {
 	char *url, *ca, *cert, *key;
 	mica_httpc_options hopt; /* points at the copies above */
-	mica_kvcache *cache; /* borrowed; NULL: off */
+	mica_kvcache *cache;	 /* borrowed; NULL: off */
 	pthread_mutex_t pool_mu;
 	struct pooled *idle; /* handles not in use, most recently returned first */
 	_Atomic int64_t last_warn;
@@ -472,13 +472,13 @@ int mica_auth_new(mica_auth **out, const mica_auth_options *opt)
 	a->cache = opt->cache;
 	long timeout = opt->timeout_ms ? opt->timeout_ms : DEFAULT_TIMEOUT_MS;
 	a->hopt = (mica_httpc_options){
-	    .ca_file = a->ca,
-	    .cert_file = a->cert,
-	    .key_file = a->key,
-	    .connect_timeout_ms = timeout < 1000 ? timeout : 1000,
-	    .timeout_ms = timeout,
-	    .retries = 1,
-	    .backoff_ms = 20,
+		.ca_file = a->ca,
+		.cert_file = a->cert,
+		.key_file = a->key,
+		.connect_timeout_ms = timeout < 1000 ? timeout : 1000,
+		.timeout_ms = timeout,
+		.retries = 1,
+		.backoff_ms = 20,
 	};
 	*out = a;
 	return 0;

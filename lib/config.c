@@ -26,7 +26,7 @@ struct load_ctx {
 };
 
 static void set_err(struct load_ctx *lc, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+	__attribute__((format(printf, 2, 3)));
 
 static void set_err(struct load_ctx *lc, const char *fmt, ...)
 {

@@ -477,11 +477,11 @@ int mica_hkdf_sha256(const void *salt, size_t salt_len, const void *ikm, size_t 
 	/* An absent salt is HashLen zeros (RFC 5869 2.2), the same HMAC key
 	 * as an empty one, so only a non-empty salt is passed. */
 	if (salt_len)
-		*p++ =
-		    OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, (void *)salt, salt_len);
+		*p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, (void *)salt,
+							 salt_len);
 	if (info_len)
-		*p++ =
-		    OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, (void *)info, info_len);
+		*p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, (void *)info,
+							 info_len);
 	*p = OSSL_PARAM_construct_end();
 
 	algs_init();

@@ -72,9 +72,9 @@ static atomic_uint g_thread_conns;
 static atomic_uint g_idle_conns;
 
 static const char *const begin_sql[] = {
-    [MICA_DB_READ_COMMITTED] = "BEGIN ISOLATION LEVEL READ COMMITTED",
-    [MICA_DB_REPEATABLE_READ] = "BEGIN ISOLATION LEVEL REPEATABLE READ",
-    [MICA_DB_SERIALIZABLE] = "BEGIN ISOLATION LEVEL SERIALIZABLE",
+	[MICA_DB_READ_COMMITTED] = "BEGIN ISOLATION LEVEL READ COMMITTED",
+	[MICA_DB_REPEATABLE_READ] = "BEGIN ISOLATION LEVEL REPEATABLE READ",
+	[MICA_DB_SERIALIZABLE] = "BEGIN ISOLATION LEVEL SERIALIZABLE",
 };
 
 /* ---- errors ---------------------------------------------------------- */
@@ -671,7 +671,7 @@ static int run_linked(mica_db *db, const char *sql, int n, const char *const *pa
 		int retry = 0;
 		int rc = exec_once(db, sql, n, params, script, &res, &retry);
 		db->last_txstatus =
-		    db->link.conn ? PQtransactionStatus(db->link.conn) : PQTRANS_IDLE;
+			db->link.conn ? PQtransactionStatus(db->link.conn) : PQTRANS_IDLE;
 		if (rc == 0) {
 			if (out)
 				*out = res;

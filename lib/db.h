@@ -182,8 +182,7 @@ char *mica_db_bytea_encode(const void *data, size_t len);
  * caller frees; never NULL on success, even when empty) and *len. Returns 0,
  * MICA_ENOTFOUND (SQL NULL or out of range), MICA_EINVAL (not hex bytea
  * text) or MICA_ENOMEM. */
-MICA_WUR int mica_db_get_bytea(const PGresult *res, int row, int col, uint8_t **out,
-			       size_t *len);
+MICA_WUR int mica_db_get_bytea(const PGresult *res, int row, int col, uint8_t **out, size_t *len);
 
 /* LISTEN on |channel| (letters, digits and '_' only, at most 63 bytes). The
  * subscription is re-issued automatically after a reconnect. Not allowed

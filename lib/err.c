@@ -7,13 +7,13 @@
 
 static const char *const codes[] = {
 #define X(name, status, code, msg) code,
-    MICA_ERRNO_MAP(X)
+	MICA_ERRNO_MAP(X)
 #undef X
 };
 
 static const char *const msgs[] = {
 #define X(name, status, code, msg) msg,
-    MICA_ERRNO_MAP(X)
+	MICA_ERRNO_MAP(X)
 #undef X
 };
 
@@ -37,7 +37,7 @@ const char *mica_errmsg(int err)
 
 static const short statuses[] = {
 #define X(name, status, code, msg) status,
-    MICA_ERRNO_MAP(X)
+	MICA_ERRNO_MAP(X)
 #undef X
 };
 

@@ -63,7 +63,7 @@ typedef enum mica_err {
 #define MICA__ERR_ENUM(name, status, code, msg) MICA_E##name,
 	MICA_ERRNO_MAP(MICA__ERR_ENUM)
 #undef MICA__ERR_ENUM
-	    MICA__ERR_END
+		MICA__ERR_END
 } mica_err;
 
 /* Stable snake_case code for |err| ("ok" for 0, "unknown_error" otherwise). */

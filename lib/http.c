@@ -226,7 +226,7 @@ void mica_http_reply_json(mica_http_resp *resp, int status, json_t *body)
 	if (!resp->body) {
 		resp->status = 500;
 		resp->body = strdup(
-		    "{\"error\":{\"code\":\"internal_error\",\"message\":\"out of memory\"}}");
+			"{\"error\":{\"code\":\"internal_error\",\"message\":\"out of memory\"}}");
 	}
 	resp->body_len = resp->body ? strlen(resp->body) : 0;
 	json_decref(body);
@@ -332,7 +332,7 @@ static enum MHD_Result send_resp(struct MHD_Connection *conn, struct req_state *
 
 static enum MHD_Result send_error(struct MHD_Connection *conn, struct req_state *rs, int status,
 				  const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
+	__attribute__((format(printf, 5, 6)));
 
 static enum MHD_Result handler_returned(mica_http_server *srv, struct req_state *rs, int inline_);
 
@@ -422,7 +422,7 @@ static void check_peer(struct MHD_Connection *conn, struct conn_state *cs)
 		return;
 	if (gnutls_x509_crt_import(crt, &chain[0], GNUTLS_X509_FMT_DER) >= 0 &&
 	    gnutls_x509_crt_get_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0, 0, cs->peer, &sz) >=
-		0 &&
+		    0 &&
 	    sz > 0) {
 		cs->peer[sz] = '\0';
 		cs->cert = 1;
@@ -955,8 +955,8 @@ static enum MHD_Result dispatch_metrics(mica_http_server *srv, struct MHD_Connec
 	}
 	if (!known)
 		return send_error(
-		    conn, rs, 404, "not_found",
-		    "the metrics listener serves only /metrics, /healthz and /readyz");
+			conn, rs, 404, "not_found",
+			"the metrics listener serves only /metrics, /healthz and /readyz");
 	if (strcmp(method, "GET") != 0)
 		return reply_not_allowed(conn, rs, "GET", method);
 	if (strcmp(url, "/healthz") == 0) {
@@ -1055,7 +1055,7 @@ peer_refused:
 static void client_ip(struct MHD_Connection *conn, char *out, size_t cap)
 {
 	const union MHD_ConnectionInfo *ci =
-	    MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
 	out[0] = '\0';
 	if (!ci || !ci->client_addr)
 		return;
@@ -1078,7 +1078,7 @@ static void client_ip(struct MHD_Connection *conn, char *out, size_t cap)
 static int answer_too_large_now(struct MHD_Connection *conn, struct req_state *rs)
 {
 	const union MHD_ConnectionInfo *ci =
-	    MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
 	char body[160], msg[512];
 	size_t off = 0;
 	int n, bl;
@@ -1250,8 +1250,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 				  slot_name(srv, rs->slot), rs->queued ? rs->status : 0, secs * 1e3,
 				  mica_mask_ip(ip, sizeof(ip), rs->ip),
 				  toe == MHD_REQUEST_TERMINATED_COMPLETED_OK || rs->answered_early
-				      ? ""
-				      : " aborted=1");
+					  ? ""
+					  : " aborted=1");
 		mica_log_set_request_id(NULL);
 	}
 	if (rs->dispatched) {
@@ -1421,10 +1421,10 @@ static int listener_start(mica_http_server *srv, struct listener *l,
 	l->srv = srv;
 	if (l->ca_pem)
 		optional[nopt++] =
-		    (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_TRUST, 0, l->ca_pem};
+			(struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_TRUST, 0, l->ca_pem};
 	if (threads > 1)
 		optional[nopt++] =
-		    (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, threads, NULL};
+			(struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, threads, NULL};
 	optional[nopt] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
 	/* One option and its arguments per line. */
 	/* clang-format off */
@@ -1446,8 +1446,8 @@ static int listener_start(mica_http_server *srv, struct listener *l,
 	if (!l->daemon) {
 		MICA_LOG(MICA_LOG_ERROR, "http: cannot listen on %s port %d", bind,
 			 ntohs(ss->ss_family == AF_INET
-				   ? ((const struct sockaddr_in *)ss)->sin_port
-				   : ((const struct sockaddr_in6 *)ss)->sin6_port));
+				       ? ((const struct sockaddr_in *)ss)->sin_port
+				       : ((const struct sockaddr_in6 *)ss)->sin6_port));
 		return MICA_EIO;
 	}
 	di = MHD_get_daemon_info(l->daemon, MHD_DAEMON_INFO_BIND_PORT);

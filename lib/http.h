@@ -210,7 +210,7 @@ void mica_http_reply_problem(mica_http_resp *resp, mica_problem *p);
  * members: {"error":{"code":code,"message":...}}. |code| is a stable
  * snake_case code (static). */
 void mica_http_reply_error(mica_http_resp *resp, int status, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+	__attribute__((format(printf, 4, 5)));
 /* Adds a response header; |name| must be a static string, |value| is copied. */
 void mica_http_add_header(mica_http_resp *resp, const char *name, const char *value);
 

@@ -30,23 +30,23 @@
 	"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 
 typedef struct mica_httpc_options {
-	const char *ca_file;     /* PEM CA the server must chain to (required) */
-	const char *cert_file;   /* PEM client certificate, or NULL */
-	const char *key_file;    /* PEM client key, or NULL */
+	const char *ca_file;	 /* PEM CA the server must chain to (required) */
+	const char *cert_file;	 /* PEM client certificate, or NULL */
+	const char *key_file;	 /* PEM client key, or NULL */
 	long connect_timeout_ms; /* default 2000 */
-	long timeout_ms;         /* whole request, default 10000 */
-	int retries;             /* extra attempts for idempotent calls, default 2 */
-	long backoff_ms;         /* first backoff, doubled each retry, +-50% jitter; default 50 */
+	long timeout_ms;	 /* whole request, default 10000 */
+	int retries;		 /* extra attempts for idempotent calls, default 2 */
+	long backoff_ms;	 /* first backoff, doubled each retry, +-50% jitter; default 50 */
 } mica_httpc_options;
 
 typedef struct mica_httpc mica_httpc;
 
 typedef struct mica_httpc_resp {
-	long status;       /* HTTP status, 0 if no response */
-	char *body;        /* NUL-terminated, malloc'd; wiped and freed by
-			      mica_httpc_resp_cleanup */
+	long status; /* HTTP status, 0 if no response */
+	char *body;  /* NUL-terminated, malloc'd; wiped and freed by
+			mica_httpc_resp_cleanup */
 	size_t body_len;
-	int attempts;      /* how many tries were made */
+	int attempts; /* how many tries were made */
 } mica_httpc_resp;
 
 /* Creates a client; copies every string in |opt|. MICA_EINVAL without a CA,
@@ -68,8 +68,8 @@ int mica_httpc_request(mica_httpc *c, const char *method, const char *url, const
 /* JSON convenience: sends |req| (borrowed, may be NULL), parses the reply.
  * *out_json is set (caller decrefs) when the body is JSON; MICA_EBADHEADER if
  * a non-empty body is not JSON. Same other codes as mica_httpc_request. */
-int mica_httpc_json(mica_httpc *c, const char *method, const char *url, json_t *req,
-		    int idempotent, long *status, json_t **out_json) MICA_WUR;
+int mica_httpc_json(mica_httpc *c, const char *method, const char *url, json_t *req, int idempotent,
+		    long *status, json_t **out_json) MICA_WUR;
 
 void mica_httpc_resp_cleanup(mica_httpc_resp *r);
 

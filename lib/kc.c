@@ -411,14 +411,14 @@ static void wipe_member(json_t *obj, const char *field)
 static int status_error(long status, const json_t *body)
 {
 	const char *code =
-	    json_string_value(json_object_get(json_object_get(body, "error"), "code"));
+		json_string_value(json_object_get(json_object_get(body, "error"), "code"));
 	if (!code)
 		code = "";
 	switch (status) {
 	case 400:
 		return strcmp(code, "decryption_failed") == 0 || strcmp(code, "wrong_key") == 0
-			   ? MICA_EAUTH
-			   : MICA_EINVAL;
+			       ? MICA_EAUTH
+			       : MICA_EINVAL;
 	case 401:
 	case 403:
 		return MICA_EDENIED;
@@ -602,8 +602,8 @@ int mica_kc_decrypt_datakey(mica_kc *kc, const char *key_name, const char *ciphe
 	if (kc->cache_on) {
 		/* The Key Center's canonical form, so member order never splits
 		 * one context into two cache entries. */
-		if (!(canon =
-			  json_dumps(context, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII)))
+		if (!(canon = json_dumps(context,
+					 JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII)))
 			return MICA_ENOMEM;
 		const void *f[4] = {"datakey", key_name, ciphertext, canon};
 		size_t l[4] = {7, strlen(key_name), strlen(ciphertext), strlen(canon)};

@@ -72,14 +72,14 @@ typedef struct mica_kc_options {
 	const char *cert_file; /* PEM client certificate: the service's principal (required) */
 	const char *key_file;  /* PEM key of cert_file (required) */
 	long timeout_ms;       /* whole request; 0: 10000 */
-	int retries;           /* extra attempts for idempotent calls; 0: 2, negative: none */
+	int retries;	       /* extra attempts for idempotent calls; 0: 2, negative: none */
 	int cache_max_entries; /* cached data keys and HMACs; 0: MICA_KC_DEFAULT_CACHE_ENTRIES,
 				  negative: no cache */
 	long cache_ttl_ms;     /* age limit of a cached key; 0: MICA_KC_DEFAULT_CACHE_TTL_MS */
 } mica_kc_options;
 
 typedef struct mica_kc_stats {
-	uint64_t hits;        /* decrypt_datakey and hmac calls answered from the cache */
+	uint64_t hits;	      /* decrypt_datakey and hmac calls answered from the cache */
 	uint64_t misses;      /* decrypt_datakey and hmac calls that asked the Key Center */
 	uint64_t evictions;   /* entries dropped to make room (LRU) */
 	uint64_t expirations; /* entries dropped because they outlived the TTL */

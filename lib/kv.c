@@ -237,8 +237,8 @@ static int send_once(mica_kv *kv, int argc, const char **argv, const size_t *arg
 	void *r = NULL;
 	if (redisGetReply(c, &r) != REDIS_OK || !r) {
 		int rc = c->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK)
-			     ? MICA_ETIMEOUT
-			     : MICA_EKVCONN;
+				 ? MICA_ETIMEOUT
+				 : MICA_EKVCONN;
 		set_errs(kv, c->errstr[0] ? c->errstr : "connection lost");
 		drop_conn(kv);
 		return rc;

@@ -24,21 +24,20 @@ enum mica_log_level {
 
 extern int mica_log_min_level;
 
-#define MICA_LOG(level, ...)                                                   \
-	do {                                                                   \
-		if ((level) >= mica_log_min_level)                             \
-			mica__log((level), __FILE__, __LINE__, __VA_ARGS__);   \
+#define MICA_LOG(level, ...)                                                                       \
+	do {                                                                                       \
+		if ((level) >= mica_log_min_level)                                                 \
+			mica__log((level), __FILE__, __LINE__, __VA_ARGS__);                       \
 	} while (0)
 
 /* MICA_LOG_BUFFERED: the same line, handed to a flusher thread that writes
  * what has gathered at most 100 ms later (or at once when 32 KiB have), so a
  * line per request (the access log) is not a write(2) per request. Any
  * unbuffered line, and exit(), write out what is buffered first. */
-#define MICA_LOG_BUFFERED(level, ...)                                          \
-	do {                                                                   \
-		if ((level) >= mica_log_min_level)                             \
-			mica__log_buffered((level), __FILE__, __LINE__,        \
-					   __VA_ARGS__);                       \
+#define MICA_LOG_BUFFERED(level, ...)                                                              \
+	do {                                                                                       \
+		if ((level) >= mica_log_min_level)                                                 \
+			mica__log_buffered((level), __FILE__, __LINE__, __VA_ARGS__);              \
 	} while (0)
 
 void mica__log(int level, const char *file, int line, const char *fmt, ...)
@@ -57,10 +56,10 @@ const char *mica_log_request_id(void);
 /* Masking helpers. Each writes a NUL-terminated masked copy of |in| into
  * |out| (capacity |cap|, at least 1) and returns |out|. Inputs that do not
  * look like the expected kind are masked entirely ("***"). */
-char *mica_mask_ip(char *out, size_t cap, const char *ip);       /* 10.1.*.* , 2001:db8:*  */
+char *mica_mask_ip(char *out, size_t cap, const char *ip);	 /* 10.1.*.* , 2001:db8:*  */
 char *mica_mask_phone(char *out, size_t cap, const char *phone); /* 138****5678 */
 char *mica_mask_email(char *out, size_t cap, const char *email); /* a***@example.com */
-char *mica_mask_id(char *out, size_t cap, const char *id);       /* ab12****** */
-char *mica_mask_card(char *out, size_t cap, const char *pan);    /* ************1234 */
+char *mica_mask_id(char *out, size_t cap, const char *id);	 /* ab12****** */
+char *mica_mask_card(char *out, size_t cap, const char *pan);	 /* ************1234 */
 
 #endif

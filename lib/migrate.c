@@ -263,10 +263,9 @@ static int check_checksums(const struct plan *p)
 		if (!m->applied)
 			continue;
 		if (strcmp(m->applied_name, m->name) != 0)
-			fprintf(
-			    stderr,
-			    "mica migrate: warning: version %d was applied as %s, file is now %s\n",
-			    m->version, m->applied_name, m->name);
+			fprintf(stderr,
+				"mica migrate: warning: version %d was applied as %s, file is now %s\n",
+				m->version, m->applied_name, m->name);
 		if (strcmp(m->applied_sha, m->sha256) != 0) {
 			fprintf(stderr,
 				"mica migrate: checksum mismatch for %s: applied sha256 %s, file "

@@ -3,8 +3,8 @@
  * handler effects and pending-row deletion commit together, and wait for
  * NOTIFY wake-ups.
  */
-#include "clock.h"
 #include "outbox.h"
+#include "clock.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,9 +68,9 @@ int mica_outbox_unsubscribe(mica_db *db, const char *consumer, const char *topic
 		return MICA_EINVAL;
 	const char *params[2] = {consumer, topic};
 	PGresult *res = NULL;
-	int rc =
-	    mica_db_exec(db, "DELETE FROM outbox.subscription WHERE consumer = $1 AND topic = $2",
-			 2, params, &res);
+	int rc = mica_db_exec(db,
+			      "DELETE FROM outbox.subscription WHERE consumer = $1 AND topic = $2",
+			      2, params, &res);
 	if (rc)
 		return rc;
 	if (removed)
@@ -91,14 +91,14 @@ struct consume_ctx {
  * uncommitted until the handlers are done, so a crash or a handler error
  * puts every claimed row back. */
 static const char claim_sql[] =
-    "WITH claimed AS ("
-    " DELETE FROM outbox.pending p"
-    " WHERE p.consumer = $1 AND p.event_id IN ("
-    "  SELECT q.event_id FROM outbox.pending q WHERE q.consumer = $1"
-    "  ORDER BY q.event_id LIMIT $2 FOR UPDATE SKIP LOCKED)"
-    " RETURNING p.event_id)"
-    " SELECT e.id, e.topic, e.payload::text, e.created_at"
-    " FROM claimed c JOIN outbox.event e ON e.id = c.event_id ORDER BY e.id";
+	"WITH claimed AS ("
+	" DELETE FROM outbox.pending p"
+	" WHERE p.consumer = $1 AND p.event_id IN ("
+	"  SELECT q.event_id FROM outbox.pending q WHERE q.consumer = $1"
+	"  ORDER BY q.event_id LIMIT $2 FOR UPDATE SKIP LOCKED)"
+	" RETURNING p.event_id)"
+	" SELECT e.id, e.topic, e.payload::text, e.created_at"
+	" FROM claimed c JOIN outbox.event e ON e.id = c.event_id ORDER BY e.id";
 
 static int consume_tx(mica_db *db, void *arg)
 {
@@ -114,9 +114,9 @@ static int consume_tx(mica_db *db, void *arg)
 	int n = PQntuples(res);
 	for (int i = 0; i < n; i++) {
 		struct mica_outbox_event ev = {
-		    .topic = mica_db_get(res, i, 1),
-		    .payload = mica_db_get(res, i, 2),
-		    .created_at = mica_db_get(res, i, 3),
+			.topic = mica_db_get(res, i, 1),
+			.payload = mica_db_get(res, i, 2),
+			.created_at = mica_db_get(res, i, 3),
 		};
 		if (mica_db_get_int64(res, i, 0, &ev.id) != 0 || !ev.topic || !ev.payload) {
 			rc = MICA_EDB;
@@ -125,9 +125,9 @@ static int consume_tx(mica_db *db, void *arg)
 		rc = c->handler(db, &ev, c->arg);
 		if (rc) {
 			MICA_LOG(
-			    MICA_LOG_WARN,
-			    "outbox: consumer %.64s failed on event %lld: %s; batch rolled back",
-			    c->consumer, (long long)ev.id, mica_strerror(rc));
+				MICA_LOG_WARN,
+				"outbox: consumer %.64s failed on event %lld: %s; batch rolled back",
+				c->consumer, (long long)ev.id, mica_strerror(rc));
 			break;
 		}
 	}
@@ -206,12 +206,12 @@ int mica_outbox_prune(mica_db *db, int min_age_seconds, int64_t *deleted)
 	snprintf(age, sizeof(age), "%d", min_age_seconds);
 	const char *params[1] = {age};
 	PGresult *res = NULL;
-	int rc =
-	    mica_db_exec(db,
-			 "DELETE FROM outbox.event e"
-			 " WHERE e.created_at < now() - make_interval(secs => $1::int)"
-			 " AND NOT EXISTS (SELECT 1 FROM outbox.pending p WHERE p.event_id = e.id)",
-			 1, params, &res);
+	int rc = mica_db_exec(
+		db,
+		"DELETE FROM outbox.event e"
+		" WHERE e.created_at < now() - make_interval(secs => $1::int)"
+		" AND NOT EXISTS (SELECT 1 FROM outbox.pending p WHERE p.event_id = e.id)",
+		1, params, &res);
 	if (rc)
 		return rc;
 	/* The command tag's row count ("DELETE n"): digits from the server. */

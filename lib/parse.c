@@ -38,7 +38,7 @@ int mica_parse_int64(const char *s, int64_t min, int64_t max, int64_t *out)
 	if (overflow)
 		return MICA_ERANGE;
 	int64_t v =
-	    neg ? (mag == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)mag) : (int64_t)mag;
+		neg ? (mag == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)mag) : (int64_t)mag;
 	if (v < min || v > max)
 		return MICA_ERANGE;
 	*out = v;

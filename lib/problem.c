@@ -65,12 +65,12 @@ static const char *dependency_name(const char *dep)
 	static const struct {
 		const char *dep, *name;
 	} names[] = {
-	    {"database", "the database (PostgreSQL)"},
-	    {"redis", "Redis"},
-	    {"keycenter", "the Key Center"},
-	    {"notifier", "the notifier (e-mail or SMS sender)"},
-	    {"hsm", "the HSM"},
-	    {"audit", "the audit trail"},
+		{"database", "the database (PostgreSQL)"},
+		{"redis", "Redis"},
+		{"keycenter", "the Key Center"},
+		{"notifier", "the notifier (e-mail or SMS sender)"},
+		{"hsm", "the HSM"},
+		{"audit", "the audit trail"},
 	};
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
 		if (strcmp(dep, names[i].dep) == 0)

@@ -38,7 +38,7 @@ typedef struct mica_problem {
  * Returns MICA_EINVAL for a 4xx status and MICA_EIO otherwise, so a flow can
  * `return mica_problemf(...)`. */
 int mica_problemf(mica_problem *p, int status, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+	__attribute__((format(printf, 4, 5)));
 
 /* Describes a request that ended with |err| while doing |what| (a phrase,
  * e.g. "loading the key"; NULL for none), as the MICA_ERRNO_MAP table says:

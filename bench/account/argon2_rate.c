@@ -63,7 +63,8 @@ static int huge_alloc(uint8_t **memory, size_t bytes)
 			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		if (m == MAP_FAILED)
 			return ARGON2_MEMORY_ALLOCATION_ERROR;
-		huge_mem = (uint8_t *)(((uintptr_t)m + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
+		huge_mem =
+			(uint8_t *)(((uintptr_t)m + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
 		(void)madvise(huge_mem, len, MADV_HUGEPAGE);
 		/* cppcheck-suppress memleak ; the thread's arena, mapped once, lives until exit */
 	}
@@ -89,8 +90,8 @@ static int hash_once(const struct worker *w, uint64_t n)
 	memcpy(salt, &n, sizeof(n));
 	salt[sizeof(salt) - 1] = (uint8_t)w->index;
 	if (!w->opt->hugepages)
-		return argon2id_hash_raw(p->t, p->m_kib, p->p, pwd, (size_t)len, salt,
-					 sizeof(salt), out, sizeof(out));
+		return argon2id_hash_raw(p->t, p->m_kib, p->p, pwd, (size_t)len, salt, sizeof(salt),
+					 out, sizeof(out));
 	argon2_context ctx = {.out = out,
 			      .outlen = sizeof(out),
 			      .pwd = (uint8_t *)pwd,
@@ -127,11 +128,13 @@ static void *run(void *arg)
 
 static int parse(int argc, char **argv, struct options *o)
 {
-	static const struct option longopts[] = {
-		{"threads", required_argument, NULL, 'n'},	{"duration", required_argument, NULL, 'd'},
-		{"memory", required_argument, NULL, 'm'},	{"iterations", required_argument, NULL, 't'},
-		{"parallelism", required_argument, NULL, 'p'}, {"hugepages", no_argument, NULL, 'H'},
-		{NULL, 0, NULL, 0}};
+	static const struct option longopts[] = {{"threads", required_argument, NULL, 'n'},
+						 {"duration", required_argument, NULL, 'd'},
+						 {"memory", required_argument, NULL, 'm'},
+						 {"iterations", required_argument, NULL, 't'},
+						 {"parallelism", required_argument, NULL, 'p'},
+						 {"hugepages", no_argument, NULL, 'H'},
+						 {NULL, 0, NULL, 0}};
 	int ch;
 	o->threads = 2;
 	o->duration = 5;
@@ -139,13 +142,26 @@ static int parse(int argc, char **argv, struct options *o)
 	o->hugepages = 0;
 	while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
 		switch (ch) {
-		case 'n': o->threads = atoi(optarg); break;
-		case 'd': o->duration = atof(optarg); break;
-		case 'm': o->params.m_kib = (uint32_t)strtoul(optarg, NULL, 10); break;
-		case 't': o->params.t = (uint32_t)strtoul(optarg, NULL, 10); break;
-		case 'p': o->params.p = (uint32_t)strtoul(optarg, NULL, 10); break;
-		case 'H': o->hugepages = 1; break;
-		default: return -1;
+		case 'n':
+			o->threads = atoi(optarg);
+			break;
+		case 'd':
+			o->duration = atof(optarg);
+			break;
+		case 'm':
+			o->params.m_kib = (uint32_t)strtoul(optarg, NULL, 10);
+			break;
+		case 't':
+			o->params.t = (uint32_t)strtoul(optarg, NULL, 10);
+			break;
+		case 'p':
+			o->params.p = (uint32_t)strtoul(optarg, NULL, 10);
+			break;
+		case 'H':
+			o->hugepages = 1;
+			break;
+		default:
+			return -1;
 		}
 	}
 	if (optind != argc || o->threads < 1 || o->threads > 256 || o->duration <= 0 ||
@@ -163,8 +179,9 @@ int main(int argc, char **argv)
 	int failed = 0;
 
 	if (parse(argc, argv, &opt) != 0) {
-		fprintf(stderr, "usage: argon2_rate [--threads N] [--duration SECONDS] [--memory KIB]"
-				" [--iterations T] [--parallelism P] [--hugepages]\n");
+		fprintf(stderr,
+			"usage: argon2_rate [--threads N] [--duration SECONDS] [--memory KIB]"
+			" [--iterations T] [--parallelism P] [--hugepages]\n");
 		return 2;
 	}
 	if (!(w = calloc((size_t)opt.threads, sizeof(*w))))

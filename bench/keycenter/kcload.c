@@ -217,32 +217,51 @@ static int read_lines(const char *path, char ***lines, size_t *n)
 
 static int parse(int argc, char **argv, struct options *o)
 {
-	static const struct option longopts[] = {
-		{"url", required_argument, NULL, 'u'},	  {"ca", required_argument, NULL, 'a'},
-		{"cert", required_argument, NULL, 'c'},	  {"key", required_argument, NULL, 'k'},
-		{"body", required_argument, NULL, 'b'},	  {"connections", required_argument, NULL, 'n'},
-		{"duration", required_argument, NULL, 'd'}, {"header", required_argument, NULL, 'H'},
-		{"body-file", required_argument, NULL, 'B'}, {"header-file", required_argument, NULL, 'F'},
-		{NULL, 0, NULL, 0}};
+	static const struct option longopts[] = {{"url", required_argument, NULL, 'u'},
+						 {"ca", required_argument, NULL, 'a'},
+						 {"cert", required_argument, NULL, 'c'},
+						 {"key", required_argument, NULL, 'k'},
+						 {"body", required_argument, NULL, 'b'},
+						 {"connections", required_argument, NULL, 'n'},
+						 {"duration", required_argument, NULL, 'd'},
+						 {"header", required_argument, NULL, 'H'},
+						 {"body-file", required_argument, NULL, 'B'},
+						 {"header-file", required_argument, NULL, 'F'},
+						 {NULL, 0, NULL, 0}};
 	int ch;
 	o->connections = 64;
 	o->duration = 10;
 	while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
 		switch (ch) {
-		case 'u': o->url = optarg; break;
-		case 'a': o->ca = optarg; break;
-		case 'c': o->cert = optarg; break;
-		case 'k': o->key = optarg; break;
-		case 'b': o->body = optarg; break;
-		case 'n': o->connections = atoi(optarg); break;
-		case 'd': o->duration = atof(optarg); break;
+		case 'u':
+			o->url = optarg;
+			break;
+		case 'a':
+			o->ca = optarg;
+			break;
+		case 'c':
+			o->cert = optarg;
+			break;
+		case 'k':
+			o->key = optarg;
+			break;
+		case 'b':
+			o->body = optarg;
+			break;
+		case 'n':
+			o->connections = atoi(optarg);
+			break;
+		case 'd':
+			o->duration = atof(optarg);
+			break;
 		case 'H':
 			if (o->nheaders == MAX_HEADERS)
 				return -1;
 			o->headers[o->nheaders++] = optarg;
 			break;
 		case 'B':
-			if (o->body_lines || read_lines(optarg, &o->body_lines, &o->nbody_lines) != 0)
+			if (o->body_lines ||
+			    read_lines(optarg, &o->body_lines, &o->nbody_lines) != 0)
 				return -1;
 			break;
 		case 'F':
@@ -250,7 +269,8 @@ static int parse(int argc, char **argv, struct options *o)
 			    read_lines(optarg, &o->header_lines, &o->nheader_lines) != 0)
 				return -1;
 			break;
-		default: return -1;
+		default:
+			return -1;
 		}
 	}
 	if (optind != argc || !o->url || !o->ca || !o->cert != !o->key || o->connections < 1 ||
@@ -268,9 +288,10 @@ int main(int argc, char **argv)
 	int n, reported = 0;
 
 	if (parse(argc, argv, &opt) != 0) {
-		fprintf(stderr, "usage: kcload --url URL --ca CA [--cert CERT --key KEY] [--body JSON]"
-				" [--connections N] [--duration SECONDS] [--header H]... [--body-file FILE]"
-				" [--header-file FILE]\n");
+		fprintf(stderr,
+			"usage: kcload --url URL --ca CA [--cert CERT --key KEY] [--body JSON]"
+			" [--connections N] [--duration SECONDS] [--header H]... [--body-file FILE]"
+			" [--header-file FILE]\n");
 		return 2;
 	}
 	n = opt.connections;
@@ -306,9 +327,10 @@ int main(int argc, char **argv)
 			hist[b] += w[i].hist[b];
 		/* Errors are part of the figures; the first worker's cause is shown. */
 		if ((w[i].errors || !w[i].warmup_ok) && !reported++)
-			fprintf(stderr, "kcload: worker %d: %llu errors%s; last: status %ld %s\n", i,
-				(unsigned long long)w[i].errors, w[i].warmup_ok ? "" : " (warm-up failed)",
-				w[i].last_status, w[i].errbuf);
+			fprintf(stderr, "kcload: worker %d: %llu errors%s; last: status %ld %s\n",
+				i, (unsigned long long)w[i].errors,
+				w[i].warmup_ok ? "" : " (warm-up failed)", w[i].last_status,
+				w[i].errbuf);
 	}
 	double secs = (double)(stop - start) / 1e9;
 	uint64_t max_b = 0;

@@ -12,12 +12,12 @@ static const struct {
 	const mica_body_field *spec;
 	size_t n;
 } specs[] = {
-    {MICA_BODY_FIELDS(acct_body_reset_start)},	   {MICA_BODY_FIELDS(acct_body_reset_complete)},
-    {MICA_BODY_FIELDS(acct_body_password_change)}, {MICA_BODY_FIELDS(acct_body_bind_phone)},
-    {MICA_BODY_FIELDS(acct_body_bind_email)},	   {MICA_BODY_FIELDS(acct_body_code)},
-    {MICA_BODY_FIELDS(acct_body_stepup_send)},	   {MICA_BODY_FIELDS(acct_body_stepup_verify)},
-    {MICA_BODY_FIELDS(acct_body_cross_device)},	   {MICA_BODY_FIELDS(acct_body_revoke_all)},
-    {MICA_BODY_FIELDS(acct_body_introspect)},
+	{MICA_BODY_FIELDS(acct_body_reset_start)},     {MICA_BODY_FIELDS(acct_body_reset_complete)},
+	{MICA_BODY_FIELDS(acct_body_password_change)}, {MICA_BODY_FIELDS(acct_body_bind_phone)},
+	{MICA_BODY_FIELDS(acct_body_bind_email)},      {MICA_BODY_FIELDS(acct_body_code)},
+	{MICA_BODY_FIELDS(acct_body_stepup_send)},     {MICA_BODY_FIELDS(acct_body_stepup_verify)},
+	{MICA_BODY_FIELDS(acct_body_cross_device)},    {MICA_BODY_FIELDS(acct_body_revoke_all)},
+	{MICA_BODY_FIELDS(acct_body_introspect)},
 };
 
 /* The rules, member by member: 1 when |v| is acceptable for |d|. */

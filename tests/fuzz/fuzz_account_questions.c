@@ -73,7 +73,7 @@ static void accepted(json_t *body)
 		const char *a = json_string_value(json_object_get(item, "answer"));
 		CHECK(q && a);
 		json_object_foreach(item, k, v)
-		    CHECK(strcmp(k, "question") == 0 || strcmp(k, "answer") == 0);
+			CHECK(strcmp(k, "question") == 0 || strcmp(k, "answer") == 0);
 		char *rq = reference(q);
 		CHECK(rq[0] != '\0');
 		free(rq);

@@ -28,10 +28,10 @@
  *   -----END PRIVATE KEY-----
  */
 static const char pubkey_pem[] =
-    "-----BEGIN PUBLIC KEY-----\n"
-    "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAExv+bimjOi2CECYLQcyWngOZnw7eB\n"
-    "7C/l7T3nAVx4+jnwVbRcSjy+pGqOVmzZEeD2jxOfmXWZVS3XOKAdfjDcYQ==\n"
-    "-----END PUBLIC KEY-----\n";
+	"-----BEGIN PUBLIC KEY-----\n"
+	"MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAExv+bimjOi2CECYLQcyWngOZnw7eB\n"
+	"7C/l7T3nAVx4+jnwVbRcSjy+pGqOVmzZEeD2jxOfmXWZVS3XOKAdfjDcYQ==\n"
+	"-----END PUBLIC KEY-----\n";
 
 /* Parsed once: OpenSSL 3's PEM decoder costs more than most inputs. */
 static EVP_PKEY *pubkey(void)

@@ -24,10 +24,10 @@ struct codec {
 };
 
 static const struct codec codecs[] = {
-    {mica_base64_encode_alloc, mica_base64_decode, mica_base64_decode_alloc,
-     mica_base64_decoded_max},
-    {mica_base64url_encode_alloc, mica_base64url_decode, mica_base64url_decode_alloc,
-     mica_base64url_decoded_max},
+	{mica_base64_encode_alloc, mica_base64_decode, mica_base64_decode_alloc,
+	 mica_base64_decoded_max},
+	{mica_base64url_encode_alloc, mica_base64url_decode, mica_base64url_decode_alloc,
+	 mica_base64url_decoded_max},
 };
 
 static void roundtrip(const struct codec *c, const uint8_t *data, size_t size)

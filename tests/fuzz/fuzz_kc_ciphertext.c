@@ -26,7 +26,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 		free(again);
 		if (mica_envelope_parse(blob, len, &env) == 0 &&
-		    (env.key_name < (const char *)blob || env.key_name + env.key_name_len > (const char *)blob + len))
+		    (env.key_name < (const char *)blob ||
+		     env.key_name + env.key_name_len > (const char *)blob + len))
 			abort();
 	}
 	free(blob);

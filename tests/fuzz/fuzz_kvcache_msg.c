@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kvcache.h"
 #include "fuzz_check.h"
+#include "kvcache.h"
 
 static size_t keys_seen;
 
@@ -32,7 +32,7 @@ static void on_key(void *arg, const char *key, size_t len)
 static void classify(const redisReply *r)
 {
 	const redisReply *payload =
-	    r->type == REDIS_REPLY_ARRAY && r->elements == 3 ? r->element[2] : NULL;
+		r->type == REDIS_REPLY_ARRAY && r->elements == 3 ? r->element[2] : NULL;
 	keys_seen = 0;
 	enum mica__kvcache_msg m = mica__kvcache_msg_parse(r, on_key, (void *)payload);
 	CHECK(m == MICA__KVCACHE_KEYS || m == MICA__KVCACHE_FLUSH || m == MICA__KVCACHE_OTHER);

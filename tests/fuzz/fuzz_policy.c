@@ -11,8 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "keycenter/policy.h"
 #include "fuzz_check.h"
+#include "keycenter/policy.h"
 
 static void check_rejection(int rc, enum kc_policy_fault fault, const kc_policy *p, const char *err)
 {
@@ -75,7 +75,7 @@ static int expected(json_t *entry, enum kc_op op, const char *key)
 	{
 		size_t n = strlen(pat);
 		int match =
-		    pat[n - 1] == '*' ? strncmp(key, pat, n - 1) == 0 : strcmp(key, pat) == 0;
+			pat[n - 1] == '*' ? strncmp(key, pat, n - 1) == 0 : strcmp(key, pat) == 0;
 		if (!match)
 			continue;
 		json_array_foreach(ops, i, v)

@@ -42,8 +42,9 @@ static char conninfo[2048];  /* superuser on dbname */
 static char writer_ci[2300]; /* the writer: role mica_keycenter */
 
 static const uint8_t mac_key[32] = {
-    0xa0, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8, 0xa9, 0xaa, 0xab, 0xac, 0xad, 0xae, 0xaf,
-    0xb0, 0xb1, 0xb2, 0xb3, 0xb4, 0xb5, 0xb6, 0xb7, 0xb8, 0xb9, 0xba, 0xbb, 0xbc, 0xbd, 0xbe, 0xbf,
+	0xa0, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8, 0xa9, 0xaa,
+	0xab, 0xac, 0xad, 0xae, 0xaf, 0xb0, 0xb1, 0xb2, 0xb3, 0xb4, 0xb5,
+	0xb6, 0xb7, 0xb8, 0xb9, 0xba, 0xbb, 0xbc, 0xbd, 0xbe, 0xbf,
 };
 
 /* ---- helpers -------------------------------------------------------------- */
@@ -159,13 +160,13 @@ static const kc_audit_record *make_rec(struct rec_buf *b, int i)
 	snprintf(b->client, sizeof(b->client), "10.0.%d.%d", (i / 256) % 256, i % 256);
 	snprintf(b->ctx, sizeof(b->ctx), "%064x", i);
 	b->r = (kc_audit_record){
-	    .principal = b->principal,
-	    .client = b->client,
-	    .op = i % 4 ? "datakey" : "decrypt",
-	    .key_name = i % 3 ? "user-data" : NULL,
-	    .key_version = i % 3 ? 1 + i % 5 : 0,
-	    .context_hash = i % 2 ? b->ctx : NULL,
-	    .result = i % 7 ? "ok" : "denied",
+		.principal = b->principal,
+		.client = b->client,
+		.op = i % 4 ? "datakey" : "decrypt",
+		.key_name = i % 3 ? "user-data" : NULL,
+		.key_version = i % 3 ? 1 + i % 5 : 0,
+		.context_hash = i % 2 ? b->ctx : NULL,
+		.result = i % 7 ? "ok" : "denied",
 	};
 	return &b->r;
 }
@@ -375,12 +376,12 @@ START_TEST(role_can_only_insert_and_select)
 	kc_audit_stop(a);
 	mica_db *db = open_ci(conninfo);
 	static const char *const denied[] = {
-	    "UPDATE keycenter.audit SET result = 'ok' WHERE seq = 1",
-	    "DELETE FROM keycenter.audit WHERE seq = 3",
-	    "TRUNCATE keycenter.audit",
-	    "UPDATE keycenter.audit_checkpoint SET ts_us = 0",
-	    "DELETE FROM keycenter.audit_checkpoint",
-	    "TRUNCATE keycenter.audit_checkpoint",
+		"UPDATE keycenter.audit SET result = 'ok' WHERE seq = 1",
+		"DELETE FROM keycenter.audit WHERE seq = 3",
+		"TRUNCATE keycenter.audit",
+		"UPDATE keycenter.audit_checkpoint SET ts_us = 0",
+		"DELETE FROM keycenter.audit_checkpoint",
+		"TRUNCATE keycenter.audit_checkpoint",
 	};
 	for (size_t i = 0; i < sizeof(denied) / sizeof(denied[0]); i++)
 		ck_assert_msg(as_keycenter(db, denied[i]) == MICA_EPERM, "allowed: %s", denied[i]);
@@ -425,7 +426,7 @@ static void kill_writer_connection(void)
 	const char *q[1] = {pid_s};
 	PGresult *res = NULL;
 	ck_assert_int_eq(
-	    mica_db_exec(db, "SELECT pg_terminate_backend($1::int, 10000)", 1, q, &res), 0);
+		mica_db_exec(db, "SELECT pg_terminate_backend($1::int, 10000)", 1, q, &res), 0);
 	ck_assert_str_eq(mica_db_get(res, 0, 0), "t");
 	PQclear(res);
 	mica_db_close(&db);
@@ -882,12 +883,12 @@ static void rewrite_record(int seq)
 	const char *p[1] = {s};
 	PGresult *res = NULL;
 	ck_assert_int_eq(
-	    mica_db_exec(db,
-			 "SELECT ts_us, client, op, key_name, key_version, context_hash,"
-			 " result, encode(prev_hash, 'hex') FROM keycenter.audit"
-			 " WHERE seq = $1::bigint",
-			 1, p, &res),
-	    0);
+		mica_db_exec(db,
+			     "SELECT ts_us, client, op, key_name, key_version, context_hash,"
+			     " result, encode(prev_hash, 'hex') FROM keycenter.audit"
+			     " WHERE seq = $1::bigint",
+			     1, p, &res),
+		0);
 	int64_t ts = 0, kv = 0;
 	uint8_t prev[32], hash[32];
 	size_t n = 0;
@@ -896,13 +897,13 @@ static void rewrite_record(int seq)
 		ck_assert_int_eq(mica_db_get_int64(res, 0, 4, &kv), 0);
 	ck_assert_int_eq(mica_hex_decode(mica_db_get(res, 0, 7), 64, prev, 32, &n), 0);
 	kc_audit_record r = {
-	    .principal = "mallory",
-	    .client = mica_db_get(res, 0, 1),
-	    .op = mica_db_get(res, 0, 2),
-	    .key_name = mica_db_get(res, 0, 3),
-	    .key_version = (int32_t)kv,
-	    .context_hash = mica_db_get(res, 0, 5),
-	    .result = mica_db_get(res, 0, 6),
+		.principal = "mallory",
+		.client = mica_db_get(res, 0, 1),
+		.op = mica_db_get(res, 0, 2),
+		.key_name = mica_db_get(res, 0, 3),
+		.key_version = (int32_t)kv,
+		.context_hash = mica_db_get(res, 0, 5),
+		.result = mica_db_get(res, 0, 6),
 	};
 	ck_assert_int_eq(kc_audit_record_hash((uint64_t)seq, ts, &r, prev, hash), 0);
 	char hex[65];
@@ -1079,12 +1080,13 @@ static void rewrite_chain(int from, int to)
 		const char *p[1] = {s};
 		PGresult *res = NULL;
 		ck_assert_int_eq(
-		    mica_db_exec(db,
-				 "SELECT ts_us, client, op, key_name, key_version, context_hash,"
-				 " result, encode(prev_hash, 'hex') FROM keycenter.audit"
-				 " WHERE seq = $1::bigint",
-				 1, p, &res),
-		    0);
+			mica_db_exec(
+				db,
+				"SELECT ts_us, client, op, key_name, key_version, context_hash,"
+				" result, encode(prev_hash, 'hex') FROM keycenter.audit"
+				" WHERE seq = $1::bigint",
+				1, p, &res),
+			0);
 		ck_assert_int_eq(PQntuples(res), 1);
 		int64_t ts = 0, kv = 0;
 		uint8_t hash[32];
@@ -1096,13 +1098,13 @@ static void rewrite_chain(int from, int to)
 			ck_assert_int_eq(mica_hex_decode(mica_db_get(res, 0, 7), 64, prev, 32, &n),
 					 0);
 		kc_audit_record r = {
-		    .principal = "mallory",
-		    .client = mica_db_get(res, 0, 1),
-		    .op = mica_db_get(res, 0, 2),
-		    .key_name = mica_db_get(res, 0, 3),
-		    .key_version = (int32_t)kv,
-		    .context_hash = mica_db_get(res, 0, 5),
-		    .result = mica_db_get(res, 0, 6),
+			.principal = "mallory",
+			.client = mica_db_get(res, 0, 1),
+			.op = mica_db_get(res, 0, 2),
+			.key_name = mica_db_get(res, 0, 3),
+			.key_version = (int32_t)kv,
+			.context_hash = mica_db_get(res, 0, 5),
+			.result = mica_db_get(res, 0, 6),
 		};
 		ck_assert_int_eq(kc_audit_record_hash((uint64_t)seq, ts, &r, prev, hash), 0);
 		char hex[65], prev_hex[65];
@@ -1110,11 +1112,10 @@ static void rewrite_chain(int from, int to)
 		ck_assert_int_eq(mica_hex_encode(prev, 32, prev_hex, sizeof(prev_hex)), 0);
 		PQclear(res);
 		const char *up[3] = {s, hex, prev_hex};
-		exec_ok(
-		    db,
-		    "UPDATE keycenter.audit SET principal = 'mallory', hash = decode($2, 'hex'),"
-		    " prev_hash = decode($3, 'hex') WHERE seq = $1::bigint",
-		    3, up);
+		exec_ok(db,
+			"UPDATE keycenter.audit SET principal = 'mallory', hash = decode($2, 'hex'),"
+			" prev_hash = decode($3, 'hex') WHERE seq = $1::bigint",
+			3, up);
 		mica_db_close(&db);
 		memcpy(prev, hash, 32);
 		have_prev = 1;
@@ -1642,8 +1643,8 @@ static int audit_setup(void)
 	}
 	main_pid = (int)getpid();
 	return setup_key(getenv("MICA_TEST_DIR")) == 0 && setup_template(getenv("MICA_BUILD")) == 0
-		   ? 0
-		   : -1;
+		       ? 0
+		       : -1;
 }
 
 static int audit_teardown(void)

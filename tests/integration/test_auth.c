@@ -204,7 +204,7 @@ static void introspect(const mica_http_req *req, mica_http_resp *resp, void *ctx
 }
 
 static const mica_http_route routes[] = {
-    {"POST", "/v1/introspect", introspect, MICA_ROUTE_JSON | MICA_ROUTE_PEER},
+	{"POST", "/v1/introspect", introspect, MICA_ROUTE_JSON | MICA_ROUTE_PEER},
 };
 
 static void setup(void)
@@ -239,11 +239,11 @@ static mica_auth *validator_as(const char *who, const char *url)
 	snprintf(cert, sizeof(cert), "MICA_CERT_%s", who);
 	snprintf(key, sizeof(key), "MICA_KEY_%s", who);
 	mica_auth_options o = {
-	    .introspect_url = url ? url : introspect_url,
-	    .ca_file = env("MICA_CA"),
-	    .cert_file = env(cert),
-	    .key_file = env(key),
-	    .timeout_ms = 3000,
+		.introspect_url = url ? url : introspect_url,
+		.ca_file = env("MICA_CA"),
+		.cert_file = env(cert),
+		.key_file = env(key),
+		.timeout_ms = 3000,
 	};
 	mica_auth *a = NULL;
 	ck_assert_int_eq(mica_auth_new(&a, &o), 0);
@@ -467,15 +467,15 @@ START_TEST(malformed_headers_are_invalid)
 		ck_assert_msg(mica_auth_validate(a, fixed[i], &got) == MICA_EINVAL, "'%s'",
 			      fixed[i]);
 	const char *shapes[] = {
-	    "%s",		   /* no scheme */
-	    "Bearer  %s",	   /* two spaces */
-	    "Bearer\t%s",	   /* a tab */
-	    "Bearer %s ",	   /* trailing space */
-	    "Bearer %s=",	   /* padding */
-	    "Bearer %sA",	   /* 44 characters */
-	    "Bearer %.42s",	   /* 42 characters */
-	    "Bearer %s, Bearer x", /* two credentials */
-	    "Bearer: %s",
+		"%s",		       /* no scheme */
+		"Bearer  %s",	       /* two spaces */
+		"Bearer\t%s",	       /* a tab */
+		"Bearer %s ",	       /* trailing space */
+		"Bearer %s=",	       /* padding */
+		"Bearer %sA",	       /* 44 characters */
+		"Bearer %.42s",	       /* 42 characters */
+		"Bearer %s, Bearer x", /* two credentials */
+		"Bearer: %s",
 	};
 	for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++) {
 		snprintf(hdr, sizeof(hdr), shapes[i], token);
@@ -554,17 +554,17 @@ START_TEST(unreadable_cache_entry_falls_back)
 	mica_auth *a = validator();
 	bearer(hdr, sizeof(hdr), token);
 	const char *bad[] = {
-	    "not json",
-	    "{\"user_id\":1008}",
-	    "{\"user_id\":\"1008\",\"session_id\":\"ab\",\"device_id\":\"d\",\"kind\":\"app\","
-	    "\"auth_at\":1,\"expires_at\":9999999999}",
-	    "{\"user_id\":1008,\"session_id\":\"AB\",\"device_id\":\"d\",\"kind\":\"app\","
-	    "\"auth_at\":1,\"expires_at\":9999999999}",
-	    "{\"user_id\":1008,\"session_id\":\"ab\",\"device_id\":\"d\",\"kind\":\"tv\","
-	    "\"auth_at\":1,\"expires_at\":9999999999}",
-	    "{\"user_id\":1008,\"session_id\":-3,\"device_id\":\"d\",\"kind\":\"app\","
-	    "\"auth_at\":1,\"expires_at\":9999999999}",
-	    "{\"revoked\":false}",
+		"not json",
+		"{\"user_id\":1008}",
+		"{\"user_id\":\"1008\",\"session_id\":\"ab\",\"device_id\":\"d\",\"kind\":\"app\","
+		"\"auth_at\":1,\"expires_at\":9999999999}",
+		"{\"user_id\":1008,\"session_id\":\"AB\",\"device_id\":\"d\",\"kind\":\"app\","
+		"\"auth_at\":1,\"expires_at\":9999999999}",
+		"{\"user_id\":1008,\"session_id\":\"ab\",\"device_id\":\"d\",\"kind\":\"tv\","
+		"\"auth_at\":1,\"expires_at\":9999999999}",
+		"{\"user_id\":1008,\"session_id\":-3,\"device_id\":\"d\",\"kind\":\"app\","
+		"\"auth_at\":1,\"expires_at\":9999999999}",
+		"{\"revoked\":false}",
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		seed_raw(token, bad[i], 60);
@@ -873,4 +873,4 @@ static const char *const needs[] = {"MICA_REDIS_SOCKET",
 				    NULL};
 
 const struct mica_check mica_check = {
-    .suite = auth_suite, .needs = needs, .log = MICA_CHECK_LOG_OFF};
+	.suite = auth_suite, .needs = needs, .log = MICA_CHECK_LOG_OFF};

@@ -119,18 +119,18 @@ START_TEST(params_are_data)
 	use_schema(db);
 	exec_ok(db, "CREATE TABLE x (id serial PRIMARY KEY, v text)");
 	static const char *const evil[] = {
-	    "'); DROP TABLE x; --",
-	    "' OR '1'='1",
-	    "\\'; SELECT pg_sleep(10); --",
-	    "$1 $2 \"quoted\" /* comment */ E'\\x00'",
-	    "",
-	    "\xc3\xbc"
-	    "n"
-	    "\xc3\xaf"
-	    "c"
-	    "\xc3\xb6"
-	    "d"
-	    "\xc3\xa9 \xe2\x98\x83",
+		"'); DROP TABLE x; --",
+		"' OR '1'='1",
+		"\\'; SELECT pg_sleep(10); --",
+		"$1 $2 \"quoted\" /* comment */ E'\\x00'",
+		"",
+		"\xc3\xbc"
+		"n"
+		"\xc3\xaf"
+		"c"
+		"\xc3\xb6"
+		"d"
+		"\xc3\xa9 \xe2\x98\x83",
 	};
 	for (size_t i = 0; i < sizeof(evil) / sizeof(evil[0]); i++) {
 		const char *p[1] = {evil[i]};
@@ -149,7 +149,7 @@ START_TEST(params_are_data)
 	const char *pnull[1] = {NULL};
 	PGresult *res = NULL;
 	ck_assert_int_eq(
-	    mica_db_exec(db, "INSERT INTO x (v) VALUES ($1) RETURNING v", 1, pnull, &res), 0);
+		mica_db_exec(db, "INSERT INTO x (v) VALUES ($1) RETURNING v", 1, pnull, &res), 0);
 	ck_assert_ptr_null(mica_db_get(res, 0, 0));
 	PQclear(res);
 	/* The table survived and holds exactly what we put in. */
@@ -351,9 +351,10 @@ START_TEST(serialization_retries_run_out)
 	ck_assert_int_eq(mica_db_tx(db, MICA_DB_SERIALIZABLE, skew_tx, &s), MICA_ESERIALIZATION);
 	ck_assert_int_eq(s.calls, MICA_DB_TX_MAX_ATTEMPTS);
 	/* None of our attempts committed: alice is still on call. */
-	ck_assert_int_eq(
-	    query_int(db, "SELECT count(*) FROM oncall WHERE on_call AND name = 'alice'", 0, NULL),
-	    1);
+	ck_assert_int_eq(query_int(db,
+				   "SELECT count(*) FROM oncall WHERE on_call AND name = 'alice'",
+				   0, NULL),
+			 1);
 	ck_assert_int_eq(mica_db_in_transaction(db), 0);
 	drop_schema(db);
 	mica_db_close(&other);
@@ -395,11 +396,11 @@ static int ins_tx(mica_db *db, void *arg)
 			 (long long)query_int(db, "SELECT pg_backend_pid()", 0, NULL));
 		const char *kp[1] = {pid};
 		ck_assert_int_eq(
-		    query_int(c->killer,
-			      "SELECT count(*) FROM pg_terminate_backend($1::int, 10000) AS ok"
-			      " WHERE ok",
-			      1, kp),
-		    1);
+			query_int(c->killer,
+				  "SELECT count(*) FROM pg_terminate_backend($1::int, 10000) AS ok"
+				  " WHERE ok",
+				  1, kp),
+			1);
 		/* pg_terminate_backend(pid, timeout) returned once our backend
 		 * exited. Our connection is gone before COMMIT: this fails, and
 		 * the whole transaction is retried on a new connection. */
@@ -692,8 +693,9 @@ START_TEST(thread_handles)
 	ck_assert_uint_eq(idle, 0);
 	int64_t left = -1;
 	for (int64_t deadline = now_ms() + 10000; now_ms() < deadline;) {
-		left = query_int(
-		    db, "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", 1, p);
+		left = query_int(db,
+				 "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])",
+				 1, p);
 		if (left == 0)
 			break;
 		usleep(20 * 1000);
@@ -709,7 +711,7 @@ START_TEST(result_helpers)
 	mica_db *db = open_db();
 	PGresult *res = NULL;
 	ck_assert_int_eq(
-	    mica_db_exec(db, "SELECT NULL::int, 'x', 9223372036854775807", 0, NULL, &res), 0);
+		mica_db_exec(db, "SELECT NULL::int, 'x', 9223372036854775807", 0, NULL, &res), 0);
 	int64_t v = 0;
 	ck_assert_ptr_null(mica_db_get(res, 0, 0));
 	ck_assert_int_eq(mica_db_get_int64(res, 0, 0, &v), MICA_ENOTFOUND);
@@ -751,4 +753,4 @@ static Suite *db_suite(void)
 static const char *const needs[] = {"MICA_PG_CONNINFO", "MICA_PG_RESTART", NULL};
 
 const struct mica_check mica_check = {
-    .suite = db_suite, .needs = needs, .log = MICA_CHECK_LOG_ERRORS};
+	.suite = db_suite, .needs = needs, .log = MICA_CHECK_LOG_ERRORS};

@@ -143,8 +143,8 @@ START_TEST(open_wrong_pin)
 	ck_assert_ptr_null(h);
 	/* Shorter than SoftHSM's minimum PIN length (4). */
 	ck_assert_err(
-	    kc_hsm_open(&h, env("MICA_HSM_MODULE"), env("MICA_HSM_TOKEN_LABEL"), short_pin),
-	    MICA_EPIN);
+		kc_hsm_open(&h, env("MICA_HSM_MODULE"), env("MICA_HSM_TOKEN_LABEL"), short_pin),
+		MICA_EPIN);
 	/* Failed logins leave the module finalised: the right PIN still works. */
 	kc_hsm_close(open_hsm());
 }
@@ -155,8 +155,8 @@ START_TEST(open_unknown_token)
 	kc_hsm *h = (kc_hsm *)1;
 
 	ck_assert_err(
-	    kc_hsm_open(&h, env("MICA_HSM_MODULE"), "no-such-token", env("MICA_HSM_PIN_FILE")),
-	    MICA_EHSM);
+		kc_hsm_open(&h, env("MICA_HSM_MODULE"), "no-such-token", env("MICA_HSM_PIN_FILE")),
+		MICA_EHSM);
 	ck_assert_ptr_null(h);
 	/* A prefix of the real label is not the label. */
 	char prefix[64];
@@ -182,8 +182,8 @@ START_TEST(open_bad_module)
 	ck_assert_ptr_null(h);
 	/* A real shared library that is not a PKCS#11 module. */
 	ck_assert_err(
-	    kc_hsm_open(&h, "libz.so.1", env("MICA_HSM_TOKEN_LABEL"), env("MICA_HSM_PIN_FILE")),
-	    MICA_EHSM);
+		kc_hsm_open(&h, "libz.so.1", env("MICA_HSM_TOKEN_LABEL"), env("MICA_HSM_PIN_FILE")),
+		MICA_EHSM);
 }
 END_TEST
 
@@ -461,14 +461,14 @@ START_TEST(seal_open_round_trip)
 	/* The ciphertext is not the plaintext. */
 	ck_assert(memcmp(sealed + KC_HSM_NONCE_LEN, msg, strlen(msg)) != 0);
 	ck_assert_err(
-	    kc_hsm_open_sealed(h, kek, aad, strlen(aad), sealed, sealed_len, &pt, &pt_len), 0);
+		kc_hsm_open_sealed(h, kek, aad, strlen(aad), sealed, sealed_len, &pt, &pt_len), 0);
 	ck_assert_uint_eq(pt_len, strlen(msg));
 	ck_assert_mem_eq(pt, msg, pt_len);
 	free(pt);
 
 	/* Fresh nonce each time. */
 	ck_assert_err(
-	    kc_hsm_seal(h, kek, aad, strlen(aad), msg, strlen(msg), &sealed2, &sealed2_len), 0);
+		kc_hsm_seal(h, kek, aad, strlen(aad), msg, strlen(msg), &sealed2, &sealed2_len), 0);
 	ck_assert(memcmp(sealed, sealed2, KC_HSM_NONCE_LEN) != 0);
 	free(sealed2);
 	free(sealed);
@@ -525,9 +525,9 @@ START_TEST(tampering_detected)
 	/* Every byte: nonce, ciphertext and tag. */
 	for (size_t i = 0; i < sealed_len; i++) {
 		sealed[i] ^= 0x01;
-		ck_assert_err(
-		    kc_hsm_open_sealed(h, kek, aad, strlen(aad), sealed, sealed_len, &pt, &pt_len),
-		    MICA_EAUTH);
+		ck_assert_err(kc_hsm_open_sealed(h, kek, aad, strlen(aad), sealed, sealed_len, &pt,
+						 &pt_len),
+			      MICA_EAUTH);
 		sealed[i] ^= 0x01;
 	}
 	/* Cut short: below the overhead it is truncated, above it the tag fails. */
@@ -541,16 +541,16 @@ START_TEST(tampering_detected)
 	memcpy(longer, sealed, sealed_len);
 	longer[sealed_len] = 0;
 	ck_assert_err(
-	    kc_hsm_open_sealed(h, kek, aad, strlen(aad), longer, sealed_len + 1, &pt, &pt_len),
-	    MICA_EAUTH);
+		kc_hsm_open_sealed(h, kek, aad, strlen(aad), longer, sealed_len + 1, &pt, &pt_len),
+		MICA_EAUTH);
 	/* Another KEK. */
 	kc_hsm_key *other = new_kek(h, NULL, NULL);
 	ck_assert_err(
-	    kc_hsm_open_sealed(h, other, aad, strlen(aad), sealed, sealed_len, &pt, &pt_len),
-	    MICA_EAUTH);
+		kc_hsm_open_sealed(h, other, aad, strlen(aad), sealed, sealed_len, &pt, &pt_len),
+		MICA_EAUTH);
 	/* After all those failures the untouched input still opens. */
 	ck_assert_err(
-	    kc_hsm_open_sealed(h, kek, aad, strlen(aad), sealed, sealed_len, &pt, &pt_len), 0);
+		kc_hsm_open_sealed(h, kek, aad, strlen(aad), sealed, sealed_len, &pt, &pt_len), 0);
 	ck_assert_mem_eq(pt, msg, strlen(msg));
 	free(pt);
 	free(sealed);
@@ -629,11 +629,12 @@ static int software_gcm(int decrypt, const uint8_t key[32], const uint8_t *aad, 
 		ck_assert_int_eq(EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, out), 1);
 		ck_assert_int_eq(EVP_EncryptUpdate(ctx, NULL, &n, aad, (int)aad_len), 1);
 		ck_assert_int_eq(
-		    EVP_EncryptUpdate(ctx, out + KC_HSM_NONCE_LEN, &n, in, (int)in_len), 1);
+			EVP_EncryptUpdate(ctx, out + KC_HSM_NONCE_LEN, &n, in, (int)in_len), 1);
 		ck_assert_int_eq(EVP_EncryptFinal_ex(ctx, out + KC_HSM_NONCE_LEN + n, &fin), 1);
 		total = KC_HSM_NONCE_LEN + n + fin;
 		ck_assert_int_eq(
-		    EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, KC_HSM_TAG_LEN, out + total), 1);
+			EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, KC_HSM_TAG_LEN, out + total),
+			1);
 		total += KC_HSM_TAG_LEN;
 	} else {
 		size_t ct_len = in_len - KC_HSM_SEAL_OVERHEAD;
@@ -641,7 +642,7 @@ static int software_gcm(int decrypt, const uint8_t key[32], const uint8_t *aad, 
 		ck_assert_int_eq(EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, in), 1);
 		ck_assert_int_eq(EVP_DecryptUpdate(ctx, NULL, &n, aad, (int)aad_len), 1);
 		ck_assert_int_eq(
-		    EVP_DecryptUpdate(ctx, out, &n, in + KC_HSM_NONCE_LEN, (int)ct_len), 1);
+			EVP_DecryptUpdate(ctx, out, &n, in + KC_HSM_NONCE_LEN, (int)ct_len), 1);
 		ck_assert_int_eq(EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, KC_HSM_TAG_LEN,
 						     (void *)(in + in_len - KC_HSM_TAG_LEN)),
 				 1);
@@ -675,8 +676,8 @@ START_TEST(interoperates_with_openssl)
 	ck_assert_err(kc_hsm_seal(h, kek, aad, strlen(aad), msg, strlen(msg), &sealed, &sealed_len),
 		      0);
 	ck_assert_int_eq(
-	    software_gcm(1, key, (const uint8_t *)aad, strlen(aad), sealed, sealed_len, soft),
-	    (int)strlen(msg));
+		software_gcm(1, key, (const uint8_t *)aad, strlen(aad), sealed, sealed_len, soft),
+		(int)strlen(msg));
 	ck_assert_mem_eq(soft, msg, strlen(msg));
 	free(sealed);
 
@@ -723,7 +724,7 @@ START_TEST(kek_survives_reopen)
 	h = open_hsm();
 	ck_assert_err(kc_hsm_kek_load(h, blob, blob_len, &kek), 0);
 	ck_assert_err(
-	    kc_hsm_open_sealed(h, kek, aad, strlen(aad), sealed, sealed_len, &pt, &pt_len), 0);
+		kc_hsm_open_sealed(h, kek, aad, strlen(aad), sealed, sealed_len, &pt, &pt_len), 0);
 	ck_assert_uint_eq(pt_len, strlen(msg));
 	ck_assert_mem_eq(pt, msg, pt_len);
 	free(pt);
@@ -948,20 +949,20 @@ START_TEST(pin_holder_cannot_extract_kek)
 				   {CKA_TOKEN, &t, sizeof(t)},
 				   {CKA_EXTRACTABLE, &t, sizeof(t)}};
 	CK_ATTRIBUTE derivable[] = {
-	    {CKA_CLASS, &sk, sizeof(sk)},     {CKA_KEY_TYPE, &aes, sizeof(aes)},
-	    {CKA_TOKEN, &f, sizeof(f)},	      {CKA_SENSITIVE, &t, sizeof(t)},
-	    {CKA_EXTRACTABLE, &f, sizeof(f)}, {CKA_ENCRYPT, &t, sizeof(t)},
-	    {CKA_DECRYPT, &t, sizeof(t)},     {CKA_WRAP, &f, sizeof(f)},
-	    {CKA_UNWRAP, &f, sizeof(f)},      {CKA_SIGN, &f, sizeof(f)},
-	    {CKA_VERIFY, &f, sizeof(f)},      {CKA_DERIVE, &t, sizeof(t)}};
+		{CKA_CLASS, &sk, sizeof(sk)},	  {CKA_KEY_TYPE, &aes, sizeof(aes)},
+		{CKA_TOKEN, &f, sizeof(f)},	  {CKA_SENSITIVE, &t, sizeof(t)},
+		{CKA_EXTRACTABLE, &f, sizeof(f)}, {CKA_ENCRYPT, &t, sizeof(t)},
+		{CKA_DECRYPT, &t, sizeof(t)},	  {CKA_WRAP, &f, sizeof(f)},
+		{CKA_UNWRAP, &f, sizeof(f)},	  {CKA_SIGN, &f, sizeof(f)},
+		{CKA_VERIFY, &f, sizeof(f)},	  {CKA_DERIVE, &t, sizeof(t)}};
 	/* What the Key Center itself asks for: allowed, and still unreadable. */
 	CK_ATTRIBUTE honest[] = {
-	    {CKA_CLASS, &sk, sizeof(sk)},     {CKA_KEY_TYPE, &aes, sizeof(aes)},
-	    {CKA_TOKEN, &f, sizeof(f)},	      {CKA_SENSITIVE, &t, sizeof(t)},
-	    {CKA_EXTRACTABLE, &f, sizeof(f)}, {CKA_ENCRYPT, &t, sizeof(t)},
-	    {CKA_DECRYPT, &t, sizeof(t)},     {CKA_WRAP, &f, sizeof(f)},
-	    {CKA_UNWRAP, &f, sizeof(f)},      {CKA_SIGN, &f, sizeof(f)},
-	    {CKA_VERIFY, &f, sizeof(f)},      {CKA_DERIVE, &f, sizeof(f)}};
+		{CKA_CLASS, &sk, sizeof(sk)},	  {CKA_KEY_TYPE, &aes, sizeof(aes)},
+		{CKA_TOKEN, &f, sizeof(f)},	  {CKA_SENSITIVE, &t, sizeof(t)},
+		{CKA_EXTRACTABLE, &f, sizeof(f)}, {CKA_ENCRYPT, &t, sizeof(t)},
+		{CKA_DECRYPT, &t, sizeof(t)},	  {CKA_WRAP, &f, sizeof(f)},
+		{CKA_UNWRAP, &f, sizeof(f)},	  {CKA_SIGN, &f, sizeof(f)},
+		{CKA_VERIFY, &f, sizeof(f)},	  {CKA_DERIVE, &f, sizeof(f)}};
 	uint8_t *blob = NULL, value[64];
 	size_t blob_len = 0;
 	struct raw r;
@@ -1137,8 +1138,8 @@ START_TEST(legacy_root_refused_then_migrated)
 	}
 	/* A commit that fails leaves exactly the old state. */
 	ck_assert_err(
-	    kc_hsm_root_migrate(h, (const uint8_t *const *)blobs, 2, capture_commit, &fail),
-	    MICA_EDB);
+		kc_hsm_root_migrate(h, (const uint8_t *const *)blobs, 2, capture_commit, &fail),
+		MICA_EDB);
 	ck_assert_int_eq(fail.calls, 1);
 	ck_assert_err(kc_hsm_key_info(h, KC_HSM_ROOT_LABEL, &info), 0);
 	ck_assert_err(kc_hsm_root_check(h), MICA_ESTATE);
@@ -1234,4 +1235,4 @@ static const char *const needs[] = {"SOFTHSM2_CONF",	 "MICA_HSM_MODULE", "MICA_H
 				    "MICA_HSM_PIN_FILE", "MICA_TEST_DIR",   NULL};
 
 const struct mica_check mica_check = {
-    .suite = hsm_suite, .needs = needs, .log = MICA_CHECK_LOG_ERRORS};
+	.suite = hsm_suite, .needs = needs, .log = MICA_CHECK_LOG_ERRORS};

@@ -58,9 +58,9 @@ static void whoami(const mica_http_req *req, mica_http_resp *resp, void *ctx)
 static void item(const mica_http_req *req, mica_http_resp *resp, void *ctx)
 {
 	(void)ctx;
-	mica_http_reply_json(
-	    resp, 200,
-	    json_pack("{s:s,s:s}", "a", mica_http_param(req, "a"), "b", mica_http_param(req, "b")));
+	mica_http_reply_json(resp, 200,
+			     json_pack("{s:s,s:s}", "a", mica_http_param(req, "a"), "b",
+				       mica_http_param(req, "b")));
 }
 
 static void flaky(const mica_http_req *req, mica_http_resp *resp, void *ctx)
@@ -181,7 +181,8 @@ static void moves(const mica_http_req *req, mica_http_resp *resp, void *ctx)
 		return;
 	}
 	mica_http_reply_json(
-	    resp, 200, json_pack("{s:b,s:i}", "on_pool", 1, "again", mica_http_run_blocking(req)));
+		resp, 200,
+		json_pack("{s:b,s:i}", "on_pool", 1, "again", mica_http_run_blocking(req)));
 }
 
 /* An on_refusal hook: refusals of paths under /v1/park are parked for the
@@ -295,23 +296,23 @@ static void secret(const mica_http_req *req, mica_http_resp *resp, void *ctx)
 }
 
 static const mica_http_route routes[] = {
-    {"POST", "/v1/secret", secret, MICA_ROUTE_JSON},
-    {"POST", "/v1/secret-pool", secret, MICA_ROUTE_JSON | MICA_ROUTE_BLOCKING},
-    {"GET", "/v1/hello", hello, 0},
-    {"POST", "/v1/echo", echo, MICA_ROUTE_JSON},
-    {"GET", "/v1/whoami", whoami, MICA_ROUTE_PEER},
-    {"GET", "/v1/items/{a}/sub/{b}", item, 0},
-    {"DELETE", "/v1/items/{a}/sub/{b}", item, 0},
-    {"GET", "/v1/flaky", flaky, 0},
-    {"POST", "/v1/flaky", flaky, 0},
-    {"GET", "/v1/slow", slow, 0},
-    {"GET", "/v1/silent", silent, 0},
-    {"GET", "/v1/blocked", blocked, MICA_ROUTE_BLOCKING},
-    {"GET", "/v1/deferred", deferring, 0},
-    {"GET", "/v1/deferred-blocking", deferring, MICA_ROUTE_BLOCKING},
-    {"GET", "/v1/defer-now", defer_now, 0},
-    {"GET", "/v1/defer-now-blocking", defer_now, MICA_ROUTE_BLOCKING},
-    {"GET", "/v1/moves", moves, 0},
+	{"POST", "/v1/secret", secret, MICA_ROUTE_JSON},
+	{"POST", "/v1/secret-pool", secret, MICA_ROUTE_JSON | MICA_ROUTE_BLOCKING},
+	{"GET", "/v1/hello", hello, 0},
+	{"POST", "/v1/echo", echo, MICA_ROUTE_JSON},
+	{"GET", "/v1/whoami", whoami, MICA_ROUTE_PEER},
+	{"GET", "/v1/items/{a}/sub/{b}", item, 0},
+	{"DELETE", "/v1/items/{a}/sub/{b}", item, 0},
+	{"GET", "/v1/flaky", flaky, 0},
+	{"POST", "/v1/flaky", flaky, 0},
+	{"GET", "/v1/slow", slow, 0},
+	{"GET", "/v1/silent", silent, 0},
+	{"GET", "/v1/blocked", blocked, MICA_ROUTE_BLOCKING},
+	{"GET", "/v1/deferred", deferring, 0},
+	{"GET", "/v1/deferred-blocking", deferring, MICA_ROUTE_BLOCKING},
+	{"GET", "/v1/defer-now", defer_now, 0},
+	{"GET", "/v1/defer-now-blocking", defer_now, MICA_ROUTE_BLOCKING},
+	{"GET", "/v1/moves", moves, 0},
 };
 #define NROUTES (sizeof(routes) / sizeof(routes[0]))
 
@@ -422,8 +423,8 @@ START_TEST(routes_params_and_errors)
 	assert_error(call(c, "GET", "/v1/items/x1/sub", NULL, 404), "not_found");
 	j = call(c, "PUT", "/v1/items/x1/sub/y2", NULL, 405);
 	ck_assert_ptr_nonnull(
-	    strstr(json_string_value(json_object_get(json_object_get(j, "error"), "message")),
-		   "GET, DELETE"));
+		strstr(json_string_value(json_object_get(json_object_get(j, "error"), "message")),
+		       "GET, DELETE"));
 	assert_error(j, "method_not_allowed");
 	assert_error(call(c, "GET", "/v1/silent", NULL, 500), "internal_error");
 	mica_httpc_free(c);
@@ -438,8 +439,8 @@ START_TEST(json_bodies)
 	json_decref(j);
 	j = call(c, "POST", "/v1/echo", "{\"k\":", 400);
 	ck_assert_ptr_nonnull(
-	    strstr(json_string_value(json_object_get(json_object_get(j, "error"), "message")),
-		   "line 1 column"));
+		strstr(json_string_value(json_object_get(json_object_get(j, "error"), "message")),
+		       "line 1 column"));
 	assert_error(j, "malformed_json");
 	assert_error(call(c, "POST", "/v1/echo", "{\"k\":1,\"k\":2}", 400), "malformed_json");
 	assert_error(call(c, "POST", "/v1/echo", "[1]", 400), "body_not_object");
@@ -583,9 +584,9 @@ static void failing_list(json_t *j, char *out, size_t cap)
 	json_t *f;
 	out[0] = '\0';
 	json_array_foreach(json_object_get(j, "failing"), i, f) n +=
-	    (size_t)snprintf(out + n, cap - n, "%s%s:%s", i ? "," : "",
-			     json_string_value(json_object_get(f, "dependency")),
-			     json_string_value(json_object_get(f, "code")));
+		(size_t)snprintf(out + n, cap - n, "%s%s:%s", i ? "," : "",
+				 json_string_value(json_object_get(f, "dependency")),
+				 json_string_value(json_object_get(f, "code")));
 }
 
 /* /healthz is liveness: 200 whatever the dependencies say. /readyz runs the
@@ -617,8 +618,8 @@ START_TEST(healthz_is_liveness_readyz_names_failures)
 		failing_list(j, list, sizeof(list));
 		ck_assert_str_eq(list, "database:database_unavailable,audit:audit_unavailable");
 		ck_assert_ptr_nonnull(strstr(
-		    json_string_value(json_object_get(json_object_get(j, "error"), "message")),
-		    "audit (audit_unavailable)"));
+			json_string_value(json_object_get(json_object_get(j, "error"), "message")),
+			"audit (audit_unavailable)"));
 		assert_error(j, "unavailable");
 	}
 	/* Five asks within the cache period, one probe. */
@@ -661,9 +662,9 @@ START_TEST(metrics_only_on_the_metrics_listener)
 	ck_assert_ptr_nonnull(strstr(r.body, "mica_http_request_duration_seconds_count"));
 	/* This server's handlers use no database: no connection, idle or busy. */
 	ck_assert_ptr_nonnull(
-	    strstr(r.body, "mica_db_connections{service=\"test\",state=\"idle\"} 0\n"));
+		strstr(r.body, "mica_db_connections{service=\"test\",state=\"idle\"} 0\n"));
 	ck_assert_ptr_nonnull(
-	    strstr(r.body, "mica_db_connections{service=\"test\",state=\"busy\"} 0\n"));
+		strstr(r.body, "mica_db_connections{service=\"test\",state=\"busy\"} 0\n"));
 	mica_httpc_resp_cleanup(&r);
 
 	snprintf(url, sizeof(url), "%s/healthz", metrics_base);
@@ -792,10 +793,10 @@ START_TEST(client_offers_only_aead_suites)
 		const char *cipher;
 		int accepted;
 	} cases[] = {
-	    {"ECDHE-ECDSA-AES128-SHA", 0},
-	    {"ECDHE-ECDSA-AES256-SHA384", 0},
-	    {"ECDHE-ECDSA-AES128-GCM-SHA256", 1},
-	    {"ECDHE-ECDSA-CHACHA20-POLY1305", 1},
+		{"ECDHE-ECDSA-AES128-SHA", 0},
+		{"ECDHE-ECDSA-AES256-SHA384", 0},
+		{"ECDHE-ECDSA-AES128-GCM-SHA256", 1},
+		{"ECDHE-ECDSA-CHACHA20-POLY1305", 1},
 	};
 	mica_httpc *c = client(NULL);
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -1017,7 +1018,7 @@ START_TEST(handler_moves_to_the_pool)
 	snprintf(url, sizeof(url), "%s/metrics", metrics_base);
 	ck_assert_int_eq(mica_httpc_request(c, "GET", url, NULL, 0, 1, &r), 0);
 	ck_assert_ptr_nonnull(
-	    strstr(r.body, "mica_http_moved_to_pool_total{service=\"test\"} 1\n"));
+		strstr(r.body, "mica_http_moved_to_pool_total{service=\"test\"} 1\n"));
 	mica_httpc_resp_cleanup(&r);
 	mica_httpc_free(c);
 	mica_http_stop(srv);

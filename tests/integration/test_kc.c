@@ -39,7 +39,7 @@
 #define TOKEN_LABEL "mica-kc-client"
 
 static const char *build, *pg_admin, *ca, *cert_server, *key_server, *cert_account, *key_account,
-    *cert_admin, *key_admin, *cert_rogue, *key_rogue, *ca_rogue, *hsm_module;
+	*cert_admin, *key_admin, *cert_rogue, *key_rogue, *ca_rogue, *hsm_module;
 static char dir[600];
 static char dbname[64];
 static char db_admin[2048]; /* superuser on dbname */
@@ -64,39 +64,39 @@ static const char *need(const char *name)
 static int setup_stack(void)
 {
 	static const char script[] =
-	    "set -euo pipefail\n"
-	    "ci=\"$MICA_PG_CONNINFO dbname=$KCT_DB\"\n"
-	    "psql -X \"$MICA_PG_CONNINFO\" -v ON_ERROR_STOP=1 -qc \"CREATE DATABASE $KCT_DB\"\n"
-	    "MICA_DB_CONNINFO=\"$ci\" \"$MICA_BUILD/bin/mica\" migrate >/dev/null\n"
-	    "pw=$(openssl rand -hex 32)\n"
-	    "psql -X \"$ci\" -v ON_ERROR_STOP=1 -q -v pw=\"$pw\" <<'SQL'\n"
-	    "ALTER ROLE mica_keycenter PASSWORD :'pw';\n"
-	    "SQL\n"
-	    "(umask 077 && printf '*:*:*:mica_keycenter:%s\\n' \"$pw\" >\"$KCT_DIR/pgpass\")\n"
-	    "mkdir -p \"$KCT_DIR/hsm/tokens\"\n"
-	    "chmod 0700 \"$KCT_DIR/hsm\" \"$KCT_DIR/hsm/tokens\"\n"
-	    "printf 'directories.tokendir = %s\\nobjectstore.backend = file\\nlog.level = ERROR\\n'"
-	    " \"$KCT_DIR/hsm/tokens\" >\"$KCT_DIR/hsm/softhsm2.conf\"\n"
-	    "export SOFTHSM2_CONF=\"$KCT_DIR/hsm/softhsm2.conf\"\n"
-	    "(umask 077 && openssl rand -hex 32 | tr -d '\\n' >\"$KCT_DIR/pin\" &&"
-	    " openssl rand -hex 32 | tr -d '\\n' >\"$KCT_DIR/so-pin\")\n"
-	    "softhsm2-util --init-token --free --label " TOKEN_LABEL
-	    " --so-pin \"$(<\"$KCT_DIR/so-pin\")\" --pin \"$(<\"$KCT_DIR/pin\")\" >/dev/null\n"
-	    /* Its own policy: the client is exercised with every operation on
-	     * one key, which the least-privilege development policy does not
-	     * grant the account principal. */
-	    "cat >\"$KCT_DIR/policy.json\" <<'JSON'\n"
-	    "{\"version\": 1, \"principals\": {\"admin\": {\"role\": \"key-admin\"},"
-	    " \"officer1\": {\"role\": \"security-officer\"},"
-	    " \"officer2\": {\"role\": \"security-officer\"},"
-	    " \"auditor\": {\"role\": \"auditor\"}, \"account\": {\"role\": \"service\","
-	    " \"keys\": {\"account-*\": [\"encrypt\", \"decrypt\", \"rewrap\", \"datakey\","
-	    " \"hmac\", \"read\"]}}}}\n"
-	    "JSON\n"
-	    "\"$MICA_BUILD/bin/mica\" keycenter init --policy \"$KCT_DIR/policy.json\""
-	    " --db \"$ci\" --hsm-module \"$MICA_HSM_MODULE\" --token-label " TOKEN_LABEL
-	    " --pin-file \"$KCT_DIR/pin\" --audit-pubkey-out \"$KCT_DIR/audit.pem\""
-	    " >\"$KCT_DIR/init.log\"\n";
+		"set -euo pipefail\n"
+		"ci=\"$MICA_PG_CONNINFO dbname=$KCT_DB\"\n"
+		"psql -X \"$MICA_PG_CONNINFO\" -v ON_ERROR_STOP=1 -qc \"CREATE DATABASE $KCT_DB\"\n"
+		"MICA_DB_CONNINFO=\"$ci\" \"$MICA_BUILD/bin/mica\" migrate >/dev/null\n"
+		"pw=$(openssl rand -hex 32)\n"
+		"psql -X \"$ci\" -v ON_ERROR_STOP=1 -q -v pw=\"$pw\" <<'SQL'\n"
+		"ALTER ROLE mica_keycenter PASSWORD :'pw';\n"
+		"SQL\n"
+		"(umask 077 && printf '*:*:*:mica_keycenter:%s\\n' \"$pw\" >\"$KCT_DIR/pgpass\")\n"
+		"mkdir -p \"$KCT_DIR/hsm/tokens\"\n"
+		"chmod 0700 \"$KCT_DIR/hsm\" \"$KCT_DIR/hsm/tokens\"\n"
+		"printf 'directories.tokendir = %s\\nobjectstore.backend = file\\nlog.level = ERROR\\n'"
+		" \"$KCT_DIR/hsm/tokens\" >\"$KCT_DIR/hsm/softhsm2.conf\"\n"
+		"export SOFTHSM2_CONF=\"$KCT_DIR/hsm/softhsm2.conf\"\n"
+		"(umask 077 && openssl rand -hex 32 | tr -d '\\n' >\"$KCT_DIR/pin\" &&"
+		" openssl rand -hex 32 | tr -d '\\n' >\"$KCT_DIR/so-pin\")\n"
+		"softhsm2-util --init-token --free --label " TOKEN_LABEL
+		" --so-pin \"$(<\"$KCT_DIR/so-pin\")\" --pin \"$(<\"$KCT_DIR/pin\")\" >/dev/null\n"
+		/* Its own policy: the client is exercised with every operation on
+		 * one key, which the least-privilege development policy does not
+		 * grant the account principal. */
+		"cat >\"$KCT_DIR/policy.json\" <<'JSON'\n"
+		"{\"version\": 1, \"principals\": {\"admin\": {\"role\": \"key-admin\"},"
+		" \"officer1\": {\"role\": \"security-officer\"},"
+		" \"officer2\": {\"role\": \"security-officer\"},"
+		" \"auditor\": {\"role\": \"auditor\"}, \"account\": {\"role\": \"service\","
+		" \"keys\": {\"account-*\": [\"encrypt\", \"decrypt\", \"rewrap\", \"datakey\","
+		" \"hmac\", \"read\"]}}}}\n"
+		"JSON\n"
+		"\"$MICA_BUILD/bin/mica\" keycenter init --policy \"$KCT_DIR/policy.json\""
+		" --db \"$ci\" --hsm-module \"$MICA_HSM_MODULE\" --token-label " TOKEN_LABEL
+		" --pin-file \"$KCT_DIR/pin\" --audit-pubkey-out \"$KCT_DIR/audit.pem\""
+		" >\"$KCT_DIR/init.log\"\n";
 	char *argv[] = {"bash", "-c", (char *)script, NULL};
 	pid_t pid;
 	int status;
@@ -147,7 +147,7 @@ static int free_port(void)
 static mica_httpc *raw_client(const char *cert, const char *key)
 {
 	mica_httpc_options o = {
-	    .ca_file = ca, .cert_file = cert, .key_file = key, .timeout_ms = 5000};
+		.ca_file = ca, .cert_file = cert, .key_file = key, .timeout_ms = 5000};
 	mica_httpc *h = NULL;
 	return mica_httpc_new(&h, &o) == 0 ? h : NULL;
 }
@@ -502,10 +502,10 @@ START_TEST(bad_arguments_make_no_request)
 	char *ct = (char *)"x", *m = (char *)"x";
 	size_t len;
 	static const char *const bad_names[] = {
-	    "",	       "../keys/x",
-	    "Account", "a?b",
-	    "a b",     "-a",
-	    "a%2f",    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"};
+		"",	   "../keys/x",
+		"Account", "a?b",
+		"a b",	   "-a",
+		"a%2f",	   "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"};
 	for (size_t i = 0; i < sizeof(bad_names) / sizeof(bad_names[0]); i++) {
 		ck_assert_int_eq(mica_kc_datakey(kc, bad_names[i], 256, c, dk, 32, &ct),
 				 MICA_EINVAL);
@@ -773,7 +773,7 @@ static void *unwrapper(void *arg)
 		size_t len = 0;
 		int k = i % NKEYS;
 		if (mica_kc_decrypt_datakey(s->kc, KEY, s->ct[k], s->ctx, out, sizeof(out), &len) !=
-			0 ||
+			    0 ||
 		    len != 32 || memcmp(out, s->dk[k], 32) != 0)
 			bad++;
 	}
@@ -899,7 +899,7 @@ START_TEST(only_idempotent_calls_are_retried)
 	char body[512];
 	ck_assert_int_eq(readyz_until(503, body, sizeof(body)), 503);
 	ck_assert_msg(strstr(body, "{\"dependency\":\"audit\",\"code\":\"audit_unavailable\"}") &&
-			  !strstr(body, "\"hsm\"") && !strstr(body, "\"policy\""),
+			      !strstr(body, "\"hsm\"") && !strstr(body, "\"policy\""),
 		      "readyz: %s", body);
 	ck_assert_int_eq(readyz(metrics_url, body, sizeof(body)), 503);
 	mica_httpc *h = raw_client(NULL, NULL);
@@ -1116,10 +1116,10 @@ static int kc_teardown(void)
 }
 
 static const char *const needs[] = {
-    "MICA_TEST_DIR",	"MICA_BUILD",	   "MICA_PG_CONNINFO",	"MICA_CA",
-    "MICA_CERT_SERVER", "MICA_KEY_SERVER", "MICA_CERT_ACCOUNT", "MICA_KEY_ACCOUNT",
-    "MICA_CERT_ADMIN",	"MICA_KEY_ADMIN",  "MICA_CERT_ROGUE",	"MICA_KEY_ROGUE",
-    "MICA_CA_ROGUE",	"MICA_HSM_MODULE", "MICA_PG_PORT",	NULL};
+	"MICA_TEST_DIR",    "MICA_BUILD",      "MICA_PG_CONNINFO",  "MICA_CA",
+	"MICA_CERT_SERVER", "MICA_KEY_SERVER", "MICA_CERT_ACCOUNT", "MICA_KEY_ACCOUNT",
+	"MICA_CERT_ADMIN",  "MICA_KEY_ADMIN",  "MICA_CERT_ROGUE",   "MICA_KEY_ROGUE",
+	"MICA_CA_ROGUE",    "MICA_HSM_MODULE", "MICA_PG_PORT",	    NULL};
 
 const struct mica_check mica_check = {.suite = kc_suite,
 				      .needs = needs,

@@ -42,10 +42,10 @@ static struct mica_kv_config config(void)
 	if (!password[0])
 		load_password();
 	struct mica_kv_config c = {
-	    .socket_path = env("MICA_REDIS_SOCKET"),
-	    .username = env("MICA_REDIS_USER"),
-	    .password = password,
-	    .timeout_ms = 5000,
+		.socket_path = env("MICA_REDIS_SOCKET"),
+		.username = env("MICA_REDIS_USER"),
+		.password = password,
+		.timeout_ms = 5000,
 	};
 	return c;
 }
@@ -376,7 +376,7 @@ START_TEST(thread_handles_share_nothing)
 		ck_assert_int_eq(pthread_join(th[i], NULL), 0);
 	ck_assert_int_ne(r[0].client_id, r[1].client_id);
 	ck_assert_msg((r[0].rc == 0 && r[1].rc == MICA_EREPLAY) ||
-			  (r[1].rc == 0 && r[0].rc == MICA_EREPLAY),
+			      (r[1].rc == 0 && r[0].rc == MICA_EREPLAY),
 		      "rcs %d %d", r[0].rc, r[1].rc);
 	mica_kv *kv = mica_kv_thread();
 	ck_assert_ptr_nonnull(kv);
@@ -405,8 +405,8 @@ static Suite *kv_suite(void)
 }
 
 static const char *const needs[] = {
-    "MICA_REDIS_SOCKET",  "MICA_REDIS_USER", "MICA_REDIS_PASSWORD_FILE",
-    "MICA_REDIS_RESTART", "MICA_TEST_DIR",   NULL};
+	"MICA_REDIS_SOCKET",  "MICA_REDIS_USER", "MICA_REDIS_PASSWORD_FILE",
+	"MICA_REDIS_RESTART", "MICA_TEST_DIR",	 NULL};
 
 const struct mica_check mica_check = {
-    .suite = kv_suite, .needs = needs, .log = MICA_CHECK_LOG_ERRORS};
+	.suite = kv_suite, .needs = needs, .log = MICA_CHECK_LOG_ERRORS};

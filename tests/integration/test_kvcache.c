@@ -256,7 +256,7 @@ START_TEST(max_entries_bound)
 	for (int i = 0; i < 100; i++) {
 		snprintf(k, sizeof(k), "%d", i);
 		ck_assert_int_eq(
-		    mica_kvcache_put(kc, key(k), k, strlen(k), mica_kvcache_ticket(kc)), 0);
+			mica_kvcache_put(kc, key(k), k, strlen(k), mica_kvcache_ticket(kc)), 0);
 		assert_hit(kc, key(k), k);
 	}
 	struct mica_kvcache_stats st;
@@ -507,7 +507,7 @@ START_TEST(on_sync_after_reconnect_and_request)
 	struct mica_kv_config c = config();
 	struct sync_probe p = {0};
 	mica_kvcache_options o = {
-	    .prefix = prefix(), .max_entries = 10, .on_sync = on_sync, .on_sync_arg = &p};
+		.prefix = prefix(), .max_entries = 10, .on_sync = on_sync, .on_sync_arg = &p};
 	mica_kvcache *kc = NULL;
 	ck_assert_int_eq(mica_kvcache_start(&kc, &c, &o), 0);
 	ck_assert_msg(wait_calls(&p, 1, 5000), "on_sync did not run after the first connection");
@@ -584,19 +584,19 @@ START_TEST(message_parser)
 			 MICA__KVCACHE_KEYS);
 	ck_assert_uint_eq(n, 5);
 	ck_assert_int_eq(
-	    parse_resp("*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n*-1\r\n", &n),
-	    MICA__KVCACHE_FLUSH);
+		parse_resp("*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n*-1\r\n", &n),
+		MICA__KVCACHE_FLUSH);
 	ck_assert_int_eq(
-	    parse_resp("*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n:1\r\n", &n),
-	    MICA__KVCACHE_FLUSH);
+		parse_resp("*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n:1\r\n", &n),
+		MICA__KVCACHE_FLUSH);
 	ck_assert_int_eq(parse_resp("*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n"
 				    "*2\r\n$3\r\nabc\r\n:4\r\n",
 				    &n),
 			 MICA__KVCACHE_FLUSH);
 	ck_assert_uint_eq(n, 0);
 	ck_assert_int_eq(
-	    parse_resp("*3\r\n$9\r\nsubscribe\r\n$20\r\n__redis__:invalidate\r\n:1\r\n", &n),
-	    MICA__KVCACHE_OTHER);
+		parse_resp("*3\r\n$9\r\nsubscribe\r\n$20\r\n__redis__:invalidate\r\n:1\r\n", &n),
+		MICA__KVCACHE_OTHER);
 	ck_assert_int_eq(parse_resp("*3\r\n$7\r\nmessage\r\n$5\r\nother\r\n*1\r\n$1\r\na\r\n", &n),
 			 MICA__KVCACHE_OTHER);
 	ck_assert_int_eq(parse_resp("+PONG\r\n", &n), MICA__KVCACHE_OTHER);
@@ -629,8 +629,8 @@ static Suite *kvcache_suite(void)
 }
 
 static const char *const needs[] = {
-    "MICA_REDIS_SOCKET",  "MICA_REDIS_USER", "MICA_REDIS_PASSWORD_FILE",
-    "MICA_REDIS_RESTART", "MICA_TEST_DIR",   NULL};
+	"MICA_REDIS_SOCKET",  "MICA_REDIS_USER", "MICA_REDIS_PASSWORD_FILE",
+	"MICA_REDIS_RESTART", "MICA_TEST_DIR",	 NULL};
 
 const struct mica_check mica_check = {
-    .suite = kvcache_suite, .needs = needs, .log = MICA_CHECK_LOG_ERRORS};
+	.suite = kvcache_suite, .needs = needs, .log = MICA_CHECK_LOG_ERRORS};

@@ -96,7 +96,7 @@ static int run(char *const argv[], const char *out_path)
 	pid_t pid = fork();
 	if (pid == 0) {
 		int fd =
-		    open(out_path ? out_path : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0600);
+			open(out_path ? out_path : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0600);
 		int null = open("/dev/null", O_WRONLY);
 		if (fd < 0 || null < 0)
 			_exit(126);
@@ -140,17 +140,17 @@ START_TEST(outbox_inserts_rows)
 	ck_assert_int_eq(acct_notify_send(n, db, ACCT_CHANNEL_EMAIL, to, "Your code",
 					  "Your code is 123456.\nIt expires in 10 minutes."),
 			 0);
-	ck_assert_int_eq(
-	    acct_notify_send(n, db, ACCT_CHANNEL_SMS, "+8613800138000", NULL, "mica code 654321"),
-	    0);
+	ck_assert_int_eq(acct_notify_send(n, db, ACCT_CHANNEL_SMS, "+8613800138000", NULL,
+					  "mica code 654321"),
+			 0);
 	PGresult *res = NULL;
 	const char *p[1] = {to};
 	ck_assert_int_eq(
-	    mica_db_exec(db,
-			 "SELECT channel, recipient, subject, body, created_at <= now()"
-			 " FROM account.notification WHERE recipient = $1",
-			 1, p, &res),
-	    0);
+		mica_db_exec(db,
+			     "SELECT channel, recipient, subject, body, created_at <= now()"
+			     " FROM account.notification WHERE recipient = $1",
+			     1, p, &res),
+		0);
 	ck_assert_int_eq(PQntuples(res), 1);
 	ck_assert_str_eq(mica_db_get(res, 0, 0), "email");
 	ck_assert_str_eq(mica_db_get(res, 0, 1), to);
@@ -160,11 +160,11 @@ START_TEST(outbox_inserts_rows)
 	PQclear(res);
 	p[0] = "+8613800138000";
 	ck_assert_int_eq(
-	    mica_db_exec(db,
-			 "SELECT channel, subject IS NULL, body FROM account.notification"
-			 " WHERE recipient = $1 ORDER BY id DESC LIMIT 1",
-			 1, p, &res),
-	    0);
+		mica_db_exec(db,
+			     "SELECT channel, subject IS NULL, body FROM account.notification"
+			     " WHERE recipient = $1 ORDER BY id DESC LIMIT 1",
+			     1, p, &res),
+		0);
 	ck_assert_str_eq(mica_db_get(res, 0, 0), "sms");
 	ck_assert_str_eq(mica_db_get(res, 0, 1), "t");
 	ck_assert_str_eq(mica_db_get(res, 0, 2), "mica code 654321");
@@ -174,8 +174,8 @@ START_TEST(outbox_inserts_rows)
 	ck_assert_int_eq(mica_db_exec(db, "DELETE FROM account.notification", 0, NULL, NULL),
 			 MICA_EPERM);
 	ck_assert_int_eq(
-	    mica_db_exec(db, "UPDATE account.notification SET body = 'x'", 0, NULL, NULL),
-	    MICA_EPERM);
+		mica_db_exec(db, "UPDATE account.notification SET body = 'x'", 0, NULL, NULL),
+		MICA_EPERM);
 	mica_db_close(&db);
 	acct_notify_free(n);
 }
@@ -223,27 +223,27 @@ START_TEST(bad_arguments_are_refused)
 		enum acct_channel ch;
 		const char *to, *subject, *body;
 	} bad[] = {
-	    {ACCT_CHANNEL_EMAIL, "victim@example.com\r\nBcc: all@example.com", "s", "b"},
-	    {ACCT_CHANNEL_EMAIL, "victim@example.com>, <other@example.com", "s", "b"},
-	    {ACCT_CHANNEL_EMAIL, "no-at-sign", "s", "b"},
-	    {ACCT_CHANNEL_EMAIL, "two@@example.com", "s", "b"},
-	    {ACCT_CHANNEL_EMAIL, ".dot@example.com", "s", "b"},
-	    {ACCT_CHANNEL_EMAIL, "a@-example.com", "s", "b"},
-	    {ACCT_CHANNEL_EMAIL, "a@example..com", "s", "b"},
-	    {ACCT_CHANNEL_EMAIL, "josé@example.com", "s", "b"},
-	    {ACCT_CHANNEL_EMAIL, to, NULL, "b"},
-	    {ACCT_CHANNEL_EMAIL, to, "", "b"},
-	    {ACCT_CHANNEL_EMAIL, to, "two\r\nlines", "b"},
-	    {ACCT_CHANNEL_EMAIL, to, "s", ""},
-	    {ACCT_CHANNEL_EMAIL, to, "s", NULL},
-	    {ACCT_CHANNEL_EMAIL, to, "s", "bad \xc3\x28 utf-8"},
-	    {ACCT_CHANNEL_EMAIL, to, "s", "overlong \xc0\xaf"},
-	    {ACCT_CHANNEL_EMAIL, to, "s", "escape \x1b[2J"},
-	    {ACCT_CHANNEL_EMAIL, to, "s", big},
-	    {ACCT_CHANNEL_SMS, "call-me", NULL, "b"},
-	    {ACCT_CHANNEL_SMS, "+12345", NULL, "b"},
-	    {ACCT_CHANNEL_SMS, "+86 138 0013 8000", NULL, "b"},
-	    {(enum acct_channel)0, to, "s", "b"},
+		{ACCT_CHANNEL_EMAIL, "victim@example.com\r\nBcc: all@example.com", "s", "b"},
+		{ACCT_CHANNEL_EMAIL, "victim@example.com>, <other@example.com", "s", "b"},
+		{ACCT_CHANNEL_EMAIL, "no-at-sign", "s", "b"},
+		{ACCT_CHANNEL_EMAIL, "two@@example.com", "s", "b"},
+		{ACCT_CHANNEL_EMAIL, ".dot@example.com", "s", "b"},
+		{ACCT_CHANNEL_EMAIL, "a@-example.com", "s", "b"},
+		{ACCT_CHANNEL_EMAIL, "a@example..com", "s", "b"},
+		{ACCT_CHANNEL_EMAIL, "josé@example.com", "s", "b"},
+		{ACCT_CHANNEL_EMAIL, to, NULL, "b"},
+		{ACCT_CHANNEL_EMAIL, to, "", "b"},
+		{ACCT_CHANNEL_EMAIL, to, "two\r\nlines", "b"},
+		{ACCT_CHANNEL_EMAIL, to, "s", ""},
+		{ACCT_CHANNEL_EMAIL, to, "s", NULL},
+		{ACCT_CHANNEL_EMAIL, to, "s", "bad \xc3\x28 utf-8"},
+		{ACCT_CHANNEL_EMAIL, to, "s", "overlong \xc0\xaf"},
+		{ACCT_CHANNEL_EMAIL, to, "s", "escape \x1b[2J"},
+		{ACCT_CHANNEL_EMAIL, to, "s", big},
+		{ACCT_CHANNEL_SMS, "call-me", NULL, "b"},
+		{ACCT_CHANNEL_SMS, "+12345", NULL, "b"},
+		{ACCT_CHANNEL_SMS, "+86 138 0013 8000", NULL, "b"},
+		{(enum acct_channel)0, to, "s", "b"},
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		ck_assert_msg(acct_notify_send(n, db, bad[i].ch, bad[i].to, bad[i].subject,
@@ -268,24 +268,24 @@ START_TEST(config_is_checked)
 	struct {
 		acct_notify_config c;
 	} bad[] = {
-	    {{.email_mode = "carrier-pigeon"}},
-	    {{.sms_mode = "smtp"}},
-	    {{.email_mode = "smtp", .smtp_from = "a@example.com"}},
-	    {{.email_mode = "smtp", .smtp_url = "http://x", .smtp_from = "a@example.com"}},
-	    {{.email_mode = "smtp", .smtp_url = "smtps://x"}},
-	    {{.email_mode = "smtp", .smtp_url = "smtps://x", .smtp_from = "A <a@example.com>"}},
-	    {{.email_mode = "smtp",
-	      .smtp_url = "smtps://x",
-	      .smtp_from = "a@example.com",
-	      .smtp_user = "u"}},
-	    {{.sms_mode = "webhook", .ca_file = "ca"}},
-	    {{.sms_mode = "webhook", .sms_webhook_url = "http://x", .ca_file = "ca"}},
-	    {{.sms_mode = "webhook", .sms_webhook_url = "https://x"}},
-	    {{.sms_mode = "webhook",
-	      .sms_webhook_url = "https://x",
-	      .ca_file = "ca",
-	      .cert_file = "c"}},
-	    {{.timeout_ms = -1}},
+		{{.email_mode = "carrier-pigeon"}},
+		{{.sms_mode = "smtp"}},
+		{{.email_mode = "smtp", .smtp_from = "a@example.com"}},
+		{{.email_mode = "smtp", .smtp_url = "http://x", .smtp_from = "a@example.com"}},
+		{{.email_mode = "smtp", .smtp_url = "smtps://x"}},
+		{{.email_mode = "smtp", .smtp_url = "smtps://x", .smtp_from = "A <a@example.com>"}},
+		{{.email_mode = "smtp",
+		  .smtp_url = "smtps://x",
+		  .smtp_from = "a@example.com",
+		  .smtp_user = "u"}},
+		{{.sms_mode = "webhook", .ca_file = "ca"}},
+		{{.sms_mode = "webhook", .sms_webhook_url = "http://x", .ca_file = "ca"}},
+		{{.sms_mode = "webhook", .sms_webhook_url = "https://x"}},
+		{{.sms_mode = "webhook",
+		  .sms_webhook_url = "https://x",
+		  .ca_file = "ca",
+		  .cert_file = "c"}},
+		{{.timeout_ms = -1}},
 	};
 	acct_notify *n = (acct_notify *)1;
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -316,11 +316,12 @@ START_TEST(cli_lists_the_outbox)
 	mica_db *db = open_ci(account_ci);
 	const char *alice = addr("alice"), *bob = addr("bob");
 	ck_assert_int_eq(
-	    acct_notify_send(n, db, ACCT_CHANNEL_EMAIL, alice, "First", "Code 111111\n\nBye"), 0);
+		acct_notify_send(n, db, ACCT_CHANNEL_EMAIL, alice, "First", "Code 111111\n\nBye"),
+		0);
 	ck_assert_int_eq(acct_notify_send(n, db, ACCT_CHANNEL_EMAIL, bob, "For Bob", "Code 222222"),
 			 0);
 	ck_assert_int_eq(
-	    acct_notify_send(n, db, ACCT_CHANNEL_EMAIL, alice, "Second", "Code 333333"), 0);
+		acct_notify_send(n, db, ACCT_CHANNEL_EMAIL, alice, "Second", "Code 333333"), 0);
 	mica_db_close(&db);
 	acct_notify_free(n);
 
@@ -414,7 +415,7 @@ static void sms_endpoint(const mica_http_req *req, mica_http_resp *resp, void *c
 }
 
 static const mica_http_route sms_routes[] = {
-    {"POST", "/v1/sms", sms_endpoint, MICA_ROUTE_JSON | MICA_ROUTE_PEER},
+	{"POST", "/v1/sms", sms_endpoint, MICA_ROUTE_JSON | MICA_ROUTE_PEER},
 };
 
 START_TEST(sms_webhook_receives_to_and_text)
@@ -493,59 +494,59 @@ END_TEST
  * user, and the headers and body as Python's e-mail package decodes them)
  * before answering 250. */
 static const char smtpd_py[] =
-    "import asyncio, email, email.policy, json, os, ssl, sys\n"
-    "from aiosmtpd.smtp import SMTP, AuthResult\n"
-    "mode, cert, key, outdir, user, password = sys.argv[1:7]\n"
-    "ctx = None\n"
-    "if mode != 'plain':\n"
-    "    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)\n"
-    "    ctx.load_cert_chain(cert, key)\n"
-    "count = 0\n"
-    "class Handler:\n"
-    "    async def handle_DATA(self, server, session, envelope):\n"
-    "        global count\n"
-    "        count += 1\n"
-    "        raw = envelope.original_content\n"
-    "        msg = email.message_from_bytes(raw, policy=email.policy.default)\n"
-    "        date = msg['Date']\n"
-    "        summary = {\n"
-    "            'mail_from': envelope.mail_from, 'rcpt_tos': envelope.rcpt_tos,\n"
-    "            'tls': server.transport.get_extra_info('ssl_object') is not None,\n"
-    "            'auth_user': session.auth_data.login.decode() if session.authenticated "
-    "else None,\n"
-    "            'from': str(msg['From']), 'to': str(msg['To']),\n"
-    "            'subject': str(msg['Subject']),\n"
-    "            'date_ts': int(date.datetime.timestamp()) if date and date.datetime else 0,\n"
-    "            'message_id': str(msg['Message-ID']),\n"
-    "            'mime_version': str(msg['MIME-Version']),\n"
-    "            'content_type': msg.get_content_type(),\n"
-    "            'charset': msg.get_content_charset(),\n"
-    "            'cte': str(msg['Content-Transfer-Encoding']),\n"
-    "            'body': msg.get_content().replace('\\r\\n', '\\n'),\n"
-    "            'defects': len(msg.defects),\n"
-    "        }\n"
-    "        base = os.path.join(outdir, str(count))\n"
-    "        with open(base + '.eml', 'wb') as f:\n"
-    "            f.write(raw)\n"
-    "        with open(base + '.json', 'w') as f:\n"
-    "            json.dump(summary, f)\n"
-    "        return '250 OK'\n"
-    "def authenticator(server, session, envelope, mechanism, data):\n"
-    "    ok = data.login == user.encode() and data.password == password.encode()\n"
-    "    return AuthResult(success=ok, handled=False, auth_data=data if ok else None)\n"
-    "def factory():\n"
-    "    return SMTP(Handler(), hostname='localhost',\n"
-    "                tls_context=ctx if mode == 'starttls' else None,\n"
-    "                require_starttls=(mode == 'starttls'),\n"
-    "                authenticator=authenticator if user else None,\n"
-    "                auth_required=bool(user), auth_require_tls=(mode == 'starttls'))\n"
-    "async def main():\n"
-    "    loop = asyncio.get_running_loop()\n"
-    "    srv = await loop.create_server(factory, '127.0.0.1', 0,\n"
-    "                                   ssl=ctx if mode == 'smtps' else None)\n"
-    "    print(srv.sockets[0].getsockname()[1], flush=True)\n"
-    "    await asyncio.Event().wait()\n"
-    "asyncio.run(main())\n";
+	"import asyncio, email, email.policy, json, os, ssl, sys\n"
+	"from aiosmtpd.smtp import SMTP, AuthResult\n"
+	"mode, cert, key, outdir, user, password = sys.argv[1:7]\n"
+	"ctx = None\n"
+	"if mode != 'plain':\n"
+	"    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)\n"
+	"    ctx.load_cert_chain(cert, key)\n"
+	"count = 0\n"
+	"class Handler:\n"
+	"    async def handle_DATA(self, server, session, envelope):\n"
+	"        global count\n"
+	"        count += 1\n"
+	"        raw = envelope.original_content\n"
+	"        msg = email.message_from_bytes(raw, policy=email.policy.default)\n"
+	"        date = msg['Date']\n"
+	"        summary = {\n"
+	"            'mail_from': envelope.mail_from, 'rcpt_tos': envelope.rcpt_tos,\n"
+	"            'tls': server.transport.get_extra_info('ssl_object') is not None,\n"
+	"            'auth_user': session.auth_data.login.decode() if session.authenticated "
+	"else None,\n"
+	"            'from': str(msg['From']), 'to': str(msg['To']),\n"
+	"            'subject': str(msg['Subject']),\n"
+	"            'date_ts': int(date.datetime.timestamp()) if date and date.datetime else 0,\n"
+	"            'message_id': str(msg['Message-ID']),\n"
+	"            'mime_version': str(msg['MIME-Version']),\n"
+	"            'content_type': msg.get_content_type(),\n"
+	"            'charset': msg.get_content_charset(),\n"
+	"            'cte': str(msg['Content-Transfer-Encoding']),\n"
+	"            'body': msg.get_content().replace('\\r\\n', '\\n'),\n"
+	"            'defects': len(msg.defects),\n"
+	"        }\n"
+	"        base = os.path.join(outdir, str(count))\n"
+	"        with open(base + '.eml', 'wb') as f:\n"
+	"            f.write(raw)\n"
+	"        with open(base + '.json', 'w') as f:\n"
+	"            json.dump(summary, f)\n"
+	"        return '250 OK'\n"
+	"def authenticator(server, session, envelope, mechanism, data):\n"
+	"    ok = data.login == user.encode() and data.password == password.encode()\n"
+	"    return AuthResult(success=ok, handled=False, auth_data=data if ok else None)\n"
+	"def factory():\n"
+	"    return SMTP(Handler(), hostname='localhost',\n"
+	"                tls_context=ctx if mode == 'starttls' else None,\n"
+	"                require_starttls=(mode == 'starttls'),\n"
+	"                authenticator=authenticator if user else None,\n"
+	"                auth_required=bool(user), auth_require_tls=(mode == 'starttls'))\n"
+	"async def main():\n"
+	"    loop = asyncio.get_running_loop()\n"
+	"    srv = await loop.create_server(factory, '127.0.0.1', 0,\n"
+	"                                   ssl=ctx if mode == 'smtps' else None)\n"
+	"    print(srv.sockets[0].getsockname()[1], flush=True)\n"
+	"    await asyncio.Event().wait()\n"
+	"asyncio.run(main())\n";
 
 struct smtpd {
 	pid_t pid;
@@ -661,12 +662,12 @@ START_TEST(smtps_delivers_with_headers)
 	/* Lines that are or start with "." must survive SMTP's end-of-data
 	 * marker (dot-stuffing), and non-ASCII goes as base64. */
 	const char *body = "Your code is 987654.\n.\n..two dots\n.leading\nlast line";
-	ck_assert_int_eq(
-	    acct_notify_send(n, NULL, ACCT_CHANNEL_EMAIL, to, "Your mica verification code", body),
-	    0);
+	ck_assert_int_eq(acct_notify_send(n, NULL, ACCT_CHANNEL_EMAIL, to,
+					  "Your mica verification code", body),
+			 0);
 	const char *utf8_subject =
-	    "mica 验证码: 一个很长的主题，用来检查编码字分段是否正确处理多字节"
-	    "字符 ✓";
+		"mica 验证码: 一个很长的主题，用来检查编码字分段是否正确处理多字节"
+		"字符 ✓";
 	const char *utf8_body = "您的验证码是 246810。\r\n请勿告诉他人。";
 	ck_assert_int_eq(acct_notify_send(n, NULL, ACCT_CHANNEL_EMAIL, to, utf8_subject, utf8_body),
 			 0);
@@ -762,14 +763,14 @@ START_TEST(keyed_messages_repeat_their_message_id)
 							"notice-42-1-1796000000000000"),
 				 0);
 	ck_assert_int_eq(
-	    acct_notify_send_keyed(n, NULL, ACCT_CHANNEL_EMAIL, to, "Notice", "x", "bad key>"),
-	    MICA_EINVAL);
+		acct_notify_send_keyed(n, NULL, ACCT_CHANNEL_EMAIL, to, "Notice", "x", "bad key>"),
+		MICA_EINVAL);
 	char long_key[ACCT_NOTIFY_KEY_MAX + 2];
 	memset(long_key, 'k', sizeof(long_key) - 1);
 	long_key[sizeof(long_key) - 1] = '\0';
 	ck_assert_int_eq(
-	    acct_notify_send_keyed(n, NULL, ACCT_CHANNEL_EMAIL, to, "Notice", "x", long_key),
-	    MICA_EINVAL);
+		acct_notify_send_keyed(n, NULL, ACCT_CHANNEL_EMAIL, to, "Notice", "x", long_key),
+		MICA_EINVAL);
 	ck_assert_int_eq(smtpd_count(&s), 2);
 	for (int i = 1; i <= 2; i++) {
 		json_t *m = smtpd_message(&s, i);
@@ -858,14 +859,14 @@ START_TEST(notice_follows_the_transaction_and_names_no_contact)
 	PGresult *res = NULL;
 	char uid[24];
 	ck_assert_int_eq(
-	    mica_db_exec(sup,
-			 "INSERT INTO account.user (account_no_enc, account_no_idx,"
-			 " password_enc, password_policy, email_enc, email_idx,"
-			 " security_phone_enc) VALUES ('kc:v1:no', 'notice-no', 'x', 'miui',"
-			 " 'kc:v1:sealed-email', 'notice-email', 'kc:v1:sealed-phone')"
-			 " RETURNING id",
-			 0, NULL, &res),
-	    0);
+		mica_db_exec(sup,
+			     "INSERT INTO account.user (account_no_enc, account_no_idx,"
+			     " password_enc, password_policy, email_enc, email_idx,"
+			     " security_phone_enc) VALUES ('kc:v1:no', 'notice-no', 'x', 'miui',"
+			     " 'kc:v1:sealed-email', 'notice-email', 'kc:v1:sealed-phone')"
+			     " RETURNING id",
+			     0, NULL, &res),
+		0);
 	snprintf(uid, sizeof(uid), "%s", mica_db_get(res, 0, 0));
 	PQclear(res);
 	struct emit_arg e = {strtoll(uid, NULL, 10), ACCT_NOTICE_DELETED, NULL, ACCT_CONTACTS_ALL,
@@ -882,21 +883,22 @@ START_TEST(notice_follows_the_transaction_and_names_no_contact)
 	const char *q_events = "SELECT count(*) FROM outbox.event WHERE topic = 'account.notice'"
 			       " AND payload->>'user_id' = $1";
 	ck_assert_int_eq(query_int(sup, q_events, uid), 0);
-	ck_assert_int_eq(
-	    query_int(sup, "SELECT count(*) FROM account.notice WHERE user_id = $1::bigint", uid),
-	    0);
+	ck_assert_int_eq(query_int(sup,
+				   "SELECT count(*) FROM account.notice WHERE user_id = $1::bigint",
+				   uid),
+			 0);
 	e.fail = 0;
 	ck_assert_int_eq(mica_db_tx(db, MICA_DB_READ_COMMITTED, emit_in_tx, &e), 0);
 	ck_assert_int_eq(query_int(sup, q_events, uid), 1);
 	const char *p[1] = {uid};
 	ck_assert_int_eq(
-	    mica_db_exec(sup,
-			 "SELECT e.payload::text, n.carried->>'email',"
-			 " n.carried->>'security_phone', n.carried ? 'phone', n.kind"
-			 " FROM outbox.event e JOIN account.notice n ON n.event_id = e.id"
-			 " WHERE n.user_id = $1::bigint",
-			 1, p, &res),
-	    0);
+		mica_db_exec(sup,
+			     "SELECT e.payload::text, n.carried->>'email',"
+			     " n.carried->>'security_phone', n.carried ? 'phone', n.kind"
+			     " FROM outbox.event e JOIN account.notice n ON n.event_id = e.id"
+			     " WHERE n.user_id = $1::bigint",
+			     1, p, &res),
+		0);
 	ck_assert_int_eq(PQntuples(res), 1);
 	char want[96];
 	snprintf(want, sizeof(want), "{\"kind\": \"deleted\", \"user_id\": %s}", uid);
@@ -923,11 +925,11 @@ START_TEST(notice_worker_sees_only_its_pending_rows)
 {
 	mica_db *sup = open_ci(db_ci), *db = open_ci(account_ci);
 	ck_assert_int_eq(
-	    mica_db_exec(sup,
-			 "INSERT INTO outbox.subscription (consumer, topic)"
-			 " VALUES ('push.notices', 'account.notice') ON CONFLICT DO NOTHING",
-			 0, NULL, NULL),
-	    0);
+		mica_db_exec(sup,
+			     "INSERT INTO outbox.subscription (consumer, topic)"
+			     " VALUES ('push.notices', 'account.notice') ON CONFLICT DO NOTHING",
+			     0, NULL, NULL),
+		0);
 	struct emit_arg e = {424242, ACCT_NOTICE_PASSWORD_CHANGED, NULL, 0, 0};
 	ck_assert_int_eq(mica_db_tx(db, MICA_DB_READ_COMMITTED, emit_in_tx, &e), 0);
 	const char *q = "SELECT count(*) FROM outbox.pending WHERE consumer = $1";

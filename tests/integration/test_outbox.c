@@ -93,8 +93,8 @@ static int emit_tx(mica_db *db, void *arg)
 	for (int i = 0; i < e->count; i++) {
 		char payload[64];
 		snprintf(payload, sizeof(payload), "{\"n\":%d}", i);
-		int rc =
-		    mica_outbox_emit(db, e->topic, e->payload ? e->payload : payload, &e->last_id);
+		int rc = mica_outbox_emit(db, e->topic, e->payload ? e->payload : payload,
+					  &e->last_id);
 		if (rc)
 			return rc;
 	}
@@ -161,8 +161,9 @@ START_TEST(emit_in_committed_transaction_fans_out)
 	snprintf(id, sizeof(id), "%lld", (long long)e.last_id);
 	const char *p[1] = {id};
 	ck_assert_int_eq(
-	    query_int(db, "SELECT count(*) FROM outbox.pending WHERE event_id = $1::bigint", 1, p),
-	    2);
+		query_int(db, "SELECT count(*) FROM outbox.pending WHERE event_id = $1::bigint", 1,
+			  p),
+		2);
 
 	int removed = -1;
 	ck_assert_int_eq(mica_outbox_unsubscribe(db, name("c2"), topic, &removed), 0);
@@ -196,8 +197,8 @@ static int record(mica_db *db, const struct mica_outbox_event *ev, void *arg)
 	snprintf(id, sizeof(id), "%lld", (long long)ev->id);
 	const char *p[2] = {name("c"), id};
 	int rc = mica_db_exec(
-	    db, "INSERT INTO effects (consumer, event_id, n) VALUES ($1, $2::bigint, 1)", 2, p,
-	    NULL);
+		db, "INSERT INTO effects (consumer, event_id, n) VALUES ($1, $2::bigint, 1)", 2, p,
+		NULL);
 	if (rc)
 		return rc;
 	if (s->fail_at && s->calls == s->fail_at)
@@ -448,13 +449,14 @@ START_TEST(killed_worker_loses_and_duplicates_nothing)
 	const char *p[2] = {c, topic};
 	ck_assert_int_eq(effects_of(db, c), EVENTS);
 	ck_assert_int_eq(
-	    query_int(db, "SELECT count(*) FROM effects WHERE consumer = $1 AND n <> 1", 1, p), 0);
+		query_int(db, "SELECT count(*) FROM effects WHERE consumer = $1 AND n <> 1", 1, p),
+		0);
 	ck_assert_int_eq(
-	    query_int(db,
-		      "SELECT count(*) FROM outbox.event e WHERE e.topic = $2 AND NOT EXISTS"
-		      " (SELECT 1 FROM effects f WHERE f.consumer = $1 AND f.event_id = e.id)",
-		      2, p),
-	    0);
+		query_int(db,
+			  "SELECT count(*) FROM outbox.event e WHERE e.topic = $2 AND NOT EXISTS"
+			  " (SELECT 1 FROM effects f WHERE f.consumer = $1 AND f.event_id = e.id)",
+			  2, p),
+		0);
 	mica_db_close(&db);
 }
 END_TEST

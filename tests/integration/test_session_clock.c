@@ -46,12 +46,12 @@ static int64_t make_user(mica_db *db, const char *tag)
 	int64_t id = 0;
 	const char *p[1] = {tag};
 	ck_assert_int_eq(
-	    mica_db_exec(db,
-			 "INSERT INTO account.user (account_no_enc, account_no_idx,"
-			 " password_enc, password_policy) VALUES ('x', $1, 'x', 'miui')"
-			 " RETURNING id",
-			 1, p, &res),
-	    0);
+		mica_db_exec(db,
+			     "INSERT INTO account.user (account_no_enc, account_no_idx,"
+			     " password_enc, password_policy) VALUES ('x', $1, 'x', 'miui')"
+			     " RETURNING id",
+			     1, p, &res),
+		0);
 	ck_assert_int_eq(mica_db_get_int64(res, 0, 0, &id), 0);
 	PQclear(res);
 	return id;

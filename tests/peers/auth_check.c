@@ -35,11 +35,10 @@ struct check_opts {
 
 static void usage(void)
 {
-	fprintf(
-	    stderr,
-	    "usage: auth_check --introspect-url URL --ca FILE --cert FILE --key FILE\n"
-	    "                  [--redis-socket PATH --redis-user USER --redis-password-file FILE\n"
-	    "                   [--local-cache]] [--timeout-ms N]  < 'Bearer TOKEN' lines\n");
+	fprintf(stderr,
+		"usage: auth_check --introspect-url URL --ca FILE --cert FILE --key FILE\n"
+		"                  [--redis-socket PATH --redis-user USER --redis-password-file FILE\n"
+		"                   [--local-cache]] [--timeout-ms N]  < 'Bearer TOKEN' lines\n");
 	exit(2);
 }
 
@@ -59,16 +58,16 @@ static int read_password(const char *path, char *buf, size_t cap)
 static void parse_args(int argc, char **argv, struct check_opts *o)
 {
 	static const struct option opts[] = {
-	    {"introspect-url", required_argument, NULL, 'u'},
-	    {"ca", required_argument, NULL, 'a'},
-	    {"cert", required_argument, NULL, 'c'},
-	    {"key", required_argument, NULL, 'k'},
-	    {"timeout-ms", required_argument, NULL, 't'},
-	    {"redis-socket", required_argument, NULL, 's'},
-	    {"redis-user", required_argument, NULL, 'r'},
-	    {"redis-password-file", required_argument, NULL, 'p'},
-	    {"local-cache", no_argument, NULL, 'l'},
-	    {NULL, 0, NULL, 0},
+		{"introspect-url", required_argument, NULL, 'u'},
+		{"ca", required_argument, NULL, 'a'},
+		{"cert", required_argument, NULL, 'c'},
+		{"key", required_argument, NULL, 'k'},
+		{"timeout-ms", required_argument, NULL, 't'},
+		{"redis-socket", required_argument, NULL, 's'},
+		{"redis-user", required_argument, NULL, 'r'},
+		{"redis-password-file", required_argument, NULL, 'p'},
+		{"local-cache", no_argument, NULL, 'l'},
+		{NULL, 0, NULL, 0},
 	};
 	int c;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {

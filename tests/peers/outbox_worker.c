@@ -30,11 +30,11 @@ static int handle(mica_db *db, const struct mica_outbox_event *ev, void *arg)
 	char id[24];
 	snprintf(id, sizeof(id), "%lld", (long long)ev->id);
 	const char *p[2] = {w->consumer, id};
-	int rc =
-	    mica_db_exec(db,
-			 "INSERT INTO effects (consumer, event_id, n) VALUES ($1, $2::bigint, 1)"
-			 " ON CONFLICT (consumer, event_id) DO UPDATE SET n = effects.n + 1",
-			 2, p, NULL);
+	int rc = mica_db_exec(
+		db,
+		"INSERT INTO effects (consumer, event_id, n) VALUES ($1, $2::bigint, 1)"
+		" ON CONFLICT (consumer, event_id) DO UPDATE SET n = effects.n + 1",
+		2, p, NULL);
 	if (rc)
 		return rc;
 	w->handled++;
@@ -64,13 +64,13 @@ static void usage(void)
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    {"db", required_argument, NULL, 'd'},
-	    {"consumer", required_argument, NULL, 'c'},
-	    {"batch", required_argument, NULL, 'b'},
-	    {"sleep-ms", required_argument, NULL, 's'},
-	    {"pause-at", required_argument, NULL, 'p'},
-	    {"idle-ms", required_argument, NULL, 'i'},
-	    {NULL, 0, NULL, 0},
+		{"db", required_argument, NULL, 'd'},
+		{"consumer", required_argument, NULL, 'c'},
+		{"batch", required_argument, NULL, 'b'},
+		{"sleep-ms", required_argument, NULL, 's'},
+		{"pause-at", required_argument, NULL, 'p'},
+		{"idle-ms", required_argument, NULL, 'i'},
+		{NULL, 0, NULL, 0},
 	};
 	const char *conninfo = NULL;
 	struct worker w = {0};

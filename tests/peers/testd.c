@@ -20,14 +20,15 @@ struct testd_config {
 };
 
 static const mica_config_entry testd_table[] = {
-    {"log", "level", MICA_CFG_LOGLEVEL, 0, 4, "info", offsetof(struct testd_config, log_level),
-     "least severe level written (debug, info, warn, error, off)"},
-    MICA_CONFIG_HTTP_ENTRIES("testd.http", struct testd_config, http, "0"),
-    {"testd", "port_file", MICA_CFG_STRING, 0, 4096, "", offsetof(struct testd_config, port_file),
-     "file the bound port is written to once listening"},
-    {"testd", "metrics_port_file", MICA_CFG_STRING, 0, 4096, "",
-     offsetof(struct testd_config, metrics_port_file),
-     "file the metrics listener's port is written to once listening"},
+	{"log", "level", MICA_CFG_LOGLEVEL, 0, 4, "info", offsetof(struct testd_config, log_level),
+	 "least severe level written (debug, info, warn, error, off)"},
+	MICA_CONFIG_HTTP_ENTRIES("testd.http", struct testd_config, http, "0"),
+	{"testd", "port_file", MICA_CFG_STRING, 0, 4096, "",
+	 offsetof(struct testd_config, port_file),
+	 "file the bound port is written to once listening"},
+	{"testd", "metrics_port_file", MICA_CFG_STRING, 0, 4096, "",
+	 offsetof(struct testd_config, metrics_port_file),
+	 "file the metrics listener's port is written to once listening"},
 };
 
 static void hello(const mica_http_req *req, mica_http_resp *resp, void *ctx)
@@ -71,8 +72,8 @@ static void item_get(const mica_http_req *req, mica_http_resp *resp, void *ctx)
 static void item_delete(const mica_http_req *req, mica_http_resp *resp, void *ctx)
 {
 	(void)ctx;
-	mica_http_reply_json(resp, 200,
-			     json_pack("{s:s,s:b}", "id", mica_http_param(req, "id"), "deleted", 1));
+	mica_http_reply_json(
+		resp, 200, json_pack("{s:s,s:b}", "id", mica_http_param(req, "id"), "deleted", 1));
 }
 
 static const mica_http_route routes[] = {

@@ -252,9 +252,9 @@ START_TEST(golden_altcha_lib_payload)
 	char challenge[ACCT_ALTCHA_HEX_LEN + 1];
 	const uint8_t *gk = (const uint8_t *)GOLDEN_KEY;
 
-	ck_assert_int_eq(
-	    acct_altcha_verify(gk, strlen(GOLDEN_KEY), GOLDEN_PAYLOAD, NOW, NULL, challenge, &v),
-	    0);
+	ck_assert_int_eq(acct_altcha_verify(gk, strlen(GOLDEN_KEY), GOLDEN_PAYLOAD, NOW, NULL,
+					    challenge, &v),
+			 0);
 	ck_assert_str_eq(challenge, GOLDEN_CHALLENGE);
 	ck_assert_int_eq(v.expires, 1900000000LL);
 	ck_assert_int_eq(acct_altcha_verify(gk, strlen(GOLDEN_KEY), GOLDEN_PAYLOAD, 1900000001LL,
@@ -474,15 +474,15 @@ START_TEST(argument_errors)
 	ck_assert_int_eq(acct_altcha_create(NULL, KEY_LEN, 100, 60, NOW, NULL, &c), MICA_EINVAL);
 	ck_assert_int_eq(acct_altcha_create(key, KEY_LEN, 0, 60, NOW, NULL, &c), MICA_EINVAL);
 	ck_assert_int_eq(
-	    acct_altcha_create(key, KEY_LEN, ACCT_ALTCHA_MAXNUMBER_MAX + 1, 60, NOW, NULL, &c),
-	    MICA_EINVAL);
+		acct_altcha_create(key, KEY_LEN, ACCT_ALTCHA_MAXNUMBER_MAX + 1, 60, NOW, NULL, &c),
+		MICA_EINVAL);
 	ck_assert_int_eq(acct_altcha_create(key, KEY_LEN, 100, 0, NOW, NULL, &c), MICA_EINVAL);
 	ck_assert_int_eq(acct_altcha_create(key, KEY_LEN, 100, 60, -1, NULL, &c), MICA_EINVAL);
 	ck_assert_int_eq(acct_altcha_create(key, KEY_LEN, 100, 60, INT64_MAX, NULL, &c),
 			 MICA_EINVAL);
 	ck_assert_int_eq(acct_altcha_create(key, KEY_LEN, 100, 60, NOW, NULL, NULL), MICA_EINVAL);
 	ck_assert_int_eq(
-	    acct_altcha_create(key, KEY_LEN, ACCT_ALTCHA_MAXNUMBER_MAX, 60, NOW, NULL, &c), 0);
+		acct_altcha_create(key, KEY_LEN, ACCT_ALTCHA_MAXNUMBER_MAX, 60, NOW, NULL, &c), 0);
 	json_decref(c);
 
 	ck_assert_int_eq(acct_altcha_verify(key, 15, GOLDEN_PAYLOAD, NOW, NULL, challenge, &v),
@@ -494,8 +494,8 @@ START_TEST(argument_errors)
 	ck_assert_int_eq(acct_altcha_verify(key, KEY_LEN, GOLDEN_PAYLOAD, NOW, NULL, NULL, &v),
 			 MICA_EINVAL);
 	ck_assert_int_eq(
-	    acct_altcha_verify(key, KEY_LEN, GOLDEN_PAYLOAD, NOW, NULL, challenge, NULL),
-	    MICA_EINVAL);
+		acct_altcha_verify(key, KEY_LEN, GOLDEN_PAYLOAD, NOW, NULL, challenge, NULL),
+		MICA_EINVAL);
 	ck_assert_str_eq(acct_altcha_fault_code(ACCT_ALTCHA_EXPIRED), "expired");
 	ck_assert_str_eq(acct_altcha_fault_code(ACCT_ALTCHA_TOO_CHEAP), "too_cheap");
 	ck_assert_str_eq(acct_altcha_fault_code((enum acct_altcha_fault)99), "unknown");
@@ -528,8 +528,8 @@ START_TEST(scope_and_cost)
 
 	/* Salts only a key holder could sign: repeated, missing or bad values. */
 	expect_obj_want(
-	    signed_payload("ab?expires=1800000000&maxnumber=9&scope=abc123&scope=abc123&", 1), &ok,
-	    MICA_EAUTH, "wrong_scope");
+		signed_payload("ab?expires=1800000000&maxnumber=9&scope=abc123&scope=abc123&", 1),
+		&ok, MICA_EAUTH, "wrong_scope");
 	expect_obj_want(signed_payload("ab?expires=1800000000&maxnumber=9&xscope=abc123&", 1), &ok,
 			MICA_EAUTH, "wrong_scope");
 	expect_obj_want(signed_payload("ab?expires=1800000000&scope=abc123&", 1), &cheaper,
@@ -539,8 +539,9 @@ START_TEST(scope_and_cost)
 	expect_obj_want(signed_payload("ab?expires=1800000000&maxnumber=2e3&scope=abc123&", 1),
 			&cheaper, MICA_EAUTH, "too_cheap");
 	expect_obj_want(
-	    signed_payload("ab?expires=1800000000&maxnumber=5000&maxnumber=5000&scope=abc123&", 1),
-	    &cheaper, MICA_EAUTH, "too_cheap");
+		signed_payload("ab?expires=1800000000&maxnumber=5000&maxnumber=5000&scope=abc123&",
+			       1),
+		&cheaper, MICA_EAUTH, "too_cheap");
 	expect_obj_want(signed_payload("ab?expires=1800000000&maxnumber=5000&scope=abc123&", 1),
 			&cheaper, 0, "ok");
 	/* Expiry is checked first. */

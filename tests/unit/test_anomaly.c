@@ -18,10 +18,10 @@ static kc_anomaly *make(uint32_t max_requests, uint32_t max_denials, int64_t win
 			size_t max_tracked)
 {
 	kc_anomaly_options o = {
-	    .max_requests_per_window = max_requests,
-	    .max_denials_per_window = max_denials,
-	    .window_ms = window_ms,
-	    .max_tracked = max_tracked,
+		.max_requests_per_window = max_requests,
+		.max_denials_per_window = max_denials,
+		.window_ms = window_ms,
+		.max_tracked = max_tracked,
 	};
 	kc_anomaly *a = NULL;
 

@@ -27,14 +27,14 @@ struct cfg {
 };
 
 static const mica_config_entry table[] = {
-    {"log", "level", MICA_CFG_LOGLEVEL, 0, 4, "info", offsetof(struct cfg, level), "log level"},
-    MICA_CONFIG_HTTP_ENTRIES("demo.http", struct cfg, http, "0"),
-    {"demo", "name", MICA_CFG_STRING, 1, 8, "x", offsetof(struct cfg, name), "a name"},
-    {"demo", "count", MICA_CFG_INT, 1, 10, "3", offsetof(struct cfg, count), "a count"},
-    {"demo", "size", MICA_CFG_SIZE, 1, 1 << 20, "4K", offsetof(struct cfg, size), "a size"},
-    {"demo", "flag", MICA_CFG_BOOL, 0, 1, "no", offsetof(struct cfg, flag), "a flag"},
-    {"demo", "secret_file", MICA_CFG_SECRET, 0, 4096, NULL, offsetof(struct cfg, secret),
-     "a secret"},
+	{"log", "level", MICA_CFG_LOGLEVEL, 0, 4, "info", offsetof(struct cfg, level), "log level"},
+	MICA_CONFIG_HTTP_ENTRIES("demo.http", struct cfg, http, "0"),
+	{"demo", "name", MICA_CFG_STRING, 1, 8, "x", offsetof(struct cfg, name), "a name"},
+	{"demo", "count", MICA_CFG_INT, 1, 10, "3", offsetof(struct cfg, count), "a count"},
+	{"demo", "size", MICA_CFG_SIZE, 1, 1 << 20, "4K", offsetof(struct cfg, size), "a size"},
+	{"demo", "flag", MICA_CFG_BOOL, 0, 1, "no", offsetof(struct cfg, flag), "a flag"},
+	{"demo", "secret_file", MICA_CFG_SECRET, 0, 4096, NULL, offsetof(struct cfg, secret),
+	 "a secret"},
 };
 #define N (sizeof(table) / sizeof(table[0]))
 
@@ -225,9 +225,9 @@ struct frag_cfg {
 };
 
 static const mica_config_entry frag_table[] = {
-    MICA_CONFIG_DB_ENTRIES("svc.db", struct frag_cfg, db, "mica_svc"),
-    MICA_CONFIG_REDIS_ENTRIES("svc.redis", struct frag_cfg, redis, "svc", "svc:*"),
-    MICA_CONFIG_KC_CLIENT_ENTRIES("svc.keycenter", struct frag_cfg, kc, "svc"),
+	MICA_CONFIG_DB_ENTRIES("svc.db", struct frag_cfg, db, "mica_svc"),
+	MICA_CONFIG_REDIS_ENTRIES("svc.redis", struct frag_cfg, redis, "svc", "svc:*"),
+	MICA_CONFIG_KC_CLIENT_ENTRIES("svc.keycenter", struct frag_cfg, kc, "svc"),
 };
 #define FRAG_N (sizeof(frag_table) / sizeof(frag_table[0]))
 
@@ -237,12 +237,11 @@ START_TEST(shared_fragments_load_under_their_names)
 	char path[160], err[256];
 	snprintf(path, sizeof(path), "%s/frag.ini", dir);
 	FILE *f = fopen(path, "w");
-	fprintf(
-	    f,
-	    "[svc.db]\nconninfo = dbname=x\npassword_file = %s\n"
-	    "[svc.redis]\nsocket = /run/r.sock\npassword_file = %s\n"
-	    "[svc.keycenter]\nurl = https://kc:1\nca_file = /ca\ncert_file = /c\nkey_file = /k\n",
-	    secret_path, secret_path);
+	fprintf(f,
+		"[svc.db]\nconninfo = dbname=x\npassword_file = %s\n"
+		"[svc.redis]\nsocket = /run/r.sock\npassword_file = %s\n"
+		"[svc.keycenter]\nurl = https://kc:1\nca_file = /ca\ncert_file = /c\nkey_file = /k\n",
+		secret_path, secret_path);
 	fclose(f);
 	setenv("MICA_SVC_KEYCENTER_CA_FILE", "/other-ca", 1);
 	ck_assert_msg(mica_config_load(frag_table, FRAG_N, &c, path, err, sizeof(err)) == 0, "%s",
@@ -284,25 +283,25 @@ START_TEST(tls_checks_name_the_key)
 	ck_assert_int_eq(system(cmd), 0);
 
 	ck_assert_int_eq(mica_config_check_ca("s", "ca_file", cert, err, sizeof(err)), 0);
-	ck_assert_int_eq(
-	    mica_config_check_cert_key("s", "cert_file", cert, "key_file", key, err, sizeof(err)),
-	    0);
+	ck_assert_int_eq(mica_config_check_cert_key("s", "cert_file", cert, "key_file", key, err,
+						    sizeof(err)),
+			 0);
 
 	ck_assert_int_eq(mica_config_check_ca("s", "ca_file", garbage, err, sizeof(err)),
 			 MICA_ECONFIG);
 	ck_assert_msg(strstr(err, "s.ca_file: ") == err && strstr(err, "holds no PEM certificate"),
 		      "%s", err);
 	ck_assert_int_eq(
-	    mica_config_check_ca("s", "ca_file", "/nonexistent/ca.pem", err, sizeof(err)),
-	    MICA_ECONFIG);
+		mica_config_check_ca("s", "ca_file", "/nonexistent/ca.pem", err, sizeof(err)),
+		MICA_ECONFIG);
 	ck_assert_str_eq(err,
 			 "s.ca_file: cannot read /nonexistent/ca.pem: No such file or directory");
 	ck_assert_int_eq(mica_config_check_ca("s", "ca_file", "", err, sizeof(err)), MICA_ECONFIG);
 	ck_assert_str_eq(err, "s.ca_file: not set");
 	/* A certificate with somebody else's key, a key that is not one. */
-	ck_assert_int_eq(
-	    mica_config_check_cert_key("s", "cert_file", cert, "key_file", key2, err, sizeof(err)),
-	    MICA_ECONFIG);
+	ck_assert_int_eq(mica_config_check_cert_key("s", "cert_file", cert, "key_file", key2, err,
+						    sizeof(err)),
+			 MICA_ECONFIG);
 	ck_assert_msg(strstr(err, "s.cert_file, s.key_file: ") == err, "%s", err);
 	ck_assert_int_eq(mica_config_check_cert_key("s", "cert_file", cert, "key_file", garbage,
 						    err, sizeof(err)),
@@ -323,8 +322,8 @@ static const struct {
 	size_t n;
 	size_t size;
 } programs[] = {
-    {"mica-keycenter", kc_config_table, 0, sizeof(struct kc_config)},
-    {"mica-account", acct_config_table, 0, sizeof(struct acct_config)},
+	{"mica-keycenter", kc_config_table, 0, sizeof(struct kc_config)},
+	{"mica-account", acct_config_table, 0, sizeof(struct acct_config)},
 };
 
 /* deploy/mica.conf.example loads with every program's table, and every key
@@ -354,7 +353,7 @@ START_TEST(shipped_example_documents_every_key)
 				setenv(name, secret_path, 1);
 		}
 		ck_assert_msg(mica_config_load(programs[p].table, n, cfg, path, err, sizeof(err)) ==
-				  0,
+				      0,
 			      "%s: %s", programs[p].program, err);
 		mica_config_free(programs[p].table, n, cfg);
 		free(cfg);

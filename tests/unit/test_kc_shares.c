@@ -188,15 +188,15 @@ END_TEST
 START_TEST(golden_shares_combine_alone)
 {
 	static const char *const golden[] = {
-	    "mks1-0302-0480376e258837db-"
-	    "af1c92570cd877dbeeb97ae5499acb8c6fa33a223c26c37d477da5e8c074"
-	    "552e-969d1c86",
-	    "mks1-0304-0480376e258837db-"
-	    "535ffd828e167afd36b4130d977398e66bd8afe299cbfb31d46ac8f27d51"
-	    "71b9-4a8a23e5",
-	    "mks1-0305-0480376e258837db-"
-	    "885dea00de6e16fc3cf49906949cd970e997858cb54b535d3ca5a2408531"
-	    "68b9-d6cfb3fa",
+		"mks1-0302-0480376e258837db-"
+		"af1c92570cd877dbeeb97ae5499acb8c6fa33a223c26c37d477da5e8c074"
+		"552e-969d1c86",
+		"mks1-0304-0480376e258837db-"
+		"535ffd828e167afd36b4130d977398e66bd8afe299cbfb31d46ac8f27d51"
+		"71b9-4a8a23e5",
+		"mks1-0305-0480376e258837db-"
+		"885dea00de6e16fc3cf49906949cd970e997858cb54b535d3ca5a2408531"
+		"68b9-d6cfb3fa",
 	};
 	struct kc_share sh[3];
 	uint8_t want[KC_SHARE_SECRET_LEN], out[KC_SHARE_SECRET_LEN];

@@ -189,22 +189,22 @@ END_TEST
 START_TEST(nist_invalid_utf8_and_controls)
 {
 	static const char *const bad[] = {
-	    "abcdefgh\x80",		    /* stray continuation byte */
-	    "abcdefgh\xc3",		    /* truncated 2-byte sequence */
-	    "abcdefgh\xe2\x82",		    /* truncated 3-byte sequence */
-	    "abcdefgh\xc3\x28",		    /* bad continuation */
-	    "abcdefgh\xc0\xaf",		    /* overlong '/' */
-	    "abcdefgh\xe0\x80\xaf",	    /* overlong, 3 bytes */
-	    "abcdefgh\xf0\x80\x80\xaf",	    /* overlong, 4 bytes */
-	    "abcdefgh\xed\xa0\x80",	    /* surrogate U+D800 */
-	    "abcdefgh\xf4\x90\x80\x80",	    /* U+110000 */
-	    "abcdefgh\xf8\x88\x80\x80\x80", /* 5-byte form */
-	    "abcdefgh\xfe",		    /* never valid */
-	    "abcdefgh\x01",		    /* C0 control */
-	    "abcdefgh\t",		    /* tab */
-	    "abcdefgh\x7f",		    /* DEL */
-	    "abcdefgh\xc2\x85",		    /* C1 control NEL */
-	    "a\x80",			    /* short and invalid: characters first */
+		"abcdefgh\x80",			/* stray continuation byte */
+		"abcdefgh\xc3",			/* truncated 2-byte sequence */
+		"abcdefgh\xe2\x82",		/* truncated 3-byte sequence */
+		"abcdefgh\xc3\x28",		/* bad continuation */
+		"abcdefgh\xc0\xaf",		/* overlong '/' */
+		"abcdefgh\xe0\x80\xaf",		/* overlong, 3 bytes */
+		"abcdefgh\xf0\x80\x80\xaf",	/* overlong, 4 bytes */
+		"abcdefgh\xed\xa0\x80",		/* surrogate U+D800 */
+		"abcdefgh\xf4\x90\x80\x80",	/* U+110000 */
+		"abcdefgh\xf8\x88\x80\x80\x80", /* 5-byte form */
+		"abcdefgh\xfe",			/* never valid */
+		"abcdefgh\x01",			/* C0 control */
+		"abcdefgh\t",			/* tab */
+		"abcdefgh\x7f",			/* DEL */
+		"abcdefgh\xc2\x85",		/* C1 control NEL */
+		"a\x80",			/* short and invalid: characters first */
 	};
 	acct_blocklist *bl = fixture();
 
@@ -594,13 +594,13 @@ END_TEST
 START_TEST(hash_errors)
 {
 	const acct_argon2_params bad[] = {
-	    {.m_kib = 64, .t = 0, .p = 1},
-	    {.m_kib = 64, .t = 1, .p = 0},
-	    {.m_kib = 7, .t = 1, .p = 1}, /* below 8 * p */
-	    {.m_kib = 15, .t = 1, .p = 2},
-	    {.m_kib = ACCT_ARGON2_MAX_M_KIB + 1, .t = 1, .p = 1},
-	    {.m_kib = 64, .t = ACCT_ARGON2_MAX_T + 1, .p = 1},
-	    {.m_kib = 1024, .t = 1, .p = ACCT_ARGON2_MAX_P + 1},
+		{.m_kib = 64, .t = 0, .p = 1},
+		{.m_kib = 64, .t = 1, .p = 0},
+		{.m_kib = 7, .t = 1, .p = 1}, /* below 8 * p */
+		{.m_kib = 15, .t = 1, .p = 2},
+		{.m_kib = ACCT_ARGON2_MAX_M_KIB + 1, .t = 1, .p = 1},
+		{.m_kib = 64, .t = ACCT_ARGON2_MAX_T + 1, .p = 1},
+		{.m_kib = 1024, .t = 1, .p = ACCT_ARGON2_MAX_P + 1},
 	};
 	const acct_argon2_params cheap = {.m_kib = 64, .t = 1, .p = 1};
 	char *phc = (char *)1;
@@ -675,64 +675,64 @@ START_TEST(needs_rehash_rules)
 	/* The reference vector has m=256 and an 8-byte salt. */
 	ck_assert_int_eq(acct_password_needs_rehash(KAT_P1, &cur), 1);
 	/* Short salt or hash, current parameters: rehash as well. */
-	ck_assert_int_eq(
-	    acct_password_needs_rehash("$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$" HASH32, &cur),
-	    1);
+	ck_assert_int_eq(acct_password_needs_rehash(
+				 "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$" HASH32, &cur),
+			 1);
 	ck_assert_int_eq(acct_password_needs_rehash("$argon2id$v=19$m=19456,t=2,p=1$" SALT16
 						    "$c29tZXNhbHRzb21lc2FsdA",
 						    &cur),
 			 1);
 	ck_assert_int_eq(
-	    acct_password_needs_rehash("$argon2i$v=19$m=256,t=2,p=1$" SALT16 "$" HASH32, &cur),
-	    MICA_EINVAL);
+		acct_password_needs_rehash("$argon2i$v=19$m=256,t=2,p=1$" SALT16 "$" HASH32, &cur),
+		MICA_EINVAL);
 }
 END_TEST
 
 START_TEST(phc_malformed)
 {
 	static const char *const bad[] = {
-	    "",
-	    "$",
-	    "argon2id$v=19$m=19456,t=2,p=1$" SALT16 "$" HASH32,
-	    "$argon2i$v=19$m=19456,t=2,p=1$" SALT16 "$" HASH32,
-	    "$argon2d$v=19$m=19456,t=2,p=1$" SALT16 "$" HASH32,
-	    "$Argon2id$v=19$m=19456,t=2,p=1$" SALT16 "$" HASH32,
-	    "$argon2id$v=16$m=19456,t=2,p=1$" SALT16 "$" HASH32,
-	    "$argon2id$m=19456,t=2,p=1$" SALT16 "$" HASH32, /* no version */
-	    PHC("t=2,m=19456,p=1"),			    /* order */
-	    PHC("m=19456,p=1,t=2"),
-	    PHC("m=19456,t=2"),
-	    PHC("m=19456,t=2,p=1,keyid=abc"),
-	    PHC("m=19456, t=2,p=1"),
-	    PHC("m=019456,t=2,p=1"), /* leading zero */
-	    PHC("m=+19456,t=2,p=1"),
-	    PHC("m=-1,t=2,p=1"),
-	    PHC("m=,t=2,p=1"),
-	    PHC("m=4294967296,t=2,p=1"),
-	    PHC("m=99999999999999999999,t=2,p=1"),
-	    PHC("m=4194305,t=2,p=1"), /* over ACCT_ARGON2_MAX_M_KIB */
-	    PHC("m=19456,t=0,p=1"),
-	    PHC("m=19456,t=65,p=1"),
-	    PHC("m=19456,t=2,p=0"),
-	    PHC("m=19456,t=2,p=65"),
-	    PHC("m=7,t=2,p=1"), /* below 8 * p */
-	    PHC("m=31,t=2,p=4"),
-	    PHC("m=19456,t=2,p=1") "$",
-	    PHC("m=19456,t=2,p=1") "!",
-	    PHC("m=19456,t=2,p=1") " ",
-	    PHC("m=19456,t=2,p=1") "\n",
-	    PHC("m=19456,t=2,p=1") "=",
-	    "$argon2id$v=19$m=19456,t=2,p=1$" SALT16 "==$" HASH32,	     /* padding */
-	    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdB$" HASH32, /* unused bits */
-	    "$argon2id$v=19$m=19456,t=2,p=1$c29tZX-hbHRzb21lc2FsdA$" HASH32, /* base64url */
-	    "$argon2id$v=19$m=19456,t=2,p=1$c29tZX_hbHRzb21lc2FsdA$" HASH32,
-	    "$argon2id$v=19$m=19456,t=2,p=1$c29tZX*hbHRzb21lc2FsdA$" HASH32,
-	    "$argon2id$v=19$m=19456,t=2,p=1$$" HASH32,			      /* empty salt */
-	    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbA$" HASH32,	      /* 7-byte salt */
-	    "$argon2id$v=19$m=19456,t=2,p=1$" SALT16 "$",		      /* empty hash */
-	    "$argon2id$v=19$m=19456,t=2,p=1$" SALT16 "$c29tZXNhbHRzb21lc2Fs", /* 15 bytes */
-	    "$argon2id$v=19$m=19456,t=2,p=1$" SALT16,			      /* no hash */
-	    "$argon2id$v=19$m=19456,t=2,p=1$" SALT16 "$" HASH32 "$" HASH32,
+		"",
+		"$",
+		"argon2id$v=19$m=19456,t=2,p=1$" SALT16 "$" HASH32,
+		"$argon2i$v=19$m=19456,t=2,p=1$" SALT16 "$" HASH32,
+		"$argon2d$v=19$m=19456,t=2,p=1$" SALT16 "$" HASH32,
+		"$Argon2id$v=19$m=19456,t=2,p=1$" SALT16 "$" HASH32,
+		"$argon2id$v=16$m=19456,t=2,p=1$" SALT16 "$" HASH32,
+		"$argon2id$m=19456,t=2,p=1$" SALT16 "$" HASH32, /* no version */
+		PHC("t=2,m=19456,p=1"),				/* order */
+		PHC("m=19456,p=1,t=2"),
+		PHC("m=19456,t=2"),
+		PHC("m=19456,t=2,p=1,keyid=abc"),
+		PHC("m=19456, t=2,p=1"),
+		PHC("m=019456,t=2,p=1"), /* leading zero */
+		PHC("m=+19456,t=2,p=1"),
+		PHC("m=-1,t=2,p=1"),
+		PHC("m=,t=2,p=1"),
+		PHC("m=4294967296,t=2,p=1"),
+		PHC("m=99999999999999999999,t=2,p=1"),
+		PHC("m=4194305,t=2,p=1"), /* over ACCT_ARGON2_MAX_M_KIB */
+		PHC("m=19456,t=0,p=1"),
+		PHC("m=19456,t=65,p=1"),
+		PHC("m=19456,t=2,p=0"),
+		PHC("m=19456,t=2,p=65"),
+		PHC("m=7,t=2,p=1"), /* below 8 * p */
+		PHC("m=31,t=2,p=4"),
+		PHC("m=19456,t=2,p=1") "$",
+		PHC("m=19456,t=2,p=1") "!",
+		PHC("m=19456,t=2,p=1") " ",
+		PHC("m=19456,t=2,p=1") "\n",
+		PHC("m=19456,t=2,p=1") "=",
+		"$argon2id$v=19$m=19456,t=2,p=1$" SALT16 "==$" HASH32,		 /* padding */
+		"$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdB$" HASH32, /* unused bits */
+		"$argon2id$v=19$m=19456,t=2,p=1$c29tZX-hbHRzb21lc2FsdA$" HASH32, /* base64url */
+		"$argon2id$v=19$m=19456,t=2,p=1$c29tZX_hbHRzb21lc2FsdA$" HASH32,
+		"$argon2id$v=19$m=19456,t=2,p=1$c29tZX*hbHRzb21lc2FsdA$" HASH32,
+		"$argon2id$v=19$m=19456,t=2,p=1$$" HASH32,			  /* empty salt */
+		"$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbA$" HASH32,		  /* 7-byte salt */
+		"$argon2id$v=19$m=19456,t=2,p=1$" SALT16 "$",			  /* empty hash */
+		"$argon2id$v=19$m=19456,t=2,p=1$" SALT16 "$c29tZXNhbHRzb21lc2Fs", /* 15 bytes */
+		"$argon2id$v=19$m=19456,t=2,p=1$" SALT16,			  /* no hash */
+		"$argon2id$v=19$m=19456,t=2,p=1$" SALT16 "$" HASH32 "$" HASH32,
 	};
 	struct acct_phc parsed;
 	char big[8192]; /* rep() can return up to 4095 bytes */

@@ -233,8 +233,8 @@ END_TEST
 START_TEST(optional_fields_and_lengths)
 {
 	static const char doc[] =
-	    "{\"description\":\"prod\",\"version\":2147483647,\"principals\":{" OFFICERS
-	    ",\"a\":{\"role\":\"auditor\",\"description\":\"Eve from compliance\"}}}XXXX";
+		"{\"description\":\"prod\",\"version\":2147483647,\"principals\":{" OFFICERS
+		",\"a\":{\"role\":\"auditor\",\"description\":\"Eve from compliance\"}}}XXXX";
 	kc_policy *p = NULL;
 	char err[128];
 
@@ -277,8 +277,8 @@ START_TEST(limits_are_enforced)
 	/* Too many bytes: refused before parsing. */
 	memset(buf, ' ', cap);
 	ck_assert_int_eq(
-	    kc_policy_parse_fault(buf, KC_POLICY_MAX_BYTES + 1, &p, err, sizeof(err), &fault),
-	    MICA_ETOOBIG);
+		kc_policy_parse_fault(buf, KC_POLICY_MAX_BYTES + 1, &p, err, sizeof(err), &fault),
+		MICA_ETOOBIG);
 	ck_assert_int_eq(fault, KC_POLICY_TOO_LARGE);
 	ck_assert_ptr_nonnull(strstr(err, "larger than 1048576 bytes"));
 
@@ -380,31 +380,31 @@ START_TEST(key_patterns_match_exactly_or_by_prefix)
 		const char *key;
 		int allowed;
 	} cases[] = {
-	    {KC_OP_ENCRYPT, "billing-key", 1},	/* exact */
-	    {KC_OP_ENCRYPT, "billing-key2", 0}, /* exact is not a prefix */
-	    {KC_OP_ENCRYPT, "billing-ke", 0},	/* nor a suffix */
-	    {KC_OP_ENCRYPT, "billing-x", 0},	/* prefix grant lacks encrypt */
-	    {KC_OP_DECRYPT, "billing-key", 1},	/* prefix covers the exact name too */
-	    {KC_OP_DECRYPT, "billing-x.v2", 1}, /* prefix */
-	    {KC_OP_DECRYPT, "billing-", 1},	/* '*' matches the empty rest */
-	    {KC_OP_DECRYPT, "billing", 0},	/* shorter than the prefix */
-	    {KC_OP_DECRYPT, "xbilling-1", 0},	/* prefix anchors at the start */
-	    {KC_OP_DECRYPT, "billing-X", 0},	/* not a valid key name */
-	    {KC_OP_DECRYPT, "billing-../x", 0}, /* not a valid key name */
-	    {KC_OP_DECRYPT, "billing-\n", 0},	/* not a valid key name */
-	    {KC_OP_DECRYPT, "", 0},		/* not a valid key name */
-	    {KC_OP_DECRYPT, NULL, 0},		/* a key operation needs a key */
-	    {KC_OP_HMAC, "shared-hmac", 1},	/* repeated operation is harmless */
-	    {KC_OP_KEY_READ, "shared-hmac", 1}, /* "read" grants metadata */
-	    {KC_OP_KEY_READ, "billing-key", 0}, /* ...only where listed */
-	    {KC_OP_HMAC, "shared-hmac2", 0},
-	    {KC_OP_REWRAP, "billing-key", 0},
-	    {KC_OP_DATAKEY, "billing-key", 0},
-	    {KC_OP_KEY_ROTATE, "billing-key", 0}, /* services never administer */
-	    {KC_OP_KEY_CREATE, "billing-new", 0},
-	    {KC_OP_KEY_DELETE_REQUEST, "billing-key", 0},
-	    {KC_OP_DECRYPT, /* 65 characters: too long for a key name */
-	     "billing-123456789012345678901234567890123456789012345678901234567", 0},
+		{KC_OP_ENCRYPT, "billing-key", 1},  /* exact */
+		{KC_OP_ENCRYPT, "billing-key2", 0}, /* exact is not a prefix */
+		{KC_OP_ENCRYPT, "billing-ke", 0},   /* nor a suffix */
+		{KC_OP_ENCRYPT, "billing-x", 0},    /* prefix grant lacks encrypt */
+		{KC_OP_DECRYPT, "billing-key", 1},  /* prefix covers the exact name too */
+		{KC_OP_DECRYPT, "billing-x.v2", 1}, /* prefix */
+		{KC_OP_DECRYPT, "billing-", 1},	    /* '*' matches the empty rest */
+		{KC_OP_DECRYPT, "billing", 0},	    /* shorter than the prefix */
+		{KC_OP_DECRYPT, "xbilling-1", 0},   /* prefix anchors at the start */
+		{KC_OP_DECRYPT, "billing-X", 0},    /* not a valid key name */
+		{KC_OP_DECRYPT, "billing-../x", 0}, /* not a valid key name */
+		{KC_OP_DECRYPT, "billing-\n", 0},   /* not a valid key name */
+		{KC_OP_DECRYPT, "", 0},		    /* not a valid key name */
+		{KC_OP_DECRYPT, NULL, 0},	    /* a key operation needs a key */
+		{KC_OP_HMAC, "shared-hmac", 1},	    /* repeated operation is harmless */
+		{KC_OP_KEY_READ, "shared-hmac", 1}, /* "read" grants metadata */
+		{KC_OP_KEY_READ, "billing-key", 0}, /* ...only where listed */
+		{KC_OP_HMAC, "shared-hmac2", 0},
+		{KC_OP_REWRAP, "billing-key", 0},
+		{KC_OP_DATAKEY, "billing-key", 0},
+		{KC_OP_KEY_ROTATE, "billing-key", 0}, /* services never administer */
+		{KC_OP_KEY_CREATE, "billing-new", 0},
+		{KC_OP_KEY_DELETE_REQUEST, "billing-key", 0},
+		{KC_OP_DECRYPT, /* 65 characters: too long for a key name */
+		 "billing-123456789012345678901234567890123456789012345678901234567", 0},
 	};
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -432,8 +432,8 @@ START_TEST(many_principals_are_all_found)
 	/* Reverse order, so the table must really be sorted. */
 	for (int i = 199; i >= 0; i--)
 		n += (size_t)snprintf(
-		    buf + n, sizeof(buf) - n,
-		    ",\"s%03d\":{\"role\":\"service\",\"keys\":{\"k%03d\":[\"hmac\"]}}", i, i);
+			buf + n, sizeof(buf) - n,
+			",\"s%03d\":{\"role\":\"service\",\"keys\":{\"k%03d\":[\"hmac\"]}}", i, i);
 	snprintf(buf + n, sizeof(buf) - n, "}}");
 	p = parse_ok(buf);
 	for (int i = 0; i < 200; i++) {
@@ -549,9 +549,9 @@ START_TEST(dev_policy_is_least_privilege)
 		const char *key;
 		enum kc_op op;
 	} needed[] = {
-	    {"account-pii", KC_OP_ENCRYPT},    {"account-pii", KC_OP_DECRYPT},
-	    {"account-pii", KC_OP_DATAKEY},    {"account-index", KC_OP_HMAC},
-	    {"account-pepper", KC_OP_DATAKEY}, {"account-pepper", KC_OP_DECRYPT},
+		{"account-pii", KC_OP_ENCRYPT},	   {"account-pii", KC_OP_DECRYPT},
+		{"account-pii", KC_OP_DATAKEY},	   {"account-index", KC_OP_HMAC},
+		{"account-pepper", KC_OP_DATAKEY}, {"account-pepper", KC_OP_DECRYPT},
 	};
 	size_t len, allowed = 0;
 	char *doc = slurp("deploy/dev/keycenter-policy.json", &len);

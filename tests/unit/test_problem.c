@@ -124,12 +124,12 @@ START_TEST(one_reply_shape)
 	ck_assert_str_eq(json_string_value(json_object_get(json_object_get(body, "error"), "code")),
 			 "captcha_required");
 	ck_assert_str_eq(
-	    json_string_value(json_object_get(json_object_get(body, "error"), "message")),
-	    "solve it");
+		json_string_value(json_object_get(json_object_get(body, "error"), "message")),
+		"solve it");
 	ck_assert_int_eq(json_object_size(json_object_get(body, "error")), 2);
 	ck_assert_str_eq(
-	    json_string_value(json_object_get(json_object_get(body, "challenge"), "algorithm")),
-	    "SHA-256");
+		json_string_value(json_object_get(json_object_get(body, "challenge"), "algorithm")),
+		"SHA-256");
 	ck_assert_int_eq(json_object_size(body), 2);
 	json_decref(body);
 	json_decref(challenge);
@@ -208,9 +208,9 @@ START_TEST(declared_members_are_checked)
 {
 	mica_body_value v[5];
 	ck_assert_str_eq(
-	    body_code("{\"name\":\"abc\",\"keep\":true,\"doc\":{},\"list\":[1],\"any\":7}", v, NULL,
-		      0),
-	    "ok");
+		body_code("{\"name\":\"abc\",\"keep\":true,\"doc\":{},\"list\":[1],\"any\":7}", v,
+			  NULL, 0),
+		"ok");
 	ck_assert_str_eq(v[0].s, "abc");
 	ck_assert_int_eq(v[1].b, 1);
 	ck_assert(json_is_object(v[2].j));
