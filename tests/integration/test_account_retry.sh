@@ -9,6 +9,7 @@
 # value: the two fingerprints must be equal.
 #   1. register/complete: create_account_tx retried.
 #   2. reset/complete: reset_tx retried (before: it hashed and sealed in each attempt).
+#   3. password/change: change_tx retried (before: the same).
 # Either flow still answers as without the fault, and the new password logs in.
 # Everything it starts is stopped and its database dropped.
 set -euo pipefail
@@ -118,6 +119,19 @@ expect 200 POST /v1/password/reset/complete "$(js --arg v "$VID" --arg c "$(code
 	'{verification_id: $v, code: $c, new_password: "Erin-pass2"}')"
 fault_check "reset/complete"
 login_ok erin@example.com Erin-pass2 dev-erin
+
+step="3 password/change retried"
+expect 200 POST /v1/login "$(js '{login: "erin@example.com", password: "Erin-pass2", device: {id: "dev-erin"}}')"
+TOKEN="$(jget token)"
+[[ -n "$TOKEN" ]] || fail "the login gave no token: $(cat "$W/body")"
+fault_reset
+status="$(curl -sS --max-time 30 --cacert "$MICA_CA" -o "$W/body" -w '%{http_code}' -X POST \
+	-H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+	--data-binary '{"current_password":"Erin-pass2","new_password":"Erin-pass3"}' \
+	"$AURL/v1/password/change")" || fail "curl password/change failed"
+[[ "$status" == 200 ]] || fail "password/change: status $status, want 200: $(cat "$W/body")"
+fault_check "password/change"
+login_ok erin@example.com Erin-pass3 dev-erin
 
 sql "$ADMIN_CI" "DROP TRIGGER fault_once ON account.user" >/dev/null
 echo "PASS test_account_retry"
