@@ -112,7 +112,8 @@ mkdir -p "$T"/{lib,cmd,tests/unit,bench/x,docs,demo,other}
 cp Makefile config.mk "$T/"
 touch "$T"/lib/a.c "$T"/cmd/mica.c "$T"/tests/unit/test_a.c "$T"/bench/x/y.c "$T"/demo/a.c \
 	"$T"/demo/cli.c "$T"/other/b.c
-vars="$(make -C "$T" -pn 2>/dev/null | grep -E '^(SVC_DIRS|CLI_SVCS) :=')"
+# (make -n of the empty files may fail on a rule; only its variables matter here)
+vars="$({ make -C "$T" -pn 2>/dev/null || true; } | grep -E '^(SVC_DIRS|CLI_SVCS) :=')"
 grep -qx 'SVC_DIRS := demo other' <<<"$vars" || fail "service directories: $vars"
 grep -qx 'CLI_SVCS := demo' <<<"$vars" || fail "services with verbs: $vars"
 make -C "$T" -s BUILD=b b/gen/cli_services.c >/dev/null 2>&1 || fail "generating the verb list"
