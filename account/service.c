@@ -319,11 +319,7 @@ const mica_service acct_daemon = {
 	.name = "account",
 	.summary = "The account service: registration, risk-based login, sessions, security"
 		   " settings.",
-	.config = acct_config_table,
-	.config_len = sizeof(acct_config_table) / sizeof(acct_config_table[0]),
-	.config_size = sizeof(struct acct_config),
-	.log_level_at = offsetof(struct acct_config, log_level),
-	.http_at = offsetof(struct acct_config, http),
+	MICA_SERVICE_CONFIG(acct_config_table, struct acct_config),
 	.uses = MICA_USES_DB | MICA_USES_REDIS | MICA_USES_KC,
 	.db_at = offsetof(struct acct_config, db),
 	.redis_at = offsetof(struct acct_config, redis),
@@ -334,6 +330,5 @@ const mica_service acct_daemon = {
 	.stop = acct_stop,
 	.routes = acct_routes,
 	.nroutes = &acct_routes_len,
-	.ready = acct_ready,
-	.nready = sizeof(acct_ready) / sizeof(acct_ready[0]),
+	MICA_SERVICE_READY(acct_ready),
 };

@@ -316,11 +316,7 @@ const mica_service kc_daemon = {
 	.name = "keycenter",
 	.summary = "The Key Center: HSM-rooted keys, an audited Transit/KMS-style API over mutual"
 		   " TLS.",
-	.config = kc_config_table,
-	.config_len = sizeof(kc_config_table) / sizeof(kc_config_table[0]),
-	.config_size = sizeof(struct kc_config),
-	.log_level_at = offsetof(struct kc_config, log_level),
-	.http_at = offsetof(struct kc_config, http),
+	MICA_SERVICE_CONFIG(kc_config_table, struct kc_config),
 	.uses = MICA_USES_DB,
 	.db_at = offsetof(struct kc_config, db),
 	.validate = kc_validate,
@@ -328,6 +324,5 @@ const mica_service kc_daemon = {
 	.stop = kc_stop,
 	.routes = kc_routes,
 	.nroutes = &kc_routes_len,
-	.ready = kc_ready,
-	.nready = sizeof(kc_ready) / sizeof(kc_ready[0]),
+	MICA_SERVICE_READY(kc_ready),
 };

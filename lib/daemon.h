@@ -111,6 +111,16 @@ typedef struct mica_service {
 	size_t nready;
 } mica_service;
 
+/* The configuration members of a mica_service: |table| (an array) over
+ * struct |type|, whose members log_level (int) and http
+ * (mica_http_options) the skeleton reads. */
+#define MICA_SERVICE_CONFIG(table, type)                                                           \
+	.config = (table), .config_len = sizeof(table) / sizeof((table)[0]),                       \
+	.config_size = sizeof(type), .log_level_at = offsetof(type, log_level),                    \
+	.http_at = offsetof(type, http)
+/* The readiness members of a mica_service for |table| (an array). */
+#define MICA_SERVICE_READY(table) .ready = (table), .nready = sizeof(table) / sizeof((table)[0])
+
 /* Runs |svc| as the program's whole life (see the top of this file).
  * Returns the process exit code. */
 int mica_daemon_main(int argc, char **argv, const mica_service *svc);

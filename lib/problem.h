@@ -29,10 +29,9 @@ typedef struct mica_problem {
 	json_t *extra;			/* extra top-level members (owned), or NULL */
 } mica_problem;
 
-#define MICA_PROBLEM_INIT                                                                          \
-	{                                                                                          \
-		0                                                                                  \
-	}
+/* clang-format off */
+#define MICA_PROBLEM_INIT {0}
+/* clang-format on */
 
 /* Sets |status|, |code| (static) and the formatted message; keeps |extra|.
  * Returns MICA_EINVAL for a 4xx status and MICA_EIO otherwise, so a flow can
