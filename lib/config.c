@@ -14,6 +14,7 @@
 
 #include "crypto.h"
 #include "log.h"
+#include "parse.h"
 
 struct load_ctx {
 	const mica_config_entry *table;
@@ -49,16 +50,16 @@ static void wipe_free(char *s)
 	mica_free_wipe(s);
 }
 
+/* A decimal integer (mica_parse_int64's syntax) with, when |allow_suffix|,
+ * an optional K, M or G (binary multiples) on a non-negative value. */
 static int parse_ll(const char *v, long long *out, int allow_suffix)
 {
-	char *end;
-	errno = 0;
-	long long x = strtoll(v, &end, 10);
-	if (end == v || errno)
-		return -1;
-	if (allow_suffix && *end) {
-		int shift = 0;
-		switch (toupper((unsigned char)*end)) {
+	char digits[24];
+	size_t n = strlen(v);
+	int shift = 0;
+	int64_t x;
+	if (allow_suffix && n > 0) {
+		switch (toupper((unsigned char)v[n - 1])) {
 		case 'K':
 			shift = 10;
 			break;
@@ -68,17 +69,17 @@ static int parse_ll(const char *v, long long *out, int allow_suffix)
 		case 'G':
 			shift = 30;
 			break;
-		default:
-			return -1;
 		}
-		end++;
-		if (x < 0 || x > (1LL << (62 - shift)))
-			return -1;
-		x <<= shift;
+		n -= shift ? 1 : 0;
 	}
-	if (*end)
+	if (n >= sizeof(digits))
 		return -1;
-	*out = x;
+	memcpy(digits, v, n);
+	digits[n] = '\0';
+	if (mica_parse_int64(digits, shift ? 0 : INT64_MIN,
+			     shift ? (1LL << (62 - shift)) : INT64_MAX, &x) != 0)
+		return -1;
+	*out = (long long)(x * ((int64_t)1 << shift));
 	return 0;
 }
 
