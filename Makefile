@@ -46,6 +46,9 @@ FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 
 .PHONY: all test asan run stop bench fuzz clean deps check-config FORCE
 .PHONY: lint lint-format lint-cppcheck lint-shell format
+# Objects made through chained pattern rules (cmd/, tests/, the generated verb
+# list) are kept, so that a second `make all` rebuilds nothing.
+.SECONDARY:
 all: $(ALL_LIBS) $(BINS) $(UNIT) $(INTEG) $(PEERS) $(BENCHES)
 
 $(BUILD)/obj/%.o: %.c
