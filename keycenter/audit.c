@@ -1057,26 +1057,50 @@ static int publish_open(kc_audit *a, const char *path)
 	return 0;
 }
 
+/* The next page of records after |after| (RECORD_COLS, in seq order). */
+static int page_after(mica_db *db, uint64_t after, PGresult **res)
+{
+	char s[24];
+	snprintf(s, sizeof(s), "%" PRIu64, after);
+	const char *p[1] = {s};
+	return mica_db_exec(db,
+			    "SELECT " RECORD_COLS " FROM keycenter.audit WHERE seq > $1::bigint"
+			    " ORDER BY seq LIMIT " PAGE_ROWS,
+			    1, p, res);
+}
+
+/* Reads record |i| of |res| (a page_after() result) into |e| and checks it
+ * on its own: its stored hash is its hash (*hash, computed) and its MAC is
+ * |key|'s. 0, MICA_ECHECKSUM (the hash), MICA_EAUTH (the MAC), or
+ * row_entry()'s error (then |e| is not filled). */
+static int record_check(const PGresult *res, int i, const uint8_t key[32], struct entry *e,
+			uint8_t hash[32])
+{
+	uint8_t stored[32], mac[32], want[32];
+	int rc = row_entry(res, i, 0, e, stored, mac);
+	if (!rc)
+		rc = entry_hash(e, hash);
+	if (!rc && !mica_ct_equal(hash, stored, 32))
+		rc = MICA_ECHECKSUM;
+	if (!rc)
+		rc = entry_mac(key, hash, want);
+	if (!rc && !mica_ct_equal(want, mac, 32))
+		rc = MICA_EAUTH;
+	return rc;
+}
+
 /* Checks one page of the unsigned tail: each record follows the one before
  * (*seq, *prev), gives its hash and carries its MAC. */
 static int tail_page(kc_audit *a, uint64_t *seq, uint8_t prev[32], int *rows)
 {
-	char s[24];
-	snprintf(s, sizeof(s), "%" PRIu64, *seq);
-	const char *p[1] = {s};
 	PGresult *res = NULL;
-	int rc = mica_db_exec(a->db,
-			      "SELECT " RECORD_COLS " FROM keycenter.audit WHERE seq > $1::bigint"
-			      " ORDER BY seq LIMIT " PAGE_ROWS,
-			      1, p, &res);
+	int rc = page_after(a->db, *seq, &res);
 	*rows = rc ? 0 : PQntuples(res);
 	for (int i = 0; !rc && i < *rows; i++) {
 		struct entry e;
-		uint8_t stored[32], mac[32], hash[32], want[32];
-		if (row_entry(res, i, 0, &e, stored, mac) != 0 || e.seq != *seq + 1 ||
-		    !mica_ct_equal(e.prev_hash, prev, 32) || entry_hash(&e, hash) != 0 ||
-		    !mica_ct_equal(hash, stored, 32) || entry_mac(a->mac_key, hash, want) != 0 ||
-		    !mica_ct_equal(want, mac, 32)) {
+		uint8_t hash[32];
+		if (record_check(res, i, a->mac_key, &e, hash) != 0 || e.seq != *seq + 1 ||
+		    !mica_ct_equal(e.prev_hash, prev, 32)) {
 			MICA_LOG(MICA_LOG_ERROR,
 				 "audit: unsigned record %" PRIu64 " does not follow, hash or MAC"
 				 " (tampered while the Key Center was down?); refusing to sign and"
@@ -1450,27 +1474,13 @@ int kc_audit_export(mica_db *db, FILE *out)
 static int macs_page(mica_db *db, const uint8_t key[32], uint64_t *last, int *rows,
 		     uint64_t *bad_seq, uint64_t *checked)
 {
-	char s[24];
-	snprintf(s, sizeof(s), "%" PRIu64, *last);
-	const char *p[1] = {s};
 	PGresult *res = NULL;
-	int rc = mica_db_exec(db,
-			      "SELECT " RECORD_COLS " FROM keycenter.audit WHERE seq > $1::bigint"
-			      " ORDER BY seq LIMIT " PAGE_ROWS,
-			      1, p, &res);
+	int rc = page_after(db, *last, &res);
 	*rows = rc ? 0 : PQntuples(res);
 	for (int i = 0; !rc && i < *rows; i++) {
 		struct entry e;
-		uint8_t stored[32], mac[32], hash[32], want[32];
-		rc = row_entry(res, i, 0, &e, stored, mac);
-		if (!rc)
-			rc = entry_hash(&e, hash);
-		if (!rc && !mica_ct_equal(hash, stored, 32))
-			rc = MICA_ECHECKSUM;
-		if (!rc)
-			rc = entry_mac(key, stored, want);
-		if (!rc && !mica_ct_equal(want, mac, 32))
-			rc = MICA_EAUTH;
+		uint8_t hash[32];
+		rc = record_check(res, i, key, &e, hash);
 		if (rc == MICA_ECHECKSUM || rc == MICA_EAUTH)
 			*bad_seq = e.seq;
 		else if (!rc)

@@ -20,11 +20,20 @@ static int fail(mica_problem *why, int err, const char *code, const char *fmt, .
 static int fail(mica_problem *why, int err, const char *code, const char *fmt, ...)
 {
 	va_list ap;
-	why->status = mica_http_status(err);
-	why->code = code;
 	va_start(ap, fmt);
-	vsnprintf(why->msg, sizeof(why->msg), fmt, ap);
+	mica_problem_vsetf(why, mica_http_status(err), code, fmt, ap);
 	va_end(ap);
+	return err;
+}
+
+/* kc_key_material() with a missing key or version described in |why|. */
+static int material(kc_service *s, const char *name, uint32_t version, uint8_t key[32], int *bits,
+		    uint32_t *used_version, struct kc_key_info *info, mica_problem *why)
+{
+	int err = kc_key_material(s, name, version, key, bits, used_version, info);
+	if (err == MICA_ENOTFOUND)
+		fail(why, err, version ? "unknown_version" : "unknown_key",
+		     version ? "key %s has no version %u" : "no key named %s", name, version);
 	return err;
 }
 
@@ -101,14 +110,8 @@ int kc_op_encrypt(kc_service *s, const char *name, uint32_t version, const uint8
 	int bits = 0, err;
 
 	*ciphertext = NULL;
-	err = kc_key_material(s, name, version, key, &bits, used_version, &info);
-	if (err) {
-		if (err == MICA_ENOTFOUND)
-			fail(why, err, version ? "unknown_version" : "unknown_key",
-			     version ? "key %s has no version %u" : "no key named %s", name,
-			     version);
+	if ((err = material(s, name, version, key, &bits, used_version, &info, why)) != 0)
 		goto out;
-	}
 	if (version && info.min_encryption && version < info.min_encryption) {
 		err = fail(why, MICA_EDENIED, "version_below_minimum",
 			   "version %u is below min_encryption_version %u", version,
@@ -162,13 +165,8 @@ int kc_op_decrypt(kc_service *s, const char *name, const char *ciphertext, const
 			   "the ciphertext was not made by version %u of key %s", *version, name);
 		goto out;
 	}
-	err = kc_key_material(s, name, *version, key, &bits, &used, &info);
-	if (err) {
-		if (err == MICA_ENOTFOUND)
-			fail(why, err, "unknown_version", "key %s has no version %u", name,
-			     *version);
+	if ((err = material(s, name, *version, key, &bits, &used, &info, why)) != 0)
 		goto out;
-	}
 	if (*version < info.min_decryption) {
 		err = fail(why, MICA_EDENIED, "version_below_minimum",
 			   "version %u is below min_decryption_version %u", *version,
@@ -194,14 +192,8 @@ int kc_op_hmac(kc_service *s, const char *name, uint32_t version, const uint8_t 
 	int bits = 0, err;
 
 	*mac_out = NULL;
-	err = kc_key_material(s, name, version, key, &bits, used_version, NULL);
-	if (err) {
-		if (err == MICA_ENOTFOUND)
-			fail(why, err, version ? "unknown_version" : "unknown_key",
-			     version ? "key %s has no version %u" : "no key named %s", name,
-			     version);
+	if ((err = material(s, name, version, key, &bits, used_version, NULL, why)) != 0)
 		goto out;
-	}
 	/* A separate key for HMAC, so the same material never serves two
 	 * algorithms. */
 	int il = snprintf(info_str, sizeof(info_str), "mica-kc-hmac-v1:%s:%u", name, *used_version);

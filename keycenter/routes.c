@@ -210,10 +210,8 @@ static void reply_error(struct call *c, int status, const char *code, const char
 {
 	mica_problem p = MICA_PROBLEM_INIT;
 	va_list ap;
-	p.status = status;
-	p.code = code;
 	va_start(ap, fmt);
-	vsnprintf(p.msg, sizeof(p.msg), fmt, ap);
+	mica_problem_vsetf(&p, status, code, fmt, ap);
 	va_end(ap);
 	reply_problem(c, &p);
 }

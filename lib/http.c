@@ -257,10 +257,8 @@ void mica_http_reply_error(mica_http_resp *resp, int status, const char *code, c
 {
 	mica_problem p = MICA_PROBLEM_INIT;
 	va_list ap;
-	p.status = status;
-	p.code = code;
 	va_start(ap, fmt);
-	vsnprintf(p.msg, sizeof(p.msg), fmt, ap);
+	mica_problem_vsetf(&p, status, code, fmt, ap);
 	va_end(ap);
 	mica_http_reply_problem(resp, &p);
 }

@@ -7,13 +7,18 @@
 #include <stdio.h>
 #include <string.h>
 
+void mica_problem_vsetf(mica_problem *p, int status, const char *code, const char *fmt, va_list ap)
+{
+	p->status = status;
+	p->code = code;
+	vsnprintf(p->msg, sizeof(p->msg), fmt, ap);
+}
+
 int mica_problemf(mica_problem *p, int status, const char *code, const char *fmt, ...)
 {
 	va_list ap;
-	p->status = status;
-	p->code = code;
 	va_start(ap, fmt);
-	vsnprintf(p->msg, sizeof(p->msg), fmt, ap);
+	mica_problem_vsetf(p, status, code, fmt, ap);
 	va_end(ap);
 	return status >= 500 ? MICA_EIO : MICA_EINVAL;
 }

@@ -17,6 +17,7 @@
 #define MICA_PROBLEM_H
 
 #include <jansson.h>
+#include <stdarg.h>
 
 #include "err.h"
 
@@ -38,6 +39,11 @@ typedef struct mica_problem {
  * `return mica_problemf(...)`. */
 int mica_problemf(mica_problem *p, int status, const char *code, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
+
+/* mica_problemf() for callers that take their own variable arguments (a
+ * reply helper, an error's own status); returns nothing. */
+void mica_problem_vsetf(mica_problem *p, int status, const char *code, const char *fmt, va_list ap)
+	__attribute__((format(printf, 4, 0)));
 
 /* Describes a request that ended with |err| while doing |what| (a phrase,
  * e.g. "loading the key"; NULL for none), as the MICA_ERRNO_MAP table says:
