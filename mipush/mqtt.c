@@ -614,6 +614,11 @@ size_t push_mqtt_decoder_buffered(const struct push_mqtt_decoder *d)
 	return d->have;
 }
 
+size_t push_mqtt_decoder_pending(const struct push_mqtt_decoder *d)
+{
+	return d->head_len + d->have;
+}
+
 int push_mqtt_decoder_set_buffer(struct push_mqtt_decoder *d, uint8_t *buf, size_t cap,
 				 const char **reason)
 {

@@ -311,6 +311,12 @@ const char *push_mqtt_decoder_reason(const struct push_mqtt_decoder *d);
  * need not keep one). */
 size_t push_mqtt_decoder_buffered(const struct push_mqtt_decoder *d);
 
+/* Bytes of the current partial packet |d| has consumed: its fixed header so
+ * far and its body so far (buffered or not). 0 means |d| stands between two
+ * packets: a connection is idle, or a stream ended cleanly. A broker may
+ * bound how long this stays non-zero (a client trickling a packet). */
+size_t push_mqtt_decoder_pending(const struct push_mqtt_decoder *d);
+
 /* Replace |d|'s buffer with |buf| of |cap| bytes (NULL with 0: none).
  * Returns 0, or MICA_ESTATE ("buffer_in_use", via |reason|) while
  * push_mqtt_decoder_buffered() is not 0. */

@@ -433,6 +433,7 @@ START_TEST(whole_packets_decode_in_place_split_ones_in_the_buffer)
 	ck_assert_uint_eq(used, 3);
 	ck_assert_int_eq(pkt.type, PUSH_MQTT_NONE);
 	ck_assert_uint_eq(push_mqtt_decoder_buffered(&d), 0);
+	ck_assert_uint_eq(push_mqtt_decoder_pending(&d), 3);
 	/* ...and the rest in one piece is decoded in place too. */
 	ck_assert_int_eq(push_mqtt_decoder_feed(&d, stream + connect_len + 3,
 						client_part - connect_len - 3, &used, &pkt),
@@ -452,6 +453,7 @@ START_TEST(whole_packets_decode_in_place_split_ones_in_the_buffer)
 	push_mqtt_decoder_init(&d, PUSH_MQTT_FROM_CLIENT, 1024, buf, sizeof(buf));
 	ck_assert_int_eq(push_mqtt_decoder_feed(&d, stream, connect_len - 5, &used, &pkt), 0);
 	ck_assert_uint_eq(push_mqtt_decoder_buffered(&d), connect_len - 5 - 2);
+	ck_assert_uint_eq(push_mqtt_decoder_pending(&d), connect_len - 5);
 	ck_assert_int_eq(push_mqtt_decoder_set_buffer(&d, NULL, 0, &why), MICA_ESTATE);
 	ck_assert_str_eq(why, "buffer_in_use");
 	ck_assert_int_eq(push_mqtt_decoder_feed(&d, stream + connect_len - 5, 5, &used, &pkt), 0);
@@ -461,6 +463,7 @@ START_TEST(whole_packets_decode_in_place_split_ones_in_the_buffer)
 	assert_str(pkt.connect.client_id, "regid-1");
 	/* Between packets the buffer may be taken away (an idle connection). */
 	ck_assert_uint_eq(push_mqtt_decoder_buffered(&d), 0);
+	ck_assert_uint_eq(push_mqtt_decoder_pending(&d), 0);
 	ck_assert_int_eq(push_mqtt_decoder_set_buffer(&d, NULL, 0, &why), 0);
 }
 END_TEST
