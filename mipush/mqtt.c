@@ -26,7 +26,7 @@ static void set_reason(const char **out, const char *why)
 int push_mqtt_check_utf8(const char *str, size_t len, const char **why)
 {
 	const uint8_t *s = (const uint8_t *)str;
-	const char *dummy;
+	const char *dummy = NULL;
 	const char **reason = why ? why : &dummy;
 	size_t i = 0;
 
@@ -35,8 +35,8 @@ int push_mqtt_check_utf8(const char *str, size_t len, const char **why)
 		FAIL(MICA_EINVAL, "bad_argument");
 	while (i < len) {
 		uint8_t c = s[i];
-		size_t k;
-		uint32_t cp, min;
+		size_t k = 0;
+		uint32_t cp = 0, min = 0;
 		if (c == 0)
 			FAIL(MICA_EBADENCODING, "nul_in_string");
 		if (c < 0x80) {
@@ -71,7 +71,7 @@ int push_mqtt_check_utf8(const char *str, size_t len, const char **why)
 
 int push_mqtt_check_topic(const char *s, size_t len, bool filter, const char **why)
 {
-	const char *dummy;
+	const char *dummy = NULL;
 	const char **reason = why ? why : &dummy;
 	int rc;
 
@@ -906,7 +906,7 @@ static int encode(uint8_t first, emit_fn emit, const void *ctx, uint8_t *out, si
 int push_mqtt_encode(const struct push_mqtt_packet *pkt, uint8_t *out, size_t cap, size_t *len,
 		     const char **why)
 {
-	const char *dummy;
+	const char *dummy = NULL;
 	const char **reason = why ? why : &dummy;
 	uint8_t flags;
 
@@ -926,7 +926,7 @@ int push_mqtt_encode(const struct push_mqtt_packet *pkt, uint8_t *out, size_t ca
 int push_mqtt_encode_topics(uint8_t type, uint16_t id, const struct push_mqtt_topic *topics,
 			    size_t n, uint8_t *out, size_t cap, size_t *len, const char **why)
 {
-	const char *dummy;
+	const char *dummy = NULL;
 	const char **reason = why ? why : &dummy;
 	struct topics_ctx ctx = {type, id, topics, n};
 

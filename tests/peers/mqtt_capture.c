@@ -216,9 +216,14 @@ static int listen_any(const char *portfile)
 	/* Written to a temporary name and renamed, so the test never reads half a number. */
 	char tmp[4096];
 	snprintf(tmp, sizeof(tmp), "%s.tmp", portfile);
-	if (!(f = fopen(tmp, "w")) || fprintf(f, "%u\n", ntohs(a.sin_port)) < 0 || fclose(f) != 0 ||
-	    rename(tmp, portfile) != 0) {
+	int bad = !(f = fopen(tmp, "w"));
+	if (f) {
+		bad |= fprintf(f, "%u\n", ntohs(a.sin_port)) < 0;
+		bad |= fclose(f) != 0;
+	}
+	if (bad || rename(tmp, portfile) != 0) {
 		perror("mqtt_capture: port file");
+		close(fd);
 		return -1;
 	}
 	return fd;
