@@ -6,6 +6,7 @@
  * file is named for. */
 #include <check.h>
 #include <dirent.h>
+#include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1096,6 +1097,131 @@ START_TEST(topic_matching)
 }
 END_TEST
 
+/* libmosquitto (Debian's libmosquitto1, installed with mosquitto-clients by deploy/install-deps)
+ * as an oracle for the hand-written topic and UTF-8 rules: loaded at run time, so nothing
+ * links against it. */
+struct mosq {
+	void *so;
+	int (*pub_check)(const char *topic, size_t len);
+	int (*sub_check)(const char *filter, size_t len);
+	int (*matches)(const char *sub, size_t sublen, const char *topic, size_t topiclen,
+		       bool *result);
+	int (*utf8)(const char *s, int len);
+};
+
+static void mosq_open(struct mosq *m)
+{
+	m->so = dlopen("libmosquitto.so.1", RTLD_NOW);
+	ck_assert_msg(m->so, "libmosquitto.so.1: %s (run deploy/install-deps)", dlerror());
+	*(void **)&m->pub_check = dlsym(m->so, "mosquitto_pub_topic_check2");
+	*(void **)&m->sub_check = dlsym(m->so, "mosquitto_sub_topic_check2");
+	*(void **)&m->matches = dlsym(m->so, "mosquitto_topic_matches_sub2");
+	*(void **)&m->utf8 = dlsym(m->so, "mosquitto_validate_utf8");
+	ck_assert(m->pub_check && m->sub_check && m->matches && m->utf8);
+}
+
+static uint32_t test_rng = 12345;
+static uint32_t rand32(void)
+{
+	test_rng ^= test_rng << 13;
+	test_rng ^= test_rng >> 17;
+	test_rng ^= test_rng << 5;
+	return test_rng;
+}
+
+/* A random string of 1..max bytes over |alphabet|. */
+static size_t random_string(char *out, size_t max, const char *alphabet)
+{
+	size_t n = 1 + rand32() % max, k = strlen(alphabet);
+	for (size_t i = 0; i < n; i++)
+		out[i] = alphabet[rand32() % k];
+	return n;
+}
+
+START_TEST(topic_rules_agree_with_libmosquitto)
+{
+	struct mosq m;
+	char f[16], t[16];
+	size_t checked = 0;
+
+	mosq_open(&m);
+	for (int i = 0; i < 200000; i++) {
+		size_t fl = random_string(f, 10, "ab/+#$"), tl = random_string(t, 10, "ab/$");
+		/* libmosquitto 2.0.11's topic_matches_sub2() ignores the lengths it is given. */
+		f[fl] = t[tl] = '\0';
+		bool ours_filter = push_mqtt_check_topic(f, fl, true, NULL) == 0;
+		bool ours_name = push_mqtt_check_topic(f, fl, false, NULL) == 0;
+		ck_assert_msg(ours_filter == (m.sub_check(f, fl) == 0), "filter %.*s", (int)fl, f);
+		ck_assert_msg(ours_name == (m.pub_check(f, fl) == 0), "name %.*s", (int)fl, f);
+		if (!ours_filter)
+			continue;
+		bool theirs = false;
+		ck_assert_msg(m.matches(f, fl, t, tl, &theirs) == 0, "%.*s vs %.*s", (int)fl, f,
+			      (int)tl, t);
+		ck_assert_msg(push_mqtt_topic_matches(f, fl, t, tl) == theirs, "%.*s vs %.*s",
+			      (int)fl, f, (int)tl, t);
+		checked++;
+	}
+	ck_assert_uint_gt(checked, 10000);
+	dlclose(m.so);
+}
+END_TEST
+
+/* Whether the well-formed UTF-8 |s| holds a code point libmosquitto refuses and MQTT 3.1.1 only
+ * allows refusing [MQTT-1.5.3-2]: C0 and C1 controls, U+FDD0..U+FDEF, U+xxFFFE and U+xxFFFF. */
+static bool has_discouraged(const uint8_t *s, size_t n)
+{
+	for (size_t i = 0; i < n;) {
+		uint32_t cp;
+		size_t k = s[i] < 0x80 ? 0 : s[i] < 0xe0 ? 1 : s[i] < 0xf0 ? 2 : 3;
+		cp = k == 0 ? s[i] : (uint32_t)(s[i] & (0x3f >> k));
+		for (size_t j = 1; j <= k; j++)
+			cp = cp << 6 | (s[i + j] & 0x3fu);
+		i += k + 1;
+		if (cp <= 0x1f || (cp >= 0x7f && cp <= 0x9f) || (cp >= 0xfdd0 && cp <= 0xfdef) ||
+		    (cp & 0xfffe) == 0xfffe)
+			return true;
+	}
+	return false;
+}
+
+START_TEST(utf8_rules_agree_with_libmosquitto)
+{
+	/* Bytes at the edges of every UTF-8 class. */
+	static const uint8_t edge[] = {0x00, 0x01, 0x1f, 0x41, 0x7f, 0x80, 0x8f, 0x90,
+				       0x9f, 0xa0, 0xbf, 0xc0, 0xc1, 0xc2, 0xdf, 0xe0,
+				       0xed, 0xef, 0xf0, 0xf4, 0xf5, 0xff, 0xb7, 0xbe};
+	struct mosq m;
+	uint8_t s[8];
+	size_t accepted = 0, discouraged = 0;
+
+	mosq_open(&m);
+	for (int i = 0; i < 300000; i++) {
+		size_t n = 1 + rand32() % 7;
+		for (size_t j = 0; j < n; j++)
+			s[j] = edge[rand32() % sizeof(edge)];
+		/* libmosquitto 2.0.11 reads past |len| in a 4-byte sequence cut at the end (it
+		 * accepts F0 9F with continuation bytes after the string); a NUL stops it. */
+		s[n] = 0;
+		bool ours = push_mqtt_check_utf8((const char *)s, n, NULL) == 0;
+		bool theirs = m.utf8((const char *)s, (int)n) == 0;
+		/* Both accept, both refuse, or we accept a code point the spec lets a receiver
+		 * refuse and libmosquitto does. */
+		if (ours && !theirs) {
+			ck_assert_msg(has_discouraged(s, n), "case %d", i);
+			discouraged++;
+		} else {
+			ck_assert_msg(ours == theirs, "case %d: ours %d, %zu bytes from %02x", i,
+				      ours, n, s[0]);
+		}
+		accepted += ours;
+	}
+	ck_assert_uint_gt(accepted, 1000);
+	ck_assert_uint_gt(discouraged, 100);
+	dlclose(m.so);
+}
+END_TEST
+
 /* The code each reason comes with (mqtt.h's table). */
 static int code_of(const char *reason)
 {
@@ -1169,6 +1295,13 @@ START_TEST(fixtures_are_refused_by_name)
 }
 END_TEST
 
+START_TEST(decoder_is_small)
+{
+	/* The decoder lives inside every connection: keep it small. */
+	ck_assert_uint_le(sizeof(struct push_mqtt_decoder), 80);
+}
+END_TEST
+
 START_TEST(type_names)
 {
 	ck_assert_str_eq(push_mqtt_type_name(PUSH_MQTT_CONNECT), "CONNECT");
@@ -1202,8 +1335,11 @@ static Suite *mqtt_suite(void)
 	tcase_add_test(tc, utf8_rules);
 	tcase_add_test(tc, topic_names_and_filters);
 	tcase_add_test(tc, topic_matching);
+	tcase_add_test(tc, topic_rules_agree_with_libmosquitto);
+	tcase_add_test(tc, utf8_rules_agree_with_libmosquitto);
 	tcase_add_test(tc, fixtures_are_refused_by_name);
 	tcase_add_test(tc, type_names);
+	tcase_add_test(tc, decoder_is_small);
 	tcase_set_timeout(tc, 30);
 	suite_add_tcase(s, tc);
 	return s;
