@@ -321,7 +321,7 @@ static int check_topics(uint8_t type, const uint8_t *list, size_t n, size_t *cou
 				return rc;
 			if (q & 0xfc)
 				FAIL(MICA_EBADHEADER,
-				     "bad_subscription_options"); /* [MQTT-3-8.3-4] */
+				     "bad_subscription_options"); /* [MQTT-3.8.3-4] */
 			if (q == 3)
 				FAIL(MICA_EBADHEADER, "bad_qos");
 		}

@@ -105,7 +105,10 @@
  * decoder or until the caller reuses or frees either of those, whichever
  * comes first: copy what must outlive it. Strings are NOT NUL-terminated; use
  * their lengths (print with "%.*s"). Encoders read the caller's packet and
- * never keep a pointer to it.
+ * never keep a pointer to it. The codec copies no secret: a CONNECT's
+ * password (a device token) stays in the caller's read bytes or in the
+ * decoder's buffer, which the caller wipes (mica_wipe) once it has checked
+ * it; never log it.
  *
  * Threads. No global state: different decoders may be used by different
  * threads at once; one decoder is used by one thread at a time. The encoders
