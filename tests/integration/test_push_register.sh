@@ -211,6 +211,12 @@ for s in "wrong-secret" "$(openssl rand -base64 32 | tr '+/' '-_' | cut -c1-43)"
 		check_fail "secret $s: $status $(cat "$W/body")"
 	cmp -s "$W/body" "$W/none" || check_fail "a wrong secret answers differently: $(cat "$W/body") vs $(cat "$W/none")"
 done
+# A wrong secret naming a known app's package and one naming no app's package: the same 401.
+for pkg in com.example.news com.example.unknown; do
+	dev -s "${SECRET2:0:42}x" GET /v1/topic/all "registration_id=$REGID" "restricted_package_name=$pkg"
+	{ [[ "$status" == 401 ]] && cmp -s "$W/body" "$W/none"; } ||
+		check_fail "a wrong secret for package $pkg: $status $(cat "$W/body")"
+done
 status="$(curl -sS -o "$W/body" -w '%{http_code}' --cacert "$MICA_CA" -G -H "Authorization: Bearer $SECRET1" \
 	--data-urlencode "registration_id=$REGID" "$PURL/v1/topic/all")"
 { [[ "$status" == 401 ]] && cmp -s "$W/body" "$W/none"; } || check_fail "a Bearer header: $status"
