@@ -65,7 +65,7 @@ typedef struct push_service {
 	mica_kc *kc;
 } push_service;
 
-/* ---- problem.c (in routes.c): dependency failures -------------------------- */
+/* ---- shared helpers: push_problem_dependency in routes.c, the others in apps.c */
 
 /* |err| came from a dependency while doing |what|: 503 unavailable naming
  * the database (MICA_EDBCONN, ETIMEOUT, ESERIALIZATION) or the Key Center

@@ -12,7 +12,7 @@
 #include "mipush/push.h"
 
 struct reg_tx {
-	const char *app_id, *device_idx, *new_regid, *key_enc_for_new, *token_idx;
+	const char *app_id, *device_idx, *new_regid, *key_enc, *token_idx;
 	/* For an existing registration the content key is sealed to its regid,
 	 * which is only known inside the transaction: sealed again there would
 	 * repeat a Key Center call on retry, so the flow looks it up first. */
@@ -71,7 +71,7 @@ static int reg_write(mica_db *db, void *arg)
 {
 	struct reg_tx *t = arg;
 	if (t->regid[0]) {
-		const char *params[] = {t->key_enc_for_new, t->token_idx, t->regid, t->app_id,
+		const char *params[] = {t->key_enc, t->token_idx, t->regid, t->app_id,
 					t->device_idx};
 		PGresult *res = NULL;
 		int err = mica_db_exec(db,
@@ -83,8 +83,7 @@ static int reg_write(mica_db *db, void *arg)
 		PQclear(res);
 		return err ? err : n == 1 ? 0 : MICA_ENOTFOUND;
 	}
-	const char *params[] = {t->new_regid, t->app_id, t->device_idx, t->key_enc_for_new,
-				t->token_idx};
+	const char *params[] = {t->new_regid, t->app_id, t->device_idx, t->key_enc, t->token_idx};
 	return mica_db_exec(db,
 			    "INSERT INTO push.registration (regid, app_id, device_idx,"
 			    " content_key_enc, token_idx) VALUES ($1, $2, $3, $4, $5)",
@@ -161,12 +160,16 @@ int push_register(push_service *s, json_t *body, json_t **out, mica_problem *p)
 		t.app_id = v[0].s;
 		t.device_idx = device_idx;
 		t.new_regid = new_regid;
-		t.key_enc_for_new = key_enc;
+		t.key_enc = key_enc;
 		t.token_idx = token_idx;
 		err = mica_db_tx(mica_db_thread(), MICA_DB_READ_COMMITTED, reg_write, &t);
 		if (err != MICA_EEXISTS && err != MICA_ENOTFOUND)
 			break;
 	}
+	/* Still racing after the retry: as retryable as a serialization
+	 * failure (503 database), not a Key Center failure. */
+	if (err == MICA_EEXISTS || err == MICA_ENOTFOUND)
+		err = MICA_ESERIALIZATION;
 	if (err) {
 		err = push_problem_dependency(p, err, "writing the registration");
 		goto out;
