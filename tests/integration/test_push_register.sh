@@ -337,7 +337,22 @@ ok
 step="readiness"
 st="$(curl -sS -o "$W/body" -w '%{http_code}' --cacert "$MICA_CA" "$PURL/readyz")"
 [[ "$st" == 200 ]] || check_fail "/readyz: $st $(cat "$W/body")"
+# With the Key Center down nothing is stored unkeyed: a registration (whose new token needs an
+# HMAC no cache holds) answers 503 naming the Key Center, and writes nothing.
+stack_stop keycenter
+before="$(sql "$ADMIN_CI" "SELECT token_idx FROM push.registration WHERE regid = '$REGID'")"
+preg "$(reg_body "$APP1" com.example.news "$HASH")"
+[[ "$status" == 503 && "$(jget error.code)" == unavailable && "$(jget dependency)" == keycenter ]] ||
+	check_fail "register with the Key Center down: $status $(cat "$W/body")"
+[[ "$(sql "$ADMIN_CI" "SELECT token_idx FROM push.registration WHERE regid = '$REGID'")" == "$before" ]] ||
+	check_fail "a registration without the Key Center changed the row"
+# The readiness result is reused for a second (MICA_HTTP_READY_CACHE_MS): ask until it is fresh.
+not_ready() {
+	[[ "$(curl -sS -o "$W/body" -w '%{http_code}' --cacert "$MICA_CA" "$PURL/readyz")" == 503 ]] &&
+		grep -q keycenter "$W/body"
+}
+mica_wait_for 10 not_ready || check_fail "/readyz without the Key Center: $(cat "$W/body")"
 stack_stop push
-ok "ready, and stops cleanly on SIGTERM"
+ok "ready; 503 keycenter without the Key Center; stops cleanly on SIGTERM"
 
 stack_end
