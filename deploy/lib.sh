@@ -14,7 +14,7 @@
 #   redis/    redis.conf users.acl redis.sock redis.pid redis.log data/ port
 #   hsm/      softhsm2.conf tokens/
 
-MICA_SERVICES="${MICA_SERVICES:-keycenter account}"
+MICA_SERVICES="${MICA_SERVICES:-keycenter account push}"
 MICA_HSM_MODULE="${MICA_HSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}"
 MICA_HSM_TOKEN_LABEL="${MICA_HSM_TOKEN_LABEL:-mica-keycenter}"
 MICA_LIB_SH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
@@ -616,6 +616,7 @@ mica_env_lines() {
 	mica__e MICA_ACCOUNT_REDIS_SOCKET "$dir/redis/redis.sock"
 	mica__e MICA_ACCOUNT_REDIS_PASSWORD_FILE "$dir/secrets/redis-account.password"
 	mica__e MICA_ACCOUNT_RISK_ALTCHA_KEY_FILE "$dir/secrets/altcha.key"
+	mica__e MICA_PUSH_DB_CONNINFO "$(mica_service_conninfo "$dir" push)"
 	unset -f mica__e
 }
 

@@ -14,6 +14,7 @@
 #include "kc.h"
 #include "keycenter/keycenter.h"
 #include "kv.h"
+#include "mipush/push.h"
 #include "tests/check_main.h"
 
 struct cfg {
@@ -324,6 +325,7 @@ static const struct {
 } programs[] = {
 	{"mica-keycenter", kc_config_table, 0, sizeof(struct kc_config)},
 	{"mica-account", acct_config_table, 0, sizeof(struct acct_config)},
+	{"mica-push", push_config_table, 0, sizeof(struct push_config)},
 };
 
 /* deploy/mica.conf.example loads with every program's table, and every key
@@ -334,8 +336,9 @@ START_TEST(shipped_example_documents_every_key)
 	char err[256], line[1024], section[128] = "";
 	FILE *f;
 	for (size_t p = 0; p < sizeof(programs) / sizeof(programs[0]); p++) {
-		size_t n = programs[p].table == kc_config_table ? kc_config_table_len
-								: acct_config_table_len;
+		size_t n = programs[p].table == kc_config_table	    ? kc_config_table_len
+			   : programs[p].table == acct_config_table ? acct_config_table_len
+								    : push_config_table_len;
 		void *cfg = calloc(1, programs[p].size);
 		/* Secret files of the example live in var/ of a running stack: point
 		 * every *_file secret at a test file instead. */

@@ -1,0 +1,192 @@
+/* cli.c - the push service's `mica` noun (lib/cli.h): `mica push app create`
+ * makes a developer app and prints its app id and app secret (once: only the
+ * secret's Key Center HMAC is stored), `mica push app list` lists the apps. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "crypto.h"
+#include "db.h"
+#include "kc.h"
+#include "mipush/push.h"
+
+static void app_usage(FILE *f)
+{
+	fprintf(f, "usage: mica push app create --package NAME OPTIONS\n"
+		   "       mica push app list [--db CONNINFO]\n"
+		   "OPTIONS: [--db CONNINFO] --kc-url URL --ca FILE --cert FILE --key FILE\n"
+		   "         [--index-key NAME]\n"
+		   "\n"
+		   "create makes a developer app for the Android package NAME (letters, digits,\n"
+		   "'.', '_', '-'; one app per package) and prints its app id and a new app\n"
+		   "secret. The secret is printed once and never stored: push.app keeps only its\n"
+		   "HMAC, computed by the Key Center with the push service's index key, so the\n"
+		   "client certificate must be one the policy lets compute it (the push\n"
+		   "principal's). Developers send it as `Authorization: key=<app secret>`.\n"
+		   "list prints every app: id, creation time, package.\n"
+		   "\n"
+		   "  --package NAME    the app's package (restricted_package_name)\n"
+		   "  --db CONNINFO     libpq connection string of a role that may write push.app\n"
+		   "                    (default: $MICA_DB_CONNINFO)\n"
+		   "  --kc-url URL      the Key Center (https://host:port)\n"
+		   "  --ca, --cert, --key  CA, client certificate and key for the Key Center\n"
+		   "  --index-key NAME  the push service's index key (default push-index)\n"
+		   "  -h, --help        show this help\n");
+}
+
+static int app_create(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"package", required_argument, NULL, 'p'},
+		{"db", required_argument, NULL, 'd'},
+		{"kc-url", required_argument, NULL, 'u'},
+		{"ca", required_argument, NULL, 'a'},
+		{"cert", required_argument, NULL, 'c'},
+		{"key", required_argument, NULL, 'k'},
+		{"index-key", required_argument, NULL, 'i'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *package = NULL, *conninfo = getenv("MICA_DB_CONNINFO");
+	const char *index_key = "push-index";
+	mica_kc_options ko = {0};
+	int c;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'p':
+			package = optarg;
+			break;
+		case 'd':
+			conninfo = optarg;
+			break;
+		case 'u':
+			ko.base_url = optarg;
+			break;
+		case 'a':
+			ko.ca_file = optarg;
+			break;
+		case 'c':
+			ko.cert_file = optarg;
+			break;
+		case 'k':
+			ko.key_file = optarg;
+			break;
+		case 'i':
+			index_key = optarg;
+			break;
+		case 'h':
+			app_usage(stdout);
+			return MICA_EXIT_OK;
+		default:
+			app_usage(stderr);
+			return MICA_EXIT_USAGE;
+		}
+	}
+	const char *bad = NULL;
+	if (!package)
+		bad = "--package is needed";
+	else if (!ko.base_url || !ko.ca_file || !ko.cert_file || !ko.key_file)
+		bad = "--kc-url, --ca, --cert and --key are needed";
+	if (bad) {
+		fprintf(stderr, "mica push app create: %s\n", bad);
+		app_usage(stderr);
+		return MICA_EXIT_USAGE;
+	}
+	if ((c = mica_cli_need_db("mica push app create", app_usage, argc, argv, conninfo)) != 0)
+		return c;
+	mica_db *db = NULL;
+	mica_kc *kc = NULL;
+	char *app_id = NULL, *secret = NULL;
+	int rc = mica_cli_db_open("mica push app create", conninfo, &db);
+	if (rc == MICA_EXIT_OK) {
+		int err = mica_kc_new(&kc, &ko);
+		if (!err)
+			err = push_app_create(db, kc, index_key, package, &app_id, &secret);
+		if (err == MICA_EINVAL) {
+			fprintf(stderr,
+				"mica push app create: --package must be 1-255 letters, digits,"
+				" '.', '_' or '-', starting with a letter\n");
+			rc = MICA_EXIT_USAGE;
+		} else if (err == MICA_EEXISTS) {
+			fprintf(stderr, "mica push app create: an app for package %s exists\n",
+				package);
+			rc = MICA_EXIT_FAIL;
+		} else if (err) {
+			fprintf(stderr, "mica push app create: %s%s%s\n", mica_errmsg(err),
+				mica_db_errmsg(db)[0] ? ": " : "", mica_db_errmsg(db));
+			rc = MICA_EXIT_FAIL;
+		} else {
+			printf("app_id: %s\npackage: %s\napp_secret: %s\n", app_id, package,
+			       secret);
+			fprintf(stderr, "mica push app create: the app secret is shown once;"
+					" keep it now\n");
+		}
+	}
+	if (secret) {
+		mica_wipe(secret, strlen(secret));
+		free(secret);
+	}
+	free(app_id);
+	mica_kc_free(kc);
+	mica_db_close(&db);
+	return rc;
+}
+
+static int app_list(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"db", required_argument, NULL, 'd'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *conninfo = getenv("MICA_DB_CONNINFO");
+	int c;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'd':
+			conninfo = optarg;
+			break;
+		case 'h':
+			app_usage(stdout);
+			return MICA_EXIT_OK;
+		default:
+			app_usage(stderr);
+			return MICA_EXIT_USAGE;
+		}
+	}
+	mica_db *db = NULL;
+	if ((c = mica_cli_need_db("mica push app list", app_usage, argc, argv, conninfo)) != 0 ||
+	    (c = mica_cli_db_open("mica push app list", conninfo, &db)) != 0)
+		return c;
+	int n = 0, err = push_app_list(db, stdout, &n);
+	if (err)
+		fprintf(stderr, "mica push app list: %s%s%s\n", mica_errmsg(err),
+			mica_db_errmsg(db)[0] ? ": " : "", mica_db_errmsg(db));
+	else if (n == 0)
+		fprintf(stderr, "mica push app list: no apps\n");
+	mica_db_close(&db);
+	return err ? MICA_EXIT_FAIL : MICA_EXIT_OK;
+}
+
+static int app_command(int argc, char **argv)
+{
+	static const mica_cli_verb verbs[] = {{"create", app_create, NULL},
+					      {"list", app_list, NULL}};
+	return mica_cli_run_verb("push app", verbs, 2, app_usage, argc, argv);
+}
+
+static int push_command(int argc, char **argv)
+{
+	static const mica_cli_verb nouns[] = {{"app", app_command, NULL}};
+	return mica_cli_run_verb("push", nouns, 1, app_usage, argc, argv);
+}
+
+static const mica_cli_verb nouns[] = {
+	{"push", push_command, "push app create|list: developer apps of the push service"},
+};
+
+const mica_cli_service mipush_cli = {"mipush", nouns, sizeof(nouns) / sizeof(nouns[0])};

@@ -1,0 +1,159 @@
+/* push.h - the push service (mica-push): device registration over HTTPS,
+ * developer apps and their credentials, alias and topic subscriptions
+ * (issue 21 item 1; docs/api/push.md). One section per file.
+ *
+ * What is stored and how (schema/0012_push.sql): app secrets, device hashes
+ * and device tokens only as Key Center HMACs under cfg->index_key; content
+ * keys only encrypted by the Key Center under cfg->content_key, bound to
+ * {service push, table registration, column content_key, row regid}.
+ *
+ * Return codes: every flow returns 0 or a MICA_E* code, and on failure fills
+ * the caller's mica_problem (lib/problem.h) with the reply to send: 4xx with
+ * a stable code naming what the request did wrong, 503 "unavailable" with the
+ * member "dependency" (database, keycenter) when a dependency failed, 500
+ * internal_error otherwise. Outputs are set only on success.
+ *
+ * Ownership: json_t outputs are new references the caller owns (the route
+ * hands them to mica_http_reply_json). Strings that hold secrets (app
+ * secrets, tokens, content keys) are wiped by whoever frees them.
+ *
+ * Threads: a push_service is shared by every blocking handler thread; it
+ * holds only the configuration and the Key Center client (itself
+ * thread-safe, lib/kc.h). Every flow blocks (database, Key Center): the
+ * routes run them on the blocking pool. Nothing a flow does outside the
+ * database (a Key Center call, a random draw) runs inside mica_db_tx(),
+ * whose callback may be repeated.
+ */
+#ifndef MICA_PUSH_H
+#define MICA_PUSH_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "config.h"
+#include "daemon.h"
+#include "db.h"
+#include "http.h"
+#include "kc.h"
+#include "problem.h"
+
+/* Sizes of the identifiers and secrets (base64url without padding of 32
+ * random bytes: 43 characters). */
+#define PUSH_RANDOM_B64_LEN 43
+#define PUSH_DEVICE_HASH_HEX 64
+#define PUSH_CONTENT_KEY_LEN 32
+#define PUSH_PACKAGE_MAX 255
+#define PUSH_NAME_MAX 128  /* an alias or a topic */
+#define PUSH_LIST_MAX 1000 /* registration ids or aliases in one request */
+
+struct push_config {
+	int log_level;
+	mica_http_options http;
+	mica_config_db db;
+	mica_kc_options kc;
+	char *index_key;   /* Key Center key of the HMACs (push-index) */
+	char *content_key; /* Key Center key sealing content keys (push-content) */
+};
+
+extern const mica_config_entry push_config_table[];
+extern const size_t push_config_table_len;
+extern const mica_service push_daemon;
+
+typedef struct push_service {
+	const struct push_config *cfg; /* borrowed, outlives the service */
+	mica_kc *kc;
+} push_service;
+
+/* ---- shared helpers: push_problem_dependency in routes.c, the others in apps.c */
+
+/* |err| came from a dependency while doing |what|: 503 unavailable naming
+ * the database (MICA_EDBCONN, ETIMEOUT, ESERIALIZATION) or the Key Center
+ * (every lib/kc error but EINVAL), else 500. Logs |what| and the error.
+ * Returns |err| (MICA_EIO for 0). */
+int push_problem_dependency(mica_problem *p, int err, const char *what);
+
+/* Fills |out| (at least PUSH_RANDOM_B64_LEN + 1 bytes) with a fresh random
+ * identifier or secret: 32 random bytes, base64url without padding.
+ * Returns 0 or MICA_ECRYPTO. */
+int push_random_b64(char out[PUSH_RANDOM_B64_LEN + 1]) MICA_WUR;
+
+/* The Key Center HMAC of "<kind>:<value>" under cfg->index_key, malloc'd in
+ * *idx ("kc:v<N>:..."; the caller frees). |kind| separates the domains
+ * ("secret", "device", "token") so one index can never match another.
+ * Returns 0 or a lib/kc error. */
+int push_index(push_service *s, const char *kind, const char *value, char **idx) MICA_WUR;
+
+/* ---- apps.c: developer apps and their credentials ------------------------- */
+
+/* An app as the developer routes see it after authentication. */
+typedef struct push_app {
+	char app_id[24];
+	char package[PUSH_PACKAGE_MAX + 1];
+} push_app;
+
+/* Creates an app for |package| (1-255 of [A-Za-z0-9._-], starting with a
+ * letter) with a random numeric app id and a random app secret, stored as
+ * its HMAC only. Used by `mica push app create`, with the database handle
+ * |db| of an operator role and a Key Center client of the push principal.
+ * On success *app_id and *secret are malloc'd (the caller wipes the secret
+ * and frees both); the secret is shown once and never stored.
+ * Returns 0, MICA_EINVAL (bad package name), MICA_EEXISTS (an app has this
+ * package), or a database or Key Center error. */
+int push_app_create(mica_db *db, mica_kc *kc, const char *index_key, const char *package,
+		    char **app_id, char **secret) MICA_WUR;
+
+/* Prints every app (app id, package, created) to |f|, oldest first; sets
+ * *n to their number. Returns 0 or a database error. */
+int push_app_list(mica_db *db, FILE *f, int *n) MICA_WUR;
+
+/* Authenticates a developer request by its Authorization header
+ * ("key=<app secret>", as MiPush's server API does): the secret's HMAC is
+ * looked up and compared in constant time. A missing header, a malformed
+ * one, an unknown secret and a secret of another app cost the same (one
+ * HMAC, one indexed lookup) and answer the same 401 invalid_app_secret, so
+ * nothing tells a known app from an unknown one. |package|, when not NULL
+ * (MiPush's restricted_package_name), must be the app's: otherwise 403
+ * package_mismatch. On success fills |app|. */
+int push_app_authenticate(push_service *s, const char *authorization, const char *package,
+			  push_app *app, mica_problem *p) MICA_WUR;
+
+/* ---- register.c: device registration ------------------------------------- */
+
+/* POST /v1/push/register {app_id, package, device_hash}: registers a device
+ * of app |app_id| whose package must be |package|, known by |device_hash|
+ * (64 hex digits, SHA-256 of three device identifiers computed on the
+ * device). A first registration gets a random regid; registering the same
+ * hash for the same app again returns the same regid. Either way a new
+ * content key (32 random bytes) and a new token (the MQTT password) are
+ * made and the old ones stop working. *out is {regid, content_key (base64),
+ * token}.
+ * Errors (4xx): unknown_field, missing_field, bad_field (body, lib/body.h),
+ * bad_device_hash, unknown_app (404), package_mismatch (403). */
+int push_register(push_service *s, json_t *body, json_t **out, mica_problem *p) MICA_WUR;
+
+/* ---- subscribe.c: aliases and topics --------------------------------------- */
+
+enum push_sub_kind { PUSH_SUB_ALIAS, PUSH_SUB_TOPIC };
+
+/* Subscribes (|subscribe| true) or unsubscribes every registration id of
+ * the comma list |regids| of app |app| to or from each name of the comma
+ * list |names| (aliases; for topics one topic). Every regid must be a
+ * registration of |app| (else 400 unknown_regid naming it); nothing is
+ * written unless all are. Subscribing twice and unsubscribing what is not
+ * subscribed are not errors. */
+int push_subscribe(push_service *s, const push_app *app, enum push_sub_kind kind, bool subscribe,
+		   const char *regids, const char *names, mica_problem *p) MICA_WUR;
+
+/* The aliases or topics of registration |regid| of |app|, as a new JSON
+ * array of strings in *list (sorted). 400 unknown_regid when |regid| is not
+ * one of |app|'s. */
+int push_subscriptions(push_service *s, const push_app *app, enum push_sub_kind kind,
+		       const char *regid, json_t **list, mica_problem *p) MICA_WUR;
+
+/* ---- routes.c -------------------------------------------------------------- */
+
+extern const mica_http_route push_routes[];
+extern const size_t push_routes_len;
+
+#endif

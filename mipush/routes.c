@@ -1,0 +1,178 @@
+/* routes.c - the push service's HTTP API (docs/api/push.md): the device
+ * registration (JSON) and the developer API in MiPush's form (form-encoded
+ * fields, `Authorization: key=<app secret>`, the result envelope
+ * {result, code, description, data}). Errors are the one problem type
+ * (lib/problem.h); on developer routes it also carries MiPush's envelope
+ * members, so both kinds of client read it (docs/decisions.md). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "form.h"
+#include "log.h"
+#include "mipush/push.h"
+
+int push_problem_dependency(mica_problem *p, int err, const char *what)
+{
+	MICA_LOG(MICA_LOG_ERROR, "push: %s failed: %s", what, mica_strerror(err));
+	switch (err) {
+	case MICA_EDBCONN:
+	case MICA_ETIMEOUT:
+	case MICA_ESERIALIZATION:
+		mica_problem_unavailable(p, "database");
+		return err;
+	case MICA_EAUTH:
+	case MICA_EDENIED:
+	case MICA_ENOTFOUND:
+	case MICA_EAUDIT:
+	case MICA_EHSM:
+	case MICA_EHTTP:
+	case MICA_ETLS:
+	case MICA_EBADHEADER:
+		/* Only lib/kc answers these here. */
+		mica_problem_unavailable(p, "keycenter");
+		return err;
+	default:
+		mica_problemf(p, 500, "internal_error", "%s failed", what);
+		return err ? err : MICA_EIO;
+	}
+}
+
+/* ---- device registration ---------------------------------------------------- */
+
+static void h_register(const mica_http_req *req, mica_http_resp *resp, void *svc)
+{
+	mica_problem p = MICA_PROBLEM_INIT;
+	json_t *out = NULL;
+	if (push_register(svc, req->json, &out, &p) != 0)
+		mica_http_reply_problem(resp, &p);
+	else
+		mica_http_reply_json(resp, 200, out);
+}
+
+/* ---- developer API ----------------------------------------------------------- */
+
+/* A failed developer request: the problem type plus MiPush's envelope
+ * (result "error", a numeric code = the HTTP status, the message as
+ * description, the stable code as reason). */
+static void dev_fail(mica_http_resp *resp, mica_problem *p)
+{
+	if (!p->code)
+		mica_problemf(p, 500, "internal_error", "the request failed");
+	mica_problem_set_extra(p, "result", json_string("error"));
+	mica_problem_set_extra(p, "code", json_integer(p->status));
+	mica_problem_set_extra(p, "description", json_string(p->msg));
+	mica_problem_set_extra(p, "reason", json_string(p->code));
+	mica_http_reply_problem(resp, p);
+}
+
+static void dev_ok(mica_http_resp *resp, json_t *data)
+{
+	mica_http_reply_json(resp, 200,
+			     json_pack("{s:s,s:i,s:s,s:o}", "result", "ok", "code", 0,
+				       "description", "Success", "data",
+				       data ? data : json_object()));
+}
+
+/* Reads the form against |spec| and authenticates the developer; the last
+ * field of every spec is restricted_package_name. On failure the reply is
+ * set and 0 returned. */
+static int dev_begin(push_service *s, const mica_http_req *req, mica_http_resp *resp,
+		     const mica_form_field *spec, size_t n, char **v, push_app *app)
+{
+	mica_problem p = MICA_PROBLEM_INIT;
+	if (mica_http_form(req, spec, n, v, &p) != 0 ||
+	    push_app_authenticate(s, mica_http_header(req, "Authorization"), v[n - 1], app, &p) !=
+		    0) {
+		mica_form_free(v, n);
+		dev_fail(resp, &p);
+		return 0;
+	}
+	return 1;
+}
+
+#define F_REGIDS                                                                                   \
+	{                                                                                          \
+		"registration_id", true, 64 * 1024                                                 \
+	}
+#define F_PACKAGE                                                                                  \
+	{                                                                                          \
+		"restricted_package_name", false, PUSH_PACKAGE_MAX                                 \
+	}
+
+static void subscribe_route(const mica_http_req *req, mica_http_resp *resp, push_service *s,
+			    enum push_sub_kind kind, bool subscribe)
+{
+	/* MiPush's topic calls also carry a topic category, which mica keeps
+	 * no use for: accepted, documented, not stored. */
+	static const mica_form_field topic_spec[] = {
+		F_REGIDS, {"topic", true, PUSH_NAME_MAX}, {"category", false, 64}, F_PACKAGE};
+	static const mica_form_field alias_spec[] = {
+		F_REGIDS, {"aliases", true, 64 * 1024}, F_PACKAGE};
+	const mica_form_field *spec = kind == PUSH_SUB_TOPIC ? topic_spec : alias_spec;
+	size_t n = kind == PUSH_SUB_TOPIC ? 4 : 3;
+	char *v[4];
+	push_app app;
+	mica_problem p = MICA_PROBLEM_INIT;
+	if (!dev_begin(s, req, resp, spec, n, v, &app))
+		return;
+	if (push_subscribe(s, &app, kind, subscribe, v[0], v[1], &p) != 0)
+		dev_fail(resp, &p);
+	else
+		dev_ok(resp, NULL);
+	mica_form_free(v, n);
+}
+
+static void list_route(const mica_http_req *req, mica_http_resp *resp, push_service *s,
+		       enum push_sub_kind kind)
+{
+	static const mica_form_field spec[] = {F_REGIDS, F_PACKAGE};
+	char *v[2];
+	push_app app;
+	json_t *list = NULL;
+	mica_problem p = MICA_PROBLEM_INIT;
+	if (!dev_begin(s, req, resp, MICA_FORM_FIELDS(spec), v, &app))
+		return;
+	if (push_subscriptions(s, &app, kind, v[0], &list, &p) != 0)
+		dev_fail(resp, &p);
+	else
+		dev_ok(resp, json_pack("{s:o}", "list", list));
+	mica_form_free(v, 2);
+}
+
+static void h_topic_sub(const mica_http_req *req, mica_http_resp *resp, void *s)
+{
+	subscribe_route(req, resp, s, PUSH_SUB_TOPIC, true);
+}
+static void h_topic_unsub(const mica_http_req *req, mica_http_resp *resp, void *s)
+{
+	subscribe_route(req, resp, s, PUSH_SUB_TOPIC, false);
+}
+static void h_alias_sub(const mica_http_req *req, mica_http_resp *resp, void *s)
+{
+	subscribe_route(req, resp, s, PUSH_SUB_ALIAS, true);
+}
+static void h_alias_unsub(const mica_http_req *req, mica_http_resp *resp, void *s)
+{
+	subscribe_route(req, resp, s, PUSH_SUB_ALIAS, false);
+}
+static void h_topic_all(const mica_http_req *req, mica_http_resp *resp, void *s)
+{
+	list_route(req, resp, s, PUSH_SUB_TOPIC);
+}
+static void h_alias_all(const mica_http_req *req, mica_http_resp *resp, void *s)
+{
+	list_route(req, resp, s, PUSH_SUB_ALIAS);
+}
+
+#define B MICA_ROUTE_BLOCKING
+const mica_http_route push_routes[] = {
+	{"POST", "/v1/push/register", h_register, MICA_ROUTE_JSON | B},
+	{"POST", "/v2/topic/subscribe", h_topic_sub, B},
+	{"POST", "/v2/topic/unsubscribe", h_topic_unsub, B},
+	{"GET", "/v1/topic/all", h_topic_all, B},
+	{"POST", "/v2/alias/subscribe", h_alias_sub, B},
+	{"POST", "/v2/alias/unsubscribe", h_alias_unsub, B},
+	{"GET", "/v1/alias/all", h_alias_all, B},
+};
+#undef B
+const size_t push_routes_len = sizeof(push_routes) / sizeof(push_routes[0]);

@@ -1,0 +1,103 @@
+/* service.c - mica-push as a libmica daemon (lib/daemon.h): its
+ * configuration table, readiness rows and start (the Key Center client,
+ * with its two keys probed before anyone is served). The skeleton opens
+ * PostgreSQL, runs the listener and shuts down. Devices and developers
+ * authenticate inside the requests (registration needs only the app id and
+ * package; developers send their app secret), so the listener does not
+ * ask for client certificates (docs/decisions.md). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "mipush/push.h"
+
+#define F(m) offsetof(struct push_config, m)
+const mica_config_entry push_config_table[] = {
+	{"log", "level", MICA_CFG_LOGLEVEL, 0, 4, "info", F(log_level),
+	 "least severe level written (debug, info, warn, error, off)"},
+	MICA_CONFIG_HTTP_ENTRIES("push.http", struct push_config, http, "16"),
+	MICA_CONFIG_DB_ENTRIES("push.db", struct push_config, db, "mica_push"),
+	MICA_CONFIG_KC_CLIENT_ENTRIES("push.keycenter", struct push_config, kc, "push"),
+	{"push.keycenter", "index_key", MICA_CFG_STRING, 1, 64, "push-index", F(index_key),
+	 "Key Center key of the HMACs of app secrets, device hashes and device tokens (never"
+	 " rotate without re-indexing)"},
+	{"push.keycenter", "content_key", MICA_CFG_STRING, 1, 64, "push-content", F(content_key),
+	 "Key Center key encrypting the devices' message-content keys"},
+};
+#undef F
+const size_t push_config_table_len = sizeof(push_config_table) / sizeof(push_config_table[0]);
+
+/* Both keys answer the operations the service needs from them: an HMAC
+ * under the index key (cached by lib/kc after the first), and an
+ * encryption under the content key, never cached, so each probe proves the
+ * Key Center reachable, auditing and its policy in force. */
+static int probe_keys(push_service *s)
+{
+	const char *key = s->cfg->index_key;
+	char *mac = NULL, *ct = NULL;
+	json_t *ctx = json_pack("{s:s}", "probe", "readiness");
+	int err = mica_kc_hmac(s->kc, key, "probe", 5, &mac);
+	if (err == 0) {
+		key = s->cfg->content_key;
+		err = ctx ? mica_kc_encrypt(s->kc, key, "x", 1, ctx, &ct) : MICA_ENOMEM;
+	}
+	if (err)
+		MICA_LOG(MICA_LOG_ERROR, "push: Key Center key %s is not usable: %s", key,
+			 mica_strerror(err));
+	json_decref(ctx);
+	free(mac);
+	free(ct);
+	return err;
+}
+
+static int ready_keycenter(void *state)
+{
+	return probe_keys(state);
+}
+
+static const mica_ready_check push_ready[] = {
+	{"database", mica_ready_database, 0},
+	{"keycenter", ready_keycenter, 0},
+};
+
+static int push_start(void *config, const mica_daemon_env *env, void **state)
+{
+	struct push_config *cfg = config;
+	push_service *s = calloc(1, sizeof(*s));
+	int err;
+	(void)env;
+	*state = s;
+	if (!s)
+		return MICA_ENOMEM;
+	s->cfg = cfg;
+	if ((err = mica_kc_new(&s->kc, &cfg->kc)) != 0 || (err = probe_keys(s)) != 0) {
+		MICA_LOG(MICA_LOG_ERROR, "push: the Key Center at %s is not usable: %s",
+			 cfg->kc.base_url, mica_strerror(err));
+		return err;
+	}
+	return 0;
+}
+
+static void push_stop(void *state)
+{
+	push_service *s = state;
+	if (!s)
+		return;
+	mica_kc_free(s->kc);
+	free(s);
+}
+
+const mica_service push_daemon = {
+	.name = "push",
+	.summary = "The push service: device registration, developer apps, aliases and topics.",
+	MICA_SERVICE_CONFIG(push_config_table, struct push_config),
+	.uses = MICA_USES_DB | MICA_USES_KC,
+	.db_at = offsetof(struct push_config, db),
+	.kc_at = offsetof(struct push_config, kc),
+	.start = push_start,
+	.stop = push_stop,
+	.routes = push_routes,
+	.nroutes = &push_routes_len,
+	MICA_SERVICE_READY(push_ready),
+};
