@@ -125,12 +125,15 @@ got=$(timeout 30 mosquitto_sub -V mqttv311 -h 127.0.0.1 -p "$port" -i unsubid -c
 	fail "mosquitto_sub -U failed: $(cat "$dir/unsub.client-err")"
 end_peer unsub 0
 [ "$got" = x ] || fail "mosquitto_sub -U printed '$got'"
+# With -U and -C 1 mosquitto_sub 2.0.11 often closes right after its PUBACK without sending
+# DISCONNECT (timing-dependent: the message can arrive before the UNSUBACK); the packet is the
+# client's choice there, so a trailing DISCONNECT is optional in this case only.
+sed -i '${/^DISCONNECT$/d}' "$dir/unsub.out"
 expect_lines unsub \
 	"CONNECT client_id=unsubid clean=0 keepalive=60 will=0" \
 	"SUBSCRIBE id=1 a/b:2 c/+/#:2" \
 	"UNSUBSCRIBE id=2 a/b" \
-	"PUBACK id=7" \
-	"DISCONNECT"
+	"PUBACK id=7"
 ok "mosquitto_sub -c -U: clean session 0, two filters, UNSUBSCRIBE decoded; our UNSUBACK accepted"
 
 # 5. An MQTT 3.1 client ("MQIsdp", level 3): refused by name, answered with our CONNACK 1,
