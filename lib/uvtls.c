@@ -618,8 +618,12 @@ static void feed(mica_uvtls_conn *c)
 		int e = SSL_get_error(c->ssl, n);
 		if (flush_out(c) != 0)
 			return;
-		if (e == SSL_ERROR_WANT_READ)
+		if (e == SSL_ERROR_WANT_READ) {
+			/* Idle until the next read: give back the record buffers
+			 * (OpenSSL keeps a read buffer that holds a partial record). */
+			(void)SSL_free_buffers(c->ssl);
 			return;
+		}
 		ERR_clear_error();
 		if (e == SSL_ERROR_ZERO_RETURN)
 			graceful_close(c, MICA_UVTLS_CLOSED_PEER);
