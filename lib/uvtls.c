@@ -825,8 +825,8 @@ static int ticket_mac_key(EVP_MAC_CTX *hctx, uint8_t *key)
 
 /* OpenSSL's ticket key callback: encrypt under the current period's key;
  * decrypt under the key the ticket names if it is one of the three periods
- * around now (1: good, 2: good but renew the ticket), else 0: full
- * handshake. Tickets are AES-256-CBC + HMAC-SHA256, OpenSSL's format. */
+ * around now (2: good, and issue a new ticket), else 0: full handshake. Tickets are AES-256-CBC +
+ * HMAC-SHA256, OpenSSL's format. */
 static int ticket_cb(SSL *ssl, unsigned char *key_name, unsigned char *iv, EVP_CIPHER_CTX *ectx,
 		     EVP_MAC_CTX *hctx, int enc)
 {
@@ -851,7 +851,10 @@ static int ticket_cb(SSL *ssl, unsigned char *key_name, unsigned char *iv, EVP_C
 		if (ticket_mac_key(hctx, k->hmac) != 1 ||
 		    EVP_DecryptInit_ex(ectx, EVP_aes_256_cbc(), NULL, k->aes, iv) != 1)
 			return -1;
-		return i == 1 ? 1 : 2;
+		/* Always renew: an OpenSSL client spends a TLS 1.3 session once it
+		 * resumed, and RFC 8446 (C.4) asks for single-use tickets, so every
+		 * resumption hands the device its next ticket. */
+		return 2;
 	}
 	return 0;
 }

@@ -32,6 +32,15 @@
  * thread before uv_run so a blocking libmica call made from a callback is
  * refused instead of stalling every connection.
  *
+ * Signals: libuv writes with write(2), so a peer that hung up raises SIGPIPE;
+ * a program using this module ignores it (lib/daemon does for every mica
+ * daemon).
+ *
+ * Sessions: a TLS 1.3 session is single-use on an OpenSSL client (it is no
+ * longer resumable once it resumed), and the server issues a new ticket on
+ * every resumption, so a client keeps the newest session on_session gave it
+ * and offers that on its next connect.
+ *
  * Callbacks are never called from inside the function that triggers them
  * except as documented: on_data, on_drain and on_close run from libuv
  * callbacks. A connection may be closed (mica_uvtls_close) from any of its
