@@ -579,6 +579,8 @@ static void opened(mica_uvtls_conn *c)
 	c->state = ST_OPEN;
 	wheel_del(c);
 	c->last_rx = wheel_now(c->wheel);
+	if (c->idle_ticks)
+		wheel_add(c, c->last_rx + c->idle_ticks);
 	if (c->cb->on_open)
 		c->cb->on_open(c);
 }

@@ -211,8 +211,8 @@ void mica_uvtls_close(mica_uvtls_conn *c);
  * bytes, means a peer dribbling a byte at a time does not stay alive. This
  * is how the MQTT layer enforces keepalive (1.5 x the client's keep-alive):
  * the deadlines sit on one coarse timer wheel per server (ticks of 250 ms),
- * so a connection pays a few bytes for its timer, not a uv_timer_t. Only
- * after on_open. */
+ * so a connection pays a few bytes for its timer, not a uv_timer_t. Set
+ * before on_open, it starts counting at on_open. */
 void mica_uvtls_set_idle_timeout(mica_uvtls_conn *c, unsigned ms);
 
 void mica_uvtls_set_user(mica_uvtls_conn *c, void *user);

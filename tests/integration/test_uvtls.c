@@ -666,7 +666,7 @@ START_TEST(reuseport_workers_resume_each_others_sessions)
 }
 END_TEST
 
-START_TEST(bad_ticket_secret_file_is_refused)
+START_TEST(bad_configuration_is_refused)
 {
 	char path[512];
 	snprintf(path, sizeof(path), "%s/uvtls-short-%d", env("MICA_TEST_DIR"), (int)getpid());
@@ -691,6 +691,16 @@ START_TEST(bad_ticket_secret_file_is_refused)
 	o.key_file = env("MICA_KEY_SERVER");
 	o.host = "not-an-address";
 	ck_assert_int_eq(mica_uvtls_server_new(&loop, &o, &srv_cb, NULL, &s), MICA_EINVAL);
+	/* A port in use, without SO_REUSEPORT on both sides. */
+	o.host = "127.0.0.1";
+	mica_uvtls_server *first;
+	ck_assert_int_eq(mica_uvtls_server_new(&loop, &o, &srv_cb, NULL, &first), 0);
+	o.port = mica_uvtls_server_port(first);
+	ck_assert_int_eq(mica_uvtls_server_new(&loop, &o, &srv_cb, NULL, &s), MICA_EIO);
+	ck_assert_ptr_null(s);
+	o.reuseport = true;
+	ck_assert_int_eq(mica_uvtls_server_new(&loop, &o, &srv_cb, NULL, &s), MICA_EIO);
+	mica_uvtls_server_free(first);
 	unlink(path);
 	loop_finish(&loop);
 }
@@ -772,7 +782,7 @@ static Suite *uvtls_suite(void)
 	tcase_add_test(tc, session_resumes_tls13);
 	tcase_add_test(tc, session_resumes_tls12);
 	tcase_add_loop_test(tc, reuseport_workers_resume_each_others_sessions, 0, 2);
-	tcase_add_test(tc, bad_ticket_secret_file_is_refused);
+	tcase_add_test(tc, bad_configuration_is_refused);
 	tcase_add_test(tc, backpressure_counts_pending_bytes);
 	tcase_add_test(tc, client_refuses_a_certificate_from_another_ca);
 	tcase_set_timeout(tc, 60);
