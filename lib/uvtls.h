@@ -19,12 +19,13 @@
  * suite are refused. Resumption: stateless session tickets (no server-side
  * session cache). The ticket keys come from one 32-byte secret (a file
  * shared by every process on a port, or random per process) and the wall
- * clock: the key of period e is HKDF-SHA256(secret, "mica uvtls ticket" ||
- * e) with e = unix time / ticket_period_s, so every process holding the
- * same secret encrypts under the same key and accepts the previous period's
- * key too (a ticket resumed under an older key is renewed), with no
- * coordination between processes. Replacing the secret file (and restarting
- * the workers) invalidates every outstanding ticket.
+ * clock: the key of period e is HKDF-SHA256(secret, "mica uvtls ticket v1"
+ * || e) with e = unix time / ticket_period_s, so every process holding the
+ * same secret encrypts under the same key, and accepts tickets of periods
+ * e-1, e and e+1 (clock skew between workers), with no coordination between
+ * processes; keys rotate every period by themselves. Every resumed ticket is
+ * renewed. Replacing the secret file (and restarting the workers)
+ * invalidates every outstanding ticket: each costs one full handshake.
  *
  * Threads: a server, a client connection and every call on them belong to
  * the thread that runs their uv_loop_t; nothing here is thread-safe and
@@ -41,10 +42,10 @@
  * every resumption, so a client keeps the newest session on_session gave it
  * and offers that on its next connect.
  *
- * Callbacks are never called from inside the function that triggers them
- * except as documented: on_data, on_drain and on_close run from libuv
- * callbacks. A connection may be closed (mica_uvtls_close) from any of its
- * callbacks; after on_close returns the connection is freed.
+ * Every callback runs from a libuv callback, never from inside a
+ * mica_uvtls_* call (a close that a write causes reports on_close later). A
+ * connection may be closed (mica_uvtls_close) from any of its callbacks;
+ * after on_close returns the connection is freed.
  */
 #ifndef MICA_UVTLS_H
 #define MICA_UVTLS_H
