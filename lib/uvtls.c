@@ -1,0 +1,1267 @@
+/* uvtls.c - TLS connections on libuv with OpenSSL on a buffer-less BIO:
+ * the server (listen, SO_REUSEPORT, accept, handshake deadline), the client
+ * (connect from a chosen source address, resume a session), record I/O with
+ * write backpressure, a coarse timer wheel for handshake, idle and close
+ * deadlines, and stateless session tickets whose keys derive from a shared
+ * secret and the clock. uvtls.h is the contract.
+ */
+#define _GNU_SOURCE
+#include "uvtls.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/bio.h>
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "crypto.h"
+#include "httpc.h"
+#include "log.h"
+
+#define READ_BUF_LEN 65536
+#define PLAINTEXT_LEN 16384
+#define RECORD_MAX 16384
+#define OUT_FLUSH_AT 65536
+#define WHEEL_TICK_MS 250
+#define WHEEL_SLOTS 256
+#define IDLE_MAX_MS 86400000u
+#define TICKET_INFO "mica uvtls ticket v1"
+#define TICKET_NAME_LEN 16
+#define TICKET_AES_LEN 32
+#define TICKET_HMAC_LEN 32
+#define TICKET_KEYS 3 /* previous, current, next period (clock skew between workers) */
+
+enum conn_state { ST_CONNECTING, ST_HANDSHAKE, ST_OPEN, ST_CLOSING, ST_CLOSED };
+
+/* One timer wheel per server, and one per loop for client connections: a
+ * connection with a deadline sits in the slot of its tick; the wheel's timer
+ * walks the slots the clock has passed, closing what is due and re-filing what
+ * is not (an idle deadline moves with every record without touching the
+ * wheel). */
+struct wheel {
+	uv_timer_t timer;
+	uint64_t start_ms;
+	uint32_t cur; /* last tick processed */
+	size_t refs;  /* the server or client connections holding it */
+	mica_uvtls_conn *slot[WHEEL_SLOTS];
+};
+
+struct ticket_key {
+	uint64_t period;
+	bool set;
+	uint8_t name[TICKET_NAME_LEN];
+	uint8_t aes[TICKET_AES_LEN];
+	uint8_t hmac[TICKET_HMAC_LEN];
+};
+
+struct mica_uvtls_server {
+	uv_tcp_t listener;
+	uv_loop_t *loop;
+	SSL_CTX *ctx;
+	mica_uvtls_callbacks cb;
+	void *user;
+	struct wheel *wheel;
+	mica_uvtls_conn *conns; /* every open connection, for mica_uvtls_server_free */
+	size_t nconns;
+	int port;
+	unsigned keepalive_s;
+	uint32_t handshake_ticks, close_ticks;
+	bool freeing, listener_open, listener_closed;
+	uint64_t ticket_period_s;
+	uint8_t ticket_secret[MICA_UVTLS_TICKET_SECRET_LEN];
+	struct ticket_key keys[TICKET_KEYS];
+};
+
+/* Kept small: this is what an idle connection costs besides its SSL object
+ * and its uv_tcp_t. */
+struct mica_uvtls_conn {
+	uv_tcp_t tcp;
+	SSL *ssl;
+	mica_uvtls_server *srv; /* NULL for a client connection */
+	const mica_uvtls_callbacks *cb;
+	void *user;
+	struct wheel *wheel;
+	mica_uvtls_conn *wprev, *wnext; /* wheel slot list */
+	mica_uvtls_conn *sprev, *snext; /* the server's connections */
+	size_t pending;
+	uint32_t deadline; /* tick: handshake or close deadline */
+	uint32_t last_rx;  /* tick of the last record */
+	uint32_t idle_ticks;
+	int16_t wslot; /* -1: not in the wheel */
+	uint8_t state;
+	uint8_t reason;
+	bool drain_wanted, silent;
+};
+
+/* What one thread shares between its connections: libuv's read buffer (a read
+ * is consumed before the callback returns), the plaintext buffer for SSL_read,
+ * the input lent to OpenSSL and the records OpenSSL wrote and that are not
+ * yet on the socket. */
+struct tstate {
+	char rbuf[READ_BUF_LEN];
+	uint8_t pt[PLAINTEXT_LEN];
+	const uint8_t *in;
+	size_t in_len;
+	mica_uvtls_conn *in_owner;
+	uint8_t *out;
+	size_t out_len, out_cap;
+	mica_uvtls_conn *out_owner;
+	struct wheel *cwheel; /* client connections' wheel */
+	uv_loop_t *cwheel_loop;
+};
+
+struct wreq {
+	uv_write_t req;
+	mica_uvtls_conn *c;
+	size_t len;
+	char data[];
+};
+
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+static pthread_key_t tkey;
+static BIO_METHOD *bio_method;
+static __thread struct tstate *ts;
+
+static void tstate_free(void *p)
+{
+	struct tstate *t = p;
+	if (!t)
+		return;
+	free(t->out);
+	free(t);
+}
+
+static int bio_write(BIO *b, const char *data, int len);
+static int bio_read(BIO *b, char *buf, int len);
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr);
+static int bio_create(BIO *b);
+
+static void init_once(void)
+{
+	if (pthread_key_create(&tkey, tstate_free) != 0)
+		return;
+	BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "mica uvtls");
+	if (!m)
+		return;
+	if (!BIO_meth_set_write(m, bio_write) || !BIO_meth_set_read(m, bio_read) ||
+	    !BIO_meth_set_ctrl(m, bio_ctrl) || !BIO_meth_set_create(m, bio_create)) {
+		BIO_meth_free(m);
+		return;
+	}
+	bio_method = m;
+}
+
+static struct tstate *tstate(void)
+{
+	if (ts)
+		return ts;
+	if (pthread_once(&once, init_once) != 0 || !bio_method)
+		return NULL;
+	struct tstate *t = calloc(1, sizeof(*t));
+	if (!t)
+		return NULL;
+	if (pthread_setspecific(tkey, t) != 0) {
+		free(t);
+		return NULL;
+	}
+	ts = t;
+	return t;
+}
+
+const char *mica_uvtls_close_name(mica_uvtls_close_reason r)
+{
+	switch (r) {
+	case MICA_UVTLS_CLOSED_LOCAL:
+		return "local";
+	case MICA_UVTLS_CLOSED_PEER:
+		return "peer";
+	case MICA_UVTLS_CLOSED_TLS:
+		return "tls";
+	case MICA_UVTLS_CLOSED_HANDSHAKE_TIMEOUT:
+		return "handshake_timeout";
+	case MICA_UVTLS_CLOSED_IDLE_TIMEOUT:
+		return "idle_timeout";
+	case MICA_UVTLS_CLOSED_IO:
+		return "io";
+	case MICA_UVTLS_CLOSED_NOMEM:
+		return "nomem";
+	}
+	return "unknown";
+}
+
+/* ---- The BIO: input lent by the read callback, output gathered per thread */
+
+static int bio_create(BIO *b)
+{
+	BIO_set_init(b, 1);
+	return 1;
+}
+
+static int bio_write(BIO *b, const char *data, int len)
+{
+	mica_uvtls_conn *c = BIO_get_data(b);
+	struct tstate *t = ts;
+	BIO_clear_retry_flags(b);
+	if (!t || len < 0 || (t->out_len > 0 && t->out_owner != c))
+		return -1; /* the writer flushes the other owner first; never happens */
+	size_t need = t->out_len + (size_t)len;
+	if (need > t->out_cap) {
+		size_t cap = t->out_cap ? t->out_cap : 16384;
+		while (cap < need)
+			cap *= 2;
+		uint8_t *p = realloc(t->out, cap);
+		if (!p)
+			return -1;
+		t->out = p;
+		t->out_cap = cap;
+	}
+	memcpy(t->out + t->out_len, data, (size_t)len);
+	t->out_len = need;
+	t->out_owner = c;
+	return len;
+}
+
+static int bio_read(BIO *b, char *buf, int len)
+{
+	mica_uvtls_conn *c = BIO_get_data(b);
+	struct tstate *t = ts;
+	BIO_clear_retry_flags(b);
+	if (!t || t->in_owner != c || t->in_len == 0 || len <= 0) {
+		BIO_set_retry_read(b);
+		return -1;
+	}
+	size_t n = t->in_len < (size_t)len ? t->in_len : (size_t)len;
+	memcpy(buf, t->in, n);
+	t->in += n;
+	t->in_len -= n;
+	return (int)n;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+	(void)num;
+	(void)ptr;
+	mica_uvtls_conn *c = BIO_get_data(b);
+	switch (cmd) {
+	case BIO_CTRL_FLUSH:
+		return 1;
+	case BIO_CTRL_PENDING:
+		return ts && ts->in_owner == c ? (long)ts->in_len : 0;
+	default:
+		return 0;
+	}
+}
+
+/* ---- Timer wheel -------------------------------------------------------- */
+
+static uint32_t wheel_now(const struct wheel *w)
+{
+	return (uint32_t)((uv_now(w->timer.loop) - w->start_ms) / WHEEL_TICK_MS);
+}
+
+static void wheel_del(mica_uvtls_conn *c)
+{
+	if (c->wslot < 0)
+		return;
+	if (c->wprev)
+		c->wprev->wnext = c->wnext;
+	else
+		c->wheel->slot[c->wslot] = c->wnext;
+	if (c->wnext)
+		c->wnext->wprev = c->wprev;
+	c->wprev = c->wnext = NULL;
+	c->wslot = -1;
+}
+
+/* Files |c| to be looked at on tick |due| (or as near as the wheel reaches). */
+static void wheel_add(mica_uvtls_conn *c, uint32_t due)
+{
+	struct wheel *w = c->wheel;
+	wheel_del(c);
+	if (due <= w->cur)
+		due = w->cur + 1;
+	if (due - w->cur >= WHEEL_SLOTS)
+		due = w->cur + WHEEL_SLOTS - 1;
+	int16_t s = (int16_t)(due % WHEEL_SLOTS);
+	c->wslot = s;
+	c->wprev = NULL;
+	c->wnext = w->slot[s];
+	if (c->wnext)
+		c->wnext->wprev = c;
+	w->slot[s] = c;
+}
+
+static uint32_t ms_to_ticks(unsigned ms)
+{
+	return (uint32_t)((ms + WHEEL_TICK_MS - 1) / WHEEL_TICK_MS);
+}
+
+static void hard_close(mica_uvtls_conn *c, mica_uvtls_close_reason reason);
+static void server_release(mica_uvtls_server *s);
+
+static void conn_due(mica_uvtls_conn *c, uint32_t now)
+{
+	switch (c->state) {
+	case ST_CONNECTING:
+	case ST_HANDSHAKE:
+		if (c->deadline <= now)
+			hard_close(c, MICA_UVTLS_CLOSED_HANDSHAKE_TIMEOUT);
+		else
+			wheel_add(c, c->deadline);
+		break;
+	case ST_OPEN:
+		if (c->idle_ticks == 0)
+			break;
+		if (c->last_rx + c->idle_ticks <= now)
+			hard_close(c, MICA_UVTLS_CLOSED_IDLE_TIMEOUT);
+		else
+			wheel_add(c, c->last_rx + c->idle_ticks);
+		break;
+	case ST_CLOSING:
+		if (c->deadline <= now)
+			hard_close(c, (mica_uvtls_close_reason)c->reason);
+		else
+			wheel_add(c, c->deadline);
+		break;
+	default:
+		break;
+	}
+}
+
+static void wheel_tick(uv_timer_t *t)
+{
+	struct wheel *w = t->data;
+	uint32_t now = wheel_now(w);
+	while (w->cur < now) {
+		w->cur++;
+		int s = (int)(w->cur % WHEEL_SLOTS);
+		mica_uvtls_conn *list = w->slot[s];
+		w->slot[s] = NULL;
+		while (list) {
+			mica_uvtls_conn *c = list;
+			list = c->wnext;
+			if (list)
+				list->wprev = NULL;
+			c->wprev = c->wnext = NULL;
+			c->wslot = -1;
+			conn_due(c, w->cur);
+		}
+	}
+}
+
+static struct wheel *wheel_new(uv_loop_t *loop)
+{
+	struct wheel *w = calloc(1, sizeof(*w));
+	if (!w)
+		return NULL;
+	if (uv_timer_init(loop, &w->timer) != 0) {
+		free(w);
+		return NULL;
+	}
+	w->timer.data = w;
+	w->start_ms = uv_now(loop);
+	w->refs = 1;
+	uv_timer_start(&w->timer, wheel_tick, WHEEL_TICK_MS, WHEEL_TICK_MS);
+	uv_unref((uv_handle_t *)&w->timer);
+	return w;
+}
+
+static void wheel_closed(uv_handle_t *h)
+{
+	free(h->data);
+}
+
+static void wheel_unref(struct wheel *w)
+{
+	if (!w || --w->refs > 0)
+		return;
+	if (ts && ts->cwheel == w) {
+		ts->cwheel = NULL;
+		ts->cwheel_loop = NULL;
+	}
+	uv_timer_stop(&w->timer);
+	uv_close((uv_handle_t *)&w->timer, wheel_closed);
+}
+
+/* ---- Output ------------------------------------------------------------- */
+
+static void write_done(uv_write_t *req, int status)
+{
+	struct wreq *wr = (struct wreq *)req;
+	mica_uvtls_conn *c = wr->c;
+	c->pending -= wr->len;
+	free(wr);
+	if (status < 0) {
+		hard_close(c, MICA_UVTLS_CLOSED_IO);
+		return;
+	}
+	if (c->pending == 0 && c->drain_wanted && c->state == ST_OPEN) {
+		c->drain_wanted = false;
+		if (c->cb->on_drain)
+			c->cb->on_drain(c);
+	}
+}
+
+/* Puts the records OpenSSL wrote for |c| on its socket: what the kernel takes
+ * at once, the rest queued. Returns 0 or MICA_ENOMEM/MICA_EIO (the connection
+ * is then closing). */
+static int flush_out(mica_uvtls_conn *c)
+{
+	struct tstate *t = ts;
+	if (!t || t->out_len == 0 || t->out_owner != c)
+		return 0;
+	size_t len = t->out_len, off = 0;
+	t->out_len = 0;
+	t->out_owner = NULL;
+	if (c->state == ST_CLOSED || c->state == ST_CONNECTING)
+		return 0;
+	if (c->pending == 0) {
+		uv_buf_t b = uv_buf_init((char *)t->out, (unsigned)len);
+		int r = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+		if (r > 0)
+			off = (size_t)r;
+		else if (r < 0 && r != UV_EAGAIN && r != UV_ENOSYS) {
+			hard_close(c, MICA_UVTLS_CLOSED_IO);
+			return MICA_EIO;
+		}
+	}
+	if (off == len)
+		return 0;
+	size_t rest = len - off;
+	struct wreq *wr = malloc(sizeof(*wr) + rest);
+	if (!wr) {
+		hard_close(c, MICA_UVTLS_CLOSED_NOMEM);
+		return MICA_ENOMEM;
+	}
+	wr->c = c;
+	wr->len = rest;
+	memcpy(wr->data, t->out + off, rest);
+	uv_buf_t b = uv_buf_init(wr->data, (unsigned)rest);
+	if (uv_write(&wr->req, (uv_stream_t *)&c->tcp, &b, 1, write_done) != 0) {
+		free(wr);
+		hard_close(c, MICA_UVTLS_CLOSED_IO);
+		return MICA_EIO;
+	}
+	c->pending += rest;
+	return 0;
+}
+
+/* Makes the thread's output buffer |c|'s: another connection's records are
+ * sent first. */
+static void take_out(mica_uvtls_conn *c)
+{
+	struct tstate *t = ts;
+	if (t && t->out_len > 0 && t->out_owner != c)
+		(void)flush_out(t->out_owner);
+}
+
+/* ---- Closing ------------------------------------------------------------ */
+
+static void conn_closed(uv_handle_t *h)
+{
+	mica_uvtls_conn *c = (mica_uvtls_conn *)h;
+	mica_uvtls_server *s = c->srv;
+	if (!c->silent && c->cb->on_close)
+		c->cb->on_close(c, (mica_uvtls_close_reason)c->reason);
+	if (ts && ts->out_owner == c) {
+		ts->out_len = 0;
+		ts->out_owner = NULL;
+	}
+	SSL_free(c->ssl);
+	struct wheel *w = c->wheel;
+	free(c);
+	if (s) {
+		s->nconns--;
+		if (s->freeing && s->nconns == 0 && s->listener_closed)
+			server_release(s);
+	} else {
+		wheel_unref(w);
+	}
+}
+
+static void hard_close(mica_uvtls_conn *c, mica_uvtls_close_reason reason)
+{
+	if (c->state == ST_CLOSED)
+		return;
+	if (c->state != ST_CLOSING)
+		c->reason = (uint8_t)reason;
+	c->state = ST_CLOSED;
+	wheel_del(c);
+	if (c->srv) {
+		if (c->sprev)
+			c->sprev->snext = c->snext;
+		else
+			c->srv->conns = c->snext;
+		if (c->snext)
+			c->snext->sprev = c->sprev;
+		c->sprev = c->snext = NULL;
+	}
+	uv_read_stop((uv_stream_t *)&c->tcp);
+	uv_close((uv_handle_t *)&c->tcp, conn_closed);
+}
+
+static void shutdown_done(uv_shutdown_t *req, int status)
+{
+	(void)status;
+	mica_uvtls_conn *c = req->data;
+	free(req);
+	hard_close(c, MICA_UVTLS_CLOSED_LOCAL);
+}
+
+/* close_notify out, queued bytes drained (bounded by the close timeout), then
+ * closed with |reason|. */
+static void graceful_close(mica_uvtls_conn *c, mica_uvtls_close_reason reason)
+{
+	if (c->state != ST_OPEN) {
+		if (c->state == ST_CONNECTING || c->state == ST_HANDSHAKE)
+			hard_close(c, reason);
+		return;
+	}
+	take_out(c);
+	ERR_clear_error();
+	(void)SSL_shutdown(c->ssl);
+	ERR_clear_error();
+	if (flush_out(c) != 0)
+		return;
+	c->reason = (uint8_t)reason;
+	c->state = ST_CLOSING;
+	uv_read_stop((uv_stream_t *)&c->tcp);
+	/* FIN once the queue has drained, then the close. */
+	uv_shutdown_t *req = malloc(sizeof(*req));
+	if (!req || uv_shutdown(req, (uv_stream_t *)&c->tcp, shutdown_done) != 0) {
+		free(req);
+		hard_close(c, reason);
+		return;
+	}
+	req->data = c;
+	uint32_t ticks = c->srv ? c->srv->close_ticks : ms_to_ticks(5000);
+	c->deadline = wheel_now(c->wheel) + ticks;
+	wheel_add(c, c->deadline);
+}
+
+void mica_uvtls_close(mica_uvtls_conn *c)
+{
+	if (c)
+		graceful_close(c, MICA_UVTLS_CLOSED_LOCAL);
+}
+
+/* ---- Input -------------------------------------------------------------- */
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+	(void)h;
+	(void)suggested;
+	struct tstate *t = tstate();
+	if (!t) {
+		*buf = uv_buf_init(NULL, 0);
+		return;
+	}
+	*buf = uv_buf_init(t->rbuf, sizeof(t->rbuf));
+}
+
+static void opened(mica_uvtls_conn *c)
+{
+	c->state = ST_OPEN;
+	wheel_del(c);
+	c->last_rx = wheel_now(c->wheel);
+	if (c->idle_ticks)
+		wheel_add(c, c->last_rx + c->idle_ticks);
+	if (c->cb->on_open)
+		c->cb->on_open(c);
+}
+
+/* Lets OpenSSL consume the lent input: the handshake, then records. */
+static void feed(mica_uvtls_conn *c)
+{
+	struct tstate *t = ts;
+	if (c->state == ST_HANDSHAKE) {
+		take_out(c);
+		ERR_clear_error();
+		int r = SSL_do_handshake(c->ssl);
+		int e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(c->ssl, r);
+		if (flush_out(c) != 0)
+			return;
+		if (r == 1) {
+			opened(c);
+		} else if (e == SSL_ERROR_WANT_READ) {
+			return;
+		} else {
+			ERR_clear_error();
+			hard_close(c, MICA_UVTLS_CLOSED_TLS);
+			return;
+		}
+	}
+	while (c->state == ST_OPEN) {
+		take_out(c);
+		ERR_clear_error();
+		int n = SSL_read(c->ssl, t->pt, sizeof(t->pt));
+		if (n > 0) {
+			c->last_rx = wheel_now(c->wheel);
+			if (flush_out(c) != 0)
+				return;
+			c->cb->on_data(c, t->pt, (size_t)n);
+			continue;
+		}
+		int e = SSL_get_error(c->ssl, n);
+		if (flush_out(c) != 0)
+			return;
+		if (e == SSL_ERROR_WANT_READ) {
+			/* Idle until the next read: give back the record buffers
+			 * (OpenSSL keeps a read buffer that holds a partial record). */
+			(void)SSL_free_buffers(c->ssl);
+			return;
+		}
+		ERR_clear_error();
+		if (e == SSL_ERROR_ZERO_RETURN)
+			graceful_close(c, MICA_UVTLS_CLOSED_PEER);
+		else
+			hard_close(c, MICA_UVTLS_CLOSED_TLS);
+		return;
+	}
+}
+
+static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+	mica_uvtls_conn *c = (mica_uvtls_conn *)st;
+	if (nread < 0) {
+		hard_close(c, nread == UV_EOF	    ? MICA_UVTLS_CLOSED_PEER
+			      : nread == UV_ENOBUFS ? MICA_UVTLS_CLOSED_NOMEM
+						    : MICA_UVTLS_CLOSED_IO);
+		return;
+	}
+	if (nread == 0 || (c->state != ST_HANDSHAKE && c->state != ST_OPEN))
+		return;
+	struct tstate *t = ts;
+	t->in = (const uint8_t *)buf->base;
+	t->in_len = (size_t)nread;
+	t->in_owner = c;
+	feed(c);
+	if (t->in_owner == c) {
+		t->in_owner = NULL;
+		t->in_len = 0;
+		t->in = NULL;
+	}
+}
+
+/* ---- Connections -------------------------------------------------------- */
+
+int mica_uvtls_write(mica_uvtls_conn *c, const void *data, size_t len)
+{
+	if (!c || (!data && len > 0))
+		return MICA_EINVAL;
+	if (c->state != ST_OPEN)
+		return MICA_ESTATE;
+	if (!tstate())
+		return MICA_ENOMEM;
+	const uint8_t *p = data;
+	size_t off = 0;
+	while (off < len) {
+		take_out(c);
+		size_t chunk = len - off < RECORD_MAX ? len - off : RECORD_MAX;
+		ERR_clear_error();
+		int n = SSL_write(c->ssl, p + off, (int)chunk);
+		if (n <= 0) {
+			ERR_clear_error();
+			(void)flush_out(c);
+			hard_close(c, MICA_UVTLS_CLOSED_TLS);
+			return MICA_ETLS;
+		}
+		off += (size_t)n;
+		if (ts->out_len >= OUT_FLUSH_AT) {
+			int r = flush_out(c);
+			if (r != 0)
+				return r;
+		}
+	}
+	int r = flush_out(c);
+	if (r != 0)
+		return r;
+	if (c->pending > 0)
+		c->drain_wanted = true;
+	return 0;
+}
+
+size_t mica_uvtls_pending(const mica_uvtls_conn *c)
+{
+	return c ? c->pending : 0;
+}
+
+void mica_uvtls_set_idle_timeout(mica_uvtls_conn *c, unsigned ms)
+{
+	if (!c)
+		return;
+	if (ms > IDLE_MAX_MS)
+		ms = IDLE_MAX_MS;
+	c->idle_ticks = ms_to_ticks(ms);
+	if (c->state != ST_OPEN)
+		return;
+	if (c->idle_ticks == 0) {
+		wheel_del(c);
+		return;
+	}
+	c->last_rx = wheel_now(c->wheel);
+	wheel_add(c, c->last_rx + c->idle_ticks);
+}
+
+void mica_uvtls_set_user(mica_uvtls_conn *c, void *user)
+{
+	if (c)
+		c->user = user;
+}
+
+void *mica_uvtls_user(const mica_uvtls_conn *c)
+{
+	return c ? c->user : NULL;
+}
+
+mica_uvtls_server *mica_uvtls_conn_server(const mica_uvtls_conn *c)
+{
+	return c ? c->srv : NULL;
+}
+
+SSL *mica_uvtls_ssl(const mica_uvtls_conn *c)
+{
+	return c ? c->ssl : NULL;
+}
+
+int mica_uvtls_peer_address(const mica_uvtls_conn *c, char *buf, size_t n)
+{
+	if (!c || !buf || n == 0)
+		return MICA_EINVAL;
+	struct sockaddr_storage sa;
+	int len = sizeof(sa);
+	if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&sa, &len) != 0)
+		return MICA_EIO;
+	int r = sa.ss_family == AF_INET6 ? uv_ip6_name((const struct sockaddr_in6 *)&sa, buf, n)
+					 : uv_ip4_name((const struct sockaddr_in *)&sa, buf, n);
+	return r == 0 ? 0 : MICA_EINVAL;
+}
+
+/* A new SSL object on |c| with the BIO and the back pointer. */
+static int conn_ssl(mica_uvtls_conn *c, SSL_CTX *ctx)
+{
+	c->ssl = SSL_new(ctx);
+	if (!c->ssl)
+		return MICA_ENOMEM;
+	BIO *b = BIO_new(bio_method);
+	if (!b)
+		return MICA_ENOMEM;
+	BIO_set_data(b, c);
+	SSL_set_bio(c->ssl, b, b);
+	SSL_set_app_data(c->ssl, c);
+	return 0;
+}
+
+/* ---- TLS policy and session tickets ------------------------------------- */
+
+static int ctx_policy(SSL_CTX *ctx)
+{
+	if (!SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) ||
+	    !SSL_CTX_set_cipher_list(ctx, MICA_TLS12_CIPHERS) ||
+	    !SSL_CTX_set_ciphersuites(ctx, MICA_TLS13_CIPHERS))
+		return MICA_ECRYPTO;
+	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
+					 SSL_OP_CIPHER_SERVER_PREFERENCE);
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+	return 0;
+}
+
+static int ticket_key_derive(mica_uvtls_server *s, uint64_t period, struct ticket_key *k)
+{
+	uint8_t info[sizeof(TICKET_INFO) - 1 + 8];
+	uint8_t okm[TICKET_NAME_LEN + TICKET_AES_LEN + TICKET_HMAC_LEN];
+	memcpy(info, TICKET_INFO, sizeof(TICKET_INFO) - 1);
+	for (int i = 0; i < 8; i++)
+		info[sizeof(TICKET_INFO) - 1 + i] = (uint8_t)(period >> (56 - 8 * i));
+	int r = mica_hkdf_sha256(NULL, 0, s->ticket_secret, sizeof(s->ticket_secret), info,
+				 sizeof(info), okm, sizeof(okm));
+	if (r == 0) {
+		memcpy(k->name, okm, TICKET_NAME_LEN);
+		memcpy(k->aes, okm + TICKET_NAME_LEN, TICKET_AES_LEN);
+		memcpy(k->hmac, okm + TICKET_NAME_LEN + TICKET_AES_LEN, TICKET_HMAC_LEN);
+		k->period = period;
+		k->set = true;
+	}
+	mica_wipe(okm, sizeof(okm));
+	return r;
+}
+
+/* The keys of period-1, period and period+1, derived when the period moved. */
+static int ticket_keys(mica_uvtls_server *s, uint64_t *period_out)
+{
+	uint64_t period = (uint64_t)time(NULL) / s->ticket_period_s;
+	*period_out = period;
+	if (s->keys[1].set && s->keys[1].period == period)
+		return 0;
+	for (int i = 0; i < TICKET_KEYS; i++) {
+		int r = ticket_key_derive(s, period - 1 + (uint64_t)i, &s->keys[i]);
+		if (r != 0)
+			return r;
+	}
+	return 0;
+}
+
+static int ticket_mac_key(EVP_MAC_CTX *hctx, uint8_t *key)
+{
+	OSSL_PARAM params[] = {
+		OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, key, TICKET_HMAC_LEN),
+		OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+		OSSL_PARAM_construct_end()};
+	return EVP_MAC_CTX_set_params(hctx, params);
+}
+
+/* OpenSSL's ticket key callback: encrypt under the current period's key;
+ * decrypt under the key the ticket names if it is one of the three periods
+ * around now (2: good, and issue a new ticket), else 0: full handshake. Tickets are AES-256-CBC +
+ * HMAC-SHA256, OpenSSL's format. */
+static int ticket_cb(SSL *ssl, unsigned char *key_name, unsigned char *iv, EVP_CIPHER_CTX *ectx,
+		     EVP_MAC_CTX *hctx, int enc)
+{
+	mica_uvtls_server *s = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
+	uint64_t period;
+	if (!s || ticket_keys(s, &period) != 0)
+		return -1;
+	if (enc) {
+		const struct ticket_key *k = &s->keys[1];
+		if (RAND_bytes(iv, 16) != 1)
+			return -1;
+		memcpy(key_name, k->name, TICKET_NAME_LEN);
+		if (EVP_EncryptInit_ex(ectx, EVP_aes_256_cbc(), NULL, k->aes, iv) != 1 ||
+		    ticket_mac_key(hctx, (uint8_t *)k->hmac) != 1)
+			return -1;
+		return 1;
+	}
+	for (int i = 0; i < TICKET_KEYS; i++) {
+		struct ticket_key *k = &s->keys[i];
+		if (!mica_ct_equal(key_name, k->name, TICKET_NAME_LEN))
+			continue;
+		if (ticket_mac_key(hctx, k->hmac) != 1 ||
+		    EVP_DecryptInit_ex(ectx, EVP_aes_256_cbc(), NULL, k->aes, iv) != 1)
+			return -1;
+		/* Always renew: an OpenSSL client spends a TLS 1.3 session once it
+		 * resumed, and RFC 8446 (C.4) asks for single-use tickets, so every
+		 * resumption hands the device its next ticket. */
+		return 2;
+	}
+	return 0;
+}
+
+static int read_secret(const char *path, uint8_t *out, size_t len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return MICA_ECONFIG;
+	int rc = MICA_ECONFIG;
+	struct stat st;
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (size_t)st.st_size != len)
+		goto out;
+	size_t got = 0;
+	while (got < len) {
+		ssize_t n = read(fd, out + got, len - got);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			goto out;
+		got += (size_t)n;
+	}
+	rc = 0;
+out:
+	if (rc != 0)
+		mica_wipe(out, len);
+	close(fd);
+	return rc;
+}
+
+static int server_ctx(mica_uvtls_server *s, const mica_uvtls_server_options *opt)
+{
+	s->ctx = SSL_CTX_new(TLS_server_method());
+	if (!s->ctx)
+		return MICA_ENOMEM;
+	int r = ctx_policy(s->ctx);
+	if (r != 0)
+		return r;
+	if (SSL_CTX_use_certificate_chain_file(s->ctx, opt->cert_file) != 1 ||
+	    SSL_CTX_use_PrivateKey_file(s->ctx, opt->key_file, SSL_FILETYPE_PEM) != 1 ||
+	    SSL_CTX_check_private_key(s->ctx) != 1) {
+		MICA_LOG(MICA_LOG_ERROR, "uvtls: cannot use certificate %s with key %s",
+			 opt->cert_file, opt->key_file);
+		return MICA_ECONFIG;
+	}
+	if (opt->ticket_secret_file) {
+		r = read_secret(opt->ticket_secret_file, s->ticket_secret,
+				sizeof(s->ticket_secret));
+		if (r != 0) {
+			MICA_LOG(MICA_LOG_ERROR,
+				 "uvtls: ticket secret %s must be a regular file of exactly %d "
+				 "bytes",
+				 opt->ticket_secret_file, MICA_UVTLS_TICKET_SECRET_LEN);
+			return r;
+		}
+	} else if (mica_random(s->ticket_secret, sizeof(s->ticket_secret)) != 0) {
+		return MICA_ECRYPTO;
+	}
+	s->ticket_period_s = opt->ticket_period_s ? opt->ticket_period_s : 3600;
+	uint64_t period;
+	r = ticket_keys(s, &period);
+	if (r != 0)
+		return r;
+	SSL_CTX_set_app_data(s->ctx, s);
+	/* Stateless tickets only: no server-side session cache to grow. */
+	SSL_CTX_set_session_cache_mode(s->ctx, SSL_SESS_CACHE_OFF);
+	SSL_CTX_set_timeout(s->ctx, (long)s->ticket_period_s);
+	static const unsigned char sid_ctx[] = "mica-uvtls";
+	if (SSL_CTX_set_session_id_context(s->ctx, sid_ctx, sizeof(sid_ctx) - 1) != 1 ||
+	    SSL_CTX_set_num_tickets(s->ctx, opt->tickets ? opt->tickets : 1) != 1 ||
+	    SSL_CTX_set_tlsext_ticket_key_evp_cb(s->ctx, ticket_cb) != 1)
+		return MICA_ECRYPTO;
+	return 0;
+}
+
+/* ---- Server ------------------------------------------------------------- */
+
+static void on_connection(uv_stream_t *ls, int status)
+{
+	mica_uvtls_server *s = ls->data;
+	if (status < 0 || s->freeing)
+		return;
+	mica_uvtls_conn *c = calloc(1, sizeof(*c));
+	if (!c)
+		return;
+	if (uv_tcp_init(s->loop, &c->tcp) != 0) {
+		free(c);
+		return;
+	}
+	c->srv = s;
+	c->cb = &s->cb;
+	c->wheel = s->wheel;
+	c->wslot = -1;
+	c->state = ST_HANDSHAKE;
+	c->sprev = NULL;
+	c->snext = s->conns;
+	if (s->conns)
+		s->conns->sprev = c;
+	s->conns = c;
+	s->nconns++;
+	if (uv_accept(ls, (uv_stream_t *)&c->tcp) != 0) {
+		c->silent = true;
+		hard_close(c, MICA_UVTLS_CLOSED_IO);
+		return;
+	}
+	(void)uv_tcp_nodelay(&c->tcp, 1);
+	if (s->keepalive_s)
+		(void)uv_tcp_keepalive(&c->tcp, 1, s->keepalive_s);
+	if (!tstate() || conn_ssl(c, s->ctx) != 0) {
+		hard_close(c, MICA_UVTLS_CLOSED_NOMEM);
+		return;
+	}
+	SSL_set_accept_state(c->ssl);
+	c->deadline = wheel_now(s->wheel) + s->handshake_ticks;
+	wheel_add(c, c->deadline);
+	if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) != 0)
+		hard_close(c, MICA_UVTLS_CLOSED_IO);
+}
+
+static int parse_addr(const char *host, int port, struct sockaddr_storage *sa)
+{
+	memset(sa, 0, sizeof(*sa));
+	if (port < 0 || port > 65535)
+		return MICA_EINVAL;
+	if (uv_ip4_addr(host, port, (struct sockaddr_in *)sa) == 0)
+		return 0;
+	if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)sa) == 0)
+		return 0;
+	return MICA_EINVAL;
+}
+
+static void server_release(mica_uvtls_server *s)
+{
+	SSL_CTX_free(s->ctx);
+	wheel_unref(s->wheel);
+	mica_wipe(s->ticket_secret, sizeof(s->ticket_secret));
+	mica_wipe(s->keys, sizeof(s->keys));
+	free(s);
+}
+
+static void listener_closed(uv_handle_t *h)
+{
+	mica_uvtls_server *s = h->data;
+	s->listener_closed = true;
+	if (s->freeing && s->nconns == 0)
+		server_release(s);
+}
+
+/* Binds and listens, SO_REUSEPORT set on the socket before bind(). */
+static int server_listen(mica_uvtls_server *s, const mica_uvtls_server_options *opt)
+{
+	struct sockaddr_storage sa;
+	if (parse_addr(opt->host, opt->port, &sa) != 0)
+		return MICA_EINVAL;
+	if (uv_tcp_init_ex(s->loop, &s->listener, sa.ss_family) != 0)
+		return MICA_EIO;
+	s->listener.data = s;
+	s->listener_open = true;
+	uv_os_fd_t fd;
+	int one = 1, r = MICA_EIO;
+	if (uv_fileno((uv_handle_t *)&s->listener, &fd) != 0)
+		goto fail;
+	if (opt->reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0)
+		goto fail;
+	if (uv_tcp_bind(&s->listener, (const struct sockaddr *)&sa, 0) != 0 ||
+	    uv_listen((uv_stream_t *)&s->listener, opt->backlog > 0 ? opt->backlog : 4096,
+		      on_connection) != 0) {
+		MICA_LOG(MICA_LOG_ERROR, "uvtls: cannot listen on %s port %d", opt->host,
+			 opt->port);
+		goto fail;
+	}
+	int len = sizeof(sa);
+	if (uv_tcp_getsockname(&s->listener, (struct sockaddr *)&sa, &len) != 0)
+		goto fail;
+	s->port = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
+						 : ((struct sockaddr_in *)&sa)->sin_port);
+	return 0;
+fail:
+	return r;
+}
+
+int mica_uvtls_server_new(uv_loop_t *loop, const mica_uvtls_server_options *opt,
+			  const mica_uvtls_callbacks *cb, void *user, mica_uvtls_server **out)
+{
+	if (out)
+		*out = NULL;
+	if (!loop || !opt || !cb || !out || !cb->on_data || !opt->host || !opt->cert_file ||
+	    !opt->key_file)
+		return MICA_EINVAL;
+	if (!tstate())
+		return MICA_ENOMEM;
+	mica_uvtls_server *s = calloc(1, sizeof(*s));
+	if (!s)
+		return MICA_ENOMEM;
+	s->loop = loop;
+	s->cb = *cb;
+	s->user = user;
+	s->keepalive_s = opt->keepalive_s;
+	s->handshake_ticks =
+		ms_to_ticks(opt->handshake_timeout_ms ? opt->handshake_timeout_ms : 10000);
+	s->close_ticks = ms_to_ticks(opt->close_timeout_ms ? opt->close_timeout_ms : 5000);
+	int r = server_ctx(s, opt);
+	if (r == 0)
+		r = server_listen(s, opt);
+	if (r == 0) {
+		s->wheel = wheel_new(loop);
+		if (!s->wheel)
+			r = MICA_ENOMEM;
+	}
+	if (r != 0) {
+		/* A listener that got a socket is released by its close callback,
+		 * with |s|, when the loop next runs. */
+		s->freeing = true;
+		if (s->listener_open)
+			uv_close((uv_handle_t *)&s->listener, listener_closed);
+		else
+			server_release(s);
+		return r;
+	}
+	*out = s;
+	return 0;
+}
+
+void mica_uvtls_server_free(mica_uvtls_server *s)
+{
+	if (!s || s->freeing)
+		return;
+	s->freeing = true;
+	uv_close((uv_handle_t *)&s->listener, listener_closed);
+	while (s->conns)
+		hard_close(s->conns, MICA_UVTLS_CLOSED_LOCAL);
+}
+
+int mica_uvtls_server_port(const mica_uvtls_server *s)
+{
+	return s ? s->port : 0;
+}
+
+void *mica_uvtls_server_user(const mica_uvtls_server *s)
+{
+	return s ? s->user : NULL;
+}
+
+size_t mica_uvtls_server_connections(const mica_uvtls_server *s)
+{
+	return s ? s->nconns : 0;
+}
+
+/* ---- Client ------------------------------------------------------------- */
+
+static int new_session(SSL *ssl, SSL_SESSION *sess)
+{
+	mica_uvtls_conn *c = SSL_get_app_data(ssl);
+	if (c && c->cb->on_session && c->state != ST_CLOSED)
+		c->cb->on_session(c, sess);
+	return 0; /* OpenSSL keeps its reference */
+}
+
+int mica_uvtls_client_ctx_new(const char *ca_file, const char *cert_file, const char *key_file,
+			      SSL_CTX **out)
+{
+	if (out)
+		*out = NULL;
+	if (!ca_file || !out || (!cert_file) != (!key_file))
+		return MICA_EINVAL;
+	if (pthread_once(&once, init_once) != 0 || !bio_method)
+		return MICA_ENOMEM;
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+	if (!ctx)
+		return MICA_ENOMEM;
+	int r = ctx_policy(ctx);
+	if (r != 0)
+		goto fail;
+	r = MICA_ECONFIG;
+	if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1)
+		goto fail;
+	if (cert_file && (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1 ||
+			  SSL_CTX_use_PrivateKey_file(ctx, key_file, SSL_FILETYPE_PEM) != 1))
+		goto fail;
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	SSL_CTX_set_session_cache_mode(ctx,
+				       SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+	SSL_CTX_sess_set_new_cb(ctx, new_session);
+	*out = ctx;
+	return 0;
+fail:
+	ERR_clear_error();
+	SSL_CTX_free(ctx);
+	return r;
+}
+
+static void connected(uv_connect_t *req, int status)
+{
+	mica_uvtls_conn *c = req->data;
+	free(req);
+	if (c->state != ST_CONNECTING)
+		return;
+	if (status < 0) {
+		hard_close(c, MICA_UVTLS_CLOSED_IO);
+		return;
+	}
+	c->state = ST_HANDSHAKE;
+	if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) != 0) {
+		hard_close(c, MICA_UVTLS_CLOSED_IO);
+		return;
+	}
+	feed(c); /* writes the ClientHello */
+}
+
+/* The client wheel of |loop| on this thread. */
+static struct wheel *client_wheel(uv_loop_t *loop)
+{
+	struct tstate *t = ts;
+	if (t->cwheel && t->cwheel_loop == loop) {
+		t->cwheel->refs++;
+		return t->cwheel;
+	}
+	struct wheel *w = wheel_new(loop);
+	if (!w)
+		return NULL;
+	/* A wheel of another loop stays with its connections; this loop gets
+	 * its own. */
+	t->cwheel = w;
+	t->cwheel_loop = loop;
+	return w;
+}
+
+static int client_setup(mica_uvtls_conn *c, SSL_CTX *ctx, const mica_uvtls_connect_options *opt)
+{
+	if (conn_ssl(c, ctx) != 0)
+		return MICA_ENOMEM;
+	SSL_set_connect_state(c->ssl);
+	if (opt->server_name) {
+		if (SSL_set_tlsext_host_name(c->ssl, opt->server_name) != 1 ||
+		    SSL_set1_host(c->ssl, opt->server_name) != 1)
+			return MICA_EINVAL;
+	} else if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), opt->host) != 1) {
+		return MICA_EINVAL;
+	}
+	if (opt->session && SSL_set_session(c->ssl, opt->session) != 1)
+		return MICA_EINVAL;
+	return 0;
+}
+
+int mica_uvtls_connect(uv_loop_t *loop, SSL_CTX *ctx, const mica_uvtls_connect_options *opt,
+		       const mica_uvtls_callbacks *cb, void *user, mica_uvtls_conn **out)
+{
+	if (out)
+		*out = NULL;
+	if (!loop || !ctx || !opt || !opt->host || !cb || !cb->on_data || !out)
+		return MICA_EINVAL;
+	struct sockaddr_storage sa, src;
+	if (parse_addr(opt->host, opt->port, &sa) != 0 ||
+	    (opt->source &&
+	     (parse_addr(opt->source, 0, &src) != 0 || src.ss_family != sa.ss_family)))
+		return MICA_EINVAL;
+	if (!tstate())
+		return MICA_ENOMEM;
+	mica_uvtls_conn *c = calloc(1, sizeof(*c));
+	uv_connect_t *req = malloc(sizeof(*req));
+	if (!c || !req) {
+		free(c);
+		free(req);
+		return MICA_ENOMEM;
+	}
+	c->cb = cb;
+	c->user = user;
+	c->wslot = -1;
+	c->state = ST_CONNECTING;
+	c->wheel = client_wheel(loop);
+	if (!c->wheel) {
+		free(c);
+		free(req);
+		return MICA_ENOMEM;
+	}
+	if (uv_tcp_init_ex(loop, &c->tcp, sa.ss_family) != 0) {
+		wheel_unref(c->wheel);
+		free(c);
+		free(req);
+		return MICA_EIO;
+	}
+	int r = client_setup(c, ctx, opt);
+	if (r == 0 && opt->source) {
+		uv_os_fd_t fd;
+		int one = 1;
+		/* Let connect() pick the port per destination, so one source address
+		 * serves more than the ephemeral range. */
+		if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0 && sa.ss_family == AF_INET)
+			(void)setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one,
+					 sizeof(one));
+		if (uv_tcp_bind(&c->tcp, (const struct sockaddr *)&src, 0) != 0)
+			r = MICA_EIO;
+	}
+	req->data = c;
+	if (r == 0 && uv_tcp_connect(req, &c->tcp, (const struct sockaddr *)&sa, connected) != 0)
+		r = MICA_EIO;
+	if (r != 0) {
+		free(req);
+		c->silent = true;
+		hard_close(c, MICA_UVTLS_CLOSED_IO);
+		return r;
+	}
+	(void)uv_tcp_nodelay(&c->tcp, 1);
+	c->deadline = wheel_now(c->wheel) + ms_to_ticks(opt->timeout_ms ? opt->timeout_ms : 10000);
+	wheel_add(c, c->deadline);
+	*out = c;
+	return 0;
+}
