@@ -242,10 +242,7 @@ static int recycled_run(const char *verb, int argc, char **argv)
 		{"on", required_argument, NULL, 'o'},
 		{"file", required_argument, NULL, 'f'},
 		{"db", required_argument, NULL, 'd'},
-		{"kc-url", required_argument, NULL, 'u'},
-		{"ca", required_argument, NULL, 'a'},
-		{"cert", required_argument, NULL, 'c'},
-		{"key", required_argument, NULL, 'k'},
+		MICA_CLI_KC_OPTIONS,
 		{"index-key", required_argument, NULL, 'i'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
@@ -272,18 +269,6 @@ static int recycled_run(const char *verb, int argc, char **argv)
 		case 'd':
 			conninfo = optarg;
 			break;
-		case 'u':
-			ko.base_url = optarg;
-			break;
-		case 'a':
-			ko.ca_file = optarg;
-			break;
-		case 'c':
-			ko.cert_file = optarg;
-			break;
-		case 'k':
-			ko.key_file = optarg;
-			break;
 		case 'i':
 			index_key = optarg;
 			break;
@@ -291,6 +276,8 @@ static int recycled_run(const char *verb, int argc, char **argv)
 			recycled_usage(stdout);
 			return MICA_EXIT_OK;
 		default:
+			if (mica_cli_kc_option(c, optarg, &ko))
+				break;
 			recycled_usage(stderr);
 			return MICA_EXIT_USAGE;
 		}

@@ -298,15 +298,12 @@ static int audit_verify(int argc, char **argv)
 		{"max-unsigned", required_argument, NULL, 'n'},
 		{"max-unsigned-ms", required_argument, NULL, 'm'},
 		{"mac", no_argument, NULL, 'M'},
-		{"kc-url", required_argument, NULL, 'u'},
-		{"ca", required_argument, NULL, 'a'},
-		{"cert", required_argument, NULL, 'c'},
-		{"key", required_argument, NULL, 'K'},
+		MICA_CLI_KC_OPTIONS,
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
-	const char *pubkey = NULL, *anchor = NULL, *published = NULL, *url = NULL;
-	mica_httpc_options ho = {.timeout_ms = 600000, .retries = 0};
+	const char *pubkey = NULL, *anchor = NULL, *published = NULL;
+	mica_kc_options ko = {0};
 	kc_audit_verify_options vo = {0};
 	int64_t v = 0;
 	int c, mac = 0;
@@ -325,18 +322,6 @@ static int audit_verify(int argc, char **argv)
 		case 'M':
 			mac = 1;
 			break;
-		case 'u':
-			url = optarg;
-			break;
-		case 'a':
-			ho.ca_file = optarg;
-			break;
-		case 'c':
-			ho.cert_file = optarg;
-			break;
-		case 'K':
-			ho.key_file = optarg;
-			break;
 		case 'n':
 			if (mica_cli_int("mica audit verify", "--max-unsigned", optarg, 1,
 					 INT64_MAX, &v) != 0)
@@ -353,6 +338,8 @@ static int audit_verify(int argc, char **argv)
 			audit_usage(stdout);
 			return MICA_EXIT_OK;
 		default:
+			if (mica_cli_kc_option(c, optarg, &ko))
+				break;
 			audit_usage(stderr);
 			return MICA_EXIT_USAGE;
 		}
@@ -360,7 +347,7 @@ static int audit_verify(int argc, char **argv)
 	const char *usage_err =
 		mac && (pubkey || anchor || published || optind != argc)
 			? "--mac checks online: no --pubkey, --anchor, --published or FILE"
-		: mac && (!url || !ho.ca_file || !ho.cert_file || !ho.key_file)
+		: mac && (!ko.base_url || !ko.ca_file || !ko.cert_file || !ko.key_file)
 			? "--mac needs --kc-url, --ca, --cert and --key (the auditor's certificate)"
 		: !mac && (!pubkey || optind != argc - 1) ? "need --pubkey PEM and exactly one FILE"
 							  : NULL;
@@ -369,8 +356,14 @@ static int audit_verify(int argc, char **argv)
 		audit_usage(stderr);
 		return MICA_EXIT_USAGE;
 	}
-	if (mac)
-		return audit_verify_mac(url, &ho);
+	if (mac) {
+		mica_httpc_options ho = {.ca_file = ko.ca_file,
+					 .cert_file = ko.cert_file,
+					 .key_file = ko.key_file,
+					 .timeout_ms = 600000,
+					 .retries = 0};
+		return audit_verify_mac(ko.base_url, &ho);
+	}
 	return audit_verify_offline(pubkey, anchor, published, &vo, argv[optind]);
 }
 

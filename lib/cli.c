@@ -57,3 +57,23 @@ int mica_cli_db_open(const char *prog, const char *conninfo, mica_db **db)
 	mica_db_close(db);
 	return MICA_EXIT_FAIL;
 }
+
+int mica_cli_kc_option(int c, const char *arg, mica_kc_options *ko)
+{
+	switch (c) {
+	case MICA_CLI_OPT_KC_URL:
+		ko->base_url = arg;
+		return 1;
+	case MICA_CLI_OPT_KC_CA:
+		ko->ca_file = arg;
+		return 1;
+	case MICA_CLI_OPT_KC_CERT:
+		ko->cert_file = arg;
+		return 1;
+	case MICA_CLI_OPT_KC_KEY:
+		ko->key_file = arg;
+		return 1;
+	default:
+		return 0;
+	}
+}

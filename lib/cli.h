@@ -22,6 +22,7 @@
 
 #include "db.h"
 #include "err.h"
+#include "kc.h"
 
 /* Exit codes of every verb, stable for scripts. */
 enum {
@@ -70,6 +71,28 @@ int mica_cli_int(const char *prog, const char *opt, const char *s, int64_t min, 
  * MICA_EXIT_USAGE; otherwise MICA_EXIT_OK. */
 int mica_cli_need_db(const char *prog, void (*usage)(FILE *), int argc, char **argv,
 		     const char *conninfo) MICA_WUR;
+
+/* The options of a verb that calls the Key Center as a client, for its
+ * getopt_long table: --kc-url, --ca, --cert and --key, with the values below
+ * (outside the range of short options). */
+enum {
+	MICA_CLI_OPT_KC_URL = 0x100,
+	MICA_CLI_OPT_KC_CA,
+	MICA_CLI_OPT_KC_CERT,
+	MICA_CLI_OPT_KC_KEY,
+};
+/* clang-format off */
+#define MICA_CLI_KC_OPTIONS                                                    \
+	{"kc-url", required_argument, NULL, MICA_CLI_OPT_KC_URL},              \
+	{"ca", required_argument, NULL, MICA_CLI_OPT_KC_CA},                   \
+	{"cert", required_argument, NULL, MICA_CLI_OPT_KC_CERT},               \
+	{"key", required_argument, NULL, MICA_CLI_OPT_KC_KEY}
+/* clang-format on */
+
+/* Stores option |c| of MICA_CLI_KC_OPTIONS with its value |arg| (borrowed)
+ * in |ko|. Returns 1 when |c| is one of them, else 0 (the caller's own
+ * option, or an unknown one). */
+int mica_cli_kc_option(int c, const char *arg, mica_kc_options *ko);
 
 /* Connects to |conninfo| (borrowed) into *db (close with mica_db_close());
  * on failure prints "PROG: cannot connect: ..." and returns MICA_EXIT_FAIL. */
