@@ -168,6 +168,18 @@ START_TEST(errors_name_the_key)
 	expect_error(text, "demo.count: \"3x\" is not an integer");
 	snprintf(text, sizeof(text), "%s%s", base, "size = 2Q\n");
 	expect_error(text, "demo.size: \"2Q\" is not a size");
+	/* One number syntax (mica_parse_int64's): no '+', no inner blanks, no
+	 * value beyond int64, a suffix only on a non-negative size. */
+	snprintf(text, sizeof(text), "%s%s", base, "count = +3\n");
+	expect_error(text, "demo.count: \"+3\" is not an integer");
+	snprintf(text, sizeof(text), "%s%s", base, "count = 99999999999999999999\n");
+	expect_error(text, "demo.count: \"99999999999999999999\" is not an integer");
+	snprintf(text, sizeof(text), "%s%s", base, "size = -1K\n");
+	expect_error(text, "demo.size: \"-1K\" is not a size");
+	snprintf(text, sizeof(text), "%s%s", base, "size = K\n");
+	expect_error(text, "demo.size: \"K\" is not a size");
+	snprintf(text, sizeof(text), "%s%s", base, "size = 1 K\n");
+	expect_error(text, "demo.size: \"1 K\" is not a size");
 	snprintf(text, sizeof(text), "%s%s", base, "size = 2M\n");
 	expect_error(text, "demo.size: 2097152 is out of range 1..1048576");
 	snprintf(text, sizeof(text), "%s%s", base, "flag = maybe\n");
