@@ -68,6 +68,10 @@ expect 64 'mica audit verify: --max-unsigned must be a whole number in 1\.\.[0-9
 expect 64 'mica audit verify: --max-unsigned-ms must be a whole number in 1\.\.[0-9]+, not "-1"' \
 	audit verify --pubkey "$W/none.pem" --max-unsigned-ms -1 "$W/none.jsonl"
 ok "audit verify --max-unsigned 1x, --max-unsigned-ms -1: exit 64"
+# The shared Key Center client options (MICA_CLI_KC_OPTIONS): all four are needed by --mac.
+expect 64 'mica audit verify: --mac needs --kc-url, --ca, --cert and --key' \
+	audit verify --mac --kc-url https://127.0.0.1:1 --ca "$W/none.pem" --cert "$W/none.pem"
+ok "audit verify --mac without --key: exit 64 naming the four options"
 
 step="recycled options"
 KCOPTS=(--kc-url https://127.0.0.1:1 --ca "$W/none.pem" --cert "$W/none.pem" --key "$W/none.pem")
