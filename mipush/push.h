@@ -30,6 +30,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "config.h"
 #include "daemon.h"
@@ -150,6 +151,42 @@ int push_subscribe(push_service *s, const push_app *app, enum push_sub_kind kind
  * one of |app|'s. */
 int push_subscriptions(push_service *s, const push_app *app, enum push_sub_kind kind,
 		       const char *regid, json_t **list, mica_problem *p) MICA_WUR;
+
+/* ---- seal.c: the sealed message a device receives (docs/push-internals.md) - */
+
+/* What a message says to one device; strings borrowed, NULL when absent. */
+typedef struct push_message_view {
+	const char *msg_id; /* "deleted:<regid>" for the marker */
+	const char *type;   /* "notification", "pass_through", "deleted_messages" */
+	const char *app_id, *package;
+	const char *title, *description, *payload;
+	long notify_id;	     /* -1: none */
+	int notify_type;     /* MiPush notify_type; 0 when absent */
+	const json_t *extra; /* object of strings, or NULL */
+	int64_t sent_at_ms;
+	long count; /* deleted_messages only */
+} push_message_view;
+
+/* Seals |m| for device |regid| under its 32-byte content |key|: the JSON of
+ * docs/push-internals.md in a mica envelope (key name push-content, version
+ * 1, AAD "mica-push v1\0<regid>"). *out is malloc'd (the caller frees).
+ * Returns 0, MICA_EINVAL, MICA_ENOMEM or MICA_ECRYPTO. */
+int push_seal_message(const uint8_t key[PUSH_CONTENT_KEY_LEN], const char *regid,
+		      const push_message_view *m, uint8_t **out, size_t *out_len) MICA_WUR;
+
+/* ---- stats.c: the one place counters change --------------------------------- */
+
+/* Counter deltas. */
+typedef struct push_counts {
+	long sent, delivered, expired, dropped, invalid;
+} push_counts;
+
+/* Adds |c| to the daily counters of |app_id| for the UTC day of |at_ms| and,
+ * when |msg_id| is not NULL, to that message's trace counters (sent counts
+ * there as "queued"). Runs on |db| (inside the caller's transaction when it
+ * has one). Returns 0 or a database error. */
+int push_stats_record(mica_db *db, const char *app_id, const char *msg_id, int64_t at_ms,
+		      const push_counts *c) MICA_WUR;
 
 /* ---- routes.c -------------------------------------------------------------- */
 
