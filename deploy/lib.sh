@@ -617,6 +617,8 @@ mica_env_lines() {
 	mica__e MICA_ACCOUNT_REDIS_PASSWORD_FILE "$dir/secrets/redis-account.password"
 	mica__e MICA_ACCOUNT_RISK_ALTCHA_KEY_FILE "$dir/secrets/altcha.key"
 	mica__e MICA_PUSH_DB_CONNINFO "$(mica_service_conninfo "$dir" push)"
+	mica__e MICA_PUSH_REDIS_SOCKET "$dir/redis/redis.sock"
+	mica__e MICA_PUSH_REDIS_PASSWORD_FILE "$dir/secrets/redis-push.password"
 	unset -f mica__e
 }
 

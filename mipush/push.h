@@ -37,6 +37,7 @@
 #include "db.h"
 #include "http.h"
 #include "kc.h"
+#include "kv.h"
 #include "problem.h"
 
 /* Sizes of the identifiers and secrets (base64url without padding of 32
@@ -52,6 +53,7 @@ struct push_config {
 	int log_level;
 	mica_http_options http;
 	mica_config_db db;
+	struct mica_kv_config redis;
 	mica_kc_options kc;
 	char *index_key;   /* Key Center key of the HMACs (push-index) */
 	char *content_key; /* Key Center key sealing content keys (push-content) */

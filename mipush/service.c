@@ -18,6 +18,8 @@ const mica_config_entry push_config_table[] = {
 	 "least severe level written (debug, info, warn, error, off)"},
 	MICA_CONFIG_HTTP_ENTRIES("push.http", struct push_config, http, "16"),
 	MICA_CONFIG_DB_ENTRIES("push.db", struct push_config, db, "mica_push"),
+	MICA_CONFIG_REDIS_ENTRIES("push.redis", struct push_config, redis, "push",
+				  "push:*; channel push:wake"),
 	MICA_CONFIG_KC_CLIENT_ENTRIES("push.keycenter", struct push_config, kc, "push"),
 	{"push.keycenter", "index_key", MICA_CFG_STRING, 1, 64, "push-index", F(index_key),
 	 "Key Center key of the HMACs of app secrets, device hashes and device tokens (never"
@@ -58,6 +60,7 @@ static int ready_keycenter(void *state)
 
 static const mica_ready_check push_ready[] = {
 	{"database", mica_ready_database, 0},
+	{"redis", mica_ready_redis, 0},
 	{"keycenter", ready_keycenter, 0},
 };
 
@@ -92,8 +95,9 @@ const mica_service push_daemon = {
 	.name = "push",
 	.summary = "The push service: device registration, developer apps, aliases and topics.",
 	MICA_SERVICE_CONFIG(push_config_table, struct push_config),
-	.uses = MICA_USES_DB | MICA_USES_KC,
+	.uses = MICA_USES_DB | MICA_USES_REDIS | MICA_USES_KC,
 	.db_at = offsetof(struct push_config, db),
+	.redis_at = offsetof(struct push_config, redis),
 	.kc_at = offsetof(struct push_config, kc),
 	.start = push_start,
 	.stop = push_stop,

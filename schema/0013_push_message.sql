@@ -29,6 +29,10 @@ CREATE TABLE push.message (
 	expired integer NOT NULL DEFAULT 0,
 	dropped integer NOT NULL DEFAULT 0,      -- pushed out by the pending cap or replaced (notify_id)
 	invalid integer NOT NULL DEFAULT 0,      -- targets that named no registration
+	-- MiPush receipts: callback.url, callback.param, callback.type of the request
+	callback_url text CHECK (length(callback_url) BETWEEN 1 AND 2048),
+	callback_param text CHECK (length(callback_param) <= 1024),
+	callback_type integer,
 	CHECK (expires_at > created_at)
 );
 CREATE INDEX message_app_jobkey_idx ON push.message (app_id, jobkey) WHERE jobkey IS NOT NULL;

@@ -272,6 +272,52 @@ stack_account_setup() {
 	)
 }
 
+# stack_push_setup: the Key Center (policy: push may HMAC under push-index and encrypt/decrypt
+# under push-content; both keys created) started as "keycenter", and PUSH_ENV, the environment of
+# a mica-push on port PPORT (URL PURL, Key Center at KURL) for
+# `stack_start push "$PURL" "${PUSH_ENV[@]}" "$PUSH_BIN" --config deploy/mica.conf.example`.
+# Needs stack_db_create first. Sets KPORT KURL PPORT PURL PUSH_CI PUSH_BIN KC_BIN.
+stack_push_setup() {
+	local k st
+	PUSH_BIN="$BUILD/bin/mica-push"
+	KC_BIN="$BUILD/bin/mica-keycenter"
+	for k in "$PUSH_BIN" "$KC_BIN"; do [[ -x "$k" ]] || fail "$k is missing (make all)"; done
+	stack_policy_doc 1 '"push": {"role": "service", "keys": {"push-index": ["hmac"], "push-content": ["encrypt", "decrypt"]}}' \
+		>"$W/policy.json"
+	stack_kc_init "$W/policy.json"
+	mica_free_port KPORT
+	mica_free_port PPORT
+	KURL="https://localhost:$KPORT"
+	PURL="https://localhost:$PPORT"
+	local -a kc_env
+	mapfile -t kc_env < <(stack_kc_env "$KPORT")
+	stack_start keycenter "$KURL" "${kc_env[@]}" "$KC_BIN" --config deploy/mica.conf.example
+	for k in push-index push-content; do
+		st="$(curl -sS -o "$W/body" -w '%{http_code}' --cacert "$MICA_CA" --cert "$MICA_CERT_ADMIN" \
+			--key "$MICA_KEY_ADMIN" -H 'Content-Type: application/json' -d '{"owner":"push"}' \
+			"$KURL/v1/keys/$k")"
+		[[ "$st" == 201 ]] || fail "creating $k as admin: $st $(cat "$W/body")"
+	done
+	PUSH_CI="$(mica_service_conninfo "$MICA_TEST_DIR" push "$DB")"
+	# shellcheck disable=SC2034
+	PUSH_ENV=(
+		MICA_LOG_LEVEL=info
+		"MICA_PUSH_HTTP_PORT=$PPORT"
+		MICA_PUSH_HTTP_METRICS_PORT=0
+		"MICA_PUSH_HTTP_CERT_FILE=$MICA_CERT_SERVER"
+		"MICA_PUSH_HTTP_KEY_FILE=$MICA_KEY_SERVER"
+		"MICA_PUSH_DB_CONNINFO=$PUSH_CI"
+		MICA_PUSH_DB_PASSWORD_FILE=
+		"MICA_PUSH_REDIS_SOCKET=$MICA_REDIS_SOCKET"
+		MICA_PUSH_REDIS_USER=push
+		"MICA_PUSH_REDIS_PASSWORD_FILE=$MICA_REDIS_PASSWORD_FILE_PUSH"
+		"MICA_PUSH_KEYCENTER_URL=$KURL"
+		"MICA_PUSH_KEYCENTER_CA_FILE=$MICA_CA"
+		"MICA_PUSH_KEYCENTER_CERT_FILE=$MICA_CERT_PUSH"
+		"MICA_PUSH_KEYCENTER_KEY_FILE=$MICA_KEY_PUSH"
+	)
+}
+
 stack_start() {
 	local name="$1" url="$2" pid deadline st
 	shift 2

@@ -10,43 +10,12 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib-stack.sh"
 
 stack_begin test_push_register MICA_CERT_PUSH MICA_KEY_PUSH MICA_CERT_ACCOUNT MICA_KEY_ACCOUNT
-PUSH_BIN="$BUILD/bin/mica-push"
-KC_BIN="$BUILD/bin/mica-keycenter"
-for f in "$PUSH_BIN" "$KC_BIN"; do [[ -x "$f" ]] || fail "$f is missing (make all)"; done
 command -v jq >/dev/null || fail "jq is not installed"
 
 # ---------------------------------------------------------------------------------------------
 step="setup"
 stack_db_create
-stack_policy_doc 1 '"push": {"role": "service", "keys": {"push-index": ["hmac"], "push-content": ["encrypt", "decrypt"]}}' \
-	>"$W/policy.json"
-stack_kc_init "$W/policy.json"
-mica_free_port KPORT
-mica_free_port PPORT
-KURL="https://localhost:$KPORT"
-PURL="https://localhost:$PPORT"
-mapfile -t KC_ENV < <(stack_kc_env "$KPORT")
-stack_start keycenter "$KURL" "${KC_ENV[@]}" "$KC_BIN" --config deploy/mica.conf.example
-for k in push-index push-content; do
-	st="$(curl -sS -o "$W/body" -w '%{http_code}' --cacert "$MICA_CA" --cert "$MICA_CERT_ADMIN" \
-		--key "$MICA_KEY_ADMIN" -H 'Content-Type: application/json' -d '{"owner":"push"}' \
-		"$KURL/v1/keys/$k")"
-	[[ "$st" == 201 ]] || fail "creating $k as admin: $st $(cat "$W/body")"
-done
-PUSH_CI="$(mica_service_conninfo "$MICA_TEST_DIR" push "$DB")"
-PUSH_ENV=(
-	MICA_LOG_LEVEL=info
-	"MICA_PUSH_HTTP_PORT=$PPORT"
-	MICA_PUSH_HTTP_METRICS_PORT=0
-	"MICA_PUSH_HTTP_CERT_FILE=$MICA_CERT_SERVER"
-	"MICA_PUSH_HTTP_KEY_FILE=$MICA_KEY_SERVER"
-	"MICA_PUSH_DB_CONNINFO=$PUSH_CI"
-	MICA_PUSH_DB_PASSWORD_FILE=
-	"MICA_PUSH_KEYCENTER_URL=$KURL"
-	"MICA_PUSH_KEYCENTER_CA_FILE=$MICA_CA"
-	"MICA_PUSH_KEYCENTER_CERT_FILE=$MICA_CERT_PUSH"
-	"MICA_PUSH_KEYCENTER_KEY_FILE=$MICA_KEY_PUSH"
-)
+stack_push_setup
 stack_start push "$PURL" "${PUSH_ENV[@]}" "$PUSH_BIN" --config deploy/mica.conf.example
 ok "Key Center with push-index and push-content, mica-push on $PURL"
 
