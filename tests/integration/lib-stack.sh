@@ -277,6 +277,7 @@ stack_account_setup() {
 # a mica-push on port PPORT (URL PURL, Key Center at KURL) for
 # `stack_start push "$PURL" "${PUSH_ENV[@]}" "$PUSH_BIN" --config deploy/mica.conf.example`.
 # Needs stack_db_create first. Sets KPORT KURL PPORT PURL PUSH_CI PUSH_BIN KC_BIN.
+# shellcheck disable=SC2034
 stack_push_setup() {
 	local k st
 	PUSH_BIN="$BUILD/bin/mica-push"
@@ -299,7 +300,6 @@ stack_push_setup() {
 		[[ "$st" == 201 ]] || fail "creating $k as admin: $st $(cat "$W/body")"
 	done
 	PUSH_CI="$(mica_service_conninfo "$MICA_TEST_DIR" push "$DB")"
-	# shellcheck disable=SC2034
 	PUSH_ENV=(
 		MICA_LOG_LEVEL=info
 		"MICA_PUSH_HTTP_PORT=$PPORT"
