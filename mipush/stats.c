@@ -10,11 +10,11 @@ int push_stats_record(mica_db *db, const char *app_id, const char *msg_id, int64
 		      const push_counts *c)
 {
 	char v[5][24], at[32];
-	const long n[5] = {c->sent, c->delivered, c->expired, c->dropped, c->invalid};
 	int err;
 
 	if (!db || !app_id || !c)
 		return MICA_EINVAL;
+	const long n[5] = {c->sent, c->delivered, c->expired, c->dropped, c->invalid};
 	if (!n[0] && !n[1] && !n[2] && !n[3] && !n[4])
 		return 0;
 	for (int i = 0; i < 5; i++)
