@@ -57,6 +57,11 @@ struct push_config {
 	mica_kc_options kc;
 	char *index_key;   /* Key Center key of the HMACs (push-index) */
 	char *content_key; /* Key Center key sealing content keys (push-content) */
+	/* Registration limits (Redis, fixed windows): per client address, and
+	 * per device of an app (keyed by its index, so a known and an unknown
+	 * app count alike). */
+	int register_ip_max, register_ip_window_s;
+	int register_device_max, register_device_window_s;
 };
 
 extern const mica_config_entry push_config_table[];
@@ -123,7 +128,8 @@ int push_app_authenticate(push_service *s, const char *authorization, const char
 
 /* ---- register.c: device registration ------------------------------------- */
 
-/* POST /v1/push/register {app_id, package, device_hash}: registers a device
+/* POST /v1/push/register {app_id, package, device_hash} from |client_ip|:
+ * registers a device
  * of app |app_id| whose package must be |package|, known by |device_hash|
  * (64 hex digits, SHA-256 of three device identifiers computed on the
  * device). A first registration gets a random regid; registering the same
@@ -131,9 +137,15 @@ int push_app_authenticate(push_service *s, const char *authorization, const char
  * content key (32 random bytes) and a new token (the MQTT password) are
  * made and the old ones stop working. *out is {regid, content_key (base64),
  * token}.
+ * Limits: cfg->register_ip_max per client address and
+ * cfg->register_device_max per device of an app, counted before the app is
+ * looked up (429 rate_limited; 503 unavailable naming redis when they
+ * cannot be counted).
  * Errors (4xx): unknown_field, missing_field, bad_field (body, lib/body.h),
- * bad_device_hash, unknown_app (404), package_mismatch (403). */
-int push_register(push_service *s, json_t *body, json_t **out, mica_problem *p) MICA_WUR;
+ * bad_device_hash, unknown_app (404), package_mismatch (403), rate_limited
+ * (429). */
+int push_register(push_service *s, const char *client_ip, json_t *body, json_t **out,
+		  mica_problem *p) MICA_WUR;
 
 /* ---- subscribe.c: aliases and topics --------------------------------------- */
 

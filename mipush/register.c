@@ -9,6 +9,7 @@
 
 #include "body.h"
 #include "crypto.h"
+#include "kv.h"
 #include "mipush/push.h"
 
 struct reg_tx {
@@ -27,6 +28,24 @@ static bool hex64(const char *h)
 		if (!isxdigit((unsigned char)h[i]))
 			return false;
 	return true;
+}
+
+/* One hit on the registration limit of |kind| ("ip", "device") for |who|. */
+static int register_limit(const char *kind, const char *who, int max, int window_s,
+			  mica_problem *p)
+{
+	char key[320];
+	int allowed = 0, err;
+	mica_kv *kv = mica_kv_thread();
+	snprintf(key, sizeof(key), "push:rl:register:%s:%s", kind, who);
+	err = kv ? mica_kv_rate_limit(kv, key, max, window_s, &allowed, NULL) : MICA_EKVCONN;
+	if (err)
+		return push_problem_dependency(p, err, "counting registrations");
+	if (!allowed)
+		return mica_problemf(p, 429, "rate_limited",
+				     "too many registrations from this %s; try again later",
+				     strcmp(kind, "ip") == 0 ? "address" : "device");
+	return 0;
 }
 
 /* The content key sealed by the Key Center to its row. */
@@ -90,7 +109,8 @@ static int reg_write(mica_db *db, void *arg)
 			    5, params, NULL);
 }
 
-int push_register(push_service *s, json_t *body, json_t **out, mica_problem *p)
+int push_register(push_service *s, const char *client_ip, json_t *body, json_t **out,
+		  mica_problem *p)
 {
 	static const mica_body_field spec[] = {
 		{"app_id", MICA_BODY_STRING, true, 19},
@@ -107,6 +127,9 @@ int push_register(push_service *s, json_t *body, json_t **out, mica_problem *p)
 	int err, attempt;
 
 	*out = NULL;
+	if ((err = register_limit("ip", client_ip ? client_ip : "-", s->cfg->register_ip_max,
+				  s->cfg->register_ip_window_s, p)) != 0)
+		return err;
 	if ((err = mica_body_fields(body, MICA_BODY_FIELDS(spec), v, p)) != 0)
 		return err;
 	if (!hex64(v[2].s))
@@ -124,6 +147,11 @@ int push_register(push_service *s, json_t *body, json_t **out, mica_problem *p)
 		err = push_problem_dependency(p, err, "indexing the device");
 		goto out;
 	}
+	/* By the device's index, before the app is looked up: an unknown app
+	 * counts exactly as a known one. */
+	if ((err = register_limit("device", device_idx, s->cfg->register_device_max,
+				  s->cfg->register_device_window_s, p)) != 0)
+		goto out;
 	if ((err = mica_random(key, sizeof(key))) != 0 || (err = push_random_b64(token)) != 0 ||
 	    (err = push_random_b64(new_regid)) != 0) {
 		err = push_problem_dependency(p, err, "drawing random values");

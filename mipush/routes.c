@@ -20,6 +20,10 @@ int push_problem_dependency(mica_problem *p, int err, const char *what)
 	case MICA_ESERIALIZATION:
 		mica_problem_unavailable(p, "database");
 		return err;
+	case MICA_EKVCONN:
+	case MICA_EKV:
+		mica_problem_unavailable(p, "redis");
+		return err;
 	case MICA_EAUTH:
 	case MICA_EDENIED:
 	case MICA_ENOTFOUND:
@@ -43,7 +47,7 @@ static void h_register(const mica_http_req *req, mica_http_resp *resp, void *svc
 {
 	mica_problem p = MICA_PROBLEM_INIT;
 	json_t *out = NULL;
-	if (push_register(svc, req->json, &out, &p) != 0)
+	if (push_register(svc, req->client_ip, req->json, &out, &p) != 0)
 		mica_http_reply_problem(resp, &p);
 	else
 		mica_http_reply_json(resp, 200, out);

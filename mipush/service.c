@@ -26,6 +26,14 @@ const mica_config_entry push_config_table[] = {
 	 " rotate without re-indexing)"},
 	{"push.keycenter", "content_key", MICA_CFG_STRING, 1, 64, "push-content", F(content_key),
 	 "Key Center key encrypting the devices' message-content keys"},
+	{"push.register", "ip_max", MICA_CFG_INT, 1, 1000000, "120", F(register_ip_max),
+	 "registrations per client address in ip_window_s (NAT gateways share one)"},
+	{"push.register", "ip_window_s", MICA_CFG_INT, 1, 86400, "60", F(register_ip_window_s),
+	 "window of ip_max, seconds"},
+	{"push.register", "device_max", MICA_CFG_INT, 1, 1000000, "20", F(register_device_max),
+	 "registrations of one device for one app in device_window_s"},
+	{"push.register", "device_window_s", MICA_CFG_INT, 1, 86400, "3600",
+	 F(register_device_window_s), "window of device_max, seconds"},
 };
 #undef F
 const size_t push_config_table_len = sizeof(push_config_table) / sizeof(push_config_table[0]);

@@ -303,6 +303,31 @@ denied "CREATE TABLE push.extra (x int)"
 	check_fail "mica_push cannot read its own registrations"
 ok
 
+step="limits"
+# Registrations are limited per device of an app (by its index, before the app is looked up, so
+# an unknown app counts alike) and per client address; both answer 429 rate_limited.
+stack_stop push
+stack_start push "$PURL" "${PUSH_ENV[@]}" MICA_PUSH_REGISTER_DEVICE_MAX=2 MICA_PUSH_REGISTER_IP_MAX=1000 \
+	"$PUSH_BIN" --config deploy/mica.conf.example
+HASH3="$(printf 'limit phone' | sha256sum | cut -c1-64)"
+must expect_reg 200 - "$(reg_body "$APP1" com.example.news "$HASH3")"
+must expect_reg 200 - "$(reg_body "$APP1" com.example.news "$HASH3")"
+expect_reg 429 rate_limited "$(reg_body "$APP1" com.example.news "$HASH3")"
+expect_reg 404 unknown_app "$(reg_body 999999999 com.example.news "$HASH3")"
+expect_reg 404 unknown_app "$(reg_body 999999999 com.example.news "$HASH3")"
+expect_reg 429 rate_limited "$(reg_body 999999999 com.example.news "$HASH3")"
+must expect_reg 200 - "$(reg_body "$APP1" com.example.news "$(printf 'limit phone 2' | sha256sum | cut -c1-64)")"
+stack_stop push
+mica_redis_cli "$MICA_TEST_DIR" admin DEL push:rl:register:ip:127.0.0.1 >/dev/null
+stack_start push "$PURL" "${PUSH_ENV[@]}" MICA_PUSH_REGISTER_IP_MAX=2 "$PUSH_BIN" --config deploy/mica.conf.example
+expect_reg 404 unknown_app "$(reg_body 999999998 com.example.news "$HASH2")"
+expect_reg 400 bad_device_hash "$(reg_body "$APP1" com.example.news "${HASH:0:63}g")"
+expect_reg 429 rate_limited "$(reg_body "$APP1" com.example.news "$HASH2")"
+stack_stop push
+mica_redis_cli "$MICA_TEST_DIR" admin DEL push:rl:register:ip:127.0.0.1 >/dev/null
+stack_start push "$PURL" "${PUSH_ENV[@]}" "$PUSH_BIN" --config deploy/mica.conf.example
+ok "per device (a known and an unknown app alike) and per address"
+
 step="readiness"
 st="$(curl -sS -o "$W/body" -w '%{http_code}' --cacert "$MICA_CA" "$PURL/readyz")"
 [[ "$st" == 200 ]] || check_fail "/readyz: $st $(cat "$W/body")"
