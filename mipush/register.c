@@ -31,8 +31,7 @@ static bool hex64(const char *h)
 }
 
 /* One hit on the registration limit of |kind| ("ip", "device") for |who|. */
-static int register_limit(const char *kind, const char *who, int max, int window_s,
-			  mica_problem *p)
+static int register_limit(const char *kind, const char *who, int max, int window_s, mica_problem *p)
 {
 	char key[320];
 	int allowed = 0, err;
