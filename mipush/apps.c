@@ -59,6 +59,29 @@ static bool package_ok(const char *p)
 	return true;
 }
 
+/* A new app secret in |secret| and its HMAC in *idx. */
+static int new_secret(mica_kc *kc, const char *index_key, char secret[PUSH_RANDOM_B64_LEN + 1],
+		      char **idx)
+{
+	int err = push_random_b64(secret);
+	return err ? err : kc_index(kc, index_key, "secret", secret, idx);
+}
+
+/* Hands |app_id| and |secret| to the caller as malloc'd copies. */
+static int give(const char *app_id, const char *secret, char **app_id_out, char **secret_out)
+{
+	if (app_id_out && !(*app_id_out = strdup(app_id)))
+		return MICA_ENOMEM;
+	if (!(*secret_out = strdup(secret))) {
+		if (app_id_out) {
+			free(*app_id_out);
+			*app_id_out = NULL;
+		}
+		return MICA_ENOMEM;
+	}
+	return 0;
+}
+
 int push_app_create(mica_db *db, mica_kc *kc, const char *index_key, const char *package,
 		    char **app_id_out, char **secret_out)
 {
@@ -74,26 +97,53 @@ int push_app_create(mica_db *db, mica_kc *kc, const char *index_key, const char 
 		goto out;
 	snprintf(app_id, sizeof(app_id), "%llu",
 		 (unsigned long long)(r % 9000000000000000000ULL + 1000000000000000000ULL));
-	if ((err = push_random_b64(secret)) != 0 ||
-	    (err = kc_index(kc, index_key, "secret", secret, &idx)) != 0)
+	if ((err = new_secret(kc, index_key, secret, &idx)) != 0)
 		goto out;
 	const char *params[] = {app_id, package, idx};
 	err = mica_db_exec(db,
 			   "INSERT INTO push.app (app_id, package, secret_idx) VALUES ($1, $2, $3)",
 			   3, params, NULL);
-	if (err)
-		goto out;
-	*app_id_out = strdup(app_id);
-	*secret_out = strdup(secret);
-	if (!*app_id_out || !*secret_out) {
-		free(*app_id_out);
-		free(*secret_out);
-		*app_id_out = *secret_out = NULL;
-		err = MICA_ENOMEM;
-	}
+	if (err == 0)
+		err = give(app_id, secret, app_id_out, secret_out);
 out:
 	mica_wipe(secret, sizeof(secret));
 	free(idx);
+	return err;
+}
+
+int push_app_rotate_secret(mica_db *db, mica_kc *kc, const char *index_key, const char *app_id,
+			   char **secret_out)
+{
+	char secret[PUSH_RANDOM_B64_LEN + 1] = "";
+	char *idx = NULL;
+	PGresult *res = NULL;
+	int err;
+	*secret_out = NULL;
+	if ((err = new_secret(kc, index_key, secret, &idx)) != 0)
+		goto out;
+	const char *params[] = {idx, app_id};
+	err = mica_db_exec(db,
+			   "UPDATE push.app SET secret_idx = $1 WHERE app_id = $2 RETURNING app_id",
+			   2, params, &res);
+	if (err == 0 && PQntuples(res) != 1)
+		err = MICA_ENOTFOUND;
+	if (err == 0)
+		err = give(app_id, secret, NULL, secret_out);
+out:
+	PQclear(res);
+	mica_wipe(secret, sizeof(secret));
+	free(idx);
+	return err;
+}
+
+int push_app_delete(mica_db *db, const char *app_id)
+{
+	PGresult *res = NULL;
+	int err = mica_db_exec(db, "DELETE FROM push.app WHERE app_id = $1 RETURNING app_id", 1,
+			       (const char *[]){app_id}, &res);
+	if (err == 0 && PQntuples(res) != 1)
+		err = MICA_ENOTFOUND;
+	PQclear(res);
 	return err;
 }
 

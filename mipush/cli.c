@@ -1,6 +1,7 @@
 /* cli.c - the push service's `mica` noun (lib/cli.h): `mica push app create`
  * makes a developer app and prints its app id and app secret (once: only the
- * secret's Key Center HMAC is stored), `mica push app list` lists the apps. */
+ * secret's Key Center HMAC is stored), `rotate-secret` replaces the secret,
+ * `delete` removes an app with everything of it, `list` lists the apps. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +16,8 @@
 static void app_usage(FILE *f)
 {
 	fprintf(f, "usage: mica push app create --package NAME OPTIONS\n"
+		   "       mica push app rotate-secret --app-id ID OPTIONS\n"
+		   "       mica push app delete --app-id ID [--db CONNINFO]\n"
 		   "       mica push app list [--db CONNINFO]\n"
 		   "OPTIONS: [--db CONNINFO] --kc-url URL --ca FILE --cert FILE --key FILE\n"
 		   "         [--index-key NAME]\n"
@@ -25,9 +28,13 @@ static void app_usage(FILE *f)
 		   "HMAC, computed by the Key Center with the push service's index key, so the\n"
 		   "client certificate must be one the policy lets compute it (the push\n"
 		   "principal's). Developers send it as `Authorization: key=<app secret>`.\n"
+		   "rotate-secret prints a new secret for app ID; the old one stops working at\n"
+		   "once. delete removes app ID with its registrations, queued messages,\n"
+		   "subscriptions and statistics.\n"
 		   "list prints every app: id, creation time, package.\n"
 		   "\n"
 		   "  --package NAME    the app's package (restricted_package_name)\n"
+		   "  --app-id ID       the app's id\n"
 		   "  --db CONNINFO     libpq connection string of a role that may write push.app\n"
 		   "                    (default: $MICA_DB_CONNINFO)\n"
 		   "  --kc-url URL      the Key Center (https://host:port)\n"
@@ -36,80 +43,114 @@ static void app_usage(FILE *f)
 		   "  -h, --help        show this help\n");
 }
 
-static int app_create(int argc, char **argv)
+/* The options every `mica push app` verb reads; each verb checks which it
+ * needs. */
+struct app_args {
+	const char *package, *app_id, *conninfo, *index_key;
+	mica_kc_options ko;
+};
+
+/* Parses argv into |a|. Returns -1 to go on, else the exit code. */
+static int app_parse(int argc, char **argv, struct app_args *a)
 {
 	static const struct option opts[] = {
 		{"package", required_argument, NULL, 'p'},
+		{"app-id", required_argument, NULL, 'a'},
 		{"db", required_argument, NULL, 'd'},
 		MICA_CLI_KC_OPTIONS,
 		{"index-key", required_argument, NULL, 'i'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
-	const char *package = NULL, *conninfo = getenv("MICA_DB_CONNINFO");
-	const char *index_key = "push-index";
-	mica_kc_options ko = {0};
 	int c;
+	*a = (struct app_args){.conninfo = getenv("MICA_DB_CONNINFO"), .index_key = "push-index"};
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'p':
-			package = optarg;
+			a->package = optarg;
+			break;
+		case 'a':
+			a->app_id = optarg;
 			break;
 		case 'd':
-			conninfo = optarg;
+			a->conninfo = optarg;
 			break;
 		case 'i':
-			index_key = optarg;
+			a->index_key = optarg;
 			break;
 		case 'h':
 			app_usage(stdout);
 			return MICA_EXIT_OK;
 		default:
-			if (mica_cli_kc_option(c, optarg, &ko))
+			if (mica_cli_kc_option(c, optarg, &a->ko))
 				break;
 			app_usage(stderr);
 			return MICA_EXIT_USAGE;
 		}
 	}
-	const char *bad = NULL;
-	if (!package)
-		bad = "--package is needed";
-	else if (!ko.base_url || !ko.ca_file || !ko.cert_file || !ko.key_file)
-		bad = "--kc-url, --ca, --cert and --key are needed";
-	if (bad) {
-		fprintf(stderr, "mica push app create: %s\n", bad);
-		app_usage(stderr);
-		return MICA_EXIT_USAGE;
-	}
-	if ((c = mica_cli_need_db("mica push app create", app_usage, argc, argv, conninfo)) != 0)
-		return c;
+	return -1;
+}
+
+static int app_usage_error(const char *cmd, const char *what)
+{
+	fprintf(stderr, "%s: %s\n", cmd, what);
+	app_usage(stderr);
+	return MICA_EXIT_USAGE;
+}
+
+static int app_fail(const char *cmd, mica_db *db, int err)
+{
+	if (err == MICA_ENOTFOUND)
+		fprintf(stderr, "%s: no app has this app id\n", cmd);
+	else
+		fprintf(stderr, "%s: %s%s%s\n", cmd, mica_errmsg(err),
+			mica_db_errmsg(db)[0] ? ": " : "", mica_db_errmsg(db));
+	return MICA_EXIT_FAIL;
+}
+
+/* create and rotate-secret: both draw a secret, index it with the Key Center
+ * and print it once. */
+static int app_secret(int argc, char **argv, bool create)
+{
+	const char *cmd = create ? "mica push app create" : "mica push app rotate-secret";
+	struct app_args a;
+	int rc = app_parse(argc, argv, &a);
+	if (rc >= 0)
+		return rc;
+	if (create ? !a.package : !a.app_id)
+		return app_usage_error(cmd, create ? "--package is needed" : "--app-id is needed");
+	if (!a.ko.base_url || !a.ko.ca_file || !a.ko.cert_file || !a.ko.key_file)
+		return app_usage_error(cmd, "--kc-url, --ca, --cert and --key are needed");
+	if ((rc = mica_cli_need_db(cmd, app_usage, argc, argv, a.conninfo)) != 0)
+		return rc;
 	mica_db *db = NULL;
 	mica_kc *kc = NULL;
 	char *app_id = NULL, *secret = NULL;
-	int rc = mica_cli_db_open("mica push app create", conninfo, &db);
+	rc = mica_cli_db_open(cmd, a.conninfo, &db);
 	if (rc == MICA_EXIT_OK) {
-		int err = mica_kc_new(&kc, &ko);
+		int err = mica_kc_new(&kc, &a.ko);
 		if (!err)
-			err = push_app_create(db, kc, index_key, package, &app_id, &secret);
+			err = create ? push_app_create(db, kc, a.index_key, a.package, &app_id,
+						       &secret)
+				     : push_app_rotate_secret(db, kc, a.index_key, a.app_id,
+							      &secret);
 		if (err == MICA_EINVAL) {
 			fprintf(stderr,
-				"mica push app create: --package must be 1-255 letters, digits,"
-				" '.', '_' or '-', starting with a letter\n");
+				"%s: --package must be 1-255 letters, digits,"
+				" '.', '_' or '-', starting with a letter\n",
+				cmd);
 			rc = MICA_EXIT_USAGE;
 		} else if (err == MICA_EEXISTS) {
-			fprintf(stderr, "mica push app create: an app for package %s exists\n",
-				package);
+			fprintf(stderr, "%s: an app for package %s exists\n", cmd, a.package);
 			rc = MICA_EXIT_FAIL;
 		} else if (err) {
-			fprintf(stderr, "mica push app create: %s%s%s\n", mica_errmsg(err),
-				mica_db_errmsg(db)[0] ? ": " : "", mica_db_errmsg(db));
-			rc = MICA_EXIT_FAIL;
+			rc = app_fail(cmd, db, err);
 		} else {
-			printf("app_id: %s\npackage: %s\napp_secret: %s\n", app_id, package,
-			       secret);
-			fprintf(stderr, "mica push app create: the app secret is shown once;"
-					" keep it now\n");
+			if (create)
+				printf("app_id: %s\npackage: %s\n", app_id, a.package);
+			printf("app_secret: %s\n", secret);
+			fprintf(stderr, "%s: the app secret is shown once; keep it now\n", cmd);
 		}
 	}
 	if (secret) {
@@ -118,6 +159,37 @@ static int app_create(int argc, char **argv)
 	}
 	free(app_id);
 	mica_kc_free(kc);
+	mica_db_close(&db);
+	return rc;
+}
+
+static int app_create(int argc, char **argv)
+{
+	return app_secret(argc, argv, true);
+}
+
+static int app_rotate_secret(int argc, char **argv)
+{
+	return app_secret(argc, argv, false);
+}
+
+static int app_delete(int argc, char **argv)
+{
+	const char *cmd = "mica push app delete";
+	struct app_args a;
+	int rc = app_parse(argc, argv, &a);
+	if (rc >= 0)
+		return rc;
+	if (!a.app_id)
+		return app_usage_error(cmd, "--app-id is needed");
+	mica_db *db = NULL;
+	if ((rc = mica_cli_need_db(cmd, app_usage, argc, argv, a.conninfo)) != 0 ||
+	    (rc = mica_cli_db_open(cmd, a.conninfo, &db)) != 0)
+		return rc;
+	int err = push_app_delete(db, a.app_id);
+	rc = err ? app_fail(cmd, db, err) : MICA_EXIT_OK;
+	if (!err)
+		printf("deleted app %s\n", a.app_id);
 	mica_db_close(&db);
 	return rc;
 }
@@ -162,8 +234,11 @@ static int app_list(int argc, char **argv)
 static int app_command(int argc, char **argv)
 {
 	static const mica_cli_verb verbs[] = {{"create", app_create, NULL},
+					      {"rotate-secret", app_rotate_secret, NULL},
+					      {"delete", app_delete, NULL},
 					      {"list", app_list, NULL}};
-	return mica_cli_run_verb("push app", verbs, 2, app_usage, argc, argv);
+	return mica_cli_run_verb("push app", verbs, sizeof(verbs) / sizeof(verbs[0]), app_usage,
+				 argc, argv);
 }
 
 static int push_command(int argc, char **argv)
@@ -173,7 +248,8 @@ static int push_command(int argc, char **argv)
 }
 
 static const mica_cli_verb nouns[] = {
-	{"push", push_command, "push app create|list: developer apps of the push service"},
+	{"push", push_command,
+	 "push app create|rotate-secret|delete|list: developer apps of the push service"},
 };
 
 const mica_cli_service mipush_cli = {"mipush", nouns, sizeof(nouns) / sizeof(nouns[0])};

@@ -111,6 +111,18 @@ typedef struct push_app {
 int push_app_create(mica_db *db, mica_kc *kc, const char *index_key, const char *package,
 		    char **app_id, char **secret) MICA_WUR;
 
+/* Gives app |app_id| a new random secret (in *secret, malloc'd; the caller
+ * wipes and frees it) and forgets the old one: from the commit on, only the
+ * new secret authenticates. Returns 0, MICA_ENOTFOUND (no such app), or a
+ * database or Key Center error. */
+int push_app_rotate_secret(mica_db *db, mica_kc *kc, const char *index_key, const char *app_id,
+			   char **secret) MICA_WUR;
+
+/* Deletes app |app_id| with everything of it: registrations, their queues,
+ * aliases and topics, messages and statistics (ON DELETE CASCADE).
+ * Returns 0, MICA_ENOTFOUND or a database error. */
+int push_app_delete(mica_db *db, const char *app_id) MICA_WUR;
+
 /* Prints every app (app id, package, created) to |f|, oldest first; sets
  * *n to their number. Returns 0 or a database error. */
 int push_app_list(mica_db *db, FILE *f, int *n) MICA_WUR;

@@ -257,6 +257,34 @@ expect_dev 200 - GET /v1/alias/all "registration_id=$REGID"
 ok
 
 # ---------------------------------------------------------------------------------------------
+step="app rotate and delete"
+# A third app: its secret rotated (the old one answers the same 401 as any wrong secret at
+# once), then the app deleted with its registration, subscription and everything else.
+must_app com.example.gone
+APP3="$APP_ID" SECRET3="$APP_SECRET"
+must expect_reg 200 - "$(reg_body "$APP3" com.example.gone "$HASH")"
+REGID3="$(jget regid)"
+expect_dev 200 - -s "$SECRET3" POST /v2/topic/subscribe "registration_id=$REGID3" topic=news
+"$MICA" push app rotate-secret --app-id "$APP3" "${CLI_KC[@]}" >"$W/app.out" 2>"$W/app.err" ||
+	fail "rotate-secret: $(cat "$W/app.err")"
+NEW3="$(sed -n 's/^app_secret: //p' "$W/app.out")"
+[[ "$NEW3" =~ ^[A-Za-z0-9_-]{43}$ && "$NEW3" != "$SECRET3" ]] || check_fail "rotate-secret output: $(cat "$W/app.out")"
+dev -s "$SECRET3" GET /v1/topic/all "registration_id=$REGID3"
+{ [[ "$status" == 401 ]] && cmp -s "$W/body" "$W/none"; } || check_fail "the rotated-out secret: $status $(cat "$W/body")"
+expect_dev 200 - -s "$NEW3" GET /v1/topic/all "registration_id=$REGID3"
+rc=0
+"$MICA" push app rotate-secret --app-id 1000000000000000001 "${CLI_KC[@]}" >/dev/null 2>"$W/err" || rc=$?
+{ [[ "$rc" == 1 ]] && grep -q 'no app has this app id' "$W/err"; } || check_fail "rotating an unknown app: exit $rc $(cat "$W/err")"
+"$MICA" push app delete --app-id "$APP3" --db "$ADMIN_CI" >/dev/null 2>"$W/err" || fail "app delete: $(cat "$W/err")"
+left="$(sql "$ADMIN_CI" "SELECT (SELECT count(*) FROM push.app WHERE app_id = '$APP3') + (SELECT count(*) FROM push.registration WHERE app_id = '$APP3') + (SELECT count(*) FROM push.topic_subscription WHERE app_id = '$APP3')")"
+[[ "$left" == 0 ]] || check_fail "app delete left $left rows"
+dev -s "$NEW3" GET /v1/topic/all "registration_id=$REGID3"
+[[ "$status" == 401 ]] || check_fail "a deleted app's secret: $status"
+rc=0
+"$MICA" push app delete --app-id "$APP3" --db "$ADMIN_CI" >/dev/null 2>"$W/err" || rc=$?
+[[ "$rc" == 1 ]] || check_fail "deleting it again: exit $rc"
+ok "rotate-secret replaces the secret at once; delete removes the app and all of it"
+
 step="at rest"
 # Every value of the push schema, as text: no device hash (either case), app secret, token or
 # content key (base64 or hex) appears in it.
