@@ -331,7 +331,7 @@ for i in 1 2 3 4 5; do
 	send_ok regid "registration_id=$REG_F" title="cap $i" description=d
 	CAPMSG+=("$MSG")
 done
-[[ "$(q "SELECT count(*) FROM push.queue WHERE regid = '$REG_F' AND kind = 0")" == $CAP ]] ||
+[[ "$(q "SELECT count(*) FROM push.queue WHERE regid = '$REG_F' AND kind = 0")" == "$CAP" ]] ||
 	check_fail "F holds $(q "SELECT count(*) FROM push.queue WHERE regid = '$REG_F' AND kind = 0") rows, cap $CAP"
 [[ "$(q "SELECT count(*) FROM push.queue WHERE regid = '$REG_F' AND kind = 1")" == 1 ]] ||
 	check_fail "F has no single marker"
