@@ -69,8 +69,7 @@ static void dev_ok(mica_http_resp *resp, json_t *data)
 {
 	mica_http_reply_json(resp, 200,
 			     json_pack("{s:s,s:i,s:s,s:o}", "result", "ok", "code", 0,
-				       "description", "Success", "data",
-				       data ? data : json_object()));
+				       "description", "成功", "data", data ? data : json_object()));
 }
 
 /* Reads the form against |spec| and authenticates the developer; the last
