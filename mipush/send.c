@@ -149,14 +149,20 @@ static int resolve(struct send *x, mica_problem *p)
 	res = NULL;
 	/* Invalid targets: regids of no registration of the app, aliases of no
 	 * device (MiPush counts both); a topic nobody follows is not invalid. */
-	if (r->target == PUSH_TARGET_REGID) {
-		x->invalid = (long)ntargets - (long)x->n;
-	} else if (r->target == PUSH_TARGET_ALIAS) {
-		err = mica_db_exec(mica_db_thread(),
-				   "SELECT count(*) FROM json_array_elements_text($2::json) x WHERE"
-				   " NOT EXISTS (SELECT 1 FROM push.alias a WHERE a.app_id = $1 AND"
-				   " a.alias = x)",
-				   2, params, &res);
+	if (r->target == PUSH_TARGET_REGID || r->target == PUSH_TARGET_ALIAS) {
+		/* distinct: a target named twice is one target */
+		err = mica_db_exec(
+			mica_db_thread(),
+			r->target == PUSH_TARGET_REGID
+				? "SELECT count(DISTINCT x) FROM"
+				  " json_array_elements_text($2::json) x WHERE NOT EXISTS"
+				  " (SELECT 1 FROM push.registration g WHERE g.app_id = $1"
+				  " AND g.regid = x)"
+				: "SELECT count(DISTINCT x) FROM"
+				  " json_array_elements_text($2::json) x WHERE NOT EXISTS"
+				  " (SELECT 1 FROM push.alias a WHERE a.app_id = $1 AND"
+				  " a.alias = x)",
+			2, params, &res);
 		int64_t v = 0;
 		if (err || (err = mica_db_get_int64(res, 0, 0, &v)) != 0) {
 			err = push_problem_dependency(p, err, "resolving the targets");

@@ -133,7 +133,7 @@ wake_seen() {
 # ---------------------------------------------------------------------------------------------
 step="regid"
 BOGUS="$(printf 'x%.0s' {1..43})"
-send_ok regid "registration_id=$REG_A,$REG_B,$BOGUS,$REG_X" title=Headline-7Q2 \
+send_ok regid "registration_id=$REG_A,$REG_B,$BOGUS,$REG_X,$REG_A,$BOGUS" title=Headline-7Q2 \
 	description=Body-text-9K1 payload=payload-secret-3F8 notify_type=1 extra.sound_uri=a.ogg \
 	"extra.ticker=Ticker 中文" restricted_package_name=com.example.news time_to_live=60000
 M1="$MSG"
