@@ -34,6 +34,18 @@ const mica_config_entry push_config_table[] = {
 	 "registrations of one device for one app in device_window_s"},
 	{"push.register", "device_window_s", MICA_CFG_INT, 1, 86400, "3600",
 	 F(register_device_window_s), "window of device_max, seconds"},
+	/* send.c */
+	{"push.keycenter", "cache_entries", MICA_CFG_INT, 1, 10000000, "100000",
+	 F(kc.cache_max_entries),
+	 "decrypted content keys (and HMACs) kept in memory, wiped on eviction; a send opens"
+	 " the others in batches of 1000"},
+	{"push.keycenter", "cache_ttl", MICA_CFG_INT, 1, 86400, "3600", F(key_cache_ttl_s),
+	 "seconds a decrypted content key stays in memory"},
+	{"push.queue", "max_pending", MICA_CFG_INT, 1, 10000, "100", F(max_pending),
+	 "queued messages per device; beyond it the oldest are dropped and the device gets one"
+	 " deleted_messages marker with the count"},
+	{"push.send", "wake_batch", MICA_CFG_INT, 1, 10000, "100", F(wake_batch),
+	 "W lines per PUBLISH on push:wake (at most 512 KiB each)"},
 };
 #undef F
 const size_t push_config_table_len = sizeof(push_config_table) / sizeof(push_config_table[0]);
@@ -82,6 +94,7 @@ static int push_start(void *config, const mica_daemon_env *env, void **state)
 	if (!s)
 		return MICA_ENOMEM;
 	s->cfg = cfg;
+	cfg->kc.cache_ttl_ms = (long)cfg->key_cache_ttl_s * 1000;
 	if ((err = mica_kc_new(&s->kc, &cfg->kc)) != 0 || (err = probe_keys(s)) != 0) {
 		MICA_LOG(MICA_LOG_ERROR, "push: the Key Center at %s is not usable: %s",
 			 cfg->kc.base_url, mica_strerror(err));
