@@ -211,8 +211,8 @@ static int post_group(mica_db *db, mica_httpc *hc, const struct push_config *cfg
 		}
 	size_t count = json_array_size(rows);
 	if (!push_receipt_url_ok(c[from].url)) {
-		/* The URL itself is not logged: it may carry the developer's
-		 * own credentials in its query. */
+		/* Named by its first message; the operator finds the URL in
+		 * push.message. */
 		MICA_LOG(MICA_LOG_WARN,
 			 "push: receipts of %zu message(s) (first %s) given up: the callback URL"
 			 " is not https",

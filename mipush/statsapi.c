@@ -123,7 +123,7 @@ static int stats_counters(const push_app *app, const char *start, const char *en
 void push_h_stats_counters(const mica_http_req *req, mica_http_resp *resp, void *svc)
 {
 	static const mica_form_field spec[] = {
-		{"start_date", true, 8}, {"end_date", true, 8}, F_PACKAGE};
+		{"start_date", true, 16}, {"end_date", true, 16}, F_PACKAGE};
 	char *v[3];
 	push_app app;
 	json_t *out = NULL;
