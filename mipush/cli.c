@@ -1,13 +1,15 @@
 /* cli.c - the push service's `mica` noun (lib/cli.h): `mica push app create`
  * makes a developer app and prints its app id and app secret (once: only the
  * secret's Key Center HMAC is stored), `rotate-secret` replaces the secret,
- * `delete` removes an app with everything of it, `list` lists the apps. */
+ * `delete` removes an app with everything of it, `list` lists the apps;
+ * `mica push purge [--at TIME]` runs the retention jobs once (purge.c). */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
+#include "clock.h"
 #include "crypto.h"
 #include "db.h"
 #include "kc.h"
@@ -241,15 +243,116 @@ static int app_command(int argc, char **argv)
 				 argc, argv);
 }
 
+/* ---- mica push purge ------------------------------------------------------------ */
+
+static void purge_usage(FILE *f)
+{
+	fprintf(f,
+		"usage: mica push purge [--at TIME] [--db CONNINFO] [--silent-days N]\n"
+		"                       [--trace-days N] [--batch N]\n"
+		"\n"
+		"Runs the push service's purge jobs once, as the daemon does every\n"
+		"push.retention.interval seconds: queued messages past their time to live\n"
+		"(counted expired), registrations silent for --silent-days with their queue\n"
+		"(counted dropped), expired job keys, and message traces expired more than\n"
+		"--trace-days ago. Running it twice does nothing more the second time.\n"
+		"\n"
+		"  --at TIME         the time the jobs take as now: RFC 3339\n"
+		"                    (2026-12-07T16:00:00Z, or with +HH:MM) or milliseconds\n"
+		"                    since the epoch (default: the clock)\n"
+		"  --db CONNINFO     libpq connection string of a role that may delete from the\n"
+		"                    push tables (default: $MICA_DB_CONNINFO)\n"
+		"  --silent-days N   default 90 (push.retention.silent_days)\n"
+		"  --trace-days N    default 30 (push.retention.trace_days)\n"
+		"  --batch N         rows per transaction, default 1000\n"
+		"  -h, --help        show this help\n");
+}
+
+static int purge_command(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"at", required_argument, NULL, 'a'},
+		{"db", required_argument, NULL, 'd'},
+		{"silent-days", required_argument, NULL, 's'},
+		{"trace-days", required_argument, NULL, 't'},
+		{"batch", required_argument, NULL, 'b'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	static const char prog[] = "mica push purge";
+	const char *conninfo = getenv("MICA_DB_CONNINFO");
+	int64_t now = mica_clock_now_ms(), silent = 90, trace = 30, batch = 1000;
+	int c;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		int rc = MICA_EXIT_OK;
+		switch (c) {
+		case 'a':
+			if (push_parse_time(optarg, &now) != 0) {
+				fprintf(stderr,
+					"%s: --at must be RFC 3339 (2026-12-07T16:00:00Z) or"
+					" milliseconds since the epoch, not \"%s\"\n",
+					prog, optarg);
+				rc = MICA_EXIT_USAGE;
+			}
+			break;
+		case 'd':
+			conninfo = optarg;
+			break;
+		case 's':
+			rc = mica_cli_int(prog, "--silent-days", optarg, 1, 3650, &silent);
+			break;
+		case 't':
+			rc = mica_cli_int(prog, "--trace-days", optarg, 0, 3650, &trace);
+			break;
+		case 'b':
+			rc = mica_cli_int(prog, "--batch", optarg, 1, 100000, &batch);
+			break;
+		case 'h':
+			purge_usage(stdout);
+			return MICA_EXIT_OK;
+		default:
+			purge_usage(stderr);
+			return MICA_EXIT_USAGE;
+		}
+		if (rc != MICA_EXIT_OK)
+			return rc;
+	}
+	mica_db *db = NULL;
+	if ((c = mica_cli_need_db(prog, purge_usage, argc, argv, conninfo)) != 0 ||
+	    (c = mica_cli_db_open(prog, conninfo, &db)) != 0)
+		return c;
+	push_purge_options o = {(int)silent, (int)trace, (int)batch};
+	push_purge_result r;
+	int err = push_purge_run(db, now, &o, &r);
+	printf("expired: %ld\nsilent_registrations: %ld\ndropped: %ld\njobkeys: %ld\n"
+	       "messages: %ld\n",
+	       r.expired, r.registrations, r.dropped, r.jobkeys, r.messages);
+	if (err)
+		fprintf(stderr, "%s: %s%s%s\n", prog, mica_errmsg(err),
+			mica_db_errmsg(db)[0] ? ": " : "", mica_db_errmsg(db));
+	mica_db_close(&db);
+	return err ? MICA_EXIT_FAIL : MICA_EXIT_OK;
+}
+
+static void push_usage(FILE *f)
+{
+	app_usage(f);
+	fputc('\n', f);
+	purge_usage(f);
+}
+
 static int push_command(int argc, char **argv)
 {
-	static const mica_cli_verb nouns[] = {{"app", app_command, NULL}};
-	return mica_cli_run_verb("push", nouns, 1, app_usage, argc, argv);
+	static const mica_cli_verb nouns[] = {{"app", app_command, NULL},
+					      {"purge", purge_command, NULL}};
+	return mica_cli_run_verb("push", nouns, 2, push_usage, argc, argv);
 }
 
 static const mica_cli_verb nouns[] = {
 	{"push", push_command,
-	 "push app create|rotate-secret|delete|list: developer apps of the push service"},
+	 "push app create|rotate-secret|delete|list, push purge: developer apps and retention of"
+	 " the push service"},
 };
 
 const mica_cli_service mipush_cli = {"mipush", nouns, sizeof(nouns) / sizeof(nouns[0])};

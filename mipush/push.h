@@ -66,15 +66,28 @@ struct push_config {
 	int max_pending;     /* push.queue.max_pending: queued messages per device */
 	int key_cache_ttl_s; /* push.keycenter.cache_ttl: decrypted content keys */
 	int wake_batch;	     /* push.send.wake_batch: W lines per PUBLISH */
+	/* [push.retention] and [push.receipts]: the scheduled jobs (purge.c,
+	 * receipts.c) */
+	int jobs_interval_s;	   /* seconds between two runs of the jobs */
+	int silent_days;	   /* a registration silent this long is purged */
+	int trace_days;		   /* a message's trace is kept this long after expiry */
+	int purge_batch;	   /* rows one purge transaction deletes at most */
+	char *receipts_ca_file;	   /* CAs the developers' callback URLs chain to */
+	int receipts_max_attempts; /* failed tries before a receipt is given up */
+	int receipts_backoff_ms;   /* first retry delay, doubled each failure */
+	int receipts_timeout_ms;   /* one callback POST, whole */
 };
 
 extern const mica_config_entry push_config_table[];
 extern const size_t push_config_table_len;
 extern const mica_service push_daemon;
 
+typedef struct push_jobs push_jobs;
+
 typedef struct push_service {
 	const struct push_config *cfg; /* borrowed, outlives the service */
 	mica_kc *kc;
+	push_jobs *jobs; /* the scheduled jobs' thread (purge.c), NULL before start */
 } push_service;
 
 /* ---- shared helpers: push_problem_dependency in routes.c, the others in apps.c */
@@ -296,6 +309,137 @@ typedef struct push_send_input {
 int push_send_read(const mica_http_req *req, enum push_target target, push_send_input *in,
 		   mica_problem *p) MICA_WUR;
 void push_send_input_cleanup(push_send_input *in);
+/* ---- purge.c: the scheduled jobs (issue 21 item 4) ---------------------------
+ *
+ * Each job takes the time |now_ms| (milliseconds since the epoch) from its
+ * caller, so tests and `mica push purge --at` move the clock; the daemon
+ * passes mica_clock_now_ms(). Each deletes in transactions of at most
+ * |batch| rows, locking what it deletes with FOR UPDATE SKIP LOCKED, so
+ * several nodes may run the same job at once without waiting on each other
+ * or counting a row twice; running a job again at the same |now_ms| finds
+ * nothing more to do. Queue rows that a job deletes undelivered are counted
+ * through push_stats_record() in the transaction that deletes them
+ * (expired by TTL: "expired"; with their registration: "dropped"); the
+ * deleted_messages marker rows count nothing. Every job returns 0 or a
+ * database error; *n (when not NULL) is what it deleted. */
+
+typedef struct push_purge_options {
+	int silent_days; /* >= 1 */
+	int trace_days;	 /* >= 0 */
+	int batch;	 /* >= 1 */
+} push_purge_options;
+
+typedef struct push_purge_result {
+	long expired;	    /* queue rows past their TTL */
+	long registrations; /* registrations silent for silent_days */
+	long dropped;	    /* queue rows those registrations still had */
+	long jobkeys;	    /* expired job keys */
+	long messages;	    /* traces past expiry + trace_days, with no queue row */
+} push_purge_result;
+
+/* Queue rows with expires_at <= now. */
+int push_purge_expired(mica_db *db, int64_t now_ms, int batch, long *n) MICA_WUR;
+
+/* Registrations whose last_seen is older than now - |silent_days| days,
+ * with their queue (counted dropped), aliases, topics and job keys. *n is
+ * the registrations; *dropped (may be NULL) the queue rows. */
+int push_purge_silent(mica_db *db, int64_t now_ms, int silent_days, int batch, long *n,
+		      long *dropped) MICA_WUR;
+
+/* Job keys with expires_at <= now. */
+int push_purge_jobkeys(mica_db *db, int64_t now_ms, int batch, long *n) MICA_WUR;
+
+/* Messages whose expires_at is at least |trace_days| days before now and
+ * that have no queue row left: their trace (and receipt state) goes. */
+int push_purge_messages(mica_db *db, int64_t now_ms, int trace_days, int batch, long *n) MICA_WUR;
+
+/* The four jobs above in that order, filling |r| (what was done before a
+ * failure stays counted). */
+int push_purge_run(mica_db *db, int64_t now_ms, const push_purge_options *o,
+		   push_purge_result *r) MICA_WUR;
+
+/* Deletes the registrations of app |app_id| named in |regids| (a JSON array
+ * of strings, borrowed; duplicates allowed) with their queue rows (counted
+ * dropped at |now_ms|), aliases, topics and job keys, in one transaction.
+ * *deleted is how many were deleted; *unknown a new JSON array (the caller
+ * owns it) of the names that were no registration of the app (in request
+ * order, once each). Returns 0 or a database error. */
+int push_registrations_delete(mica_db *db, const char *app_id, json_t *regids, int64_t now_ms,
+			      long *deleted, json_t **unknown) MICA_WUR;
+
+/* Parses a time for `mica push purge --at`: RFC 3339 in UTC or with an
+ * offset ("2026-12-07T16:00:00Z", "2026-12-07T18:00:00.250+02:00") or whole
+ * milliseconds since the epoch ("1796659200000"). Returns 0 and sets *ms, or
+ * MICA_EINVAL. */
+int push_parse_time(const char *s, int64_t *ms) MICA_WUR;
+
+/* Starts the thread that runs the purges and the receipts (receipts.c)
+ * every cfg->jobs_interval_s seconds, first at once; s->jobs is set.
+ * Returns 0 or MICA_ENOMEM. push_jobs_stop() stops it (within a second, or
+ * when a callback POST in flight ends) and is safe to call twice. */
+int push_jobs_start(push_service *s) MICA_WUR;
+void push_jobs_stop(push_service *s);
+
+/* ---- receipts.c: MiPush receipts (callbacks) --------------------------------
+ *
+ * A message sent with callback.url (push.message.callback_url) gets, when
+ * its delivered or invalid counter moved past what was last reported, an
+ * HTTPS POST to that URL: one per URL and run, batching every due message
+ * of that URL (at most |batch|). The JSON body maps each message id to
+ * {"param": callback.param, "type": the kinds reported (1 delivered,
+ * 16 invalid target, as MiPush's callback.type), "delivered": total,
+ * "invalid": total, "jobkey", "timestamp"}; it names no device
+ * (docs/api/push.md). A 2xx answer records the totals as reported; any
+ * other outcome retries after receipts_backoff_ms doubled per failure, and
+ * after receipts_max_attempts failures the message's receipts are given up
+ * (logged). A URL that is not https:// is given up at once. Due messages are
+ * claimed with a lease (receipt_next_at) in a short transaction, so two
+ * nodes never POST the same message's receipt at once. */
+
+typedef struct push_receipt_result {
+	long posted;   /* POSTs answered 2xx */
+	long failed;   /* POSTs that failed (will be retried) */
+	long given_up; /* messages given up this run */
+	long messages; /* messages reported in the successful POSTs */
+} push_receipt_result;
+
+struct mica_httpc;
+
+/* The callback body for the claimed rows of one URL: |rows| is a JSON
+ * array of objects {msg_id, param, type, jobkey, delivered, invalid};
+ * |now_ms| becomes each entry's timestamp. Returns a new JSON object (the
+ * caller decrefs) or NULL when out of memory. Pure: unit-tested. */
+json_t *push_receipt_body(const json_t *rows, int64_t now_ms);
+
+/* Whether |url| may receive receipts: https:// followed by a host. */
+bool push_receipt_url_ok(const char *url);
+
+/* One run of the receipt job at |now_ms| with the client |hc| (one per
+ * thread, lib/httpc.h) and the options of |cfg|. Returns 0 or a database
+ * error; a failed POST is not an error of the run. */
+int push_receipts_run(mica_db *db, struct mica_httpc *hc, const struct push_config *cfg,
+		      int64_t now_ms, push_receipt_result *r) MICA_WUR;
+
+/* ---- statsapi.c: statistics, traces and registration deletion ---------------
+ *
+ * The developer routes of issue 21 items 4 and 5 (docs/api/push.md):
+ * GET /v1/stats/message/counters, GET /v1/trace/message/status,
+ * GET /v1/trace/messages/status, POST /v1/push/registrations/delete. An app
+ * sees and deletes only its own. Counters are by app and day or by message,
+ * never by device. */
+
+/* MiPush's success envelope {"result": "ok", "code": 0, "description":
+ * "Success", "data": |data|} (|data| stolen; NULL: {}). */
+void push_mipush_reply(mica_http_resp *resp, json_t *data);
+
+/* A failed developer request: the problem |p| plus MiPush's envelope
+ * (result "error", code = the HTTP status, description, reason). */
+void push_mipush_fail(mica_http_resp *resp, mica_problem *p);
+
+void push_h_stats_counters(const mica_http_req *req, mica_http_resp *resp, void *svc);
+void push_h_trace_message(const mica_http_req *req, mica_http_resp *resp, void *svc);
+void push_h_trace_messages(const mica_http_req *req, mica_http_resp *resp, void *svc);
+void push_h_registrations_delete(const mica_http_req *req, mica_http_resp *resp, void *svc);
 
 /* ---- routes.c -------------------------------------------------------------- */
 

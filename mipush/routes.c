@@ -234,6 +234,11 @@ const mica_http_route push_routes[] = {
 	{"POST", "/v3/message/topic", h_send_topic, B},
 	{"POST", "/v3/message/multi_topic", h_send_multi_topic, B},
 	{"POST", "/v3/message/all", h_send_all, B},
+	/* statistics, traces, registration deletion (statsapi.c) */
+	{"GET", "/v1/stats/message/counters", push_h_stats_counters, B},
+	{"GET", "/v1/trace/message/status", push_h_trace_message, B},
+	{"GET", "/v1/trace/messages/status", push_h_trace_messages, B},
+	{"POST", "/v1/push/registrations/delete", push_h_registrations_delete, B},
 };
 #undef B
 const size_t push_routes_len = sizeof(push_routes) / sizeof(push_routes[0]);

@@ -46,6 +46,25 @@ const mica_config_entry push_config_table[] = {
 	 " deleted_messages marker with the count"},
 	{"push.send", "wake_batch", MICA_CFG_INT, 1, 10000, "100", F(wake_batch),
 	 "W lines per PUBLISH on push:wake (at most 512 KiB each)"},
+	/* the scheduled jobs: purge.c, receipts.c */
+	{"push.retention", "interval", MICA_CFG_INT, 1, 86400, "60", F(jobs_interval_s),
+	 "seconds between two runs of the scheduled jobs (expiry, silent devices, job keys,"
+	 " traces, receipts)"},
+	{"push.retention", "silent_days", MICA_CFG_INT, 1, 3650, "90", F(silent_days),
+	 "a registration silent this many days is deleted with its queue"},
+	{"push.retention", "trace_days", MICA_CFG_INT, 0, 3650, "30", F(trace_days),
+	 "days a message's trace is kept after it expired (then the message row goes)"},
+	{"push.retention", "batch", MICA_CFG_INT, 1, 100000, "1000", F(purge_batch),
+	 "rows one purge transaction deletes at most"},
+	{"push.receipts", "ca_file", MICA_CFG_STRING, 1, 4096, "/etc/ssl/certs/ca-certificates.crt",
+	 F(receipts_ca_file), "CAs the developers' callback URLs must chain to"},
+	{"push.receipts", "max_attempts", MICA_CFG_INT, 1, 100, "8", F(receipts_max_attempts),
+	 "failed POSTs after which a message's receipts are given up"},
+	{"push.receipts", "backoff_ms", MICA_CFG_INT, 10, 3600000, "30000", F(receipts_backoff_ms),
+	 "delay before the first retry of a failed receipt, doubled each failure (at most an"
+	 " hour)"},
+	{"push.receipts", "timeout_ms", MICA_CFG_INT, 100, 60000, "10000", F(receipts_timeout_ms),
+	 "one receipt POST, whole"},
 };
 #undef F
 const size_t push_config_table_len = sizeof(push_config_table) / sizeof(push_config_table[0]);
@@ -103,11 +122,18 @@ static int push_start(void *config, const mica_daemon_env *env, void **state)
 	return 0;
 }
 
+/* The scheduled jobs start once the service serves (purge.c). */
+static int push_serving(void *state)
+{
+	return push_jobs_start(state);
+}
+
 static void push_stop(void *state)
 {
 	push_service *s = state;
 	if (!s)
 		return;
+	push_jobs_stop(s);
 	mica_kc_free(s->kc);
 	free(s);
 }
@@ -121,6 +147,7 @@ const mica_service push_daemon = {
 	.redis_at = offsetof(struct push_config, redis),
 	.kc_at = offsetof(struct push_config, kc),
 	.start = push_start,
+	.serving = push_serving,
 	.stop = push_stop,
 	.routes = push_routes,
 	.nroutes = &push_routes_len,
