@@ -385,7 +385,7 @@ void push_jobs_stop(push_service *s);
  * A message sent with callback.url (push.message.callback_url) gets, when
  * its delivered or invalid counter moved past what was last reported, an
  * HTTPS POST to that URL: one per URL and run, batching every due message
- * of that URL (at most |batch|). The JSON body maps each message id to
+ * of that URL (at most 100). The JSON body maps each message id to
  * {"param": callback.param, "type": the kinds reported (1 delivered,
  * 16 invalid target, as MiPush's callback.type), "delivered": total,
  * "invalid": total, "jobkey", "timestamp"}; it names no device
