@@ -35,6 +35,7 @@
 #include "config.h"
 #include "daemon.h"
 #include "db.h"
+#include "form.h"
 #include "http.h"
 #include "kc.h"
 #include "kv.h"
@@ -428,20 +429,28 @@ int push_receipts_run(mica_db *db, struct mica_httpc *hc, const struct push_conf
  * sees and deletes only its own. Counters are by app and day or by message,
  * never by device. */
 
-/* MiPush's success envelope {"result": "ok", "code": 0, "description":
- * "Success", "data": |data|} (|data| stolen; NULL: {}). */
-void push_mipush_reply(mica_http_resp *resp, json_t *data);
-
-/* A failed developer request: the problem |p| plus MiPush's envelope
- * (result "error", code = the HTTP status, description, reason). */
-void push_mipush_fail(mica_http_resp *resp, mica_problem *p);
-
 void push_h_stats_counters(const mica_http_req *req, mica_http_resp *resp, void *svc);
 void push_h_trace_message(const mica_http_req *req, mica_http_resp *resp, void *svc);
 void push_h_trace_messages(const mica_http_req *req, mica_http_resp *resp, void *svc);
 void push_h_registrations_delete(const mica_http_req *req, mica_http_resp *resp, void *svc);
 
 /* ---- routes.c -------------------------------------------------------------- */
+
+/* The developer routes' MiPush envelope. push_mipush_reply: {"result": "ok",
+ * "code": 0, "description": "成功", "data": |data|} (|data| stolen; NULL:
+ * {}). push_mipush_fail: the problem |p| plus MiPush's members (result
+ * "error", code = the HTTP status, description, reason = the stable code).
+ * push_mipush_begin reads the form against |spec| (whose last field is
+ * PUSH_FORM_PACKAGE) into |v| and authenticates the developer; on failure
+ * the reply is sent, |v| freed and 0 returned, else 1. */
+void push_mipush_reply(mica_http_resp *resp, json_t *data);
+void push_mipush_fail(mica_http_resp *resp, mica_problem *p);
+int push_mipush_begin(push_service *s, const mica_http_req *req, mica_http_resp *resp,
+		      const mica_form_field *spec, size_t n, char **v, push_app *app) MICA_WUR;
+#define PUSH_FORM_PACKAGE                                                                          \
+	{                                                                                          \
+		"restricted_package_name", false, PUSH_PACKAGE_MAX                                 \
+	}
 
 extern const mica_http_route push_routes[];
 extern const size_t push_routes_len;

@@ -55,10 +55,7 @@ static void h_register(const mica_http_req *req, mica_http_resp *resp, void *svc
 
 /* ---- developer API ----------------------------------------------------------- */
 
-/* A failed developer request: the problem type plus MiPush's envelope
- * (result "error", a numeric code = the HTTP status, the message as
- * description, the stable code as reason). */
-static void dev_fail(mica_http_resp *resp, mica_problem *p)
+void push_mipush_fail(mica_http_resp *resp, mica_problem *p)
 {
 	if (!p->code)
 		mica_problemf(p, 500, "internal_error", "the request failed");
@@ -69,25 +66,22 @@ static void dev_fail(mica_http_resp *resp, mica_problem *p)
 	mica_http_reply_problem(resp, p);
 }
 
-static void dev_ok(mica_http_resp *resp, json_t *data)
+void push_mipush_reply(mica_http_resp *resp, json_t *data)
 {
 	mica_http_reply_json(resp, 200,
 			     json_pack("{s:s,s:i,s:s,s:o}", "result", "ok", "code", 0,
 				       "description", "成功", "data", data ? data : json_object()));
 }
 
-/* Reads the form against |spec| and authenticates the developer; the last
- * field of every spec is restricted_package_name. On failure the reply is
- * set and 0 returned. */
-static int dev_begin(push_service *s, const mica_http_req *req, mica_http_resp *resp,
-		     const mica_form_field *spec, size_t n, char **v, push_app *app)
+int push_mipush_begin(push_service *s, const mica_http_req *req, mica_http_resp *resp,
+		      const mica_form_field *spec, size_t n, char **v, push_app *app)
 {
 	mica_problem p = MICA_PROBLEM_INIT;
 	if (mica_http_form(req, spec, n, v, &p) != 0 ||
 	    push_app_authenticate(s, mica_http_header(req, "Authorization"), v[n - 1], app, &p) !=
 		    0) {
 		mica_form_free(v, n);
-		dev_fail(resp, &p);
+		push_mipush_fail(resp, &p);
 		return 0;
 	}
 	return 1;
@@ -97,48 +91,46 @@ static int dev_begin(push_service *s, const mica_http_req *req, mica_http_resp *
 	{                                                                                          \
 		"registration_id", true, 64 * 1024                                                 \
 	}
-#define F_PACKAGE                                                                                  \
-	{                                                                                          \
-		"restricted_package_name", false, PUSH_PACKAGE_MAX                                 \
-	}
 
 static void subscribe_route(const mica_http_req *req, mica_http_resp *resp, push_service *s,
 			    enum push_sub_kind kind, bool subscribe)
 {
 	/* MiPush's topic calls also carry a topic category, which mica keeps
 	 * no use for: accepted, documented, not stored. */
-	static const mica_form_field topic_spec[] = {
-		F_REGIDS, {"topic", true, PUSH_NAME_MAX}, {"category", false, 64}, F_PACKAGE};
+	static const mica_form_field topic_spec[] = {F_REGIDS,
+						     {"topic", true, PUSH_NAME_MAX},
+						     {"category", false, 64},
+						     PUSH_FORM_PACKAGE};
 	static const mica_form_field alias_spec[] = {
-		F_REGIDS, {"aliases", true, 64 * 1024}, F_PACKAGE};
+		F_REGIDS, {"aliases", true, 64 * 1024}, PUSH_FORM_PACKAGE};
 	const mica_form_field *spec = kind == PUSH_SUB_TOPIC ? topic_spec : alias_spec;
 	size_t n = kind == PUSH_SUB_TOPIC ? 4 : 3;
 	char *v[4];
 	push_app app;
 	mica_problem p = MICA_PROBLEM_INIT;
-	if (!dev_begin(s, req, resp, spec, n, v, &app))
+	if (!push_mipush_begin(s, req, resp, spec, n, v, &app))
 		return;
 	if (push_subscribe(s, &app, kind, subscribe, v[0], v[1], &p) != 0)
-		dev_fail(resp, &p);
+		push_mipush_fail(resp, &p);
 	else
-		dev_ok(resp, NULL);
+		push_mipush_reply(resp, NULL);
 	mica_form_free(v, n);
 }
 
 static void list_route(const mica_http_req *req, mica_http_resp *resp, push_service *s,
 		       enum push_sub_kind kind)
 {
-	static const mica_form_field spec[] = {F_REGIDS, F_PACKAGE};
+	static const mica_form_field spec[] = {F_REGIDS, PUSH_FORM_PACKAGE};
 	char *v[2];
 	push_app app;
 	json_t *list = NULL;
 	mica_problem p = MICA_PROBLEM_INIT;
-	if (!dev_begin(s, req, resp, MICA_FORM_FIELDS(spec), v, &app))
+	if (!push_mipush_begin(s, req, resp, MICA_FORM_FIELDS(spec), v, &app))
 		return;
 	if (push_subscriptions(s, &app, kind, v[0], &list, &p) != 0)
-		dev_fail(resp, &p);
+		push_mipush_fail(resp, &p);
 	else
-		dev_ok(resp, json_pack("{s:o}", "list", list));
+		push_mipush_reply(resp, json_pack("{s:o}", "list", list));
 	mica_form_free(v, 2);
 }
 
@@ -185,7 +177,7 @@ static void send_route(const mica_http_req *req, mica_http_resp *resp, push_serv
 				  &p) != 0 ||
 	    push_send(s, &app, &in.req, &res, &p) != 0) {
 		push_send_input_cleanup(&in);
-		dev_fail(resp, &p);
+		push_mipush_fail(resp, &p);
 		return;
 	}
 	push_send_input_cleanup(&in);

@@ -3,8 +3,7 @@
  * GET /v1/stats/message/counters (per app and UTC day), GET
  * /v1/trace/message/status and /v1/trace/messages/status (per message),
  * POST /v1/push/registrations/delete. An app sees and deletes only its own;
- * nothing here is per device. Also MiPush's result envelope,
- * push_mipush_reply() and push_mipush_fail(). */
+ * nothing here is per device. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,47 +15,6 @@
 
 #define STATS_MAX_DAYS 30   /* end_date - start_date, as MiPush's "under 30 days" */
 #define TRACE_MAX_ROWS 1000 /* messages one trace answer lists */
-
-void push_mipush_reply(mica_http_resp *resp, json_t *data)
-{
-	mica_http_reply_json(resp, 200,
-			     json_pack("{s:s,s:i,s:s,s:o}", "result", "ok", "code", 0,
-				       "description", "Success", "data",
-				       data ? data : json_object()));
-}
-
-void push_mipush_fail(mica_http_resp *resp, mica_problem *p)
-{
-	if (!p->code)
-		mica_problemf(p, 500, "internal_error", "the request failed");
-	mica_problem_set_extra(p, "result", json_string("error"));
-	mica_problem_set_extra(p, "code", json_integer(p->status));
-	mica_problem_set_extra(p, "description", json_string(p->msg));
-	mica_problem_set_extra(p, "reason", json_string(p->code));
-	mica_http_reply_problem(resp, p);
-}
-
-/* Reads the form against |spec| (whose last field is
- * restricted_package_name) and authenticates the developer. On failure the
- * reply is sent and 0 returned. */
-static int begin(push_service *s, const mica_http_req *req, mica_http_resp *resp,
-		 const mica_form_field *spec, size_t n, char **v, push_app *app)
-{
-	mica_problem p = MICA_PROBLEM_INIT;
-	if (mica_http_form(req, spec, n, v, &p) != 0 ||
-	    push_app_authenticate(s, mica_http_header(req, "Authorization"), v[n - 1], app, &p) !=
-		    0) {
-		mica_form_free(v, n);
-		push_mipush_fail(resp, &p);
-		return 0;
-	}
-	return 1;
-}
-
-#define F_PACKAGE                                                                                  \
-	{                                                                                          \
-		"restricted_package_name", false, PUSH_PACKAGE_MAX                                 \
-	}
 
 /* ---- GET /v1/stats/message/counters ---------------------------------------------- */
 
@@ -123,12 +81,12 @@ static int stats_counters(const push_app *app, const char *start, const char *en
 void push_h_stats_counters(const mica_http_req *req, mica_http_resp *resp, void *svc)
 {
 	static const mica_form_field spec[] = {
-		{"start_date", true, 16}, {"end_date", true, 16}, F_PACKAGE};
+		{"start_date", true, 16}, {"end_date", true, 16}, PUSH_FORM_PACKAGE};
 	char *v[3];
 	push_app app;
 	json_t *out = NULL;
 	mica_problem p = MICA_PROBLEM_INIT;
-	if (!begin(svc, req, resp, MICA_FORM_FIELDS(spec), v, &app))
+	if (!push_mipush_begin(svc, req, resp, MICA_FORM_FIELDS(spec), v, &app))
 		return;
 	if (stats_counters(&app, v[0], v[1], &out, &p) != 0)
 		push_mipush_fail(resp, &p);
@@ -167,12 +125,12 @@ static json_t *trace_json(const PGresult *res, int i)
 
 void push_h_trace_message(const mica_http_req *req, mica_http_resp *resp, void *svc)
 {
-	static const mica_form_field spec[] = {{"msg_id", true, 64}, F_PACKAGE};
+	static const mica_form_field spec[] = {{"msg_id", true, 64}, PUSH_FORM_PACKAGE};
 	char *v[2];
 	push_app app;
 	PGresult *res = NULL;
 	mica_problem p = MICA_PROBLEM_INIT;
-	if (!begin(svc, req, resp, MICA_FORM_FIELDS(spec), v, &app))
+	if (!push_mipush_begin(svc, req, resp, MICA_FORM_FIELDS(spec), v, &app))
 		return;
 	const char *params[] = {app.app_id, v[0]};
 	int err = mica_db_exec(mica_db_thread(), TRACE_COLUMNS " WHERE app_id = $1 AND msg_id = $2",
@@ -215,7 +173,7 @@ void push_h_trace_messages(const mica_http_req *req, mica_http_resp *resp, void 
 	static const mica_form_field spec[] = {{"job_key", false, 128},
 					       {"begin_time", false, 19},
 					       {"end_time", false, 19},
-					       F_PACKAGE};
+					       PUSH_FORM_PACKAGE};
 	char *v[4], b[32], e[32];
 	const char *bp = NULL, *ep = NULL;
 	push_app app;
@@ -223,7 +181,7 @@ void push_h_trace_messages(const mica_http_req *req, mica_http_resp *resp, void 
 	json_t *list = NULL;
 	mica_problem p = MICA_PROBLEM_INIT;
 	int err;
-	if (!begin(svc, req, resp, MICA_FORM_FIELDS(spec), v, &app))
+	if (!push_mipush_begin(svc, req, resp, MICA_FORM_FIELDS(spec), v, &app))
 		return;
 	if ((err = parse_ms(v[1], "begin_time", b, &bp, &p)) != 0 ||
 	    (err = parse_ms(v[2], "end_time", e, &ep, &p)) != 0)
@@ -313,13 +271,14 @@ static int regid_list(const char *s, json_t **out, mica_problem *p)
 
 void push_h_registrations_delete(const mica_http_req *req, mica_http_resp *resp, void *svc)
 {
-	static const mica_form_field spec[] = {{"registration_id", true, 64 * 1024}, F_PACKAGE};
+	static const mica_form_field spec[] = {{"registration_id", true, 64 * 1024},
+					       PUSH_FORM_PACKAGE};
 	char *v[2];
 	push_app app;
 	json_t *ids = NULL, *unknown = NULL;
 	long deleted = 0;
 	mica_problem p = MICA_PROBLEM_INIT;
-	if (!begin(svc, req, resp, MICA_FORM_FIELDS(spec), v, &app))
+	if (!push_mipush_begin(svc, req, resp, MICA_FORM_FIELDS(spec), v, &app))
 		return;
 	int err = regid_list(v[0], &ids, &p);
 	if (!err && (err = push_registrations_delete(mica_db_thread(), app.app_id, ids,
