@@ -224,7 +224,7 @@ static void auth_one(struct pb_db *d, struct pb_job *j, const char *app_id, cons
 	    mica_ct_equal(mac, d->cache[slot], sizeof(mac))) {
 		j->result = 0;
 		j->cache_hit = true;
-		snprintf(j->app_id, sizeof(j->app_id), "%s", app_id);
+		snprintf(j->app_id, sizeof(j->app_id), "%s", app_id ? app_id : "");
 		goto out;
 	}
 	/* The same Key Center HMAC whether or not the regid exists. */
@@ -244,7 +244,7 @@ static void auth_one(struct pb_db *d, struct pb_job *j, const char *app_id, cons
 		goto out;
 	}
 	j->result = 0;
-	snprintf(j->app_id, sizeof(j->app_id), "%s", app_id);
+	snprintf(j->app_id, sizeof(j->app_id), "%s", app_id ? app_id : "");
 	if (cache_mac(d, j, token_idx, mac) == 0)
 		memcpy(d->cache[slot], mac, sizeof(mac));
 out:

@@ -7,7 +7,8 @@
 # queues, so a message queued while no wake could be published still arrives; kill -9 of a node while messages flow loses none of
 # them (every message id arrives after the device reconnects to the other node); a node with
 # push.broker.workers = 2 runs two processes on one port (SO_REUSEPORT) that both take
-# connections, resume each other's TLS sessions, and count in one /metrics.
+# connections, resume each other's TLS sessions, and count in one /metrics; a connection beyond
+# push.broker.max_connections is closed.
 set -euo pipefail
 # shellcheck source=tests/integration/lib-stack.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib-stack.sh"
@@ -36,7 +37,7 @@ node() {
 		--config deploy/mica.conf.example
 }
 node A
-node B
+node B MICA_PUSH_BROKER_MAX_CONNECTIONS=1
 PURL="$URL_A"
 broker_app
 broker_device D
@@ -161,6 +162,21 @@ wait_sql "$ADMIN_CI" "SELECT count(*) FROM push.queue WHERE regid = '$REGID_E'" 
 	check_fail "rows left after B delivered"
 echo "# kill -9: $(grep -c '^msg ' "$W/k1.out") sent by A before it died, $(grep -c '^msg ' "$W/k2.out") by B after"
 ok "A killed after 20 of 40 messages: all 40 arrived (by message id), the queue is empty"
+
+# ---------------------------------------------------------------------------------------------
+step="max_connections"
+o0="$(metric "$MURL_B" 'mica_push_broker_disconnects_total{reason="overload"}')"
+dev B "$REGID_E" TOKEN_E --count 1 --timeout 20000 >"$W/o1.out" 2>&1 &
+opid=$!
+wait_line "$W/o1.out" '^suback 1$'
+dev B "$REGID_D" TOKEN_D --count 0 >"$W/o2.out" 2>&1 || true
+grep -q '^closed$' "$W/o2.out" || check_fail "a connection over max_connections: $(cat "$W/o2.out")"
+o1="$(metric "$MURL_B" 'mica_push_broker_disconnects_total{reason="overload"}')"
+((o1 == o0 + 1)) || check_fail "overload counted $o0 -> $o1"
+enqueue "$REGID_E" "$KEY_E" "the first one is still served" wake
+wait "$opid" || true
+grep -q '^msg ' "$W/o1.out" || check_fail "the device within the limit: $(cat "$W/o1.out")"
+ok "B (max_connections 1) closed the second connection and served the first"
 
 # ---------------------------------------------------------------------------------------------
 step="workers"
