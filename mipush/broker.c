@@ -31,12 +31,17 @@ struct bconn {
 	struct pb_row *rows; /* messages held for the device, in seq order */
 	int64_t loaded_seq;  /* the last seq a queue read returned */
 	int64_t acked[4];    /* the last rows acknowledged here (late wakes) */
-	uint64_t pkt_start;  /* loop time a split packet began, 0: none */
+	/* Rows acknowledged while a queue read runs: the read may still
+	 * return them (it ran before their delete), so its answer drops them. */
+	int64_t *acked_in_read;
+	size_t nacked_in_read, acked_in_read_cap;
+	uint64_t pkt_start; /* loop time a split packet began, 0: none */
 	unsigned keepalive_ms;
 	unsigned refs; /* the connection, and each database job about it */
 	uint16_t next_pid, inflight;
 	uint8_t state, acked_pos, drop;
 	bool drop_set, subscribed, more, loading, in_table;
+	bool wake_dropped; /* a wake was left for a queue read to find */
 	char regid[PB_REGID_MAX + 1];
 };
 
@@ -239,6 +244,7 @@ static void unref(struct bconn *bc)
 		return;
 	push__broker_rows_free(bc->rows);
 	free(bc->held);
+	free(bc->acked_in_read);
 	free(bc);
 }
 
@@ -360,7 +366,32 @@ static bool recently_acked(const struct bconn *bc, int64_t seq)
 	for (size_t i = 0; i < sizeof(bc->acked) / sizeof(bc->acked[0]); i++)
 		if (bc->acked[i] == seq)
 			return true;
+	for (size_t i = 0; i < bc->nacked_in_read; i++)
+		if (bc->acked_in_read[i] == seq)
+			return true;
 	return false;
+}
+
+static void acked_in_read_clear(struct bconn *bc)
+{
+	free(bc->acked_in_read);
+	bc->acked_in_read = NULL;
+	bc->nacked_in_read = bc->acked_in_read_cap = 0;
+}
+
+/* Remembers |seq| as acknowledged while a read runs. Out of memory, the
+ * row may be sent once more (at least once allows it). */
+static void acked_in_read_add(struct bconn *bc, int64_t seq)
+{
+	if (bc->nacked_in_read == bc->acked_in_read_cap) {
+		size_t cap = bc->acked_in_read_cap ? bc->acked_in_read_cap * 2 : 16;
+		int64_t *n = realloc(bc->acked_in_read, cap * sizeof(*n));
+		if (!n)
+			return;
+		bc->acked_in_read = n;
+		bc->acked_in_read_cap = cap;
+	}
+	bc->acked_in_read[bc->nacked_in_read++] = seq;
 }
 
 /* Takes |r| into |bc|'s list in seq order, or frees it when held already. */
@@ -393,6 +424,14 @@ static void take_rows(struct bconn *bc, struct pb_row *rows)
 	}
 }
 
+static size_t held_rows(const struct bconn *bc)
+{
+	size_t n = 0;
+	for (const struct pb_row *r = bc->rows; r; r = r->next)
+		n++;
+	return n;
+}
+
 static void on_puback(struct bconn *bc, uint16_t id)
 {
 	for (struct pb_row **p = &bc->rows; *p; p = &(*p)->next) {
@@ -403,6 +442,8 @@ static void on_puback(struct bconn *bc, uint16_t id)
 		r->next = NULL;
 		bc->inflight--;
 		bc->acked[bc->acked_pos++ % 4] = r->seq;
+		if (bc->loading)
+			acked_in_read_add(bc, r->seq);
 		struct pb_job *j = job_new(PBJ_ACK, bc);
 		if (j) {
 			j->seq = r->seq;
@@ -780,7 +821,8 @@ static void authenticated(struct bconn *bc, struct pb_job *j)
 	struct pb_job *k = job_new(PBJ_KICK, bc);
 	if (k)
 		push__broker_db_submit(b->db, k);
-	bc->more = j->more;
+	bc->more = j->more || bc->wake_dropped;
+	bc->wake_dropped = false;
 	take_rows(bc, j->rows);
 	j->rows = NULL;
 	if (bc->held) {
@@ -806,10 +848,14 @@ static void on_db(uv_async_t *a)
 			} else if (j->kind == PBJ_LOAD) {
 				bc->loading = false;
 				if (j->result == 0) {
-					bc->more = j->more;
+					/* A wake dropped while this read ran may name
+					 * a row it did not see: read once more. */
+					bc->more = j->more || bc->wake_dropped;
+					bc->wake_dropped = false;
 					take_rows(bc, j->rows);
 					j->rows = NULL;
 				}
+				acked_in_read_clear(bc);
 				pump(bc);
 			}
 		}
@@ -853,9 +899,16 @@ static void wake_line(struct push_broker *b, char *line)
 		if (strcmp(o->regid, regid) != 0 || !o->tls ||
 		    (o->state != ST_ONLINE && o->state != ST_AUTH))
 			continue;
-		/* A read will find it (its queue is longer than one read). */
-		if (o->state == ST_ONLINE && o->more)
+		/* Beyond what one read holds, a later read finds the row (its seq
+		 * is past the last read); memory stays bounded by 2 x inflight
+		 * rows even for a device that never subscribes. A row at or
+		 * below the last read committed late: taken whatever the count. */
+		if (seq > o->loaded_seq &&
+		    (o->more || held_rows(o) >= 2 * (size_t)b->cfg->inflight)) {
+			o->more = true;
+			o->wake_dropped = true;
 			continue;
+		}
 		struct pb_row *r = calloc(1, sizeof(*r));
 		if (!r || mica_base64_decode_alloc(body, strlen(body), &r->body, &r->len) != 0) {
 			free(r);

@@ -163,6 +163,44 @@ wait_sql "$ADMIN_CI" "SELECT count(*) FROM push.queue WHERE regid = '$REGID_B'" 
 ok "20 in flight without PUBACK (push.broker.inflight), all 25 with"
 
 # ---------------------------------------------------------------------------------------------
+step="a burst of wakes"
+# 60 messages committed at once and woken in one Redis message: more than the broker holds for
+# a device (2 x inflight); those it leaves are read from the queue as the device acknowledges.
+: >"$W/burst.sql"
+: >"$W/burst.ids"
+wakes=""
+for i in $(seq 1 60); do
+	id="burst$i-$RANDOM"
+	body="$(printf '%s' "$KEY_B" | "$SEAL" seal "$REGID_B" "$id" "$APP" com.example.news "b$i")"
+	echo "$id" >>"$W/burst.ids"
+	printf "INSERT INTO push.message (msg_id, app_id, target, created_at, expires_at, queued) VALUES ('%s', '%s', 'regid', now(), now() + interval '1 day', 1);\n" "$id" "$APP" >>"$W/burst.sql"
+	printf "INSERT INTO push.queue (regid, msg_id, app_id, expires_at, body) VALUES ('%s', '%s', '%s', now() + interval '1 day', decode('%s', 'base64'));\n" "$REGID_B" "$id" "$APP" "$body" >>"$W/burst.sql"
+done
+dev "$REGID_B" TOKEN_B --count 60 --timeout 20000 >"$W/burst.out" 2>&1 &
+bpid=$!
+deadline=$((SECONDS + 10))
+until grep -q '^suback 1$' "$W/burst.out"; do
+	((SECONDS < deadline)) || fail "device B did not subscribe: $(cat "$W/burst.out")"
+	sleep 0.1
+done
+psql "$ADMIN_CI" -X -q -1 -v ON_ERROR_STOP=1 -f "$W/burst.sql" >/dev/null ||
+	fail "inserting the burst"
+while IFS='|' read -r seq b64; do
+	wakes+="W $REGID_B $seq 0 $b64"$'\n'
+done < <(sql "$ADMIN_CI" "SELECT seq, translate(encode(body, 'base64'), E'\\n', '') FROM push.queue
+	WHERE regid = '$REGID_B' ORDER BY seq")
+REDISCLI_AUTH="$(<"$MICA_REDIS_PASSWORD_FILE_PUSH")" redis-cli -s "$MICA_REDIS_SOCKET" --user push \
+	--no-auth-warning PUBLISH push:wake "${wakes%$'\n'}" >/dev/null || fail "publishing the burst"
+wait "$bpid" || true
+sed -n 's/^msg .* hex=//p' "$W/burst.out" | while read -r h; do open_body "$REGID_B" "$KEY_B" "$h" | jq -r .id; done |
+	sort >"$W/burst.got"
+[[ "$(sort -u "$W/burst.got")" == "$(sort "$W/burst.ids")" ]] ||
+	check_fail "burst: $(sort -u "$W/burst.got" | wc -l) distinct of 60 arrived"
+[[ "$(wc -l <"$W/burst.got")" == 60 ]] || check_fail "burst: $(wc -l <"$W/burst.got") deliveries for 60"
+wait_sql "$ADMIN_CI" "SELECT count(*) FROM push.queue WHERE regid = '$REGID_B'" 0 || check_fail "burst rows left"
+ok "60 woken at once: each arrived once"
+
+# ---------------------------------------------------------------------------------------------
 step="keepalive, PINGREQ, DISCONNECT"
 k0="$(drops keepalive_timeout)"
 dev "$REGID_A" TOKEN_A --keepalive 1 --after c000 --timeout 6000 >"$W/x.out" 2>&1 || true
