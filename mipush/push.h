@@ -39,6 +39,7 @@
 #include "http.h"
 #include "kc.h"
 #include "kv.h"
+#include "mipush/broker.h"
 #include "problem.h"
 
 /* Sizes of the identifiers and secrets (base64url without padding of 32
@@ -69,14 +70,15 @@ struct push_config {
 	int wake_batch;	     /* push.send.wake_batch: W lines per PUBLISH */
 	/* [push.retention] and [push.receipts]: the scheduled jobs (purge.c,
 	 * receipts.c) */
-	int jobs_interval_s;	   /* seconds between two runs of the jobs */
-	int silent_days;	   /* a registration silent this long is purged */
-	int trace_days;		   /* a message's trace is kept this long after expiry */
-	int purge_batch;	   /* rows one purge transaction deletes at most */
-	char *receipts_ca_file;	   /* CAs the developers' callback URLs chain to */
-	int receipts_max_attempts; /* failed tries before a receipt is given up */
-	int receipts_backoff_ms;   /* first retry delay, doubled each failure */
-	int receipts_timeout_ms;   /* one callback POST, whole */
+	int jobs_interval_s;		  /* seconds between two runs of the jobs */
+	int silent_days;		  /* a registration silent this long is purged */
+	int trace_days;			  /* a message's trace is kept this long after expiry */
+	int purge_batch;		  /* rows one purge transaction deletes at most */
+	char *receipts_ca_file;		  /* CAs the developers' callback URLs chain to */
+	int receipts_max_attempts;	  /* failed tries before a receipt is given up */
+	int receipts_backoff_ms;	  /* first retry delay, doubled each failure */
+	int receipts_timeout_ms;	  /* one callback POST, whole */
+	struct push_broker_config broker; /* [push.broker]: the long connection */
 };
 
 extern const mica_config_entry push_config_table[];
@@ -89,6 +91,13 @@ typedef struct push_service {
 	const struct push_config *cfg; /* borrowed, outlives the service */
 	mica_kc *kc;
 	push_jobs *jobs; /* the scheduled jobs' thread (purge.c), NULL before start */
+	/* The broker (mipush/broker.h) of this process, the counters of every
+	 * broker process on the port (shared memory: |nworkers| slots, this
+	 * process's first) and the worker processes' ids. */
+	push_broker *broker;
+	struct push_broker_metrics *metrics;
+	size_t nworkers;
+	int *worker_pids;
 } push_service;
 
 /* ---- shared helpers: push_problem_dependency in routes.c, the others in apps.c */
