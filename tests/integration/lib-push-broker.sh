@@ -17,6 +17,12 @@
 #                                polls until QUERY answers WANT (5 s default); 1 when it never does
 #   metric URL NAME              the value of one /metrics line (NAME with its labels), 0 if absent
 #   open_body REGID KEY HEX      the JSON a device got (push_seal open)
+#   node NAME [ENV...]           starts a mica-push "push<NAME>" with its own HTTPS, metrics and
+#                                broker ports: URL_<NAME>, MURL_<NAME>, BPORT_<NAME>
+#   node_dev NODE REGID TOKEN_VAR [OPTIONS...]
+#                                the C test device (tests/peers/push_device) against node NODE
+#   ids FILE REGID KEY           the message ids in a test device's output FILE, one per line
+#   wait_line FILE REGEX         waits (10 s) until FILE has a line matching REGEX
 
 SEAL="$BUILD/tests/peers/push_seal"
 DEVICE="$BUILD/tests/peers/push_device"
@@ -88,3 +94,38 @@ metric() {
 }
 
 open_body() { printf '%s %s' "$2" "$3" | "$SEAL" open "$1"; }
+
+# node NAME: a mica-push with its own HTTPS, metrics and broker ports: URL_<NAME>, MURL_<NAME>,
+# BPORT_<NAME>; extra environment assignments may follow the name.
+node() {
+	local name="$1" hp mp bp
+	shift
+	mica_free_port hp
+	mica_free_port mp
+	mica_free_port bp
+	printf -v "URL_$name" '%s' "https://localhost:$hp"
+	printf -v "MURL_$name" '%s' "https://localhost:$mp"
+	printf -v "BPORT_$name" '%s' "$bp"
+	stack_start "push$name" "https://localhost:$hp" "${PUSH_ENV[@]}" "MICA_PUSH_HTTP_PORT=$hp" \
+		"MICA_PUSH_HTTP_METRICS_PORT=$mp" "MICA_PUSH_BROKER_PORT=$bp" "$@" "$PUSH_BIN" \
+		--config deploy/mica.conf.example
+}
+
+# node_dev NODE REGID TOKEN_VAR [options...]
+node_dev() {
+	local port="BPORT_$1" regid="$2" tv="$3"
+	shift 3
+	"$DEVICE" --ca "$MICA_CA" --id "$regid" --token-env "$tv" "$@" 127.0.0.1 "${!port}"
+}
+# ids FILE REGID KEY: the message ids of the device's output FILE, one per line.
+ids() {
+	local h
+	sed -n 's/^msg .* hex=//p' "$1" | while read -r h; do open_body "$2" "$3" "$h" | jq -r .id; done
+}
+wait_line() { # FILE REGEX: until FILE has a line matching REGEX (10 s)
+	local deadline=$((SECONDS + 10))
+	until grep -q "$2" "$1"; do
+		((SECONDS < deadline)) || fail "no '$2' in $1: $(cat "$1")"
+		sleep 0.1
+	done
+}

@@ -21,21 +21,6 @@ stack_db_create
 stack_push_setup
 # shellcheck source=tests/integration/lib-push-broker.sh
 . "$ROOT/tests/integration/lib-push-broker.sh"
-# node NAME: a mica-push with its own HTTPS, metrics and broker ports: URL_<NAME>, MURL_<NAME>,
-# BPORT_<NAME>; extra environment assignments may follow the name.
-node() {
-	local name="$1" hp mp bp
-	shift
-	mica_free_port hp
-	mica_free_port mp
-	mica_free_port bp
-	printf -v "URL_$name" '%s' "https://localhost:$hp"
-	printf -v "MURL_$name" '%s' "https://localhost:$mp"
-	printf -v "BPORT_$name" '%s' "$bp"
-	stack_start "push$name" "https://localhost:$hp" "${PUSH_ENV[@]}" "MICA_PUSH_HTTP_PORT=$hp" \
-		"MICA_PUSH_HTTP_METRICS_PORT=$mp" "MICA_PUSH_BROKER_PORT=$bp" "$@" "$PUSH_BIN" \
-		--config deploy/mica.conf.example
-}
 node A
 node B MICA_PUSH_BROKER_MAX_CONNECTIONS=1
 PURL="$URL_A"
@@ -45,28 +30,9 @@ broker_device E
 export TOKEN_D TOKEN_E
 ok "nodes A (broker $BPORT_A) and B (broker $BPORT_B) on one database and Redis"
 
-# dev NODE REGID TOKEN_VAR [options...]
-dev() {
-	local port="BPORT_$1" regid="$2" tv="$3"
-	shift 3
-	"$DEVICE" --ca "$MICA_CA" --id "$regid" --token-env "$tv" "$@" 127.0.0.1 "${!port}"
-}
-# ids FILE REGID KEY: the message ids of the device's output FILE, one per line.
-ids() {
-	local h
-	sed -n 's/^msg .* hex=//p' "$1" | while read -r h; do open_body "$2" "$3" "$h" | jq -r .id; done
-}
-wait_line() { # FILE REGEX: until FILE has a line matching REGEX (10 s)
-	local deadline=$((SECONDS + 10))
-	until grep -q "$2" "$1"; do
-		((SECONDS < deadline)) || fail "no '$2' in $1: $(cat "$1")"
-		sleep 0.1
-	done
-}
-
 # ---------------------------------------------------------------------------------------------
 step="wake across nodes"
-dev A "$REGID_D" TOKEN_D --count 1 --timeout 20000 >"$W/d.out" 2>&1 &
+node_dev A "$REGID_D" TOKEN_D --count 1 --timeout 20000 >"$W/d.out" 2>&1 &
 dpid=$!
 wait_line "$W/d.out" '^suback 1$'
 enqueue "$REGID_D" "$KEY_D" "through Redis" wake
@@ -84,25 +50,25 @@ for i in 1 2 3; do
 	want+="$MSG"$'\n'
 done
 want="${want%$'\n'}"
-dev A "$REGID_D" TOKEN_D --count 3 --no-ack >"$W/a.out" 2>&1 || true
+node_dev A "$REGID_D" TOKEN_D --count 3 --no-ack >"$W/a.out" 2>&1 || true
 [[ "$(ids "$W/a.out" "$REGID_D" "$KEY_D")" == "$want" ]] || check_fail "on A: $(cat "$W/a.out")"
 wait_sql "$ADMIN_CI" "SELECT count(*) FROM push.queue WHERE regid = '$REGID_D' AND attempted" 3 ||
 	check_fail "not marked attempted"
-dev B "$REGID_D" TOKEN_D --count 3 --linger 1500 >"$W/b.out" 2>&1 || true
+node_dev B "$REGID_D" TOKEN_D --count 3 --linger 1500 >"$W/b.out" 2>&1 || true
 [[ "$(ids "$W/b.out" "$REGID_D" "$KEY_D")" == "$want" ]] || check_fail "on B: $(cat "$W/b.out")"
 [[ "$(grep -c '^msg .* dup=1 ' "$W/b.out")" == 3 ]] || check_fail "B did not set DUP: $(cat "$W/b.out")"
 wait_sql "$ADMIN_CI" "SELECT count(*) FROM push.queue WHERE regid = '$REGID_D'" 0 || check_fail "rows left"
-dev A "$REGID_D" TOKEN_D --count 1 --timeout 1500 >"$W/a2.out" 2>&1 || true
+node_dev A "$REGID_D" TOKEN_D --count 1 --timeout 1500 >"$W/a2.out" 2>&1 || true
 grep -q '^msg ' "$W/a2.out" && check_fail "A sent again what B delivered: $(cat "$W/a2.out")"
 ok "3 pending messages, unacknowledged on A, came once on B (DUP) and never again"
 
 # ---------------------------------------------------------------------------------------------
 step="takeover across nodes"
 k0="$(metric "$MURL_A" mica_push_broker_kicks_total)"
-dev A "$REGID_D" TOKEN_D --count 1 --timeout 20000 >"$W/ka.out" 2>&1 &
+node_dev A "$REGID_D" TOKEN_D --count 1 --timeout 20000 >"$W/ka.out" 2>&1 &
 kpid=$!
 wait_line "$W/ka.out" '^suback 1$'
-dev B "$REGID_D" TOKEN_D --count 0 >"$W/kb.out" 2>&1 || true
+node_dev B "$REGID_D" TOKEN_D --count 0 >"$W/kb.out" 2>&1 || true
 wait_line "$W/ka.out" '^closed$'
 wait "$kpid" || true
 k1="$(metric "$MURL_A" mica_push_broker_kicks_total)"
@@ -118,7 +84,7 @@ admin_redis() {
 rules="$(admin_redis ACL LIST | sed -n 's/^user push //p')"
 [[ -n "$rules" ]] || fail "no ACL of the push user"
 r0="$(metric "$MURL_A" mica_push_broker_resyncs_total)"
-dev A "$REGID_E" TOKEN_E --count 1 --timeout 30000 >"$W/e.out" 2>&1 &
+node_dev A "$REGID_E" TOKEN_E --count 1 --timeout 30000 >"$W/e.out" 2>&1 &
 epid=$!
 wait_line "$W/e.out" '^suback 1$'
 # Taking the channel from the push user ends every push subscription (Redis 7) and refuses new
@@ -136,7 +102,7 @@ ok "after the subscription came back, A re-read the device's queue and delivered
 
 # ---------------------------------------------------------------------------------------------
 step="kill -9 while messages flow"
-dev A "$REGID_E" TOKEN_E --count 40 --timeout 20000 >"$W/k1.out" 2>&1 &
+node_dev A "$REGID_E" TOKEN_E --count 40 --timeout 20000 >"$W/k1.out" 2>&1 &
 kpid=$!
 wait_line "$W/k1.out" '^suback 1$'
 : >"$W/all"
@@ -151,7 +117,7 @@ for i in $(seq 1 40); do
 done
 wait "$kpid" || true
 grep -q '^closed$' "$W/k1.out" || check_fail "the device did not see A die: $(tail -n 2 "$W/k1.out")"
-dev B "$REGID_E" TOKEN_E --count 40 --timeout 3000 >"$W/k2.out" 2>&1 || true
+node_dev B "$REGID_E" TOKEN_E --count 40 --timeout 3000 >"$W/k2.out" 2>&1 || true
 {
 	ids "$W/k1.out" "$REGID_E" "$KEY_E"
 	ids "$W/k2.out" "$REGID_E" "$KEY_E"
@@ -166,10 +132,10 @@ ok "A killed after 20 of 40 messages: all 40 arrived (by message id), the queue 
 # ---------------------------------------------------------------------------------------------
 step="max_connections"
 o0="$(metric "$MURL_B" 'mica_push_broker_disconnects_total{reason="overload"}')"
-dev B "$REGID_E" TOKEN_E --count 1 --timeout 20000 >"$W/o1.out" 2>&1 &
+node_dev B "$REGID_E" TOKEN_E --count 1 --timeout 20000 >"$W/o1.out" 2>&1 &
 opid=$!
 wait_line "$W/o1.out" '^suback 1$'
-dev B "$REGID_D" TOKEN_D --count 0 >"$W/o2.out" 2>&1 || true
+node_dev B "$REGID_D" TOKEN_D --count 0 >"$W/o2.out" 2>&1 || true
 grep -q '^closed$' "$W/o2.out" || check_fail "a connection over max_connections: $(cat "$W/o2.out")"
 o1="$(metric "$MURL_B" 'mica_push_broker_disconnects_total{reason="overload"}')"
 ((o1 == o0 + 1)) || check_fail "overload counted $o0 -> $o1"
@@ -190,7 +156,7 @@ for i in $(seq 1 8); do
 	broker_device "W$i"
 	v="TOKEN_W$i" r="REGID_W$i"
 	export "TOKEN_W$i"
-	dev C "${!r}" "$v" --count 1 --timeout 30000 >"$W/w$i.out" 2>&1 &
+	node_dev C "${!r}" "$v" --count 1 --timeout 30000 >"$W/w$i.out" 2>&1 &
 	pids+=($!)
 done
 for i in $(seq 1 8); do wait_line "$W/w$i.out" '^suback 1$'; done
