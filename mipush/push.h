@@ -248,7 +248,7 @@ int push_stats_record(mica_db *db, const char *app_id, const char *msg_id, int64
 #define PUSH_DESCRIPTION_MAX 1024
 #define PUSH_TTL_MAX_MS (14LL * 24 * 3600 * 1000)
 #define PUSH_TOPICS_MAX 5  /* topics of one multi_topic send */
-#define PUSH_MSG_ID_LEN 24 /* "m" + 23 characters of base64url */
+#define PUSH_MSG_ID_LEN 24 /* 18 random bytes in base64url */
 
 /* Who a send is for: MiPush's /v3/message/<target> routes. */
 enum push_target {

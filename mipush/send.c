@@ -63,6 +63,11 @@ static void devs_free(struct send *x)
 
 /* ---- targets ------------------------------------------------------------------ */
 
+static int dev_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct dev *)a)->regid, ((const struct dev *)b)->regid);
+}
+
 /* The registrations a send names, into x->d; targets naming none counted in
  * x->invalid. Every query is by app, so nothing of another app is found. */
 static int resolve(struct send *x, mica_problem *p)
@@ -147,6 +152,10 @@ static int resolve(struct send *x, mica_problem *p)
 	}
 	PQclear(res);
 	res = NULL;
+	/* find_dev() searches by strcmp order, which the database's collation
+	 * need not follow. */
+	if (x->n > 1)
+		qsort(x->d, x->n, sizeof(*x->d), dev_cmp);
 	/* Invalid targets: regids of no registration of the app, aliases of no
 	 * device (MiPush counts both); a topic nobody follows is not invalid. */
 	if (r->target == PUSH_TARGET_REGID || r->target == PUSH_TARGET_ALIAS) {
@@ -388,8 +397,8 @@ static int count_drops(mica_db *db, struct send *x, PGresult *res, int msg_col, 
 	return 0;
 }
 
-/* Finds device index by regid among idx[0..m) (sorted by regid: resolve
- * orders them). */
+/* The index of device |regid| among idx[0..m) (in strcmp order: resolve
+ * sorts them), or -1. */
 static long find_dev(const struct tx *t, const char *regid)
 {
 	size_t lo = 0, hi = t->m;
