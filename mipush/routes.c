@@ -106,7 +106,7 @@ static void subscribe_route(const mica_http_req *req, mica_http_resp *resp, push
 	const mica_form_field *spec = kind == PUSH_SUB_TOPIC ? topic_spec : alias_spec;
 	size_t n = kind == PUSH_SUB_TOPIC ? 4 : 3;
 	char *v[4];
-	push_app app;
+	push_app app = {0};
 	mica_problem p = MICA_PROBLEM_INIT;
 	if (!push_mipush_begin(s, req, resp, spec, n, v, &app))
 		return;
@@ -122,7 +122,7 @@ static void list_route(const mica_http_req *req, mica_http_resp *resp, push_serv
 {
 	static const mica_form_field spec[] = {F_REGIDS, PUSH_FORM_PACKAGE};
 	char *v[2];
-	push_app app;
+	push_app app = {0};
 	json_t *list = NULL;
 	mica_problem p = MICA_PROBLEM_INIT;
 	if (!push_mipush_begin(s, req, resp, MICA_FORM_FIELDS(spec), v, &app))
@@ -169,7 +169,7 @@ static void send_route(const mica_http_req *req, mica_http_resp *resp, push_serv
 {
 	push_send_input in;
 	push_send_result res;
-	push_app app;
+	push_app app = {0};
 	mica_problem p = MICA_PROBLEM_INIT;
 	char info[160];
 	if (push_send_read(req, target, &in, &p) != 0 ||

@@ -83,7 +83,7 @@ void push_h_stats_counters(const mica_http_req *req, mica_http_resp *resp, void 
 	static const mica_form_field spec[] = {
 		{"start_date", true, 16}, {"end_date", true, 16}, PUSH_FORM_PACKAGE};
 	char *v[3];
-	push_app app;
+	push_app app = {0};
 	json_t *out = NULL;
 	mica_problem p = MICA_PROBLEM_INIT;
 	if (!push_mipush_begin(svc, req, resp, MICA_FORM_FIELDS(spec), v, &app))
@@ -127,7 +127,7 @@ void push_h_trace_message(const mica_http_req *req, mica_http_resp *resp, void *
 {
 	static const mica_form_field spec[] = {{"msg_id", true, 64}, PUSH_FORM_PACKAGE};
 	char *v[2];
-	push_app app;
+	push_app app = {0};
 	PGresult *res = NULL;
 	mica_problem p = MICA_PROBLEM_INIT;
 	if (!push_mipush_begin(svc, req, resp, MICA_FORM_FIELDS(spec), v, &app))
@@ -176,7 +176,7 @@ void push_h_trace_messages(const mica_http_req *req, mica_http_resp *resp, void 
 					       PUSH_FORM_PACKAGE};
 	char *v[4], b[32], e[32];
 	const char *bp = NULL, *ep = NULL;
-	push_app app;
+	push_app app = {0};
 	PGresult *res = NULL;
 	json_t *list = NULL;
 	mica_problem p = MICA_PROBLEM_INIT;
@@ -274,7 +274,7 @@ void push_h_registrations_delete(const mica_http_req *req, mica_http_resp *resp,
 	static const mica_form_field spec[] = {{"registration_id", true, 64 * 1024},
 					       PUSH_FORM_PACKAGE};
 	char *v[2];
-	push_app app;
+	push_app app = {0};
 	json_t *ids = NULL, *unknown = NULL;
 	long deleted = 0;
 	mica_problem p = MICA_PROBLEM_INIT;
