@@ -11,6 +11,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -35,8 +36,9 @@
 #include "tlsrec.h"
 
 #define READ_BUF_LEN 65536
-#define PLAINTEXT_LEN MICA_TLSREC_INNER_MAX /* SSL_read, and a detached record's inner plaintext   \
-					     */
+#define PLAINTEXT_LEN                                                                              \
+	MICA_TLSREC_INNER_MAX /* SSL_read, and a detached record's inner plaintext                 \
+			       */
 #define RECORD_MAX 16384
 #define OUT_FLUSH_AT 65536
 #define WHEEL_TICK_MS 250
@@ -47,6 +49,9 @@
 #define TICKET_AES_LEN 32
 #define TICKET_HMAC_LEN 32
 #define TICKET_KEYS 3 /* previous, current, next period (clock skew between workers) */
+/* After this many connections detached, the wheel's tick gives the freed
+ * SSL objects' pages back to the kernel (malloc_trim): about 3.5 MB. */
+#define TRIM_AFTER_DETACHES 256
 
 enum conn_state { ST_CONNECTING, ST_HANDSHAKE, ST_OPEN, ST_CLOSING, ST_CLOSED };
 
@@ -58,8 +63,9 @@ enum conn_state { ST_CONNECTING, ST_HANDSHAKE, ST_OPEN, ST_CLOSING, ST_CLOSED };
 struct wheel {
 	uv_timer_t timer;
 	uint64_t start_ms;
-	uint32_t cur; /* last tick processed */
-	size_t refs;  /* the server or client connections holding it */
+	uint32_t cur;	   /* last tick processed */
+	size_t refs;	   /* the server or client connections holding it */
+	uint32_t detached; /* connections detached since the last malloc_trim */
 	mica_uvtls_conn *slot[WHEEL_SLOTS];
 };
 
@@ -422,6 +428,13 @@ static void wheel_tick(uv_timer_t *t)
 			conn_due(c, w->cur);
 		}
 	}
+	/* The SSL objects of detached connections were freed in the middle of
+	 * the heap, between the small blocks of the connections that stay; glibc
+	 * returns such pages only when asked. */
+	if (w->detached >= TRIM_AFTER_DETACHES) {
+		w->detached = 0;
+		(void)malloc_trim(0);
+	}
 }
 
 static struct wheel *wheel_new(uv_loop_t *loop)
@@ -762,6 +775,7 @@ static void detach(mica_uvtls_conn *c)
 	SSL_free(c->ssl);
 	c->ssl = NULL;
 	d->detached = true;
+	c->wheel->detached++;
 }
 
 /* OpenSSL's key log line "LABEL <client random> <secret>" (hex): the two
