@@ -6,6 +6,7 @@
 #include "tlsrec.h"
 
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/core_names.h>
@@ -248,6 +249,75 @@ int mica_tlsrec_open(mica_tlsrec_dir *d, EVP_CIPHER_CTX *ctx, const uint8_t *rec
 out:
 	mica_wipe(n, sizeof(n));
 	return r;
+}
+
+static void reader_drop(mica_tlsrec_reader *r)
+{
+	free(r->part);
+	r->part = NULL;
+	r->part_len = r->part_need = 0;
+	r->part_done = 0;
+}
+
+int mica_tlsrec_next(mica_tlsrec_reader *r, const uint8_t **in, size_t *in_len, const uint8_t **rec,
+		     size_t *rec_len)
+{
+	if (!r || !in || !in_len || (!*in && *in_len) || !rec || !rec_len)
+		return MICA_EINVAL;
+	if (r->part_done)
+		reader_drop(r);
+	size_t total;
+	if (!r->part) {
+		if (r->hdr_len == 0 && *in_len >= MICA_TLSREC_HEADER_LEN) {
+			if (mica_tlsrec_header(*in, &total) != 0)
+				return MICA_EBADHEADER;
+			if (*in_len >= total) {
+				*rec = *in;
+				*rec_len = total;
+				*in += total;
+				*in_len -= total;
+				return 1;
+			}
+		}
+		while (r->hdr_len<MICA_TLSREC_HEADER_LEN && * in_len> 0) {
+			r->hdr[r->hdr_len++] = **in;
+			(*in)++;
+			(*in_len)--;
+		}
+		if (r->hdr_len < MICA_TLSREC_HEADER_LEN)
+			return 0;
+		if (mica_tlsrec_header(r->hdr, &total) != 0)
+			return MICA_EBADHEADER;
+		r->part = malloc(total);
+		if (!r->part)
+			return MICA_ENOMEM;
+		memcpy(r->part, r->hdr, MICA_TLSREC_HEADER_LEN);
+		r->part_len = MICA_TLSREC_HEADER_LEN;
+		r->part_need = (uint32_t)total;
+		r->hdr_len = 0;
+	}
+	size_t take = r->part_need - r->part_len;
+	if (take > *in_len)
+		take = *in_len;
+	if (take > 0)
+		memcpy(r->part + r->part_len, *in, take);
+	r->part_len += (uint32_t)take;
+	*in += take;
+	*in_len -= take;
+	if (r->part_len < r->part_need)
+		return 0;
+	r->part_done = 1;
+	*rec = r->part;
+	*rec_len = r->part_need;
+	return 1;
+}
+
+void mica_tlsrec_reader_free(mica_tlsrec_reader *r)
+{
+	if (!r)
+		return;
+	reader_drop(r);
+	memset(r, 0, sizeof(*r));
 }
 
 void mica_tlsrec_wipe(mica_tlsrec_dir *d)

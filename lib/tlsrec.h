@@ -119,6 +119,30 @@ int mica_tlsrec_header(const uint8_t *hdr, size_t *total) MICA_WUR;
 int mica_tlsrec_open(mica_tlsrec_dir *d, EVP_CIPHER_CTX *ctx, const uint8_t *rec, size_t len,
 		     uint8_t *out, size_t *content_len, uint8_t *type) MICA_WUR;
 
+/* Record framing of an incoming byte stream that arrives in arbitrary
+ * pieces. A whole record found in the input is handed out in place; one
+ * that arrives in pieces is gathered in a buffer of exactly its size,
+ * allocated when its header is complete and freed at the next call, so a
+ * reader between records holds no buffer. Zero-initialise it. */
+typedef struct mica_tlsrec_reader {
+	uint8_t *part; /* the record being gathered, or the one last handed out */
+	uint32_t part_len, part_need;
+	uint8_t hdr[MICA_TLSREC_HEADER_LEN];
+	uint8_t hdr_len;
+	uint8_t part_done; /* |part| was handed out: free it at the next call */
+} mica_tlsrec_reader;
+
+/* Takes bytes from *in (advancing *in and *in_len) until a record is whole.
+ * Returns 1 with *rec and *rec_len set to it (header included; it points
+ * into the input or into the reader, valid until the next call), 0 when the
+ * input ran out first (the bytes are kept), MICA_EBADHEADER (a header that
+ * mica_tlsrec_header refuses; the stream is unusable) or MICA_ENOMEM. */
+int mica_tlsrec_next(mica_tlsrec_reader *r, const uint8_t **in, size_t *in_len, const uint8_t **rec,
+		     size_t *rec_len) MICA_WUR;
+
+/* Frees what the reader holds and zeroes it. NULL is a no-op. */
+void mica_tlsrec_reader_free(mica_tlsrec_reader *r);
+
 /* Wipes |d| (key material and all). NULL is a no-op. */
 void mica_tlsrec_wipe(mica_tlsrec_dir *d);
 

@@ -104,13 +104,10 @@ struct mica_uvtls_server {
  * this struct is the connection's whole TLS state. */
 struct detach {
 	mica_tlsrec_dir rd, wr;
-	uint8_t *part; /* detached: a record that arrived in pieces, else NULL */
-	uint32_t part_len, part_need;
-	uint8_t hdr[MICA_TLSREC_HEADER_LEN]; /* a header that arrived in pieces */
-	uint8_t hdr_len;
-	bool rd_app, wr_app; /* the application secret of that direction is in use */
-	bool refused;	     /* this connection will not detach */
-	bool detached;	     /* the SSL object is gone */
+	mica_tlsrec_reader in; /* detached: a record arriving in pieces */
+	bool rd_app, wr_app;   /* the application secret of that direction is in use */
+	bool refused;	       /* this connection will not detach */
+	bool detached;	       /* the SSL object is gone */
 };
 
 /* Kept small: this is what an idle connection costs besides its SSL object
@@ -565,7 +562,7 @@ static void detach_free(struct detach *d)
 {
 	if (!d)
 		return;
-	free(d->part);
+	mica_tlsrec_reader_free(&d->in);
 	mica_wipe(d, sizeof(*d));
 	free(d);
 }
@@ -681,60 +678,23 @@ static void detached_record(mica_uvtls_conn *c, const uint8_t *rec, size_t len)
 
 /* Consumes the lent input of a detached connection: whole records straight
  * from the read buffer, a record that arrives in pieces in a buffer of its
- * own that is freed as soon as it is complete. */
+ * own that is freed as soon as it has been read (lib/tlsrec's reader). */
 static void feed_detached(mica_uvtls_conn *c)
 {
 	struct tstate *t = ts;
-	struct detach *d = c->dt;
-	size_t total;
-	while (c->state == ST_OPEN && t->in_owner == c && t->in_len > 0) {
-		if (!d->part) {
-			if (d->hdr_len == 0 && t->in_len >= MICA_TLSREC_HEADER_LEN) {
-				if (mica_tlsrec_header(t->in, &total) != 0) {
-					detached_fail(c, SSL_AD_UNEXPECTED_MESSAGE);
-					return;
-				}
-				if (t->in_len >= total) {
-					const uint8_t *rec = t->in;
-					t->in += total;
-					t->in_len -= total;
-					detached_record(c, rec, total);
-					continue;
-				}
-			}
-			while (d->hdr_len < MICA_TLSREC_HEADER_LEN && t->in_len > 0) {
-				d->hdr[d->hdr_len++] = *t->in++;
-				t->in_len--;
-			}
-			if (d->hdr_len < MICA_TLSREC_HEADER_LEN)
-				return;
-			if (mica_tlsrec_header(d->hdr, &total) != 0) {
-				detached_fail(c, SSL_AD_UNEXPECTED_MESSAGE);
-				return;
-			}
-			d->part = malloc(total);
-			if (!d->part) {
-				hard_close(c, MICA_UVTLS_CLOSED_NOMEM);
-				return;
-			}
-			memcpy(d->part, d->hdr, MICA_TLSREC_HEADER_LEN);
-			d->part_len = MICA_TLSREC_HEADER_LEN;
-			d->part_need = (uint32_t)total;
-			d->hdr_len = 0;
+	while (c->state == ST_OPEN && t->in_owner == c) {
+		const uint8_t *rec;
+		size_t len;
+		int r = mica_tlsrec_next(&c->dt->in, &t->in, &t->in_len, &rec, &len);
+		if (r == 1) {
+			detached_record(c, rec, len);
+			continue;
 		}
-		size_t take = d->part_need - d->part_len;
-		if (take > t->in_len)
-			take = t->in_len;
-		memcpy(d->part + d->part_len, t->in, take);
-		d->part_len += (uint32_t)take;
-		t->in += take;
-		t->in_len -= take;
-		if (d->part_len < d->part_need)
-			return;
-		uint8_t *rec = d->part;
-		d->part = NULL;
-		detached_record(c, rec, d->part_need);
-		free(rec);
+		if (r == MICA_ENOMEM)
+			hard_close(c, MICA_UVTLS_CLOSED_NOMEM);
+		else if (r != 0)
+			detached_fail(c, SSL_AD_UNEXPECTED_MESSAGE);
+		return; /* r == 0: the reader keeps a partial record, if any */
 	}
 }
 
