@@ -106,7 +106,6 @@ struct detach {
 	mica_tlsrec_dir rd, wr;
 	mica_tlsrec_reader in; /* detached: a record arriving in pieces */
 	bool rd_app, wr_app;   /* the application secret of that direction is in use */
-	bool refused;	       /* this connection will not detach */
 	bool detached;	       /* the SSL object is gone */
 };
 
@@ -567,6 +566,13 @@ static void detach_free(struct detach *d)
 	free(d);
 }
 
+/* This connection keeps its SSL object: its secrets go now, not at close. */
+static void detach_refuse(mica_uvtls_conn *c)
+{
+	detach_free(c->dt);
+	c->dt = NULL;
+}
+
 static EVP_CIPHER_CTX *aead_ctx(void)
 {
 	struct tstate *t = ts;
@@ -700,7 +706,7 @@ static void feed_detached(mica_uvtls_conn *c)
 
 static bool detach_wanted(const mica_uvtls_conn *c)
 {
-	return c->srv && c->srv->detach_ticks && c->ssl && c->dt && !c->dt->refused;
+	return c->srv && c->srv->detach_ticks && c->ssl && c->dt;
 }
 
 /* Gives up the SSL object when nothing of the connection is left inside it:
@@ -728,8 +734,7 @@ static void detach(mica_uvtls_conn *c)
 	mica_wipe(rs, sizeof(rs));
 	mica_wipe(ws, sizeof(ws));
 	if (!ok) {
-		detach_free(d);
-		c->dt = NULL;
+		detach_refuse(c);
 		return;
 	}
 	SSL_free(c->ssl);
@@ -763,7 +768,7 @@ static void keylog_cb(const SSL *ssl, const char *line)
 	if (!hex ||
 	    mica_hex_decode(hex + 1, strlen(hex + 1), dir->secret, sizeof(dir->secret), &n) != 0 ||
 	    (n != 32 && n != 48)) {
-		d->refused = true;
+		detach_refuse(c);
 		return;
 	}
 	dir->secret_len = (uint8_t)n;
@@ -793,7 +798,7 @@ static void msg_cb(int write_p, int version, int content_type, const void *buf, 
 		else if (!write_p && d->rd_app)
 			d->rd.seq++;
 	} else if (content_type == SSL3_RT_HANDSHAKE && b[0] == SSL3_MT_KEY_UPDATE) {
-		d->refused = true;
+		detach_refuse(c);
 	}
 }
 

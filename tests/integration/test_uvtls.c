@@ -889,6 +889,38 @@ START_TEST(detached_connection_carries_records)
 }
 END_TEST
 
+/* A KeyUpdate while the SSL object still runs the connection changes keys
+ * the capture did not follow: that connection stays attached, and works. */
+START_TEST(key_update_before_detaching_keeps_openssl)
+{
+	struct srv v = {.detach_ms = 250};
+	srv_start(&v);
+	uv_loop_t loop;
+	uv_loop_init(&loop);
+	SSL_CTX *ctx = client_ctx(0);
+	struct cli k = {0};
+	cli_connect(&loop, ctx, v.port, NULL, NULL, &k);
+	ck_assert_int_eq(SSL_key_update(mica_uvtls_ssl(k.c), SSL_KEY_UPDATE_REQUESTED), 1);
+	echo_round(&loop, &k, "updated while attached");
+	run_for(&loop, 900);
+	echo_round(&loop, &k, "still attached");
+	ck_assert_int_eq(atomic_load(&v.data_attached), 2);
+	ck_assert_int_eq(atomic_load(&v.data_detached), 0);
+	/* A second connection on the same server detaches as usual. */
+	struct cli k2 = {0};
+	cli_connect(&loop, ctx, v.port, NULL, NULL, &k2);
+	run_for(&loop, 900);
+	echo_round(&loop, &k2, "detached");
+	ck_assert_int_eq(atomic_load(&v.data_detached), 1);
+	cli_finish(&loop, &k);
+	cli_finish(&loop, &k2);
+	wait_closed(&v, MICA_UVTLS_CLOSED_PEER, 2, 3000);
+	SSL_CTX_free(ctx);
+	loop_finish(&loop);
+	srv_join(&v);
+}
+END_TEST
+
 /* The next record |ssl| writes for |data|, taken from a memory BIO instead
  * of its socket: the test then sends it as it likes. */
 static size_t record_of(SSL *ssl, const char *data, uint8_t *out, size_t cap)
@@ -975,6 +1007,7 @@ static Suite *uvtls_suite(void)
 	tcase_add_test(tc, client_refuses_a_certificate_from_another_ca);
 	tcase_add_test(tc, detached_connection_carries_records);
 	tcase_add_test(tc, detached_connection_refuses_an_altered_record);
+	tcase_add_test(tc, key_update_before_detaching_keeps_openssl);
 	tcase_set_timeout(tc, 60);
 	suite_add_tcase(s, tc);
 	return s;

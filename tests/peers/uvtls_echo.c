@@ -9,7 +9,8 @@
  * UVTLS_ECHO_DETACH_MS in the environment sets detach_idle_ms; every chunk
  * received is then logged (stderr) with whether the connection had
  * detached ("echo N bytes detached=0|1"), and each connection's protocol
- * version at on_open.
+ * version at on_open. A chunk "BIG\n" is answered, instead of echoed, with
+ * 40,000 bytes in one mica_uvtls_write: 5,714 times "BIGDATA" and "\n\n".
  */
 #include <signal.h>
 #include <stdio.h>
@@ -33,6 +34,15 @@ static void on_data(mica_uvtls_conn *c, const uint8_t *d, size_t n)
 	if (verbose)
 		MICA_LOG(MICA_LOG_INFO, "uvtls_echo: echo %zu bytes detached=%d", n,
 			 mica_uvtls_detached(c));
+	if (n == 4 && memcmp(d, "BIG\n", 4) == 0) {
+		static char big[40000];
+		for (size_t i = 0; i + 7 <= sizeof(big) - 2; i += 7)
+			memcpy(big + i, "BIGDATA", 7);
+		big[sizeof(big) - 2] = big[sizeof(big) - 1] = '\n';
+		if (mica_uvtls_write(c, big, sizeof(big)) != 0)
+			mica_uvtls_close(c);
+		return;
+	}
 	if (mica_uvtls_write(c, d, n) != 0 || (n >= 4 && memcmp(d + n - 4, "BYE\n", 4) == 0))
 		mica_uvtls_close(c);
 }
