@@ -921,6 +921,32 @@ START_TEST(key_update_before_detaching_keeps_openssl)
 }
 END_TEST
 
+/* The idle timeout (the MQTT keepalive) keeps counting records after
+ * detaching: a record resets it, silence closes. */
+START_TEST(idle_timeout_applies_to_detached_connections)
+{
+	struct srv v = {.detach_ms = 250, .idle_ms = 1500};
+	srv_start(&v);
+	uv_loop_t loop;
+	uv_loop_init(&loop);
+	SSL_CTX *ctx = client_ctx(0);
+	struct cli k = {0};
+	cli_connect(&loop, ctx, v.port, NULL, NULL, &k);
+	run_for(&loop, 900);
+	echo_round(&loop, &k, "detached, alive");
+	run_for(&loop, 900);
+	echo_round(&loop, &k, "still alive");
+	ck_assert_int_eq(atomic_load(&v.data_detached), 2);
+	ck_assert_int_eq(atomic_load(&v.closed[MICA_UVTLS_CLOSED_IDLE_TIMEOUT]), 0);
+	ck_assert(run_until(&loop, &k.closed, 5000));
+	wait_closed(&v, MICA_UVTLS_CLOSED_IDLE_TIMEOUT, 1, 3000);
+	cli_finish(&loop, &k);
+	SSL_CTX_free(ctx);
+	loop_finish(&loop);
+	srv_join(&v);
+}
+END_TEST
+
 /* The next record |ssl| writes for |data|, taken from a memory BIO instead
  * of its socket: the test then sends it as it likes. */
 static size_t record_of(SSL *ssl, const char *data, uint8_t *out, size_t cap)
@@ -1008,6 +1034,7 @@ static Suite *uvtls_suite(void)
 	tcase_add_test(tc, detached_connection_carries_records);
 	tcase_add_test(tc, detached_connection_refuses_an_altered_record);
 	tcase_add_test(tc, key_update_before_detaching_keeps_openssl);
+	tcase_add_test(tc, idle_timeout_applies_to_detached_connections);
 	tcase_set_timeout(tc, 60);
 	suite_add_tcase(s, tc);
 	return s;
