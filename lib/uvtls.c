@@ -11,6 +11,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -32,9 +33,12 @@
 #include "crypto.h"
 #include "httpc.h"
 #include "log.h"
+#include "tlsrec.h"
 
 #define READ_BUF_LEN 65536
-#define PLAINTEXT_LEN 16384
+#define PLAINTEXT_LEN                                                                              \
+	MICA_TLSREC_INNER_MAX /* SSL_read, and a detached record's inner plaintext                 \
+			       */
 #define RECORD_MAX 16384
 #define OUT_FLUSH_AT 65536
 #define WHEEL_TICK_MS 250
@@ -45,6 +49,9 @@
 #define TICKET_AES_LEN 32
 #define TICKET_HMAC_LEN 32
 #define TICKET_KEYS 3 /* previous, current, next period (clock skew between workers) */
+/* After this many connections detached, the wheel's tick gives the freed
+ * SSL objects' pages back to the kernel (malloc_trim): about 3.5 MB. */
+#define TRIM_AFTER_DETACHES 256
 
 enum conn_state { ST_CONNECTING, ST_HANDSHAKE, ST_OPEN, ST_CLOSING, ST_CLOSED };
 
@@ -56,8 +63,9 @@ enum conn_state { ST_CONNECTING, ST_HANDSHAKE, ST_OPEN, ST_CLOSING, ST_CLOSED };
 struct wheel {
 	uv_timer_t timer;
 	uint64_t start_ms;
-	uint32_t cur; /* last tick processed */
-	size_t refs;  /* the server or client connections holding it */
+	uint32_t cur;	   /* last tick processed */
+	size_t refs;	   /* the server or client connections holding it */
+	uint32_t detached; /* connections detached since the last malloc_trim */
 	mica_uvtls_conn *slot[WHEEL_SLOTS];
 };
 
@@ -81,17 +89,32 @@ struct mica_uvtls_server {
 	int port;
 	unsigned keepalive_s;
 	uint32_t handshake_ticks, close_ticks;
+	uint32_t detach_ticks; /* 0: connections keep their SSL object */
 	bool freeing, listener_open, listener_closed;
 	uint64_t ticket_period_s;
 	uint8_t ticket_secret[MICA_UVTLS_TICKET_SECRET_LEN];
 	struct ticket_key keys[TICKET_KEYS];
 };
 
+/* A server connection's TLS 1.3 record protection, for detaching (see
+ * "Detached connections" below). While the SSL object lives, |rd| (client to
+ * server) and |wr| (server to client) hold the application traffic secrets
+ * the keylog callback captured and count the records OpenSSL protected under
+ * them (the message callback); once detached they hold the keys too, and
+ * this struct is the connection's whole TLS state. */
+struct detach {
+	mica_tlsrec_dir rd, wr;
+	mica_tlsrec_reader in; /* detached: a record arriving in pieces */
+	bool rd_app, wr_app;   /* the application secret of that direction is in use */
+	bool detached;	       /* the SSL object is gone */
+};
+
 /* Kept small: this is what an idle connection costs besides its SSL object
  * and its uv_tcp_t. */
 struct mica_uvtls_conn {
 	uv_tcp_t tcp;
-	SSL *ssl;
+	SSL *ssl;		/* NULL once detached */
+	struct detach *dt;	/* server connections of a detaching server, else NULL */
 	mica_uvtls_server *srv; /* NULL for a client connection */
 	const mica_uvtls_callbacks *cb;
 	void *user;
@@ -101,6 +124,7 @@ struct mica_uvtls_conn {
 	size_t pending;
 	uint32_t deadline; /* tick: handshake or close deadline */
 	uint32_t last_rx;  /* tick of the last record */
+	uint32_t last_tx;  /* tick of the last mica_uvtls_write */
 	uint32_t idle_ticks;
 	int16_t wslot; /* -1: not in the wheel */
 	uint8_t state;
@@ -123,6 +147,7 @@ struct tstate {
 	mica_uvtls_conn *out_owner;
 	struct wheel *cwheel; /* client connections' wheel */
 	uv_loop_t *cwheel_loop;
+	EVP_CIPHER_CTX *aead; /* scratch of detached connections' records */
 };
 
 struct wreq {
@@ -143,6 +168,7 @@ static void tstate_free(void *p)
 	if (!t)
 		return;
 	free(t->out);
+	EVP_CIPHER_CTX_free(t->aead);
 	free(t);
 }
 
@@ -212,27 +238,39 @@ static int bio_create(BIO *b)
 	return 1;
 }
 
-static int bio_write(BIO *b, const char *data, int len)
+/* Room for |len| more bytes of |c|'s records at the end of the thread's
+ * output buffer, or NULL (out of memory; or another connection's records are
+ * there, which never happens: every writer calls take_out first). */
+static uint8_t *out_reserve(mica_uvtls_conn *c, size_t len)
 {
-	mica_uvtls_conn *c = BIO_get_data(b);
 	struct tstate *t = ts;
-	BIO_clear_retry_flags(b);
-	if (!t || len < 0 || (t->out_len > 0 && t->out_owner != c))
-		return -1; /* the writer flushes the other owner first; never happens */
-	size_t need = t->out_len + (size_t)len;
+	if (!t || (t->out_len > 0 && t->out_owner != c))
+		return NULL;
+	size_t need = t->out_len + len;
 	if (need > t->out_cap) {
 		size_t cap = t->out_cap ? t->out_cap : 16384;
 		while (cap < need)
 			cap *= 2;
 		uint8_t *p = realloc(t->out, cap);
 		if (!p)
-			return -1;
+			return NULL;
 		t->out = p;
 		t->out_cap = cap;
 	}
-	memcpy(t->out + t->out_len, data, (size_t)len);
+	uint8_t *p = t->out + t->out_len;
 	t->out_len = need;
 	t->out_owner = c;
+	return p;
+}
+
+static int bio_write(BIO *b, const char *data, int len)
+{
+	mica_uvtls_conn *c = BIO_get_data(b);
+	BIO_clear_retry_flags(b);
+	uint8_t *p = len >= 0 ? out_reserve(c, (size_t)len) : NULL;
+	if (!p)
+		return -1;
+	memcpy(p, data, (size_t)len);
 	return len;
 }
 
@@ -313,6 +351,27 @@ static uint32_t ms_to_ticks(unsigned ms)
 
 static void hard_close(mica_uvtls_conn *c, mica_uvtls_close_reason reason);
 static void server_release(mica_uvtls_server *s);
+static bool detach_wanted(const mica_uvtls_conn *c);
+static void detach(mica_uvtls_conn *c);
+
+/* Files an open connection for its next deadline: the idle timeout, or the
+ * moment it has been quiet long enough to detach, whichever comes first. */
+static void open_schedule(mica_uvtls_conn *c)
+{
+	uint32_t due = UINT32_MAX;
+	if (c->idle_ticks)
+		due = c->last_rx + c->idle_ticks;
+	if (detach_wanted(c)) {
+		uint32_t last = c->last_rx > c->last_tx ? c->last_rx : c->last_tx;
+		uint32_t at = last + c->srv->detach_ticks;
+		if (at < due)
+			due = at;
+	}
+	if (due == UINT32_MAX)
+		wheel_del(c);
+	else
+		wheel_add(c, due);
+}
 
 static void conn_due(mica_uvtls_conn *c, uint32_t now)
 {
@@ -325,12 +384,15 @@ static void conn_due(mica_uvtls_conn *c, uint32_t now)
 			wheel_add(c, c->deadline);
 		break;
 	case ST_OPEN:
-		if (c->idle_ticks == 0)
-			break;
-		if (c->last_rx + c->idle_ticks <= now)
+		if (c->idle_ticks && c->last_rx + c->idle_ticks <= now) {
 			hard_close(c, MICA_UVTLS_CLOSED_IDLE_TIMEOUT);
-		else
-			wheel_add(c, c->last_rx + c->idle_ticks);
+			break;
+		}
+		if (detach_wanted(c) &&
+		    (c->last_rx > c->last_tx ? c->last_rx : c->last_tx) + c->srv->detach_ticks <=
+			    now)
+			detach(c);
+		open_schedule(c);
 		break;
 	case ST_CLOSING:
 		if (c->deadline <= now)
@@ -361,6 +423,13 @@ static void wheel_tick(uv_timer_t *t)
 			c->wslot = -1;
 			conn_due(c, w->cur);
 		}
+	}
+	/* The SSL objects of detached connections were freed in the middle of
+	 * the heap, between the small blocks of the connections that stay; glibc
+	 * returns such pages only when asked. */
+	if (w->detached >= TRIM_AFTER_DETACHES) {
+		w->detached = 0;
+		(void)malloc_trim(0);
 	}
 }
 
@@ -470,6 +539,269 @@ static void take_out(mica_uvtls_conn *c)
 		(void)flush_out(t->out_owner);
 }
 
+/* ---- Detached connections ------------------------------------------------
+ *
+ * A server with detach_idle_ms frees the SSL object of a TLS 1.3 connection
+ * that has been quiet that long and carries its records itself
+ * (lib/tlsrec): an idle connection then holds its application traffic
+ * secrets, keys and sequence numbers (struct detach) instead of OpenSSL's
+ * ~14 KB of per-connection state. What it needs from the handshake is
+ * captured while OpenSSL runs it: the keylog callback hands over the two
+ * application traffic secrets (the line is parsed here and goes nowhere
+ * else), and the message callback reports every record header OpenSSL
+ * writes or reads, so the records protected under those secrets (the
+ * server's NewSessionTickets and any data) are counted exactly, in
+ * OpenSSL's own order, whatever it buffered in its BIOs. A connection that
+ * saw a KeyUpdate while attached, or that is not TLS 1.3, stays attached.
+ */
+
+static void graceful_close(mica_uvtls_conn *c, mica_uvtls_close_reason reason);
+
+static void detach_free(struct detach *d)
+{
+	if (!d)
+		return;
+	mica_tlsrec_reader_free(&d->in);
+	mica_wipe(d, sizeof(*d));
+	free(d);
+}
+
+/* This connection keeps its SSL object: its secrets go now, not at close. */
+static void detach_refuse(mica_uvtls_conn *c)
+{
+	detach_free(c->dt);
+	c->dt = NULL;
+}
+
+static EVP_CIPHER_CTX *aead_ctx(void)
+{
+	struct tstate *t = ts;
+	if (t && !t->aead)
+		t->aead = EVP_CIPHER_CTX_new();
+	return t ? t->aead : NULL;
+}
+
+/* Seals one record of |type| under the connection's write keys into the
+ * output buffer (the caller did take_out). Returns 0, MICA_ENOMEM or
+ * MICA_ETLS. */
+static int seal_record(mica_uvtls_conn *c, uint8_t type, const uint8_t *data, size_t len)
+{
+	EVP_CIPHER_CTX *x = aead_ctx();
+	size_t n = mica_tlsrec_sealed_len(len);
+	uint8_t *p = x ? out_reserve(c, n) : NULL;
+	if (!p)
+		return MICA_ENOMEM;
+	if (mica_tlsrec_seal(&c->dt->wr, x, type, data, len, p) != 0) {
+		ts->out_len -= n;
+		return MICA_ETLS;
+	}
+	return 0;
+}
+
+/* A fatal error of a detached connection: the alert |desc| (RFC 8446 6.2)
+ * to the peer, then closed. */
+static void detached_fail(mica_uvtls_conn *c, uint8_t desc)
+{
+	const uint8_t alert[] = {2, desc}; /* fatal */
+	take_out(c);
+	(void)seal_record(c, MICA_TLSREC_ALERT, alert, sizeof(alert));
+	if (flush_out(c) == 0)
+		hard_close(c, MICA_UVTLS_CLOSED_TLS);
+}
+
+/* A post-handshake handshake record from the client: only KeyUpdate is
+ * valid (a client sends no NewSessionTicket, and this server requests no
+ * certificate after the handshake). It must end its record (RFC 8446 5.1),
+ * so it must be the record's only message. */
+static void detached_handshake(mica_uvtls_conn *c, const uint8_t *m, size_t n)
+{
+	struct detach *d = c->dt;
+	if (n != 5 || m[0] != SSL3_MT_KEY_UPDATE || m[1] != 0 || m[2] != 0 || m[3] != 1) {
+		detached_fail(c, SSL_AD_UNEXPECTED_MESSAGE);
+		return;
+	}
+	if (m[4] > 1) {
+		detached_fail(c, SSL_AD_ILLEGAL_PARAMETER);
+		return;
+	}
+	if (mica_tlsrec_update(&d->rd) != 0) {
+		detached_fail(c, SSL_AD_INTERNAL_ERROR);
+		return;
+	}
+	if (m[4] == 0)
+		return;
+	/* update_requested: our own KeyUpdate (update_not_requested) under the
+	 * current keys, then the new write keys (RFC 8446 4.6.3). */
+	static const uint8_t ku[] = {SSL3_MT_KEY_UPDATE, 0, 0, 1, 0};
+	take_out(c);
+	if (seal_record(c, MICA_TLSREC_HANDSHAKE, ku, sizeof(ku)) != 0 ||
+	    mica_tlsrec_update(&d->wr) != 0) {
+		hard_close(c, MICA_UVTLS_CLOSED_TLS);
+		return;
+	}
+	(void)flush_out(c);
+}
+
+/* One whole record from the client. */
+static void detached_record(mica_uvtls_conn *c, const uint8_t *rec, size_t len)
+{
+	struct tstate *t = ts;
+	EVP_CIPHER_CTX *x = aead_ctx();
+	size_t n = 0;
+	uint8_t type = 0;
+	int r = x ? mica_tlsrec_open(&c->dt->rd, x, rec, len, t->pt, &n, &type) : MICA_ENOMEM;
+	if (r != 0) {
+		detached_fail(c, r == MICA_EAUTH     ? SSL_AD_BAD_RECORD_MAC
+				 : r == MICA_ETOOBIG ? SSL_AD_RECORD_OVERFLOW
+				 : r == MICA_ENOMEM  ? SSL_AD_INTERNAL_ERROR
+						     : SSL_AD_UNEXPECTED_MESSAGE);
+		return;
+	}
+	c->last_rx = wheel_now(c->wheel);
+	switch (type) {
+	case MICA_TLSREC_APPLICATION_DATA:
+		if (n > 0)
+			c->cb->on_data(c, t->pt, n);
+		break;
+	case MICA_TLSREC_ALERT:
+		/* close_notify ends the connection cleanly; any other alert
+		 * (fatal, or user_canceled) ends it as a TLS failure. */
+		if (n != 2)
+			detached_fail(c, SSL_AD_DECODE_ERROR);
+		else if (t->pt[1] == SSL_AD_CLOSE_NOTIFY)
+			graceful_close(c, MICA_UVTLS_CLOSED_PEER);
+		else
+			hard_close(c, MICA_UVTLS_CLOSED_TLS);
+		break;
+	case MICA_TLSREC_HANDSHAKE:
+		detached_handshake(c, t->pt, n);
+		break;
+	default:
+		detached_fail(c, SSL_AD_UNEXPECTED_MESSAGE);
+		break;
+	}
+}
+
+/* Consumes the lent input of a detached connection: whole records straight
+ * from the read buffer, a record that arrives in pieces in a buffer of its
+ * own that is freed as soon as it has been read (lib/tlsrec's reader). */
+static void feed_detached(mica_uvtls_conn *c)
+{
+	struct tstate *t = ts;
+	while (c->state == ST_OPEN && t->in_owner == c) {
+		const uint8_t *rec;
+		size_t len;
+		int r = mica_tlsrec_next(&c->dt->in, &t->in, &t->in_len, &rec, &len);
+		if (r == 1) {
+			detached_record(c, rec, len);
+			continue;
+		}
+		if (r == MICA_ENOMEM)
+			hard_close(c, MICA_UVTLS_CLOSED_NOMEM);
+		else if (r != 0)
+			detached_fail(c, SSL_AD_UNEXPECTED_MESSAGE);
+		return; /* r == 0: the reader keeps a partial record, if any */
+	}
+}
+
+static bool detach_wanted(const mica_uvtls_conn *c)
+{
+	return c->srv && c->srv->detach_ticks && c->ssl && c->dt;
+}
+
+/* Gives up the SSL object when nothing of the connection is left inside it:
+ * TLS 1.3 with a suite of lib/tlsrec, both application secrets captured, no
+ * KeyUpdate seen, no partial record buffered, no shutdown begun. A
+ * connection that can never detach drops its capture state. */
+static void detach(mica_uvtls_conn *c)
+{
+	struct detach *d = c->dt;
+	if (SSL_has_pending(c->ssl) || SSL_get_shutdown(c->ssl) != 0)
+		return; /* later */
+	const SSL_CIPHER *ci = SSL_get_current_cipher(c->ssl);
+	uint16_t suite = ci ? (uint16_t)SSL_CIPHER_get_protocol_id(ci) : 0;
+	size_t len = mica_tlsrec_secret_len(suite);
+	uint8_t rs[MICA_TLSREC_SECRET_MAX], ws[MICA_TLSREC_SECRET_MAX];
+	uint64_t rseq = d->rd.seq, wseq = d->wr.seq;
+	bool ok = SSL_version(c->ssl) == TLS1_3_VERSION && len && d->rd_app && d->wr_app &&
+		  d->rd.secret_len == len && d->wr.secret_len == len;
+	if (ok) {
+		memcpy(rs, d->rd.secret, len);
+		memcpy(ws, d->wr.secret, len);
+		ok = mica_tlsrec_init(&d->rd, suite, rs, len, rseq) == 0 &&
+		     mica_tlsrec_init(&d->wr, suite, ws, len, wseq) == 0;
+	}
+	mica_wipe(rs, sizeof(rs));
+	mica_wipe(ws, sizeof(ws));
+	if (!ok) {
+		detach_refuse(c);
+		return;
+	}
+	SSL_free(c->ssl);
+	c->ssl = NULL;
+	d->detached = true;
+	c->wheel->detached++;
+}
+
+/* OpenSSL's key log line "LABEL <client random> <secret>" (hex): the two
+ * application traffic secrets are kept for detaching, nothing is logged and
+ * every other line is ignored. Each secret comes as its direction switches
+ * to it, so it also starts that direction's record count. */
+static void keylog_cb(const SSL *ssl, const char *line)
+{
+	static const char client[] = "CLIENT_TRAFFIC_SECRET_0 ",
+			  server[] = "SERVER_TRAFFIC_SECRET_0 ";
+	mica_uvtls_conn *c = SSL_get_app_data(ssl);
+	bool is_client = strncmp(line, client, sizeof(client) - 1) == 0;
+	bool is_server = !is_client && strncmp(line, server, sizeof(server) - 1) == 0;
+	if (!c || !c->srv || (!is_client && !is_server))
+		return;
+	if (!c->dt) {
+		c->dt = calloc(1, sizeof(*c->dt));
+		if (!c->dt)
+			return; /* this connection stays attached */
+	}
+	struct detach *d = c->dt;
+	mica_tlsrec_dir *dir = is_client ? &d->rd : &d->wr;
+	const char *hex = strchr(line + sizeof(client) - 1, ' ');
+	size_t n = 0;
+	if (!hex ||
+	    mica_hex_decode(hex + 1, strlen(hex + 1), dir->secret, sizeof(dir->secret), &n) != 0 ||
+	    (n != 32 && n != 48)) {
+		detach_refuse(c);
+		return;
+	}
+	dir->secret_len = (uint8_t)n;
+	dir->seq = 0;
+	if (is_client)
+		d->rd_app = true;
+	else
+		d->wr_app = true;
+}
+
+/* Counts the records protected under the application secrets, and refuses
+ * to detach after a KeyUpdate (OpenSSL changed keys we did not follow). */
+static void msg_cb(int write_p, int version, int content_type, const void *buf, size_t len,
+		   SSL *ssl, void *arg)
+{
+	(void)version;
+	(void)arg;
+	mica_uvtls_conn *c = SSL_get_app_data(ssl);
+	const uint8_t *b = buf;
+	if (!c || !c->dt || len < 1)
+		return;
+	struct detach *d = c->dt;
+	if (content_type == SSL3_RT_HEADER && len >= MICA_TLSREC_HEADER_LEN &&
+	    b[0] == SSL3_RT_APPLICATION_DATA) {
+		if (write_p && d->wr_app)
+			d->wr.seq++;
+		else if (!write_p && d->rd_app)
+			d->rd.seq++;
+	} else if (content_type == SSL3_RT_HANDSHAKE && b[0] == SSL3_MT_KEY_UPDATE) {
+		detach_refuse(c);
+	}
+}
+
 /* ---- Closing ------------------------------------------------------------ */
 
 static void conn_closed(uv_handle_t *h)
@@ -483,6 +815,7 @@ static void conn_closed(uv_handle_t *h)
 		ts->out_owner = NULL;
 	}
 	SSL_free(c->ssl);
+	detach_free(c->dt);
 	struct wheel *w = c->wheel;
 	free(c);
 	if (s) {
@@ -533,9 +866,14 @@ static void graceful_close(mica_uvtls_conn *c, mica_uvtls_close_reason reason)
 		return;
 	}
 	take_out(c);
-	ERR_clear_error();
-	(void)SSL_shutdown(c->ssl);
-	ERR_clear_error();
+	if (c->ssl) {
+		ERR_clear_error();
+		(void)SSL_shutdown(c->ssl);
+		ERR_clear_error();
+	} else {
+		static const uint8_t close_notify[] = {1, 0}; /* warning, close_notify */
+		(void)seal_record(c, MICA_TLSREC_ALERT, close_notify, sizeof(close_notify));
+	}
 	if (flush_out(c) != 0)
 		return;
 	c->reason = (uint8_t)reason;
@@ -578,9 +916,8 @@ static void opened(mica_uvtls_conn *c)
 {
 	c->state = ST_OPEN;
 	wheel_del(c);
-	c->last_rx = wheel_now(c->wheel);
-	if (c->idle_ticks)
-		wheel_add(c, c->last_rx + c->idle_ticks);
+	c->last_rx = c->last_tx = wheel_now(c->wheel);
+	open_schedule(c);
 	if (c->cb->on_open)
 		c->cb->on_open(c);
 }
@@ -589,6 +926,10 @@ static void opened(mica_uvtls_conn *c)
 static void feed(mica_uvtls_conn *c)
 {
 	struct tstate *t = ts;
+	if (!c->ssl) {
+		feed_detached(c);
+		return;
+	}
 	if (c->state == ST_HANDSHAKE) {
 		take_out(c);
 		ERR_clear_error();
@@ -670,9 +1011,24 @@ int mica_uvtls_write(mica_uvtls_conn *c, const void *data, size_t len)
 		return MICA_ENOMEM;
 	const uint8_t *p = data;
 	size_t off = 0;
+	c->last_tx = wheel_now(c->wheel);
 	while (off < len) {
 		take_out(c);
 		size_t chunk = len - off < RECORD_MAX ? len - off : RECORD_MAX;
+		if (!c->ssl) {
+			if (seal_record(c, MICA_TLSREC_APPLICATION_DATA, p + off, chunk) != 0) {
+				(void)flush_out(c);
+				hard_close(c, MICA_UVTLS_CLOSED_TLS);
+				return MICA_ETLS;
+			}
+			off += chunk;
+			if (ts->out_len >= OUT_FLUSH_AT) {
+				int r = flush_out(c);
+				if (r != 0)
+					return r;
+			}
+			continue;
+		}
 		ERR_clear_error();
 		int n = SSL_write(c->ssl, p + off, (int)chunk);
 		if (n <= 0) {
@@ -710,12 +1066,8 @@ void mica_uvtls_set_idle_timeout(mica_uvtls_conn *c, unsigned ms)
 	c->idle_ticks = ms_to_ticks(ms);
 	if (c->state != ST_OPEN)
 		return;
-	if (c->idle_ticks == 0) {
-		wheel_del(c);
-		return;
-	}
 	c->last_rx = wheel_now(c->wheel);
-	wheel_add(c, c->last_rx + c->idle_ticks);
+	open_schedule(c);
 }
 
 void mica_uvtls_set_user(mica_uvtls_conn *c, void *user)
@@ -737,6 +1089,11 @@ mica_uvtls_server *mica_uvtls_conn_server(const mica_uvtls_conn *c)
 SSL *mica_uvtls_ssl(const mica_uvtls_conn *c)
 {
 	return c ? c->ssl : NULL;
+}
+
+bool mica_uvtls_detached(const mica_uvtls_conn *c)
+{
+	return c && c->dt && c->dt->detached;
 }
 
 int mica_uvtls_peer_address(const mica_uvtls_conn *c, char *buf, size_t n)
@@ -929,6 +1286,10 @@ static int server_ctx(mica_uvtls_server *s, const mica_uvtls_server_options *opt
 	    SSL_CTX_set_num_tickets(s->ctx, opt->tickets ? opt->tickets : 1) != 1 ||
 	    SSL_CTX_set_tlsext_ticket_key_evp_cb(s->ctx, ticket_cb) != 1)
 		return MICA_ECRYPTO;
+	if (opt->detach_idle_ms) {
+		SSL_CTX_set_keylog_callback(s->ctx, keylog_cb);
+		SSL_CTX_set_msg_callback(s->ctx, msg_cb);
+	}
 	return 0;
 }
 
@@ -1058,6 +1419,8 @@ int mica_uvtls_server_new(uv_loop_t *loop, const mica_uvtls_server_options *opt,
 	s->handshake_ticks =
 		ms_to_ticks(opt->handshake_timeout_ms ? opt->handshake_timeout_ms : 10000);
 	s->close_ticks = ms_to_ticks(opt->close_timeout_ms ? opt->close_timeout_ms : 5000);
+	s->detach_ticks =
+		ms_to_ticks(opt->detach_idle_ms < IDLE_MAX_MS ? opt->detach_idle_ms : IDLE_MAX_MS);
 	int r = server_ctx(s, opt);
 	if (r == 0)
 		r = server_listen(s, opt);

@@ -6,10 +6,12 @@
  * answers any bytes with a CONNACK) or an external process (mosquitto) given
  * by pid and port, so both are measured by the same client.
  *
- * Usage: idle_tls -n N -a CA [-C CERT -K KEY] [-p PORT -P PID] [-m] [-c CONC]
+ * Usage: idle_tls -n N -a CA [-C CERT -K KEY [-d MS]] [-p PORT -P PID] [-m] [-c CONC]
  *   -n N     connections to hold (default 1000)
  *   -a CA    PEM CA the server chains to
  *   -C, -K   server certificate and key for the forked lib/uvtls server
+ *   -d MS    the forked server's detach_idle_ms (default 0: connections keep
+ *            their SSL object); the settle time must exceed it
  *   -p, -P   port and pid of an external server instead of the forked one
  *   -m       MQTT: a CONNECT after the handshake, wait for the CONNACK
  *   -c CONC  handshakes in flight at once (default 64)
@@ -38,6 +40,7 @@ static struct {
 	uint8_t *acked; /* per connection index: CONNACK seen */
 	bool mqtt;
 	unsigned settle_s;
+	unsigned detach_ms;
 } B;
 
 static void raise_nofile(void)
@@ -91,7 +94,10 @@ static void run_server(const char *cert, const char *key, int ready_fd)
 	uv_loop_t loop;
 	uv_loop_init(&loop);
 	mica_thread_set_event(true);
-	mica_uvtls_server_options o = {.host = "127.0.0.1", .cert_file = cert, .key_file = key};
+	mica_uvtls_server_options o = {.host = "127.0.0.1",
+				       .cert_file = cert,
+				       .key_file = key,
+				       .detach_idle_ms = B.detach_ms};
 	mica_uvtls_callbacks cb = {.on_data = srv_data};
 	mica_uvtls_server *s;
 	if (mica_uvtls_server_new(&loop, &o, &cb, NULL, &s) != 0)
@@ -196,7 +202,7 @@ int main(int argc, char **argv)
 	B.n = 1000;
 	B.conc = 64;
 	B.settle_s = 2;
-	while ((opt = getopt(argc, argv, "n:a:C:K:p:P:mc:s:")) != -1) {
+	while ((opt = getopt(argc, argv, "n:a:C:K:p:P:mc:s:d:")) != -1) {
 		switch (opt) {
 		case 'n':
 			B.n = atoi(optarg);
@@ -224,6 +230,9 @@ int main(int argc, char **argv)
 			break;
 		case 's':
 			B.settle_s = (unsigned)atoi(optarg);
+			break;
+		case 'd':
+			B.detach_ms = (unsigned)atoi(optarg);
 			break;
 		default:
 			fprintf(stderr,
@@ -292,9 +301,9 @@ int main(int argc, char **argv)
 	}
 	long after = rss_kb(pid);
 	int held = B.ready - 1;
-	printf("server=%s n=%d held=%d rss_before_kb=%ld rss_after_kb=%ld bytes_per_conn=%.0f "
+	printf("server=%s detach_ms=%u n=%d held=%d rss_before_kb=%ld rss_after_kb=%ld bytes_per_conn=%.0f "
 	       "failed=%d\n",
-	       forked ? "mica-uvtls" : "external", n, held, before, after,
+	       forked ? "mica-uvtls" : "external", B.detach_ms, n, held, before, after,
 	       held > 0 ? (double)(after - before) * 1024.0 / held : 0.0, B.failed);
 	for (int r = 0; r < 8; r++)
 		if (B.closed[r])

@@ -4,7 +4,10 @@
  * dribbling peer, the idle timeout, session resumption (TLS 1.3 and 1.2),
  * two processes on one SO_REUSEPORT port resuming each other's sessions with
  * a shared ticket secret (and not without it), and write backpressure
- * against a peer that stops reading. The server runs on its own loop thread
+ * against a peer that stops reading, and detached connections
+ * (detach_idle_ms): echo, a 100 KB server write, a KeyUpdate requested by an
+ * OpenSSL client, a record arriving a byte at a time, close_notify, and an
+ * altered record answered with bad_record_mac. The server runs on its own loop thread
  * (or in forked processes); the clients are lib/uvtls clients on the test's
  * thread, or a blocking OpenSSL client on a plain socket where the test
  * needs a peer that misbehaves.
@@ -51,7 +54,7 @@ static double now_s(void)
 
 struct srv {
 	/* set before start */
-	unsigned handshake_ms, idle_ms;
+	unsigned handshake_ms, idle_ms, detach_ms;
 	size_t flood; /* bytes written at on_open, in 1 MiB writes */
 	bool banner;  /* "pid N\n" at on_open */
 	bool reuseport;
@@ -63,6 +66,8 @@ struct srv {
 	uv_async_t stop;
 	mica_uvtls_server *s;
 	atomic_int ready, opened, drains;
+	atomic_int data_attached, data_detached; /* on_data calls by state */
+	atomic_int open_without_ssl;		 /* on_open with mica_uvtls_ssl NULL */
 	atomic_int closed[8];
 	atomic_size_t max_pending, pending_at_drain, written;
 };
@@ -71,6 +76,8 @@ static void srv_on_open(mica_uvtls_conn *c)
 {
 	struct srv *v = mica_uvtls_server_user(mica_uvtls_conn_server(c));
 	atomic_fetch_add(&v->opened, 1);
+	if (!mica_uvtls_ssl(c) || mica_uvtls_detached(c))
+		atomic_fetch_add(&v->open_without_ssl, 1);
 	if (v->idle_ms)
 		mica_uvtls_set_idle_timeout(c, v->idle_ms);
 	if (v->banner) {
@@ -95,8 +102,26 @@ static void srv_on_open(mica_uvtls_conn *c)
 	}
 }
 
+/* The 100 KB a server sends in one mica_uvtls_write when asked "BIG". */
+#define BIG_LEN 100000
+static uint8_t big_byte(size_t i)
+{
+	return (uint8_t)(i * 13 + 5);
+}
+
 static void srv_on_data(mica_uvtls_conn *c, const uint8_t *d, size_t n)
 {
+	struct srv *v = mica_uvtls_server_user(mica_uvtls_conn_server(c));
+	atomic_fetch_add(mica_uvtls_detached(c) ? &v->data_detached : &v->data_attached, 1);
+	if (n == 3 && memcmp(d, "BIG", 3) == 0) {
+		uint8_t *buf = malloc(BIG_LEN);
+		ck_assert_ptr_nonnull(buf);
+		for (size_t i = 0; i < BIG_LEN; i++)
+			buf[i] = big_byte(i);
+		ck_assert_int_eq(mica_uvtls_write(c, buf, BIG_LEN), 0);
+		free(buf);
+		return;
+	}
 	if (mica_uvtls_write(c, d, n) != 0)
 		mica_uvtls_close(c);
 	if (n >= 3 && memcmp(d + n - 3, "BYE", 3) == 0)
@@ -140,6 +165,7 @@ static void *srv_main(void *arg)
 				       .key_file = env("MICA_KEY_SERVER"),
 				       .ticket_secret_file = v->ticket_file,
 				       .handshake_timeout_ms = v->handshake_ms,
+				       .detach_idle_ms = v->detach_ms,
 				       .keepalive_s = 60};
 	ck_assert_int_eq(mica_uvtls_server_new(&v->loop, &o, &srv_cb, v, &v->s), 0);
 	v->port = mica_uvtls_server_port(v->s);
@@ -312,6 +338,9 @@ START_TEST(echo_small_and_large)
 	/* An empty write is a no-op; NULL is refused. */
 	ck_assert_int_eq(mica_uvtls_write(k.c, "", 0), 0);
 	ck_assert_int_eq(mica_uvtls_write(NULL, "x", 1), MICA_EINVAL);
+	/* detach_idle_ms 0: no connection ever detaches. */
+	ck_assert_int_eq(atomic_load(&v.data_detached), 0);
+	ck_assert_int_gt(atomic_load(&v.data_attached), 0);
 	cli_finish(&loop, &k);
 	wait_closed(&v, MICA_UVTLS_CLOSED_PEER, 1, 3000);
 	SSL_CTX_free(ctx);
@@ -770,6 +799,223 @@ START_TEST(client_refuses_a_certificate_from_another_ca)
 }
 END_TEST
 
+/* ---- Detached connections ------------------------------------------------ */
+
+/* Runs |loop| for |ms| milliseconds (the server detaches meanwhile). */
+static void run_for(uv_loop_t *loop, int ms)
+{
+	double end = now_s() + ms / 1000.0;
+	while (now_s() < end)
+		run_a_bit(loop, 5000);
+}
+
+/* Sends |msg| and waits for its echo after what |k| already received. */
+static void echo_round(uv_loop_t *loop, struct cli *k, const char *msg)
+{
+	size_t before = k->rx_len, n = strlen(msg);
+	ck_assert_int_eq(mica_uvtls_write(k->c, msg, n), 0);
+	ck_assert_msg(run_until_rx(loop, k, before + n, 5000), "no echo of %s (closed: %s)", msg,
+		      k->closed ? mica_uvtls_close_name(k->reason) : "no");
+	ck_assert_int_eq(memcmp(k->rx + before, msg, n), 0);
+}
+
+/* Counts the KeyUpdate messages a client SSL receives. */
+static int key_updates_received;
+static void count_key_updates(int write_p, int version, int content_type, const void *buf,
+			      size_t len, SSL *ssl, void *arg)
+{
+	(void)version;
+	(void)ssl;
+	(void)arg;
+	if (!write_p && content_type == SSL3_RT_HANDSHAKE && len >= 1 &&
+	    ((const uint8_t *)buf)[0] == SSL3_MT_KEY_UPDATE)
+		key_updates_received++;
+}
+
+START_TEST(detached_connection_carries_records)
+{
+	struct srv v = {.detach_ms = 250};
+	srv_start(&v);
+	uv_loop_t loop;
+	uv_loop_init(&loop);
+	SSL_CTX *ctx = client_ctx(0);
+	struct cli k = {0};
+	cli_connect(&loop, ctx, v.port, NULL, NULL, &k);
+	ck_assert_str_eq(k.version, "TLSv1.3");
+	echo_round(&loop, &k, "attached");
+	ck_assert_int_eq(atomic_load(&v.data_attached), 1);
+	/* Quiet for 250 ms (a tick or two of the wheel): detached. */
+	run_for(&loop, 900);
+	echo_round(&loop, &k, "detached");
+	ck_assert_int_eq(atomic_load(&v.data_detached), 1);
+	ck_assert_int_eq(atomic_load(&v.data_attached), 1);
+	/* One server write of 100 KB: split into records the client accepts. */
+	size_t before = k.rx_len;
+	ck_assert_int_eq(mica_uvtls_write(k.c, "BIG", 3), 0);
+	ck_assert(run_until_rx(&loop, &k, before + BIG_LEN, 10000));
+	ck_assert_uint_eq(k.rx_len, before + BIG_LEN);
+	for (size_t i = 0; i < BIG_LEN; i++)
+		ck_assert_uint_eq(k.rx[before + i], big_byte(i));
+	/* 1 MiB from the client: many records, partial reads on the server. */
+	size_t big = (1u << 20) + 777;
+	uint8_t *buf = malloc(big);
+	ck_assert_ptr_nonnull(buf);
+	ck_assert_int_eq(mica_random(buf, big), 0);
+	before = k.rx_len;
+	ck_assert_int_eq(mica_uvtls_write(k.c, buf, big), 0);
+	ck_assert(run_until_rx(&loop, &k, before + big, 20000));
+	ck_assert_int_eq(memcmp(k.rx + before, buf, big), 0);
+	free(buf);
+	/* The client asks for a KeyUpdate (OpenSSL sends it before its next
+	 * record); the server updates its read keys, answers with its own
+	 * KeyUpdate and writes under new keys, which the client follows. */
+	SSL_set_msg_callback(mica_uvtls_ssl(k.c), count_key_updates);
+	for (int i = 0; i < 2; i++) {
+		ck_assert_int_eq(
+			SSL_key_update(mica_uvtls_ssl(k.c), i == 0 ? SSL_KEY_UPDATE_REQUESTED
+								   : SSL_KEY_UPDATE_NOT_REQUESTED),
+			1);
+		echo_round(&loop, &k, i == 0 ? "after a requested update" : "after an update");
+		ck_assert_int_eq(key_updates_received, 1); /* only the requested one answered */
+	}
+	ck_assert_int_eq(atomic_load(&v.open_without_ssl), 0);
+	/* close_notify from the client: the detached server closes as "peer". */
+	cli_finish(&loop, &k);
+	wait_closed(&v, MICA_UVTLS_CLOSED_PEER, 1, 3000);
+	ck_assert_int_eq(atomic_load(&v.closed[MICA_UVTLS_CLOSED_TLS]), 0);
+	SSL_CTX_free(ctx);
+	loop_finish(&loop);
+	srv_join(&v);
+}
+END_TEST
+
+/* A KeyUpdate while the SSL object still runs the connection changes keys
+ * the capture did not follow: that connection stays attached, and works. */
+START_TEST(key_update_before_detaching_keeps_openssl)
+{
+	struct srv v = {.detach_ms = 250};
+	srv_start(&v);
+	uv_loop_t loop;
+	uv_loop_init(&loop);
+	SSL_CTX *ctx = client_ctx(0);
+	struct cli k = {0};
+	cli_connect(&loop, ctx, v.port, NULL, NULL, &k);
+	ck_assert_int_eq(SSL_key_update(mica_uvtls_ssl(k.c), SSL_KEY_UPDATE_REQUESTED), 1);
+	echo_round(&loop, &k, "updated while attached");
+	run_for(&loop, 900);
+	echo_round(&loop, &k, "still attached");
+	ck_assert_int_eq(atomic_load(&v.data_attached), 2);
+	ck_assert_int_eq(atomic_load(&v.data_detached), 0);
+	/* A second connection on the same server detaches as usual. */
+	struct cli k2 = {0};
+	cli_connect(&loop, ctx, v.port, NULL, NULL, &k2);
+	run_for(&loop, 900);
+	echo_round(&loop, &k2, "detached");
+	ck_assert_int_eq(atomic_load(&v.data_detached), 1);
+	cli_finish(&loop, &k);
+	cli_finish(&loop, &k2);
+	wait_closed(&v, MICA_UVTLS_CLOSED_PEER, 2, 3000);
+	SSL_CTX_free(ctx);
+	loop_finish(&loop);
+	srv_join(&v);
+}
+END_TEST
+
+/* The idle timeout (the MQTT keepalive) keeps counting records after
+ * detaching: a record resets it, silence closes. */
+START_TEST(idle_timeout_applies_to_detached_connections)
+{
+	struct srv v = {.detach_ms = 250, .idle_ms = 1500};
+	srv_start(&v);
+	uv_loop_t loop;
+	uv_loop_init(&loop);
+	SSL_CTX *ctx = client_ctx(0);
+	struct cli k = {0};
+	cli_connect(&loop, ctx, v.port, NULL, NULL, &k);
+	run_for(&loop, 900);
+	echo_round(&loop, &k, "detached, alive");
+	run_for(&loop, 900);
+	echo_round(&loop, &k, "still alive");
+	ck_assert_int_eq(atomic_load(&v.data_detached), 2);
+	ck_assert_int_eq(atomic_load(&v.closed[MICA_UVTLS_CLOSED_IDLE_TIMEOUT]), 0);
+	ck_assert(run_until(&loop, &k.closed, 5000));
+	wait_closed(&v, MICA_UVTLS_CLOSED_IDLE_TIMEOUT, 1, 3000);
+	cli_finish(&loop, &k);
+	SSL_CTX_free(ctx);
+	loop_finish(&loop);
+	srv_join(&v);
+}
+END_TEST
+
+/* The next record |ssl| writes for |data|, taken from a memory BIO instead
+ * of its socket: the test then sends it as it likes. */
+static size_t record_of(SSL *ssl, const char *data, uint8_t *out, size_t cap)
+{
+	BIO *mem = BIO_new(BIO_s_mem());
+	ck_assert_ptr_nonnull(mem);
+	BIO *sock = SSL_get_wbio(ssl);
+	BIO_up_ref(sock);
+	SSL_set0_wbio(ssl, mem);
+	ck_assert_int_eq(SSL_write(ssl, data, (int)strlen(data)), (int)strlen(data));
+	int n = BIO_read(mem, out, (int)cap);
+	ck_assert_int_gt(n, 0);
+	SSL_set0_wbio(ssl, sock);
+	return (size_t)n;
+}
+
+START_TEST(detached_connection_refuses_an_altered_record)
+{
+	struct srv v = {.detach_ms = 250};
+	srv_start(&v);
+	SSL_CTX *ctx;
+	int fd;
+	SSL *ssl = raw_tls(v.port, &ctx, &fd, 0);
+	ck_assert_int_eq(SSL_write(ssl, "ok", 2), 2);
+	char b[64];
+	ck_assert_int_eq(SSL_read(ssl, b, 2), 2);
+	usleep(900000);
+	/* A genuine record sent a byte at a time is reassembled. */
+	uint8_t rec[256];
+	size_t n = record_of(ssl, "dribbled", rec, sizeof(rec));
+	for (size_t i = 0; i < n; i++) {
+		ck_assert_int_eq(write(fd, rec + i, 1), 1);
+		usleep(2000);
+	}
+	ck_assert_int_eq(SSL_read(ssl, b, sizeof(b)), 8);
+	ck_assert_int_eq(memcmp(b, "dribbled", 8), 0);
+	ck_assert_int_eq(atomic_load(&v.data_detached), 1);
+	/* The next genuine record with one ciphertext bit flipped: the server
+	 * answers bad_record_mac (sealed under its keys: the client reads it)
+	 * and closes as a TLS failure. */
+	n = record_of(ssl, "altered", rec, sizeof(rec));
+	rec[n - 20] ^= 0x04;
+	ck_assert_int_eq(write(fd, rec, n), (ssize_t)n);
+	ERR_clear_error();
+	ck_assert_int_le(SSL_read(ssl, b, sizeof(b)), 0);
+	ck_assert_int_eq(ERR_GET_REASON(ERR_peek_error()), SSL_R_SSLV3_ALERT_BAD_RECORD_MAC);
+	wait_closed(&v, MICA_UVTLS_CLOSED_TLS, 1, 3000);
+	ck_assert_int_eq(atomic_load(&v.data_detached), 1);
+	SSL_free(ssl);
+	SSL_CTX_free(ctx);
+	close(fd);
+	/* A record of another type in the clear (a plaintext alert) after
+	 * detaching: refused too. */
+	ssl = raw_tls(v.port, &ctx, &fd, 0);
+	ck_assert_int_eq(SSL_write(ssl, "ok", 2), 2);
+	ck_assert_int_eq(SSL_read(ssl, b, 2), 2);
+	usleep(900000);
+	static const uint8_t plain_alert[] = {0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28};
+	ck_assert_int_eq(write(fd, plain_alert, sizeof(plain_alert)), (ssize_t)sizeof(plain_alert));
+	ck_assert(wait_eof(fd, 3000) >= 0);
+	wait_closed(&v, MICA_UVTLS_CLOSED_TLS, 2, 3000);
+	SSL_free(ssl);
+	SSL_CTX_free(ctx);
+	close(fd);
+	echo_still_works(v.port);
+	srv_join(&v);
+}
+END_TEST
+
 static Suite *uvtls_suite(void)
 {
 	Suite *s = suite_create("uvtls");
@@ -785,6 +1031,10 @@ static Suite *uvtls_suite(void)
 	tcase_add_test(tc, bad_configuration_is_refused);
 	tcase_add_test(tc, backpressure_counts_pending_bytes);
 	tcase_add_test(tc, client_refuses_a_certificate_from_another_ca);
+	tcase_add_test(tc, detached_connection_carries_records);
+	tcase_add_test(tc, detached_connection_refuses_an_altered_record);
+	tcase_add_test(tc, key_update_before_detaching_keeps_openssl);
+	tcase_add_test(tc, idle_timeout_applies_to_detached_connections);
 	tcase_set_timeout(tc, 60);
 	suite_add_tcase(s, tc);
 	return s;

@@ -6,6 +6,11 @@
  *
  * Usage: uvtls_echo CERT KEY PORT_FILE [PORT [TICKET_SECRET_FILE [reuseport]]]
  * The bound port is written to PORT_FILE once listening. Runs until killed.
+ * UVTLS_ECHO_DETACH_MS in the environment sets detach_idle_ms; every chunk
+ * received is then logged (stderr) with whether the connection had
+ * detached ("echo N bytes detached=0|1"), and each connection's protocol
+ * version at on_open. A chunk "BIG\n" is answered, instead of echoed, with
+ * 40,000 bytes in one mica_uvtls_write: 5,714 times "BIGDATA" and "\n\n".
  */
 #include <signal.h>
 #include <stdio.h>
@@ -16,8 +21,28 @@
 #include "thread.h"
 #include "uvtls.h"
 
+static bool verbose;
+
+static void on_open(mica_uvtls_conn *c)
+{
+	if (verbose)
+		MICA_LOG(MICA_LOG_INFO, "uvtls_echo: open %s", SSL_get_version(mica_uvtls_ssl(c)));
+}
+
 static void on_data(mica_uvtls_conn *c, const uint8_t *d, size_t n)
 {
+	if (verbose)
+		MICA_LOG(MICA_LOG_INFO, "uvtls_echo: echo %zu bytes detached=%d", n,
+			 mica_uvtls_detached(c));
+	if (n == 4 && memcmp(d, "BIG\n", 4) == 0) {
+		static char big[40000];
+		for (size_t i = 0; i + 7 <= sizeof(big) - 2; i += 7)
+			memcpy(big + i, "BIGDATA", 7);
+		big[sizeof(big) - 2] = big[sizeof(big) - 1] = '\n';
+		if (mica_uvtls_write(c, big, sizeof(big)) != 0)
+			mica_uvtls_close(c);
+		return;
+	}
 	if (mica_uvtls_write(c, d, n) != 0 || (n >= 4 && memcmp(d + n - 4, "BYE\n", 4) == 0))
 		mica_uvtls_close(c);
 }
@@ -47,7 +72,12 @@ int main(int argc, char **argv)
 		.ticket_secret_file = argc > 5 && argv[5][0] ? argv[5] : NULL,
 		.reuseport = argc > 6 && strcmp(argv[6], "reuseport") == 0,
 	};
-	mica_uvtls_callbacks cb = {.on_data = on_data, .on_close = on_close};
+	const char *detach = getenv("UVTLS_ECHO_DETACH_MS");
+	if (detach && *detach) {
+		o.detach_idle_ms = (unsigned)atoi(detach);
+		verbose = true;
+	}
+	mica_uvtls_callbacks cb = {.on_open = on_open, .on_data = on_data, .on_close = on_close};
 	mica_uvtls_server *s;
 	int r = mica_uvtls_server_new(&loop, &o, &cb, NULL, &s);
 	if (r != 0) {
