@@ -1,8 +1,8 @@
-/* push_seal.c - test peer for tests/integration/test_device_push*.sh: seals
+/* device_seal.c - test peer for tests/integration/test_device_push*.sh: seals
  * one push message exactly as the broker's store does (push_seal_message(),
  * mipush/seal.c, the one sealer), so the device library is tested against
  * the server's own format, not a copy of it.
- *   push_seal REGID ID TYPE TEXT OUT < KEY_BASE64
+ *   device_seal REGID ID TYPE TEXT OUT < KEY_BASE64
  * TYPE pass_through: TEXT is the payload; notification: TEXT is the title
  * (description "d", notify_id 7, extra {"k": "v"}); deleted_messages: TEXT
  * is the count. The 32-byte content key comes on stdin, never on the
@@ -25,7 +25,7 @@ int main(int argc, char **argv)
 	int rc = 1;
 
 	if (argc != 6) {
-		fprintf(stderr, "usage: push_seal REGID ID TYPE TEXT OUT < KEY_BASE64\n");
+		fprintf(stderr, "usage: device_seal REGID ID TYPE TEXT OUT < KEY_BASE64\n");
 		return 2;
 	}
 	size_t n = fread(in, 1, sizeof(in) - 1, stdin);
@@ -33,7 +33,7 @@ int main(int argc, char **argv)
 	in[strcspn(in, "\r\n")] = '\0';
 	if (mica_base64_decode(in, strlen(in), key, sizeof(key), &klen) != 0 ||
 	    klen != PUSH_CONTENT_KEY_LEN) {
-		fprintf(stderr, "push_seal: stdin must hold a base64 32-byte key\n");
+		fprintf(stderr, "device_seal: stdin must hold a base64 32-byte key\n");
 		return 2;
 	}
 	push_message_view m = {.msg_id = argv[2],
@@ -54,17 +54,17 @@ int main(int argc, char **argv)
 		m.count = strtol(argv[4], NULL, 10);
 		m.app_id = m.package = NULL;
 	} else {
-		fprintf(stderr, "push_seal: unknown TYPE %s\n", argv[3]);
+		fprintf(stderr, "device_seal: unknown TYPE %s\n", argv[3]);
 		return 2;
 	}
 	int err = push_seal_message(key, argv[1], &m, &out, &out_len);
 	if (err) {
-		fprintf(stderr, "push_seal: %s\n", mica_strerror(err));
+		fprintf(stderr, "device_seal: %s\n", mica_strerror(err));
 		goto out;
 	}
 	FILE *f = fopen(argv[5], "wb");
 	if (!f || fwrite(out, 1, out_len, f) != out_len || fclose(f) != 0) {
-		fprintf(stderr, "push_seal: cannot write %s\n", argv[5]);
+		fprintf(stderr, "device_seal: cannot write %s\n", argv[5]);
 		goto out;
 	}
 	rc = 0;
