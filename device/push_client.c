@@ -40,9 +40,9 @@ struct dev_push_client {
 	uint8_t *dec_buf;
 	uv_timer_t retry, ping;
 	uv_getaddrinfo_t resolve;
-	unsigned attempt; /* reconnects since the last SUBACK */
-	unsigned handles; /* open uv handles and requests to wait for at stop */
-	bool stopping, in_publish;
+	unsigned attempt;	  /* reconnects since the last SUBACK */
+	unsigned handles;	  /* open uv handles and requests to wait for at stop */
+	bool stopping, in_packet; /* in_packet: handling a packet from the broker */
 	dev_dedup seen;
 	dev_push_stats stats;
 };
@@ -362,7 +362,6 @@ static int handle_publish(dev_push_client *c, const struct push_mqtt_publish *p)
 		if (dev_dedup_seen(&c->seen, key, strlen(key))) {
 			drop(c, &c->stats.duplicates, MICA_EEXISTS);
 		} else {
-			c->in_publish = true;
 			if (m.deleted) {
 				c->stats.deleted++;
 				if (c->opt.on_deleted)
@@ -371,7 +370,6 @@ static int handle_publish(dev_push_client *c, const struct push_mqtt_publish *p)
 				c->stats.delivered++;
 				c->opt.on_message(c, &m, c->opt.user);
 			}
-			c->in_publish = false;
 			int err = dev_dedup_add(&c->seen, key, strlen(key));
 			if (err)
 				event(c, DEV_PUSH_EV_STATE_ERROR, err);
@@ -449,23 +447,27 @@ static void on_data(mica_uvtls_conn *conn, const uint8_t *data, size_t len)
 		if (err) {
 			c->stats.protocol_errors++;
 			conn_close(c);
-			return;
+			break;
 		}
 		data += used;
 		len -= used;
 		if (pkt.type == PUSH_MQTT_NONE)
 			continue;
-		if ((err = handle_packet(c, &pkt)) != 0) {
+		/* A stop() from a callback of this packet waits until the packet
+		 * is handled (its PUBACK written). */
+		c->in_packet = true;
+		err = handle_packet(c, &pkt);
+		c->in_packet = false;
+		if (err) {
 			if (err != MICA_EDENIED)
 				c->stats.protocol_errors++;
 			conn_close(c);
-			return;
 		}
-		if (c->stopping) { /* stopped from a callback: the PUBACK went first */
-			dev_push_client_stop(c);
-			return;
-		}
+		if (c->stopping || err)
+			break;
 	}
+	if (c->stopping)
+		dev_push_client_stop(c);
 }
 
 /* ---- Life cycle ------------------------------------------------------------------ */
@@ -556,7 +558,7 @@ void dev_push_client_stop(dev_push_client *c)
 {
 	if (!c)
 		return;
-	if (c->in_publish) { /* on_data stops once the PUBACK is written */
+	if (c->in_packet) { /* on_data stops once the packet is handled */
 		c->stopping = true;
 		return;
 	}
