@@ -228,6 +228,20 @@ LISTEN_PID=""
 ok "MQTT.js $(jq -r .version tests/interop/node_modules/mqtt/package.json) received the sealed bytes"
 
 # ---------------------------------------------------------------------------------------------
+step="signal"
+"$DEV" push listen --state "$W/state" --host 127.0.0.1 --port "$PORT" --ca "$MICA_CA" \
+	>"$W/sig.out" 2>"$W/sig.err" &
+LISTEN_PID=$!
+wait_count "$W/sig.err" "event subscribed" 1 || fail "never subscribed: $(cat "$W/sig.err")"
+kill -TERM "$LISTEN_PID"
+rc=0
+wait "$LISTEN_PID" || rc=$?
+LISTEN_PID=""
+{ [[ "$rc" == 0 ]] && grep -q "event disconnected 0 local" "$W/sig.err" && grep -q "stats {" "$W/sig.err"; } ||
+	check_fail "SIGTERM: exit $rc: $(cat "$W/sig.err")"
+ok "SIGTERM: DISCONNECT, exit 0 with the stats"
+
+# ---------------------------------------------------------------------------------------------
 step="certificate"
 rc=0
 "$DEV" push listen --state "$W/state" --host 127.0.0.1 --port "$PORT" --ca "$MICA_CA_ROGUE" \
