@@ -70,10 +70,15 @@ client.on('connect', () => {
     console.error(`subscribed granted=${granted[0].qos}`);
   });
 });
+// MQTT.js sends the PUBACK after emitting 'message', and emits 'packetsend' just before it
+// writes a packet: end on the next turn after the last PUBACK, so it leaves before DISCONNECT.
 client.on('message', (t, payload) => {
   if (t !== topic) return die(`message on another topic ${t}`);
   console.log(payload.toString('base64'));
-  if (++got >= want) client.end(false, () => process.exit(0));
+  got++;
+});
+client.on('packetsend', (packet) => {
+  if (packet.cmd === 'puback' && got >= want) setImmediate(() => client.end(false, () => process.exit(0)));
 });
 client.on('error', (err) => die(`${err.code ?? ''} ${err.message}`));
 client.on('close', () => {
