@@ -986,6 +986,7 @@ static int loop_setup(struct push_broker *b)
 					      ? cfg->ticket_secret_file
 					      : NULL,
 		.handshake_timeout_ms = (unsigned)cfg->handshake_timeout_ms,
+		.detach_idle_ms = (unsigned)cfg->detach_idle_ms,
 	};
 	int err;
 	if (uv_loop_init(&b->loop) != 0)

@@ -52,7 +52,8 @@ struct push_broker_config {
 	int inflight;		  /* unacknowledged PUBLISHes per device */
 	int max_connections;	  /* per process */
 	int handshake_timeout_ms; /* TLS handshake, and CONNECT after it */
-	size_t max_packet;	  /* largest packet a device may send */
+	int detach_idle_ms; /* quiet TLS 1.3 connections leave OpenSSL (lib/uvtls); 0: never */
+	size_t max_packet;  /* largest packet a device may send */
 };
 
 /* Why a connection ended, as /metrics counts it. */

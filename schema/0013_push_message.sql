@@ -5,7 +5,7 @@
 -- encrypts the message once per device under that device's content key and
 -- inserts one push.queue row per device in the transaction that inserts the
 -- push.message row; the message id is answered after that commit. It then
--- publishes the new rows on Redis (channel mica:push:wake) so the broker
+-- publishes the new rows on Redis (channel push:wake) so the broker
 -- process holding each device's connection sends them at once. A broker
 -- deletes a row when the device acknowledges it (PUBACK); a device that
 -- connects gets every row still queued for it, oldest first. Expired rows
