@@ -17,7 +17,7 @@
 #                                polls until QUERY answers WANT (5 s default); 1 when it never does
 #   metric URL NAME              the value of one /metrics line (NAME with its labels), 0 if absent
 #   open_body REGID KEY HEX      the JSON a device got (push_seal open)
-#   node NAME [ENV...]           starts a mica-push "push<NAME>" with its own HTTPS, metrics and
+#   push_node NAME [ENV...]      starts a mica-push "push<NAME>" with its own HTTPS, metrics and
 #                                broker ports: URL_<NAME>, MURL_<NAME>, BPORT_<NAME>
 #   node_dev NODE REGID TOKEN_VAR [OPTIONS...]
 #                                the C test device (tests/peers/push_device) against node NODE
@@ -95,9 +95,9 @@ metric() {
 
 open_body() { printf '%s %s' "$2" "$3" | "$SEAL" open "$1"; }
 
-# node NAME: a mica-push with its own HTTPS, metrics and broker ports: URL_<NAME>, MURL_<NAME>,
+# push_node NAME: a mica-push with its own HTTPS, metrics and broker ports: URL_<NAME>, MURL_<NAME>,
 # BPORT_<NAME>; extra environment assignments may follow the name.
-node() {
+push_node() {
 	local name="$1" hp mp bp
 	shift
 	mica_free_port hp

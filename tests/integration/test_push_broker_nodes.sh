@@ -21,8 +21,8 @@ stack_db_create
 stack_push_setup
 # shellcheck source=tests/integration/lib-push-broker.sh
 . "$ROOT/tests/integration/lib-push-broker.sh"
-node A
-node B MICA_PUSH_BROKER_MAX_CONNECTIONS=1
+push_node A
+push_node B MICA_PUSH_BROKER_MAX_CONNECTIONS=1
 PURL="$URL_A"
 broker_app
 broker_device D
@@ -148,7 +148,7 @@ ok "B (max_connections 1) closed the second connection and served the first"
 step="workers"
 head -c 32 /dev/urandom >"$W/ticket.key"
 chmod 600 "$W/ticket.key"
-node C MICA_PUSH_BROKER_WORKERS=2 "MICA_PUSH_BROKER_TICKET_SECRET_FILE=$W/ticket.key" \
+push_node C MICA_PUSH_BROKER_WORKERS=2 "MICA_PUSH_BROKER_TICKET_SECRET_FILE=$W/ticket.key" \
 	MICA_PUSH_BROKER_HANDSHAKE_TIMEOUT_MS=1000
 [[ "$(metric "$MURL_C" mica_push_broker_processes)" == 2 ]] || check_fail "processes: $(grep processes "$W/metrics")"
 pids=()

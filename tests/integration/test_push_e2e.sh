@@ -18,8 +18,8 @@ stack_db_create
 stack_push_setup
 # shellcheck source=tests/integration/lib-push-broker.sh
 . "$ROOT/tests/integration/lib-push-broker.sh"
-node A
-node B
+push_node A
+push_node B
 PURL="$URL_A"
 broker_app
 broker_device D
