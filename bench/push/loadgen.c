@@ -18,6 +18,7 @@
  *   hold   connect N (device 0 first, alone: the warm-up), settle, report the
  *          servers' RSS growth per device (-P PID[,PID...]: VmRSS summed),
  *          hold them -t seconds, report how many are still connected.
+ *          (-P in the other modes prints the same line before going on.)
  *   storm  connect N, settle, drop them all (close_notify + FIN from every
  *          device), wait for every close, then reconnect all N offering the
  *          TLS session each device got last (resumption), -c handshakes in
@@ -46,6 +47,11 @@
  *                       opens the sealed message with its content key
  *                       (AAD "mica-push v1\0<regid>") and reads "payload".
  *
+ *   register  not a test: registers N devices of app -I APP_ID, package -g,
+ *          at the registration API on port -p (POST /v1/push/register,
+ *          -H keep-alive connections), and writes the device file -D
+ *          ("regid token content_key" lines) the other modes read.
+ *
  * Usage: loadgen -M MODE -n N -a CA -p PORT [options]
  *   -h HOST  server address (127.0.0.1)   -o BASE  first source index (0)
  *   -c CONC  connects in flight (64)      -s SECS  settle before RSS (2)
@@ -54,6 +60,9 @@
  *   -w N     MQTT sender window (1000)    -l N     payload bytes (64)
  *   -B N     regids per request (100)     -H N     HTTPS sender conns (4)
  *   -g PKG   restricted_package_name      -A FILE  app secret file
+ *   -U PIDS  processes whose CPU time (utime + stime, /proc/PID/stat) each
+ *            phase reports per operation (default: the -P list): the
+ *            contention-free view, since every process here shares CPUs
  * Prints one line "mode=... key=value ..." on stdout; diagnostics on stderr.
  * Exit 0, or 1 when a device failed (the line still says how many).
  */
@@ -110,6 +119,7 @@ struct hconn {
 	char *rbuf;
 	size_t rlen, rcap;
 	size_t batch; /* regids of the request in flight, 0: none */
+	int reg;      /* register: the device index in flight */
 	bool open;
 };
 
@@ -122,6 +132,8 @@ static struct {
 	int n, base, conc;
 	unsigned settle_s, hold_s, tail_s;
 	const char *pids;
+	const char *cpu_pids;
+	long long cpu0;
 	bool mosq;
 	struct dev *d;
 	int cursor, limit, inflight, ready, failed, closed_now, lost_conns;
@@ -153,6 +165,11 @@ static struct {
 	/* http sender */
 	struct hconn *h;
 	int http_errors;
+	/* register */
+	bool registering;
+	const char *app_id;
+	FILE *regout;
+	int reg_next, reg_ok, reg_failed;
 } G;
 
 static uint64_t now_ns(void)
@@ -197,10 +214,50 @@ static long rss_kb(const char *list)
 	return sum;
 }
 
+/* CPU time (user + system, in clock ticks) of the comma-separated pids in
+ * |list|; a process that is gone counts 0. */
+static long long cpu_ticks(const char *list)
+{
+	long long sum = 0;
+	const char *p = list;
+	while (p && *p) {
+		char path[64], buf[1024];
+		snprintf(path, sizeof(path), "/proc/%ld/stat", strtol(p, NULL, 10));
+		FILE *f = fopen(path, "r");
+		if (f) {
+			size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+			buf[n] = 0;
+			fclose(f);
+			char *q = strrchr(buf, ')');
+			unsigned long long ut, st;
+			/* state ppid pgrp session tty tpgid flags minflt cminflt majflt
+			 * cmajflt utime stime */
+			if (q &&
+			    sscanf(q + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+				   &ut, &st) == 2)
+				sum += (long long)(ut + st);
+		}
+		p = strchr(p, ',');
+		if (p)
+			p++;
+	}
+	return sum;
+}
+
+/* Server CPU microseconds per operation since |from| (ticks), or 0. */
+static double cpu_us_per(long long from, double ops)
+{
+	if (!G.cpu_pids || ops <= 0)
+		return 0;
+	return (double)(cpu_ticks(G.cpu_pids) - from) * 1e6 / (double)sysconf(_SC_CLK_TCK) / ops;
+}
+
 /* ---- Devices ------------------------------------------------------------ */
 
 static void phase_done(void);
 static void drop_done(void);
+static void register_done(void);
+static void finish(void);
 static void start_more(void);
 static void pump_mqtt(void);
 static void check_rate_done(void);
@@ -547,8 +604,14 @@ static void pump_mqtt(void)
 
 /* ---- The HTTPS sender (mica's developer API) ---------------------------- */
 
+static void register_send(struct hconn *h);
+
 static void http_send(struct hconn *h)
 {
+	if (G.registering) {
+		register_send(h);
+		return;
+	}
 	if (G.send_done || h->batch || !h->open)
 		return;
 	int from = G.next_i, cnt = G.n - from < G.batch ? G.n - from : G.batch;
@@ -600,6 +663,8 @@ static void http_open(mica_uvtls_conn *c)
 }
 
 /* Parses whole responses out of h->rbuf (Content-Length framing). */
+static void http_response(struct hconn *h, int status, const char *body, size_t len);
+
 static void http_data(mica_uvtls_conn *c, const uint8_t *in, size_t len)
 {
 	struct hconn *h = mica_uvtls_user(c);
@@ -619,23 +684,16 @@ static void http_data(mica_uvtls_conn *c, const uint8_t *in, size_t len)
 	for (;;) {
 		char *end = strstr(h->rbuf, "\r\n\r\n");
 		if (!end)
-			return;
+			break;
 		size_t hl = (size_t)(end + 4 - h->rbuf), cl = 0;
 		char *p = strcasestr(h->rbuf, "\r\ncontent-length:");
 		if (p && p < end)
 			cl = strtoul(p + 17, NULL, 10);
 		if (h->rlen < hl + cl)
-			return;
+			break;
 		int status = 0;
 		(void)sscanf(h->rbuf, "HTTP/1.%*d %d", &status);
-		if (status == 200) {
-			G.accepted += h->batch;
-		} else {
-			G.rejected += h->batch;
-			if (++G.http_errors <= 3)
-				fprintf(stderr, "loadgen: developer API answered %d: %.*s\n",
-					status, (int)cl, h->rbuf + hl);
-		}
+		http_response(h, status, h->rbuf + hl, cl);
 		h->batch = 0;
 		memmove(h->rbuf, h->rbuf + hl + cl, h->rlen - hl - cl);
 		h->rlen -= hl + cl;
@@ -650,6 +708,15 @@ static void http_close(mica_uvtls_conn *c, mica_uvtls_close_reason r)
 	struct hconn *h = mica_uvtls_user(c);
 	h->open = false;
 	h->c = NULL;
+	if (G.registering) {
+		if (G.ph != PH_DONE) {
+			fprintf(stderr, "loadgen: a registration connection closed (%s)\n",
+				mica_uvtls_close_name(r));
+			G.reg_failed += G.n - G.reg_ok - G.reg_failed;
+			register_done();
+		}
+		return;
+	}
 	if (h->batch || !G.send_done) {
 		fprintf(stderr, "loadgen: a developer API connection closed (%s)\n",
 			mica_uvtls_close_name(r));
@@ -663,10 +730,90 @@ static void http_close(mica_uvtls_conn *c, mica_uvtls_close_reason r)
 static const mica_uvtls_callbacks http_cb = {
 	.on_open = http_open, .on_data = http_data, .on_close = http_close};
 
+/* ---- Registration (mode register) ------------------------------------- */
+
+static void register_send(struct hconn *h)
+{
+	if (h->batch || !h->open || G.reg_next >= G.n)
+		return;
+	char body[512], req[1024];
+	int g = G.base + G.reg_next;
+	/* device_hash: 64 hex digits, unique per device index. */
+	int bl = snprintf(body, sizeof(body),
+			  "{\"app_id\":\"%s\",\"package\":\"%s\",\"device_hash\":"
+			  "\"%016x%016x%016x%016x\"}",
+			  G.app_id, G.pkg, 0xb3c4u, 0x7u, (unsigned)getpid(), (unsigned)g);
+	int rl = snprintf(req, sizeof(req),
+			  "POST /v1/push/register HTTP/1.1\r\nHost: %s\r\n"
+			  "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+			  G.host, bl, body);
+	if (mica_uvtls_write(h->c, req, (size_t)rl) != 0)
+		return;
+	h->batch = 1;
+	h->reg = G.reg_next++;
+}
+
+static void register_done(void)
+{
+	double secs = (double)(now_ns() - G.t0) / 1e9;
+	printf("mode=register devices=%d registered=%d failed=%d secs=%.2f per_s=%.0f\n", G.n,
+	       G.reg_ok, G.reg_failed, secs, secs > 0 ? G.reg_ok / secs : 0.0);
+	fclose(G.regout);
+	G.regout = NULL;
+	finish();
+}
+
+static void http_response(struct hconn *h, int status, const char *body, size_t len)
+{
+	if (!G.registering) {
+		if (status == 200) {
+			G.accepted += h->batch;
+		} else {
+			G.rejected += h->batch;
+			if (++G.http_errors <= 3)
+				fprintf(stderr, "loadgen: developer API answered %d: %.*s\n",
+					status, (int)len, body);
+		}
+		return;
+	}
+	json_t *js = status == 200 ? json_loadb(body, len, 0, NULL) : NULL;
+	const char *regid = json_string_value(json_object_get(js, "regid"));
+	const char *token = json_string_value(json_object_get(js, "token"));
+	const char *key = json_string_value(json_object_get(js, "content_key"));
+	if (regid && token && key) {
+		fprintf(G.regout, "%s %s %s\n", regid, token, key);
+		G.reg_ok++;
+	} else {
+		G.reg_failed++;
+		if (G.reg_failed <= 3)
+			fprintf(stderr, "loadgen: register answered %d: %.*s\n", status, (int)len,
+				body);
+	}
+	json_decref(js);
+	if (G.reg_ok + G.reg_failed == G.n)
+		register_done();
+}
+
+static void start_register(void)
+{
+	G.registering = true;
+	G.t0 = now_ns();
+	G.h = calloc((size_t)G.hconns, sizeof(*G.h));
+	if (!G.h)
+		exit(1);
+	for (int k = 0; k < G.hconns; k++) {
+		mica_uvtls_connect_options o = {
+			.host = G.host, .port = G.port, .timeout_ms = 30000};
+		if (mica_uvtls_connect(G.loop, G.ctx, &o, &http_cb, &G.h[k], &G.h[k].c) != 0) {
+			fprintf(stderr, "loadgen: cannot connect to the registration API\n");
+			exit(1);
+		}
+	}
+}
+
 /* ---- Phases ------------------------------------------------------------- */
 
 static void report_rate(void);
-static void finish(void);
 
 static void check_rate_done(void)
 {
@@ -707,18 +854,20 @@ static void report_rate(void)
 	uint64_t lost = G.accepted > G.delivered ? G.accepted - G.delivered : 0;
 	printf("mode=rate sender=%s devices=%d ready=%d messages=%llu accepted=%llu "
 	       "rejected=%llu delivered=%llu lost=%llu dups=%llu bad=%llu secs=%.2f "
-	       "rate=%.0f p50_ms=%.2f p99_ms=%.2f lost_conns=%d batch=%d\n",
+	       "rate=%.0f p50_ms=%.2f p99_ms=%.2f lost_conns=%d batch=%d cpu_us_per_msg=%.0f\n",
 	       G.sender, G.n, G.ready, (unsigned long long)G.n * (unsigned long long)G.rounds,
 	       (unsigned long long)G.accepted, (unsigned long long)G.rejected,
 	       (unsigned long long)G.delivered, (unsigned long long)lost,
 	       (unsigned long long)G.dups, (unsigned long long)G.bad, secs,
 	       secs > 0 ? (double)G.delivered / secs : 0.0, p50, p99, G.lost_conns,
-	       strcmp(G.sender, "http") == 0 ? G.batch : 1);
+	       strcmp(G.sender, "http") == 0 ? G.batch : 1,
+	       cpu_us_per(G.cpu0, (double)G.delivered));
 }
 
 static void start_rate(void)
 {
 	G.ph = PH_RATE;
+	G.cpu0 = cpu_ticks(G.cpu_pids);
 	size_t bytes = (size_t)(G.rounds + 7) / 8;
 	for (int i = 0; i < G.n; i++)
 		if (!(G.d[i].seen = calloc(1, bytes)))
@@ -778,6 +927,7 @@ static void reconnect_go(uv_timer_t *t)
 	G.limit = G.n;
 	G.failed = 0;
 	G.t0 = now_ns();
+	G.cpu0 = cpu_ticks(G.cpu_pids);
 	start_more();
 }
 
@@ -808,6 +958,21 @@ static void drop_done(void)
 static void settled(uv_timer_t *t)
 {
 	(void)t;
+	if (strcmp(G.mode, "hold") == 0 || G.pids) {
+		if (G.pids)
+			G.rss_after = rss_kb(G.pids);
+		printf("mode=hold devices=%d ready=%d failed=%d connect_secs=%.2f "
+		       "connects_per_s=%.0f rss_before_kb=%ld rss_after_kb=%ld "
+		       "bytes_per_conn=%.0f cpu_us_per_conn=%.0f\n",
+		       G.n, G.ready, G.failed, (double)(G.t1 - G.t0) / 1e9,
+		       G.t1 > G.t0 ? (G.ready - 1) / ((double)(G.t1 - G.t0) / 1e9) : 0.0,
+		       G.rss_before, G.rss_after,
+		       G.ready > 1 && G.pids
+			       ? (double)(G.rss_after - G.rss_before) * 1024.0 / (G.ready - 1)
+			       : 0.0,
+		       cpu_us_per(G.cpu0, G.ready - 1));
+		fflush(stdout);
+	}
 	if (strcmp(G.mode, "storm") == 0) {
 		drop_all();
 		return;
@@ -816,14 +981,6 @@ static void settled(uv_timer_t *t)
 		start_rate();
 		return;
 	}
-	if (G.pids)
-		G.rss_after = rss_kb(G.pids);
-	printf("mode=hold devices=%d ready=%d failed=%d connect_secs=%.2f rss_before_kb=%ld "
-	       "rss_after_kb=%ld bytes_per_conn=%.0f\n",
-	       G.n, G.ready, G.failed, (double)(G.t1 - G.t0) / 1e9, G.rss_before, G.rss_after,
-	       G.ready > 1 && G.pids ? (double)(G.rss_after - G.rss_before) * 1024.0 / (G.ready - 1)
-				     : 0.0);
-	fflush(stdout);
 	G.ph = PH_HOLD;
 	uv_timer_start(&G.timer, hold_done, G.hold_s * 1000u, 0);
 }
@@ -833,6 +990,7 @@ static void warm_go(uv_timer_t *t)
 	(void)t;
 	if (G.pids)
 		G.rss_before = rss_kb(G.pids);
+	G.cpu0 = cpu_ticks(G.cpu_pids);
 	G.ph = PH_CONNECT;
 	G.limit = G.n;
 	G.t0 = now_ns();
@@ -862,8 +1020,9 @@ static void phase_done(void)
 			G.resumed += G.d[i].state == D_READY && G.d[i].resumed;
 		double secs = (double)(G.t1 - G.t0) / 1e9;
 		printf("mode=storm devices=%d reconnected=%d failed=%d resumed=%d secs=%.2f "
-		       "connects_per_s=%.0f\n",
-		       G.n, G.ready, G.failed, G.resumed, secs, secs > 0 ? G.ready / secs : 0.0);
+		       "connects_per_s=%.0f cpu_us_per_conn=%.0f\n",
+		       G.n, G.ready, G.failed, G.resumed, secs, secs > 0 ? G.ready / secs : 0.0,
+		       cpu_us_per(G.cpu0, G.ready));
 		finish();
 		return;
 	}
@@ -936,7 +1095,7 @@ int main(int argc, char **argv)
 	G.hconns = 4;
 	G.pkg = "com.example.bench";
 	G.n = 1000;
-	while ((opt = getopt(argc, argv, "M:n:a:h:p:o:c:s:t:P:kD:R:T:w:l:S:B:H:g:A:")) != -1) {
+	while ((opt = getopt(argc, argv, "M:n:a:h:p:o:c:s:t:P:U:kD:R:T:w:l:S:B:H:g:A:I:")) != -1) {
 		switch (opt) {
 		case 'M':
 			G.mode = optarg;
@@ -967,6 +1126,9 @@ int main(int argc, char **argv)
 			break;
 		case 'P':
 			G.pids = optarg;
+			break;
+		case 'U':
+			G.cpu_pids = optarg;
 			break;
 		case 'k':
 			G.mosq = true;
@@ -1006,6 +1168,9 @@ int main(int argc, char **argv)
 		case 'A':
 			keyfile = optarg;
 			break;
+		case 'I':
+			G.app_id = optarg;
+			break;
 		default:
 			fprintf(stderr,
 				"usage: see the comment at the top of bench/push/loadgen.c\n");
@@ -1013,6 +1178,31 @@ int main(int argc, char **argv)
 		}
 	}
 	bool http = strcmp(G.sender, "http") == 0;
+	if (!G.cpu_pids)
+		G.cpu_pids = G.pids;
+	if (strcmp(G.mode, "register") == 0) {
+		if (!ca || G.port <= 0 || G.n <= 0 || G.hconns <= 0 || !devfile || !G.app_id ||
+		    strlen(G.app_id) > 64 || strlen(G.pkg) > 128) {
+			fprintf(stderr,
+				"loadgen: -M register needs -n N -a CA -p HTTPS_PORT -I APP_ID "
+				"-D OUT_FILE\n");
+			return 2;
+		}
+		if (!(G.regout = fopen(devfile, "w")))
+			return 2;
+		raise_nofile();
+		signal(SIGPIPE, SIG_IGN);
+		uv_loop_t rloop;
+		uv_loop_init(&rloop);
+		G.loop = &rloop;
+		mica_thread_set_event(true);
+		if (mica_uvtls_client_ctx_new(ca, NULL, NULL, &G.ctx) != 0)
+			return 2;
+		start_register();
+		uv_run(&rloop, UV_RUN_DEFAULT);
+		fflush(stdout);
+		_exit(G.ph == PH_DONE && G.reg_failed == 0 ? 0 : 1);
+	}
 	if (!ca || G.port <= 0 || G.n <= 0 || G.conc <= 0 || G.base < 0 || G.rounds <= 0 ||
 	    G.pub_window <= 0 || G.pub_window > 60000 || G.payload_len < 0 || G.payload_len > 900 ||
 	    G.batch <= 0 || G.hconns <= 0 ||
