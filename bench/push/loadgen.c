@@ -34,13 +34,13 @@
  *          The sender (-S):
  *            mqtt       one more MQTT/TLS connection publishing QoS 1 to
  *                       d/<id>, at most -w PUBLISHes unacknowledged; the
- *                       payload is "<round>.<send time ns>" padded to -l
+ *                       payload is "<pid>.<round>.<send time ns>" padded to -l
  *                       bytes; accepted = PUBACKed.
  *            http:PORT  the developer API, POST /v3/message/regid over
  *                       HTTPS keep-alive (-H connections, one request in
  *                       flight on each), registration_id = -B regids
  *                       (comma list, one batch never spans two rounds),
- *                       pass_through=1, payload "<round>.<send time ns>"
+ *                       pass_through=1, payload "<pid>.<round>.<send time ns>"
  *                       padded to -l, restricted_package_name -g, header
  *                       Authorization: key=<-A file's contents>;
  *                       accepted = the regids of a 200 answer. The device
@@ -306,7 +306,8 @@ static void dev_open(mica_uvtls_conn *c)
 		mica_uvtls_close(c);
 }
 
-/* A message arrived at device |d|: "<round>.<ns>" (after opening it for mica). */
+/* A message arrived at device |d|: "<pid>.<round>.<ns>" (after opening it for
+ * mica); one of another run (another pid) is "bad", never a delivery. */
 static void dev_message(struct dev *d, const uint8_t *pl, size_t len)
 {
 	uint64_t t = now_ns();
@@ -337,7 +338,9 @@ static void dev_message(struct dev *d, const uint8_t *pl, size_t len)
 	memcpy(tmp, pl, k);
 	tmp[k] = 0;
 	char *dot;
-	long r = strtol(tmp, &dot, 10);
+	long run = strtol(tmp, &dot, 10), r = -1;
+	if (*dot == '.' && run == (long)getpid())
+		r = strtol(dot + 1, &dot, 10);
 	if (*dot != '.' || r < 0 || r >= G.rounds) {
 		G.bad++;
 		goto out;
@@ -496,7 +499,7 @@ static void start_more(void)
 
 static int payload_of(char *buf, size_t cap, int r, uint64_t t)
 {
-	int n = snprintf(buf, cap, "%d.%llu", r, (unsigned long long)t);
+	int n = snprintf(buf, cap, "%d.%d.%llu", (int)getpid(), r, (unsigned long long)t);
 	while (n < G.payload_len && (size_t)n < cap - 1)
 		buf[n++] = 'x';
 	buf[n] = 0;
