@@ -11,8 +11,10 @@
  * reconnect finds its session and needs no SUBSCRIBE) or read from a device
  * file (-D: one "regid token content_key_base64" per line, from
  * POST /v1/push/register; CONNECT with client id = regid, username "d",
- * password = token, as docs/push-internals.md says). A device is "ready"
- * at CONNACK (mica, or a mosquitto session that was present) or SUBACK.
+ * password = token, as docs/push-internals.md says; then SUBSCRIBE d/<regid>
+ * on every connection, since the broker delivers only after it). A device
+ * is "ready" at SUBACK, or at CONNACK for a mosquitto session that was
+ * present.
  *
  * Modes (-M):
  *   hold   connect N (device 0 first, alone: the warm-up), settle, report the
@@ -386,7 +388,10 @@ static void dev_data(mica_uvtls_conn *c, const uint8_t *in, size_t len)
 				mica_uvtls_close(c);
 				return;
 			}
-			if (G.mosq && !p.connack.session_present) {
+			/* mica's broker delivers after the device's SUBSCRIBE on every
+			 * connection (the queue is the session); mosquitto keeps the
+			 * subscription in a session that was present. */
+			if (!G.mosq || !p.connack.session_present) {
 				char topic[ID_MAX + 2];
 				uint8_t out[128];
 				size_t n;
