@@ -156,6 +156,7 @@ static int run(const mica_service *svc, void *cfg)
 		goto out;
 	h->service = svc->name;
 	h->ready = svc->ready ? ready : NULL;
+	h->metrics = svc->metrics;
 	running = svc;
 	if (mica_http_start(&srv, h, svc->routes, *svc->nroutes, state) != 0 ||
 	    (svc->serving && svc->serving(state) != 0))

@@ -109,6 +109,10 @@ typedef struct mica_service {
 	const size_t *nroutes;
 	const mica_ready_check *ready; /* may be NULL: /readyz is always ready */
 	size_t nready;
+	/* Optional: the service's own lines of GET /metrics (Prometheus text
+	 * written to |out|; lib/http.h mica_http_options.metrics), with its
+	 * state. Must not block. */
+	void (*metrics)(void *state, FILE *out);
 } mica_service;
 
 /* The configuration members of a mica_service: |table| (an array) over

@@ -648,6 +648,22 @@ static enum MHD_Result serve_metrics(mica_http_server *srv, struct MHD_Connectio
 	     "mica_db_connections{service=\"%s\",state=\"idle\"} %u\n"
 	     "mica_db_connections{service=\"%s\",state=\"busy\"} %u\n",
 	     svc, db_idle, svc, db_open - db_idle);
+	if (srv->opt.metrics) {
+		char *extra = NULL;
+		size_t extra_len = 0;
+		FILE *f = open_memstream(&extra, &extra_len);
+		if (f) {
+			srv->opt.metrics(srv->ctx, f);
+			fclose(f);
+		}
+		if (!f || !extra) {
+			free(out);
+			out = NULL;
+		} else {
+			EMIT("%s", extra);
+		}
+		free(extra);
+	}
 #undef EMIT
 	if (!out)
 		return send_error(conn, rs, 500, "internal_error", "out of memory");

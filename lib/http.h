@@ -50,6 +50,7 @@
 #include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "err.h"
 #include "problem.h"
@@ -161,6 +162,10 @@ typedef struct mica_http_options {
 	void (*on_refusal)(void *ctx, const char *method, const char *path, const char *peer,
 			   const char *client_ip, int status, const char *code,
 			   mica_http_deferred *done);
+	/* Optional: the service's own metrics, appended to GET /metrics. It
+	 * writes Prometheus text to |out| (a memory stream) and must not block:
+	 * it runs on an event thread of the metrics listener. */
+	void (*metrics)(void *ctx, FILE *out);
 } mica_http_options;
 
 typedef struct mica_http_server mica_http_server;

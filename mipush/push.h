@@ -38,6 +38,7 @@
 #include "http.h"
 #include "kc.h"
 #include "kv.h"
+#include "mipush/broker.h"
 #include "problem.h"
 
 /* Sizes of the identifiers and secrets (base64url without padding of 32
@@ -55,8 +56,9 @@ struct push_config {
 	mica_config_db db;
 	struct mica_kv_config redis;
 	mica_kc_options kc;
-	char *index_key;   /* Key Center key of the HMACs (push-index) */
-	char *content_key; /* Key Center key sealing content keys (push-content) */
+	char *index_key;		  /* Key Center key of the HMACs (push-index) */
+	char *content_key;		  /* Key Center key sealing content keys (push-content) */
+	struct push_broker_config broker; /* [push.broker]: the long connection */
 };
 
 extern const mica_config_entry push_config_table[];
@@ -66,6 +68,13 @@ extern const mica_service push_daemon;
 typedef struct push_service {
 	const struct push_config *cfg; /* borrowed, outlives the service */
 	mica_kc *kc;
+	/* The broker (mipush/broker.h) of this process, the counters of every
+	 * broker process on the port (shared memory: |nworkers| slots, this
+	 * process's first) and the worker processes' ids. */
+	push_broker *broker;
+	struct push_broker_metrics *metrics;
+	size_t nworkers;
+	int *worker_pids;
 } push_service;
 
 /* ---- shared helpers: push_problem_dependency in routes.c, the others in apps.c */

@@ -5,9 +5,16 @@
  * authenticate inside the requests (registration needs only the app id and
  * package; developers send their app secret), so the listener does not
  * ask for client certificates (docs/decisions.md). */
+#include <dirent.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "mipush/push.h"
@@ -26,6 +33,37 @@ const mica_config_entry push_config_table[] = {
 	 " rotate without re-indexing)"},
 	{"push.keycenter", "content_key", MICA_CFG_STRING, 1, 64, "push-content", F(content_key),
 	 "Key Center key encrypting the devices' message-content keys"},
+	/* [push.broker]: the long connection (mipush/broker.h) */
+	{"push.broker", "bind", MICA_CFG_STRING, 1, 255, "127.0.0.1", F(broker.bind),
+	 "address the MQTT-over-TLS broker listens on (IPv4 or IPv6 literal)"},
+	{"push.broker", "port", MICA_CFG_INT, 1, 65535, "5228", F(broker.port),
+	 "TCP port of the broker (shared by its worker processes: SO_REUSEPORT)"},
+	{"push.broker", "cert_file", MICA_CFG_STRING, 1, 4096, NULL, F(broker.cert_file),
+	 "PEM server certificate chain of the broker"},
+	{"push.broker", "key_file", MICA_CFG_STRING, 1, 4096, NULL, F(broker.key_file),
+	 "PEM private key of the broker certificate"},
+	{"push.broker", "ticket_secret_file", MICA_CFG_STRING, 0, 4096, "",
+	 F(broker.ticket_secret_file),
+	 "file of 32 random bytes keying TLS session tickets, the same for every process on the"
+	 " port so a session resumes on any of them (empty: random per process; workers > 1"
+	 " needs one)"},
+	{"push.broker", "workers", MICA_CFG_INT, 1, 64, "1", F(broker.workers),
+	 "broker processes on the port (the first runs in mica-push itself, the others are"
+	 " forked at start)"},
+	{"push.broker", "max_keepalive", MICA_CFG_INT, 10, 65535, "1200", F(broker.max_keepalive),
+	 "largest MQTT keepalive honoured, seconds (also the keepalive of a CONNECT with 0);"
+	 " a device silent for 1.5 x its keepalive is disconnected"},
+	{"push.broker", "inflight", MICA_CFG_INT, 1, 1000, "20", F(broker.inflight),
+	 "QoS 1 messages sent to one device and not yet acknowledged (PUBACK)"},
+	{"push.broker", "max_connections", MICA_CFG_INT, 1, 1000000, "19000",
+	 F(broker.max_connections),
+	 "connections per broker process (below the process's descriptor limit, 20000 here)"},
+	{"push.broker", "handshake_timeout_ms", MICA_CFG_INT, 100, 600000, "10000",
+	 F(broker.handshake_timeout_ms),
+	 "milliseconds for the TLS handshake, then again for the CONNECT, and for any one"
+	 " packet trickled in pieces (slowloris)"},
+	{"push.broker", "max_packet", MICA_CFG_SIZE, 64, 65536, "4K", F(broker.max_packet),
+	 "largest MQTT packet a device may send (it sends CONNECT, SUBSCRIBE, PUBACK, PINGREQ)"},
 };
 #undef F
 const size_t push_config_table_len = sizeof(push_config_table) / sizeof(push_config_table[0]);
@@ -64,19 +102,133 @@ static const mica_ready_check push_ready[] = {
 	{"keycenter", ready_keycenter, 0},
 };
 
+static int push_validate(void *config, char *err, size_t errlen)
+{
+	struct push_config *cfg = config;
+	const struct push_broker_config *b = &cfg->broker;
+	int rc = mica_config_check_cert_key("push.broker", "cert_file", b->cert_file, "key_file",
+					    b->key_file, err, errlen);
+	if (rc)
+		return rc;
+	if (b->workers > 1 && !*b->ticket_secret_file) {
+		snprintf(err, errlen,
+			 "push.broker.ticket_secret_file: required with workers > 1 (every"
+			 " worker must key session tickets alike)");
+		return MICA_ECONFIG;
+	}
+	return 0;
+}
+
+/* The descriptors a process may open bound its connections: keep room
+ * for the database, Redis, the Key Center, the HTTPS listener and logs. */
+#define FD_RESERVE 512
+static void clamp_connections(struct push_broker_config *b)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
+	    rl.rlim_cur <= FD_RESERVE || (rlim_t)b->max_connections + FD_RESERVE <= rl.rlim_cur)
+		return;
+	int max = (int)(rl.rlim_cur - FD_RESERVE);
+	MICA_LOG(MICA_LOG_WARN,
+		 "push broker: max_connections %d does not fit the descriptor limit %llu;"
+		 " using %d",
+		 b->max_connections, (unsigned long long)rl.rlim_cur, max);
+	b->max_connections = max;
+}
+
+/* Threads of this process: forking without exec is safe only while the
+ * process has one. */
+static int thread_count(void)
+{
+	DIR *d = opendir("/proc/self/task");
+	int n = 0;
+	if (!d)
+		return -1;
+	for (struct dirent *e; (e = readdir(d)) != NULL;)
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n;
+}
+
+/* A worker process: a broker of its own (Key Center client, database and
+ * Redis threads) on the shared port, until SIGTERM (also sent when the
+ * parent dies). Never returns. */
+static void worker_main(struct push_config *cfg, const mica_daemon_env *env,
+			struct push_broker_metrics *m, pid_t parent)
+{
+	push_service w = {.cfg = cfg};
+	int err;
+	if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != parent)
+		_exit(1);
+	if ((err = mica_kc_new(&w.kc, &cfg->kc)) != 0 ||
+	    (err = push_broker_start(&w, &cfg->broker, env->kv, m, &w.broker)) != 0) {
+		MICA_LOG(MICA_LOG_ERROR, "push broker worker %d: cannot start: %s", (int)getpid(),
+			 mica_strerror(err));
+		mica_kc_free(w.kc);
+		_exit(1);
+	}
+	mica_daemon_wait_signal();
+	push_broker_stop(w.broker);
+	mica_kc_free(w.kc);
+	_exit(0);
+}
+
+/* The counters of every broker process (shared memory), and the workers
+ * beyond the first, forked now: before this process starts any thread
+ * (docs/decisions.md, "The push broker"). */
+static int start_workers(push_service *s, struct push_config *cfg, const mica_daemon_env *env)
+{
+	size_t n = (size_t)cfg->broker.workers;
+	void *m = mmap(NULL, n * sizeof(*s->metrics), PROT_READ | PROT_WRITE,
+		       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (m == MAP_FAILED)
+		return MICA_ENOMEM;
+	s->metrics = m;
+	s->nworkers = n;
+	if (n == 1)
+		return 0;
+	if (thread_count() != 1) {
+		MICA_LOG(MICA_LOG_ERROR, "push: broker workers must be forked before any thread"
+					 " starts, and this process has several");
+		return MICA_ESTATE;
+	}
+	if (!(s->worker_pids = calloc(n, sizeof(*s->worker_pids))))
+		return MICA_ENOMEM;
+	pid_t parent = getpid();
+	for (size_t i = 1; i < n; i++) {
+		pid_t pid = fork();
+		if (pid < 0) {
+			MICA_LOG(MICA_LOG_ERROR, "push: fork of broker worker %zu failed", i);
+			return MICA_EIO;
+		}
+		if (pid == 0)
+			worker_main(cfg, env, &s->metrics[i], parent);
+		s->worker_pids[i] = pid;
+	}
+	return 0;
+}
+
 static int push_start(void *config, const mica_daemon_env *env, void **state)
 {
 	struct push_config *cfg = config;
 	push_service *s = calloc(1, sizeof(*s));
 	int err;
-	(void)env;
 	*state = s;
 	if (!s)
 		return MICA_ENOMEM;
 	s->cfg = cfg;
+	clamp_connections(&cfg->broker);
+	if ((err = start_workers(s, cfg, env)) != 0)
+		return err;
 	if ((err = mica_kc_new(&s->kc, &cfg->kc)) != 0 || (err = probe_keys(s)) != 0) {
 		MICA_LOG(MICA_LOG_ERROR, "push: the Key Center at %s is not usable: %s",
 			 cfg->kc.base_url, mica_strerror(err));
+		return err;
+	}
+	if ((err = push_broker_start(s, &cfg->broker, env->kv, &s->metrics[0], &s->broker)) != 0) {
+		MICA_LOG(MICA_LOG_ERROR, "push: the broker cannot listen on %s port %d: %s",
+			 cfg->broker.bind, cfg->broker.port, mica_strerror(err));
 		return err;
 	}
 	return 0;
@@ -87,8 +239,25 @@ static void push_stop(void *state)
 	push_service *s = state;
 	if (!s)
 		return;
+	push_broker_stop(s->broker);
+	for (size_t i = 1; s->worker_pids && i < s->nworkers; i++)
+		if (s->worker_pids[i] > 0)
+			kill(s->worker_pids[i], SIGTERM);
+	for (size_t i = 1; s->worker_pids && i < s->nworkers; i++)
+		if (s->worker_pids[i] > 0)
+			(void)waitpid(s->worker_pids[i], NULL, 0);
+	free(s->worker_pids);
+	if (s->metrics)
+		munmap(s->metrics, s->nworkers * sizeof(*s->metrics));
 	mica_kc_free(s->kc);
 	free(s);
+}
+
+static void push_metrics(void *state, FILE *out)
+{
+	push_service *s = state;
+	if (s && s->metrics)
+		push_broker_metrics_write(out, s->metrics, s->nworkers);
 }
 
 const mica_service push_daemon = {
@@ -99,8 +268,10 @@ const mica_service push_daemon = {
 	.db_at = offsetof(struct push_config, db),
 	.redis_at = offsetof(struct push_config, redis),
 	.kc_at = offsetof(struct push_config, kc),
+	.validate = push_validate,
 	.start = push_start,
 	.stop = push_stop,
+	.metrics = push_metrics,
 	.routes = push_routes,
 	.nroutes = &push_routes_len,
 	MICA_SERVICE_READY(push_ready),

@@ -276,7 +276,8 @@ stack_account_setup() {
 # under push-content; both keys created) started as "keycenter", and PUSH_ENV, the environment of
 # a mica-push on port PPORT (URL PURL, Key Center at KURL) for
 # `stack_start push "$PURL" "${PUSH_ENV[@]}" "$PUSH_BIN" --config deploy/mica.conf.example`.
-# Needs stack_db_create first. Sets KPORT KURL PPORT PURL PUSH_CI PUSH_BIN KC_BIN.
+# Needs stack_db_create first. Sets KPORT KURL PPORT PURL PUSH_CI PUSH_BIN KC_BIN, and BPORT: the
+# port of its MQTT broker ([push.broker], server certificate MICA_CERT_SERVER).
 # shellcheck disable=SC2034
 stack_push_setup() {
 	local k st
@@ -288,6 +289,7 @@ stack_push_setup() {
 	stack_kc_init "$W/policy.json"
 	mica_free_port KPORT
 	mica_free_port PPORT
+	mica_free_port BPORT
 	KURL="https://localhost:$KPORT"
 	PURL="https://localhost:$PPORT"
 	local -a kc_env
@@ -315,6 +317,9 @@ stack_push_setup() {
 		"MICA_PUSH_KEYCENTER_CA_FILE=$MICA_CA"
 		"MICA_PUSH_KEYCENTER_CERT_FILE=$MICA_CERT_PUSH"
 		"MICA_PUSH_KEYCENTER_KEY_FILE=$MICA_KEY_PUSH"
+		"MICA_PUSH_BROKER_PORT=$BPORT"
+		"MICA_PUSH_BROKER_CERT_FILE=$MICA_CERT_SERVER"
+		"MICA_PUSH_BROKER_KEY_FILE=$MICA_KEY_SERVER"
 	)
 }
 
