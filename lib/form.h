@@ -5,7 +5,11 @@
  *
  * The same rule as for JSON bodies: a field the route does not declare is
  * refused with 400 unknown_field naming it, never ignored; a declared field
- * given twice is 400 bad_field. Decoding (percent escapes, '+') is
+ * given twice is 400 bad_field. Every value must be UTF-8 (400 bad_field
+ * otherwise): a form is text, and the values end up in JSON. A route may
+ * also accept one family of fields sharing a prefix (MiPush's "extra.*"),
+ * bounded in number and size (mica_http_form_family). Decoding (percent
+ * escapes, '+') is
  * libmicrohttpd's post processor for bodies and its argument parser for
  * query strings; this module only checks the fields against the spec.
  *
@@ -18,6 +22,8 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+
+#include <jansson.h>
 
 #include "err.h"
 #include "http.h"
@@ -39,11 +45,47 @@ typedef struct mica_form_field {
  *   415 unsupported_media_type  a body not sent as
  *                               application/x-www-form-urlencoded
  *   400 unknown_field           a field no spec entry names (the first one)
- *   400 bad_field               a field given twice, too long or with a NUL
+ *   400 bad_field               a field given twice, too long, with a NUL
+ *                               or not UTF-8
  *   400 missing_field           a required field absent or empty
  * or MICA_ENOMEM (500). On failure every value is freed and NULL. */
 int mica_http_form(const mica_http_req *req, const mica_form_field *spec, size_t n, char **values,
 		   mica_problem *p) MICA_WUR;
+
+/* A family of fields named <prefix><key> (MiPush's "extra.sound_uri"):
+ * any key of 1..max_key bytes after the prefix, each at most once. */
+typedef struct mica_form_family {
+	const char *prefix; /* e.g. "extra."; a spec field may not start with it */
+	size_t max_items;   /* at most MICA_FORM_MAX_FAMILY */
+	size_t max_key;	    /* bytes after the prefix */
+	size_t max_len;	    /* bytes of one value */
+	size_t max_total;   /* bytes of every key and value together */
+} mica_form_family;
+
+/* The largest max_items of a family. */
+#define MICA_FORM_MAX_FAMILY 64
+
+/* mica_http_form() that also collects the fields of |fam| into *family, a
+ * new JSON object of key (without the prefix) -> value that the caller
+ * decrefs (empty when none was given; NULL on failure). Besides the codes
+ * of mica_http_form(), 400 bad_field names the family field at fault: a key
+ * empty or over max_key, given twice, a value over max_len, holding a NUL
+ * or not UTF-8, more than max_items fields, or more than max_total bytes. */
+int mica_http_form_family(const mica_http_req *req, const mica_form_field *spec, size_t n,
+			  char **values, const mica_form_family *fam, json_t **family,
+			  mica_problem *p) MICA_WUR;
+
+/* The family rule on its own, for a route that reads the same fields from
+ * another encoding (a JSON variant of a form route): adds <key> = |value|
+ * (|len| bytes) for field |name| (which starts with fam->prefix) to |obj|,
+ * whose members so far all came through here. Returns 0, or MICA_EINVAL
+ * (400 bad_field as above) or MICA_ENOMEM (500) with |p| set. */
+int mica_form_family_add(const mica_form_family *fam, json_t *obj, const char *name,
+			 const char *value, size_t len, mica_problem *p) MICA_WUR;
+
+/* 1 if |s| (|len| bytes) is well-formed UTF-8 (RFC 3629: no overlong forms,
+ * no surrogates, nothing above U+10FFFF), else 0. */
+int mica_utf8_valid(const char *s, size_t len);
 
 /* Wipes and frees values[0..n) and sets them to NULL. */
 void mica_form_free(char **values, size_t n);

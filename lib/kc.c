@@ -643,6 +643,134 @@ out:
 	return err;
 }
 
+/* The error of one failed batch item, from its {"error": {"code"}} (the
+ * codes of docs/api/keycenter.md's decrypt table). */
+static int item_error(const json_t *item)
+{
+	const char *code =
+		json_string_value(json_object_get(json_object_get(item, "error"), "code"));
+	if (!code)
+		return MICA_EBADHEADER;
+	if (strcmp(code, "decryption_failed") == 0 || strcmp(code, "wrong_key") == 0)
+		return MICA_EAUTH;
+	if (strcmp(code, "unknown_key") == 0 || strcmp(code, "unknown_version") == 0)
+		return MICA_ENOTFOUND;
+	if (strcmp(code, "version_below_minimum") == 0 || strcmp(code, "forbidden") == 0)
+		return MICA_EDENIED;
+	return MICA_EINVAL;
+}
+
+/* One batch request for the items idx[0..n) of a mica_kc_decrypt_datakeys
+ * call; fills their outputs and caches what succeeded. Returns 0 when the
+ * Key Center answered every item (each item's own result in errs[]), else
+ * the request's error, also set on every item of the chunk. */
+static int decrypt_chunk(mica_kc *kc, const char *key_name, const size_t *idx, size_t n,
+			 const char *const *cts, json_t *const *ctxs,
+			 uint8_t ids[][MICA_SHA256_LEN], uint8_t *out, size_t cap, size_t *lens,
+			 int *errs)
+{
+	json_t *req = json_object(), *in = json_array(), *reply = NULL, *res;
+	int err = 0;
+
+	if (!req || !in || json_object_set(req, "batch_input", in) != 0)
+		err = MICA_ENOMEM;
+	for (size_t k = 0; !err && k < n; k++)
+		if (json_array_append_new(in, json_pack("{s:s,s:O}", "ciphertext", cts[idx[k]],
+							"context", ctxs[idx[k]])) != 0)
+			err = MICA_ENOMEM;
+	if (!err)
+		err = post(kc, "/v1/decrypt/", key_name, req, 1, &reply);
+	res = json_object_get(reply, "batch_results");
+	if (!err && (!json_is_array(res) || json_array_size(res) != n))
+		err = MICA_EBADHEADER;
+	for (size_t k = 0; k < n; k++) {
+		size_t i = idx[k], got = 0;
+		uint8_t *o = out + i * cap;
+		json_t *item = err ? NULL : json_array_get(res, k);
+		int e = err;
+		if (!e && json_object_get(item, "error"))
+			e = item_error(item);
+		else if (!e && (b64_member(item, "plaintext", o, cap, &got) != 0 ||
+				(got != 16 && got != 32)))
+			e = MICA_EBADHEADER;
+		if (item)
+			wipe_member(item, "plaintext");
+		errs[i] = e;
+		lens[i] = e ? 0 : got;
+		if (e)
+			mica_wipe(o, cap);
+		else if (kc->cache_on)
+			cache_put(kc, ids[i], o, got);
+	}
+	json_decref(reply);
+	json_decref(in);
+	json_decref(req);
+	return err;
+}
+
+int mica_kc_decrypt_datakeys(mica_kc *kc, const char *key_name, size_t n,
+			     const char *const *ciphertexts, json_t *const *contexts, uint8_t *out,
+			     size_t cap, size_t *lens, int *errs)
+{
+	uint8_t(*ids)[MICA_SHA256_LEN] = NULL;
+	size_t *miss = NULL, nmiss = 0;
+	int err = 0;
+
+	if (!kc || !valid_name(key_name) ||
+	    (n && (!ciphertexts || !contexts || !out || !lens || !errs)) || cap < 16)
+		return MICA_EINVAL;
+	for (size_t i = 0; i < n; i++) {
+		lens[i] = 0;
+		errs[i] = MICA_EINVAL;
+		if (!ciphertexts[i] || !*ciphertexts[i] || !json_is_object(contexts[i]))
+			return MICA_EINVAL;
+	}
+	if (!n)
+		return 0;
+	if (!(ids = calloc(n, sizeof(*ids))) || !(miss = calloc(n, sizeof(*miss)))) {
+		err = MICA_ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (kc->cache_on) {
+			char *canon = json_dumps(contexts[i],
+						 JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII);
+			if (!canon) {
+				err = MICA_ENOMEM;
+				goto out;
+			}
+			const void *f[4] = {"datakey", key_name, ciphertexts[i], canon};
+			size_t l[4] = {7, strlen(key_name), strlen(ciphertexts[i]), strlen(canon)};
+			err = cache_id(kc, 4, f, l, ids[i]);
+			free(canon);
+			if (err)
+				goto out;
+			if (cache_get(kc, ids[i], out + i * cap, cap, &lens[i])) {
+				errs[i] = 0;
+				continue;
+			}
+		}
+		miss[nmiss++] = i;
+	}
+	for (size_t at = 0; at < nmiss; at += MICA_KC_BATCH_MAX) {
+		size_t m = nmiss - at < MICA_KC_BATCH_MAX ? nmiss - at : MICA_KC_BATCH_MAX;
+		int e = decrypt_chunk(kc, key_name, miss + at, m, ciphertexts, contexts, ids, out,
+				      cap, lens, errs);
+		if (e && !err)
+			err = e;
+	}
+out:
+	if (ids) {
+		mica_wipe(ids, n * sizeof(*ids));
+		free(ids);
+	}
+	free(miss);
+	for (size_t i = 0; err == MICA_ENOMEM && i < n; i++)
+		if (errs[i])
+			errs[i] = err; /* items never asked */
+	return err;
+}
+
 int mica_kc_encrypt(mica_kc *kc, const char *key_name, const void *pt, size_t pt_len,
 		    const json_t *context, char **ciphertext_out)
 {

@@ -120,6 +120,28 @@ int mica_kc_datakey(mica_kc *kc, const char *key_name, int bits, const json_t *c
 int mica_kc_decrypt_datakey(mica_kc *kc, const char *key_name, const char *ciphertext,
 			    const json_t *context, uint8_t *out, size_t cap, size_t *len) MICA_WUR;
 
+/* The most items one batch request carries (the Key Center's default
+ * keycenter.limits.max_batch_items). */
+#define MICA_KC_BATCH_MAX 1000
+
+/* mica_kc_decrypt_datakey() for |n| data keys at once: item i is
+ * ciphertexts[i] under contexts[i] (both borrowed). Items the cache holds
+ * are answered from it; the others are sent as batch requests
+ * ("batch_input", at most MICA_KC_BATCH_MAX items each, retried like every
+ * decrypt) and cached when they succeed. Item i's key is written to
+ * out + i * |cap| (|cap| >= 16; the caller's buffer holds n * cap bytes and
+ * wipes it), its length (16 or 32) to lens[i] and its result to errs[i]:
+ * 0, or MICA_EAUTH (wrong context, tampered), MICA_ENOTFOUND (unknown key or
+ * version), MICA_EDENIED, MICA_EINVAL or MICA_EBADHEADER (not a data key);
+ * a failed item does not fail the others.
+ * Returns 0 when every item has its result in errs[]; else the error of a
+ * request that got no usable answer (the Key Center down: as the table at
+ * the top of this file), which its items carry in errs[] too, or
+ * MICA_EINVAL (bad arguments, nothing sent) or MICA_ENOMEM. */
+int mica_kc_decrypt_datakeys(mica_kc *kc, const char *key_name, size_t n,
+			     const char *const *ciphertexts, json_t *const *contexts, uint8_t *out,
+			     size_t cap, size_t *lens, int *errs) MICA_WUR;
+
 /* POST /v1/encrypt/{key_name}: encrypts the small secret |pt| (|pt_len|
  * bytes, may be 0) bound to |context| (borrowed). *ciphertext_out is the
  * malloc'd "kc:v<N>:..." text the caller frees. Never retried. */

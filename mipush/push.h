@@ -59,6 +59,10 @@ struct push_config {
 	char *index_key;		  /* Key Center key of the HMACs (push-index) */
 	char *content_key;		  /* Key Center key sealing content keys (push-content) */
 	struct push_broker_config broker; /* [push.broker]: the long connection */
+	/* send.c */
+	int max_pending;     /* push.queue.max_pending: queued messages per device */
+	int key_cache_ttl_s; /* push.keycenter.cache_ttl: decrypted content keys */
+	int wake_batch;	     /* push.send.wake_batch: W lines per PUBLISH */
 };
 
 extern const mica_config_entry push_config_table[];
@@ -198,6 +202,85 @@ typedef struct push_counts {
  * has one). Returns 0 or a database error. */
 int push_stats_record(mica_db *db, const char *app_id, const char *msg_id, int64_t at_ms,
 		      const push_counts *c) MICA_WUR;
+
+/* ---- send.c: the developer API's sends (docs/api/push.md) ------------------ */
+
+#define PUSH_PAYLOAD_MAX 4096 /* bytes of payload */
+#define PUSH_TITLE_MAX 256
+#define PUSH_DESCRIPTION_MAX 1024
+#define PUSH_TTL_MAX_MS (14LL * 24 * 3600 * 1000)
+#define PUSH_TOPICS_MAX 5  /* topics of one multi_topic send */
+#define PUSH_MSG_ID_LEN 24 /* 18 random bytes in base64url */
+
+/* Who a send is for: MiPush's /v3/message/<target> routes. */
+enum push_target {
+	PUSH_TARGET_REGID,
+	PUSH_TARGET_ALIAS,
+	PUSH_TARGET_TOPIC,
+	PUSH_TARGET_MULTI_TOPIC,
+	PUSH_TARGET_ALL,
+};
+
+enum push_topic_op { PUSH_TOPIC_UNION, PUSH_TOPIC_INTERSECTION, PUSH_TOPIC_EXCEPT };
+
+/* A checked send request; strings borrowed from the caller. */
+typedef struct push_send_req {
+	enum push_target target;
+	json_t *targets; /* array of strings: regids, aliases or topics; NULL for all */
+	enum push_topic_op topic_op;
+	bool pass_through;
+	const char *title, *description, *payload; /* NULL when absent */
+	int notify_type;			   /* 0 when absent */
+	long notify_id;				   /* -1: none */
+	int64_t ttl_ms;				   /* 1 .. PUSH_TTL_MAX_MS */
+	const char *jobkey;			   /* NULL: none */
+	const char *callback_url, *callback_param;
+	int callback_type;   /* -1: none */
+	const json_t *extra; /* object of strings, or NULL */
+} push_send_req;
+
+/* What a send did. */
+typedef struct push_send_result {
+	char msg_id[PUSH_MSG_ID_LEN + 1];
+	long queued;  /* devices a queue row was committed for */
+	long invalid; /* targets that named no registration */
+	long skipped; /* devices that already had this jobkey */
+} push_send_result;
+
+/* Sends |r| for |app|: resolves the targets (regids of the app; aliases and
+ * topics through the subscriptions; every registration of the app for
+ * all), opens each device's content key (lib/kc's cache, its misses in
+ * batch requests), seals the message per device (push_seal_message) and
+ * then, in one transaction: the push.message row, the jobkey gate, the
+ * notify_id replacement, the queue rows (one statement), the pending cap
+ * (cfg->max_pending) with each device's one deleted_messages marker, and the
+ * counters (push_stats_record). Only after COMMIT does it fill |out| and
+ * publish the new rows on push:wake (a failed publish is logged: the broker
+ * re-reads queues). Targets naming no registration count as invalid, not as
+ * an error. Returns 0, or an error with |p| set: 503 unavailable (database,
+ * keycenter), 500 internal_error. */
+int push_send(push_service *s, const push_app *app, const push_send_req *r, push_send_result *out,
+	      mica_problem *p) MICA_WUR;
+
+/* ---- devapi.c: reading a send request (form or JSON) ------------------------ */
+
+/* The fields of one send request as read, owned (push_send_input_cleanup). */
+typedef struct push_send_input {
+	char *v[16];	 /* form values by the route's spec */
+	json_t *extra;	 /* the extra.* fields */
+	json_t *targets; /* split target list */
+	push_send_req req;
+	const char *package; /* restricted_package_name, or NULL */
+} push_send_input;
+
+/* Reads the send request of |req| for |target|: form-encoded fields, or
+ * the same fields as members of a JSON object (Content-Type
+ * application/json; numbers may be JSON integers), checks every rule of
+ * docs/api/push.md and fills in->req. Returns 0, or MICA_EINVAL (4xx) /
+ * MICA_ENOMEM with |p| set. Call push_send_input_cleanup either way. */
+int push_send_read(const mica_http_req *req, enum push_target target, push_send_input *in,
+		   mica_problem *p) MICA_WUR;
+void push_send_input_cleanup(push_send_input *in);
 
 /* ---- routes.c -------------------------------------------------------------- */
 

@@ -69,8 +69,7 @@ static void dev_ok(mica_http_resp *resp, json_t *data)
 {
 	mica_http_reply_json(resp, 200,
 			     json_pack("{s:s,s:i,s:s,s:o}", "result", "ok", "code", 0,
-				       "description", "Success", "data",
-				       data ? data : json_object()));
+				       "description", "成功", "data", data ? data : json_object()));
 }
 
 /* Reads the form against |spec| and authenticates the developer; the last
@@ -164,6 +163,59 @@ static void h_alias_all(const mica_http_req *req, mica_http_resp *resp, void *s)
 	list_route(req, resp, s, PUSH_SUB_ALIAS);
 }
 
+/* ---- sending (the /v3/message routes): send.c, devapi.c -------------------------------- */
+
+/* A send answered as MiPush does: data.id is the message id, given only
+ * after the message and its queue rows committed; info says what became of
+ * the targets; trace_id is the request id (also X-Request-Id). */
+static void send_route(const mica_http_req *req, mica_http_resp *resp, push_service *s,
+		       enum push_target target)
+{
+	push_send_input in;
+	push_send_result res;
+	push_app app;
+	mica_problem p = MICA_PROBLEM_INIT;
+	char info[160];
+	if (push_send_read(req, target, &in, &p) != 0 ||
+	    push_app_authenticate(s, mica_http_header(req, "Authorization"), in.package, &app,
+				  &p) != 0 ||
+	    push_send(s, &app, &in.req, &res, &p) != 0) {
+		push_send_input_cleanup(&in);
+		dev_fail(resp, &p);
+		return;
+	}
+	push_send_input_cleanup(&in);
+	snprintf(info, sizeof(info),
+		 "Received push messages for %ld devices (%ld invalid targets, %ld already had"
+		 " the jobkey)",
+		 res.queued, res.invalid, res.skipped);
+	mica_http_reply_json(resp, 200,
+			     json_pack("{s:s,s:i,s:{s:s},s:s,s:s,s:s}", "result", "ok", "code", 0,
+				       "data", "id", res.msg_id, "description", "成功", "info",
+				       info, "trace_id", req->request_id ? req->request_id : ""));
+}
+
+static void h_send_regid(const mica_http_req *req, mica_http_resp *resp, void *s)
+{
+	send_route(req, resp, s, PUSH_TARGET_REGID);
+}
+static void h_send_alias(const mica_http_req *req, mica_http_resp *resp, void *s)
+{
+	send_route(req, resp, s, PUSH_TARGET_ALIAS);
+}
+static void h_send_topic(const mica_http_req *req, mica_http_resp *resp, void *s)
+{
+	send_route(req, resp, s, PUSH_TARGET_TOPIC);
+}
+static void h_send_multi_topic(const mica_http_req *req, mica_http_resp *resp, void *s)
+{
+	send_route(req, resp, s, PUSH_TARGET_MULTI_TOPIC);
+}
+static void h_send_all(const mica_http_req *req, mica_http_resp *resp, void *s)
+{
+	send_route(req, resp, s, PUSH_TARGET_ALL);
+}
+
 #define B MICA_ROUTE_BLOCKING
 const mica_http_route push_routes[] = {
 	{"POST", "/v1/push/register", h_register, MICA_ROUTE_JSON | B},
@@ -173,6 +225,11 @@ const mica_http_route push_routes[] = {
 	{"POST", "/v2/alias/subscribe", h_alias_sub, B},
 	{"POST", "/v2/alias/unsubscribe", h_alias_unsub, B},
 	{"GET", "/v1/alias/all", h_alias_all, B},
+	{"POST", "/v3/message/regid", h_send_regid, B},
+	{"POST", "/v3/message/alias", h_send_alias, B},
+	{"POST", "/v3/message/topic", h_send_topic, B},
+	{"POST", "/v3/message/multi_topic", h_send_multi_topic, B},
+	{"POST", "/v3/message/all", h_send_all, B},
 };
 #undef B
 const size_t push_routes_len = sizeof(push_routes) / sizeof(push_routes[0]);

@@ -64,6 +64,18 @@ const mica_config_entry push_config_table[] = {
 	 " packet trickled in pieces (slowloris)"},
 	{"push.broker", "max_packet", MICA_CFG_SIZE, 64, 65536, "4K", F(broker.max_packet),
 	 "largest MQTT packet a device may send (it sends CONNECT, SUBSCRIBE, PUBACK, PINGREQ)"},
+	/* send.c */
+	{"push.keycenter", "cache_entries", MICA_CFG_INT, 1, 10000000, "100000",
+	 F(kc.cache_max_entries),
+	 "decrypted content keys (and HMACs) kept in memory, wiped on eviction; a send opens"
+	 " the others in batches of 1000"},
+	{"push.keycenter", "cache_ttl", MICA_CFG_INT, 1, 86400, "3600", F(key_cache_ttl_s),
+	 "seconds a decrypted content key stays in memory"},
+	{"push.queue", "max_pending", MICA_CFG_INT, 1, 10000, "100", F(max_pending),
+	 "queued messages per device; beyond it the oldest are dropped and the device gets one"
+	 " deleted_messages marker with the count"},
+	{"push.send", "wake_batch", MICA_CFG_INT, 1, 10000, "100", F(wake_batch),
+	 "W lines per PUBLISH on push:wake (at most 512 KiB each)"},
 };
 #undef F
 const size_t push_config_table_len = sizeof(push_config_table) / sizeof(push_config_table[0]);
@@ -218,6 +230,7 @@ static int push_start(void *config, const mica_daemon_env *env, void **state)
 	if (!s)
 		return MICA_ENOMEM;
 	s->cfg = cfg;
+	cfg->kc.cache_ttl_ms = (long)cfg->key_cache_ttl_s * 1000;
 	clamp_connections(&cfg->broker);
 	if ((err = start_workers(s, cfg, env)) != 0)
 		return err;

@@ -424,6 +424,77 @@ START_TEST(datakey_roundtrip_then_cache)
 }
 END_TEST
 
+/* mica_kc_decrypt_datakeys: cached items are not sent, the misses go in one
+ * batch request, a failed item fails alone, and what opened is cached. */
+START_TEST(decrypt_datakeys_batches_the_misses)
+{
+	mica_kc *kc = client();
+	enum { N = 5 };
+	json_t *c[N];
+	char *ct[N];
+	uint8_t want[N][32], out[N][32];
+	size_t lens[N];
+	int errs[N];
+	for (int i = 0; i < N; i++) {
+		char u[16];
+		snprintf(u, sizeof(u), "batch%d", i);
+		c[i] = ctx(u);
+		ct[i] = new_datakey(kc, c[i], want[i]);
+	}
+	unwrap_is(kc, ct[0], c[0], want[0]); /* item 0 now cached */
+	json_t *wrong = ctx("someone-else");
+	json_t *c3 = c[3];
+	c[3] = wrong; /* item 3 under another context: fails alone */
+	mica_kc_stats st = stats(kc);
+	ck_assert_int_eq(mica_kc_decrypt_datakeys(kc, KEY, N, (const char *const *)ct, c,
+						  &out[0][0], 32, lens, errs),
+			 0);
+	ck_assert_uint_eq(stats(kc).requests, st.requests + 1); /* one batch for 4 misses */
+	ck_assert_uint_eq(stats(kc).hits, st.hits + 1);
+	for (int i = 0; i < N; i++) {
+		if (i == 3) {
+			ck_assert_int_eq(errs[i], MICA_EAUTH);
+			ck_assert_uint_eq(lens[i], 0);
+			continue;
+		}
+		ck_assert_msg(errs[i] == 0, "item %d: %s", i, mica_strerror(errs[i]));
+		ck_assert_uint_eq(lens[i], 32);
+		ck_assert_mem_eq(out[i], want[i], 32);
+	}
+	/* Everything that opened is cached now: a second call sends nothing. */
+	c[3] = c3;
+	st = stats(kc);
+	ck_assert_int_eq(mica_kc_decrypt_datakeys(kc, KEY, 3, (const char *const *)ct, c,
+						  &out[0][0], 32, lens, errs),
+			 0);
+	ck_assert_uint_eq(stats(kc).requests, st.requests);
+	ck_assert_mem_eq(out[2], want[2], 32);
+	/* The Key Center unreachable: the call fails, every asked item with it. */
+	mica_kc_options dead = {.base_url = "https://127.0.0.1:1",
+				.ca_file = getenv("MICA_CA"),
+				.cert_file = cert_account,
+				.key_file = key_account,
+				.retries = -1,
+				.timeout_ms = 2000};
+	mica_kc *down = NULL;
+	ck_assert_int_eq(mica_kc_new(&down, &dead), 0);
+	ck_assert_int_eq(mica_kc_decrypt_datakeys(down, KEY, 2, (const char *const *)ct, c,
+						  &out[0][0], 32, lens, errs),
+			 MICA_EHTTP);
+	ck_assert(errs[0] == MICA_EHTTP && errs[1] == MICA_EHTTP);
+	ck_assert_int_eq(mica_kc_decrypt_datakeys(kc, KEY, 1, (const char *const *)ct, c,
+						  &out[0][0], 8, lens, errs),
+			 MICA_EINVAL); /* cap below 16 */
+	mica_kc_free(down);
+	for (int i = 0; i < N; i++) {
+		json_decref(c[i]);
+		free(ct[i]);
+	}
+	json_decref(wrong);
+	mica_kc_free(kc);
+}
+END_TEST
+
 START_TEST(encrypt_decrypt_hmac)
 {
 	mica_kc *kc = client();
@@ -1044,6 +1115,7 @@ static Suite *kc_suite(void)
 	tcase_set_timeout(api, 60);
 	tcase_add_test(api, datakey_roundtrip_then_cache);
 	tcase_add_test(api, encrypt_decrypt_hmac);
+	tcase_add_test(api, decrypt_datakeys_batches_the_misses);
 	tcase_add_test(api, bad_arguments_make_no_request);
 	tcase_add_test(api, wrong_context_is_eauth_even_when_cached);
 	tcase_add_test(api, unknown_key_is_enotfound);

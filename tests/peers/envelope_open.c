@@ -2,6 +2,8 @@
  * lib/crypto envelope (as the account service seals password hashes under a
  * pepper data key) so a test can read what a row holds.
  *   envelope_open AAD < "KEY_BASE64 ENVELOPE_BASE64"  -> the plaintext on stdout
+ *   envelope_open -x AAD_HEX < ...  the AAD in hex (for AADs holding a NUL, as
+ *                                   push messages' "mica-push v1\0<regid>")
  * The key comes on stdin, never on the command line.
  * Exit status: 0 opened, 1 refused (wrong key, wrong AAD, tampered), 2 usage
  * or error.
@@ -18,13 +20,24 @@
 int main(int argc, char **argv)
 {
 	static char in[INPUT_MAX + 1];
+	static uint8_t aad[4096];
 	uint8_t key[64], *env = NULL, *pt = NULL;
-	size_t n, key_len = 0, env_len = 0, pt_len = 0;
+	size_t n, key_len = 0, env_len = 0, pt_len = 0, aad_len = 0;
 	char *sp;
 	int rc;
 
-	if (argc != 2) {
-		fprintf(stderr, "usage: envelope_open AAD < 'KEY_BASE64 ENVELOPE_BASE64'\n");
+	if (argc == 3 && strcmp(argv[1], "-x") == 0) {
+		if (mica_hex_decode(argv[2], strlen(argv[2]), aad, sizeof(aad), &aad_len) != 0) {
+			fprintf(stderr, "envelope_open: -x wants the AAD in hex\n");
+			return 2;
+		}
+	} else if (argc == 2) {
+		aad_len = strlen(argv[1]);
+		if (aad_len > sizeof(aad))
+			return 2;
+		memcpy(aad, argv[1], aad_len);
+	} else {
+		fprintf(stderr, "usage: envelope_open [-x] AAD < 'KEY_BASE64 ENVELOPE_BASE64'\n");
 		return 2;
 	}
 	n = fread(in, 1, INPUT_MAX, stdin);
@@ -37,7 +50,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "envelope_open: stdin is not 'KEY_BASE64 ENVELOPE_BASE64'\n");
 		return 2;
 	}
-	rc = mica_envelope_open(key, key_len, argv[1], strlen(argv[1]), env, env_len, &pt, &pt_len);
+	rc = mica_envelope_open(key, key_len, aad, aad_len, env, env_len, &pt, &pt_len);
 	mica_wipe(key, sizeof(key));
 	free(env);
 	if (rc != 0) {
