@@ -62,6 +62,8 @@
  *   -w N     MQTT sender window (1000)    -l N     payload bytes (64)
  *   -B N     regids per request (100)     -H N     HTTPS sender conns (4)
  *   -g PKG   restricted_package_name      -A FILE  app secret file
+ *   -W SECS  a connect phase or a sender without progress for SECS (60)
+ *            gives up: the devices still connecting count as failed
  *   -U PIDS  processes whose CPU time (utime + stime, /proc/PID/stat) each
  *            phase reports per operation (default: the -P list): the
  *            contention-free view, since every process here shares CPUs
@@ -89,6 +91,7 @@
 #define KEEPALIVE_S 600
 #define AAD_PREFIX "mica-push v1"
 #define PUB_PENDING_MAX (1u << 20)
+#define STALL_S 60 /* default -W */
 
 enum dev_state { D_IDLE, D_CONNECTING, D_WAIT_ACK, D_READY, D_CLOSING };
 enum phase {
@@ -144,6 +147,9 @@ static struct {
 	long rss_before, rss_after;
 	int resumed;
 	uv_timer_t timer;
+	uv_timer_t watchdog; /* a stalled phase gives up instead of hanging */
+	int wd_seen, stall_s;
+	uint64_t wd_since;
 	/* rate */
 	int rounds, payload_len;
 	const char *sender; /* "mqtt" or "http" */
@@ -153,7 +159,7 @@ static struct {
 	int next_r, next_i; /* the send cursor */
 	bool send_done;
 	uint64_t accepted, rejected, delivered, dups, bad;
-	uint64_t first_send, last_send, last_rx;
+	uint64_t first_send, last_send, last_rx, last_ack;
 	uint32_t *lat_us;
 	size_t lat_n, lat_cap;
 	/* mqtt sender */
@@ -541,6 +547,7 @@ static void pub_data(mica_uvtls_conn *c, const uint8_t *in, size_t len)
 			G.pub_used[p.id] = 0;
 			G.pub_inflight--;
 			G.accepted++;
+			G.last_ack = now_ns();
 		}
 	}
 	pump_mqtt();
@@ -776,6 +783,7 @@ static void http_response(struct hconn *h, int status, const char *body, size_t 
 	if (!G.registering) {
 		if (status == 200) {
 			G.accepted += h->batch;
+			G.last_ack = now_ns();
 		} else {
 			G.rejected += h->batch;
 			if (++G.http_errors <= 3)
@@ -836,12 +844,20 @@ static void check_rate_done(void)
 	}
 }
 
-/* Stragglers: every second, give up -T seconds after the last send or arrival. */
+/* Stragglers: every second, give up -T seconds after the last send or
+ * arrival; a sender that gets no answer for -W seconds ends the run
+ * too (what it sent and was not acknowledged counts as rejected). */
 static void rate_tick(uv_timer_t *t)
 {
 	(void)t;
-	uint64_t last = G.last_rx > G.last_send ? G.last_rx : G.last_send;
-	if (G.send_done && now_ns() - last > (uint64_t)G.tail_s * 1000000000u) {
+	uint64_t last = G.last_rx > G.last_send ? G.last_rx : G.last_send, now = now_ns();
+	if (G.last_ack > last)
+		last = G.last_ack;
+	if (!G.send_done && last && now - last > (uint64_t)G.stall_s * 1000000000u) {
+		fprintf(stderr, "loadgen: the sender stalled for %d s; giving up\n", G.stall_s);
+		G.send_done = true;
+	}
+	if (G.send_done && now - last > (uint64_t)G.tail_s * 1000000000u) {
 		report_rate();
 		finish();
 	}
@@ -915,6 +931,7 @@ static void start_rate(void)
 static void finish(void)
 {
 	uv_timer_stop(&G.timer);
+	uv_timer_stop(&G.watchdog);
 	G.ph = PH_DONE;
 	fflush(stdout);
 	uv_stop(G.loop);
@@ -973,7 +990,8 @@ static void settled(uv_timer_t *t)
 		       "connects_per_s=%.0f rss_before_kb=%ld rss_after_kb=%ld "
 		       "bytes_per_conn=%.0f cpu_us_per_conn=%.0f\n",
 		       G.n, G.ready, G.failed, (double)(G.t1 - G.t0) / 1e9,
-		       G.t1 > G.t0 ? (G.ready - 1) / ((double)(G.t1 - G.t0) / 1e9) : 0.0,
+		       G.t1 > G.t0 && G.ready > 1 ? (G.ready - 1) / ((double)(G.t1 - G.t0) / 1e9)
+						  : 0.0,
 		       G.rss_before, G.rss_after,
 		       G.ready > 1 && G.pids
 			       ? (double)(G.rss_after - G.rss_before) * 1024.0 / (G.ready - 1)
@@ -1003,6 +1021,30 @@ static void warm_go(uv_timer_t *t)
 	G.limit = G.n;
 	G.t0 = now_ns();
 	start_more();
+}
+
+/* Every 5 s during a connect phase: when no device became ready or failed
+ * for -W seconds, the devices still connecting (a server that never
+ * answers CONNECT, say) are closed and count as failed, so the phase ends. */
+static void watchdog_tick(uv_timer_t *t)
+{
+	(void)t;
+	if (G.ph != PH_WARM && G.ph != PH_CONNECT && G.ph != PH_RECONNECT)
+		return;
+	uint64_t now = now_ns();
+	if (G.ready + G.failed != G.wd_seen || G.inflight == 0) {
+		G.wd_seen = G.ready + G.failed;
+		G.wd_since = now;
+		return;
+	}
+	if (now - G.wd_since < (uint64_t)G.stall_s * 1000000000u)
+		return;
+	fprintf(stderr, "loadgen: no progress for %d s; closing %d devices still connecting\n",
+		G.stall_s, G.inflight);
+	G.wd_since = now;
+	for (int i = 0; i < G.n; i++)
+		if ((G.d[i].state == D_CONNECTING || G.d[i].state == D_WAIT_ACK) && G.d[i].c)
+			mica_uvtls_close(G.d[i].c);
 }
 
 /* start_more() found every connect of the phase finished. */
@@ -1103,7 +1145,9 @@ int main(int argc, char **argv)
 	G.hconns = 4;
 	G.pkg = "com.example.bench";
 	G.n = 1000;
-	while ((opt = getopt(argc, argv, "M:n:a:h:p:o:c:s:t:P:U:kD:R:T:w:l:S:B:H:g:A:I:")) != -1) {
+	G.stall_s = STALL_S;
+	while ((opt = getopt(argc, argv, "M:n:a:h:p:o:c:s:t:P:U:kD:R:T:w:l:S:B:H:g:A:I:W:")) !=
+	       -1) {
 		switch (opt) {
 		case 'M':
 			G.mode = optarg;
@@ -1179,6 +1223,9 @@ int main(int argc, char **argv)
 		case 'I':
 			G.app_id = optarg;
 			break;
+		case 'W':
+			G.stall_s = atoi(optarg);
+			break;
 		default:
 			fprintf(stderr,
 				"usage: see the comment at the top of bench/push/loadgen.c\n");
@@ -1212,8 +1259,8 @@ int main(int argc, char **argv)
 		_exit(G.ph == PH_DONE && G.reg_failed == 0 ? 0 : 1);
 	}
 	if (!ca || G.port <= 0 || G.n <= 0 || G.conc <= 0 || G.base < 0 || G.rounds <= 0 ||
-	    G.pub_window <= 0 || G.pub_window > 60000 || G.payload_len < 0 || G.payload_len > 900 ||
-	    G.batch <= 0 || G.hconns <= 0 ||
+	    G.stall_s <= 0 || G.pub_window <= 0 || G.pub_window > 60000 || G.payload_len < 0 ||
+	    G.payload_len > 900 || G.batch <= 0 || G.hconns <= 0 ||
 	    (strcmp(G.mode, "hold") && strcmp(G.mode, "storm") && strcmp(G.mode, "rate")) ||
 	    (!http && strcmp(G.sender, "mqtt")) || (http && (G.http_port <= 0 || !keyfile)) ||
 	    (G.mosq == (devfile != NULL)) || (http && G.mosq)) {
@@ -1248,6 +1295,9 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	uv_timer_init(&loop, &G.timer);
+	uv_timer_init(&loop, &G.watchdog);
+	uv_timer_start(&G.watchdog, watchdog_tick, 5000, 5000);
+	G.wd_since = now_ns();
 	G.ph = PH_WARM;
 	G.limit = 1;
 	start_more();
