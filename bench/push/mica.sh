@@ -170,11 +170,10 @@ mica_rate() {
 # Each loadgen holds its devices until killed; the figure is taken when every one of them has
 # reported its devices connected, so they were all held at the same time.
 mica_box() {
-	local per=19900 k i n held=0 failed=0 out p deadline nworkers
+	local per=19900 k i n held=0 failed=0 out p deadline
 	local -a lpids=()
 	k=$(((N_BOX + per - 1) / per))
 	mica_push_start "$WORKERS"
-	nworkers=$(mica_push_pids | tr ',' '\n' | wc -l)
 	for ((i = 0; i < k; i++)); do
 		n=$((N_BOX - i * per))
 		((n > per)) && n=$per
@@ -200,7 +199,7 @@ mica_box() {
 	for p in "${lpids[@]}"; do kill "$p" 2>/dev/null || true; done
 	for p in "${lpids[@]}"; do wait "$p" 2>/dev/null || true; done
 	echo "bench/push: box: mica-push held $held of $N_BOX devices at once ($failed failed) over" \
-		"$alive of $nworkers broker processes (SO_REUSEPORT) from $k loadgen processes" \
+		"$alive broker processes (push.broker.workers = $WORKERS, SO_REUSEPORT) from $k loadgen processes" \
 		"(target >= 80000: $( ((held >= 80000)) && echo met || echo MISSED)); mosquitto is one process," \
 		"its ceiling is the descriptor limit ($(ulimit -n)): the 'held' line above"
 	mica_push_stop
