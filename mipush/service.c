@@ -163,20 +163,27 @@ static int push_validate(void *config, char *err, size_t errlen)
 	return 0;
 }
 
-/* The descriptors a process may open bound its connections: keep room
- * for the database, Redis, the Key Center, the HTTPS listener and logs. */
-#define FD_RESERVE 512
-static void clamp_connections(struct push_broker_config *b)
+/* The descriptors a process may open bound its connections: keep room for
+ * what else the process holds: the HTTPS listener's connections
+ * (push.http.max_connections), a database and a Key Center connection per
+ * blocking thread, and a fixed few (listeners, the broker's database and
+ * Redis connections, the jobs thread, logs, the loop's own descriptors). */
+#define FD_RESERVE_FIXED 48
+static void clamp_connections(struct push_config *cfg)
 {
+	struct push_broker_config *b = &cfg->broker;
+	rlim_t reserve = FD_RESERVE_FIXED + (rlim_t)cfg->http.max_conns +
+			 2 * (rlim_t)cfg->http.blocking_threads;
 	struct rlimit rl;
 	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
-	    rl.rlim_cur <= FD_RESERVE || (rlim_t)b->max_connections + FD_RESERVE <= rl.rlim_cur)
+	    rl.rlim_cur <= reserve || (rlim_t)b->max_connections + reserve <= rl.rlim_cur)
 		return;
-	int max = (int)(rl.rlim_cur - FD_RESERVE);
+	int max = (int)(rl.rlim_cur - reserve);
 	MICA_LOG(MICA_LOG_WARN,
-		 "push broker: max_connections %d does not fit the descriptor limit %llu;"
-		 " using %d",
-		 b->max_connections, (unsigned long long)rl.rlim_cur, max);
+		 "push broker: max_connections %d does not fit the descriptor limit %llu with"
+		 " %llu kept for the HTTPS listener and the rest; using %d",
+		 b->max_connections, (unsigned long long)rl.rlim_cur, (unsigned long long)reserve,
+		 max);
 	b->max_connections = max;
 }
 
@@ -263,7 +270,7 @@ static int push_start(void *config, const mica_daemon_env *env, void **state)
 		return MICA_ENOMEM;
 	s->cfg = cfg;
 	cfg->kc.cache_ttl_ms = (long)cfg->key_cache_ttl_s * 1000;
-	clamp_connections(&cfg->broker);
+	clamp_connections(cfg);
 	if ((err = start_workers(s, cfg, env)) != 0)
 		return err;
 	if ((err = mica_kc_new(&s->kc, &cfg->kc)) != 0 || (err = probe_keys(s)) != 0) {
