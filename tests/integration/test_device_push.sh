@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # test_device_push.sh - libmicadev's push client (`mica-device push listen`, issue 21 item 8)
 # against a broker nobody here wrote: Debian's mosquitto 2.0 with a TLS listener on the test
-# server certificate. Messages are sealed by tests/peers/device_seal (the server's own
+# server certificate. Messages are sealed by tests/peers/push_seal (the server's own
 # push_seal_message) and published to d/<regid> with mosquitto_pub. The client must print the
 # messages that open for it, drop a duplicate (same bytes, and a re-sealed copy of the same id),
 # a message sealed for another regid, one under another key and a tampered one; report a
@@ -42,7 +42,7 @@ ok() {
 }
 
 DEV="$BUILD/bin/mica-device"
-SEAL="$BUILD/tests/peers/device_seal"
+SEAL="$BUILD/tests/peers/push_seal"
 for b in "$DEV" "$SEAL"; do [[ -x "$b" ]] || fail "$b is missing (make all)"; done
 for t in mosquitto mosquitto_pub mosquitto_passwd; do
 	command -v "$t" >/dev/null || fail "$t is not installed (run deploy/install-deps)"
@@ -111,7 +111,10 @@ OTHER_KEY="$(head -c 32 /dev/urandom | base64)"
 	umask 077
 	jq -n --arg r "$REGID" --arg k "$KEY" '{regid: $r, token: "t0ken", content_key: $k}' >"$W/state"
 )
-seal() { echo "${6:-$KEY}" | "$SEAL" "$1" "$2" "$3" "$4" "$W/$5" || fail "sealing $5"; }
+seal() {
+	echo "${6:-$KEY}" | "$SEAL" seal "$1" "$2" 2882303761517 com.example.news "$4" "$3" |
+		base64 -d >"$W/$5" || fail "sealing $5"
+}
 seal "$REGID" m1 pass_through hello m1
 seal "$REGID" m1 pass_through hello m1-again # the same id sealed again: other bytes
 seal "$REGID" m2 notification Title m2
