@@ -27,15 +27,8 @@ kc() {
 
 # ---------------------------------------------------------------------------------------------
 step="app create"
-CLI_KC=(--db "$ADMIN_CI" --kc-url "$KURL" --ca "$MICA_CA" --cert "$MICA_CERT_PUSH" --key "$MICA_KEY_PUSH")
-must_app() {
-	"$MICA" push app create --package "$1" "${CLI_KC[@]}" >"$W/app.out" 2>"$W/app.err" ||
-		fail "app create $1: $(cat "$W/app.err")"
-	APP_ID="$(sed -n 's/^app_id: //p' "$W/app.out")"
-	APP_SECRET="$(sed -n 's/^app_secret: //p' "$W/app.out")"
-	[[ "$APP_ID" =~ ^[1-9][0-9]{18}$ && "$APP_SECRET" =~ ^[A-Za-z0-9_-]{43}$ ]] ||
-		fail "app create output: $(cat "$W/app.out")"
-}
+# shellcheck source=tests/integration/lib-push.sh
+. "$ROOT/tests/integration/lib-push.sh"
 must_app com.example.news
 APP1="$APP_ID" SECRET1="$APP_SECRET"
 must_app com.example.chat
@@ -133,40 +126,6 @@ st="$(curl -sS -o "$W/body" -w '%{http_code}' --cacert "$MICA_CA" -d "app_id=$AP
 	check_fail "a refused registration wrote a row"
 ok
 
-# ---------------------------------------------------------------------------------------------
-# dev [-s SECRET] METHOD PATH [FORM...]: a developer request (form fields as --data-urlencode
-# arguments; GET puts them in the query string). Body in $W/body, status in $status.
-dev() {
-	local secret="$SECRET1" args
-	if [[ "$1" == -s ]]; then
-		secret="$2"
-		shift 2
-	fi
-	local method="$1" path="$2"
-	shift 2
-	args=(-sS --max-time 30 --cacert "$MICA_CA" -o "$W/body" -w '%{http_code}' -X "$method")
-	[[ -n "$secret" ]] && args+=(-H "Authorization: key=$secret")
-	[[ "$method" == GET ]] && args+=(-G)
-	for f in "$@"; do args+=(--data-urlencode "$f"); done
-	status="$(curl "${args[@]}" "$PURL$path")"
-}
-# expect_dev STATUS CODE dev-args...: CODE is error.code (- for a success, which must say
-# result ok and code 0).
-expect_dev() {
-	local want="$1" code="$2"
-	shift 2
-	dev "$@"
-	if [[ "$status" != "$want" ]]; then
-		check_fail "$*: status $status, want $want: $(cat "$W/body")"
-	elif [[ "$code" == - && ("$(jget result)" != ok || "$(jget code)" != 0) ]]; then
-		check_fail "$*: not a MiPush success envelope: $(cat "$W/body")"
-	elif [[ "$code" != - && ("$(jget error.code)" != "$code" || "$(jget result)" != error ||
-		"$(jget reason)" != "$code" || "$(jget code)" != "$want") ]]; then
-		check_fail "$*: want error $code with the MiPush envelope: $(cat "$W/body")"
-	else
-		echo "ok - $step: $* -> $want $code"
-	fi
-}
 
 step="developer auth"
 # The same answer for a missing key, a malformed header, an unknown secret and a secret that

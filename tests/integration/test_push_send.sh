@@ -24,13 +24,8 @@ stack_db_create
 stack_push_setup
 stack_start push "$PURL" "${PUSH_ENV[@]}" MICA_PUSH_QUEUE_MAX_PENDING=$CAP "$PUSH_BIN" \
 	--config deploy/mica.conf.example
-CLI_KC=(--db "$ADMIN_CI" --kc-url "$KURL" --ca "$MICA_CA" --cert "$MICA_CERT_PUSH" --key "$MICA_KEY_PUSH")
-must_app() {
-	"$MICA" push app create --package "$1" "${CLI_KC[@]}" >"$W/app.out" 2>"$W/app.err" ||
-		fail "app create $1: $(cat "$W/app.err")"
-	APP_ID="$(sed -n 's/^app_id: //p' "$W/app.out")"
-	APP_SECRET="$(sed -n 's/^app_secret: //p' "$W/app.out")"
-}
+# shellcheck source=tests/integration/lib-push.sh
+. "$ROOT/tests/integration/lib-push.sh"
 must_app com.example.news
 APP1="$APP_ID" SECRET1="$APP_SECRET"
 must_app com.example.chat

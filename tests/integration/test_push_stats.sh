@@ -35,13 +35,8 @@ PUSH_ENV+=(
 	MICA_PUSH_RECEIPTS_TIMEOUT_MS=2000
 )
 stack_start push "$PURL" "${PUSH_ENV[@]}" "$PUSH_BIN" --config deploy/mica.conf.example
-CLI_KC=(--db "$ADMIN_CI" --kc-url "$KURL" --ca "$MICA_CA" --cert "$MICA_CERT_PUSH" --key "$MICA_KEY_PUSH")
-must_app() {
-	"$MICA" push app create --package "$1" "${CLI_KC[@]}" >"$W/app.out" 2>"$W/app.err" ||
-		fail "app create $1: $(cat "$W/app.err")"
-	APP_ID="$(sed -n 's/^app_id: //p' "$W/app.out")"
-	APP_SECRET="$(sed -n 's/^app_secret: //p' "$W/app.out")"
-}
+# shellcheck source=tests/integration/lib-push.sh
+. "$ROOT/tests/integration/lib-push.sh"
 must_app com.example.news
 APP1="$APP_ID" SECRET1="$APP_SECRET"
 must_app com.example.chat
@@ -62,36 +57,6 @@ for r in "$R1" "$R2" "$R3" "$RB"; do [[ "$r" =~ ^[A-Za-z0-9_-]{43}$ ]] || fail "
 q() { sql "$ADMIN_CI" "$1"; }
 ok "two apps, four registrations, receipt sink on $SINK_PORT"
 
-# dev [-s SECRET] METHOD PATH [FORM...]: a developer request; body in $W/body, status in $status.
-dev() {
-	local secret="$SECRET1" args
-	if [[ "$1" == -s ]]; then
-		secret="$2"
-		shift 2
-	fi
-	local method="$1" path="$2"
-	shift 2
-	args=(-sS --max-time 30 --cacert "$MICA_CA" -o "$W/body" -w '%{http_code}' -X "$method")
-	[[ -n "$secret" ]] && args+=(-H "Authorization: key=$secret")
-	[[ "$method" == GET ]] && args+=(-G)
-	for f in "$@"; do args+=(--data-urlencode "$f"); done
-	status="$(curl "${args[@]}" "$PURL$path")"
-}
-expect_dev() {
-	local want="$1" code="$2"
-	shift 2
-	dev "$@"
-	if [[ "$status" != "$want" ]]; then
-		check_fail "$*: status $status, want $want: $(cat "$W/body")"
-	elif [[ "$code" == - && ("$(jget result)" != ok || "$(jget code)" != 0) ]]; then
-		check_fail "$*: not a MiPush success envelope: $(cat "$W/body")"
-	elif [[ "$code" != - && ("$(jget error.code)" != "$code" || "$(jget result)" != error ||
-		"$(jget reason)" != "$code" || "$(jget code)" != "$want") ]]; then
-		check_fail "$*: want error $code with the MiPush envelope: $(cat "$W/body")"
-	else
-		echo "ok - $step: $* -> $want $code"
-	fi
-}
 
 # ---------------------------------------------------------------------------------------------
 step="stats"
