@@ -52,6 +52,6 @@ expect_dev() {
 		"$(jget reason)" != "$code" || "$(jget code)" != "$want") ]]; then
 		check_fail "$*: want error $code with the MiPush envelope: $(cat "$W/body")"
 	else
-		echo "ok - $step: $* -> $want $code"
+		echo "ok - ${step:-}: $* -> $want $code"
 	fi
 }
