@@ -170,7 +170,7 @@ START_TEST(extra_family_rules)
 	ck_assert_int_eq(json_object_size(o), 2);
 	json_object_clear(o);
 	for (int i = 0; i < 3; i++) {
-		char k[16];
+		char k[32];
 		snprintf(k, sizeof(k), "extra.%d", i);
 		ck_assert_int_eq(mica_form_family_add(&fam, o, k, "v", 1, &p), 0);
 	}
