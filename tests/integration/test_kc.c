@@ -436,7 +436,7 @@ START_TEST(decrypt_datakeys_batches_the_misses)
 	size_t lens[N];
 	int errs[N];
 	for (int i = 0; i < N; i++) {
-		char u[16];
+		char u[24];
 		snprintf(u, sizeof(u), "batch%d", i);
 		c[i] = ctx(u);
 		ct[i] = new_datakey(kc, c[i], want[i]);
