@@ -41,8 +41,10 @@ json_t *push_receipt_body(const json_t *rows, int64_t now_ms)
 		const char *id = json_string_value(json_object_get(row, "msg_id"));
 		json_int_t type = json_integer_value(json_object_get(row, "type"));
 		json_t *e = json_object();
-		if (!id || !e)
+		if (!id || !e) {
+			json_decref(e);
 			goto fail;
+		}
 		type &= TYPE_DELIVERED | TYPE_INVALID;
 		json_t *param = json_object_get(row, "param");
 		json_t *jobkey = json_object_get(row, "jobkey");
@@ -57,10 +59,12 @@ json_t *push_receipt_body(const json_t *rows, int64_t now_ms)
 			bad |= json_object_set(e, "invalid", json_object_get(row, "invalid"));
 		if (json_is_string(jobkey))
 			bad |= json_object_set(e, "jobkey", jobkey);
-		if (bad || json_object_set_new(body, id, e) != 0) {
+		if (bad) {
 			json_decref(e);
 			goto fail;
 		}
+		if (json_object_set_new(body, id, e) != 0) /* takes |e| even when it fails */
+			goto fail;
 	}
 	return body;
 fail:
