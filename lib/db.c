@@ -245,9 +245,14 @@ static void drop_conn(mica_db *db)
  * emptied and the LISTENs are re-issued. */
 static int db_connect(mica_db *db)
 {
-	/* Defaults come before "dbname" so the conninfo's own values win. */
-	static const char *const keys[] = {"connect_timeout", "application_name", "dbname", NULL};
-	const char *vals[] = {"10", "mica", db->conninfo, NULL};
+	/* Defaults come before "dbname" so the conninfo's own values win. JIT
+	 * is off: every mica statement is short, and a table bloated between
+	 * vacuums (a queue's deletes) can make the planner's estimate cross
+	 * jit_above_cost, which then compiles for ~50 ms a statement that runs
+	 * in one. */
+	static const char *const keys[] = {"connect_timeout", "application_name", "options",
+					   "dbname", NULL};
+	const char *vals[] = {"10", "mica", "-c jit=off", db->conninfo, NULL};
 
 	drop_conn(db);
 	PGconn *c = PQconnectdbParams(keys, vals, 1);

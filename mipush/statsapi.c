@@ -45,12 +45,12 @@ static int stats_counters(const push_app *app, const char *start, const char *en
 				     STATS_MAX_DAYS);
 	const char *params[] = {app->app_id, from, to};
 	int err = mica_db_exec(mica_db_thread(),
-			       "SELECT to_char(d, 'YYYYMMDD'), coalesce(s.sent, 0),"
-			       " coalesce(s.delivered, 0), coalesce(s.expired, 0),"
-			       " coalesce(s.dropped, 0), coalesce(s.invalid, 0) FROM"
+			       "SELECT to_char(d, 'YYYYMMDD'), coalesce(sum(s.sent), 0),"
+			       " coalesce(sum(s.delivered), 0), coalesce(sum(s.expired), 0),"
+			       " coalesce(sum(s.dropped), 0), coalesce(sum(s.invalid), 0) FROM"
 			       " generate_series($2::date, $3::date, interval '1 day') AS d LEFT"
 			       " JOIN push.stat_daily s ON s.app_id = $1 AND s.day = d::date"
-			       " ORDER BY d",
+			       " GROUP BY d ORDER BY d",
 			       3, params, &res);
 	if (err)
 		return push_problem_dependency(p, err, "reading the statistics");

@@ -66,11 +66,13 @@
  *            gives up: the devices still connecting count as failed
  *   -U PIDS  processes whose CPU time (utime + stime, /proc/PID/stat) each
  *            phase reports per operation (default: the -P list): the
- *            contention-free view, since every process here shares CPUs
+ *            contention-free view, since every process here shares CPUs;
+ *            +PID is that process and its children (PostgreSQL's backends)
  * Prints one line "mode=... key=value ..." on stdout; diagnostics on stderr.
  * Exit 0, or 1 when a device failed (the line still says how many).
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
 #include <signal.h>
@@ -92,6 +94,13 @@
 #define AAD_PREFIX "mica-push v1"
 #define PUB_PENDING_MAX (1u << 20)
 #define STALL_S 60 /* default -W */
+#define CPU_SNAP_MAX 1024
+
+struct cpu_snap {
+	int n;
+	long pid[CPU_SNAP_MAX];
+	long long ticks[CPU_SNAP_MAX];
+};
 
 enum dev_state { D_IDLE, D_CONNECTING, D_WAIT_ACK, D_READY, D_CLOSING };
 enum phase {
@@ -138,7 +147,7 @@ static struct {
 	unsigned settle_s, hold_s, tail_s;
 	const char *pids;
 	const char *cpu_pids;
-	long long cpu0;
+	struct cpu_snap cpu0;
 	bool mosq;
 	struct dev *d;
 	int cursor, limit, inflight, ready, failed, closed_now, lost_conns;
@@ -222,42 +231,85 @@ static long rss_kb(const char *list)
 	return sum;
 }
 
-/* CPU time (user + system, in clock ticks) of the comma-separated pids in
- * |list|; a process that is gone counts 0. */
-static long long cpu_ticks(const char *list)
+/* CPU time (user + system, in clock ticks) of process |pid|, and its parent
+ * in *ppid; -1 when it is gone. */
+static long long pid_ticks(long pid, long *ppid)
 {
-	long long sum = 0;
-	const char *p = list;
-	while (p && *p) {
-		char path[64], buf[1024];
-		snprintf(path, sizeof(path), "/proc/%ld/stat", strtol(p, NULL, 10));
-		FILE *f = fopen(path, "r");
-		if (f) {
-			size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-			buf[n] = 0;
-			fclose(f);
-			char *q = strrchr(buf, ')');
-			unsigned long long ut, st;
-			/* state ppid pgrp session tty tpgid flags minflt cminflt majflt
-			 * cmajflt utime stime */
-			if (q &&
-			    sscanf(q + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
-				   &ut, &st) == 2)
-				sum += (long long)(ut + st);
+	char path[64], buf[1024];
+	unsigned long long ut, st;
+	long pp = 0;
+	snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return -1;
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	buf[n] = 0;
+	fclose(f);
+	char *q = strrchr(buf, ')');
+	/* state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+	 * utime stime */
+	if (!q || sscanf(q + 2, "%*c %ld %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &pp, &ut,
+			 &st) != 3)
+		return -1;
+	if (ppid)
+		*ppid = pp;
+	return (long long)(ut + st);
+}
+
+/* Takes a CPU snapshot of the comma-separated pids in |list| into |s|; a
+ * pid written "+PID" stands for that process and every child it has at the
+ * time (PostgreSQL's backends, opened as the load needs them). */
+static void cpu_snap_take(const char *list, struct cpu_snap *s)
+{
+	s->n = 0;
+	for (const char *p = list; p && *p;) {
+		bool kids = *p == '+';
+		long pid = strtol(p + kids, NULL, 10);
+		long long t = pid_ticks(pid, NULL);
+		if (t >= 0 && s->n < CPU_SNAP_MAX) {
+			s->pid[s->n] = pid;
+			s->ticks[s->n++] = t;
 		}
+		DIR *d = kids ? opendir("/proc") : NULL;
+		for (struct dirent *e; d && (e = readdir(d)) != NULL;) {
+			long c = strtol(e->d_name, NULL, 10), pp = 0;
+			if (c > 0 && (t = pid_ticks(c, &pp)) >= 0 && pp == pid &&
+			    s->n < CPU_SNAP_MAX) {
+				s->pid[s->n] = c;
+				s->ticks[s->n++] = t;
+			}
+		}
+		if (d)
+			closedir(d);
 		p = strchr(p, ',');
 		if (p)
 			p++;
+	}
+}
+
+/* Ticks spent since |from| by the processes of a new snapshot: a process
+ * that started since counts all of its time, one that ended counts none. */
+static long long cpu_ticks_since(const struct cpu_snap *from)
+{
+	static struct cpu_snap now;
+	long long sum = 0;
+	cpu_snap_take(G.cpu_pids, &now);
+	for (int i = 0; i < now.n; i++) {
+		long long t0 = 0;
+		for (int k = 0; k < from->n; k++)
+			if (from->pid[k] == now.pid[i])
+				t0 = from->ticks[k];
+		sum += now.ticks[i] - t0;
 	}
 	return sum;
 }
 
 /* Server CPU microseconds per operation since |from| (ticks), or 0. */
-static double cpu_us_per(long long from, double ops)
+static double cpu_us_per(const struct cpu_snap *from, double ops)
 {
 	if (!G.cpu_pids || ops <= 0)
 		return 0;
-	return (double)(cpu_ticks(G.cpu_pids) - from) * 1e6 / (double)sysconf(_SC_CLK_TCK) / ops;
+	return (double)cpu_ticks_since(from) * 1e6 / (double)sysconf(_SC_CLK_TCK) / ops;
 }
 
 /* ---- Devices ------------------------------------------------------------ */
@@ -885,13 +937,13 @@ static void report_rate(void)
 	       (unsigned long long)G.dups, (unsigned long long)G.bad, secs,
 	       secs > 0 ? (double)G.delivered / secs : 0.0, p50, p99, G.lost_conns,
 	       strcmp(G.sender, "http") == 0 ? G.batch : 1,
-	       cpu_us_per(G.cpu0, (double)G.delivered));
+	       cpu_us_per(&G.cpu0, (double)G.delivered));
 }
 
 static void start_rate(void)
 {
 	G.ph = PH_RATE;
-	G.cpu0 = cpu_ticks(G.cpu_pids);
+	cpu_snap_take(G.cpu_pids, &G.cpu0);
 	size_t bytes = (size_t)(G.rounds + 7) / 8;
 	for (int i = 0; i < G.n; i++)
 		if (!(G.d[i].seen = calloc(1, bytes)))
@@ -952,7 +1004,7 @@ static void reconnect_go(uv_timer_t *t)
 	G.limit = G.n;
 	G.failed = 0;
 	G.t0 = now_ns();
-	G.cpu0 = cpu_ticks(G.cpu_pids);
+	cpu_snap_take(G.cpu_pids, &G.cpu0);
 	start_more();
 }
 
@@ -996,7 +1048,7 @@ static void settled(uv_timer_t *t)
 		       G.ready > 1 && G.pids
 			       ? (double)(G.rss_after - G.rss_before) * 1024.0 / (G.ready - 1)
 			       : 0.0,
-		       cpu_us_per(G.cpu0, G.ready - 1));
+		       cpu_us_per(&G.cpu0, G.ready - 1));
 		fflush(stdout);
 	}
 	if (strcmp(G.mode, "storm") == 0) {
@@ -1016,7 +1068,7 @@ static void warm_go(uv_timer_t *t)
 	(void)t;
 	if (G.pids)
 		G.rss_before = rss_kb(G.pids);
-	G.cpu0 = cpu_ticks(G.cpu_pids);
+	cpu_snap_take(G.cpu_pids, &G.cpu0);
 	G.ph = PH_CONNECT;
 	G.limit = G.n;
 	G.t0 = now_ns();
@@ -1072,7 +1124,7 @@ static void phase_done(void)
 		printf("mode=storm devices=%d reconnected=%d failed=%d resumed=%d secs=%.2f "
 		       "connects_per_s=%.0f cpu_us_per_conn=%.0f\n",
 		       G.n, G.ready, G.failed, G.resumed, secs, secs > 0 ? G.ready / secs : 0.0,
-		       cpu_us_per(G.cpu0, G.ready));
+		       cpu_us_per(&G.cpu0, G.ready));
 		finish();
 		return;
 	}

@@ -16,9 +16,11 @@ ppid_push=""
 kc_pid=""
 
 kc_ready() { [[ "$(curl -sS --cacert "$ca" --cert "$dir/ca/push.pem" --key "$dir/ca/push.key" -o /dev/null -w '%{http_code}' "$kc_url/healthz")" == 200 ]]; }
+push_gone() { ! mica_pid_alive "$ppid_push"; }
 push_ready() { [[ "$(curl -sS --cacert "$ca" -o /dev/null -w '%{http_code}' "https://localhost:$push_http_port/healthz")" == 200 ]] && mica_port_in_use "$push_broker_port"; }
 
 mica_side_cleanup() {
+	if [[ -z "$ppid_push" && -s "$dir/push.pid" ]]; then ppid_push=$(<"$dir/push.pid"); fi
 	mica_push_stop
 	if [[ -n "$kc_pid" ]]; then
 		kill "$kc_pid" 2>/dev/null || true
@@ -124,14 +126,18 @@ mica_push_start() {
 		MICA_PUSH_REGISTER_DEVICE_MAX=1000000 \
 		"$BUILD/bin/mica-push" --config deploy/mica.conf.example >>"$dir/push.log" 2>&1 &
 	ppid_push=$!
+	# The tests run in command substitutions (subshells): the pid file lets the cleanup of an
+	# interrupted run find a mica-push that its parent never saw.
+	echo "$ppid_push" >"$dir/push.pid"
 	mica_wait_for 60 push_ready || mica_die "mica-push did not become ready: $(tail -n 5 "$dir/push.log")"
 }
 
 mica_push_stop() {
 	[[ -n "$ppid_push" ]] || return 0
 	kill -TERM "$ppid_push" 2>/dev/null || true
-	wait "$ppid_push" 2>/dev/null || true
+	wait "$ppid_push" 2>/dev/null || mica_wait_for 30 push_gone || true
 	ppid_push=""
+	rm -f "$dir/push.pid"
 }
 
 # mica_push_pids: mica-push and its broker workers, comma separated.
@@ -145,10 +151,8 @@ mica_stack_pids() {
 	local p pm
 	p="$(mica_push_pids),$kc_pid"
 	pm=$(head -n 1 "$(mica__pg_dir "$dir")/data/postmaster.pid" 2>/dev/null || true)
-	if [[ "$pm" =~ ^[0-9]+$ ]]; then
-		p+=",$pm"
-		for c in $(pgrep -P "$pm" 2>/dev/null || true); do p+=",$c"; done
-	fi
+	# +: the postmaster and its children when the CPU is read (backends open as the load needs them)
+	[[ "$pm" =~ ^[0-9]+$ ]] && p+=",+$pm"
 	pm=$(mica_redis_pid "$dir" 2>/dev/null || true)
 	[[ "$pm" =~ ^[0-9]+$ ]] && p+=",$pm"
 	printf '%s' "$p"

@@ -234,8 +234,12 @@ expect_dev 200 - -s "$NEW3" GET /v1/topic/all "registration_id=$REGID3"
 rc=0
 "$MICA" push app rotate-secret --app-id 1000000000000000001 "${CLI_KC[@]}" >/dev/null 2>"$W/err" || rc=$?
 { [[ "$rc" == 1 ]] && grep -q 'no app has this app id' "$W/err"; } || check_fail "rotating an unknown app: exit $rc $(cat "$W/err")"
+# A message waits in the queue: the delete takes it and its trace too.
+expect_dev 200 - -s "$NEW3" POST /v3/message/regid "registration_id=$REGID3" pass_through=1 payload=bye
+[[ "$(sql "$ADMIN_CI" "SELECT count(*) FROM push.queue WHERE app_id = '$APP3'")" == 1 ]] ||
+	check_fail "the message to the app that goes is not queued"
 "$MICA" push app delete --app-id "$APP3" --db "$ADMIN_CI" >/dev/null 2>"$W/err" || fail "app delete: $(cat "$W/err")"
-left="$(sql "$ADMIN_CI" "SELECT (SELECT count(*) FROM push.app WHERE app_id = '$APP3') + (SELECT count(*) FROM push.registration WHERE app_id = '$APP3') + (SELECT count(*) FROM push.topic_subscription WHERE app_id = '$APP3')")"
+left="$(sql "$ADMIN_CI" "SELECT (SELECT count(*) FROM push.app WHERE app_id = '$APP3') + (SELECT count(*) FROM push.registration WHERE app_id = '$APP3') + (SELECT count(*) FROM push.topic_subscription WHERE app_id = '$APP3') + (SELECT count(*) FROM push.queue WHERE app_id = '$APP3') + (SELECT count(*) FROM push.message WHERE app_id = '$APP3')")"
 [[ "$left" == 0 ]] || check_fail "app delete left $left rows"
 dev -s "$NEW3" GET /v1/topic/all "registration_id=$REGID3"
 [[ "$status" == 401 ]] || check_fail "a deleted app's secret: $status"

@@ -53,7 +53,7 @@ expect_purge() { # NAME WANT WHAT
 	[[ "$(got "$1")" == "$2" ]] || check_fail "$3: $1 $(got "$1"), want $2 ($(tr '\n' ' ' <"$W/purge"))"
 }
 iso() { date -u -d "@$(((T0 + $1) / 1000))" +%Y-%m-%dT%H:%M:%SZ; }
-stat_of() { q "SELECT coalesce((SELECT $2 FROM push.stat_daily WHERE app_id = '$1' AND day = '$3'), 0)"; }
+stat_of() { q "SELECT coalesce(sum($2), 0) FROM push.stat_daily WHERE app_id = '$1' AND day = '$3'"; }
 
 reg "$A" ra1 0
 reg "$A" ra2 0

@@ -140,7 +140,7 @@ M1="$MSG"
 	check_fail "queue rows: $(q "SELECT regid FROM push.queue WHERE msg_id = '$M1'")"
 [[ "$(q "SELECT count(*) FROM push.queue WHERE regid = '$REG_X'")" == 0 ]] ||
 	check_fail "a device of another app was queued for"
-[[ "$(q "SELECT sent, invalid FROM push.stat_daily WHERE app_id = '$APP1'")" == "2|2" ]] ||
+[[ "$(q "SELECT sum(sent), sum(invalid) FROM push.stat_daily WHERE app_id = '$APP1'")" == "2|2" ]] ||
 	check_fail "stat_daily: $(q "SELECT * FROM push.stat_daily")"
 ttl="$(q "SELECT round(extract(epoch FROM expires_at - created_at)) FROM push.message WHERE msg_id = '$M1'")"
 [[ "$ttl" == 60 ]] || check_fail "time_to_live 60000 ms stored as $ttl s"
@@ -288,7 +288,7 @@ ok "refused, naming the field; nothing written"
 
 # ---------------------------------------------------------------------------------------------
 step="notify_id"
-dropped_day="$(q "SELECT dropped FROM push.stat_daily WHERE app_id = '$APP1'")"
+dropped_day="$(q "SELECT sum(dropped) FROM push.stat_daily WHERE app_id = '$APP1'")"
 send_ok regid "registration_id=$REG_D" title=first description=d notify_id=7
 N1="$MSG"
 send_ok regid "registration_id=$REG_D" title=other description=d notify_id=8
@@ -303,8 +303,8 @@ q "UPDATE push.queue SET attempted = true WHERE msg_id = '$N3'" >/dev/null
 send_ok regid "registration_id=$REG_D" title=third description=d notify_id=7
 [[ "$(q "SELECT count(*) FROM push.queue WHERE regid = '$REG_D' AND notify_id = 7")" == 2 ]] ||
 	check_fail "an attempted row was replaced"
-[[ "$(q "SELECT dropped FROM push.stat_daily WHERE app_id = '$APP1'")" == $((dropped_day + 1)) ]] ||
-	check_fail "stat_daily dropped: $(q "SELECT dropped FROM push.stat_daily WHERE app_id = '$APP1'"), want $((dropped_day + 1))"
+[[ "$(q "SELECT sum(dropped) FROM push.stat_daily WHERE app_id = '$APP1'")" == $((dropped_day + 1)) ]] ||
+	check_fail "stat_daily dropped: $(q "SELECT sum(dropped) FROM push.stat_daily WHERE app_id = '$APP1'"), want $((dropped_day + 1))"
 ok "a newer notify_id replaces the queued, never-sent one, counted as dropped"
 
 step="jobkey"
@@ -321,7 +321,7 @@ step="pending cap"
 # F holds four rows (the send to all, the 4096-byte payload, the 14-day one, the first jobkey
 # send); five more push the four oldest and then the first of these out.
 CAPMSG=()
-dropped_day="$(q "SELECT dropped FROM push.stat_daily WHERE app_id = '$APP1'")"
+dropped_day="$(q "SELECT sum(dropped) FROM push.stat_daily WHERE app_id = '$APP1'")"
 for i in 1 2 3 4 5; do
 	send_ok regid "registration_id=$REG_F" title="cap $i" description=d
 	CAPMSG+=("$MSG")
@@ -344,8 +344,8 @@ jq -e '.count == 5' "$W/pt" >/dev/null || check_fail "the marker's running count
 [[ "$(q "SELECT string_agg(msg_id, ',' ORDER BY seq) FROM push.queue WHERE regid = '$REG_F' AND kind = 0")" == \
 	"$(IFS=,; echo "${CAPMSG[*]:1},$MSG")" ]] || check_fail "not the newest $CAP kept"
 [[ "$(q "SELECT dropped FROM push.message WHERE msg_id = '${CAPMSG[0]}'")" == 1 ]] || check_fail "the dropped message's trace"
-[[ "$(q "SELECT dropped FROM push.stat_daily WHERE app_id = '$APP1'")" == $((dropped_day + 5)) ]] ||
-	check_fail "stat_daily dropped: $(q "SELECT dropped FROM push.stat_daily WHERE app_id = '$APP1'")"
+[[ "$(q "SELECT sum(dropped) FROM push.stat_daily WHERE app_id = '$APP1'")" == $((dropped_day + 5)) ]] ||
+	check_fail "stat_daily dropped: $(q "SELECT sum(dropped) FROM push.stat_daily WHERE app_id = '$APP1'")"
 ok "the oldest dropped beyond $CAP, one marker with the running count"
 
 # ---------------------------------------------------------------------------------------------
