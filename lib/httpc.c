@@ -2,7 +2,9 @@
  * retries for idempotent calls (see httpc.h). */
 #include "httpc.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +23,7 @@ struct mica_httpc {
 	mica_httpc_options opt;
 	char *ca, *cert, *key;
 	char errbuf[CURL_ERROR_SIZE];
+	bool refused; /* the last transfer met an address that is not public */
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -105,6 +108,82 @@ static size_t on_data(char *ptr, size_t size, size_t nmemb, void *userdata)
 	return n;
 }
 
+/* ---- public addresses (mica_httpc_options.public_only) ------------------- */
+
+static bool v4_public(uint32_t a)
+{
+	static const struct {
+		uint32_t net;
+		int bits;
+	} deny[] = {
+		{0x00000000, 8},  /* "this network" */
+		{0x0a000000, 8},  /* private */
+		{0x64400000, 10}, /* shared address space (carrier-grade NAT) */
+		{0x7f000000, 8},  /* loopback */
+		{0xa9fe0000, 16}, /* link-local */
+		{0xac100000, 12}, /* private */
+		{0xc0000000, 24}, /* IETF protocol assignments */
+		{0xc0000200, 24}, /* documentation */
+		{0xc0a80000, 16}, /* private */
+		{0xc6120000, 15}, /* benchmarking */
+		{0xc6336400, 24}, /* documentation */
+		{0xcb007100, 24}, /* documentation */
+		{0xe0000000, 4},  /* multicast */
+		{0xf0000000, 4},  /* reserved, and the broadcast address */
+	};
+	for (size_t i = 0; i < sizeof(deny) / sizeof(deny[0]); i++)
+		if ((a & (0xffffffffu << (32 - deny[i].bits))) == deny[i].net)
+			return false;
+	return true;
+}
+
+static uint32_t be32_at(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+bool mica_addr_public(const struct sockaddr *sa)
+{
+	if (!sa)
+		return false;
+	if (sa->sa_family == AF_INET)
+		return v4_public(ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr));
+	if (sa->sa_family != AF_INET6)
+		return false;
+	const uint8_t *b = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+	static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+	static const uint8_t nat64[12] = {0, 0x64, 0xff, 0x9b};
+	static const uint8_t zero[15] = {0};
+	if (memcmp(b, mapped, 12) == 0 || memcmp(b, nat64, 12) == 0)
+		return v4_public(be32_at(b + 12));
+	if (b[0] == 0x20 && b[1] == 0x02) /* 6to4: the IPv4 address follows */
+		return v4_public(be32_at(b + 2));
+	if (memcmp(b, zero, 15) == 0) /* :: and ::1 */
+		return false;
+	if ((b[0] & 0xfe) == 0xfc ||					/* unique-local fc00::/7 */
+	    (b[0] == 0xfe && (b[1] & 0x80) == 0x80) ||			/* link- and site-local */
+	    b[0] == 0xff ||						/* multicast */
+	    (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0 && b[3] == 0) || /* Teredo */
+	    (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0x0d && b[3] == 0xb8) || /* documentation */
+	    (b[0] == 0x01 && b[1] == 0 && memcmp(b + 2, zero, 6) == 0))	      /* discard 100::/64 */
+		return false;
+	return true;
+}
+
+/* CURLOPT_OPENSOCKETFUNCTION of a public_only client: the address libcurl
+ * is about to connect to, after every resolution, is the one checked, so a
+ * name that resolves differently at each look gains nothing. */
+static curl_socket_t open_public(void *clientp, curlsocktype purpose, struct curl_sockaddr *a)
+{
+	mica_httpc *c = clientp;
+	(void)purpose;
+	if (!mica_addr_public(&a->addr)) {
+		c->refused = true;
+		return CURL_SOCKET_BAD;
+	}
+	return socket(a->family, a->socktype, a->protocol);
+}
+
 static int map_curl_error(CURLcode cc, const mica_httpc_resp *r)
 {
 	switch (cc) {
@@ -169,14 +248,27 @@ static int perform_once(mica_httpc *c, const char *method, const char *url, cons
 	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_data);
 	curl_easy_setopt(h, CURLOPT_WRITEDATA, out);
 	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, c->errbuf);
+	c->refused = false;
+	if (c->opt.public_only) {
+		curl_easy_setopt(h, CURLOPT_OPENSOCKETFUNCTION, open_public);
+		curl_easy_setopt(h, CURLOPT_OPENSOCKETDATA, c);
+		curl_easy_setopt(h, CURLOPT_PROXY, ""); /* none from the environment */
+	}
 	if (body) {
 		curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
 		curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
 	}
 	c->errbuf[0] = '\0';
 	cc = curl_easy_perform(h);
+	/* An outside URL may carry its owner's token: it is not logged. */
+	const char *shown = c->opt.public_only ? "(an outside URL)" : url;
+	if (cc != CURLE_OK && c->refused) {
+		MICA_LOG(MICA_LOG_WARN, "httpc: %s %s refused: its host is not a public address",
+			 method, shown);
+		return MICA_EDENIED;
+	}
 	if (cc != CURLE_OK) {
-		MICA_LOG(MICA_LOG_WARN, "httpc: %s %s failed: %s", method, url,
+		MICA_LOG(MICA_LOG_WARN, "httpc: %s %s failed: %s", method, shown,
 			 c->errbuf[0] ? c->errbuf : curl_easy_strerror(cc));
 		return map_curl_error(cc, out);
 	}
@@ -199,8 +291,10 @@ int mica_httpc_request(mica_httpc *c, const char *method, const char *url, const
 			backoff(c, i - 1);
 		out->attempts = i + 1;
 		err = perform_once(c, method, url, body, body_len, out);
-		/* A TLS verification failure will not heal by retrying. */
-		if (err == MICA_ETLS || err == MICA_ETOOBIG || err == MICA_ENOMEM)
+		/* A TLS verification failure, or an address refused, will not
+		 * heal by retrying. */
+		if (err == MICA_ETLS || err == MICA_ETOOBIG || err == MICA_ENOMEM ||
+		    err == MICA_EDENIED)
 			break;
 		if (err == 0 && out->status != 502 && out->status != 503 && out->status != 504)
 			break;

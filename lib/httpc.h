@@ -15,7 +15,9 @@
 #define MICA_HTTPC_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
+#include <sys/socket.h>
 
 #include "err.h"
 
@@ -37,6 +39,12 @@ typedef struct mica_httpc_options {
 	long timeout_ms;	 /* whole request, default 10000 */
 	int retries;		 /* extra attempts for idempotent calls, default 2 */
 	long backoff_ms;	 /* first backoff, doubled each retry, +-50% jitter; default 50 */
+	/* Connect only to public unicast addresses, whatever the URL's host
+	 * resolves to, and ignore proxies named by the environment: for URLs
+	 * that someone outside names (webhooks), so that they cannot make the
+	 * service reach loopback, private, link-local or other internal
+	 * addresses. A refused address is MICA_EDENIED, never retried. */
+	bool public_only;
 } mica_httpc_options;
 
 typedef struct mica_httpc mica_httpc;
@@ -53,6 +61,12 @@ typedef struct mica_httpc_resp {
  * MICA_ENOMEM, MICA_EHTTP if libcurl cannot be set up. */
 int mica_httpc_new(mica_httpc **out, const mica_httpc_options *opt) MICA_WUR;
 void mica_httpc_free(mica_httpc *c);
+/* True if |sa| (AF_INET or AF_INET6) is a public unicast address: not
+ * unspecified, loopback, private (RFC 1918, shared 100.64/10, unique-local
+ * fc00::/7), link-local, site-local, multicast, reserved or documentation,
+ * nor an IPv4 address of those kinds inside IPv4-mapped, NAT64 or 6to4
+ * IPv6 addresses. Teredo (2001::/32) is not public either. */
+bool mica_addr_public(const struct sockaddr *sa);
 
 /* Performs one request. |body| may be NULL; it is sent as application/json.
  * |idempotent| allows retries (GET, PUT, DELETE, or a POST the server treats

@@ -475,6 +475,7 @@ static void *jobs_main(void *arg)
 		.connect_timeout_ms = 2000,
 		.timeout_ms = j->s->cfg->receipts_timeout_ms,
 		.retries = 0,
+		.public_only = !j->s->cfg->receipts_private,
 	};
 	int err = mica_httpc_new(&hc, &ho);
 	if (err)

@@ -78,6 +78,7 @@ struct push_config {
 	int receipts_max_attempts;	  /* failed tries before a receipt is given up */
 	int receipts_backoff_ms;	  /* first retry delay, doubled each failure */
 	int receipts_timeout_ms;	  /* one callback POST, whole */
+	int receipts_private;		  /* callback hosts may be internal addresses */
 	struct push_broker_config broker; /* [push.broker]: the long connection */
 };
 

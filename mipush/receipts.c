@@ -229,6 +229,16 @@ static int post_group(mica_db *db, mica_httpc *hc, const struct push_config *cfg
 		goto out;
 	}
 	int herr = mica_httpc_request(hc, "POST", c[from].url, text, strlen(text), 0, &resp);
+	if (herr == MICA_EDENIED) {
+		/* The host is not a public address (push.receipts.private_addresses
+		 * off): no retry can change that. */
+		MICA_LOG(MICA_LOG_WARN,
+			 "push: receipts of %zu message(s) (first %s) given up: the callback host"
+			 " is not a public address",
+			 count, c[from].msg_id);
+		err = record(db, cfg, now_ms, rows, false, true, &r->given_up);
+		goto out;
+	}
 	bool ok = herr == 0 && resp.status >= 200 && resp.status < 300;
 	if (ok) {
 		r->posted++;

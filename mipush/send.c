@@ -68,6 +68,31 @@ static int dev_cmp(const void *a, const void *b)
 	return strcmp(((const struct dev *)a)->regid, ((const struct dev *)b)->regid);
 }
 
+static int str_cmp(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The number of distinct strings in the JSON array |a|, or -1. */
+static long distinct_strings(const json_t *a)
+{
+	size_t n = json_array_size(a);
+	const char **v = malloc((n ? n : 1) * sizeof(*v));
+	long d = 0;
+	if (!v)
+		return -1;
+	for (size_t i = 0; i < n; i++)
+		if (!(v[i] = json_string_value(json_array_get(a, i)))) {
+			free(v);
+			return -1;
+		}
+	qsort(v, n, sizeof(*v), str_cmp);
+	for (size_t i = 0; i < n; i++)
+		d += i == 0 || strcmp(v[i - 1], v[i]) != 0;
+	free(v);
+	return d;
+}
+
 /* The registrations a send names, into x->d; targets naming none counted in
  * x->invalid. Every query is by app, so nothing of another app is found. */
 static int resolve(struct send *x, mica_problem *p)
@@ -157,20 +182,24 @@ static int resolve(struct send *x, mica_problem *p)
 	if (x->n > 1)
 		qsort(x->d, x->n, sizeof(*x->d), dev_cmp);
 	/* Invalid targets: regids of no registration of the app, aliases of no
-	 * device (MiPush counts both); a topic nobody follows is not invalid. */
-	if (r->target == PUSH_TARGET_REGID || r->target == PUSH_TARGET_ALIAS) {
-		/* distinct: a target named twice is one target */
+	 * device (MiPush counts both); a topic nobody follows is not invalid.
+	 * Distinct: a target named twice is one target. A regid found is one
+	 * row above, so the regids not found are counted here; an alias may
+	 * name several devices, so the database counts those. */
+	if (r->target == PUSH_TARGET_REGID) {
+		long distinct = distinct_strings(r->targets);
+		if (distinct < 0) {
+			err = mica_problemf(p, 500, "internal_error",
+					    "resolving the targets failed");
+			goto out;
+		}
+		x->invalid = distinct - (long)x->n;
+	} else if (r->target == PUSH_TARGET_ALIAS) {
 		err = mica_db_exec(
 			mica_db_thread(),
-			r->target == PUSH_TARGET_REGID
-				? "SELECT count(DISTINCT x) FROM"
-				  " json_array_elements_text($2::json) x WHERE NOT EXISTS"
-				  " (SELECT 1 FROM push.registration g WHERE g.app_id = $1"
-				  " AND g.regid = x)"
-				: "SELECT count(DISTINCT x) FROM"
-				  " json_array_elements_text($2::json) x WHERE NOT EXISTS"
-				  " (SELECT 1 FROM push.alias a WHERE a.app_id = $1 AND"
-				  " a.alias = x)",
+			"SELECT count(DISTINCT x) FROM json_array_elements_text($2::json) x"
+			" WHERE NOT EXISTS (SELECT 1 FROM push.alias a WHERE a.app_id = $1"
+			" AND a.alias = x)",
 			2, params, &res);
 		int64_t v = 0;
 		if (err || (err = mica_db_get_int64(res, 0, 0, &v)) != 0) {

@@ -72,6 +72,9 @@ const mica_config_entry push_config_table[] = {
 	 " hour)"},
 	{"push.receipts", "timeout_ms", MICA_CFG_INT, 100, 60000, "10000", F(receipts_timeout_ms),
 	 "one receipt POST, whole"},
+	{"push.receipts", "private_addresses", MICA_CFG_BOOL, 0, 1, "false", F(receipts_private),
+	 "POST receipts to callback hosts at loopback, private, link-local or other non-public"
+	 " addresses too (a test rig; otherwise a developer's URL could reach inside)"},
 	/* [push.broker]: the long connection (mipush/broker.h) */
 	{"push.broker", "bind", MICA_CFG_STRING, 1, 255, "127.0.0.1", F(broker.bind),
 	 "address the MQTT-over-TLS broker listens on (IPv4 or IPv6 literal)"},

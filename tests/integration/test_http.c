@@ -509,6 +509,88 @@ START_TEST(untrusted_server_fails)
 }
 END_TEST
 
+/* A public_only client (webhooks) refuses this server, which is on
+ * loopback, before connecting, and does not retry. */
+START_TEST(public_only_refuses_internal_hosts)
+{
+	mica_httpc_options o = {.ca_file = env("MICA_CA"), .retries = 2, .public_only = true};
+	mica_httpc *c = NULL;
+	mica_httpc_resp r;
+	char url[128];
+	ck_assert_int_eq(mica_httpc_new(&c, &o), 0);
+	snprintf(url, sizeof(url), "%s/v1/hello", base);
+	ck_assert_int_eq(mica_httpc_request(c, "GET", url, NULL, 0, 1, &r), MICA_EDENIED);
+	ck_assert_int_eq(r.attempts, 1);
+	ck_assert_int_eq(r.status, 0);
+	mica_httpc_resp_cleanup(&r);
+	ck_assert_int_eq(mica_httpc_request(c, "GET", "https://[::1]:1/x", NULL, 0, 1, &r),
+			 MICA_EDENIED);
+	mica_httpc_resp_cleanup(&r);
+	mica_httpc_free(c);
+}
+END_TEST
+
+START_TEST(public_addresses)
+{
+	static const struct {
+		const char *addr;
+		bool pub;
+	} cases[] = {
+		{"8.8.8.8", true},
+		{"1.1.1.1", true},
+		{"100.63.255.255", true},
+		{"172.32.0.1", true},
+		{"192.169.0.1", true},
+		{"2a00:1450:4001:80b::200e", true},
+		{"2606:4700::1111", true},
+		{"::ffff:8.8.8.8", true},
+		{"0.0.0.0", false},
+		{"10.1.2.3", false},
+		{"100.64.0.1", false},
+		{"127.0.0.1", false},
+		{"127.255.255.254", false},
+		{"169.254.169.254", false}, /* cloud metadata */
+		{"172.16.0.1", false},
+		{"172.31.255.255", false},
+		{"192.0.2.1", false},
+		{"192.168.1.1", false},
+		{"198.18.0.1", false},
+		{"224.0.0.1", false},
+		{"255.255.255.255", false},
+		{"::", false},
+		{"::1", false},
+		{"::ffff:127.0.0.1", false},
+		{"::ffff:169.254.169.254", false},
+		{"64:ff9b::10.0.0.1", false},
+		{"2002:c0a8:0101::1", false}, /* 6to4 of 192.168.1.1 */
+		{"fc00::1", false},
+		{"fd12:3456::1", false},
+		{"fe80::1", false},
+		{"fec0::1", false},
+		{"ff02::1", false},
+		{"2001:db8::1", false},
+		{"2001:0:4136:e378::1", false}, /* Teredo */
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct sockaddr_storage ss = {0};
+		if (strchr(cases[i].addr, ':')) {
+			struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+			s6->sin6_family = AF_INET6;
+			ck_assert_int_eq(inet_pton(AF_INET6, cases[i].addr, &s6->sin6_addr), 1);
+		} else {
+			struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+			s4->sin_family = AF_INET;
+			ck_assert_int_eq(inet_pton(AF_INET, cases[i].addr, &s4->sin_addr), 1);
+		}
+		ck_assert_msg(mica_addr_public((struct sockaddr *)&ss) == cases[i].pub,
+			      "%s: public should be %d", cases[i].addr, cases[i].pub);
+	}
+	struct sockaddr un = {.sa_family = AF_UNIX};
+	ck_assert(!mica_addr_public(&un));
+	ck_assert(!mica_addr_public(NULL));
+}
+END_TEST
+
 START_TEST(retries_only_idempotent)
 {
 	mica_httpc *c = client(NULL);
@@ -1126,6 +1208,8 @@ static Suite *http_suite(void)
 	tcase_add_test(tc, mtls_required_mode);
 	tcase_add_test(tc, untrusted_server_fails);
 	tcase_add_test(tc, retries_only_idempotent);
+	tcase_add_test(tc, public_only_refuses_internal_hosts);
+	tcase_add_test(tc, public_addresses);
 	tcase_add_test(tc, client_timeout);
 	tcase_add_test(tc, idle_and_slow_clients_time_out);
 	tcase_add_test(tc, healthz_is_liveness_readyz_names_failures);

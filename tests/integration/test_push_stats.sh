@@ -33,6 +33,7 @@ PUSH_ENV+=(
 	MICA_PUSH_RECEIPTS_BACKOFF_MS=200
 	MICA_PUSH_RECEIPTS_MAX_ATTEMPTS=3
 	MICA_PUSH_RECEIPTS_TIMEOUT_MS=2000
+	MICA_PUSH_RECEIPTS_PRIVATE_ADDRESSES=true
 )
 stack_start push "$PURL" "${PUSH_ENV[@]}" "$PUSH_BIN" --config deploy/mica.conf.example
 # shellcheck source=tests/integration/lib-push.sh
@@ -203,6 +204,23 @@ mica_wait_for 15 again || check_fail "no receipt for the new total: $(cat "$W/si
 # Nothing per device leaves: no regid in any receipt.
 for r in "$R1" "$R2" "$R3" "$RB"; do grep -qF "$r" "$W/sink.out" && check_fail "a receipt carries a regid"; done
 ok "batched, retried after two failures, totals and param, no regid; http:// and a dead URL given up"
+
+# The default: a callback host at a non-public address (the sink, on loopback) is refused before
+# any connection and given up at once, its URL not logged.
+stack_stop push
+stack_start push "$PURL" "${PUSH_ENV[@]}" MICA_PUSH_RECEIPTS_PRIVATE_ADDRESSES=false \
+	"$PUSH_BIN" --config deploy/mica.conf.example
+q "INSERT INTO push.message (msg_id, app_id, created_at, expires_at, target, queued, delivered,
+	callback_url, callback_param, callback_type) VALUES ('rc-inside', '$APP1', now(),
+	now() + interval '1 day', 'regid', 1, 1, 'https://127.0.0.1:$SINK_PORT/inside?k=secret-ish', 'p', 1)"
+inside_given_up() { [[ "$(q "SELECT receipt_given_up FROM push.message WHERE msg_id = 'rc-inside'")" == t ]]; }
+mica_wait_for 30 inside_given_up || check_fail "a loopback callback host not given up"
+[[ "$(q "SELECT receipt_attempts FROM push.message WHERE msg_id = 'rc-inside'")" == 1 ]] ||
+	check_fail "a loopback callback host was retried"
+grep -q '/inside' "$W/sink.out" && check_fail "a loopback callback host was POSTed to"
+grep -q 'not a public address' "$W/push.log" || check_fail "the refused host is not logged"
+grep -q 'secret-ish' "$W/push.log" && check_fail "the refused callback URL reached the log"
+ok "a callback host at a loopback address: refused, given up, URL not logged"
 
 # ---------------------------------------------------------------------------------------------
 step="nothing per device"
