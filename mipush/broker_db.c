@@ -117,15 +117,17 @@ static int ack_write(mica_db *db, void *arg)
 			       " RETURNING app_id, msg_id, kind) SELECT app_id, msg_id, count(*)"
 			       " FROM d WHERE kind = 0 GROUP BY app_id, msg_id",
 			       1, params, &res);
+	push_stats_batch b = {0};
 	t->deleted = 0;
 	for (int i = 0; err == 0 && i < PQntuples(res); i++) {
 		push_counts c = {.delivered = atol(mica_db_get(res, i, 2))};
 		t->deleted += c.delivered;
-		err = push_stats_record(db, mica_db_get(res, i, 0), mica_db_get(res, i, 1),
-					mica_clock_now_ms(), &c);
+		err = push_stats_batch_add(&b, mica_db_get(res, i, 0), mica_db_get(res, i, 1), &c);
 	}
 	PQclear(res);
-	return err;
+	/* every message of the round in one statement */
+	int rerr = push_stats_batch_record(db, &b, mica_clock_now_ms());
+	return err ? err : rerr;
 }
 
 static void acks_flush(struct pb_db *d)

@@ -26,11 +26,12 @@ enum counted_as { AS_EXPIRED, AS_DROPPED };
 static int record_deleted(mica_db *db, const PGresult *res, int64_t now_ms, enum counted_as as,
 			  long *total)
 {
-	for (int i = 0; i < PQntuples(res); i++) {
+	push_stats_batch b = {0};
+	int err = 0;
+	for (int i = 0; !err && i < PQntuples(res); i++) {
 		int64_t n = 0;
-		int err = mica_db_get_int64(res, i, 2, &n);
-		if (err)
-			return err;
+		if ((err = mica_db_get_int64(res, i, 2, &n)) != 0)
+			break;
 		*total += (long)n;
 		const char *msg = mica_db_get(res, i, 1);
 		if (!msg) /* a deleted_messages marker: counts nothing */
@@ -40,10 +41,10 @@ static int record_deleted(mica_db *db, const PGresult *res, int64_t now_ms, enum
 			c.expired = (long)n;
 		else
 			c.dropped = (long)n;
-		if ((err = push_stats_record(db, mica_db_get(res, i, 0), msg, now_ms, &c)) != 0)
-			return err;
+		err = push_stats_batch_add(&b, mica_db_get(res, i, 0), msg, &c);
 	}
-	return 0;
+	int rerr = push_stats_batch_record(db, &b, now_ms);
+	return err ? err : rerr;
 }
 
 static void ms_text(int64_t ms, char out[32])

@@ -242,6 +242,19 @@ typedef struct push_counts {
 int push_stats_record(mica_db *db, const char *app_id, const char *msg_id, int64_t at_ms,
 		      const push_counts *c) MICA_WUR;
 
+/* Counters of several messages: a set of (app, message, deltas). */
+typedef struct push_stats_batch {
+	json_t *rows; /* [{"app_id", "msg_id", "sent", ...}], NULL until the first add */
+} push_stats_batch;
+
+/* Adds |c| for (|app_id|, |msg_id|) to |b| (|msg_id| NULL: the daily
+ * counters only). Returns 0 or MICA_ENOMEM. */
+int push_stats_batch_add(push_stats_batch *b, const char *app_id, const char *msg_id,
+			 const push_counts *c) MICA_WUR;
+/* Records every row of |b| as push_stats_record() records one, in one
+ * statement, and empties |b| (also on failure). */
+int push_stats_batch_record(mica_db *db, push_stats_batch *b, int64_t at_ms) MICA_WUR;
+
 /* ---- send.c: the developer API's sends (docs/api/push.md) ------------------ */
 
 #define PUSH_PAYLOAD_MAX 4096 /* bytes of payload */

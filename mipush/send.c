@@ -413,17 +413,18 @@ struct tx {
 /* Adds the per-message drop counts of |res| (msg_id, count) to the stats. */
 static int count_drops(mica_db *db, struct send *x, PGresult *res, int msg_col, int count_col)
 {
-	for (int i = 0; i < PQntuples(res); i++) {
+	push_stats_batch b = {0};
+	int err = 0;
+	for (int i = 0; !err && i < PQntuples(res); i++) {
 		int64_t k = 0;
 		const char *mid = mica_db_get(res, i, msg_col);
 		if (!mid || mica_db_get_int64(res, i, count_col, &k) != 0)
 			continue;
 		push_counts c = {.dropped = (long)k};
-		int err = push_stats_record(db, x->app->app_id, mid, x->now_ms, &c);
-		if (err)
-			return err;
+		err = push_stats_batch_add(&b, x->app->app_id, mid, &c);
 	}
-	return 0;
+	int rerr = push_stats_batch_record(db, &b, x->now_ms);
+	return err ? err : rerr;
 }
 
 /* The index of device |regid| among idx[0..m) (in strcmp order: resolve
