@@ -214,28 +214,25 @@ static int post_group(mica_db *db, mica_httpc *hc, const struct push_config *cfg
 			json_array_append(rows, c[i].row);
 		}
 	size_t count = json_array_size(rows);
-	if (!push_receipt_url_ok(c[from].url)) {
-		/* Named by its first message; the operator finds the URL in
-		 * push.message. */
-		MICA_LOG(MICA_LOG_WARN,
-			 "push: receipts of %zu message(s) (first %s) given up: the callback URL"
-			 " is not https",
-			 count, c[from].msg_id);
-		err = record(db, cfg, now_ms, rows, false, true, &r->given_up);
-		goto out;
+	/* Given up at once, named by the first message (the operator finds the
+	 * URL in push.message): a URL that is not https, or a host that is not
+	 * a public address (push.receipts.private_addresses off). No retry can
+	 * change either. */
+	const char *why = push_receipt_url_ok(c[from].url) ? NULL : "the callback URL is not https";
+	int herr = 0;
+	if (!why) {
+		if (!(body = push_receipt_body(rows, now_ms)) ||
+		    !(text = json_dumps(body, JSON_COMPACT))) {
+			err = MICA_ENOMEM;
+			goto out;
+		}
+		herr = mica_httpc_request(hc, "POST", c[from].url, text, strlen(text), 0, &resp);
+		if (herr == MICA_EDENIED)
+			why = "the callback host is not a public address";
 	}
-	if (!(body = push_receipt_body(rows, now_ms)) || !(text = json_dumps(body, JSON_COMPACT))) {
-		err = MICA_ENOMEM;
-		goto out;
-	}
-	int herr = mica_httpc_request(hc, "POST", c[from].url, text, strlen(text), 0, &resp);
-	if (herr == MICA_EDENIED) {
-		/* The host is not a public address (push.receipts.private_addresses
-		 * off): no retry can change that. */
-		MICA_LOG(MICA_LOG_WARN,
-			 "push: receipts of %zu message(s) (first %s) given up: the callback host"
-			 " is not a public address",
-			 count, c[from].msg_id);
+	if (why) {
+		MICA_LOG(MICA_LOG_WARN, "push: receipts of %zu message(s) (first %s) given up: %s",
+			 count, c[from].msg_id, why);
 		err = record(db, cfg, now_ms, rows, false, true, &r->given_up);
 		goto out;
 	}
