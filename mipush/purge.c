@@ -112,12 +112,33 @@ int push_purge_expired(mica_db *db, int64_t now_ms, int batch, long *n)
 
 /* ---- registrations: silent ones, and the developer's deletion --------------- */
 
-/* Deletes the queue rows of the locked registrations |list| (a JSON array
- * text), counting them dropped, then the registrations (aliases, topics and
- * job keys cascade). t->done is the registrations deleted. */
-static int delete_locked(mica_db *db, struct batch_tx *t, const char *list)
+/* The first column of |res| as a JSON array text (malloc'd), or NULL. */
+static char *column_json(const PGresult *res)
+{
+	json_t *a = json_array();
+	char *s = NULL;
+	for (int i = 0; a && i < PQntuples(res); i++)
+		if (json_array_append_new(a, json_string(mica_db_get(res, i, 0))) != 0)
+			goto out;
+	if (a)
+		s = json_dumps(a, JSON_COMPACT);
+out:
+	json_decref(a);
+	return s;
+}
+
+/* Deletes the queue rows of the locked registrations named by the first
+ * column of |locked|, counting them dropped, then the registrations
+ * (aliases, topics and job keys cascade). t->done is the registrations
+ * deleted (none when |locked| has no row). */
+static int delete_locked(mica_db *db, struct batch_tx *t, const PGresult *locked)
 {
 	PGresult *res = NULL;
+	if (PQntuples(locked) == 0)
+		return 0;
+	char *list = column_json(locked);
+	if (!list)
+		return MICA_ENOMEM;
 	const char *params[] = {list};
 	int err = mica_db_exec(db,
 			       "WITH gone AS (DELETE FROM push.queue WHERE regid IN (SELECT"
@@ -140,22 +161,8 @@ static int delete_locked(mica_db *db, struct batch_tx *t, const char *list)
 		t->done = (long)k;
 	}
 	PQclear(res);
+	free(list);
 	return err;
-}
-
-/* The first column of |res| as a JSON array text (malloc'd), or NULL. */
-static char *column_json(const PGresult *res)
-{
-	json_t *a = json_array();
-	char *s = NULL;
-	for (int i = 0; a && i < PQntuples(res); i++)
-		if (json_array_append_new(a, json_string(mica_db_get(res, i, 0))) != 0)
-			goto out;
-	if (a)
-		s = json_dumps(a, JSON_COMPACT);
-out:
-	json_decref(a);
-	return s;
 }
 
 static int silent_tx(mica_db *db, void *arg)
@@ -163,7 +170,6 @@ static int silent_tx(mica_db *db, void *arg)
 	struct batch_tx *t = arg;
 	char now[32], lim[16], days[16];
 	PGresult *res = NULL;
-	char *list = NULL;
 	ms_text(t->now_ms, now);
 	snprintf(lim, sizeof(lim), "%d", t->batch);
 	snprintf(days, sizeof(days), "%d", t->days);
@@ -178,15 +184,8 @@ static int silent_tx(mica_db *db, void *arg)
 			       " to_timestamp($1::float8) - make_interval(days => $2::int) ORDER BY"
 			       " last_seen LIMIT $3::int FOR UPDATE SKIP LOCKED",
 			       3, params, &res);
-	if (err || PQntuples(res) == 0)
-		goto out;
-	if (!(list = column_json(res))) {
-		err = MICA_ENOMEM;
-		goto out;
-	}
-	err = delete_locked(db, t, list);
-out:
-	free(list);
+	if (!err)
+		err = delete_locked(db, t, res);
 	PQclear(res);
 	return err;
 }
@@ -219,7 +218,7 @@ static int regdel_tx(mica_db *db, void *arg)
 {
 	struct batch_tx *t = arg;
 	PGresult *res = NULL;
-	char *want = json_dumps(t->regids, JSON_COMPACT), *list = NULL;
+	char *want = json_dumps(t->regids, JSON_COMPACT);
 	int err;
 	t->done = 0;
 	t->counted = 0;
@@ -253,16 +252,9 @@ static int regdel_tx(mica_db *db, void *arg)
 			goto out;
 		}
 	}
-	if (PQntuples(res) == 0)
-		goto out;
-	if (!(list = column_json(res))) {
-		err = MICA_ENOMEM;
-		goto out;
-	}
-	err = delete_locked(db, t, list);
+	err = delete_locked(db, t, res);
 out:
 	free(want);
-	free(list);
 	PQclear(res);
 	return err;
 }
