@@ -14,7 +14,7 @@
 #   redis/    redis.conf users.acl redis.sock redis.pid redis.log data/ port
 #   hsm/      softhsm2.conf tokens/
 
-MICA_SERVICES="${MICA_SERVICES:-keycenter account push}"
+MICA_SERVICES="${MICA_SERVICES:-keycenter account push cloudsync}"
 MICA_HSM_MODULE="${MICA_HSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}"
 MICA_HSM_TOKEN_LABEL="${MICA_HSM_TOKEN_LABEL:-mica-keycenter}"
 MICA_LIB_SH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
@@ -619,6 +619,9 @@ mica_env_lines() {
 	mica__e MICA_PUSH_DB_CONNINFO "$(mica_service_conninfo "$dir" push)"
 	mica__e MICA_PUSH_REDIS_SOCKET "$dir/redis/redis.sock"
 	mica__e MICA_PUSH_REDIS_PASSWORD_FILE "$dir/secrets/redis-push.password"
+	mica__e MICA_CLOUDSYNC_DB_CONNINFO "$(mica_service_conninfo "$dir" cloudsync)"
+	mica__e MICA_CLOUDSYNC_REDIS_SOCKET "$dir/redis/redis.sock"
+	mica__e MICA_CLOUDSYNC_REDIS_PASSWORD_FILE "$dir/secrets/redis-cloudsync.password"
 	unset -f mica__e
 }
 

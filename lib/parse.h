@@ -22,4 +22,11 @@
  *                one beyond int64_t ("9223372036854775808"). */
 int mica_parse_int64(const char *s, int64_t min, int64_t max, int64_t *out) MICA_WUR;
 
+/* Parses a point in time given by an operator (`mica push purge --at`,
+ * `mica cloudsync purge --at`, statistics ranges): RFC 3339 in UTC or with
+ * an offset ("2026-12-07T16:00:00Z", "2026-12-07T18:00:00.250+02:00") or
+ * whole milliseconds since the epoch ("1796659200000"). No time zone
+ * database is consulted. Returns 0 and sets *ms, or MICA_EINVAL. */
+int mica_parse_time_ms(const char *s, int64_t *ms) MICA_WUR;
+
 #endif

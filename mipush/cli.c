@@ -14,6 +14,7 @@
 #include "db.h"
 #include "kc.h"
 #include "mipush/push.h"
+#include "parse.h"
 
 static void app_usage(FILE *f)
 {
@@ -288,7 +289,7 @@ static int purge_command(int argc, char **argv)
 		int rc = MICA_EXIT_OK;
 		switch (c) {
 		case 'a':
-			if (push_parse_time(optarg, &now) != 0) {
+			if (mica_parse_time_ms(optarg, &now) != 0) {
 				fprintf(stderr,
 					"%s: --at must be RFC 3339 (2026-12-07T16:00:00Z) or"
 					" milliseconds since the epoch, not \"%s\"\n",

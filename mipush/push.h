@@ -391,12 +391,6 @@ int push_purge_run(mica_db *db, int64_t now_ms, const push_purge_options *o,
 int push_registrations_delete(mica_db *db, const char *app_id, json_t *regids, int64_t now_ms,
 			      long *deleted, json_t **unknown) MICA_WUR;
 
-/* Parses a time for `mica push purge --at`: RFC 3339 in UTC or with an
- * offset ("2026-12-07T16:00:00Z", "2026-12-07T18:00:00.250+02:00") or whole
- * milliseconds since the epoch ("1796659200000"). Returns 0 and sets *ms, or
- * MICA_EINVAL. */
-int push_parse_time(const char *s, int64_t *ms) MICA_WUR;
-
 /* Starts the thread that runs the purges and the receipts (receipts.c)
  * every cfg->jobs_interval_s seconds, first at once; s->jobs is set.
  * Returns 0 or MICA_ENOMEM. push_jobs_stop() stops it (within a second, or

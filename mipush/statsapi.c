@@ -27,7 +27,7 @@ static int parse_day(const char *s, int64_t *ms, char iso[11])
 		return MICA_EINVAL;
 	snprintf(iso, 11, "%.4s-%.2s-%.2s", s, s + 4, s + 6);
 	snprintf(rfc, sizeof(rfc), "%sT00:00:00Z", iso);
-	return push_parse_time(rfc, ms);
+	return mica_parse_time_ms(rfc, ms);
 }
 
 static int stats_counters(const push_app *app, const char *start, const char *end, json_t **out,

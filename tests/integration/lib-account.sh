@@ -96,23 +96,27 @@ account_start_instance() {
 }
 kc_start() { stack_start keycenter "$KURL" "${KC_ENV[@]}" "$KC_BIN" --config deploy/mica.conf.example; }
 
-# req [-t TOKEN] [-c PRINCIPAL] [-i SOURCE_IP] METHOD PATH [JSON]: one request to mica-account at
-# $AURL (bearer token, client certificate of a principal or "rogue", source address on the
-# loopback). Body in $W/body, headers in $W/headers, status in $status.
+# req [-t TOKEN] [-c PRINCIPAL] [-i SOURCE_IP] [-H HEADER] [-u BASE_URL] METHOD PATH [JSON]: one
+# request to mica-account at $AURL, or to the service at BASE_URL (bearer token, client
+# certificate of a principal or "rogue", source address on the loopback, one more header). Body
+# in $W/body, headers in $W/headers, status in $status.
 status=""
 req() {
-	local token="" who="" iface="" v
+	local token="" who="" iface="" header="" base="$AURL" v
 	while [[ "$1" == -? ]]; do
 		case "$1" in
 		-t) token="$2" ;;
 		-c) who="$2" ;;
 		-i) iface="$2" ;;
+		-H) header="$2" ;;
+		-u) base="$2" ;;
 		esac
 		shift 2
 	done
 	local args=(-sS --max-time 30 --cacert "$MICA_CA" -o "$W/body" -D "$W/headers"
 		-w '%{http_code}' -X "$1")
 	[[ -n "$token" ]] && args+=(-H "Authorization: Bearer $token")
+	[[ -n "$header" ]] && args+=(-H "$header")
 	[[ -n "$iface" ]] && args+=(--interface "$iface")
 	if [[ -n "$who" ]]; then
 		v="$(mica_env_name "$who")"
@@ -120,7 +124,7 @@ req() {
 		args+=(--cert "${!cv}" --key "${!kv}")
 	fi
 	if (($# >= 3)); then args+=(-H 'Content-Type: application/json' --data-binary "$3"); fi
-	status="$(curl "${args[@]}" "$AURL$2")" || fail "curl $1 $2 failed"
+	status="$(curl "${args[@]}" "$base$2")" || fail "curl $1 $2 failed"
 }
 
 # expect STATUS CODE [req options] METHOD PATH [JSON]: req, then check the status and (unless

@@ -216,13 +216,14 @@ stack_kc_env() {
 # started on a free port with the account service's three keys (created by admin), an ALTCHA key
 # in $W/altcha.key, and ACCT_ENV: the environment of a mica-account on a free port against them,
 # with small Argon2id parameters, the development outbox and the breached-password fixtures.
+# STACK_POLICY_EXTRA (optional) adds principals to the policy (stack_policy_doc's second argument).
 # Sets KPORT KURL KMURL KC_ENV APORT AURL AMURL ACCT_ENV (KMURL and AMURL: the metrics listeners);
 # needs KC_BIN. A test appends its own settings to
 # ACCT_ENV (for env, a later assignment of a name wins).
 stack_account_setup() {
 	local k st
 	stack_db_create
-	stack_policy_doc 1 >"$W/policy.json"
+	stack_policy_doc 1 "${STACK_POLICY_EXTRA:-}" >"$W/policy.json"
 	stack_kc_init "$W/policy.json"
 	mica_free_port KPORT
 	mica_free_port APORT

@@ -89,7 +89,7 @@ expect 64 '^mica recycled add: --on is YYYY-MM-DD$' \
 ok "add/import option errors: exit 64 naming the problem"
 
 step="daemon skeleton"
-for d in keycenter account; do
+for d in keycenter account cloudsync; do
 	rc=0
 	"$BUILD/bin/mica-$d" >"$W/out" 2>&1 || rc=$?
 	if ! { ((rc == 2)) && grep -q "usage: mica-$d --config FILE" "$W/out"; }; then

@@ -1,5 +1,5 @@
 /* test_push_jobs.c - the pure parts of the push service's scheduled jobs:
- * push_parse_time() (the clock `mica push purge --at` injects: RFC 3339
+ * mica_parse_time_ms() (the clock `mica push purge --at` injects: RFC 3339
  * with Z or an offset, or epoch milliseconds; impossible dates refused),
  * push_receipt_url_ok() (receipts go to https:// only) and
  * push_receipt_body() (MiPush's per-message map: totals and the echoed
@@ -11,26 +11,27 @@
 #include <string.h>
 
 #include "mipush/push.h"
+#include "parse.h"
 #include "tests/check_main.h"
 
 START_TEST(parses_rfc3339_and_epoch_ms)
 {
 	int64_t ms = 0;
-	ck_assert_int_eq(push_parse_time("1970-01-01T00:00:00Z", &ms), 0);
+	ck_assert_int_eq(mica_parse_time_ms("1970-01-01T00:00:00Z", &ms), 0);
 	ck_assert(ms == 0);
-	ck_assert_int_eq(push_parse_time("2026-03-10T00:00:00Z", &ms), 0);
+	ck_assert_int_eq(mica_parse_time_ms("2026-03-10T00:00:00Z", &ms), 0);
 	ck_assert(ms == 1773100800000LL);
-	ck_assert_int_eq(push_parse_time("2026-03-10T02:00:00+02:00", &ms), 0);
+	ck_assert_int_eq(mica_parse_time_ms("2026-03-10T02:00:00+02:00", &ms), 0);
 	ck_assert(ms == 1773100800000LL);
-	ck_assert_int_eq(push_parse_time("2026-03-09T23:30:00-00:30", &ms), 0);
+	ck_assert_int_eq(mica_parse_time_ms("2026-03-09T23:30:00-00:30", &ms), 0);
 	ck_assert(ms == 1773100800000LL);
-	ck_assert_int_eq(push_parse_time("2026-03-10T00:00:00.25Z", &ms), 0);
+	ck_assert_int_eq(mica_parse_time_ms("2026-03-10T00:00:00.25Z", &ms), 0);
 	ck_assert(ms == 1773100800250LL);
-	ck_assert_int_eq(push_parse_time("2026-03-10t00:00:00.123456789z", &ms), 0);
+	ck_assert_int_eq(mica_parse_time_ms("2026-03-10t00:00:00.123456789z", &ms), 0);
 	ck_assert(ms == 1773100800123LL);
-	ck_assert_int_eq(push_parse_time("2024-02-29T12:00:00Z", &ms), 0);
+	ck_assert_int_eq(mica_parse_time_ms("2024-02-29T12:00:00Z", &ms), 0);
 	ck_assert(ms == 1709208000000LL);
-	ck_assert_int_eq(push_parse_time("1773100800001", &ms), 0);
+	ck_assert_int_eq(mica_parse_time_ms("1773100800001", &ms), 0);
 	ck_assert(ms == 1773100800001LL);
 }
 END_TEST
@@ -60,12 +61,12 @@ START_TEST(refuses_what_is_not_a_time)
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		int64_t ms = 42;
-		ck_assert_msg(push_parse_time(bad[i], &ms) == MICA_EINVAL, "accepted \"%s\"",
+		ck_assert_msg(mica_parse_time_ms(bad[i], &ms) == MICA_EINVAL, "accepted \"%s\"",
 			      bad[i]);
 		ck_assert(ms == 42);
 	}
 	int64_t ms = 0;
-	ck_assert_int_eq(push_parse_time(NULL, &ms), MICA_EINVAL);
+	ck_assert_int_eq(mica_parse_time_ms(NULL, &ms), MICA_EINVAL);
 }
 END_TEST
 
