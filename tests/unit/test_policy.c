@@ -579,6 +579,45 @@ START_TEST(dev_policy_is_least_privilege)
 }
 END_TEST
 
+/* A grant of the development policy: |op| on |key|. */
+struct dev_grant {
+	const char *key;
+	enum kc_op op;
+};
+
+/* Checks that |principal| may do exactly needed[] on keys[] of the
+ * development policy, and that account may do nothing on |own| keys (the
+ * principal's prefix). */
+static void check_dev_least_privilege(const char *principal, const char *own,
+				      const char *const *keys, size_t nkeys,
+				      const struct dev_grant *needed, size_t nneeded)
+{
+	size_t len, allowed = 0;
+	char *doc = slurp("deploy/dev/keycenter-policy.json", &len);
+	kc_policy *p = parse_ok(doc);
+	for (size_t k = 0; k < nkeys; k++) {
+		for (int op = 0; op < KC_OP__COUNT; op++) {
+			int want = 0;
+			for (size_t n = 0; n < nneeded; n++)
+				want |= needed[n].op == (enum kc_op)op &&
+					strcmp(needed[n].key, keys[k]) == 0;
+			int rc = kc_policy_allows(p, principal, (enum kc_op)op, keys[k]);
+			ck_assert_msg(rc == (want ? 0 : MICA_EDENIED), "%s %s %s on %s", principal,
+				      rc ? "refused" : "allowed", kc_op_name((enum kc_op)op),
+				      keys[k]);
+			allowed += rc == 0;
+			if (strncmp(keys[k], own, strlen(own)) == 0)
+				ck_assert_msg(kc_policy_allows(p, "account", (enum kc_op)op,
+							       keys[k]) == MICA_EDENIED,
+					      "account allowed %s on %s",
+					      kc_op_name((enum kc_op)op), keys[k]);
+		}
+	}
+	ck_assert_uint_eq(allowed, nneeded);
+	kc_policy_unref(p);
+	free(doc);
+}
+
 /* The push principal (issue 21) gets an HMAC on its index key and encrypt and
  * decrypt on its content key, nothing on the account keys; account gets
  * nothing on the push keys. */
@@ -586,38 +625,29 @@ START_TEST(dev_policy_push_is_least_privilege)
 {
 	static const char *const keys[] = {"push-index",  "push-content",  "push-demo",
 					   "account-pii", "account-index", "account-pepper"};
-	static const struct {
-		const char *key;
-		enum kc_op op;
-	} needed[] = {
+	static const struct dev_grant needed[] = {
 		{"push-index", KC_OP_HMAC},
 		{"push-content", KC_OP_ENCRYPT},
 		{"push-content", KC_OP_DECRYPT},
 	};
-	size_t len, allowed = 0;
-	char *doc = slurp("deploy/dev/keycenter-policy.json", &len);
-	kc_policy *p = parse_ok(doc);
-	for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
-		for (int op = 0; op < KC_OP__COUNT; op++) {
-			int want = 0;
-			for (size_t n = 0; n < sizeof(needed) / sizeof(needed[0]); n++)
-				want |= needed[n].op == (enum kc_op)op &&
-					strcmp(needed[n].key, keys[k]) == 0;
-			int rc = kc_policy_allows(p, "push", (enum kc_op)op, keys[k]);
-			ck_assert_msg(rc == (want ? 0 : MICA_EDENIED), "push %s %s on %s",
-				      rc ? "refused" : "allowed", kc_op_name((enum kc_op)op),
-				      keys[k]);
-			allowed += rc == 0;
-			if (strncmp(keys[k], "push-", 5) == 0)
-				ck_assert_msg(kc_policy_allows(p, "account", (enum kc_op)op,
-							       keys[k]) == MICA_EDENIED,
-					      "account allowed %s on %s",
-					      kc_op_name((enum kc_op)op), keys[k]);
-		}
-	}
-	ck_assert_uint_eq(allowed, sizeof(needed) / sizeof(needed[0]));
-	kc_policy_unref(p);
-	free(doc);
+	check_dev_least_privilege("push", "push-", keys, sizeof(keys) / sizeof(keys[0]), needed,
+				  sizeof(needed) / sizeof(needed[0]));
+}
+END_TEST
+
+/* The cloudsync principal (issue 22) mints users' data keys and unwraps
+ * them, on its one key, and nothing else: no encrypt (a data key is never
+ * sent back to be wrapped), no rewrap, nothing on the other services' keys. */
+START_TEST(dev_policy_cloudsync_is_least_privilege)
+{
+	static const char *const keys[] = {"cloudsync-user", "cloudsync-demo", "push-content",
+					   "account-pii", "account-pepper"};
+	static const struct dev_grant needed[] = {
+		{"cloudsync-user", KC_OP_DATAKEY},
+		{"cloudsync-user", KC_OP_DECRYPT},
+	};
+	check_dev_least_privilege("cloudsync", "cloudsync-", keys, sizeof(keys) / sizeof(keys[0]),
+				  needed, sizeof(needed) / sizeof(needed[0]));
 }
 END_TEST
 
@@ -687,6 +717,7 @@ static Suite *policy_suite(void)
 	tcase_add_test(tc, documented_example_loads);
 	tcase_add_test(tc, dev_policy_is_least_privilege);
 	tcase_add_test(tc, dev_policy_push_is_least_privilege);
+	tcase_add_test(tc, dev_policy_cloudsync_is_least_privilege);
 	tcase_add_test(tc, refcount_keeps_the_policy_alive);
 	tcase_add_test(tc, refcount_is_atomic_across_threads);
 	tcase_set_timeout(tc, 30);
