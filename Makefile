@@ -11,7 +11,7 @@
 include config.mk
 
 BUILD ?= build
-PKGS := libmicrohttpd gnutls openssl libpq jansson hiredis libcurl inih libargon2 libuv
+PKGS := libmicrohttpd gnutls openssl libpq jansson hiredis libcurl inih libargon2 libuv libxml-2.0
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

@@ -61,6 +61,18 @@ typedef struct cs_service {
 extern const mica_service cloudsync_daemon;
 extern const mica_http_route cs_routes[];
 extern const size_t cs_routes_len;
+/* CardDAV's handlers (dav.c), routed by cs_routes under /dav and
+ * /.well-known/carddav. */
+void cs_dav_well_known(const mica_http_req *req, mica_http_resp *resp, void *svc);
+void cs_dav_propfind_root(const mica_http_req *req, mica_http_resp *resp, void *svc);
+void cs_dav_propfind_principal(const mica_http_req *req, mica_http_resp *resp, void *svc);
+void cs_dav_propfind_home(const mica_http_req *req, mica_http_resp *resp, void *svc);
+void cs_dav_propfind_book(const mica_http_req *req, mica_http_resp *resp, void *svc);
+void cs_dav_report(const mica_http_req *req, mica_http_resp *resp, void *svc);
+void cs_dav_propfind_card(const mica_http_req *req, mica_http_resp *resp, void *svc);
+void cs_dav_get_card(const mica_http_req *req, mica_http_resp *resp, void *svc);
+void cs_dav_put_card(const mica_http_req *req, mica_http_resp *resp, void *svc);
+void cs_dav_delete_card(const mica_http_req *req, mica_http_resp *resp, void *svc);
 
 /* ---- modules.c: the collections ------------------------------------------------ */
 
@@ -101,11 +113,13 @@ int cs_open(const uint8_t key[CS_KEY_LEN], int64_t user_id, const char *module, 
 
 /* One write of a batch (or of PUT/DELETE on one record). */
 typedef struct cs_write {
-	const char *id;	   /* borrowed */
-	bool has_if_match; /* the device's version of the record was given */
-	int64_t if_match;  /* that version */
-	bool deleted;	   /* a deletion (to the bin) rather than a put */
-	char *json;	   /* a put's record as compact JSON text (owned) */
+	const char *id;	    /* borrowed */
+	bool has_if_match;  /* the device's version of the record was given */
+	int64_t if_match;   /* that version */
+	bool deleted;	    /* a deletion (to the bin) rather than a put */
+	bool unconditional; /* whatever the version (a DAV write without If-Match) */
+	bool no_copy;	    /* a losing put keeps no conflict record (DAV answers 412) */
+	char *json;	    /* a put's record as compact JSON text (owned) */
 	size_t json_len;
 } cs_write;
 
@@ -139,6 +153,18 @@ int cs_changes(cs_service *s, int64_t user_id, const char *module, int64_t since
 int cs_record_get(cs_service *s, int64_t user_id, const char *module, const char *id, json_t **out,
 		  mica_problem *p) MICA_WUR;
 
+/* The last change of |module| (0 when none): a collection tag. */
+int cs_module_token(cs_service *s, int64_t user_id, const char *module, int64_t *token,
+		    mica_problem *p) MICA_WUR;
+
+/* The live records of |module| named by ids[0..n) (all of them when |ids|
+ * is NULL), by id: *out is an array of records as cs_record_get() shows
+ * them, without "data" unless |with_data|. *token is the module's last
+ * change (a collection tag). */
+int cs_records_live(cs_service *s, int64_t user_id, const char *module, const char *const *ids,
+		    size_t n, bool with_data, json_t **out, int64_t *token,
+		    mica_problem *p) MICA_WUR;
+
 /* The recycle bin of |module|: {"records": [{id, version, deleted_at, purge_at, data}]}. */
 int cs_bin_list(cs_service *s, int64_t user_id, const char *module, json_t **out,
 		mica_problem *p) MICA_WUR;
@@ -165,6 +191,43 @@ int cs_parse_put(json_t *body, size_t record_max, cs_write *w, mica_problem *p) 
  * cs_writes_cleanup() and free(). Returns 0 or MICA_EINVAL with |p| set. */
 int cs_parse_batch(json_t *body, size_t max_items, size_t record_max, cs_write **out, size_t *n,
 		   bool *confirm, mica_problem *p) MICA_WUR;
+
+/* ---- vcard.c: the checks of a vCard (untrusted; fuzzed) ------------------------- */
+
+/* Checks that |text| (|len| bytes) is one vCard 3.0 or 4.0: UTF-8 without
+ * NUL, BEGIN:VCARD first and END:VCARD last, a VERSION, every (unfolded)
+ * line NAME[;PARAMS]:VALUE, no line over 64 KiB. Copies its UID (truncated
+ * to |uid_cap| - 1 bytes; "" when none) to |uid|. Returns 0, or MICA_EINVAL
+ * with *why a static sentence naming the fault. */
+int cs_vcard_check(const char *text, size_t len, char *uid, size_t uid_cap,
+		   const char **why) MICA_WUR;
+
+/* ---- davxml.c: WebDAV request bodies (untrusted; fuzzed) ------------------------- */
+
+#define CS_DAV_MAX_PROPS 64
+#define CS_DAV_MAX_HREFS 1000
+
+typedef struct cs_dav_prop {
+	char *ns, *name; /* namespace URI ("" for none) and local name */
+} cs_dav_prop;
+
+typedef struct cs_dav_query {
+	enum { CS_DAV_PROP, CS_DAV_ALLPROP, CS_DAV_PROPNAME } mode;
+	size_t nprops;
+	cs_dav_prop props[CS_DAV_MAX_PROPS]; /* CS_DAV_PROP: what was asked for */
+	size_t nhrefs;
+	char **hrefs; /* a multiget's hrefs, as sent */
+} cs_dav_query;
+
+/* Reads a PROPFIND body (|report| false; empty is allprop) or a REPORT
+ * body (|report| true: addressbook-multiget only). Returns 0, MICA_EINVAL
+ * (malformed, too many props or hrefs), MICA_EDENIED (another report) with
+ * *why a static sentence, or MICA_ENOMEM. |q| is cleaned up on failure;
+ * else the caller calls cs_dav_query_cleanup(). libxml2 must have been
+ * initialised (xmlInitParser) by the process. */
+int cs_dav_parse(const char *body, size_t len, bool report, cs_dav_query *q,
+		 const char **why) MICA_WUR;
+void cs_dav_query_cleanup(cs_dav_query *q);
 
 /* ---- jobs.c: the scheduled bin purge and account deletion ------------------------ */
 

@@ -252,14 +252,17 @@ static int apply_one(mica_db *db, const struct batch_tx *t, const cs_write *w, c
 	if (err)
 		goto out;
 	bool live = exists && cur.state == LIVE;
+	/* An unconditional write is one based on whatever is live now. */
+	bool has_if = w->unconditional ? live : w->has_if_match;
+	int64_t if_match = w->unconditional ? cur.version : w->if_match;
 	if (w->deleted) {
 		char *json = NULL;
 		size_t len = 0;
-		if (!w->has_if_match) {
+		if (!has_if && !w->unconditional) {
 			r->status = CS_PRECONDITION;
 		} else if (!live) {
 			r->status = CS_NOT_FOUND;
-		} else if (cur.version != w->if_match) {
+		} else if (cur.version != if_match) {
 			r->status = CS_CONFLICT;
 			err = record_json(t->key, false, t->uid, t->module, res, 0, &r->server);
 		} else if ((err = body_json(t, res, &cur, &json, &len)) == 0) {
@@ -271,14 +274,14 @@ static int apply_one(mica_db *db, const struct batch_tx *t, const cs_write *w, c
 		free_json(json, len);
 		goto out;
 	}
-	bool conflict = w->has_if_match ? !live || cur.version != w->if_match : live;
+	bool conflict = has_if ? !live || cur.version != if_match : live;
 	if (conflict) {
 		r->status = CS_CONFLICT;
 		if (exists)
 			err = record_json(t->key, false, t->uid, t->module, res, 0, &r->server);
 		else if (!(r->server = json_pack("{s:s,s:b}", "id", w->id, "deleted", 1)))
 			err = MICA_ENOMEM;
-		if (err == 0)
+		if (err == 0 && !w->no_copy)
 			err = keep_conflict(db, t, w, r);
 		goto out;
 	}
@@ -453,6 +456,76 @@ int cs_record_get(cs_service *s, int64_t user_id, const char *module, const char
 		*out = json_incref(json_array_get(list, 0));
 	json_decref(list);
 	return err;
+}
+
+/* |ids| as a PostgreSQL text[] literal, each element quoted (record ids
+ * hold no quote or backslash: cs_record_id_ok()). */
+static char *ids_array(const char *const *ids, size_t n)
+{
+	size_t cap = 3;
+	for (size_t i = 0; i < n; i++)
+		cap += strlen(ids[i]) + 3;
+	char *a = malloc(cap), *p = a;
+	if (!a)
+		return NULL;
+	*p++ = '{';
+	for (size_t i = 0; i < n; i++)
+		p += sprintf(p, "%s\"%s\"", i ? "," : "", ids[i]);
+	*p++ = '}';
+	*p = '\0';
+	return a;
+}
+
+int cs_module_token(cs_service *s, int64_t user_id, const char *module, int64_t *token,
+		    mica_problem *p)
+{
+	char uid[24];
+	mica_db *db = mica_db_thread();
+	PGresult *res = NULL;
+	(void)s;
+	*token = 0;
+	i64(uid, user_id);
+	const char *params[2] = {uid, module};
+	int err = db ? mica_db_exec(db,
+				    "SELECT coalesce(max(seq), 0) FROM cloudsync.record"
+				    " WHERE user_id = $1 AND module = $2",
+				    2, params, &res)
+		     : MICA_EDBCONN;
+	if (err == 0)
+		err = mica_db_get_int64(res, 0, 0, token);
+	PQclear(res);
+	return err ? cs_problem_dependency(p, err, "reading the collection's last change") : 0;
+}
+
+int cs_records_live(cs_service *s, int64_t user_id, const char *module, const char *const *ids,
+		    size_t n, bool with_data, json_t **out, int64_t *token, mica_problem *p)
+{
+	char uid[24], *arr = ids ? ids_array(ids, n) : NULL;
+	json_t *list = json_array();
+	int err = list && (!ids || arr) ? 0 : MICA_ENOMEM;
+	*out = NULL;
+	*token = 0;
+	i64(uid, user_id);
+	const char *params[3] = {uid, module, arr};
+	if (err == 0)
+		err = read_records(s, user_id, module, false,
+				   "SELECT " RECORD_COLS " FROM cloudsync.record WHERE user_id = $1"
+				   " AND module = $2 AND state = 0"
+				   " AND ($3::text[] IS NULL OR id = ANY ($3::text[])) ORDER BY id",
+				   3, params, list, INT32_MAX, NULL, p);
+	else
+		mica_problemf(p, 500, "internal_error", "out of memory");
+	for (size_t i = 0; err == 0 && !with_data && i < json_array_size(list); i++)
+		json_object_del(json_array_get(list, i), "data");
+	if (err == 0)
+		err = cs_module_token(s, user_id, module, token, p);
+	free(arr);
+	if (err) {
+		json_decref(list);
+		return err;
+	}
+	*out = list;
+	return 0;
 }
 
 /* ---- the recycle bin ------------------------------------------------------------------ */

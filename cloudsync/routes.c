@@ -330,6 +330,18 @@ const mica_http_route cs_routes[] = {
 	{"DELETE", "/v1/sync/{module}/bin", h_bin_purge, B},
 	{"POST", "/v1/sync/{module}/bin/{id}/restore", h_restore, B},
 	{"DELETE", "/v1/sync/{module}/bin/{id}", h_bin_purge, B},
+	/* CardDAV over the contacts records (dav.c) */
+	{"GET", "/.well-known/carddav", cs_dav_well_known, 0},
+	{"PROPFIND", "/.well-known/carddav", cs_dav_well_known, 0},
+	{"PROPFIND", "/dav", cs_dav_propfind_root, B},
+	{"PROPFIND", "/dav/principal", cs_dav_propfind_principal, B},
+	{"PROPFIND", "/dav/addressbooks", cs_dav_propfind_home, B},
+	{"PROPFIND", "/dav/addressbooks/{book}", cs_dav_propfind_book, B},
+	{"REPORT", "/dav/addressbooks/{book}", cs_dav_report, B},
+	{"PROPFIND", "/dav/addressbooks/{book}/{file}", cs_dav_propfind_card, B},
+	{"GET", "/dav/addressbooks/{book}/{file}", cs_dav_get_card, B},
+	{"PUT", "/dav/addressbooks/{book}/{file}", cs_dav_put_card, B},
+	{"DELETE", "/dav/addressbooks/{book}/{file}", cs_dav_delete_card, B},
 };
 #undef B
 const size_t cs_routes_len = sizeof(cs_routes) / sizeof(cs_routes[0]);

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <libxml/parser.h>
+
 #include "cloudsync/cloudsync.h"
 #include "crypto.h"
 #include "log.h"
@@ -95,6 +97,7 @@ static int cs_start(void *config, const mica_daemon_env *env, void **state)
 	if (!s)
 		return MICA_ENOMEM;
 	s->cfg = cfg;
+	xmlInitParser(); /* once, before the handler threads (dav.c) */
 	cfg->kc.cache_ttl_ms = (long)cfg->key_cache_ttl_s * 1000;
 	mica_auth_options ao = {.introspect_url = cfg->introspect_url,
 				.ca_file = cfg->auth_ca_file,

@@ -1,10 +1,12 @@
 /* test_cloudsync.c - the pure parts of cloud sync: record ids and modules,
  * If-Match values, the batch and PUT bodies (limits, duplicates, the
- * deletion/data rule), and what binds a sealed record to its place (user,
+ * deletion/data rule), vCards, WebDAV bodies (no external entity loaded),
+ * and what binds a sealed record to its place (user,
  * module, record, version: any other place does not open it). */
 #define _GNU_SOURCE /* memmem */
 #include <check.h>
 #include <jansson.h>
+#include <libxml/parser.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -151,6 +153,73 @@ START_TEST(sealed_records_open_only_in_their_place)
 }
 END_TEST
 
+START_TEST(vcards)
+{
+	char uid[64];
+	const char *why = NULL;
+	static const char good[] = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:abc-1\r\nFN:Carol\r\n"
+				   "  Folded\r\nitem1.TEL;TYPE=\"a:b\":+1555\r\nEND:VCARD\r\n";
+	ck_assert_int_eq(cs_vcard_check(good, strlen(good), uid, sizeof(uid), &why), 0);
+	ck_assert_str_eq(uid, "abc-1");
+	static const char lf[] = "begin:vcard\nversion:4.0\nfn:x\nend:vcard";
+	ck_assert_int_eq(cs_vcard_check(lf, strlen(lf), uid, sizeof(uid), &why), 0);
+	ck_assert_str_eq(uid, "");
+	static const char *const bad[] = {
+		"",
+		"BEGIN:VCARD\r\nFN:x\r\nEND:VCARD\r\n",			      /* no VERSION */
+		"BEGIN:VCARD\r\nVERSION:2.1\r\nEND:VCARD\r\n",		      /* 2.1 */
+		"BEGIN:VCARD\r\nVERSION:3.0\r\n",			      /* no END */
+		"VERSION:3.0\r\nBEGIN:VCARD\r\nEND:VCARD\r\n",		      /* not first */
+		"BEGIN:VCARD\r\nVERSION:3.0\r\nno colon\r\nEND:VCARD\r\n",    /* not a line */
+		"BEGIN:VCARD\r\nVERSION:3.0\r\nEND:VCARD\r\nBEGIN:VCARD\r\n", /* two */
+		"BEGIN:VCALENDAR\r\nVERSION:3.0\r\nEND:VCALENDAR\r\n",
+		"BEGIN:VCARD\r\nVERSION:3.0\r\nFN:\xff\r\nEND:VCARD\r\n", /* not UTF-8 */
+		NULL,
+	};
+	for (size_t i = 0; bad[i]; i++) {
+		why = NULL;
+		ck_assert_msg(cs_vcard_check(bad[i], strlen(bad[i]), uid, sizeof(uid), &why) ==
+				      MICA_EINVAL,
+			      "accepted #%zu", i);
+		ck_assert_ptr_nonnull(why);
+	}
+}
+END_TEST
+
+START_TEST(dav_bodies)
+{
+	cs_dav_query q;
+	const char *why = NULL;
+	xmlInitParser();
+	ck_assert_int_eq(cs_dav_parse("", 0, false, &q, &why), 0);
+	ck_assert_int_eq(q.mode, CS_DAV_ALLPROP);
+	static const char pf[] = "<d:propfind xmlns:d=\"DAV:\"><d:prop><d:getetag/>"
+				 "<x:y xmlns:x=\"urn:x\"/></d:prop></d:propfind>";
+	ck_assert_int_eq(cs_dav_parse(pf, strlen(pf), false, &q, &why), 0);
+	ck_assert_int_eq(q.mode, CS_DAV_PROP);
+	ck_assert_uint_eq(q.nprops, 2);
+	ck_assert_str_eq(q.props[0].ns, "DAV:");
+	ck_assert_str_eq(q.props[0].name, "getetag");
+	ck_assert_str_eq(q.props[1].ns, "urn:x");
+	cs_dav_query_cleanup(&q);
+	/* An external entity is never loaded: the href stays empty. */
+	static const char xxe[] =
+		"<?xml version=\"1.0\"?><!DOCTYPE r [<!ENTITY x SYSTEM \"file:///etc/passwd\">]>"
+		"<c:addressbook-multiget xmlns:d=\"DAV:\" xmlns:c=\"urn:ietf:params:xml:ns:carddav\">"
+		"<d:href>&x;</d:href></c:addressbook-multiget>";
+	ck_assert_int_eq(cs_dav_parse(xxe, strlen(xxe), true, &q, &why), 0);
+	ck_assert_uint_eq(q.nhrefs, 1);
+	ck_assert(strstr(q.hrefs[0], "root:") == NULL);
+	cs_dav_query_cleanup(&q);
+	static const char query[] =
+		"<c:addressbook-query xmlns:c=\"urn:ietf:params:xml:ns:carddav\"/>";
+	ck_assert_int_eq(cs_dav_parse(query, strlen(query), true, &q, &why), MICA_EDENIED);
+	ck_assert_int_eq(cs_dav_parse("<d:propfind", 11, false, &q, &why), MICA_EINVAL);
+	ck_assert_int_eq(cs_dav_parse("<a/>", 4, false, &q, &why), MICA_EINVAL);
+	ck_assert_ptr_nonnull(why);
+}
+END_TEST
+
 static Suite *cloudsync_suite(void)
 {
 	Suite *s = suite_create("cloudsync");
@@ -159,6 +228,8 @@ static Suite *cloudsync_suite(void)
 	tcase_add_test(tc, if_match_values);
 	tcase_add_test(tc, batch_bodies);
 	tcase_add_test(tc, sealed_records_open_only_in_their_place);
+	tcase_add_test(tc, vcards);
+	tcase_add_test(tc, dav_bodies);
 	suite_add_tcase(s, tc);
 	return s;
 }
