@@ -7,7 +7,8 @@
 #   sessions of the same user see the same collections; another user sees none of them
 #   records: create, read, update with If-Match; a stale or missing If-Match -> 409 with the
 #   server copy, the losing copy kept as a conflict record that the other device pulls
-#   sync tokens: changes since a token, paged, each change once, in order
+#   sync tokens: changes since a token, paged, each change once, in order, also while four
+#   writers race
 #   at rest: bodies are ciphertext under the user's Key Center data key, bound to their place (a
 #   body copied to another record does not open: 500 record_corrupt)
 #   the mass-deletion guard; the recycle bin (list, restore as a new version, purge one, empty);
@@ -102,6 +103,38 @@ sexpect 200 - -t "$A2" GET "$C/changes?since=$tok"
 sexpect 400 bad_token -t "$A2" GET "$C/changes?since=-1"
 sexpect 400 bad_limit -t "$A2" GET "$C/changes?limit=100000"
 ok "25 changes in 4 pages of 7, each once, tokens in order"
+
+# ---------------------------------------------------------------------------------------------
+step="3b tokens under concurrent writers"
+# Four writers create 25 records each at once while a reader follows the changes: the reader must
+# see every record exactly once, with tokens that only grow (a change committed late must not be
+# numbered below a token the reader already moved past).
+writers=()
+for wr in 1 2 3 4; do
+	(
+		for ((i = 0; i < 25; i++)); do
+			curl -sS -o /dev/null --cacert "$MICA_CA" -X PUT -H "Authorization: Bearer $B1" \
+				-H 'Content-Type: application/json' -d '{"data": {"n": 1}}' \
+				"$CSURL/v1/sync/notes/records/w$wr-$i" || exit 1
+		done
+	) &
+	writers+=($!)
+done
+tok=0 seen="$W/seen"
+: >"$seen"
+deadline=$((SECONDS + 60))
+while (($(wc -l <"$seen") < 100)); do
+	((SECONDS < deadline)) || break
+	sreq -t "$B1" GET "/v1/sync/notes/changes?since=$tok&limit=1000" >/dev/null
+	[[ "$status" == 200 ]] || fail "reader: $status $(cat "$W/body")"
+	jq -r '.changes[] | "\(.token) \(.id)"' "$W/body" >>"$seen"
+	tok="$(jget token)"
+done
+for p in "${writers[@]}"; do wait "$p" || check_fail "a writer failed"; done
+[[ "$(wc -l <"$seen")" == 100 && "$(cut -d' ' -f2 "$seen" | sort -u | wc -l)" == 100 ]] ||
+	check_fail "the reader saw $(wc -l <"$seen") changes, $(cut -d' ' -f2 "$seen" | sort -u | wc -l) distinct"
+cut -d' ' -f1 "$seen" | sort -n -c 2>/dev/null || check_fail "tokens went back: $(cut -d' ' -f1 "$seen" | tr '\n' ' ')"
+ok "100 records from 4 concurrent writers, each seen once, tokens in order"
 
 # ---------------------------------------------------------------------------------------------
 step="4 at rest"
