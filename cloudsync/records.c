@@ -1,7 +1,8 @@
-/* records.c - record sync (docs/api/cloudsync.md): every write of a user
- * advances the user's change sequence in its transaction (the row lock of
- * cloudsync.user_seq orders the user's writers, so sequence order is commit
- * order and a sync token never skips a change), writes are judged against
+/* records.c - record sync (docs/api/cloudsync.md): every writing
+ * transaction of a user first locks the user's change sequence
+ * (cloudsync.user_seq), so the user's writers run one after the other,
+ * sequence order is commit order and a sync token never skips a change;
+ * writes are judged against
  * the version the device last saw, and a losing put is kept as a conflict
  * record that every device pulls. Deletions go to the recycle bin; a
  * restore is a new version. Bodies are sealed per user and place (seal.c),
@@ -95,8 +96,22 @@ static int record_json(const uint8_t *key, bool binned, int64_t uid, const char 
 	return err;
 }
 
-/* The user's next change number (and the lock that orders the user's
- * writers until this transaction ends). */
+/* Locks the user's change sequence for the rest of the transaction: the
+ * first statement of every writing transaction. Writers of one user then run
+ * one after the other, each reading what the previous one committed (READ
+ * COMMITTED takes a new snapshot per statement), so two devices creating the
+ * same record cannot both find it absent, and change numbers are handed out
+ * in commit order. */
+static int lock_user(mica_db *db, const char *uid)
+{
+	const char *p[1] = {uid};
+	return mica_db_exec(db,
+			    "INSERT INTO cloudsync.user_seq (user_id, seq) VALUES ($1, 0)"
+			    " ON CONFLICT (user_id) DO UPDATE SET seq = cloudsync.user_seq.seq",
+			    1, p, NULL);
+}
+
+/* The user's next change number (the user is locked: lock_user()). */
 static int next_seq(mica_db *db, const char *uid, char seq[24], int64_t *n)
 {
 	PGresult *res = NULL;
@@ -258,7 +273,7 @@ static int apply_one(mica_db *db, const struct batch_tx *t, const cs_write *w, c
 	if (w->deleted) {
 		char *json = NULL;
 		size_t len = 0;
-		if (!has_if && !w->unconditional) {
+		if (!w->unconditional && !w->has_if_match) {
 			r->status = CS_PRECONDITION;
 		} else if (!live) {
 			r->status = CS_NOT_FOUND;
@@ -329,7 +344,7 @@ static int batch_fn(mica_db *db, void *arg)
 	struct batch_tx *t = arg;
 	int err;
 	cs_results_cleanup(t->res, t->n); /* a retried transaction starts over */
-	if ((err = guard(db, t)) != 0)
+	if ((err = lock_user(db, t->uid_s)) != 0 || (err = guard(db, t)) != 0)
 		return err;
 	for (size_t i = 0; err == 0 && i < t->n; i++)
 		err = apply_one(db, t, &t->w[i], &t->res[i]);
@@ -573,10 +588,12 @@ static int restore_fn(mica_db *db, void *arg)
 	char *json = NULL;
 	size_t len = 0;
 	const char *p[3] = {r->t.uid_s, r->t.module, r->id};
-	int err = mica_db_exec(db,
-			       "SELECT " RECORD_COLS " FROM cloudsync.record WHERE user_id = $1"
-			       " AND module = $2 AND id = $3 AND state = 1 FOR UPDATE",
-			       3, p, &res);
+	int err = lock_user(db, r->t.uid_s);
+	if (err == 0)
+		err = mica_db_exec(db,
+				   "SELECT " RECORD_COLS " FROM cloudsync.record WHERE user_id = $1"
+				   " AND module = $2 AND id = $3 AND state = 1 FOR UPDATE",
+				   3, p, &res);
 	r->found = err == 0 && PQntuples(res) == 1;
 	if (err == 0 && r->found && (err = row_read(res, 0, &cur)) == 0 &&
 	    (err = body_json(&r->t, res, &cur, &json, &len)) == 0) {

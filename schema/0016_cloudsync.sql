@@ -31,9 +31,10 @@ CREATE TABLE cloudsync.user_key (
 );
 
 -- One change sequence per user, over all modules. Every writing transaction
--- advances it first (cloudsync/records.c), and the row lock it takes orders
--- the user's writers, so sequence order is commit order: a device that has
--- read up to N never misses a change numbered below N.
+-- locks the user's row first (cloudsync/records.c), which orders the user's
+-- writers: each reads what the previous one committed (two devices cannot
+-- both create one record), and sequence order is commit order, so a device
+-- that has read up to N never misses a change numbered below N.
 CREATE TABLE cloudsync.user_seq (
 	user_id bigint PRIMARY KEY CHECK (user_id > 0),
 	seq bigint NOT NULL CHECK (seq >= 0)

@@ -134,7 +134,28 @@ for p in "${writers[@]}"; do wait "$p" || check_fail "a writer failed"; done
 [[ "$(wc -l <"$seen")" == 100 && "$(cut -d' ' -f2 "$seen" | sort -u | wc -l)" == 100 ]] ||
 	check_fail "the reader saw $(wc -l <"$seen") changes, $(cut -d' ' -f2 "$seen" | sort -u | wc -l) distinct"
 cut -d' ' -f1 "$seen" | sort -n -c 2>/dev/null || check_fail "tokens went back: $(cut -d' ' -f1 "$seen" | tr '\n' ' ')"
-ok "100 records from 4 concurrent writers, each seen once, tokens in order"
+# Sixteen devices create the same record at once: one creates it, the others lose (409), and
+# each losing copy is kept as a conflict record. The record table is held locked meanwhile, so
+# that all sixteen reach their read of the record together when it is released.
+sql "$ADMIN_CI" "BEGIN; LOCK TABLE cloudsync.record IN EXCLUSIVE MODE; SELECT pg_sleep(2); COMMIT" \
+	>/dev/null &
+holder=$!
+sleep 0.3
+racers=()
+for wr in $(seq 1 16); do
+	curl -sS -o /dev/null -w '%{http_code}\n' --cacert "$MICA_CA" -X PUT -H "Authorization: Bearer $B1" \
+		-H 'Content-Type: application/json' -d "{\"data\": {\"by\": $wr}}" \
+		"$CSURL/v1/sync/notes/records/same" >"$W/race.$wr" &
+	racers+=($!)
+done
+for p in "${racers[@]}"; do wait "$p" || check_fail "a racer failed"; done
+wait "$holder" || check_fail "the lock holder failed"
+[[ "$(cat "$W"/race.* | sort | uniq -c | awk '{ printf "%s:%s ", $2, $1 }')" == "201:1 409:15 " ]] ||
+	check_fail "racing creates: $(cat "$W"/race.* | tr '\n' ' ')"
+sexpect 200 - -t "$B1" GET "/v1/sync/notes/changes?since=$tok"
+[[ "$(jq '[.changes[] | select(.conflict_of == "same")] | length' "$W/body")" == 15 ]] ||
+	check_fail "conflict records of the race: $(cat "$W/body")"
+ok "100 records from 4 concurrent writers, each seen once, tokens in order; 16 racing creates: 1 wins"
 
 # ---------------------------------------------------------------------------------------------
 step="4 at rest"
