@@ -197,7 +197,7 @@ int cs_parse_batch(json_t *body, size_t max_items, size_t record_max, cs_write *
 /* Checks that |text| (|len| bytes) is one vCard 3.0 or 4.0: UTF-8 without
  * NUL, BEGIN:VCARD first and END:VCARD last, a VERSION, every (unfolded)
  * line NAME[;PARAMS]:VALUE, no line over 64 KiB. Copies its UID (truncated
- * to |uid_cap| - 1 bytes; "" when none) to |uid|. Returns 0, or MICA_EINVAL
+ * to |uid_cap| - 1 bytes; "" when none) to |uid| unless |uid_cap| is 0. Returns 0, or MICA_EINVAL
  * with *why a static sentence naming the fault. */
 int cs_vcard_check(const char *text, size_t len, char *uid, size_t uid_cap,
 		   const char **why) MICA_WUR;

@@ -584,9 +584,7 @@ static void dav_write(const mica_http_req *req, mica_http_resp *resp, cs_service
 	w.unconditional = !im && !(inm && strcmp(inm, "*") == 0);
 	if (!del) {
 		const char *why = NULL;
-		char uidv[8];
-		if (cs_vcard_check(req->body ? req->body : "", req->body_len, uidv, sizeof(uidv),
-				   &why) != 0) {
+		if (cs_vcard_check(req->body ? req->body : "", req->body_len, NULL, 0, &why) != 0) {
 			mica_http_reply_error(resp, 415, "bad_vcard", "%s", why);
 			return;
 		}

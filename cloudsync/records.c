@@ -130,6 +130,18 @@ static int next_seq(mica_db *db, const char *uid, char seq[24], int64_t *n)
 	return err;
 }
 
+/* The problem of a records operation that failed with |err|: a body that
+ * does not open where it lies (MICA_EAUTH from cs_open) is 500
+ * record_corrupt, anything else a dependency (cs_problem_dependency). */
+static int records_problem(mica_problem *p, int err, const char *module, const char *what)
+{
+	if (err == MICA_EAUTH)
+		return mica_problemf(p, 500, "record_corrupt",
+				     "a stored record of %s does not open: it was altered at rest",
+				     module);
+	return cs_problem_dependency(p, err, what);
+}
+
 /* ---- writes ----------------------------------------------------------------------- */
 
 struct batch_tx {
@@ -377,7 +389,7 @@ int cs_write_batch(cs_service *s, int64_t user_id, const char *module, cs_write 
 		return err;
 	if (err) {
 		cs_results_cleanup(res, n);
-		return cs_problem_dependency(p, err, "writing records");
+		return records_problem(p, err, module, "writing records");
 	}
 	return 0;
 }
@@ -414,11 +426,7 @@ static int read_records(cs_service *s, int64_t uid, const char *module, bool bin
 	if (have_key)
 		mica_wipe(key, sizeof(key));
 	PQclear(res);
-	if (err == MICA_EAUTH)
-		return mica_problemf(p, 500, "record_corrupt",
-				     "a stored record of %s does not open: it was altered at rest",
-				     module);
-	return err ? cs_problem_dependency(p, err, "reading records") : 0;
+	return err ? records_problem(p, err, module, "reading records") : 0;
 }
 
 int cs_changes(cs_service *s, int64_t user_id, const char *module, int64_t since, int limit,
@@ -619,7 +627,7 @@ int cs_bin_restore(cs_service *s, int64_t user_id, const char *module, const cha
 		err = mica_db_tx(db, MICA_DB_READ_COMMITTED, restore_fn, &r);
 	mica_wipe(key, sizeof(key));
 	if (err)
-		return cs_problem_dependency(p, err, "restoring a record");
+		return records_problem(p, err, module, "restoring a record");
 	if (!r.found)
 		return mica_problemf(p, 404, "record_not_found",
 				     "the recycle bin of %s has no record %s", module, id);
