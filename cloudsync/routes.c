@@ -12,32 +12,7 @@
 
 int cs_problem_dependency(mica_problem *p, int err, const char *what)
 {
-	MICA_LOG(MICA_LOG_ERROR, "cloudsync: %s failed: %s", what, mica_strerror(err));
-	switch (err) {
-	case MICA_EDBCONN:
-	case MICA_ETIMEOUT:
-	case MICA_ESERIALIZATION:
-		mica_problem_unavailable(p, "database");
-		return err;
-	case MICA_EKVCONN:
-	case MICA_EKV:
-		mica_problem_unavailable(p, "redis");
-		return err;
-	case MICA_EAUTH:
-	case MICA_EDENIED:
-	case MICA_ENOTFOUND:
-	case MICA_EAUDIT:
-	case MICA_EHSM:
-	case MICA_EHTTP:
-	case MICA_ETLS:
-	case MICA_EBADHEADER:
-		/* Only lib/kc answers these here. */
-		mica_problem_unavailable(p, "keycenter");
-		return err;
-	default:
-		mica_problemf(p, 500, "internal_error", "%s failed", what);
-		return err ? err : MICA_EIO;
-	}
+	return mica_problem_dependency(p, "cloudsync", err, what);
 }
 
 /* The signed-in user and the module of the path; on failure the reply is

@@ -1,5 +1,5 @@
 /* cli.c - helpers shared by the services' admin verbs (see cli.h): verb
- * dispatch and strict number options. */
+ * dispatch and strict number and time options. */
 #include "cli.h"
 
 #include <getopt.h>
@@ -33,6 +33,17 @@ int mica_cli_int(const char *prog, const char *opt, const char *s, int64_t min, 
 		return 0;
 	fprintf(stderr, "%s: %s must be a whole number in %" PRId64 "..%" PRId64 ", not \"%s\"\n",
 		prog, opt, min, max, s ? s : "");
+	return MICA_EXIT_USAGE;
+}
+
+int mica_cli_time(const char *prog, const char *opt, const char *s, int64_t *ms)
+{
+	if (mica_parse_time_ms(s, ms) == 0)
+		return 0;
+	fprintf(stderr,
+		"%s: %s must be RFC 3339 (2026-12-07T16:00:00Z) or milliseconds since the epoch,"
+		" not \"%s\"\n",
+		prog, opt, s ? s : "");
 	return MICA_EXIT_USAGE;
 }
 

@@ -65,6 +65,12 @@ int mica_cli_run_verb(const char *noun, const mica_cli_verb *verbs, size_t n, vo
 int mica_cli_int(const char *prog, const char *opt, const char *s, int64_t min, int64_t max,
 		 int64_t *out) MICA_WUR;
 
+/* Parses the value |s| of option |opt| of |prog| as a point in time
+ * (mica_parse_time_ms(): RFC 3339 or epoch milliseconds). Returns 0 and
+ * sets *ms, or prints "PROG: OPT must be RFC 3339 (...) or milliseconds
+ * since the epoch, not \"S\"" to stderr and returns MICA_EXIT_USAGE. */
+int mica_cli_time(const char *prog, const char *opt, const char *s, int64_t *ms) MICA_WUR;
+
 /* The end of the option parsing of a verb that works on a database (--db,
  * else $MICA_DB_CONNINFO, in |conninfo|; may be NULL): a leftover argument
  * (argv[optind]) or no conninfo prints why and |usage| to stderr and returns

@@ -3,6 +3,8 @@
  * MICA_ERRNO_MAP table so that no service keeps a private mapping. */
 #include "problem.h"
 
+#include "log.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -89,6 +91,35 @@ int mica_problem_unavailable(mica_problem *p, const char *dependency)
 		      dependency_name(dependency));
 	(void)mica_problem_set_extra(p, "dependency", json_string(dependency));
 	return MICA_EIO;
+}
+
+int mica_problem_dependency(mica_problem *p, const char *service, int err, const char *what)
+{
+	MICA_LOG(MICA_LOG_ERROR, "%s: %s failed: %s", service, what, mica_strerror(err));
+	switch (err) {
+	case MICA_EDBCONN:
+	case MICA_ETIMEOUT:
+	case MICA_ESERIALIZATION:
+		mica_problem_unavailable(p, "database");
+		return err;
+	case MICA_EKVCONN:
+	case MICA_EKV:
+		mica_problem_unavailable(p, "redis");
+		return err;
+	case MICA_EAUTH:
+	case MICA_EDENIED:
+	case MICA_ENOTFOUND:
+	case MICA_EAUDIT:
+	case MICA_EHSM:
+	case MICA_EHTTP:
+	case MICA_ETLS:
+	case MICA_EBADHEADER:
+		mica_problem_unavailable(p, "keycenter");
+		return err;
+	default:
+		mica_problemf(p, 500, "internal_error", "%s failed", what);
+		return err ? err : MICA_EIO;
+	}
 }
 
 int mica_problem_set_extra(mica_problem *p, const char *name, json_t *value)

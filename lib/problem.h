@@ -65,6 +65,17 @@ int mica_problem_from_err(mica_problem *p, int err, const char *what);
  * "dependency". Returns MICA_EIO. */
 int mica_problem_unavailable(mica_problem *p, const char *dependency);
 
+/* A call of a service to one of its dependencies failed with |err| while
+ * doing |what| (a phrase for the log line "<service>: <what> failed: <error>",
+ * which this writes): 503 unavailable naming the database (MICA_EDBCONN,
+ * MICA_ETIMEOUT, MICA_ESERIALIZATION), redis (MICA_EKVCONN, MICA_EKV) or
+ * the keycenter (what lib/kc answers when the Key Center refuses or cannot
+ * be reached: MICA_EAUTH, MICA_EDENIED, MICA_ENOTFOUND, MICA_EAUDIT,
+ * MICA_EHSM, MICA_EHTTP, MICA_ETLS, MICA_EBADHEADER), else 500
+ * internal_error "<what> failed". For services whose only callers of these
+ * errors are lib/db, lib/kv and lib/kc. Returns |err| (MICA_EIO for 0). */
+int mica_problem_dependency(mica_problem *p, const char *service, int err, const char *what);
+
 /* Sets extra member |name| to |value| (reference stolen; NULL is ignored).
  * Returns 0 or MICA_ENOMEM. */
 int mica_problem_set_extra(mica_problem *p, const char *name, json_t *value);

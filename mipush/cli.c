@@ -14,7 +14,6 @@
 #include "db.h"
 #include "kc.h"
 #include "mipush/push.h"
-#include "parse.h"
 
 static void app_usage(FILE *f)
 {
@@ -289,13 +288,7 @@ static int purge_command(int argc, char **argv)
 		int rc = MICA_EXIT_OK;
 		switch (c) {
 		case 'a':
-			if (mica_parse_time_ms(optarg, &now) != 0) {
-				fprintf(stderr,
-					"%s: --at must be RFC 3339 (2026-12-07T16:00:00Z) or"
-					" milliseconds since the epoch, not \"%s\"\n",
-					prog, optarg);
-				rc = MICA_EXIT_USAGE;
-			}
+			rc = mica_cli_time(prog, "--at", optarg, &now);
 			break;
 		case 'd':
 			conninfo = optarg;

@@ -13,32 +13,7 @@
 
 int push_problem_dependency(mica_problem *p, int err, const char *what)
 {
-	MICA_LOG(MICA_LOG_ERROR, "push: %s failed: %s", what, mica_strerror(err));
-	switch (err) {
-	case MICA_EDBCONN:
-	case MICA_ETIMEOUT:
-	case MICA_ESERIALIZATION:
-		mica_problem_unavailable(p, "database");
-		return err;
-	case MICA_EKVCONN:
-	case MICA_EKV:
-		mica_problem_unavailable(p, "redis");
-		return err;
-	case MICA_EAUTH:
-	case MICA_EDENIED:
-	case MICA_ENOTFOUND:
-	case MICA_EAUDIT:
-	case MICA_EHSM:
-	case MICA_EHTTP:
-	case MICA_ETLS:
-	case MICA_EBADHEADER:
-		/* Only lib/kc answers these here. */
-		mica_problem_unavailable(p, "keycenter");
-		return err;
-	default:
-		mica_problemf(p, 500, "internal_error", "%s failed", what);
-		return err ? err : MICA_EIO;
-	}
+	return mica_problem_dependency(p, "push", err, what);
 }
 
 /* ---- device registration ---------------------------------------------------- */
