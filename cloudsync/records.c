@@ -396,12 +396,18 @@ int cs_write_batch(cs_service *s, int64_t user_id, const char *module, cs_write 
 
 /* ---- reads ------------------------------------------------------------------------ */
 
+/* Which bodies a read opens: none (ids and versions only), the live
+ * records', or the binned records' too (the bin's listing). */
+enum bodies { NO_BODIES, LIVE_BODIES, BIN_BODIES };
+
 /* Runs a read of whole records and turns each row into its JSON, opening
- * bodies with the user's key (loaded only when a row has one). */
-static int read_records(cs_service *s, int64_t uid, const char *module, bool binned,
+ * the bodies |open| says with the user's key (loaded only when a row needs
+ * it). */
+static int read_records(cs_service *s, int64_t uid, const char *module, enum bodies open,
 			const char *sql, int nparams, const char *const *params, json_t *list,
 			int max, bool *more, mica_problem *p)
 {
+	bool binned = open == BIN_BODIES;
 	mica_db *db = mica_db_thread();
 	PGresult *res = NULL;
 	uint8_t key[CS_KEY_LEN];
@@ -412,7 +418,7 @@ static int read_records(cs_service *s, int64_t uid, const char *module, bool bin
 		*more = rows > max;
 	for (int i = 0; err == 0 && i < rows && i < max; i++) {
 		json_t *o = NULL;
-		if (!have_key && mica_db_get(res, i, C_BODY) &&
+		if (!have_key && open != NO_BODIES && mica_db_get(res, i, C_BODY) &&
 		    (binned || strcmp(mica_db_get(res, i, C_STATE), "0") == 0)) {
 			if ((err = cs_user_key(s, db, uid, key)) != 0)
 				break;
@@ -443,7 +449,7 @@ int cs_changes(cs_service *s, int64_t user_id, const char *module, int64_t since
 	i64(from, since);
 	i64(lim, (int64_t)limit + 1);
 	const char *params[4] = {uid, module, from, lim};
-	err = read_records(s, user_id, module, false,
+	err = read_records(s, user_id, module, LIVE_BODIES,
 			   "SELECT " RECORD_COLS " FROM cloudsync.record WHERE user_id = $1"
 			   " AND module = $2 AND seq > $3 ORDER BY seq LIMIT $4",
 			   4, params, list, limit, &more, p);
@@ -469,7 +475,7 @@ int cs_record_get(cs_service *s, int64_t user_id, const char *module, const char
 		return mica_problemf(p, 500, "internal_error", "out of memory");
 	i64(uid, user_id);
 	const char *params[3] = {uid, module, id};
-	err = read_records(s, user_id, module, false,
+	err = read_records(s, user_id, module, LIVE_BODIES,
 			   "SELECT " RECORD_COLS " FROM cloudsync.record WHERE user_id = $1"
 			   " AND module = $2 AND id = $3 AND state = 0",
 			   3, params, list, 1, NULL, p);
@@ -531,15 +537,13 @@ int cs_records_live(cs_service *s, int64_t user_id, const char *module, const ch
 	i64(uid, user_id);
 	const char *params[3] = {uid, module, arr};
 	if (err == 0)
-		err = read_records(s, user_id, module, false,
+		err = read_records(s, user_id, module, with_data ? LIVE_BODIES : NO_BODIES,
 				   "SELECT " RECORD_COLS " FROM cloudsync.record WHERE user_id = $1"
 				   " AND module = $2 AND state = 0"
 				   " AND ($3::text[] IS NULL OR id = ANY ($3::text[])) ORDER BY id",
 				   3, params, list, INT32_MAX, NULL, p);
 	else
 		mica_problemf(p, 500, "internal_error", "out of memory");
-	for (size_t i = 0; err == 0 && !with_data && i < json_array_size(list); i++)
-		json_object_del(json_array_get(list, i), "data");
 	if (err == 0)
 		err = cs_module_token(s, user_id, module, token, p);
 	free(arr);
@@ -563,7 +567,7 @@ int cs_bin_list(cs_service *s, int64_t user_id, const char *module, json_t **out
 		return mica_problemf(p, 500, "internal_error", "out of memory");
 	i64(uid, user_id);
 	const char *params[2] = {uid, module};
-	err = read_records(s, user_id, module, true,
+	err = read_records(s, user_id, module, BIN_BODIES,
 			   "SELECT " RECORD_COLS " FROM cloudsync.record WHERE user_id = $1"
 			   " AND module = $2 AND state = 1 ORDER BY deleted_at DESC, id",
 			   2, params, list, INT32_MAX, NULL, p);
