@@ -96,38 +96,61 @@ static int record_json(const uint8_t *key, bool binned, int64_t uid, const char 
 	return err;
 }
 
+struct batch_tx {
+	int64_t uid;
+	char uid_s[24];
+	const char *module;
+	cs_write *w;
+	size_t n;
+	bool confirm;
+	int mass_pct, mass_min;
+	const uint8_t *key;
+	int64_t seq0, seq; /* the user's change number when locked, the last handed out */
+	cs_result *res;
+	mica_problem *p;
+};
+
 /* Locks the user's change sequence for the rest of the transaction: the
  * first statement of every writing transaction. Writers of one user then run
  * one after the other, each reading what the previous one committed (READ
  * COMMITTED takes a new snapshot per statement), so two devices creating the
  * same record cannot both find it absent, and change numbers are handed out
- * in commit order. */
-static int lock_user(mica_db *db, const char *uid)
+ * in commit order. The numbers are counted in t->seq and written back once,
+ * by save_seq(): one version of the user's row per transaction, not one per
+ * record. */
+static int lock_user(mica_db *db, struct batch_tx *t)
 {
-	const char *p[1] = {uid};
-	return mica_db_exec(db,
-			    "INSERT INTO cloudsync.user_seq (user_id, seq) VALUES ($1, 0)"
-			    " ON CONFLICT (user_id) DO UPDATE SET seq = cloudsync.user_seq.seq",
-			    1, p, NULL);
+	PGresult *res = NULL;
+	const char *p[1] = {t->uid_s};
+	int err = mica_db_exec(db,
+			       "INSERT INTO cloudsync.user_seq (user_id, seq) VALUES ($1, 0)"
+			       " ON CONFLICT (user_id) DO UPDATE SET seq = cloudsync.user_seq.seq"
+			       " RETURNING seq",
+			       1, p, &res);
+	if (err == 0)
+		err = mica_db_get_int64(res, 0, 0, &t->seq0);
+	t->seq = t->seq0;
+	PQclear(res);
+	return err;
 }
 
 /* The user's next change number (the user is locked: lock_user()). */
-static int next_seq(mica_db *db, const char *uid, char seq[24], int64_t *n)
+static void next_seq(struct batch_tx *t, char seq[24], int64_t *n)
 {
-	PGresult *res = NULL;
-	const char *p[1] = {uid};
-	int err =
-		mica_db_exec(db,
-			     "INSERT INTO cloudsync.user_seq (user_id, seq) VALUES ($1, 1)"
-			     " ON CONFLICT (user_id) DO UPDATE SET seq = cloudsync.user_seq.seq + 1"
-			     " RETURNING seq",
-			     1, p, &res);
-	if (err == 0)
-		err = mica_db_get_int64(res, 0, 0, n);
-	if (err == 0)
-		i64(seq, *n);
-	PQclear(res);
-	return err;
+	*n = ++t->seq;
+	i64(seq, *n);
+}
+
+/* Writes the last change number handed out back to the user's row. */
+static int save_seq(mica_db *db, const struct batch_tx *t)
+{
+	char seq[24];
+	const char *p[2] = {t->uid_s, seq};
+	if (t->seq == t->seq0)
+		return 0;
+	i64(seq, t->seq);
+	return mica_db_exec(db, "UPDATE cloudsync.user_seq SET seq = $2 WHERE user_id = $1", 2, p,
+			    NULL);
 }
 
 /* The problem of a records operation that failed with |err|: a body that
@@ -143,19 +166,6 @@ static int records_problem(mica_problem *p, int err, const char *module, const c
 }
 
 /* ---- writes ----------------------------------------------------------------------- */
-
-struct batch_tx {
-	int64_t uid;
-	char uid_s[24];
-	const char *module;
-	cs_write *w;
-	size_t n;
-	bool confirm;
-	int mass_pct, mass_min;
-	const uint8_t *key;
-	cs_result *res;
-	mica_problem *p;
-};
 
 void cs_results_cleanup(cs_result *res, size_t n)
 {
@@ -203,16 +213,14 @@ static int store(mica_db *db, const struct batch_tx *t, const char *id, int64_t 
 }
 
 /* Seals |json| for (id, version) and stores it as a new change. */
-static int put_sealed(mica_db *db, const struct batch_tx *t, const char *id, int64_t version,
-		      int state, const char *json, size_t len, const char *conflict_of,
-		      int64_t *seq_out)
+static int put_sealed(mica_db *db, struct batch_tx *t, const char *id, int64_t version, int state,
+		      const char *json, size_t len, const char *conflict_of, int64_t *seq_out)
 {
 	uint8_t *body = NULL;
 	size_t blen = 0;
 	char seq[24];
-	int err = next_seq(db, t->uid_s, seq, seq_out);
-	if (err == 0)
-		err = cs_seal(t->key, t->uid, t->module, id, version, json, len, &body, &blen);
+	next_seq(t, seq, seq_out);
+	int err = cs_seal(t->key, t->uid, t->module, id, version, json, len, &body, &blen);
 	if (err == 0)
 		err = store(db, t, id, version, seq, state, body, blen, conflict_of);
 	free(body);
@@ -250,7 +258,7 @@ static void free_json(char *json, size_t len)
 
 /* A losing put: its copy becomes a new record that points at the one it
  * lost to, so every device pulls it and its user can merge. */
-static int keep_conflict(mica_db *db, const struct batch_tx *t, const cs_write *w, cs_result *r)
+static int keep_conflict(mica_db *db, struct batch_tx *t, const cs_write *w, cs_result *r)
 {
 	uint8_t rnd[12];
 	int64_t seq;
@@ -264,7 +272,7 @@ static int keep_conflict(mica_db *db, const struct batch_tx *t, const cs_write *
 	return err;
 }
 
-static int apply_one(mica_db *db, const struct batch_tx *t, const cs_write *w, cs_result *r)
+static int apply_one(mica_db *db, struct batch_tx *t, const cs_write *w, cs_result *r)
 {
 	PGresult *res = NULL;
 	const char *p[3] = {t->uid_s, t->module, w->id};
@@ -356,11 +364,11 @@ static int batch_fn(mica_db *db, void *arg)
 	struct batch_tx *t = arg;
 	int err;
 	cs_results_cleanup(t->res, t->n); /* a retried transaction starts over */
-	if ((err = lock_user(db, t->uid_s)) != 0 || (err = guard(db, t)) != 0)
+	if ((err = lock_user(db, t)) != 0 || (err = guard(db, t)) != 0)
 		return err;
 	for (size_t i = 0; err == 0 && i < t->n; i++)
 		err = apply_one(db, t, &t->w[i], &t->res[i]);
-	return err;
+	return err ? err : save_seq(db, t);
 }
 
 int cs_write_batch(cs_service *s, int64_t user_id, const char *module, cs_write *w, size_t n,
@@ -600,7 +608,7 @@ static int restore_fn(mica_db *db, void *arg)
 	char *json = NULL;
 	size_t len = 0;
 	const char *p[3] = {r->t.uid_s, r->t.module, r->id};
-	int err = lock_user(db, r->t.uid_s);
+	int err = lock_user(db, &r->t);
 	if (err == 0)
 		err = mica_db_exec(db,
 				   "SELECT " RECORD_COLS " FROM cloudsync.record WHERE user_id = $1"
@@ -613,6 +621,8 @@ static int restore_fn(mica_db *db, void *arg)
 		err = put_sealed(db, &r->t, r->id, r->version, LIVE, json, len, cur.conflict_of,
 				 &r->seq);
 	}
+	if (err == 0)
+		err = save_seq(db, &r->t);
 	free_json(json, len);
 	PQclear(res);
 	return err;
