@@ -250,6 +250,13 @@ void cs_jobs_stop(cs_service *s);
 
 /* ---- routes.c ------------------------------------------------------------------ */
 
+/* The user of a session (lib/auth) given as an Authorization value: 1 and
+ * *uid, or 0 with the reply set: 401 invalid_token with a Bearer challenge,
+ * or a Basic one when |basic| (CardDAV), or 503 naming the account service
+ * when the session could not be checked. */
+int cs_signed_in(cs_service *s, const char *authorization, bool basic, mica_http_resp *resp,
+		 int64_t *uid);
+
 /* Sets |p| for a dependency that failed with |err| while doing |what|
  * (logged): 503 naming database, redis or keycenter, else 500. Returns
  * |err|. */

@@ -35,7 +35,6 @@ static int dav_user(cs_service *s, const mica_http_req *req, mica_http_resp *res
 {
 	const char *h = mica_http_header(req, "Authorization");
 	char bearer[16 + MICA_AUTH_TOKEN_LEN + 1] = "";
-	mica_auth_session sess;
 	if (h && strncasecmp(h, "Basic ", 6) == 0) {
 		uint8_t *raw = NULL;
 		size_t len = 0;
@@ -49,24 +48,9 @@ static int dav_user(cs_service *s, const mica_http_req *req, mica_http_resp *res
 		}
 		h = bearer;
 	}
-	int err = mica_auth_validate(s->auth, h, &sess);
+	int ok = cs_signed_in(s, h, true, resp, uid);
 	mica_wipe(bearer, sizeof(bearer));
-	if (err == 0) {
-		*uid = sess.user_id;
-		return 1;
-	}
-	if (err == MICA_EINVAL || err == MICA_EDENIED) {
-		mica_http_reply_error(resp, 401, "invalid_token",
-				      "send Basic credentials whose password is a session token");
-		mica_http_add_header(resp, "WWW-Authenticate",
-				     "Basic realm=\"mica\", charset=\"UTF-8\"");
-		return 0;
-	}
-	MICA_LOG(MICA_LOG_ERROR, "cloudsync: checking a session failed: %s", mica_strerror(err));
-	mica_problem p = MICA_PROBLEM_INIT;
-	mica_problem_unavailable(&p, "account");
-	mica_http_reply_problem(resp, &p);
-	return 0;
+	return ok;
 }
 
 /* ---- the XML we write --------------------------------------------------------------- */

@@ -15,31 +15,40 @@ int cs_problem_dependency(mica_problem *p, int err, const char *what)
 	return mica_problem_dependency(p, "cloudsync", err, what);
 }
 
+int cs_signed_in(cs_service *s, const char *authorization, bool basic, mica_http_resp *resp,
+		 int64_t *uid)
+{
+	mica_auth_session sess;
+	int err = mica_auth_validate(s->auth, authorization, &sess);
+	if (err == 0) {
+		*uid = sess.user_id;
+		return 1;
+	}
+	if (err == MICA_EINVAL || err == MICA_EDENIED) {
+		mica_http_reply_error(
+			resp, 401, "invalid_token", "%s",
+			err == MICA_EDENIED ? "the session is not active (revoked, expired or idle)"
+			: basic ? "send Basic credentials whose password is a session token"
+				: "send Authorization: Bearer <session token>");
+		mica_http_add_header(resp, "WWW-Authenticate",
+				     basic ? "Basic realm=\"mica\", charset=\"UTF-8\""
+					   : "Bearer realm=\"mica\"");
+		return 0;
+	}
+	MICA_LOG(MICA_LOG_ERROR, "cloudsync: checking a session failed: %s", mica_strerror(err));
+	mica_problem p = MICA_PROBLEM_INIT;
+	mica_problem_unavailable(&p, "account");
+	mica_http_reply_problem(resp, &p);
+	return 0;
+}
+
 /* The signed-in user and the module of the path; on failure the reply is
  * set and 0 returned. */
 static int begin(cs_service *s, const mica_http_req *req, mica_http_resp *resp, int64_t *uid,
 		 const char **module)
 {
-	mica_auth_session sess;
-	int err = mica_auth_validate(s->auth, mica_http_header(req, "Authorization"), &sess);
-	if (err == MICA_EINVAL || err == MICA_EDENIED) {
-		mica_http_reply_error(
-			resp, 401, "invalid_token",
-			err == MICA_EINVAL
-				? "send Authorization: Bearer <session token>"
-				: "the session is not active (revoked, expired or idle)");
-		mica_http_add_header(resp, "WWW-Authenticate", "Bearer realm=\"mica\"");
+	if (!cs_signed_in(s, mica_http_header(req, "Authorization"), false, resp, uid))
 		return 0;
-	}
-	if (err) {
-		MICA_LOG(MICA_LOG_ERROR, "cloudsync: checking a session failed: %s",
-			 mica_strerror(err));
-		mica_problem p = MICA_PROBLEM_INIT;
-		mica_problem_unavailable(&p, "account");
-		mica_http_reply_problem(resp, &p);
-		return 0;
-	}
-	*uid = sess.user_id;
 	*module = mica_http_param(req, "module");
 	if (!cs_module_known(*module)) {
 		mica_http_reply_error(resp, 404, "unknown_module",
