@@ -338,16 +338,18 @@ static void propfind_fixed(const mica_http_req *req, mica_http_resp *resp, cs_se
 	cs_dav_query q;
 	char *body = NULL;
 	size_t len = 0;
+	int64_t ctag = 0;
+	bool book = k == R_HOME && depth_one(req);
+	mica_problem p = MICA_PROBLEM_INIT;
+	FILE *f;
 	if (!dav_user(s, req, resp, &uid) || !read_query(req, resp, false, &q))
 		return;
-	FILE *f = multistatus_open(&body, &len);
-	if (f) {
+	if (book && cs_module_token(s, uid, BOOK, &ctag, &p) != 0) {
+		mica_http_reply_problem(resp, &p);
+	} else if ((f = multistatus_open(&body, &len)) != NULL) {
 		response(f, href, k, NULL, 0, &q);
-		int64_t ctag = 0;
-		mica_problem p = MICA_PROBLEM_INIT;
-		if (k == R_HOME && depth_one(req) && cs_module_token(s, uid, BOOK, &ctag, &p) == 0)
+		if (book)
 			response(f, BOOK_HREF, R_BOOK, NULL, ctag, &q);
-		mica_problem_cleanup(&p);
 		multistatus_close(f, resp, &body, &len);
 	} else {
 		mica_http_reply_error(resp, 500, "internal_error", "out of memory");
@@ -389,9 +391,27 @@ static bool has_card(json_t *cards, const char *id)
 	return false;
 }
 
-/* The cards named by |ids| (all of them when NULL) as responses. */
-static void book_listing(const mica_http_req *req, mica_http_resp *resp, cs_service *s, int64_t uid,
-			 const cs_dav_query *q, bool self, const char *const *ids, size_t n)
+/* One 404 response for |href| (multiget, RFC 6352 8.7). */
+static void not_found(FILE *f, const char *href)
+{
+	fprintf(f, "<d:response><d:href>");
+	xml_text(f, href, strlen(href));
+	fprintf(f, "</d:href><d:status>HTTP/1.1 404 Not Found</d:status></d:response>");
+}
+
+/* What a listing answers: the book itself (|self|), the cards named by
+ * ids[0..n) (every card when |ids| is NULL), and a 404 response for each of
+ * them that does not exist and for each of other[0..nother) (multiget hrefs
+ * that name no card of the book). With |single|, a card that does not exist
+ * is a 404 answer instead (PROPFIND on one card). */
+struct listing {
+	bool self, single;
+	const char *const *ids, *const *other;
+	size_t n, nother;
+};
+
+static void book_listing(mica_http_resp *resp, cs_service *s, int64_t uid, const cs_dav_query *q,
+			 const struct listing *l)
 {
 	json_t *cards = NULL;
 	int64_t ctag = 0;
@@ -401,9 +421,13 @@ static void book_listing(const mica_http_req *req, mica_http_resp *resp, cs_serv
 	bool data = false;
 	for (size_t i = 0; i < q->nprops; i++)
 		data |= strcmp(q->props[i].name, "address-data") == 0;
-	(void)req;
-	if (cs_records_live(s, uid, BOOK, ids, n, data, &cards, &ctag, &p) != 0) {
+	if (cs_records_live(s, uid, BOOK, l->ids, l->n, data, &cards, &ctag, &p) != 0) {
 		mica_http_reply_problem(resp, &p);
+		return;
+	}
+	if (l->single && json_array_size(cards) == 0) {
+		json_decref(cards);
+		mica_http_reply_error(resp, 404, "record_not_found", "no such card");
 		return;
 	}
 	FILE *f = multistatus_open(&body, &len);
@@ -412,7 +436,7 @@ static void book_listing(const mica_http_req *req, mica_http_resp *resp, cs_serv
 		mica_http_reply_error(resp, 500, "internal_error", "out of memory");
 		return;
 	}
-	if (self)
+	if (l->self)
 		response(f, BOOK_HREF, R_BOOK, NULL, ctag, q);
 	size_t i;
 	json_t *card;
@@ -421,16 +445,14 @@ static void book_listing(const mica_http_req *req, mica_http_resp *resp, cs_serv
 		card_href(href, sizeof(href), json_string_value(json_object_get(card, "id")));
 		response(f, href, R_CARD, card, ctag, q);
 	}
-	/* Multiget hrefs with no card: 404 each (RFC 6352 8.7). */
-	for (size_t k = 0; ids && k < n; k++) {
-		if (has_card(cards, ids[k]))
+	for (size_t k = 0; l->ids && k < l->n; k++) {
+		if (has_card(cards, l->ids[k]))
 			continue;
-		card_href(href, sizeof(href), ids[k]);
-		fprintf(f,
-			"<d:response><d:href>%s</d:href><d:status>HTTP/1.1 404 Not Found"
-			"</d:status></d:response>",
-			href);
+		card_href(href, sizeof(href), l->ids[k]);
+		not_found(f, href);
 	}
+	for (size_t k = 0; k < l->nother; k++)
+		not_found(f, l->other[k]);
 	json_decref(cards);
 	multistatus_close(f, resp, &body, &len);
 }
@@ -444,7 +466,7 @@ void cs_dav_propfind_book(const mica_http_req *req, mica_http_resp *resp, void *
 	    !read_query(req, resp, false, &q))
 		return;
 	if (depth_one(req)) {
-		book_listing(req, resp, s, uid, &q, true, NULL, 0);
+		book_listing(resp, s, uid, &q, &(struct listing){.self = true});
 	} else {
 		char *body = NULL;
 		size_t len = 0;
@@ -470,20 +492,24 @@ void cs_dav_report(const mica_http_req *req, mica_http_resp *resp, void *svc)
 	if (!dav_user(s, req, resp, &uid) || !known_book(req, resp) ||
 	    !read_query(req, resp, true, &q))
 		return;
-	const char **ids = calloc(q.nhrefs ? q.nhrefs : 1, sizeof(*ids));
-	char(*buf)[160] = calloc(q.nhrefs ? q.nhrefs : 1, sizeof(*buf));
-	size_t n = 0;
-	if (!ids || !buf) {
+	size_t slots = q.nhrefs ? q.nhrefs : 1, n = 0, nother = 0;
+	const char **ids = calloc(slots, sizeof(*ids)), **other = calloc(slots, sizeof(*other));
+	char(*buf)[160] = calloc(slots, sizeof(*buf));
+	if (!ids || !other || !buf) {
 		mica_http_reply_error(resp, 500, "internal_error", "out of memory");
 	} else {
-		/* Hrefs outside the book or not a card are answered 404 by
-		 * name: keep them as ids that match nothing. */
-		for (size_t i = 0; i < q.nhrefs; i++)
+		for (size_t i = 0; i < q.nhrefs; i++) {
 			if (href_id(q.hrefs[i], buf[n], sizeof(buf[n])))
 				ids[n] = buf[n], n++;
-		book_listing(req, resp, s, uid, &q, false, ids, n);
+			else
+				other[nother++] = q.hrefs[i];
+		}
+		book_listing(
+			resp, s, uid, &q,
+			&(struct listing){.ids = ids, .n = n, .other = other, .nother = nother});
 	}
 	free(ids);
+	free(other);
 	free(buf);
 	cs_dav_query_cleanup(&q);
 }
@@ -510,7 +536,7 @@ void cs_dav_propfind_card(const mica_http_req *req, mica_http_resp *resp, void *
 	    !read_query(req, resp, false, &q))
 		return;
 	const char *ids[1] = {id};
-	book_listing(req, resp, s, uid, &q, false, ids, 1);
+	book_listing(resp, s, uid, &q, &(struct listing){.single = true, .ids = ids, .n = 1});
 	cs_dav_query_cleanup(&q);
 }
 

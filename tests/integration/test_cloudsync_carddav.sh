@@ -139,10 +139,11 @@ dav PROPFIND "$BOOK/" '<d:propfind xmlns:d="DAV:"><d:prop>' 'Depth: 0'
 want 400 "malformed PROPFIND"
 dav REPORT "$BOOK/" '<c:addressbook-query xmlns:c="urn:ietf:params:xml:ns:carddav"/>'
 want 403 "addressbook-query"
-dav REPORT "$BOOK/" "<c:addressbook-multiget xmlns:d=\"DAV:\" xmlns:c=\"urn:ietf:params:xml:ns:carddav\"><d:prop><d:getetag/><c:address-data/></d:prop><d:href>$BOOK/$U3.vcf</d:href><d:href>$BOOK/missing.vcf</d:href></c:addressbook-multiget>"
+dav REPORT "$BOOK/" "<c:addressbook-multiget xmlns:d=\"DAV:\" xmlns:c=\"urn:ietf:params:xml:ns:carddav\"><d:prop><d:getetag/><c:address-data/></d:prop><d:href>$BOOK/$U3.vcf</d:href><d:href>$BOOK/missing.vcf</d:href><d:href>/elsewhere/x&amp;y</d:href></c:addressbook-multiget>"
 want 207 "multiget"
 if ! { grep -q 'FN:Erin Entered' "$W/body" &&
-	grep -q "$BOOK/missing.vcf</d:href><d:status>HTTP/1.1 404" "$W/body"; }; then
+	grep -q "$BOOK/missing.vcf</d:href><d:status>HTTP/1.1 404" "$W/body" &&
+	grep -q "/elsewhere/x&amp;y</d:href><d:status>HTTP/1.1 404" "$W/body"; }; then
 	check_fail "multiget: $(cat "$W/body")"
 fi
 dav PUT "$BOOK/x1.vcf" 'BEGIN:VCARD
@@ -153,6 +154,8 @@ dav PUT "$BOOK/$U3.vcf" "$(vcard "$U3" 'Stale')" 'Content-Type: text/vcard' 'If-
 want 412 "a stale If-Match"
 dav PUT "$BOOK/$U3.vcf" "$(vcard "$U3" 'Twice')" 'Content-Type: text/vcard' 'If-None-Match: *'
 want 412 "If-None-Match on an existing card"
+dav PROPFIND "$BOOK/nobody.vcf" '' 'Depth: 0'
+want 404 "PROPFIND on a card that does not exist"
 dav GET "$BOOK/$U3.vcf"
 want 200 "GET"
 if ! { grep -q 'FN:Erin Entered' "$W/body" && grep -qi '^ETag: "1"' "$W/headers"; }; then
