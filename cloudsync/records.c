@@ -495,24 +495,6 @@ int cs_record_get(cs_service *s, int64_t user_id, const char *module, const char
 	return err;
 }
 
-/* |ids| as a PostgreSQL text[] literal, each element quoted (record ids
- * hold no quote or backslash: cs_record_id_ok()). */
-static char *ids_array(const char *const *ids, size_t n)
-{
-	size_t cap = 3;
-	for (size_t i = 0; i < n; i++)
-		cap += strlen(ids[i]) + 3;
-	char *a = malloc(cap), *p = a;
-	if (!a)
-		return NULL;
-	*p++ = '{';
-	for (size_t i = 0; i < n; i++)
-		p += sprintf(p, "%s\"%s\"", i ? "," : "", ids[i]);
-	*p++ = '}';
-	*p = '\0';
-	return a;
-}
-
 int cs_module_token(cs_service *s, int64_t user_id, const char *module, int64_t *token,
 		    mica_problem *p)
 {
@@ -537,7 +519,7 @@ int cs_module_token(cs_service *s, int64_t user_id, const char *module, int64_t 
 int cs_records_live(cs_service *s, int64_t user_id, const char *module, const char *const *ids,
 		    size_t n, bool with_data, json_t **out, int64_t *token, mica_problem *p)
 {
-	char uid[24], *arr = ids ? ids_array(ids, n) : NULL;
+	char uid[24], *arr = ids ? mica_db_text_array(ids, n) : NULL;
 	json_t *list = json_array();
 	int err = list && (!ids || arr) ? 0 : MICA_ENOMEM;
 	*out = NULL;

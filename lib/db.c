@@ -974,7 +974,32 @@ int mica_db_wait_notify(mica_db *db, int timeout_ms, mica_db_notify_fn fn, void 
 	}
 }
 
-/* ---- bytea ---------------------------------------------------------------- */
+/* ---- array and bytea parameters ------------------------------------------------- */
+
+char *mica_db_text_array(const char *const *items, size_t n)
+{
+	size_t cap = 3;
+	for (size_t i = 0; i < n; i++)
+		cap += 2 * strlen(items[i]) + 3;
+	char *out = malloc(cap), *o = out;
+	if (!out)
+		return NULL;
+	*o++ = '{';
+	for (size_t i = 0; i < n; i++) {
+		if (i)
+			*o++ = ',';
+		*o++ = '"';
+		for (const char *c = items[i]; *c; c++) {
+			if (*c == '"' || *c == '\\')
+				*o++ = '\\';
+			*o++ = *c;
+		}
+		*o++ = '"';
+	}
+	*o++ = '}';
+	*o = '\0';
+	return out;
+}
 
 char *mica_db_bytea_encode(const void *data, size_t len)
 {

@@ -173,6 +173,12 @@ MICA_WUR int mica_db_get_int64(const PGresult *res, int row, int col, int64_t *o
  * when out of memory. */
 char *mica_db_conninfo_with_password(const char *conninfo, const char *password);
 
+/* A PostgreSQL text[] literal of items[0..n) for a parameter ($1::text[]):
+ * every element quoted, '"' and '\\' escaped, so any string (NULL, empty,
+ * with commas or braces) is one element as written. malloc'd (caller
+ * frees), NULL when out of memory. */
+char *mica_db_text_array(const char *const *items, size_t n);
+
 /* bytea travels as text in the hex format ("\\x0a1b..."). Encodes |len|
  * bytes of |data| as such a parameter value; malloc'd (caller frees), NULL
  * when out of memory. */

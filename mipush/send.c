@@ -337,33 +337,6 @@ static long marker_count(const struct dev *d, const uint8_t *body, size_t len)
 
 /* ---- the transaction ------------------------------------------------------------ */
 
-/* A PostgreSQL text[] literal of |n| strings (each quoted and escaped), or
- * NULL when out of memory. */
-static char *text_array(char *const *items, size_t n)
-{
-	size_t cap = 3;
-	for (size_t i = 0; i < n; i++)
-		cap += 2 * strlen(items[i]) + 3;
-	char *out = malloc(cap), *o = out;
-	if (!out)
-		return NULL;
-	*o++ = '{';
-	for (size_t i = 0; i < n; i++) {
-		if (i)
-			*o++ = ',';
-		*o++ = '"';
-		for (const char *c = items[i]; *c; c++) {
-			if (*c == '"' || *c == '\\')
-				*o++ = '\\';
-			*o++ = *c;
-		}
-		*o++ = '"';
-	}
-	*o++ = '}';
-	*o = '\0';
-	return out;
-}
-
 static char *hex_of(const uint8_t *b, size_t len)
 {
 	char *h = malloc(2 * len + 1);
@@ -391,7 +364,7 @@ static char *dev_array(const struct send *x, const size_t *idx, size_t m, int wh
 		if (!items[made])
 			goto out;
 	}
-	out = text_array(items, m);
+	out = mica_db_text_array((const char *const *)items, m);
 out:
 	for (size_t i = 0; i < made; i++)
 		free(items[i]);

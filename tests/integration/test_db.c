@@ -726,6 +726,34 @@ START_TEST(result_helpers)
 }
 END_TEST
 
+/* A text[] literal carries every string as one element, as written: the
+ * word NULL, empty strings, quotes, backslashes, commas and braces. */
+START_TEST(text_array_literal)
+{
+	mica_db *db = open_db();
+	static const char *const items[] = {"NULL", "", "a\"b", "c\\d", "e,f", "{g}", " h "};
+	const size_t n = sizeof(items) / sizeof(items[0]);
+	char *lit = mica_db_text_array(items, n);
+	ck_assert_ptr_nonnull(lit);
+	const char *p[1] = {lit};
+	PGresult *res = NULL;
+	ck_assert_int_eq(mica_db_exec(db,
+				      "SELECT x FROM unnest($1::text[]) WITH ORDINALITY AS t(x, i)"
+				      " ORDER BY i",
+				      1, p, &res),
+			 0);
+	ck_assert_int_eq(PQntuples(res), (int)n);
+	for (size_t i = 0; i < n; i++)
+		ck_assert_str_eq(mica_db_get(res, (int)i, 0), items[i]);
+	PQclear(res);
+	free(lit);
+	lit = mica_db_text_array(NULL, 0);
+	ck_assert_str_eq(lit, "{}");
+	free(lit);
+	mica_db_close(&db);
+}
+END_TEST
+
 static Suite *db_suite(void)
 {
 	Suite *s = suite_create("db");
@@ -746,6 +774,7 @@ static Suite *db_suite(void)
 	tcase_add_test(tc, listen_notify);
 	tcase_add_test(tc, thread_handles);
 	tcase_add_test(tc, result_helpers);
+	tcase_add_test(tc, text_array_literal);
 	suite_add_tcase(s, tc);
 	return s;
 }
