@@ -11,10 +11,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "cloudsync/cloudsync.h"
 #include "crypto.h"
-#include "log.h"
 
 #define NS_DAV "DAV:"
 #define NS_CARD "urn:ietf:params:xml:ns:carddav"

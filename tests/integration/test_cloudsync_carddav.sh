@@ -150,6 +150,15 @@ dav PUT "$BOOK/x1.vcf" 'BEGIN:VCARD
 FN:no version
 END:VCARD' 'Content-Type: text/vcard'
 want 415 "a vCard without VERSION"
+big="$(head -c 40000 /dev/zero | tr '\0' a)"
+dav PUT "$BOOK/big.vcf" "$(printf 'BEGIN:VCARD\r\nVERSION:3.0\r\nNOTE:%s\r\nNOTE:%s\r\nEND:VCARD\r\n' "$big" "$big")" \
+	'Content-Type: text/vcard'
+want 413 "a card over the record size"
+[[ "$(jget error.code)" == record_too_large ]] || check_fail "oversize card: $(cat "$W/body")"
+dav PROPFIND /dav/addressbooks/work/ '' 'Depth: 1'
+want 404 "another address book"
+dav GET "$BOOK/$U3.txt"
+want 404 "a card path without .vcf"
 dav PUT "$BOOK/$U3.vcf" "$(vcard "$U3" 'Stale')" 'Content-Type: text/vcard' 'If-Match: "9"'
 want 412 "a stale If-Match"
 dav PUT "$BOOK/$U3.vcf" "$(vcard "$U3" 'Twice')" 'Content-Type: text/vcard' 'If-None-Match: *'

@@ -3,7 +3,8 @@
 # while a device writes loses no acknowledged record and leaves no half-written one (every change
 # number the user has is one stored record); the Key Center down makes a user whose data key is
 # not in memory get 503 naming it, while a user whose key is cached goes on; the database down is
-# 503 naming it, and both recover without a restart.
+# 503 naming it; the account service down is 503 naming it for a session it must check (a web
+# session) while a cached app session goes on; all recover without a restart.
 set -euo pipefail
 
 # shellcheck source=tests/integration/lib-cloudsync.sh
@@ -84,6 +85,20 @@ until sreq -t "$B1" GET /v1/sync/notes/changes && [[ "$status" == 200 ]]; do
 	sleep 0.2
 done
 ok "503 database while PostgreSQL is down, served again once it is back, no restart"
+
+# ---------------------------------------------------------------------------------------------
+step="4 account service down"
+# A web session is never served from the cache: each use asks the account service.
+must expect 200 - POST /v1/login "$(login_body bob@example.com 'Bob-pass-1' dev-bob '{session_kind: "web"}')"
+BW="$(jget token)"
+sexpect 200 - -t "$BW" GET /v1/sync/notes/changes
+stack_stop account
+sexpect 503 unavailable -t "$BW" GET /v1/sync/notes/changes
+[[ "$(jget dependency)" == account ]] || check_fail "dependency: $(cat "$W/body")"
+sexpect 200 - -t "$B1" GET /v1/sync/notes/changes
+account_start
+sexpect 200 - -t "$BW" GET /v1/sync/notes/changes
+ok "a session that needs the account service gets 503 account while it is down; a cached one goes on"
 
 stack_stop cloudsync
 stack_stop account

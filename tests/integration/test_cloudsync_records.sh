@@ -64,6 +64,10 @@ CONFLICT="$(jget conflict_id)"
 # Creating what exists (no If-Match) loses the same way.
 sexpect 409 version_conflict -t "$A2" PUT "$C/records/c1" '{"data": {"fn": "another"}}'
 sexpect 400 bad_if_match -t "$A2" -H 'If-Match: "two"' PUT "$C/records/c1" '{"data": 1}'
+# An update of a record that never existed loses too: the server copy says it is not there.
+sexpect 409 version_conflict -t "$A2" -H 'If-Match: "1"' PUT "$C/records/ghost" '{"data": {"fn": "Ghost"}}'
+[[ "$(jget server.deleted)" == true && "$(jget server.version)" == __absent__ &&
+	"$(jget conflict_id)" =~ ^conflict- ]] || check_fail "update of nothing: $(cat "$W/body")"
 # The first device pulls the conflict record with the losing copy.
 sexpect 200 - -t "$A1" GET "$C/changes?since=0"
 jq -e --arg c "$CONFLICT" '[.changes[] | select(.id == $c and .conflict_of == "c1"
@@ -204,6 +208,7 @@ sexpect 200 - -t "$A1" -H 'If-Match: "1"' DELETE "$C/records/b4"
 sexpect 200 - -t "$A1" DELETE "$C/bin/b4"
 [[ "$(jget purged)" == 1 ]] || check_fail "purge one: $(cat "$W/body")"
 sexpect 404 record_not_found -t "$A1" POST "$C/bin/b4/restore"
+sexpect 404 record_not_found -t "$A1" DELETE "$C/bin/b4"
 [[ "$(q "SELECT state || ':' || (body IS NULL) FROM cloudsync.record WHERE user_id = $ALICE AND id = 'b4'")" == "2:true" ]] ||
 	check_fail "b4 is not a tombstone"
 ok "delete needs If-Match, goes to the bin as a tombstone change, restore is a new version"
